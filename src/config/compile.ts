@@ -1,0 +1,275 @@
+/**
+ * Compiles a validated config into an immutable `Snapshot`: routers per listener, clusters with
+ * their pools, every route's handler chain composed. Requests read one snapshot and keep it.
+ */
+import type { FerryConfig, RouteConfig } from "./schema.ts";
+import { compose, type Handler, type Middleware } from "../pipeline/types.ts";
+import { compileRouteRegex } from "../routing/regex.ts";
+import { RouteCompileError, Router } from "../routing/router.ts";
+import { buildCluster, type Cluster } from "../upstream/cluster.ts";
+import { forwardTo, type HeaderEdits } from "../upstream/forward.ts";
+import { TrustedProxies } from "../server/trust.ts";
+import { directResponse, redirectResponse } from "../server/local_responses.ts";
+
+export interface CompiledRoute {
+  readonly name: string;
+  readonly kind: "cluster" | "direct_response" | "redirect";
+  readonly cluster: string | undefined;
+  readonly handler: Handler;
+}
+
+export interface ListenerPlan {
+  readonly name: string;
+  readonly hostname: string;
+  readonly port: number;
+  readonly tls: { readonly cert: string; readonly key: string } | undefined;
+  readonly scheme: "http" | "https";
+  readonly router: Router<CompiledRoute>;
+}
+
+export interface Snapshot {
+  readonly version: number;
+  readonly loadedAt: Date;
+  readonly source: string;
+  readonly config: FerryConfig;
+  readonly listeners: ReadonlyMap<string, ListenerPlan>;
+  readonly clusters: ReadonlyMap<string, Cluster>;
+  readonly routes: readonly CompiledRoute[];
+  readonly trust: TrustedProxies;
+  readonly requestIdPolicy: FerryConfig["server"]["request_id"];
+  /** Closes every cluster pool; called when the snapshot is retired. */
+  close(): void;
+}
+
+export interface CompileProblem {
+  readonly path: string;
+  readonly value: string;
+  readonly message: string;
+}
+
+export class SnapshotCompileError extends Error {
+  constructor(readonly problems: readonly CompileProblem[]) {
+    super(
+      problems.map((p) => `${p.path}: ${p.message} (got ${JSON.stringify(p.value)})`).join("\n"),
+    );
+    this.name = "SnapshotCompileError";
+  }
+}
+
+export interface CompileOptions {
+  readonly version: number;
+  /** Where the config came from, for /config and logs. */
+  readonly source: string;
+  /** Reads a file named in the config (TLS material), resolved against the config's folder. */
+  readonly readTextFile: (path: string) => string;
+}
+
+/** Splits `host:port`, `[v6]:port` or `:port` into a hostname for Deno.serve and a port. */
+export function splitAddress(address: string): { hostname: string; port: number } {
+  const colon = address.lastIndexOf(":");
+  const host = address.slice(0, colon).replace(/^\[|\]$/g, "");
+  return { hostname: host === "" ? "0.0.0.0" : host, port: Number(address.slice(colon + 1)) };
+}
+
+export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapshot {
+  const problems: CompileProblem[] = [];
+  const clusters = new Map<string, Cluster>();
+  for (const [i, c] of cfg.clusters.entries()) {
+    let caCerts: string[] | undefined;
+    if (c.tls?.ca_file) {
+      try {
+        caCerts = [opts.readTextFile(c.tls.ca_file)];
+      } catch (err) {
+        problems.push({
+          path: `clusters[${i}].tls.ca_file`,
+          value: c.tls.ca_file,
+          message: `cannot read: ${err}`,
+        });
+      }
+    }
+    clusters.set(c.name, buildCluster(c, caCerts));
+  }
+
+  const routes: CompiledRoute[] = [];
+  for (const [i, r] of cfg.routes.entries()) {
+    try {
+      routes.push(compileRoute(r, i, cfg, clusters));
+    } catch (err) {
+      if (err instanceof SnapshotCompileError) problems.push(...err.problems);
+      else throw err;
+    }
+  }
+
+  const listeners = new Map<string, ListenerPlan>();
+  for (const [i, l] of cfg.listeners.entries()) {
+    let tls: ListenerPlan["tls"];
+    if (l.tls) {
+      try {
+        tls = { cert: opts.readTextFile(l.tls.cert), key: opts.readTextFile(l.tls.key) };
+      } catch (err) {
+        problems.push({
+          path: `listeners[${i}].tls`,
+          value: l.tls.cert,
+          message: `cannot read TLS files: ${err}`,
+        });
+      }
+    }
+    const entries = cfg.routes.flatMap((r, index) =>
+      !r.listeners || r.listeners.includes(l.name)
+        ? [{ name: r.name, index, match: r.match, value: routes[index]! }]
+        : []
+    );
+    try {
+      const { hostname, port } = splitAddress(l.address);
+      listeners.set(l.name, {
+        name: l.name,
+        hostname,
+        port,
+        tls,
+        scheme: l.tls ? "https" : "http",
+        router: Router.compile(entries),
+      });
+    } catch (err) {
+      if (!(err instanceof RouteCompileError)) throw err;
+      for (const p of err.problems) {
+        problems.push({
+          path: `routes[${p.index}].${p.field}`,
+          value: p.value,
+          message: p.message,
+        });
+      }
+    }
+  }
+
+  if (problems.length > 0) {
+    for (const c of clusters.values()) c.close();
+    throw new SnapshotCompileError(dedupe(problems));
+  }
+  return Object.freeze({
+    version: opts.version,
+    loadedAt: new Date(),
+    source: opts.source,
+    config: cfg,
+    listeners,
+    clusters,
+    routes,
+    trust: new TrustedProxies(cfg.server.trusted_proxies),
+    requestIdPolicy: cfg.server.request_id,
+    close() {
+      for (const c of clusters.values()) c.close();
+    },
+  });
+}
+
+function dedupe(problems: CompileProblem[]): CompileProblem[] {
+  const seen = new Set<string>();
+  return problems.filter((p) => {
+    const key = `${p.path}\u0000${p.message}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+function compileEdits(e: RouteConfig["request_headers"]): HeaderEdits | undefined {
+  if (!e) return undefined;
+  return Object.freeze({
+    remove: (e.remove ?? []).map((n) => n.toLowerCase()),
+    set: Object.entries(e.add ?? {}).map(([n, v]) => [n.toLowerCase(), v] as const),
+  });
+}
+
+function compileRewrite(r: RouteConfig, i: number): (path: string) => string {
+  const rw = r.rewrite;
+  if (!rw || (rw.prefix === undefined && rw.regex === undefined)) return (p) => p;
+  if (rw.prefix !== undefined && rw.regex !== undefined) {
+    throw new SnapshotCompileError([{
+      path: `routes[${i}].rewrite`,
+      value: "prefix+regex",
+      message: "use either rewrite.prefix or rewrite.regex, not both",
+    }]);
+  }
+  if (rw.regex) {
+    let re;
+    try {
+      re = compileRouteRegex(rw.regex.pattern);
+    } catch (err) {
+      throw new SnapshotCompileError([{
+        path: `routes[${i}].rewrite.regex.pattern`,
+        value: rw.regex.pattern,
+        message: err instanceof Error ? err.message : String(err),
+      }]);
+    }
+    const sub = rw.regex.substitution;
+    return (p) => re.replace(p, sub);
+  }
+  const to = rw.prefix!;
+  const m = r.match.path;
+  if ("exact" in m) return () => to;
+  if ("prefix" in m) {
+    const from = m.prefix;
+    return (p) => p.startsWith(from) ? to + p.slice(from.length) : p;
+  }
+  throw new SnapshotCompileError([{
+    path: `routes[${i}].rewrite.prefix`,
+    value: to,
+    message:
+      "rewrite.prefix needs a path prefix or exact match; use rewrite.regex with a regex match",
+  }]);
+}
+
+function compileRoute(
+  r: RouteConfig,
+  i: number,
+  cfg: FerryConfig,
+  clusters: ReadonlyMap<string, Cluster>,
+): CompiledRoute {
+  // Route-level policies (balancing, limits, breakers, retries) plug in here as middleware.
+  const middleware: Middleware[] = [];
+  if (r.direct_response) {
+    const d = r.direct_response;
+    return freezeRoute(
+      r.name,
+      "direct_response",
+      undefined,
+      compose(middleware, directResponse(d)),
+    );
+  }
+  if (r.redirect) {
+    return freezeRoute(
+      r.name,
+      "redirect",
+      undefined,
+      compose(middleware, redirectResponse(r.redirect, r.match.path)),
+    );
+  }
+  const cluster = clusters.get(r.cluster!);
+  if (!cluster) {
+    throw new SnapshotCompileError([{
+      path: `routes[${i}].cluster`,
+      value: r.cluster!,
+      message: "unknown cluster",
+    }]);
+  }
+  const terminal = forwardTo({
+    cluster,
+    timeoutMs: r.timeout,
+    rewritePath: compileRewrite(r, i),
+    hostRewrite: r.rewrite?.host,
+    requestEdits: compileEdits(r.request_headers),
+    responseEdits: compileEdits(r.response_headers),
+    websocket: r.websocket,
+    websocketMaxBuffer: cfg.server.websocket_max_buffer,
+    via: cfg.server.via,
+  });
+  return freezeRoute(r.name, "cluster", cluster.name, compose(middleware, terminal));
+}
+
+function freezeRoute(
+  name: string,
+  kind: CompiledRoute["kind"],
+  cluster: string | undefined,
+  handler: Handler,
+): CompiledRoute {
+  return Object.freeze({ name, kind, cluster, handler });
+}

@@ -1,0 +1,353 @@
+/**
+ * The shape of a config problem, how it is printed, and how zod's issues are turned into
+ * messages that say what was expected. Every problem — YAML syntax, schema, cross-references,
+ * unreadable files, environment variables — becomes one `ConfigIssue`.
+ */
+import type { z } from "zod";
+import { ConfigSchema, type FerryConfig } from "./schema.ts";
+
+/** One problem (or warning) in a config source, located as precisely as the source allows. */
+export interface ConfigIssue {
+  /** The config file, or `<env>` for the environment quick start. */
+  file: string;
+  /** 1-based line; 0 when the problem is not at a place in the file (e.g. it cannot be read). */
+  line: number;
+  /** 1-based column; 0 together with `line` 0. */
+  column: number;
+  /** Where in the config, like `routes[0].match.path.prefix`; "" for the whole document. */
+  path: string;
+  /** The offending value as written, when there is one worth showing. */
+  value?: unknown;
+  /** What was wrong, phrased as what was expected. */
+  message: string;
+}
+
+export type LoadResult =
+  | { ok: true; config: FerryConfig; warnings: ConfigIssue[] }
+  | { ok: false; errors: ConfigIssue[] };
+
+/** A step of a config path: a mapping key or a list index. */
+export type PathSegment = string | number;
+
+const MAX_VALUE_CHARS = 60;
+
+/** `["routes", 0, "match"]` -> `routes[0].match`; keys that are not identifiers are quoted. */
+export function formatPath(path: readonly PathSegment[]): string {
+  let out = "";
+  for (const seg of path) {
+    if (typeof seg === "number") out += `[${seg}]`;
+    else if (/^[A-Za-z_][A-Za-z0-9_-]*$/.test(seg)) out += out === "" ? seg : `.${seg}`;
+    else out += `[${JSON.stringify(seg)}]`;
+  }
+  return out;
+}
+
+/** A value as shown in a message: JSON, cut to at most 60 characters. */
+export function formatValue(value: unknown): string {
+  let text: string;
+  try {
+    text = typeof value === "bigint" ? `${value}` : JSON.stringify(value) ?? String(value);
+  } catch {
+    text = String(value);
+  }
+  return text.length > MAX_VALUE_CHARS ? `${text.slice(0, MAX_VALUE_CHARS - 3)}...` : text;
+}
+
+/** One issue as `file:line:col: path: message (got value)`; `file: ...` when there is no line. */
+export function formatIssue(issue: ConfigIssue): string {
+  const where = issue.line > 0 ? `${issue.file}:${issue.line}:${issue.column}` : issue.file;
+  const path = issue.path === "" ? "" : `${issue.path}: `;
+  const got = "value" in issue && issue.value !== undefined
+    ? ` (got ${formatValue(issue.value)})`
+    : "";
+  return `${where}: ${path}${issue.message}${got}`;
+}
+
+/** Issues one per line, in the order given (sources report them by position). */
+export function formatIssues(issues: readonly ConfigIssue[]): string {
+  return issues.map(formatIssue).join("\n");
+}
+
+/** Which part of a node an issue points at: its value, its key, or the mapping holding it. */
+export type IssueAnchor = "value" | "key" | "parent";
+
+/** A problem before it is placed in the source. */
+export interface Finding {
+  readonly path: readonly PathSegment[];
+  readonly anchor: IssueAnchor;
+  readonly message: string;
+  /** Show the value at `path` from the input data. */
+  readonly showValue?: boolean;
+  /** Show this value instead. */
+  readonly value?: unknown;
+}
+
+/** The value at a path in plain data, and whether it is there at all. */
+export function valueAt(
+  data: unknown,
+  path: readonly PathSegment[],
+): { found: boolean; value?: unknown } {
+  let cur = data;
+  for (const seg of path) {
+    if (cur === null || typeof cur !== "object" || !Object.hasOwn(cur, seg)) {
+      return { found: false };
+    }
+    cur = (cur as Record<PropertyKey, unknown>)[seg];
+  }
+  return { found: true, value: cur };
+}
+
+// ---------------------------------------------------------------------------------------------
+// zod issues -> findings
+
+type ZodIssue = z.core.$ZodIssue;
+
+function toSegments(path: readonly PropertyKey[]): PathSegment[] {
+  return path.map((s) => typeof s === "symbol" ? String(s) : s);
+}
+
+const TYPE_NAMES: Record<string, string> = {
+  string: "a string",
+  number: "a number",
+  int: "an integer",
+  boolean: "true or false",
+  object: "a mapping",
+  record: "a mapping",
+  array: "a list",
+  null: "nothing",
+};
+
+/** Turns one zod issue into findings that say what was expected; `base` prefixes its path. */
+export function translateIssue(issue: ZodIssue, base: PathSegment[], data: unknown): Finding[] {
+  const path = [...base, ...toSegments(issue.path)];
+  switch (issue.code) {
+    case "unrecognized_keys": {
+      const allowed = allowedKeys(path);
+      const hint = allowed.length > 0 ? `; expected one of: ${allowed.join(", ")}` : "";
+      return issue.keys.map((key) => ({
+        path: [...path, key],
+        anchor: "key" as const,
+        message: `unknown key '${key}'${hint}`,
+      }));
+    }
+    case "invalid_type": {
+      const parent = valueAt(data, path.slice(0, -1));
+      const last = path[path.length - 1];
+      const missing = last !== undefined && parent.found && parent.value !== null &&
+        typeof parent.value === "object" && !Object.hasOwn(parent.value, last);
+      const typeName = issue.expected === "int" ? "an integer" : TYPE_NAMES[issue.expected];
+      const expected = (missing ? describeSchema(schemaAt(path)) ?? typeName : typeName) ??
+        issue.expected;
+      if (missing) {
+        return [{
+          path,
+          anchor: "parent",
+          message: `missing required key '${last}'; expected ${expected}`,
+        }];
+      }
+      if (path.length === 0 && (data === null || data === undefined)) {
+        return [{
+          path,
+          anchor: "value",
+          message: "the config is empty; expected a mapping with listeners",
+        }];
+      }
+      return [{ path, anchor: "value", message: `expected ${expected}`, showValue: true }];
+    }
+    case "invalid_union": {
+      // A branch whose issues are all below its root matched the shape; report its issues.
+      const near = issue.errors.filter((branch) =>
+        branch.length > 0 &&
+        branch.every((i) => i.path.length > 0 && i.code !== "unrecognized_keys")
+      );
+      if (near.length === 1) return near[0]!.flatMap((i) => translateIssue(i, path, data));
+      const described = describeSchema(schemaAt(path));
+      const expected = described ?? alternatives(
+        issue.errors.flatMap((b) =>
+          b.flatMap((i) => i.code === "invalid_type" ? [TYPE_NAMES[i.expected] ?? i.expected] : [])
+        ),
+      );
+      return [{
+        path,
+        anchor: "value",
+        message: `expected ${expected || "another value"}`,
+        showValue: true,
+      }];
+    }
+    case "invalid_key": {
+      const inner = issue.issues.map((i) => i.message).join("; ");
+      return [{
+        path,
+        anchor: "key",
+        message: `invalid key '${String(path[path.length - 1])}': ${inner}`,
+      }];
+    }
+    case "invalid_value": {
+      const values = issue.values.map((v) => typeof v === "string" ? v : JSON.stringify(v));
+      const expected = values.length === 1 ? values[0]! : `one of ${values.join(", ")}`;
+      return [{ path, anchor: "value", message: `expected ${expected}`, showValue: true }];
+    }
+    case "too_small":
+    case "too_big":
+      return [{ path, anchor: "value", message: sizeMessage(issue), showValue: true }];
+    case "invalid_format": {
+      let message = issue.message;
+      if (issue.format === "starts_with") {
+        const prefix = (issue as { prefix?: string }).prefix ?? "";
+        message = prefix === "/"
+          ? "expected a path starting with /"
+          : `expected a value starting with ${prefix}`;
+      } else if (issue.format === "regex" && message.startsWith("Invalid")) {
+        message = `expected a value matching ${
+          (issue as { pattern?: string }).pattern ?? "the pattern"
+        }`;
+      }
+      return [{ path, anchor: "value", message, showValue: true }];
+    }
+    case "custom": {
+      const scalar = valueAt(data, path);
+      const showValue = scalar.found && (scalar.value === null || typeof scalar.value !== "object");
+      return [{ path, anchor: "value", message: issue.message, showValue }];
+    }
+    default:
+      return [{ path, anchor: "value", message: issue.message, showValue: true }];
+  }
+}
+
+function sizeMessage(issue: z.core.$ZodIssueTooSmall | z.core.$ZodIssueTooBig): string {
+  const small = issue.code === "too_small";
+  const bound = small ? issue.minimum : issue.maximum;
+  const n = Number(bound);
+  switch (issue.origin) {
+    case "array":
+    case "set":
+      return small
+        ? `expected at least ${n} item${n === 1 ? "" : "s"}`
+        : `expected at most ${n} item${n === 1 ? "" : "s"}`;
+    case "string":
+      if (small && n === 1) return "expected a non-empty string";
+      return `expected ${small ? "at least" : "at most"} ${n} characters`;
+    default: {
+      const op = small ? (issue.inclusive ? ">=" : ">") : (issue.inclusive ? "<=" : "<");
+      return `expected a number ${op} ${String(bound)}`;
+    }
+  }
+}
+
+function alternatives(items: string[]): string {
+  const unique = [...new Set(items)];
+  if (unique.length <= 1) return unique[0] ?? "";
+  return `${unique.slice(0, -1).join(", ")} or ${unique[unique.length - 1]}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the schema (for "expected ..." and "allowed keys")
+
+interface SchemaDef {
+  readonly type: string;
+  readonly innerType?: Schema;
+  readonly in?: Schema;
+  readonly out?: Schema;
+  readonly shape?: Record<string, Schema>;
+  readonly element?: Schema;
+  readonly options?: readonly Schema[];
+  readonly valueType?: Schema;
+  readonly values?: readonly unknown[];
+  readonly entries?: Record<string, unknown>;
+  readonly format?: string;
+}
+interface Schema {
+  readonly _zod: { readonly def: SchemaDef };
+}
+
+const WRAPPERS = new Set(["optional", "default", "prefault", "nullable", "readonly", "catch"]);
+
+function unwrap(s: Schema): Schema {
+  let cur = s;
+  for (let i = 0; i < 20 && WRAPPERS.has(cur._zod.def.type) && cur._zod.def.innerType; i++) {
+    cur = cur._zod.def.innerType;
+  }
+  return cur;
+}
+
+function isDuration(s: Schema): boolean {
+  const d = s._zod.def;
+  if (d.type !== "pipe" || !d.in || d.out?._zod.def.type !== "transform") return false;
+  const kinds = (d.in._zod.def.options ?? []).map((o) => o._zod.def.type).sort().join();
+  return kinds === "number,string";
+}
+
+/** The schema that validates `path`, looking through defaults, pipes and unions. */
+function schemaAt(path: readonly PathSegment[]): Schema | undefined {
+  let cur: Schema | undefined = ConfigSchema as unknown as Schema;
+  for (const seg of path) {
+    if (!cur) return undefined;
+    cur = childSchema(cur, seg);
+  }
+  return cur;
+}
+
+function childSchema(s: Schema, seg: PathSegment): Schema | undefined {
+  const u = unwrap(s);
+  const d = u._zod.def;
+  switch (d.type) {
+    case "pipe":
+      return d.in ? childSchema(d.in, seg) : undefined;
+    case "object":
+      return typeof seg === "string" ? d.shape?.[seg] : undefined;
+    case "array":
+      return typeof seg === "number" ? d.element : undefined;
+    case "record":
+      return d.valueType;
+    case "union":
+      for (const o of d.options ?? []) {
+        const c = childSchema(o, seg);
+        if (c) return c;
+      }
+      return undefined;
+    default:
+      return undefined;
+  }
+}
+
+function allowedKeys(path: readonly PathSegment[]): string[] {
+  const s = schemaAt(path);
+  if (!s) return [];
+  const u = unwrap(s);
+  const shape = u._zod.def.type === "object" ? u._zod.def.shape : undefined;
+  return shape ? Object.keys(shape) : [];
+}
+
+/** "a string", "a duration such as ...", "{exact: ...}, {prefix: ...} or {regex: ...}". */
+function describeSchema(s: Schema | undefined, inUnion = false): string | undefined {
+  if (!s) return undefined;
+  if (isDuration(unwrap(s))) return "a duration such as 250ms, 15s or 1m";
+  const u = unwrap(s);
+  const d = u._zod.def;
+  switch (d.type) {
+    case "pipe":
+      return describeSchema(d.in, inUnion);
+    case "literal":
+      return alternatives((d.values ?? []).map((v) => JSON.stringify(v)));
+    case "enum":
+      return `one of ${Object.keys(d.entries ?? {}).join(", ")}`;
+    case "object": {
+      if (!inUnion) return "a mapping";
+      const keys = Object.entries(d.shape ?? {}).map(([k, v]) => {
+        const vd = unwrap(v)._zod.def;
+        const optional = v._zod.def.type === "optional" || v._zod.def.type === "default";
+        const hint = vd.type === "literal"
+          ? (vd.values ?? []).map((x) => JSON.stringify(x)).join("|")
+          : "...";
+        return `${k}${optional ? "?" : ""}: ${hint}`;
+      });
+      return `{${keys.join(", ")}}`;
+    }
+    case "union":
+      return alternatives((d.options ?? []).map((o) => describeSchema(o, true) ?? "another value"));
+    case "number":
+      return d.format?.includes("int") ? "an integer" : "a number";
+    default:
+      return TYPE_NAMES[d.type];
+  }
+}

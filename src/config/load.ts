@@ -1,0 +1,555 @@
+/**
+ * Loads a config: YAML text -> plain data -> `ConfigSchema` (every default) -> cross-reference
+ * checks. Every problem is reported at once, each with the line and column of the YAML node it
+ * is about, so one run of `ferry --check` shows everything to fix.
+ *
+ * @example
+ * ```ts
+ * const result = await loadConfigFile("config/ferry.yaml");
+ * if (!result.ok) {
+ *   console.error(formatIssues(result.errors));
+ *   Deno.exit(1);
+ * }
+ * ```
+ */
+import { dirname, isAbsolute, join, normalize } from "node:path";
+import {
+  type Document,
+  isAlias,
+  isMap,
+  isScalar,
+  isSeq,
+  LineCounter,
+  type Pair,
+  parseDocument,
+} from "yaml";
+import { type ClusterConfig, ConfigSchema, type FerryConfig } from "./schema.ts";
+import { parseCidr } from "../server/trust.ts";
+import {
+  type ConfigIssue,
+  type Finding,
+  formatIssues,
+  formatPath,
+  type IssueAnchor,
+  type LoadResult,
+  type PathSegment,
+  translateIssue,
+  valueAt,
+} from "./errors.ts";
+
+export type { ConfigIssue, IssueAnchor, LoadResult, PathSegment };
+export { formatIssues };
+
+export interface ValidateOptions {
+  /** Named in every issue: a file path, or `<env>`. */
+  readonly file: string;
+  /** Places a config path in the source; without it every issue is at line 0. */
+  readonly locate?: (
+    path: readonly PathSegment[],
+    anchor: IssueAnchor,
+  ) => { line: number; column: number };
+  /** Names a config path in messages (the environment loader names variables); default `a.b[0]`. */
+  readonly describePath?: (path: readonly PathSegment[]) => string;
+  /**
+   * Checks a file named by the config (TLS certificate, key, CA), already resolved against the
+   * config file's folder. Returns what is wrong, or undefined when the file can be read. Without
+   * it files are not checked.
+   */
+  readonly checkFile?: (path: string) => string | undefined;
+}
+
+export interface ParseOptions {
+  /** See `ValidateOptions.checkFile`; `loadConfigFile` passes one that asks the file system. */
+  readonly checkFile?: (path: string) => string | undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+/** Resolves a path written in a config file against that file's folder (absolute stays as is). */
+export function resolveConfigPath(configFile: string, p: string): string {
+  return isAbsolute(p) ? normalize(p) : join(dirname(configFile), p);
+}
+
+/** `ParseOptions.checkFile` backed by the file system (needs --allow-read). */
+export function checkReadableFile(path: string): string | undefined {
+  try {
+    const info = Deno.statSync(path);
+    if (!info.isFile) return "not a regular file";
+    Deno.openSync(path, { read: true }).close();
+    return undefined;
+  } catch (err) {
+    return describeFsError(err);
+  }
+}
+
+function describeFsError(err: unknown): string {
+  if (err instanceof Deno.errors.NotFound) return "no such file";
+  if (err instanceof Deno.errors.PermissionDenied) return "permission denied";
+  if (err instanceof Deno.errors.IsADirectory) return "is a directory, not a file";
+  return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * Reads, parses and validates a config file, checking that the TLS files it names can be read.
+ * A missing or unreadable config file is one issue at line 0.
+ */
+export async function loadConfigFile(path: string): Promise<LoadResult> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (err) {
+    return {
+      ok: false,
+      errors: [{
+        file: path,
+        line: 0,
+        column: 0,
+        path: "",
+        message: `cannot read the config file: ${describeFsError(err)}`,
+      }],
+    };
+  }
+  return parseConfigText(text, path, { checkFile: checkReadableFile });
+}
+
+// ---------------------------------------------------------------------------------------------
+// YAML
+
+/**
+ * Parses and validates config text. `file` names the source in issues and is the folder that
+ * relative TLS paths are resolved against; files are checked only with `options.checkFile`.
+ */
+export function parseConfigText(
+  text: string,
+  file: string,
+  options: ParseOptions = {},
+): LoadResult {
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, {
+    lineCounter,
+    prettyErrors: false,
+    uniqueKeys: true,
+    keepSourceTokens: false,
+  });
+  const at = (offset: number) => {
+    const { line, col } = lineCounter.linePos(offset);
+    return { line, column: col };
+  };
+  const yamlIssue = (e: { pos: [number, number]; code: string; message: string }) => {
+    const path = pathAtOffset(doc, e.pos[0]);
+    const last = path[path.length - 1];
+    const message = e.code === "DUPLICATE_KEY"
+      ? `duplicate key${last === undefined ? "" : ` '${last}'`}; expected each key once per mapping`
+      : `YAML: ${e.message.split("\n")[0]!.replace(/ at line \d+, column \d+:?$/, "")}`;
+    return { file, ...at(e.pos[0]), path: formatPath(path), message };
+  };
+  const yamlErrors: ConfigIssue[] = doc.errors.map(yamlIssue);
+  const warnings: ConfigIssue[] = doc.warnings.map(yamlIssue);
+  // Duplicate keys leave a usable document: go on, so that every error is reported in one run.
+  if (doc.errors.some((e) => e.code !== "DUPLICATE_KEY")) {
+    return { ok: false, errors: sortIssues(yamlErrors) };
+  }
+
+  let data: unknown;
+  try {
+    data = doc.toJS({ maxAliasCount: 1000 });
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    return {
+      ok: false,
+      errors: [...yamlErrors, { file, line: 1, column: 1, path: "", message: `YAML: ${message}` }],
+    };
+  }
+
+  const result = validateConfig(data, {
+    file,
+    locate: (path, anchor) => at(offsetOf(doc, path, anchor)),
+    ...(options.checkFile ? { checkFile: options.checkFile } : {}),
+  });
+  if (!result.ok || yamlErrors.length > 0) {
+    return {
+      ok: false,
+      errors: sortIssues([...yamlErrors, ...(result.ok ? [] : result.errors)]),
+    };
+  }
+  return { ...result, warnings: sortIssues([...warnings, ...result.warnings]) };
+}
+
+function sortIssues(issues: ConfigIssue[]): ConfigIssue[] {
+  return issues
+    .map((issue, i) => ({ issue, i }))
+    .sort((a, b) => a.issue.line - b.issue.line || a.issue.column - b.issue.column || a.i - b.i)
+    .map((x) => x.issue);
+}
+
+type YamlNode = NonNullable<Document["contents"]>;
+
+function rangeOf(node: unknown): [number, number, number] | undefined {
+  const r = (node as { range?: [number, number, number] | null } | null | undefined)?.range;
+  return r ?? undefined;
+}
+
+function keyText(key: unknown): string {
+  return isScalar(key) ? String(key.value) : String(key);
+}
+
+function deref(doc: Document, node: unknown): unknown {
+  for (let hops = 0; isAlias(node) && hops < 100; hops++) node = node.resolve(doc);
+  return node;
+}
+
+/** Source offset of a config path; missing steps fall back to the deepest node that exists. */
+function offsetOf(doc: Document, path: readonly PathSegment[], anchor: IssueAnchor): number {
+  if (anchor === "parent") return offsetOf(doc, path.slice(0, -1), "value");
+  let node: unknown = doc.contents;
+  let pair: Pair<unknown, unknown> | undefined;
+  let fallback = rangeOf(node)?.[0] ?? 0;
+  for (const seg of path) {
+    const cur = deref(doc, node);
+    let next: unknown;
+    if (isMap(cur)) {
+      pair = cur.items.find((p) => keyText(p.key) === String(seg));
+      if (!pair) return fallback;
+      next = pair.value;
+    } else if (isSeq(cur) && typeof seg === "number" && seg < cur.items.length) {
+      pair = undefined;
+      next = cur.items[seg];
+    } else {
+      return fallback;
+    }
+    const keyStart = pair ? rangeOf(pair.key)?.[0] : undefined;
+    const valueRange = rangeOf(next);
+    const emptyValue = !valueRange || (isScalar(next) && next.value === null &&
+      valueRange[0] === valueRange[1]);
+    fallback = (emptyValue ? keyStart : valueRange[0]) ?? fallback;
+    node = next;
+  }
+  if (anchor === "key" && pair) return rangeOf(pair.key)?.[0] ?? fallback;
+  return fallback;
+}
+
+/** The config path of the deepest node at a source offset (for YAML errors). */
+function pathAtOffset(doc: Document, offset: number): PathSegment[] {
+  const out: PathSegment[] = [];
+  const within = (node: unknown) => {
+    const r = rangeOf(node);
+    return r !== undefined && offset >= r[0] && offset <= r[1];
+  };
+  let node: YamlNode | unknown = doc.contents;
+  for (let depth = 0; depth < 1000; depth++) {
+    let next: unknown;
+    if (isMap(node)) {
+      for (const p of node.items) {
+        if (within(p.key)) return [...out, keyText(p.key)];
+        if (within(p.value)) {
+          out.push(keyText(p.key));
+          next = p.value;
+          break;
+        }
+      }
+    } else if (isSeq(node)) {
+      const i = node.items.findIndex(within);
+      if (i >= 0) {
+        out.push(i);
+        next = node.items[i];
+      }
+    }
+    if (next === undefined) break;
+    node = next;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+
+/**
+ * Validates plain config data (from YAML, JSON or built in code) with `ConfigSchema`, then the
+ * cross-reference checks. Used by `parseConfigText` and the environment quick start.
+ */
+export function validateConfig(data: unknown, options: ValidateOptions): LoadResult {
+  const describe = options.describePath ?? formatPath;
+  const toIssue = (f: Finding): ConfigIssue => {
+    const { line, column } = options.locate?.(f.path, f.anchor) ?? { line: 0, column: 0 };
+    const issue: ConfigIssue = {
+      file: options.file,
+      line,
+      column,
+      path: describe(f.path),
+      message: f.message,
+    };
+    if ("value" in f) issue.value = f.value;
+    else if (f.showValue) {
+      const v = valueAt(data, f.path);
+      if (v.found) issue.value = v.value;
+    }
+    return issue;
+  };
+
+  const parsed = ConfigSchema.safeParse(data);
+  if (!parsed.success) {
+    const findings = parsed.error.issues.flatMap((i) => translateIssue(i, [], data));
+    return { ok: false, errors: dedupe(findings.map(toIssue)) };
+  }
+  const { errors, warnings } = checkReferences(parsed.data, options);
+  if (errors.length > 0) return { ok: false, errors: dedupe(errors.map(toIssue)) };
+  return { ok: true, config: parsed.data, warnings: warnings.map(toIssue) };
+}
+
+function dedupe(issues: ConfigIssue[]): ConfigIssue[] {
+  const seen = new Set<string>();
+  return issues.filter((i) => {
+    const key = `${i.line}:${i.column}:${i.path}:${i.message}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-reference checks on a schema-valid config
+
+function checkReferences(
+  cfg: FerryConfig,
+  options: ValidateOptions,
+): { errors: Finding[]; warnings: Finding[] } {
+  const errors: Finding[] = [];
+  const warnings: Finding[] = [];
+  const err = (path: PathSegment[], message: string, value?: unknown) =>
+    errors.push(
+      value === undefined
+        ? { path, anchor: "value", message }
+        : { path, anchor: "value", message, value },
+    );
+
+  uniqueNames("listener", "listeners", cfg.listeners, err);
+  uniqueNames("route", "routes", cfg.routes, err);
+  uniqueNames("cluster", "clusters", cfg.clusters, err);
+
+  const listenerNames = cfg.listeners.map((l) => l.name);
+  const clusterNames = cfg.clusters.map((c) => c.name);
+  const used = new Set<string>();
+  for (const [i, r] of cfg.routes.entries()) {
+    if (r.cluster !== undefined) {
+      used.add(r.cluster);
+      if (!clusterNames.includes(r.cluster)) {
+        err(
+          ["routes", i, "cluster"],
+          `unknown cluster '${r.cluster}'; ${definedList(clusterNames, "clusters")}`,
+        );
+      }
+    }
+    for (const [j, l] of (r.listeners ?? []).entries()) {
+      if (!listenerNames.includes(l)) {
+        err(
+          ["routes", i, "listeners", j],
+          `unknown listener '${l}'; ${definedList(listenerNames, "listeners")}`,
+        );
+      }
+    }
+  }
+
+  for (const [i, c] of cfg.clusters.entries()) {
+    for (const [j, e] of c.endpoints.entries()) {
+      const url = typeof e === "string" ? e : e.url;
+      const problem = endpointProblem(url);
+      const path = typeof e === "string"
+        ? ["clusters", i, "endpoints", j]
+        : ["clusters", i, "endpoints", j, "url"];
+      if (problem) err(path, problem, url);
+    }
+    if (!used.has(c.name)) {
+      warnings.push({
+        path: ["clusters", i, "name"],
+        anchor: "value",
+        message: `cluster '${c.name}' is not used by any route`,
+      });
+    }
+  }
+
+  // Addresses: a port can be bound once; a wildcard host takes it on every address.
+  const bound: { owner: string; addr: Address }[] = [];
+  const claim = (path: PathSegment[], owner: string, address: string) => {
+    const addr = splitAddress(address);
+    if (addr.port > 65535) {
+      err(path, "expected a port from 0 to 65535", address);
+      return;
+    }
+    const clash = bound.find((b) => addressesConflict(b.addr, addr));
+    if (clash) {
+      err(
+        path,
+        `address conflicts with ${clash.owner} (${clash.addr.text}); ` +
+          "expected a distinct address or port",
+        address,
+      );
+    }
+    bound.push({ owner, addr });
+  };
+  for (const [i, l] of cfg.listeners.entries()) {
+    claim(["listeners", i, "address"], `listener '${l.name}'`, l.address);
+  }
+  if (cfg.admin) claim(["admin", "address"], "the admin address", cfg.admin.address);
+
+  // Header edits and rewrites are applied per request: catch what would throw there.
+  for (const [i, r] of cfg.routes.entries()) {
+    for (const side of ["request_headers", "response_headers"] as const) {
+      const edits = r[side];
+      for (const [name, value] of Object.entries(edits?.add ?? {})) {
+        if (!HEADER_NAME.test(name)) {
+          errors.push({
+            path: ["routes", i, side, "add", name],
+            anchor: "key",
+            message: `invalid header name '${name}'; expected a header name such as x-env`,
+          });
+        } else if (/[\r\n\0]/.test(value)) {
+          err(
+            ["routes", i, side, "add", name],
+            "expected a header value without line breaks",
+            value,
+          );
+        }
+      }
+      for (const [j, name] of (edits?.remove ?? []).entries()) {
+        if (!HEADER_NAME.test(name)) {
+          err(["routes", i, side, "remove", j], "expected a header name such as x-env", name);
+        }
+      }
+    }
+    if (r.direct_response && /[\r\n\0]/.test(r.direct_response.content_type)) {
+      err(
+        ["routes", i, "direct_response", "content_type"],
+        "expected a media type without line breaks",
+        r.direct_response.content_type,
+      );
+    }
+    const rw = r.rewrite;
+    if (rw?.prefix !== undefined && rw.regex !== undefined) {
+      err(["routes", i, "rewrite"], "expected either rewrite.prefix or rewrite.regex, not both");
+    } else if (rw?.prefix !== undefined && "regex" in r.match.path) {
+      err(
+        ["routes", i, "rewrite", "prefix"],
+        "rewrite.prefix needs a path prefix or exact match; use rewrite.regex with a regex match",
+        rw.prefix,
+      );
+    }
+  }
+
+  for (const [i, cidr] of cfg.server.trusted_proxies.entries()) {
+    if (!parseCidr(cidr)) {
+      err(
+        ["server", "trusted_proxies", i],
+        "expected an IP address or CIDR such as 10.0.0.0/8 or fd00::/8",
+        cidr,
+      );
+    }
+  }
+
+  if (options.checkFile) {
+    const check = (path: PathSegment[], what: string, p: string) => {
+      const resolved = resolveConfigPath(options.file, p);
+      const problem = options.checkFile!(resolved);
+      if (problem) {
+        err(path, `cannot read ${what} ${resolved}: ${problem}; expected a readable file`, p);
+      }
+    };
+    for (const [i, l] of cfg.listeners.entries()) {
+      if (!l.tls) continue;
+      check(["listeners", i, "tls", "cert"], "the TLS certificate", l.tls.cert);
+      check(["listeners", i, "tls", "key"], "the TLS key", l.tls.key);
+    }
+    for (const [i, c] of cfg.clusters.entries()) {
+      if (c.tls?.ca_file) check(["clusters", i, "tls", "ca_file"], "the CA file", c.tls.ca_file);
+    }
+  }
+  return { errors, warnings };
+}
+
+function uniqueNames(
+  kind: string,
+  key: string,
+  items: readonly { name: string }[],
+  err: (path: PathSegment[], message: string, value?: unknown) => void,
+): void {
+  const first = new Map<string, number>();
+  for (const [i, item] of items.entries()) {
+    const seen = first.get(item.name);
+    if (seen === undefined) first.set(item.name, i);
+    else {err(
+        [key, i, "name"],
+        `duplicate ${kind} name '${item.name}' (also ${key}[${seen}]); expected unique names`,
+      );}
+  }
+}
+
+function definedList(names: readonly string[], what: string): string {
+  return names.length === 0
+    ? `no ${what} are defined`
+    : `defined: ${[...new Set(names)].join(", ")}`;
+}
+
+/** Why an endpoint URL is unusable, or undefined. Endpoints name an origin; routes own paths. */
+export function endpointProblem(
+  raw: ClusterConfig["endpoints"][number] | string,
+): string | undefined {
+  const text = typeof raw === "string" ? raw : raw.url;
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    return "expected an http:// or https:// URL such as http://127.0.0.1:9001";
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    if (/^[^:/]+:\d+$/.test(text)) {
+      return `expected an http:// or https:// URL: write http://${text}`;
+    }
+    return `expected an http:// or https:// URL, not scheme '${url.protocol.slice(0, -1)}'`;
+  }
+  if (url.hostname === "") return "expected a URL with a host, such as http://127.0.0.1:9001";
+  if (url.username !== "" || url.password !== "") {
+    return "expected a URL without user:password@ (set credentials with request_headers)";
+  }
+  if (text.includes("?") || text.includes("#")) {
+    return "expected a URL without a ?query or #fragment";
+  }
+  if (url.pathname !== "/") {
+    return "expected a URL without a path (only /); use rewrite to change paths";
+  }
+  return undefined;
+}
+
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+interface Address {
+  readonly text: string;
+  readonly host: string;
+  readonly port: number;
+}
+
+function splitAddress(address: string): Address {
+  const colon = address.lastIndexOf(":");
+  const host = address.slice(0, colon).replace(/^\[|\]$/g, "").toLowerCase();
+  return {
+    text: address,
+    host: host === "" ? "0.0.0.0" : host,
+    port: Number(address.slice(colon + 1)),
+  };
+}
+
+function addressFamily(host: string): 4 | 6 | undefined {
+  if (host.includes(":")) return 6;
+  if (/^\d+\.\d+\.\d+\.\d+$/.test(host)) return 4;
+  return undefined;
+}
+
+function addressesConflict(a: Address, b: Address): boolean {
+  if (a.port !== b.port || a.port === 0) return false;
+  if (a.host === b.host) return true;
+  const wild = (h: string) => h === "0.0.0.0" || h === "::" || /^[0:]+$/.test(h);
+  if (wild(a.host) && wild(b.host)) return true;
+  const [w, other] = wild(a.host) ? [a, b] : wild(b.host) ? [b, a] : [undefined, undefined];
+  if (!w || !other) return false;
+  const fam = addressFamily(other.host);
+  return fam === undefined || fam === addressFamily(w.host);
+}

@@ -1,0 +1,182 @@
+/**
+ * The config contract: what a YAML file may say, with every default applied here and only here.
+ * `docs/configuration.md` documents each field; `config/ferry.schema.json` is generated from this.
+ */
+import { z } from "zod";
+import { parseDuration } from "./duration.ts";
+
+const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  const ms = parseDuration(v);
+  if (ms === undefined) {
+    ctx.addIssue({ code: "custom", message: `expected a duration such as 250ms, 15s or 1m` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+/** `host:port`, `[v6]:port` or `:port` (all interfaces). */
+const address = z.string().regex(
+  /^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):\d{1,5}$/,
+  "expected host:port, such as 127.0.0.1:8080",
+);
+
+const name = z.string().regex(
+  /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/,
+  "expected a name of letters, digits, _ . -",
+);
+
+const tls = z.strictObject({ cert: z.string().min(1), key: z.string().min(1) });
+
+export const ListenerSchema = z.strictObject({
+  name,
+  address,
+  tls: tls.optional(),
+  /** Downstream HTTP/2 without TLS (prior knowledge) is always accepted by Deno.serve; documented here. */
+});
+
+const stringMatch = z.union([
+  z.string(),
+  z.strictObject({ present: z.literal(true) }),
+  z.strictObject({ regex: z.string().min(1) }),
+]);
+
+const pathMatch = z.union([
+  z.strictObject({ exact: z.string().startsWith("/", "a path starts with /") }),
+  z.strictObject({ prefix: z.string().startsWith("/", "a path starts with /") }),
+  z.strictObject({ regex: z.string().min(1) }),
+]);
+
+const METHOD = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+export const RouteMatchSchema = z.strictObject({
+  host: z.string().regex(
+    /^(\*\.)?[A-Za-z0-9.-]+(:\d+)?$|^\*$/,
+    "expected a host such as api.example.com or *.example.com",
+  )
+    .optional(),
+  path: pathMatch.default({ prefix: "/" }),
+  methods: z.array(
+    z.string().regex(METHOD, "expected an HTTP method token").transform((m) => m.toUpperCase()),
+  )
+    .min(1).optional(),
+  headers: z.record(
+    z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, "expected a header name"),
+    stringMatch,
+  )
+    .optional(),
+  query: z.record(z.string().min(1), stringMatch).optional(),
+});
+
+const headerEdits = z.strictObject({
+  add: z.record(z.string(), z.string()).optional(),
+  remove: z.array(z.string()).optional(),
+});
+
+const rewrite = z.strictObject({
+  prefix: z.string().startsWith("/").optional(),
+  regex: z.strictObject({ pattern: z.string().min(1), substitution: z.string() }).optional(),
+  host: z.string().min(1).optional(),
+});
+
+const directResponse = z.strictObject({
+  status: z.number().int().min(200).max(599),
+  body: z.string().default(""),
+  content_type: z.string().default("text/plain; charset=utf-8"),
+});
+
+const redirect = z.strictObject({
+  status: z.union([z.literal(301), z.literal(302), z.literal(303), z.literal(307), z.literal(308)])
+    .default(302),
+  scheme: z.enum(["http", "https"]).optional(),
+  host: z.string().min(1).optional(),
+  port: z.number().int().min(1).max(65535).optional(),
+  path: z.string().startsWith("/").optional(),
+  prefix: z.string().startsWith("/").optional(),
+  strip_query: z.boolean().default(false),
+});
+
+export const RouteSchema = z.strictObject({
+  name,
+  /** Limit a route to some listeners; by default a route serves every listener. */
+  listeners: z.array(name).min(1).optional(),
+  match: RouteMatchSchema.default({ path: { prefix: "/" } }),
+  cluster: name.optional(),
+  direct_response: directResponse.optional(),
+  redirect: redirect.optional(),
+  rewrite: rewrite.optional(),
+  request_headers: headerEdits.optional(),
+  response_headers: headerEdits.optional(),
+  timeout: duration.default(15_000),
+  websocket: z.boolean().default(true),
+}).superRefine((r, ctx) => {
+  const actions = [r.cluster, r.direct_response, r.redirect].filter((a) => a !== undefined).length;
+  if (actions !== 1) {
+    ctx.addIssue({
+      code: "custom",
+      message: "a route needs exactly one of cluster, direct_response or redirect",
+      path: [],
+    });
+  }
+});
+
+const endpoint = z.union([
+  z.string(),
+  z.strictObject({ url: z.string(), weight: z.number().int().min(1).max(1000).default(1) }),
+]);
+
+export const ClusterSchema = z.strictObject({
+  name,
+  endpoints: z.array(endpoint).min(1),
+  lb: z.enum(["round_robin"]).default("round_robin"),
+  /** Upstream protocol: http1 (default), h2c (prior knowledge) or h2 over TLS; https endpoints use TLS. */
+  protocol: z.enum(["http1", "h2c", "auto"]).default("http1"),
+  tls: z.strictObject({
+    ca_file: z.string().min(1).optional(),
+    /** SNI / certificate name when it differs from the endpoint host. */
+  }).optional(),
+  pool: z.strictObject({
+    max_idle_per_endpoint: z.number().int().min(0).max(10_000).default(64),
+    idle_timeout: duration.default(90_000),
+  }).default({ max_idle_per_endpoint: 64, idle_timeout: 90_000 }),
+  /** Send the client's Host upstream (true) or the endpoint's host (false). */
+  preserve_host: z.boolean().default(true),
+});
+
+export const AdminSchema = z.strictObject({ address });
+
+export const ServerSchema = z.strictObject({
+  /** CIDRs of proxies whose X-Forwarded-For and X-Request-Id are believed. */
+  trusted_proxies: z.array(z.string()).default([]),
+  /** Keep a client-sent x-request-id: "trusted" (only from trusted_proxies), "always", "never". */
+  request_id: z.enum(["trusted", "always", "never"]).default("trusted"),
+  /** WebSocket: bytes buffered towards a peer that does not read before it is closed (1008). */
+  websocket_max_buffer: z.number().int().min(1024).default(4 * 1024 * 1024),
+  /** Added to the Via header sent upstream. */
+  via: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]*$/).default("ferry"),
+}).default({
+  trusted_proxies: [],
+  request_id: "trusted",
+  websocket_max_buffer: 4 * 1024 * 1024,
+  via: "ferry",
+});
+
+export const LogSchema = z.strictObject({
+  level: z.enum(["debug", "info", "warn", "error"]).default("info"),
+}).default({ level: "info" });
+
+export const ConfigSchema = z.strictObject({
+  listeners: z.array(ListenerSchema).min(1),
+  admin: AdminSchema.optional(),
+  server: ServerSchema,
+  log: LogSchema,
+  routes: z.array(RouteSchema).default([]),
+  clusters: z.array(ClusterSchema).default([]),
+});
+
+export type FerryConfig = z.output<typeof ConfigSchema>;
+export type ListenerConfig = z.output<typeof ListenerSchema>;
+export type RouteConfig = z.output<typeof RouteSchema>;
+export type RouteMatchConfig = z.output<typeof RouteMatchSchema>;
+export type ClusterConfig = z.output<typeof ClusterSchema>;
+export type StringMatchConfig = z.output<typeof stringMatch>;
+export type PathMatchConfig = z.output<typeof pathMatch>;

@@ -1,0 +1,43 @@
+/**
+ * The request's way through Ferry is a chain of `Handler`s, built once per config snapshot.
+ * Code before `await next(req, ctx)` sees the request; code after it sees the response.
+ */
+
+/** Facts about one downstream request, fixed before the pipeline starts. */
+export interface RequestContext {
+  readonly requestId: string;
+  /** The peer address of the TCP connection. */
+  readonly peerIp: string;
+  /** The client address Ferry believes: the peer, or the first untrusted X-Forwarded-For hop. */
+  readonly clientIp: string;
+  /** Whether the peer is one of `server.trusted_proxies`. */
+  readonly peerTrusted: boolean;
+  readonly listener: string;
+  /** "https" when the listener terminates TLS. */
+  readonly scheme: "http" | "https";
+  /** Normalised host (lower case, no port) and the authority as the client sent it. */
+  readonly host: string;
+  readonly authority: string;
+  /** Normalised path (dot segments removed) and raw query ("" or "?..."). */
+  readonly path: string;
+  readonly search: string;
+  readonly startedAt: number;
+  /** What the proxy did, for the access log: written by stages, never read for decisions. */
+  readonly outcome: RequestOutcome;
+}
+
+/** Filled as the request moves on; the access log and error bodies read it at the end. */
+export interface RequestOutcome {
+  route?: string;
+  cluster?: string;
+  endpoint?: string;
+  attempts: number;
+}
+
+export type Handler = (req: Request, ctx: RequestContext) => Promise<Response>;
+export type Middleware = (next: Handler) => Handler;
+
+/** Folds middleware around a terminal handler; the first middleware is the outermost. */
+export function compose(middleware: readonly Middleware[], terminal: Handler): Handler {
+  return middleware.reduceRight<Handler>((next, mw) => mw(next), terminal);
+}

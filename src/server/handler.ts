@@ -1,0 +1,118 @@
+/**
+ * The entry of every downstream request on a listener: read the snapshot once, validate and
+ * normalise authority and path, settle the request id and client address, route, run the
+ * route's chain, and map any failure through the one error table.
+ */
+import type { Snapshot } from "../config/compile.ts";
+import type { RequestContext } from "../pipeline/types.ts";
+import { normalizeHost, normalizePath } from "../routing/path.ts";
+import { errorResponse, ProxyError } from "./errors.ts";
+import { errorFields, type Logger } from "../observability/log.ts";
+
+/** Longest request target accepted (path + query), as nginx's large_client_header_buffers 8k. */
+export const MAX_URI_LENGTH = 8192;
+const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
+
+export type ServeHandler = (
+  req: Request,
+  info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+) => Promise<Response>;
+
+export function createListenerHandler(
+  listener: string,
+  currentSnapshot: () => Snapshot,
+  log: Logger,
+): ServeHandler {
+  return async function handle(req, info): Promise<Response> {
+    const snap = currentSnapshot();
+    const plan = snap.listeners.get(listener);
+    const peerIp = info.remoteAddr.hostname;
+    const peerTrusted = snap.trust.has(peerIp);
+    const requestId = pickRequestId(
+      req.headers.get("x-request-id"),
+      snap.requestIdPolicy,
+      peerTrusted,
+    );
+    let ctx: RequestContext | undefined;
+    try {
+      if (!plan) throw new ProxyError("no_route", `listener ${listener} is being removed`);
+      const target = splitTarget(req.url);
+      const host = normalizeHost(target.authority);
+      if (host === null) throw new ProxyError("bad_request", "invalid Host / authority");
+      const path = normalizePath(target.path);
+      if (!path.ok) throw new ProxyError("bad_request", `invalid path: ${path.reason}`);
+      ctx = {
+        requestId,
+        peerIp,
+        clientIp: peerTrusted
+          ? snap.trust.clientIp(peerIp, req.headers.get("x-forwarded-for"))
+          : peerIp,
+        peerTrusted,
+        listener,
+        scheme: plan.scheme,
+        host,
+        authority: target.authority,
+        path: path.path,
+        search: target.search,
+        startedAt: performance.now(),
+        outcome: { attempts: 0 },
+      };
+      const route = plan.router.match({
+        method: req.method,
+        host,
+        path: path.path,
+        headers: req.headers,
+        search: target.search,
+      });
+      if (!route) {
+        throw new ProxyError("no_route", `no route for ${req.method} ${host}${path.path}`);
+      }
+      ctx.outcome.route = route.name;
+      return await route.handler(req, ctx);
+    } catch (err) {
+      const response = errorResponse(err, requestId);
+      if (response.status >= 500 && response.status !== 499 && log.enabled("warn")) {
+        log.warn("proxy error", {
+          request_id: requestId,
+          status: response.status,
+          flag: response.headers.get("x-ferry-flag"),
+          route: ctx?.outcome.route,
+          endpoint: ctx?.outcome.endpoint,
+          ...errorFields(err),
+        });
+      }
+      return response;
+    }
+  };
+}
+
+/** Keep a client's request id only where policy allows and it is a sane token. */
+function pickRequestId(
+  incoming: string | null,
+  policy: Snapshot["requestIdPolicy"],
+  peerTrusted: boolean,
+): string {
+  if (incoming !== null && REQUEST_ID.test(incoming)) {
+    if (policy === "always" || (policy === "trusted" && peerTrusted)) return incoming;
+  }
+  return crypto.randomUUID();
+}
+
+/**
+ * Splits Deno's absolute request URL without the cost of `new URL`: the authority as the
+ * client sent it (Host, or the absolute-form target), the raw path and the raw query.
+ */
+export function splitTarget(url: string): { authority: string; path: string; search: string } {
+  const start = url.indexOf("//") + 2;
+  let slash = url.indexOf("/", start);
+  if (slash < 0) slash = url.length;
+  const q = url.indexOf("?", slash);
+  const authority = url.slice(start, slash);
+  const path = q < 0 ? url.slice(slash) : url.slice(slash, q);
+  const search = q < 0 ? "" : url.slice(q);
+  if (path.length + search.length > MAX_URI_LENGTH) {
+    throw new ProxyError("uri_too_long", `request target longer than ${MAX_URI_LENGTH} bytes`);
+  }
+  if (url.includes("#")) throw new ProxyError("bad_request", "a request target has no fragment");
+  return { authority, path: path || "/", search };
+}

@@ -1,0 +1,153 @@
+/**
+ * WebSocket proxying: connect upstream first (so the subprotocol the upstream picks is the one the
+ * client gets, and a dead upstream is a 502 rather than an open-then-closed socket), then upgrade
+ * the client and relay frames both ways with a bounded send buffer.
+ */
+import type { RequestContext } from "../pipeline/types.ts";
+import { ProxyError } from "../server/errors.ts";
+import type { Endpoint } from "./cluster.ts";
+import { type ForwardSettings, upstreamHeaders } from "./forward.ts";
+
+/** Handshake headers belong to each hop's own handshake, so they are not copied upstream. */
+const HANDSHAKE = new Set([
+  "sec-websocket-key",
+  "sec-websocket-version",
+  "sec-websocket-extensions",
+  "sec-websocket-protocol",
+  "sec-websocket-accept",
+  "host",
+]);
+
+const OPEN_TIMEOUT_MS = 10_000;
+/** RFC 6455 7.4.1 registry: 1014 is "bad gateway", the honest code when the upstream vanished. */
+const CLOSE_BAD_GATEWAY = 1014;
+const CLOSE_POLICY = 1008;
+/** Deno's client-side close() takes only 1000 and 3000-4999; 4008 mirrors 1008 in that range. */
+const CLOSE_SLOW_UPSTREAM = 4008;
+
+export async function proxyWebSocket(
+  req: Request,
+  ctx: RequestContext,
+  s: ForwardSettings,
+  endpoint: Endpoint,
+  path: string,
+): Promise<Response> {
+  const protocols = (req.headers.get("sec-websocket-protocol") ?? "")
+    .split(",").map((p) => p.trim()).filter((p) => p.length > 0);
+  const headers = upstreamHeaders(req, ctx, s, endpoint, HANDSHAKE);
+  const upstream = new WebSocket(endpoint.wsOrigin + path + ctx.search, { protocols, headers });
+  upstream.binaryType = "arraybuffer";
+  await opened(upstream, endpoint.origin);
+
+  const { socket: client, response } = Deno.upgradeWebSocket(req, {
+    ...(upstream.protocol ? { protocol: upstream.protocol } : {}),
+  });
+  client.binaryType = "arraybuffer";
+  const limit = s.websocketMaxBuffer;
+
+  // Frames from upstream may arrive before the client side is open: queue them, bounded.
+  let early: (string | ArrayBuffer)[] | undefined = [];
+  let earlyBytes = 0;
+  upstream.onmessage = (e: MessageEvent<string | ArrayBuffer>) => {
+    if (early) {
+      early.push(e.data);
+      earlyBytes += size(e.data);
+      if (earlyBytes > limit) closeBoth("client did not open in time");
+      return;
+    }
+    relay(
+      client,
+      e.data,
+      limit,
+      () => closeBoth("client is not reading: send buffer limit exceeded"),
+    );
+  };
+  client.onopen = () => {
+    for (const m of early ?? []) client.send(m);
+    early = undefined;
+  };
+  client.onmessage = (e: MessageEvent<string | ArrayBuffer>) => {
+    relay(
+      upstream,
+      e.data,
+      limit,
+      () => closeBoth("upstream is not reading: send buffer limit exceeded"),
+    );
+  };
+  upstream.onclose = (e) => {
+    if (client.readyState > WebSocket.OPEN) return;
+    if (e.code === 1005) client.close();
+    else if (e.code === 1006) {
+      client.close(CLOSE_BAD_GATEWAY, "upstream closed without a close frame");
+    } else client.close(e.code, e.reason);
+  };
+  client.onclose = (e) => {
+    if (upstream.readyState > WebSocket.OPEN) return;
+    closeUpstream(upstream, e.code, e.reason);
+  };
+  client.onerror = () => closeUpstream(upstream, 1006, "");
+
+  function closeBoth(reason: string): void {
+    if (client.readyState <= WebSocket.OPEN) client.close(CLOSE_POLICY, reason);
+    if (upstream.readyState <= WebSocket.OPEN) upstream.close(CLOSE_SLOW_UPSTREAM, reason);
+  }
+
+  response.headers.set("x-request-id", ctx.requestId);
+  return response;
+}
+
+function relay(
+  to: WebSocket,
+  data: string | ArrayBuffer,
+  limit: number,
+  overflow: () => void,
+): void {
+  if (to.readyState !== WebSocket.OPEN) return;
+  to.send(data);
+  // bufferedAmount counts bytes queued but not yet written to the socket.
+  if (to.bufferedAmount > limit) overflow();
+}
+
+/**
+ * Client close codes outside 1000 and 3000-4999 (1001 going away, 1011 ...) cannot be sent by
+ * Deno's WebSocket client: they travel as 1000 with the original code kept in the reason.
+ */
+function closeUpstream(upstream: WebSocket, code: number, reason: string): void {
+  if (code === 1000 || (code >= 3000 && code <= 4999)) upstream.close(code, reason);
+  else if (code === 1005) upstream.close();
+  else upstream.close(1000, truncateReason(`${code}${reason ? " " + reason : ""}`));
+}
+
+function truncateReason(text: string): string {
+  const bytes = new TextEncoder().encode(text);
+  return bytes.length <= 123 ? text : new TextDecoder().decode(bytes.slice(0, 120));
+}
+
+function size(data: string | ArrayBuffer): number {
+  return typeof data === "string" ? data.length * 3 : data.byteLength;
+}
+
+function opened(ws: WebSocket, origin: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      ws.close();
+      reject(
+        new ProxyError("upstream_timeout", `WebSocket upstream ${origin} did not open in time`),
+      );
+    }, OPEN_TIMEOUT_MS);
+    ws.onopen = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    ws.onerror = () => {};
+    ws.onclose = (e) => {
+      clearTimeout(timer);
+      reject(
+        new ProxyError(
+          "upstream_connect_failure",
+          `WebSocket handshake with ${origin} failed (${e.code}${e.reason ? " " + e.reason : ""})`,
+        ),
+      );
+    };
+  });
+}

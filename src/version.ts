@@ -1,0 +1,3 @@
+import meta from "../deno.json" with { type: "json" };
+
+export const VERSION: string = meta.version;

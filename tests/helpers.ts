@@ -1,0 +1,151 @@
+/**
+ * End-to-end test fixtures: real upstream servers on port 0 and a real Ferry started in-process
+ * from YAML (listeners on 127.0.0.1:0, ports read back).
+ */
+import { compileSnapshot } from "../src/config/compile.ts";
+import { parseConfigText } from "../src/config/load.ts";
+import { createLogger } from "../src/observability/log.ts";
+import { Ferry } from "../src/server/ferry.ts";
+
+export interface Upstream {
+  readonly url: string;
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+/** A real Deno.serve upstream on 127.0.0.1:0. */
+export function startUpstream(
+  handler: (
+    req: Request,
+    info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+  ) => Response | Promise<Response>,
+): Upstream {
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, handler);
+  return {
+    url: `http://127.0.0.1:${server.addr.port}`,
+    port: server.addr.port,
+    close: () => server.shutdown(),
+  };
+}
+
+/** An upstream that echoes what it received as JSON. */
+export function startEchoUpstream(name = "echo"): Upstream {
+  return startUpstream(async (req) => {
+    const url = new URL(req.url);
+    const body = req.body ? await req.text() : "";
+    return Response.json({
+      upstream: name,
+      method: req.method,
+      path: url.pathname,
+      search: url.search,
+      headers: Object.fromEntries(req.headers),
+      body,
+    });
+  });
+}
+
+export interface RunningFerry {
+  readonly ferry: Ferry;
+  /** `http://127.0.0.1:PORT` of the first listener. */
+  readonly url: string;
+  readonly port: number;
+  readonly adminUrl: string | undefined;
+  listenerUrl(name: string): string;
+  close(): Promise<void>;
+}
+
+/** Starts Ferry from a YAML text; `{{NAME}}` placeholders are replaced from `vars`. */
+export function startFerry(
+  yaml: string,
+  vars: Record<string, string> = {},
+  opts: { readTextFile?: (p: string) => string } = {},
+): RunningFerry {
+  const text = yaml.replace(/\{\{(\w+)\}\}/g, (_, k: string) => {
+    const v = vars[k];
+    if (v === undefined) throw new Error(`no value for {{${k}}}`);
+    return v;
+  });
+  const loaded = parseConfigText(text, "test.yaml");
+  if (!loaded.ok) {
+    throw new Error(`test config invalid:\n${JSON.stringify(loaded.errors, null, 2)}`);
+  }
+  const snapshot = compileSnapshot(loaded.config, {
+    version: 1,
+    source: "test.yaml",
+    readTextFile: opts.readTextFile ?? ((p) => Deno.readTextFileSync(p)),
+  });
+  const ferry = Ferry.start(snapshot, createLogger("error"));
+  const addrs = ferry.addresses();
+  const first = Object.values(addrs.listeners)[0]!;
+  return {
+    ferry,
+    url: `http://127.0.0.1:${first.port}`,
+    port: first.port,
+    adminUrl: addrs.admin ? `http://127.0.0.1:${addrs.admin.port}` : undefined,
+    listenerUrl: (name) => `http://127.0.0.1:${addrs.listeners[name]!.port}`,
+    close: async () => {
+      await ferry.shutdown(2_000);
+    },
+  };
+}
+
+/** Runs a command to completion and returns its stdout/stderr as text. */
+export async function run(cmd: string, args: string[], opts: { stdin?: Uint8Array } = {}) {
+  const child = new Deno.Command(cmd, {
+    args,
+    stdout: "piped",
+    stderr: "piped",
+    stdin: opts.stdin ? "piped" : "null",
+  }).spawn();
+  if (opts.stdin) {
+    const w = child.stdin.getWriter();
+    await w.write(opts.stdin);
+    await w.close();
+  }
+  const out = await child.output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+/** Sends raw bytes over TCP and reads until the server closes or `ms` pass. */
+export async function rawRequest(
+  port: number,
+  bytes: string | Uint8Array,
+  ms = 2_000,
+): Promise<string> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await conn.write(typeof bytes === "string" ? new TextEncoder().encode(bytes) : bytes);
+    const chunks: Uint8Array[] = [];
+    const deadline = Date.now() + ms;
+    const buf = new Uint8Array(64 * 1024);
+    while (Date.now() < deadline) {
+      const n = await Promise.race([
+        conn.read(buf),
+        new Promise<"t">((r) => setTimeout(() => r("t"), Math.max(1, deadline - Date.now()))),
+      ]);
+      if (n === "t" || n === null) break;
+      chunks.push(buf.slice(0, n));
+      const text = new TextDecoder().decode(concat(chunks));
+      // One full response with a Content-Length body is enough.
+      const m = /\r\n\r\n/.exec(text);
+      const cl = /content-length: (\d+)/i.exec(text);
+      if (m && cl && text.length >= m.index + 4 + Number(cl[1])) break;
+    }
+    return new TextDecoder().decode(concat(chunks));
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed by peer */ }
+  }
+}
+
+function concat(chunks: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let o = 0;
+  for (const c of chunks) {
+    out.set(c, o);
+    o += c.length;
+  }
+  return out;
+}
