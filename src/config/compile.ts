@@ -10,6 +10,7 @@ import { buildCluster, type Cluster } from "../upstream/cluster.ts";
 import { forwardTo, type HeaderEdits } from "../upstream/forward.ts";
 import { TrustedProxies } from "../server/trust.ts";
 import { directResponse, redirectResponse } from "../server/local_responses.ts";
+import { DeadlineQueue } from "../policy/deadlines.ts";
 
 export interface CompiledRoute {
   readonly name: string;
@@ -90,10 +91,11 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     clusters.set(c.name, buildCluster(c, caCerts));
   }
 
+  const deadlines = new DeadlineQueue();
   const routes: CompiledRoute[] = [];
   for (const [i, r] of cfg.routes.entries()) {
     try {
-      routes.push(compileRoute(r, i, cfg, clusters));
+      routes.push(compileRoute(r, i, cfg, clusters, deadlines));
     } catch (err) {
       if (err instanceof SnapshotCompileError) problems.push(...err.problems);
       else throw err;
@@ -142,6 +144,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
   }
 
   if (problems.length > 0) {
+    deadlines.close();
     for (const c of clusters.values()) c.close();
     throw new SnapshotCompileError(dedupe(problems));
   }
@@ -156,6 +159,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     trust: new TrustedProxies(cfg.server.trusted_proxies),
     requestIdPolicy: cfg.server.request_id,
     close() {
+      deadlines.close();
       for (const c of clusters.values()) c.close();
     },
   });
@@ -223,6 +227,7 @@ function compileRoute(
   i: number,
   cfg: FerryConfig,
   clusters: ReadonlyMap<string, Cluster>,
+  deadlines: DeadlineQueue,
 ): CompiledRoute {
   // Route-level policies (balancing, limits, breakers, retries) plug in here as middleware.
   const middleware: Middleware[] = [];
@@ -254,6 +259,7 @@ function compileRoute(
   const terminal = forwardTo({
     cluster,
     timeoutMs: r.timeout,
+    deadlines,
     rewritePath: compileRewrite(r, i),
     hostRewrite: r.rewrite?.host,
     requestEdits: compileEdits(r.request_headers),

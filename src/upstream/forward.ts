@@ -5,8 +5,9 @@
 import type { Handler, RequestContext } from "../pipeline/types.ts";
 import { ProxyError } from "../server/errors.ts";
 import type { Cluster, Endpoint } from "./cluster.ts";
-import { endToEndHeaders, isWebSocketUpgrade } from "./headers.ts";
+import { endToEndHeaders, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
 import { ClientGoneReason, TimeoutReason, type Transport } from "./transport.ts";
+import type { DeadlineQueue } from "../policy/deadlines.ts";
 import { proxyWebSocket } from "./websocket.ts";
 
 /** Header edits compiled from config: names lower-cased, removals before additions. */
@@ -19,6 +20,8 @@ export interface ForwardSettings {
   readonly cluster: Cluster;
   /** Time allowed until upstream response headers arrive; 0 disables. */
   readonly timeoutMs: number;
+  /** Shared deadline timer (a setTimeout per request costs too much CPU). */
+  readonly deadlines: DeadlineQueue;
   readonly rewritePath: (path: string) => string;
   readonly hostRewrite: string | undefined;
   readonly requestEdits: HeaderEdits | undefined;
@@ -31,7 +34,7 @@ export interface ForwardSettings {
 
 const IDENTITY = /^\s*identity\s*$/i;
 
-export function applyEdits(headers: Headers, edits: HeaderEdits | undefined): void {
+export function applyEdits(headers: HeaderList, edits: HeaderEdits | undefined): void {
   if (!edits) return;
   for (const name of edits.remove) headers.delete(name);
   for (const [name, value] of edits.set) headers.set(name, value);
@@ -44,7 +47,7 @@ export function upstreamHeaders(
   s: ForwardSettings,
   endpoint: Endpoint,
   alsoDrop?: ReadonlySet<string>,
-): Headers {
+): HeaderList {
   const h = endToEndHeaders(req.headers, alsoDrop);
   h.set("host", s.hostRewrite ?? (s.cluster.preserveHost ? ctx.authority : endpoint.url.host));
   // Incoming X-Forwarded-* are believed only from trusted proxies; otherwise they are replaced.
@@ -53,7 +56,7 @@ export function upstreamHeaders(
   if (!ctx.peerTrusted || !h.has("x-forwarded-proto")) h.set("x-forwarded-proto", ctx.scheme);
   if (!ctx.peerTrusted || !h.has("x-forwarded-host")) h.set("x-forwarded-host", ctx.authority);
   h.set("x-request-id", ctx.requestId);
-  h.append("via", `1.1 ${s.via}`);
+  h.appendValue("via", `1.1 ${s.via}`);
   applyEdits(h, s.requestEdits);
   return h;
 }
@@ -77,13 +80,13 @@ export function forwardTo(s: ForwardSettings): Handler {
     const ctl = new AbortController();
     const onClientGone = () => ctl.abort(new ClientGoneReason("the client went away"));
     req.signal.addEventListener("abort", onClientGone, { once: true });
-    const timer = s.timeoutMs > 0
-      ? setTimeout(
+    const deadline = s.timeoutMs > 0
+      ? s.deadlines.arm(
+        s.timeoutMs,
         () =>
           ctl.abort(
             new TimeoutReason(`no response from ${endpoint.origin} within ${s.timeoutMs} ms`),
           ),
-        s.timeoutMs,
       )
       : undefined;
 
@@ -92,12 +95,12 @@ export function forwardTo(s: ForwardSettings): Handler {
       upstream = await transport.send({
         url: endpoint.origin + path + ctx.search,
         method: req.method,
-        headers,
+        headers: headers.pairs,
         body: req.body,
         signal: ctl.signal,
       });
     } finally {
-      clearTimeout(timer);
+      deadline?.cancel();
     }
 
     const out = endToEndHeaders(upstream.headers);
@@ -109,7 +112,7 @@ export function forwardTo(s: ForwardSettings): Handler {
     return new Response(bodyless ? null : upstream.body, {
       status: upstream.status,
       statusText: upstream.statusText,
-      headers: out,
+      headers: out.pairs,
     });
   };
 }
@@ -119,7 +122,7 @@ export function forwardTo(s: ForwardSettings): Handler {
  * goes through fetch (saying identity explicitly, since fetch would add gzip); any other coding
  * goes through the byte-exact transport where the cluster has one, else is downgraded to identity.
  */
-function chooseTransport(cluster: Cluster, headers: Headers): Transport {
+function chooseTransport(cluster: Cluster, headers: HeaderList): Transport {
   const ae = headers.get("accept-encoding");
   if (ae === null || IDENTITY.test(ae)) {
     headers.set("accept-encoding", "identity");

@@ -15,7 +15,8 @@ export interface UpstreamRequest {
   /** Absolute URL: endpoint origin + path + query. */
   readonly url: string;
   readonly method: string;
-  readonly headers: Headers;
+  /** Lower-case [name, value] pairs (see headers.ts for why not a Headers object). */
+  readonly headers: readonly [string, string][];
   readonly body: ReadableStream<Uint8Array> | null;
   readonly signal: AbortSignal;
 }

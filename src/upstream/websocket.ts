@@ -35,7 +35,10 @@ export async function proxyWebSocket(
   const protocols = (req.headers.get("sec-websocket-protocol") ?? "")
     .split(",").map((p) => p.trim()).filter((p) => p.length > 0);
   const headers = upstreamHeaders(req, ctx, s, endpoint, HANDSHAKE);
-  const upstream = new WebSocket(endpoint.wsOrigin + path + ctx.search, { protocols, headers });
+  const upstream = new WebSocket(endpoint.wsOrigin + path + ctx.search, {
+    protocols,
+    headers: headers.pairs,
+  });
   upstream.binaryType = "arraybuffer";
   await opened(upstream, endpoint.origin);
 
@@ -45,14 +48,21 @@ export async function proxyWebSocket(
   client.binaryType = "arraybuffer";
   const limit = s.websocketMaxBuffer;
 
-  // Frames from upstream may arrive before the client side is open: queue them, bounded.
+  // Frames, and even the close, from upstream may arrive before the client side is open: hold
+  // them (bounded) until it opens. close() on a socket still CONNECTING leaves the client open
+  // forever, so a close is deferred as well.
   let early: (string | ArrayBuffer)[] | undefined = [];
   let earlyBytes = 0;
+  let pendingClose: { code?: number; reason?: string } | undefined;
   upstream.onmessage = (e: MessageEvent<string | ArrayBuffer>) => {
     if (early) {
+      if (pendingClose) return;
       early.push(e.data);
       earlyBytes += size(e.data);
-      if (earlyBytes > limit) closeBoth("client did not open in time");
+      if (earlyBytes > limit) {
+        early = [];
+        closeBoth("client did not open in time");
+      }
       return;
     }
     relay(
@@ -65,6 +75,7 @@ export async function proxyWebSocket(
   client.onopen = () => {
     for (const m of early ?? []) client.send(m);
     early = undefined;
+    if (pendingClose) closeClient(pendingClose.code, pendingClose.reason);
   };
   client.onmessage = (e: MessageEvent<string | ArrayBuffer>) => {
     relay(
@@ -75,11 +86,10 @@ export async function proxyWebSocket(
     );
   };
   upstream.onclose = (e) => {
-    if (client.readyState > WebSocket.OPEN) return;
-    if (e.code === 1005) client.close();
+    if (e.code === 1005) closeClient();
     else if (e.code === 1006) {
-      client.close(CLOSE_BAD_GATEWAY, "upstream closed without a close frame");
-    } else client.close(e.code, e.reason);
+      closeClient(CLOSE_BAD_GATEWAY, "upstream closed without a close frame");
+    } else closeClient(e.code, e.reason);
   };
   client.onclose = (e) => {
     if (upstream.readyState > WebSocket.OPEN) return;
@@ -87,8 +97,18 @@ export async function proxyWebSocket(
   };
   client.onerror = () => closeUpstream(upstream, 1006, "");
 
+  /** Closes the client side now, or as soon as it opens if it is still CONNECTING. */
+  function closeClient(code?: number, reason?: string): void {
+    if (client.readyState === WebSocket.CONNECTING) {
+      pendingClose ??= code === undefined ? {} : { code, reason: reason ?? "" };
+    } else if (client.readyState === WebSocket.OPEN) {
+      if (code === undefined) client.close();
+      else client.close(code, reason);
+    }
+  }
+
   function closeBoth(reason: string): void {
-    if (client.readyState <= WebSocket.OPEN) client.close(CLOSE_POLICY, reason);
+    closeClient(CLOSE_POLICY, reason);
     if (upstream.readyState <= WebSocket.OPEN) upstream.close(CLOSE_SLOW_UPSTREAM, reason);
   }
 
