@@ -24,6 +24,7 @@ import {
   parseDocument,
 } from "yaml";
 import { type ClusterConfig, ConfigSchema, type FerryConfig } from "./schema.ts";
+import { compileRouteRegex } from "../routing/regex.ts";
 import { parseCidr } from "../server/trust.ts";
 import {
   type ConfigIssue,
@@ -424,6 +425,29 @@ function checkReferences(
         r.direct_response.content_type,
       );
     }
+    // Regexes are compiled here too, so a bad one is reported with its line and column.
+    const regexes: [PathSegment[], string][] = [];
+    if ("regex" in r.match.path) {
+      regexes.push([["routes", i, "match", "path", "regex"], r.match.path.regex]);
+    }
+    for (const part of ["headers", "query"] as const) {
+      for (const [name, m] of Object.entries(r.match[part] ?? {})) {
+        if (typeof m === "object" && "regex" in m) {
+          regexes.push([["routes", i, "match", part, name, "regex"], m.regex]);
+        }
+      }
+    }
+    if (r.rewrite?.regex) {
+      regexes.push([["routes", i, "rewrite", "regex", "pattern"], r.rewrite.regex.pattern]);
+    }
+    for (const [path, pattern] of regexes) {
+      try {
+        compileRouteRegex(pattern);
+      } catch (e) {
+        err(path, e instanceof Error ? e.message : String(e), pattern);
+      }
+    }
+
     const rw = r.rewrite;
     if (rw?.prefix !== undefined && rw.regex !== undefined) {
       err(["routes", i, "rewrite"], "expected either rewrite.prefix or rewrite.regex, not both");

@@ -18,6 +18,13 @@ const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
 const address = z.string().regex(
   /^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):\d{1,5}$/,
   "expected host:port, such as 127.0.0.1:8080",
+).refine(
+  // Only judges the port when there is one; a malformed address already has its message.
+  (a) => {
+    const port = /:(\d{1,5})$/.exec(a);
+    return !port || Number(port[1]) <= 65535;
+  },
+  "expected a port from 0 to 65535",
 );
 
 const name = z.string().regex(

@@ -1,0 +1,191 @@
+/** The command line as a user runs it: main.ts in a subprocess, real sockets, real signals. */
+import assert from "node:assert/strict";
+import { run, startEchoUpstream } from "./helpers.ts";
+
+const DENO = Deno.execPath();
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+const ROOT = new URL("..", import.meta.url).pathname;
+const RUN = [
+  "run",
+  "--allow-net",
+  "--allow-read",
+  "--allow-env",
+  "--unstable-no-legacy-abort",
+  MAIN,
+];
+
+async function tempConfig(text: string): Promise<string> {
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/ferry.yaml`;
+  await Deno.writeTextFile(file, text);
+  return file;
+}
+
+interface Started {
+  child: Deno.ChildProcess;
+  listeners: Map<string, string>;
+  admin: string | undefined;
+  logs: string[];
+}
+
+/** Spawns Ferry and reads its JSON log until every listener (and admin) says where it bound. */
+async function spawnFerry(
+  args: string[],
+  env: Record<string, string> = {},
+  listeners = 1,
+): Promise<Started> {
+  const child = new Deno.Command(DENO, {
+    args: [...RUN, ...args],
+    env,
+    cwd: ROOT,
+    stderr: "piped",
+    stdout: "null",
+  })
+    .spawn();
+  const found = new Map<string, string>();
+  let admin: string | undefined;
+  const logs: string[] = [];
+  const lines = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  const deadline = Date.now() + 15_000;
+  while (
+    Date.now() < deadline &&
+    !(found.size >= listeners && logs.some((l) => l.includes("ferry started")))
+  ) {
+    const { value, done } = await lines.read();
+    if (done) break;
+    buf += value;
+    let nl;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      logs.push(line);
+      try {
+        const j = JSON.parse(line);
+        if (j.msg === "listening") found.set(j.listener, `http://${j.address}`);
+        if (j.msg === "admin listening") admin = `http://${j.address}`;
+      } catch { /* not JSON */ }
+    }
+  }
+  // Keep draining stderr so the child never blocks on a full pipe.
+  (async () => {
+    try {
+      while (!(await lines.read()).done) { /* discard */ }
+    } catch { /* closed */ }
+  })();
+  if (found.size < listeners) {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+    throw new Error(`ferry did not start:\n${logs.join("\n")}`);
+  }
+  return { child, listeners: found, admin, logs };
+}
+
+Deno.test("--version and --help exit 0; an unknown argument exits 2 with usage", async () => {
+  const v = await run(DENO, [...RUN, "--version"]);
+  assert.equal(v.code, 0);
+  assert.match(v.stdout, /^ferry \d+\.\d+\.\d+/);
+  const h = await run(DENO, [...RUN, "--help"]);
+  assert.equal(h.code, 0);
+  assert.match(h.stdout, /Usage:/);
+  const bad = await run(DENO, [...RUN, "--frobnicate"]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /unknown argument: --frobnicate/);
+});
+
+Deno.test("--check validates the shipped configs and prints a summary", async () => {
+  for (const file of ["config/ferry.yaml", "config/demo.yaml"]) {
+    const r = await run(DENO, [...RUN, "--config", `${ROOT}${file}`, "--check"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /: OK/);
+    assert.match(r.stdout, /listeners \(1\):/);
+    assert.match(r.stdout, /routes \(\d+\):/);
+    assert.match(r.stdout, /clusters \(\d+\):/);
+  }
+});
+
+Deno.test("an invalid config exits 1 naming file, line, column, field and value, all at once", async () => {
+  const file = await tempConfig(`listeners:
+  - name: a
+    address: 127.0.0.1:99999
+routes:
+  - name: r
+    cluster: c
+    timeout: soon
+    bogus_key: 1
+clusters:
+  - name: c
+    endpoints: [ftp://x]
+`);
+  const r = await run(DENO, [...RUN, "--config", file, "--check"]);
+  assert.equal(r.code, 1);
+  assert.match(
+    r.stderr,
+    new RegExp(`${file}:7:14: routes\\[0\\]\\.timeout: expected a duration.*"soon"`),
+  );
+  assert.match(r.stderr, new RegExp(`${file}:8:5: .*bogus_key`));
+  assert.match(r.stderr, /listeners\[0\]\.address/);
+});
+
+Deno.test("--check warns about a route that can never match", async () => {
+  const file = await tempConfig(`listeners: [{ name: a, address: "127.0.0.1:0" }]
+routes:
+  - { name: first, match: { path: { prefix: /api/ } }, cluster: c }
+  - { name: second, match: { path: { prefix: /api/ } }, cluster: c }
+clusters: [{ name: c, endpoints: [http://127.0.0.1:9] }]
+`);
+  const r = await run(DENO, [...RUN, "--config", file, "--check"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /route second can never match.*shadowed by first/);
+});
+
+Deno.test("the shipped config starts with its upstreams down, answers 502, and drains on SIGTERM", async () => {
+  const shipped = await Deno.readTextFile(`${ROOT}config/ferry.yaml`);
+  // Same config, but on free ports so the test never collides with anything.
+  const file = await tempConfig(shipped.replace(/127\.0\.0\.1:(8080|9901)/g, "127.0.0.1:0"));
+  const f = await spawnFerry(["--config", file]);
+  try {
+    const base = f.listeners.get("public")!;
+    const health = await fetch(`${base}/ferry/health`);
+    assert.equal(health.status, 200);
+    assert.equal(await health.text(), "ok\n");
+    const down = await fetch(`${base}/api/users`);
+    assert.equal(down.status, 502);
+    const body = await down.json();
+    assert.equal(body.flag, "UF");
+    assert.ok(body.request_id);
+    assert.ok(f.admin, "admin listener started");
+    const ready = await fetch(`${f.admin}/ready`);
+    assert.equal(ready.status, 200);
+    assert.equal((await ready.json()).status, "ready");
+    const live = await fetch(`${f.admin}/healthz`);
+    assert.equal(live.status, 200);
+    await live.body?.cancel();
+  } finally {
+    f.child.kill("SIGTERM");
+  }
+  const status = await f.child.status;
+  assert.equal(status.code, 0, "exits 0 after draining");
+});
+
+Deno.test("environment quick start proxies without a config file", async () => {
+  const up = startEchoUpstream("env");
+  const f = await spawnFerry([], {
+    PROXY_LISTEN_ADDR: "127.0.0.1:0",
+    PROXY_UPSTREAM_ADDRS: `127.0.0.1:${up.port}`,
+    PROXY_REQUEST_TIMEOUT_MS: "2000",
+  });
+  try {
+    const base = [...f.listeners.values()][0]!;
+    const res = await fetch(`${base}/hello?x=1`);
+    assert.equal(res.status, 200);
+    const body = await res.json();
+    assert.equal(body.upstream, "env");
+    assert.equal(body.path, "/hello");
+  } finally {
+    f.child.kill("SIGTERM");
+    await f.child.status;
+    await up.close();
+  }
+});

@@ -1,0 +1,379 @@
+/**
+ * WebSocket proxying end to end: echo, subprotocols, handshake headers, close codes both ways,
+ * a client we did not write (python `websockets`), a dead upstream and the bounded send buffer.
+ */
+import assert from "node:assert/strict";
+import { rawRequest, run, startFerry, startUpstream, type Upstream } from "./helpers.ts";
+
+const CONFIG = `
+listeners:
+  - { name: public, address: "127.0.0.1:0" }
+server: { websocket_max_buffer: 1048576 }
+routes:
+  - name: all
+    match: { path: { prefix: / } }
+    cluster: up
+clusters:
+  - name: up
+    endpoints: ["{{UP}}"]
+`;
+
+interface Handshake {
+  path: string;
+  offered: string | null;
+  chose: string | undefined;
+  cookie: string | null;
+  authorization: string | null;
+}
+interface CloseSeen {
+  path: string;
+  code: number;
+  reason: string;
+  at: number;
+}
+
+/**
+ * A Deno.serve WebSocket upstream. `/echo` echoes; `/close?code=C&reason=R` closes as soon as
+ * it is open; `/flood`, once told "go", sends 64 KiB binary frames as fast as its own buffer
+ * allows until closed.
+ */
+function startWsUpstream() {
+  const handshakes: Handshake[] = [];
+  const closes: CloseSeen[] = [];
+  const flood = { sent: 0 };
+  const closed = new EventTarget();
+  const up: Upstream = startUpstream((req) => {
+    const url = new URL(req.url);
+    if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
+      return new Response("not a websocket", { status: 400 });
+    }
+    const offered = req.headers.get("sec-websocket-protocol");
+    const list = (offered ?? "").split(",").map((s) => s.trim());
+    const chose = list.includes("b") ? "b" : undefined;
+    handshakes.push({
+      path: url.pathname,
+      offered,
+      chose,
+      cookie: req.headers.get("cookie"),
+      authorization: req.headers.get("authorization"),
+    });
+    const { socket, response } = Deno.upgradeWebSocket(req, chose ? { protocol: chose } : {});
+    socket.binaryType = "arraybuffer";
+    socket.onmessage = (e) => {
+      if (url.pathname === "/echo") socket.send(e.data);
+      if (url.pathname === "/flood" && e.data === "go") startFlood();
+    };
+    socket.onclose = (e) => {
+      closes.push({ path: url.pathname, code: e.code, reason: e.reason, at: performance.now() });
+      closed.dispatchEvent(new Event("close"));
+    };
+    socket.onerror = () => {};
+    socket.onopen = () => {
+      if (url.pathname === "/close") {
+        socket.close(Number(url.searchParams.get("code")), url.searchParams.get("reason") ?? "");
+      }
+    };
+    function startFlood() {
+      const frame = new Uint8Array(64 * 1024);
+      const pump = () => {
+        if (socket.readyState !== WebSocket.OPEN) return;
+        // Stay ahead of Ferry without growing this process without bound.
+        while (socket.bufferedAmount < 4 * 1024 * 1024 && flood.sent < 512 * 1024 * 1024) {
+          socket.send(frame);
+          flood.sent += frame.length;
+        }
+        setTimeout(pump, 1);
+      };
+      pump();
+    }
+    return response;
+  });
+  /** Resolves with the first close the upstream sees on `path`, or rejects after `ms`. */
+  function closeOn(path: string, ms = 10_000): Promise<CloseSeen> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const c = closes.find((x) => x.path === path);
+        if (!c) return false;
+        clearTimeout(timer);
+        closed.removeEventListener("close", check);
+        resolve(c);
+        return true;
+      };
+      const timer = setTimeout(() => {
+        closed.removeEventListener("close", check);
+        reject(new Error(`upstream saw no close on ${path} within ${ms} ms`));
+      }, ms);
+      if (!check()) closed.addEventListener("close", check);
+    });
+  }
+  return { up, handshakes, closes, flood, closeOn };
+}
+
+function wsUrl(httpUrl: string, path: string): string {
+  return httpUrl.replace(/^http/, "ws") + path;
+}
+
+function opened(ws: WebSocket, ms = 10_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("did not open")), ms);
+    ws.onopen = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    ws.onerror = (e) => {
+      clearTimeout(timer);
+      reject(new Error(`WebSocket error: ${(e as ErrorEvent).message}`));
+    };
+  });
+}
+
+function nextMessage(ws: WebSocket, ms = 10_000): Promise<string | ArrayBuffer> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("no message")), ms);
+    ws.onmessage = (e) => {
+      clearTimeout(timer);
+      ws.onmessage = null;
+      resolve(e.data);
+    };
+  });
+}
+
+function closedEvent(ws: WebSocket, ms = 10_000): Promise<CloseEvent> {
+  return new Promise((resolve, reject) => {
+    if (ws.readyState === WebSocket.CLOSED) return reject(new Error("already closed"));
+    const timer = setTimeout(() => reject(new Error("no close")), ms);
+    ws.addEventListener("close", (e) => {
+      clearTimeout(timer);
+      resolve(e);
+    });
+  });
+}
+
+async function withFerry(
+  fn: (ctx: ReturnType<typeof startWsUpstream> & { url: string; port: number }) => Promise<void>,
+) {
+  const u = startWsUpstream();
+  const px = startFerry(CONFIG, { UP: u.up.url });
+  try {
+    await fn({ ...u, url: px.url, port: px.port });
+  } finally {
+    await px.close();
+    await u.up.close();
+  }
+}
+
+Deno.test("text and binary frames echo through Ferry", async () => {
+  await withFerry(async ({ url }) => {
+    const ws = new WebSocket(wsUrl(url, "/echo"));
+    ws.binaryType = "arraybuffer";
+    await opened(ws);
+    ws.send("héllo ✓");
+    assert.equal(await nextMessage(ws), "héllo ✓");
+    const bin = new Uint8Array(70_000).map((_, i) => i % 251);
+    ws.send(bin);
+    const back = await nextMessage(ws);
+    assert.ok(back instanceof ArrayBuffer, "binary came back as text");
+    assert.deepEqual(new Uint8Array(back), bin);
+    const done = closedEvent(ws);
+    ws.close(1000, "bye");
+    assert.equal((await done).code, 1000);
+  });
+});
+
+Deno.test("the subprotocol the upstream picks is the one the client gets", async () => {
+  await withFerry(async ({ url, handshakes }) => {
+    const ws = new WebSocket(wsUrl(url, "/echo"), ["a", "b"]);
+    await opened(ws);
+    assert.equal(ws.protocol, "b");
+    assert.equal(handshakes[0]?.offered, "a, b");
+    const done = closedEvent(ws);
+    ws.close();
+    await done;
+  });
+});
+
+Deno.test("cookies and Authorization reach the upstream handshake", async () => {
+  await withFerry(async ({ url, handshakes }) => {
+    const ws = new WebSocket(wsUrl(url, "/echo"), {
+      headers: { cookie: "session=abc; theme=dark", authorization: "Bearer t0ken" },
+    });
+    await opened(ws);
+    assert.equal(handshakes.length, 1);
+    assert.equal(handshakes[0]!.cookie, "session=abc; theme=dark");
+    assert.equal(handshakes[0]!.authorization, "Bearer t0ken");
+    const done = closedEvent(ws);
+    ws.close();
+    await done;
+  });
+});
+
+Deno.test("close code and reason propagate upstream -> client (4001, 1011)", async () => {
+  await withFerry(async ({ url }) => {
+    for (const [code, reason] of [[4001, "bye"], [1011, "upstream broke"]] as const) {
+      const ws = new WebSocket(
+        wsUrl(url, `/close?code=${code}&reason=${encodeURIComponent(reason)}`),
+      );
+      const done = closedEvent(ws);
+      const e = await done;
+      assert.equal(e.code, code);
+      assert.equal(e.reason, reason);
+    }
+  });
+});
+
+Deno.test("close code and reason propagate client -> upstream (4002 done)", async () => {
+  await withFerry(async ({ url, closeOn }) => {
+    const ws = new WebSocket(wsUrl(url, "/echo"));
+    await opened(ws);
+    const done = closedEvent(ws);
+    ws.close(4002, "done");
+    const seen = await closeOn("/echo");
+    assert.equal(seen.code, 4002);
+    assert.equal(seen.reason, "done");
+    assert.equal((await done).code, 4002);
+  });
+});
+
+/** python3 that has the `websockets` module (apt's python3-websockets, or a pyenv one). */
+async function pythonWithWebsockets(): Promise<string | undefined> {
+  for (const py of ["python3", "/usr/bin/python3"]) {
+    try {
+      const out = await run(py, ["-c", "import websockets"]);
+      if (out.code === 0) return py;
+    } catch { /* not installed */ }
+  }
+  return undefined;
+}
+
+Deno.test("python websockets client echoes through Ferry", async () => {
+  const py = await pythonWithWebsockets();
+  assert.ok(py, "no python3 with the websockets module (apt-get install python3-websockets)");
+  await withFerry(async ({ url }) => {
+    const script = new URL("./fixtures/ws_echo_client.py", import.meta.url).pathname;
+    const out = await run("timeout", ["30", py, script, wsUrl(url, "/echo"), "from python ✓"]);
+    assert.equal(out.code, 0, out.stderr);
+    const got = JSON.parse(out.stdout);
+    assert.equal(got.text, "from python ✓");
+    const hex = Array.from(
+      new TextEncoder().encode("from python ✓"),
+      (b) => b.toString(16).padStart(2, "0"),
+    )
+      .join("");
+    assert.equal(got.binary_hex, hex);
+  });
+});
+
+Deno.test("an upgrade to a dead upstream gets 502 UF promptly, not a hang", async () => {
+  // A port that was just free: bind, read it back, release.
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const dead = `http://127.0.0.1:${(l.addr as Deno.NetAddr).port}`;
+  l.close();
+  const px = startFerry(CONFIG, { UP: dead });
+  try {
+    const t0 = performance.now();
+    const res = await rawRequest(
+      px.port,
+      "GET /echo HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+      8_000,
+    );
+    const took = performance.now() - t0;
+    assert.match(res, /^HTTP\/1\.1 502/);
+    assert.match(res, /\r\nx-ferry-flag: UF\r\n/i);
+    assert.ok(took < 5_000, `took ${took.toFixed(0)} ms`);
+    // Deno's own client sees a failed handshake (error + close), not an open socket.
+    const ws = new WebSocket(wsUrl(px.url, "/echo"));
+    await assert.rejects(opened(ws), /WebSocket error/);
+  } finally {
+    await px.close();
+  }
+});
+
+/** Reads server frames (unmasked) until a close frame; returns its code and the bytes before. */
+async function readUntilClose(conn: Deno.Conn, ms: number) {
+  const deadline = setTimeout(() => conn.close(), ms);
+  let buf = new Uint8Array(0);
+  let before = 0;
+  try {
+    for await (const chunk of conn.readable) {
+      const joined = new Uint8Array(buf.length + chunk.length);
+      joined.set(buf);
+      joined.set(chunk, buf.length);
+      buf = joined;
+      for (;;) {
+        if (buf.length < 2) break;
+        const opcode = buf[0]! & 0x0f;
+        let len = buf[1]! & 0x7f, off = 2;
+        if (len === 126) {
+          if (buf.length < 4) break;
+          len = (buf[2]! << 8) | buf[3]!;
+          off = 4;
+        } else if (len === 127) {
+          if (buf.length < 10) break;
+          len = Number(new DataView(buf.buffer, buf.byteOffset + 2, 8).getBigUint64(0));
+          off = 10;
+        }
+        if (buf.length < off + len) break;
+        if (opcode === 0x8) {
+          const code = len >= 2 ? (buf[off]! << 8) | buf[off + 1]! : 1005;
+          return { code, before };
+        }
+        before += len;
+        buf = buf.slice(off + len);
+      }
+    }
+  } finally {
+    clearTimeout(deadline);
+  }
+  throw new Error(`connection ended without a close frame after ${before} bytes`);
+}
+
+/** A client-to-server text frame (RFC 6455 5.2: FIN, opcode 1, masked). */
+function maskedTextFrame(text: string): Uint8Array {
+  const payload = new TextEncoder().encode(text);
+  assert.ok(payload.length < 126);
+  const mask = crypto.getRandomValues(new Uint8Array(4));
+  const frame = new Uint8Array(6 + payload.length);
+  frame.set([0x81, 0x80 | payload.length, ...mask]);
+  payload.forEach((b, i) => frame[6 + i] = b ^ mask[i % 4]!);
+  return frame;
+}
+
+Deno.test({
+  name: "a client that never reads is closed (1008 to it, 4008 upstream) instead of buffering",
+  fn: async () => {
+    await withFerry(async ({ port, closeOn, flood }) => {
+      // A hand-made handshake, then this client never reads again.
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      try {
+        await conn.write(new TextEncoder().encode(
+          "GET /flood HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        ));
+        const buf = new Uint8Array(512);
+        const n = await conn.read(buf);
+        assert.match(new TextDecoder().decode(buf.subarray(0, n ?? 0)), /^HTTP\/1\.1 101/);
+        // Both sides are open now; "go" (a masked text frame) starts the flood.
+        const t0 = performance.now();
+        await conn.write(maskedTextFrame("go"));
+        const seen = await closeOn("/flood", 20_000);
+        console.log(
+          `flood closed after ${(seen.at - t0).toFixed(0)} ms, upstream had sent ` +
+            `${(flood.sent / 1024 / 1024).toFixed(1)} MiB`,
+        );
+        assert.equal(seen.code, 4008);
+        // The reason tells the bufferedAmount check from the before-open queue limit.
+        assert.match(seen.reason, /not reading/);
+        assert.ok(flood.sent < 256 * 1024 * 1024, "the upstream was never stopped");
+        // Now read: behind what was already buffered comes a close frame with 1008.
+        const close = await readUntilClose(conn, 10_000);
+        assert.equal(close.code, 1008);
+        console.log(`client read ${(close.before / 1024 / 1024).toFixed(1)} MiB before the close`);
+      } finally {
+        try {
+          conn.close();
+        } catch { /* closed by the reader */ }
+      }
+    });
+  },
+});
