@@ -36,11 +36,17 @@ export function createListenerHandler(
     let ctx: RequestContext | undefined;
     try {
       if (!plan) throw new ProxyError("no_route", `listener ${listener} is being removed`);
+      checkMethod(req.method);
       const target = splitTarget(req.url);
-      const host = normalizeHost(target.authority);
+      // Deno fills a missing Host with localhost:port (indistinguishable from HTTP/2, which has
+      // no Host header), but an empty Host is visible and invalid (RFC 9112 3.2).
+      const host = req.headers.get("host") === "" ? null : normalizeHost(target.authority);
       if (host === null) throw new ProxyError("bad_request", "invalid Host / authority");
       const path = normalizePath(target.path);
       if (!path.ok) throw new ProxyError("bad_request", `invalid path: ${path.reason}`);
+      if (hidesDotSegment(path.path)) {
+        throw new ProxyError("bad_request", "invalid path: dot segment behind an encoded slash");
+      }
       ctx = {
         requestId,
         peerIp,
@@ -84,6 +90,26 @@ export function createListenerHandler(
       return response;
     }
   };
+}
+
+/**
+ * CONNECT would turn the proxy into a tunnel and TRACE reflects credentials (cross-site tracing);
+ * neither is proxied.
+ */
+function checkMethod(method: string): void {
+  if (method === "CONNECT" || method === "TRACE") {
+    throw new ProxyError("method_not_allowed", `${method} is not proxied`);
+  }
+}
+
+/**
+ * `%2F` and `%5C` are kept encoded (they are data, not separators), but an upstream that decodes
+ * them would see `/a/..%2F..%2Fetc` as a path that climbs: refuse dot segments hidden that way.
+ */
+export function hidesDotSegment(path: string): boolean {
+  if (!path.includes("%2F") && !path.includes("%5C")) return false;
+  const decoded = path.replaceAll("%2F", "/").replaceAll("%5C", "/").replaceAll("%2E", ".");
+  return /(^|\/)\.{1,2}(\/|$)/.test(decoded);
 }
 
 /** Keep a client's request id only where policy allows and it is a sane token. */

@@ -61,7 +61,7 @@ export async function proxyWebSocket(
       earlyBytes += size(e.data);
       if (earlyBytes > limit) {
         early = [];
-        closeBoth("client did not open in time");
+        closeBoth("upstream sent more than the send buffer limit before the client side opened");
       }
       return;
     }

@@ -1,0 +1,33 @@
+import assert from "node:assert/strict";
+import { hidesDotSegment, MAX_URI_LENGTH, splitTarget } from "./handler.ts";
+import { ProxyError } from "./errors.ts";
+
+Deno.test("splitTarget separates authority, raw path and raw query without decoding", () => {
+  assert.deepEqual(splitTarget("http://a.test:8080/p/%2F?q=1&r=%20"), {
+    authority: "a.test:8080",
+    path: "/p/%2F",
+    search: "?q=1&r=%20",
+  });
+  assert.deepEqual(splitTarget("https://[::1]:9/"), {
+    authority: "[::1]:9",
+    path: "/",
+    search: "",
+  });
+  assert.deepEqual(splitTarget("http://h"), { authority: "h", path: "/", search: "" });
+});
+
+Deno.test("splitTarget refuses an over-long target with 414", () => {
+  assert.throws(
+    () => splitTarget(`http://h/${"x".repeat(MAX_URI_LENGTH)}`),
+    (e: unknown) => e instanceof ProxyError && e.status === 414,
+  );
+});
+
+Deno.test("encoded slashes are data unless they hide a dot segment", () => {
+  assert.equal(hidesDotSegment("/files/a%2Fb"), false);
+  assert.equal(hidesDotSegment("/files/a%2F.b"), false);
+  assert.equal(hidesDotSegment("/files/..%2Fetc"), true);
+  assert.equal(hidesDotSegment("/files/a%2F..%2Fb"), true);
+  assert.equal(hidesDotSegment("/files/%2E%2E%5Cwin"), true);
+  assert.equal(hidesDotSegment("/plain/../never-here"), false, "no encoded slash: not this check");
+});
