@@ -1,0 +1,160 @@
+/**
+ * Retry policy: which failures are retried, how long to wait, whether the body can be sent again.
+ * Plain functions and data; the forwarder owns the attempt loop.
+ */
+import type { ProxyError } from "../server/errors.ts";
+
+export type RetryOn =
+  | "connect-failure"
+  | "reset"
+  | "5xx"
+  | "gateway-error"
+  | "retriable-status-codes";
+
+export interface RetryPolicy {
+  /** Retries after the first attempt (Envoy's num_retries). */
+  readonly retries: number;
+  readonly retryOn: ReadonlySet<RetryOn>;
+  readonly statuses: ReadonlySet<number>;
+  readonly baseMs: number;
+  readonly maxMs: number;
+  /** POST/PATCH are retried only when the route opts in. */
+  readonly nonIdempotent: boolean;
+  /** Request bodies up to this size are buffered so they can be replayed. */
+  readonly maxBodyBytes: number;
+  /** An upstream Retry-After longer than this is not waited for (the response is returned). */
+  readonly maxRetryAfterMs: number;
+}
+
+const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]);
+
+export function methodRetriable(p: RetryPolicy, method: string): boolean {
+  return IDEMPOTENT.has(method) || p.nonIdempotent;
+}
+
+/** Whether a transport failure is worth another attempt under this policy. */
+export function errorRetriable(p: RetryPolicy, err: ProxyError): boolean {
+  switch (err.kind) {
+    case "upstream_connect_failure":
+      return p.retryOn.has("connect-failure") || p.retryOn.has("gateway-error") ||
+        p.retryOn.has("5xx");
+    case "upstream_reset":
+    case "upstream_protocol_error":
+      return p.retryOn.has("reset") || p.retryOn.has("gateway-error") || p.retryOn.has("5xx");
+    case "upstream_timeout":
+      // A per-try timeout is a gateway error (504) in Envoy's terms.
+      return p.retryOn.has("gateway-error") || p.retryOn.has("5xx");
+    default:
+      return false;
+  }
+}
+
+export function statusRetriable(p: RetryPolicy, status: number): boolean {
+  if (p.retryOn.has("5xx") && status >= 500 && status <= 599) return true;
+  if (p.retryOn.has("gateway-error") && (status === 502 || status === 503 || status === 504)) {
+    return true;
+  }
+  return p.retryOn.has("retriable-status-codes") && p.statuses.has(status);
+}
+
+/**
+ * Exponential backoff with full jitter (AWS architecture blog): a uniform wait in
+ * [0, min(max, base * 2^retry)], so synchronised clients spread out.
+ */
+export function backoffMs(
+  p: RetryPolicy,
+  retry: number,
+  random: () => number = Math.random,
+): number {
+  const ceiling = Math.min(p.maxMs, p.baseMs * 2 ** retry);
+  return Math.floor(random() * ceiling);
+}
+
+/**
+ * Retry-After (RFC 9110 10.2.3) as delay-seconds or an HTTP date; undefined when absent or
+ * unparseable.
+ */
+export function parseRetryAfter(value: string | null, nowMs = Date.now()): number | undefined {
+  if (value === null) return undefined;
+  const v = value.trim();
+  if (/^\d+$/.test(v)) return Number(v) * 1000;
+  const at = Date.parse(v);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - nowMs);
+}
+
+/**
+ * A request body that can be sent more than once: read up to `limit` bytes into memory. If the
+ * body is larger, it is not replayable and the first attempt gets the buffered part followed by
+ * the rest of the original stream.
+ */
+export async function replayableBody(
+  body: ReadableStream<Uint8Array>,
+  limit: number,
+): Promise<
+  { replayable: true; chunks: Uint8Array[] } | {
+    replayable: false;
+    stream: ReadableStream<Uint8Array>;
+  }
+> {
+  const reader = body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  while (true) {
+    const { value, done } = await reader.read();
+    if (done) return { replayable: true, chunks };
+    chunks.push(value);
+    size += value.byteLength;
+    if (size > limit) break;
+  }
+  // Too large to keep: hand on what was read, then the rest as it arrives.
+  let i = 0;
+  const stream = new ReadableStream<Uint8Array>({
+    async pull(ctl) {
+      if (i < chunks.length) {
+        ctl.enqueue(chunks[i++]!);
+        return;
+      }
+      const { value, done } = await reader.read();
+      if (done) ctl.close();
+      else ctl.enqueue(value);
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  });
+  return { replayable: false, stream };
+}
+
+/** A fresh stream over buffered chunks, for one attempt. */
+export function replay(chunks: readonly Uint8Array[]): ReadableStream<Uint8Array> {
+  let i = 0;
+  return new ReadableStream<Uint8Array>({
+    pull(ctl) {
+      if (i < chunks.length) ctl.enqueue(chunks[i++]!);
+      else ctl.close();
+    },
+  });
+}
+
+/**
+ * Retry budget per cluster (Envoy's retry_budget, linkerd's budgets): retries in flight may be at
+ * most `percent` of active requests, but never fewer than `minRetries`. With every upstream
+ * failing, retries stay a bounded share of traffic instead of multiplying it.
+ */
+export class RetryBudget {
+  active = 0;
+  retrying = 0;
+  constructor(readonly percent: number, readonly minRetries: number) {}
+
+  /** Takes a retry slot if the budget allows; the caller must `release()` it. */
+  tryAcquire(): boolean {
+    const allowed = Math.max(this.minRetries, Math.floor(this.active * this.percent / 100));
+    if (this.retrying >= allowed) return false;
+    this.retrying++;
+    return true;
+  }
+
+  release(): void {
+    this.retrying--;
+  }
+}
