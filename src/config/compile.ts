@@ -259,7 +259,18 @@ function compileRoute(
   const terminal = forwardTo({
     cluster,
     timeoutMs: r.timeout,
+    perTryTimeoutMs: r.per_try_timeout,
     deadlines,
+    retry: r.retry && {
+      retries: r.retry.retries,
+      retryOn: new Set(r.retry.retry_on),
+      statuses: new Set(r.retry.statuses),
+      baseMs: r.retry.backoff.base,
+      maxMs: r.retry.backoff.max,
+      nonIdempotent: r.retry.non_idempotent,
+      maxBodyBytes: r.retry.max_body_bytes,
+      maxRetryAfterMs: r.retry.max_retry_after,
+    },
     rewritePath: compileRewrite(r, i),
     hostRewrite: r.rewrite?.host,
     requestEdits: compileEdits(r.request_headers),

@@ -67,6 +67,7 @@ Deno.test("the contract example loads with every default applied", () => {
       cluster: "users",
       rewrite: { prefix: "/v2/" },
       timeout: 15_000,
+      per_try_timeout: 0,
       websocket: true,
     }],
     clusters: [{
@@ -75,6 +76,7 @@ Deno.test("the contract example loads with every default applied", () => {
       lb: "round_robin",
       protocol: "http1",
       pool: { max_idle_per_endpoint: 64, idle_timeout: 90_000 },
+      retry_budget: { percent: 20, min_retries: 3 },
       preserve_host: true,
     }],
   });
@@ -107,7 +109,7 @@ Deno.test("every schema error is reported at once with its exact line and column
     /* 12 */ "clusters:",
     /* 13 */ "  - name: users",
     /* 14 */ "    endpoints: [{ url: http://a:1, weight: 0 }]",
-    /* 15 */ "    lb: random",
+    /* 15 */ "    lb: fastest",
     "",
   ].join("\n");
   const errors = errorsOf(parseConfigText(text, "config/ferry.yaml"));
@@ -127,7 +129,7 @@ Deno.test("every schema error is reported at once with its exact line and column
     "expected at least 1 item",
     "expected a duration such as 250ms, 15s or 1m",
     "expected a number >= 1",
-    "expected round_robin",
+    "expected one of round_robin, least_request, random, ring_hash, maglev",
   ]);
   assert.equal(
     formatIssues(errors.filter((e) => e.path === "routes[0].timeout")),

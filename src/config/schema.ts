@@ -114,6 +114,26 @@ export const RouteSchema = z.strictObject({
   request_headers: headerEdits.optional(),
   response_headers: headerEdits.optional(),
   timeout: duration.default(15_000),
+  /** Time allowed for each attempt when retrying (0: only the route timeout applies). */
+  per_try_timeout: duration.default(0),
+  retry: z.strictObject({
+    /** Retries after the first attempt. */
+    retries: z.number().int().min(0).max(10).default(2),
+    retry_on: z.array(
+      z.enum(["connect-failure", "reset", "5xx", "gateway-error", "retriable-status-codes"]),
+    )
+      .min(1).default(["connect-failure", "reset", "gateway-error"]),
+    statuses: z.array(z.number().int().min(100).max(599)).default([]),
+    backoff: z.strictObject({ base: duration.default(25), max: duration.default(250) }).prefault(
+      {},
+    ),
+    /** Also retry POST and PATCH (only safe when the upstream is idempotent for them). */
+    non_idempotent: z.boolean().default(false),
+    /** Bodies up to this size are kept so they can be sent again; larger ones are not retried. */
+    max_body_bytes: z.number().int().min(0).max(16 * 1024 * 1024).default(64 * 1024),
+    /** A longer upstream Retry-After is not waited for: the response goes to the client. */
+    max_retry_after: duration.default(5_000),
+  }).optional(),
   websocket: z.boolean().default(true),
 }).superRefine((r, ctx) => {
   const actions = [r.cluster, r.direct_response, r.redirect].filter((a) => a !== undefined).length;
@@ -134,7 +154,15 @@ const endpoint = z.union([
 export const ClusterSchema = z.strictObject({
   name,
   endpoints: z.array(endpoint).min(1),
-  lb: z.enum(["round_robin"]).default("round_robin"),
+  lb: z.enum(["round_robin", "least_request", "random", "ring_hash", "maglev"]).default(
+    "round_robin",
+  ),
+  /** What ring_hash and maglev hash on; the client address when not set. */
+  hash_key: z.union([
+    z.strictObject({ header: z.string().min(1) }),
+    z.strictObject({ cookie: z.string().min(1) }),
+    z.strictObject({ source: z.enum(["client_ip", "path"]) }),
+  ]).optional(),
   /** Upstream protocol: http1 (default), h2c (prior knowledge) or h2 over TLS; https endpoints use TLS. */
   protocol: z.enum(["http1", "h2c", "auto"]).default("http1"),
   tls: z.strictObject({
@@ -145,6 +173,11 @@ export const ClusterSchema = z.strictObject({
     max_idle_per_endpoint: z.number().int().min(0).max(10_000).default(64),
     idle_timeout: duration.default(90_000),
   }).default({ max_idle_per_endpoint: 64, idle_timeout: 90_000 }),
+  /** Retries in flight may be at most `percent` of active requests, but at least `min_retries`. */
+  retry_budget: z.strictObject({
+    percent: z.number().min(0).max(100).default(20),
+    min_retries: z.number().int().min(0).max(10_000).default(3),
+  }).prefault({}),
   /** Send the client's Host upstream (true) or the endpoint's host (false). */
   preserve_host: z.boolean().default(true),
 });

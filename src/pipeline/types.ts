@@ -32,6 +32,8 @@ export interface RequestOutcome {
   cluster?: string;
   endpoint?: string;
   attempts: number;
+  /** Extra response flags, such as URX (retry budget or attempts exhausted). */
+  flags?: string;
 }
 
 export type Handler = (req: Request, ctx: RequestContext) => Promise<Response>;

@@ -3,10 +3,25 @@
  * RFC 9110 7.6 semantics and streams both bodies through. Never follows redirects.
  */
 import type { Handler, RequestContext } from "../pipeline/types.ts";
-import { ProxyError } from "../server/errors.ts";
+import { ProxyError, toProxyError } from "../server/errors.ts";
 import type { Cluster, Endpoint } from "./cluster.ts";
 import { endToEndHeaders, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
-import { ClientGoneReason, TimeoutReason, type Transport } from "./transport.ts";
+import {
+  classifyUpstreamError,
+  ClientGoneReason,
+  TimeoutReason,
+  type Transport,
+} from "./transport.ts";
+import {
+  backoffMs,
+  errorRetriable,
+  methodRetriable,
+  parseRetryAfter,
+  replay,
+  replayableBody,
+  type RetryPolicy,
+  statusRetriable,
+} from "../policy/retry.ts";
 import type { DeadlineQueue } from "../policy/deadlines.ts";
 import { proxyWebSocket } from "./websocket.ts";
 
@@ -20,8 +35,11 @@ export interface ForwardSettings {
   readonly cluster: Cluster;
   /** Time allowed until upstream response headers arrive; 0 disables. */
   readonly timeoutMs: number;
+  /** Time allowed for each attempt when retrying; 0 disables. */
+  readonly perTryTimeoutMs: number;
   /** Shared deadline timer (a setTimeout per request costs too much CPU). */
   readonly deadlines: DeadlineQueue;
+  readonly retry: RetryPolicy | undefined;
   readonly rewritePath: (path: string) => string;
   readonly hostRewrite: string | undefined;
   readonly requestEdits: HeaderEdits | undefined;
@@ -63,20 +81,34 @@ export function upstreamHeaders(
 
 export function forwardTo(s: ForwardSettings): Handler {
   const cluster = s.cluster;
+  const retry = s.retry;
   return async function forward(req: Request, ctx: RequestContext): Promise<Response> {
-    const endpoint = cluster.balancer.pick();
     ctx.outcome.cluster = cluster.name;
-    ctx.outcome.endpoint = endpoint.origin;
-    ctx.outcome.attempts++;
     const path = s.rewritePath(ctx.path);
+    const key = cluster.hashKey?.(req, ctx);
+    const pickCtx = key === undefined ? undefined : { hashKey: key };
 
     if (s.websocket && isWebSocketUpgrade(req)) {
+      const endpoint = pickEndpoint(cluster, pickCtx, undefined);
+      ctx.outcome.endpoint = endpoint.origin;
+      ctx.outcome.attempts++;
       return await proxyWebSocket(req, ctx, s, endpoint, path);
     }
 
-    const headers = upstreamHeaders(req, ctx, s, endpoint);
-    const transport = chooseTransport(cluster, headers);
+    // Retries need a body that can be sent again: buffer it up to the policy's limit.
+    let retries = retry && methodRetriable(retry, req.method) ? retry.retries : 0;
+    let body: ReadableStream<Uint8Array> | null = req.body;
+    let chunks: Uint8Array[] | undefined;
+    if (retries > 0 && body) {
+      const r = await replayableBody(body, retry!.maxBodyBytes);
+      if (r.replayable) chunks = r.chunks;
+      else {
+        body = r.stream;
+        retries = 0;
+      }
+    }
 
+    // One signal for the whole request: the client leaving, or the route timeout passing.
     const ctl = new AbortController();
     const onClientGone = () => ctl.abort(new ClientGoneReason("the client went away"));
     req.signal.addEventListener("abort", onClientGone, { once: true });
@@ -84,37 +116,143 @@ export function forwardTo(s: ForwardSettings): Handler {
       ? s.deadlines.arm(
         s.timeoutMs,
         () =>
-          ctl.abort(
-            new TimeoutReason(`no response from ${endpoint.origin} within ${s.timeoutMs} ms`),
-          ),
+          ctl.abort(new TimeoutReason(`no response within the route timeout of ${s.timeoutMs} ms`)),
       )
       : undefined;
 
-    let upstream: Response;
+    const tried = retries > 0 ? new Set<Endpoint>() : undefined;
+    const budget = cluster.retryBudget;
+    budget.active++;
+    let holdingRetry = false;
     try {
-      upstream = await transport.send({
-        url: endpoint.origin + path + ctx.search,
-        method: req.method,
-        headers: headers.pairs,
-        body: req.body,
-        signal: ctl.signal,
-      });
+      for (let attempt = 0;; attempt++) {
+        const endpoint = pickEndpoint(cluster, pickCtx, tried);
+        tried?.add(endpoint);
+        ctx.outcome.endpoint = endpoint.origin;
+        ctx.outcome.attempts++;
+        const headers = upstreamHeaders(req, ctx, s, endpoint);
+        const transport = chooseTransport(cluster, headers);
+        const state = cluster.states[endpoint.index]!;
+        const attemptSignal = s.perTryTimeoutMs > 0 ? perTry(ctl.signal, s, endpoint) : undefined;
+        state.inFlight++;
+        let upstream: Response;
+        try {
+          upstream = await transport.send({
+            url: endpoint.origin + path + ctx.search,
+            method: req.method,
+            headers: headers.pairs,
+            body: chunks ? replay(chunks) : body,
+            signal: attemptSignal?.signal ?? ctl.signal,
+          });
+        } catch (err) {
+          const pe = toProxyError(err);
+          if (
+            attempt >= retries || ctl.signal.aborted || !errorRetriable(retry!, pe) ||
+            !takeRetry()
+          ) throw pe;
+          await pause(backoffMs(retry!, attempt), ctl.signal);
+          continue;
+        } finally {
+          state.inFlight--;
+          attemptSignal?.done();
+          if (holdingRetry) {
+            budget.release();
+            holdingRetry = false;
+          }
+        }
+
+        if (attempt < retries && statusRetriable(retry!, upstream.status)) {
+          const after = parseRetryAfter(upstream.headers.get("retry-after"));
+          if ((after === undefined || after <= retry!.maxRetryAfterMs) && takeRetry()) {
+            await upstream.body?.cancel().catch(() => {});
+            await pause(after ?? backoffMs(retry!, attempt), ctl.signal);
+            continue;
+          }
+        }
+        return downstreamResponse(req, ctx, s, upstream);
+      }
     } finally {
       deadline?.cancel();
+      budget.active--;
+      if (holdingRetry) budget.release();
     }
 
-    const out = endToEndHeaders(upstream.headers);
-    out.set("x-request-id", ctx.requestId);
-    applyEdits(out, s.responseEdits);
-    // HEAD, 204 and 304 never carry a body, whatever the upstream sent (RFC 9110 6.4.1).
-    const bodyless = req.method === "HEAD" || upstream.status === 204 || upstream.status === 304;
-    if (bodyless && upstream.body) await upstream.body.cancel().catch(() => {});
-    return new Response(bodyless ? null : upstream.body, {
-      status: upstream.status,
-      statusText: upstream.statusText,
-      headers: out.pairs,
-    });
+    function takeRetry(): boolean {
+      if (!budget.tryAcquire()) {
+        ctx.outcome.flags = "URX";
+        return false;
+      }
+      holdingRetry = true;
+      return true;
+    }
   };
+}
+
+/** Picks an endpoint not tried yet; once all were tried, any usable one; none is a 503. */
+function pickEndpoint(
+  cluster: Cluster,
+  pickCtx: { hashKey: string } | undefined,
+  tried: ReadonlySet<Endpoint> | undefined,
+): Endpoint {
+  const e = cluster.balancer.pick(pickCtx, tried) ??
+    (tried && tried.size > 0 ? cluster.balancer.pick(pickCtx) : undefined);
+  if (!e) throw noEndpoint(cluster.name);
+  return e;
+}
+
+/** A per-attempt signal: aborts with the request's signal or when the per-try timeout passes. */
+function perTry(parent: AbortSignal, s: ForwardSettings, endpoint: Endpoint) {
+  const ctl = new AbortController();
+  const follow = () => ctl.abort(parent.reason);
+  parent.addEventListener("abort", follow, { once: true });
+  const d = s.deadlines.arm(s.perTryTimeoutMs, () =>
+    ctl.abort(
+      new TimeoutReason(
+        `no response from ${endpoint.origin} within ${s.perTryTimeoutMs} ms (per try)`,
+      ),
+    ));
+  return {
+    signal: ctl.signal,
+    done() {
+      d.cancel();
+      parent.removeEventListener("abort", follow);
+    },
+  };
+}
+
+/** Waits between attempts; ends early (and throws) when the request is aborted. */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  if (ms <= 0) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(classifyUpstreamError(signal.reason, signal));
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+function downstreamResponse(
+  req: Request,
+  ctx: RequestContext,
+  s: ForwardSettings,
+  upstream: Response,
+): Response {
+  const out = endToEndHeaders(upstream.headers);
+  out.set("x-request-id", ctx.requestId);
+  applyEdits(out, s.responseEdits);
+  // HEAD, 204 and 304 never carry a body, whatever the upstream sent (RFC 9110 6.4.1).
+  const bodyless = req.method === "HEAD" || upstream.status === 204 || upstream.status === 304;
+  if (bodyless && upstream.body) upstream.body.cancel().catch(() => {});
+  return new Response(bodyless ? null : upstream.body, {
+    status: upstream.status,
+    statusText: upstream.statusText,
+    headers: out.pairs,
+  });
 }
 
 /**
