@@ -52,12 +52,14 @@ async function main(): Promise<number> {
   }
   if (loaded.warnings.length > 0) console.error(formatIssues(loaded.warnings));
 
+  const log = createLogger(loaded.config.log.level);
   let snapshot: Snapshot;
   try {
     snapshot = compileSnapshot(loaded.config, {
       version: 1,
       source,
       readTextFile: (p) => Deno.readTextFileSync(file ? resolveConfigPath(file, p) : p),
+      log,
     });
   } catch (err) {
     if (!(err instanceof SnapshotCompileError)) throw err;
@@ -72,7 +74,6 @@ async function main(): Promise<number> {
     return 0;
   }
 
-  const log = createLogger(loaded.config.log.level);
   let ferry: Ferry;
   try {
     ferry = Ferry.start(snapshot, log);

@@ -11,6 +11,14 @@ import { forwardTo, type HeaderEdits } from "../upstream/forward.ts";
 import { TrustedProxies } from "../server/trust.ts";
 import { directResponse, redirectResponse } from "../server/local_responses.ts";
 import { DeadlineQueue } from "../policy/deadlines.ts";
+import {
+  BREAKER_STATE_NAMES,
+  type BreakerConfig,
+  BreakerStore,
+} from "../policy/circuit_breaker.ts";
+import { compileLimiters, faultInjection, type Limiter, rateLimit } from "../policy/middleware.ts";
+import type { Logger } from "../observability/log.ts";
+import type { BreakerConfigSchema } from "./schema.ts";
 
 export interface CompiledRoute {
   readonly name: string;
@@ -63,6 +71,41 @@ export interface CompileOptions {
   readonly source: string;
   /** Reads a file named in the config (TLS material), resolved against the config's folder. */
   readonly readTextFile: (path: string) => string;
+  /** Where policy state changes (breaker transitions) are logged. */
+  readonly log?: Logger;
+}
+
+/** Config field names -> the breaker store's option names. */
+function breakerConfig(b: BreakerConfigSchema): BreakerConfig {
+  return {
+    mode: b.mode,
+    failureThreshold: b.failures,
+    successThreshold: b.successes,
+    openTimeoutMs: b.open_timeout,
+    maxHalfOpenRequests: b.max_half_open,
+    failureRatePercent: b.failure_rate,
+    minimumRequests: b.min_requests,
+    windowMs: b.window,
+  };
+}
+
+/** A breaker store for a cluster's endpoints that logs every state change. */
+function breakerStore(
+  b: BreakerConfigSchema,
+  cluster: Cluster,
+  scope: string,
+  log: Logger | undefined,
+): BreakerStore {
+  return new BreakerStore(cluster.endpoints.length, breakerConfig(b), {
+    onTransition: (slot, from, to) =>
+      log?.info("circuit breaker state change", {
+        cluster: cluster.name,
+        scope,
+        endpoint: cluster.endpoints[slot]?.origin,
+        from: BREAKER_STATE_NAMES[from],
+        to: BREAKER_STATE_NAMES[to],
+      }),
+  });
 }
 
 /** Splits `host:port`, `[v6]:port` or `:port` into a hostname for Deno.serve and a port. */
@@ -92,10 +135,21 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
   }
 
   const deadlines = new DeadlineQueue();
+  const breakers = new Map<string, BreakerStore>();
+  for (const c of cfg.clusters) {
+    if (c.circuit_breaker) {
+      breakers.set(
+        c.name,
+        breakerStore(c.circuit_breaker, clusters.get(c.name)!, "cluster", opts.log),
+      );
+    }
+  }
+  const limiters = compileLimiters(cfg.rate_limits);
+  const policies: RoutePolicies = { deadlines, breakers, limiters, log: opts.log };
   const routes: CompiledRoute[] = [];
   for (const [i, r] of cfg.routes.entries()) {
     try {
-      routes.push(compileRoute(r, i, cfg, clusters, deadlines));
+      routes.push(compileRoute(r, i, cfg, clusters, policies));
     } catch (err) {
       if (err instanceof SnapshotCompileError) problems.push(...err.problems);
       else throw err;
@@ -222,15 +276,24 @@ function compileRewrite(r: RouteConfig, i: number): (path: string) => string {
   }]);
 }
 
+interface RoutePolicies {
+  readonly deadlines: DeadlineQueue;
+  readonly breakers: ReadonlyMap<string, BreakerStore>;
+  readonly limiters: ReadonlyMap<string, Limiter>;
+  readonly log: Logger | undefined;
+}
+
 function compileRoute(
   r: RouteConfig,
   i: number,
   cfg: FerryConfig,
   clusters: ReadonlyMap<string, Cluster>,
-  deadlines: DeadlineQueue,
+  policies: RoutePolicies,
 ): CompiledRoute {
-  // Route-level policies (balancing, limits, breakers, retries) plug in here as middleware.
+  // Route policies, outermost first: fault injection (chaos), then rate limits.
   const middleware: Middleware[] = [];
+  if (r.fault) middleware.push(faultInjection(r.fault));
+  if (r.rate_limit) middleware.push(rateLimit(r.rate_limit.map((n) => policies.limiters.get(n)!)));
   if (r.direct_response) {
     const d = r.direct_response;
     return freezeRoute(
@@ -256,11 +319,19 @@ function compileRoute(
       message: "unknown cluster",
     }]);
   }
+  const clusterCfg = cfg.clusters.find((c) => c.name === cluster.name)!;
   const terminal = forwardTo({
     cluster,
     timeoutMs: r.timeout,
     perTryTimeoutMs: r.per_try_timeout,
-    deadlines,
+    idleTimeoutMs: r.idle_timeout,
+    deadlines: policies.deadlines,
+    breaker: r.circuit_breaker
+      ? breakerStore(r.circuit_breaker, cluster, `route ${r.name}`, policies.log)
+      : policies.breakers.get(cluster.name),
+    maxRequests: clusterCfg.limits?.max_requests ?? Number.POSITIVE_INFINITY,
+    maxRequestsPerEndpoint: clusterCfg.limits?.max_requests_per_endpoint ??
+      Number.POSITIVE_INFINITY,
     retry: r.retry && {
       retries: r.retry.retries,
       retryOn: new Set(r.retry.retry_on),

@@ -327,6 +327,41 @@ function checkReferences(
   uniqueNames("listener", "listeners", cfg.listeners, err);
   uniqueNames("route", "routes", cfg.routes, err);
   uniqueNames("cluster", "clusters", cfg.clusters, err);
+  uniqueNames("rate limit", "rate_limits", cfg.rate_limits, err);
+  const limiterNames = cfg.rate_limits.map((l) => l.name);
+  for (const [i, l] of cfg.rate_limits.entries()) {
+    if ((l.scope === "header") !== (l.header !== undefined)) {
+      err(
+        ["rate_limits", i, "header"],
+        "expected a header name exactly when scope is header",
+        l.header,
+      );
+    }
+  }
+  for (const [i, r] of cfg.routes.entries()) {
+    for (const [j, n] of (r.rate_limit ?? []).entries()) {
+      if (!limiterNames.includes(n)) {
+        err(
+          ["routes", i, "rate_limit", j],
+          `unknown rate limit '${n}'; ${definedList(limiterNames, "rate limits")}`,
+          n,
+        );
+      }
+    }
+    if (r.circuit_breaker && !r.cluster) {
+      err(["routes", i, "circuit_breaker"], "a circuit breaker needs a cluster route");
+    }
+  }
+  for (const [i, c] of cfg.clusters.entries()) {
+    const seen = new Set<string>();
+    for (const [j, e] of c.endpoints.entries()) {
+      const url = typeof e === "string" ? e : e.url;
+      if (seen.has(url)) {
+        err(["clusters", i, "endpoints", j], "duplicate endpoint in this cluster", url);
+      }
+      seen.add(url);
+    }
+  }
 
   const listenerNames = cfg.listeners.map((l) => l.name);
   const clusterNames = cfg.clusters.map((c) => c.name);

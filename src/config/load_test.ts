@@ -68,6 +68,7 @@ Deno.test("the contract example loads with every default applied", () => {
       rewrite: { prefix: "/v2/" },
       timeout: 15_000,
       per_try_timeout: 0,
+      idle_timeout: 0,
       websocket: true,
     }],
     clusters: [{
@@ -79,6 +80,7 @@ Deno.test("the contract example loads with every default applied", () => {
       retry_budget: { percent: 20, min_retries: 3 },
       preserve_host: true,
     }],
+    rate_limits: [],
   });
 });
 

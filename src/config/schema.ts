@@ -102,6 +102,22 @@ const redirect = z.strictObject({
   strip_query: z.boolean().default(false),
 });
 
+/** Circuit breaker (per endpoint): consecutive failures, or a failure rate over a window. */
+export const BreakerSchema = z.strictObject({
+  mode: z.enum(["consecutive", "rate"]).default("consecutive"),
+  /** consecutive: failures in a row that open the breaker. */
+  failures: z.number().int().min(1).max(1_000_000).default(5),
+  /** Successful probes in half-open that close it again. */
+  successes: z.number().int().min(1).max(1_000_000).default(2),
+  open_timeout: duration.default(30_000),
+  /** Probes allowed at once while half-open. */
+  max_half_open: z.number().int().min(1).max(1_000_000).default(1),
+  /** rate: failure percentage over `window` that opens, given at least `min_requests`. */
+  failure_rate: z.number().min(1).max(100).default(50),
+  min_requests: z.number().int().min(1).max(1_000_000).default(20),
+  window: duration.default(10_000),
+});
+
 export const RouteSchema = z.strictObject({
   name,
   /** Limit a route to some listeners; by default a route serves every listener. */
@@ -133,6 +149,20 @@ export const RouteSchema = z.strictObject({
     max_body_bytes: z.number().int().min(0).max(16 * 1024 * 1024).default(64 * 1024),
     /** A longer upstream Retry-After is not waited for: the response goes to the client. */
     max_retry_after: duration.default(5_000),
+  }).optional(),
+  /** Cuts a streamed response body that sends nothing for this long (0: never). */
+  idle_timeout: duration.default(0),
+  /** Overrides the cluster's breaker thresholds for this route's traffic (its own state). */
+  circuit_breaker: BreakerSchema.optional(),
+  /** Names of `rate_limits` applied to this route, in order. */
+  rate_limit: z.array(name).min(1).optional(),
+  /** Chaos testing: delay and/or abort a share of requests. */
+  fault: z.strictObject({
+    delay: z.strictObject({ duration, percent: z.number().min(0).max(100) }).optional(),
+    abort: z.strictObject({
+      status: z.number().int().min(400).max(599).default(503),
+      percent: z.number().min(0).max(100),
+    }).optional(),
   }).optional(),
   websocket: z.boolean().default(true),
 }).superRefine((r, ctx) => {
@@ -173,6 +203,12 @@ export const ClusterSchema = z.strictObject({
     max_idle_per_endpoint: z.number().int().min(0).max(10_000).default(64),
     idle_timeout: duration.default(90_000),
   }).default({ max_idle_per_endpoint: 64, idle_timeout: 90_000 }),
+  circuit_breaker: BreakerSchema.optional(),
+  /** Envoy-style thresholds: overflow is answered at once with 503, never queued. */
+  limits: z.strictObject({
+    max_requests: z.number().int().min(1).optional(),
+    max_requests_per_endpoint: z.number().int().min(1).optional(),
+  }).optional(),
   /** Retries in flight may be at most `percent` of active requests, but at least `min_retries`. */
   retry_budget: z.strictObject({
     percent: z.number().min(0).max(100).default(20),
@@ -180,6 +216,23 @@ export const ClusterSchema = z.strictObject({
   }).prefault({}),
   /** Send the client's Host upstream (true) or the endpoint's host (false). */
   preserve_host: z.boolean().default(true),
+});
+
+/**
+ * A named token-bucket limiter. Its scope says what one bucket counts: each client IP, each value
+ * of a header, each route that references it, or everything (global). A limiter referenced by
+ * several routes shares its buckets across them, except with scope `route`.
+ */
+export const RateLimitSchema = z.strictObject({
+  name,
+  scope: z.enum(["client_ip", "header", "route", "global"]),
+  /** For scope `header`: whose value keys the bucket (an API key, a tenant id). */
+  header: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/).optional(),
+  /** Tokens per second. */
+  rate: z.number().positive().max(1_000_000),
+  burst: z.number().int().min(1).max(1_000_000_000),
+  /** Most keys tracked at once (client_ip, header); memory is allocated for this many up front. */
+  max_keys: z.number().int().min(16).max(16_777_216).default(65_536),
 });
 
 export const AdminSchema = z.strictObject({ address });
@@ -211,6 +264,7 @@ export const ConfigSchema = z.strictObject({
   log: LogSchema,
   routes: z.array(RouteSchema).default([]),
   clusters: z.array(ClusterSchema).default([]),
+  rate_limits: z.array(RateLimitSchema).default([]),
 });
 
 export type FerryConfig = z.output<typeof ConfigSchema>;
@@ -220,3 +274,5 @@ export type RouteMatchConfig = z.output<typeof RouteMatchSchema>;
 export type ClusterConfig = z.output<typeof ClusterSchema>;
 export type StringMatchConfig = z.output<typeof stringMatch>;
 export type PathMatchConfig = z.output<typeof pathMatch>;
+export type BreakerConfigSchema = z.output<typeof BreakerSchema>;
+export type RateLimitConfig = z.output<typeof RateLimitSchema>;

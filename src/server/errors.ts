@@ -13,6 +13,10 @@ export type ProxyErrorKind =
   | "upstream_timeout"
   | "upstream_protocol_error"
   | "no_healthy_upstream"
+  | "breaker_open"
+  | "overflow"
+  | "rate_limited"
+  | "fault_injected"
   | "payload_too_large"
   | "uri_too_long"
   | "headers_too_large"
@@ -37,6 +41,11 @@ const TABLE: Readonly<Record<ProxyErrorKind, ErrorRow>> = {
   upstream_reset: { status: 502, flag: "UR", title: "upstream reset" },
   upstream_protocol_error: { status: 502, flag: "UPE", title: "upstream protocol error" },
   no_healthy_upstream: { status: 503, flag: "UH", title: "no healthy upstream" },
+  breaker_open: { status: 503, flag: "UO", title: "circuit breaker open" },
+  overflow: { status: 503, flag: "UO", title: "upstream overflow" },
+  rate_limited: { status: 429, flag: "RL", title: "rate limited" },
+  // Fault injection answers with the status the route asks for; 503 is only the default.
+  fault_injected: { status: 503, flag: "FI", title: "fault injected" },
   upstream_timeout: { status: 504, flag: "UT", title: "upstream timeout" },
   // 499 is nginx's "client closed request": only ever logged, the client is gone.
   client_closed: { status: 499, flag: "DC", title: "client closed request" },
@@ -45,12 +54,25 @@ const TABLE: Readonly<Record<ProxyErrorKind, ErrorRow>> = {
 
 /** A failure with a kind from the table and a reason meant for the client and the log. */
 export class ProxyError extends Error {
-  constructor(readonly kind: ProxyErrorKind, readonly reason: string, options?: ErrorOptions) {
+  constructor(
+    readonly kind: ProxyErrorKind,
+    readonly reason: string,
+    options?: ErrorOptions & {
+      /** Overrides the table's status (fault injection); must be a 4xx/5xx. */
+      status?: number;
+      /** Headers the response must carry, such as Retry-After. */
+      headers?: HeadersInit;
+    },
+  ) {
     super(`${kind}: ${reason}`, options);
     this.name = "ProxyError";
+    this.statusOverride = options?.status;
+    this.headers = options?.headers;
   }
+  readonly statusOverride: number | undefined;
+  readonly headers: HeadersInit | undefined;
   get status(): number {
-    return TABLE[this.kind].status;
+    return this.statusOverride ?? TABLE[this.kind].status;
   }
   get flag(): string {
     return TABLE[this.kind].flag;
@@ -78,12 +100,12 @@ export function errorResponse(
     flag: row.flag,
     request_id: requestId,
   }) + "\n";
-  const headers = new Headers(extraHeaders);
+  const headers = new Headers(pe.headers ?? extraHeaders);
   headers.set("content-type", "application/json");
   headers.set("x-request-id", requestId);
   headers.set("x-ferry-flag", row.flag);
   headers.set("cache-control", "no-store");
-  return new Response(body, { status: row.status, headers });
+  return new Response(body, { status: pe.status, headers });
 }
 
 export function toProxyError(err: unknown): ProxyError {

@@ -23,6 +23,7 @@ import {
   statusRetriable,
 } from "../policy/retry.ts";
 import type { DeadlineQueue } from "../policy/deadlines.ts";
+import type { BreakerStore } from "../policy/circuit_breaker.ts";
 import { proxyWebSocket } from "./websocket.ts";
 
 /** Header edits compiled from config: names lower-cased, removals before additions. */
@@ -40,6 +41,13 @@ export interface ForwardSettings {
   /** Shared deadline timer (a setTimeout per request costs too much CPU). */
   readonly deadlines: DeadlineQueue;
   readonly retry: RetryPolicy | undefined;
+  /** Per-endpoint breakers (the cluster's, or the route's own override). */
+  readonly breaker: BreakerStore | undefined;
+  /** Cluster thresholds: active requests in the cluster, and per endpoint. */
+  readonly maxRequests: number;
+  readonly maxRequestsPerEndpoint: number;
+  /** Streamed response bodies silent for this long are cut; 0 disables. */
+  readonly idleTimeoutMs: number;
   readonly rewritePath: (path: string) => string;
   readonly hostRewrite: string | undefined;
   readonly requestEdits: HeaderEdits | undefined;
@@ -89,7 +97,9 @@ export function forwardTo(s: ForwardSettings): Handler {
     const pickCtx = key === undefined ? undefined : { hashKey: key };
 
     if (s.websocket && isWebSocketUpgrade(req)) {
-      const endpoint = pickEndpoint(cluster, pickCtx, undefined);
+      const { endpoint, permit } = admit(cluster, s, pickCtx, undefined);
+      // A WebSocket's success is its handshake; the breaker learns that much.
+      s.breaker?.onSuccess(endpoint.index, permit);
       ctx.outcome.endpoint = endpoint.origin;
       ctx.outcome.attempts++;
       return await proxyWebSocket(req, ctx, s, endpoint, path);
@@ -122,11 +132,18 @@ export function forwardTo(s: ForwardSettings): Handler {
 
     const tried = retries > 0 ? new Set<Endpoint>() : undefined;
     const budget = cluster.retryBudget;
+    if (budget.active >= s.maxRequests) {
+      deadline?.cancel();
+      throw new ProxyError(
+        "overflow",
+        `cluster ${cluster.name} has ${s.maxRequests} requests in flight`,
+      );
+    }
     budget.active++;
     let holdingRetry = false;
     try {
       for (let attempt = 0;; attempt++) {
-        const endpoint = pickEndpoint(cluster, pickCtx, tried);
+        const { endpoint, permit } = admit(cluster, s, pickCtx, tried);
         tried?.add(endpoint);
         ctx.outcome.endpoint = endpoint.origin;
         ctx.outcome.attempts++;
@@ -146,6 +163,8 @@ export function forwardTo(s: ForwardSettings): Handler {
           });
         } catch (err) {
           const pe = toProxyError(err);
+          if (pe.kind === "client_closed") s.breaker?.release(endpoint.index, permit);
+          else s.breaker?.onFailure(endpoint.index, permit);
           if (
             attempt >= retries || ctl.signal.aborted || !errorRetriable(retry!, pe) ||
             !takeRetry()
@@ -161,6 +180,9 @@ export function forwardTo(s: ForwardSettings): Handler {
           }
         }
 
+        if (upstream.status >= 500) s.breaker?.onFailure(endpoint.index, permit);
+        else s.breaker?.onSuccess(endpoint.index, permit);
+
         if (attempt < retries && statusRetriable(retry!, upstream.status)) {
           const after = parseRetryAfter(upstream.headers.get("retry-after"));
           if ((after === undefined || after <= retry!.maxRetryAfterMs) && takeRetry()) {
@@ -169,7 +191,10 @@ export function forwardTo(s: ForwardSettings): Handler {
             continue;
           }
         }
-        return downstreamResponse(req, ctx, s, upstream);
+        const out = s.idleTimeoutMs > 0 && upstream.body
+          ? upstream.body.pipeThrough(idleGuard(s, ctl))
+          : upstream.body;
+        return downstreamResponse(req, ctx, s, upstream, out);
       }
     } finally {
       deadline?.cancel();
@@ -188,16 +213,62 @@ export function forwardTo(s: ForwardSettings): Handler {
   };
 }
 
-/** Picks an endpoint not tried yet; once all were tried, any usable one; none is a 503. */
-function pickEndpoint(
+/**
+ * Picks an endpoint that may take the request: not tried yet (once all were tried, any), under
+ * its concurrency limit, and admitted by its breaker. None: 503 saying which guard refused.
+ */
+function admit(
   cluster: Cluster,
+  s: ForwardSettings,
   pickCtx: { hashKey: string } | undefined,
   tried: ReadonlySet<Endpoint> | undefined,
-): Endpoint {
-  const e = cluster.balancer.pick(pickCtx, tried) ??
-    (tried && tried.size > 0 ? cluster.balancer.pick(pickCtx) : undefined);
-  if (!e) throw noEndpoint(cluster.name);
-  return e;
+): { endpoint: Endpoint; permit: number } {
+  let refused: Set<Endpoint> | undefined;
+  let exclude: Set<Endpoint> | ReadonlySet<Endpoint> | undefined = tried;
+  let why: "breaker" | "limit" | undefined;
+  for (let i = 0; i <= cluster.endpoints.length; i++) {
+    const e = cluster.balancer.pick(pickCtx, exclude) ??
+      (tried && tried.size > 0 ? cluster.balancer.pick(pickCtx, refused) : undefined);
+    if (!e) break;
+    let permit = 0;
+    if (cluster.states[e.index]!.inFlight >= s.maxRequestsPerEndpoint) why ??= "limit";
+    else if (s.breaker && (permit = s.breaker.acquire(e.index)) === 0) why = "breaker";
+    else return { endpoint: e, permit };
+    (refused ??= new Set()).add(e);
+    exclude = new Set([...(tried ?? []), ...refused]);
+  }
+  if (why === "breaker") {
+    const wait = Math.min(...cluster.endpoints.map((e) => s.breaker!.retryAfterMs(e.index)));
+    throw new ProxyError("breaker_open", `circuit breaker open for cluster ${cluster.name}`, {
+      headers: { "retry-after": String(Math.max(1, Math.ceil(wait / 1000))) },
+    });
+  }
+  if (why === "limit") {
+    throw new ProxyError("overflow", `every endpoint of ${cluster.name} is at its request limit`);
+  }
+  throw noEndpoint(cluster.name);
+}
+
+/**
+ * Cuts a response body that stays silent longer than the idle timeout: the request's signal is
+ * aborted, which ends the upstream fetch and the client's stream.
+ */
+function idleGuard(
+  s: ForwardSettings,
+  ctl: AbortController,
+): TransformStream<Uint8Array, Uint8Array> {
+  const fire = () => ctl.abort(new TimeoutReason(`response body idle for ${s.idleTimeoutMs} ms`));
+  let d = s.deadlines.arm(s.idleTimeoutMs, fire);
+  return new TransformStream({
+    transform(chunk, c) {
+      d.cancel();
+      d = s.deadlines.arm(s.idleTimeoutMs, fire);
+      c.enqueue(chunk);
+    },
+    flush() {
+      d.cancel();
+    },
+  });
 }
 
 /** A per-attempt signal: aborts with the request's signal or when the per-try timeout passes. */
@@ -241,14 +312,15 @@ function downstreamResponse(
   ctx: RequestContext,
   s: ForwardSettings,
   upstream: Response,
+  body: ReadableStream<Uint8Array> | null,
 ): Response {
   const out = endToEndHeaders(upstream.headers);
   out.set("x-request-id", ctx.requestId);
   applyEdits(out, s.responseEdits);
   // HEAD, 204 and 304 never carry a body, whatever the upstream sent (RFC 9110 6.4.1).
   const bodyless = req.method === "HEAD" || upstream.status === 204 || upstream.status === 304;
-  if (bodyless && upstream.body) upstream.body.cancel().catch(() => {});
-  return new Response(bodyless ? null : upstream.body, {
+  if (bodyless && body) body.cancel().catch(() => {});
+  return new Response(bodyless ? null : body, {
     status: upstream.status,
     statusText: upstream.statusText,
     headers: out.pairs,

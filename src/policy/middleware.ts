@@ -1,0 +1,84 @@
+/**
+ * Route middleware built from policy config: rate limiting and fault injection. Each is a factory
+ * returning a named handler, composed once per snapshot (src/config/compile.ts).
+ */
+import type { RateLimitConfig, RouteConfig } from "../config/schema.ts";
+import type { Middleware } from "../pipeline/types.ts";
+import { ProxyError } from "../server/errors.ts";
+import { KeyedTokenBuckets, type RateDecision, TokenBucketStore } from "./token_bucket.ts";
+
+/** A compiled limiter: one scope, its buckets, and how a request maps to its key. */
+export interface Limiter {
+  readonly name: string;
+  readonly scope: RateLimitConfig["scope"];
+  /** The policy, as sent in RateLimit-Policy: quota = burst, window = time to refill it. */
+  readonly policyHeader: string;
+  take(req: Request, clientIp: string, route: string, at: number): RateDecision;
+}
+
+/** Builds every named limiter once per snapshot; routes referencing a name share its buckets. */
+export function compileLimiters(configs: readonly RateLimitConfig[]): Map<string, Limiter> {
+  const out = new Map<string, Limiter>();
+  for (const c of configs) {
+    const windowS = Math.max(1, Math.ceil(c.burst / c.rate));
+    const policyHeader = `"${c.name}";q=${c.burst};w=${windowS}`;
+    const bucketCfg = { rate: c.rate, burst: c.burst };
+    let take: Limiter["take"];
+    if (c.scope === "global") {
+      const store = new TokenBucketStore(1, bucketCfg);
+      take = (_req, _ip, _route, at) => store.take(0, 1, at);
+    } else {
+      const buckets = new KeyedTokenBuckets({ ...bucketCfg, maxKeys: c.max_keys });
+      if (c.scope === "client_ip") take = (_req, ip, _route, at) => buckets.take(ip, 1, at);
+      else if (c.scope === "route") take = (_req, _ip, route, at) => buckets.take(route, 1, at);
+      else {
+        const header = c.header!.toLowerCase();
+        // Requests without the header share one bucket, so leaving it out is no way around it.
+        take = (req, _ip, _route, at) => buckets.take(req.headers.get(header) ?? "", 1, at);
+      }
+    }
+    out.set(c.name, Object.freeze({ name: c.name, scope: c.scope, policyHeader, take }));
+  }
+  return out;
+}
+
+/** 429 with Retry-After and draft-ietf-httpapi-ratelimit-headers fields when a bucket is empty. */
+export function rateLimit(limiters: readonly Limiter[]): Middleware {
+  return (next) =>
+    function rateLimited(req, ctx) {
+      const at = Date.now();
+      const route = ctx.outcome.route ?? "";
+      for (const l of limiters) {
+        const d = l.take(req, ctx.clientIp, route, at);
+        if (!d.allowed) {
+          const retryS = Math.max(1, Math.ceil(d.retryAfterMs / 1000));
+          throw new ProxyError("rate_limited", `rate limit ${l.name} (per ${l.scope}) exceeded`, {
+            headers: {
+              "retry-after": String(retryS),
+              "ratelimit-policy": l.policyHeader,
+              "ratelimit": `"${l.name}";r=${d.remaining};t=${Math.ceil(d.resetMs / 1000)}`,
+            },
+          });
+        }
+      }
+      return next(req, ctx);
+    };
+}
+
+type Fault = NonNullable<RouteConfig["fault"]>;
+
+/** Delays and/or aborts a share of requests (Envoy's fault filter): delay first, then abort. */
+export function faultInjection(f: Fault, random: () => number = Math.random): Middleware {
+  return (next) =>
+    async function faulted(req, ctx) {
+      if (f.delay && random() * 100 < f.delay.percent) {
+        await new Promise((r) => setTimeout(r, f.delay!.duration));
+      }
+      if (f.abort && random() * 100 < f.abort.percent) {
+        throw new ProxyError("fault_injected", `fault injection aborted the request`, {
+          status: f.abort.status,
+        });
+      }
+      return await next(req, ctx);
+    };
+}
