@@ -199,3 +199,34 @@ clusters: [{ name: c, endpoints: ["{{U}}"] }]
     await up.close();
   }
 });
+
+Deno.test("a cluster-scoped breaker counts failures across endpoints and opens for all", async () => {
+  let calls = 0;
+  const fail = () => {
+    calls++;
+    return new Response("boom", { status: 502 });
+  };
+  const a = startUpstream(fail);
+  const b = startUpstream(fail);
+  const px = startFerry(
+    `listeners: [{ name: p, address: "127.0.0.1:0" }]
+routes: [{ name: r, cluster: c }]
+clusters:
+  - name: c
+    endpoints: ["{{A}}", "{{B}}"]
+    circuit_breaker: { scope: cluster, failures: 4, open_timeout: 10s }
+`,
+    { A: a.url, B: b.url },
+  );
+  try {
+    for (let i = 0; i < 4; i++) await (await fetch(`${px.url}/x`)).body?.cancel();
+    const res = await fetch(`${px.url}/x`);
+    assert.equal(res.status, 503);
+    assert.equal((await res.json()).flag, "UO");
+    assert.equal(calls, 4, "two endpoints, one breaker: opened after 4 failures in all");
+  } finally {
+    await px.close();
+    await a.close();
+    await b.close();
+  }
+});

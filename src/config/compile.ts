@@ -96,12 +96,13 @@ function breakerStore(
   scope: string,
   log: Logger | undefined,
 ): BreakerStore {
-  return new BreakerStore(cluster.endpoints.length, breakerConfig(b), {
+  const perCluster = b.scope === "cluster";
+  return new BreakerStore(perCluster ? 1 : cluster.endpoints.length, breakerConfig(b), {
     onTransition: (slot, from, to) =>
       log?.info("circuit breaker state change", {
         cluster: cluster.name,
         scope,
-        endpoint: cluster.endpoints[slot]?.origin,
+        endpoint: perCluster ? "*" : cluster.endpoints[slot]?.origin,
         from: BREAKER_STATE_NAMES[from],
         to: BREAKER_STATE_NAMES[to],
       }),
@@ -329,6 +330,7 @@ function compileRoute(
     breaker: r.circuit_breaker
       ? breakerStore(r.circuit_breaker, cluster, `route ${r.name}`, policies.log)
       : policies.breakers.get(cluster.name),
+    breakerPerCluster: (r.circuit_breaker ?? clusterCfg.circuit_breaker)?.scope === "cluster",
     maxRequests: clusterCfg.limits?.max_requests ?? Number.POSITIVE_INFINITY,
     maxRequestsPerEndpoint: clusterCfg.limits?.max_requests_per_endpoint ??
       Number.POSITIVE_INFINITY,

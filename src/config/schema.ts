@@ -104,6 +104,8 @@ const redirect = z.strictObject({
 
 /** Circuit breaker (per endpoint): consecutive failures, or a failure rate over a window. */
 export const BreakerSchema = z.strictObject({
+  /** One breaker per endpoint (default), or one for the whole cluster. */
+  scope: z.enum(["endpoint", "cluster"]).default("endpoint"),
   mode: z.enum(["consecutive", "rate"]).default("consecutive"),
   /** consecutive: failures in a row that open the breaker. */
   failures: z.number().int().min(1).max(1_000_000).default(5),
@@ -208,6 +210,8 @@ export const ClusterSchema = z.strictObject({
   limits: z.strictObject({
     max_requests: z.number().int().min(1).optional(),
     max_requests_per_endpoint: z.number().int().min(1).optional(),
+    /** Retries in flight in the cluster, a hard cap on top of retry_budget. */
+    max_retries: z.number().int().min(0).optional(),
   }).optional(),
   /** Retries in flight may be at most `percent` of active requests, but at least `min_retries`. */
   retry_budget: z.strictObject({

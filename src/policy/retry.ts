@@ -144,11 +144,17 @@ export function replay(chunks: readonly Uint8Array[]): ReadableStream<Uint8Array
 export class RetryBudget {
   active = 0;
   retrying = 0;
-  constructor(readonly percent: number, readonly minRetries: number) {}
+  constructor(
+    readonly percent: number,
+    readonly minRetries: number,
+    /** Envoy's max_retries threshold: a hard cap whatever the share allows. */
+    readonly maxRetries = Number.POSITIVE_INFINITY,
+  ) {}
 
   /** Takes a retry slot if the budget allows; the caller must `release()` it. */
   tryAcquire(): boolean {
-    const allowed = Math.max(this.minRetries, Math.floor(this.active * this.percent / 100));
+    const share = Math.max(this.minRetries, Math.floor(this.active * this.percent / 100));
+    const allowed = Math.min(share, this.maxRetries);
     if (this.retrying >= allowed) return false;
     this.retrying++;
     return true;

@@ -71,7 +71,11 @@ export function buildCluster(cfg: ClusterConfig, caCerts?: string[]): Cluster {
     states: balancer.states,
     hashKey: cfg.lb === "ring_hash" || cfg.lb === "maglev" ? hashKeyOf(cfg.hash_key) : undefined,
     preserveHost: cfg.preserve_host,
-    retryBudget: new RetryBudget(cfg.retry_budget.percent, cfg.retry_budget.min_retries),
+    retryBudget: new RetryBudget(
+      cfg.retry_budget.percent,
+      cfg.retry_budget.min_retries,
+      cfg.limits?.max_retries,
+    ),
     fetch: fetchTransport,
     passthrough,
     close() {

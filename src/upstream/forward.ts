@@ -41,8 +41,10 @@ export interface ForwardSettings {
   /** Shared deadline timer (a setTimeout per request costs too much CPU). */
   readonly deadlines: DeadlineQueue;
   readonly retry: RetryPolicy | undefined;
-  /** Per-endpoint breakers (the cluster's, or the route's own override). */
+  /** Breakers (the cluster's, or the route's own override) and the slot an endpoint uses. */
   readonly breaker: BreakerStore | undefined;
+  /** true: one breaker for the whole cluster (slot 0); false: one per endpoint. */
+  readonly breakerPerCluster: boolean;
   /** Cluster thresholds: active requests in the cluster, and per endpoint. */
   readonly maxRequests: number;
   readonly maxRequestsPerEndpoint: number;
@@ -99,7 +101,7 @@ export function forwardTo(s: ForwardSettings): Handler {
     if (s.websocket && isWebSocketUpgrade(req)) {
       const { endpoint, permit } = admit(cluster, s, pickCtx, undefined);
       // A WebSocket's success is its handshake; the breaker learns that much.
-      s.breaker?.onSuccess(endpoint.index, permit);
+      s.breaker?.onSuccess(slotOf(s, endpoint), permit);
       ctx.outcome.endpoint = endpoint.origin;
       ctx.outcome.attempts++;
       return await proxyWebSocket(req, ctx, s, endpoint, path);
@@ -163,8 +165,8 @@ export function forwardTo(s: ForwardSettings): Handler {
           });
         } catch (err) {
           const pe = toProxyError(err);
-          if (pe.kind === "client_closed") s.breaker?.release(endpoint.index, permit);
-          else s.breaker?.onFailure(endpoint.index, permit);
+          if (pe.kind === "client_closed") s.breaker?.release(slotOf(s, endpoint), permit);
+          else s.breaker?.onFailure(slotOf(s, endpoint), permit);
           if (
             attempt >= retries || ctl.signal.aborted || !errorRetriable(retry!, pe) ||
             !takeRetry()
@@ -180,8 +182,8 @@ export function forwardTo(s: ForwardSettings): Handler {
           }
         }
 
-        if (upstream.status >= 500) s.breaker?.onFailure(endpoint.index, permit);
-        else s.breaker?.onSuccess(endpoint.index, permit);
+        if (upstream.status >= 500) s.breaker?.onFailure(slotOf(s, endpoint), permit);
+        else s.breaker?.onSuccess(slotOf(s, endpoint), permit);
 
         if (attempt < retries && statusRetriable(retry!, upstream.status)) {
           const after = parseRetryAfter(upstream.headers.get("retry-after"));
@@ -232,13 +234,13 @@ function admit(
     if (!e) break;
     let permit = 0;
     if (cluster.states[e.index]!.inFlight >= s.maxRequestsPerEndpoint) why ??= "limit";
-    else if (s.breaker && (permit = s.breaker.acquire(e.index)) === 0) why = "breaker";
+    else if (s.breaker && (permit = s.breaker.acquire(slotOf(s, e))) === 0) why = "breaker";
     else return { endpoint: e, permit };
     (refused ??= new Set()).add(e);
     exclude = new Set([...(tried ?? []), ...refused]);
   }
   if (why === "breaker") {
-    const wait = Math.min(...cluster.endpoints.map((e) => s.breaker!.retryAfterMs(e.index)));
+    const wait = Math.min(...cluster.endpoints.map((e) => s.breaker!.retryAfterMs(slotOf(s, e))));
     throw new ProxyError("breaker_open", `circuit breaker open for cluster ${cluster.name}`, {
       headers: { "retry-after": String(Math.max(1, Math.ceil(wait / 1000))) },
     });
@@ -247,6 +249,10 @@ function admit(
     throw new ProxyError("overflow", `every endpoint of ${cluster.name} is at its request limit`);
   }
   throw noEndpoint(cluster.name);
+}
+
+function slotOf(s: ForwardSettings, e: Endpoint): number {
+  return s.breakerPerCluster ? 0 : e.index;
 }
 
 /**
