@@ -18,6 +18,7 @@ import {
 } from "../policy/circuit_breaker.ts";
 import { compileLimiters, faultInjection, type Limiter, rateLimit } from "../policy/middleware.ts";
 import type { Logger } from "../observability/log.ts";
+import { AccessLog, LineWriter, openSink } from "../observability/access_log.ts";
 import type { BreakerConfigSchema } from "./schema.ts";
 
 export interface CompiledRoute {
@@ -46,6 +47,8 @@ export interface Snapshot {
   readonly routes: readonly CompiledRoute[];
   readonly trust: TrustedProxies;
   readonly requestIdPolicy: FerryConfig["server"]["request_id"];
+  /** One JSON line per request, when `access_log` is configured. */
+  readonly accessLog: AccessLog | undefined;
   /** Closes every cluster pool; called when the snapshot is retired. */
   close(): void;
 }
@@ -198,6 +201,22 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     }
   }
 
+  let accessLog: AccessLog | undefined;
+  let closeSink = () => {};
+  if (cfg.access_log && problems.length === 0) {
+    try {
+      const { sink, close } = openSink(cfg.access_log.path);
+      closeSink = close;
+      accessLog = new AccessLog(cfg.access_log, new LineWriter(sink));
+    } catch (err) {
+      problems.push({
+        path: "access_log.path",
+        value: cfg.access_log.path,
+        message: `cannot open: ${err}`,
+      });
+    }
+  }
+
   if (problems.length > 0) {
     deadlines.close();
     for (const c of clusters.values()) c.close();
@@ -213,8 +232,10 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     routes,
     trust: new TrustedProxies(cfg.server.trusted_proxies),
     requestIdPolicy: cfg.server.request_id,
+    accessLog,
     close() {
       deadlines.close();
+      void accessLog?.writer.flush().finally(closeSink);
       for (const c of clusters.values()) c.close();
     },
   });

@@ -261,11 +261,41 @@ export const LogSchema = z.strictObject({
   level: z.enum(["debug", "info", "warn", "error"]).default("info"),
 }).default({ level: "info" });
 
+/** One JSON line per request; off unless configured (it costs CPU per request). */
+export const AccessLogSchema = z.strictObject({
+  /** "stdout", "stderr" or a file path (appended to). */
+  path: z.string().min(1).default("stdout"),
+  /** Share of requests logged, 0..1; proxy-made errors are always logged. */
+  sample: z.number().min(0).max(1).default(1),
+  /** Fields to write; all when not set. */
+  fields: z.array(z.enum([
+    "time",
+    "request_id",
+    "client",
+    "method",
+    "authority",
+    "path",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "duration_ms",
+    "upstream_ms",
+    "route",
+    "cluster",
+    "endpoint",
+    "attempts",
+    "flags",
+    "listener",
+    "user_agent",
+  ])).min(1).optional(),
+});
+
 export const ConfigSchema = z.strictObject({
   listeners: z.array(ListenerSchema).min(1),
   admin: AdminSchema.optional(),
   server: ServerSchema,
   log: LogSchema,
+  access_log: AccessLogSchema.optional(),
   routes: z.array(RouteSchema).default([]),
   clusters: z.array(ClusterSchema).default([]),
   rate_limits: z.array(RateLimitSchema).default([]),
@@ -280,3 +310,4 @@ export type StringMatchConfig = z.output<typeof stringMatch>;
 export type PathMatchConfig = z.output<typeof pathMatch>;
 export type BreakerConfigSchema = z.output<typeof BreakerSchema>;
 export type RateLimitConfig = z.output<typeof RateLimitSchema>;
+export type AccessLogConfig = z.output<typeof AccessLogSchema>;

@@ -32,6 +32,8 @@ export interface RequestOutcome {
   cluster?: string;
   endpoint?: string;
   attempts: number;
+  /** Time from sending upstream to its response headers, last attempt. */
+  upstreamMs?: number;
   /** Extra response flags, such as URX (retry budget or attempts exhausted). */
   flags?: string;
 }

@@ -8,6 +8,7 @@ import type { RequestContext } from "../pipeline/types.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
 import { errorFields, type Logger } from "../observability/log.ts";
+import type { AccessLog } from "../observability/access_log.ts";
 
 /** Longest request target accepted (path + query), as nginx's large_client_header_buffers 8k. */
 export const MAX_URI_LENGTH = 8192;
@@ -33,7 +34,9 @@ export function createListenerHandler(
       snap.requestIdPolicy,
       peerTrusted,
     );
+    const startedAt = performance.now();
     let ctx: RequestContext | undefined;
+    let response: Response;
     try {
       if (!plan) throw new ProxyError("no_route", `listener ${listener} is being removed`);
       checkMethod(req.method);
@@ -60,7 +63,7 @@ export function createListenerHandler(
         authority: target.authority,
         path: path.path,
         search: target.search,
-        startedAt: performance.now(),
+        startedAt,
         outcome: { attempts: 0 },
       };
       const route = plan.router.match({
@@ -74,9 +77,9 @@ export function createListenerHandler(
         throw new ProxyError("no_route", `no route for ${req.method} ${host}${path.path}`);
       }
       ctx.outcome.route = route.name;
-      return await route.handler(req, ctx);
+      response = await route.handler(req, ctx);
     } catch (err) {
-      const response = errorResponse(err, requestId);
+      response = errorResponse(err, requestId);
       if (response.status >= 500 && response.status !== 499 && log.enabled("warn")) {
         log.warn("proxy error", {
           request_id: requestId,
@@ -87,9 +90,43 @@ export function createListenerHandler(
           ...errorFields(err),
         });
       }
-      return response;
     }
+    const accessLog = snap.accessLog;
+    if (accessLog) {
+      logWhenDone(accessLog, req, ctx, requestId, peerIp, listener, response, startedAt, info);
+    }
+    return response;
   };
+}
+
+/** Writes the access-log line once the response is fully sent (or the client has gone). */
+function logWhenDone(
+  log: AccessLog,
+  req: Request,
+  ctx: RequestContext | undefined,
+  requestId: string,
+  peerIp: string,
+  listener: string,
+  response: Response,
+  startedAt: number,
+  info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+): void {
+  const flag = response.headers.get("x-ferry-flag") ?? "-";
+  if (!log.wants(flag)) return;
+  const write = () =>
+    log.write({
+      req,
+      ctx,
+      requestId,
+      peerIp,
+      listener,
+      status: response.status,
+      flag,
+      responseHeaders: response.headers,
+      startedAt,
+      endedAt: performance.now(),
+    });
+  info.completed.then(write, write);
 }
 
 /**

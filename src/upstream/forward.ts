@@ -154,6 +154,7 @@ export function forwardTo(s: ForwardSettings): Handler {
         const state = cluster.states[endpoint.index]!;
         const attemptSignal = s.perTryTimeoutMs > 0 ? perTry(ctl.signal, s, endpoint) : undefined;
         state.inFlight++;
+        const sentAt = performance.now();
         let upstream: Response;
         try {
           upstream = await transport.send({
@@ -174,6 +175,7 @@ export function forwardTo(s: ForwardSettings): Handler {
           await pause(backoffMs(retry!, attempt), ctl.signal);
           continue;
         } finally {
+          ctx.outcome.upstreamMs = performance.now() - sentAt;
           state.inFlight--;
           attemptSignal?.done();
           if (holdingRetry) {

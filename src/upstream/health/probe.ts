@@ -1,0 +1,171 @@
+/**
+ * One HTTP health probe: `GET origin + path` on a `Deno.HttpClient` of its own, so probes never
+ * wait behind user traffic in the cluster's pool, judged by the expected statuses.
+ */
+
+/** What a probe needs to know of an endpoint (Ferry's `Endpoint` fits). */
+export interface ProbeTarget {
+  readonly index: number;
+  /** `scheme://host:port`. */
+  readonly origin: string;
+}
+
+export interface ProbeResult {
+  readonly ok: boolean;
+  /** Short and loggable: `"status 200"`, `"status 503"`, `"timeout after 1000 ms"`, ... */
+  readonly reason: string;
+}
+
+/** Probes `target`; must settle soon after `signal` aborts (the checker's timeout or stop). */
+export type Probe = (target: ProbeTarget, signal: AbortSignal) => Promise<ProbeResult>;
+
+/** `200`, `"200-399"` or `[200, 399]` (inclusive). */
+export type StatusSpec = number | string | readonly [number, number];
+
+export const DEFAULT_EXPECTED_STATUSES: readonly StatusSpec[] = Object.freeze(["200-399"]);
+
+/**
+ * Compiles expected statuses into a lookup (a 600-entry table, so a check is one load).
+ * Every bad entry throws a RangeError naming `field[i]` and its value.
+ */
+export function compileStatuses(
+  specs: readonly StatusSpec[],
+  field = "expectedStatuses",
+): (status: number) => boolean {
+  if (!Array.isArray(specs) || specs.length === 0) {
+    throw new RangeError(`${field} must be a non-empty list, got ${JSON.stringify(specs)}`);
+  }
+  const table = new Uint8Array(600);
+  specs.forEach((spec, i) => {
+    const [lo, hi] = rangeOf(spec);
+    const valid = Number.isInteger(lo) && Number.isInteger(hi) && lo >= 100 && hi <= 599 &&
+      lo <= hi;
+    if (!valid) {
+      throw new RangeError(
+        `${field}[${i}] must be a status or an inclusive range within 100-599 ` +
+          `(200, "200-399" or [200, 399]), got ${JSON.stringify(spec)}`,
+      );
+    }
+    table.fill(1, lo, hi + 1);
+  });
+  return (status) => table[status] === 1;
+}
+
+function rangeOf(spec: StatusSpec): [number, number] {
+  if (typeof spec === "number") return [spec, spec];
+  if (typeof spec === "string") {
+    const m = /^\s*(\d{3})\s*(?:-\s*(\d{3})\s*)?$/.exec(spec);
+    if (!m) return [NaN, NaN];
+    return [Number(m[1]), Number(m[2] ?? m[1])];
+  }
+  if (Array.isArray(spec) && spec.length === 2) return [spec[0], spec[1]];
+  return [NaN, NaN];
+}
+
+export interface HttpProbeOptions {
+  /** Request path (with query, if any). Default `"/"`. */
+  readonly path?: string;
+  /** Statuses that count as healthy. Default `["200-399"]`. */
+  readonly expectedStatuses?: readonly StatusSpec[];
+  /** Host header to send; default the endpoint's own authority. */
+  readonly host?: string;
+  /** Like the cluster's `protocol`: `h2c` is HTTP/2 with prior knowledge. Default `"auto"`. */
+  readonly protocol?: "http1" | "h2c" | "auto";
+  /** Extra CA certificates (PEM) for `https` endpoints. */
+  readonly caCerts?: string[];
+  /** Response bytes read before the connection is given back (the rest is dropped). */
+  readonly maxBodyBytes?: number;
+}
+
+/** Probes over one dedicated `Deno.HttpClient`: one idle connection per endpoint, reused. */
+export class HttpProber {
+  readonly #client: Deno.HttpClient;
+  readonly #path: string;
+  readonly #host: string | undefined;
+  readonly #expected: (status: number) => boolean;
+  readonly #maxBodyBytes: number;
+
+  constructor(opts: HttpProbeOptions = {}) {
+    const path = opts.path ?? "/";
+    if (typeof path !== "string" || !path.startsWith("/")) {
+      throw new RangeError(`path must start with "/", got ${JSON.stringify(path)}`);
+    }
+    this.#path = path;
+    this.#host = opts.host;
+    this.#expected = compileStatuses(opts.expectedStatuses ?? DEFAULT_EXPECTED_STATUSES);
+    this.#maxBodyBytes = opts.maxBodyBytes ?? 64 * 1024;
+    const protocol = opts.protocol ?? "auto";
+    this.#client = Deno.createHttpClient({
+      // One probe at a time per endpoint, so one idle connection each is enough.
+      poolMaxIdlePerHost: 1,
+      http1: protocol !== "h2c",
+      http2: protocol !== "http1",
+      // Without allowHost fetch silently replaces the Host header we set.
+      allowHost: true,
+      ...(opts.caCerts ? { caCerts: opts.caCerts } : {}),
+    });
+  }
+
+  readonly probe: Probe = async (target, signal) => {
+    const headers: [string, string][] = [["user-agent", "ferry-health-check"]];
+    if (this.#host !== undefined) headers.push(["host", this.#host]);
+    let res: Response;
+    try {
+      res = await fetch(target.origin + this.#path, {
+        method: "GET",
+        headers,
+        client: this.#client,
+        redirect: "manual",
+        signal,
+      });
+    } catch (err) {
+      return { ok: false, reason: failureReason(err, signal) };
+    }
+    try {
+      await drain(res, this.#maxBodyBytes);
+    } catch (err) {
+      if (signal.aborted) return { ok: false, reason: failureReason(err, signal) };
+      // The status line arrived; a body cut short does not change the verdict.
+    }
+    const ok = this.#expected(res.status);
+    return { ok, reason: `status ${res.status}` };
+  };
+
+  close(): void {
+    this.#client.close();
+  }
+}
+
+/** Reads and drops up to `limit` body bytes, then cancels the rest. */
+async function drain(res: Response, limit: number): Promise<void> {
+  if (res.body === null) return;
+  const reader = res.body.getReader();
+  let seen = 0;
+  try {
+    while (seen <= limit) {
+      const { done, value } = await reader.read();
+      if (done) return;
+      seen += value.byteLength;
+    }
+    await reader.cancel();
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+function failureReason(err: unknown, signal: AbortSignal): string {
+  if (signal.aborted) {
+    const r = signal.reason;
+    return r instanceof Error ? r.message : String(r);
+  }
+  const parts: string[] = [];
+  let e: unknown = err;
+  for (let depth = 0; e instanceof Error && depth < 4; depth++) {
+    parts.push(e.message);
+    e = e.cause;
+  }
+  const text = parts.join(": ");
+  if (/refused/i.test(text)) return "connection refused";
+  if (/reset|closed|broken pipe|incomplete/i.test(text)) return "connection reset";
+  return text.length > 200 ? `${text.slice(0, 200)}...` : text || "probe failed";
+}
