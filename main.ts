@@ -50,7 +50,9 @@ async function main(): Promise<number> {
     console.error(`ferry: invalid config ${source}\n${formatIssues(loaded.errors)}`);
     return EXIT_CONFIG;
   }
-  if (loaded.warnings.length > 0) console.error(formatIssues(loaded.warnings));
+  if (loaded.warnings.length > 0) {
+    console.error(formatIssues(loaded.warnings).replace(/^/gm, "warning: "));
+  }
 
   const log = createLogger(loaded.config.log.level);
   let snapshot: Snapshot;

@@ -352,6 +352,30 @@ function checkReferences(
       err(["routes", i, "circuit_breaker"], "a circuit breaker needs a cluster route");
     }
   }
+  // Settings that would be silently ignored are worth a warning.
+  const warn = (path: PathSegment[], message: string) =>
+    warnings.push({ path, anchor: "value", message });
+  for (const [i, c] of cfg.clusters.entries()) {
+    if (c.hash_key && c.lb !== "ring_hash" && c.lb !== "maglev") {
+      warn(
+        ["clusters", i, "hash_key"],
+        `hash_key is only used by ring_hash and maglev, not ${c.lb}`,
+      );
+    }
+  }
+  for (const [i, r] of cfg.routes.entries()) {
+    if (!r.cluster) {
+      for (const k of ["retry", "circuit_breaker"] as const) {
+        if (r[k]) warn(["routes", i, k], `${k} only applies to routes with a cluster`);
+      }
+    }
+    if (r.per_try_timeout > 0 && r.timeout > 0 && r.per_try_timeout >= r.timeout) {
+      warn(["routes", i, "per_try_timeout"], "per_try_timeout is not shorter than timeout");
+    }
+    if (r.retry && r.retry.backoff.base > r.retry.backoff.max) {
+      warn(["routes", i, "retry", "backoff"], "backoff.base is larger than backoff.max");
+    }
+  }
   for (const [i, c] of cfg.clusters.entries()) {
     const seen = new Set<string>();
     for (const [j, e] of c.endpoints.entries()) {

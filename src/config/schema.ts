@@ -102,7 +102,7 @@ const redirect = z.strictObject({
   strip_query: z.boolean().default(false),
 });
 
-/** Circuit breaker (per endpoint): consecutive failures, or a failure rate over a window. */
+/** Circuit breaker: consecutive failures, or a failure rate over a window; per endpoint or cluster. */
 export const BreakerSchema = z.strictObject({
   /** One breaker per endpoint (default), or one for the whole cluster. */
   scope: z.enum(["endpoint", "cluster"]).default("endpoint"),

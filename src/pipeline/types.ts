@@ -34,7 +34,7 @@ export interface RequestOutcome {
   attempts: number;
   /** Time from sending upstream to its response headers, last attempt. */
   upstreamMs?: number;
-  /** Extra response flags, such as URX (retry budget or attempts exhausted). */
+  /** Extra response flags for the access log, such as URX (the retry budget refused a retry). */
   flags?: string;
 }
 

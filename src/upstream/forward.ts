@@ -100,11 +100,17 @@ export function forwardTo(s: ForwardSettings): Handler {
 
     if (s.websocket && isWebSocketUpgrade(req)) {
       const { endpoint, permit } = admit(cluster, s, pickCtx, undefined);
-      // A WebSocket's success is its handshake; the breaker learns that much.
-      s.breaker?.onSuccess(slotOf(s, endpoint), permit);
       ctx.outcome.endpoint = endpoint.origin;
       ctx.outcome.attempts++;
-      return await proxyWebSocket(req, ctx, s, endpoint, path);
+      // A WebSocket's success, for the breaker, is its upstream handshake.
+      try {
+        const res = await proxyWebSocket(req, ctx, s, endpoint, path);
+        s.breaker?.onSuccess(slotOf(s, endpoint), permit);
+        return res;
+      } catch (err) {
+        s.breaker?.onFailure(slotOf(s, endpoint), permit);
+        throw err;
+      }
     }
 
     // Retries need a body that can be sent again: buffer it up to the policy's limit.
@@ -145,6 +151,9 @@ export function forwardTo(s: ForwardSettings): Handler {
     let holdingRetry = false;
     try {
       for (let attempt = 0;; attempt++) {
+        // A retry slot taken for this attempt is held until the attempt has its answer.
+        const retrySlot = holdingRetry;
+        holdingRetry = false;
         const { endpoint, permit } = admit(cluster, s, pickCtx, tried);
         tried?.add(endpoint);
         ctx.outcome.endpoint = endpoint.origin;
@@ -155,7 +164,8 @@ export function forwardTo(s: ForwardSettings): Handler {
         const attemptSignal = s.perTryTimeoutMs > 0 ? perTry(ctl.signal, s, endpoint) : undefined;
         state.inFlight++;
         const sentAt = performance.now();
-        let upstream: Response;
+        let upstream: Response | undefined;
+        let failure: ProxyError | undefined;
         try {
           upstream = await transport.send({
             url: endpoint.origin + path + ctx.search,
@@ -165,7 +175,16 @@ export function forwardTo(s: ForwardSettings): Handler {
             signal: attemptSignal?.signal ?? ctl.signal,
           });
         } catch (err) {
-          const pe = toProxyError(err);
+          failure = toProxyError(err);
+        } finally {
+          ctx.outcome.upstreamMs = performance.now() - sentAt;
+          state.inFlight--;
+          attemptSignal?.done();
+          if (retrySlot) budget.release();
+        }
+
+        if (failure || !upstream) {
+          const pe = failure ?? new ProxyError("internal", "no upstream response");
           if (pe.kind === "client_closed") s.breaker?.release(slotOf(s, endpoint), permit);
           else s.breaker?.onFailure(slotOf(s, endpoint), permit);
           if (
@@ -174,14 +193,6 @@ export function forwardTo(s: ForwardSettings): Handler {
           ) throw pe;
           await pause(backoffMs(retry!, attempt), ctl.signal);
           continue;
-        } finally {
-          ctx.outcome.upstreamMs = performance.now() - sentAt;
-          state.inFlight--;
-          attemptSignal?.done();
-          if (holdingRetry) {
-            budget.release();
-            holdingRetry = false;
-          }
         }
 
         if (upstream.status >= 500) s.breaker?.onFailure(slotOf(s, endpoint), permit);
