@@ -47,6 +47,8 @@ export interface Snapshot {
   readonly routes: readonly CompiledRoute[];
   readonly trust: TrustedProxies;
   readonly requestIdPolicy: FerryConfig["server"]["request_id"];
+  /** Cluster-level breaker stores, by cluster name (route overrides are not listed). */
+  readonly breakers: ReadonlyMap<string, BreakerStore>;
   /** One JSON line per request, when `access_log` is configured. */
   readonly accessLog: AccessLog | undefined;
   /** Closes every cluster pool; called when the snapshot is retired. */
@@ -233,6 +235,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     trust: new TrustedProxies(cfg.server.trusted_proxies),
     requestIdPolicy: cfg.server.request_id,
     accessLog,
+    breakers,
     close() {
       deadlines.close();
       void accessLog?.writer.flush().finally(closeSink);

@@ -1,34 +1,183 @@
-/** The admin listener: liveness and readiness for now; metrics and inspection plug in here. */
+/**
+ * The admin listener (loopback by default): liveness, readiness and read-only views of what the
+ * proxy is doing: clusters and their endpoints, routes, the effective config, and /explain, which
+ * says which route a request would take and why.
+ */
+import type { Snapshot } from "../config/compile.ts";
+import { BREAKER_STATE_NAMES } from "../policy/circuit_breaker.ts";
+import { normalizeHost, normalizePath } from "../routing/path.ts";
 
 export interface AdminView {
   /** "ready" while serving, "draining" once shutdown has begun. */
   state(): "ready" | "draining";
-  configVersion(): number;
+  snapshot(): Snapshot;
 }
 
+const ENDPOINTS = ["/healthz", "/ready", "/clusters", "/routes", "/config", "/explain"];
+
 export function adminHandler(view: AdminView): (req: Request) => Response {
-  const json = (status: number, body: unknown) =>
-    new Response(JSON.stringify(body) + "\n", {
-      status,
-      headers: { "content-type": "application/json", "cache-control": "no-store" },
-    });
   return function admin(req: Request): Response {
-    const path = new URL(req.url).pathname;
+    const url = new URL(req.url);
     if (req.method !== "GET" && req.method !== "HEAD") {
       return json(405, { error: "method not allowed" });
     }
-    switch (path) {
+    switch (url.pathname) {
       case "/healthz":
         return json(200, { status: "live" });
       case "/ready": {
         const state = view.state();
         return json(state === "ready" ? 200 : 503, {
           status: state,
-          config_version: view.configVersion(),
+          config_version: view.snapshot().version,
         });
       }
+      case "/clusters":
+        return json(200, clustersView(view.snapshot()));
+      case "/routes":
+        return json(200, routesView(view.snapshot()));
+      case "/config": {
+        const s = view.snapshot();
+        return json(200, {
+          version: s.version,
+          source: s.source,
+          loaded_at: s.loadedAt.toISOString(),
+          config: redact(s.config),
+        });
+      }
+      case "/explain":
+        return explain(view.snapshot(), url, req.headers);
       default:
-        return json(404, { error: "not found", endpoints: ["/healthz", "/ready"] });
+        return json(404, { error: "not found", endpoints: ENDPOINTS });
     }
   };
+}
+
+function json(status: number, body: unknown): Response {
+  return new Response(JSON.stringify(body, null, 2) + "\n", {
+    status,
+    headers: { "content-type": "application/json", "cache-control": "no-store" },
+  });
+}
+
+export function clustersView(s: Snapshot) {
+  return {
+    config_version: s.version,
+    clusters: [...s.clusters.values()].map((c) => {
+      const breaker = s.breakers.get(c.name);
+      const perCluster = s.config.clusters.find((x) => x.name === c.name)?.circuit_breaker
+        ?.scope === "cluster";
+      return {
+        name: c.name,
+        lb: c.balancer.kind,
+        active_requests: c.retryBudget.active,
+        retries_in_flight: c.retryBudget.retrying,
+        endpoints: c.endpoints.map((e) => {
+          const st = c.states[e.index]!;
+          const slot = perCluster ? 0 : e.index;
+          return {
+            origin: e.origin,
+            weight: e.weight,
+            effective_weight: st.effectiveWeight,
+            eligible: st.eligible,
+            in_flight: st.inFlight,
+            breaker: breaker
+              ? {
+                state: BREAKER_STATE_NAMES[breaker.state(slot)],
+                retry_after_ms: breaker.retryAfterMs(slot),
+              }
+              : null,
+          };
+        }),
+      };
+    }),
+  };
+}
+
+function routesView(s: Snapshot) {
+  return {
+    config_version: s.version,
+    routes: s.config.routes.map((r) => ({
+      name: r.name,
+      listeners: r.listeners ?? [...s.listeners.keys()],
+      match: r.match,
+      action: r.cluster
+        ? { cluster: r.cluster }
+        : r.direct_response
+        ? { direct_response: r.direct_response.status }
+        : { redirect: r.redirect },
+      timeout_ms: r.timeout,
+      retry: r.retry ?? null,
+      rate_limit: r.rate_limit ?? [],
+      fault: r.fault ?? null,
+    })),
+  };
+}
+
+/** Header values configured to be added may carry credentials: never shown. */
+function redact(cfg: Snapshot["config"]): unknown {
+  const hide = (e?: { add?: Record<string, string> | undefined }) =>
+    e?.add
+      ? { ...e, add: Object.fromEntries(Object.keys(e.add).map((k) => [k, "<redacted>"])) }
+      : e;
+  return {
+    ...cfg,
+    routes: cfg.routes.map((r) => ({
+      ...r,
+      request_headers: hide(r.request_headers),
+      response_headers: hide(r.response_headers),
+    })),
+  };
+}
+
+/**
+ * `/explain?method=GET&host=api.example.com&path=/v1/x&listener=public` plus request headers
+ * prefixed `x-explain-` (e.g. `x-explain-x-canary: 1`): which route matches and why, the cluster,
+ * its endpoints and their state, and the policies that would apply.
+ */
+function explain(s: Snapshot, url: URL, reqHeaders: Headers): Response {
+  const q = url.searchParams;
+  const listener = q.get("listener") ?? [...s.listeners.keys()][0]!;
+  const plan = s.listeners.get(listener);
+  if (!plan) return json(400, { error: `unknown listener ${listener}` });
+  const rawPath = q.get("path") ?? "/";
+  const qIdx = rawPath.indexOf("?");
+  const path = normalizePath(qIdx < 0 ? rawPath : rawPath.slice(0, qIdx));
+  if (!path.ok) return json(400, { error: `invalid path: ${path.reason}` });
+  const host = normalizeHost(q.get("host") ?? "localhost");
+  if (host === null) return json(400, { error: "invalid host" });
+  const headers = new Headers();
+  for (const [k, v] of reqHeaders) if (k.startsWith("x-explain-")) headers.set(k.slice(10), v);
+  const input = {
+    method: (q.get("method") ?? "GET").toUpperCase(),
+    host,
+    path: path.path,
+    headers,
+    search: qIdx < 0 ? "" : rawPath.slice(qIdx),
+  };
+  const result = plan.router.explain(input);
+  const route = result.matched
+    ? s.config.routes.find((r) => r.name === result.matched!.name)
+    : undefined;
+  const cluster = route?.cluster
+    ? clustersView(s).clusters.find((c) => c.name === route.cluster)
+    : undefined;
+  return json(200, {
+    request: { listener, ...input, headers: Object.fromEntries(headers) },
+    normalized_path: path.path,
+    matched: result.matched ?? null,
+    considered: result.considered,
+    cluster: cluster ?? null,
+    policies: route
+      ? {
+        timeout_ms: route.timeout,
+        per_try_timeout_ms: route.per_try_timeout,
+        retry: route.retry ?? null,
+        rate_limit: route.rate_limit ?? [],
+        fault: route.fault ?? null,
+        circuit_breaker: route.circuit_breaker ??
+          s.config.clusters.find((c) => c.name === route.cluster)?.circuit_breaker ?? null,
+        rewrite: route.rewrite ?? null,
+      }
+      : null,
+  });
 }

@@ -42,7 +42,7 @@ export class Ferry {
             port,
             onListen: (a) => log.info("admin listening", { address: `${a.hostname}:${a.port}` }),
           },
-          adminHandler({ state: () => ferry.#state, configVersion: () => ferry.#snapshot.version }),
+          adminHandler({ state: () => ferry.#state, snapshot: () => ferry.#snapshot }),
         );
       }
     } catch (err) {
