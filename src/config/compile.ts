@@ -137,7 +137,15 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
         });
       }
     }
-    clusters.set(c.name, buildCluster(c, caCerts));
+    clusters.set(
+      c.name,
+      buildCluster(
+        c,
+        caCerts,
+        (cluster, endpoint, e) =>
+          opts.log?.info("endpoint health", { cluster, endpoint, event: e.type, ...e }),
+      ),
+    );
   }
 
   const deadlines = new DeadlineQueue();

@@ -77,6 +77,7 @@ Deno.test("the contract example loads with every default applied", () => {
       lb: "round_robin",
       protocol: "http1",
       pool: { max_idle_per_endpoint: 64, idle_timeout: 90_000 },
+      panic_threshold: 50,
       retry_budget: { percent: 20, min_retries: 3 },
       preserve_host: true,
     }],

@@ -206,6 +206,40 @@ export const ClusterSchema = z.strictObject({
     idle_timeout: duration.default(90_000),
   }).default({ max_idle_per_endpoint: 64, idle_timeout: 90_000 }),
   circuit_breaker: BreakerSchema.optional(),
+  /** Active HTTP probes per endpoint, on their own connection pool. */
+  health_check: z.strictObject({
+    path: z.string().startsWith("/").default("/"),
+    /** Statuses that pass: numbers or "200-399" ranges. */
+    expected_statuses: z.array(
+      z.union([z.number().int().min(100).max(599), z.string().regex(/^\d{3}-\d{3}$/)]),
+    )
+      .min(1).default(["200-399"]),
+    host: z.string().min(1).optional(),
+    interval: duration.default(5_000),
+    timeout: duration.default(1_000),
+    /** Up to this share of the interval is added at random, so probes do not align. */
+    jitter: z.number().min(0).max(1).default(0.1),
+    healthy_threshold: z.number().int().min(1).max(100).default(2),
+    unhealthy_threshold: z.number().int().min(1).max(100).default(3),
+    initial_state: z.enum(["healthy", "unhealthy"]).default("healthy"),
+  }).optional(),
+  /** Passive health: eject endpoints that keep failing real traffic, for a growing time. */
+  outlier_detection: z.strictObject({
+    consecutive_5xx: z.number().int().min(1).default(5),
+    consecutive_gateway_failure: z.number().int().min(1).default(5),
+    base_ejection_time: duration.default(30_000),
+    max_ejection_time: duration.default(300_000),
+    max_ejection_percent: z.number().min(0).max(100).default(10),
+    interval: duration.default(10_000),
+  }).optional(),
+  /** Below this share of usable endpoints, balance across all of them (Envoy's panic mode). */
+  panic_threshold: z.number().min(0).max(100).default(50),
+  /** A returning endpoint's share ramps up over `window` instead of taking full traffic at once. */
+  slow_start: z.strictObject({
+    window: duration,
+    aggression: z.number().positive().max(10).default(1),
+    min_weight_percent: z.number().min(0).max(100).default(10),
+  }).optional(),
   /** Envoy-style thresholds: overflow is answered at once with 503, never queued. */
   limits: z.strictObject({
     max_requests: z.number().int().min(1).optional(),

@@ -64,15 +64,18 @@ export function clustersView(s: Snapshot) {
     config_version: s.version,
     clusters: [...s.clusters.values()].map((c) => {
       const breaker = s.breakers.get(c.name);
+      const health = c.health.snapshot();
       const perCluster = s.config.clusters.find((x) => x.name === c.name)?.circuit_breaker
         ?.scope === "cluster";
       return {
         name: c.name,
         lb: c.balancer.kind,
         active_requests: c.retryBudget.active,
+        panic: c.health.panic,
         retries_in_flight: c.retryBudget.retrying,
         endpoints: c.endpoints.map((e) => {
           const st = c.states[e.index]!;
+          const h = health[e.index];
           const slot = perCluster ? 0 : e.index;
           return {
             origin: e.origin,
@@ -80,6 +83,11 @@ export function clustersView(s: Snapshot) {
             effective_weight: st.effectiveWeight,
             eligible: st.eligible,
             in_flight: st.inFlight,
+            healthy: h?.healthy ?? true,
+            ejected: h?.ejected ?? false,
+            ejections: h?.ejections ?? 0,
+            recent_failures: h?.recentFailures ?? 0,
+            last_probe: h?.lastProbe ?? null,
             breaker: breaker
               ? {
                 state: BREAKER_STATE_NAMES[breaker.state(slot)],

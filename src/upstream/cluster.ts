@@ -7,6 +7,7 @@ import type { RequestContext } from "../pipeline/types.ts";
 import { createBalancer } from "./balancers/mod.ts";
 import type { Balancer, EndpointState } from "./balancers/types.ts";
 import { RetryBudget } from "../policy/retry.ts";
+import { EndpointHealth, type EndpointHealthOptions, type HealthEvent } from "./health/mod.ts";
 import {
   FetchTransport,
   NodeHttpTransport,
@@ -35,6 +36,8 @@ export interface Cluster {
   readonly hashKey: ((req: Request, ctx: RequestContext) => string | undefined) | undefined;
   readonly preserveHost: boolean;
   readonly retryBudget: RetryBudget;
+  /** Active and passive health, slow start and panic; owns `states[i].eligible` and weights. */
+  readonly health: EndpointHealth;
   /** The default path: fetch over a Deno.HttpClient pool. */
   readonly fetch: FetchTransport;
   /** Byte-exact path for compressed bodies; absent when the cluster speaks HTTP/2. */
@@ -50,7 +53,11 @@ export function endpointFromUrl(raw: string, weight: number, index = 0): Endpoin
   return Object.freeze({ index, origin, url: new URL(origin), wsOrigin, weight });
 }
 
-export function buildCluster(cfg: ClusterConfig, caCerts?: string[]): Cluster {
+export function buildCluster(
+  cfg: ClusterConfig,
+  caCerts?: string[],
+  onHealthEvent?: (cluster: string, origin: string | undefined, e: HealthEvent) => void,
+): Cluster {
   // Not frozen: a frozen array made balancer picks ~2.5x slower (bench/balancer_bench.ts).
   const endpoints: readonly Endpoint[] = cfg.endpoints.map((e, i) =>
     typeof e === "string" ? endpointFromUrl(e, 1, i) : endpointFromUrl(e.url, e.weight, i)
@@ -63,6 +70,16 @@ export function buildCluster(cfg: ClusterConfig, caCerts?: string[]): Cluster {
     ...(caCerts ? { caCerts } : {}),
   };
   const fetchTransport = new FetchTransport(pool);
+  const health = new EndpointHealth(endpoints, balancer.states, {
+    ...healthOptions(cfg, caCerts),
+    ...(onHealthEvent
+      ? {
+        onEvent: (e: HealthEvent) =>
+          onHealthEvent(cfg.name, "index" in e ? endpoints[e.index]?.origin : undefined, e),
+      }
+      : {}),
+  });
+  health.start();
   const passthrough = cfg.protocol === "http1" ? new NodeHttpTransport(pool) : undefined;
   return Object.freeze({
     name: cfg.name,
@@ -71,6 +88,7 @@ export function buildCluster(cfg: ClusterConfig, caCerts?: string[]): Cluster {
     states: balancer.states,
     hashKey: cfg.lb === "ring_hash" || cfg.lb === "maglev" ? hashKeyOf(cfg.hash_key) : undefined,
     preserveHost: cfg.preserve_host,
+    health,
     retryBudget: new RetryBudget(
       cfg.retry_budget.percent,
       cfg.retry_budget.min_retries,
@@ -79,6 +97,7 @@ export function buildCluster(cfg: ClusterConfig, caCerts?: string[]): Cluster {
     fetch: fetchTransport,
     passthrough,
     close() {
+      void health.close();
       fetchTransport.close();
       passthrough?.close();
     },
@@ -107,5 +126,40 @@ function hashKeyOf(cfg: HashKeyConfig): (req: Request, ctx: RequestContext) => s
       }
     }
     return ctx.clientIp;
+  };
+}
+
+/** Config (snake_case, ms) -> the health manager's options. */
+function healthOptions(cfg: ClusterConfig, caCerts: string[] | undefined): EndpointHealthOptions {
+  const hc = cfg.health_check;
+  const od = cfg.outlier_detection;
+  return {
+    panicThresholdPercent: cfg.panic_threshold,
+    active: hc && {
+      path: hc.path,
+      expectedStatuses: hc.expected_statuses,
+      ...(hc.host ? { host: hc.host } : {}),
+      protocol: cfg.protocol,
+      ...(caCerts ? { caCerts } : {}),
+      intervalMs: hc.interval,
+      timeoutMs: hc.timeout,
+      jitterFraction: hc.jitter,
+      healthyThreshold: hc.healthy_threshold,
+      unhealthyThreshold: hc.unhealthy_threshold,
+      initialState: hc.initial_state,
+    },
+    outlier: od && {
+      consecutive5xx: od.consecutive_5xx,
+      consecutiveGatewayFailure: od.consecutive_gateway_failure,
+      baseEjectionTimeMs: od.base_ejection_time,
+      maxEjectionTimeMs: od.max_ejection_time,
+      maxEjectionPercent: od.max_ejection_percent,
+      intervalMs: od.interval,
+    },
+    slowStart: cfg.slow_start && {
+      windowMs: cfg.slow_start.window,
+      aggression: cfg.slow_start.aggression,
+      minWeightPercent: cfg.slow_start.min_weight_percent,
+    },
   };
 }

@@ -24,6 +24,7 @@ import {
 } from "../policy/retry.ts";
 import type { DeadlineQueue } from "../policy/deadlines.ts";
 import type { BreakerStore } from "../policy/circuit_breaker.ts";
+import { outcomeOfError, outcomeOfStatus } from "./health/outlier.ts";
 import { proxyWebSocket } from "./websocket.ts";
 
 /** Header edits compiled from config: names lower-cased, removals before additions. */
@@ -185,6 +186,8 @@ export function forwardTo(s: ForwardSettings): Handler {
 
         if (failure || !upstream) {
           const pe = failure ?? new ProxyError("internal", "no upstream response");
+          const outcome = outcomeOfError(pe.kind);
+          if (outcome) cluster.health.record(endpoint.index, outcome);
           if (pe.kind === "client_closed") s.breaker?.release(slotOf(s, endpoint), permit);
           else s.breaker?.onFailure(slotOf(s, endpoint), permit);
           if (
@@ -195,6 +198,7 @@ export function forwardTo(s: ForwardSettings): Handler {
           continue;
         }
 
+        cluster.health.record(endpoint.index, outcomeOfStatus(upstream.status));
         if (upstream.status >= 500) s.breaker?.onFailure(slotOf(s, endpoint), permit);
         else s.breaker?.onSuccess(slotOf(s, endpoint), permit);
 
