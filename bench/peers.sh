@@ -5,10 +5,12 @@
 # from this repo with env-var config (one catch-all route, one cluster, full header handling)
 # and also driven over prior-knowledge h2c on the same port.
 #
-# Time: a full default run (all targets, h1-small h1-64k h2-small, ROUNDS=3, both modes)
-# takes about 25-30 minutes; MODES=unpinned alone about 13-15 minutes; a smoke run
+# Time (measured on the 2-core box): a full default run (all 9 targets, h1-small h1-64k h2-small,
+# ROUNDS=3, both modes) takes about 26 minutes, 13 per mode (MODES=unpinned or MODES=pinned);
+# a smoke run
 #   ROUNDS=1 DURATION=3 MODES=unpinned TARGETS="direct deno-hdr ferry" bench/peers.sh
-# about 1 minute. The harness may apt-get/npm-install its tools on first use (needs root).
+# about 1.5 minutes. Results and method: docs/PERFORMANCE.md. The harness may apt-get/npm-install
+# its tools on first use (needs root).
 #
 # Environment: ROUNDS DURATION MODES TARGETS SCENARIOS (and the harness's other knobs) pass
 # through; PEERS_DIR overrides the harness location; DENO defaults to `deno` on PATH.
