@@ -36,6 +36,7 @@ Deno.test("admin views show clusters with breaker state, routes, redacted config
     assert.equal(eps.length, 2);
     const deadEp = eps.find((e: { origin: string }) => e.origin === dead);
     assert.equal(deadEp.breaker.state, "open");
+    assert.equal(deadEp.breaker.times_opened, 1, "every state change is counted");
     assert.ok(deadEp.breaker.retry_after_ms > 0);
     assert.equal(eps.find((e: { origin: string }) => e.origin === up.url).breaker.state, "closed");
 

@@ -47,8 +47,8 @@ export interface Snapshot {
   readonly routes: readonly CompiledRoute[];
   readonly trust: TrustedProxies;
   readonly requestIdPolicy: FerryConfig["server"]["request_id"];
-  /** Cluster-level breaker stores, by cluster name (route overrides are not listed). */
-  readonly breakers: ReadonlyMap<string, BreakerStore>;
+  /** Cluster-level breakers and their transition counts, by cluster (route overrides not listed). */
+  readonly breakers: ReadonlyMap<string, BreakerRecord>;
   /** One JSON line per request, when `access_log` is configured. */
   readonly accessLog: AccessLog | undefined;
   /** Closes every cluster pool; called when the snapshot is retired. */
@@ -95,23 +95,35 @@ function breakerConfig(b: BreakerConfigSchema): BreakerConfig {
 }
 
 /** A breaker store for a cluster's endpoints that logs every state change. */
+/** A breaker store with a count of transitions into each state, per slot. */
+export interface BreakerRecord {
+  readonly store: BreakerStore;
+  /** `transitions[slot * 3 + state]`: times that slot entered closed (0), open (1), half-open (2). */
+  readonly transitions: Uint32Array;
+}
+
 function breakerStore(
   b: BreakerConfigSchema,
   cluster: Cluster,
   scope: string,
   log: Logger | undefined,
-): BreakerStore {
+): BreakerRecord {
   const perCluster = b.scope === "cluster";
-  return new BreakerStore(perCluster ? 1 : cluster.endpoints.length, breakerConfig(b), {
-    onTransition: (slot, from, to) =>
+  const slots = perCluster ? 1 : cluster.endpoints.length;
+  const transitions = new Uint32Array(slots * 3);
+  const store = new BreakerStore(slots, breakerConfig(b), {
+    onTransition: (slot, from, to) => {
+      transitions[slot * 3 + to]!++;
       log?.info("circuit breaker state change", {
         cluster: cluster.name,
         scope,
         endpoint: perCluster ? "*" : cluster.endpoints[slot]?.origin,
         from: BREAKER_STATE_NAMES[from],
         to: BREAKER_STATE_NAMES[to],
-      }),
+      });
+    },
   });
+  return { store, transitions };
 }
 
 /** Splits `host:port`, `[v6]:port` or `:port` into a hostname for Deno.serve and a port. */
@@ -149,7 +161,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
   }
 
   const deadlines = new DeadlineQueue();
-  const breakers = new Map<string, BreakerStore>();
+  const breakers = new Map<string, BreakerRecord>();
   for (const c of cfg.clusters) {
     if (c.circuit_breaker) {
       breakers.set(
@@ -311,7 +323,7 @@ function compileRewrite(r: RouteConfig, i: number): (path: string) => string {
 
 interface RoutePolicies {
   readonly deadlines: DeadlineQueue;
-  readonly breakers: ReadonlyMap<string, BreakerStore>;
+  readonly breakers: ReadonlyMap<string, BreakerRecord>;
   readonly limiters: ReadonlyMap<string, Limiter>;
   readonly log: Logger | undefined;
 }
@@ -360,8 +372,8 @@ function compileRoute(
     idleTimeoutMs: r.idle_timeout,
     deadlines: policies.deadlines,
     breaker: r.circuit_breaker
-      ? breakerStore(r.circuit_breaker, cluster, `route ${r.name}`, policies.log)
-      : policies.breakers.get(cluster.name),
+      ? breakerStore(r.circuit_breaker, cluster, `route ${r.name}`, policies.log).store
+      : policies.breakers.get(cluster.name)?.store,
     breakerPerCluster: (r.circuit_breaker ?? clusterCfg.circuit_breaker)?.scope === "cluster",
     maxRequests: clusterCfg.limits?.max_requests ?? Number.POSITIVE_INFINITY,
     maxRequestsPerEndpoint: clusterCfg.limits?.max_requests_per_endpoint ??

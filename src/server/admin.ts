@@ -90,8 +90,11 @@ export function clustersView(s: Snapshot) {
             last_probe: h?.lastProbe ?? null,
             breaker: breaker
               ? {
-                state: BREAKER_STATE_NAMES[breaker.state(slot)],
-                retry_after_ms: breaker.retryAfterMs(slot),
+                state: BREAKER_STATE_NAMES[breaker.store.state(slot)],
+                retry_after_ms: breaker.store.retryAfterMs(slot),
+                times_opened: breaker.transitions[slot * 3 + 1],
+                times_half_opened: breaker.transitions[slot * 3 + 2],
+                times_closed: breaker.transitions[slot * 3 + 0],
               }
               : null,
           };
