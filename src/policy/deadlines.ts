@@ -14,7 +14,12 @@ export interface Deadline {
 class Entry implements Deadline {
   prev: Entry | undefined = undefined;
   next: Entry | undefined = undefined;
-  constructor(readonly lane: Lane, readonly at: number, readonly fire: () => void) {}
+  constructor(
+    readonly lane: Lane,
+    readonly at: number,
+    readonly fire: (arg: unknown) => void,
+    readonly arg: unknown,
+  ) {}
   cancel(): void {
     this.lane.unlink(this);
   }
@@ -69,14 +74,17 @@ export class DeadlineQueue {
     this.#autoTick = opts.autoTick ?? true;
   }
 
-  /** Calls `fire` once `ms` have passed, unless cancelled first. */
-  arm(ms: number, fire: () => void): Deadline {
+  /**
+   * Calls `fire(arg)` once `ms` have passed, unless cancelled first. Passing `arg` lets a caller
+   * use one shared `fire` function instead of a closure per request.
+   */
+  arm<T>(ms: number, fire: (arg: T) => void, arg?: T): Deadline {
     let lane = this.#lanes.get(ms);
     if (!lane) {
       lane = new Lane();
       this.#lanes.set(ms, lane);
     }
-    const entry = new Entry(lane, this.#now() + ms, fire);
+    const entry = new Entry(lane, this.#now() + ms, fire as (arg: unknown) => void, arg);
     lane.push(entry);
     this.#pending++;
     if (this.#autoTick && this.#interval === undefined) {
@@ -105,7 +113,7 @@ export class DeadlineQueue {
         lane.unlink(e);
         fired++;
         try {
-          e.fire();
+          e.fire(e.arg);
         } catch {
           // A deadline callback must not stop the others from firing.
         }

@@ -93,6 +93,8 @@ export function upstreamHeaders(
 export function forwardTo(s: ForwardSettings): Handler {
   const cluster = s.cluster;
   const retry = s.retry;
+  const timeoutMessage = `no response within the route timeout of ${s.timeoutMs} ms`;
+  const onRouteTimeout = (ctl: AbortController) => ctl.abort(new TimeoutReason(timeoutMessage));
   return async function forward(req: Request, ctx: RequestContext): Promise<Response> {
     ctx.outcome.cluster = cluster.name;
     const path = s.rewritePath(ctx.path);
@@ -132,11 +134,7 @@ export function forwardTo(s: ForwardSettings): Handler {
     const onClientGone = () => ctl.abort(new ClientGoneReason("the client went away"));
     req.signal.addEventListener("abort", onClientGone, { once: true });
     const deadline = s.timeoutMs > 0
-      ? s.deadlines.arm(
-        s.timeoutMs,
-        () =>
-          ctl.abort(new TimeoutReason(`no response within the route timeout of ${s.timeoutMs} ms`)),
-      )
+      ? s.deadlines.arm(s.timeoutMs, onRouteTimeout, ctl)
       : undefined;
 
     const tried = retries > 0 ? new Set<Endpoint>() : undefined;
@@ -192,7 +190,7 @@ export function forwardTo(s: ForwardSettings): Handler {
           else s.breaker?.onFailure(slotOf(s, endpoint), permit);
           if (
             attempt >= retries || ctl.signal.aborted || !errorRetriable(retry!, pe) ||
-            !takeRetry()
+            !(holdingRetry = takeRetry(budget, ctx))
           ) throw pe;
           await pause(backoffMs(retry!, attempt), ctl.signal);
           continue;
@@ -204,7 +202,10 @@ export function forwardTo(s: ForwardSettings): Handler {
 
         if (attempt < retries && statusRetriable(retry!, upstream.status)) {
           const after = parseRetryAfter(upstream.headers.get("retry-after"));
-          if ((after === undefined || after <= retry!.maxRetryAfterMs) && takeRetry()) {
+          if (
+            (after === undefined || after <= retry!.maxRetryAfterMs) &&
+            (holdingRetry = takeRetry(budget, ctx))
+          ) {
             await upstream.body?.cancel().catch(() => {});
             await pause(after ?? backoffMs(retry!, attempt), ctl.signal);
             continue;
@@ -220,16 +221,14 @@ export function forwardTo(s: ForwardSettings): Handler {
       budget.active--;
       if (holdingRetry) budget.release();
     }
-
-    function takeRetry(): boolean {
-      if (!budget.tryAcquire()) {
-        ctx.outcome.flags = "URX";
-        return false;
-      }
-      holdingRetry = true;
-      return true;
-    }
   };
+}
+
+/** Takes a retry slot from the cluster's budget; a refusal is flagged URX for the access log. */
+function takeRetry(budget: Cluster["retryBudget"], ctx: RequestContext): boolean {
+  if (budget.tryAcquire()) return true;
+  ctx.outcome.flags = "URX";
+  return false;
 }
 
 /**

@@ -53,19 +53,18 @@ export class FetchTransport implements Transport {
     return this.#client;
   }
 
-  async send(r: UpstreamRequest): Promise<Response> {
-    try {
-      return await fetch(r.url, {
-        method: r.method,
-        headers: r.headers,
-        body: r.body,
-        client: this.#client,
-        redirect: "manual",
-        signal: r.signal,
-      });
-    } catch (err) {
+  send(r: UpstreamRequest): Promise<Response> {
+    // No async wrapper: one promise fewer per request on the hottest path.
+    return fetch(r.url, {
+      method: r.method,
+      headers: r.headers,
+      body: r.body,
+      client: this.#client,
+      redirect: "manual",
+      signal: r.signal,
+    }).catch((err) => {
       throw classifyUpstreamError(err, r.signal);
-    }
+    });
   }
 
   close(): void {
