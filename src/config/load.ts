@@ -12,7 +12,6 @@
  * }
  * ```
  */
-import { dirname, isAbsolute, join, normalize } from "node:path";
 import {
   type Document,
   isAlias,
@@ -69,7 +68,10 @@ export interface ParseOptions {
 
 /** Resolves a path written in a config file against that file's folder (absolute stays as is). */
 export function resolveConfigPath(configFile: string, p: string): string {
-  return isAbsolute(p) ? normalize(p) : join(dirname(configFile), p);
+  // Plain POSIX path handling: importing node:path would load Node's compatibility layer.
+  const slash = configFile.lastIndexOf("/");
+  const dir = slash < 0 ? "." : slash === 0 ? "/" : configFile.slice(0, slash);
+  return normalizePosix(p.startsWith("/") ? p : `${dir}/${p}`);
 }
 
 /** `ParseOptions.checkFile` backed by the file system (needs --allow-read). */
@@ -635,4 +637,17 @@ function addressesConflict(a: Address, b: Address): boolean {
   if (!w || !other) return false;
   const fam = addressFamily(other.host);
   return fam === undefined || fam === addressFamily(w.host);
+}
+
+/** Removes `.` and `..` segments and repeated slashes from a POSIX path. */
+function normalizePosix(path: string): string {
+  const absolute = path.startsWith("/");
+  const out: string[] = [];
+  for (const seg of path.split("/")) {
+    if (seg === "" || seg === ".") continue;
+    if (seg === ".." && out.length > 0 && out[out.length - 1] !== "..") out.pop();
+    else if (seg !== ".." || !absolute) out.push(seg);
+  }
+  const joined = out.join("/");
+  return absolute ? `/${joined}` : joined || ".";
 }

@@ -10,7 +10,7 @@ import { RetryBudget } from "../policy/retry.ts";
 import { EndpointHealth, type EndpointHealthOptions, type HealthEvent } from "./health/mod.ts";
 import {
   FetchTransport,
-  NodeHttpTransport,
+  LazyNodeTransport,
   type PoolOptions,
   type Transport,
 } from "./transport.ts";
@@ -80,7 +80,7 @@ export function buildCluster(
       : {}),
   });
   health.start();
-  const passthrough = cfg.protocol === "http1" ? new NodeHttpTransport(pool) : undefined;
+  const passthrough = cfg.protocol === "http1" ? new LazyNodeTransport(pool) : undefined;
   return Object.freeze({
     name: cfg.name,
     endpoints,

@@ -6,9 +6,6 @@
  * through byte for byte, so requests whose client accepts a coding go through `node:http`
  * (which never decodes) on HTTP/1.1 clusters; see docs/design.md "Compressed bodies".
  */
-import * as http from "node:http";
-import * as https from "node:https";
-import { Readable } from "node:stream";
 import { ProxyError } from "../server/errors.ts";
 
 export interface UpstreamRequest {
@@ -72,62 +69,30 @@ export class FetchTransport implements Transport {
   }
 }
 
-/** HTTP/1.1 via node:http: used only where bytes must pass through undecoded. */
-export class NodeHttpTransport implements Transport {
-  readonly #httpAgent: http.Agent;
-  readonly #httpsAgent: https.Agent;
+/**
+ * The byte-exact transport, loaded on first use: node:http pulls in Node's compatibility layer,
+ * which costs memory (and GC work) that clients never asking for compression should not pay.
+ */
+export class LazyNodeTransport implements Transport {
+  #loading: Promise<Transport> | undefined;
+  #loaded: Transport | undefined;
+  #closed = false;
+  constructor(readonly opts: PoolOptions) {}
 
-  constructor(opts: PoolOptions) {
-    const common = { keepAlive: true, maxFreeSockets: opts.maxIdlePerEndpoint };
-    this.#httpAgent = new http.Agent(common);
-    this.#httpsAgent = new https.Agent({
-      ...common,
-      ...(opts.caCerts ? { ca: opts.caCerts } : {}),
-    });
-  }
-
-  send(r: UpstreamRequest): Promise<Response> {
-    const url = new URL(r.url);
-    const secure = url.protocol === "https:";
-    const headers: Record<string, string | string[]> = {};
-    for (const [name, value] of r.headers) {
-      const prev = headers[name];
-      if (prev === undefined) headers[name] = value;
-      else if (Array.isArray(prev)) prev.push(value);
-      else headers[name] = [prev, value];
+  async send(r: UpstreamRequest): Promise<Response> {
+    if (!this.#loaded) {
+      this.#loading ??= import("./node_transport.ts").then((m) =>
+        new m.NodeHttpTransport(this.opts)
+      );
+      this.#loaded = await this.#loading;
+      if (this.#closed) this.#loaded.close();
     }
-    const options: http.RequestOptions = {
-      method: r.method,
-      hostname: url.hostname.replace(/^\[|\]$/g, ""),
-      port: url.port || (secure ? 443 : 80),
-      path: url.pathname + url.search,
-      headers,
-      agent: secure ? this.#httpsAgent : this.#httpAgent,
-      signal: r.signal,
-    };
-    return new Promise<Response>((resolve, reject) => {
-      const req = (secure ? https : http).request(options, (res) => {
-        const out = new Headers();
-        const raw = res.rawHeaders;
-        for (let i = 0; i + 1 < raw.length; i += 2) out.append(raw[i]!, raw[i + 1]!);
-        const status = res.statusCode ?? 502;
-        const noBody = r.method === "HEAD" || status === 204 || status === 304;
-        const body = noBody ? null : (Readable.toWeb(res) as unknown as ReadableStream<Uint8Array>);
-        if (noBody) res.resume();
-        resolve(new Response(body, { status, statusText: res.statusMessage ?? "", headers: out }));
-      });
-      req.on("error", (err) => reject(classifyUpstreamError(err, r.signal)));
-      if (r.body) {
-        Readable.fromWeb(r.body as unknown as import("node:stream/web").ReadableStream).pipe(req);
-      } else {
-        req.end();
-      }
-    });
+    return await this.#loaded.send(r);
   }
 
   close(): void {
-    this.#httpAgent.destroy();
-    this.#httpsAgent.destroy();
+    this.#closed = true;
+    this.#loaded?.close();
   }
 }
 
