@@ -47,8 +47,6 @@ export class MaglevBalancer<E extends Weighted> extends BaseBalancer<E> {
   readonly #table: Uint32Array;
   readonly #random: RandomSource;
   readonly #hasher = new StringHasher();
-  readonly #seen: Uint32Array;
-  #epoch = 0;
 
   constructor(endpoints: readonly E[], options: MaglevOptions<E> = {}) {
     super(endpoints, options);
@@ -62,7 +60,6 @@ export class MaglevBalancer<E extends Weighted> extends BaseBalancer<E> {
       );
     }
     this.#random = options.random ?? Math.random;
-    this.#seen = new Uint32Array(endpoints.length);
     this.#table = endpoints.length === 0 ? new Uint32Array(0) : buildTable(
       endpointKeys(endpoints, options.keyOf ?? defaultKeyOf),
       endpoints.map((e) => e.weight),
@@ -86,26 +83,7 @@ export class MaglevBalancer<E extends Weighted> extends BaseBalancer<E> {
     const ex = exclude !== undefined && exclude.size > 0 ? exclude : undefined;
     const owner = table[slot]!;
     if (this.usable(owner, ex)) return this.endpoints[owner];
-    return this.#walk(slot, ex);
-  }
-
-  #walk(slot: number, exclude: ReadonlySet<E> | undefined): E | undefined {
-    const table = this.#table;
-    const m = table.length;
-    if (++this.#epoch >= 0xffffffff) {
-      this.#seen.fill(0);
-      this.#epoch = 1;
-    }
-    const stamp = this.#epoch;
-    let rejected = 0;
-    for (let step = 0; step < m; step++) {
-      const owner = table[(slot + step) % m]!;
-      if (this.#seen[owner] === stamp) continue;
-      if (this.usable(owner, exclude)) return this.endpoints[owner];
-      this.#seen[owner] = stamp;
-      if (++rejected === this.endpoints.length) return undefined;
-    }
-    return undefined;
+    return this.walkOwners(this.#table, slot, ex);
   }
 }
 

@@ -56,9 +56,6 @@ export class RingHashBalancer<E extends Weighted> extends BaseBalancer<E> {
   readonly #owners: Uint32Array;
   readonly #random: RandomSource;
   readonly #hasher = new StringHasher();
-  /** Walk bookkeeping: endpoints already rejected during the current pick's walk. */
-  readonly #seen: Uint32Array;
-  #epoch = 0;
 
   constructor(endpoints: readonly E[], options: RingHashOptions<E> = {}) {
     super(endpoints, options);
@@ -75,7 +72,6 @@ export class RingHashBalancer<E extends Weighted> extends BaseBalancer<E> {
       throw new RangeError(`ring_hash supports at most ${MAX_POINTS} endpoints`);
     }
     this.#random = options.random ?? Math.random;
-    this.#seen = new Uint32Array(endpoints.length);
     const keys = endpointKeys(endpoints, options.keyOf ?? defaultKeyOf);
     const counts = pointCounts(endpoints.map((e) => e.weight), minRingSize, maxRingSize);
     const total = counts.reduce((a, b) => a + b, 0);
@@ -132,28 +128,7 @@ export class RingHashBalancer<E extends Weighted> extends BaseBalancer<E> {
     const ex = exclude !== undefined && exclude.size > 0 ? exclude : undefined;
     const owner = this.#owners[pos]!;
     if (this.usable(owner, ex)) return this.endpoints[owner];
-    return this.#walk(pos, ex);
-  }
-
-  /** Clockwise from `pos` to the first usable point; stops once every endpoint was rejected. */
-  #walk(pos: number, exclude: ReadonlySet<E> | undefined): E | undefined {
-    const owners = this.#owners;
-    const n = owners.length;
-    const epoch = ++this.#epoch;
-    if (epoch === 0xffffffff) {
-      this.#seen.fill(0);
-      this.#epoch = 1;
-    }
-    const stamp = this.#epoch;
-    let rejected = 0;
-    for (let step = 0; step < n; step++) {
-      const owner = owners[(pos + step) % n]!;
-      if (this.#seen[owner] === stamp) continue;
-      if (this.usable(owner, exclude)) return this.endpoints[owner];
-      this.#seen[owner] = stamp;
-      if (++rejected === this.endpoints.length) return undefined;
-    }
-    return undefined;
+    return this.walkOwners(this.#owners, pos, ex);
   }
 }
 

@@ -113,6 +113,37 @@ export abstract class BaseBalancer<E extends Weighted> implements Balancer<E> {
   }
 
   /** Whether endpoint `i` may be returned: eligible and not excluded. */
+  /** Per-walk stamps of rejected endpoints (hash balancers), so each is checked once. */
+  #seen: Uint32Array | undefined;
+  #epoch = 0;
+
+  /**
+   * Hash balancers: walks `owners` (ring points or table slots, by endpoint index) from `start`
+   * to the first usable endpoint, checking each endpoint once; undefined when none is usable.
+   */
+  protected walkOwners(
+    owners: ArrayLike<number>,
+    start: number,
+    exclude: ReadonlySet<E> | undefined,
+  ): E | undefined {
+    const seen = this.#seen ??= new Uint32Array(this.endpoints.length);
+    if (++this.#epoch >= 0xffffffff) {
+      seen.fill(0);
+      this.#epoch = 1;
+    }
+    const stamp = this.#epoch;
+    const n = owners.length;
+    let rejected = 0;
+    for (let step = 0; step < n; step++) {
+      const owner = owners[(start + step) % n]!;
+      if (seen[owner] === stamp) continue;
+      if (this.usable(owner, exclude)) return this.endpoints[owner];
+      seen[owner] = stamp;
+      if (++rejected === this.endpoints.length) return undefined;
+    }
+    return undefined;
+  }
+
   protected usable(i: number, exclude: ReadonlySet<E> | undefined): boolean {
     return this.states[i]!.eligible && (exclude === undefined || !exclude.has(this.endpoints[i]!));
   }
