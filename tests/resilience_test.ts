@@ -176,3 +176,36 @@ Deno.test("ring_hash keeps a key on one endpoint", async () => {
     for (const u of ups) await u.close();
   }
 });
+
+Deno.test("an endpoint that resets connections is retried on another (retry_on: reset)", async () => {
+  // A raw TCP listener that reads the request and closes without answering.
+  const resetter = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  let resets = 0;
+  (async () => {
+    for await (const conn of resetter) {
+      await conn.read(new Uint8Array(4096)).catch(() => null);
+      resets++;
+      conn.close();
+    }
+  })().catch(() => {});
+  const live = startUpstream(() => new Response("live"));
+  const px = startFerry(
+    ROUTE("{ retries: 1, retry_on: [reset], backoff: { base: 1ms, max: 2ms } }"),
+    {
+      EPS: `"http://127.0.0.1:${(resetter.addr as Deno.NetAddr).port}", "${live.url}"`,
+      CLUSTER: "",
+    },
+  );
+  try {
+    for (let i = 0; i < 6; i++) {
+      const res = await fetch(`${px.url}/x`);
+      assert.equal(res.status, 200);
+      assert.equal(await res.text(), "live");
+    }
+    assert.ok(resets >= 2, `the resetting endpoint was tried (${resets} resets)`);
+  } finally {
+    await px.close();
+    await live.close();
+    resetter.close();
+  }
+});
