@@ -44,6 +44,23 @@ export function startEchoUpstream(name = "echo"): Upstream {
   });
 }
 
+/**
+ * One listener on 127.0.0.1:0 and one catch-all route to cluster `up` at `{{UP}}`; `extra` is
+ * more top-level YAML (for example a `server:` block).
+ */
+export function catchAllConfig(extra = ""): string {
+  return `listeners:
+  - { name: public, address: "127.0.0.1:0" }
+${extra}routes:
+  - name: all
+    match: { path: { prefix: / } }
+    cluster: up
+clusters:
+  - name: up
+    endpoints: ["{{UP}}"]
+`;
+}
+
 export interface RunningFerry {
   readonly ferry: Ferry;
   /** `http://127.0.0.1:PORT` of the first listener. */

@@ -3,20 +3,10 @@
  * TLS with ALPN on the listener, and h2c / TLS towards the upstream.
  */
 import assert from "node:assert/strict";
-import { run, startEchoUpstream, startFerry, startUpstream } from "./helpers.ts";
+import { catchAllConfig, run, startEchoUpstream, startFerry, startUpstream } from "./helpers.ts";
 import { makeTestCerts } from "./fixtures/certs.ts";
 
-const SIMPLE = `
-listeners:
-  - { name: public, address: "127.0.0.1:0" }
-routes:
-  - name: all
-    match: { path: { prefix: / } }
-    cluster: up
-clusters:
-  - name: up
-    endpoints: ["{{UP}}"]
-`;
+const SIMPLE = catchAllConfig();
 
 /** curl bounded in time; `-w` output comes after the body on its own line. */
 async function curl(args: string[]) {

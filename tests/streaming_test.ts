@@ -4,23 +4,13 @@
  */
 import assert from "node:assert/strict";
 import { gzipSync } from "node:zlib";
-import { rawRequest, run, startFerry, startUpstream } from "./helpers.ts";
+import { catchAllConfig, rawRequest, run, startFerry, startUpstream } from "./helpers.ts";
 
 const MB = 1024 * 1024;
 const BODY_SIZE = 100 * MB;
 const CHUNK = 64 * 1024;
 
-const SIMPLE = `
-listeners:
-  - { name: public, address: "127.0.0.1:0" }
-routes:
-  - name: all
-    match: { path: { prefix: / } }
-    cluster: up
-clusters:
-  - name: up
-    endpoints: ["{{UP}}"]
-`;
+const SIMPLE = catchAllConfig();
 
 /** `total` bytes made on the fly, CHUNK at a time (counted in `progress`); never all held. */
 function generated(total: number, progress = { n: 0 }): ReadableStream<Uint8Array> {

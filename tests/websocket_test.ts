@@ -3,20 +3,16 @@
  * a client we did not write (python `websockets`), a dead upstream and the bounded send buffer.
  */
 import assert from "node:assert/strict";
-import { rawRequest, run, startFerry, startUpstream, type Upstream } from "./helpers.ts";
+import {
+  catchAllConfig,
+  rawRequest,
+  run,
+  startFerry,
+  startUpstream,
+  type Upstream,
+} from "./helpers.ts";
 
-const CONFIG = `
-listeners:
-  - { name: public, address: "127.0.0.1:0" }
-server: { websocket_max_buffer: 1048576 }
-routes:
-  - name: all
-    match: { path: { prefix: / } }
-    cluster: up
-clusters:
-  - name: up
-    endpoints: ["{{UP}}"]
-`;
+const CONFIG = catchAllConfig("server: { websocket_max_buffer: 1048576 }\n");
 
 interface Handshake {
   path: string;

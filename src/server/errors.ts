@@ -2,7 +2,6 @@
  * Every response Ferry makes up itself comes from this table, so each failure is named once:
  * a status, a response flag (also written to the access log) and a short reason.
  */
-import type { RequestContext } from "../pipeline/types.ts";
 
 export type ProxyErrorKind =
   | "bad_request"
@@ -79,10 +78,6 @@ export class ProxyError extends Error {
   }
 }
 
-export function errorRow(kind: ProxyErrorKind): ErrorRow {
-  return TABLE[kind];
-}
-
 /**
  * The one place that turns any thrown value into a response. Unknown errors become 500 with no
  * detail (never a stack trace); the detail goes to the log instead.
@@ -111,9 +106,4 @@ export function errorResponse(
 export function toProxyError(err: unknown): ProxyError {
   if (err instanceof ProxyError) return err;
   return new ProxyError("internal", "the proxy failed to handle this request", { cause: err });
-}
-
-/** Convenience for middleware that answer with a table row directly. */
-export function reject(ctx: RequestContext, kind: ProxyErrorKind, reason: string): Response {
-  return errorResponse(new ProxyError(kind, reason), ctx.requestId);
 }
