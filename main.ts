@@ -1,23 +1,17 @@
 /**
  * Ferry's entry point: CLI and environment -> load and validate config -> compile a snapshot ->
- * serve; SIGTERM/SIGINT -> graceful drain.
+ * serve; SIGHUP, POST /reload or a config file change -> hot reload; SIGTERM/SIGINT -> graceful
+ * drain.
  */
 import { parseArgs, USAGE, UsageError } from "./src/cli.ts";
-import { compileSnapshot, type Snapshot, SnapshotCompileError } from "./src/config/compile.ts";
-import { configFromEnv } from "./src/config/env.ts";
-import {
-  formatIssues,
-  loadConfigFile,
-  type LoadResult,
-  resolveConfigPath,
-} from "./src/config/load.ts";
+import { buildSnapshot, configSource } from "./src/config/source.ts";
+import { Reloader, watchConfigFile } from "./src/server/reload.ts";
 import { createLogger } from "./src/observability/log.ts";
 import { Ferry } from "./src/server/ferry.ts";
 import { VERSION } from "./src/version.ts";
 import { describeSnapshot } from "./src/config/summary.ts";
 
 const EXIT_CONFIG = 1, EXIT_USAGE = 2, EXIT_START = 3;
-const DEFAULT_CONFIG = "config/ferry.yaml";
 
 async function main(): Promise<number> {
   let opts;
@@ -37,37 +31,16 @@ async function main(): Promise<number> {
     return 0;
   }
 
-  const env = Deno.env.toObject();
-  let file = opts.config ?? env.PROXY_CONFIG;
-  let loaded: LoadResult | undefined;
-  if (file === undefined) loaded = configFromEnv(env);
-  if (loaded === undefined) {
-    file ??= DEFAULT_CONFIG;
-    loaded = await loadConfigFile(file);
-  }
-  const source = file ?? "<env>";
-  if (!loaded.ok) {
-    console.error(`ferry: invalid config ${source}\n${formatIssues(loaded.errors)}`);
+  const source = configSource(opts.config, Deno.env.toObject());
+  const log = createLogger("info");
+  const built = await buildSnapshot(source, { version: 1, log });
+  if (!built.ok) {
+    console.error(`ferry: ${built.message}`);
     return EXIT_CONFIG;
   }
-  if (loaded.warnings.length > 0) {
-    console.error(formatIssues(loaded.warnings).replace(/^/gm, "warning: "));
-  }
-
-  const log = createLogger(loaded.config.log.level);
-  let snapshot: Snapshot;
-  try {
-    snapshot = compileSnapshot(loaded.config, {
-      version: 1,
-      source,
-      readTextFile: (p) => Deno.readTextFileSync(file ? resolveConfigPath(file, p) : p),
-      log,
-    });
-  } catch (err) {
-    if (!(err instanceof SnapshotCompileError)) throw err;
-    console.error(`ferry: invalid config ${source}\n${err.message}`);
-    return EXIT_CONFIG;
-  }
+  if (built.warnings) console.error(built.warnings.replace(/^/gm, "warning: "));
+  log.setLevel(built.config.log.level);
+  const snapshot = built.snapshot;
 
   if (opts.check) {
     const summary = describeSnapshot(snapshot);
@@ -84,16 +57,35 @@ async function main(): Promise<number> {
     snapshot.close();
     return EXIT_START;
   }
-  log.info("ferry started", { version: VERSION, config: source, config_version: snapshot.version });
+  log.info("ferry started", {
+    version: VERSION,
+    config: source.label,
+    config_version: snapshot.version,
+  });
   for (const w of describeSnapshot(snapshot).warnings) log.warn(w);
+
+  // Hot reload: SIGHUP, POST /reload on the admin listener, and changes to the config file.
+  const reloader = new Reloader(ferry, source, log);
+  ferry.setAdminExtras({
+    reload: () => reloader.reload("admin"),
+    reloadStatus: () => reloader.status,
+  });
+  const onHangup = () => void reloader.reload("signal");
+  Deno.addSignalListener("SIGHUP", onHangup);
+  const watcher = source.file && snapshot.config.server.watch_config
+    ? watchConfigFile(source.file, () => void reloader.reload("file"))
+    : undefined;
 
   const stopped = Promise.withResolvers<number>();
   let stopping = false;
   const onSignal = (signal: Deno.Signal) => async () => {
     if (stopping) return;
     stopping = true;
-    log.info("draining", { signal });
-    const { clean } = await ferry.shutdown(30_000);
+    watcher?.close();
+    Deno.removeSignalListener("SIGHUP", onHangup);
+    const deadline = ferry.snapshot.config.server.drain_timeout;
+    log.info("draining", { signal, deadline_ms: deadline });
+    const { clean } = await ferry.shutdown(deadline);
     log.info("stopped", { clean });
     stopped.resolve(0);
   };

@@ -51,8 +51,43 @@ export interface Snapshot {
   readonly breakers: ReadonlyMap<string, BreakerRecord>;
   /** One JSON line per request, when `access_log` is configured. */
   readonly accessLog: AccessLog | undefined;
-  /** Closes every cluster pool; called when the snapshot is retired. */
+  /** What the next snapshot may take over instead of building anew (see `previous`). */
+  readonly carry: CarryOver;
+  /**
+   * Hands the snapshot's resources over to `next` after a reload: whatever `next` took over
+   * stays open, the rest is closed once the requests still using it are done.
+   */
+  retire(next: Snapshot): void;
+  /** Drops a snapshot that never served (a reload rolled back): closes only what it built. */
+  discard(previous: Snapshot): void;
+  /** Closes everything (shutdown, or a snapshot that never served). */
   close(): void;
+}
+
+/**
+ * Stateful parts a reload keeps when their config did not change, so an unchanged cluster keeps
+ * its pools, health, outlier and breaker state, and an unchanged rate limit keeps its buckets.
+ * Keys are the config's canonical JSON.
+ */
+export interface CarryOver {
+  readonly deadlines: DeadlineQueue;
+  readonly clusters: ReadonlyMap<string, { readonly key: string; readonly cluster: Cluster }>;
+  readonly breakers: ReadonlyMap<string, { readonly key: string; readonly record: BreakerRecord }>;
+  readonly limiters: ReadonlyMap<string, { readonly key: string; readonly limiter: Limiter }>;
+  readonly accessLog:
+    | { readonly key: string; readonly log: AccessLog; readonly close: () => void }
+    | undefined;
+}
+
+/** JSON with object keys sorted, so equal configs give equal keys whatever their key order. */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(
+    value,
+    (_k, v) =>
+      v && typeof v === "object" && !Array.isArray(v)
+        ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+        : v,
+  );
 }
 
 export interface CompileProblem {
@@ -78,6 +113,8 @@ export interface CompileOptions {
   readonly readTextFile: (path: string) => string;
   /** Where policy state changes (breaker transitions) are logged. */
   readonly log?: Logger;
+  /** The snapshot being replaced: unchanged clusters, breakers and limiters are taken over. */
+  readonly previous?: Snapshot;
 }
 
 /** Config field names -> the breaker store's option names. */
@@ -135,7 +172,9 @@ export function splitAddress(address: string): { hostname: string; port: number 
 
 export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapshot {
   const problems: CompileProblem[] = [];
+  const prior = opts.previous?.carry;
   const clusters = new Map<string, Cluster>();
+  const clusterCarry = new Map<string, { key: string; cluster: Cluster }>();
   for (const [i, c] of cfg.clusters.entries()) {
     let caCerts: string[] | undefined;
     if (c.tls?.ca_file) {
@@ -149,29 +188,63 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
         });
       }
     }
-    clusters.set(
-      c.name,
-      buildCluster(
-        c,
-        caCerts,
-        (cluster, endpoint, e) =>
-          opts.log?.info("endpoint health", { cluster, endpoint, event: e.type, ...e }),
-      ),
+    // The CA's contents are part of the key: a rotated CA file rebuilds the pools.
+    const key = canonicalJson({ c, caCerts });
+    const kept = prior?.clusters.get(c.name);
+    const cluster = kept?.key === key ? kept.cluster : buildCluster(
+      c,
+      caCerts,
+      (cluster, endpoint, e) =>
+        opts.log?.info("endpoint health", { cluster, endpoint, event: e.type, ...e }),
     );
+    clusters.set(c.name, cluster);
+    clusterCarry.set(c.name, { key, cluster });
   }
 
-  const deadlines = new DeadlineQueue();
+  const deadlines = prior?.deadlines ?? new DeadlineQueue();
+  // Breakers are carried by "cluster <name>" or "route <name>", keyed on their config and on the
+  // cluster object itself (a rebuilt cluster starts with closed breakers).
+  const breakerCarry = new Map<string, { key: string; record: BreakerRecord }>();
+  const keptBreaker = (
+    id: string,
+    b: BreakerConfigSchema,
+    cluster: Cluster,
+    scope: string,
+  ): BreakerRecord => {
+    const key = canonicalJson({ b, cluster: clusterCarry.get(cluster.name)?.key });
+    const kept = prior?.breakers.get(id);
+    const record = kept?.key === key && prior?.clusters.get(cluster.name)?.cluster === cluster
+      ? kept.record
+      : breakerStore(b, cluster, scope, opts.log);
+    breakerCarry.set(id, { key, record });
+    return record;
+  };
   const breakers = new Map<string, BreakerRecord>();
   for (const c of cfg.clusters) {
     if (c.circuit_breaker) {
       breakers.set(
         c.name,
-        breakerStore(c.circuit_breaker, clusters.get(c.name)!, "cluster", opts.log),
+        keptBreaker(`cluster ${c.name}`, c.circuit_breaker, clusters.get(c.name)!, "cluster"),
       );
     }
   }
-  const limiters = compileLimiters(cfg.rate_limits);
-  const policies: RoutePolicies = { deadlines, breakers, limiters, log: opts.log };
+  const limiterCarry = new Map<string, { key: string; limiter: Limiter }>();
+  const limiters = new Map<string, Limiter>();
+  for (const rl of cfg.rate_limits) {
+    const key = canonicalJson(rl);
+    const kept = prior?.limiters.get(rl.name);
+    const limiter = kept?.key === key ? kept.limiter : compileLimiters([rl]).get(rl.name)!;
+    limiters.set(rl.name, limiter);
+    limiterCarry.set(rl.name, { key, limiter });
+  }
+  const policies: RoutePolicies = {
+    deadlines,
+    breakers,
+    limiters,
+    log: opts.log,
+    routeBreaker: (route, b, cluster) =>
+      keptBreaker(`route ${route}`, b, cluster, `route ${route}`).store,
+  };
   const routes: CompiledRoute[] = [];
   for (const [i, r] of cfg.routes.entries()) {
     try {
@@ -223,25 +296,39 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     }
   }
 
-  let accessLog: AccessLog | undefined;
-  let closeSink = () => {};
+  let accessLogCarry: CarryOver["accessLog"];
   if (cfg.access_log && problems.length === 0) {
-    try {
-      const { sink, close } = openSink(cfg.access_log.path);
-      closeSink = close;
-      accessLog = new AccessLog(cfg.access_log, new LineWriter(sink));
-    } catch (err) {
-      problems.push({
-        path: "access_log.path",
-        value: cfg.access_log.path,
-        message: `cannot open: ${err}`,
-      });
+    const key = canonicalJson(cfg.access_log);
+    if (prior?.accessLog?.key === key) accessLogCarry = prior.accessLog;
+    else {
+      try {
+        const { sink, close } = openSink(cfg.access_log.path);
+        accessLogCarry = {
+          key,
+          log: new AccessLog(cfg.access_log, new LineWriter(sink)),
+          close: () => void accessLogCarry!.log.writer.flush().finally(close),
+        };
+      } catch (err) {
+        problems.push({
+          path: "access_log.path",
+          value: cfg.access_log.path,
+          message: `cannot open: ${err}`,
+        });
+      }
     }
   }
+  const accessLog = accessLogCarry?.log;
+  const carry: CarryOver = {
+    deadlines,
+    clusters: clusterCarry,
+    breakers: breakerCarry,
+    limiters: limiterCarry,
+    accessLog: accessLogCarry,
+  };
 
   if (problems.length > 0) {
-    deadlines.close();
-    for (const c of clusters.values()) c.close();
+    // Close only what this attempt built; what it took over still serves the previous snapshot.
+    releaseUnshared(carry, prior, { drainMs: 0 });
     throw new SnapshotCompileError(dedupe(problems));
   }
   return Object.freeze({
@@ -256,12 +343,62 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     requestIdPolicy: cfg.server.request_id,
     accessLog,
     breakers,
+    carry,
+    retire(next: Snapshot) {
+      releaseUnshared(carry, next.carry, { drainMs: RETIRE_DRAIN_MS, log: opts.log });
+    },
+    discard(previous: Snapshot) {
+      releaseUnshared(carry, previous.carry, { drainMs: 0 });
+    },
     close() {
-      deadlines.close();
-      void accessLog?.writer.flush().finally(closeSink);
-      for (const c of clusters.values()) c.close();
+      releaseUnshared(carry, undefined, { drainMs: 0 });
     },
   });
+}
+
+/** How long a retired cluster may keep serving requests that started before the reload. */
+const RETIRE_DRAIN_MS = 10 * 60_000;
+
+/**
+ * Closes the parts of `mine` that `keeper` does not hold. A cluster still carrying requests is
+ * closed once its in-flight count reaches zero (checked every second) or after `drainMs`; its
+ * health checks stop at once.
+ */
+function releaseUnshared(
+  mine: CarryOver,
+  keeper: CarryOver | undefined,
+  opts: { drainMs: number; log?: Logger | undefined },
+): void {
+  if (keeper?.deadlines !== mine.deadlines) mine.deadlines.close();
+  for (const [name, { cluster }] of mine.clusters) {
+    if (keeper?.clusters.get(name)?.cluster === cluster) continue;
+    if (opts.drainMs <= 0) cluster.close();
+    else closeWhenIdle(cluster, opts.drainMs, opts.log);
+  }
+  if (mine.accessLog && keeper?.accessLog !== mine.accessLog) {
+    const close = mine.accessLog.close;
+    // Requests that began before the swap still write their line to the old log.
+    if (opts.drainMs <= 0) close();
+    else setTimeout(close, 5_000);
+  }
+}
+
+function closeWhenIdle(cluster: Cluster, drainMs: number, log: Logger | undefined): void {
+  void cluster.health.close();
+  const started = Date.now();
+  const check = () => {
+    const busy = cluster.states.reduce((n, s) => n + s.inFlight, 0);
+    if (busy === 0 || Date.now() - started >= drainMs) {
+      if (busy > 0) {
+        log?.warn("closing retired cluster with requests in flight", {
+          cluster: cluster.name,
+          in_flight: busy,
+        });
+      }
+      cluster.close();
+    } else setTimeout(check, 1_000);
+  };
+  setTimeout(check, 0);
 }
 
 function dedupe(problems: CompileProblem[]): CompileProblem[] {
@@ -326,6 +463,8 @@ interface RoutePolicies {
   readonly breakers: ReadonlyMap<string, BreakerRecord>;
   readonly limiters: ReadonlyMap<string, Limiter>;
   readonly log: Logger | undefined;
+  /** A route's own breaker (an override of the cluster's), carried over when unchanged. */
+  readonly routeBreaker: (route: string, b: BreakerConfigSchema, cluster: Cluster) => BreakerStore;
 }
 
 function compileRoute(
@@ -372,7 +511,7 @@ function compileRoute(
     idleTimeoutMs: r.idle_timeout,
     deadlines: policies.deadlines,
     breaker: r.circuit_breaker
-      ? breakerStore(r.circuit_breaker, cluster, `route ${r.name}`, policies.log).store
+      ? policies.routeBreaker(r.name, r.circuit_breaker, cluster)
       : policies.breakers.get(cluster.name)?.store,
     breakerPerCluster: (r.circuit_breaker ?? clusterCfg.circuit_breaker)?.scope === "cluster",
     maxRequests: clusterCfg.limits?.max_requests ?? Number.POSITIVE_INFINITY,

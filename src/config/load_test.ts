@@ -53,6 +53,8 @@ Deno.test("the contract example loads with every default applied", () => {
       request_id: "trusted",
       websocket_max_buffer: 4 * 1024 * 1024,
       via: "ferry",
+      drain_timeout: 30_000,
+      watch_config: true,
     },
     log: { level: "info" },
     routes: [{

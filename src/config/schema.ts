@@ -284,11 +284,17 @@ export const ServerSchema = z.strictObject({
   websocket_max_buffer: z.number().int().min(1024).default(4 * 1024 * 1024),
   /** Added to the Via header sent upstream. */
   via: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]*$/).default("ferry"),
+  /** On SIGTERM/SIGINT: how long in-flight requests and WebSockets may run before they are cut. */
+  drain_timeout: duration.default(30_000),
+  /** Reload when the config file changes (debounced); SIGHUP and POST /reload always work. */
+  watch_config: z.boolean().default(true),
 }).default({
   trusted_proxies: [],
   request_id: "trusted",
   websocket_max_buffer: 4 * 1024 * 1024,
   via: "ferry",
+  drain_timeout: 30_000,
+  watch_config: true,
 });
 
 export const LogSchema = z.strictObject({

@@ -9,13 +9,15 @@ export interface Logger {
   warn(msg: string, fields?: Record<string, unknown>): void;
   error(msg: string, fields?: Record<string, unknown>): void;
   enabled(level: LogLevel): boolean;
+  /** Changes the threshold (a reload may change `log.level`). */
+  setLevel(level: LogLevel): void;
 }
 
 export function createLogger(
   level: LogLevel,
   write: (line: string) => void = (line) => console.error(line),
 ): Logger {
-  const min = RANK[level];
+  let min = RANK[level];
   const emit = (lvl: LogLevel, msg: string, fields?: Record<string, unknown>) => {
     if (RANK[lvl] < min) return;
     write(JSON.stringify({ time: new Date().toISOString(), level: lvl, msg, ...fields }));
@@ -26,6 +28,9 @@ export function createLogger(
     warn: (m, f) => emit("warn", m, f),
     error: (m, f) => emit("error", m, f),
     enabled: (l) => RANK[l] >= min,
+    setLevel: (l) => {
+      min = RANK[l];
+    },
   };
 }
 

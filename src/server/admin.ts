@@ -11,13 +11,26 @@ export interface AdminView {
   /** "ready" while serving, "draining" once shutdown has begun. */
   state(): "ready" | "draining";
   snapshot(): Snapshot;
+  /** Runs a reload and resolves with its outcome (`{ ok, ... }`); absent without a reloader. */
+  reload?(): Promise<unknown> | undefined;
+  /** Reload counts and the last outcome, for /config. */
+  reloadStatus?(): unknown;
 }
 
-const ENDPOINTS = ["/healthz", "/ready", "/clusters", "/routes", "/config", "/explain"];
+const ENDPOINTS = [
+  "/healthz",
+  "/ready",
+  "/clusters",
+  "/routes",
+  "/config",
+  "/explain",
+  "POST /reload",
+];
 
-export function adminHandler(view: AdminView): (req: Request) => Response {
-  return function admin(req: Request): Response {
+export function adminHandler(view: AdminView): (req: Request) => Response | Promise<Response> {
+  return function admin(req: Request): Response | Promise<Response> {
     const url = new URL(req.url);
+    if (url.pathname === "/reload") return reload(view, req.method);
     if (req.method !== "GET" && req.method !== "HEAD") {
       return json(405, { error: "method not allowed" });
     }
@@ -41,6 +54,7 @@ export function adminHandler(view: AdminView): (req: Request) => Response {
           version: s.version,
           source: s.source,
           loaded_at: s.loadedAt.toISOString(),
+          reloads: view.reloadStatus?.() ?? null,
           config: redact(s.config),
         });
       }
@@ -50,6 +64,15 @@ export function adminHandler(view: AdminView): (req: Request) => Response {
         return json(404, { error: "not found", endpoints: ENDPOINTS });
     }
   };
+}
+
+/** POST /reload: 200 with the new version, or 400 with the errors (the old config keeps serving). */
+async function reload(view: AdminView, method: string): Promise<Response> {
+  if (method !== "POST") return json(405, { error: "use POST /reload" });
+  const outcome = await view.reload?.();
+  if (outcome === undefined) return json(501, { error: "reload is not available" });
+  const ok = (outcome as { ok?: boolean }).ok === true;
+  return json(ok ? 200 : 400, outcome);
 }
 
 function json(status: number, body: unknown): Response {

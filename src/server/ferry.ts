@@ -2,7 +2,7 @@
  * A running Ferry: one Deno.serve per listener plus the admin listener, all reading the current
  * snapshot through one reference. Used by main.ts and by the end-to-end tests in-process.
  */
-import { type Snapshot, splitAddress } from "../config/compile.ts";
+import { type ListenerPlan, type Snapshot, splitAddress } from "../config/compile.ts";
 import type { Logger } from "../observability/log.ts";
 import { adminHandler } from "./admin.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
@@ -13,13 +13,21 @@ export interface BoundAddress {
   readonly port: number;
 }
 
+interface RunningListener {
+  readonly server: Deno.HttpServer<Deno.NetAddr>;
+  readonly stop: AbortController;
+}
+
+/** How long a listener removed by a reload may finish its requests before it is cut. */
+const LISTENER_DRAIN_MS = 30_000;
+
 export class Ferry {
   #snapshot: Snapshot;
   readonly #log: Logger;
-  readonly #servers = new Map<
-    string,
-    { server: Deno.HttpServer<Deno.NetAddr>; stop: AbortController }
-  >();
+  readonly #servers = new Map<string, RunningListener>();
+  /** Listeners removed or rebound by a reload, finishing their requests. */
+  readonly #retiring = new Map<RunningListener, Promise<void>>();
+  #adminRoutes: AdminExtras = {};
   #admin: Deno.HttpServer<Deno.NetAddr> | undefined;
   #state: "ready" | "draining" = "ready";
 
@@ -32,7 +40,9 @@ export class Ferry {
   static start(snapshot: Snapshot, log: Logger): Ferry {
     const ferry = new Ferry(snapshot, log);
     try {
-      for (const plan of snapshot.listeners.values()) ferry.#listen(plan.name);
+      for (const plan of snapshot.listeners.values()) {
+        ferry.#servers.set(plan.name, ferry.#bind(plan));
+      }
       const admin = snapshot.config.admin;
       if (admin) {
         const { hostname, port } = splitAddress(admin.address);
@@ -42,7 +52,12 @@ export class Ferry {
             port,
             onListen: (a) => log.info("admin listening", { address: `${a.hostname}:${a.port}` }),
           },
-          adminHandler({ state: () => ferry.#state, snapshot: () => ferry.#snapshot }),
+          adminHandler({
+            state: () => ferry.#state,
+            snapshot: () => ferry.#snapshot,
+            reload: () => ferry.#adminRoutes.reload?.(),
+            reloadStatus: () => ferry.#adminRoutes.reloadStatus?.(),
+          }),
         );
       }
     } catch (err) {
@@ -67,8 +82,89 @@ export class Ferry {
     return { listeners, admin: this.#admin?.addr };
   }
 
-  #listen(name: string): void {
-    const plan = this.#snapshot.listeners.get(name)!;
+  /** Hooks the admin listener calls into (set by main once the reloader exists). */
+  setAdminExtras(extras: AdminExtras): void {
+    this.#adminRoutes = extras;
+  }
+
+  /**
+   * Switches to `next` in one step: listeners new in `next` are bound first (a failure leaves
+   * everything as it was and discards `next`), then the snapshot reference is swapped, then
+   * listeners `next` no longer has are drained. Unchanged listeners keep their sockets and
+   * connections, including WebSockets. Requests already running finish on the old snapshot.
+   */
+  async apply(next: Snapshot): Promise<void> {
+    const prev = this.#snapshot;
+    if (this.#state !== "ready") {
+      next.discard(prev);
+      throw new Error("shutting down");
+    }
+    const start: ListenerPlan[] = [];
+    const stop: string[] = [];
+    for (const plan of next.listeners.values()) {
+      const old = prev.listeners.get(plan.name);
+      if (!old || !sameBinding(old, plan) || !this.#servers.has(plan.name)) start.push(plan);
+    }
+    for (const name of this.#servers.keys()) {
+      const plan = next.listeners.get(name);
+      if (!plan || start.includes(plan)) stop.push(name);
+    }
+    // A new listener on an address an outgoing one holds can bind only after that one stops.
+    const waits = (p: ListenerPlan) =>
+      stop.some((n) => addressesClash(prev.listeners.get(n)!, p, this.#servers.get(n)!));
+    const bound = new Map<string, RunningListener>();
+    try {
+      for (const plan of start) if (!waits(plan)) bound.set(plan.name, this.#bind(plan));
+    } catch (err) {
+      for (const l of bound.values()) l.stop.abort();
+      next.discard(prev);
+      throw new Error(`cannot bind listener: ${err instanceof Error ? err.message : err}`);
+    }
+    this.#snapshot = next;
+    for (const name of stop) {
+      const outgoing = this.#servers.get(name)!;
+      this.#servers.delete(name);
+      this.#retire(name, outgoing);
+    }
+    for (const [name, l] of bound) this.#servers.set(name, l);
+    prev.retire(next);
+    const failures: string[] = [];
+    for (const plan of start) {
+      if (bound.has(plan.name)) continue;
+      try {
+        this.#servers.set(plan.name, await bindWhenFree(() => this.#bind(plan)));
+      } catch (err) {
+        failures.push(`${plan.name}: ${err instanceof Error ? err.message : err}`);
+      }
+    }
+    if (failures.length > 0) {
+      throw new Error(`config applied, but listeners failed to bind: ${failures.join("; ")}`);
+    }
+  }
+
+  /** Drains a listener in the background: stops accepting now, cut after the drain window. */
+  #retire(name: string, l: RunningListener): void {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const done = Promise.race([
+      l.server.finished,
+      new Promise<void>((resolve) => {
+        timer = setTimeout(() => {
+          this.#log.warn("listener drain window over: closing its connections", { listener: name });
+          l.stop.abort();
+          resolve();
+        }, LISTENER_DRAIN_MS);
+      }),
+    ]).finally(() => {
+      clearTimeout(timer);
+      this.#retiring.delete(l);
+    });
+    this.#retiring.set(l, done);
+    void l.server.shutdown();
+    this.#log.info("listener removed", { listener: name });
+  }
+
+  #bind(plan: ListenerPlan): RunningListener {
+    const name = plan.name;
     const stop = new AbortController();
     const log = this.#log;
     const handler = createListenerHandler(name, () => this.#snapshot, log);
@@ -88,7 +184,7 @@ export class Ferry {
         return errorResponse(new ProxyError("internal", "unexpected failure"), crypto.randomUUID());
       },
     }, handler);
-    this.#servers.set(name, { server, stop });
+    return { server, stop };
   }
 
   /**
@@ -97,7 +193,10 @@ export class Ferry {
    */
   async shutdown(deadlineMs = 30_000): Promise<{ clean: boolean }> {
     this.#state = "draining";
-    const drains = [...this.#servers.values()].map(({ server }) => server.shutdown());
+    const drains = [
+      ...[...this.#servers.values()].map(({ server }) => server.shutdown()),
+      ...this.#retiring.values(),
+    ];
     let timer: ReturnType<typeof setTimeout> | undefined;
     const deadline = new Promise<"deadline">((resolve) => {
       timer = setTimeout(() => resolve("deadline"), deadlineMs);
@@ -111,11 +210,44 @@ export class Ferry {
       this.#log.warn("drain deadline reached: closing remaining connections", {
         deadline_ms: deadlineMs,
       });
-      for (const { stop } of this.#servers.values()) stop.abort();
+      for (const l of [...this.#servers.values(), ...this.#retiring.keys()]) l.stop.abort();
       await Promise.allSettled(drains);
     }
     await this.#admin?.shutdown();
     this.#snapshot.close();
     return { clean: result === "drained" };
+  }
+}
+
+/** Admin endpoints that need more than the snapshot (hot reload). */
+export interface AdminExtras {
+  readonly reload?: () => Promise<unknown>;
+  readonly reloadStatus?: () => unknown;
+}
+
+function sameBinding(a: ListenerPlan, b: ListenerPlan): boolean {
+  return a.hostname === b.hostname && a.port === b.port && a.tls?.cert === b.tls?.cert &&
+    a.tls?.key === b.tls?.key;
+}
+
+const WILDCARDS = new Set(["0.0.0.0", "::", "[::]"]);
+
+/** Would `next` collide with the socket `running` (bound for `old`) holds? */
+function addressesClash(old: ListenerPlan, next: ListenerPlan, running: RunningListener): boolean {
+  const port = next.port === 0 ? -1 : next.port;
+  if (port !== running.server.addr.port) return false;
+  return old.hostname === next.hostname || WILDCARDS.has(old.hostname) ||
+    WILDCARDS.has(next.hostname);
+}
+
+/** Binding right after a shutdown can race the old socket's close: retry briefly. */
+async function bindWhenFree(bind: () => RunningListener): Promise<RunningListener> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return bind();
+    } catch (err) {
+      if (!(err instanceof Deno.errors.AddrInUse) || attempt >= 20) throw err;
+      await new Promise((r) => setTimeout(r, 50));
+    }
   }
 }

@@ -1,0 +1,81 @@
+/**
+ * Where the config comes from (a YAML file, or the PROXY_* environment quick start) and the one
+ * way to turn it into a snapshot: load, validate, compile. Used at start-up and by every reload,
+ * so both report the same file:line:field errors.
+ */
+import { compileSnapshot, type Snapshot, SnapshotCompileError } from "./compile.ts";
+import { configFromEnv } from "./env.ts";
+import { formatIssues, loadConfigFile, type LoadResult, resolveConfigPath } from "./load.ts";
+import type { FerryConfig } from "./schema.ts";
+import type { Logger } from "../observability/log.ts";
+
+export const DEFAULT_CONFIG = "config/ferry.yaml";
+
+export interface ConfigSource {
+  /** The YAML file, or `undefined` for the environment quick start. */
+  readonly file: string | undefined;
+  /** For logs and /config: the file name or `<env>`. */
+  readonly label: string;
+  load(): Promise<LoadResult>;
+}
+
+/** `--config` > `PROXY_CONFIG` > the PROXY_* quick start > `config/ferry.yaml`. */
+export function configSource(
+  flag: string | undefined,
+  env: Record<string, string | undefined>,
+): ConfigSource {
+  const named = flag ?? env.PROXY_CONFIG;
+  if (named === undefined && configFromEnv(env) !== undefined) {
+    return { file: undefined, label: "<env>", load: () => Promise.resolve(configFromEnv(env)!) };
+  }
+  const file = named ?? DEFAULT_CONFIG;
+  return { file, label: file, load: () => loadConfigFile(file) };
+}
+
+export type BuildResult =
+  | {
+    readonly ok: true;
+    readonly snapshot: Snapshot;
+    readonly config: FerryConfig;
+    readonly warnings: string;
+  }
+  | { readonly ok: false; readonly message: string };
+
+export interface BuildOptions {
+  readonly version: number;
+  readonly log?: Logger;
+  /** The running snapshot on a reload: unchanged parts are taken over from it. */
+  readonly previous?: Snapshot;
+}
+
+/** Loads, validates and compiles; never throws for a bad config, returns its message instead. */
+export async function buildSnapshot(src: ConfigSource, opts: BuildOptions): Promise<BuildResult> {
+  let loaded: LoadResult;
+  try {
+    loaded = await src.load();
+  } catch (err) {
+    return { ok: false, message: `cannot read config ${src.label}: ${err}` };
+  }
+  if (!loaded.ok) {
+    return { ok: false, message: `invalid config ${src.label}\n${formatIssues(loaded.errors)}` };
+  }
+  const file = src.file;
+  try {
+    const snapshot = compileSnapshot(loaded.config, {
+      version: opts.version,
+      source: src.label,
+      readTextFile: (p) => Deno.readTextFileSync(file ? resolveConfigPath(file, p) : p),
+      ...(opts.log ? { log: opts.log } : {}),
+      ...(opts.previous ? { previous: opts.previous } : {}),
+    });
+    return {
+      ok: true,
+      snapshot,
+      config: loaded.config,
+      warnings: loaded.warnings.length > 0 ? formatIssues(loaded.warnings) : "",
+    };
+  } catch (err) {
+    if (!(err instanceof SnapshotCompileError)) throw err;
+    return { ok: false, message: `invalid config ${src.label}\n${err.message}` };
+  }
+}
