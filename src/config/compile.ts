@@ -173,6 +173,9 @@ export function splitAddress(address: string): { hostname: string; port: number 
 export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapshot {
   const problems: CompileProblem[] = [];
   const prior = opts.previous?.carry;
+  // Closures kept by the snapshot use `log`, never `opts`: `opts.previous` would chain every
+  // snapshot to its predecessor and leak them all across reloads.
+  const log = opts.log;
   const clusters = new Map<string, Cluster>();
   const clusterCarry = new Map<string, { key: string; cluster: Cluster }>();
   for (const [i, c] of cfg.clusters.entries()) {
@@ -195,7 +198,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
       c,
       caCerts,
       (cluster, endpoint, e) =>
-        opts.log?.info("endpoint health", { cluster, endpoint, event: e.type, ...e }),
+        log?.info("endpoint health", { cluster, endpoint, event: e.type, ...e }),
     );
     clusters.set(c.name, cluster);
     clusterCarry.set(c.name, { key, cluster });
@@ -215,7 +218,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     const kept = prior?.breakers.get(id);
     const record = kept?.key === key && prior?.clusters.get(cluster.name)?.cluster === cluster
       ? kept.record
-      : breakerStore(b, cluster, scope, opts.log);
+      : breakerStore(b, cluster, scope, log);
     breakerCarry.set(id, { key, record });
     return record;
   };
@@ -241,7 +244,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     deadlines,
     breakers,
     limiters,
-    log: opts.log,
+    log,
     routeBreaker: (route, b, cluster) =>
       keptBreaker(`route ${route}`, b, cluster, `route ${route}`).store,
   };
@@ -345,7 +348,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     breakers,
     carry,
     retire(next: Snapshot) {
-      releaseUnshared(carry, next.carry, { drainMs: RETIRE_DRAIN_MS, log: opts.log });
+      releaseUnshared(carry, next.carry, { drainMs: RETIRE_DRAIN_MS, log });
     },
     discard(previous: Snapshot) {
       releaseUnshared(carry, previous.carry, { drainMs: 0 });

@@ -62,8 +62,16 @@ export class NodeHttpTransport implements Transport {
     });
   }
 
+  /**
+   * Closes idle sockets now and every busy one as soon as its response ends: a reload retires
+   * clusters while responses through them may still be streaming, and those must not be cut.
+   */
   close(): void {
-    this.#httpAgent.destroy();
-    this.#httpsAgent.destroy();
+    for (const agent of [this.#httpAgent, this.#httpsAgent]) {
+      for (const sockets of Object.values(agent.freeSockets)) {
+        for (const socket of sockets ?? []) socket.destroy();
+      }
+      agent.on("free", (socket: { destroy(): void }) => socket.destroy());
+    }
   }
 }
