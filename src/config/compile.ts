@@ -6,7 +6,7 @@ import type { FerryConfig, RouteConfig } from "./schema.ts";
 import { compose, type Handler, type Middleware } from "../pipeline/types.ts";
 import { compileRouteRegex } from "../routing/regex.ts";
 import { RouteCompileError, Router } from "../routing/router.ts";
-import { buildCluster, type Cluster } from "../upstream/cluster.ts";
+import { buildCluster, type Cluster, staticEndpoints } from "../upstream/cluster.ts";
 import { forwardTo, type HeaderEdits } from "../upstream/forward.ts";
 import { TrustedProxies } from "../server/trust.ts";
 import { directResponse, redirectResponse } from "../server/local_responses.ts";
@@ -58,6 +58,8 @@ export interface Snapshot {
    * stays open, the rest is closed once the requests still using it are done.
    */
   retire(next: Snapshot): void;
+  /** Makes the changes this snapshot holds for clusters it took over; once, when it goes live. */
+  activate(): void;
   /** Drops a snapshot that never served (a reload rolled back): closes only what it built. */
   discard(previous: Snapshot): void;
   /** Closes everything (shutdown, or a snapshot that never served). */
@@ -71,7 +73,10 @@ export interface Snapshot {
  */
 export interface CarryOver {
   readonly deadlines: DeadlineQueue;
-  readonly clusters: ReadonlyMap<string, { readonly key: string; readonly cluster: Cluster }>;
+  readonly clusters: ReadonlyMap<
+    string,
+    { readonly key: string; readonly endpointsKey: string; readonly cluster: Cluster }
+  >;
   readonly breakers: ReadonlyMap<string, { readonly key: string; readonly record: BreakerRecord }>;
   readonly limiters: ReadonlyMap<string, { readonly key: string; readonly limiter: Limiter }>;
   readonly accessLog:
@@ -137,6 +142,8 @@ export interface BreakerRecord {
   readonly store: BreakerStore;
   /** `transitions[slot * 3 + state]`: times that slot entered closed (0), open (1), half-open (2). */
   readonly transitions: Uint32Array;
+  /** Stops following the cluster's endpoint changes (the record is no longer used). */
+  readonly detach: () => void;
 }
 
 function breakerStore(
@@ -146,7 +153,8 @@ function breakerStore(
   log: Logger | undefined,
 ): BreakerRecord {
   const perCluster = b.scope === "cluster";
-  const slots = perCluster ? 1 : cluster.endpoints.length;
+  // Per-endpoint breakers live in the endpoints' stable slots (see `Endpoint.slot`).
+  const slots = perCluster ? 1 : cluster.slotCapacity;
   const transitions = new Uint32Array(slots * 3);
   const store = new BreakerStore(slots, breakerConfig(b), {
     onTransition: (slot, from, to) => {
@@ -154,13 +162,17 @@ function breakerStore(
       log?.info("circuit breaker state change", {
         cluster: cluster.name,
         scope,
-        endpoint: perCluster ? "*" : cluster.endpoints[slot]?.origin,
+        endpoint: perCluster ? "*" : cluster.endpoints.find((e) => e.slot === slot)?.origin,
         from: BREAKER_STATE_NAMES[from],
         to: BREAKER_STATE_NAMES[to],
       });
     },
   });
-  return { store, transitions };
+  const detach = perCluster ? () => {} : cluster.onSlotReuse((slot) => {
+    store.reset(slot);
+    transitions.fill(0, slot * 3, slot * 3 + 3);
+  });
+  return { store, transitions, detach };
 }
 
 /** Splits `host:port`, `[v6]:port` or `:port` into a hostname for Deno.serve and a port. */
@@ -177,7 +189,9 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
   // snapshot to its predecessor and leak them all across reloads.
   const log = opts.log;
   const clusters = new Map<string, Cluster>();
-  const clusterCarry = new Map<string, { key: string; cluster: Cluster }>();
+  const clusterCarry = new Map<string, { key: string; endpointsKey: string; cluster: Cluster }>();
+  /** Changes to kept clusters, made only when the snapshot goes live (a failed reload must not). */
+  const activations: (() => void)[] = [];
   for (const [i, c] of cfg.clusters.entries()) {
     let caCerts: string[] | undefined;
     if (c.tls?.ca_file) {
@@ -191,17 +205,37 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
         });
       }
     }
-    // The CA's contents are part of the key: a rotated CA file rebuilds the pools.
-    const key = canonicalJson({ c, caCerts });
+    // The CA's contents are part of the key: a rotated CA file rebuilds the pools. The endpoint
+    // list is not: a cluster whose only change is its endpoints is kept, and the list swapped
+    // in when the snapshot goes live, so endpoints that stay keep their health and breakers.
+    const key = canonicalJson({ c: { ...c, endpoints: undefined }, caCerts });
     const kept = prior?.clusters.get(c.name);
-    const cluster = kept?.key === key ? kept.cluster : buildCluster(
-      c,
-      caCerts,
-      (cluster, endpoint, e) =>
-        log?.info("endpoint health", { cluster, endpoint, event: e.type, ...e }),
-    );
+    const endpoints = staticEndpoints(c);
+    let cluster: Cluster;
+    if (kept?.key === key && endpoints.length <= kept.cluster.slotCapacity) {
+      cluster = kept.cluster;
+      if (c.endpoints && canonicalJson(c.endpoints) !== kept.endpointsKey) {
+        activations.push(() => {
+          const change = cluster.setEndpoints(endpoints);
+          log?.info("cluster endpoints changed by reload", { cluster: c.name, ...change });
+        });
+      }
+    } else {
+      cluster = buildCluster(
+        c,
+        caCerts,
+        (cluster, endpoint, e) =>
+          log?.info(e.type === "endpoints" ? "cluster endpoints changed" : "endpoint health", {
+            cluster,
+            endpoint,
+            event: e.type,
+            ...e,
+          }),
+        (level, msg, fields) => log?.[level](msg, { cluster: c.name, ...fields }),
+      );
+    }
     clusters.set(c.name, cluster);
-    clusterCarry.set(c.name, { key, cluster });
+    clusterCarry.set(c.name, { key, endpointsKey: canonicalJson(c.endpoints), cluster });
   }
 
   const deadlines = prior?.deadlines ?? new DeadlineQueue();
@@ -350,6 +384,9 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     retire(next: Snapshot) {
       releaseUnshared(carry, next.carry, { drainMs: RETIRE_DRAIN_MS, log });
     },
+    activate() {
+      for (const a of activations.splice(0)) a();
+    },
     discard(previous: Snapshot) {
       releaseUnshared(carry, previous.carry, { drainMs: 0 });
     },
@@ -373,6 +410,9 @@ function releaseUnshared(
   opts: { drainMs: number; log?: Logger | undefined },
 ): void {
   if (keeper?.deadlines !== mine.deadlines) mine.deadlines.close();
+  for (const [id, { record }] of mine.breakers) {
+    if (keeper?.breakers.get(id)?.record !== record) record.detach();
+  }
   for (const [name, { cluster }] of mine.clusters) {
     if (keeper?.clusters.get(name)?.cluster === cluster) continue;
     if (opts.drainMs <= 0) cluster.close();

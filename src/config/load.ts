@@ -380,7 +380,7 @@ function checkReferences(
   }
   for (const [i, c] of cfg.clusters.entries()) {
     const seen = new Set<string>();
-    for (const [j, e] of c.endpoints.entries()) {
+    for (const [j, e] of (c.endpoints ?? []).entries()) {
       const url = typeof e === "string" ? e : e.url;
       if (seen.has(url)) {
         err(["clusters", i, "endpoints", j], "duplicate endpoint in this cluster", url);
@@ -413,7 +413,7 @@ function checkReferences(
   }
 
   for (const [i, c] of cfg.clusters.entries()) {
-    for (const [j, e] of c.endpoints.entries()) {
+    for (const [j, e] of (c.endpoints ?? []).entries()) {
       const url = typeof e === "string" ? e : e.url;
       const problem = endpointProblem(url);
       const path = typeof e === "string"
@@ -576,7 +576,7 @@ function definedList(names: readonly string[], what: string): string {
 
 /** Why an endpoint URL is unusable, or undefined. Endpoints name an origin; routes own paths. */
 export function endpointProblem(
-  raw: ClusterConfig["endpoints"][number] | string,
+  raw: NonNullable<ClusterConfig["endpoints"]>[number] | string,
 ): string | undefined {
   const text = typeof raw === "string" ? raw : raw.url;
   let url: URL;

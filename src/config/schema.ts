@@ -183,9 +183,35 @@ const endpoint = z.union([
   z.strictObject({ url: z.string(), weight: z.number().int().min(1).max(1000).default(1) }),
 ]);
 
+/** Endpoints from DNS (Envoy's STRICT_DNS, plus SRV), re-resolved every `interval`. */
+export const DnsDiscoverySchema = z.strictObject({
+  /** Host name to resolve; for SRV the full service name such as `_http._tcp.api.internal`. */
+  name: z.string().regex(/^[A-Za-z0-9_.-]+$/, "expected a DNS name").min(1),
+  type: z.enum(["A", "AAAA", "A+AAAA", "SRV"]).default("A"),
+  /** The endpoints' port for A / AAAA answers (SRV answers carry their own). */
+  port: z.number().int().min(1).max(65535).optional(),
+  scheme: z.enum(["http", "https"]).default("http"),
+  interval: duration.default(5_000),
+  /** One resolution (SRV and its targets included) may take this long; the old list stays. */
+  timeout: duration.default(2_000),
+  /** `ip` or `ip:port` of the name server; the system's resolvers when not set. */
+  name_server: z.string().regex(
+    /^(\d{1,3}(\.\d{1,3}){3}(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?)$/,
+    "expected an IP address, optionally with :port",
+  ).optional(),
+  /** Consecutive empty answers before a non-empty cluster is emptied (guards SERVFAIL). */
+  empty_confirmations: z.number().int().min(1).max(100).default(1),
+}).superRefine((d, ctx) => {
+  if (d.type !== "SRV" && d.port === undefined) {
+    ctx.addIssue({ code: "custom", message: `type ${d.type} needs a port`, path: ["port"] });
+  }
+});
+
 export const ClusterSchema = z.strictObject({
   name,
-  endpoints: z.array(endpoint).min(1),
+  /** Static endpoints; or leave out and use `discovery`. */
+  endpoints: z.array(endpoint).min(1).optional(),
+  discovery: z.strictObject({ dns: DnsDiscoverySchema }).optional(),
   lb: z.enum(["round_robin", "least_request", "random", "ring_hash", "maglev"]).default(
     "round_robin",
   ),
@@ -254,6 +280,14 @@ export const ClusterSchema = z.strictObject({
   }).prefault({}),
   /** Send the client's Host upstream (true) or the endpoint's host (false). */
   preserve_host: z.boolean().default(true),
+}).superRefine((c, ctx) => {
+  if ((c.endpoints === undefined) === (c.discovery === undefined)) {
+    ctx.addIssue({
+      code: "custom",
+      message: "a cluster needs exactly one of endpoints or discovery",
+      path: [],
+    });
+  }
 });
 
 /**

@@ -33,9 +33,11 @@ export function describeSnapshot(s: Snapshot): { text: string; warnings: string[
   }
   lines.push(`clusters (${cfg.clusters.length}):`);
   for (const c of cfg.clusters) {
-    const eps = c.endpoints.map((e) => typeof e === "string" ? e : `${e.url} w=${e.weight}`).join(
-      ", ",
-    );
+    const dns = c.discovery?.dns;
+    const eps = dns
+      ? `dns ${dns.type} ${dns.name}${dns.port ? ` port ${dns.port}` : ""} every ${dns.interval} ms`
+      : (c.endpoints ?? []).map((e) => typeof e === "string" ? e : `${e.url} w=${e.weight}`)
+        .join(", ");
     lines.push(`  ${c.name}  ${c.lb}  ${c.protocol}  [${eps}]`);
   }
   const warnings: string[] = [];

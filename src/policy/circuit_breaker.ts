@@ -251,6 +251,18 @@ export class BreakerStore {
   }
 
   /**
+   * Forgets `slot`'s history: closed, no failures. For a slot handed to a new endpoint. The epoch
+   * moves on, so permits issued to the slot's previous endpoint count for nothing.
+   */
+  reset(slot: number): void {
+    const b = slot * this.#is;
+    const epoch = this.#i32[b + I_EPOCH]!;
+    this.#i32.fill(0, b, b + this.#is);
+    this.#f64.fill(0, slot * F_STRIDE, (slot + 1) * F_STRIDE);
+    this.#i32[b + I_EPOCH] = (epoch + 1) | 0;
+  }
+
+  /**
    * Asks to send one request through `slot`. Returns 0 to reject (OPEN before its timeout,
    * or HALF_OPEN with every probe taken), otherwise a permit to pass to `onSuccess` /
    * `onFailure`. Moves OPEN to HALF_OPEN once the timeout has passed. `at` is the time if

@@ -5,6 +5,7 @@
  */
 import type { Snapshot } from "../config/compile.ts";
 import { BREAKER_STATE_NAMES } from "../policy/circuit_breaker.ts";
+import type { DnsDiscoveryStatus } from "../upstream/discovery/dns.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 
 export interface AdminView {
@@ -82,6 +83,15 @@ function json(status: number, body: unknown): Response {
   });
 }
 
+function discoveryView(d: DnsDiscoveryStatus) {
+  return {
+    endpoints: d.endpoints?.length ?? null,
+    consecutive_failures: d.consecutiveFailures,
+    last_error: d.lastError ?? null,
+    last_success: d.lastSuccessAt === undefined ? null : new Date(d.lastSuccessAt).toISOString(),
+  };
+}
+
 export function clustersView(s: Snapshot) {
   return {
     config_version: s.version,
@@ -96,10 +106,11 @@ export function clustersView(s: Snapshot) {
         active_requests: c.retryBudget.active,
         panic: c.health.panic,
         retries_in_flight: c.retryBudget.retrying,
+        ...(c.discovery ? { discovery: discoveryView(c.discovery.status) } : {}),
         endpoints: c.endpoints.map((e) => {
           const st = c.states[e.index]!;
           const h = health[e.index];
-          const slot = perCluster ? 0 : e.index;
+          const slot = perCluster ? 0 : e.slot;
           return {
             origin: e.origin,
             weight: e.weight,

@@ -121,6 +121,7 @@ export class Ferry {
       throw new Error(`cannot bind listener: ${err instanceof Error ? err.message : err}`);
     }
     this.#snapshot = next;
+    next.activate();
     for (const name of stop) {
       const outgoing = this.#servers.get(name)!;
       this.#servers.delete(name);

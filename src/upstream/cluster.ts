@@ -1,13 +1,22 @@
 /**
  * A cluster: its endpoints, the balancer that picks among them and the connection pools that
- * reach them. Built once per config snapshot from a validated `ClusterConfig`.
+ * reach them. Built from a validated `ClusterConfig`; its endpoint list may change afterwards
+ * (DNS discovery, or a reload that only edits `endpoints`) without losing what it knows about
+ * the endpoints that stay.
  */
 import type { ClusterConfig } from "../config/schema.ts";
 import type { RequestContext } from "../pipeline/types.ts";
 import { createBalancer } from "./balancers/mod.ts";
-import type { Balancer, EndpointState } from "./balancers/types.ts";
+import { type Balancer, createEndpointState, type EndpointState } from "./balancers/types.ts";
 import { RetryBudget } from "../policy/retry.ts";
-import { EndpointHealth, type EndpointHealthOptions, type HealthEvent } from "./health/mod.ts";
+import {
+  EndpointHealth,
+  type EndpointHealthOptions,
+  type EndpointSeed,
+  type HealthEvent,
+} from "./health/mod.ts";
+import { type DiscoveryLog, DnsDiscovery } from "./discovery/dns.ts";
+import { type EndpointDescriptor, originOf } from "./discovery/endpoints.ts";
 import {
   FetchTransport,
   LazyNodeTransport,
@@ -16,8 +25,13 @@ import {
 } from "./transport.ts";
 
 export interface Endpoint {
-  /** Position in the cluster's endpoint list (and in `balancer.states`). */
+  /** Position in the membership's endpoint list (and in its `states`). */
   readonly index: number;
+  /**
+   * Stable for as long as the endpoint stays in the cluster, whatever the list around it does:
+   * per-endpoint circuit breakers are kept in this slot.
+   */
+  readonly slot: number;
   /** `scheme://host:port`, the id of the endpoint in logs and metrics. */
   readonly origin: string;
   readonly url: URL;
@@ -26,18 +40,43 @@ export interface Endpoint {
   readonly weight: number;
 }
 
-export interface Cluster {
-  readonly name: string;
+/**
+ * The endpoints of a cluster at one moment and everything indexed by them. Replaced whole when
+ * DNS discovery or a reload changes the list; a request reads `cluster.members` once, so its
+ * picks, in-flight counts and health records always refer to the same list.
+ */
+export interface Members {
   readonly endpoints: readonly Endpoint[];
   readonly balancer: Balancer<Endpoint>;
   /** Per-endpoint live state (in-flight, effective weight, eligibility), same order. */
   readonly states: readonly EndpointState[];
+  /** Active and passive health, slow start and panic; owns `states[i].eligible` and weights. */
+  readonly health: EndpointHealth;
+}
+
+export interface Cluster {
+  readonly name: string;
+  readonly members: Members;
+  /** Shorthands for `members.*` (admin views, tests). */
+  readonly endpoints: readonly Endpoint[];
+  readonly balancer: Balancer<Endpoint>;
+  readonly states: readonly EndpointState[];
+  readonly health: EndpointHealth;
+  /** Endpoint slots available to per-endpoint breakers; a list longer than this is cut. */
+  readonly slotCapacity: number;
+  /** Called with a slot about to be given to a new endpoint; returns a detach function. */
+  onSlotReuse(listener: (slot: number) => void): () => void;
+  /**
+   * Replaces the endpoint list: endpoints that stay keep their state (in-flight, health,
+   * ejection, ramp, breaker slot), new ones start fresh. Returns what changed.
+   */
+  setEndpoints(next: readonly EndpointDescriptor[]): EndpointChange;
+  /** DNS discovery state, for clusters that discover their endpoints. */
+  readonly discovery: DnsDiscovery | undefined;
   /** The key ring_hash / maglev hash on, or undefined for other balancers. */
   readonly hashKey: ((req: Request, ctx: RequestContext) => string | undefined) | undefined;
   readonly preserveHost: boolean;
   readonly retryBudget: RetryBudget;
-  /** Active and passive health, slow start and panic; owns `states[i].eligible` and weights. */
-  readonly health: EndpointHealth;
   /** The default path: fetch over a Deno.HttpClient pool. */
   readonly fetch: FetchTransport;
   /** Byte-exact path for compressed bodies; absent when the cluster speaks HTTP/2. */
@@ -45,24 +84,42 @@ export interface Cluster {
   close(): void;
 }
 
-export function endpointFromUrl(raw: string, weight: number, index = 0): Endpoint {
+export interface EndpointChange {
+  readonly added: readonly string[];
+  readonly removed: readonly string[];
+  readonly kept: number;
+}
+
+/** Per-endpoint breaker slots a cluster reserves: enough for DNS churn, small in memory. */
+const MIN_SLOT_CAPACITY = 256;
+
+export function endpointFromUrl(raw: string, weight: number, index = 0, slot = index): Endpoint {
   const url = new URL(raw);
   const port = url.port || (url.protocol === "https:" ? "443" : "80");
   const origin = `${url.protocol}//${url.hostname}:${port}`;
   const wsOrigin = `${url.protocol === "https:" ? "wss:" : "ws:"}//${url.hostname}:${port}`;
-  return Object.freeze({ index, origin, url: new URL(origin), wsOrigin, weight });
+  return Object.freeze({ index, slot, origin, url: new URL(origin), wsOrigin, weight });
 }
+
+/** The configured static endpoints as discovery-style descriptors. */
+export function staticEndpoints(cfg: ClusterConfig): EndpointDescriptor[] {
+  return (cfg.endpoints ?? []).map((e) =>
+    typeof e === "string" ? { url: e, weight: 1 } : { url: e.url, weight: e.weight }
+  );
+}
+
+export type ClusterEventLog = (
+  cluster: string,
+  origin: string | undefined,
+  e: HealthEvent | { type: "endpoints"; added: string[]; removed: string[] },
+) => void;
 
 export function buildCluster(
   cfg: ClusterConfig,
   caCerts?: string[],
-  onHealthEvent?: (cluster: string, origin: string | undefined, e: HealthEvent) => void,
+  onEvent?: ClusterEventLog,
+  discoveryLog?: DiscoveryLog,
 ): Cluster {
-  // Not frozen: a frozen array made balancer picks ~2.5x slower (bench/balancer_bench.ts).
-  const endpoints: readonly Endpoint[] = cfg.endpoints.map((e, i) =>
-    typeof e === "string" ? endpointFromUrl(e, 1, i) : endpointFromUrl(e.url, e.weight, i)
-  );
-  const balancer = createBalancer(cfg.lb, endpoints);
   const pool: PoolOptions = {
     maxIdlePerEndpoint: cfg.pool.max_idle_per_endpoint,
     idleTimeoutMs: cfg.pool.idle_timeout,
@@ -70,25 +127,132 @@ export function buildCluster(
     ...(caCerts ? { caCerts } : {}),
   };
   const fetchTransport = new FetchTransport(pool);
-  const health = new EndpointHealth(endpoints, balancer.states, {
-    ...healthOptions(cfg, caCerts),
-    ...(onHealthEvent
-      ? {
-        onEvent: (e: HealthEvent) =>
-          onHealthEvent(cfg.name, "index" in e ? endpoints[e.index]?.origin : undefined, e),
-      }
-      : {}),
-  });
-  health.start();
   const passthrough = cfg.protocol === "http1" ? new LazyNodeTransport(pool) : undefined;
+  const initial = staticEndpoints(cfg);
+  const slotCapacity = Math.max(MIN_SLOT_CAPACITY, initial.length);
+  const slots = new SlotAllocator(slotCapacity);
+  const reuseListeners = new Set<(slot: number) => void>();
+  const baseHealth = healthOptions(cfg, caCerts);
+
+  const buildMembers = (
+    endpoints: Endpoint[],
+    states: EndpointState[],
+    seeds: (EndpointSeed | undefined)[] | undefined,
+  ): Members => {
+    // Not frozen: a frozen array made balancer picks ~2.5x slower (bench/balancer_bench.ts).
+    const balancer = createBalancer(cfg.lb, endpoints, { states });
+    const health = new EndpointHealth(endpoints, states, {
+      ...baseHealth,
+      ...(seeds ? { seeds } : {}),
+      ...(onEvent
+        ? {
+          onEvent: (e: HealthEvent) =>
+            onEvent(cfg.name, "index" in e ? endpoints[e.index]?.origin : undefined, e),
+        }
+        : {}),
+    });
+    return Object.freeze({ endpoints, balancer, states, health });
+  };
+
+  const first = initial.map((d, i) => endpointFromUrl(d.url, d.weight, i, slots.take()!));
+  let members = buildMembers(first, first.map((e) => createEndpointState(e.weight)), undefined);
+  members.health.start();
+  let closed = false;
+
+  const setEndpoints = (next: readonly EndpointDescriptor[]): EndpointChange => {
+    const old = members;
+    const byOrigin = new Map(old.endpoints.map((e) => [e.origin, e]));
+    const endpoints: Endpoint[] = [];
+    const states: EndpointState[] = [];
+    const seeds: (EndpointSeed | undefined)[] = [];
+    const added: string[] = [];
+    const seen = new Set<string>();
+    for (const d of next) {
+      const origin = originOf(d.url);
+      if (seen.has(origin)) continue;
+      const before = byOrigin.get(origin);
+      const slot = before?.slot ?? slots.take();
+      if (slot === undefined) {
+        onEvent?.(cfg.name, origin, { type: "endpoints", added: [], removed: [origin] });
+        continue; // over capacity: left out, reported
+      }
+      seen.add(origin);
+      if (before) {
+        const state = old.states[before.index]!;
+        if (before.weight !== d.weight) state.effectiveWeight = d.weight;
+        states.push(state);
+        seeds.push(old.health.seed(before.index));
+      } else {
+        for (const l of reuseListeners) l(slot);
+        states.push(createEndpointState(d.weight));
+        seeds.push(undefined);
+        added.push(origin);
+      }
+      endpoints.push(endpointFromUrl(d.url, d.weight, endpoints.length, slot));
+    }
+    const removed = old.endpoints.filter((e) => !seen.has(e.origin));
+    for (const e of removed) slots.free(e.slot);
+    const fresh = buildMembers(endpoints, states, seeds);
+    members = fresh;
+    void old.health.close();
+    if (!closed) fresh.health.start();
+    else void fresh.health.close();
+    const change = {
+      added,
+      removed: removed.map((e) => e.origin),
+      kept: endpoints.length - added.length,
+    };
+    if (added.length > 0 || removed.length > 0) {
+      onEvent?.(cfg.name, undefined, {
+        type: "endpoints",
+        added: change.added,
+        removed: change.removed,
+      });
+    }
+    return change;
+  };
+
+  const dns = cfg.discovery?.dns;
+  const discovery = dns
+    ? new DnsDiscovery({
+      name: dns.name,
+      type: dns.type,
+      ...(dns.port !== undefined ? { port: dns.port } : {}),
+      scheme: dns.scheme,
+      interval: dns.interval,
+      timeout: dns.timeout,
+      ...(dns.name_server ? { nameServer: splitNameServer(dns.name_server) } : {}),
+      emptyConfirmations: dns.empty_confirmations,
+    }, discoveryLog ? { log: discoveryLog } : {})
+    : undefined;
+  if (discovery) void discovery.start((found) => setEndpoints(found)).catch(() => {});
+
   return Object.freeze({
     name: cfg.name,
-    endpoints,
-    balancer,
-    states: balancer.states,
+    get members() {
+      return members;
+    },
+    get endpoints() {
+      return members.endpoints;
+    },
+    get balancer() {
+      return members.balancer;
+    },
+    get states() {
+      return members.states;
+    },
+    get health() {
+      return members.health;
+    },
+    slotCapacity,
+    onSlotReuse(listener: (slot: number) => void) {
+      reuseListeners.add(listener);
+      return () => void reuseListeners.delete(listener);
+    },
+    setEndpoints,
+    discovery,
     hashKey: cfg.lb === "ring_hash" || cfg.lb === "maglev" ? hashKeyOf(cfg.hash_key) : undefined,
     preserveHost: cfg.preserve_host,
-    health,
     retryBudget: new RetryBudget(
       cfg.retry_budget.percent,
       cfg.retry_budget.min_retries,
@@ -97,11 +261,34 @@ export function buildCluster(
     fetch: fetchTransport,
     passthrough,
     close() {
-      void health.close();
+      closed = true;
+      discovery?.stop();
+      void members.health.close();
       fetchTransport.close();
       passthrough?.close();
     },
   });
+}
+
+/** Hands out the lowest free slot; `undefined` when all are taken. */
+class SlotAllocator {
+  readonly #free: number[];
+  constructor(capacity: number) {
+    this.#free = Array.from({ length: capacity }, (_, i) => capacity - 1 - i);
+  }
+  take(): number | undefined {
+    return this.#free.pop();
+  }
+  free(slot: number): void {
+    this.#free.push(slot);
+  }
+}
+
+/** `10.0.0.53`, `10.0.0.53:5353` or `[fd00::53]:53` -> Deno.resolveDns's nameServer. */
+function splitNameServer(address: string): { ipAddr: string; port: number } {
+  const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(address) ?? /^([^:]+)(?::(\d+))?$/.exec(address);
+  if (!m) return { ipAddr: address, port: 53 };
+  return { ipAddr: m[1]!, port: m[2] ? Number(m[2]) : 53 };
 }
 
 type HashKeyConfig = ClusterConfig["hash_key"];

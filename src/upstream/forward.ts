@@ -4,7 +4,7 @@
  */
 import type { Handler, RequestContext } from "../pipeline/types.ts";
 import { ProxyError, toProxyError } from "../server/errors.ts";
-import type { Cluster, Endpoint } from "./cluster.ts";
+import type { Cluster, Endpoint, Members } from "./cluster.ts";
 import { endToEndHeaders, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
 import {
   classifyUpstreamError,
@@ -97,12 +97,14 @@ export function forwardTo(s: ForwardSettings): Handler {
   const onRouteTimeout = (ctl: AbortController) => ctl.abort(new TimeoutReason(timeoutMessage));
   return async function forward(req: Request, ctx: RequestContext): Promise<Response> {
     ctx.outcome.cluster = cluster.name;
+    // One membership for the whole request, even if DNS or a reload changes it meanwhile.
+    const m = cluster.members;
     const path = s.rewritePath(ctx.path);
     const key = cluster.hashKey?.(req, ctx);
     const pickCtx = key === undefined ? undefined : { hashKey: key };
 
     if (s.websocket && isWebSocketUpgrade(req)) {
-      const { endpoint, permit } = admit(cluster, s, pickCtx, undefined);
+      const { endpoint, permit } = admit(cluster.name, m, s, pickCtx, undefined);
       ctx.outcome.endpoint = endpoint.origin;
       ctx.outcome.attempts++;
       // A WebSocket's success, for the breaker, is its upstream handshake.
@@ -153,13 +155,13 @@ export function forwardTo(s: ForwardSettings): Handler {
         // A retry slot taken for this attempt is held until the attempt has its answer.
         const retrySlot = holdingRetry;
         holdingRetry = false;
-        const { endpoint, permit } = admit(cluster, s, pickCtx, tried);
+        const { endpoint, permit } = admit(cluster.name, m, s, pickCtx, tried);
         tried?.add(endpoint);
         ctx.outcome.endpoint = endpoint.origin;
         ctx.outcome.attempts++;
         const headers = upstreamHeaders(req, ctx, s, endpoint);
         const transport = chooseTransport(cluster, headers);
-        const state = cluster.states[endpoint.index]!;
+        const state = m.states[endpoint.index]!;
         const attemptSignal = s.perTryTimeoutMs > 0 ? perTry(ctl.signal, s, endpoint) : undefined;
         state.inFlight++;
         const sentAt = performance.now();
@@ -185,7 +187,7 @@ export function forwardTo(s: ForwardSettings): Handler {
         if (failure || !upstream) {
           const pe = failure ?? new ProxyError("internal", "no upstream response");
           const outcome = outcomeOfError(pe.kind);
-          if (outcome) cluster.health.record(endpoint.index, outcome);
+          if (outcome) m.health.record(endpoint.index, outcome);
           if (pe.kind === "client_closed") s.breaker?.release(slotOf(s, endpoint), permit);
           else s.breaker?.onFailure(slotOf(s, endpoint), permit);
           if (
@@ -196,7 +198,7 @@ export function forwardTo(s: ForwardSettings): Handler {
           continue;
         }
 
-        cluster.health.record(endpoint.index, outcomeOfStatus(upstream.status));
+        m.health.record(endpoint.index, outcomeOfStatus(upstream.status));
         if (upstream.status >= 500) s.breaker?.onFailure(slotOf(s, endpoint), permit);
         else s.breaker?.onSuccess(slotOf(s, endpoint), permit);
 
@@ -236,7 +238,8 @@ function takeRetry(budget: Cluster["retryBudget"], ctx: RequestContext): boolean
  * its concurrency limit, and admitted by its breaker. None: 503 saying which guard refused.
  */
 function admit(
-  cluster: Cluster,
+  clusterName: string,
+  m: Members,
   s: ForwardSettings,
   pickCtx: { hashKey: string } | undefined,
   tried: ReadonlySet<Endpoint> | undefined,
@@ -244,31 +247,31 @@ function admit(
   let refused: Set<Endpoint> | undefined;
   let exclude: Set<Endpoint> | ReadonlySet<Endpoint> | undefined = tried;
   let why: "breaker" | "limit" | undefined;
-  for (let i = 0; i <= cluster.endpoints.length; i++) {
-    const e = cluster.balancer.pick(pickCtx, exclude) ??
-      (tried && tried.size > 0 ? cluster.balancer.pick(pickCtx, refused) : undefined);
+  for (let i = 0; i <= m.endpoints.length; i++) {
+    const e = m.balancer.pick(pickCtx, exclude) ??
+      (tried && tried.size > 0 ? m.balancer.pick(pickCtx, refused) : undefined);
     if (!e) break;
     let permit = 0;
-    if (cluster.states[e.index]!.inFlight >= s.maxRequestsPerEndpoint) why ??= "limit";
+    if (m.states[e.index]!.inFlight >= s.maxRequestsPerEndpoint) why ??= "limit";
     else if (s.breaker && (permit = s.breaker.acquire(slotOf(s, e))) === 0) why = "breaker";
     else return { endpoint: e, permit };
     (refused ??= new Set()).add(e);
     exclude = new Set([...(tried ?? []), ...refused]);
   }
   if (why === "breaker") {
-    const wait = Math.min(...cluster.endpoints.map((e) => s.breaker!.retryAfterMs(slotOf(s, e))));
-    throw new ProxyError("breaker_open", `circuit breaker open for cluster ${cluster.name}`, {
+    const wait = Math.min(...m.endpoints.map((e) => s.breaker!.retryAfterMs(slotOf(s, e))));
+    throw new ProxyError("breaker_open", `circuit breaker open for cluster ${clusterName}`, {
       headers: { "retry-after": String(Math.max(1, Math.ceil(wait / 1000))) },
     });
   }
   if (why === "limit") {
-    throw new ProxyError("overflow", `every endpoint of ${cluster.name} is at its request limit`);
+    throw new ProxyError("overflow", `every endpoint of ${clusterName} is at its request limit`);
   }
-  throw noEndpoint(cluster.name);
+  throw noEndpoint(clusterName);
 }
 
 function slotOf(s: ForwardSettings, e: Endpoint): number {
-  return s.breakerPerCluster ? 0 : e.index;
+  return s.breakerPerCluster ? 0 : e.slot;
 }
 
 /**

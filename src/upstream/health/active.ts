@@ -41,6 +41,8 @@ export interface ActiveHealthOptions extends HttpProbeOptions {
    * `healthyThreshold` intervals; later recoveries need the full threshold.
    */
   readonly initialState?: "healthy" | "unhealthy";
+  /** Per endpoint, overrides `initialState` (health carried over from an earlier membership). */
+  readonly initiallyHealthy?: readonly (boolean | undefined)[];
   /** Called on every health change (not on every probe). */
   readonly onTransition?: TransitionListener;
   /** Called after every probe, for metrics. */
@@ -120,9 +122,12 @@ export class ActiveHealthChecker {
       unhealthyThreshold: this.#unhealthyThreshold,
       initiallyHealthy: initial === "healthy",
     };
-    this.#slots = targets.map((target) => ({
+    this.#slots = targets.map((target, i) => ({
       target,
-      counter: new ThresholdCounter(thresholds),
+      counter: new ThresholdCounter({
+        ...thresholds,
+        initiallyHealthy: opts.initiallyHealthy?.[i] ?? thresholds.initiallyHealthy,
+      }),
       timer: undefined,
       abort: undefined,
       running: undefined,

@@ -16,7 +16,12 @@
  */
 import type { EndpointState } from "../balancers/types.ts";
 import { ActiveHealthChecker, type ActiveHealthOptions } from "./active.ts";
-import { type Outcome, OutlierDetector, type OutlierOptions } from "./outlier.ts";
+import {
+  type Outcome,
+  OutlierDetector,
+  type OutlierMemory,
+  type OutlierOptions,
+} from "./outlier.ts";
 import type { ProbeTarget } from "./probe.ts";
 import {
   type SlowStartCurve,
@@ -56,6 +61,18 @@ export interface EndpointHealthOptions {
   readonly onEvent?: (event: HealthEvent) => void;
   readonly timers?: Timers;
   readonly random?: () => number;
+  /** Per endpoint, what an earlier membership knew of it (see `carryOver`). */
+  readonly seeds?: readonly (EndpointSeed | undefined)[];
+}
+
+/**
+ * What one endpoint's health carries into a new membership (DNS update, reload with a changed
+ * endpoint list): probe verdict, outlier record (ejection, multiplier, failures) and ramp.
+ */
+export interface EndpointSeed {
+  readonly healthy: boolean;
+  readonly outlier: OutlierMemory;
+  readonly rampFrom: number | undefined;
 }
 
 /** One endpoint in the admin `/clusters` view. */
@@ -130,16 +147,24 @@ export class EndpointHealth {
     this.#tickMs = checkRange("tickMs", opts.tickMs ?? 250, 1);
     this.#onEvent = opts.onEvent;
     const n = endpoints.length;
+    const seeds = opts.seeds;
     this.#ejected = new Array<boolean>(n).fill(false);
-    this.#rampFrom = new Array<number | undefined>(n).fill(undefined);
+    this.#rampFrom = Array.from({ length: n }, (_, i) => seeds?.[i]?.rampFrom);
+    const adopt = seeds?.map((s) => s?.outlier);
     const outlierOpts = opts.outlier;
     this.#outlier = new OutlierDetector(
       n,
       outlierOpts === undefined
         // Counting only: keeps recentFailures for the admin view but never ejects.
-        ? { consecutive5xx: 0, consecutiveGatewayFailure: 0, now: () => this.#timers.now() }
+        ? {
+          consecutive5xx: 0,
+          consecutiveGatewayFailure: 0,
+          now: () => this.#timers.now(),
+          ...(adopt ? { adopt } : {}),
+        }
         : {
           ...outlierOpts,
+          ...(adopt ? { adopt } : {}),
           now: () => this.#timers.now(),
           onEject: (i, until, reason) => {
             outlierOpts.onEject?.(i, until, reason);
@@ -160,6 +185,7 @@ export class EndpointHealth {
     if (active) {
       this.#checker = new ActiveHealthChecker(endpoints, {
         ...active,
+        ...(seeds ? { initiallyHealthy: seeds.map((s) => s?.healthy) } : {}),
         timers: this.#timers,
         ...(opts.random ? { random: opts.random } : {}),
         onTransition: (i, healthy, reason) => {
@@ -177,6 +203,9 @@ export class EndpointHealth {
     } else {
       this.#healthy = new Array<boolean>(n).fill(true);
     }
+    // Ejections carried over stay in force until their time is up (one that is already over
+    // returns here, through onReturn).
+    for (let i = 0; i < n; i++) this.#ejected[i] = this.#outlier.status(i).ejected;
     this.#recompute();
   }
 
@@ -190,9 +219,19 @@ export class EndpointHealth {
         if (this.#usable(i)) this.#rampFrom[i] = now;
       });
     }
-    // Also picks up ramps begun before start() (an ejection that ended early).
+    // Also picks up ramps begun before start() (an ejection that ended early, or carried over).
     if (this.#rampFrom.some((from) => from !== undefined)) this.#rampTick();
+    this.#armReturn();
     this.#checker?.start();
+  }
+
+  /** Endpoint `index`'s health to carry into the membership that replaces this one. */
+  seed(index: number): EndpointSeed {
+    return {
+      healthy: this.#healthy[index]!,
+      outlier: this.#outlier.memory(index),
+      rampFrom: this.#rampFrom[index],
+    };
   }
 
   /**

@@ -20,6 +20,7 @@ export {
   EndpointHealth,
   type EndpointHealthOptions,
   type EndpointHealthSnapshot,
+  type EndpointSeed,
   type HealthEndpoint,
   type HealthEvent,
 } from "./manager.ts";

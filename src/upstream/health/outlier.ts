@@ -66,7 +66,12 @@ export interface OutlierOptions {
   readonly now?: () => number;
   readonly onEject?: (index: number, untilMs: number, reason: string) => void;
   readonly onReturn?: (index: number) => void;
+  /** Per endpoint, the record to continue from (`memory(i)` of an earlier detector). */
+  readonly adopt?: readonly (OutlierMemory | undefined)[];
 }
+
+/** One endpoint's outlier record, opaque; moved to a new detector when membership changes. */
+export type OutlierMemory = { readonly __outlierMemory: true };
 
 export interface OutlierStatus {
   readonly ejected: boolean;
@@ -131,11 +136,24 @@ export class OutlierDetector {
     this.#onEject = opts.onEject;
     this.#onReturn = opts.onReturn;
     const start = this.#now();
-    this.#monitors = Array.from({ length: size }, () => {
+    this.#monitors = Array.from({ length: size }, (_, i) => {
+      const kept = opts.adopt?.[i] as unknown as Monitor | undefined;
+      if (kept instanceof Monitor) {
+        if (kept.ejectedUntil !== 0) this.#ejectedCount++;
+        return kept;
+      }
       const m = new Monitor();
       m.decayedAt = m.bucketStart = start;
       return m;
     });
+    this.#recomputeNext();
+  }
+
+  /** Endpoint `index`'s record, for `adopt` of the detector that replaces this one. */
+  memory(index: number): OutlierMemory {
+    const m = this.#monitors[index];
+    if (m === undefined) throw new RangeError(`no endpoint at index ${index}`);
+    return m as unknown as OutlierMemory;
   }
 
   get size(): number {
