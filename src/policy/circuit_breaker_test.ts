@@ -401,3 +401,24 @@ Deno.test("property: rate mode opens exactly when the window reaches volume and 
     { numRuns: 300 },
   );
 });
+
+Deno.test("reset gives a slot to a new endpoint: closed, no failures, old permits void", () => {
+  for (const mode of ["consecutive", "rate"] as const) {
+    const { store, clock } = harness({ mode, failureThreshold: 2, minimumRequests: 2 });
+    clock.t = 1_000;
+    store.onFailure(1);
+    store.onFailure(1);
+    store.onFailure(1);
+    assert.equal(store.state(1), OPEN, mode);
+    clock.t = 40_000;
+    const stalePermit = store.acquire(1); // half-open probe of the endpoint that left
+    assert.notEqual(stalePermit, 0);
+    store.reset(1);
+    assert.equal(store.state(1), CLOSED, mode);
+    store.onFailure(1, stalePermit); // the old endpoint's late answer
+    assert.equal(store.state(1), CLOSED, `${mode}: a stale permit does not count`);
+    assert.equal(store.state(0), CLOSED, "other slots untouched");
+    store.onFailure(1);
+    assert.equal(store.state(1), CLOSED, `${mode}: one fresh failure is below the threshold`);
+  }
+});
