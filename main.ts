@@ -12,6 +12,7 @@ import {
   resolveConfigPath,
 } from "./src/config/load.ts";
 import { createLogger } from "./src/observability/log.ts";
+import { FerryMetrics } from "./src/observability/metrics.ts";
 import { Ferry } from "./src/server/ferry.ts";
 import { VERSION } from "./src/version.ts";
 import { describeSnapshot } from "./src/config/summary.ts";
@@ -62,6 +63,8 @@ async function main(): Promise<number> {
       source,
       readTextFile: (p) => Deno.readTextFileSync(file ? resolveConfigPath(file, p) : p),
       log,
+      // One for the process: a reload passes the running snapshot's on, keeping counters.
+      metrics: new FerryMetrics({ processMetrics: true }),
     });
   } catch (err) {
     if (!(err instanceof SnapshotCompileError)) throw err;

@@ -20,6 +20,7 @@ import { compileLimiters, faultInjection, type Limiter, rateLimit } from "../pol
 import type { Logger } from "../observability/log.ts";
 import { AccessLog, LineWriter, openSink } from "../observability/access_log.ts";
 import type { BreakerConfigSchema } from "./schema.ts";
+import { type ClusterRecorder, FerryMetrics } from "../observability/metrics.ts";
 
 export interface CompiledRoute {
   readonly name: string;
@@ -51,6 +52,12 @@ export interface Snapshot {
   readonly breakers: ReadonlyMap<string, BreakerRecord>;
   /** One JSON line per request, when `access_log` is configured. */
   readonly accessLog: AccessLog | undefined;
+  /** Every breaker (cluster-level and route overrides) with the endpoint each slot stands for. */
+  readonly breakerViews: readonly BreakerView[];
+  /** Process-wide metrics, handed from snapshot to snapshot so counters survive reloads. */
+  readonly metrics: FerryMetrics;
+  /** The admin listener's bearer token (from admin.token, token_file or token_env), if any. */
+  readonly adminToken: string | undefined;
   /** Closes every cluster pool; called when the snapshot is retired. */
   close(): void;
 }
@@ -78,6 +85,20 @@ export interface CompileOptions {
   readonly readTextFile: (path: string) => string;
   /** Where policy state changes (breaker transitions) are logged. */
   readonly log?: Logger;
+  /** The process's metrics; pass the previous snapshot's on reload. A fresh one by default. */
+  readonly metrics?: FerryMetrics;
+  /** Reads an environment variable (admin.token_env); default Deno.env.get. */
+  readonly env?: (name: string) => string | undefined;
+}
+
+/** A breaker store as the metrics see it: whose it is and which endpoint each slot is. */
+export interface BreakerView {
+  readonly cluster: string;
+  /** "cluster", or "route:<name>" for a route's own breaker. */
+  readonly scope: string;
+  /** Endpoint origin per slot; "*" for a cluster-wide (single slot) breaker. */
+  readonly endpoints: readonly string[];
+  readonly record: BreakerRecord;
 }
 
 /** Config field names -> the breaker store's option names. */
@@ -107,23 +128,29 @@ function breakerStore(
   cluster: Cluster,
   scope: string,
   log: Logger | undefined,
+  metrics: FerryMetrics,
+  views: BreakerView[],
 ): BreakerRecord {
   const perCluster = b.scope === "cluster";
   const slots = perCluster ? 1 : cluster.endpoints.length;
+  const endpoints = perCluster ? ["*"] : cluster.endpoints.map((e) => e.origin);
   const transitions = new Uint32Array(slots * 3);
   const store = new BreakerStore(slots, breakerConfig(b), {
     onTransition: (slot, from, to) => {
       transitions[slot * 3 + to]!++;
+      metrics.breakerTransition(cluster.name, scope, endpoints[slot]!, BREAKER_STATE_NAMES[to]);
       log?.info("circuit breaker state change", {
         cluster: cluster.name,
         scope,
-        endpoint: perCluster ? "*" : cluster.endpoints[slot]?.origin,
+        endpoint: endpoints[slot],
         from: BREAKER_STATE_NAMES[from],
         to: BREAKER_STATE_NAMES[to],
       });
     },
   });
-  return { store, transitions };
+  const record = { store, transitions };
+  views.push({ cluster: cluster.name, scope, endpoints, record });
+  return record;
 }
 
 /** Splits `host:port`, `[v6]:port` or `:port` into a hostname for Deno.serve and a port. */
@@ -135,6 +162,7 @@ export function splitAddress(address: string): { hostname: string; port: number 
 
 export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapshot {
   const problems: CompileProblem[] = [];
+  const metrics = opts.metrics ?? new FerryMetrics();
   const clusters = new Map<string, Cluster>();
   for (const [i, c] of cfg.clusters.entries()) {
     let caCerts: string[] | undefined;
@@ -154,24 +182,46 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
       buildCluster(
         c,
         caCerts,
-        (cluster, endpoint, e) =>
-          opts.log?.info("endpoint health", { cluster, endpoint, event: e.type, ...e }),
+        (cluster, endpoint, e) => {
+          metrics.healthEvent(cluster, endpoint, e.type);
+          opts.log?.info("endpoint health", { cluster, endpoint, event: e.type, ...e });
+        },
       ),
     );
   }
 
   const deadlines = new DeadlineQueue();
   const breakers = new Map<string, BreakerRecord>();
+  const breakerViews: BreakerView[] = [];
   for (const c of cfg.clusters) {
     if (c.circuit_breaker) {
       breakers.set(
         c.name,
-        breakerStore(c.circuit_breaker, clusters.get(c.name)!, "cluster", opts.log),
+        breakerStore(
+          c.circuit_breaker,
+          clusters.get(c.name)!,
+          "cluster",
+          opts.log,
+          metrics,
+          breakerViews,
+        ),
       );
     }
   }
+  const clusterMetrics = new Map<string, ClusterRecorder>();
+  for (const c of clusters.values()) {
+    clusterMetrics.set(c.name, metrics.cluster(c.name, c.endpoints.map((e) => e.origin)));
+  }
   const limiters = compileLimiters(cfg.rate_limits);
-  const policies: RoutePolicies = { deadlines, breakers, limiters, log: opts.log };
+  const policies: RoutePolicies = {
+    deadlines,
+    breakers,
+    breakerViews,
+    limiters,
+    log: opts.log,
+    metrics,
+    clusterMetrics,
+  };
   const routes: CompiledRoute[] = [];
   for (const [i, r] of cfg.routes.entries()) {
     try {
@@ -223,6 +273,8 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     }
   }
 
+  const adminToken = resolveAdminToken(cfg, opts, problems);
+
   let accessLog: AccessLog | undefined;
   let closeSink = () => {};
   if (cfg.access_log && problems.length === 0) {
@@ -256,12 +308,63 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     requestIdPolicy: cfg.server.request_id,
     accessLog,
     breakers,
+    breakerViews,
+    metrics,
+    adminToken,
     close() {
       deadlines.close();
       void accessLog?.writer.flush().finally(closeSink);
       for (const c of clusters.values()) c.close();
     },
   });
+}
+
+/** admin.token, or the first line of admin.token_file, or the variable named by token_env. */
+function resolveAdminToken(
+  cfg: FerryConfig,
+  opts: CompileOptions,
+  problems: CompileProblem[],
+): string | undefined {
+  const a = cfg.admin;
+  if (!a) return undefined;
+  let token: string | undefined = a.token;
+  if (a.token_file !== undefined) {
+    try {
+      token = opts.readTextFile(a.token_file).split(/\r?\n/)[0]!.trim();
+    } catch (err) {
+      problems.push({
+        path: "admin.token_file",
+        value: a.token_file,
+        message: `cannot read: ${err}`,
+      });
+      return undefined;
+    }
+  } else if (a.token_env !== undefined) {
+    token = (opts.env ?? ((n) => Deno.env.get(n)))(a.token_env)?.trim();
+  }
+  if (token === undefined) {
+    if (a.token_env !== undefined) {
+      problems.push({
+        path: "admin.token_env",
+        value: a.token_env,
+        message: "variable is not set",
+      });
+    }
+    return undefined;
+  }
+  if (token.length < 16) {
+    problems.push({
+      path: a.token_file !== undefined
+        ? "admin.token_file"
+        : a.token_env !== undefined
+        ? "admin.token_env"
+        : "admin.token",
+      value: "<redacted>",
+      message: "an admin token must be at least 16 characters",
+    });
+    return undefined;
+  }
+  return token;
 }
 
 function dedupe(problems: CompileProblem[]): CompileProblem[] {
@@ -324,8 +427,11 @@ function compileRewrite(r: RouteConfig, i: number): (path: string) => string {
 interface RoutePolicies {
   readonly deadlines: DeadlineQueue;
   readonly breakers: ReadonlyMap<string, BreakerRecord>;
+  readonly breakerViews: BreakerView[];
   readonly limiters: ReadonlyMap<string, Limiter>;
   readonly log: Logger | undefined;
+  readonly metrics: FerryMetrics;
+  readonly clusterMetrics: ReadonlyMap<string, ClusterRecorder>;
 }
 
 function compileRoute(
@@ -338,7 +444,13 @@ function compileRoute(
   // Route policies, outermost first: fault injection (chaos), then rate limits.
   const middleware: Middleware[] = [];
   if (r.fault) middleware.push(faultInjection(r.fault));
-  if (r.rate_limit) middleware.push(rateLimit(r.rate_limit.map((n) => policies.limiters.get(n)!)));
+  if (r.rate_limit) {
+    const limiters = r.rate_limit.map((n) => policies.limiters.get(n)!);
+    const onLimited = limiters.map((l) =>
+      policies.metrics.rateLimitRecorder(r.name, l.name, l.scope)
+    );
+    middleware.push(rateLimit(limiters, onLimited));
+  }
   if (r.direct_response) {
     const d = r.direct_response;
     return freezeRoute(
@@ -372,7 +484,14 @@ function compileRoute(
     idleTimeoutMs: r.idle_timeout,
     deadlines: policies.deadlines,
     breaker: r.circuit_breaker
-      ? breakerStore(r.circuit_breaker, cluster, `route ${r.name}`, policies.log).store
+      ? breakerStore(
+        r.circuit_breaker,
+        cluster,
+        `route:${r.name}`,
+        policies.log,
+        policies.metrics,
+        policies.breakerViews,
+      ).store
       : policies.breakers.get(cluster.name)?.store,
     breakerPerCluster: (r.circuit_breaker ?? clusterCfg.circuit_breaker)?.scope === "cluster",
     maxRequests: clusterCfg.limits?.max_requests ?? Number.POSITIVE_INFINITY,
@@ -395,6 +514,7 @@ function compileRoute(
     websocket: r.websocket,
     websocketMaxBuffer: cfg.server.websocket_max_buffer,
     via: cfg.server.via,
+    metrics: policies.clusterMetrics.get(cluster.name)!,
   });
   return freezeRoute(r.name, "cluster", cluster.name, compose(middleware, terminal));
 }

@@ -5,7 +5,7 @@
 import { type Snapshot, splitAddress } from "../config/compile.ts";
 import type { Logger } from "../observability/log.ts";
 import { adminHandler } from "./admin.ts";
-import { errorResponse, ProxyError } from "./errors.ts";
+import { errorResponse, ProxyError, RecentErrors } from "./errors.ts";
 import { createListenerHandler } from "./handler.ts";
 
 export interface BoundAddress {
@@ -22,6 +22,8 @@ export class Ferry {
   >();
   #admin: Deno.HttpServer<Deno.NetAddr> | undefined;
   #state: "ready" | "draining" = "ready";
+  /** The last proxy-made errors, for the dashboard. */
+  readonly recentErrors: RecentErrors = new RecentErrors(50);
 
   private constructor(snapshot: Snapshot, log: Logger) {
     this.#snapshot = snapshot;
@@ -31,6 +33,9 @@ export class Ferry {
   /** Binds every listener of the snapshot (and the admin listener) and starts serving. */
   static start(snapshot: Snapshot, log: Logger): Ferry {
     const ferry = new Ferry(snapshot, log);
+    // Scrape-time gauges (health, breakers, in-flight) read whatever snapshot is serving.
+    snapshot.metrics.watch(() => ferry.#snapshot);
+    snapshot.metrics.setConfigVersion(snapshot.version);
     try {
       for (const plan of snapshot.listeners.values()) ferry.#listen(plan.name);
       const admin = snapshot.config.admin;
@@ -42,7 +47,11 @@ export class Ferry {
             port,
             onListen: (a) => log.info("admin listening", { address: `${a.hostname}:${a.port}` }),
           },
-          adminHandler({ state: () => ferry.#state, snapshot: () => ferry.#snapshot }),
+          adminHandler({
+            state: () => ferry.#state,
+            snapshot: () => ferry.#snapshot,
+            recentErrors: ferry.recentErrors,
+          }),
         );
       }
     } catch (err) {
@@ -71,7 +80,7 @@ export class Ferry {
     const plan = this.#snapshot.listeners.get(name)!;
     const stop = new AbortController();
     const log = this.#log;
-    const handler = createListenerHandler(name, () => this.#snapshot, log);
+    const handler = createListenerHandler(name, () => this.#snapshot, log, this.recentErrors);
     const server = Deno.serve({
       hostname: plan.hostname,
       port: plan.port,
