@@ -198,3 +198,84 @@ export function metricValue(
   }
   return sum;
 }
+
+// Ferry as a user runs it: main.ts in a subprocess.
+export const DENO = Deno.execPath();
+export const MAIN = new URL("../main.ts", import.meta.url).pathname;
+export const ROOT = new URL("..", import.meta.url).pathname;
+export const RUN = [
+  "run",
+  "--allow-net",
+  "--allow-read",
+  "--allow-env",
+  "--unstable-no-legacy-abort",
+  MAIN,
+];
+
+export async function tempConfig(text: string): Promise<string> {
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/ferry.yaml`;
+  await Deno.writeTextFile(file, text);
+  return file;
+}
+
+export interface Started {
+  child: Deno.ChildProcess;
+  listeners: Map<string, string>;
+  admin: string | undefined;
+  logs: string[];
+}
+
+/** Spawns Ferry and reads its JSON log until every listener (and admin) says where it bound. */
+export async function spawnFerry(
+  args: string[],
+  env: Record<string, string> = {},
+  listeners = 1,
+): Promise<Started> {
+  const child = new Deno.Command(DENO, {
+    args: [...RUN, ...args],
+    env,
+    cwd: ROOT,
+    stderr: "piped",
+    stdout: "null",
+  })
+    .spawn();
+  const found = new Map<string, string>();
+  let admin: string | undefined;
+  const logs: string[] = [];
+  const lines = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  const deadline = Date.now() + 15_000;
+  while (
+    Date.now() < deadline &&
+    !(found.size >= listeners && logs.some((l) => l.includes("ferry started")))
+  ) {
+    const { value, done } = await lines.read();
+    if (done) break;
+    buf += value;
+    let nl;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      logs.push(line);
+      try {
+        const j = JSON.parse(line);
+        if (j.msg === "listening") found.set(j.listener, `http://${j.address}`);
+        if (j.msg === "admin listening") admin = `http://${j.address}`;
+      } catch { /* not JSON */ }
+    }
+  }
+  // Keep draining stderr so the child never blocks on a full pipe.
+  (async () => {
+    try {
+      while (!(await lines.read()).done) { /* discard */ }
+    } catch { /* closed */ }
+  })();
+  if (found.size < listeners) {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+    throw new Error(`ferry did not start:\n${logs.join("\n")}`);
+  }
+  return { child, listeners: found, admin, logs };
+}
