@@ -1,15 +1,6 @@
 /** The command line as a user runs it: main.ts in a subprocess, real sockets, real signals. */
 import assert from "node:assert/strict";
-import {
-  DENO,
-  MAIN,
-  ROOT,
-  RUN,
-  run,
-  spawnFerry,
-  startEchoUpstream,
-  tempConfig,
-} from "./helpers.ts";
+import { DENO, ROOT, RUN, run, spawnFerry, startEchoUpstream, tempConfig } from "./helpers.ts";
 
 Deno.test("--version and --help exit 0; an unknown argument exits 2 with usage", async () => {
   const v = await run(DENO, [...RUN, "--version"]);
