@@ -93,8 +93,21 @@ export class Ferry {
           tls: plan.tls !== undefined,
         }),
       onError: (err) => {
-        log.error("unhandled error in listener", { listener: name, error: String(err) });
-        return errorResponse(new ProxyError("internal", "unexpected failure"), crypto.randomUUID());
+        // The same request id and flag in the log line as in the response the client gets.
+        const requestId = crypto.randomUUID();
+        const res = errorResponse(
+          new ProxyError("internal", "unexpected failure"),
+          requestId,
+          undefined,
+          { errors: this.recentErrors, listener: name },
+        );
+        log.error("unhandled error in listener", {
+          listener: name,
+          request_id: requestId,
+          flag: res.headers.get("x-ferry-flag"),
+          error: String(err),
+        });
+        return res;
       },
     }, handler);
     this.#servers.set(name, { server, stop });
