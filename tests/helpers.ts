@@ -6,6 +6,7 @@ import { compileSnapshot } from "../src/config/compile.ts";
 import { parseConfigText } from "../src/config/load.ts";
 import { createLogger } from "../src/observability/log.ts";
 import { Ferry } from "../src/server/ferry.ts";
+import type { FerryMetrics } from "../src/observability/metrics.ts";
 
 export interface Upstream {
   readonly url: string;
@@ -75,7 +76,11 @@ export interface RunningFerry {
 export function startFerry(
   yaml: string,
   vars: Record<string, string> = {},
-  opts: { readTextFile?: (p: string) => string } = {},
+  opts: {
+    readTextFile?: (p: string) => string;
+    metrics?: FerryMetrics;
+    env?: (name: string) => string | undefined;
+  } = {},
 ): RunningFerry {
   const text = yaml.replace(/\{\{(\w+)\}\}/g, (_, k: string) => {
     const v = vars[k];
@@ -90,6 +95,8 @@ export function startFerry(
     version: 1,
     source: "test.yaml",
     readTextFile: opts.readTextFile ?? ((p) => Deno.readTextFileSync(p)),
+    ...(opts.metrics ? { metrics: opts.metrics } : {}),
+    ...(opts.env ? { env: opts.env } : {}),
   });
   const ferry = Ferry.start(snapshot, createLogger("error"));
   const addrs = ferry.addresses();
@@ -167,6 +174,32 @@ function concat(chunks: Uint8Array[]): Uint8Array {
   return out;
 }
 
+/**
+ * Sums the samples of `name` in a Prometheus text exposition whose labels include every pair in
+ * `labels`; undefined when no sample matches.
+ */
+export function metricValue(
+  text: string,
+  name: string,
+  labels: Record<string, string> = {},
+): number | undefined {
+  let sum: number | undefined;
+  for (const line of text.split("\n")) {
+    if (line.startsWith("#") || !line.startsWith(name)) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = new Map<string, string>();
+    for (const p of (m[2] ?? "").matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) {
+      have.set(p[1]!, p[2]!);
+    }
+    if (Object.entries(labels).every(([k, v]) => have.get(k) === v)) {
+      sum = (sum ?? 0) + Number(m[3]);
+    }
+  }
+  return sum;
+}
+
+// Ferry as a user runs it: main.ts in a subprocess.
 export const DENO = Deno.execPath();
 export const MAIN = new URL("../main.ts", import.meta.url).pathname;
 export const ROOT = new URL("..", import.meta.url).pathname;

@@ -7,7 +7,7 @@ import { buildSnapshot, configSource } from "../src/config/source.ts";
 import { createLogger } from "../src/observability/log.ts";
 import { Ferry } from "../src/server/ferry.ts";
 import { Reloader } from "../src/server/reload.ts";
-import { spawnFerry, startEchoUpstream, tempConfig } from "./helpers.ts";
+import { metricValue, spawnFerry, startEchoUpstream, tempConfig } from "./helpers.ts";
 
 const quiet = createLogger("error", () => {});
 
@@ -92,6 +92,10 @@ Deno.test("POST /reload applies a valid config; a bad one is refused with file:l
     assert.equal(cfg.reloads.last.ok, false);
     assert.match(cfg.reloads.last.error, /bogus_field/);
     assert.equal((await fetch(`${f.admin}/reload`)).status, 405, "GET /reload is refused");
+    const metrics = await (await fetch(`${f.admin}/metrics`)).text();
+    assert.equal(metricValue(metrics, "ferry_config_reloads_total", { result: "success" }), 1);
+    assert.equal(metricValue(metrics, "ferry_config_reloads_total", { result: "failure" }), 1);
+    assert.equal(metricValue(metrics, "ferry_config_info", { version: "2" }), 1);
   } finally {
     await f.close();
   }

@@ -20,6 +20,7 @@ import { compileLimiters, faultInjection, type Limiter, rateLimit } from "../pol
 import type { Logger } from "../observability/log.ts";
 import { AccessLog, LineWriter, openSink } from "../observability/access_log.ts";
 import type { BreakerConfigSchema } from "./schema.ts";
+import { type ClusterRecorder, FerryMetrics } from "../observability/metrics.ts";
 
 export interface CompiledRoute {
   readonly name: string;
@@ -51,6 +52,12 @@ export interface Snapshot {
   readonly breakers: ReadonlyMap<string, BreakerRecord>;
   /** One JSON line per request, when `access_log` is configured. */
   readonly accessLog: AccessLog | undefined;
+  /** Every breaker (cluster-level and route overrides) with the endpoint each slot stands for. */
+  readonly breakerViews: readonly BreakerView[];
+  /** Process-wide metrics, handed from snapshot to snapshot so counters survive reloads. */
+  readonly metrics: FerryMetrics;
+  /** The admin listener's bearer token (from admin.token, token_file or token_env), if any. */
+  readonly adminToken: string | undefined;
   /** What the next snapshot may take over instead of building anew (see `previous`). */
   readonly carry: CarryOver;
   /**
@@ -120,6 +127,20 @@ export interface CompileOptions {
   readonly log?: Logger;
   /** The snapshot being replaced: unchanged clusters, breakers and limiters are taken over. */
   readonly previous?: Snapshot;
+  /** The process's metrics; by default the previous snapshot's, else a fresh one. */
+  readonly metrics?: FerryMetrics;
+  /** Reads an environment variable (admin.token_env); default Deno.env.get. */
+  readonly env?: (name: string) => string | undefined;
+}
+
+/** A breaker store as the metrics see it: whose it is and which endpoint each slot is. */
+export interface BreakerView {
+  readonly cluster: string;
+  /** "cluster", or "route:<name>" for a route's own breaker. */
+  readonly scope: string;
+  /** [slot, endpoint origin] for the cluster's current endpoints; [0, "*"] cluster-wide. */
+  slots(): readonly (readonly [number, string])[];
+  readonly record: BreakerRecord;
 }
 
 /** Config field names -> the breaker store's option names. */
@@ -144,6 +165,7 @@ export interface BreakerRecord {
   readonly transitions: Uint32Array;
   /** Stops following the cluster's endpoint changes (the record is no longer used). */
   readonly detach: () => void;
+  readonly view: BreakerView;
 }
 
 function breakerStore(
@@ -151,6 +173,7 @@ function breakerStore(
   cluster: Cluster,
   scope: string,
   log: Logger | undefined,
+  metrics: FerryMetrics,
 ): BreakerRecord {
   const perCluster = b.scope === "cluster";
   // Per-endpoint breakers live in the endpoints' stable slots (see `Endpoint.slot`).
@@ -159,10 +182,14 @@ function breakerStore(
   const store = new BreakerStore(slots, breakerConfig(b), {
     onTransition: (slot, from, to) => {
       transitions[slot * 3 + to]!++;
+      const endpoint = perCluster
+        ? "*"
+        : cluster.endpoints.find((e) => e.slot === slot)?.origin ?? "gone";
+      metrics.breakerTransition(cluster.name, scope, endpoint, BREAKER_STATE_NAMES[to]);
       log?.info("circuit breaker state change", {
         cluster: cluster.name,
         scope,
-        endpoint: perCluster ? "*" : cluster.endpoints.find((e) => e.slot === slot)?.origin,
+        endpoint,
         from: BREAKER_STATE_NAMES[from],
         to: BREAKER_STATE_NAMES[to],
       });
@@ -172,7 +199,21 @@ function breakerStore(
     store.reset(slot);
     transitions.fill(0, slot * 3, slot * 3 + 3);
   });
-  return { store, transitions, detach };
+  const record: BreakerRecord = {
+    store,
+    transitions,
+    detach,
+    view: {
+      cluster: cluster.name,
+      scope,
+      slots: () =>
+        perCluster ? [[0, "*"]] : cluster.endpoints.map((e) => [e.slot, e.origin] as const),
+      get record() {
+        return record;
+      },
+    },
+  };
+  return record;
 }
 
 /** Splits `host:port`, `[v6]:port` or `:port` into a hostname for Deno.serve and a port. */
@@ -188,6 +229,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
   // Closures kept by the snapshot use `log`, never `opts`: `opts.previous` would chain every
   // snapshot to its predecessor and leak them all across reloads.
   const log = opts.log;
+  const metrics = opts.metrics ?? opts.previous?.metrics ?? new FerryMetrics();
   const clusters = new Map<string, Cluster>();
   const clusterCarry = new Map<string, { key: string; endpointsKey: string; cluster: Cluster }>();
   /** Changes to kept clusters, made only when the snapshot goes live (a failed reload must not). */
@@ -224,13 +266,15 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
       cluster = buildCluster(
         c,
         caCerts,
-        (cluster, endpoint, e) =>
+        (cluster, endpoint, e) => {
+          metrics.healthEvent(cluster, endpoint, e.type);
           log?.info(e.type === "endpoints" ? "cluster endpoints changed" : "endpoint health", {
             cluster,
             endpoint,
             event: e.type,
             ...e,
-          }),
+          });
+        },
         (level, msg, fields) => log?.[level](msg, { cluster: c.name, ...fields }),
       );
     }
@@ -252,10 +296,12 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     const kept = prior?.breakers.get(id);
     const record = kept?.key === key && prior?.clusters.get(cluster.name)?.cluster === cluster
       ? kept.record
-      : breakerStore(b, cluster, scope, log);
+      : breakerStore(b, cluster, scope, log, metrics);
     breakerCarry.set(id, { key, record });
+    breakerViews.push(record.view);
     return record;
   };
+  const breakerViews: BreakerView[] = [];
   const breakers = new Map<string, BreakerRecord>();
   for (const c of cfg.clusters) {
     if (c.circuit_breaker) {
@@ -274,13 +320,17 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     limiters.set(rl.name, limiter);
     limiterCarry.set(rl.name, { key, limiter });
   }
+  const clusterMetrics = new Map<string, ClusterRecorder>();
+  for (const c of clusters.values()) clusterMetrics.set(c.name, metrics.cluster(c.name));
   const policies: RoutePolicies = {
     deadlines,
     breakers,
     limiters,
     log,
+    metrics,
+    clusterMetrics,
     routeBreaker: (route, b, cluster) =>
-      keptBreaker(`route ${route}`, b, cluster, `route ${route}`).store,
+      keptBreaker(`route ${route}`, b, cluster, `route:${route}`).store,
   };
   const routes: CompiledRoute[] = [];
   for (const [i, r] of cfg.routes.entries()) {
@@ -333,6 +383,8 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     }
   }
 
+  const adminToken = resolveAdminToken(cfg, opts, problems);
+
   let accessLogCarry: CarryOver["accessLog"];
   if (cfg.access_log && problems.length === 0) {
     const key = canonicalJson(cfg.access_log);
@@ -380,6 +432,9 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     requestIdPolicy: cfg.server.request_id,
     accessLog,
     breakers,
+    breakerViews,
+    metrics,
+    adminToken,
     carry,
     retire(next: Snapshot) {
       releaseUnshared(carry, next.carry, { drainMs: RETIRE_DRAIN_MS, log });
@@ -444,6 +499,54 @@ function closeWhenIdle(cluster: Cluster, drainMs: number, log: Logger | undefine
   setTimeout(check, 0);
 }
 
+/** admin.token, or the first line of admin.token_file, or the variable named by token_env. */
+function resolveAdminToken(
+  cfg: FerryConfig,
+  opts: CompileOptions,
+  problems: CompileProblem[],
+): string | undefined {
+  const a = cfg.admin;
+  if (!a) return undefined;
+  let token: string | undefined = a.token;
+  if (a.token_file !== undefined) {
+    try {
+      token = opts.readTextFile(a.token_file).split(/\r?\n/)[0]!.trim();
+    } catch (err) {
+      problems.push({
+        path: "admin.token_file",
+        value: a.token_file,
+        message: `cannot read: ${err}`,
+      });
+      return undefined;
+    }
+  } else if (a.token_env !== undefined) {
+    token = (opts.env ?? ((n) => Deno.env.get(n)))(a.token_env)?.trim();
+  }
+  if (token === undefined) {
+    if (a.token_env !== undefined) {
+      problems.push({
+        path: "admin.token_env",
+        value: a.token_env,
+        message: "variable is not set",
+      });
+    }
+    return undefined;
+  }
+  if (token.length < 16) {
+    problems.push({
+      path: a.token_file !== undefined
+        ? "admin.token_file"
+        : a.token_env !== undefined
+        ? "admin.token_env"
+        : "admin.token",
+      value: "<redacted>",
+      message: "an admin token must be at least 16 characters",
+    });
+    return undefined;
+  }
+  return token;
+}
+
 function dedupe(problems: CompileProblem[]): CompileProblem[] {
   const seen = new Set<string>();
   return problems.filter((p) => {
@@ -506,6 +609,8 @@ interface RoutePolicies {
   readonly breakers: ReadonlyMap<string, BreakerRecord>;
   readonly limiters: ReadonlyMap<string, Limiter>;
   readonly log: Logger | undefined;
+  readonly metrics: FerryMetrics;
+  readonly clusterMetrics: ReadonlyMap<string, ClusterRecorder>;
   /** A route's own breaker (an override of the cluster's), carried over when unchanged. */
   readonly routeBreaker: (route: string, b: BreakerConfigSchema, cluster: Cluster) => BreakerStore;
 }
@@ -520,7 +625,13 @@ function compileRoute(
   // Route policies, outermost first: fault injection (chaos), then rate limits.
   const middleware: Middleware[] = [];
   if (r.fault) middleware.push(faultInjection(r.fault));
-  if (r.rate_limit) middleware.push(rateLimit(r.rate_limit.map((n) => policies.limiters.get(n)!)));
+  if (r.rate_limit) {
+    const limiters = r.rate_limit.map((n) => policies.limiters.get(n)!);
+    const onLimited = limiters.map((l) =>
+      policies.metrics.rateLimitRecorder(r.name, l.name, l.scope)
+    );
+    middleware.push(rateLimit(limiters, onLimited));
+  }
   if (r.direct_response) {
     const d = r.direct_response;
     return freezeRoute(
@@ -577,6 +688,7 @@ function compileRoute(
     websocket: r.websocket,
     websocketMaxBuffer: cfg.server.websocket_max_buffer,
     via: cfg.server.via,
+    metrics: policies.clusterMetrics.get(cluster.name)!,
   });
   return freezeRoute(r.name, "cluster", cluster.name, compose(middleware, terminal));
 }

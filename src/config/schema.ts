@@ -307,7 +307,22 @@ export const RateLimitSchema = z.strictObject({
   max_keys: z.number().int().min(16).max(16_777_216).default(65_536),
 });
 
-export const AdminSchema = z.strictObject({ address });
+/**
+ * The admin listener (loopback unless you say otherwise). With a token, every endpoint except
+ * /healthz needs `Authorization: Bearer <token>`; set at most one of token, token_file, token_env.
+ */
+export const AdminSchema = z.strictObject({
+  address,
+  /** The bearer token itself (prefer token_file or token_env: config files get shared). */
+  token: z.string().min(16).optional(),
+  /** A file whose first line is the token (relative to the config file). */
+  token_file: z.string().min(1).optional(),
+  /** The name of an environment variable holding the token. */
+  token_env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/).optional(),
+}).refine(
+  (a) => [a.token, a.token_file, a.token_env].filter((x) => x !== undefined).length <= 1,
+  { message: "set at most one of admin.token, admin.token_file and admin.token_env" },
+);
 
 export const ServerSchema = z.strictObject({
   /** CIDRs of proxies whose X-Forwarded-For and X-Request-Id are believed. */

@@ -8,6 +8,7 @@ import { configFromEnv } from "./env.ts";
 import { formatIssues, loadConfigFile, type LoadResult, resolveConfigPath } from "./load.ts";
 import type { FerryConfig } from "./schema.ts";
 import type { Logger } from "../observability/log.ts";
+import type { FerryMetrics } from "../observability/metrics.ts";
 
 export const DEFAULT_CONFIG = "config/ferry.yaml";
 
@@ -44,8 +45,10 @@ export type BuildResult =
 export interface BuildOptions {
   readonly version: number;
   readonly log?: Logger;
-  /** The running snapshot on a reload: unchanged parts are taken over from it. */
+  /** The running snapshot on a reload: unchanged parts (and its metrics) are taken over. */
   readonly previous?: Snapshot;
+  /** The process's metrics, at start-up; a reload takes the previous snapshot's. */
+  readonly metrics?: FerryMetrics;
 }
 
 /** Loads, validates and compiles; never throws for a bad config, returns its message instead. */
@@ -67,6 +70,7 @@ export async function buildSnapshot(src: ConfigSource, opts: BuildOptions): Prom
       readTextFile: (p) => Deno.readTextFileSync(file ? resolveConfigPath(file, p) : p),
       ...(opts.log ? { log: opts.log } : {}),
       ...(opts.previous ? { previous: opts.previous } : {}),
+      ...(opts.metrics ? { metrics: opts.metrics } : {}),
     });
     return {
       ok: true,

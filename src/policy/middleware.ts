@@ -43,14 +43,20 @@ export function compileLimiters(configs: readonly RateLimitConfig[]): Map<string
 }
 
 /** 429 with Retry-After and draft-ietf-httpapi-ratelimit-headers fields when a bucket is empty. */
-export function rateLimit(limiters: readonly Limiter[]): Middleware {
+export function rateLimit(
+  limiters: readonly Limiter[],
+  /** Called with the same index as the limiter that refused (metrics). */
+  onLimited?: readonly (() => void)[],
+): Middleware {
   return (next) =>
     function rateLimited(req, ctx) {
       const at = Date.now();
       const route = ctx.outcome.route ?? "";
-      for (const l of limiters) {
+      for (let i = 0; i < limiters.length; i++) {
+        const l = limiters[i]!;
         const d = l.take(req, ctx.clientIp, route, at);
         if (!d.allowed) {
+          onLimited?.[i]?.();
           const retryS = Math.max(1, Math.ceil(d.retryAfterMs / 1000));
           throw new ProxyError("rate_limited", `rate limit ${l.name} (per ${l.scope}) exceeded`, {
             headers: {

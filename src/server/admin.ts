@@ -1,12 +1,21 @@
 /**
  * The admin listener (loopback by default): liveness, readiness and read-only views of what the
- * proxy is doing: clusters and their endpoints, routes, the effective config, and /explain, which
- * says which route a request would take and why.
+ * proxy is doing: clusters and their endpoints, routes, the effective config, /explain (which
+ * route a request would take and why), Prometheus /metrics, /stats for the live dashboard and
+ * the dashboard page itself.
+ *
+ * With `admin.token` (or token_file / token_env) every data endpoint needs
+ * `Authorization: Bearer <token>`. Open without it: /healthz, so liveness probes need no secret,
+ * and /dashboard, a static page holding no data that asks for the token and sends it itself.
  */
+import { createHash, timingSafeEqual } from "node:crypto";
 import type { Snapshot } from "../config/compile.ts";
 import { BREAKER_STATE_NAMES } from "../policy/circuit_breaker.ts";
 import type { DnsDiscoveryStatus } from "../upstream/discovery/dns.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
+import type { RecentErrors } from "./errors.ts";
+import { dashboardStats } from "./admin_stats.ts";
+import { DASHBOARD_HTML } from "./dashboard.ts";
 
 export interface AdminView {
   /** "ready" while serving, "draining" once shutdown has begun. */
@@ -16,6 +25,8 @@ export interface AdminView {
   reload?(): Promise<unknown> | undefined;
   /** Reload counts and the last outcome, for /config. */
   reloadStatus?(): unknown;
+  /** Proxy-made errors for the dashboard. */
+  recentErrors?: RecentErrors;
 }
 
 const ENDPOINTS = [
@@ -25,19 +36,56 @@ const ENDPOINTS = [
   "/routes",
   "/config",
   "/explain",
+  "/metrics",
+  "/stats",
+  "/dashboard",
   "POST /reload",
 ];
+/** Reachable without the token (see the module comment for why). */
+const OPEN = new Set(["/healthz", "/dashboard", "/"]);
 
-export function adminHandler(view: AdminView): (req: Request) => Response | Promise<Response> {
-  return function admin(req: Request): Response | Promise<Response> {
+export function adminHandler(view: AdminView): (req: Request) => Promise<Response> {
+  return async function admin(req: Request): Promise<Response> {
     const url = new URL(req.url);
-    if (url.pathname === "/reload") return reload(view, req.method);
-    if (req.method !== "GET" && req.method !== "HEAD") {
+    const isReload = url.pathname === "/reload";
+    if (!isReload && req.method !== "GET" && req.method !== "HEAD") {
       return json(405, { error: "method not allowed" });
     }
+    const token = view.snapshot().adminToken;
+    if (token !== undefined && !OPEN.has(url.pathname) && !authorized(req, token)) {
+      return new Response(JSON.stringify({ error: "unauthorized" }) + "\n", {
+        status: 401,
+        headers: {
+          "content-type": "application/json",
+          "cache-control": "no-store",
+          "www-authenticate": 'Bearer realm="ferry-admin"',
+        },
+      });
+    }
+    if (isReload) return await reload(view, req.method);
     switch (url.pathname) {
       case "/healthz":
         return json(200, { status: "live" });
+      case "/":
+      case "/dashboard":
+        return new Response(DASHBOARD_HTML, {
+          headers: {
+            "content-type": "text/html; charset=utf-8",
+            "cache-control": "no-store",
+            // Everything the page needs is inline or same-origin: no CDN, works offline.
+            "content-security-policy":
+              "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; " +
+              "connect-src 'self'; img-src 'self' data:",
+          },
+        });
+      case "/metrics": {
+        const m = view.snapshot().metrics;
+        return new Response(await m.expose(), {
+          headers: { "content-type": m.contentType, "cache-control": "no-store" },
+        });
+      }
+      case "/stats":
+        return json(200, await dashboardStats(view.snapshot(), view.recentErrors));
       case "/ready": {
         const state = view.state();
         return json(state === "ready" ? 200 : 503, {
@@ -158,7 +206,18 @@ function routesView(s: Snapshot) {
   };
 }
 
-/** Header values configured to be added may carry credentials: never shown. */
+/**
+ * Bearer token check. Both sides are hashed first so the comparison takes the same time
+ * whatever the length or content of the guess.
+ */
+function authorized(req: Request, token: string): boolean {
+  const h = req.headers.get("authorization");
+  if (h === null || !/^bearer /i.test(h)) return false;
+  const digest = (v: string) => createHash("sha256").update(v).digest();
+  return timingSafeEqual(digest(h.slice(7).trim()), digest(token));
+}
+
+/** Header values configured to be added may carry credentials, as may the admin token. */
 function redact(cfg: Snapshot["config"]): unknown {
   const hide = (e?: { add?: Record<string, string> | undefined }) =>
     e?.add
@@ -166,6 +225,7 @@ function redact(cfg: Snapshot["config"]): unknown {
       : e;
   return {
     ...cfg,
+    ...(cfg.admin?.token ? { admin: { ...cfg.admin, token: "<redacted>" } } : {}),
     routes: cfg.routes.map((r) => ({
       ...r,
       request_headers: hide(r.request_headers),

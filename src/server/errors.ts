@@ -86,9 +86,24 @@ export function errorResponse(
   err: unknown,
   requestId: string,
   extraHeaders?: HeadersInit,
+  /** Where the dashboard's "recent errors" come from, with the request's listener and route. */
+  recent?: {
+    readonly errors: RecentErrors;
+    readonly listener: string;
+    readonly route?: string | undefined;
+  },
 ): Response {
   const pe = toProxyError(err);
   const row = TABLE[pe.kind];
+  recent?.errors.add({
+    at: Date.now(),
+    request_id: requestId,
+    status: pe.status,
+    flag: row.flag,
+    reason: pe.reason,
+    listener: recent.listener,
+    route: recent.route ?? null,
+  });
   const body = JSON.stringify({
     error: row.title,
     reason: pe.reason,
@@ -106,4 +121,45 @@ export function errorResponse(
 export function toProxyError(err: unknown): ProxyError {
   if (err instanceof ProxyError) return err;
   return new ProxyError("internal", "the proxy failed to handle this request", { cause: err });
+}
+
+/** One proxy-made error as the dashboard lists it. */
+export interface RecentError {
+  readonly at: number;
+  readonly request_id: string;
+  readonly status: number;
+  readonly flag: string;
+  readonly reason: string;
+  readonly listener: string;
+  readonly route: string | null;
+}
+
+/** The last `capacity` proxy-made errors, oldest first: a fixed ring, no growth under load. */
+export class RecentErrors {
+  readonly #ring: (RecentError | undefined)[];
+  #next = 0;
+  #total = 0;
+  constructor(readonly capacity = 50) {
+    this.#ring = new Array(capacity);
+  }
+
+  add(e: RecentError): void {
+    this.#ring[this.#next] = e;
+    this.#next = (this.#next + 1) % this.capacity;
+    this.#total++;
+  }
+
+  /** Errors recorded since start (including those the ring no longer holds). */
+  get total(): number {
+    return this.#total;
+  }
+
+  list(): RecentError[] {
+    const out: RecentError[] = [];
+    for (let i = 0; i < this.capacity; i++) {
+      const e = this.#ring[(this.#next + i) % this.capacity];
+      if (e) out.push(e);
+    }
+    return out;
+  }
 }

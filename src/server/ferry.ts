@@ -5,7 +5,7 @@
 import { type ListenerPlan, type Snapshot, splitAddress } from "../config/compile.ts";
 import type { Logger } from "../observability/log.ts";
 import { adminHandler } from "./admin.ts";
-import { errorResponse, ProxyError } from "./errors.ts";
+import { errorResponse, ProxyError, RecentErrors } from "./errors.ts";
 import { createListenerHandler } from "./handler.ts";
 
 export interface BoundAddress {
@@ -30,6 +30,8 @@ export class Ferry {
   #adminRoutes: AdminExtras = {};
   #admin: Deno.HttpServer<Deno.NetAddr> | undefined;
   #state: "ready" | "draining" = "ready";
+  /** The last proxy-made errors, for the dashboard. */
+  readonly recentErrors: RecentErrors = new RecentErrors(50);
 
   private constructor(snapshot: Snapshot, log: Logger) {
     this.#snapshot = snapshot;
@@ -39,6 +41,9 @@ export class Ferry {
   /** Binds every listener of the snapshot (and the admin listener) and starts serving. */
   static start(snapshot: Snapshot, log: Logger): Ferry {
     const ferry = new Ferry(snapshot, log);
+    // Scrape-time gauges (health, breakers, in-flight) read whatever snapshot is serving.
+    snapshot.metrics.watch(() => ferry.#snapshot);
+    snapshot.metrics.setConfigVersion(snapshot.version);
     try {
       for (const plan of snapshot.listeners.values()) {
         ferry.#servers.set(plan.name, ferry.#bind(plan));
@@ -57,6 +62,7 @@ export class Ferry {
             snapshot: () => ferry.#snapshot,
             reload: () => ferry.#adminRoutes.reload?.(),
             reloadStatus: () => ferry.#adminRoutes.reloadStatus?.(),
+            recentErrors: ferry.recentErrors,
           }),
         );
       }
@@ -168,7 +174,7 @@ export class Ferry {
     const name = plan.name;
     const stop = new AbortController();
     const log = this.#log;
-    const handler = createListenerHandler(name, () => this.#snapshot, log);
+    const handler = createListenerHandler(name, () => this.#snapshot, log, this.recentErrors);
     const server = Deno.serve({
       hostname: plan.hostname,
       port: plan.port,
@@ -181,8 +187,21 @@ export class Ferry {
           tls: plan.tls !== undefined,
         }),
       onError: (err) => {
-        log.error("unhandled error in listener", { listener: name, error: String(err) });
-        return errorResponse(new ProxyError("internal", "unexpected failure"), crypto.randomUUID());
+        // The same request id and flag in the log line as in the response the client gets.
+        const requestId = crypto.randomUUID();
+        const res = errorResponse(
+          new ProxyError("internal", "unexpected failure"),
+          requestId,
+          undefined,
+          { errors: this.recentErrors, listener: name },
+        );
+        log.error("unhandled error in listener", {
+          listener: name,
+          request_id: requestId,
+          flag: res.headers.get("x-ferry-flag"),
+          error: String(err),
+        });
+        return res;
       },
     }, handler);
     return { server, stop };

@@ -6,7 +6,9 @@
 import type { Snapshot } from "../config/compile.ts";
 import type { RequestContext } from "../pipeline/types.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
-import { errorResponse, ProxyError } from "./errors.ts";
+import { errorResponse, ProxyError, type RecentErrors } from "./errors.ts";
+import type { FerryMetrics, ListenerRecorder } from "../observability/metrics.ts";
+import { activeSpan, annotate } from "../observability/tracing.ts";
 import { errorFields, type Logger } from "../observability/log.ts";
 import type { AccessLog } from "../observability/access_log.ts";
 
@@ -23,9 +25,18 @@ export function createListenerHandler(
   listener: string,
   currentSnapshot: () => Snapshot,
   log: Logger,
+  recentErrors?: RecentErrors,
 ): ServeHandler {
+  // The listener's recorder, looked up again only if a reload brings another metrics object.
+  let metricsOwner: FerryMetrics | undefined;
+  let metrics: ListenerRecorder | undefined;
   return async function handle(req, info): Promise<Response> {
     const snap = currentSnapshot();
+    if (snap.metrics !== metricsOwner) {
+      metricsOwner = snap.metrics;
+      metrics = snap.metrics.listener(listener);
+    }
+    metrics!.inFlight++;
     const plan = snap.listeners.get(listener);
     const peerIp = info.remoteAddr.hostname;
     const peerTrusted = snap.trust.has(peerIp);
@@ -77,9 +88,15 @@ export function createListenerHandler(
         throw new ProxyError("no_route", `no route for ${req.method} ${host}${path.path}`);
       }
       ctx.outcome.route = route.name;
+      annotate(activeSpan(), "ferry.route", route.name);
       response = await route.handler(req, ctx);
     } catch (err) {
-      response = errorResponse(err, requestId);
+      response = errorResponse(
+        err,
+        requestId,
+        undefined,
+        recentErrors && { errors: recentErrors, listener, route: ctx?.outcome.route },
+      );
       if (response.status >= 500 && response.status !== 499 && log.enabled("warn")) {
         log.warn("proxy error", {
           request_id: requestId,
@@ -91,6 +108,12 @@ export function createListenerHandler(
         });
       }
     }
+    metrics!.inFlight--;
+    metrics!.route(ctx?.outcome.route).record(
+      req.method,
+      response.status,
+      (performance.now() - startedAt) / 1000,
+    );
     const accessLog = snap.accessLog;
     if (accessLog) {
       logWhenDone(accessLog, req, ctx, requestId, peerIp, listener, response, startedAt, info);

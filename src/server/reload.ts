@@ -111,6 +111,9 @@ export class Reloader {
 
   #record(o: ReloadOutcome): void {
     this.#last = o;
+    const metrics = this.#ferry.snapshot.metrics;
+    metrics.recordConfigReload(o.ok ? "success" : "failure");
+    metrics.setConfigVersion(o.version);
     if (o.ok) {
       this.#succeeded++;
       this.#log.info("config reloaded", { trigger: o.trigger, config_version: o.version });

@@ -26,6 +26,13 @@ import type { DeadlineQueue } from "../policy/deadlines.ts";
 import type { BreakerStore } from "../policy/circuit_breaker.ts";
 import { outcomeOfError, outcomeOfStatus } from "./health/outlier.ts";
 import { proxyWebSocket } from "./websocket.ts";
+import type { ClusterRecorder } from "../observability/metrics.ts";
+import {
+  activeSpan,
+  annotate,
+  dropIncomingTraceContext,
+  startClientSpan,
+} from "../observability/tracing.ts";
 
 /** Header edits compiled from config: names lower-cased, removals before additions. */
 export interface HeaderEdits {
@@ -59,6 +66,8 @@ export interface ForwardSettings {
   readonly websocketMaxBuffer: number;
   /** `Via` pseudonym (RFC 9110 7.6.3). */
   readonly via: string;
+  /** The cluster's pre-resolved metric children. */
+  readonly metrics: ClusterRecorder;
 }
 
 const IDENTITY = /^\s*identity\s*$/i;
@@ -99,6 +108,8 @@ export function forwardTo(s: ForwardSettings): Handler {
     ctx.outcome.cluster = cluster.name;
     // One membership for the whole request, even if DNS or a reload changes it meanwhile.
     const m = cluster.members;
+    const span = activeSpan();
+    annotate(span, "ferry.cluster", cluster.name);
     const path = s.rewritePath(ctx.path);
     const key = cluster.hashKey?.(req, ctx);
     const pickCtx = key === undefined ? undefined : { hashKey: key };
@@ -143,6 +154,7 @@ export function forwardTo(s: ForwardSettings): Handler {
     const budget = cluster.retryBudget;
     if (budget.active >= s.maxRequests) {
       deadline?.cancel();
+      s.metrics.overflow("cluster");
       throw new ProxyError(
         "overflow",
         `cluster ${cluster.name} has ${s.maxRequests} requests in flight`,
@@ -159,8 +171,15 @@ export function forwardTo(s: ForwardSettings): Handler {
         tried?.add(endpoint);
         ctx.outcome.endpoint = endpoint.origin;
         ctx.outcome.attempts++;
+        annotate(span, "ferry.endpoint", endpoint.origin);
         const headers = upstreamHeaders(req, ctx, s, endpoint);
+        dropIncomingTraceContext(headers, span);
         const transport = chooseTransport(cluster, headers);
+        const url = endpoint.origin + path + ctx.search;
+        // fetch injects traceparent itself when tracing is on; the other transport needs a span.
+        const endSpan = transport === cluster.fetch
+          ? undefined
+          : startClientSpan(headers, req.method, url, span);
         const state = m.states[endpoint.index]!;
         const attemptSignal = s.perTryTimeoutMs > 0 ? perTry(ctl.signal, s, endpoint) : undefined;
         state.inFlight++;
@@ -169,7 +188,7 @@ export function forwardTo(s: ForwardSettings): Handler {
         let failure: ProxyError | undefined;
         try {
           upstream = await transport.send({
-            url: endpoint.origin + path + ctx.search,
+            url,
             method: req.method,
             headers: headers.pairs,
             body: chunks ? replay(chunks) : body,
@@ -178,7 +197,12 @@ export function forwardTo(s: ForwardSettings): Handler {
         } catch (err) {
           failure = toProxyError(err);
         } finally {
-          ctx.outcome.upstreamMs = performance.now() - sentAt;
+          const ms = performance.now() - sentAt;
+          ctx.outcome.upstreamMs = ms;
+          const rec = s.metrics.endpoint(endpoint);
+          if (upstream) rec.record(upstream.status, ms / 1000);
+          else rec.failed(failure?.kind ?? "internal", ms / 1000);
+          endSpan?.(upstream?.status ?? 0);
           state.inFlight--;
           attemptSignal?.done();
           if (retrySlot) budget.release();
@@ -192,7 +216,7 @@ export function forwardTo(s: ForwardSettings): Handler {
           else s.breaker?.onFailure(slotOf(s, endpoint), permit);
           if (
             attempt >= retries || ctl.signal.aborted || !errorRetriable(retry!, pe) ||
-            !(holdingRetry = takeRetry(budget, ctx))
+            !(holdingRetry = takeRetry(budget, ctx, s.metrics))
           ) throw pe;
           await pause(backoffMs(retry!, attempt), ctl.signal);
           continue;
@@ -206,7 +230,7 @@ export function forwardTo(s: ForwardSettings): Handler {
           const after = parseRetryAfter(upstream.headers.get("retry-after"));
           if (
             (after === undefined || after <= retry!.maxRetryAfterMs) &&
-            (holdingRetry = takeRetry(budget, ctx))
+            (holdingRetry = takeRetry(budget, ctx, s.metrics))
           ) {
             await upstream.body?.cancel().catch(() => {});
             await pause(after ?? backoffMs(retry!, attempt), ctl.signal);
@@ -227,8 +251,16 @@ export function forwardTo(s: ForwardSettings): Handler {
 }
 
 /** Takes a retry slot from the cluster's budget; a refusal is flagged URX for the access log. */
-function takeRetry(budget: Cluster["retryBudget"], ctx: RequestContext): boolean {
-  if (budget.tryAcquire()) return true;
+function takeRetry(
+  budget: Cluster["retryBudget"],
+  ctx: RequestContext,
+  metrics: ClusterRecorder,
+): boolean {
+  if (budget.tryAcquire()) {
+    metrics.retry();
+    return true;
+  }
+  metrics.budgetExhausted();
   ctx.outcome.flags = "URX";
   return false;
 }
@@ -265,6 +297,7 @@ function admit(
     });
   }
   if (why === "limit") {
+    s.metrics.overflow("endpoint");
     throw new ProxyError("overflow", `every endpoint of ${clusterName} is at its request limit`);
   }
   throw noEndpoint(clusterName);

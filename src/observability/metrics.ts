@@ -1,0 +1,482 @@
+/**
+ * Every Prometheus metric Ferry exports, defined in one place (the table in
+ * docs/observability.md mirrors this file). One `FerryMetrics` lives as long as the process and
+ * is handed to each compiled snapshot, so counters survive config reloads.
+ *
+ * Cost on the request path is kept low: labelled children are resolved once (per route, cluster
+ * and endpoint at compile time, per method and status class on first use) and then reused, so a
+ * request does no label-object work. State that already lives elsewhere (endpoint health,
+ * breaker state, in-flight per endpoint) is read when Prometheus scrapes, not recorded per request.
+ *
+ * Label values come only from config (listener, route, cluster, endpoint, limit names) or from
+ * small fixed sets (method, status class, flag): never raw paths, hosts or client addresses.
+ */
+import client from "prom-client";
+import type { Snapshot } from "../config/compile.ts";
+import type { Cluster } from "../upstream/cluster.ts";
+import { VERSION } from "../version.ts";
+
+/** Latency buckets in seconds: 0.5 ms to 30 s. */
+export const LATENCY_BUCKETS = [
+  0.0005,
+  0.001,
+  0.0025,
+  0.005,
+  0.01,
+  0.025,
+  0.05,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+  10,
+  30,
+];
+
+/** prom-client defaults dropped: libuv handle/request counts, gauges misnamed with `_total`. */
+const NODE_ONLY_METRICS = [
+  "nodejs_active_handles",
+  "nodejs_active_handles_total",
+  "nodejs_active_requests",
+  "nodejs_active_requests_total",
+  "nodejs_active_resources",
+  "nodejs_active_resources_total",
+];
+
+/** Methods kept as label values; anything else is "other" (methods are client-chosen tokens). */
+const METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other"] as const;
+const STATUS_CLASSES = ["1xx", "2xx", "3xx", "4xx", "5xx"] as const;
+/** Upstream attempts that got no response at all (refused, reset, timeout) use this class. */
+export const NO_RESPONSE = "error";
+
+function methodIndex(method: string): number {
+  switch (method) {
+    case "GET":
+      return 0;
+    case "HEAD":
+      return 1;
+    case "POST":
+      return 2;
+    case "PUT":
+      return 3;
+    case "DELETE":
+      return 4;
+    case "PATCH":
+      return 5;
+    case "OPTIONS":
+      return 6;
+    default:
+      return 7;
+  }
+}
+
+/** 0..4 for 1xx..5xx; anything out of range counts as 5xx (it is a bug somewhere). */
+function classIndex(status: number): number {
+  const c = (status / 100) | 0;
+  return c >= 1 && c <= 5 ? c - 1 : 4;
+}
+
+export function statusClass(status: number): string {
+  return STATUS_CLASSES[classIndex(status)]!;
+}
+
+type Child<T> = { inc(v?: number): void } & T;
+
+/** One (listener, route) pair's downstream recorder; children made on first use. */
+export class RouteRecorder {
+  readonly #counters: (Child<unknown> | undefined)[] = new Array(METHODS.length * 5);
+  readonly #histograms: ({ observe(v: number): void } | undefined)[] = new Array(
+    METHODS.length * 5,
+  );
+  constructor(
+    private readonly m: FerryMetrics,
+    private readonly listener: string,
+    private readonly route: string,
+  ) {}
+
+  /** One finished request: method, final status and seconds until the response was ready. */
+  record(method: string, status: number, seconds: number): void {
+    const i = methodIndex(method) * 5 + classIndex(status);
+    let c = this.#counters[i];
+    let h = this.#histograms[i];
+    if (c === undefined || h === undefined) {
+      const labels = [this.listener, this.route, METHODS[i / 5 | 0]!, STATUS_CLASSES[i % 5]!];
+      c = this.#counters[i] = this.m.downstreamRequests.labels(...labels);
+      h = this.#histograms[i] = this.m.downstreamDuration.labels(...labels);
+    }
+    c.inc();
+    h.observe(seconds);
+  }
+}
+
+/** Per listener: routes' recorders and the in-flight count (read at scrape time). */
+export class ListenerRecorder {
+  inFlight = 0;
+  readonly #routes = new Map<string, RouteRecorder>();
+  constructor(private readonly m: FerryMetrics, readonly name: string) {}
+
+  /** The recorder for a route name; "" (no route matched) is labelled `none`. */
+  route(name: string | undefined): RouteRecorder {
+    const key = name ?? "";
+    let r = this.#routes.get(key);
+    if (r === undefined) {
+      r = new RouteRecorder(this.m, this.name, key === "" ? "none" : key);
+      this.#routes.set(key, r);
+    }
+    return r;
+  }
+}
+
+/** One upstream endpoint: attempts by status class, with time to response headers. */
+export class EndpointRecorder {
+  readonly #counters: (Child<unknown> | undefined)[] = new Array(6);
+  readonly #histograms: ({ observe(v: number): void } | undefined)[] = new Array(6);
+  constructor(
+    private readonly m: FerryMetrics,
+    private readonly cluster: string,
+    readonly origin: string,
+  ) {}
+
+  /** `status` 0 means the attempt got no response (see `failed`). */
+  record(status: number, seconds: number): void {
+    const i = status === 0 ? 5 : classIndex(status);
+    let c = this.#counters[i];
+    let h = this.#histograms[i];
+    if (c === undefined || h === undefined) {
+      const labels = [this.cluster, this.origin, i === 5 ? NO_RESPONSE : STATUS_CLASSES[i]!];
+      c = this.#counters[i] = this.m.upstreamRequests.labels(...labels);
+      h = this.#histograms[i] = this.m.upstreamDuration.labels(...labels);
+    }
+    c.inc();
+    h.observe(seconds);
+  }
+
+  /** An attempt that failed without a response, by error kind (a fixed set). */
+  failed(kind: string, seconds: number): void {
+    this.record(0, seconds);
+    this.m.upstreamErrors.labels(this.cluster, this.origin, kind).inc();
+  }
+}
+
+/**
+ * Per cluster: endpoint recorders and retry/overflow counters. Endpoint recorders are cached by
+ * the endpoint's stable slot and checked against its origin, since DNS or a reload may give a
+ * slot to another endpoint.
+ */
+export class ClusterRecorder {
+  readonly #endpoints: (EndpointRecorder | undefined)[] = [];
+  readonly #m: FerryMetrics;
+  readonly #retries: Child<unknown>;
+  readonly #budgetExhausted: Child<unknown>;
+  readonly #overflowCluster: Child<unknown>;
+  readonly #overflowEndpoint: Child<unknown>;
+
+  constructor(m: FerryMetrics, readonly name: string) {
+    this.#m = m;
+    this.#retries = m.retries.labels(name);
+    this.#budgetExhausted = m.retryBudgetExhausted.labels(name);
+    this.#overflowCluster = m.overflow.labels(name, "cluster");
+    this.#overflowEndpoint = m.overflow.labels(name, "endpoint");
+    // Series exist from the start, so rate() and alerts see 0 rather than nothing.
+    for (const c of [this.#retries, this.#budgetExhausted, this.#overflowCluster]) c.inc(0);
+    this.#overflowEndpoint.inc(0);
+  }
+
+  /** The recorder for an endpoint of this cluster. */
+  endpoint(e: { readonly slot: number; readonly origin: string }): EndpointRecorder {
+    const r = this.#endpoints[e.slot];
+    if (r !== undefined && r.origin === e.origin) return r;
+    return (this.#endpoints[e.slot] = new EndpointRecorder(this.#m, this.name, e.origin));
+  }
+
+  retry(): void {
+    this.#retries.inc();
+  }
+  budgetExhausted(): void {
+    this.#budgetExhausted.inc();
+  }
+  /** A request refused because the cluster (max_requests) or every endpoint was at its limit. */
+  overflow(limit: "cluster" | "endpoint"): void {
+    (limit === "cluster" ? this.#overflowCluster : this.#overflowEndpoint).inc();
+  }
+}
+
+export interface FerryMetricsOptions {
+  /** Process metrics (CPU, memory, event loop lag) from prom-client's default collectors. */
+  readonly processMetrics?: boolean;
+}
+
+export class FerryMetrics {
+  readonly registry: client.Registry = new client.Registry();
+  readonly #listeners = new Map<string, ListenerRecorder>();
+  /** Read at scrape time for the state gauges; set by whoever serves /metrics. */
+  #snapshot: (() => Snapshot) | undefined;
+
+  readonly downstreamRequests: client.Counter<string>;
+  readonly downstreamDuration: client.Histogram<string>;
+  readonly downstreamInFlight: client.Gauge<string>;
+  readonly upstreamRequests: client.Counter<string>;
+  readonly upstreamDuration: client.Histogram<string>;
+  readonly upstreamErrors: client.Counter<string>;
+  readonly upstreamInFlight: client.Gauge<string>;
+  readonly endpointHealthy: client.Gauge<string>;
+  readonly endpointEjected: client.Gauge<string>;
+  readonly endpointEjections: client.Counter<string>;
+  readonly endpointHealthChanges: client.Counter<string>;
+  readonly breakerState: client.Gauge<string>;
+  readonly breakerTransitions: client.Counter<string>;
+  readonly rateLimited: client.Counter<string>;
+  readonly retries: client.Counter<string>;
+  readonly retryBudgetExhausted: client.Counter<string>;
+  readonly overflow: client.Counter<string>;
+  readonly configReloads: client.Counter<string>;
+  readonly configInfo: client.Gauge<string>;
+  readonly buildInfo: client.Gauge<string>;
+
+  constructor(opts: FerryMetricsOptions = {}) {
+    const registers = [this.registry];
+    // collect() runs with `this` bound to the metric; these arrows reach back to Ferry's state.
+    const listeners = this.#listeners;
+    const eachEndpoint: FerryMetrics["eachEndpoint"] = (fn) => this.eachEndpoint(fn);
+    const current = () => this.#snapshot?.();
+    this.downstreamRequests = new client.Counter({
+      name: "ferry_downstream_requests_total",
+      help: "Downstream requests answered, by listener, route, method and status class.",
+      labelNames: ["listener", "route", "method", "status_class"],
+      registers,
+    });
+    this.downstreamDuration = new client.Histogram({
+      name: "ferry_downstream_request_duration_seconds",
+      help: "Time from receiving a downstream request until its response headers were ready.",
+      labelNames: ["listener", "route", "method", "status_class"],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.downstreamInFlight = new client.Gauge({
+      name: "ferry_downstream_requests_in_flight",
+      help: "Downstream requests received whose response headers are not ready yet.",
+      labelNames: ["listener"],
+      registers,
+      collect() {
+        this.reset();
+        for (const l of listeners.values()) this.set({ listener: l.name }, l.inFlight);
+      },
+    });
+    this.upstreamRequests = new client.Counter({
+      name: "ferry_upstream_requests_total",
+      help: "Upstream attempts (retries included) by cluster, endpoint and status class; " +
+        "status_class=error means no response.",
+      labelNames: ["cluster", "endpoint", "status_class"],
+      registers,
+    });
+    this.upstreamDuration = new client.Histogram({
+      name: "ferry_upstream_request_duration_seconds",
+      help: "Time from sending an upstream attempt until its response headers (or failure).",
+      labelNames: ["cluster", "endpoint", "status_class"],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.upstreamErrors = new client.Counter({
+      name: "ferry_upstream_errors_total",
+      help: "Upstream attempts that got no response, by error kind.",
+      labelNames: ["cluster", "endpoint", "kind"],
+      registers,
+    });
+    this.upstreamInFlight = new client.Gauge({
+      name: "ferry_upstream_requests_in_flight",
+      help: "Upstream attempts waiting for response headers, by endpoint.",
+      labelNames: ["cluster", "endpoint"],
+      registers,
+      collect() {
+        this.reset();
+        eachEndpoint((c, e, inFlight) => this.set({ cluster: c.name, endpoint: e }, inFlight));
+      },
+    });
+    this.endpointHealthy = new client.Gauge({
+      name: "ferry_endpoint_healthy",
+      help: "1 when active health checks pass for the endpoint (always 1 without checks).",
+      labelNames: ["cluster", "endpoint"],
+      registers,
+      collect() {
+        this.reset();
+        eachEndpoint((c, e, _i, healthy) =>
+          this.set({ cluster: c.name, endpoint: e }, healthy ? 1 : 0)
+        );
+      },
+    });
+    this.endpointEjected = new client.Gauge({
+      name: "ferry_endpoint_ejected",
+      help: "1 while outlier detection has the endpoint ejected.",
+      labelNames: ["cluster", "endpoint"],
+      registers,
+      collect() {
+        this.reset();
+        eachEndpoint((c, e, _i, _healthy, ejected) =>
+          this.set({ cluster: c.name, endpoint: e }, ejected ? 1 : 0)
+        );
+      },
+    });
+    this.endpointEjections = new client.Counter({
+      name: "ferry_endpoint_ejections_total",
+      help: "Times outlier detection ejected the endpoint.",
+      labelNames: ["cluster", "endpoint"],
+      registers,
+    });
+    this.endpointHealthChanges = new client.Counter({
+      name: "ferry_endpoint_health_changes_total",
+      help: "Active health check verdict changes, by new state (healthy or unhealthy).",
+      labelNames: ["cluster", "endpoint", "state"],
+      registers,
+    });
+    this.breakerState = new client.Gauge({
+      name: "ferry_circuit_breaker_state",
+      help: "Circuit breaker state: 0 closed, 1 open, 2 half-open. endpoint=* for a " +
+        "cluster-wide breaker.",
+      labelNames: ["cluster", "scope", "endpoint"],
+      registers,
+      collect() {
+        this.reset();
+        const s = current();
+        if (!s) return;
+        for (const b of s.breakerViews) {
+          for (const [slot, endpoint] of b.slots()) {
+            this.set(
+              { cluster: b.cluster, scope: b.scope, endpoint },
+              b.record.store.state(slot),
+            );
+          }
+        }
+      },
+    });
+    this.breakerTransitions = new client.Counter({
+      name: "ferry_circuit_breaker_transitions_total",
+      help: "Circuit breaker state changes, by the state entered.",
+      labelNames: ["cluster", "scope", "endpoint", "to"],
+      registers,
+    });
+    this.rateLimited = new client.Counter({
+      name: "ferry_rate_limited_requests_total",
+      help: "Requests refused with 429 by a rate limit, by route, limit name and scope.",
+      labelNames: ["route", "limit", "scope"],
+      registers,
+    });
+    this.retries = new client.Counter({
+      name: "ferry_upstream_retries_total",
+      help: "Retry attempts sent upstream (admitted by the retry budget).",
+      labelNames: ["cluster"],
+      registers,
+    });
+    this.retryBudgetExhausted = new client.Counter({
+      name: "ferry_retry_budget_exhausted_total",
+      help: "Retries the policy allowed but the cluster's retry budget refused (flag URX).",
+      labelNames: ["cluster"],
+      registers,
+    });
+    this.overflow = new client.Counter({
+      name: "ferry_upstream_overflow_total",
+      help: "Requests refused (503 UO) because the cluster or every endpoint was at its " +
+        "request limit.",
+      labelNames: ["cluster", "limit"],
+      registers,
+    });
+    this.configReloads = new client.Counter({
+      name: "ferry_config_reloads_total",
+      help: "Config reload attempts, by result (success or failure).",
+      labelNames: ["result"],
+      registers,
+    });
+    this.configInfo = new client.Gauge({
+      name: "ferry_config_info",
+      help: "Always 1; the version label is the active config version.",
+      labelNames: ["version"],
+      registers,
+    });
+    this.buildInfo = new client.Gauge({
+      name: "ferry_build_info",
+      help: "Always 1; labels give Ferry's and Deno's versions.",
+      labelNames: ["version", "deno"],
+      registers,
+    });
+    this.buildInfo.set({ version: VERSION, deno: Deno.version.deno }, 1);
+    // Both results exist from the start, so rate() and alerts see a 0 rather than no series.
+    this.configReloads.labels("success").inc(0);
+    this.configReloads.labels("failure").inc(0);
+    if (opts.processMetrics) {
+      client.collectDefaultMetrics({ register: this.registry });
+      // Node-internal handle counts: gauges named _total (promtool flags them), meaningless here.
+      for (const name of NODE_ONLY_METRICS) this.registry.removeSingleMetric(name);
+    }
+  }
+
+  /** Where the scrape-time gauges read the live snapshot from (the serving Ferry). */
+  watch(snapshot: () => Snapshot): void {
+    this.#snapshot = snapshot;
+  }
+
+  listener(name: string): ListenerRecorder {
+    let l = this.#listeners.get(name);
+    if (l === undefined) this.#listeners.set(name, l = new ListenerRecorder(this, name));
+    return l;
+  }
+
+  cluster(name: string): ClusterRecorder {
+    return new ClusterRecorder(this, name);
+  }
+
+  /** A pre-bound counter for one (route, limit): called when that limit refuses a request. */
+  rateLimitRecorder(route: string, limit: string, scope: string): () => void {
+    const child = this.rateLimited.labels(route, limit, scope);
+    return () => child.inc();
+  }
+
+  breakerTransition(cluster: string, scope: string, endpoint: string, to: string): void {
+    this.breakerTransitions.labels(cluster, scope, endpoint, to).inc();
+  }
+
+  /** Health events from the health manager (see src/upstream/health/manager.ts). */
+  healthEvent(cluster: string, endpoint: string | undefined, type: string): void {
+    if (endpoint === undefined) return;
+    if (type === "ejected") this.endpointEjections.labels(cluster, endpoint).inc();
+    else if (type === "healthy" || type === "unhealthy") {
+      this.endpointHealthChanges.labels(cluster, endpoint, type).inc();
+    }
+  }
+
+  /** For the hot-reload path: count every reload attempt by its result. */
+  recordConfigReload(result: "success" | "failure"): void {
+    this.configReloads.labels(result).inc();
+  }
+
+  /** The active config version (set at start-up and after each successful reload). */
+  setConfigVersion(version: string | number): void {
+    this.configInfo.reset();
+    this.configInfo.set({ version: String(version) }, 1);
+  }
+
+  /** The text exposition format (version 0.0.4) for GET /metrics. */
+  expose(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** Calls `fn` for each endpoint of the serving snapshot (for scrape-time gauges). */
+  eachEndpoint(
+    fn: (c: Cluster, origin: string, inFlight: number, healthy: boolean, ejected: boolean) => void,
+  ): void {
+    const s = this.#snapshot?.();
+    if (!s) return;
+    for (const c of s.clusters.values()) {
+      const m = c.members;
+      const health = m.health.snapshot();
+      for (const e of m.endpoints) {
+        const h = health[e.index];
+        fn(c, e.origin, m.states[e.index]!.inFlight, h?.healthy ?? true, h?.ejected ?? false);
+      }
+    }
+  }
+}
