@@ -1,0 +1,146 @@
+/**
+ * Soak: a Ferry process under mixed traffic for a long time, with reloads, watching its memory
+ * and open file descriptors. Not a CI test (it runs for minutes); run it by hand:
+ *
+ *   deno run --allow-all --unstable-no-legacy-abort bench/soak.ts [minutes=10]
+ *
+ * Traffic (h2load, in rounds of 10 s): HTTP/1.1 GETs, h2c GETs, POSTs with a body, requests to a
+ * route whose upstream is down (502s), 404s, plus a WebSocket echo every second. Every 2 s a
+ * reload, alternating valid configs (one that rebuilds the cluster) and an invalid one.
+ *
+ * It samples RSS (/proc/<pid>/status VmRSS) and open fds (/proc/<pid>/fd) every 5 s and prints a
+ * table and a verdict: RSS after warm-up (the first 20 % of the run) must stay within 10 % of its
+ * post-warm-up median, and the fd count must not trend upward.
+ */
+import { run } from "../tests/helpers.ts";
+import { spawnFerry, tempConfig } from "../tests/helpers.ts";
+
+const minutes = Number(Deno.args[0] ?? "10");
+const endAt = Date.now() + minutes * 60_000;
+
+const upstream = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+  if (req.headers.get("upgrade")?.toLowerCase() === "websocket") {
+    const { socket, response } = Deno.upgradeWebSocket(req);
+    socket.onmessage = (e) => socket.send(e.data);
+    return response;
+  }
+  if (req.body) await req.arrayBuffer();
+  return new Response("x".repeat(512));
+});
+const upUrl = `http://127.0.0.1:${upstream.addr.port}`;
+
+function config(gen: number, valid = true): string {
+  return `listeners:
+  - { name: public, address: "127.0.0.1:0" }
+admin: { address: "127.0.0.1:0" }
+server: { watch_config: false }
+routes:
+  - name: dead
+    match: { path: { prefix: /dead } }
+    cluster: dead
+  - name: all
+    match: { path: { prefix: / } }
+    cluster: up
+    response_headers: { add: { x-gen: "${gen}" } }
+    retry: { retries: 1 }
+${valid ? "" : "    broken: yes\n"}clusters:
+  - name: up
+    endpoints: ["${upUrl}"]
+    pool: { idle_timeout: ${gen % 4 === 0 ? "30s" : "45s"} }
+    outlier_detection: {}
+  - name: dead
+    endpoints: ["http://127.0.0.1:1"]
+    circuit_breaker: { failures: 5, open_timeout: 2s }
+`;
+}
+
+const file = await tempConfig(config(0));
+const ferry = await spawnFerry(["--config", file]);
+const pid = ferry.child.pid;
+const url = ferry.listeners.get("public")!;
+const bodyFile = await Deno.makeTempFile();
+await Deno.writeFile(bodyFile, new Uint8Array(16 * 1024).fill(97));
+
+interface Sample {
+  t: number;
+  rssMiB: number;
+  fds: number;
+}
+const samples: Sample[] = [];
+const startedAt = Date.now();
+async function sample(): Promise<void> {
+  const status = await Deno.readTextFile(`/proc/${pid}/status`);
+  const rssKiB = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+  let fds = 0;
+  for await (const _ of Deno.readDir(`/proc/${pid}/fd`)) fds++;
+  samples.push({ t: (Date.now() - startedAt) / 1000, rssMiB: rssKiB / 1024, fds });
+}
+
+let reloads = 0, reloadFailures = 0, requests = 0, failed = 0, wsEchoes = 0;
+const sampler = setInterval(() => void sample(), 5_000);
+const reloader = (async () => {
+  for (let gen = 1; Date.now() < endAt; gen++) {
+    const valid = gen % 5 !== 0;
+    await Deno.writeTextFile(file, config(gen, valid));
+    const r = await fetch(`${ferry.admin}/reload`, { method: "POST" });
+    await r.body?.cancel();
+    if (r.status === 200) reloads++;
+    else reloadFailures++;
+    await new Promise((r) => setTimeout(r, 2_000));
+  }
+})();
+const websocket = (async () => {
+  const ws = new WebSocket(url.replace("http:", "ws:") + "/ws");
+  await new Promise((r) => (ws.onopen = r));
+  ws.onmessage = () => wsEchoes++;
+  while (Date.now() < endAt) {
+    ws.send("ping");
+    await new Promise((r) => setTimeout(r, 1_000));
+  }
+  ws.close();
+})();
+
+const rounds: string[][] = [
+  ["--h1", "-c", "8", "-D", "10", `${url}/`],
+  ["-c", "4", "-m", "8", "-D", "10", `${url}/`],
+  ["--h1", "-c", "4", "-D", "10", "-d", bodyFile, `${url}/upload`],
+  ["--h1", "-c", "2", "-D", "10", `${url}/dead`],
+];
+for (let i = 0; Date.now() < endAt; i++) {
+  const out = await run("h2load", rounds[i % rounds.length]!);
+  const m = /requests: (\d+) total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed/.exec(
+    out.stdout,
+  );
+  requests += Number(m?.[1] ?? 0);
+  // h2load counts non-2xx/3xx as failed: the /dead round (502/503) fails by design.
+  failed += Number(m?.[2] ?? 0);
+}
+await Promise.all([reloader, websocket]);
+clearInterval(sampler);
+await sample();
+
+const warm = samples.filter((s) => s.t >= minutes * 60 * 0.2);
+const sorted = [...warm].sort((a, b) => a.rssMiB - b.rssMiB);
+const median = sorted[Math.floor(sorted.length / 2)]!.rssMiB;
+const maxDev = Math.max(...warm.map((s) => Math.abs(s.rssMiB - median) / median));
+const firstFds = warm[0]!.fds,
+  lastFds = warm.at(-1)!.fds,
+  maxFds = Math.max(...warm.map((s) => s.fds));
+
+console.log("t(s)\tRSS MiB\tfds");
+for (const s of samples) console.log(`${s.t.toFixed(0)}\t${s.rssMiB.toFixed(1)}\t${s.fds}`);
+console.log(
+  `\n${minutes} min: ${requests} requests (${failed} not 2xx/3xx, mostly the /dead round by design), ${reloads} reloads applied, ` +
+    `${reloadFailures} refused, ${wsEchoes} WebSocket echoes on one connection`,
+);
+console.log(
+  `RSS after warm-up: median ${median.toFixed(1)} MiB, max deviation ${
+    (maxDev * 100).toFixed(1)
+  } %` +
+    ` (limit 10 %): ${maxDev <= 0.1 ? "FLAT" : "NOT FLAT"}`,
+);
+console.log(`open fds after warm-up: first ${firstFds}, last ${lastFds}, max ${maxFds}`);
+
+ferry.child.kill("SIGTERM");
+await ferry.child.status;
+await upstream.shutdown();
