@@ -7,6 +7,7 @@ import type { Logger } from "../observability/log.ts";
 import { adminHandler } from "./admin.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
 import { createListenerHandler } from "./handler.ts";
+import { GrpcListener } from "../grpc/listener.ts";
 
 export interface BoundAddress {
   readonly hostname: string;
@@ -20,6 +21,7 @@ export class Ferry {
     string,
     { server: Deno.HttpServer<Deno.NetAddr>; stop: AbortController }
   >();
+  readonly #grpc = new Map<string, GrpcListener>();
   #admin: Deno.HttpServer<Deno.NetAddr> | undefined;
   #state: "ready" | "draining" = "ready";
 
@@ -47,6 +49,7 @@ export class Ferry {
       }
     } catch (err) {
       for (const { stop } of ferry.#servers.values()) stop.abort();
+      for (const g of ferry.#grpc.values()) g.close();
       void ferry.#admin?.shutdown();
       throw err;
     }
@@ -64,11 +67,16 @@ export class Ferry {
   addresses(): { listeners: Record<string, BoundAddress>; admin: BoundAddress | undefined } {
     const listeners: Record<string, BoundAddress> = {};
     for (const [name, { server }] of this.#servers) listeners[name] = server.addr;
+    for (const [name, g] of this.#grpc) listeners[name] = g.addr;
     return { listeners, admin: this.#admin?.addr };
   }
 
   #listen(name: string): void {
     const plan = this.#snapshot.listeners.get(name)!;
+    if (plan.protocol === "grpc") {
+      this.#grpc.set(name, GrpcListener.start(name, () => this.#snapshot, this.#log));
+      return;
+    }
     const stop = new AbortController();
     const log = this.#log;
     const handler = createListenerHandler(name, () => this.#snapshot, log);
@@ -97,7 +105,11 @@ export class Ferry {
    */
   async shutdown(deadlineMs = 30_000): Promise<{ clean: boolean }> {
     this.#state = "draining";
-    const drains = [...this.#servers.values()].map(({ server }) => server.shutdown());
+    const drains: Promise<void>[] = [...this.#servers.values()].map(({ server }) =>
+      server.shutdown()
+    );
+    // gRPC connections get GOAWAY; each is cut by its own drain at the deadline.
+    for (const g of this.#grpc.values()) drains.push(g.drain(deadlineMs));
     let timer: ReturnType<typeof setTimeout> | undefined;
     const deadline = new Promise<"deadline">((resolve) => {
       timer = setTimeout(() => resolve("deadline"), deadlineMs);
@@ -112,6 +124,7 @@ export class Ferry {
         deadline_ms: deadlineMs,
       });
       for (const { stop } of this.#servers.values()) stop.abort();
+      for (const g of this.#grpc.values()) g.close();
       await Promise.allSettled(drains);
     }
     await this.#admin?.shutdown();

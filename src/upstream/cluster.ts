@@ -8,6 +8,7 @@ import { createBalancer } from "./balancers/mod.ts";
 import type { Balancer, EndpointState } from "./balancers/types.ts";
 import { RetryBudget } from "../policy/retry.ts";
 import { EndpointHealth, type EndpointHealthOptions, type HealthEvent } from "./health/mod.ts";
+import { H2Pool } from "./h2_pool.ts";
 import {
   FetchTransport,
   LazyNodeTransport,
@@ -42,6 +43,8 @@ export interface Cluster {
   readonly fetch: FetchTransport;
   /** Byte-exact path for compressed bodies; absent when the cluster speaks HTTP/2. */
   readonly passthrough: Transport | undefined;
+  /** One multiplexed HTTP/2 connection per endpoint, for gRPC listeners (opened on first use). */
+  readonly h2: H2Pool;
   close(): void;
 }
 
@@ -81,6 +84,7 @@ export function buildCluster(
   });
   health.start();
   const passthrough = cfg.protocol === "http1" ? new LazyNodeTransport(pool) : undefined;
+  const h2 = new H2Pool(caCerts ? { caCerts } : {});
   return Object.freeze({
     name: cfg.name,
     endpoints,
@@ -96,7 +100,9 @@ export function buildCluster(
     ),
     fetch: fetchTransport,
     passthrough,
+    h2,
     close() {
+      h2.close();
       void health.close();
       fetchTransport.close();
       passthrough?.close();
