@@ -46,7 +46,7 @@ Deno.test("the contract example loads with every default applied", () => {
   assert.ok(result.ok, result.ok ? "" : formatIssues(result.errors));
   assert.deepEqual(result.warnings, []);
   assert.deepEqual(result.config, {
-    listeners: [{ name: "public", address: "127.0.0.1:8080" }],
+    listeners: [{ name: "public", address: "127.0.0.1:8080", protocol: "http" }],
     admin: { address: "127.0.0.1:9901" },
     server: {
       trusted_proxies: [],
