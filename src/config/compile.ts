@@ -21,12 +21,16 @@ import type { Logger } from "../observability/log.ts";
 import { AccessLog, LineWriter, openSink } from "../observability/access_log.ts";
 import type { BreakerConfigSchema } from "./schema.ts";
 import { type ClusterRecorder, FerryMetrics } from "../observability/metrics.ts";
+import type { GrpcRoute } from "../grpc/proxy.ts";
+import { RETRIABLE_GRPC } from "../grpc/status.ts";
 
 export interface CompiledRoute {
   readonly name: string;
   readonly kind: "cluster" | "direct_response" | "redirect";
   readonly cluster: string | undefined;
   readonly handler: Handler;
+  /** Cluster routes: the same route for `protocol: grpc` listeners. */
+  readonly grpc?: GrpcRoute;
 }
 
 export interface ListenerPlan {
@@ -35,6 +39,7 @@ export interface ListenerPlan {
   readonly port: number;
   readonly tls: { readonly cert: string; readonly key: string } | undefined;
   readonly scheme: "http" | "https";
+  readonly protocol: "http" | "grpc";
   readonly router: Router<CompiledRoute>;
 }
 
@@ -369,6 +374,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
         port,
         tls,
         scheme: l.tls ? "https" : "http",
+        protocol: l.protocol,
         router: Router.compile(entries),
       });
     } catch (err) {
@@ -384,6 +390,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
   }
 
   const adminToken = resolveAdminToken(cfg, opts, problems);
+  problems.push(...grpcClusterProblems(cfg));
 
   let accessLogCarry: CarryOver["accessLog"];
   if (cfg.access_log && problems.length === 0) {
@@ -658,16 +665,39 @@ function compileRoute(
     }]);
   }
   const clusterCfg = cfg.clusters.find((c) => c.name === cluster.name)!;
+  const breaker = r.circuit_breaker
+    ? policies.routeBreaker(r.name, r.circuit_breaker, cluster)
+    : policies.breakers.get(cluster.name)?.store;
+  const breakerPerCluster = (r.circuit_breaker ?? clusterCfg.circuit_breaker)?.scope === "cluster";
+  const grpc: GrpcRoute = Object.freeze({
+    name: r.name,
+    cluster,
+    timeoutMs: r.timeout,
+    breaker,
+    breakerPerCluster,
+    retry: r.retry && {
+      retries: r.retry.retries,
+      statuses: new Set(r.retry.retry_on.flatMap((o) => {
+        const code = RETRIABLE_GRPC[o];
+        return code === undefined ? [] : [code];
+      })),
+      connectFailure: ["connect-failure", "gateway-error", "5xx"].some((o) =>
+        r.retry!.retry_on.includes(o as never)
+      ),
+      reset: ["reset", "gateway-error", "5xx"].some((o) => r.retry!.retry_on.includes(o as never)),
+      maxBodyBytes: r.retry.max_body_bytes,
+      baseMs: r.retry.backoff.base,
+      maxMs: r.retry.backoff.max,
+    },
+  });
   const terminal = forwardTo({
     cluster,
     timeoutMs: r.timeout,
     perTryTimeoutMs: r.per_try_timeout,
     idleTimeoutMs: r.idle_timeout,
     deadlines: policies.deadlines,
-    breaker: r.circuit_breaker
-      ? policies.routeBreaker(r.name, r.circuit_breaker, cluster)
-      : policies.breakers.get(cluster.name)?.store,
-    breakerPerCluster: (r.circuit_breaker ?? clusterCfg.circuit_breaker)?.scope === "cluster",
+    breaker,
+    breakerPerCluster,
     maxRequests: clusterCfg.limits?.max_requests ?? Number.POSITIVE_INFINITY,
     maxRequestsPerEndpoint: clusterCfg.limits?.max_requests_per_endpoint ??
       Number.POSITIVE_INFINITY,
@@ -690,7 +720,7 @@ function compileRoute(
     via: cfg.server.via,
     metrics: policies.clusterMetrics.get(cluster.name)!,
   });
-  return freezeRoute(r.name, "cluster", cluster.name, compose(middleware, terminal));
+  return freezeRoute(r.name, "cluster", cluster.name, compose(middleware, terminal), grpc);
 }
 
 function freezeRoute(
@@ -698,6 +728,39 @@ function freezeRoute(
   kind: CompiledRoute["kind"],
   cluster: string | undefined,
   handler: Handler,
+  grpc?: GrpcRoute,
 ): CompiledRoute {
-  return Object.freeze({ name, kind, cluster, handler });
+  return Object.freeze(
+    grpc ? { name, kind, cluster, handler, grpc } : { name, kind, cluster, handler },
+  );
+}
+
+/**
+ * gRPC needs HTTP/2 upstream: a cluster reached from a `protocol: grpc` listener must be `h2c`
+ * (http:// endpoints over h2c, https:// over TLS with ALPN h2) or have only https:// endpoints.
+ */
+function grpcClusterProblems(cfg: FerryConfig): CompileProblem[] {
+  const problems: CompileProblem[] = [];
+  const grpcListeners = new Set(
+    cfg.listeners.filter((l) => l.protocol === "grpc").map((l) => l.name),
+  );
+  if (grpcListeners.size === 0) return problems;
+  for (const [i, r] of cfg.routes.entries()) {
+    if (!r.cluster) continue;
+    const served = r.listeners ? r.listeners.some((l) => grpcListeners.has(l)) : true;
+    if (!served) continue;
+    const c = cfg.clusters.find((c) => c.name === r.cluster);
+    if (!c || c.protocol === "h2c") continue;
+    const allTls = c.endpoints !== undefined &&
+      c.endpoints.every((e) => (typeof e === "string" ? e : e.url).startsWith("https://"));
+    if (allTls) continue;
+    problems.push({
+      path: `routes[${i}].cluster`,
+      value: r.cluster,
+      message: `cluster ${r.cluster} is reached from a grpc listener but speaks ${c.protocol}: ` +
+        `set its protocol to h2c (or use only https:// endpoints), or limit the route with ` +
+        `listeners: to http listeners`,
+    });
+  }
+  return problems;
 }

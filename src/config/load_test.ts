@@ -46,7 +46,7 @@ Deno.test("the contract example loads with every default applied", () => {
   assert.ok(result.ok, result.ok ? "" : formatIssues(result.errors));
   assert.deepEqual(result.warnings, []);
   assert.deepEqual(result.config, {
-    listeners: [{ name: "public", address: "127.0.0.1:8080" }],
+    listeners: [{ name: "public", address: "127.0.0.1:8080", protocol: "http" }],
     admin: { address: "127.0.0.1:9901" },
     server: {
       trusted_proxies: [],
@@ -150,7 +150,10 @@ Deno.test("an unknown key is rejected at the key, naming it and the keys allowed
   assert.ok(unknown, formatIssues(errors));
   assert.equal(unknown.line, 3);
   assert.equal(unknown.column, 5);
-  assert.equal(unknown.message, "unknown key 'adress'; expected one of: name, address, tls");
+  assert.equal(
+    unknown.message,
+    "unknown key 'adress'; expected one of: name, address, tls, protocol",
+  );
   // The misspelt key also leaves `address` missing, reported on the listener.
   assert.ok(errors.some((e) => e.path === "listeners[0].address" && e.line === 2));
 });

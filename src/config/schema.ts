@@ -39,6 +39,8 @@ export const ListenerSchema = z.strictObject({
   address,
   tls: tls.optional(),
   /** Downstream HTTP/2 without TLS (prior knowledge) is always accepted by Deno.serve; documented here. */
+  /** `grpc`: Ferry's own HTTP/2 server (h2c, or TLS with ALPN h2) forwarding gRPC with trailers. */
+  protocol: z.enum(["http", "grpc"]).default("http"),
 });
 
 const stringMatch = z.union([
@@ -138,7 +140,19 @@ export const RouteSchema = z.strictObject({
     /** Retries after the first attempt. */
     retries: z.number().int().min(0).max(10).default(2),
     retry_on: z.array(
-      z.enum(["connect-failure", "reset", "5xx", "gateway-error", "retriable-status-codes"]),
+      z.enum([
+        "connect-failure",
+        "reset",
+        "5xx",
+        "gateway-error",
+        "retriable-status-codes",
+        // gRPC listeners: statuses of a trailers-only answer that are retried.
+        "cancelled",
+        "deadline-exceeded",
+        "internal",
+        "resource-exhausted",
+        "unavailable",
+      ]),
     )
       .min(1).default(["connect-failure", "reset", "gateway-error"]),
     statuses: z.array(z.number().int().min(100).max(599)).default([]),

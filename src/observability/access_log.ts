@@ -135,6 +135,11 @@ export class AccessLog {
       listener: e.listener,
       user_agent: e.req.headers.get("user-agent"),
     };
+    this.writeRecord(record);
+  }
+
+  /** Writes a prepared record (the gRPC listener builds its own, with `grpc_status`). */
+  writeRecord(record: Record<string, unknown>): void {
     if (this.#fields) {
       for (const k of Object.keys(record)) if (!this.#fields.has(k)) delete record[k];
     }

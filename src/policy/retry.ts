@@ -9,7 +9,12 @@ export type RetryOn =
   | "reset"
   | "5xx"
   | "gateway-error"
-  | "retriable-status-codes";
+  | "retriable-status-codes"
+  | "cancelled"
+  | "deadline-exceeded"
+  | "internal"
+  | "resource-exhausted"
+  | "unavailable";
 
 export interface RetryPolicy {
   /** Retries after the first attempt (Envoy's num_retries). */

@@ -24,31 +24,43 @@ export type ProxyErrorKind =
 
 interface ErrorRow {
   readonly status: number;
+  /** The gRPC status a gRPC client gets instead (in a trailers-only response). */
+  readonly grpc: number;
   /** Envoy-style response flag: short, stable, greppable in logs. */
   readonly flag: string;
   readonly title: string;
 }
 
 const TABLE: Readonly<Record<ProxyErrorKind, ErrorRow>> = {
-  bad_request: { status: 400, flag: "DPE", title: "bad request" },
-  no_route: { status: 404, flag: "NR", title: "no route" },
-  method_not_allowed: { status: 405, flag: "NR", title: "method not allowed" },
-  payload_too_large: { status: 413, flag: "DPE", title: "payload too large" },
-  uri_too_long: { status: 414, flag: "DPE", title: "uri too long" },
-  headers_too_large: { status: 431, flag: "DPE", title: "request header fields too large" },
-  upstream_connect_failure: { status: 502, flag: "UF", title: "upstream connect failure" },
-  upstream_reset: { status: 502, flag: "UR", title: "upstream reset" },
-  upstream_protocol_error: { status: 502, flag: "UPE", title: "upstream protocol error" },
-  no_healthy_upstream: { status: 503, flag: "UH", title: "no healthy upstream" },
-  breaker_open: { status: 503, flag: "UO", title: "circuit breaker open" },
-  overflow: { status: 503, flag: "UO", title: "upstream overflow" },
-  rate_limited: { status: 429, flag: "RL", title: "rate limited" },
+  bad_request: { status: 400, grpc: 13, flag: "DPE", title: "bad request" },
+  no_route: { status: 404, grpc: 12, flag: "NR", title: "no route" },
+  method_not_allowed: { status: 405, grpc: 12, flag: "NR", title: "method not allowed" },
+  payload_too_large: { status: 413, grpc: 8, flag: "DPE", title: "payload too large" },
+  uri_too_long: { status: 414, grpc: 13, flag: "DPE", title: "uri too long" },
+  headers_too_large: {
+    status: 431,
+    grpc: 8,
+    flag: "DPE",
+    title: "request header fields too large",
+  },
+  upstream_connect_failure: {
+    status: 502,
+    grpc: 14,
+    flag: "UF",
+    title: "upstream connect failure",
+  },
+  upstream_reset: { status: 502, grpc: 14, flag: "UR", title: "upstream reset" },
+  upstream_protocol_error: { status: 502, grpc: 14, flag: "UPE", title: "upstream protocol error" },
+  no_healthy_upstream: { status: 503, grpc: 14, flag: "UH", title: "no healthy upstream" },
+  breaker_open: { status: 503, grpc: 14, flag: "UO", title: "circuit breaker open" },
+  overflow: { status: 503, grpc: 14, flag: "UO", title: "upstream overflow" },
+  rate_limited: { status: 429, grpc: 8, flag: "RL", title: "rate limited" },
   // Fault injection answers with the status the route asks for; 503 is only the default.
-  fault_injected: { status: 503, flag: "FI", title: "fault injected" },
-  upstream_timeout: { status: 504, flag: "UT", title: "upstream timeout" },
+  fault_injected: { status: 503, grpc: 14, flag: "FI", title: "fault injected" },
+  upstream_timeout: { status: 504, grpc: 4, flag: "UT", title: "upstream timeout" },
   // 499 is nginx's "client closed request": only ever logged, the client is gone.
-  client_closed: { status: 499, flag: "DC", title: "client closed request" },
-  internal: { status: 500, flag: "IE", title: "internal error" },
+  client_closed: { status: 499, grpc: 1, flag: "DC", title: "client closed request" },
+  internal: { status: 500, grpc: 13, flag: "IE", title: "internal error" },
 };
 
 /** A failure with a kind from the table and a reason meant for the client and the log. */
@@ -75,6 +87,10 @@ export class ProxyError extends Error {
   }
   get flag(): string {
     return TABLE[this.kind].flag;
+  }
+  /** gRPC status code (UNAVAILABLE, DEADLINE_EXCEEDED, UNIMPLEMENTED, ...). */
+  get grpcStatus(): number {
+    return TABLE[this.kind].grpc;
   }
 }
 

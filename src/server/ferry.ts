@@ -7,15 +7,20 @@ import type { Logger } from "../observability/log.ts";
 import { adminHandler } from "./admin.ts";
 import { errorResponse, ProxyError, RecentErrors } from "./errors.ts";
 import { createListenerHandler } from "./handler.ts";
+import { GrpcListener } from "../grpc/listener.ts";
 
 export interface BoundAddress {
   readonly hostname: string;
   readonly port: number;
 }
 
+/** A bound listener of either kind: Deno.serve (HTTP) or Ferry's own HTTP/2 (gRPC). */
 interface RunningListener {
-  readonly server: Deno.HttpServer<Deno.NetAddr>;
-  readonly stop: AbortController;
+  readonly addr: Deno.NetAddr;
+  /** Stops accepting; resolves once in-flight work is done (gRPC: GOAWAY, bounded by `ms`). */
+  drain(ms: number): Promise<void>;
+  /** Hard stop, for a listener that has not begun draining. */
+  abort(): void;
 }
 
 /** How long a listener removed by a reload may finish its requests before it is cut. */
@@ -67,7 +72,7 @@ export class Ferry {
         );
       }
     } catch (err) {
-      for (const { stop } of ferry.#servers.values()) stop.abort();
+      for (const l of ferry.#servers.values()) l.abort();
       void ferry.#admin?.shutdown();
       throw err;
     }
@@ -84,7 +89,7 @@ export class Ferry {
 
   addresses(): { listeners: Record<string, BoundAddress>; admin: BoundAddress | undefined } {
     const listeners: Record<string, BoundAddress> = {};
-    for (const [name, { server }] of this.#servers) listeners[name] = server.addr;
+    for (const [name, l] of this.#servers) listeners[name] = l.addr;
     return { listeners, admin: this.#admin?.addr };
   }
 
@@ -122,7 +127,7 @@ export class Ferry {
     try {
       for (const plan of start) if (!waits(plan)) bound.set(plan.name, this.#bind(plan));
     } catch (err) {
-      for (const l of bound.values()) l.stop.abort();
+      for (const l of bound.values()) l.abort();
       next.discard(prev);
       throw new Error(`cannot bind listener: ${err instanceof Error ? err.message : err}`);
     }
@@ -153,11 +158,13 @@ export class Ferry {
   #retire(name: string, l: RunningListener): void {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const done = Promise.race([
-      l.server.finished,
+      l.drain(LISTENER_DRAIN_MS),
       new Promise<void>((resolve) => {
+        // Deno.serve cannot be cut once its shutdown began (see shutdown()): stop waiting.
         timer = setTimeout(() => {
-          this.#log.warn("listener drain window over: closing its connections", { listener: name });
-          l.stop.abort();
+          this.#log.warn("removed listener still has requests after the drain window", {
+            listener: name,
+          });
           resolve();
         }, LISTENER_DRAIN_MS);
       }),
@@ -166,12 +173,15 @@ export class Ferry {
       this.#retiring.delete(l);
     });
     this.#retiring.set(l, done);
-    void l.server.shutdown();
     this.#log.info("listener removed", { listener: name });
   }
 
   #bind(plan: ListenerPlan): RunningListener {
     const name = plan.name;
+    if (plan.protocol === "grpc") {
+      const g = GrpcListener.start(plan, () => this.#snapshot, this.#log);
+      return { addr: g.addr, drain: (ms) => g.drain(ms), abort: () => g.close() };
+    }
     const stop = new AbortController();
     const log = this.#log;
     const handler = createListenerHandler(name, () => this.#snapshot, log, this.recentErrors);
@@ -204,7 +214,7 @@ export class Ferry {
         return res;
       },
     }, handler);
-    return { server, stop };
+    return { addr: server.addr, drain: () => server.shutdown(), abort: () => stop.abort() };
   }
 
   /**
@@ -215,7 +225,8 @@ export class Ferry {
   async shutdown(deadlineMs = 30_000): Promise<{ clean: boolean }> {
     this.#state = "draining";
     const drains = [
-      ...[...this.#servers.values()].map(({ server }) => server.shutdown()),
+      // gRPC connections get GOAWAY; each is cut by its own drain at the deadline.
+      ...[...this.#servers.values()].map((l) => l.drain(deadlineMs)),
       ...this.#retiring.values(),
     ];
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -248,8 +259,8 @@ export interface AdminExtras {
 }
 
 function sameBinding(a: ListenerPlan, b: ListenerPlan): boolean {
-  return a.hostname === b.hostname && a.port === b.port && a.tls?.cert === b.tls?.cert &&
-    a.tls?.key === b.tls?.key;
+  return a.hostname === b.hostname && a.port === b.port && a.protocol === b.protocol &&
+    a.tls?.cert === b.tls?.cert && a.tls?.key === b.tls?.key;
 }
 
 const WILDCARDS = new Set(["0.0.0.0", "::", "[::]"]);
@@ -257,7 +268,7 @@ const WILDCARDS = new Set(["0.0.0.0", "::", "[::]"]);
 /** Would `next` collide with the socket `running` (bound for `old`) holds? */
 function addressesClash(old: ListenerPlan, next: ListenerPlan, running: RunningListener): boolean {
   const port = next.port === 0 ? -1 : next.port;
-  if (port !== running.server.addr.port) return false;
+  if (port !== running.addr.port) return false;
   return old.hostname === next.hostname || WILDCARDS.has(old.hostname) ||
     WILDCARDS.has(next.hostname);
 }

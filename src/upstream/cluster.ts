@@ -17,6 +17,7 @@ import {
 } from "./health/mod.ts";
 import { type DiscoveryLog, DnsDiscovery } from "./discovery/dns.ts";
 import { type EndpointDescriptor, originOf } from "./discovery/endpoints.ts";
+import { H2Pool } from "./h2_pool.ts";
 import {
   FetchTransport,
   LazyNodeTransport,
@@ -81,6 +82,8 @@ export interface Cluster {
   readonly fetch: FetchTransport;
   /** Byte-exact path for compressed bodies; absent when the cluster speaks HTTP/2. */
   readonly passthrough: Transport | undefined;
+  /** One multiplexed HTTP/2 connection per endpoint, for gRPC listeners (opened on first use). */
+  readonly h2: H2Pool;
   close(): void;
 }
 
@@ -128,6 +131,7 @@ export function buildCluster(
   };
   const fetchTransport = new FetchTransport(pool);
   const passthrough = cfg.protocol === "http1" ? new LazyNodeTransport(pool) : undefined;
+  const h2 = new H2Pool(caCerts ? { caCerts } : {});
   const initial = staticEndpoints(cfg);
   const slotCapacity = Math.max(MIN_SLOT_CAPACITY, initial.length);
   const slots = new SlotAllocator(slotCapacity);
@@ -260,9 +264,11 @@ export function buildCluster(
     ),
     fetch: fetchTransport,
     passthrough,
+    h2,
     close() {
       closed = true;
       discovery?.stop();
+      h2.close();
       void members.health.close();
       fetchTransport.close();
       passthrough?.close();

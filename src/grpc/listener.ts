@@ -1,0 +1,189 @@
+/**
+ * A `protocol: grpc` listener: accepts TCP (h2c, prior knowledge) or TLS (ALPN h2) connections,
+ * runs Ferry's own HTTP/2 server on each (src/h2/) and hands every stream to the gRPC proxy.
+ * Routing uses the listener's compiled router on `:authority` and `:path`.
+ */
+import type { ListenerPlan, Snapshot } from "../config/compile.ts";
+import { H2Connection } from "../h2/connection.ts";
+import { headerValue } from "../h2/headers.ts";
+import type { H2Stream } from "../h2/stream.ts";
+import type { Logger } from "../observability/log.ts";
+import { normalizeHost, normalizePath } from "../routing/path.ts";
+import { ProxyError } from "../server/errors.ts";
+import { answerError, type GrpcCallRecord, proxyCall } from "./proxy.ts";
+
+const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
+
+export class GrpcListener {
+  readonly #listener: Deno.Listener;
+  readonly #conns = new Set<H2Connection>();
+  readonly #log: Logger;
+  #stopping = false;
+
+  private constructor(listener: Deno.Listener, log: Logger) {
+    this.#listener = listener;
+    this.#log = log;
+  }
+
+  static start(plan: ListenerPlan, currentSnapshot: () => Snapshot, log: Logger): GrpcListener {
+    const name = plan.name;
+    const listener = plan.tls
+      ? Deno.listenTls({
+        hostname: plan.hostname,
+        port: plan.port,
+        cert: plan.tls.cert,
+        key: plan.tls.key,
+        alpnProtocols: ["h2"],
+      })
+      : Deno.listen({ hostname: plan.hostname, port: plan.port });
+    const l = new GrpcListener(listener, log);
+    const addr = listener.addr as Deno.NetAddr;
+    log.info("listening", {
+      listener: name,
+      address: `${addr.hostname}:${addr.port}`,
+      tls: plan.tls !== undefined,
+      protocol: "grpc",
+    });
+    void l.#accept(name, currentSnapshot);
+    return l;
+  }
+
+  get addr(): Deno.NetAddr {
+    return this.#listener.addr as Deno.NetAddr;
+  }
+
+  async #accept(name: string, currentSnapshot: () => Snapshot): Promise<void> {
+    for (;;) {
+      let conn: Deno.Conn;
+      try {
+        conn = await this.#listener.accept();
+      } catch {
+        return; // listener closed
+      }
+      if (this.#stopping) {
+        conn.close();
+        continue;
+      }
+      if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
+      const peerIp = (conn.remoteAddr as Deno.NetAddr).hostname;
+      const h2 = new H2Connection(conn, {
+        role: "server",
+        onStream: (s) => void this.#serve(s, name, currentSnapshot, peerIp),
+        onClose: (r) => {
+          this.#conns.delete(h2);
+          if (r.code !== 0) {
+            this.#log.warn("grpc connection closed with an error", {
+              listener: name,
+              peer: peerIp,
+              code: r.code,
+              reason: r.message,
+              by_peer: r.byPeer,
+            });
+          }
+        },
+      });
+      this.#conns.add(h2);
+    }
+  }
+
+  async #serve(
+    ds: H2Stream,
+    name: string,
+    currentSnapshot: () => Snapshot,
+    peerIp: string,
+  ): Promise<void> {
+    const snap = currentSnapshot();
+    const plan = snap.listeners.get(name);
+    const fields = await ds.headers;
+    const startedAt = performance.now();
+    const incomingId = headerValue(fields, "x-request-id");
+    const requestId = incomingId !== undefined && REQUEST_ID.test(incomingId) &&
+        (snap.requestIdPolicy === "always" ||
+          (snap.requestIdPolicy === "trusted" && snap.trust.has(peerIp)))
+      ? incomingId
+      : crypto.randomUUID();
+    const rec: GrpcCallRecord = { attempts: 0, flag: "-" };
+    const rawPath = headerValue(fields, ":path") ?? "/";
+    try {
+      const route = plan && matchRoute(plan, fields, rawPath);
+      if (!route?.grpc) {
+        throw new ProxyError("no_route", `no gRPC route for ${rawPath}`);
+      }
+      await proxyCall(ds, fields, route.grpc, { peerIp, requestId }, rec);
+    } catch (err) {
+      answerError(ds, err, rec);
+    }
+    if (rec.flag !== "-" && rec.flag !== "DC" && this.#log.enabled("warn")) {
+      this.#log.warn("grpc proxy error", {
+        request_id: requestId,
+        path: rawPath,
+        grpc_status: rec.grpcStatus,
+        flag: rec.flag,
+        route: rec.route,
+        endpoint: rec.endpoint,
+      });
+    }
+    const accessLog = snap.accessLog;
+    if (accessLog?.wants(rec.flag)) {
+      accessLog.writeRecord({
+        time: new Date().toISOString(),
+        request_id: requestId,
+        client: peerIp,
+        method: "POST",
+        authority: headerValue(fields, ":authority") ?? null,
+        path: rawPath,
+        status: 200,
+        grpc_status: rec.grpcStatus ?? null,
+        bytes_in: null,
+        bytes_out: null,
+        duration_ms: Math.round((performance.now() - startedAt) * 1000) / 1000,
+        upstream_ms: rec.upstreamMs === undefined ? null : Math.round(rec.upstreamMs * 1000) / 1000,
+        route: rec.route ?? null,
+        cluster: rec.cluster ?? null,
+        endpoint: rec.endpoint ?? null,
+        attempts: rec.attempts,
+        flags: rec.flag,
+        listener: name,
+        user_agent: headerValue(fields, "user-agent") ?? null,
+      });
+    }
+  }
+
+  /** GOAWAY to every connection, wait for open calls up to the deadline, then close. */
+  async drain(deadlineMs: number): Promise<void> {
+    this.#stopping = true;
+    try {
+      this.#listener.close();
+    } catch { /* already closed */ }
+    await Promise.all([...this.#conns].map((c) => c.drain(deadlineMs)));
+  }
+
+  /** Hard stop. */
+  close(): void {
+    this.#stopping = true;
+    try {
+      this.#listener.close();
+    } catch { /* already closed */ }
+    for (const c of this.#conns) c.close();
+  }
+}
+
+function matchRoute(
+  plan: ListenerPlan,
+  fields: readonly (readonly [string, string])[],
+  rawPath: string,
+) {
+  const host = normalizeHost(headerValue(fields, ":authority") ?? "");
+  const q = rawPath.indexOf("?");
+  const path = normalizePath(q < 0 ? rawPath : rawPath.slice(0, q));
+  if (host === null || !path.ok) throw new ProxyError("bad_request", "invalid :authority or :path");
+  const headers = new Headers();
+  for (const [n, v] of fields) if (n.charCodeAt(0) !== 58) headers.append(n, v);
+  return plan.router.match({
+    method: headerValue(fields, ":method") ?? "POST",
+    host,
+    path: path.path,
+    headers,
+    search: q < 0 ? "" : rawPath.slice(q),
+  });
+}

@@ -1,0 +1,384 @@
+/**
+ * Proxies one gRPC call: a downstream HTTP/2 stream is routed on its path, sent to an endpoint
+ * of the route's cluster over that endpoint's multiplexed connection, and headers, messages and
+ * trailers flow back exactly as the upstream sent them. Ferry's own answers (no route, no
+ * endpoint, breaker open, timeout) are trailers-only responses with the status from the error
+ * table. Deadlines: `grpc-timeout` capped by the route timeout, propagated upstream; on expiry
+ * the client gets DEADLINE_EXCEEDED and the upstream stream is reset (CANCEL).
+ */
+import { ErrorCode } from "../h2/frames.ts";
+import type { HeaderField } from "../h2/hpack.ts";
+import { headerValue } from "../h2/headers.ts";
+import type { H2Stream } from "../h2/stream.ts";
+import { StreamReset } from "../h2/stream.ts";
+import { ProxyError } from "../server/errors.ts";
+import type { Cluster, Endpoint, Members } from "../upstream/cluster.ts";
+import type { BreakerStore } from "../policy/circuit_breaker.ts";
+import { outcomeOfError, outcomeOfStatus } from "../upstream/health/outlier.ts";
+import {
+  formatGrpcTimeout,
+  GrpcStatus,
+  grpcStatusOfHttp,
+  outcomeOfGrpcStatus,
+  parseGrpcTimeout,
+  trailersOnly,
+} from "./status.ts";
+
+/** A cluster route's settings as the gRPC path needs them (compiled once per snapshot). */
+export interface GrpcRoute {
+  readonly name: string;
+  readonly cluster: Cluster;
+  /** Caps the client's deadline; when the client sends none, bounds the wait for headers. */
+  readonly timeoutMs: number;
+  readonly retry: GrpcRetry | undefined;
+  readonly breaker: BreakerStore | undefined;
+  readonly breakerPerCluster: boolean;
+}
+
+export interface GrpcRetry {
+  readonly retries: number;
+  /** gRPC statuses retried when the upstream answers trailers-only with them. */
+  readonly statuses: ReadonlySet<number>;
+  readonly connectFailure: boolean;
+  readonly reset: boolean;
+  readonly maxBodyBytes: number;
+  readonly baseMs: number;
+  readonly maxMs: number;
+}
+
+/** What one call did, for the access log. */
+export interface GrpcCallRecord {
+  route?: string;
+  cluster?: string;
+  endpoint?: string;
+  attempts: number;
+  grpcStatus?: number;
+  flag: string;
+  upstreamMs?: number;
+}
+
+const HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "transfer-encoding",
+  "upgrade",
+]);
+
+/** Answers with a status Ferry decided on: trailers-only when nothing was sent yet. */
+function answer(ds: H2Stream, status: number, message: string): void {
+  try {
+    if (!ds.headersSent) ds.sendHeaders(trailersOnly(status, message), true);
+    else {
+      void ds.end([["grpc-status", String(status)], ["grpc-message", message]]).catch(() => {});
+    }
+  } catch { /* the client is gone */ }
+}
+
+export function answerError(ds: H2Stream, err: unknown, rec: GrpcCallRecord): void {
+  const pe = err instanceof ProxyError
+    ? err
+    : new ProxyError("internal", "the proxy failed to handle this call", { cause: err });
+  rec.grpcStatus = pe.grpcStatus;
+  rec.flag = pe.flag;
+  answer(ds, pe.grpcStatus, pe.reason);
+}
+
+export interface CallContext {
+  readonly peerIp: string;
+  readonly requestId: string;
+}
+
+/**
+ * Runs a call to the end. Never throws: every failure becomes a gRPC status for the client
+ * (or a reset, once messages have flowed) and is written into `rec`.
+ */
+export async function proxyCall(
+  ds: H2Stream,
+  fields: readonly HeaderField[],
+  route: GrpcRoute,
+  ctx: CallContext,
+  rec: GrpcCallRecord,
+): Promise<void> {
+  const cluster = route.cluster;
+  rec.route = route.name;
+  rec.cluster = cluster.name;
+  const clientMs = parseGrpcTimeout(headerValue(fields, "grpc-timeout"));
+  const callMs = clientMs === undefined
+    ? undefined
+    : route.timeoutMs > 0
+    ? Math.min(clientMs, route.timeoutMs)
+    : clientMs;
+  const startedAt = performance.now();
+
+  // One abort for the call: client reset, deadline, or headers timeout.
+  let expired: ProxyError | undefined;
+  let upstream: H2Stream | undefined;
+  const expire = (pe: ProxyError) => {
+    if (expired) return;
+    expired = pe;
+    upstream?.reset(ErrorCode.CANCEL);
+    answerError(ds, pe, rec);
+    if (!ds.isClosed) ds.reset(ErrorCode.CANCEL);
+  };
+  const timer = callMs === undefined ? undefined : setTimeout(
+    () =>
+      expire(new ProxyError("upstream_timeout", `deadline of ${Math.round(callMs)} ms exceeded`)),
+    callMs,
+  );
+  const headersTimer = callMs === undefined && route.timeoutMs > 0
+    ? setTimeout(
+      () => expire(new ProxyError("upstream_timeout", `no response within ${route.timeoutMs} ms`)),
+      route.timeoutMs,
+    )
+    : undefined;
+  void ds.closed.then((r) => {
+    if (r?.byPeer) {
+      rec.flag = rec.flag === "-" ? "DC" : rec.flag;
+      rec.grpcStatus ??= GrpcStatus.CANCELLED;
+      upstream?.reset(ErrorCode.CANCEL);
+    }
+  });
+
+  // The request messages go to the current attempt's stream (`sink`) as they come, one write at
+  // a time so flow control pushes back on the client. Before a sink is attached they wait in
+  // `pending` (at most ~1 MiB, then the client is paused); up to `maxBodyBytes` are also kept
+  // so a retry can send them again.
+  const retry = route.retry;
+  const kept: Uint8Array[] | undefined = retry && retry.retries > 0 ? [] : undefined;
+  let keptBytes = 0;
+  let keepOverflow = false;
+  let requestTrailers: HeaderField[] | undefined;
+  let requestEnded = false;
+  let requestFailed = false;
+  let sink: H2Stream | undefined;
+  let pending: Uint8Array[] = [];
+  let pendingBytes = 0;
+  let sinkAttached: (() => void) | undefined;
+  const pump = (async () => {
+    try {
+      for await (const chunk of ds.body) {
+        if (kept && !keepOverflow) {
+          keptBytes += chunk.length;
+          if (keptBytes > retry!.maxBodyBytes) keepOverflow = true;
+          else kept.push(chunk);
+        }
+        if (sink) {
+          await sink.write(chunk).catch(() => {});
+          continue;
+        }
+        pending.push(chunk);
+        pendingBytes += chunk.length;
+        if (pendingBytes > 1 << 20) await new Promise<void>((r) => (sinkAttached = r));
+      }
+      requestTrailers = await ds.trailers;
+      requestEnded = true;
+      if (sink) await sink.end(requestTrailers).catch(() => {});
+    } catch {
+      requestFailed = true;
+      sink?.reset(ErrorCode.CANCEL);
+    }
+  })();
+  const attach = async (us: H2Stream, replay: boolean) => {
+    if (replay) {
+      pending = kept!.slice();
+      pendingBytes = keptBytes;
+    }
+    while (pending.length > 0) {
+      const c = pending.shift()!;
+      pendingBytes -= c.length;
+      await us.write(c);
+    }
+    if (requestEnded) await us.end(requestTrailers);
+    else if (requestFailed) us.reset(ErrorCode.CANCEL);
+    else {
+      sink = us;
+      sinkAttached?.();
+      sinkAttached = undefined;
+    }
+  };
+
+  const tried = new Set<Endpoint>();
+  // One membership for the whole call, even if DNS or a reload changes it meanwhile.
+  const members = cluster.members;
+  try {
+    for (let attempt = 0;; attempt++) {
+      if (expired) return;
+      const { endpoint, permit } = admit(route, members, tried);
+      tried.add(endpoint);
+      rec.endpoint = endpoint.origin;
+      rec.attempts++;
+      const state = members.states[endpoint.index]!;
+      const slot = route.breakerPerCluster ? 0 : endpoint.slot;
+      const remaining = callMs === undefined ? undefined : callMs - (performance.now() - startedAt);
+      const out = upstreamFields(fields, endpoint, cluster, ctx, remaining);
+      state.inFlight++;
+      const sentAt = performance.now();
+      let outcome: ReturnType<typeof outcomeOfStatus> | undefined;
+      let retriable = false;
+      try {
+        const conn = await cluster.h2.get(endpoint);
+        if (expired) return;
+        const us = await conn.request(out, false);
+        upstream = us;
+        if (expired) return us.reset(ErrorCode.CANCEL);
+        const sending = attach(us, attempt > 0).catch(() => {});
+
+        const head = await us.headers;
+        clearTimeout(headersTimer);
+        rec.upstreamMs = performance.now() - sentAt;
+        const httpStatus = Number(headerValue(head, ":status"));
+        if (us.remoteEnded && headerValue(head, "grpc-status") !== undefined) {
+          // Trailers-only: the call's whole answer is in these headers.
+          const gs = Number(headerValue(head, "grpc-status"));
+          outcome = httpStatus === 200 ? outcomeOfGrpcStatus(gs) : outcomeOfStatus(httpStatus);
+          if (
+            retry && attempt < retry.retries && retry.statuses.has(gs) && !keepOverflow &&
+            !expired && cluster.retryBudget.tryAcquire()
+          ) {
+            retriable = true;
+            cluster.retryBudget.release();
+            sink = undefined;
+            us.reset(ErrorCode.CANCEL);
+            continue;
+          }
+          rec.grpcStatus = gs;
+          ds.sendHeaders(cleanHeaders(head), true);
+          return;
+        }
+        if (httpStatus !== 200) {
+          // Not a gRPC answer: say so in gRPC terms (the spec's HTTP-to-gRPC mapping).
+          outcome = outcomeOfStatus(httpStatus);
+          us.reset(ErrorCode.CANCEL);
+          rec.grpcStatus = grpcStatusOfHttp(httpStatus);
+          answer(ds, rec.grpcStatus, `upstream answered HTTP ${httpStatus}`);
+          return;
+        }
+        ds.sendHeaders(cleanHeaders(head), false);
+        for await (const chunk of us.body) await ds.write(chunk);
+        const trailers = await us.trailers;
+        const gs = trailers ? Number(headerValue(trailers, "grpc-status") ?? "2") : 2;
+        rec.grpcStatus = gs;
+        outcome = outcomeOfGrpcStatus(gs);
+        await ds.end(trailers ? cleanHeaders(trailers) : [["grpc-status", "2"]]);
+        await sending;
+        return;
+      } catch (err) {
+        if (expired) return;
+        const pe = upstreamError(err, endpoint);
+        if (ds.resetReason?.byPeer) {
+          // The client left: nothing to answer, nothing learnt about the endpoint.
+          upstream?.reset(ErrorCode.CANCEL);
+          return;
+        }
+        outcome = outcomeOfError(pe.kind);
+        const canRetry = retry && attempt < retry.retries && !keepOverflow && !ds.headersSent &&
+          (pe.kind === "upstream_connect_failure" ? retry.connectFailure : retry.reset);
+        if (canRetry && cluster.retryBudget.tryAcquire()) {
+          cluster.retryBudget.release();
+          sink = undefined;
+          retriable = true;
+          continue;
+        }
+        if (ds.headersSent) {
+          // Messages already went out: the honest signal is a reset, as the upstream did.
+          rec.grpcStatus = GrpcStatus.UNAVAILABLE;
+          rec.flag = pe.flag;
+          ds.reset(err instanceof StreamReset ? err.code : ErrorCode.INTERNAL_ERROR);
+          return;
+        }
+        answerError(ds, pe, rec);
+        return;
+      } finally {
+        state.inFlight--;
+        if (outcome) {
+          members.health.record(endpoint.index, outcome);
+          if (outcome === "success") route.breaker?.onSuccess(slot, permit);
+          else route.breaker?.onFailure(slot, permit);
+        } else route.breaker?.release(slot, permit);
+        if (retriable && retry) await pause(backoff(retry, attempt));
+      }
+    }
+  } catch (err) {
+    if (!expired) answerError(ds, err, rec);
+  } finally {
+    clearTimeout(timer);
+    clearTimeout(headersTimer);
+    void pump;
+  }
+}
+
+function backoff(r: GrpcRetry, attempt: number): number {
+  return Math.floor(Math.random() * Math.min(r.maxMs, r.baseMs * 2 ** attempt));
+}
+
+function pause(ms: number): Promise<void> {
+  return ms <= 0 ? Promise.resolve() : new Promise((r) => setTimeout(r, ms));
+}
+
+function upstreamError(err: unknown, endpoint: Endpoint): ProxyError {
+  if (err instanceof ProxyError) return err;
+  if (err instanceof StreamReset) {
+    return new ProxyError(
+      "upstream_reset",
+      `${endpoint.origin} reset the stream (code ${err.code})`,
+      { cause: err },
+    );
+  }
+  return new ProxyError("upstream_reset", `${endpoint.origin}: ${err}`, { cause: err });
+}
+
+/** Endpoint choice: balancer pick, not tried yet when possible, admitted by its breaker. */
+function admit(
+  route: GrpcRoute,
+  members: Members,
+  tried: ReadonlySet<Endpoint>,
+): { endpoint: Endpoint; permit: number } {
+  const cluster = route.cluster;
+  const refused = new Set<Endpoint>(tried);
+  let breakerRefused = false;
+  for (let i = 0; i <= members.endpoints.length; i++) {
+    const e = members.balancer.pick(undefined, refused) ??
+      (tried.size > 0 && refused.size === tried.size
+        ? members.balancer.pick(undefined)
+        : undefined);
+    if (!e) break;
+    if (!route.breaker) return { endpoint: e, permit: 0 };
+    const permit = route.breaker.acquire(route.breakerPerCluster ? 0 : e.slot);
+    if (permit !== 0) return { endpoint: e, permit };
+    breakerRefused = true;
+    refused.add(e);
+  }
+  if (breakerRefused) {
+    throw new ProxyError("breaker_open", `circuit breaker open for cluster ${cluster.name}`);
+  }
+  throw new ProxyError("no_healthy_upstream", `cluster ${cluster.name} has no endpoint to send to`);
+}
+
+/** Request headers for upstream: the client's, with authority, deadline and ids settled. */
+function upstreamFields(
+  fields: readonly HeaderField[],
+  endpoint: Endpoint,
+  cluster: Cluster,
+  ctx: CallContext,
+  remainingMs: number | undefined,
+): HeaderField[] {
+  const out: HeaderField[] = [];
+  let xff: string | undefined;
+  for (const [n, v] of fields) {
+    if (HOP.has(n) || n === "grpc-timeout" || n === "x-request-id") continue;
+    if (n === ":scheme") out.push([n, endpoint.url.protocol === "https:" ? "https" : "http"]);
+    else if (n === ":authority") out.push([n, cluster.preserveHost ? v : endpoint.url.host]);
+    else if (n === "x-forwarded-for") xff = v;
+    else out.push([n, v]);
+  }
+  out.push(["x-forwarded-for", xff ? `${xff}, ${ctx.peerIp}` : ctx.peerIp]);
+  out.push(["x-request-id", ctx.requestId]);
+  if (remainingMs !== undefined) out.push(["grpc-timeout", formatGrpcTimeout(remainingMs)]);
+  return out;
+}
+
+/** Response headers and trailers pass as sent, less connection-specific fields. */
+function cleanHeaders(fields: readonly HeaderField[]): HeaderField[] {
+  return fields.filter(([n]) => !HOP.has(n));
+}

@@ -1,0 +1,728 @@
+/**
+ * One HTTP/2 connection over a Deno.Conn, usable as server or client (RFC 9113): preface,
+ * SETTINGS and ACK, PING, flow control in both directions at stream and connection level with
+ * credit returned only as data is read, the stream state machine, RST_STREAM, CONTINUATION
+ * assembly, GOAWAY with graceful drain, limits on concurrent streams and header list size, and
+ * a budget for control frames that answers floods ("rapid reset", SETTINGS/PING storms) with
+ * GOAWAY ENHANCE_YOUR_CALM. Streams are `H2Stream`s (stream.ts).
+ */
+import {
+  CLIENT_PREFACE,
+  DEFAULT_WINDOW,
+  ErrorCode,
+  Flag,
+  type Frame,
+  FrameReader,
+  FrameType,
+  goawayFrame,
+  H2Error,
+  headerFrames,
+  MAX_FRAME_SIZE_LIMIT,
+  MAX_WINDOW,
+  MIN_FRAME_SIZE,
+  parseSettings,
+  pingFrame,
+  readUint32,
+  rstFrame,
+  Setting,
+  settingsAck,
+  settingsFrame,
+  unpad,
+  validateFrame,
+  windowUpdateFrame,
+} from "./frames.ts";
+import { type HeaderField, HeaderListTooLarge, HpackDecoder, HpackEncoder } from "./hpack.ts";
+import { headerProblem } from "./headers.ts";
+import { H2Stream, type StreamHost, StreamReset } from "./stream.ts";
+
+export interface ConnectionOptions {
+  readonly role: "server" | "client";
+  /** Streams the peer may open at once (advertised). Default 1000. */
+  readonly maxConcurrentStreams?: number;
+  /** Our per-stream receive window. Default 1 MiB. */
+  readonly initialWindowSize?: number;
+  /** Our connection receive window: the most one connection can make us buffer. Default 8 MiB. */
+  readonly connectionWindowSize?: number;
+  /** Largest decoded header list we accept (SETTINGS_MAX_HEADER_LIST_SIZE). Default 64 KiB. */
+  readonly maxHeaderListSize?: number;
+  /** Control frames (RST_STREAM, SETTINGS, PING, PRIORITY, empty DATA) allowed per second... */
+  readonly controlFramesPerSecond?: number;
+  /** ...and in one burst. Past that: GOAWAY ENHANCE_YOUR_CALM. Defaults 200 and 1000. */
+  readonly controlFrameBurst?: number;
+  /** Server role: a new stream whose request headers arrived. */
+  readonly onStream?: (stream: H2Stream) => void;
+  /** Why the connection ended, for logs. */
+  readonly onClose?: (reason: { code: number; message: string; byPeer: boolean }) => void;
+}
+
+/** Pending bytes in the write queue above which writers of DATA wait. */
+const WRITE_HIGH_WATER = 1 << 20;
+/** Pending bytes (a peer that never reads) above which the connection is dropped. */
+const WRITE_HARD_LIMIT = 16 << 20;
+
+export class H2Connection implements StreamHost {
+  readonly role: "server" | "client";
+  readonly #conn: Deno.Conn;
+  readonly #opts: Required<Omit<ConnectionOptions, "onStream" | "onClose">>;
+  readonly #onStream: ConnectionOptions["onStream"];
+  readonly #onClose: ConnectionOptions["onClose"];
+  readonly #reader: FrameReader;
+  readonly #encoder = new HpackEncoder();
+  readonly #decoder: HpackDecoder;
+  readonly #streams = new Map<number, H2Stream>();
+
+  // Peer settings that shape what we send.
+  #peerMaxFrameSize = MIN_FRAME_SIZE;
+  #peerInitialWindow = DEFAULT_WINDOW;
+  #peerMaxConcurrent = Number.POSITIVE_INFINITY;
+  #sendWindow = DEFAULT_WINDOW;
+  #recvWindow = DEFAULT_WINDOW;
+  #recvUnacked = 0;
+
+  #prefaceSeen: boolean;
+  #settingsSeen = false;
+  #lastPeerStream = 0;
+  #nextLocalStream: number;
+  #continuation: { streamId: number; parts: Uint8Array[]; size: number; end: boolean } | undefined;
+
+  #queue: Uint8Array[] = [];
+  #queuedBytes = 0;
+  #flushing = false;
+  #drainWaiters: (() => void)[] = [];
+  #windowBlocked = new Set<H2Stream>();
+  #openWaiters: (() => void)[] = [];
+
+  #tokens: number;
+  #tokensAt = performance.now();
+
+  #goawaySent = false;
+  #goawayReceived: number | undefined;
+  #closed = false;
+  readonly #done: Promise<void>;
+  #resolveDone!: () => void;
+  #pings = new Map<string, () => void>();
+  /** Set while closing with a write in progress: runs when the queue is written. */
+  #afterFlush: (() => void) | undefined;
+
+  constructor(conn: Deno.Conn, opts: ConnectionOptions) {
+    this.role = opts.role;
+    this.#conn = conn;
+    this.#opts = {
+      role: opts.role,
+      maxConcurrentStreams: opts.maxConcurrentStreams ?? 1000,
+      initialWindowSize: opts.initialWindowSize ?? (1 << 20),
+      connectionWindowSize: opts.connectionWindowSize ?? (8 << 20),
+      maxHeaderListSize: opts.maxHeaderListSize ?? 65536,
+      controlFramesPerSecond: opts.controlFramesPerSecond ?? 200,
+      controlFrameBurst: opts.controlFrameBurst ?? 1000,
+    };
+    this.#onStream = opts.onStream;
+    this.#onClose = opts.onClose;
+    this.#tokens = this.#opts.controlFrameBurst;
+    this.#reader = new FrameReader(MIN_FRAME_SIZE);
+    this.#decoder = new HpackDecoder({ maxHeaderListSize: this.#opts.maxHeaderListSize });
+    this.#prefaceSeen = opts.role === "client";
+    this.#nextLocalStream = opts.role === "client" ? 1 : 2;
+    this.#done = new Promise((r) => (this.#resolveDone = r));
+
+    if (opts.role === "client") this.#send(CLIENT_PREFACE);
+    const settings: [number, number][] = [
+      [Setting.MAX_CONCURRENT_STREAMS, this.#opts.maxConcurrentStreams],
+      [Setting.INITIAL_WINDOW_SIZE, this.#opts.initialWindowSize],
+      [Setting.MAX_HEADER_LIST_SIZE, this.#opts.maxHeaderListSize],
+    ];
+    if (opts.role === "client") settings.push([Setting.ENABLE_PUSH, 0]);
+    this.#send(settingsFrame(settings));
+    const extra = this.#opts.connectionWindowSize - DEFAULT_WINDOW;
+    if (extra > 0) {
+      this.#recvWindow += extra;
+      this.#send(windowUpdateFrame(0, extra));
+    }
+    void this.#readLoop();
+  }
+
+  /** Resolves when the socket is closed. */
+  get done(): Promise<void> {
+    return this.#done;
+  }
+  get activeStreams(): number {
+    return this.#streams.size;
+  }
+  get isClosed(): boolean {
+    return this.#closed;
+  }
+  /** Client role: new requests may go out (no GOAWAY either way, not closed). */
+  get available(): boolean {
+    return !this.#closed && this.#goawayReceived === undefined && !this.#goawaySent;
+  }
+
+  // ---- client side ----
+
+  /** Opens a stream with `fields` (waits while the peer's concurrent-stream limit is reached). */
+  async request(fields: readonly HeaderField[], endStream = false): Promise<H2Stream> {
+    while (this.#streams.size >= this.#peerMaxConcurrent && this.available) {
+      await new Promise<void>((r) => this.#openWaiters.push(r));
+    }
+    if (!this.available) {
+      throw new StreamReset(ErrorCode.REFUSED_STREAM, true, "connection is going away");
+    }
+    const id = this.#nextLocalStream;
+    this.#nextLocalStream += 2;
+    const stream = new H2Stream(id, this, this.#peerInitialWindow, this.#opts.initialWindowSize);
+    this.#streams.set(id, stream);
+    stream.sendHeaders(fields, endStream);
+    return stream;
+  }
+
+  /** Sends a PING and resolves with the round trip in ms. */
+  ping(): Promise<number> {
+    const data = crypto.getRandomValues(new Uint8Array(8));
+    const key = data.join(",");
+    const start = performance.now();
+    return new Promise((resolve, reject) => {
+      if (this.#closed) return reject(new Error("connection closed"));
+      this.#pings.set(key, () => resolve(performance.now() - start));
+      this.#send(pingFrame(data, false));
+    });
+  }
+
+  // ---- shutdown ----
+
+  /**
+   * Graceful: GOAWAY naming the last stream we accepted; open streams finish, then the socket
+   * closes. After `deadlineMs` whatever is left is cut.
+   */
+  async drain(deadlineMs = 30_000): Promise<void> {
+    if (this.#closed) return;
+    if (!this.#goawaySent) {
+      this.#goawaySent = true;
+      this.#send(goawayFrame(this.#lastPeerStream, ErrorCode.NO_ERROR, "draining"));
+      for (const w of this.#openWaiters.splice(0)) w();
+    }
+    this.#closeIfIdle();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      this.#done,
+      new Promise<void>((r) => (timer = setTimeout(r, deadlineMs))),
+    ]);
+    clearTimeout(timer);
+    if (!this.#closed) this.#destroy(ErrorCode.NO_ERROR, "drain deadline reached", false);
+  }
+
+  /** Hard stop: GOAWAY with `code`, every open stream fails, the socket closes. */
+  close(code: number = ErrorCode.NO_ERROR, message = "closed"): void {
+    if (this.#closed) return;
+    if (!this.#goawaySent) {
+      this.#goawaySent = true;
+      this.#send(goawayFrame(this.#lastPeerStream, code, message));
+    }
+    this.#destroy(code, message, false);
+  }
+
+  // ---- StreamHost ----
+
+  sendHeaders(stream: H2Stream, fields: readonly HeaderField[], endStream: boolean): void {
+    if (this.#closed) throw new StreamReset(ErrorCode.CANCEL, false, "connection closed");
+    const block = this.#encoder.encode(fields);
+    for (const f of headerFrames(stream.id, block, endStream, this.#peerMaxFrameSize)) {
+      this.#send(f);
+    }
+  }
+
+  async sendData(stream: H2Stream, chunk: Uint8Array, endStream: boolean): Promise<void> {
+    let off = 0;
+    do {
+      if (stream.resetReason) throw stream.resetReason;
+      if (this.#closed) throw new StreamReset(ErrorCode.CANCEL, false, "connection closed");
+      const left = chunk.length - off;
+      const n = Math.min(left, stream.sendWindow, this.#sendWindow, this.#peerMaxFrameSize);
+      if (left > 0 && n <= 0) {
+        this.#windowBlocked.add(stream);
+        await new Promise<void>((r) => (stream.windowWaiter = r));
+        stream.windowWaiter = undefined;
+        continue;
+      }
+      stream.sendWindow -= n;
+      this.#sendWindow -= n;
+      off += n;
+      const last = off >= chunk.length;
+      this.#send(
+        frameData(stream.id, chunk.subarray(off - n, off), last && endStream),
+      );
+    } while (off < chunk.length);
+    if (this.#queuedBytes > WRITE_HIGH_WATER && !this.#closed) {
+      await new Promise<void>((r) => this.#drainWaiters.push(r));
+    }
+  }
+
+  sendReset(stream: H2Stream, code: number): void {
+    if (!this.#closed) this.#send(rstFrame(stream.id, code));
+  }
+
+  consumed(stream: H2Stream, n: number): void {
+    if (this.#closed || n === 0) return;
+    this.#recvUnacked += n;
+    if (this.#recvUnacked >= this.#opts.connectionWindowSize / 4) {
+      this.#send(windowUpdateFrame(0, this.#recvUnacked));
+      this.#recvWindow += this.#recvUnacked;
+      this.#recvUnacked = 0;
+    }
+    if (stream.remoteEnded || stream.resetReason) return;
+    stream.unacked += n;
+    if (stream.unacked >= this.#opts.initialWindowSize / 4) {
+      this.#send(windowUpdateFrame(stream.id, stream.unacked));
+      stream.recvWindow += stream.unacked;
+      stream.unacked = 0;
+    }
+  }
+
+  retire(stream: H2Stream): void {
+    if (this.#streams.get(stream.id) !== stream) return;
+    this.#streams.delete(stream.id);
+    this.#windowBlocked.delete(stream);
+    this.#openWaiters.shift()?.();
+    this.#closeIfIdle();
+  }
+
+  // ---- writing ----
+
+  #send(bytes: Uint8Array): void {
+    if (this.#closed) return;
+    this.#queue.push(bytes);
+    this.#queuedBytes += bytes.length;
+    if (this.#queuedBytes > WRITE_HARD_LIMIT) {
+      this.#destroy(ErrorCode.ENHANCE_YOUR_CALM, "peer does not read what we send", false);
+      return;
+    }
+    if (!this.#flushing) {
+      this.#flushing = true;
+      queueMicrotask(() => void this.#flush());
+    }
+  }
+
+  async #flush(): Promise<void> {
+    try {
+      while (this.#queue.length > 0) {
+        const parts = this.#queue;
+        this.#queue = [];
+        let total = 0;
+        for (const p of parts) total += p.length;
+        const buf = parts.length === 1 ? parts[0]! : concat(parts, total);
+        let off = 0;
+        while (off < buf.length) off += await this.#conn.write(buf.subarray(off));
+        this.#queuedBytes -= total;
+        if (this.#queuedBytes <= WRITE_HIGH_WATER) {
+          for (const w of this.#drainWaiters.splice(0)) w();
+        }
+      }
+    } catch (err) {
+      this.#destroy(ErrorCode.INTERNAL_ERROR, `write failed: ${err}`, true);
+    } finally {
+      this.#flushing = false;
+    }
+    if (this.#closed) this.#afterFlush?.();
+    else this.#closeIfIdle();
+  }
+
+  // ---- reading ----
+
+  async #readLoop(): Promise<void> {
+    const buf = new Uint8Array(64 * 1024);
+    try {
+      for (;;) {
+        const n = await this.#conn.read(buf);
+        if (n === null) break;
+        this.#reader.push(buf.slice(0, n));
+        if (!this.#prefaceSeen) {
+          const p = this.#reader.take(CLIENT_PREFACE.length);
+          if (!p) continue;
+          if (!p.every((b, i) => b === CLIENT_PREFACE[i])) {
+            throw new H2Error(ErrorCode.PROTOCOL_ERROR, "bad connection preface");
+          }
+          this.#prefaceSeen = true;
+        }
+        let f: Frame | undefined;
+        while (!this.#closed && (f = this.#reader.next())) this.#onFrameSafe(f);
+        if (this.#closed) return;
+      }
+      this.#destroy(ErrorCode.NO_ERROR, "peer closed the connection", true);
+    } catch (err) {
+      if (err instanceof H2Error) this.close(err.code, err.message);
+      else this.#destroy(ErrorCode.INTERNAL_ERROR, `read failed: ${err}`, true);
+    }
+  }
+
+  /** Stream errors reset the stream; connection errors propagate to the read loop. */
+  #onFrameSafe(f: Frame): void {
+    try {
+      this.#onFrame(f);
+    } catch (err) {
+      if (err instanceof H2Error && err.stream !== 0) {
+        this.#send(rstFrame(err.stream, err.code));
+        this.#streams.get(err.stream)?.fail(new StreamReset(err.code, false, err.message));
+      } else throw err;
+    }
+  }
+
+  #onFrame(f: Frame): void {
+    if (!this.#settingsSeen && f.type !== FrameType.SETTINGS) {
+      throw new H2Error(ErrorCode.PROTOCOL_ERROR, "first frame is not SETTINGS");
+    }
+    if (this.#continuation && f.type !== FrameType.CONTINUATION) {
+      throw new H2Error(ErrorCode.PROTOCOL_ERROR, "expected CONTINUATION");
+    }
+    validateFrame(f);
+    switch (f.type) {
+      case FrameType.DATA:
+        return this.#onData(f);
+      case FrameType.HEADERS:
+        return this.#onHeadersFrame(f);
+      case FrameType.CONTINUATION:
+        return this.#onContinuation(f);
+      case FrameType.PRIORITY:
+        return this.#spend(1);
+      case FrameType.RST_STREAM:
+        return this.#onReset(f);
+      case FrameType.SETTINGS:
+        return this.#onSettings(f);
+      case FrameType.PING:
+        if (f.flags & Flag.ACK) {
+          const key = f.payload.join(",");
+          this.#pings.get(key)?.();
+          this.#pings.delete(key);
+          return;
+        }
+        this.#spend(1);
+        return this.#send(pingFrame(f.payload, true));
+      case FrameType.GOAWAY:
+        return this.#onGoaway(f);
+      case FrameType.WINDOW_UPDATE:
+        return this.#onWindowUpdate(f);
+      default:
+        return; // unknown frame types are ignored (RFC 9113 4.1)
+    }
+  }
+
+  /** Takes `cost` from the control-frame budget; an empty budget is a flood. */
+  #spend(cost: number): void {
+    const now = performance.now();
+    this.#tokens = Math.min(
+      this.#opts.controlFrameBurst,
+      this.#tokens + (now - this.#tokensAt) * this.#opts.controlFramesPerSecond / 1000,
+    );
+    this.#tokensAt = now;
+    this.#tokens -= cost;
+    if (this.#tokens < 0) {
+      throw new H2Error(ErrorCode.ENHANCE_YOUR_CALM, "too many control frames");
+    }
+  }
+
+  #onData(f: Frame): void {
+    const size = f.payload.length;
+    if (size > this.#recvWindow) {
+      throw new H2Error(ErrorCode.FLOW_CONTROL_ERROR, "connection window exceeded");
+    }
+    this.#recvWindow -= size;
+    const stream = this.#streams.get(f.streamId);
+    const end = (f.flags & Flag.END_STREAM) !== 0;
+    if (!stream) {
+      this.#checkKnownId(f.streamId);
+      // A stream we already closed: give the credit back and ignore (RFC 9113 5.1).
+      this.#creditConnection(size);
+      return;
+    }
+    if (stream.remoteEnded || !stream.headersReceived) {
+      this.#creditConnection(size);
+      throw new H2Error(ErrorCode.STREAM_CLOSED, "DATA after END_STREAM", f.streamId);
+    }
+    if (size > stream.recvWindow) {
+      this.#creditConnection(size);
+      throw new H2Error(ErrorCode.FLOW_CONTROL_ERROR, "stream window exceeded", f.streamId);
+    }
+    stream.recvWindow -= size;
+    const data = unpad(f);
+    if (data.length === 0 && !end) this.#spend(1); // empty DATA frames cost like control frames
+    // Padding is never read by anyone: credit it back at once.
+    const padding = size - data.length;
+    if (padding > 0) this.consumed(stream, padding);
+    stream.onData(data);
+    if (end) stream.onEnd(undefined);
+  }
+
+  #creditConnection(n: number): void {
+    if (n === 0) return;
+    this.#recvUnacked += n;
+    if (this.#recvUnacked >= this.#opts.connectionWindowSize / 4) {
+      this.#send(windowUpdateFrame(0, this.#recvUnacked));
+      this.#recvWindow += this.#recvUnacked;
+      this.#recvUnacked = 0;
+    }
+  }
+
+  /** A frame for a stream not in the table: fine if it was opened and closed, else an error. */
+  #checkKnownId(id: number): void {
+    const peerInitiated = (id % 2 === 1) === (this.role === "server");
+    const known = peerInitiated ? id <= this.#lastPeerStream : id < this.#nextLocalStream;
+    if (!known) throw new H2Error(ErrorCode.PROTOCOL_ERROR, `frame on idle stream ${id}`);
+  }
+
+  #onHeadersFrame(f: Frame): void {
+    const fragment = unpad(f);
+    const end = (f.flags & Flag.END_STREAM) !== 0;
+    if (f.flags & Flag.END_HEADERS) return this.#onHeaderBlock(f.streamId, fragment, end);
+    this.#continuation = { streamId: f.streamId, parts: [fragment], size: fragment.length, end };
+  }
+
+  #onContinuation(f: Frame): void {
+    const c = this.#continuation;
+    if (!c || c.streamId !== f.streamId) {
+      throw new H2Error(ErrorCode.PROTOCOL_ERROR, "unexpected CONTINUATION");
+    }
+    c.parts.push(f.payload);
+    c.size += f.payload.length;
+    // Bounded: a header block that never ends (CONTINUATION flood) cannot grow past this.
+    if (c.size > this.#opts.maxHeaderListSize * 2) {
+      throw new H2Error(ErrorCode.ENHANCE_YOUR_CALM, "header block too large");
+    }
+    if (c.parts.length > 1 && f.payload.length === 0) this.#spend(1);
+    if (f.flags & Flag.END_HEADERS) {
+      this.#continuation = undefined;
+      this.#onHeaderBlock(c.streamId, concat(c.parts, c.size), c.end);
+    }
+  }
+
+  #onHeaderBlock(id: number, block: Uint8Array, end: boolean): void {
+    // Decode first, always: the HPACK table must stay in step even for streams we drop.
+    let fields: HeaderField[] | undefined;
+    let tooLarge = false;
+    try {
+      fields = this.#decoder.decode(block);
+    } catch (err) {
+      if (err instanceof HeaderListTooLarge) tooLarge = true;
+      else throw new H2Error(ErrorCode.COMPRESSION_ERROR, String(err));
+    }
+    const existing = this.#streams.get(id);
+    if (existing) {
+      if (existing.remoteEnded) {
+        throw new H2Error(ErrorCode.STREAM_CLOSED, "HEADERS after END_STREAM", id);
+      }
+      if (tooLarge) throw new H2Error(ErrorCode.PROTOCOL_ERROR, "header list too large", id);
+      const kind = existing.headersReceived ? "trailers" : "response";
+      if (kind === "trailers" && !end) {
+        throw new H2Error(ErrorCode.PROTOCOL_ERROR, "trailers without END_STREAM", id);
+      }
+      // 1xx informational responses are skipped (gRPC never sends them).
+      if (
+        kind === "response" && /^1\d\d$/.test(fields!.find(([n]) => n === ":status")?.[1] ?? "")
+      ) {
+        return;
+      }
+      const problem = headerProblem(fields!, kind);
+      if (problem) throw new H2Error(ErrorCode.PROTOCOL_ERROR, problem, id);
+      existing.onHeaders(fields!, end);
+      return;
+    }
+    if (this.role === "client" || id % 2 === 0) {
+      this.#checkKnownId(id);
+      return; // headers for a stream we already closed
+    }
+    if (id <= this.#lastPeerStream) {
+      throw new H2Error(ErrorCode.STREAM_CLOSED, "HEADERS on a closed stream", id);
+    }
+    this.#lastPeerStream = id;
+    if (this.#goawaySent) {
+      this.#send(rstFrame(id, ErrorCode.REFUSED_STREAM));
+      return;
+    }
+    if (this.#streams.size >= this.#opts.maxConcurrentStreams) {
+      this.#spend(1);
+      this.#send(rstFrame(id, ErrorCode.REFUSED_STREAM));
+      return;
+    }
+    if (tooLarge) {
+      // 431 as a response, then the stream is done (RFC 9113 10.5.1).
+      this.#send(
+        headerFrames(
+          id,
+          this.#encoder.encode([[":status", "431"]]),
+          true,
+          this.#peerMaxFrameSize,
+        )[0]!,
+      );
+      if (!end) this.#send(rstFrame(id, ErrorCode.NO_ERROR));
+      return;
+    }
+    const problem = headerProblem(fields!, "request");
+    if (problem) throw new H2Error(ErrorCode.PROTOCOL_ERROR, problem, id);
+    const stream = new H2Stream(id, this, this.#peerInitialWindow, this.#opts.initialWindowSize);
+    this.#streams.set(id, stream);
+    stream.onHeaders(fields!, end);
+    this.#onStream?.(stream);
+  }
+
+  #onReset(f: Frame): void {
+    this.#spend(1);
+    const stream = this.#streams.get(f.streamId);
+    if (!stream) return this.#checkKnownId(f.streamId);
+    stream.fail(new StreamReset(readUint32(f.payload, 0), true));
+  }
+
+  #onSettings(f: Frame): void {
+    if (f.flags & Flag.ACK) return;
+    this.#settingsSeen = true;
+    this.#spend(1);
+    for (const [id, value] of parseSettings(f.payload)) {
+      switch (id) {
+        case Setting.HEADER_TABLE_SIZE:
+          this.#encoder.setMaxTableSize(value);
+          break;
+        case Setting.ENABLE_PUSH:
+          if (value > 1) throw new H2Error(ErrorCode.PROTOCOL_ERROR, "ENABLE_PUSH above 1");
+          break;
+        case Setting.MAX_CONCURRENT_STREAMS:
+          this.#peerMaxConcurrent = value;
+          break;
+        case Setting.INITIAL_WINDOW_SIZE: {
+          if (value > MAX_WINDOW) {
+            throw new H2Error(ErrorCode.FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE too large");
+          }
+          const delta = value - this.#peerInitialWindow;
+          this.#peerInitialWindow = value;
+          for (const s of this.#streams.values()) {
+            s.sendWindow += delta;
+            if (s.sendWindow > MAX_WINDOW) {
+              throw new H2Error(ErrorCode.FLOW_CONTROL_ERROR, "stream window overflow");
+            }
+          }
+          if (delta > 0) this.#wakeWriters();
+          break;
+        }
+        case Setting.MAX_FRAME_SIZE:
+          if (value < MIN_FRAME_SIZE || value > MAX_FRAME_SIZE_LIMIT) {
+            throw new H2Error(ErrorCode.PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range");
+          }
+          this.#peerMaxFrameSize = value;
+          break;
+      }
+    }
+    this.#send(settingsAck());
+  }
+
+  #onGoaway(f: Frame): void {
+    const last = readUint32(f.payload, 0) & 0x7fffffff;
+    const code = readUint32(f.payload, 4);
+    this.#goawayReceived = last;
+    // Streams we opened above `last` were never processed: safe to retry elsewhere.
+    for (const s of [...this.#streams.values()]) {
+      const local = (s.id % 2 === 1) === (this.role === "client");
+      if (local && s.id > last) {
+        s.fail(new StreamReset(ErrorCode.REFUSED_STREAM, true, "refused by GOAWAY"));
+      }
+    }
+    for (const w of this.#openWaiters.splice(0)) w();
+    if (code !== ErrorCode.NO_ERROR) {
+      this.#destroy(code, `peer sent GOAWAY ${code}`, true);
+      return;
+    }
+    this.#closeIfIdle();
+  }
+
+  #onWindowUpdate(f: Frame): void {
+    const inc = readUint32(f.payload, 0) & 0x7fffffff;
+    if (f.streamId === 0) {
+      if (inc === 0) throw new H2Error(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0");
+      this.#sendWindow += inc;
+      if (this.#sendWindow > MAX_WINDOW) {
+        throw new H2Error(ErrorCode.FLOW_CONTROL_ERROR, "connection window overflow");
+      }
+      this.#wakeWriters();
+      return;
+    }
+    const stream = this.#streams.get(f.streamId);
+    if (!stream) return this.#checkKnownId(f.streamId);
+    if (inc === 0) throw new H2Error(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0", f.streamId);
+    stream.sendWindow += inc;
+    if (stream.sendWindow > MAX_WINDOW) {
+      throw new H2Error(ErrorCode.FLOW_CONTROL_ERROR, "stream window overflow", f.streamId);
+    }
+    if (stream.windowWaiter) {
+      this.#windowBlocked.delete(stream);
+      stream.windowWaiter();
+    }
+  }
+
+  #wakeWriters(): void {
+    const blocked = [...this.#windowBlocked];
+    this.#windowBlocked.clear();
+    for (const s of blocked) s.windowWaiter?.();
+  }
+
+  #closeIfIdle(): void {
+    if (this.#streams.size > 0 || this.#closed) return;
+    if (this.#goawaySent || this.#goawayReceived !== undefined) {
+      // Let queued frames (the last responses, GOAWAY) go out first.
+      if (!this.#flushing) this.#destroy(ErrorCode.NO_ERROR, "drained", false);
+    }
+  }
+
+  #destroy(code: number, message: string, byPeer: boolean): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const reason = new StreamReset(
+      code === ErrorCode.NO_ERROR ? ErrorCode.CANCEL : code,
+      byPeer,
+      `connection closed: ${message}`,
+    );
+    for (const s of [...this.#streams.values()]) s.fail(reason);
+    this.#streams.clear();
+    for (const w of this.#drainWaiters.splice(0)) w();
+    for (const w of this.#openWaiters.splice(0)) w();
+    for (const p of this.#pings.values()) p();
+    this.#pings.clear();
+    let finished = false;
+    const finish = () => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(fallback);
+      try {
+        this.#conn.close();
+      } catch { /* already closed */ }
+      this.#onClose?.({ code, message, byPeer });
+      this.#resolveDone();
+    };
+    // What is queued (a GOAWAY, last responses) goes out first, but a peer that does not read
+    // cannot hold the socket open for more than a second.
+    const fallback = setTimeout(finish, 1000);
+    if (this.#flushing) this.#afterFlush = finish;
+    else if (this.#queue.length > 0 && !byPeer) {
+      const buf = concat(this.#queue, this.#queuedBytes);
+      this.#queue = [];
+      this.#conn.write(buf).catch(() => 0).finally(finish);
+    } else finish();
+  }
+}
+
+function frameData(streamId: number, data: Uint8Array, end: boolean): Uint8Array {
+  const out = new Uint8Array(9 + data.length);
+  out[0] = data.length >>> 16;
+  out[1] = (data.length >>> 8) & 0xff;
+  out[2] = data.length & 0xff;
+  out[3] = FrameType.DATA;
+  out[4] = end ? Flag.END_STREAM : 0;
+  out[5] = (streamId >>> 24) & 0x7f;
+  out[6] = (streamId >>> 16) & 0xff;
+  out[7] = (streamId >>> 8) & 0xff;
+  out[8] = streamId & 0xff;
+  out.set(data, 9);
+  return out;
+}
+
+function concat(parts: readonly Uint8Array[], total: number): Uint8Array {
+  const out = new Uint8Array(total);
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}

@@ -1,0 +1,221 @@
+/**
+ * One HTTP/2 stream as the application sees it: the header lists that arrived, the DATA as a
+ * ReadableStream (flow-control credit is returned only as the reader takes chunks, so a slow
+ * reader holds at most one window), trailers, and methods to send headers, data and trailers
+ * or reset. The connection (connection.ts) owns the frames; this class owns one stream's state.
+ */
+import { ErrorCode } from "./frames.ts";
+import type { HeaderField } from "./hpack.ts";
+
+/** The stream ended with RST_STREAM (either side) or its connection went away. */
+export class StreamReset extends Error {
+  constructor(readonly code: number, readonly byPeer: boolean, message?: string) {
+    super(message ?? `stream reset with code ${code}${byPeer ? " by the peer" : ""}`);
+    this.name = "StreamReset";
+  }
+}
+
+/** What a stream needs from its connection. */
+export interface StreamHost {
+  sendHeaders(stream: H2Stream, fields: readonly HeaderField[], endStream: boolean): void;
+  /** Sends as much of `chunk` as windows allow; resolves when all of it is queued. */
+  sendData(stream: H2Stream, chunk: Uint8Array, endStream: boolean): Promise<void>;
+  sendReset(stream: H2Stream, code: number): void;
+  /** The reader took `n` bytes: return that much credit to the peer. */
+  consumed(stream: H2Stream, n: number): void;
+  /** The stream is closed in both directions (or reset): forget it. */
+  retire(stream: H2Stream): void;
+}
+
+function deferred<T>() {
+  let resolve!: (v: T) => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  promise.catch(() => {}); // rejections are read by whoever awaits; none is unhandled
+  return { promise, resolve, reject };
+}
+
+export class H2Stream {
+  /** Credit the peer gave us for DATA on this stream (RFC 9113 6.9). */
+  sendWindow: number;
+  /** Credit we gave the peer, and what the reader consumed but we have not yet returned. */
+  recvWindow: number;
+  unacked = 0;
+  localEnded = false;
+  remoteEnded = false;
+  headersSent = false;
+  headersReceived = false;
+  #reset: StreamReset | undefined;
+
+  readonly #headers = deferred<HeaderField[]>();
+  readonly #trailers = deferred<HeaderField[] | undefined>();
+  readonly #closed = deferred<StreamReset | undefined>();
+  #inbox: Uint8Array[] = [];
+  #inboxBytes = 0;
+  #pull: (() => void) | undefined;
+  #controller!: ReadableStreamDefaultController<Uint8Array>;
+  /** Wakes a writer waiting for window. */
+  windowWaiter: (() => void) | undefined;
+
+  /** DATA from the peer. Cancelling it resets the stream (CANCEL) unless it already ended. */
+  readonly body: ReadableStream<Uint8Array>;
+
+  constructor(
+    readonly id: number,
+    readonly host: StreamHost,
+    sendWindow: number,
+    recvWindow: number,
+  ) {
+    this.sendWindow = sendWindow;
+    this.recvWindow = recvWindow;
+    this.body = new ReadableStream<Uint8Array>({
+      start: (c) => {
+        this.#controller = c;
+      },
+      pull: () =>
+        new Promise<void>((resolve) => {
+          this.#pull = resolve;
+          this.#pump();
+        }),
+      cancel: () => {
+        this.#inboxDrop();
+        if (!this.remoteEnded) this.reset(ErrorCode.CANCEL);
+      },
+    }, { highWaterMark: 0 });
+  }
+
+  /** The first header list from the peer (request headers, or the response's). */
+  get headers(): Promise<HeaderField[]> {
+    return this.#headers.promise;
+  }
+  /** Trailers, or undefined when the peer ended with DATA; rejects with StreamReset. */
+  get trailers(): Promise<HeaderField[] | undefined> {
+    return this.#trailers.promise;
+  }
+  /** Resolves when the stream is closed: undefined when clean, the StreamReset otherwise. */
+  get closed(): Promise<StreamReset | undefined> {
+    return this.#closed.promise;
+  }
+  get resetReason(): StreamReset | undefined {
+    return this.#reset;
+  }
+  get isClosed(): boolean {
+    return this.#reset !== undefined || (this.localEnded && this.remoteEnded);
+  }
+
+  // ---- sending ----
+
+  sendHeaders(fields: readonly HeaderField[], endStream = false): void {
+    if (this.#reset) throw this.#reset;
+    if (this.localEnded) throw new Error("stream already ended");
+    this.headersSent = true;
+    if (endStream) this.localEnded = true;
+    this.host.sendHeaders(this, fields, endStream);
+    if (endStream) this.#maybeClose();
+  }
+
+  async write(chunk: Uint8Array): Promise<void> {
+    if (this.#reset) throw this.#reset;
+    if (this.localEnded) throw new Error("stream already ended");
+    await this.host.sendData(this, chunk, false);
+  }
+
+  /** Ends our side: with trailers (a HEADERS frame) or an empty END_STREAM DATA frame. */
+  async end(trailers?: readonly HeaderField[]): Promise<void> {
+    if (this.#reset) throw this.#reset;
+    if (this.localEnded) return;
+    if (trailers) {
+      this.localEnded = true;
+      this.host.sendHeaders(this, trailers, true);
+    } else {
+      this.localEnded = true;
+      await this.host.sendData(this, new Uint8Array(0), true);
+    }
+    this.#maybeClose();
+  }
+
+  reset(code: number = ErrorCode.CANCEL): void {
+    if (this.#reset || (this.localEnded && this.remoteEnded)) return;
+    this.host.sendReset(this, code);
+    this.fail(new StreamReset(code, false));
+  }
+
+  // ---- called by the connection ----
+
+  onHeaders(fields: HeaderField[], endStream: boolean): "headers" | "trailers" {
+    if (!this.headersReceived) {
+      this.headersReceived = true;
+      this.#headers.resolve(fields);
+      if (endStream) this.onEnd(undefined);
+      return "headers";
+    }
+    this.onEnd(fields);
+    return "trailers";
+  }
+
+  onData(chunk: Uint8Array): void {
+    if (chunk.length > 0) {
+      this.#inbox.push(chunk);
+      this.#inboxBytes += chunk.length;
+    }
+    this.#pump();
+  }
+
+  onEnd(trailers: HeaderField[] | undefined): void {
+    this.remoteEnded = true;
+    this.#trailers.resolve(trailers);
+    this.#pump();
+    this.#maybeClose();
+  }
+
+  /** Reset by the peer, by us, or the connection closed: everything pending fails. */
+  fail(reason: StreamReset): void {
+    if (this.#reset) return;
+    this.#reset = reason;
+    this.#headers.reject(reason);
+    this.#trailers.reject(reason);
+    this.#inboxDrop();
+    try {
+      this.#controller.error(reason);
+    } catch { /* already closed */ }
+    this.#pull?.();
+    this.#pull = undefined;
+    this.windowWaiter?.();
+    this.host.retire(this);
+    this.#closed.resolve(reason);
+  }
+
+  #inboxDrop(): void {
+    // Credit for bytes nobody will read goes back to the connection window.
+    if (this.#inboxBytes > 0) this.host.consumed(this, this.#inboxBytes);
+    this.#inbox = [];
+    this.#inboxBytes = 0;
+  }
+
+  #pump(): void {
+    if (!this.#pull || this.#reset) return;
+    const chunk = this.#inbox.shift();
+    if (chunk) {
+      this.#inboxBytes -= chunk.length;
+      this.#controller.enqueue(chunk);
+      this.host.consumed(this, chunk.length);
+    } else if (this.remoteEnded) {
+      try {
+        this.#controller.close();
+      } catch { /* cancelled */ }
+    } else return;
+    const resolve = this.#pull;
+    this.#pull = undefined;
+    resolve();
+  }
+
+  #maybeClose(): void {
+    if (this.localEnded && this.remoteEnded && !this.#reset) {
+      this.host.retire(this);
+      this.#closed.resolve(undefined);
+    }
+  }
+}

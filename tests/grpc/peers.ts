@@ -1,0 +1,155 @@
+/**
+ * Real gRPC peers for the tests, from `@grpc/grpc-js` (no protobuf: messages are raw bytes).
+ * Service `test.Echo`: Unary, ServerStream, ClientStream, Bidi; a unary request "status:N:msg"
+ * fails with code N, "sleep:MS" answers after MS ms (and records cancellation).
+ */
+import * as grpc from "@grpc/grpc-js";
+import { Buffer } from "node:buffer";
+
+const raw = { serialize: (b: Buffer) => b, deserialize: (b: Buffer) => b };
+const method = (path: string, requestStream: boolean, responseStream: boolean) => ({
+  path,
+  requestStream,
+  responseStream,
+  requestSerialize: raw.serialize,
+  requestDeserialize: raw.deserialize,
+  responseSerialize: raw.serialize,
+  responseDeserialize: raw.deserialize,
+});
+
+export const ECHO_SERVICE = {
+  unary: method("/test.Echo/Unary", false, false),
+  serverStream: method("/test.Echo/ServerStream", false, true),
+  clientStream: method("/test.Echo/ClientStream", true, false),
+  bidi: method("/test.Echo/Bidi", true, true),
+} as const;
+
+export const OPTIONS = {
+  "grpc.max_receive_message_length": -1,
+  "grpc.max_send_message_length": -1,
+};
+
+export interface EchoServer {
+  readonly port: number;
+  readonly cancelled: string[];
+  readonly calls: { n: number };
+  stop(): Promise<void>;
+}
+
+export async function startEchoServer(): Promise<EchoServer> {
+  const server = new grpc.Server(OPTIONS);
+  const cancelled: string[] = [];
+  const calls = { n: 0 };
+  server.addService(ECHO_SERVICE as unknown as grpc.ServiceDefinition, {
+    unary: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
+      calls.n++;
+      const text = call.request.length < 100 ? call.request.toString() : "";
+      const md = new grpc.Metadata();
+      const custom = call.metadata.get("x-custom")[0];
+      if (custom) md.set("x-custom-echo", String(custom));
+      const bin = call.metadata.get("x-custom-bin")[0];
+      if (bin) md.set("x-custom-echo-bin", bin as Buffer);
+      const deadline = call.getDeadline();
+      if (deadline !== Infinity) md.set("x-deadline-ms", String(Number(deadline) - Date.now()));
+      if (text.startsWith("status:")) {
+        const [, code, msg] = text.split(":");
+        const trailer = new grpc.Metadata();
+        trailer.set("x-detail-bin", Buffer.from([0, 1, 2, 255]));
+        return cb({ code: Number(code), details: msg ?? "", metadata: trailer });
+      }
+      if (text.startsWith("sleep:")) {
+        call.on("cancelled", () => cancelled.push(text));
+        const t = setTimeout(() => cb(null, call.request), Number(text.slice(6)));
+        call.on("cancelled", () => clearTimeout(t));
+        return;
+      }
+      call.sendMetadata(md);
+      const trailer = new grpc.Metadata();
+      trailer.set("x-trailer-bin", Buffer.from([9, 8, 7]));
+      cb(null, call.request, trailer);
+    },
+    serverStream: (call: grpc.ServerWritableStream<Buffer, Buffer>) => {
+      const n = Number(call.request.toString());
+      for (let i = 0; i < n; i++) call.write(Buffer.from(`m${i}`));
+      call.end();
+    },
+    clientStream: (
+      call: grpc.ServerReadableStream<Buffer, Buffer>,
+      cb: grpc.sendUnaryData<Buffer>,
+    ) => {
+      let total = 0;
+      let count = 0;
+      call.on("data", (b: Buffer) => {
+        total += b.length;
+        count++;
+      });
+      call.on("end", () => cb(null, Buffer.from(`${count}:${total}`)));
+    },
+    bidi: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => {
+      call.on("data", (b: Buffer) => call.write(Buffer.concat([Buffer.from("echo:"), b])));
+      call.on("end", () => call.end());
+      call.on("cancelled", () => cancelled.push("bidi"));
+    },
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(
+      "127.0.0.1:0",
+      grpc.ServerCredentials.createInsecure(),
+      (err, p) => err ? reject(err) : resolve(p),
+    )
+  );
+  return {
+    port,
+    cancelled,
+    calls,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        server.forceShutdown();
+        resolve();
+      }),
+  };
+}
+
+export const EchoClient = grpc.makeGenericClientConstructor(
+  ECHO_SERVICE as unknown as grpc.ServiceDefinition,
+  "Echo",
+);
+
+// deno-lint-ignore no-explicit-any
+export type AnyClient = grpc.Client & Record<string, any>;
+
+export function echoClient(port: number): AnyClient {
+  return new EchoClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), OPTIONS) as never;
+}
+
+export interface UnaryResult {
+  value: Buffer | undefined;
+  error: grpc.ServiceError | undefined;
+  headers: grpc.Metadata | undefined;
+  trailers: grpc.Metadata | undefined;
+}
+
+export function unary(
+  client: AnyClient,
+  body: Uint8Array,
+  opts: { metadata?: grpc.Metadata; deadlineMs?: number } = {},
+): Promise<UnaryResult> {
+  return new Promise((resolve) => {
+    let headers: grpc.Metadata | undefined;
+    let trailers: grpc.Metadata | undefined;
+    const callOpts = opts.deadlineMs ? { deadline: Date.now() + opts.deadlineMs } : {};
+    const call = client.unary(
+      Buffer.from(body),
+      opts.metadata ?? new grpc.Metadata(),
+      callOpts,
+      (error: grpc.ServiceError | null, value?: Buffer) => {
+        // The status event comes after the callback on some paths: give it a tick.
+        setTimeout(() => resolve({ error: error ?? undefined, value, headers, trailers }), 5);
+      },
+    );
+    call.on("metadata", (m: grpc.Metadata) => (headers = m));
+    call.on("status", (s: grpc.StatusObject) => (trailers = s.metadata));
+  });
+}
+
+export { grpc };
