@@ -7,6 +7,7 @@ import type { Logger } from "../observability/log.ts";
 import { adminHandler } from "./admin.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
 import { createListenerHandler } from "./handler.ts";
+import { ConnectionGuard, guardLimits } from "./guard.ts";
 
 export interface BoundAddress {
   readonly hostname: string;
@@ -18,7 +19,7 @@ export class Ferry {
   readonly #log: Logger;
   readonly #servers = new Map<
     string,
-    { server: Deno.HttpServer<Deno.NetAddr>; stop: AbortController }
+    { server: Deno.HttpServer<Deno.NetAddr>; stop: AbortController; guard?: ConnectionGuard }
   >();
   #admin: Deno.HttpServer<Deno.NetAddr> | undefined;
   #state: "ready" | "draining" = "ready";
@@ -46,7 +47,10 @@ export class Ferry {
         );
       }
     } catch (err) {
-      for (const { stop } of ferry.#servers.values()) stop.abort();
+      for (const { stop, guard } of ferry.#servers.values()) {
+        stop.abort();
+        void guard?.close();
+      }
       void ferry.#admin?.shutdown();
       throw err;
     }
@@ -63,7 +67,9 @@ export class Ferry {
 
   addresses(): { listeners: Record<string, BoundAddress>; admin: BoundAddress | undefined } {
     const listeners: Record<string, BoundAddress> = {};
-    for (const [name, { server }] of this.#servers) listeners[name] = server.addr;
+    for (const [name, { server, guard }] of this.#servers) {
+      listeners[name] = guard?.addr ?? server.addr;
+    }
     return { listeners, admin: this.#admin?.addr };
   }
 
@@ -72,23 +78,37 @@ export class Ferry {
     const stop = new AbortController();
     const log = this.#log;
     const handler = createListenerHandler(name, () => this.#snapshot, log);
+    const listening = (a: Deno.NetAddr) =>
+      log.info("listening", {
+        listener: name,
+        address: `${a.hostname}:${a.port}`,
+        tls: plan.tls !== undefined,
+      });
+    // With the guard, Ferry accepts downstream connections itself and Deno.serve listens on
+    // loopback behind it (src/server/guard.ts, docs/connections.md).
+    const guard = this.#snapshot.config.server.connection_guard
+      ? new ConnectionGuard({
+        hostname: plan.hostname,
+        port: plan.port,
+        tls: plan.tls,
+        limits: () => guardLimits(this.#snapshot.config.server),
+        log,
+      })
+      : undefined;
     const server = Deno.serve({
-      hostname: plan.hostname,
-      port: plan.port,
+      ...(guard
+        ? { hostname: "127.0.0.1", port: 0 }
+        : { hostname: plan.hostname, port: plan.port }),
       signal: stop.signal,
-      ...(plan.tls ? { cert: plan.tls.cert, key: plan.tls.key } : {}),
-      onListen: (a) =>
-        log.info("listening", {
-          listener: name,
-          address: `${a.hostname}:${a.port}`,
-          tls: plan.tls !== undefined,
-        }),
+      ...(plan.tls && !guard ? { cert: plan.tls.cert, key: plan.tls.key } : {}),
+      onListen: (a) => guard ? listening(guard.addr) : listening(a),
       onError: (err) => {
         log.error("unhandled error in listener", { listener: name, error: String(err) });
         return errorResponse(new ProxyError("internal", "unexpected failure"), crypto.randomUUID());
       },
-    }, handler);
-    this.#servers.set(name, { server, stop });
+    }, guard ? guard.wrap(handler) : handler);
+    guard?.start(server.addr.port);
+    this.#servers.set(name, { server, stop, ...(guard ? { guard } : {}) });
   }
 
   /**
@@ -97,6 +117,7 @@ export class Ferry {
    */
   async shutdown(deadlineMs = 30_000): Promise<{ clean: boolean }> {
     this.#state = "draining";
+    for (const { guard } of this.#servers.values()) guard?.stopAccepting();
     const drains = [...this.#servers.values()].map(({ server }) => server.shutdown());
     let timer: ReturnType<typeof setTimeout> | undefined;
     const deadline = new Promise<"deadline">((resolve) => {
@@ -114,6 +135,7 @@ export class Ferry {
       for (const { stop } of this.#servers.values()) stop.abort();
       await Promise.allSettled(drains);
     }
+    await Promise.all([...this.#servers.values()].map(({ guard }) => guard?.close()));
     await this.#admin?.shutdown();
     this.#snapshot.close();
     return { clean: result === "drained" };

@@ -9,8 +9,9 @@ import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
 import { errorFields, type Logger } from "../observability/log.ts";
 import type { AccessLog } from "../observability/access_log.ts";
+import { checkHeaderLimits, limitBody } from "./request_limits.ts";
 
-/** Longest request target accepted (path + query), as nginx's large_client_header_buffers 8k. */
+/** Default longest request target (path + query), as nginx's large_client_header_buffers 8k. */
 export const MAX_URI_LENGTH = 8192;
 const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 
@@ -24,8 +25,10 @@ export function createListenerHandler(
   currentSnapshot: () => Snapshot,
   log: Logger,
 ): ServeHandler {
-  return async function handle(req, info): Promise<Response> {
+  return async function handle(incoming, info): Promise<Response> {
+    let req = incoming;
     const snap = currentSnapshot();
+    const limits = snap.config.server;
     const plan = snap.listeners.get(listener);
     const peerIp = info.remoteAddr.hostname;
     const peerTrusted = snap.trust.has(peerIp);
@@ -40,7 +43,9 @@ export function createListenerHandler(
     try {
       if (!plan) throw new ProxyError("no_route", `listener ${listener} is being removed`);
       checkMethod(req.method);
-      const target = splitTarget(req.url);
+      const target = splitTarget(req.url, limits.max_uri_bytes);
+      checkHeaderLimits(req.headers, limits.max_header_bytes, limits.max_headers);
+      req = limitBody(req, limits.max_body_bytes);
       // Deno fills a missing Host with localhost:port (indistinguishable from HTTP/2, which has
       // no Host header), but an empty Host is visible and invalid (RFC 9112 3.2).
       const host = req.headers.get("host") === "" ? null : normalizeHost(target.authority);
@@ -165,7 +170,10 @@ function pickRequestId(
  * Splits Deno's absolute request URL without the cost of `new URL`: the authority as the
  * client sent it (Host, or the absolute-form target), the raw path and the raw query.
  */
-export function splitTarget(url: string): { authority: string; path: string; search: string } {
+export function splitTarget(
+  url: string,
+  maxUriBytes = MAX_URI_LENGTH,
+): { authority: string; path: string; search: string } {
   const start = url.indexOf("//") + 2;
   let slash = url.indexOf("/", start);
   if (slash < 0) slash = url.length;
@@ -173,8 +181,8 @@ export function splitTarget(url: string): { authority: string; path: string; sea
   const authority = url.slice(start, slash);
   const path = q < 0 ? url.slice(slash) : url.slice(slash, q);
   const search = q < 0 ? "" : url.slice(q);
-  if (path.length + search.length > MAX_URI_LENGTH) {
-    throw new ProxyError("uri_too_long", `request target longer than ${MAX_URI_LENGTH} bytes`);
+  if (path.length + search.length > maxUriBytes) {
+    throw new ProxyError("uri_too_long", `request target longer than ${maxUriBytes} bytes`);
   }
   if (url.includes("#")) throw new ProxyError("bad_request", "a request target has no fragment");
   return { authority, path: path || "/", search };
