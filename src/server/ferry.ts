@@ -73,6 +73,18 @@ export class Ferry {
     return { listeners, admin: this.#admin?.addr };
   }
 
+  /**
+   * Open downstream connections, per listener, as the connection guard counts them (for a
+   * gauge); listeners without the guard are not listed (Deno.serve does not count).
+   */
+  openConnections(): Record<string, number> {
+    const open: Record<string, number> = {};
+    for (const [name, { guard }] of this.#servers) {
+      if (guard) open[name] = guard.openConnections();
+    }
+    return open;
+  }
+
   #listen(name: string): void {
     const plan = this.#snapshot.listeners.get(name)!;
     const stop = new AbortController();
