@@ -76,6 +76,9 @@ class Guarded {
   /** HTTP/1.1 head scan: bytes and line ends seen, and how far the end-of-head match got. */
   headBytes = 0;
   headLines = 0;
+  /** The last two bytes of the previous read, while scanning a head. */
+  last1 = -1;
+  last2 = -1;
   closed = false;
   inner: Deno.TcpConn | undefined;
   constructor(
@@ -300,24 +303,32 @@ export class ConnectionGuard {
       g.since = performance.now();
       g.headBytes = 0;
       g.headLines = 0;
+      g.last1 = g.last2 = -1;
     }
     if (g.headBytes === 0 && n >= H2_PREFACE.length && startsWith(buf, H2_PREFACE)) {
       g.h2 = true;
       return true;
     }
-    for (let i = 0; i < n; i++) {
-      if (buf[i] !== 10) continue;
+    let end = -1;
+    for (let i = buf.indexOf(10); i >= 0 && i < n; i = buf.indexOf(10, i + 1)) {
       g.headLines++;
       // A blank line ends the head: "\n\n" or "\n\r\n".
-      const prev = i > 0 ? buf[i - 1] : -1;
-      const prev2 = i > 1 ? buf[i - 2] : -1;
+      const prev = i > 0 ? buf[i - 1] : g.last1;
+      const prev2 = i > 1 ? buf[i - 2] : i === 1 ? g.last1 : g.last2;
       if ((prev === 10 || (prev === 13 && prev2 === 10)) && g.headLines > 1) {
-        g.phase = "headDone";
-        g.since = performance.now();
-        return true;
+        end = i;
+        break;
       }
     }
-    g.headBytes += n;
+    g.headBytes += end < 0 ? n : end + 1;
+    // The blank line may straddle two reads.
+    g.last2 = n > 1 ? buf[n - 2]! : g.last1;
+    g.last1 = buf[n - 1]!;
+    if (end >= 0 && g.headBytes <= HEAD_MAX_BYTES && g.headLines <= HEAD_MAX_LINES) {
+      g.phase = "headDone";
+      g.since = performance.now();
+      return true;
+    }
     if (g.headBytes > HEAD_MAX_BYTES || g.headLines > HEAD_MAX_LINES) {
       void this.#reject(
         g,

@@ -40,12 +40,15 @@ export function createListenerHandler(
     const startedAt = performance.now();
     let ctx: RequestContext | undefined;
     let response: Response;
+    let overLimit: (() => ProxyError | undefined) | undefined;
     try {
       if (!plan) throw new ProxyError("no_route", `listener ${listener} is being removed`);
       checkMethod(req.method);
       const target = splitTarget(req.url, limits.max_uri_bytes);
       checkHeaderLimits(req.headers, limits.max_header_bytes, limits.max_headers);
-      req = limitBody(req, limits.max_body_bytes);
+      const limited = limitBody(req, limits.max_body_bytes);
+      req = limited.req;
+      overLimit = limited.overLimit;
       // Deno fills a missing Host with localhost:port (indistinguishable from HTTP/2, which has
       // no Host header), but an empty Host is visible and invalid (RFC 9112 3.2).
       const host = req.headers.get("host") === "" ? null : normalizeHost(target.authority);
@@ -83,7 +86,9 @@ export function createListenerHandler(
       }
       ctx.outcome.route = route.name;
       response = await route.handler(req, ctx);
-    } catch (err) {
+    } catch (thrown) {
+      // A body cut at the size limit surfaces as an upstream failure: it is the client's 413.
+      const err = overLimit?.() ?? thrown;
       response = errorResponse(err, requestId);
       if (response.status >= 500 && response.status !== 499 && log.enabled("warn")) {
         log.warn("proxy error", {

@@ -31,31 +31,46 @@ export function checkHeaderLimits(headers: Headers, maxBytes: number, maxCount: 
 }
 
 /**
- * The request to forward: itself when its body is within the limit or has a Content-Length
- * within it (Deno enforces the framing), 413 when the Content-Length is over, and otherwise a
- * copy whose body stream fails with 413 once it passes the limit.
+ * The request to forward: itself when it has no body, or a Content-Length within the limit
+ * (Deno enforces the framing); 413 when the Content-Length is over. Otherwise a copy whose body
+ * stream fails once it passes the limit; the upstream call then fails with a transport error, so
+ * `overLimit()` tells the caller that this failure is the client's 413.
  */
-export function limitBody(req: Request, maxBodyBytes: number): Request {
-  if (maxBodyBytes <= 0 || req.body === null) return req;
+export function limitBody(
+  req: Request,
+  maxBodyBytes: number,
+): { req: Request; overLimit?: () => ProxyError | undefined } {
+  if (maxBodyBytes <= 0 || req.body === null) return { req };
   const declared = req.headers.get("content-length");
   if (declared !== null) {
     const n = Number(declared);
     if (n > maxBodyBytes) throw tooLarge(maxBodyBytes);
-    if (Number.isSafeInteger(n) && n >= 0) return req;
+    if (Number.isSafeInteger(n) && n >= 0) return { req };
   }
-  return new Request(req, { body: req.body.pipeThrough(countingLimit(maxBodyBytes)) });
+  const limit = countingLimit(maxBodyBytes);
+  return {
+    req: new Request(req, { body: req.body.pipeThrough(limit.stream) }),
+    overLimit: limit.overLimit,
+  };
 }
 
 /** A stream that passes bytes through until more than `max` have passed, then fails (413). */
-export function countingLimit(max: number): TransformStream<Uint8Array, Uint8Array> {
+export function countingLimit(max: number): {
+  stream: TransformStream<Uint8Array, Uint8Array>;
+  overLimit: () => ProxyError | undefined;
+} {
   let seen = 0;
-  return new TransformStream({
+  let failure: ProxyError | undefined;
+  const stream = new TransformStream<Uint8Array, Uint8Array>({
     transform(chunk, ctl) {
       seen += chunk.byteLength;
-      if (seen > max) ctl.error(tooLarge(max));
-      else ctl.enqueue(chunk);
+      if (seen > max) {
+        failure = tooLarge(max);
+        ctl.error(failure);
+      } else ctl.enqueue(chunk);
     },
   });
+  return { stream, overLimit: () => failure };
 }
 
 function tooLarge(max: number): ProxyError {

@@ -103,9 +103,6 @@ export class ClientGoneReason extends Error {}
 /** Maps transport failures onto the error table: refused, reset, timeout, protocol. */
 export function classifyUpstreamError(err: unknown, signal: AbortSignal): ProxyError {
   if (err instanceof ProxyError) return err;
-  // A request body stream that failed with a ProxyError (413 over the body limit) says why.
-  const own = proxyErrorCause(err);
-  if (own) return own;
   if (signal.aborted) {
     if (signal.reason instanceof TimeoutReason) {
       return new ProxyError("upstream_timeout", signal.reason.message, { cause: err });
@@ -133,15 +130,6 @@ export function classifyUpstreamError(err: unknown, signal: AbortSignal): ProxyE
   return new ProxyError("upstream_protocol_error", "the upstream response was not valid HTTP", {
     cause: err,
   });
-}
-
-function proxyErrorCause(err: unknown): ProxyError | undefined {
-  let e: unknown = err;
-  for (let depth = 0; e instanceof Error && depth < 5; depth++) {
-    if (e instanceof ProxyError) return e;
-    e = e.cause;
-  }
-  return undefined;
 }
 
 function describe(err: unknown): string {
