@@ -50,8 +50,15 @@ export function createListenerHandler(
       req = limited.req;
       overLimit = limited.overLimit;
       // Deno fills a missing Host with localhost:port (indistinguishable from HTTP/2, which has
-      // no Host header), but an empty Host is visible and invalid (RFC 9112 3.2).
-      const host = req.headers.get("host") === "" ? null : normalizeHost(target.authority);
+      // no Host header), but an empty Host is visible and invalid (RFC 9112 3.2). A Host header
+      // must be a valid authority itself even when the target is absolute-form: Deno builds
+      // req.url by pasting it in, so "Host: a/b" would otherwise move "/b" into the path.
+      const hostHeader = req.headers.get("host");
+      const host = hostHeader === "" ||
+          (hostHeader !== null && hostHeader !== target.authority &&
+            normalizeHost(hostHeader) === null)
+        ? null
+        : normalizeHost(target.authority);
       if (host === null) throw new ProxyError("bad_request", "invalid Host / authority");
       const path = normalizePath(target.path);
       if (!path.ok) throw new ProxyError("bad_request", `invalid path: ${path.reason}`);
@@ -179,6 +186,10 @@ export function splitTarget(
   url: string,
   maxUriBytes = MAX_URI_LENGTH,
 ): { authority: string; path: string; search: string } {
+  // An absolute-form target reaches req.url as sent: only http and https name this proxy.
+  if (!url.startsWith("http://") && !url.startsWith("https://")) {
+    throw new ProxyError("bad_request", "request target scheme must be http or https");
+  }
   const start = url.indexOf("//") + 2;
   let slash = url.indexOf("/", start);
   if (slash < 0) slash = url.length;
