@@ -285,6 +285,11 @@ const CASES: Case[] = [
     request: `TRACE / HTTP/1.1\r\nHost: a\r\n${close}\r\n`,
     expect: { status: 405, reason: /TRACE/ },
   },
+  {
+    name: "lower-case get (fetch would forward it as GET)",
+    request: `get / HTTP/1.1\r\nHost: a\r\n${close}\r\n`,
+    expect: { status: 400, reason: /upper case/ },
+  },
   // Versions and framing of the request line.
   { name: "HTTP/1.2", request: "GET / HTTP/1.2\r\nHost: a\r\n\r\n", expect: { refused: true } },
   {

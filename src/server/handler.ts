@@ -151,10 +151,19 @@ function logWhenDone(
  * neither is proxied.
  */
 function checkMethod(method: string): void {
+  if (COMMON_METHODS.has(method)) return;
   if (method === "CONNECT" || method === "TRACE") {
     throw new ProxyError("method_not_allowed", `${method} is not proxied`);
   }
+  // Methods are case-sensitive, but fetch upper-cases these six (Fetch standard "normalize a
+  // method"): "get" would reach the upstream as a different method. Refuse instead.
+  if (FETCH_NORMALISED.has(method.toUpperCase())) {
+    throw new ProxyError("bad_request", `method ${method} is not upper case`);
+  }
 }
+
+const COMMON_METHODS = new Set(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]);
+const FETCH_NORMALISED = new Set(["DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"]);
 
 /**
  * `%2F` and `%5C` are kept encoded (they are data, not separators), but an upstream that decodes
