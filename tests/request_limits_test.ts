@@ -15,7 +15,7 @@ const LIMITS = `server:
 /** curl over h1 or h2c; returns status, the JSON body and the x-ferry-flag header. */
 async function curl(url: string, h2: boolean, args: string[], stdin?: Uint8Array) {
   const r = await run("curl", [
-    "-s",
+    "-sS",
     "-D",
     "-",
     ...(h2 ? ["--http2-prior-knowledge"] : ["--http1.1"]),
@@ -23,6 +23,9 @@ async function curl(url: string, h2: boolean, args: string[], stdin?: Uint8Array
     url,
   ], stdin ? { stdin } : {});
   const status = Number(/^HTTP\/[\d.]+ (\d{3})/.exec(r.stdout)?.[1]);
+  if (Number.isNaN(status)) {
+    return { status, flag: undefined, body: {}, text: `curl ${r.code}: ${r.stderr}` };
+  }
   const flag = /^x-ferry-flag: (\S+)/im.exec(r.stdout)?.[1];
   const bodyText = r.stdout.slice(r.stdout.indexOf("\r\n\r\n") + 4);
   let body: { reason?: string } = {};
@@ -57,11 +60,11 @@ for (const h2 of [false, true]) {
     `${proto}: a body over max_body_bytes is 413 (Content-Length and streamed), one within is forwarded`,
     withUpstream(async (url) => {
       const ok = await curl(`${url}/up`, h2, ["--data-binary", "x".repeat(1000)]);
-      assert.equal(ok.status, 200);
+      assert.equal(ok.status, 200, ok.text);
       assert.equal(ok.text, "got 1000");
 
       const declared = await curl(`${url}/up`, h2, ["--data-binary", "x".repeat(1001)]);
-      assert.equal(declared.status, 413);
+      assert.equal(declared.status, 413, declared.text);
       assert.equal(declared.flag, "DPE");
       assert.match(declared.body.reason ?? "", /larger than 1000 bytes/);
 
@@ -84,7 +87,7 @@ for (const h2 of [false, true]) {
         streamedArgs,
         new TextEncoder().encode("z".repeat(900)),
       );
-      assert.equal(smallStreamed.status, 200);
+      assert.equal(smallStreamed.status, 200, smallStreamed.text);
       assert.equal(smallStreamed.text, "got 900");
     }),
   );

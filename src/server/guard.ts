@@ -5,11 +5,12 @@
  * bound to loopback. The inner handler tells the guard when a request starts and completes, so
  * the guard knows, for any protocol, whether a request is in flight:
  *
- * - header timeout: from accept (and, on HTTP/1.1, from the first byte of each later request)
- *   until the request reaches the handler; missed: 408 on HTTP/1.1, close on HTTP/2;
- * - idle timeout: no request in flight for that long: close;
- * - HTTP/1.1 heads larger than Deno's own parser accepts get a 431 here instead of Deno's bare
- *   400, so that oversized headers are answered 431 on both protocols.
+ * - header timeout: from accept until the first request reaches the handler (TLS handshake
+ *   included); missed: 408 on HTTP/1.1, close on HTTP/2 or before TLS is up;
+ * - idle timeout: no request in flight for that long: close. On a keep-alive connection the
+ *   next request must reach the handler within it (a slow second head is cut by this one);
+ * - a first HTTP/1.1 head larger than Deno's own parser accepts gets a 431 here instead of
+ *   Deno's bare 400, so that oversized headers are answered 431 on both protocols.
  *
  * One sweep timer per guard checks every connection; no timer per connection or request.
  * See docs/connections.md for the rules and the measured cost.
@@ -297,14 +298,10 @@ export class ConnectionGuard {
    * HTTP/2 is recognised by ALPN or its preface and gets no head scan (Deno answers 431 itself).
    */
   #onClientBytes(g: Guarded, buf: Uint8Array, n: number): boolean {
-    if (g.h2 || g.phase === "tunnel" || g.phase === "busy" || g.phase === "headDone") return true;
-    if (g.phase === "idle") {
-      g.phase = "head";
-      g.since = performance.now();
-      g.headBytes = 0;
-      g.headLines = 0;
-      g.last1 = g.last2 = -1;
-    }
+    // Only the first request's head is scanned and timed: later bytes on a keep-alive connection
+    // may be the rest of a body the handler never read, not a new head. Later requests must
+    // reach the handler within the idle timeout instead (no request in flight).
+    if (g.phase !== "head" || g.h2) return true;
     if (g.headBytes === 0 && n >= H2_PREFACE.length && startsWith(buf, H2_PREFACE)) {
       g.h2 = true;
       return true;
