@@ -62,7 +62,15 @@ Deno.test("/metrics counts real traffic by route, endpoint and outcome, and pass
     assert.equal(await send("/flaky"), 503);
     assert.equal(await send("/stingy"), 503);
     for (let i = 0; i < 3; i++) await send("/dead"); // two 502s open the breaker, then 503
+    // Three raw connections held open: the guard counts them (plus fetch's pooled ones).
+    const held = await Promise.all(
+      [1, 2, 3].map(() => Deno.connect({ hostname: "127.0.0.1", port: px.port })),
+    );
+    await new Promise((r) => setTimeout(r, 100));
     const text = await (await fetch(`${px.adminUrl}/metrics`)).text();
+    for (const c of held) c.close();
+    const open = metricValue(text, "ferry_downstream_connections_open", { listener: "public" });
+    assert.ok(open !== undefined && open >= 3, `open connections gauge: ${open}`);
 
     const down = (labels: Record<string, string>) =>
       metricValue(text, "ferry_downstream_requests_total", { listener: "public", ...labels });

@@ -110,3 +110,47 @@ Deno.test("SIGTERM: the drain deadline cuts a request that would outlive it", as
     await up.close();
   }
 });
+
+Deno.test("SIGTERM: a WebSocket keeps working through the drain window and gets 1001 at its end", async () => {
+  const up = startUpstream((req) => {
+    const { socket, response } = Deno.upgradeWebSocket(req);
+    socket.onmessage = (e) => socket.send(`echo:${e.data}`);
+    return response;
+  });
+  const ferry = await spawnFerry(["--config", await tempConfig(config(up.url, "3s"))]);
+  const url = ferry.listeners.get("public")!.replace("http:", "ws:");
+  try {
+    const ws = new WebSocket(`${url}/ws`);
+    await new Promise((resolve, reject) => {
+      ws.onopen = resolve;
+      ws.onerror = reject;
+    });
+    const messages: string[] = [];
+    ws.onmessage = (e) => messages.push(String(e.data));
+    const closed = new Promise<{ code: number; at: number }>((resolve) => {
+      ws.onclose = (e) => resolve({ code: e.code, at: Date.now() });
+    });
+    const signalledAt = Date.now();
+    ferry.child.kill("SIGTERM");
+    await new Promise((r) => setTimeout(r, 1_000));
+    ws.send("during the drain");
+    const deadline = Date.now() + 1_500;
+    while (Date.now() < deadline && !messages.includes("echo:during the drain")) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.ok(messages.includes("echo:during the drain"), "still echoing while draining");
+    const { code, at } = await closed;
+    assert.equal(code, 1001, "going away");
+    assert.ok(
+      at - signalledAt >= 2_000,
+      `closed at the end of the window (${at - signalledAt} ms)`,
+    );
+    const status = await ferry.child.status;
+    assert.equal(status.code, 0);
+  } finally {
+    try {
+      ferry.child.kill("SIGKILL");
+    } catch { /* exited */ }
+    await up.close();
+  }
+});

@@ -155,7 +155,11 @@ Deno.test({
         headers: { "content-type": "application/octet-stream" },
       });
     });
-    const px = await spawnFerry(SIMPLE.replace("{{UP}}", up.url) + "log: { level: info }\n");
+    // 100 MB is over the default 10 MiB body limit: this test is about streaming, so no limit.
+    const px = await spawnFerry(
+      catchAllConfig("server: { max_body_bytes: 0 }\n").replace("{{UP}}", up.url) +
+        "log: { level: info }\n",
+    );
     const figures: string[] = [];
     try {
       // Warm up both transports so the baseline includes the code paths' own memory.

@@ -338,6 +338,19 @@ export const AdminSchema = z.strictObject({
   { message: "set at most one of admin.token, admin.token_file and admin.token_env" },
 );
 
+/** Connection and request limits, as an nginx or Envoy operator would expect (docs/connections.md). */
+export const SERVER_LIMIT_DEFAULTS = {
+  connection_guard: true,
+  header_timeout: 30_000,
+  idle_timeout: 60_000,
+  max_connections: 10_000,
+  max_connections_per_ip: 0,
+  max_body_bytes: 10 * 1024 * 1024,
+  max_header_bytes: 12 * 1024,
+  max_headers: 100,
+  max_uri_bytes: 8192,
+} as const;
+
 export const ServerSchema = z.strictObject({
   /** CIDRs of proxies whose X-Forwarded-For and X-Request-Id are believed. */
   trusted_proxies: z.array(z.string()).default([]),
@@ -351,6 +364,33 @@ export const ServerSchema = z.strictObject({
   drain_timeout: duration.default(30_000),
   /** Reload when the config file changes (debounced); SIGHUP and POST /reload always work. */
   watch_config: z.boolean().default(true),
+  /**
+   * Accept TCP/TLS in Ferry's own connection guard (header and idle timeouts, connection caps)
+   * in front of Deno.serve; false serves Deno.serve directly, without those protections.
+   */
+  connection_guard: z.boolean().default(SERVER_LIMIT_DEFAULTS.connection_guard),
+  /** The head of a request must arrive completely within this time (0: no limit). */
+  header_timeout: duration.default(SERVER_LIMIT_DEFAULTS.header_timeout),
+  /** A connection with no request in flight is closed after this time (0: never). */
+  idle_timeout: duration.default(SERVER_LIMIT_DEFAULTS.idle_timeout),
+  /** Open downstream connections per listener (0: no cap). */
+  max_connections: z.number().int().min(0).default(SERVER_LIMIT_DEFAULTS.max_connections),
+  /** Open downstream connections per client address per listener (0: no cap). */
+  max_connections_per_ip: z.number().int().min(0).default(
+    SERVER_LIMIT_DEFAULTS.max_connections_per_ip,
+  ),
+  /** Request body bytes (0: no limit); larger bodies get 413. */
+  max_body_bytes: z.number().int().min(0).default(SERVER_LIMIT_DEFAULTS.max_body_bytes),
+  /** Sum of name + value + 4 over the request's headers; more gets 431. */
+  max_header_bytes: z.number().int().min(256).max(60 * 1024).default(
+    SERVER_LIMIT_DEFAULTS.max_header_bytes,
+  ),
+  /** Number of request header fields; more gets 431. */
+  max_headers: z.number().int().min(8).max(120).default(SERVER_LIMIT_DEFAULTS.max_headers),
+  /** Path + query bytes; longer gets 414. */
+  max_uri_bytes: z.number().int().min(256).max(60 * 1024).default(
+    SERVER_LIMIT_DEFAULTS.max_uri_bytes,
+  ),
 }).default({
   trusted_proxies: [],
   request_id: "trusted",
@@ -358,6 +398,7 @@ export const ServerSchema = z.strictObject({
   via: "ferry",
   drain_timeout: 30_000,
   watch_config: true,
+  ...SERVER_LIMIT_DEFAULTS,
 });
 
 export const LogSchema = z.strictObject({

@@ -213,10 +213,12 @@ export class FerryMetrics {
   readonly #listeners = new Map<string, ListenerRecorder>();
   /** Read at scrape time for the state gauges; set by whoever serves /metrics. */
   #snapshot: (() => Snapshot) | undefined;
+  #connections: (() => Record<string, number>) | undefined;
 
   readonly downstreamRequests: client.Counter<string>;
   readonly downstreamDuration: client.Histogram<string>;
   readonly downstreamInFlight: client.Gauge<string>;
+  readonly downstreamConnections: client.Gauge<string>;
   readonly upstreamRequests: client.Counter<string>;
   readonly upstreamDuration: client.Histogram<string>;
   readonly upstreamErrors: client.Counter<string>;
@@ -262,6 +264,17 @@ export class FerryMetrics {
       collect() {
         this.reset();
         for (const l of listeners.values()) this.set({ listener: l.name }, l.inFlight);
+      },
+    });
+    const openConnections = () => this.#connections?.() ?? {};
+    this.downstreamConnections = new client.Gauge({
+      name: "ferry_downstream_connections_open",
+      help: "Open downstream connections per listener, as the connection guard counts them.",
+      labelNames: ["listener"],
+      registers,
+      collect() {
+        this.reset();
+        for (const [listener, n] of Object.entries(openConnections())) this.set({ listener }, n);
       },
     });
     this.upstreamRequests = new client.Counter({
@@ -411,8 +424,9 @@ export class FerryMetrics {
   }
 
   /** Where the scrape-time gauges read the live snapshot from (the serving Ferry). */
-  watch(snapshot: () => Snapshot): void {
+  watch(snapshot: () => Snapshot, connections?: () => Record<string, number>): void {
     this.#snapshot = snapshot;
+    this.#connections = connections;
   }
 
   listener(name: string): ListenerRecorder {

@@ -8,6 +8,7 @@ import { adminHandler } from "./admin.ts";
 import { errorResponse, ProxyError, RecentErrors } from "./errors.ts";
 import { createListenerHandler } from "./handler.ts";
 import { GrpcListener } from "../grpc/listener.ts";
+import { ConnectionGuard, guardLimits } from "./guard.ts";
 
 export interface BoundAddress {
   readonly hostname: string;
@@ -21,6 +22,8 @@ interface RunningListener {
   drain(ms: number): Promise<void>;
   /** Hard stop, for a listener that has not begun draining. */
   abort(): void;
+  /** Open downstream connections, when the listener counts them (the connection guard does). */
+  openConnections?(): number;
 }
 
 /** How long a listener removed by a reload may finish its requests before it is cut. */
@@ -47,7 +50,7 @@ export class Ferry {
   static start(snapshot: Snapshot, log: Logger): Ferry {
     const ferry = new Ferry(snapshot, log);
     // Scrape-time gauges (health, breakers, in-flight) read whatever snapshot is serving.
-    snapshot.metrics.watch(() => ferry.#snapshot);
+    snapshot.metrics.watch(() => ferry.#snapshot, () => ferry.openConnections());
     snapshot.metrics.setConfigVersion(snapshot.version);
     try {
       for (const plan of snapshot.listeners.values()) {
@@ -112,9 +115,12 @@ export class Ferry {
     }
     const start: ListenerPlan[] = [];
     const stop: string[] = [];
+    // Turning the connection guard on or off changes how every HTTP listener accepts.
+    const guardFlip = prev.config.server.connection_guard !== next.config.server.connection_guard;
     for (const plan of next.listeners.values()) {
       const old = prev.listeners.get(plan.name);
-      if (!old || !sameBinding(old, plan) || !this.#servers.has(plan.name)) start.push(plan);
+      const rebind = !old || !sameBinding(old, plan) || (guardFlip && plan.protocol === "http");
+      if (rebind || !this.#servers.has(plan.name)) start.push(plan);
     }
     for (const name of this.#servers.keys()) {
       const plan = next.listeners.get(name);
@@ -185,17 +191,30 @@ export class Ferry {
     const stop = new AbortController();
     const log = this.#log;
     const handler = createListenerHandler(name, () => this.#snapshot, log, this.recentErrors);
+    const listening = (a: Deno.NetAddr) =>
+      log.info("listening", {
+        listener: name,
+        address: `${a.hostname}:${a.port}`,
+        tls: plan.tls !== undefined,
+      });
+    // With the guard, Ferry accepts downstream connections itself and Deno.serve listens on
+    // loopback behind it (src/server/guard.ts, docs/connections.md).
+    const guard = this.#snapshot.config.server.connection_guard
+      ? new ConnectionGuard({
+        hostname: plan.hostname,
+        port: plan.port,
+        tls: plan.tls,
+        limits: () => guardLimits(this.#snapshot.config.server),
+        log,
+      })
+      : undefined;
     const server = Deno.serve({
-      hostname: plan.hostname,
-      port: plan.port,
+      ...(guard
+        ? { hostname: "127.0.0.1", port: 0 }
+        : { hostname: plan.hostname, port: plan.port }),
       signal: stop.signal,
-      ...(plan.tls ? { cert: plan.tls.cert, key: plan.tls.key } : {}),
-      onListen: (a) =>
-        log.info("listening", {
-          listener: name,
-          address: `${a.hostname}:${a.port}`,
-          tls: plan.tls !== undefined,
-        }),
+      ...(plan.tls && !guard ? { cert: plan.tls.cert, key: plan.tls.key } : {}),
+      onListen: (a) => guard ? listening(guard.addr) : listening(a),
       onError: (err) => {
         // The same request id and flag in the log line as in the response the client gets.
         const requestId = crypto.randomUUID();
@@ -213,8 +232,32 @@ export class Ferry {
         });
         return res;
       },
-    }, handler);
-    return { addr: server.addr, drain: () => server.shutdown(), abort: () => stop.abort() };
+    }, guard ? guard.wrap(handler) : handler);
+    if (!guard) {
+      return { addr: server.addr, drain: () => server.shutdown(), abort: () => stop.abort() };
+    }
+    guard.start(server.addr.port);
+    return {
+      addr: guard.addr,
+      openConnections: () => guard.openConnections(),
+      drain: (ms) => drainGuarded(guard, server, ms),
+      abort: () => {
+        stop.abort();
+        void guard.close();
+      },
+    };
+  }
+
+  /**
+   * Open downstream connections, per listener, as the connection guard counts them (for a
+   * gauge); listeners without the guard are not listed (Deno.serve does not count).
+   */
+  openConnections(): Record<string, number> {
+    const open: Record<string, number> = {};
+    for (const [name, l] of this.#servers) {
+      if (l.openConnections) open[name] = l.openConnections();
+    }
+    return open;
   }
 
   /**
@@ -283,4 +326,32 @@ async function bindWhenFree(bind: () => RunningListener): Promise<RunningListene
       await new Promise((r) => setTimeout(r, 50));
     }
   }
+}
+
+/**
+ * Drains a listener behind the connection guard: no new connections; idle ones close now and
+ * busy ones once their request is done; WebSockets stay open through the drain window and get
+ * 1001 when it ends (just before `ms`, so the close frames go out before the process exits).
+ * Without the guard, Deno.serve's shutdown() would close WebSockets at once.
+ */
+async function drainGuarded(
+  guard: ConnectionGuard,
+  server: Deno.HttpServer<Deno.NetAddr>,
+  ms: number,
+): Promise<void> {
+  guard.beginDrain();
+  const windowEnd = performance.now() + Math.max(0, ms - Math.min(1_000, ms / 10));
+  while (performance.now() < windowEnd) {
+    const { requests, tunnels } = guard.inUse();
+    if (requests === 0 && tunnels === 0) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await server.shutdown();
+  // Let the last bytes (WebSocket close frames, final responses) through the pipes before the
+  // guard closes what is left.
+  const flushBy = performance.now() + 500;
+  while (guard.openConnections() > 0 && performance.now() < flushBy) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await guard.close();
 }

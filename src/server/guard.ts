@@ -1,0 +1,461 @@
+/**
+ * The connection guard: Ferry accepts TCP (and terminates TLS) itself, because Deno.serve has no
+ * header-read timeout, no idle timeout and no connection limit. Each accepted connection is
+ * counted against global and per-address caps, then its bytes are piped to an inner Deno.serve
+ * bound to loopback. The inner handler tells the guard when a request starts and completes, so
+ * the guard knows, for any protocol, whether a request is in flight:
+ *
+ * - header timeout: from accept until the first request reaches the handler (TLS handshake
+ *   included); missed: 408 on HTTP/1.1, close on HTTP/2 or before TLS is up;
+ * - idle timeout: no request in flight for that long: close. On a keep-alive connection the
+ *   next request must reach the handler within it (a slow second head is cut by this one);
+ * - a first HTTP/1.1 head larger than Deno's own parser accepts gets a 431 here instead of
+ *   Deno's bare 400, so that oversized headers are answered 431 on both protocols.
+ *
+ * One sweep timer per guard checks every connection; no timer per connection or request.
+ * See docs/connections.md for the rules and the measured cost.
+ */
+import type { Logger } from "../observability/log.ts";
+import { errorResponse, ProxyError } from "./errors.ts";
+
+export interface GuardLimits {
+  /** Milliseconds; 0: none. */
+  readonly headerTimeoutMs: number;
+  /** Milliseconds; 0: none. */
+  readonly idleTimeoutMs: number;
+  /** 0: no cap. */
+  readonly maxConnections: number;
+  /** 0: no cap. */
+  readonly maxConnectionsPerIp: number;
+}
+
+/** The guard's limits from the `server:` config section. */
+export function guardLimits(server: {
+  readonly header_timeout: number;
+  readonly idle_timeout: number;
+  readonly max_connections: number;
+  readonly max_connections_per_ip: number;
+}): GuardLimits {
+  return {
+    headerTimeoutMs: server.header_timeout,
+    idleTimeoutMs: server.idle_timeout,
+    maxConnections: server.max_connections,
+    maxConnectionsPerIp: server.max_connections_per_ip,
+  };
+}
+
+export interface GuardOptions {
+  readonly hostname: string;
+  readonly port: number;
+  readonly tls?: { readonly cert: string; readonly key: string } | undefined;
+  /** Read at every accept and every sweep, so a reload changes limits without a restart. */
+  readonly limits: () => GuardLimits;
+  readonly log: Logger;
+  /** Sweep period; timeouts fire up to this late. */
+  readonly sweepMs?: number;
+}
+
+type Phase =
+  /** Waiting for a complete request head (the header timeout runs). */
+  | "head"
+  /** Head complete on HTTP/1.1, waiting for the handler to start. */
+  | "headDone"
+  /** At least one request in the handler. */
+  | "busy"
+  /** No request in flight (the idle timeout runs). */
+  | "idle"
+  /** Upgraded (WebSocket): the tunnel's own rules apply, not these timeouts. */
+  | "tunnel";
+
+/** A downstream connection as the guard sees it. */
+class Guarded {
+  phase: Phase = "head";
+  /** When the current phase started (performance.now()). */
+  since: number;
+  active = 0;
+  h2 = false;
+  /** HTTP/1.1 head scan: bytes and line ends seen, and how far the end-of-head match got. */
+  headBytes = 0;
+  headLines = 0;
+  /** The last two bytes of the previous read, while scanning a head. */
+  last1 = -1;
+  last2 = -1;
+  closed = false;
+  /** Draining: the inner connection was half-closed so it ends after its last response. */
+  closing = false;
+  inner: Deno.TcpConn | undefined;
+  constructor(
+    readonly conn: Deno.Conn,
+    readonly remote: Deno.NetAddr,
+    now: number,
+  ) {
+    this.since = now;
+  }
+}
+
+/** Heads larger than this (or with more lines) are refused before Deno's parser sees them. */
+const HEAD_MAX_BYTES = 60 * 1024;
+const HEAD_MAX_LINES = 124;
+const SMALL_BUFFER = 2048;
+const LARGE_BUFFER = 32 * 1024;
+const H2_PREFACE = "PRI * HTTP/2.0";
+
+export class ConnectionGuard {
+  readonly #listener: Deno.Listener;
+  readonly #opts: GuardOptions;
+  readonly #log: Logger;
+  /** Inner connection's local port -> the downstream connection it carries. */
+  readonly #byInnerPort = new Map<number, Guarded>();
+  readonly #all = new Set<Guarded>();
+  readonly #perIp = new Map<string, number>();
+  readonly #sweep: ReturnType<typeof setInterval>;
+  #innerPort = 0;
+  #accepting = true;
+  #draining = false;
+  #acceptLoop: Promise<void> | undefined;
+
+  constructor(opts: GuardOptions) {
+    this.#opts = opts;
+    this.#log = opts.log;
+    this.#listener = opts.tls
+      ? Deno.listenTls({
+        hostname: opts.hostname,
+        port: opts.port,
+        cert: opts.tls.cert,
+        key: opts.tls.key,
+        alpnProtocols: ["h2", "http/1.1"],
+      })
+      : Deno.listen({ hostname: opts.hostname, port: opts.port });
+    this.#sweep = setInterval(() => this.#check(), opts.sweepMs ?? 250);
+  }
+
+  get addr(): Deno.NetAddr {
+    return this.#listener.addr as Deno.NetAddr;
+  }
+
+  /** Open downstream connections right now (for a gauge). */
+  openConnections(): number {
+    return this.#all.size;
+  }
+
+  /** Starts accepting; `innerPort` is the loopback port of the inner Deno.serve. */
+  start(innerPort: number): void {
+    this.#innerPort = innerPort;
+    this.#acceptLoop = this.#accept();
+  }
+
+  /**
+   * Wraps the inner server's handler: gives it the real client address and tells the guard when
+   * each request starts and ends. Connections that did not come through the guard are refused.
+   */
+  wrap<T extends Deno.ServeHandlerInfo<Deno.NetAddr>>(
+    handler: (req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => Promise<Response>,
+  ): (req: Request, info: T) => Promise<Response> {
+    return async (req, info) => {
+      const g = this.#byInnerPort.get(info.remoteAddr.port);
+      if (!g || info.remoteAddr.hostname !== "127.0.0.1") {
+        return errorResponse(
+          new ProxyError("bad_request", "connection did not come through the guard"),
+          crypto.randomUUID(),
+        );
+      }
+      g.active++;
+      g.phase = "busy";
+      const done = () => {
+        g.active--;
+        if (g.active === 0 && g.phase === "busy") {
+          g.phase = "idle";
+          g.since = performance.now();
+          if (this.#draining) this.#finish(g);
+        }
+      };
+      info.completed.then(done, done);
+      const res = await handler(req, { remoteAddr: g.remote, completed: info.completed });
+      if (res.status === 101) g.phase = "tunnel";
+      return res;
+    };
+  }
+
+  /** Stops accepting new connections (drain); open ones carry on. */
+  stopAccepting(): void {
+    if (!this.#accepting) return;
+    this.#accepting = false;
+    try {
+      this.#listener.close();
+    } catch { /* already closed */ }
+  }
+
+  /**
+   * Graceful drain: stops accepting; idle connections close now and busy ones as soon as their
+   * last request is done. Upgraded connections (WebSockets) are left to the caller.
+   */
+  beginDrain(): void {
+    this.stopAccepting();
+    this.#draining = true;
+    for (const g of [...this.#all]) {
+      if (g.phase === "idle" || (g.phase === "head" && g.headBytes === 0 && !g.h2)) this.#finish(g);
+    }
+  }
+
+  /** Connections with a request in flight (or a head arriving), and upgraded ones. */
+  inUse(): { requests: number; tunnels: number } {
+    let requests = 0, tunnels = 0;
+    for (const g of this.#all) {
+      if (g.phase === "tunnel") tunnels++;
+      else if (g.phase !== "idle") requests++;
+    }
+    return { requests, tunnels };
+  }
+
+  /** Stops accepting and closes every open connection. */
+  async close(): Promise<void> {
+    this.stopAccepting();
+    clearInterval(this.#sweep);
+    for (const g of [...this.#all]) this.#drop(g);
+    await this.#acceptLoop;
+  }
+
+  async #accept(): Promise<void> {
+    while (this.#accepting) {
+      let conn: Deno.Conn;
+      try {
+        conn = await this.#listener.accept();
+      } catch (err) {
+        if (!this.#accepting) return;
+        // EMFILE and friends: keep serving the open connections, try again shortly.
+        this.#log.warn("accept failed", { error: String(err) });
+        await new Promise((r) => setTimeout(r, 50));
+        continue;
+      }
+      this.#admit(conn);
+    }
+  }
+
+  #admit(conn: Deno.Conn): void {
+    const remote = conn.remoteAddr as Deno.NetAddr;
+    const limits = this.#opts.limits();
+    const perIp = this.#perIp.get(remote.hostname) ?? 0;
+    const full = limits.maxConnections > 0 && this.#all.size >= limits.maxConnections;
+    const ipFull = limits.maxConnectionsPerIp > 0 && perIp >= limits.maxConnectionsPerIp;
+    if (full || ipFull) {
+      void this.#refuse(conn, full ? "too many connections" : "too many connections from you");
+      return;
+    }
+    const g = new Guarded(conn, remote, performance.now());
+    this.#all.add(g);
+    this.#perIp.set(remote.hostname, perIp + 1);
+    void this.#serve(g);
+  }
+
+  /**
+   * Over a cap: a plain-text client gets a short 503 (an HTTP/1.1 reply; an h2c client sees the
+   * connection end), a TLS client just sees the connection close.
+   */
+  async #refuse(conn: Deno.Conn, reason: string): Promise<void> {
+    try {
+      if (!this.#opts.tls) {
+        await writeAll(conn, await cannedResponse(new ProxyError("too_many_connections", reason)));
+        await conn.closeWrite();
+        // Read what the client already sent so the close is a FIN, not a reset that could
+        // discard the 503; bounded in time and size.
+        const buf = new Uint8Array(4096);
+        const until = Date.now() + 200;
+        for (let i = 0; i < 16 && Date.now() < until; i++) {
+          const n = await Promise.race([
+            conn.read(buf),
+            new Promise<null>((r) => setTimeout(() => r(null), Math.max(1, until - Date.now()))),
+          ]);
+          if (n === null) break;
+        }
+      }
+    } catch { /* the client left first */ }
+    try {
+      conn.close();
+    } catch { /* closed */ }
+  }
+
+  async #serve(g: Guarded): Promise<void> {
+    try {
+      if (this.#opts.tls) {
+        const hs = await (g.conn as Deno.TlsConn).handshake();
+        g.h2 = hs.alpnProtocol === "h2";
+      }
+      if (g.closed) return;
+      const inner = await Deno.connect({ hostname: "127.0.0.1", port: this.#innerPort });
+      if (g.closed) {
+        inner.close();
+        return;
+      }
+      g.inner = inner;
+      inner.setNoDelay(true);
+      if ("setNoDelay" in g.conn) (g.conn as Deno.TcpConn).setNoDelay(true);
+      this.#byInnerPort.set((inner.localAddr as Deno.NetAddr).port, g);
+      const up = this.#pump(g, g.conn, inner, true);
+      const down = this.#pump(g, inner, g.conn, false);
+      await Promise.all([up, down]);
+    } catch {
+      // A reset, a failed TLS handshake, or a close by the sweep: nothing to answer.
+    } finally {
+      this.#drop(g);
+    }
+  }
+
+  /** Copies bytes one way; the read buffer grows while reads fill it and shrinks when idle. */
+  async #pump(g: Guarded, from: Deno.Conn, to: Deno.Conn, fromClient: boolean): Promise<void> {
+    let buf = new Uint8Array(SMALL_BUFFER);
+    try {
+      while (true) {
+        const n = await from.read(buf);
+        if (n === null) break;
+        if (fromClient && !this.#onClientBytes(g, buf, n)) return;
+        await writeAll(to, buf.subarray(0, n));
+        if (n === buf.length && buf.length < LARGE_BUFFER) buf = new Uint8Array(LARGE_BUFFER);
+        else if (n < SMALL_BUFFER && buf.length > SMALL_BUFFER) buf = new Uint8Array(SMALL_BUFFER);
+      }
+      // Half-close: the other side may still be answering.
+      await to.closeWrite();
+    } catch {
+      this.#drop(g);
+    }
+  }
+
+  /**
+   * Tracks request heads in the client's bytes; returns false when the connection was refused.
+   * HTTP/2 is recognised by ALPN or its preface and gets no head scan (Deno answers 431 itself).
+   */
+  #onClientBytes(g: Guarded, buf: Uint8Array, n: number): boolean {
+    // Only the first request's head is scanned and timed: later bytes on a keep-alive connection
+    // may be the rest of a body the handler never read, not a new head. Later requests must
+    // reach the handler within the idle timeout instead (no request in flight).
+    if (g.phase !== "head" || g.h2) return true;
+    if (g.headBytes === 0 && n >= H2_PREFACE.length && startsWith(buf, H2_PREFACE)) {
+      g.h2 = true;
+      return true;
+    }
+    let end = -1;
+    for (let i = buf.indexOf(10); i >= 0 && i < n; i = buf.indexOf(10, i + 1)) {
+      g.headLines++;
+      // A blank line ends the head: "\n\n" or "\n\r\n".
+      const prev = i > 0 ? buf[i - 1] : g.last1;
+      const prev2 = i > 1 ? buf[i - 2] : i === 1 ? g.last1 : g.last2;
+      if ((prev === 10 || (prev === 13 && prev2 === 10)) && g.headLines > 1) {
+        end = i;
+        break;
+      }
+    }
+    g.headBytes += end < 0 ? n : end + 1;
+    // The blank line may straddle two reads.
+    g.last2 = n > 1 ? buf[n - 2]! : g.last1;
+    g.last1 = buf[n - 1]!;
+    if (end >= 0 && g.headBytes <= HEAD_MAX_BYTES && g.headLines <= HEAD_MAX_LINES) {
+      g.phase = "headDone";
+      g.since = performance.now();
+      return true;
+    }
+    if (g.headBytes > HEAD_MAX_BYTES || g.headLines > HEAD_MAX_LINES) {
+      void this.#reject(
+        g,
+        new ProxyError(
+          "headers_too_large",
+          `request head over ${HEAD_MAX_BYTES} bytes or ${HEAD_MAX_LINES} lines`,
+        ),
+      );
+      return false;
+    }
+    return true;
+  }
+
+  /** Answers an HTTP/1.1 connection that has nothing in flight, then closes it. */
+  async #reject(g: Guarded, err: ProxyError): Promise<void> {
+    if (g.closed) return;
+    g.phase = "tunnel"; // no further sweeps act on it
+    try {
+      // Only once TLS is up (inner connected) and never on HTTP/2; a client that does not read
+      // gets at most a second before the close.
+      if (!g.h2 && g.inner) {
+        const reply = writeAll(g.conn, await cannedResponse(err)).catch(() => {});
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([reply, new Promise((r) => timer = setTimeout(r, 1000))]);
+        clearTimeout(timer);
+      }
+    } catch { /* gone */ }
+    this.#drop(g);
+  }
+
+  #check(): void {
+    const limits = this.#opts.limits();
+    const now = performance.now();
+    for (const g of this.#all) {
+      const age = now - g.since;
+      if (g.phase === "head" || g.phase === "headDone") {
+        if (limits.headerTimeoutMs > 0 && age > limits.headerTimeoutMs) {
+          void this.#reject(
+            g,
+            new ProxyError(
+              "request_timeout",
+              `request head not complete within ${limits.headerTimeoutMs} ms`,
+            ),
+          );
+        }
+      } else if (g.phase === "idle") {
+        if (limits.idleTimeoutMs > 0 && age > limits.idleTimeoutMs) this.#drop(g);
+        else if (this.#draining) this.#finish(g);
+      }
+    }
+  }
+
+  /**
+   * Ends an idle connection gracefully: half-closes the inner side, so Deno.serve closes it once
+   * the bytes of its last response are out, and the client sees them all and then the close
+   * (dropping at once could cut a response still in the pipe).
+   */
+  #finish(g: Guarded): void {
+    if (g.closing || g.closed) return;
+    g.closing = true;
+    if (!g.inner) return this.#drop(g);
+    g.inner.closeWrite().catch(() => this.#drop(g));
+  }
+
+  #drop(g: Guarded): void {
+    if (g.closed) return;
+    g.closed = true;
+    this.#all.delete(g);
+    const ip = g.remote.hostname;
+    const left = (this.#perIp.get(ip) ?? 1) - 1;
+    if (left <= 0) this.#perIp.delete(ip);
+    else this.#perIp.set(ip, left);
+    if (g.inner) {
+      this.#byInnerPort.delete((g.inner.localAddr as Deno.NetAddr).port);
+      try {
+        g.inner.close();
+      } catch { /* closed */ }
+    }
+    try {
+      g.conn.close();
+    } catch { /* closed */ }
+  }
+}
+
+/** An HTTP/1.1 reply from the error table, for connections the guard answers itself. */
+async function cannedResponse(err: ProxyError): Promise<Uint8Array> {
+  const res = errorResponse(err, crypto.randomUUID());
+  const body = new Uint8Array(await res.arrayBuffer());
+  let head = `HTTP/1.1 ${res.status} ${JSON.parse(new TextDecoder().decode(body)).error}\r\n`;
+  for (const [name, value] of res.headers) head += `${name}: ${value}\r\n`;
+  head += `content-length: ${body.length}\r\nconnection: close\r\n\r\n`;
+  const head8 = new TextEncoder().encode(head);
+  const out = new Uint8Array(head8.length + body.length);
+  out.set(head8);
+  out.set(body, head8.length);
+  return out;
+}
+
+function startsWith(buf: Uint8Array, text: string): boolean {
+  for (let i = 0; i < text.length; i++) if (buf[i] !== text.charCodeAt(i)) return false;
+  return true;
+}
+
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < bytes.length) off += await conn.write(bytes.subarray(off));
+}
