@@ -3,6 +3,7 @@
  * and open file descriptors. Not a CI test (it runs for minutes); run it by hand:
  *
  *   deno run --allow-all --unstable-no-legacy-abort bench/soak.ts [minutes=10]
+ *   (SOAK_RPS=250: requests per second per h2load client)
  *
  * Traffic (h2load, in rounds of 10 s): HTTP/1.1 GETs, h2c GETs, POSTs with a body, requests to a
  * route whose upstream is down (502s), 404s, plus a WebSocket echo every second. Every 2 s a
@@ -100,11 +101,14 @@ const websocket = (async () => {
   ws.close();
 })();
 
+// A steady rate (not flat out), so the run measures growth rather than a saturated machine;
+// SOAK_RPS sets requests per second per h2load client.
+const rps = Deno.env.get("SOAK_RPS") ?? "250";
 const rounds: string[][] = [
-  ["--h1", "-c", "8", "-D", "10", `${url}/`],
-  ["-c", "4", "-m", "8", "-D", "10", `${url}/`],
-  ["--h1", "-c", "4", "-D", "10", "-d", bodyFile, `${url}/upload`],
-  ["--h1", "-c", "2", "-D", "10", `${url}/dead`],
+  ["--h1", "-c", "8", `--rps=${rps}`, "-D", "10", `${url}/`],
+  ["-c", "4", "-m", "8", `--rps=${rps}`, "-D", "10", `${url}/`],
+  ["--h1", "-c", "4", `--rps=${rps}`, "-D", "10", "-d", bodyFile, `${url}/upload`],
+  ["--h1", "-c", "2", `--rps=${rps}`, "-D", "10", `${url}/dead`],
 ];
 for (let i = 0; Date.now() < endAt; i++) {
   const out = await run("h2load", rounds[i % rounds.length]!);
