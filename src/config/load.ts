@@ -452,7 +452,19 @@ function checkReferences(
   for (const [i, l] of cfg.listeners.entries()) {
     claim(["listeners", i, "address"], `listener '${l.name}'`, l.address);
   }
-  if (cfg.admin) claim(["admin", "address"], "the admin address", cfg.admin.address);
+  if (cfg.admin) {
+    claim(["admin", "address"], "the admin address", cfg.admin.address);
+    const a = cfg.admin;
+    const host = a.address.slice(0, a.address.lastIndexOf(":")).replace(/^\[|\]$/g, "");
+    const loopback = host === "localhost" || host === "::1" || host.startsWith("127.");
+    if (!loopback && !a.token && !a.token_file && !a.token_env) {
+      warn(
+        ["admin", "address"],
+        "the admin listener (config, /reload) is reachable beyond loopback without a token: " +
+          "set admin.token_env or admin.token_file",
+      );
+    }
+  }
 
   // Header edits and rewrites are applied per request: catch what would throw there.
   for (const [i, r] of cfg.routes.entries()) {

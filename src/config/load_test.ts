@@ -413,3 +413,22 @@ Deno.test("parseConfigText never throws and places every issue in the text", () 
     { numRuns: 300 },
   );
 });
+
+Deno.test("an admin listener beyond loopback without a token is a warning", () => {
+  const open =
+    "listeners: [{ name: p, address: '127.0.0.1:0' }]\nadmin: { address: '0.0.0.0:9901' }\n";
+  const warned = parseConfigText(open, "f.yaml");
+  assert.ok(warned.ok);
+  assert.deepEqual(positions(warned.warnings), ["2:19 admin.address"]);
+  assert.match(warned.warnings[0]!.message, /without a token/);
+  for (
+    const quiet of [
+      open.replace("0.0.0.0", "127.0.0.1"),
+      open.replace("}\n", ", token_env: FERRY_ADMIN_TOKEN }\n"),
+    ]
+  ) {
+    const r = parseConfigText(quiet, "f.yaml");
+    assert.ok(r.ok);
+    assert.deepEqual(r.warnings, []);
+  }
+});
