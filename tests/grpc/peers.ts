@@ -36,7 +36,10 @@ export interface EchoServer {
   stop(): Promise<void>;
 }
 
-export async function startEchoServer(): Promise<EchoServer> {
+/** `credentials`: TLS for the server (default plaintext h2c). */
+export async function startEchoServer(
+  credentials: grpc.ServerCredentials = grpc.ServerCredentials.createInsecure(),
+): Promise<EchoServer> {
   const server = new grpc.Server(OPTIONS);
   const cancelled: string[] = [];
   const calls = { n: 0 };
@@ -94,7 +97,7 @@ export async function startEchoServer(): Promise<EchoServer> {
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(
       "127.0.0.1:0",
-      grpc.ServerCredentials.createInsecure(),
+      credentials,
       (err, p) => err ? reject(err) : resolve(p),
     )
   );
@@ -118,8 +121,12 @@ export const EchoClient = grpc.makeGenericClientConstructor(
 // deno-lint-ignore no-explicit-any
 export type AnyClient = grpc.Client & Record<string, any>;
 
-export function echoClient(port: number): AnyClient {
-  return new EchoClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), OPTIONS) as never;
+export function echoClient(
+  port: number,
+  credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure(),
+  options: grpc.ChannelOptions = {},
+): AnyClient {
+  return new EchoClient(`127.0.0.1:${port}`, credentials, { ...OPTIONS, ...options }) as never;
 }
 
 export interface UnaryResult {
