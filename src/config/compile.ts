@@ -675,6 +675,7 @@ function compileRoute(
     timeoutMs: r.timeout,
     breaker,
     breakerPerCluster,
+    metrics: policies.clusterMetrics.get(cluster.name)!,
     retry: r.retry && {
       retries: r.retry.retries,
       statuses: new Set(r.retry.retry_on.flatMap((o) => {

@@ -11,6 +11,7 @@ import type { Logger } from "../observability/log.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { ProxyError } from "../server/errors.ts";
 import { answerError, type GrpcCallRecord, proxyCall } from "./proxy.ts";
+import { GrpcStatus } from "./status.ts";
 
 const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 
@@ -113,6 +114,9 @@ export class GrpcListener {
     } catch (err) {
       answerError(ds, err, rec);
     }
+    snap.metrics.listener(name).grpcCalls(rec.route, rec.cluster).inc(
+      rec.grpcStatus ?? GrpcStatus.UNKNOWN,
+    );
     if (rec.flag !== "-" && rec.flag !== "DC" && this.#log.enabled("warn")) {
       this.#log.warn("grpc proxy error", {
         request_id: requestId,
