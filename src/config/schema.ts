@@ -249,6 +249,13 @@ export const ClusterSchema = z.strictObject({
   /** Active HTTP probes per endpoint, on their own connection pool. */
   health_check: z.strictObject({
     path: z.string().startsWith("/").default("/"),
+    /** Probe with the standard gRPC health service (grpc.health.v1.Health/Check) instead. */
+    grpc: z.strictObject({
+      /** Service name asked about; "" is the server as a whole. */
+      service: z.string().default(""),
+      /** `:authority` sent; default the endpoint's host:port. */
+      authority: z.string().min(1).optional(),
+    }).optional(),
     /** Statuses that pass: numbers or "200-399" ranges. */
     expected_statuses: z.array(
       z.union([z.number().int().min(100).max(599), z.string().regex(/^\d{3}-\d{3}$/)]),

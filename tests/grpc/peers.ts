@@ -24,6 +24,20 @@ export const ECHO_SERVICE = {
   bidi: method("/test.Echo/Bidi", true, true),
 } as const;
 
+/**
+ * The standard health service, hand-written (no protobuf library): the request is
+ * HealthCheckRequest{service = 1}, the answer HealthCheckResponse{status = 1} with
+ * SERVING = 1, NOT_SERVING = 2.
+ */
+export const HEALTH_SERVICE = {
+  check: method("/grpc.health.v1.Health/Check", false, false),
+} as const;
+
+/** HealthCheckRequest's service name (field 1, short names only: one-byte length). */
+function healthServiceName(req: Buffer): string {
+  return req.length >= 2 && req[0] === 0x0a ? req.subarray(2, 2 + req[1]!).toString() : "";
+}
+
 export const OPTIONS = {
   "grpc.max_receive_message_length": -1,
   "grpc.max_send_message_length": -1,
@@ -33,6 +47,10 @@ export interface EchoServer {
   readonly port: number;
   readonly cancelled: string[];
   readonly calls: { n: number };
+  /** What the health service answers: 1 SERVING, 2 NOT_SERVING. */
+  readonly health: { status: number };
+  /** Service names the health checks asked about, in order. */
+  readonly healthAsked: string[];
   stop(): Promise<void>;
 }
 
@@ -43,6 +61,14 @@ export async function startEchoServer(
   const server = new grpc.Server(OPTIONS);
   const cancelled: string[] = [];
   const calls = { n: 0 };
+  const health = { status: 1 };
+  const healthAsked: string[] = [];
+  server.addService(HEALTH_SERVICE as unknown as grpc.ServiceDefinition, {
+    check: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
+      healthAsked.push(healthServiceName(call.request));
+      cb(null, Buffer.from([0x08, health.status]));
+    },
+  });
   server.addService(ECHO_SERVICE as unknown as grpc.ServiceDefinition, {
     unary: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
       calls.n++;
@@ -105,6 +131,8 @@ export async function startEchoServer(
     port,
     cancelled,
     calls,
+    health,
+    healthAsked,
     stop: () =>
       new Promise<void>((resolve) => {
         server.forceShutdown();
