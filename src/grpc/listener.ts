@@ -3,7 +3,7 @@
  * runs Ferry's own HTTP/2 server on each (src/h2/) and hands every stream to the gRPC proxy.
  * Routing uses the listener's compiled router on `:authority` and `:path`.
  */
-import type { ListenerPlan, Snapshot } from "../config/compile.ts";
+import { DEFAULT_GRPC_TIMEOUTS, type ListenerPlan, type Snapshot } from "../config/compile.ts";
 import { H2Connection } from "../h2/connection.ts";
 import { headerValue } from "../h2/headers.ts";
 import type { H2Stream } from "../h2/stream.ts";
@@ -67,8 +67,14 @@ export class GrpcListener {
       }
       if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
       const peerIp = (conn.remoteAddr as Deno.NetAddr).hostname;
+      // Read per connection, so a reload's new timeouts apply to connections accepted after it.
+      const timeouts = currentSnapshot().listeners.get(name)?.grpcTimeouts ??
+        DEFAULT_GRPC_TIMEOUTS;
       const h2 = new H2Connection(conn, {
         role: "server",
+        handshakeTimeoutMs: timeouts.handshakeMs,
+        settingsAckTimeoutMs: timeouts.settingsAckMs,
+        idleTimeoutMs: timeouts.idleMs,
         onStream: (s) => void this.#serve(s, name, currentSnapshot, peerIp),
         onClose: (r) => {
           this.#conns.delete(h2);
