@@ -51,6 +51,8 @@ export interface EchoServer {
   readonly health: { status: number };
   /** Service names the health checks asked about, in order. */
   readonly healthAsked: string[];
+  /** ServerStream "big:N:SIZE" calls: messages handed to grpc-js, and calls cancelled. */
+  readonly big: { sent: number; cancelled: number };
   stop(): Promise<void>;
 }
 
@@ -63,6 +65,7 @@ export async function startEchoServer(
   const calls = { n: 0 };
   const health = { status: 1 };
   const healthAsked: string[] = [];
+  const big = { sent: 0, cancelled: 0 };
   server.addService(HEALTH_SERVICE as unknown as grpc.ServiceDefinition, {
     check: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
       healthAsked.push(healthServiceName(call.request));
@@ -98,7 +101,9 @@ export async function startEchoServer(
       cb(null, call.request, trailer);
     },
     serverStream: (call: grpc.ServerWritableStream<Buffer, Buffer>) => {
-      const n = Number(call.request.toString());
+      const text = call.request.toString();
+      if (text.startsWith("big:")) return void bigStream(call, text, big);
+      const n = Number(text);
       for (let i = 0; i < n; i++) call.write(Buffer.from(`m${i}`));
       call.end();
     },
@@ -133,12 +138,38 @@ export async function startEchoServer(
     calls,
     health,
     healthAsked,
+    big,
     stop: () =>
       new Promise<void>((resolve) => {
         server.forceShutdown();
         resolve();
       }),
   };
+}
+
+/** N messages of SIZE bytes, each written only when grpc-js accepts more (backpressure). */
+async function bigStream(
+  call: grpc.ServerWritableStream<Buffer, Buffer>,
+  text: string,
+  big: { sent: number; cancelled: number },
+): Promise<void> {
+  const [, n, size] = text.split(":").map(Number);
+  let cancelled = false;
+  call.on("cancelled", () => {
+    cancelled = true;
+    big.cancelled++;
+  });
+  const chunk = Buffer.alloc(size!, 0x5a);
+  for (let i = 0; i < n! && !cancelled; i++) {
+    big.sent++;
+    if (!call.write(chunk)) {
+      await new Promise<void>((resolve) => {
+        call.once("drain", resolve);
+        call.once("cancelled", resolve);
+      });
+    }
+  }
+  if (!cancelled) call.end();
 }
 
 export const EchoClient = grpc.makeGenericClientConstructor(
