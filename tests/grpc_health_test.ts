@@ -60,7 +60,7 @@ clusters:
   try {
     await until(
       "both servers were probed",
-      async () => a.healthAsked.length > 0 && b.healthAsked.length > 0,
+      () => Promise.resolve(a.healthAsked.length > 0 && b.healthAsked.length > 0),
     );
     assert.equal(a.healthAsked[0], "test.Echo", "the configured service name is asked about");
     const [toA, toB] = await spread(10);
