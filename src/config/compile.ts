@@ -41,7 +41,21 @@ export interface ListenerPlan {
   readonly scheme: "http" | "https";
   readonly protocol: "http" | "grpc";
   readonly router: Router<CompiledRoute>;
+  /** `protocol: grpc` connection timeouts in ms (0 = off), defaults filled in. */
+  readonly grpcTimeouts: GrpcConnectionTimeouts;
 }
+
+export interface GrpcConnectionTimeouts {
+  readonly idleMs: number;
+  readonly handshakeMs: number;
+  readonly settingsAckMs: number;
+}
+
+export const DEFAULT_GRPC_TIMEOUTS: GrpcConnectionTimeouts = Object.freeze({
+  idleMs: 300_000,
+  handshakeMs: 10_000,
+  settingsAckMs: 10_000,
+});
 
 export interface Snapshot {
   readonly version: number;
@@ -376,6 +390,11 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
         scheme: l.tls ? "https" : "http",
         protocol: l.protocol,
         router: Router.compile(entries),
+        grpcTimeouts: Object.freeze({
+          idleMs: l.grpc?.idle_timeout ?? DEFAULT_GRPC_TIMEOUTS.idleMs,
+          handshakeMs: l.grpc?.handshake_timeout ?? DEFAULT_GRPC_TIMEOUTS.handshakeMs,
+          settingsAckMs: l.grpc?.settings_timeout ?? DEFAULT_GRPC_TIMEOUTS.settingsAckMs,
+        }),
       });
     } catch (err) {
       if (!(err instanceof RouteCompileError)) throw err;
@@ -675,6 +694,7 @@ function compileRoute(
     timeoutMs: r.timeout,
     breaker,
     breakerPerCluster,
+    metrics: policies.clusterMetrics.get(cluster.name)!,
     retry: r.retry && {
       retries: r.retry.retries,
       statuses: new Set(r.retry.retry_on.flatMap((o) => {

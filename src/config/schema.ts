@@ -41,6 +41,18 @@ export const ListenerSchema = z.strictObject({
   /** Downstream HTTP/2 without TLS (prior knowledge) is always accepted by Deno.serve; documented here. */
   /** `grpc`: Ferry's own HTTP/2 server (h2c, or TLS with ALPN h2) forwarding gRPC with trailers. */
   protocol: z.enum(["http", "grpc"]).default("http"),
+  /** Connection timeouts of a `protocol: grpc` listener (Ferry's own HTTP/2 server). */
+  grpc: z.strictObject({
+    /** A connection with no open stream and no frame for this long gets GOAWAY. Default 5m. */
+    idle_timeout: duration.optional(),
+    /** The client preface and first SETTINGS must arrive within this. Default 10s. */
+    handshake_timeout: duration.optional(),
+    /** The client must acknowledge our SETTINGS within this (else SETTINGS_TIMEOUT). Default 10s. */
+    settings_timeout: duration.optional(),
+  }).optional(),
+}).refine((l) => l.grpc === undefined || l.protocol === "grpc", {
+  message: "the grpc block applies only to a listener with protocol: grpc",
+  path: ["grpc"],
 });
 
 const stringMatch = z.union([
@@ -249,6 +261,13 @@ export const ClusterSchema = z.strictObject({
   /** Active HTTP probes per endpoint, on their own connection pool. */
   health_check: z.strictObject({
     path: z.string().startsWith("/").default("/"),
+    /** Probe with the standard gRPC health service (grpc.health.v1.Health/Check) instead. */
+    grpc: z.strictObject({
+      /** Service name asked about; "" is the server as a whole. */
+      service: z.string().default(""),
+      /** `:authority` sent; default the endpoint's host:port. */
+      authority: z.string().min(1).optional(),
+    }).optional(),
     /** Statuses that pass: numbers or "200-399" ranges. */
     expected_statuses: z.array(
       z.union([z.number().int().min(100).max(599), z.string().regex(/^\d{3}-\d{3}$/)]),

@@ -3,7 +3,7 @@
  * runs Ferry's own HTTP/2 server on each (src/h2/) and hands every stream to the gRPC proxy.
  * Routing uses the listener's compiled router on `:authority` and `:path`.
  */
-import type { ListenerPlan, Snapshot } from "../config/compile.ts";
+import { DEFAULT_GRPC_TIMEOUTS, type ListenerPlan, type Snapshot } from "../config/compile.ts";
 import { H2Connection } from "../h2/connection.ts";
 import { headerValue } from "../h2/headers.ts";
 import type { H2Stream } from "../h2/stream.ts";
@@ -11,6 +11,7 @@ import type { Logger } from "../observability/log.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { ProxyError } from "../server/errors.ts";
 import { answerError, type GrpcCallRecord, proxyCall } from "./proxy.ts";
+import { GrpcStatus } from "./status.ts";
 
 const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 
@@ -66,8 +67,14 @@ export class GrpcListener {
       }
       if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
       const peerIp = (conn.remoteAddr as Deno.NetAddr).hostname;
+      // Read per connection, so a reload's new timeouts apply to connections accepted after it.
+      const timeouts = currentSnapshot().listeners.get(name)?.grpcTimeouts ??
+        DEFAULT_GRPC_TIMEOUTS;
       const h2 = new H2Connection(conn, {
         role: "server",
+        handshakeTimeoutMs: timeouts.handshakeMs,
+        settingsAckTimeoutMs: timeouts.settingsAckMs,
+        idleTimeoutMs: timeouts.idleMs,
         onStream: (s) => void this.#serve(s, name, currentSnapshot, peerIp),
         onClose: (r) => {
           this.#conns.delete(h2);
@@ -113,6 +120,9 @@ export class GrpcListener {
     } catch (err) {
       answerError(ds, err, rec);
     }
+    snap.metrics.listener(name).grpcCalls(rec.route, rec.cluster).inc(
+      rec.grpcStatus ?? GrpcStatus.UNKNOWN,
+    );
     if (rec.flag !== "-" && rec.flag !== "DC" && this.#log.enabled("warn")) {
       this.#log.warn("grpc proxy error", {
         request_id: requestId,

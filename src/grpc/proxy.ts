@@ -14,6 +14,7 @@ import { StreamReset } from "../h2/stream.ts";
 import { ProxyError } from "../server/errors.ts";
 import type { Cluster, Endpoint, Members } from "../upstream/cluster.ts";
 import type { BreakerStore } from "../policy/circuit_breaker.ts";
+import type { ClusterRecorder } from "../observability/metrics.ts";
 import { outcomeOfError, outcomeOfStatus } from "../upstream/health/outlier.ts";
 import {
   formatGrpcTimeout,
@@ -33,6 +34,8 @@ export interface GrpcRoute {
   readonly retry: GrpcRetry | undefined;
   readonly breaker: BreakerStore | undefined;
   readonly breakerPerCluster: boolean;
+  /** Upstream attempts, retries and budget refusals (the cluster's metrics). */
+  readonly metrics: ClusterRecorder;
 }
 
 export interface GrpcRetry {
@@ -201,10 +204,39 @@ export async function proxyCall(
   const tried = new Set<Endpoint>();
   // One membership for the whole call, even if DNS or a reload changes it meanwhile.
   const members = cluster.members;
+  const budget = cluster.retryBudget;
+  // Active calls size the retry budget (a percentage of them), as on the HTTP path.
+  budget.active++;
+  // A retry slot taken for the next attempt is held until that attempt has its answer.
+  let holdingRetry = false;
+  const takeRetry = (): boolean => {
+    if (budget.tryAcquire()) {
+      route.metrics.retry();
+      return (holdingRetry = true);
+    }
+    route.metrics.budgetExhausted();
+    rec.flag = "URX";
+    return false;
+  };
   try {
     for (let attempt = 0;; attempt++) {
-      if (expired) return;
-      const { endpoint, permit } = admit(route, members, tried);
+      let retrySlot = holdingRetry;
+      holdingRetry = false;
+      const releaseRetry = () => {
+        if (retrySlot) budget.release();
+        retrySlot = false;
+      };
+      if (expired) {
+        releaseRetry();
+        return;
+      }
+      let endpoint: Endpoint, permit: number;
+      try {
+        ({ endpoint, permit } = admit(route, members, tried));
+      } catch (err) {
+        releaseRetry();
+        throw err;
+      }
       tried.add(endpoint);
       rec.endpoint = endpoint.origin;
       rec.attempts++;
@@ -216,6 +248,10 @@ export async function proxyCall(
       const sentAt = performance.now();
       let outcome: ReturnType<typeof outcomeOfStatus> | undefined;
       let retriable = false;
+      // What this attempt got, for the endpoint's metrics.
+      let attemptHttp = 0;
+      let attemptGrpc: number | undefined;
+      let attemptError = "internal";
       try {
         const conn = await cluster.h2.get(endpoint);
         if (expired) return;
@@ -226,18 +262,20 @@ export async function proxyCall(
 
         const head = await us.headers;
         clearTimeout(headersTimer);
+        releaseRetry();
         rec.upstreamMs = performance.now() - sentAt;
         const httpStatus = Number(headerValue(head, ":status"));
+        attemptHttp = httpStatus;
         if (us.remoteEnded && headerValue(head, "grpc-status") !== undefined) {
           // Trailers-only: the call's whole answer is in these headers.
           const gs = Number(headerValue(head, "grpc-status"));
+          attemptGrpc = gs;
           outcome = httpStatus === 200 ? outcomeOfGrpcStatus(gs) : outcomeOfStatus(httpStatus);
           if (
             retry && attempt < retry.retries && retry.statuses.has(gs) && !keepOverflow &&
-            !expired && cluster.retryBudget.tryAcquire()
+            !expired && takeRetry()
           ) {
             retriable = true;
-            cluster.retryBudget.release();
             sink = undefined;
             us.reset(ErrorCode.CANCEL);
             continue;
@@ -259,6 +297,7 @@ export async function proxyCall(
         const trailers = await us.trailers;
         const gs = trailers ? Number(headerValue(trailers, "grpc-status") ?? "2") : 2;
         rec.grpcStatus = gs;
+        attemptGrpc = gs;
         outcome = outcomeOfGrpcStatus(gs);
         await ds.end(trailers ? cleanHeaders(trailers) : [["grpc-status", "2"]]);
         await sending;
@@ -266,6 +305,7 @@ export async function proxyCall(
       } catch (err) {
         if (expired) return;
         const pe = upstreamError(err, endpoint);
+        attemptError = pe.kind;
         if (ds.resetReason?.byPeer) {
           // The client left: nothing to answer, nothing learnt about the endpoint.
           upstream?.reset(ErrorCode.CANCEL);
@@ -274,8 +314,7 @@ export async function proxyCall(
         outcome = outcomeOfError(pe.kind);
         const canRetry = retry && attempt < retry.retries && !keepOverflow && !ds.headersSent &&
           (pe.kind === "upstream_connect_failure" ? retry.connectFailure : retry.reset);
-        if (canRetry && cluster.retryBudget.tryAcquire()) {
-          cluster.retryBudget.release();
+        if (canRetry && takeRetry()) {
           sink = undefined;
           retriable = true;
           continue;
@@ -290,7 +329,13 @@ export async function proxyCall(
         answerError(ds, pe, rec);
         return;
       } finally {
+        releaseRetry();
         state.inFlight--;
+        const seconds = (performance.now() - sentAt) / 1000;
+        const em = route.metrics.endpoint(endpoint);
+        if (attemptHttp !== 0) em.record(attemptHttp, seconds);
+        else em.failed(attemptError, seconds);
+        em.grpcAttempt(attemptGrpc);
         if (outcome) {
           members.health.record(endpoint.index, outcome);
           if (outcome === "success") route.breaker?.onSuccess(slot, permit);
@@ -302,6 +347,8 @@ export async function proxyCall(
   } catch (err) {
     if (!expired) answerError(ds, err, rec);
   } finally {
+    budget.active--;
+    if (holdingRetry) budget.release();
     clearTimeout(timer);
     clearTimeout(headersTimer);
     void pump;

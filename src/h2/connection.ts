@@ -49,6 +49,12 @@ export interface ConnectionOptions {
   readonly controlFramesPerSecond?: number;
   /** ...and in one burst. Past that: GOAWAY ENHANCE_YOUR_CALM. Defaults 200 and 1000. */
   readonly controlFrameBurst?: number;
+  /** Server role: the client preface and first SETTINGS must arrive within this. 0: no limit. */
+  readonly handshakeTimeoutMs?: number;
+  /** Our SETTINGS must be acknowledged within this, else GOAWAY SETTINGS_TIMEOUT. 0: no limit. */
+  readonly settingsAckTimeoutMs?: number;
+  /** With no open stream and no frame received for this long: GOAWAY and close. 0: never. */
+  readonly idleTimeoutMs?: number;
   /** Server role: a new stream whose request headers arrived. */
   readonly onStream?: (stream: H2Stream) => void;
   /** Why the connection ended, for logs. */
@@ -63,7 +69,12 @@ const WRITE_HARD_LIMIT = 16 << 20;
 export class H2Connection implements StreamHost {
   readonly role: "server" | "client";
   readonly #conn: Deno.Conn;
-  readonly #opts: Required<Omit<ConnectionOptions, "onStream" | "onClose">>;
+  readonly #opts: Required<
+    Omit<
+      ConnectionOptions,
+      "onStream" | "onClose" | "handshakeTimeoutMs" | "settingsAckTimeoutMs" | "idleTimeoutMs"
+    >
+  >;
   readonly #onStream: ConnectionOptions["onStream"];
   readonly #onClose: ConnectionOptions["onClose"];
   readonly #reader: FrameReader;
@@ -101,6 +112,12 @@ export class H2Connection implements StreamHost {
   readonly #done: Promise<void>;
   #resolveDone!: () => void;
   #pings = new Map<string, () => void>();
+  /** Connection-level timers (handshake, SETTINGS ACK, idle); cleared when the socket closes. */
+  #handshakeTimer: ReturnType<typeof setTimeout> | undefined;
+  #settingsAckTimer: ReturnType<typeof setTimeout> | undefined;
+  #idleTimer: ReturnType<typeof setTimeout> | undefined;
+  readonly #idleMs: number;
+  #lastFrameAt = performance.now();
   /** Set while closing with a write in progress: runs when the queue is written. */
   #afterFlush: (() => void) | undefined;
 
@@ -138,7 +155,37 @@ export class H2Connection implements StreamHost {
       this.#recvWindow += extra;
       this.#send(windowUpdateFrame(0, extra));
     }
+    const handshakeMs = opts.handshakeTimeoutMs ?? 0;
+    if (handshakeMs > 0 && opts.role === "server") {
+      this.#handshakeTimer = setTimeout(
+        () => this.close(ErrorCode.PROTOCOL_ERROR, `no preface and SETTINGS in ${handshakeMs} ms`),
+        handshakeMs,
+      );
+    }
+    const ackMs = opts.settingsAckTimeoutMs ?? 0;
+    if (ackMs > 0) {
+      this.#settingsAckTimer = setTimeout(
+        () => this.close(ErrorCode.SETTINGS_TIMEOUT, `SETTINGS not acknowledged in ${ackMs} ms`),
+        ackMs,
+      );
+    }
+    this.#idleMs = opts.idleTimeoutMs ?? 0;
+    if (this.#idleMs > 0) this.#armIdle(this.#idleMs);
     void this.#readLoop();
+  }
+
+  /**
+   * One timer per connection, re-armed lazily: when it fires, a connection that had a stream
+   * open or a frame since is given the rest of its time instead of being closed.
+   */
+  #armIdle(ms: number): void {
+    this.#idleTimer = setTimeout(() => {
+      if (this.#closed) return;
+      const quiet = performance.now() - this.#lastFrameAt;
+      if (this.#streams.size > 0) return this.#armIdle(this.#idleMs);
+      if (quiet < this.#idleMs) return this.#armIdle(this.#idleMs - quiet);
+      void this.drain(1_000);
+    }, ms);
   }
 
   /** Resolves when the socket is closed. */
@@ -365,6 +412,7 @@ export class H2Connection implements StreamHost {
   }
 
   #onFrame(f: Frame): void {
+    this.#lastFrameAt = performance.now();
     if (!this.#settingsSeen && f.type !== FrameType.SETTINGS) {
       throw new H2Error(ErrorCode.PROTOCOL_ERROR, "first frame is not SETTINGS");
     }
@@ -568,7 +616,12 @@ export class H2Connection implements StreamHost {
   }
 
   #onSettings(f: Frame): void {
-    if (f.flags & Flag.ACK) return;
+    if (f.flags & Flag.ACK) {
+      clearTimeout(this.#settingsAckTimer);
+      this.#settingsAckTimer = undefined;
+      return;
+    }
+    if (!this.#settingsSeen) clearTimeout(this.#handshakeTimer);
     this.#settingsSeen = true;
     this.#spend(1);
     for (const [id, value] of parseSettings(f.payload)) {
@@ -668,6 +721,9 @@ export class H2Connection implements StreamHost {
   #destroy(code: number, message: string, byPeer: boolean): void {
     if (this.#closed) return;
     this.#closed = true;
+    clearTimeout(this.#handshakeTimer);
+    clearTimeout(this.#settingsAckTimer);
+    clearTimeout(this.#idleTimer);
     const reason = new StreamReset(
       code === ErrorCode.NO_ERROR ? ErrorCode.CANCEL : code,
       byPeer,

@@ -84,6 +84,51 @@ export function statusClass(status: number): string {
 
 type Child<T> = { inc(v?: number): void } & T;
 
+/** The 17 gRPC status codes by number: the label values of the gRPC counters. */
+export const GRPC_STATUS_NAMES = [
+  "OK",
+  "CANCELLED",
+  "UNKNOWN",
+  "INVALID_ARGUMENT",
+  "DEADLINE_EXCEEDED",
+  "NOT_FOUND",
+  "ALREADY_EXISTS",
+  "PERMISSION_DENIED",
+  "RESOURCE_EXHAUSTED",
+  "FAILED_PRECONDITION",
+  "ABORTED",
+  "OUT_OF_RANGE",
+  "UNIMPLEMENTED",
+  "INTERNAL",
+  "UNAVAILABLE",
+  "DATA_LOSS",
+  "UNAUTHENTICATED",
+] as const;
+/** An upstream attempt that ended without any grpc-status (refused, reset, non-gRPC answer). */
+export const NO_GRPC_STATUS = "none";
+
+/**
+ * A counter with a trailing `grpc_status` label over a bounded set: the 17 code names, and
+ * `none` for no status. A code outside 0..16 counts as UNKNOWN, as gRPC clients read it.
+ */
+export class GrpcStatusCounter {
+  readonly #children: (Child<unknown> | undefined)[] = new Array(GRPC_STATUS_NAMES.length + 1);
+  constructor(
+    private readonly counter: client.Counter<string>,
+    private readonly labels: readonly string[],
+  ) {}
+
+  inc(code: number | undefined): void {
+    const i = code === undefined
+      ? GRPC_STATUS_NAMES.length
+      : Number.isInteger(code) && code >= 0 && code < GRPC_STATUS_NAMES.length
+      ? code
+      : 2;
+    const name = i === GRPC_STATUS_NAMES.length ? NO_GRPC_STATUS : GRPC_STATUS_NAMES[i]!;
+    (this.#children[i] ??= this.counter.labels(...this.labels, name)).inc();
+  }
+}
+
 /** One (listener, route) pair's downstream recorder; children made on first use. */
 export class RouteRecorder {
   readonly #counters: (Child<unknown> | undefined)[] = new Array(METHODS.length * 5);
@@ -115,7 +160,19 @@ export class RouteRecorder {
 export class ListenerRecorder {
   inFlight = 0;
   readonly #routes = new Map<string, RouteRecorder>();
+  readonly #grpc = new Map<string, GrpcStatusCounter>();
   constructor(private readonly m: FerryMetrics, readonly name: string) {}
+
+  /** gRPC calls finished on this listener for a (route, cluster); `none` when there was none. */
+  grpcCalls(route: string | undefined, cluster: string | undefined): GrpcStatusCounter {
+    const key = `${route ?? ""}\n${cluster ?? ""}`;
+    let c = this.#grpc.get(key);
+    if (c === undefined) {
+      c = new GrpcStatusCounter(this.m.grpcCalls, [this.name, route ?? "none", cluster ?? "none"]);
+      this.#grpc.set(key, c);
+    }
+    return c;
+  }
 
   /** The recorder for a route name; "" (no route matched) is labelled `none`. */
   route(name: string | undefined): RouteRecorder {
@@ -157,6 +214,13 @@ export class EndpointRecorder {
   failed(kind: string, seconds: number): void {
     this.record(0, seconds);
     this.m.upstreamErrors.labels(this.cluster, this.origin, kind).inc();
+  }
+
+  #grpc: GrpcStatusCounter | undefined;
+  /** A gRPC attempt's grpc-status (undefined: it ended without one). */
+  grpcAttempt(code: number | undefined): void {
+    (this.#grpc ??= new GrpcStatusCounter(this.m.grpcUpstreamAttempts, [this.cluster, this.origin]))
+      .inc(code);
   }
 }
 
@@ -233,6 +297,8 @@ export class FerryMetrics {
   readonly retries: client.Counter<string>;
   readonly retryBudgetExhausted: client.Counter<string>;
   readonly overflow: client.Counter<string>;
+  readonly grpcCalls: client.Counter<string>;
+  readonly grpcUpstreamAttempts: client.Counter<string>;
   readonly configReloads: client.Counter<string>;
   readonly configInfo: client.Gauge<string>;
   readonly buildInfo: client.Gauge<string>;
@@ -392,6 +458,20 @@ export class FerryMetrics {
       help: "Requests refused (503 UO) because the cluster or every endpoint was at its " +
         "request limit.",
       labelNames: ["cluster", "limit"],
+      registers,
+    });
+    this.grpcCalls = new client.Counter({
+      name: "ferry_grpc_calls_total",
+      help: "gRPC calls finished on grpc listeners, by listener, route, cluster and the " +
+        "grpc-status the client got (code name).",
+      labelNames: ["listener", "route", "cluster", "grpc_status"],
+      registers,
+    });
+    this.grpcUpstreamAttempts = new client.Counter({
+      name: "ferry_grpc_upstream_attempts_total",
+      help: "gRPC upstream attempts (retries included) by cluster, endpoint and grpc-status; " +
+        "grpc_status=none means the attempt ended without one.",
+      labelNames: ["cluster", "endpoint", "grpc_status"],
       registers,
     });
     this.configReloads = new client.Counter({

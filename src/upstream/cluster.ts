@@ -332,6 +332,14 @@ function healthOptions(cfg: ClusterConfig, caCerts: string[] | undefined): Endpo
       path: hc.path,
       expectedStatuses: hc.expected_statuses,
       ...(hc.host ? { host: hc.host } : {}),
+      ...(hc.grpc
+        ? {
+          grpc: {
+            service: hc.grpc.service,
+            ...(hc.grpc.authority ? { authority: hc.grpc.authority } : {}),
+          },
+        }
+        : {}),
       protocol: cfg.protocol,
       ...(caCerts ? { caCerts } : {}),
       intervalMs: hc.interval,

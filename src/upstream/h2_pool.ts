@@ -21,7 +21,7 @@ export class H2Pool {
   }
 
   /** A usable connection to `endpoint`; throws upstream_connect_failure when it cannot connect. */
-  async get(endpoint: Endpoint): Promise<H2Connection> {
+  async get(endpoint: Pick<Endpoint, "origin" | "url">): Promise<H2Connection> {
     if (this.#closed) throw new ProxyError("no_healthy_upstream", "cluster is being retired");
     const key = endpoint.origin;
     const pending = this.#conns.get(key);
@@ -42,7 +42,7 @@ export class H2Pool {
     return opening;
   }
 
-  async #connect(endpoint: Endpoint): Promise<H2Connection> {
+  async #connect(endpoint: Pick<Endpoint, "origin" | "url">): Promise<H2Connection> {
     const hostname = endpoint.url.hostname.replace(/^\[|\]$/g, "");
     const port = Number(endpoint.url.port);
     let conn: Deno.Conn;

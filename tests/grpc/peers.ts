@@ -24,6 +24,20 @@ export const ECHO_SERVICE = {
   bidi: method("/test.Echo/Bidi", true, true),
 } as const;
 
+/**
+ * The standard health service, hand-written (no protobuf library): the request is
+ * HealthCheckRequest{service = 1}, the answer HealthCheckResponse{status = 1} with
+ * SERVING = 1, NOT_SERVING = 2.
+ */
+export const HEALTH_SERVICE = {
+  check: method("/grpc.health.v1.Health/Check", false, false),
+} as const;
+
+/** HealthCheckRequest's service name (field 1, short names only: one-byte length). */
+function healthServiceName(req: Buffer): string {
+  return req.length >= 2 && req[0] === 0x0a ? req.subarray(2, 2 + req[1]!).toString() : "";
+}
+
 export const OPTIONS = {
   "grpc.max_receive_message_length": -1,
   "grpc.max_send_message_length": -1,
@@ -33,13 +47,31 @@ export interface EchoServer {
   readonly port: number;
   readonly cancelled: string[];
   readonly calls: { n: number };
+  /** What the health service answers: 1 SERVING, 2 NOT_SERVING. */
+  readonly health: { status: number };
+  /** Service names the health checks asked about, in order. */
+  readonly healthAsked: string[];
+  /** ServerStream "big:N:SIZE" calls: messages handed to grpc-js, and calls cancelled. */
+  readonly big: { sent: number; cancelled: number };
   stop(): Promise<void>;
 }
 
-export async function startEchoServer(): Promise<EchoServer> {
+/** `credentials`: TLS for the server (default plaintext h2c). */
+export async function startEchoServer(
+  credentials: grpc.ServerCredentials = grpc.ServerCredentials.createInsecure(),
+): Promise<EchoServer> {
   const server = new grpc.Server(OPTIONS);
   const cancelled: string[] = [];
   const calls = { n: 0 };
+  const health = { status: 1 };
+  const healthAsked: string[] = [];
+  const big = { sent: 0, cancelled: 0 };
+  server.addService(HEALTH_SERVICE as unknown as grpc.ServiceDefinition, {
+    check: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
+      healthAsked.push(healthServiceName(call.request));
+      cb(null, Buffer.from([0x08, health.status]));
+    },
+  });
   server.addService(ECHO_SERVICE as unknown as grpc.ServiceDefinition, {
     unary: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
       calls.n++;
@@ -69,7 +101,9 @@ export async function startEchoServer(): Promise<EchoServer> {
       cb(null, call.request, trailer);
     },
     serverStream: (call: grpc.ServerWritableStream<Buffer, Buffer>) => {
-      const n = Number(call.request.toString());
+      const text = call.request.toString();
+      if (text.startsWith("big:")) return void bigStream(call, text, big);
+      const n = Number(text);
       for (let i = 0; i < n; i++) call.write(Buffer.from(`m${i}`));
       call.end();
     },
@@ -94,7 +128,7 @@ export async function startEchoServer(): Promise<EchoServer> {
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(
       "127.0.0.1:0",
-      grpc.ServerCredentials.createInsecure(),
+      credentials,
       (err, p) => err ? reject(err) : resolve(p),
     )
   );
@@ -102,12 +136,40 @@ export async function startEchoServer(): Promise<EchoServer> {
     port,
     cancelled,
     calls,
+    health,
+    healthAsked,
+    big,
     stop: () =>
       new Promise<void>((resolve) => {
         server.forceShutdown();
         resolve();
       }),
   };
+}
+
+/** N messages of SIZE bytes, each written only when grpc-js accepts more (backpressure). */
+async function bigStream(
+  call: grpc.ServerWritableStream<Buffer, Buffer>,
+  text: string,
+  big: { sent: number; cancelled: number },
+): Promise<void> {
+  const [, n, size] = text.split(":").map(Number);
+  let cancelled = false;
+  call.on("cancelled", () => {
+    cancelled = true;
+    big.cancelled++;
+  });
+  const chunk = Buffer.alloc(size!, 0x5a);
+  for (let i = 0; i < n! && !cancelled; i++) {
+    big.sent++;
+    if (!call.write(chunk)) {
+      await new Promise<void>((resolve) => {
+        call.once("drain", resolve);
+        call.once("cancelled", resolve);
+      });
+    }
+  }
+  if (!cancelled) call.end();
 }
 
 export const EchoClient = grpc.makeGenericClientConstructor(
@@ -118,8 +180,12 @@ export const EchoClient = grpc.makeGenericClientConstructor(
 // deno-lint-ignore no-explicit-any
 export type AnyClient = grpc.Client & Record<string, any>;
 
-export function echoClient(port: number): AnyClient {
-  return new EchoClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), OPTIONS) as never;
+export function echoClient(
+  port: number,
+  credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure(),
+  options: grpc.ChannelOptions = {},
+): AnyClient {
+  return new EchoClient(`127.0.0.1:${port}`, credentials, { ...OPTIONS, ...options }) as never;
 }
 
 export interface UnaryResult {

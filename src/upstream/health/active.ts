@@ -17,6 +17,7 @@
  * ```
  */
 import { type HttpProbeOptions, HttpProber, type Probe, type ProbeTarget } from "./probe.ts";
+import { GrpcHealthProber, type GrpcProbeOptions } from "./grpc_probe.ts";
 import { ThresholdCounter } from "./thresholds.ts";
 import { checkInt, checkRange, realTimers, type Timers } from "./timers.ts";
 
@@ -47,6 +48,8 @@ export interface ActiveHealthOptions extends HttpProbeOptions {
   readonly onTransition?: TransitionListener;
   /** Called after every probe, for metrics. */
   readonly onProbe?: (index: number, ok: boolean, reason: string, durationMs: number) => void;
+  /** Probe with `grpc.health.v1.Health/Check` instead of an HTTP GET (`path` is then unused). */
+  readonly grpc?: GrpcProbeOptions | undefined;
   /** Replaces the HTTP probe (tests, other protocols); must honour its signal. */
   readonly probe?: Probe;
   readonly timers?: Timers;
@@ -87,7 +90,7 @@ export class ActiveHealthChecker {
   readonly #timers: Timers;
   readonly #random: () => number;
   readonly #probe: Probe;
-  readonly #prober: HttpProber | undefined;
+  readonly #prober: { close(): void } | undefined;
   readonly #onTransition: TransitionListener | undefined;
   readonly #onProbe: ActiveHealthOptions["onProbe"];
   #state: "new" | "running" | "stopped" = "new";
@@ -113,9 +116,17 @@ export class ActiveHealthChecker {
     if (opts.probe) {
       this.#probe = opts.probe;
       this.#prober = undefined;
+    } else if (opts.grpc) {
+      const prober = new GrpcHealthProber({
+        ...opts.grpc,
+        ...(opts.caCerts ? { caCerts: opts.caCerts } : {}),
+      });
+      this.#prober = prober;
+      this.#probe = prober.probe;
     } else {
-      this.#prober = new HttpProber(opts);
-      this.#probe = this.#prober.probe;
+      const prober = new HttpProber(opts);
+      this.#prober = prober;
+      this.#probe = prober.probe;
     }
     const thresholds = {
       healthyThreshold: this.#healthyThreshold,
