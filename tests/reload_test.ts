@@ -7,7 +7,8 @@ import { buildSnapshot, configSource } from "../src/config/source.ts";
 import { createLogger } from "../src/observability/log.ts";
 import { Ferry } from "../src/server/ferry.ts";
 import { Reloader } from "../src/server/reload.ts";
-import { metricValue, spawnFerry, startEchoUpstream, tempConfig } from "./helpers.ts";
+import { metricValue, run, spawnFerry, startEchoUpstream, tempConfig } from "./helpers.ts";
+import { makeTestCerts } from "./fixtures/certs.ts";
 
 const quiet = createLogger("error", () => {});
 
@@ -263,5 +264,36 @@ Deno.test("SIGHUP reloads; a bad file on SIGHUP is logged with its line and the 
   } finally {
     ferry.child.kill("SIGTERM");
     await ferry.child.status;
+  }
+});
+
+Deno.test("a certificate rotated on disk is served after a reload; other listeners stay bound", async () => {
+  const a = await makeTestCerts();
+  const b = await makeTestCerts();
+  const dir = await Deno.makeTempDir();
+  await Deno.copyFile(a.certFile, `${dir}/server.crt`);
+  await Deno.copyFile(a.keyFile, `${dir}/server.key`);
+  const config = directConfig("tls").replace(
+    `  - { name: public, address: "127.0.0.1:0" }\n`,
+    `  - { name: public, address: "127.0.0.1:0" }
+  - { name: secure, address: "127.0.0.1:0", tls: { cert: ${dir}/server.crt, key: ${dir}/server.key } }\n`,
+  );
+  const f = await startReloadable(config);
+  const curlWith = async (ca: string) => {
+    const port = f.ferry.addresses().listeners.secure!.port;
+    return (await run("curl", ["-s", "--cacert", ca, `https://localhost:${port}/`])).code;
+  };
+  try {
+    const publicPort = f.ferry.addresses().listeners.public!.port;
+    assert.equal(await curlWith(a.caFile), 0);
+    await Deno.copyFile(b.certFile, `${dir}/server.crt`);
+    await Deno.copyFile(b.keyFile, `${dir}/server.key`);
+    assert.equal((await f.reloader.reload("signal")).ok, true);
+    assert.equal(await curlWith(b.caFile), 0, "the new certificate is served");
+    assert.notEqual(await curlWith(a.caFile), 0, "the old one is gone");
+    assert.equal(f.ferry.addresses().listeners.public!.port, publicPort);
+  } finally {
+    await f.close();
+    await Promise.all([a.remove(), b.remove(), Deno.remove(dir, { recursive: true })]);
   }
 });
