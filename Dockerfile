@@ -8,5 +8,6 @@ COPY config ./config
 RUN deno cache --frozen main.ts
 USER deno
 EXPOSE 8080 9901
+# The admin listener needs a token: docker run -e FERRY_ADMIN_TOKEN=$(openssl rand -hex 16) ...
 ENTRYPOINT ["deno", "run", "--allow-net", "--allow-read", "--allow-env", "--unstable-no-legacy-abort", "main.ts"]
-CMD ["--config", "config/ferry.yaml"]
+CMD ["--config", "config/container.yaml"]
