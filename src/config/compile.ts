@@ -694,6 +694,7 @@ function compileRoute(
     timeoutMs: r.timeout,
     breaker,
     breakerPerCluster,
+    deadlines: policies.deadlines,
     metrics: policies.clusterMetrics.get(cluster.name)!,
     retry: r.retry && {
       retries: r.retry.retries,

@@ -14,6 +14,7 @@ import { StreamReset } from "../h2/stream.ts";
 import { ProxyError } from "../server/errors.ts";
 import type { Cluster, Endpoint, Members } from "../upstream/cluster.ts";
 import type { BreakerStore } from "../policy/circuit_breaker.ts";
+import type { DeadlineQueue } from "../policy/deadlines.ts";
 import type { ClusterRecorder } from "../observability/metrics.ts";
 import { outcomeOfError, outcomeOfStatus } from "../upstream/health/outlier.ts";
 import {
@@ -34,6 +35,8 @@ export interface GrpcRoute {
   readonly retry: GrpcRetry | undefined;
   readonly breaker: BreakerStore | undefined;
   readonly breakerPerCluster: boolean;
+  /** The snapshot's shared deadline queue (carried across reloads). */
+  readonly deadlines: DeadlineQueue;
   /** Upstream attempts, retries and budget refusals (the cluster's metrics). */
   readonly metrics: ClusterRecorder;
 }
@@ -124,15 +127,17 @@ export async function proxyCall(
     answerError(ds, pe, rec);
     if (!ds.isClosed) ds.reset(ErrorCode.CANCEL);
   };
-  const timer = callMs === undefined ? undefined : setTimeout(
+  // Deadlines on the shared queue (one interval for all calls), not a setTimeout per call.
+  const deadlines = route.deadlines;
+  const timer = callMs === undefined ? undefined : deadlines.armRoundedUp(
+    callMs,
     () =>
       expire(new ProxyError("upstream_timeout", `deadline of ${Math.round(callMs)} ms exceeded`)),
-    callMs,
   );
   const headersTimer = callMs === undefined && route.timeoutMs > 0
-    ? setTimeout(
-      () => expire(new ProxyError("upstream_timeout", `no response within ${route.timeoutMs} ms`)),
+    ? deadlines.arm(
       route.timeoutMs,
+      () => expire(new ProxyError("upstream_timeout", `no response within ${route.timeoutMs} ms`)),
     )
     : undefined;
   void ds.closed.then((r) => {
@@ -261,7 +266,7 @@ export async function proxyCall(
         const sending = attach(us, attempt > 0).catch(() => {});
 
         const head = await us.headers;
-        clearTimeout(headersTimer);
+        headersTimer?.cancel();
         releaseRetry();
         rec.upstreamMs = performance.now() - sentAt;
         const httpStatus = Number(headerValue(head, ":status"));
@@ -349,8 +354,8 @@ export async function proxyCall(
   } finally {
     budget.active--;
     if (holdingRetry) budget.release();
-    clearTimeout(timer);
-    clearTimeout(headersTimer);
+    timer?.cancel();
+    headersTimer?.cancel();
     void pump;
   }
 }
