@@ -35,6 +35,9 @@ export interface GrpcRoute {
   readonly retry: GrpcRetry | undefined;
   readonly breaker: BreakerStore | undefined;
   readonly breakerPerCluster: boolean;
+  /** Cluster `limits`: calls in flight on the cluster, and per endpoint (Infinity: none). */
+  readonly maxRequests: number;
+  readonly maxRequestsPerEndpoint: number;
   /** The snapshot's shared deadline queue (carried across reloads). */
   readonly deadlines: DeadlineQueue;
   /** Upstream attempts, retries and budget refusals (the cluster's metrics). */
@@ -109,6 +112,13 @@ export async function proxyCall(
   const cluster = route.cluster;
   rec.route = route.name;
   rec.cluster = cluster.name;
+  // The cluster's max_requests, counted as on the HTTP path (calls in flight on the cluster,
+  // HTTP requests included): overflow is answered at once, UNAVAILABLE as Envoy does.
+  if (cluster.retryBudget.active >= route.maxRequests) {
+    route.metrics.overflow("cluster");
+    const reason = `cluster ${cluster.name} has ${route.maxRequests} calls in flight`;
+    return answerError(ds, new ProxyError("overflow", reason), rec);
+  }
   const clientMs = parseGrpcTimeout(headerValue(fields, "grpc-timeout"));
   const callMs = clientMs === undefined
     ? undefined
@@ -388,21 +398,29 @@ function admit(
 ): { endpoint: Endpoint; permit: number } {
   const cluster = route.cluster;
   const refused = new Set<Endpoint>(tried);
-  let breakerRefused = false;
+  let why: "breaker" | "limit" | undefined;
   for (let i = 0; i <= members.endpoints.length; i++) {
     const e = members.balancer.pick(undefined, refused) ??
       (tried.size > 0 && refused.size === tried.size
         ? members.balancer.pick(undefined)
         : undefined);
     if (!e) break;
+    refused.add(e);
+    if (members.states[e.index]!.inFlight >= route.maxRequestsPerEndpoint) {
+      why ??= "limit";
+      continue;
+    }
     if (!route.breaker) return { endpoint: e, permit: 0 };
     const permit = route.breaker.acquire(route.breakerPerCluster ? 0 : e.slot);
     if (permit !== 0) return { endpoint: e, permit };
-    breakerRefused = true;
-    refused.add(e);
+    why = "breaker";
   }
-  if (breakerRefused) {
+  if (why === "breaker") {
     throw new ProxyError("breaker_open", `circuit breaker open for cluster ${cluster.name}`);
+  }
+  if (why === "limit") {
+    route.metrics.overflow("endpoint");
+    throw new ProxyError("overflow", `every endpoint of ${cluster.name} is at its request limit`);
   }
   throw new ProxyError("no_healthy_upstream", `cluster ${cluster.name} has no endpoint to send to`);
 }
