@@ -4,12 +4,15 @@
  * machine shared with others): quote the ratio, not the absolute numbers.
  *
  *   deno run -A --unstable-no-legacy-abort bench/grpc_bench.ts [seconds=3] [concurrency=50]
+ *
+ * FERRY_CPU_PROF=DIR also writes a V8 CPU profile of the Ferry process into DIR.
  */
 import { Buffer } from "node:buffer";
 import { echoClient, startEchoServer, unary } from "../tests/grpc/peers.ts";
 
 const seconds = Number(Deno.args[0] ?? 3);
 const concurrency = Number(Deno.args[1] ?? 50);
+const profDir = Deno.env.get("FERRY_CPU_PROF");
 const TICK = 100; // clock ticks per second on Linux
 
 function cpuTicks(pid: number): number {
@@ -44,7 +47,15 @@ Deno.writeTextFileSync(
   `listeners:\n  - { name: grpc, address: "127.0.0.1:${port}", protocol: grpc }\nroutes:\n  - name: echo\n    cluster: echo\nclusters:\n  - name: echo\n    protocol: h2c\n    endpoints: ["http://127.0.0.1:${server.port}"]\n`,
 );
 const ferry = new Deno.Command(Deno.execPath(), {
-  args: ["run", "-A", "--unstable-no-legacy-abort", "main.ts", "--config", cfg],
+  args: [
+    "run",
+    "-A",
+    "--unstable-no-legacy-abort",
+    ...(profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : []),
+    "main.ts",
+    "--config",
+    cfg,
+  ],
   stdout: "null",
   stderr: "null",
 }).spawn();

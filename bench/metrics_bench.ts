@@ -61,3 +61,17 @@ Deno.bench(
 Deno.bench({ name: "metrics: downstream only", group: "per request" }, () => {
   listener.route("users").record("GET", 200, 0.002);
 });
+// A gRPC call records the call by grpc_status on its listener and each attempt twice on its
+// endpoint (status class + duration, then grpc_status).
+Deno.bench(
+  { name: "metrics: one gRPC call (call + one upstream attempt)", group: "per request" },
+  () => {
+    listener.inFlight++;
+    const seconds = 0.001 + (n++ & 7) * 0.003;
+    const em = cluster.endpoint(endpoints[n & 1]!);
+    em.record(200, seconds);
+    em.grpcAttempt(0);
+    listener.inFlight--;
+    listener.grpcCalls("users", "users").inc(0);
+  },
+);

@@ -157,6 +157,30 @@ Deno.test("grpc: deadlines are propagated and DEADLINE_EXCEEDED cancels the upst
   }
 });
 
+Deno.test("grpc: without a client deadline, the route timeout bounds the wait for headers", async () => {
+  const server = await startEchoServer();
+  const ferry = startFerry(grpcConfig().replace("timeout: 10s", "timeout: 400ms"), {
+    PORT: String(server.port),
+  });
+  const client = echoClient(ferry.port);
+  try {
+    // No deadline on the client: the status comes from Ferry (the shared deadline queue).
+    const slow = await unary(client, Buffer.from("sleep:4000"));
+    assert.equal(slow.error?.code, grpc.status.DEADLINE_EXCEEDED);
+    assert.match(slow.error?.details ?? "", /no response within 400 ms/);
+    for (let i = 0; i < 150 && !server.cancelled.includes("sleep:4000"); i++) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.ok(server.cancelled.includes("sleep:4000"), "upstream call was cancelled");
+    const ok = await unary(client, Buffer.from("fast"));
+    assert.equal(ok.value?.toString(), "fast");
+  } finally {
+    client.close();
+    await ferry.close();
+    await server.stop();
+  }
+});
+
 Deno.test("grpc: a client's cancellation reaches the upstream server", async () => {
   const t = await setup();
   try {

@@ -694,6 +694,10 @@ function compileRoute(
     timeoutMs: r.timeout,
     breaker,
     breakerPerCluster,
+    maxRequests: clusterCfg.limits?.max_requests ?? Number.POSITIVE_INFINITY,
+    maxRequestsPerEndpoint: clusterCfg.limits?.max_requests_per_endpoint ??
+      Number.POSITIVE_INFINITY,
+    deadlines: policies.deadlines,
     metrics: policies.clusterMetrics.get(cluster.name)!,
     retry: r.retry && {
       retries: r.retry.retries,

@@ -379,6 +379,20 @@ function checkReferences(
     }
   }
   for (const [i, c] of cfg.clusters.entries()) {
+    // The gRPC health probe speaks HTTP/2: h2c to http:// endpoints, ALPN h2 to https:// ones.
+    // A cluster whose http:// endpoints speak HTTP/1.1 (http1, or auto, which has no h2c) would
+    // fail every probe; the same rule as for clusters behind a grpc listener (compile.ts).
+    const grpcCheck = c.health_check?.grpc;
+    const plainHttp1 = c.protocol !== "h2c" &&
+      (c.endpoints === undefined ||
+        c.endpoints.some((e) => (typeof e === "string" ? e : e.url).startsWith("http://")));
+    if (grpcCheck && plainHttp1) {
+      err(
+        ["clusters", i, "health_check", "grpc"],
+        "a gRPC health check needs HTTP/2: set the cluster's protocol to h2c, or use only " +
+          "https:// endpoints",
+      );
+    }
     const seen = new Set<string>();
     for (const [j, e] of (c.endpoints ?? []).entries()) {
       const url = typeof e === "string" ? e : e.url;

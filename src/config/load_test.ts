@@ -432,3 +432,26 @@ Deno.test("an admin listener beyond loopback without a token is a warning", () =
     assert.deepEqual(r.warnings, []);
   }
 });
+
+Deno.test("a gRPC health check on a cluster with HTTP/1.1 http:// endpoints is refused at its line", () => {
+  const text = [
+    /* 1 */ "listeners: [{ name: a, address: 127.0.0.1:8080 }]",
+    /* 2 */ "routes: [{ name: r, cluster: c }]",
+    /* 3 */ "clusters:",
+    /* 4 */ "  - name: c",
+    /* 5 */ "    endpoints: [http://127.0.0.1:9001]",
+    /* 6 */ "    health_check:",
+    /* 7 */ "      grpc: { service: svc }",
+    "",
+  ].join("\n");
+  const errors = errorsOf(parseConfigText(text, "f.yaml"));
+  assert.deepEqual(positions(errors), ["7:13 clusters[0].health_check.grpc"]);
+  assert.match(errors[0]!.message, /needs HTTP\/2/);
+  // h2c, or only https:// endpoints, is fine.
+  const h2c = text.replace("    endpoints:", "    protocol: h2c\n    endpoints:");
+  assert.ok(parseConfigText(h2c, "f.yaml").ok);
+  const tls = text.replace("http://127.0.0.1:9001", "https://127.0.0.1:9001");
+  assert.ok(parseConfigText(tls, "f.yaml").ok);
+  const auto = text.replace("    endpoints:", "    protocol: auto\n    endpoints:");
+  assert.equal(errorsOf(parseConfigText(auto, "f.yaml"))[0]?.path, "clusters[0].health_check.grpc");
+});

@@ -14,6 +14,7 @@ import { StreamReset } from "../h2/stream.ts";
 import { ProxyError } from "../server/errors.ts";
 import type { Cluster, Endpoint, Members } from "../upstream/cluster.ts";
 import type { BreakerStore } from "../policy/circuit_breaker.ts";
+import type { DeadlineQueue } from "../policy/deadlines.ts";
 import type { ClusterRecorder } from "../observability/metrics.ts";
 import { outcomeOfError, outcomeOfStatus } from "../upstream/health/outlier.ts";
 import {
@@ -34,6 +35,11 @@ export interface GrpcRoute {
   readonly retry: GrpcRetry | undefined;
   readonly breaker: BreakerStore | undefined;
   readonly breakerPerCluster: boolean;
+  /** Cluster `limits`: calls in flight on the cluster, and per endpoint (Infinity: none). */
+  readonly maxRequests: number;
+  readonly maxRequestsPerEndpoint: number;
+  /** The snapshot's shared deadline queue (carried across reloads). */
+  readonly deadlines: DeadlineQueue;
   /** Upstream attempts, retries and budget refusals (the cluster's metrics). */
   readonly metrics: ClusterRecorder;
 }
@@ -106,6 +112,13 @@ export async function proxyCall(
   const cluster = route.cluster;
   rec.route = route.name;
   rec.cluster = cluster.name;
+  // The cluster's max_requests, counted as on the HTTP path (calls in flight on the cluster,
+  // HTTP requests included): overflow is answered at once, UNAVAILABLE as Envoy does.
+  if (cluster.retryBudget.active >= route.maxRequests) {
+    route.metrics.overflow("cluster");
+    const reason = `cluster ${cluster.name} has ${route.maxRequests} calls in flight`;
+    return answerError(ds, new ProxyError("overflow", reason), rec);
+  }
   const clientMs = parseGrpcTimeout(headerValue(fields, "grpc-timeout"));
   const callMs = clientMs === undefined
     ? undefined
@@ -124,15 +137,17 @@ export async function proxyCall(
     answerError(ds, pe, rec);
     if (!ds.isClosed) ds.reset(ErrorCode.CANCEL);
   };
-  const timer = callMs === undefined ? undefined : setTimeout(
+  // Deadlines on the shared queue (one interval for all calls), not a setTimeout per call.
+  const deadlines = route.deadlines;
+  const timer = callMs === undefined ? undefined : deadlines.armRoundedUp(
+    callMs,
     () =>
       expire(new ProxyError("upstream_timeout", `deadline of ${Math.round(callMs)} ms exceeded`)),
-    callMs,
   );
   const headersTimer = callMs === undefined && route.timeoutMs > 0
-    ? setTimeout(
-      () => expire(new ProxyError("upstream_timeout", `no response within ${route.timeoutMs} ms`)),
+    ? deadlines.arm(
       route.timeoutMs,
+      () => expire(new ProxyError("upstream_timeout", `no response within ${route.timeoutMs} ms`)),
     )
     : undefined;
   void ds.closed.then((r) => {
@@ -261,7 +276,7 @@ export async function proxyCall(
         const sending = attach(us, attempt > 0).catch(() => {});
 
         const head = await us.headers;
-        clearTimeout(headersTimer);
+        headersTimer?.cancel();
         releaseRetry();
         rec.upstreamMs = performance.now() - sentAt;
         const httpStatus = Number(headerValue(head, ":status"));
@@ -349,8 +364,8 @@ export async function proxyCall(
   } finally {
     budget.active--;
     if (holdingRetry) budget.release();
-    clearTimeout(timer);
-    clearTimeout(headersTimer);
+    timer?.cancel();
+    headersTimer?.cancel();
     void pump;
   }
 }
@@ -383,21 +398,29 @@ function admit(
 ): { endpoint: Endpoint; permit: number } {
   const cluster = route.cluster;
   const refused = new Set<Endpoint>(tried);
-  let breakerRefused = false;
+  let why: "breaker" | "limit" | undefined;
   for (let i = 0; i <= members.endpoints.length; i++) {
     const e = members.balancer.pick(undefined, refused) ??
       (tried.size > 0 && refused.size === tried.size
         ? members.balancer.pick(undefined)
         : undefined);
     if (!e) break;
+    refused.add(e);
+    if (members.states[e.index]!.inFlight >= route.maxRequestsPerEndpoint) {
+      why ??= "limit";
+      continue;
+    }
     if (!route.breaker) return { endpoint: e, permit: 0 };
     const permit = route.breaker.acquire(route.breakerPerCluster ? 0 : e.slot);
     if (permit !== 0) return { endpoint: e, permit };
-    breakerRefused = true;
-    refused.add(e);
+    why = "breaker";
   }
-  if (breakerRefused) {
+  if (why === "breaker") {
     throw new ProxyError("breaker_open", `circuit breaker open for cluster ${cluster.name}`);
+  }
+  if (why === "limit") {
+    route.metrics.overflow("endpoint");
+    throw new ProxyError("overflow", `every endpoint of ${cluster.name} is at its request limit`);
   }
   throw new ProxyError("no_healthy_upstream", `cluster ${cluster.name} has no endpoint to send to`);
 }

@@ -66,6 +66,11 @@ const WRITE_HIGH_WATER = 1 << 20;
 /** Pending bytes (a peer that never reads) above which the connection is dropped. */
 const WRITE_HARD_LIMIT = 16 << 20;
 
+/** Highest stream id: the first GOAWAY of a graceful shutdown names it. */
+const MAX_STREAM_ID = 0x7fffffff;
+/** How long the first GOAWAY's PING may take before the real GOAWAY goes anyway. */
+const ANNOUNCE_MS = 1000;
+
 export class H2Connection implements StreamHost {
   readonly role: "server" | "client";
   readonly #conn: Deno.Conn;
@@ -107,6 +112,8 @@ export class H2Connection implements StreamHost {
   #tokensAt = performance.now();
 
   #goawaySent = false;
+  /** Server drain, step one (GOAWAY 2^31-1 + PING) under way or done. */
+  #announced: Promise<void> | undefined;
   #goawayReceived: number | undefined;
   #closed = false;
   readonly #done: Promise<void>;
@@ -236,11 +243,19 @@ export class H2Connection implements StreamHost {
   // ---- shutdown ----
 
   /**
-   * Graceful: GOAWAY naming the last stream we accepted; open streams finish, then the socket
-   * closes. After `deadlineMs` whatever is left is cut.
+   * Graceful. A server announces first (RFC 9113 6.8): GOAWAY with the highest possible stream id
+   * and a PING; streams the client opens meanwhile are still served. Once the PING is answered
+   * (or `ANNOUNCE_MS` passed), the real GOAWAY names the last stream we accepted. Open streams
+   * finish, then the socket closes; after `deadlineMs` whatever is left is cut.
    */
   async drain(deadlineMs = 30_000): Promise<void> {
     if (this.#closed) return;
+    const startedAt = performance.now();
+    if (this.role === "server" && !this.#goawaySent) {
+      this.#announced ??= this.#announceGoaway(Math.min(ANNOUNCE_MS, deadlineMs));
+      await this.#announced;
+      if (this.#closed) return;
+    }
     if (!this.#goawaySent) {
       this.#goawaySent = true;
       this.#send(goawayFrame(this.#lastPeerStream, ErrorCode.NO_ERROR, "draining"));
@@ -248,12 +263,24 @@ export class H2Connection implements StreamHost {
     }
     this.#closeIfIdle();
     let timer: ReturnType<typeof setTimeout> | undefined;
+    const left = Math.max(0, deadlineMs - (performance.now() - startedAt));
     await Promise.race([
       this.#done,
-      new Promise<void>((r) => (timer = setTimeout(r, deadlineMs))),
+      new Promise<void>((r) => (timer = setTimeout(r, left))),
     ]);
     clearTimeout(timer);
     if (!this.#closed) this.#destroy(ErrorCode.NO_ERROR, "drain deadline reached", false);
+  }
+
+  /** First GOAWAY (last stream 2^31-1) and a PING; resolves on its ACK or after `boundMs`. */
+  async #announceGoaway(boundMs: number): Promise<void> {
+    this.#send(goawayFrame(MAX_STREAM_ID, ErrorCode.NO_ERROR, "draining"));
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      this.ping().catch(() => {}),
+      new Promise<void>((r) => (timer = setTimeout(r, boundMs))),
+    ]);
+    clearTimeout(timer);
   }
 
   /** Hard stop: GOAWAY with `code`, every open stream fails, the socket closes. */

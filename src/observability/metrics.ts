@@ -163,9 +163,13 @@ export class ListenerRecorder {
   readonly #grpc = new Map<string, GrpcStatusCounter>();
   constructor(private readonly m: FerryMetrics, readonly name: string) {}
 
-  /** gRPC calls finished on this listener for a (route, cluster); `none` when there was none. */
+  /**
+   * gRPC calls finished on this listener for a route (and the cluster it sends to); `none` when
+   * there was none. Keyed by route name alone, since a route has one cluster: no key is built
+   * per call.
+   */
   grpcCalls(route: string | undefined, cluster: string | undefined): GrpcStatusCounter {
-    const key = `${route ?? ""}\n${cluster ?? ""}`;
+    const key = route ?? "";
     let c = this.#grpc.get(key);
     if (c === undefined) {
       c = new GrpcStatusCounter(this.m.grpcCalls, [this.name, route ?? "none", cluster ?? "none"]);

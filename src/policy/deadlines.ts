@@ -51,6 +51,20 @@ class Lane {
   }
 }
 
+/** Lanes kept while empty; past this many, empty lanes are dropped at each tick. */
+const MAX_IDLE_LANES = 64;
+
+/**
+ * The lane a deadline of `ms` goes to: 10 ms steps up to 1,280 ms, then 128 steps per doubling
+ * (1,280-2,560 ms in 10 ms steps... 81.92-163.84 s in 640 ms steps), always rounding up.
+ */
+export function laneLength(ms: number): number {
+  if (!(ms > 0)) return 0;
+  if (ms <= 1280) return Math.ceil(ms / 10) * 10;
+  const step = 10 * 2 ** Math.floor(Math.log2(ms / 1280));
+  return Math.ceil(ms / step) * step;
+}
+
 export interface DeadlineQueueOptions {
   /** How often expiry is checked; the worst-case lateness of a deadline. */
   readonly tickMs?: number;
@@ -95,6 +109,15 @@ export class DeadlineQueue {
     return entry;
   }
 
+  /**
+   * For deadlines of any length (a gRPC client's `grpc-timeout`, which differs per call): the
+   * length is rounded up to one of a bounded set of lanes, so lanes stay few however many
+   * distinct lengths arrive. Never early; late by at most 1/128 of the length plus one tick.
+   */
+  armRoundedUp<T>(ms: number, fire: (arg: T) => void, arg?: T): Deadline {
+    return this.arm(laneLength(ms), fire, arg);
+  }
+
   /** Number of armed, unexpired deadlines. */
   get size(): number {
     let n = 0;
@@ -107,7 +130,7 @@ export class DeadlineQueue {
     const now = this.#now();
     let fired = 0;
     let remaining = 0;
-    for (const lane of this.#lanes.values()) {
+    for (const [ms, lane] of this.#lanes) {
       while (lane.head && lane.head.at <= now) {
         const e = lane.head;
         lane.unlink(e);
@@ -119,6 +142,8 @@ export class DeadlineQueue {
         }
       }
       remaining += lane.size;
+      // Many lanes only come from rounded lengths (armRoundedUp): drop the empty ones.
+      if (lane.size === 0 && this.#lanes.size > MAX_IDLE_LANES) this.#lanes.delete(ms);
     }
     this.#pending = remaining;
     if (remaining === 0 && this.#interval !== undefined) {

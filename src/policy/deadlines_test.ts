@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { DeadlineQueue } from "./deadlines.ts";
+import { DeadlineQueue, laneLength } from "./deadlines.ts";
 
 Deno.test("deadlines fire once their time has passed, in order, and never when cancelled", () => {
   let now = 0;
@@ -59,4 +59,25 @@ Deno.test("property: exactly the uncancelled deadlines at or before now have fir
       assert.deepEqual([...fired].sort(), [...expect].sort());
     },
   ));
+});
+
+Deno.test("rounded lanes: never shorter, at most 1/128 + 10 ms longer, few lanes for many lengths", () => {
+  const lanes = new Set<number>();
+  for (let ms = 1; ms < 600_000; ms += 7.3) {
+    const l = laneLength(ms);
+    assert.ok(l >= ms, `${ms} -> ${l}`);
+    assert.ok(l - ms <= ms / 128 + 10, `${ms} -> ${l}`);
+    lanes.add(l);
+  }
+  assert.ok(lanes.size < 128 * 10, `${lanes.size} lanes`);
+  let now = 0;
+  const q = new DeadlineQueue({ now: () => now, autoTick: false });
+  let fired = 0;
+  for (let i = 0; i < 1000; i++) q.armRoundedUp(4000 + i * 3.1, () => fired++);
+  now = 3999;
+  assert.equal(q.tick(), 0);
+  now = 10_000;
+  assert.equal(q.tick(), 1000);
+  assert.equal(fired, 1000);
+  assert.equal(q.size, 0);
 });
