@@ -41,10 +41,9 @@ async function load(port: number): Promise<number> {
 const server = await startEchoServer();
 const dir = Deno.makeTempDirSync();
 const cfg = `${dir}/grpc.yaml`;
-const port = 20000 + Math.floor(Math.random() * 10000);
 Deno.writeTextFileSync(
   cfg,
-  `listeners:\n  - { name: grpc, address: "127.0.0.1:${port}", protocol: grpc }\nroutes:\n  - name: echo\n    cluster: echo\nclusters:\n  - name: echo\n    protocol: h2c\n    endpoints: ["http://127.0.0.1:${server.port}"]\n`,
+  `listeners:\n  - { name: grpc, address: "127.0.0.1:0", protocol: grpc }\nroutes:\n  - name: echo\n    cluster: echo\nclusters:\n  - name: echo\n    protocol: h2c\n    endpoints: ["http://127.0.0.1:${server.port}"]\n`,
 );
 const ferry = new Deno.Command(Deno.execPath(), {
   args: [
@@ -57,9 +56,9 @@ const ferry = new Deno.Command(Deno.execPath(), {
     cfg,
   ],
   stdout: "null",
-  stderr: "null",
+  stderr: "piped",
 }).spawn();
-await new Promise((r) => setTimeout(r, 1500));
+const port = await boundPort(ferry.stderr);
 
 const direct = await load(server.port);
 const before = cpuTicks(ferry.pid);
@@ -77,3 +76,21 @@ ferry.kill("SIGTERM");
 await ferry.status;
 await server.stop();
 Deno.exit(0);
+
+/** Reads Ferry's JSON log until the listener says where it bound (port 0), then drains it. */
+async function boundPort(stderr: ReadableStream<Uint8Array>): Promise<number> {
+  const lines = stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await lines.read();
+    if (done) throw new Error("ferry exited before listening");
+    buf += value;
+    const m = /"msg":"listening".*?"address":"[^"]*:(\d+)"/.exec(buf);
+    if (m) {
+      (async () => {
+        while (!(await lines.read()).done) { /* keep the pipe from filling */ }
+      })();
+      return Number(m[1]);
+    }
+  }
+}
