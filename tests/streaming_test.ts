@@ -1,5 +1,5 @@
 /**
- * Bodies stream through Ferry: 100 MB each way without buffering (RSS of a separate Ferry
+ * Bodies stream through Ferry: 100+ MB each way without buffering (RSS of a separate Ferry
  * process measured), compressed bodies byte for byte, and chunked responses incrementally.
  */
 import assert from "node:assert/strict";
@@ -7,7 +7,22 @@ import { gzipSync } from "node:zlib";
 import { catchAllConfig, rawRequest, run, startFerry, startUpstream } from "./helpers.ts";
 
 const MB = 1024 * 1024;
-const BODY_SIZE = 100 * MB;
+
+/** The most a loopback connection's kernel buffers can hold (receive + send maxima, Linux). */
+function kernelBufferMax(): number {
+  try {
+    const max = (f: string) => Number(Deno.readTextFileSync(f).trim().split(/\s+/)[2]);
+    return max("/proc/sys/net/ipv4/tcp_rmem") + max("/proc/sys/net/ipv4/tcp_wmem");
+  } catch {
+    return 36 * MB;
+  }
+}
+/**
+ * A stalled transfer crosses three connections (client-guard, guard-Deno.serve, Ferry-upstream)
+ * whose kernel buffers autotune up to `kernelBufferMax()` each (36 MiB here): the body must be
+ * larger than all of them, or "the upstream finished while the client stalled" proves nothing.
+ */
+const BODY_SIZE = Math.max(100 * MB, Math.ceil((3 * kernelBufferMax() + 32 * MB) / MB) * MB);
 const CHUNK = 64 * 1024;
 
 const SIMPLE = catchAllConfig();
@@ -122,9 +137,9 @@ class RssSampler {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const STALL_MS = 1_500;
 /**
- * What may sit between client and upstream while one side stalls: kernel buffers of two loopback
- * connections (tcp_rmem autotunes up to 32 MiB here) and the test process's read-ahead. Measured
- * 8-44 MiB; never the whole body. Kernel buffers are outside Ferry's RSS, so the stall RSS
+ * What may sit between client and upstream while one side stalls: kernel buffers of three loopback
+ * connections (see BODY_SIZE) and the test process's read-ahead. Measured 8-74 MiB (the most under
+ * load); never the whole body. Kernel buffers are outside Ferry's RSS, so the stall RSS
  * figure below is the sharper check (a Ferry that buffered the upload showed +300 MiB).
  */
 const MAX_IN_FLIGHT = BODY_SIZE - 4 * MB;
@@ -140,7 +155,9 @@ const MAX_STALL_GROWTH_MIB = 40;
 const MAX_RSS_GROWTH_MIB = 150;
 
 Deno.test({
-  name: "100 MB up and down stream through a separate Ferry process, backpressured, bounded RSS",
+  name: `${
+    BODY_SIZE / MB
+  } MiB up and down stream through a separate Ferry process, backpressured, bounded RSS`,
   fn: async (t) => {
     let gate = Promise.withResolvers<void>();
     const produced = { n: 0 };
@@ -155,7 +172,7 @@ Deno.test({
         headers: { "content-type": "application/octet-stream" },
       });
     });
-    // 100 MB is over the default 10 MiB body limit: this test is about streaming, so no limit.
+    // The body is over the default 10 MiB body limit: this test is about streaming, so no limit.
     const px = await spawnFerry(
       catchAllConfig("server: { max_body_bytes: 0 }\n").replace("{{UP}}", up.url) +
         "log: { level: info }\n",
@@ -171,7 +188,7 @@ Deno.test({
       const hwmStart = kib(procStatus(px.pid), "VmHWM");
       // identity goes through fetch; an accepted coding through the byte-exact node:http path.
       for (const [transport, ae] of [["fetch", "identity"], ["node:http", "gzip"]] as const) {
-        await t.step(`upload 100 MB (${transport} transport)`, async () => {
+        await t.step(`upload ${BODY_SIZE / MB} MiB (${transport} transport)`, async () => {
           gate = Promise.withResolvers<void>();
           const sent = { n: 0 };
           const whole = new RssSampler(px.pid);
@@ -204,7 +221,7 @@ Deno.test({
           );
           assert.ok(growth < MAX_RSS_GROWTH_MIB, `Ferry RSS grew ${growth.toFixed(1)} MiB`);
         });
-        await t.step(`download 100 MB (${transport} transport)`, async () => {
+        await t.step(`download ${BODY_SIZE / MB} MiB (${transport} transport)`, async () => {
           produced.n = 0;
           const whole = new RssSampler(px.pid);
           const res = await fetch(`${px.url}/d?size=${BODY_SIZE}`, {
