@@ -7,7 +7,13 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { FerryMetrics } from "../src/observability/metrics.ts";
 import { metricValue, startFerry } from "./helpers.ts";
-import { echoClient, type EchoServer, startEchoServer, unary } from "./grpc/peers.ts";
+import {
+  echoClient,
+  type EchoServer,
+  grpcEchoConfig,
+  startEchoServer,
+  unary,
+} from "./grpc/peers.ts";
 
 async function until(what: string, check: () => Promise<boolean>, ms = 15_000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -23,23 +29,16 @@ Deno.test("grpc health: Health/Check NOT_SERVING makes an endpoint unhealthy and
   const b = await startEchoServer();
   const metrics = new FerryMetrics();
   const ferry = startFerry(
-    `listeners:
-  - { name: grpc, address: "127.0.0.1:0", protocol: grpc }
-routes:
-  - name: echo
-    match: { path: { prefix: /test.Echo/ } }
-    cluster: echo
-clusters:
-  - name: echo
-    protocol: h2c
-    endpoints: ["http://127.0.0.1:{{A}}", "http://127.0.0.1:{{B}}"]
-    health_check:
+    grpcEchoConfig({
+      endpoints: `["http://127.0.0.1:{{A}}", "http://127.0.0.1:{{B}}"]`,
+      cluster: `    health_check:
       grpc: { service: test.Echo }
       interval: 100ms
       timeout: 2s
       healthy_threshold: 1
       unhealthy_threshold: 1
 `,
+    }),
     { A: String(a.port), B: String(b.port) },
     { metrics },
   );
@@ -92,22 +91,15 @@ Deno.test("grpc health: an endpoint that refuses connections fails the probe, a 
   const deadPort = (free.addr as Deno.NetAddr).port;
   free.close();
   const ferry = startFerry(
-    `listeners:
-  - { name: grpc, address: "127.0.0.1:0", protocol: grpc }
-routes:
-  - name: echo
-    match: { path: { prefix: /test.Echo/ } }
-    cluster: echo
-clusters:
-  - name: echo
-    protocol: h2c
-    endpoints: ["http://127.0.0.1:{{A}}", "http://127.0.0.1:{{DEAD}}"]
-    health_check:
+    grpcEchoConfig({
+      endpoints: `["http://127.0.0.1:{{A}}", "http://127.0.0.1:{{DEAD}}"]`,
+      cluster: `    health_check:
       grpc: { service: "" }
       interval: 100ms
       timeout: 2s
       unhealthy_threshold: 1
 `,
+    }),
     { A: String(a.port), DEAD: String(deadPort) },
     { metrics },
   );

@@ -7,25 +7,14 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { FerryMetrics } from "../src/observability/metrics.ts";
 import { metricValue, startFerry } from "./helpers.ts";
-import { echoClient, grpc, startEchoServer, unary } from "./grpc/peers.ts";
+import { echoClient, grpc, grpcEchoConfig, startEchoServer, unary } from "./grpc/peers.ts";
 
 for (const limit of ["max_requests", "max_requests_per_endpoint"] as const) {
   Deno.test(`grpc limits: ${limit} 2 refuses 3 of 5 concurrent slow calls at once`, async () => {
     const server = await startEchoServer();
     const metrics = new FerryMetrics();
     const ferry = startFerry(
-      `listeners:
-  - { name: grpc, address: "127.0.0.1:0", protocol: grpc }
-routes:
-  - name: echo
-    match: { path: { prefix: /test.Echo/ } }
-    cluster: echo
-clusters:
-  - name: echo
-    protocol: h2c
-    limits: { ${limit}: 2 }
-    endpoints: ["http://127.0.0.1:{{PORT}}"]
-`,
+      grpcEchoConfig({ cluster: `    limits: { ${limit}: 2 }\n` }),
       { PORT: String(server.port) },
       { metrics },
     );

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { startFerry } from "./helpers.ts";
-import { echoClient, startEchoServer, unary } from "./grpc/peers.ts";
+import { echoClient, grpcEchoConfig, startEchoServer, unary } from "./grpc/peers.ts";
 import {
   CLIENT_PREFACE,
   ErrorCode,
@@ -19,17 +19,7 @@ import {
 } from "../src/h2/frames.ts";
 import { HpackEncoder } from "../src/h2/hpack.ts";
 
-const CONFIG = `listeners:
-  - { name: grpc, address: "127.0.0.1:0", protocol: grpc }
-routes:
-  - name: echo
-    match: { path: { prefix: / } }
-    cluster: echo
-clusters:
-  - name: echo
-    protocol: h2c
-    endpoints: ["http://127.0.0.1:{{PORT}}"]
-`;
+const CONFIG = grpcEchoConfig({ prefix: "/" });
 
 /**
  * Sends `bytes` after the preface and SETTINGS; returns the GOAWAY error code, or "431" when

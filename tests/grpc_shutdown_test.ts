@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { startFerry } from "./helpers.ts";
-import { echoClient, startEchoServer, unary } from "./grpc/peers.ts";
+import { echoClient, grpcEchoConfig, startEchoServer, unary } from "./grpc/peers.ts";
 import {
   CLIENT_PREFACE,
   ErrorCode,
@@ -23,17 +23,7 @@ import {
 } from "../src/h2/frames.ts";
 import { HpackDecoder, HpackEncoder } from "../src/h2/hpack.ts";
 
-const CONFIG = `listeners:
-  - { name: grpc, address: "127.0.0.1:0", protocol: grpc }
-routes:
-  - name: echo
-    match: { path: { prefix: /test.Echo/ } }
-    cluster: echo
-clusters:
-  - name: echo
-    protocol: h2c
-    endpoints: ["http://127.0.0.1:{{PORT}}"]
-`;
+const CONFIG = grpcEchoConfig();
 
 /** HEADERS then one length-prefixed message with END_STREAM: a unary call on stream `id`. */
 function call(enc: HpackEncoder, id: number, text: string): Uint8Array[] {

@@ -7,21 +7,10 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { startFerry } from "./helpers.ts";
-import { echoClient, grpc, startEchoServer, unary } from "./grpc/peers.ts";
+import { echoClient, grpc, grpcEchoConfig, startEchoServer, unary } from "./grpc/peers.ts";
 
 function grpcConfig(extraRoute = "") {
-  return `listeners:
-  - { name: grpc, address: "127.0.0.1:0", protocol: grpc }
-routes:
-  - name: echo
-    match: { path: { prefix: /test.Echo/ } }
-    cluster: echo
-    timeout: 10s
-${extraRoute}clusters:
-  - name: echo
-    protocol: h2c
-    endpoints: ["http://127.0.0.1:{{PORT}}"]
-`;
+  return grpcEchoConfig({ route: "    timeout: 10s\n" + extraRoute });
 }
 
 async function setup(extraRoute = "") {

@@ -7,19 +7,9 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { run, startFerry } from "./helpers.ts";
 import { makeTestCerts } from "./fixtures/certs.ts";
-import { echoClient, grpc, startEchoServer, unary } from "./grpc/peers.ts";
+import { echoClient, grpc, grpcEchoConfig, startEchoServer, unary } from "./grpc/peers.ts";
 
-const H2C_CONFIG = `listeners:
-  - { name: grpc, address: "127.0.0.1:0", protocol: grpc }
-routes:
-  - name: echo
-    match: { path: { prefix: /test.Echo/ } }
-    cluster: echo
-clusters:
-  - name: echo
-    protocol: h2c
-    endpoints: ["http://127.0.0.1:{{PORT}}"]
-`;
+const H2C_CONFIG = grpcEchoConfig();
 
 /** A file holding one gRPC length-prefixed message (uncompressed). */
 async function grpcMessageFile(text: string): Promise<string> {

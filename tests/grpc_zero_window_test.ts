@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { spawnFerry, tempConfig } from "./helpers.ts";
-import { echoClient, startEchoServer, unary } from "./grpc/peers.ts";
+import { echoClient, grpcEchoConfig, startEchoServer, unary } from "./grpc/peers.ts";
 import {
   CLIENT_PREFACE,
   Flag,
@@ -37,17 +37,9 @@ async function until(what: string, check: () => boolean, ms = 20_000): Promise<v
 
 Deno.test("grpc zero window: memory stays bounded, the upstream is back-pressured, all is released", async () => {
   const server = await startEchoServer();
-  const file = await tempConfig(`listeners:
-  - { name: grpc, address: "127.0.0.1:0", protocol: grpc }
-routes:
-  - name: echo
-    match: { path: { prefix: /test.Echo/ } }
-    cluster: echo
-clusters:
-  - name: echo
-    protocol: h2c
-    endpoints: ["http://127.0.0.1:${server.port}"]
-`);
+  const file = await tempConfig(
+    grpcEchoConfig({ endpoints: `["http://127.0.0.1:${server.port}"]` }),
+  );
   const ferry = await spawnFerry(["--config", file]);
   const port = Number(new URL(ferry.listeners.get("grpc")!).port);
   const pid = ferry.child.pid;

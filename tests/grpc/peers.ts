@@ -219,3 +219,31 @@ export function unary(
 }
 
 export { grpc };
+
+export interface EchoConfigOptions {
+  /** The echo route's path prefix; default `/test.Echo/`. */
+  readonly prefix?: string;
+  /** More lines (indented 4) for the echo route. */
+  readonly route?: string;
+  /** More routes, before it (they match first). */
+  readonly routesBefore?: string;
+  /** The echo cluster's endpoints (YAML flow list); default the `{{PORT}}` placeholder. */
+  readonly endpoints?: string;
+  /** More lines (indented 4) for the echo cluster. */
+  readonly cluster?: string;
+}
+
+/** A gRPC listener on port 0 with a route to an h2c `echo` cluster: the tests' common config. */
+export function grpcEchoConfig(o: EchoConfigOptions = {}): string {
+  return `listeners:
+  - { name: grpc, address: "127.0.0.1:0", protocol: grpc }
+routes:
+${o.routesBefore ?? ""}  - name: echo
+    match: { path: { prefix: ${o.prefix ?? "/test.Echo/"} } }
+    cluster: echo
+${o.route ?? ""}clusters:
+  - name: echo
+    protocol: h2c
+    endpoints: ${o.endpoints ?? '["http://127.0.0.1:{{PORT}}"]'}
+${o.cluster ?? ""}`;
+}
