@@ -688,17 +688,21 @@ function compileRoute(
     ? policies.routeBreaker(r.name, r.circuit_breaker, cluster)
     : policies.breakers.get(cluster.name)?.store;
   const breakerPerCluster = (r.circuit_breaker ?? clusterCfg.circuit_breaker)?.scope === "cluster";
-  const grpc: GrpcRoute = Object.freeze({
-    name: r.name,
+  // What the HTTP and the gRPC forwarders share for this route.
+  const common = {
     cluster,
     timeoutMs: r.timeout,
+    deadlines: policies.deadlines,
     breaker,
     breakerPerCluster,
     maxRequests: clusterCfg.limits?.max_requests ?? Number.POSITIVE_INFINITY,
     maxRequestsPerEndpoint: clusterCfg.limits?.max_requests_per_endpoint ??
       Number.POSITIVE_INFINITY,
-    deadlines: policies.deadlines,
     metrics: policies.clusterMetrics.get(cluster.name)!,
+  };
+  const grpc: GrpcRoute = Object.freeze({
+    ...common,
+    name: r.name,
     retry: r.retry && {
       retries: r.retry.retries,
       statuses: new Set(r.retry.retry_on.flatMap((o) => {
@@ -715,16 +719,9 @@ function compileRoute(
     },
   });
   const terminal = forwardTo({
-    cluster,
-    timeoutMs: r.timeout,
+    ...common,
     perTryTimeoutMs: r.per_try_timeout,
     idleTimeoutMs: r.idle_timeout,
-    deadlines: policies.deadlines,
-    breaker,
-    breakerPerCluster,
-    maxRequests: clusterCfg.limits?.max_requests ?? Number.POSITIVE_INFINITY,
-    maxRequestsPerEndpoint: clusterCfg.limits?.max_requests_per_endpoint ??
-      Number.POSITIVE_INFINITY,
     retry: r.retry && {
       retries: r.retry.retries,
       retryOn: new Set(r.retry.retry_on),
@@ -742,7 +739,6 @@ function compileRoute(
     websocket: r.websocket,
     websocketMaxBuffer: cfg.server.websocket_max_buffer,
     via: cfg.server.via,
-    metrics: policies.clusterMetrics.get(cluster.name)!,
   });
   return freezeRoute(r.name, "cluster", cluster.name, compose(middleware, terminal), grpc);
 }
