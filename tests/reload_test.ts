@@ -297,3 +297,22 @@ Deno.test("a certificate rotated on disk is served after a reload; other listene
     await Promise.all([a.remove(), b.remove(), Deno.remove(dir, { recursive: true })]);
   }
 });
+
+Deno.test("turning the connection guard off by reload rebinds the listener without it", async () => {
+  const f = await startReloadable(directConfig("guarded"));
+  try {
+    assert.equal((await text(f.url())).body, "guarded");
+    assert.ok("public" in f.ferry.openConnections(), "the guard counts connections");
+    await f.write(
+      directConfig("bare").replace(
+        "{ watch_config: false }",
+        "{ watch_config: false, connection_guard: false }",
+      ),
+    );
+    assert.equal((await f.reloader.reload("admin")).ok, true);
+    assert.deepEqual(f.ferry.openConnections(), {}, "no guard any more");
+    assert.equal((await text(f.url())).body, "bare");
+  } finally {
+    await f.close();
+  }
+});

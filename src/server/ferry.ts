@@ -54,7 +54,7 @@ export class Ferry {
     snapshot.metrics.setConfigVersion(snapshot.version);
     try {
       for (const plan of snapshot.listeners.values()) {
-        ferry.#servers.set(plan.name, ferry.#bind(plan));
+        ferry.#servers.set(plan.name, ferry.#bind(plan, snapshot));
       }
       const admin = snapshot.config.admin;
       if (admin) {
@@ -131,7 +131,7 @@ export class Ferry {
       stop.some((n) => addressesClash(prev.listeners.get(n)!, p, this.#servers.get(n)!));
     const bound = new Map<string, RunningListener>();
     try {
-      for (const plan of start) if (!waits(plan)) bound.set(plan.name, this.#bind(plan));
+      for (const plan of start) if (!waits(plan)) bound.set(plan.name, this.#bind(plan, next));
     } catch (err) {
       for (const l of bound.values()) l.abort();
       next.discard(prev);
@@ -150,7 +150,7 @@ export class Ferry {
     for (const plan of start) {
       if (bound.has(plan.name)) continue;
       try {
-        this.#servers.set(plan.name, await bindWhenFree(() => this.#bind(plan)));
+        this.#servers.set(plan.name, await bindWhenFree(() => this.#bind(plan, next)));
       } catch (err) {
         failures.push(`${plan.name}: ${err instanceof Error ? err.message : err}`);
       }
@@ -182,7 +182,8 @@ export class Ferry {
     this.#log.info("listener removed", { listener: name });
   }
 
-  #bind(plan: ListenerPlan): RunningListener {
+  /** Binds `plan` as the snapshot it belongs to says (it may not be serving yet). */
+  #bind(plan: ListenerPlan, owner: Snapshot): RunningListener {
     const name = plan.name;
     if (plan.protocol === "grpc") {
       const g = GrpcListener.start(plan, () => this.#snapshot, this.#log);
@@ -199,7 +200,7 @@ export class Ferry {
       });
     // With the guard, Ferry accepts downstream connections itself and Deno.serve listens on
     // loopback behind it (src/server/guard.ts, docs/connections.md).
-    const guard = this.#snapshot.config.server.connection_guard
+    const guard = owner.config.server.connection_guard
       ? new ConnectionGuard({
         hostname: plan.hostname,
         port: plan.port,
