@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { FerryMetrics } from "../src/observability/metrics.ts";
 import { metricValue, startFerry } from "./helpers.ts";
-import { echoClient, grpc, startEchoServer, unary } from "./grpc/peers.ts";
+import { echoClient, startEchoServer, unary, unroutedClient } from "./grpc/peers.ts";
 
 Deno.test("grpc metrics: calls and upstream attempts are counted by grpc-status", async () => {
   const server = await startEchoServer();
@@ -75,18 +75,7 @@ clusters:
     );
 
     // Ferry's own answers: no route (UNIMPLEMENTED), upstream gone (UNAVAILABLE, no status).
-    const Other = grpc.makeGenericClientConstructor({
-      m: {
-        path: "/other.Service/M",
-        requestStream: false,
-        responseStream: false,
-        requestSerialize: (b: Buffer) => b,
-        requestDeserialize: (b: Buffer) => b,
-        responseSerialize: (b: Buffer) => b,
-        responseDeserialize: (b: Buffer) => b,
-      },
-    } as unknown as grpc.ServiceDefinition, "Other");
-    const other = new Other(`127.0.0.1:${ferry.port}`, grpc.credentials.createInsecure());
+    const other = unroutedClient(ferry.port);
     await new Promise((resolve) =>
       (other as unknown as Record<string, CallableFunction>).m!(Buffer.from("x"), resolve)
     );

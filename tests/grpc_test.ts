@@ -7,7 +7,14 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { startFerry } from "./helpers.ts";
-import { echoClient, grpc, grpcEchoConfig, startEchoServer, unary } from "./grpc/peers.ts";
+import {
+  echoClient,
+  grpc,
+  grpcEchoConfig,
+  startEchoServer,
+  unary,
+  unroutedClient,
+} from "./grpc/peers.ts";
 
 function grpcConfig(extraRoute = "") {
   return grpcEchoConfig({ route: "    timeout: 10s\n" + extraRoute });
@@ -188,18 +195,7 @@ Deno.test("grpc: a client's cancellation reaches the upstream server", async () 
 Deno.test("grpc: UNIMPLEMENTED for no route, UNAVAILABLE when the upstream is down", async () => {
   const t = await setup();
   try {
-    const NoRoute = grpc.makeGenericClientConstructor({
-      m: {
-        path: "/other.Service/M",
-        requestStream: false,
-        responseStream: false,
-        requestSerialize: (b: Buffer) => b,
-        requestDeserialize: (b: Buffer) => b,
-        responseSerialize: (b: Buffer) => b,
-        responseDeserialize: (b: Buffer) => b,
-      },
-    } as unknown as grpc.ServiceDefinition, "Other");
-    const other = new NoRoute(`127.0.0.1:${t.ferry.port}`, grpc.credentials.createInsecure());
+    const other = unroutedClient(t.ferry.port);
     const code = await new Promise<number>((resolve) =>
       (other as unknown as Record<string, CallableFunction>).m!(
         Buffer.from("x"),

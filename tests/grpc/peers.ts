@@ -188,6 +188,22 @@ export function echoClient(
   return new EchoClient(`127.0.0.1:${port}`, credentials, { ...OPTIONS, ...options }) as never;
 }
 
+/** A client for `/other.Service/M`, a method no test route matches (Ferry answers it). */
+export function unroutedClient(port: number): AnyClient {
+  const Other = grpc.makeGenericClientConstructor({
+    m: {
+      path: "/other.Service/M",
+      requestStream: false,
+      responseStream: false,
+      requestSerialize: (b: Buffer) => b,
+      requestDeserialize: (b: Buffer) => b,
+      responseSerialize: (b: Buffer) => b,
+      responseDeserialize: (b: Buffer) => b,
+    },
+  } as unknown as grpc.ServiceDefinition, "Other");
+  return new Other(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as never;
+}
+
 export interface UnaryResult {
   value: Buffer | undefined;
   error: grpc.ServiceError | undefined;
