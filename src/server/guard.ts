@@ -16,17 +16,22 @@
  * See docs/connections.md for the rules and the measured cost.
  */
 import type { Logger } from "../observability/log.ts";
+import {
+  type AcceptErrorReason,
+  acceptErrorReason,
+  acceptLoop,
+  ConnectionAdmission,
+  type ConnectionCaps,
+  connectionCaps,
+  FailureBursts,
+} from "./admission.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
 
-export interface GuardLimits {
+export interface GuardLimits extends ConnectionCaps {
   /** Milliseconds; 0: none. */
   readonly headerTimeoutMs: number;
   /** Milliseconds; 0: none. */
   readonly idleTimeoutMs: number;
-  /** 0: no cap. */
-  readonly maxConnections: number;
-  /** 0: no cap. */
-  readonly maxConnectionsPerIp: number;
 }
 
 /** The guard's limits from the `server:` config section. */
@@ -39,12 +44,13 @@ export function guardLimits(server: {
   return {
     headerTimeoutMs: server.header_timeout,
     idleTimeoutMs: server.idle_timeout,
-    maxConnections: server.max_connections,
-    maxConnectionsPerIp: server.max_connections_per_ip,
+    ...connectionCaps(server),
   };
 }
 
 export interface GuardOptions {
+  /** The listener's config name, for logs. */
+  readonly name: string;
   readonly hostname: string;
   readonly port: number;
   readonly tls?: { readonly cert: string; readonly key: string } | undefined;
@@ -53,6 +59,8 @@ export interface GuardOptions {
   readonly log: Logger;
   /** Sweep period; timeouts fire up to this late. */
   readonly sweepMs?: number;
+  /** A failed accept, on the guard's listener ("guard") or the inner server's ("inner"). */
+  readonly onAcceptError?: (where: "guard" | "inner", reason: AcceptErrorReason) => void;
 }
 
 type Phase =
@@ -66,6 +74,14 @@ type Phase =
   | "idle"
   /** Upgraded (WebSocket): the tunnel's own rules apply, not these timeouts. */
   | "tunnel";
+
+/** An inner Deno.serve and how many guarded connections it carries. */
+interface InnerServer {
+  readonly server: Deno.HttpServer<Deno.NetAddr>;
+  carried: number;
+  /** Its accept loop failed: it takes no new connections. */
+  dead: boolean;
+}
 
 /** A downstream connection as the guard sees it. */
 class Guarded {
@@ -84,6 +100,8 @@ class Guarded {
   /** Draining: the inner connection was half-closed so it ends after its last response. */
   closing = false;
   inner: Deno.TcpConn | undefined;
+  /** The inner server `inner` is connected to. */
+  via: InnerServer | undefined;
   constructor(
     readonly conn: Deno.Conn,
     readonly remote: Deno.NetAddr,
@@ -107,9 +125,14 @@ export class ConnectionGuard {
   /** Inner connection's local port -> the downstream connection it carries. */
   readonly #byInnerPort = new Map<number, Guarded>();
   readonly #all = new Set<Guarded>();
-  readonly #perIp = new Map<string, number>();
+  readonly #admission: ConnectionAdmission;
   readonly #sweep: ReturnType<typeof setInterval>;
-  #innerPort = 0;
+  /** The inner server new connections go to; undefined while one is being replaced. */
+  #inner: InnerServer | undefined;
+  /** Every inner server still open: a replaced one keeps serving the connections it has. */
+  readonly #inners = new Set<InnerServer>();
+  #serveInner: (() => Deno.HttpServer<Deno.NetAddr>) | undefined;
+  readonly #innerFailures: FailureBursts;
   #accepting = true;
   #draining = false;
   #acceptLoop: Promise<void> | undefined;
@@ -117,6 +140,13 @@ export class ConnectionGuard {
   constructor(opts: GuardOptions) {
     this.#opts = opts;
     this.#log = opts.log;
+    this.#admission = new ConnectionAdmission(opts.limits);
+    this.#innerFailures = new FailureBursts(
+      opts.log,
+      { listener: opts.name },
+      "inner server stopped accepting; replacing it",
+      "inner server stable again",
+    );
     this.#listener = opts.tls
       ? Deno.listenTls({
         hostname: opts.hostname,
@@ -138,10 +168,69 @@ export class ConnectionGuard {
     return this.#all.size;
   }
 
-  /** Starts accepting; `innerPort` is the loopback port of the inner Deno.serve. */
-  start(innerPort: number): void {
-    this.#innerPort = innerPort;
-    this.#acceptLoop = this.#accept();
+  /**
+   * Starts the inner server (`serveInner` binds a Deno.serve on 127.0.0.1:0 with `wrap`ped
+   * handler; a failure throws) and starts accepting.
+   */
+  start(serveInner: () => Deno.HttpServer<Deno.NetAddr>): void {
+    this.#serveInner = serveInner;
+    this.#startInner();
+    this.#acceptLoop = acceptLoop({
+      listener: this.#listener,
+      name: this.#opts.name,
+      log: this.#log,
+      stopped: () => !this.#accepting,
+      onConnection: (conn) => this.#admit(conn),
+      onError: (reason) => this.#opts.onAcceptError?.("guard", reason),
+    });
+  }
+
+  /**
+   * When Deno.serve fails to accept (EMFILE: out of descriptors), it closes its listener and
+   * rejects `finished`; unobserved, that rejection ends the process (Deno 2.9.6). The
+   * connections it already has keep working, so it stays in `#inners` for them, and a new inner
+   * server takes the new connections as soon as a descriptor for its listener is free.
+   */
+  #startInner(): void {
+    const inner: InnerServer = { server: this.#serveInner!(), carried: 0, dead: false };
+    this.#inners.add(inner);
+    this.#inner = inner;
+    inner.server.finished.then(
+      () => this.#inners.delete(inner),
+      (err) => {
+        inner.dead = true;
+        if (this.#inner === inner) this.#inner = undefined;
+        this.#releaseIfDone(inner);
+        const reason = acceptErrorReason(err);
+        this.#opts.onAcceptError?.("inner", reason);
+        if (!this.#accepting) return;
+        this.#innerFailures.failed({ reason, error: String(err) });
+        void this.#replaceInner();
+      },
+    );
+  }
+
+  async #replaceInner(): Promise<void> {
+    for (let delay = 20; this.#accepting && !this.#inner; delay = Math.min(delay * 2, 500)) {
+      try {
+        this.#startInner();
+        return;
+      } catch {
+        // Most likely still no descriptor for a listening socket: wait for one.
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
+  }
+
+  /** A replaced inner server is let go once the last connection it carried has closed. */
+  #releaseIfDone(inner: InnerServer): void {
+    if (!inner.dead || inner.carried > 0 || !this.#inners.delete(inner)) return;
+    inner.server.shutdown().catch(() => {});
+  }
+
+  /** Graceful shutdown of every inner server (see Deno.HttpServer.shutdown). */
+  async shutdownInner(): Promise<void> {
+    await Promise.all([...this.#inners].map((i) => i.server.shutdown().catch(() => {})));
   }
 
   /**
@@ -215,35 +304,15 @@ export class ConnectionGuard {
     await this.#acceptLoop;
   }
 
-  async #accept(): Promise<void> {
-    while (this.#accepting) {
-      let conn: Deno.Conn;
-      try {
-        conn = await this.#listener.accept();
-      } catch (err) {
-        if (!this.#accepting) return;
-        // EMFILE and friends: keep serving the open connections, try again shortly.
-        this.#log.warn("accept failed", { error: String(err) });
-        await new Promise((r) => setTimeout(r, 50));
-        continue;
-      }
-      this.#admit(conn);
-    }
-  }
-
   #admit(conn: Deno.Conn): void {
     const remote = conn.remoteAddr as Deno.NetAddr;
-    const limits = this.#opts.limits();
-    const perIp = this.#perIp.get(remote.hostname) ?? 0;
-    const full = limits.maxConnections > 0 && this.#all.size >= limits.maxConnections;
-    const ipFull = limits.maxConnectionsPerIp > 0 && perIp >= limits.maxConnectionsPerIp;
-    if (full || ipFull) {
-      void this.#refuse(conn, full ? "too many connections" : "too many connections from you");
+    const refused = this.#admission.admit(remote.hostname);
+    if (refused) {
+      void this.#refuse(conn, refused);
       return;
     }
     const g = new Guarded(conn, remote, performance.now());
     this.#all.add(g);
-    this.#perIp.set(remote.hostname, perIp + 1);
     void this.#serve(g);
   }
 
@@ -281,12 +350,18 @@ export class ConnectionGuard {
         g.h2 = hs.alpnProtocol === "h2";
       }
       if (g.closed) return;
-      const inner = await Deno.connect({ hostname: "127.0.0.1", port: this.#innerPort });
+      // No inner server right now (being replaced): nothing can serve this connection.
+      const via = this.#inner;
+      if (!via) return;
+      const inner = await Deno.connect({ hostname: "127.0.0.1", port: via.server.addr.port });
       if (g.closed) {
         inner.close();
         return;
       }
       g.inner = inner;
+      g.via = via;
+      via.carried++;
+      this.#innerFailures.succeeded();
       inner.setNoDelay(true);
       if ("setNoDelay" in g.conn) (g.conn as Deno.TcpConn).setNoDelay(true);
       this.#byInnerPort.set((inner.localAddr as Deno.NetAddr).port, g);
@@ -420,10 +495,11 @@ export class ConnectionGuard {
     if (g.closed) return;
     g.closed = true;
     this.#all.delete(g);
-    const ip = g.remote.hostname;
-    const left = (this.#perIp.get(ip) ?? 1) - 1;
-    if (left <= 0) this.#perIp.delete(ip);
-    else this.#perIp.set(ip, left);
+    this.#admission.release(g.remote.hostname);
+    if (g.via) {
+      g.via.carried--;
+      this.#releaseIfDone(g.via);
+    }
     if (g.inner) {
       this.#byInnerPort.delete((g.inner.localAddr as Deno.NetAddr).port);
       try {

@@ -1,0 +1,178 @@
+/**
+ * What every listener that accepts its own connections shares (the connection guard for HTTP,
+ * the gRPC listener): the caps `server.max_connections` / `max_connections_per_ip`, and an
+ * accept loop that no accept error ends. See docs/connections.md ("Descriptors").
+ */
+import type { Logger } from "../observability/log.ts";
+
+export interface ConnectionCaps {
+  /** 0: no cap. */
+  readonly maxConnections: number;
+  /** 0: no cap. */
+  readonly maxConnectionsPerIp: number;
+}
+
+/** The caps from the `server:` config section. */
+export function connectionCaps(server: {
+  readonly max_connections: number;
+  readonly max_connections_per_ip: number;
+}): ConnectionCaps {
+  return {
+    maxConnections: server.max_connections,
+    maxConnectionsPerIp: server.max_connections_per_ip,
+  };
+}
+
+/** Why a connection was refused, as the client is told. */
+export type Refusal = "too many connections" | "too many connections from you";
+
+/** Counts one listener's open connections, in total and per client address. */
+export class ConnectionAdmission {
+  readonly #caps: () => ConnectionCaps;
+  readonly #perIp = new Map<string, number>();
+  #open = 0;
+
+  /** `caps` is read at every admission, so a reload changes them without a restart. */
+  constructor(caps: () => ConnectionCaps) {
+    this.#caps = caps;
+  }
+
+  get open(): number {
+    return this.#open;
+  }
+
+  /** Counts a connection from `ip` in, or says which cap refuses it (nothing is counted then). */
+  admit(ip: string): Refusal | undefined {
+    const caps = this.#caps();
+    const fromIp = this.#perIp.get(ip) ?? 0;
+    if (caps.maxConnections > 0 && this.#open >= caps.maxConnections) {
+      return "too many connections";
+    }
+    if (caps.maxConnectionsPerIp > 0 && fromIp >= caps.maxConnectionsPerIp) {
+      return "too many connections from you";
+    }
+    this.#open++;
+    this.#perIp.set(ip, fromIp + 1);
+    return undefined;
+  }
+
+  /** Once per admitted connection, when it closes. */
+  release(ip: string): void {
+    this.#open--;
+    const left = (this.#perIp.get(ip) ?? 1) - 1;
+    if (left <= 0) this.#perIp.delete(ip);
+    else this.#perIp.set(ip, left);
+  }
+}
+
+/** EMFILE (this process's descriptors), ENFILE (the system's), or anything else. */
+export type AcceptErrorReason = "emfile" | "enfile" | "other";
+
+export function acceptErrorReason(err: unknown): AcceptErrorReason {
+  const text = String(err);
+  if (/os error 24\b|too many open files/i.test(text)) return "emfile";
+  if (/os error 23\b|file table overflow/i.test(text)) return "enfile";
+  return "other";
+}
+
+/** Retry delays after a failed accept: short at first, so a freed descriptor is used soon. */
+const RETRY_FIRST_MS = 20;
+const RETRY_MAX_MS = 500;
+/** A burst of failures ends after this long without one. */
+const BURST_QUIET_MS = 2_000;
+
+/**
+ * One warning when failures start and one line when they have stopped, however many there are
+ * in between: under descriptor exhaustion accepts fail and succeed in turn many times a second.
+ */
+export class FailureBursts {
+  #failures = 0;
+  #firstAt = 0;
+  #lastAt = 0;
+
+  constructor(
+    private readonly log: Logger,
+    private readonly fields: Record<string, unknown>,
+    private readonly failingMsg: string,
+    private readonly recoveredMsg: string,
+  ) {}
+
+  failed(details: Record<string, unknown>): void {
+    const now = performance.now();
+    if (this.#failures++ === 0) {
+      this.#firstAt = now;
+      this.log.warn(this.failingMsg, { ...this.fields, ...details });
+    }
+    this.#lastAt = now;
+  }
+
+  succeeded(): void {
+    if (this.#failures === 0) return;
+    const now = performance.now();
+    if (now - this.#lastAt < BURST_QUIET_MS) return;
+    this.log.info(this.recoveredMsg, {
+      ...this.fields,
+      failures: this.#failures,
+      lasted_ms: Math.round(this.#lastAt - this.#firstAt),
+    });
+    this.#failures = 0;
+  }
+}
+
+export interface AcceptLoopOptions {
+  readonly listener: Deno.Listener;
+  /** The listener's config name, for logs. */
+  readonly name: string;
+  readonly log: Logger;
+  /** True once the owner closed the listener on purpose: the loop ends quietly. */
+  readonly stopped: () => boolean;
+  readonly onConnection: (conn: Deno.Conn) => void;
+  /** Called for every failed accept (a metric). */
+  readonly onError?: (reason: AcceptErrorReason) => void;
+}
+
+/**
+ * Accepts until `stopped()`. A failed accept (out of descriptors, or anything else) never ends
+ * the loop: the open connections keep being served, the loop waits briefly (doubling up to
+ * 500 ms) and tries again; the pending connections wait in the kernel's backlog meanwhile. One
+ * warning per burst of failures and one line once it is over (see FailureBursts).
+ */
+export async function acceptLoop(o: AcceptLoopOptions): Promise<void> {
+  const bursts = new FailureBursts(
+    o.log,
+    { listener: o.name },
+    "accept failing; retrying",
+    "accepting again",
+  );
+  let delay = RETRY_FIRST_MS;
+  while (!o.stopped()) {
+    let conn: Deno.Conn;
+    try {
+      conn = await o.listener.accept();
+    } catch (err) {
+      // A listener closed under us cannot accept again; retrying would spin.
+      if (o.stopped() || err instanceof Deno.errors.BadResource) return;
+      const reason = acceptErrorReason(err);
+      o.onError?.(reason);
+      bursts.failed({ reason, error: String(err) });
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, RETRY_MAX_MS);
+      continue;
+    }
+    bursts.succeeded();
+    delay = RETRY_FIRST_MS;
+    try {
+      o.onConnection(conn);
+    } catch (err) {
+      // The owner could not set the connection up (for example no descriptor for its next
+      // step): that connection is lost, the loop is not.
+      o.log.warn("could not serve an accepted connection", {
+        listener: o.name,
+        error: String(err),
+      });
+      try {
+        conn.close();
+      } catch { /* closed */ }
+    }
+  }
+}
