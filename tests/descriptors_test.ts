@@ -136,6 +136,67 @@ Deno.test({
 });
 
 Deno.test({
+  name: "connection_guard off, under a 256-descriptor limit: the listener and the admin " +
+    "listener are bound again after a flood and serve",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const up = startUpstream(() => new Response("ok"));
+    const config = await tempConfig(
+      catchAllConfig(ADMIN + "server: { connection_guard: false }\n").replace("{{UP}}", up.url),
+    );
+    let ferry: Started | undefined;
+    let conns: Deno.Conn[] = [];
+    try {
+      ferry = await spawnFerry(["--config", config], {}, 1, LOW_LIMIT);
+      const exit = watchExit(ferry.child);
+      const port = Number(new URL(ferry.listeners.get("public")!).port);
+      conns = await flood(port, FLOOD);
+      // A connection to the admin listener while no descriptor is free: its accept fails too.
+      conns.push(
+        await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(ferry.admin!).port) }),
+      );
+      await new Promise((r) => setTimeout(r, 3_000));
+      assert.equal(exit.exited, false, `Ferry exited (code ${exit.code}):\n${tail(ferry)}`);
+      closeAll(conns);
+      conns = [];
+      // Both were bound again; with port 0 in the config the new ports are in the log.
+      const latest = (msg: string) => {
+        const line = ferry!.logs.findLast((l) => l.includes(`"msg":"${msg}"`));
+        return `http://${JSON.parse(line!).address}`;
+      };
+      const served = await eventually(async () => {
+        const res = await fetch(latest("listening"), { signal: AbortSignal.timeout(2_000) });
+        return (await res.text()) === "ok";
+      }, 15_000);
+      assert.ok(served, `no request succeeded after the flood:\n${tail(ferry)}`);
+      let text = "";
+      assert.ok(
+        await eventually(async () => {
+          text = await scrape(latest("admin listening"));
+          return text.includes("ferry_accept_errors_total");
+        }, 15_000),
+        `admin not reachable after the flood:\n${tail(ferry)}`,
+      );
+      for (const listener of ["public", "admin"]) {
+        assert.ok(
+          (metricValue(text, "ferry_accept_errors_total", {
+            listener,
+            socket: "listener",
+            reason: "emfile",
+          }) ?? 0) > 0,
+          `${listener}: accepts failed with EMFILE during the flood`,
+        );
+      }
+    } finally {
+      closeAll(conns);
+      await stop(ferry);
+      await up.close();
+    }
+  },
+});
+
+Deno.test({
   name: "gRPC listener under a 256-descriptor limit: after a flood of idle connections the " +
     "accept loop serves calls again",
   sanitizeResources: false,

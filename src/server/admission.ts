@@ -176,3 +176,54 @@ export async function acceptLoop(o: AcceptLoopOptions): Promise<void> {
     }
   }
 }
+
+/**
+ * A Deno.serve that is bound again whenever its own accept loop dies. Out of descriptors,
+ * Deno.serve (2.9.6) closes its listener and rejects `finished`; unobserved, that rejection
+ * ends the process. Here it is observed and the same address is bound again as soon as a
+ * descriptor is free (a port-0 address gets a new port). The dead server keeps serving the
+ * connections it has until they close, but it is let go: `shutdown()` reaches only the live one
+ * (behind the guard, the guard itself drains and closes every connection).
+ */
+export class RebindingServer {
+  readonly #bind: () => Deno.HttpServer<Deno.NetAddr>;
+  readonly #onDeath: (err: unknown) => void;
+  #current: Deno.HttpServer<Deno.NetAddr>;
+  #stopped = false;
+
+  /** `bind` throws on failure, as Deno.serve does; the first failure is the caller's. */
+  constructor(bind: () => Deno.HttpServer<Deno.NetAddr>, onDeath: (err: unknown) => void) {
+    this.#bind = bind;
+    this.#onDeath = onDeath;
+    this.#current = this.#start();
+  }
+
+  get addr(): Deno.NetAddr {
+    return this.#current.addr;
+  }
+
+  #start(): Deno.HttpServer<Deno.NetAddr> {
+    const server = this.#bind();
+    server.finished.catch((err) => this.#rebind(err));
+    return server;
+  }
+
+  async #rebind(err: unknown): Promise<void> {
+    if (this.#stopped) return;
+    this.#onDeath(err);
+    for (let delay = RETRY_FIRST_MS; !this.#stopped; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
+      await new Promise((r) => setTimeout(r, delay));
+      if (this.#stopped) return;
+      try {
+        this.#current = this.#start();
+        return;
+      } catch { /* still no descriptor for a listening socket: wait for one */ }
+    }
+  }
+
+  /** Deno.HttpServer.shutdown() of the live server; no binding again after this. */
+  async shutdown(): Promise<void> {
+    this.#stopped = true;
+    await this.#current.shutdown().catch(() => {});
+  }
+}

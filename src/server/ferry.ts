@@ -9,7 +9,7 @@ import { errorResponse, ProxyError, RecentErrors } from "./errors.ts";
 import { createListenerHandler } from "./handler.ts";
 import { GrpcListener } from "../grpc/listener.ts";
 import { ConnectionGuard, guardLimits } from "./guard.ts";
-import { acceptErrorReason, connectionCaps } from "./admission.ts";
+import { acceptErrorReason, connectionCaps, RebindingServer } from "./admission.ts";
 
 export interface BoundAddress {
   readonly hostname: string;
@@ -37,7 +37,7 @@ export class Ferry {
   /** Listeners removed or rebound by a reload, finishing their requests. */
   readonly #retiring = new Map<RunningListener, Promise<void>>();
   #adminRoutes: AdminExtras = {};
-  #admin: Deno.HttpServer<Deno.NetAddr> | undefined;
+  #admin: RebindingServer | undefined;
   #state: "ready" | "draining" = "ready";
   /** The last proxy-made errors, for the dashboard. */
   readonly recentErrors: RecentErrors = new RecentErrors(50);
@@ -67,28 +67,18 @@ export class Ferry {
           reloadStatus: () => ferry.#adminRoutes.reloadStatus?.(),
           recentErrors: ferry.recentErrors,
         });
-        const serveAdmin = (): Deno.HttpServer<Deno.NetAddr> => {
-          const server = Deno.serve({
-            hostname,
-            port,
-            onListen: (a) => log.info("admin listening", { address: `${a.hostname}:${a.port}` }),
-          }, handler);
-          // Out of descriptors Deno.serve stops accepting and rejects `finished` (unobserved,
-          // that ends the process): bind the admin listener again once a descriptor is free.
-          server.finished.catch(async (err) => {
+        ferry.#admin = new RebindingServer(
+          () =>
+            Deno.serve({
+              hostname,
+              port,
+              onListen: (a) => log.info("admin listening", { address: `${a.hostname}:${a.port}` }),
+            }, handler),
+          (err) => {
             snapshot.metrics.acceptError("admin", "listener", acceptErrorReason(err));
             log.warn("admin listener stopped accepting; binding it again", { error: String(err) });
-            for (let delay = 20; ferry.#state === "ready"; delay = Math.min(delay * 2, 1000)) {
-              await new Promise((r) => setTimeout(r, delay));
-              try {
-                ferry.#admin = serveAdmin();
-                return;
-              } catch { /* still no descriptor, or the port is taken: keep trying */ }
-            }
-          });
-          return server;
-        };
-        ferry.#admin = serveAdmin();
+          },
+        );
       }
     } catch (err) {
       for (const l of ferry.#servers.values()) l.abort();
@@ -258,24 +248,31 @@ export class Ferry {
       return res;
     };
     if (!guard) {
-      const server = Deno.serve({
-        hostname: plan.hostname,
-        port: plan.port,
-        signal: stop.signal,
-        ...(plan.tls ? { cert: plan.tls.cert, key: plan.tls.key } : {}),
-        onListen: listening,
-        onError,
-      }, handler);
-      // Out of descriptors, Deno.serve stops accepting and rejects `finished`; unobserved, that
-      // ends the process. Without the guard there is no replacing it: say so loudly.
-      server.finished.catch((err) => {
-        this.#snapshot.metrics.acceptError(name, "listener", acceptErrorReason(err));
-        log.error("listener stopped accepting (connection_guard is off)", {
-          listener: name,
-          error: String(err),
-        });
-      });
-      return { addr: server.addr, drain: () => server.shutdown(), abort: () => stop.abort() };
+      const server = new RebindingServer(
+        () =>
+          Deno.serve({
+            hostname: plan.hostname,
+            port: plan.port,
+            signal: stop.signal,
+            ...(plan.tls ? { cert: plan.tls.cert, key: plan.tls.key } : {}),
+            onListen: listening,
+            onError,
+          }, handler),
+        (err) => {
+          this.#snapshot.metrics.acceptError(name, "listener", acceptErrorReason(err));
+          log.warn("listener stopped accepting; binding it again", {
+            listener: name,
+            error: String(err),
+          });
+        },
+      );
+      return {
+        get addr() {
+          return server.addr;
+        },
+        drain: () => server.shutdown(),
+        abort: () => stop.abort(),
+      };
     }
     const wrapped = guard.wrap(handler);
     try {

@@ -24,6 +24,7 @@ import {
   type ConnectionCaps,
   connectionCaps,
   FailureBursts,
+  RebindingServer,
 } from "./admission.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
 
@@ -75,14 +76,6 @@ type Phase =
   /** Upgraded (WebSocket): the tunnel's own rules apply, not these timeouts. */
   | "tunnel";
 
-/** An inner Deno.serve and how many guarded connections it carries. */
-interface InnerServer {
-  readonly server: Deno.HttpServer<Deno.NetAddr>;
-  carried: number;
-  /** Its accept loop failed: it takes no new connections. */
-  dead: boolean;
-}
-
 /** A downstream connection as the guard sees it. */
 class Guarded {
   phase: Phase = "head";
@@ -100,8 +93,6 @@ class Guarded {
   /** Draining: the inner connection was half-closed so it ends after its last response. */
   closing = false;
   inner: Deno.TcpConn | undefined;
-  /** The inner server `inner` is connected to. */
-  via: InnerServer | undefined;
   constructor(
     readonly conn: Deno.Conn,
     readonly remote: Deno.NetAddr,
@@ -127,11 +118,8 @@ export class ConnectionGuard {
   readonly #all = new Set<Guarded>();
   readonly #admission: ConnectionAdmission;
   readonly #sweep: ReturnType<typeof setInterval>;
-  /** The inner server new connections go to; undefined while one is being replaced. */
-  #inner: InnerServer | undefined;
-  /** Every inner server still open: a replaced one keeps serving the connections it has. */
-  readonly #inners = new Set<InnerServer>();
-  #serveInner: (() => Deno.HttpServer<Deno.NetAddr>) | undefined;
+  /** The inner Deno.serve, bound again on 127.0.0.1 if its accept loop dies. */
+  #inner: RebindingServer | undefined;
   readonly #innerFailures: FailureBursts;
   #accepting = true;
   #draining = false;
@@ -173,8 +161,13 @@ export class ConnectionGuard {
    * handler; a failure throws) and starts accepting.
    */
   start(serveInner: () => Deno.HttpServer<Deno.NetAddr>): void {
-    this.#serveInner = serveInner;
-    this.#startInner();
+    // Out of descriptors, the inner server's accept fails and it closes its listener; a new one
+    // is bound for new connections, the guarded ones already through keep working.
+    this.#inner = new RebindingServer(serveInner, (err) => {
+      const reason = acceptErrorReason(err);
+      this.#opts.onAcceptError?.("inner", reason);
+      this.#innerFailures.failed({ reason, error: String(err) });
+    });
     this.#acceptLoop = acceptLoop({
       listener: this.#listener,
       name: this.#opts.name,
@@ -185,52 +178,9 @@ export class ConnectionGuard {
     });
   }
 
-  /**
-   * When Deno.serve fails to accept (EMFILE: out of descriptors), it closes its listener and
-   * rejects `finished`; unobserved, that rejection ends the process (Deno 2.9.6). The
-   * connections it already has keep working, so it stays in `#inners` for them, and a new inner
-   * server takes the new connections as soon as a descriptor for its listener is free.
-   */
-  #startInner(): void {
-    const inner: InnerServer = { server: this.#serveInner!(), carried: 0, dead: false };
-    this.#inners.add(inner);
-    this.#inner = inner;
-    inner.server.finished.then(
-      () => this.#inners.delete(inner),
-      (err) => {
-        inner.dead = true;
-        if (this.#inner === inner) this.#inner = undefined;
-        this.#releaseIfDone(inner);
-        const reason = acceptErrorReason(err);
-        this.#opts.onAcceptError?.("inner", reason);
-        if (!this.#accepting) return;
-        this.#innerFailures.failed({ reason, error: String(err) });
-        void this.#replaceInner();
-      },
-    );
-  }
-
-  async #replaceInner(): Promise<void> {
-    for (let delay = 20; this.#accepting && !this.#inner; delay = Math.min(delay * 2, 500)) {
-      try {
-        this.#startInner();
-        return;
-      } catch {
-        // Most likely still no descriptor for a listening socket: wait for one.
-        await new Promise((r) => setTimeout(r, delay));
-      }
-    }
-  }
-
-  /** A replaced inner server is let go once the last connection it carried has closed. */
-  #releaseIfDone(inner: InnerServer): void {
-    if (!inner.dead || inner.carried > 0 || !this.#inners.delete(inner)) return;
-    inner.server.shutdown().catch(() => {});
-  }
-
-  /** Graceful shutdown of every inner server (see Deno.HttpServer.shutdown). */
+  /** Graceful shutdown of the inner server (see Deno.HttpServer.shutdown). */
   async shutdownInner(): Promise<void> {
-    await Promise.all([...this.#inners].map((i) => i.server.shutdown().catch(() => {})));
+    await this.#inner?.shutdown();
   }
 
   /**
@@ -300,6 +250,7 @@ export class ConnectionGuard {
   async close(): Promise<void> {
     this.stopAccepting();
     clearInterval(this.#sweep);
+    void this.#inner?.shutdown();
     for (const g of [...this.#all]) this.#drop(g);
     await this.#acceptLoop;
   }
@@ -350,17 +301,13 @@ export class ConnectionGuard {
         g.h2 = hs.alpnProtocol === "h2";
       }
       if (g.closed) return;
-      // No inner server right now (being replaced): nothing can serve this connection.
-      const via = this.#inner;
-      if (!via) return;
-      const inner = await Deno.connect({ hostname: "127.0.0.1", port: via.server.addr.port });
+      // While the inner server is being bound again this is refused: the client is dropped.
+      const inner = await Deno.connect({ hostname: "127.0.0.1", port: this.#inner!.addr.port });
       if (g.closed) {
         inner.close();
         return;
       }
       g.inner = inner;
-      g.via = via;
-      via.carried++;
       this.#innerFailures.succeeded();
       inner.setNoDelay(true);
       if ("setNoDelay" in g.conn) (g.conn as Deno.TcpConn).setNoDelay(true);
@@ -496,10 +443,6 @@ export class ConnectionGuard {
     g.closed = true;
     this.#all.delete(g);
     this.#admission.release(g.remote.hostname);
-    if (g.via) {
-      g.via.carried--;
-      this.#releaseIfDone(g.via);
-    }
     if (g.inner) {
       this.#byInnerPort.delete((g.inner.localAddr as Deno.NetAddr).port);
       try {
