@@ -75,7 +75,7 @@ export class Ferry {
               onListen: (a) => log.info("admin listening", { address: `${a.hostname}:${a.port}` }),
             }, handler),
           (err) => {
-            snapshot.metrics.acceptError("admin", "listener", acceptErrorReason(err));
+            ferry.#snapshot.metrics.acceptError("admin", "listener", acceptErrorReason(err));
             log.warn("admin listener stopped accepting; binding it again", { error: String(err) });
           },
         );
@@ -222,12 +222,7 @@ export class Ferry {
         tls: plan.tls,
         limits: () => guardLimits(this.#snapshot.config.server),
         log,
-        onAcceptError: (where, reason) =>
-          this.#snapshot.metrics.acceptError(
-            name,
-            where === "inner" ? "inner" : "listener",
-            reason,
-          ),
+        onAcceptError: (socket, reason) => this.#snapshot.metrics.acceptError(name, socket, reason),
       })
       : undefined;
     const onError = (err: unknown) => {

@@ -60,8 +60,8 @@ export interface GuardOptions {
   readonly log: Logger;
   /** Sweep period; timeouts fire up to this late. */
   readonly sweepMs?: number;
-  /** A failed accept, on the guard's listener ("guard") or the inner server's ("inner"). */
-  readonly onAcceptError?: (where: "guard" | "inner", reason: AcceptErrorReason) => void;
+  /** A failed accept, on the guard's own listener or the inner server's. */
+  readonly onAcceptError?: (socket: "listener" | "inner", reason: AcceptErrorReason) => void;
 }
 
 type Phase =
@@ -174,7 +174,7 @@ export class ConnectionGuard {
       log: this.#log,
       stopped: () => !this.#accepting,
       onConnection: (conn) => this.#admit(conn),
-      onError: (reason) => this.#opts.onAcceptError?.("guard", reason),
+      onError: (reason) => this.#opts.onAcceptError?.("listener", reason),
     });
   }
 
