@@ -229,6 +229,16 @@ const CASES: Case[] = [
     expect: { status: 400, reason: /encoded slash/ },
   },
   {
+    name: "path parameter on a dot segment (Tomcat/Spring read ..; as ..)",
+    request: get("/api/..;/admin"),
+    expect: { status: 400, reason: /dot segment/ },
+  },
+  {
+    name: "path parameter on a percent-encoded dot segment, encoded semicolon",
+    request: get("/api/%2e%2e%3bx/admin"),
+    expect: { status: 400, reason: /dot segment/ },
+  },
+  {
     name: "backslash dot segments",
     request: get("/a/..\\..\\etc"),
     expect: { refused: true },
