@@ -71,6 +71,7 @@ export class Ferry {
             reload: () => ferry.#adminRoutes.reload?.(),
             reloadStatus: () => ferry.#adminRoutes.reloadStatus?.(),
             recentErrors: ferry.recentErrors,
+            address: admin.address,
           }),
         );
       }
