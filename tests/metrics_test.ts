@@ -248,3 +248,36 @@ admin: { address: "127.0.0.1:0", token_env: FERRY_TEST_ADMIN_TOKEN }
   assert.throws(() => startFerry(cfg, {}, { env: () => undefined }), /variable is not set/);
   return closing;
 });
+
+Deno.test("requests that match no route are counted under route=\"none\"", async () => {
+  const px = startFerry(`listeners: [{ name: public, address: "127.0.0.1:0" }]
+admin: { address: "127.0.0.1:0" }
+routes: [{ name: only, match: { path: { exact: /only } }, direct_response: { status: 200 } }]
+`);
+  try {
+    for (const path of ["/nope", "/also/nope"]) {
+      const res = await fetch(`${px.url}${path}`);
+      assert.equal(res.status, 404);
+      await res.body?.cancel();
+    }
+    const ok = await fetch(`${px.url}/only`);
+    assert.equal(ok.status, 200);
+    await ok.body?.cancel();
+    const text = await (await fetch(`${px.adminUrl}/metrics`)).text();
+    const count = (route: string) =>
+      metricValue(text, "ferry_downstream_requests_total", {
+        listener: "public",
+        route,
+        method: "GET",
+        status_class: "4xx",
+      });
+    assert.equal(count("none"), 2);
+    assert.equal(count(""), undefined, "no empty route label");
+    assert.equal(
+      metricValue(text, "ferry_downstream_requests_total", { route: "only", status_class: "2xx" }),
+      1,
+    );
+  } finally {
+    await px.close();
+  }
+});
