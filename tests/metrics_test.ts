@@ -249,7 +249,7 @@ admin: { address: "127.0.0.1:0", token_env: FERRY_TEST_ADMIN_TOKEN }
   return closing;
 });
 
-Deno.test("requests that match no route are counted under route=\"none\"", async () => {
+Deno.test('requests that match no route are counted under route="none"', async () => {
   const px = startFerry(`listeners: [{ name: public, address: "127.0.0.1:0" }]
 admin: { address: "127.0.0.1:0" }
 routes: [{ name: only, match: { path: { exact: /only } }, direct_response: { status: 200 } }]
