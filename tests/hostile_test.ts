@@ -162,6 +162,11 @@ const CASES: Case[] = [
   // Host and authority.
   { name: "empty Host", request: get("/", "Host: \r\n"), expect: { status: 400, reason: /Host/ } },
   {
+    name: "no Host (RFC 9112 3.2)",
+    request: get("/", ""),
+    expect: { status: 400, reason: /missing Host/ },
+  },
+  {
     name: "two Host headers",
     request: get("/", "Host: a\r\nHost: b\r\n"),
     expect: { status: 400 },

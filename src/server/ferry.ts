@@ -192,7 +192,14 @@ export class Ferry {
     }
     const stop = new AbortController();
     const log = this.#log;
-    const handler = createListenerHandler(name, () => this.#snapshot, log, this.recentErrors);
+    let innerPort: number | undefined;
+    const handler = createListenerHandler(
+      name,
+      () => this.#snapshot,
+      log,
+      this.recentErrors,
+      () => innerPort,
+    );
     const listening = (a: Deno.NetAddr) =>
       log.info("listening", {
         listener: name,
@@ -238,6 +245,7 @@ export class Ferry {
     if (!guard) {
       return { addr: server.addr, drain: () => server.shutdown(), abort: () => stop.abort() };
     }
+    innerPort = server.addr.port;
     guard.start(server.addr.port);
     return {
       addr: guard.addr,
