@@ -203,7 +203,7 @@ clusters:
 
 const TOKEN = "correct-horse-battery-staple";
 
-Deno.test("an admin token guards every admin endpoint but /healthz and is redacted in /config", async () => {
+Deno.test("an admin token guards every admin data endpoint (not /healthz, /dashboard) and is redacted in /config", async () => {
   const px = startFerry(
     `listeners: [{ name: p, address: "127.0.0.1:0" }]
 admin: { address: "127.0.0.1:0", token: "${TOKEN}" }
@@ -213,7 +213,17 @@ routes: [{ name: r, direct_response: { status: 200 } }]
   try {
     const get = (path: string, auth?: string) =>
       fetch(`${px.adminUrl}${path}`, auth ? { headers: { authorization: auth } } : {});
-    for (const path of ["/metrics", "/clusters", "/config", "/stats", "/ready"]) {
+    const dataEndpoints = [
+      "/metrics",
+      "/clusters",
+      "/routes",
+      "/config",
+      "/explain?path=/",
+      "/stats",
+      "/ready",
+      "/nope",
+    ];
+    for (const path of dataEndpoints) {
       const res = await get(path);
       assert.equal(res.status, 401, path);
       assert.equal(res.headers.get("www-authenticate"), 'Bearer realm="ferry-admin"');
@@ -222,9 +232,15 @@ routes: [{ name: r, direct_response: { status: 200 } }]
       assert.equal(wrong.status, 401, `${path} with a wrong token`);
       await wrong.body?.cancel();
     }
+    const reload = await fetch(`${px.adminUrl}/reload`, { method: "POST" });
+    assert.equal(reload.status, 401, "POST /reload");
+    await reload.body?.cancel();
     const live = await get("/healthz");
     assert.equal(live.status, 200, "probes need no token");
     await live.body?.cancel();
+    const page = await get("/dashboard");
+    assert.equal(page.status, 200, "the page holds no data and asks for the token itself");
+    assert.ok(!(await page.text()).includes(TOKEN));
     const metrics = await get("/metrics", `Bearer ${TOKEN}`);
     assert.equal(metrics.status, 200);
     assert.match(await metrics.text(), /ferry_build_info/);
