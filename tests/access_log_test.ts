@@ -133,3 +133,30 @@ clusters:
     await up.close();
   }
 });
+
+Deno.test("behind trusted proxies the logged client is the rightmost untrusted X-Forwarded-For hop", async () => {
+  const up = startUpstream(() => new Response("x"));
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/access.log`;
+  const px = startFerry(
+    `listeners: [{ name: p, address: "127.0.0.1:0" }]
+server: { trusted_proxies: [127.0.0.0/8, 10.0.0.0/8] }
+access_log: { path: "${file}", fields: [client, status] }
+routes: [{ name: ok, match: { path: { prefix: / } }, cluster: up }]
+clusters: [{ name: up, endpoints: ["{{U}}"] }]
+`,
+    { U: up.url },
+  );
+  try {
+    // 6.6.6.6 is whatever the client wrote; 203.0.113.7 is what the first trusted proxy saw.
+    const res = await fetch(px.url, {
+      headers: { "x-forwarded-for": "6.6.6.6, 203.0.113.7, 10.0.0.2" },
+    });
+    await res.body?.cancel();
+    const [line] = await linesOf(px, file);
+    assert.equal(line.client, "203.0.113.7");
+  } finally {
+    await px.close();
+    await up.close();
+  }
+});
