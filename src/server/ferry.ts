@@ -192,13 +192,13 @@ export class Ferry {
     }
     const stop = new AbortController();
     const log = this.#log;
-    let innerPort: number | undefined;
     const handler = createListenerHandler(
       name,
       () => this.#snapshot,
       log,
       this.recentErrors,
-      () => innerPort,
+      // Read per request, once `guard` and `server` below exist.
+      () => guard ? server.addr.port : undefined,
     );
     const listening = (a: Deno.NetAddr) =>
       log.info("listening", {
@@ -245,7 +245,6 @@ export class Ferry {
     if (!guard) {
       return { addr: server.addr, drain: () => server.shutdown(), abort: () => stop.abort() };
     }
-    innerPort = server.addr.port;
     guard.start(server.addr.port);
     return {
       addr: guard.addr,
