@@ -71,6 +71,7 @@ export class Ferry {
             reload: () => ferry.#adminRoutes.reload?.(),
             reloadStatus: () => ferry.#adminRoutes.reloadStatus?.(),
             recentErrors: ferry.recentErrors,
+            address: admin.address,
           }),
         );
       }
@@ -191,7 +192,14 @@ export class Ferry {
     }
     const stop = new AbortController();
     const log = this.#log;
-    const handler = createListenerHandler(name, () => this.#snapshot, log, this.recentErrors);
+    const handler = createListenerHandler(
+      name,
+      () => this.#snapshot,
+      log,
+      this.recentErrors,
+      // Read per request, once `guard` and `server` below exist.
+      () => guard ? server.addr.port : undefined,
+    );
     const listening = (a: Deno.NetAddr) =>
       log.info("listening", {
         listener: name,
