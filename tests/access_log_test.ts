@@ -86,3 +86,77 @@ clusters: [{ name: up, endpoints: ["{{U}}"] }]
     await up.close();
   }
 });
+
+Deno.test("a retry the retry budget refuses is flagged URX in the access log; a retry it allows is not", async () => {
+  // Per path: the first call is a 503, the next one a 200.
+  const calls = new Map<string, number>();
+  const up = startUpstream((req) => {
+    const path = new URL(req.url).pathname;
+    calls.set(path, (calls.get(path) ?? 0) + 1);
+    return calls.get(path) === 1 ? new Response("busy", { status: 503 }) : new Response("ok");
+  });
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/access.log`;
+  const px = startFerry(
+    `listeners: [{ name: p, address: "127.0.0.1:0" }]
+access_log: { path: "${file}" }
+routes:
+  - name: stingy
+    match: { path: { prefix: /stingy } }
+    cluster: stingy
+    retry: { retries: 2, retry_on: [gateway-error], backoff: { base: 1ms, max: 2ms } }
+  - name: generous
+    match: { path: { prefix: /generous } }
+    cluster: generous
+    retry: { retries: 2, retry_on: [gateway-error], backoff: { base: 1ms, max: 2ms } }
+clusters:
+  - { name: stingy, endpoints: ["{{U}}"], retry_budget: { percent: 0, min_retries: 0 } }
+  - { name: generous, endpoints: ["{{U}}"] }
+`,
+    { U: up.url },
+  );
+  try {
+    const refused = await fetch(`${px.url}/stingy`);
+    assert.equal(refused.status, 503, "no retry allowed: the upstream's 503 is returned");
+    await refused.body?.cancel();
+    const retried = await fetch(`${px.url}/generous`);
+    assert.equal(await retried.text(), "ok");
+    const [a, b] = await linesOf(px, file);
+    assert.equal(a.route, "stingy");
+    assert.equal(a.attempts, 1);
+    assert.equal(a.flags, "URX");
+    assert.equal(b.route, "generous");
+    assert.equal(b.attempts, 2);
+    assert.equal(b.flags, "-");
+  } finally {
+    await px.close();
+    await up.close();
+  }
+});
+
+Deno.test("behind trusted proxies the logged client is the rightmost untrusted X-Forwarded-For hop", async () => {
+  const up = startUpstream(() => new Response("x"));
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/access.log`;
+  const px = startFerry(
+    `listeners: [{ name: p, address: "127.0.0.1:0" }]
+server: { trusted_proxies: [127.0.0.0/8, 10.0.0.0/8] }
+access_log: { path: "${file}", fields: [client, status] }
+routes: [{ name: ok, match: { path: { prefix: / } }, cluster: up }]
+clusters: [{ name: up, endpoints: ["{{U}}"] }]
+`,
+    { U: up.url },
+  );
+  try {
+    // 6.6.6.6 is whatever the client wrote; 203.0.113.7 is what the first trusted proxy saw.
+    const res = await fetch(px.url, {
+      headers: { "x-forwarded-for": "6.6.6.6, 203.0.113.7, 10.0.0.2" },
+    });
+    await res.body?.cancel();
+    const [line] = await linesOf(px, file);
+    assert.equal(line.client, "203.0.113.7");
+  } finally {
+    await px.close();
+    await up.close();
+  }
+});

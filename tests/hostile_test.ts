@@ -162,6 +162,11 @@ const CASES: Case[] = [
   // Host and authority.
   { name: "empty Host", request: get("/", "Host: \r\n"), expect: { status: 400, reason: /Host/ } },
   {
+    name: "no Host (RFC 9112 3.2)",
+    request: get("/", ""),
+    expect: { status: 400, reason: /missing Host/ },
+  },
+  {
     name: "two Host headers",
     request: get("/", "Host: a\r\nHost: b\r\n"),
     expect: { status: 400 },
@@ -227,6 +232,16 @@ const CASES: Case[] = [
     name: "dot segments behind encoded slashes",
     request: get("/x/%2e%2e%2f%2e%2e/etc"),
     expect: { status: 400, reason: /encoded slash/ },
+  },
+  {
+    name: "path parameter on a dot segment (Tomcat/Spring read ..; as ..)",
+    request: get("/api/..;/admin"),
+    expect: { status: 400, reason: /dot segment/ },
+  },
+  {
+    name: "path parameter on a percent-encoded dot segment, encoded semicolon",
+    request: get("/api/%2e%2e%3bx/admin"),
+    expect: { status: 400, reason: /dot segment/ },
   },
   {
     name: "backslash dot segments",

@@ -203,7 +203,7 @@ clusters:
 
 const TOKEN = "correct-horse-battery-staple";
 
-Deno.test("an admin token guards every admin endpoint but /healthz and is redacted in /config", async () => {
+Deno.test("an admin token guards every admin data endpoint (not /healthz, /dashboard) and is redacted in /config", async () => {
   const px = startFerry(
     `listeners: [{ name: p, address: "127.0.0.1:0" }]
 admin: { address: "127.0.0.1:0", token: "${TOKEN}" }
@@ -213,7 +213,17 @@ routes: [{ name: r, direct_response: { status: 200 } }]
   try {
     const get = (path: string, auth?: string) =>
       fetch(`${px.adminUrl}${path}`, auth ? { headers: { authorization: auth } } : {});
-    for (const path of ["/metrics", "/clusters", "/config", "/stats", "/ready"]) {
+    const dataEndpoints = [
+      "/metrics",
+      "/clusters",
+      "/routes",
+      "/config",
+      "/explain?path=/",
+      "/stats",
+      "/ready",
+      "/nope",
+    ];
+    for (const path of dataEndpoints) {
       const res = await get(path);
       assert.equal(res.status, 401, path);
       assert.equal(res.headers.get("www-authenticate"), 'Bearer realm="ferry-admin"');
@@ -222,9 +232,15 @@ routes: [{ name: r, direct_response: { status: 200 } }]
       assert.equal(wrong.status, 401, `${path} with a wrong token`);
       await wrong.body?.cancel();
     }
+    const reload = await fetch(`${px.adminUrl}/reload`, { method: "POST" });
+    assert.equal(reload.status, 401, "POST /reload");
+    await reload.body?.cancel();
     const live = await get("/healthz");
     assert.equal(live.status, 200, "probes need no token");
     await live.body?.cancel();
+    const page = await get("/dashboard");
+    assert.equal(page.status, 200, "the page holds no data and asks for the token itself");
+    assert.ok(!(await page.text()).includes(TOKEN));
     const metrics = await get("/metrics", `Bearer ${TOKEN}`);
     assert.equal(metrics.status, 200);
     assert.match(await metrics.text(), /ferry_build_info/);
@@ -247,4 +263,37 @@ admin: { address: "127.0.0.1:0", token_env: FERRY_TEST_ADMIN_TOKEN }
   const closing = px.close();
   assert.throws(() => startFerry(cfg, {}, { env: () => undefined }), /variable is not set/);
   return closing;
+});
+
+Deno.test('requests that match no route are counted under route="none"', async () => {
+  const px = startFerry(`listeners: [{ name: public, address: "127.0.0.1:0" }]
+admin: { address: "127.0.0.1:0" }
+routes: [{ name: only, match: { path: { exact: /only } }, direct_response: { status: 200 } }]
+`);
+  try {
+    for (const path of ["/nope", "/also/nope"]) {
+      const res = await fetch(`${px.url}${path}`);
+      assert.equal(res.status, 404);
+      await res.body?.cancel();
+    }
+    const ok = await fetch(`${px.url}/only`);
+    assert.equal(ok.status, 200);
+    await ok.body?.cancel();
+    const text = await (await fetch(`${px.adminUrl}/metrics`)).text();
+    const count = (route: string) =>
+      metricValue(text, "ferry_downstream_requests_total", {
+        listener: "public",
+        route,
+        method: "GET",
+        status_class: "4xx",
+      });
+    assert.equal(count("none"), 2);
+    assert.equal(count(""), undefined, "no empty route label");
+    assert.equal(
+      metricValue(text, "ferry_downstream_requests_total", { route: "only", status_class: "2xx" }),
+      1,
+    );
+  } finally {
+    await px.close();
+  }
 });

@@ -296,3 +296,83 @@ Deno.test("h2load: 2000 h2c requests over 10 connections x 10 streams all succee
     await up.close();
   }
 });
+
+/** One HTTP/1.1 request (TLS when `tls` is given) with exactly these head lines; the reply. */
+async function rawHead(port: number, head: string, tls?: { caCerts: string[] }) {
+  const conn = tls
+    ? await Deno.connectTls({ hostname: "127.0.0.1", port, ...tls, alpnProtocols: ["http/1.1"] })
+    : await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await conn.write(new TextEncoder().encode(head + "Connection: close\r\n\r\n"));
+    let text = "";
+    const buf = new Uint8Array(16 * 1024);
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline) {
+      const n = await conn.read(buf).catch(() => null);
+      if (n === null) break;
+      text += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    return text;
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed by the peer */ }
+  }
+}
+
+Deno.test("behind the connection guard an HTTP/1.1 request without Host is 400 (plain and TLS); HTTP/2 :authority still works", async () => {
+  const certs = await makeTestCerts();
+  let hits = 0;
+  const up = startUpstream(() => {
+    hits++;
+    return new Response("ok");
+  });
+  const px = startFerry(
+    `listeners:
+  - { name: plain, address: "127.0.0.1:0" }
+  - name: secure
+    address: "127.0.0.1:0"
+    tls: { cert: "{{CERT}}", key: "{{KEY}}" }
+routes: [{ name: all, match: { path: { prefix: / } }, cluster: up }]
+clusters: [{ name: up, endpoints: ["{{UP}}"] }]
+`,
+    { UP: up.url, CERT: certs.certFile, KEY: certs.keyFile },
+  );
+  const plain = Number(new URL(px.listenerUrl("plain")).port);
+  const secure = Number(new URL(px.listenerUrl("secure")).port);
+  const tls = { caCerts: [certs.ca] };
+  try {
+    for (const [port, t] of [[plain, undefined], [secure, tls]] as const) {
+      for (const line of ["GET /x HTTP/1.1\r\n", "GET /x HTTP/1.0\r\n"]) {
+        const res = await rawHead(port, line, t);
+        assert.match(res, /^HTTP\/1\.[01] 400 /, `${t ? "TLS" : "plain"} ${line.trim()}: ${res}`);
+        assert.match(res, /"reason":"missing Host header"/);
+      }
+      const named = await rawHead(port, "GET /x HTTP/1.1\r\nHost: localhost\r\n", t);
+      assert.match(named, /^HTTP\/1\.1 200 /, named);
+    }
+    assert.equal(hits, 2, "only the requests with a Host reached the upstream");
+
+    const h2c = await curl([
+      "--http2-prior-knowledge",
+      "-w",
+      "\n%{http_code} %{http_version}",
+      `http://127.0.0.1:${plain}/x`,
+    ]);
+    assert.equal(h2c.stdout, "ok\n200 2", h2c.stderr);
+    const h2 = await curl([
+      "--cacert",
+      certs.caFile,
+      "--http2",
+      "-w",
+      "\n%{http_code} %{http_version}",
+      `https://localhost:${secure}/x`,
+    ]);
+    assert.equal(h2.stdout, "ok\n200 2", h2.stderr);
+    assert.equal(hits, 4);
+  } finally {
+    await px.close();
+    await up.close();
+    await certs.remove();
+  }
+});

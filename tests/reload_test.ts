@@ -190,20 +190,48 @@ Deno.test("listeners added by a reload serve at once; removed ones stop acceptin
   }
 });
 
-Deno.test("a listener whose new address is taken is refused and nothing changes", async () => {
+/** A port nothing listens on now (bound, read back, released). */
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** Binds `port` within a few seconds (a released listener may close asynchronously), or fails. */
+async function canBind(port: number): Promise<boolean> {
+  const deadline = Date.now() + 3_000;
+  while (true) {
+    try {
+      Deno.listen({ hostname: "127.0.0.1", port }).close();
+      return true;
+    } catch (err) {
+      if (!(err instanceof Deno.errors.AddrInUse) || Date.now() > deadline) return false;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
+Deno.test("a reload whose last new listener cannot bind releases the ones it bound before it; the old config keeps serving", async () => {
   const blocker = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const f = await startReloadable(directConfig("v1"));
+  const [first, second] = [freePort(), freePort()];
   try {
     await f.write(
       directConfig("v2").replace(
         `  - { name: public, address: "127.0.0.1:0" }\n`,
         `  - { name: public, address: "127.0.0.1:0" }
+  - { name: first, address: "127.0.0.1:${first}" }
+  - { name: second, address: "127.0.0.1:${second}" }
   - { name: taken, address: "127.0.0.1:${(blocker.addr as Deno.NetAddr).port}" }\n`,
       ),
     );
     const outcome = await f.reloader.reload("admin");
     assert.equal(outcome.ok, false);
     assert.match(outcome.error!, /cannot bind listener/);
+    assert.ok(await canBind(first), "the first listener the reload bound was released");
+    assert.ok(await canBind(second), "the second listener the reload bound was released");
+    assert.deepEqual(Object.keys(f.ferry.addresses().listeners), ["public"]);
     assert.equal((await text(f.url())).body, "v1", "old snapshot still serving");
     assert.equal(f.ferry.snapshot.version, 1);
   } finally {

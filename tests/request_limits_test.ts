@@ -137,3 +137,20 @@ Deno.test(
     assert.equal(hits(), 0);
   }),
 );
+
+Deno.test(
+  "HTTP/1.1: exactly max_headers header fields pass; one more is 431",
+  withUpstream(async (_url, port, hits) => {
+    // Host + Connection + the X- lines: `fields` header fields in all.
+    const request = (fields: number) =>
+      `GET /count HTTP/1.1\r\nHost: a\r\nConnection: close\r\n` +
+      Array.from({ length: fields - 2 }, (_, i) => `X-N${i}: v\r\n`).join("") + "\r\n";
+    const atLimit = await rawRequest(port, request(20));
+    assert.match(atLimit, /^HTTP\/1\.1 200 /, "20 fields, the limit itself");
+    assert.equal(hits(), 1);
+    const over = await rawRequest(port, request(21));
+    assert.match(over, /^HTTP\/1\.1 431 /);
+    assert.match(over, /21 header fields, more than the limit of 20/);
+    assert.equal(hits(), 1, "nothing forwarded over the limit");
+  }),
+);

@@ -209,3 +209,60 @@ Deno.test("an endpoint that resets connections is retried on another (retry_on: 
     resetter.close();
   }
 });
+
+Deno.test("gateway-error retries 502, 503 and 504 answers: the fourth attempt's 200 is returned", async () => {
+  const answers = [502, 503, 504, 200];
+  let calls = 0;
+  const up = startUpstream(() => {
+    const status = answers[calls++] ?? 500;
+    return new Response(`attempt ${calls}`, { status });
+  });
+  const px = startFerry(
+    ROUTE("{ retries: 3, retry_on: [gateway-error], backoff: { base: 1ms, max: 5ms } }"),
+    { EPS: `"${up.url}"`, CLUSTER: "" },
+  );
+  try {
+    const res = await fetch(`${px.url}/x`);
+    assert.equal(res.status, 200);
+    assert.equal(await res.text(), "attempt 4");
+    assert.equal(calls, 4, "502, 503 and 504 were each retried");
+  } finally {
+    await px.close();
+    await up.close();
+  }
+});
+
+Deno.test("an upstream's Retry-After is waited for between retries; one over max_retry_after is returned at once", async () => {
+  const seen: number[] = [];
+  const up = startUpstream((req) => {
+    seen.push(performance.now());
+    const after = new URL(req.url).searchParams.get("after")!;
+    return seen.length % 2 === 1
+      ? new Response("busy", { status: 503, headers: { "retry-after": after } })
+      : new Response("ok");
+  });
+  const px = startFerry(
+    ROUTE(
+      "{ retries: 1, retry_on: [gateway-error], backoff: { base: 1ms, max: 2ms }, " +
+        "max_retry_after: 3s }",
+    ),
+    { EPS: `"${up.url}"`, CLUSTER: "" },
+  );
+  try {
+    const res = await fetch(`${px.url}/x?after=1`);
+    assert.equal(await res.text(), "ok");
+    assert.equal(seen.length, 2);
+    // The backoff alone would be under 2 ms; Retry-After: 1 asks for a second.
+    const gap = seen[1]! - seen[0]!;
+    assert.ok(gap >= 950, `second attempt ${gap.toFixed(0)} ms after the first`);
+
+    const tooLong = await fetch(`${px.url}/x?after=60`);
+    assert.equal(tooLong.status, 503, "Retry-After over max_retry_after: the 503 is returned");
+    assert.equal(tooLong.headers.get("retry-after"), "60");
+    await tooLong.body?.cancel();
+    assert.equal(seen.length, 3, "and not retried");
+  } finally {
+    await px.close();
+    await up.close();
+  }
+});

@@ -15,6 +15,7 @@ const SLASH = 0x2f;
 const DOT = 0x2e;
 const PERCENT = 0x25;
 const BACKSLASH = 0x5c;
+const SEMICOLON = 0x3b;
 
 /**
  * Normalises a request path as received (percent-encoded, without the query).
@@ -26,6 +27,9 @@ const BACKSLASH = 0x5c;
  *   and upper-cases the hex of every other escape; `%2F` stays encoded and is not a separator;
  * - merges repeated slashes (as nginx `merge_slashes on`);
  * - removes dot segments (RFC 3986 5.2.4) and refuses a path that climbs above the root;
+ * - refuses a dot segment carrying a path parameter (`..;x`, `.;`, `%2e%2e;x`, `..%3Bx`):
+ *   Tomcat and Spring strip `;params` and then read the segment as `..`, so passing it on
+ *   unchanged would route `/api/..;/admin` as `/api/...` while the upstream serves `/admin`;
  * - keeps a trailing slash.
  *
  * A path that needs none of this is returned unchanged after one scan, without allocating.
@@ -56,13 +60,26 @@ export function normalizePath(raw: string): NormalizedPath {
   return { ok: true, path: raw };
 }
 
-/** Whether the segment starting at `i` (which holds a ".") is "." or "..". */
+/**
+ * Whether the segment starting at `i` (which holds a ".") is "." or "..", possibly followed by
+ * a path parameter (";"), which the slow path refuses.
+ */
 function isDotSegmentAt(raw: string, i: number): boolean {
   const next = raw.charCodeAt(i + 1); // NaN at the end of the string
-  if (Number.isNaN(next) || next === SLASH) return true;
+  if (Number.isNaN(next) || next === SLASH || next === SEMICOLON) return true;
   if (next !== DOT) return false;
   const after = raw.charCodeAt(i + 2);
-  return Number.isNaN(after) || after === SLASH;
+  return Number.isNaN(after) || after === SLASH || after === SEMICOLON;
+}
+
+/** `..;x`, `.;`, `..%3Bx` (after unreserved escapes are decoded and hex upper-cased). */
+function isDotSegmentWithParameter(seg: string): boolean {
+  const semi = seg.indexOf(";");
+  const encoded = seg.indexOf("%3B");
+  const cut = semi < 0 ? encoded : encoded < 0 ? semi : Math.min(semi, encoded);
+  if (cut < 0) return false;
+  const base = seg.slice(0, cut);
+  return base === "." || base === "..";
 }
 
 function badChar(c: number): NormalizedPath {
@@ -121,6 +138,9 @@ function slowPath(raw: string): NormalizedPath {
     seg += raw.slice(start, i);
     const last = i >= n;
     i++; // skip the "/"
+    if (isDotSegmentWithParameter(seg)) {
+      return { ok: false, reason: "path parameter on a dot segment (..;)" };
+    }
     if (seg === "" || seg === ".") {
       trailingSlash = last; // "//" merges; "/./" vanishes; a final one leaves "/" behind
     } else if (seg === "..") {

@@ -88,6 +88,29 @@ Deno.test("normalizePath merges repeated slashes and keeps a trailing slash", ()
   assert.equal(ok("/a/b/"), "/a/b/");
 });
 
+Deno.test("normalizePath refuses path parameters on dot segments (Tomcat/Spring read ..; as ..)", () => {
+  for (
+    const p of [
+      "/api/..;/admin",
+      "/api/..;x/admin",
+      "/api/.;x/admin",
+      "/api/.;",
+      "/api/%2e%2e;/admin",
+      "/api/.%2E;jsessionid=1/admin",
+      "/api/..%3b/admin",
+      "/api/..%3Bx/admin",
+      "/api/%2e%3b/admin",
+      "/..;",
+    ]
+  ) {
+    assert.equal(refused(p), "path parameter on a dot segment (..;)", p);
+  }
+  // Parameters on ordinary segments are left alone.
+  assert.equal(ok("/a;jsessionid=1/b"), "/a;jsessionid=1/b");
+  assert.equal(ok("/a/...;x"), "/a/...;x");
+  assert.equal(ok("/a/x..;y"), "/a/x..;y");
+});
+
 const segment = fc.constantFrom(
   "a",
   "b",
@@ -103,6 +126,12 @@ const segment = fc.constantFrom(
   "x.y",
   "...",
   "%7E",
+  "..;",
+  "..;x",
+  ".;y",
+  "%2e%2e;",
+  "..%3b",
+  "a;b",
 );
 
 Deno.test("normalizePath output has no dot segments, stays under /, and is idempotent", () => {
@@ -110,15 +139,22 @@ Deno.test("normalizePath output has no dot segments, stays under /, and is idemp
     fc.property(fc.array(segment, { maxLength: 12 }), (segs) => {
       const raw = "/" + segs.join("/");
       const r = normalizePath(raw);
+      const dotWithParameter = segs.some((s) => /^(\.|%2e){1,2}(;|%3b)/i.test(s));
       if (!r.ok) {
-        assert.equal(r.reason, "path escapes the root");
+        assert.ok(
+          r.reason === "path escapes the root" ||
+            (dotWithParameter && r.reason === "path parameter on a dot segment (..;)"),
+          `${raw}: ${r.reason}`,
+        );
         return;
       }
+      assert.ok(!dotWithParameter, `${raw} -> ${r.path} should be refused`);
       const p = r.path;
       assert.ok(p.startsWith("/"));
       for (const bad of ["/../", "/./", "//"]) assert.ok(!p.includes(bad), `${raw} -> ${p}`);
       assert.ok(!p.endsWith("/..") && !p.endsWith("/."), `${raw} -> ${p}`);
       assert.ok(!/%2e/i.test(p), `${raw} -> ${p}`);
+      assert.ok(!/\/\.{1,2}(;|%3b)/i.test(p), `${raw} -> ${p}`);
       const again = normalizePath(p);
       assert.deepEqual(again, { ok: true, path: p });
     }),

@@ -7,13 +7,18 @@
  * With `admin.token` (or token_file / token_env) every data endpoint needs
  * `Authorization: Bearer <token>`. Open without it: /healthz, so liveness probes need no secret,
  * and /dashboard, a static page holding no data that asks for the token and sends it itself.
+ *
+ * Browsers are kept out whether or not a token is set (docs/observability.md, "Host and
+ * Origin"): a Host that is not loopback, an IP address or the configured admin address gets
+ * 421, which defeats DNS rebinding (the attacker's page must name its own domain); and without
+ * a token, a state change (POST /reload) from another origin gets 403.
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { Snapshot } from "../config/compile.ts";
 import { BREAKER_STATE_NAMES } from "../policy/circuit_breaker.ts";
 import type { DnsDiscoveryStatus } from "../upstream/discovery/dns.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
-import type { RecentErrors } from "./errors.ts";
+import { errorResponse, ProxyError, type RecentErrors } from "./errors.ts";
 import { dashboardStats } from "./admin_stats.ts";
 import { DASHBOARD_HTML } from "./dashboard.ts";
 
@@ -27,6 +32,8 @@ export interface AdminView {
   reloadStatus?(): unknown;
   /** Proxy-made errors for the dashboard. */
   recentErrors?: RecentErrors;
+  /** `admin.address` as bound at start: its host is an accepted Host besides loopback names. */
+  address?: string;
 }
 
 const ENDPOINTS = [
@@ -47,11 +54,24 @@ const OPEN = new Set(["/healthz", "/dashboard", "/"]);
 export function adminHandler(view: AdminView): (req: Request) => Promise<Response> {
   return async function admin(req: Request): Promise<Response> {
     const url = new URL(req.url);
+    const token = view.snapshot().adminToken;
+    // /healthz holds nothing and probes (Kubernetes) name the pod IP or a service as Host.
+    if (url.pathname !== "/healthz" && !hostAllowed(url.host, view.address, token !== undefined)) {
+      return errorResponse(
+        new ProxyError("admin_host_refused", `Host ${url.host} is not this admin listener`),
+        crypto.randomUUID(),
+      );
+    }
+    if (token === undefined && !SAFE_METHODS.has(req.method)) {
+      const refusal = crossOriginRefusal(req, url.host);
+      if (refusal !== undefined) {
+        return errorResponse(new ProxyError("admin_cross_origin", refusal), crypto.randomUUID());
+      }
+    }
     const isReload = url.pathname === "/reload";
     if (!isReload && req.method !== "GET" && req.method !== "HEAD") {
       return json(405, { error: "method not allowed" });
     }
-    const token = view.snapshot().adminToken;
     if (token !== undefined && !OPEN.has(url.pathname) && !authorized(req, token)) {
       return new Response(JSON.stringify({ error: "unauthorized" }) + "\n", {
         status: 401,
@@ -113,6 +133,57 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
         return json(404, { error: "not found", endpoints: ENDPOINTS });
     }
   };
+}
+
+const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+const LOOPBACK_NAMES = new Set(["localhost", "127.0.0.1", "[::1]"]);
+const WILDCARD_HOSTS = new Set(["", "0.0.0.0", "[::]", "::"]);
+const IPV4 = /^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$/;
+
+/**
+ * Whether `authority` (the Host, or HTTP/2 :authority) names this listener. IP literals are
+ * accepted: DNS rebinding needs a name the attacker controls, and a page at an IP address is
+ * that address's own origin. Any name is accepted only with a token on a wildcard address
+ * (0.0.0.0): the operator then reaches it by names Ferry cannot know, and the token guards it.
+ */
+export function hostAllowed(authority: string, address: string | undefined, hasToken: boolean) {
+  const host = normalizeHost(authority);
+  if (host === null) return false;
+  if (LOOPBACK_NAMES.has(host) || IPV4.test(host) || host.startsWith("[")) return true;
+  const configured = address === undefined ? undefined : configuredHost(address);
+  if (configured !== undefined && host === configured) return true;
+  return hasToken && configured !== undefined && WILDCARD_HOSTS.has(configured);
+}
+
+/** The host part of `host:port`, normalised like a Host ("" for ":9901"). */
+function configuredHost(address: string): string | undefined {
+  const colon = address.lastIndexOf(":");
+  const host = colon < 0 ? address : address.slice(0, colon);
+  if (WILDCARD_HOSTS.has(host)) return host;
+  return normalizeHost(host) ?? undefined;
+}
+
+/**
+ * Without a token a browser on any site could POST here (a form needs no CORS preflight), so
+ * state changes must come from this origin or from a non-browser client (no Origin, no
+ * Sec-Fetch-Site: curl, scripts). Returns why the request is refused, or undefined.
+ */
+function crossOriginRefusal(req: Request, host: string): string | undefined {
+  const site = req.headers.get("sec-fetch-site");
+  if (site !== null && site !== "same-origin" && site !== "none") {
+    return `Sec-Fetch-Site: ${site} may not change state without admin.token`;
+  }
+  const origin = req.headers.get("origin");
+  if (origin === null) return undefined;
+  let originHost: string | undefined;
+  try {
+    const u = new URL(origin);
+    if (u.protocol === "http:" || u.protocol === "https:") originHost = u.host;
+  } catch { /* "null" and other opaque origins */ }
+  if (originHost === undefined || originHost.toLowerCase() !== host.toLowerCase()) {
+    return `Origin ${origin} may not change state without admin.token`;
+  }
+  return undefined;
 }
 
 /** POST /reload: 200 with the new version, or 400 with the errors (the old config keeps serving). */

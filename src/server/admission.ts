@@ -180,30 +180,40 @@ export async function acceptLoop(o: AcceptLoopOptions): Promise<void> {
 /**
  * A Deno.serve that is bound again whenever its own accept loop dies. Out of descriptors,
  * Deno.serve (2.9.6) closes its listener and rejects `finished`; unobserved, that rejection
- * ends the process. Here it is observed and the same address is bound again as soon as a
- * descriptor is free (a port-0 address gets a new port). The dead server keeps serving the
- * connections it has until they close, but it is let go: `shutdown()` reaches only the live one
- * (behind the guard, the guard itself drains and closes every connection).
+ * ends the process. Here it is observed and the same port is bound again as soon as a
+ * descriptor is free (measured: binding the port of the dead listener works while its accepted
+ * connections are still open). The dead server keeps serving the connections it has until they
+ * close, but it is let go: `shutdown()` reaches only the live one (behind the guard, the guard
+ * itself drains and closes every connection).
  */
 export class RebindingServer {
-  readonly #bind: () => Deno.HttpServer<Deno.NetAddr>;
+  readonly #bind: (port: number) => Deno.HttpServer<Deno.NetAddr>;
+  readonly #port: number;
   readonly #onDeath: (err: unknown) => void;
   #current: Deno.HttpServer<Deno.NetAddr>;
   #stopped = false;
 
-  /** `bind` throws on failure, as Deno.serve does; the first failure is the caller's. */
-  constructor(bind: () => Deno.HttpServer<Deno.NetAddr>, onDeath: (err: unknown) => void) {
+  /**
+   * `bind(port)` serves on `port` and throws on failure, as Deno.serve does; the first failure is
+   * the caller's. `port` is the configured one (0: any).
+   */
+  constructor(
+    bind: (port: number) => Deno.HttpServer<Deno.NetAddr>,
+    port: number,
+    onDeath: (err: unknown) => void,
+  ) {
     this.#bind = bind;
+    this.#port = port;
     this.#onDeath = onDeath;
-    this.#current = this.#start();
+    this.#current = this.#start(port);
   }
 
   get addr(): Deno.NetAddr {
     return this.#current.addr;
   }
 
-  #start(): Deno.HttpServer<Deno.NetAddr> {
-    const server = this.#bind();
+  #start(port: number): Deno.HttpServer<Deno.NetAddr> {
+    const server = this.#bind(port);
     server.finished.catch((err) => this.#rebind(err));
     return server;
   }
@@ -211,13 +221,23 @@ export class RebindingServer {
   async #rebind(err: unknown): Promise<void> {
     if (this.#stopped) return;
     this.#onDeath(err);
+    const previous = this.#current.addr.port;
     for (let delay = RETRY_FIRST_MS; !this.#stopped; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
       await new Promise((r) => setTimeout(r, delay));
       if (this.#stopped) return;
       try {
-        this.#current = this.#start();
+        this.#current = this.#start(previous);
         return;
-      } catch { /* still no descriptor for a listening socket: wait for one */ }
+      } catch (bindErr) {
+        // Someone else took a port we had been given by the system: any port will do.
+        if (bindErr instanceof Deno.errors.AddrInUse && this.#port === 0) {
+          try {
+            this.#current = this.#start(0);
+            return;
+          } catch { /* no descriptor yet */ }
+        }
+        // Otherwise most likely still no descriptor for a listening socket: wait for one.
+      }
     }
   }
 

@@ -22,6 +22,8 @@ export type ProxyErrorKind =
   | "uri_too_long"
   | "headers_too_large"
   | "client_closed"
+  | "admin_host_refused"
+  | "admin_cross_origin"
   | "internal";
 
 interface ErrorRow {
@@ -66,6 +68,9 @@ const TABLE: Readonly<Record<ProxyErrorKind, ErrorRow>> = {
   // 499 is nginx's "client closed request": only ever logged, the client is gone.
   client_closed: { status: 499, grpc: 1, flag: "DC", title: "client closed request" },
   internal: { status: 500, grpc: 13, flag: "IE", title: "internal error" },
+  // The admin listener's own refusals (src/server/admin.ts): DNS rebinding and cross-site forms.
+  admin_host_refused: { status: 421, grpc: 7, flag: "AH", title: "misdirected request" },
+  admin_cross_origin: { status: 403, grpc: 7, flag: "AO", title: "cross-origin request refused" },
 };
 
 /** A failure with a kind from the table and a reason meant for the client and the log. */

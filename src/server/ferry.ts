@@ -66,14 +66,16 @@ export class Ferry {
           reload: () => ferry.#adminRoutes.reload?.(),
           reloadStatus: () => ferry.#adminRoutes.reloadStatus?.(),
           recentErrors: ferry.recentErrors,
+          address: admin.address,
         });
         ferry.#admin = new RebindingServer(
-          () =>
+          (port) =>
             Deno.serve({
               hostname,
               port,
               onListen: (a) => log.info("admin listening", { address: `${a.hostname}:${a.port}` }),
             }, handler),
+          port,
           (err) => {
             ferry.#snapshot.metrics.acceptError("admin", "listener", acceptErrorReason(err));
             log.warn("admin listener stopped accepting; binding it again", { error: String(err) });
@@ -205,7 +207,14 @@ export class Ferry {
     }
     const stop = new AbortController();
     const log = this.#log;
-    const handler = createListenerHandler(name, () => this.#snapshot, log, this.recentErrors);
+    const handler = createListenerHandler(
+      name,
+      () => this.#snapshot,
+      log,
+      this.recentErrors,
+      // Read per request, once `guard` below has started its inner server.
+      () => guard?.innerPort(),
+    );
     const listening = (a: Deno.NetAddr) =>
       log.info("listening", {
         listener: name,
@@ -244,15 +253,16 @@ export class Ferry {
     };
     if (!guard) {
       const server = new RebindingServer(
-        () =>
+        (port) =>
           Deno.serve({
             hostname: plan.hostname,
-            port: plan.port,
+            port,
             signal: stop.signal,
             ...(plan.tls ? { cert: plan.tls.cert, key: plan.tls.key } : {}),
             onListen: listening,
             onError,
           }, handler),
+        plan.port,
         (err) => {
           this.#snapshot.metrics.acceptError(name, "listener", acceptErrorReason(err));
           log.warn("listener stopped accepting; binding it again", {
@@ -271,10 +281,10 @@ export class Ferry {
     }
     const wrapped = guard.wrap(handler);
     try {
-      guard.start(() =>
+      guard.start((port) =>
         Deno.serve({
           hostname: "127.0.0.1",
-          port: 0,
+          port,
           signal: stop.signal,
           onListen: () => {},
           onError,

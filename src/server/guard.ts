@@ -157,13 +157,13 @@ export class ConnectionGuard {
   }
 
   /**
-   * Starts the inner server (`serveInner` binds a Deno.serve on 127.0.0.1:0 with `wrap`ped
-   * handler; a failure throws) and starts accepting.
+   * Starts the inner server (`serveInner(port)` binds a Deno.serve on 127.0.0.1 with the
+   * `wrap`ped handler; a failure throws) and starts accepting.
    */
-  start(serveInner: () => Deno.HttpServer<Deno.NetAddr>): void {
-    // Out of descriptors, the inner server's accept fails and it closes its listener; a new one
-    // is bound for new connections, the guarded ones already through keep working.
-    this.#inner = new RebindingServer(serveInner, (err) => {
+  start(serveInner: (port: number) => Deno.HttpServer<Deno.NetAddr>): void {
+    // Out of descriptors, the inner server's accept fails and it closes its listener; it is
+    // bound again on the same port, the guarded connections already through keep working.
+    this.#inner = new RebindingServer(serveInner, 0, (err) => {
       const reason = acceptErrorReason(err);
       this.#opts.onAcceptError?.("inner", reason);
       this.#innerFailures.failed({ reason, error: String(err) });
@@ -176,6 +176,11 @@ export class ConnectionGuard {
       onConnection: (conn) => this.#admit(conn),
       onError: (reason) => this.#opts.onAcceptError?.("listener", reason),
     });
+  }
+
+  /** The inner server's loopback port (fixed unless someone took it while it was rebound). */
+  innerPort(): number | undefined {
+    return this.#inner?.addr.port;
   }
 
   /** Graceful shutdown of the inner server (see Deno.HttpServer.shutdown). */
@@ -302,7 +307,7 @@ export class ConnectionGuard {
       }
       if (g.closed) return;
       // While the inner server is being bound again this is refused: the client is dropped.
-      const inner = await Deno.connect({ hostname: "127.0.0.1", port: this.#inner!.addr.port });
+      const inner = await Deno.connect({ hostname: "127.0.0.1", port: this.innerPort()! });
       if (g.closed) {
         inner.close();
         return;

@@ -27,6 +27,11 @@ export function createListenerHandler(
   currentSnapshot: () => Snapshot,
   log: Logger,
   recentErrors?: RecentErrors,
+  /**
+   * With the connection guard: the loopback port of the inner Deno.serve. Deno fills a missing
+   * Host with `localhost:<that port>`, an authority no client has reason to name.
+   */
+  innerPort?: () => number | undefined,
 ): ServeHandler {
   // The listener's recorder, looked up again only if a reload brings another metrics object.
   let metricsOwner: FerryMetrics | undefined;
@@ -56,14 +61,21 @@ export function createListenerHandler(
       if (!plan) throw new ProxyError("no_route", `listener ${listener} is being removed`);
       checkMethod(req.method);
       const target = splitTarget(req.url, limits.max_uri_bytes);
+      const hidden = innerPort?.();
+      if (hidden !== undefined && namesPort(target.authority, hidden)) {
+        // RFC 9112 3.2: an HTTP/1.1 request without Host is a 400 (so is HTTP/2 without
+        // :authority, and a client that found and named the hidden port).
+        throw new ProxyError("bad_request", "missing Host header");
+      }
       checkHeaderLimits(req.headers, limits.max_header_bytes, limits.max_headers);
       const limited = limitBody(req, limits.max_body_bytes);
       req = limited.req;
       overLimit = limited.overLimit;
-      // Deno fills a missing Host with localhost:port (indistinguishable from HTTP/2, which has
-      // no Host header), but an empty Host is visible and invalid (RFC 9112 3.2). A Host header
-      // must be a valid authority itself even when the target is absolute-form: Deno builds
-      // req.url by pasting it in, so "Host: a/b" would otherwise move "/b" into the path.
+      // Without the guard a missing Host is indistinguishable (Deno fills in localhost:port, as
+      // an HTTP/2 request to localhost looks), but an empty Host is visible and invalid (RFC 9112
+      // 3.2). A Host header must be a valid authority itself even when the target is
+      // absolute-form: Deno builds req.url by pasting it in, so "Host: a/b" would otherwise move
+      // "/b" into the path.
       const hostHeader = req.headers.get("host");
       const host = hostHeader === "" ||
           (hostHeader !== null && hostHeader !== target.authority &&
@@ -167,6 +179,16 @@ function logWhenDone(
       endedAt: performance.now(),
     });
   info.completed.then(write, write);
+}
+
+const LOOPBACK = new Set(["localhost", "127.0.0.1", "[::1]"]);
+
+/** Whether `authority` is a loopback name with exactly this port. */
+export function namesPort(authority: string, port: number): boolean {
+  const colon = authority.lastIndexOf(":");
+  if (colon < 0 || authority.slice(colon + 1) !== String(port)) return false;
+  const host = normalizeHost(authority);
+  return host !== null && LOOPBACK.has(host);
 }
 
 /**

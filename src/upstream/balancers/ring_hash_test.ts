@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { seededRandom } from "./random.ts";
+import { xxh32String } from "./hash.ts";
 import { pointCounts, RingHashBalancer } from "./ring_hash.ts";
 import { endpoints, mapKeys } from "./testing.ts";
 
@@ -115,4 +116,47 @@ Deno.test("ring_hash rejects endpoints without a stable key, duplicate keys and 
     () => new RingHashBalancer(endpoints(1), { minRingSize: 4096, maxRingSize: 1024 }),
     /exceeds/,
   );
+});
+
+/** The owner of the first point at or after `h`, else of the lowest point: a linear scan. */
+function bruteForceOwner(points: readonly { hash: number; id: string }[], h: number): string {
+  let best: { hash: number; id: string } | undefined;
+  let lowest = points[0]!;
+  for (const p of points) {
+    if (p.hash < lowest.hash) lowest = p;
+    if (p.hash >= h && (best === undefined || p.hash < best.hash)) best = p;
+  }
+  return (best ?? lowest).id;
+}
+
+Deno.test("ring_hash: a key hashing past the last point wraps to the first (checked against a brute-force ring)", () => {
+  for (const minRingSize of [1, 1024]) {
+    const eps = endpoints(1, 2, 1);
+    const lb = new RingHashBalancer(eps, { minRingSize, maxRingSize: minRingSize });
+    // The ring the module documents, built here independently: points xxh32("<id>-<j>").
+    const points = eps.flatMap((e, i) =>
+      Array.from({ length: lb.pointsPerEndpoint()[i]! }, (_, j) => ({
+        hash: xxh32String(`${e.id}-${j}`),
+        id: e.id,
+      }))
+    );
+    const last = Math.max(...points.map((p) => p.hash));
+    const keys: string[] = [];
+    let wrapping = 0;
+    // Every key beyond the last point among the first 300,000, plus 2,000 ordinary keys.
+    for (let i = 0; i < 300_000 && (wrapping < 50 || keys.length < 2_000); i++) {
+      const key = `k${i}`;
+      const beyond = xxh32String(key) > last;
+      if (beyond) wrapping++;
+      if (beyond || keys.length < 2_000) keys.push(key);
+    }
+    assert.ok(wrapping >= 20, `only ${wrapping} keys hash past the last point`);
+    for (const key of keys) {
+      assert.equal(
+        lb.pick({ hashKey: key })?.id,
+        bruteForceOwner(points, xxh32String(key)),
+        `${key} (ring of ${points.length})`,
+      );
+    }
+  }
 });
