@@ -70,8 +70,9 @@ export type AcceptErrorReason = "emfile" | "enfile" | "other";
 
 export function acceptErrorReason(err: unknown): AcceptErrorReason {
   const text = String(err);
+  // ENFILE's text ("Too many open files in system") contains EMFILE's: test it first.
+  if (/os error 23\b|in system|file table overflow/i.test(text)) return "enfile";
   if (/os error 24\b|too many open files/i.test(text)) return "emfile";
-  if (/os error 23\b|file table overflow/i.test(text)) return "enfile";
   return "other";
 }
 
