@@ -11,6 +11,7 @@ import { FerryMetrics } from "./src/observability/metrics.ts";
 import { Ferry } from "./src/server/ferry.ts";
 import { VERSION } from "./src/version.ts";
 import { describeSnapshot } from "./src/config/summary.ts";
+import { checkFdBudget, fdBudget } from "./src/server/descriptors.ts";
 
 const EXIT_CONFIG = 1, EXIT_USAGE = 2, EXIT_START = 3;
 
@@ -55,6 +56,12 @@ async function main(): Promise<number> {
     return 0;
   }
 
+  // Before binding: raise the soft descriptor limit, then say whether the caps fit in it.
+  const fds = checkFdBudget(
+    fdBudget(snapshot.listeners.values(), snapshot.config.server),
+  );
+  if (fds.warning) log.warn(fds.warning);
+
   let ferry: Ferry;
   try {
     ferry = Ferry.start(snapshot, log);
@@ -67,6 +74,7 @@ async function main(): Promise<number> {
     version: VERSION,
     config: source.label,
     config_version: snapshot.version,
+    ...(fds.limit ? { fd_limit: fds.limit.soft } : {}),
   });
   for (const w of describeSnapshot(snapshot).warnings) log.warn(w);
 

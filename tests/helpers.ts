@@ -209,6 +209,7 @@ export const RUN = [
   "--allow-net",
   "--allow-read",
   "--allow-env",
+  "--allow-ffi",
   "--unstable-no-legacy-abort",
   MAIN,
 ];
@@ -228,14 +229,19 @@ export interface Started {
   logs: string[];
 }
 
-/** Spawns Ferry and reads its JSON log until every listener (and admin) says where it bound. */
+/**
+ * Spawns Ferry and reads its JSON log until every listener (and admin) says where it bound.
+ * `wrapper` runs Deno through another command, for example `["prlimit", "--nofile=256:256"]`.
+ */
 export async function spawnFerry(
   args: string[],
   env: Record<string, string> = {},
   listeners = 1,
+  wrapper: string[] = [],
 ): Promise<Started> {
-  const child = new Deno.Command(DENO, {
-    args: [...RUN, ...args],
+  const [cmd, ...pre] = [...wrapper, DENO];
+  const child = new Deno.Command(cmd!, {
+    args: [...pre, ...RUN, ...args],
     env,
     cwd: ROOT,
     stderr: "piped",

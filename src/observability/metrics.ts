@@ -15,6 +15,52 @@ import client from "prom-client";
 import type { Snapshot } from "../config/compile.ts";
 import type { Cluster } from "../upstream/cluster.ts";
 import { VERSION } from "../version.ts";
+import { processDescriptors } from "../server/descriptors.ts";
+
+/** prom-client defaults read from /proc/self (0 without --allow-all); see registerProcessCollectors. */
+const PROC_SELF_METRICS = [
+  "process_resident_memory_bytes",
+  "process_virtual_memory_bytes",
+  "process_heap_bytes",
+  "process_open_fds",
+  "process_max_fds",
+];
+
+/**
+ * Memory and descriptors under `deno task start`'s own permissions: RSS from
+ * Deno.memoryUsage() (no permission), descriptors through libc (--allow-ffi, see
+ * src/server/descriptors.ts). Without that permission the descriptor gauges have no value
+ * rather than a false 0. process_virtual_memory_bytes and process_heap_bytes have no source
+ * short of /proc and are not exported.
+ */
+function registerProcessCollectors(registers: client.Registry[]): void {
+  new client.Gauge({
+    name: "process_resident_memory_bytes",
+    help: "Resident memory size in bytes.",
+    registers,
+    collect() {
+      this.set(Deno.memoryUsage().rss);
+    },
+  });
+  const fds = processDescriptors();
+  if (!fds) return;
+  new client.Gauge({
+    name: "process_open_fds",
+    help: "Number of open file descriptors.",
+    registers,
+    collect() {
+      this.set(fds.open());
+    },
+  });
+  new client.Gauge({
+    name: "process_max_fds",
+    help: "Maximum number of open file descriptors (the soft limit).",
+    registers,
+    collect() {
+      this.set(fds.limit().soft);
+    },
+  });
+}
 
 /** Latency buckets in seconds: 0.5 ms to 30 s. */
 export const LATENCY_BUCKETS = [
@@ -306,6 +352,7 @@ export class FerryMetrics {
   readonly configReloads: client.Counter<string>;
   readonly configInfo: client.Gauge<string>;
   readonly buildInfo: client.Gauge<string>;
+  readonly acceptErrors: client.Counter<string>;
 
   constructor(opts: FerryMetricsOptions = {}) {
     const registers = [this.registry];
@@ -497,6 +544,13 @@ export class FerryMetrics {
       registers,
     });
     this.buildInfo.set({ version: VERSION, deno: Deno.version.deno }, 1);
+    this.acceptErrors = new client.Counter({
+      name: "ferry_accept_errors_total",
+      help: "Failed accepts by listener, socket (listener: the public one; inner: the guard's " +
+        "loopback Deno.serve) and reason (emfile, enfile, other); accepting goes on.",
+      labelNames: ["listener", "socket", "reason"],
+      registers,
+    });
     // Both results exist from the start, so rate() and alerts see a 0 rather than no series.
     this.configReloads.labels("success").inc(0);
     this.configReloads.labels("failure").inc(0);
@@ -504,6 +558,10 @@ export class FerryMetrics {
       client.collectDefaultMetrics({ register: this.registry });
       // Node-internal handle counts: gauges named _total (promtool flags them), meaningless here.
       for (const name of NODE_ONLY_METRICS) this.registry.removeSingleMetric(name);
+      // prom-client reads these from /proc/self, which needs --allow-all under Deno: with
+      // `deno task start`'s permissions they read 0. Ferry's own collectors replace them.
+      for (const name of PROC_SELF_METRICS) this.registry.removeSingleMetric(name);
+      registerProcessCollectors(registers);
     }
   }
 
@@ -540,6 +598,11 @@ export class FerryMetrics {
     else if (type === "healthy" || type === "unhealthy") {
       this.endpointHealthChanges.labels(cluster, endpoint, type).inc();
     }
+  }
+
+  /** A failed accept; the loop retries (src/server/admission.ts). */
+  acceptError(listener: string, socket: "listener" | "inner", reason: string): void {
+    this.acceptErrors.labels(listener, socket, reason).inc();
   }
 
   /** For the hot-reload path: count every reload attempt by its result. */

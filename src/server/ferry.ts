@@ -9,6 +9,7 @@ import { errorResponse, ProxyError, RecentErrors } from "./errors.ts";
 import { createListenerHandler } from "./handler.ts";
 import { GrpcListener } from "../grpc/listener.ts";
 import { ConnectionGuard, guardLimits } from "./guard.ts";
+import { acceptErrorReason, connectionCaps, RebindingServer } from "./admission.ts";
 
 export interface BoundAddress {
   readonly hostname: string;
@@ -22,7 +23,7 @@ interface RunningListener {
   drain(ms: number): Promise<void>;
   /** Hard stop, for a listener that has not begun draining. */
   abort(): void;
-  /** Open downstream connections, when the listener counts them (the connection guard does). */
+  /** Open downstream connections, when the listener counts them (the guard and gRPC do). */
   openConnections?(): number;
 }
 
@@ -36,7 +37,7 @@ export class Ferry {
   /** Listeners removed or rebound by a reload, finishing their requests. */
   readonly #retiring = new Map<RunningListener, Promise<void>>();
   #adminRoutes: AdminExtras = {};
-  #admin: Deno.HttpServer<Deno.NetAddr> | undefined;
+  #admin: RebindingServer | undefined;
   #state: "ready" | "draining" = "ready";
   /** The last proxy-made errors, for the dashboard. */
   readonly recentErrors: RecentErrors = new RecentErrors(50);
@@ -59,20 +60,26 @@ export class Ferry {
       const admin = snapshot.config.admin;
       if (admin) {
         const { hostname, port } = splitAddress(admin.address);
-        ferry.#admin = Deno.serve(
-          {
-            hostname,
-            port,
-            onListen: (a) => log.info("admin listening", { address: `${a.hostname}:${a.port}` }),
+        const handler = adminHandler({
+          state: () => ferry.#state,
+          snapshot: () => ferry.#snapshot,
+          reload: () => ferry.#adminRoutes.reload?.(),
+          reloadStatus: () => ferry.#adminRoutes.reloadStatus?.(),
+          recentErrors: ferry.recentErrors,
+          address: admin.address,
+        });
+        ferry.#admin = new RebindingServer(
+          (port) =>
+            Deno.serve({
+              hostname,
+              port,
+              onListen: (a) => log.info("admin listening", { address: `${a.hostname}:${a.port}` }),
+            }, handler),
+          port,
+          (err) => {
+            ferry.#snapshot.metrics.acceptError("admin", "listener", acceptErrorReason(err));
+            log.warn("admin listener stopped accepting; binding it again", { error: String(err) });
           },
-          adminHandler({
-            state: () => ferry.#state,
-            snapshot: () => ferry.#snapshot,
-            reload: () => ferry.#adminRoutes.reload?.(),
-            reloadStatus: () => ferry.#adminRoutes.reloadStatus?.(),
-            recentErrors: ferry.recentErrors,
-            address: admin.address,
-          }),
         );
       }
     } catch (err) {
@@ -187,8 +194,16 @@ export class Ferry {
   #bind(plan: ListenerPlan, owner: Snapshot): RunningListener {
     const name = plan.name;
     if (plan.protocol === "grpc") {
-      const g = GrpcListener.start(plan, () => this.#snapshot, this.#log);
-      return { addr: g.addr, drain: (ms) => g.drain(ms), abort: () => g.close() };
+      const g = GrpcListener.start(plan, () => this.#snapshot, this.#log, {
+        caps: () => connectionCaps(this.#snapshot.config.server),
+        onAcceptError: (reason) => this.#snapshot.metrics.acceptError(name, "listener", reason),
+      });
+      return {
+        addr: g.addr,
+        openConnections: () => g.openConnections(),
+        drain: (ms) => g.drain(ms),
+        abort: () => g.close(),
+      };
     }
     const stop = new AbortController();
     const log = this.#log;
@@ -197,8 +212,8 @@ export class Ferry {
       () => this.#snapshot,
       log,
       this.recentErrors,
-      // Read per request, once `guard` and `server` below exist.
-      () => guard ? server.addr.port : undefined,
+      // Read per request, once `guard` below has started its inner server.
+      () => guard?.innerPort(),
     );
     const listening = (a: Deno.NetAddr) =>
       log.info("listening", {
@@ -210,46 +225,80 @@ export class Ferry {
     // loopback behind it (src/server/guard.ts, docs/connections.md).
     const guard = owner.config.server.connection_guard
       ? new ConnectionGuard({
+        name,
         hostname: plan.hostname,
         port: plan.port,
         tls: plan.tls,
         limits: () => guardLimits(this.#snapshot.config.server),
         log,
+        onAcceptError: (socket, reason) => this.#snapshot.metrics.acceptError(name, socket, reason),
       })
       : undefined;
-    const server = Deno.serve({
-      ...(guard
-        ? { hostname: "127.0.0.1", port: 0 }
-        : { hostname: plan.hostname, port: plan.port }),
-      signal: stop.signal,
-      ...(plan.tls && !guard ? { cert: plan.tls.cert, key: plan.tls.key } : {}),
-      onListen: (a) => guard ? listening(guard.addr) : listening(a),
-      onError: (err) => {
-        // The same request id and flag in the log line as in the response the client gets.
-        const requestId = crypto.randomUUID();
-        const res = errorResponse(
-          new ProxyError("internal", "unexpected failure"),
-          requestId,
-          undefined,
-          { errors: this.recentErrors, listener: name },
-        );
-        log.error("unhandled error in listener", {
-          listener: name,
-          request_id: requestId,
-          flag: res.headers.get("x-ferry-flag"),
-          error: String(err),
-        });
-        return res;
-      },
-    }, guard ? guard.wrap(handler) : handler);
+    const onError = (err: unknown) => {
+      // The same request id and flag in the log line as in the response the client gets.
+      const requestId = crypto.randomUUID();
+      const res = errorResponse(
+        new ProxyError("internal", "unexpected failure"),
+        requestId,
+        undefined,
+        { errors: this.recentErrors, listener: name },
+      );
+      log.error("unhandled error in listener", {
+        listener: name,
+        request_id: requestId,
+        flag: res.headers.get("x-ferry-flag"),
+        error: String(err),
+      });
+      return res;
+    };
     if (!guard) {
-      return { addr: server.addr, drain: () => server.shutdown(), abort: () => stop.abort() };
+      const server = new RebindingServer(
+        (port) =>
+          Deno.serve({
+            hostname: plan.hostname,
+            port,
+            signal: stop.signal,
+            ...(plan.tls ? { cert: plan.tls.cert, key: plan.tls.key } : {}),
+            onListen: listening,
+            onError,
+          }, handler),
+        plan.port,
+        (err) => {
+          this.#snapshot.metrics.acceptError(name, "listener", acceptErrorReason(err));
+          log.warn("listener stopped accepting; binding it again", {
+            listener: name,
+            error: String(err),
+          });
+        },
+      );
+      return {
+        get addr() {
+          return server.addr;
+        },
+        drain: () => server.shutdown(),
+        abort: () => stop.abort(),
+      };
     }
-    guard.start(server.addr.port);
+    const wrapped = guard.wrap(handler);
+    try {
+      guard.start((port) =>
+        Deno.serve({
+          hostname: "127.0.0.1",
+          port,
+          signal: stop.signal,
+          onListen: () => {},
+          onError,
+        }, wrapped)
+      );
+    } catch (err) {
+      void guard.close();
+      throw err;
+    }
+    listening(guard.addr);
     return {
       addr: guard.addr,
       openConnections: () => guard.openConnections(),
-      drain: (ms) => drainGuarded(guard, server, ms),
+      drain: (ms) => drainGuarded(guard, ms),
       abort: () => {
         stop.abort();
         void guard.close();
@@ -258,8 +307,9 @@ export class Ferry {
   }
 
   /**
-   * Open downstream connections, per listener, as the connection guard counts them (for a
-   * gauge); listeners without the guard are not listed (Deno.serve does not count).
+   * Open downstream connections, per listener, as the connection guard and the gRPC listeners
+   * count them (for a gauge); HTTP listeners without the guard are not listed (Deno.serve does
+   * not count).
    */
   openConnections(): Record<string, number> {
     const open: Record<string, number> = {};
@@ -343,11 +393,7 @@ async function bindWhenFree(bind: () => RunningListener): Promise<RunningListene
  * 1001 when it ends (just before `ms`, so the close frames go out before the process exits).
  * Without the guard, Deno.serve's shutdown() would close WebSockets at once.
  */
-async function drainGuarded(
-  guard: ConnectionGuard,
-  server: Deno.HttpServer<Deno.NetAddr>,
-  ms: number,
-): Promise<void> {
+async function drainGuarded(guard: ConnectionGuard, ms: number): Promise<void> {
   guard.beginDrain();
   const windowEnd = performance.now() + Math.max(0, ms - Math.min(1_000, ms / 10));
   while (performance.now() < windowEnd) {
@@ -355,7 +401,7 @@ async function drainGuarded(
     if (requests === 0 && tunnels === 0) break;
     await new Promise((r) => setTimeout(r, 50));
   }
-  await server.shutdown();
+  await guard.shutdownInner();
   // Let the last bytes (WebSocket close frames, final responses) through the pipes before the
   // guard closes what is left.
   const flushBy = performance.now() + 500;

@@ -16,17 +16,23 @@
  * See docs/connections.md for the rules and the measured cost.
  */
 import type { Logger } from "../observability/log.ts";
+import {
+  type AcceptErrorReason,
+  acceptErrorReason,
+  acceptLoop,
+  ConnectionAdmission,
+  type ConnectionCaps,
+  connectionCaps,
+  FailureBursts,
+  RebindingServer,
+} from "./admission.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
 
-export interface GuardLimits {
+export interface GuardLimits extends ConnectionCaps {
   /** Milliseconds; 0: none. */
   readonly headerTimeoutMs: number;
   /** Milliseconds; 0: none. */
   readonly idleTimeoutMs: number;
-  /** 0: no cap. */
-  readonly maxConnections: number;
-  /** 0: no cap. */
-  readonly maxConnectionsPerIp: number;
 }
 
 /** The guard's limits from the `server:` config section. */
@@ -39,12 +45,13 @@ export function guardLimits(server: {
   return {
     headerTimeoutMs: server.header_timeout,
     idleTimeoutMs: server.idle_timeout,
-    maxConnections: server.max_connections,
-    maxConnectionsPerIp: server.max_connections_per_ip,
+    ...connectionCaps(server),
   };
 }
 
 export interface GuardOptions {
+  /** The listener's config name, for logs. */
+  readonly name: string;
   readonly hostname: string;
   readonly port: number;
   readonly tls?: { readonly cert: string; readonly key: string } | undefined;
@@ -53,6 +60,8 @@ export interface GuardOptions {
   readonly log: Logger;
   /** Sweep period; timeouts fire up to this late. */
   readonly sweepMs?: number;
+  /** A failed accept, on the guard's own listener or the inner server's. */
+  readonly onAcceptError?: (socket: "listener" | "inner", reason: AcceptErrorReason) => void;
 }
 
 type Phase =
@@ -107,9 +116,11 @@ export class ConnectionGuard {
   /** Inner connection's local port -> the downstream connection it carries. */
   readonly #byInnerPort = new Map<number, Guarded>();
   readonly #all = new Set<Guarded>();
-  readonly #perIp = new Map<string, number>();
+  readonly #admission: ConnectionAdmission;
   readonly #sweep: ReturnType<typeof setInterval>;
-  #innerPort = 0;
+  /** The inner Deno.serve, bound again on 127.0.0.1 if its accept loop dies. */
+  #inner: RebindingServer | undefined;
+  readonly #innerFailures: FailureBursts;
   #accepting = true;
   #draining = false;
   #acceptLoop: Promise<void> | undefined;
@@ -117,6 +128,13 @@ export class ConnectionGuard {
   constructor(opts: GuardOptions) {
     this.#opts = opts;
     this.#log = opts.log;
+    this.#admission = new ConnectionAdmission(opts.limits);
+    this.#innerFailures = new FailureBursts(
+      opts.log,
+      { listener: opts.name },
+      "inner server stopped accepting; replacing it",
+      "inner server stable again",
+    );
     this.#listener = opts.tls
       ? Deno.listenTls({
         hostname: opts.hostname,
@@ -138,10 +156,36 @@ export class ConnectionGuard {
     return this.#all.size;
   }
 
-  /** Starts accepting; `innerPort` is the loopback port of the inner Deno.serve. */
-  start(innerPort: number): void {
-    this.#innerPort = innerPort;
-    this.#acceptLoop = this.#accept();
+  /**
+   * Starts the inner server (`serveInner(port)` binds a Deno.serve on 127.0.0.1 with the
+   * `wrap`ped handler; a failure throws) and starts accepting.
+   */
+  start(serveInner: (port: number) => Deno.HttpServer<Deno.NetAddr>): void {
+    // Out of descriptors, the inner server's accept fails and it closes its listener; it is
+    // bound again on the same port, the guarded connections already through keep working.
+    this.#inner = new RebindingServer(serveInner, 0, (err) => {
+      const reason = acceptErrorReason(err);
+      this.#opts.onAcceptError?.("inner", reason);
+      this.#innerFailures.failed({ reason, error: String(err) });
+    });
+    this.#acceptLoop = acceptLoop({
+      listener: this.#listener,
+      name: this.#opts.name,
+      log: this.#log,
+      stopped: () => !this.#accepting,
+      onConnection: (conn) => this.#admit(conn),
+      onError: (reason) => this.#opts.onAcceptError?.("listener", reason),
+    });
+  }
+
+  /** The inner server's loopback port (fixed unless someone took it while it was rebound). */
+  innerPort(): number | undefined {
+    return this.#inner?.addr.port;
+  }
+
+  /** Graceful shutdown of the inner server (see Deno.HttpServer.shutdown). */
+  async shutdownInner(): Promise<void> {
+    await this.#inner?.shutdown();
   }
 
   /**
@@ -211,39 +255,20 @@ export class ConnectionGuard {
   async close(): Promise<void> {
     this.stopAccepting();
     clearInterval(this.#sweep);
+    void this.#inner?.shutdown();
     for (const g of [...this.#all]) this.#drop(g);
     await this.#acceptLoop;
   }
 
-  async #accept(): Promise<void> {
-    while (this.#accepting) {
-      let conn: Deno.Conn;
-      try {
-        conn = await this.#listener.accept();
-      } catch (err) {
-        if (!this.#accepting) return;
-        // EMFILE and friends: keep serving the open connections, try again shortly.
-        this.#log.warn("accept failed", { error: String(err) });
-        await new Promise((r) => setTimeout(r, 50));
-        continue;
-      }
-      this.#admit(conn);
-    }
-  }
-
   #admit(conn: Deno.Conn): void {
     const remote = conn.remoteAddr as Deno.NetAddr;
-    const limits = this.#opts.limits();
-    const perIp = this.#perIp.get(remote.hostname) ?? 0;
-    const full = limits.maxConnections > 0 && this.#all.size >= limits.maxConnections;
-    const ipFull = limits.maxConnectionsPerIp > 0 && perIp >= limits.maxConnectionsPerIp;
-    if (full || ipFull) {
-      void this.#refuse(conn, full ? "too many connections" : "too many connections from you");
+    const refused = this.#admission.admit(remote.hostname);
+    if (refused) {
+      void this.#refuse(conn, refused);
       return;
     }
     const g = new Guarded(conn, remote, performance.now());
     this.#all.add(g);
-    this.#perIp.set(remote.hostname, perIp + 1);
     void this.#serve(g);
   }
 
@@ -281,12 +306,14 @@ export class ConnectionGuard {
         g.h2 = hs.alpnProtocol === "h2";
       }
       if (g.closed) return;
-      const inner = await Deno.connect({ hostname: "127.0.0.1", port: this.#innerPort });
+      // While the inner server is being bound again this is refused: the client is dropped.
+      const inner = await Deno.connect({ hostname: "127.0.0.1", port: this.innerPort()! });
       if (g.closed) {
         inner.close();
         return;
       }
       g.inner = inner;
+      this.#innerFailures.succeeded();
       inner.setNoDelay(true);
       if ("setNoDelay" in g.conn) (g.conn as Deno.TcpConn).setNoDelay(true);
       this.#byInnerPort.set((inner.localAddr as Deno.NetAddr).port, g);
@@ -420,10 +447,7 @@ export class ConnectionGuard {
     if (g.closed) return;
     g.closed = true;
     this.#all.delete(g);
-    const ip = g.remote.hostname;
-    const left = (this.#perIp.get(ip) ?? 1) - 1;
-    if (left <= 0) this.#perIp.delete(ip);
-    else this.#perIp.set(ip, left);
+    this.#admission.release(g.remote.hostname);
     if (g.inner) {
       this.#byInnerPort.delete((g.inner.localAddr as Deno.NetAddr).port);
       try {
