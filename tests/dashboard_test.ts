@@ -6,9 +6,8 @@
  */
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
-import { startFerry, startUpstream } from "./helpers.ts";
+import { requirePeer, startFerry, startUpstream } from "./helpers.ts";
 
-const CHROMIUM = "/usr/bin/chromium";
 const TOKEN = "dashboard-test-token-0123456789";
 
 Deno.test({
@@ -17,6 +16,7 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
+    const chromiumPath = await requirePeer("chromium");
     const good = startUpstream(() => new Response("ok"));
     const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const dead = `http://127.0.0.1:${(l.addr as Deno.NetAddr).port}`;
@@ -39,7 +39,7 @@ clusters:
       for (let i = 0; i < n; i++) await (await fetch(`${px.url}/shop/item`)).body?.cancel();
     };
     const browser = await chromium.launch({
-      executablePath: CHROMIUM,
+      executablePath: chromiumPath,
       args: ["--no-sandbox", "--disable-gpu"],
     });
     try {
