@@ -455,3 +455,19 @@ Deno.test("a gRPC health check on a cluster with HTTP/1.1 http:// endpoints is r
   const auto = text.replace("    endpoints:", "    protocol: auto\n    endpoints:");
   assert.equal(errorsOf(parseConfigText(auto, "f.yaml"))[0]?.path, "clusters[0].health_check.grpc");
 });
+
+Deno.test("an access-log template naming an unknown field is refused at its line", () => {
+  const text = CONTRACT + 'access_log:\n  path: stdout\n  format: "$method $pathh $status"\n';
+  const errors = errorsOf(parseConfigText(text, "f.yaml"));
+  assert.deepEqual(positions(errors), ["23:11 access_log.format"]);
+  assert.match(errors[0]!.message, /unknown access log field "\$pathh"; known: time, /);
+  const both = errorsOf(
+    parseConfigText(CONTRACT + "access_log: { format: combined, fields: [status] }\n", "f.yaml"),
+  );
+  assert.deepEqual(both.map((e) => e.path), ["access_log.fields"]);
+  const ok = parseConfigText(
+    CONTRACT + 'access_log: { format: "$status ${route}x $$" }\n',
+    "f.yaml",
+  );
+  assert.equal(ok.ok, true);
+});
