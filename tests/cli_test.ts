@@ -124,3 +124,59 @@ Deno.test("environment quick start proxies without a config file", async () => {
     await up.close();
   }
 });
+
+Deno.test("a listener that cannot bind: exit 3 naming the listener and its address", async () => {
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (taken.addr as Deno.NetAddr).port;
+  try {
+    const file = await tempConfig(`listeners:
+  - { name: free, address: "127.0.0.1:0" }
+  - { name: public, address: "127.0.0.1:${port}" }
+routes: [{ name: r, direct_response: { status: 200, body: ok } }]
+`);
+    const r = await run(DENO, [...RUN, "--config", file]);
+    assert.equal(r.code, 3, r.stdout + r.stderr);
+    assert.match(
+      r.stdout + r.stderr,
+      new RegExp(
+        `cannot bind listener \\\\?"public\\\\?" on 127\\.0\\.0\\.1:${port}: .*in use`,
+        "i",
+      ),
+    );
+  } finally {
+    taken.close();
+  }
+});
+
+Deno.test("problems found while compiling are placed at file:line like the loader's", async () => {
+  const file = await tempConfig(`listeners: [{ name: a, address: "127.0.0.1:0" }]
+admin:
+  address: "127.0.0.1:0"
+  token_env: FERRY_TEST_SURELY_UNSET_VARIABLE
+routes: [{ name: r, direct_response: { status: 200 } }]
+`);
+  const r = await run(DENO, [...RUN, "--config", file, "--check"]);
+  assert.equal(r.code, 1);
+  assert.match(
+    r.stderr,
+    new RegExp(`${file}:4:14: admin\\.token_env: variable is not set`),
+  );
+});
+
+Deno.test("a bare number in a duration field exits 1 asking for a unit", async () => {
+  const file = await tempConfig(`listeners: [{ name: a, address: "127.0.0.1:0" }]
+routes: [{ name: r, cluster: c }]
+clusters:
+  - name: c
+    endpoints: [http://127.0.0.1:9]
+    health_check: { path: /h, interval: 2 }
+`);
+  const r = await run(DENO, [...RUN, "--config", file, "--check"]);
+  assert.equal(r.code, 1);
+  assert.match(
+    r.stderr,
+    new RegExp(
+      `${file}:6:41: clusters\\[0\\]\\.health_check\\.interval: a bare number is not a duration: write its unit, such as 2s or 2ms`,
+    ),
+  );
+});

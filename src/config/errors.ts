@@ -23,7 +23,16 @@ export interface ConfigIssue {
 }
 
 export type LoadResult =
-  | { ok: true; config: FerryConfig; warnings: ConfigIssue[] }
+  | {
+    ok: true;
+    config: FerryConfig;
+    warnings: ConfigIssue[];
+    /**
+     * Places a config path in the source, for problems found after loading (compiling the
+     * snapshot); absent for sources without lines (the environment quick start).
+     */
+    locate?: (path: readonly PathSegment[]) => { line: number; column: number };
+  }
   | { ok: false; errors: ConfigIssue[] };
 
 /** A step of a config path: a mapping key or a list index. */
@@ -38,6 +47,15 @@ export function formatPath(path: readonly PathSegment[]): string {
     if (typeof seg === "number") out += `[${seg}]`;
     else if (/^[A-Za-z_][A-Za-z0-9_-]*$/.test(seg)) out += out === "" ? seg : `.${seg}`;
     else out += `[${JSON.stringify(seg)}]`;
+  }
+  return out;
+}
+
+/** `routes[0].match` -> `["routes", 0, "match"]`: the inverse of `formatPath`. */
+export function parsePath(text: string): PathSegment[] {
+  const out: PathSegment[] = [];
+  for (const m of text.matchAll(/\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]|([^.[\]]+)/g)) {
+    out.push(m[1] !== undefined ? Number(m[1]) : m[2] !== undefined ? JSON.parse(m[2]) : m[3]!);
   }
   return out;
 }

@@ -9,7 +9,12 @@ import { ACCESS_LOG_FIELDS, parseLogTemplate } from "../observability/log_templa
 const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
   const ms = parseDuration(v);
   if (ms === undefined) {
-    ctx.addIssue({ code: "custom", message: `expected a duration such as 250ms, 15s or 1m` });
+    ctx.addIssue({
+      code: "custom",
+      message: typeof v === "number"
+        ? `a bare number is not a duration: write its unit, such as ${v}s or ${v}ms`
+        : `expected a duration such as 250ms, 15s or 1m`,
+    });
     return z.NEVER;
   }
   return ms;

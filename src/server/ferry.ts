@@ -54,25 +54,26 @@ export class Ferry {
     snapshot.metrics.setConfigVersion(snapshot.version);
     try {
       for (const plan of snapshot.listeners.values()) {
-        ferry.#servers.set(plan.name, ferry.#bind(plan, snapshot));
+        ferry.#servers.set(plan.name, ferry.#bindNamed(plan, snapshot));
       }
       const admin = snapshot.config.admin;
       if (admin) {
         const { hostname, port } = splitAddress(admin.address);
-        ferry.#admin = Deno.serve(
-          {
-            hostname,
-            port,
-            onListen: (a) => log.info("admin listening", { address: `${a.hostname}:${a.port}` }),
-          },
-          adminHandler({
-            state: () => ferry.#state,
-            snapshot: () => ferry.#snapshot,
-            reload: () => ferry.#adminRoutes.reload?.(),
-            reloadStatus: () => ferry.#adminRoutes.reloadStatus?.(),
-            recentErrors: ferry.recentErrors,
-          }),
-        );
+        ferry.#admin = bindOrName("admin", admin.address, () =>
+          Deno.serve(
+            {
+              hostname,
+              port,
+              onListen: (a) => log.info("admin listening", { address: `${a.hostname}:${a.port}` }),
+            },
+            adminHandler({
+              state: () => ferry.#state,
+              snapshot: () => ferry.#snapshot,
+              reload: () => ferry.#adminRoutes.reload?.(),
+              reloadStatus: () => ferry.#adminRoutes.reloadStatus?.(),
+              recentErrors: ferry.recentErrors,
+            }),
+          ));
       }
     } catch (err) {
       for (const l of ferry.#servers.values()) l.abort();
@@ -131,11 +132,13 @@ export class Ferry {
       stop.some((n) => addressesClash(prev.listeners.get(n)!, p, this.#servers.get(n)!));
     const bound = new Map<string, RunningListener>();
     try {
-      for (const plan of start) if (!waits(plan)) bound.set(plan.name, this.#bind(plan, next));
+      for (const plan of start) {
+        if (!waits(plan)) bound.set(plan.name, this.#bindNamed(plan, next));
+      }
     } catch (err) {
       for (const l of bound.values()) l.abort();
       next.discard(prev);
-      throw new Error(`cannot bind listener: ${err instanceof Error ? err.message : err}`);
+      throw err;
     }
     this.#snapshot = next;
     next.activate();
@@ -152,7 +155,7 @@ export class Ferry {
       try {
         this.#servers.set(plan.name, await bindWhenFree(() => this.#bind(plan, next)));
       } catch (err) {
-        failures.push(`${plan.name}: ${err instanceof Error ? err.message : err}`);
+        failures.push(bindFailure(plan.name, planAddress(plan), err).message);
       }
     }
     if (failures.length > 0) {
@@ -180,6 +183,11 @@ export class Ferry {
     });
     this.#retiring.set(l, done);
     this.#log.info("listener removed", { listener: name });
+  }
+
+  /** `#bind`, with a failure that names the listener and its address. */
+  #bindNamed(plan: ListenerPlan, owner: Snapshot): RunningListener {
+    return bindOrName(plan.name, planAddress(plan), () => this.#bind(plan, owner));
   }
 
   /** Binds `plan` as the snapshot it belongs to says (it may not be serving yet). */
@@ -315,6 +323,25 @@ function addressesClash(old: ListenerPlan, next: ListenerPlan, running: RunningL
   if (port !== running.addr.port) return false;
   return old.hostname === next.hostname || WILDCARDS.has(old.hostname) ||
     WILDCARDS.has(next.hostname);
+}
+
+/** The OS error of a failed bind names neither the listener nor the address: this does. */
+function bindFailure(listener: string, address: string, err: unknown): Error {
+  const why = err instanceof Error ? err.message : String(err);
+  return new Error(`cannot bind listener "${listener}" on ${address}: ${why}`, { cause: err });
+}
+
+function bindOrName<T>(listener: string, address: string, bind: () => T): T {
+  try {
+    return bind();
+  } catch (err) {
+    throw bindFailure(listener, address, err);
+  }
+}
+
+function planAddress(plan: ListenerPlan): string {
+  const host = plan.hostname.includes(":") ? `[${plan.hostname}]` : plan.hostname;
+  return `${host}:${plan.port}`;
 }
 
 /** Binding right after a shutdown can race the old socket's close: retry briefly. */
