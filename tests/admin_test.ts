@@ -46,6 +46,11 @@ Deno.test("admin views show clusters with breaker state, routes, redacted config
     const cfgText = await (await fetch(`${admin}/config`)).text();
     assert.ok(!cfgText.includes("s3cret"), "secrets are redacted");
     assert.match(cfgText, /<redacted>/);
+    // Durations as a config writes them, not as milliseconds.
+    const shown = JSON.parse(cfgText).config;
+    assert.equal(shown.clusters[0].circuit_breaker.open_timeout, "30s");
+    assert.equal(shown.routes[1].timeout, "15s", "a default duration too");
+    assert.equal(shown.routes[1].retry.backoff.base, "25ms");
 
     const ex = await (await fetch(`${admin}/explain?method=GET&host=a.test&path=/api/../api/v1`, {
       headers: { "x-explain-x-canary": "1" },

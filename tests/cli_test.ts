@@ -180,3 +180,39 @@ clusters:
     ),
   );
 });
+
+Deno.test("--check prints an unused cluster's warning once, at its file:line", async () => {
+  const file = await tempConfig(`listeners: [{ name: a, address: "127.0.0.1:0" }]
+routes: [{ name: r, cluster: c }]
+clusters:
+  - { name: c, endpoints: [http://127.0.0.1:9] }
+  - { name: unused, endpoints: [http://127.0.0.1:9] }
+`);
+  const r = await run(DENO, [...RUN, "--config", file, "--check"]);
+  assert.equal(r.code, 0, r.stderr);
+  const all = (r.stdout + r.stderr).split("\n").filter((l) => l.includes("unused"));
+  assert.deepEqual(all.filter((l) => /not used by any route/.test(l)), [
+    `warning: ${file}:5:13: clusters[1].name: cluster 'unused' is not used by any route`,
+  ]);
+});
+
+Deno.test("the example error in README and docs/configuration.md is what Ferry prints", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.mkdir(`${dir}/config`);
+  const shipped = (await Deno.readTextFile(`${ROOT}config/ferry.yaml`)).split("\n");
+  assert.equal(shipped[25], "    timeout: 15s", "line 26 of config/ferry.yaml");
+  shipped[25] = "    timeout: 15 seconds";
+  await Deno.writeTextFile(`${dir}/config/ferry.yaml`, shipped.join("\n"));
+  const out = await new Deno.Command(DENO, {
+    args: [...RUN, "--config", "config/ferry.yaml"],
+    cwd: dir,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 1);
+  const printed = new TextDecoder().decode(out.stderr).trim();
+  for (const doc of ["README.md", "docs/configuration.md"]) {
+    const text = await Deno.readTextFile(`${ROOT}${doc}`);
+    assert.ok(text.includes("```\n" + printed + "\n```"), `${doc} shows:\n${printed}`);
+  }
+});

@@ -12,3 +12,15 @@ export function parseDuration(text: string | number): number | undefined {
   if (!m) return undefined;
   return Math.round(Number(m[1]) * UNIT_MS[m[2]!]!);
 }
+
+/**
+ * Whole milliseconds written back with the largest unit that divides them exactly, as a config
+ * would say them: 250 -> "250ms", 15000 -> "15s", 60000 -> "1m"; 0 stays 0 (written unit-less).
+ */
+export function formatDuration(ms: number): string | 0 {
+  if (ms === 0) return 0;
+  for (const [unit, size] of [["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) {
+    if (ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}

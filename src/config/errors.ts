@@ -5,6 +5,7 @@
  */
 import type { z } from "zod";
 import { ConfigSchema, type FerryConfig } from "./schema.ts";
+import { formatDuration } from "./duration.ts";
 
 /** One problem (or warning) in a config source, located as precisely as the source allows. */
 export interface ConfigIssue {
@@ -293,6 +294,24 @@ function isDuration(s: Schema): boolean {
   if (d.type !== "pipe" || !d.in || d.out?._zod.def.type !== "transform") return false;
   const kinds = (d.in._zod.def.options ?? []).map((o) => o._zod.def.type).sort().join();
   return kinds === "number,string";
+}
+
+/**
+ * A loaded config, or a view of one with the same paths, with every duration (kept as whole
+ * milliseconds) written with its unit again: what /config shows, `timeout: "15s"` not 15000.
+ */
+export function withDurationUnits(value: unknown, path: PathSegment[] = []): unknown {
+  if (typeof value === "number") {
+    const s = schemaAt(path);
+    return s && isDuration(unwrap(s)) ? formatDuration(value) : value;
+  }
+  if (Array.isArray(value)) return value.map((v, i) => withDurationUnits(v, [...path, i]));
+  if (value !== null && typeof value === "object") {
+    return Object.fromEntries(
+      Object.entries(value).map(([k, v]) => [k, withDurationUnits(v, [...path, k])]),
+    );
+  }
+  return value;
 }
 
 /** The schema that validates `path`, looking through defaults, pipes and unions. */

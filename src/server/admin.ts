@@ -10,6 +10,7 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { Snapshot } from "../config/compile.ts";
+import { withDurationUnits } from "../config/errors.ts";
 import { BREAKER_STATE_NAMES } from "../policy/circuit_breaker.ts";
 import type { DnsDiscoveryStatus } from "../upstream/discovery/dns.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
@@ -104,7 +105,7 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
           source: s.source,
           loaded_at: s.loadedAt.toISOString(),
           reloads: view.reloadStatus?.() ?? null,
-          config: redact(s.config),
+          config: withDurationUnits(redact(s.config)),
         });
       }
       case "/explain":
