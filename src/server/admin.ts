@@ -15,8 +15,8 @@ import { BREAKER_STATE_NAMES } from "../policy/circuit_breaker.ts";
 import type { DnsDiscoveryStatus } from "../upstream/discovery/dns.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import type { RecentErrors } from "./errors.ts";
-import { dashboardStats } from "./admin_stats.ts";
-import { DASHBOARD_HTML } from "./dashboard.ts";
+import { dashboardStats, type StatsHistory } from "./admin_stats.ts";
+import { dashboardHtml } from "./dashboard.ts";
 
 export interface AdminView {
   /** "ready" while serving, "draining" once shutdown has begun. */
@@ -28,6 +28,8 @@ export interface AdminView {
   reloadStatus?(): unknown;
   /** Proxy-made errors for the dashboard. */
   recentErrors?: RecentErrors;
+  /** Per-route history for the dashboard (`/stats?history=1`). */
+  statsHistory?: StatsHistory;
 }
 
 const ENDPOINTS = [
@@ -69,7 +71,7 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
         return json(200, { status: "live" });
       case "/":
       case "/dashboard":
-        return new Response(DASHBOARD_HTML, {
+        return new Response(dashboardHtml(token !== undefined), {
           headers: {
             "content-type": "text/html; charset=utf-8",
             "cache-control": "no-store",
@@ -86,7 +88,14 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
         });
       }
       case "/stats":
-        return json(200, await dashboardStats(view.snapshot(), view.recentErrors));
+        return json(
+          200,
+          await dashboardStats(
+            view.snapshot(),
+            view.recentErrors,
+            url.searchParams.has("history") ? view.statsHistory : undefined,
+          ),
+        );
       case "/ready": {
         const state = view.state();
         return json(state === "ready" ? 200 : 503, {

@@ -5,6 +5,7 @@
 import { type ListenerPlan, type Snapshot, splitAddress } from "../config/compile.ts";
 import type { Logger } from "../observability/log.ts";
 import { adminHandler } from "./admin.ts";
+import { StatsHistory } from "./admin_stats.ts";
 import { errorResponse, ProxyError, RecentErrors } from "./errors.ts";
 import { createListenerHandler } from "./handler.ts";
 import { GrpcListener } from "../grpc/listener.ts";
@@ -40,6 +41,8 @@ export class Ferry {
   #state: "ready" | "draining" = "ready";
   /** The last proxy-made errors, for the dashboard. */
   readonly recentErrors: RecentErrors = new RecentErrors(50);
+  /** 15 minutes of per-route totals, for the dashboard's history. */
+  readonly statsHistory: StatsHistory = new StatsHistory();
 
   private constructor(snapshot: Snapshot, log: Logger) {
     this.#snapshot = snapshot;
@@ -72,6 +75,7 @@ export class Ferry {
               reload: () => ferry.#adminRoutes.reload?.(),
               reloadStatus: () => ferry.#adminRoutes.reloadStatus?.(),
               recentErrors: ferry.recentErrors,
+              statsHistory: ferry.statsHistory,
             }),
           ));
       }
@@ -80,6 +84,7 @@ export class Ferry {
       void ferry.#admin?.shutdown();
       throw err;
     }
+    ferry.statsHistory.start(() => ferry.#snapshot);
     return ferry;
   }
 
@@ -298,6 +303,7 @@ export class Ferry {
         deadline_ms: deadlineMs,
       });
     }
+    this.statsHistory.stop();
     await this.#admin?.shutdown();
     this.#snapshot.close();
     return { clean: result === "drained" };
