@@ -94,6 +94,7 @@ export function startFerry(
   const snapshot = compileSnapshot(loaded.config, {
     version: 1,
     source: "test.yaml",
+    written: loaded.written,
     readTextFile: opts.readTextFile ?? ((p) => Deno.readTextFileSync(p)),
     ...(opts.metrics ? { metrics: opts.metrics } : {}),
     ...(opts.env ? { env: opts.env } : {}),

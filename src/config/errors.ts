@@ -5,7 +5,7 @@
  */
 import type { z } from "zod";
 import { ConfigSchema, type FerryConfig } from "./schema.ts";
-import { formatDuration } from "./duration.ts";
+import { formatDuration, parseDuration } from "./duration.ts";
 
 /** One problem (or warning) in a config source, located as precisely as the source allows. */
 export interface ConfigIssue {
@@ -33,6 +33,8 @@ export type LoadResult =
      * snapshot); absent for sources without lines (the environment quick start).
      */
     locate?: (path: readonly PathSegment[]) => { line: number; column: number };
+    /** The data as written (parsed, before the schema), when it came from text. */
+    written?: unknown;
   }
   | { ok: false; errors: ConfigIssue[] };
 
@@ -300,15 +302,26 @@ function isDuration(s: Schema): boolean {
  * A loaded config, or a view of one with the same paths, with every duration (kept as whole
  * milliseconds) written with its unit again: what /config shows, `timeout: "15s"` not 15000.
  */
-export function withDurationUnits(value: unknown, path: PathSegment[] = []): unknown {
+export function withDurationUnits(
+  value: unknown,
+  written?: unknown,
+  path: PathSegment[] = [],
+): unknown {
   if (typeof value === "number") {
     const s = schemaAt(path);
-    return s && isDuration(unwrap(s)) ? formatDuration(value) : value;
+    if (!s || !isDuration(unwrap(s))) return value;
+    // As written where the file says it ("1.5s" stays "1.5s"); defaults in the largest unit.
+    const w = valueAt(written, path);
+    return w.found && typeof w.value === "string" && parseDuration(w.value) === value
+      ? w.value.trim()
+      : formatDuration(value);
   }
-  if (Array.isArray(value)) return value.map((v, i) => withDurationUnits(v, [...path, i]));
+  if (Array.isArray(value)) {
+    return value.map((v, i) => withDurationUnits(v, written, [...path, i]));
+  }
   if (value !== null && typeof value === "object") {
     return Object.fromEntries(
-      Object.entries(value).map(([k, v]) => [k, withDurationUnits(v, [...path, k])]),
+      Object.entries(value).map(([k, v]) => [k, withDurationUnits(v, written, [...path, k])]),
     );
   }
   return value;

@@ -189,6 +189,7 @@ export function parseConfigText(
     ...result,
     warnings: sortIssues([...warnings, ...result.warnings]),
     locate: (path) => at(offsetOf(doc, path, "value")),
+    written: data,
   };
 }
 

@@ -68,6 +68,7 @@ export async function buildSnapshot(src: ConfigSource, opts: BuildOptions): Prom
     const snapshot = compileSnapshot(loaded.config, {
       version: opts.version,
       source: src.label,
+      written: loaded.written,
       readTextFile: (p) => Deno.readTextFileSync(file ? resolveConfigPath(file, p) : p),
       ...(opts.log ? { log: opts.log } : {}),
       ...(opts.previous ? { previous: opts.previous } : {}),

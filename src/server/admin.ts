@@ -114,7 +114,7 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
           source: s.source,
           loaded_at: s.loadedAt.toISOString(),
           reloads: view.reloadStatus?.() ?? null,
-          config: withDurationUnits(redact(s.config)),
+          config: withDurationUnits(redact(s.config), s.written),
         });
       }
       case "/explain":
