@@ -67,11 +67,11 @@ function decorate(node: unknown, path: string, describe = true): void {
   if (
     Array.isArray(type) && type.length === 2 && type.includes("string") && type.includes("number")
   ) {
-    // A duration (schema.ts `duration`): "250ms", "15s", "1m", "1h", or a number of ms.
+    // A duration (schema.ts `duration`): "250ms", "15s", "1m", "1h"; a bare number only as 0.
     delete s.type;
     s.anyOf = [
       { type: "string", pattern: DURATION_PATTERN },
-      { type: "number", minimum: 0 },
+      { const: 0 },
     ];
   }
   if (s.format === "starts_with") delete s.format;

@@ -62,6 +62,8 @@ export interface Snapshot {
   readonly loadedAt: Date;
   readonly source: string;
   readonly config: FerryConfig;
+  /** The config as written, before defaults and conversions; undefined when not from a file. */
+  readonly written: unknown;
   readonly listeners: ReadonlyMap<string, ListenerPlan>;
   readonly clusters: ReadonlyMap<string, Cluster>;
   readonly routes: readonly CompiledRoute[];
@@ -150,6 +152,8 @@ export interface CompileOptions {
   readonly metrics?: FerryMetrics;
   /** Reads an environment variable (admin.token_env); default Deno.env.get. */
   readonly env?: (name: string) => string | undefined;
+  /** The config as written (parsed YAML before the schema), for /config's durations. */
+  readonly written?: unknown;
 }
 
 /** A breaker store as the metrics see it: whose it is and which endpoint each slot is. */
@@ -451,6 +455,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     loadedAt: new Date(),
     source: opts.source,
     config: cfg,
+    written: opts.written,
     listeners,
     clusters,
     routes,

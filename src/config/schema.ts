@@ -4,11 +4,17 @@
  */
 import { z } from "zod";
 import { parseDuration } from "./duration.ts";
+import { ACCESS_LOG_FIELDS, parseLogTemplate } from "../observability/log_template.ts";
 
 const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
   const ms = parseDuration(v);
   if (ms === undefined) {
-    ctx.addIssue({ code: "custom", message: `expected a duration such as 250ms, 15s or 1m` });
+    ctx.addIssue({
+      code: "custom",
+      message: typeof v === "number"
+        ? `a bare number is not a duration: write its unit, such as ${v}s or ${v}ms`
+        : `expected a duration such as 250ms, 15s or 1m`,
+    });
     return z.NEVER;
   }
   return ms;
@@ -428,29 +434,28 @@ export const LogSchema = z.strictObject({
 export const AccessLogSchema = z.strictObject({
   /** "stdout", "stderr" or a file path (appended to). */
   path: z.string().min(1).default("stdout"),
+  /**
+   * "json" (one JSON object a line), "combined" (Apache/nginx combined) or a template of `$field`
+   * placeholders naming the JSON fields, such as "$method $path $status $duration_ms".
+   */
+  format: z.string().min(1).default("json"),
   /** Share of requests logged, 0..1; proxy-made errors are always logged. */
   sample: z.number().min(0).max(1).default(1),
-  /** Fields to write; all when not set. */
-  fields: z.array(z.enum([
-    "time",
-    "request_id",
-    "client",
-    "method",
-    "authority",
-    "path",
-    "status",
-    "bytes_in",
-    "bytes_out",
-    "duration_ms",
-    "upstream_ms",
-    "route",
-    "cluster",
-    "endpoint",
-    "attempts",
-    "flags",
-    "listener",
-    "user_agent",
-  ])).min(1).optional(),
+  /** Fields to write in the JSON format; all when not set. */
+  fields: z.array(z.enum(ACCESS_LOG_FIELDS)).min(1).optional(),
+}).superRefine((a, ctx) => {
+  if (a.format === "json") return;
+  if (a.format !== "combined") {
+    const parsed = parseLogTemplate(a.format);
+    if (!parsed.ok) ctx.addIssue({ code: "custom", path: ["format"], message: parsed.error });
+  }
+  if (a.fields) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["fields"],
+      message: "fields applies to the json format only; a template names its own fields",
+    });
+  }
 });
 
 export const ConfigSchema = z.strictObject({

@@ -6,6 +6,7 @@
 import { compileSnapshot, type Snapshot, SnapshotCompileError } from "./compile.ts";
 import { configFromEnv } from "./env.ts";
 import { formatIssues, loadConfigFile, type LoadResult, resolveConfigPath } from "./load.ts";
+import { parsePath } from "./errors.ts";
 import type { FerryConfig } from "./schema.ts";
 import type { Logger } from "../observability/log.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
@@ -67,6 +68,7 @@ export async function buildSnapshot(src: ConfigSource, opts: BuildOptions): Prom
     const snapshot = compileSnapshot(loaded.config, {
       version: opts.version,
       source: src.label,
+      written: loaded.written,
       readTextFile: (p) => Deno.readTextFileSync(file ? resolveConfigPath(file, p) : p),
       ...(opts.log ? { log: opts.log } : {}),
       ...(opts.previous ? { previous: opts.previous } : {}),
@@ -80,6 +82,15 @@ export async function buildSnapshot(src: ConfigSource, opts: BuildOptions): Prom
     };
   } catch (err) {
     if (!(err instanceof SnapshotCompileError)) throw err;
-    return { ok: false, message: `invalid config ${src.label}\n${err.message}` };
+    // Problems found while compiling (an unset token variable, unreadable TLS files) are placed
+    // in the file like the loader's own, or named against `<env>`.
+    const issues = err.problems.map((p) => ({
+      file: src.label,
+      ...(loaded.locate?.(parsePath(p.path)) ?? { line: 0, column: 0 }),
+      path: p.path,
+      value: p.value,
+      message: p.message,
+    }));
+    return { ok: false, message: `invalid config ${src.label}\n${formatIssues(issues)}` };
   }
 }

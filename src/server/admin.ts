@@ -15,12 +15,13 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { Snapshot } from "../config/compile.ts";
+import { withDurationUnits } from "../config/errors.ts";
 import { BREAKER_STATE_NAMES } from "../policy/circuit_breaker.ts";
 import type { DnsDiscoveryStatus } from "../upstream/discovery/dns.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { errorResponse, ProxyError, type RecentErrors } from "./errors.ts";
-import { dashboardStats } from "./admin_stats.ts";
-import { DASHBOARD_HTML } from "./dashboard.ts";
+import { dashboardStats, type StatsHistory } from "./admin_stats.ts";
+import { dashboardHtml } from "./dashboard.ts";
 
 export interface AdminView {
   /** "ready" while serving, "draining" once shutdown has begun. */
@@ -34,6 +35,8 @@ export interface AdminView {
   recentErrors?: RecentErrors;
   /** `admin.address` as bound at start: its host is an accepted Host besides loopback names. */
   address?: string;
+  /** Per-route history for the dashboard (`/stats?history=1`). */
+  statsHistory?: StatsHistory;
 }
 
 const ENDPOINTS = [
@@ -88,7 +91,7 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
         return json(200, { status: "live" });
       case "/":
       case "/dashboard":
-        return new Response(DASHBOARD_HTML, {
+        return new Response(dashboardHtml(token !== undefined), {
           headers: {
             "content-type": "text/html; charset=utf-8",
             "cache-control": "no-store",
@@ -105,7 +108,14 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
         });
       }
       case "/stats":
-        return json(200, await dashboardStats(view.snapshot(), view.recentErrors));
+        return json(
+          200,
+          await dashboardStats(
+            view.snapshot(),
+            view.recentErrors,
+            url.searchParams.has("history") ? view.statsHistory : undefined,
+          ),
+        );
       case "/ready": {
         const state = view.state();
         return json(state === "ready" ? 200 : 503, {
@@ -124,7 +134,7 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
           source: s.source,
           loaded_at: s.loadedAt.toISOString(),
           reloads: view.reloadStatus?.() ?? null,
-          config: redact(s.config),
+          config: withDurationUnits(redact(s.config), s.written),
         });
       }
       case "/explain":

@@ -5,6 +5,7 @@
 import { type ListenerPlan, type Snapshot, splitAddress } from "../config/compile.ts";
 import type { Logger } from "../observability/log.ts";
 import { adminHandler } from "./admin.ts";
+import { StatsHistory } from "./admin_stats.ts";
 import { errorResponse, ProxyError, RecentErrors } from "./errors.ts";
 import { createListenerHandler } from "./handler.ts";
 import { GrpcListener } from "../grpc/listener.ts";
@@ -41,6 +42,8 @@ export class Ferry {
   #state: "ready" | "draining" = "ready";
   /** The last proxy-made errors, for the dashboard. */
   readonly recentErrors: RecentErrors = new RecentErrors(50);
+  /** 15 minutes of per-route totals, for the dashboard's history. */
+  readonly statsHistory: StatsHistory = new StatsHistory();
 
   private constructor(snapshot: Snapshot, log: Logger) {
     this.#snapshot = snapshot;
@@ -55,7 +58,7 @@ export class Ferry {
     snapshot.metrics.setConfigVersion(snapshot.version);
     try {
       for (const plan of snapshot.listeners.values()) {
-        ferry.#servers.set(plan.name, ferry.#bind(plan, snapshot));
+        ferry.#servers.set(plan.name, ferry.#bindNamed(plan, snapshot));
       }
       const admin = snapshot.config.admin;
       if (admin) {
@@ -66,27 +69,33 @@ export class Ferry {
           reload: () => ferry.#adminRoutes.reload?.(),
           reloadStatus: () => ferry.#adminRoutes.reloadStatus?.(),
           recentErrors: ferry.recentErrors,
+          statsHistory: ferry.statsHistory,
           address: admin.address,
         });
-        ferry.#admin = new RebindingServer(
-          (port) =>
-            Deno.serve({
-              hostname,
-              port,
-              onListen: (a) => log.info("admin listening", { address: `${a.hostname}:${a.port}` }),
-            }, handler),
-          port,
-          (err) => {
-            ferry.#snapshot.metrics.acceptError("admin", "listener", acceptErrorReason(err));
-            log.warn("admin listener stopped accepting; binding it again", { error: String(err) });
-          },
-        );
+        ferry.#admin = bindOrName("admin", admin.address, () =>
+          new RebindingServer(
+            (port) =>
+              Deno.serve({
+                hostname,
+                port,
+                onListen: (a) =>
+                  log.info("admin listening", { address: `${a.hostname}:${a.port}` }),
+              }, handler),
+            port,
+            (err) => {
+              ferry.#snapshot.metrics.acceptError("admin", "listener", acceptErrorReason(err));
+              log.warn("admin listener stopped accepting; binding it again", {
+                error: String(err),
+              });
+            },
+          ));
       }
     } catch (err) {
       for (const l of ferry.#servers.values()) l.abort();
       void ferry.#admin?.shutdown();
       throw err;
     }
+    ferry.statsHistory.start(() => ferry.#snapshot);
     return ferry;
   }
 
@@ -139,11 +148,13 @@ export class Ferry {
       stop.some((n) => addressesClash(prev.listeners.get(n)!, p, this.#servers.get(n)!));
     const bound = new Map<string, RunningListener>();
     try {
-      for (const plan of start) if (!waits(plan)) bound.set(plan.name, this.#bind(plan, next));
+      for (const plan of start) {
+        if (!waits(plan)) bound.set(plan.name, this.#bindNamed(plan, next));
+      }
     } catch (err) {
       for (const l of bound.values()) l.abort();
       next.discard(prev);
-      throw new Error(`cannot bind listener: ${err instanceof Error ? err.message : err}`);
+      throw err;
     }
     this.#snapshot = next;
     next.activate();
@@ -160,7 +171,7 @@ export class Ferry {
       try {
         this.#servers.set(plan.name, await bindWhenFree(() => this.#bind(plan, next)));
       } catch (err) {
-        failures.push(`${plan.name}: ${err instanceof Error ? err.message : err}`);
+        failures.push(bindFailure(plan.name, planAddress(plan), err).message);
       }
     }
     if (failures.length > 0) {
@@ -188,6 +199,11 @@ export class Ferry {
     });
     this.#retiring.set(l, done);
     this.#log.info("listener removed", { listener: name });
+  }
+
+  /** `#bind`, with a failure that names the listener and its address. */
+  #bindNamed(plan: ListenerPlan, owner: Snapshot): RunningListener {
+    return bindOrName(plan.name, planAddress(plan), () => this.#bind(plan, owner));
   }
 
   /** Binds `plan` as the snapshot it belongs to says (it may not be serving yet). */
@@ -348,6 +364,7 @@ export class Ferry {
         deadline_ms: deadlineMs,
       });
     }
+    this.statsHistory.stop();
     await this.#admin?.shutdown();
     this.#snapshot.close();
     return { clean: result === "drained" };
@@ -373,6 +390,25 @@ function addressesClash(old: ListenerPlan, next: ListenerPlan, running: RunningL
   if (port !== running.addr.port) return false;
   return old.hostname === next.hostname || WILDCARDS.has(old.hostname) ||
     WILDCARDS.has(next.hostname);
+}
+
+/** The OS error of a failed bind names neither the listener nor the address: this does. */
+function bindFailure(listener: string, address: string, err: unknown): Error {
+  const why = err instanceof Error ? err.message : String(err);
+  return new Error(`cannot bind listener "${listener}" on ${address}: ${why}`, { cause: err });
+}
+
+function bindOrName<T>(listener: string, address: string, bind: () => T): T {
+  try {
+    return bind();
+  } catch (err) {
+    throw bindFailure(listener, address, err);
+  }
+}
+
+function planAddress(plan: ListenerPlan): string {
+  const host = plan.hostname.includes(":") ? `[${plan.hostname}]` : plan.hostname;
+  return `${host}:${plan.port}`;
 }
 
 /** Binding right after a shutdown can race the old socket's close: retry briefly. */
