@@ -69,6 +69,7 @@ export function createListenerHandler(
       }
       checkHeaderLimits(req.headers, limits.max_header_bytes, limits.max_headers);
       const limited = limitBody(req, limits.max_body_bytes);
+      if (limited.early) await limited.early;
       req = limited.req;
       overLimit = limited.overLimit;
       // Without the guard a missing Host is indistinguishable (Deno fills in localhost:port, as
