@@ -12,6 +12,7 @@ import { headerValue } from "../h2/headers.ts";
 import type { H2Stream } from "../h2/stream.ts";
 import { StreamReset } from "../h2/stream.ts";
 import { ProxyError } from "../server/errors.ts";
+import { forwardedHeaders } from "../server/trust.ts";
 import type { Cluster, Endpoint, Members } from "../upstream/cluster.ts";
 import type { BreakerStore } from "../policy/circuit_breaker.ts";
 import type { DeadlineQueue } from "../policy/deadlines.ts";
@@ -95,6 +96,10 @@ export function answerError(ds: H2Stream, err: unknown, rec: GrpcCallRecord): vo
 
 export interface CallContext {
   readonly peerIp: string;
+  /** The peer is in `server.trusted_proxies`: its X-Forwarded-* are kept. */
+  readonly peerTrusted: boolean;
+  /** The listener's scheme (`https` with TLS), for X-Forwarded-Proto. */
+  readonly scheme: "http" | "https";
   readonly requestId: string;
 }
 
@@ -434,15 +439,32 @@ function upstreamFields(
   remainingMs: number | undefined,
 ): HeaderField[] {
   const out: HeaderField[] = [];
-  let xff: string | undefined;
+  const incoming = {
+    for: null as string | null,
+    proto: null as string | null,
+    host: null as string | null,
+  };
   for (const [n, v] of fields) {
     if (HOP.has(n) || n === "grpc-timeout" || n === "x-request-id") continue;
     if (n === ":scheme") out.push([n, endpoint.url.protocol === "https:" ? "https" : "http"]);
     else if (n === ":authority") out.push([n, cluster.preserveHost ? v : endpoint.url.host]);
-    else if (n === "x-forwarded-for") xff = v;
+    else if (n === "x-forwarded-for") {
+      incoming.for = incoming.for === null ? v : `${incoming.for}, ${v}`;
+    } else if (n === "x-forwarded-proto") incoming.proto ??= v;
+    else if (n === "x-forwarded-host") incoming.host ??= v;
     else out.push([n, v]);
   }
-  out.push(["x-forwarded-for", xff ? `${xff}, ${ctx.peerIp}` : ctx.peerIp]);
+  // The same rule as HTTP (src/server/trust.ts): an untrusted client's values are replaced.
+  const fwd = forwardedHeaders(
+    ctx.peerTrusted,
+    ctx.peerIp,
+    ctx.scheme,
+    headerValue(fields, ":authority") ?? "",
+    incoming,
+  );
+  out.push(["x-forwarded-for", fwd.for]);
+  out.push(["x-forwarded-proto", fwd.proto]);
+  out.push(["x-forwarded-host", fwd.host]);
   out.push(["x-request-id", ctx.requestId]);
   if (remainingMs !== undefined) out.push(["grpc-timeout", formatGrpcTimeout(remainingMs)]);
   return out;

@@ -81,6 +81,11 @@ export async function startEchoServer(
       if (custom) md.set("x-custom-echo", String(custom));
       const bin = call.metadata.get("x-custom-bin")[0];
       if (bin) md.set("x-custom-echo-bin", bin as Buffer);
+      // What the proxy said about the client, as the upstream saw it.
+      for (const h of ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"]) {
+        const seen = call.metadata.get(h);
+        if (seen.length > 0) md.set(`seen-${h}`, seen.map(String).join(" | "));
+      }
       const deadline = call.getDeadline();
       if (deadline !== Infinity) md.set("x-deadline-ms", String(Number(deadline) - Date.now()));
       if (text.startsWith("status:")) {
