@@ -156,11 +156,13 @@ export async function proxyCall(
     )
     : undefined;
   void ds.closed.then((r) => {
-    if (r?.byPeer) {
+    if (!r) return;
+    if (r.byPeer) {
       rec.flag = rec.flag === "-" ? "DC" : rec.flag;
       rec.grpcStatus ??= GrpcStatus.CANCELLED;
-      upstream?.reset(ErrorCode.CANCEL);
     }
+    // Reset either way (also when the client provoked our reset): nobody reads the answer.
+    upstream?.reset(ErrorCode.CANCEL);
   });
 
   // The request messages go to the current attempt's stream (`sink`) as they come, one write at
@@ -274,10 +276,11 @@ export async function proxyCall(
       let attemptError = "internal";
       try {
         const conn = await cluster.h2.get(endpoint);
-        if (expired) return;
+        // The client may have gone (or been reset) meanwhile: then nothing goes upstream.
+        if (expired || ds.resetReason) return;
         const us = await conn.request(out, false);
         upstream = us;
-        if (expired) return us.reset(ErrorCode.CANCEL);
+        if (expired || ds.resetReason) return us.reset(ErrorCode.CANCEL);
         const sending = attach(us, attempt > 0).catch(() => {});
 
         const head = await us.headers;

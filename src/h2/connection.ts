@@ -434,6 +434,8 @@ export class H2Connection implements StreamHost {
       if (err instanceof H2Error && err.stream !== 0) {
         this.#send(rstFrame(err.stream, err.code));
         this.#streams.get(err.stream)?.fail(new StreamReset(err.code, false, err.message));
+        // A reset the peer provoked costs what its own RST_STREAM would ("MadeYouReset").
+        this.#spend(1);
       } else throw err;
     }
   }
@@ -615,6 +617,7 @@ export class H2Connection implements StreamHost {
       return;
     }
     if (tooLarge) {
+      this.#spend(1);
       // 431 as a response, then the stream is done (RFC 9113 10.5.1).
       this.#send(
         headerFrames(
