@@ -168,7 +168,9 @@ export async function proxyCall(
   // The request messages go to the current attempt's stream (`sink`) as they come, one write at
   // a time so flow control pushes back on the client. Before a sink is attached they wait in
   // `pending` (at most ~1 MiB, then the client is paused); up to `maxBodyBytes` are also kept
-  // so a retry can send them again.
+  // so a retry can send them again. The client gets flow-control credit back only for bytes
+  // forwarded (or dropped), never for bytes merely pending: so what a connection's waiting calls
+  // hold is bounded by its connection window, not by 1 MiB per call.
   const retry = route.retry;
   const kept: Uint8Array[] | undefined = retry && retry.retries > 0 ? [] : undefined;
   let keptBytes = 0;
@@ -180,9 +182,15 @@ export async function proxyCall(
   let pending: Uint8Array[] = [];
   let pendingBytes = 0;
   let sinkAttached: (() => void) | undefined;
+  let callOver = false;
+  ds.holdCredit();
   const pump = (async () => {
     try {
       for await (const chunk of ds.body) {
+        if (callOver) {
+          ds.release(chunk.length); // nobody will send it: dropped
+          continue;
+        }
         if (kept && !keepOverflow) {
           keptBytes += chunk.length;
           if (keptBytes > retry!.maxBodyBytes) keepOverflow = true;
@@ -190,6 +198,7 @@ export async function proxyCall(
         }
         if (sink) {
           await sink.write(chunk).catch(() => {});
+          ds.release(chunk.length);
           continue;
         }
         pending.push(chunk);
@@ -213,7 +222,10 @@ export async function proxyCall(
       const c = pending.shift()!;
       pendingBytes -= c.length;
       await us.write(c);
+      if (!replay) ds.release(c.length);
     }
+    // A replay sent every byte read so far (`kept` holds them all).
+    if (replay) ds.release(ds.heldBytes);
     if (requestEnded) await us.end(requestTrailers);
     else if (requestFailed) us.reset(ErrorCode.CANCEL);
     else {
@@ -275,10 +287,9 @@ export async function proxyCall(
       let attemptGrpc: number | undefined;
       let attemptError = "internal";
       try {
-        const conn = await cluster.h2.get(endpoint);
         // The client may have gone (or been reset) meanwhile: then nothing goes upstream.
         if (expired || ds.resetReason) return;
-        const us = await conn.request(out, false);
+        const us = await cluster.h2.request(endpoint, out, false);
         upstream = us;
         if (expired || ds.resetReason) return us.reset(ErrorCode.CANCEL);
         const sending = attach(us, attempt > 0).catch(() => {});
@@ -370,6 +381,13 @@ export async function proxyCall(
   } catch (err) {
     if (!expired) answerError(ds, err, rec);
   } finally {
+    // What is still pending will not be sent: its credit goes back, and the pump drops the rest.
+    callOver = true;
+    pending = [];
+    pendingBytes = 0;
+    ds.release(ds.heldBytes);
+    sinkAttached?.();
+    sinkAttached = undefined;
     budget.active--;
     if (holdingRetry) budget.release();
     timer?.cancel();
