@@ -26,6 +26,7 @@ import {
   settingsFrame,
 } from "../src/h2/frames.ts";
 import { HpackEncoder } from "../src/h2/hpack.ts";
+import { UPSTREAM_EARLY_CREDIT } from "../src/upstream/h2_pool.ts";
 
 /** A client on a connection of its own (grpc-js shares connections between equal clients). */
 function ownClient(port: number): AnyClient {
@@ -133,6 +134,10 @@ Deno.test("grpc fairness: a zero-window client with 16 large answers does not st
     // Let the upstream fill whatever Ferry will take for the stalled streams.
     await until("the upstream started every attacker stream", () => server.big.sent >= STREAMS);
     await new Promise((r) => setTimeout(r, 2_000));
+    // Ferry buffers the stalled streams up to their stream windows (16 x 1 MiB, more than the
+    // 8 MiB connection window) on credit returned early, and no more than its 16 MiB bound.
+    const early = UPSTREAM_EARLY_CREDIT.used;
+    assert.ok(early > 8 << 20 && early <= 16 << 20, `${early} bytes buffered on early credit`);
 
     const r = await unary(victim, Buffer.from("victim"), { deadlineMs: 5_000 });
     assert.equal(r.error?.message, undefined, "the victim's unary call is answered");
@@ -143,6 +148,8 @@ Deno.test("grpc fairness: a zero-window client with 16 large answers does not st
 
     conn.close();
     await reading;
+    // Everything buffered on credit returned early is given back once the attacker is gone.
+    await until("the early-credit budget is back to 0", () => UPSTREAM_EARLY_CREDIT.used === 0);
   } finally {
     try {
       conn.close();

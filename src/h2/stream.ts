@@ -164,7 +164,11 @@ export class H2Stream {
   }
 
   reset(code: number = ErrorCode.CANCEL): void {
-    if (this.#reset || (this.localEnded && this.remoteEnded)) return;
+    if (this.#reset || (this.localEnded && this.remoteEnded)) {
+      // Closed already, but data may still wait unread: nobody will read it now.
+      this.#inboxDrop();
+      return;
+    }
     this.host.sendReset(this, code);
     this.fail(new StreamReset(code, false));
   }
