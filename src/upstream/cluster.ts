@@ -133,6 +133,8 @@ export function buildCluster(
   const passthrough = cfg.protocol === "http1" ? new LazyNodeTransport(pool) : undefined;
   const h2 = new H2Pool({
     maxConnectionsPerEndpoint: cfg.http2.max_connections_per_endpoint,
+    // Connections opened for a burst do not stay forever.
+    idleTimeoutMs: cfg.pool.idle_timeout,
     ...(caCerts ? { caCerts } : {}),
   });
   const initial = staticEndpoints(cfg);

@@ -17,6 +17,8 @@ export interface H2PoolOptions {
   readonly caCerts?: string[];
   /** Connections one endpoint may get. Default 4. */
   readonly maxConnectionsPerEndpoint?: number;
+  /** A connection with no stream and no frame for this long is closed (GOAWAY). 0: never. */
+  readonly idleTimeoutMs?: number;
 }
 
 /** Our connection receive window upstream (the H2Connection default). */
@@ -173,6 +175,7 @@ export class H2Pool {
     if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
     return new H2Connection(conn, {
       role: "client",
+      idleTimeoutMs: this.#opts.idleTimeoutMs ?? 0,
       connectionWindowSize: CONNECTION_WINDOW,
       earlyCredit: { perConnection: EARLY_CREDIT_PER_CONNECTION, shared: UPSTREAM_EARLY_CREDIT },
     });
