@@ -54,6 +54,8 @@ const DESCRIPTIONS: Record<string, string> = {
     "Extra CA bundle (PEM) for https endpoints; relative to the config file.",
   "clusters[].pool.max_idle_per_endpoint": "Idle connections kept per endpoint.",
   "clusters[].pool.idle_timeout": "Close idle connections after this long (default 90s).",
+  "clusters[].http2.max_connections_per_endpoint":
+    "HTTP/2 connections per endpoint (gRPC); more open when streams or window run out.",
   "clusters[].preserve_host": "Send the client's Host upstream (true) or the endpoint's (false).",
 };
 

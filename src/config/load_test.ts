@@ -88,6 +88,7 @@ Deno.test("the contract example loads with every default applied", () => {
       lb: "round_robin",
       protocol: "http1",
       pool: { max_idle_per_endpoint: 64, idle_timeout: 90_000 },
+      http2: { max_connections_per_endpoint: 4 },
       panic_threshold: 50,
       retry_budget: { percent: 20, min_retries: 3 },
       preserve_host: true,

@@ -263,6 +263,11 @@ export const ClusterSchema = z.strictObject({
     max_idle_per_endpoint: z.number().int().min(0).max(10_000).default(64),
     idle_timeout: duration.default(90_000),
   }).default({ max_idle_per_endpoint: 64, idle_timeout: 90_000 }),
+  /** Ferry's own HTTP/2 upstream connections (gRPC routes). */
+  http2: z.strictObject({
+    /** Connections per endpoint, opened when streams or window run out on the ones open. */
+    max_connections_per_endpoint: z.number().int().min(1).max(64).default(4),
+  }).prefault({}),
   circuit_breaker: BreakerSchema.optional(),
   /** Active HTTP probes per endpoint, on their own connection pool. */
   health_check: z.strictObject({

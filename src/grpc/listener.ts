@@ -152,7 +152,12 @@ export class GrpcListener {
       if (!route?.grpc) {
         throw new ProxyError("no_route", `no gRPC route for ${rawPath}`);
       }
-      await proxyCall(ds, fields, route.grpc, { peerIp, requestId }, rec);
+      await proxyCall(ds, fields, route.grpc, {
+        peerIp,
+        peerTrusted: snap.trust.has(peerIp),
+        scheme: plan?.tls ? "https" : "http",
+        requestId,
+      }, rec);
     } catch (err) {
       answerError(ds, err, rec);
     }

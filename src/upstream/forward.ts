@@ -4,6 +4,7 @@
  */
 import type { Handler, RequestContext } from "../pipeline/types.ts";
 import { ProxyError, toProxyError } from "../server/errors.ts";
+import { forwardedHeaders } from "../server/trust.ts";
 import type { Cluster, Endpoint, Members } from "./cluster.ts";
 import { endToEndHeaders, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
 import {
@@ -89,10 +90,14 @@ export function upstreamHeaders(
   const h = endToEndHeaders(req.headers, alsoDrop);
   h.set("host", s.hostRewrite ?? (s.cluster.preserveHost ? ctx.authority : endpoint.url.host));
   // Incoming X-Forwarded-* are believed only from trusted proxies; otherwise they are replaced.
-  const priorFor = ctx.peerTrusted ? h.get("x-forwarded-for") : null;
-  h.set("x-forwarded-for", priorFor ? `${priorFor}, ${ctx.peerIp}` : ctx.peerIp);
-  if (!ctx.peerTrusted || !h.has("x-forwarded-proto")) h.set("x-forwarded-proto", ctx.scheme);
-  if (!ctx.peerTrusted || !h.has("x-forwarded-host")) h.set("x-forwarded-host", ctx.authority);
+  const fwd = forwardedHeaders(ctx.peerTrusted, ctx.peerIp, ctx.scheme, ctx.authority, {
+    for: h.get("x-forwarded-for"),
+    proto: h.get("x-forwarded-proto"),
+    host: h.get("x-forwarded-host"),
+  });
+  h.set("x-forwarded-for", fwd.for);
+  h.set("x-forwarded-proto", fwd.proto);
+  h.set("x-forwarded-host", fwd.host);
   h.set("x-request-id", ctx.requestId);
   h.appendValue("via", `1.1 ${s.via}`);
   applyEdits(h, s.requestEdits);

@@ -95,7 +95,10 @@ export class GrpcHealthProber {
   readonly #authority: string | undefined;
 
   constructor(opts: GrpcProbeOptions = {}) {
-    this.#pool = new H2Pool(opts.caCerts ? { caCerts: opts.caCerts } : {});
+    this.#pool = new H2Pool({
+      maxConnectionsPerEndpoint: 1,
+      ...(opts.caCerts ? { caCerts: opts.caCerts } : {}),
+    });
     this.#request = encodeHealthCheckRequest(opts.service ?? "");
     this.#authority = opts.authority;
   }
