@@ -332,10 +332,25 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
   }
   const limiterCarry = new Map<string, { key: string; limiter: Limiter }>();
   const limiters = new Map<string, Limiter>();
-  for (const rl of cfg.rate_limits) {
+  for (const [i, rl] of cfg.rate_limits.entries()) {
     const key = canonicalJson(rl);
     const kept = prior?.limiters.get(rl.name);
-    const limiter = kept?.key === key ? kept.limiter : compileLimiters([rl]).get(rl.name)!;
+    let limiter: Limiter;
+    try {
+      limiter = kept?.key === key ? kept.limiter : compileLimiters([rl], (c) => ({
+        readTextFile: opts.readTextFile,
+        log,
+        backendMetrics: metrics.rateLimitBackend(c.name),
+      })).get(rl.name)!;
+    } catch (err) {
+      // A shared store whose password file or variable cannot be read.
+      problems.push({
+        path: `rate_limits[${i}].redis`,
+        value: rl.redis?.address ?? "",
+        message: err instanceof Error ? err.message : String(err),
+      });
+      continue;
+    }
     limiters.set(rl.name, limiter);
     limiterCarry.set(rl.name, { key, limiter });
   }
@@ -498,6 +513,9 @@ function releaseUnshared(
     if (keeper?.clusters.get(name)?.cluster === cluster) continue;
     if (opts.drainMs <= 0) cluster.close();
     else closeWhenIdle(cluster, opts.drainMs, opts.log);
+  }
+  for (const [name, { limiter }] of mine.limiters) {
+    if (keeper?.limiters.get(name)?.limiter !== limiter) limiter.close?.();
   }
   if (mine.accessLog && keeper?.accessLog !== mine.accessLog) {
     const close = mine.accessLog.close;

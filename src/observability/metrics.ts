@@ -298,6 +298,8 @@ export class FerryMetrics {
   readonly breakerState: client.Gauge<string>;
   readonly breakerTransitions: client.Counter<string>;
   readonly rateLimited: client.Counter<string>;
+  readonly rateLimitBackendErrors: client.Counter<string>;
+  readonly rateLimitBackendUp: client.Gauge<string>;
   readonly retries: client.Counter<string>;
   readonly retryBudgetExhausted: client.Counter<string>;
   readonly overflow: client.Counter<string>;
@@ -445,6 +447,18 @@ export class FerryMetrics {
       labelNames: ["route", "limit", "scope"],
       registers,
     });
+    this.rateLimitBackendErrors = new client.Counter({
+      name: "ferry_rate_limit_backend_errors_total",
+      help: "Failed or timed-out calls to a shared rate limit's Redis, by limit name.",
+      labelNames: ["limit"],
+      registers,
+    });
+    this.rateLimitBackendUp = new client.Gauge({
+      name: "ferry_rate_limit_backend_up",
+      help: "1 while a shared rate limit's Redis answers, 0 while its failure mode applies.",
+      labelNames: ["limit"],
+      registers,
+    });
     this.retries = new client.Counter({
       name: "ferry_upstream_retries_total",
       help: "Retry attempts sent upstream (admitted by the retry budget).",
@@ -527,6 +541,14 @@ export class FerryMetrics {
   rateLimitRecorder(route: string, limit: string, scope: string): () => void {
     const child = this.rateLimited.labels(route, limit, scope);
     return () => child.inc();
+  }
+
+  /** Pre-bound series for one shared rate limit's backend (src/policy/redis_limiter.ts). */
+  rateLimitBackend(limit: string): { error(): void; up(isUp: boolean): void } {
+    const errors = this.rateLimitBackendErrors.labels(limit);
+    errors.inc(0);
+    const up = this.rateLimitBackendUp.labels(limit);
+    return { error: () => errors.inc(), up: (isUp) => up.set(isUp ? 1 : 0) };
   }
 
   breakerTransition(cluster: string, scope: string, endpoint: string, to: string): void {

@@ -1,0 +1,140 @@
+/**
+ * The shared (Redis) limiter against a real redis-server: the overshoot bound across two
+ * limiters, the script reloaded after SCRIPT FLUSH, and both failure modes with recovery.
+ */
+import assert from "node:assert/strict";
+import { RedisLeaseBackend, SharedRateLimit } from "./redis_limiter.ts";
+import { TokenBucketStore } from "./token_bucket.ts";
+import { RateLimitSchema } from "../config/schema.ts";
+import { startRedis } from "../../tests/redis.ts";
+import type { RateDecision } from "./token_bucket.ts";
+
+function limiter(
+  address: string,
+  prefix: string,
+  extra: Record<string, unknown> = {},
+  events: string[] = [],
+) {
+  const config = RateLimitSchema.parse({
+    name: "shared",
+    scope: "global",
+    rate: 50,
+    burst: 50,
+    redis: { address, key_prefix: prefix, timeout: "200ms", ...extra },
+  });
+  const backend = new RedisLeaseBackend("shared", config.redis!, {
+    readTextFile: Deno.readTextFileSync,
+    backendMetrics: {
+      error: () => events.push("error"),
+      up: (up) => events.push(up ? "up" : "down"),
+    },
+  });
+  const local = new TokenBucketStore(1, { rate: config.rate, burst: config.burst });
+  return new SharedRateLimit({
+    config,
+    store: config.redis!,
+    backend,
+    local: (_k, at) => local.take(0, 1, at),
+  });
+}
+
+async function decide(l: SharedRateLimit): Promise<RateDecision> {
+  const d = l.take("", Date.now());
+  return d instanceof Promise ? await d : { ...d };
+}
+
+/** Takes from every limiter in turn for `ms`; returns how many each was allowed. */
+async function hammer(ls: SharedRateLimit[], ms: number): Promise<number[]> {
+  const allowed = ls.map(() => 0);
+  const end = Date.now() + ms;
+  for (let i = 0; Date.now() < end; i++) {
+    for (const [j, l] of ls.entries()) if ((await decide(l)).allowed) allowed[j]!++;
+    if (i % 20 === 0) await new Promise((r) => setTimeout(r, 1));
+  }
+  return allowed;
+}
+
+Deno.test({
+  name: "two shared limiters on one Redis grant within burst + rate x time + the stated bound",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const redis = await startRedis();
+    const a = limiter(redis.address, "t1:");
+    const b = limiter(redis.address, "t1:");
+    try {
+      const started = Date.now();
+      const [na, nb] = await hammer([a, b], 2_000);
+      const elapsed = Date.now() - started;
+      const bound = 50 + (50 * elapsed) / 1000 + a.overshootBound;
+      console.log(`allowed a=${na} b=${nb} sum=${na! + nb!} in ${elapsed} ms; bound ${bound}`);
+      assert.ok(na! + nb! <= bound, `sum ${na! + nb!} > bound ${bound}`);
+      // Both got a share, and the pair did not get two budgets.
+      assert.ok(na! > 10 && nb! > 10, `${na} ${nb}`);
+      assert.ok(na! + nb! >= 100, `the shared budget is used: ${na! + nb!}`);
+      assert.equal(await redis.cli("EXISTS", "t1:shared:"), "1");
+    } finally {
+      a.close();
+      b.close();
+      await redis.kill();
+    }
+  },
+});
+
+Deno.test({
+  name: "shared limiter: SCRIPT FLUSH is survived by EVALSHA falling back to SCRIPT LOAD",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const redis = await startRedis();
+    const events: string[] = [];
+    const l = limiter(redis.address, "t2:", {}, events);
+    try {
+      assert.equal((await decide(l)).allowed, true);
+      assert.equal(await redis.cli("SCRIPT", "FLUSH"), "OK");
+      const [n] = await hammer([l], 300);
+      assert.ok(n! > 0);
+      assert.deepEqual(events.filter((e) => e !== "up"), [], "no backend error");
+    } finally {
+      l.close();
+      await redis.kill();
+    }
+  },
+});
+
+for (const mode of ["open", "closed"] as const) {
+  Deno.test({
+    name: `shared limiter, failure_mode ${mode}: Redis killed -> ${
+      mode === "open" ? "local fallback" : "refused"
+    }; restarted -> shared again`,
+    sanitizeResources: false,
+    sanitizeOps: false,
+    fn: async () => {
+      const redis = await startRedis();
+      const events: string[] = [];
+      const l = limiter(redis.address, "t3:", { failure_mode: mode }, events);
+      try {
+        await hammer([l], 300);
+        await redis.kill();
+        // Spend what is leased, then the next lease fails within the timeout.
+        const [during] = await hammer([l], 1_000);
+        assert.ok(events.includes("down"), events.join());
+        assert.ok(events.includes("error"));
+        if (mode === "open") assert.ok(during! > 20, `local fallback allowed ${during}`);
+        else assert.ok(during! <= 10, `closed mode allowed ${during} (only leased tokens)`);
+        const d = await decide(l);
+        assert.equal(d.allowed, mode === "open" ? d.allowed : false);
+        await redis.restart();
+        const deadline = Date.now() + 8_000;
+        while (Date.now() < deadline && events.at(-1) !== "up") await hammer([l], 100);
+        assert.equal(events.at(-1), "up", events.join());
+        assert.equal(events.filter((e) => e === "down").length, 1, "one transition down");
+        await hammer([l], 200);
+        assert.equal(await redis.cli("EXISTS", "t3:shared:"), "1", "shared limiting resumed");
+      } finally {
+        l.close();
+        await redis.kill();
+      }
+    },
+  });
+}
