@@ -233,9 +233,11 @@ export async function spawnFerry(
   args: string[],
   env: Record<string, string> = {},
   listeners = 1,
+  /** More `deno run` flags, such as --allow-write. */
+  denoFlags: string[] = [],
 ): Promise<Started> {
   const child = new Deno.Command(DENO, {
-    args: [...RUN, ...args],
+    args: [RUN[0]!, ...denoFlags, ...RUN.slice(1), ...args],
     env,
     cwd: ROOT,
     stderr: "piped",

@@ -393,6 +393,11 @@ export const AdminSchema = z.strictObject({
   token_file: z.string().min(1).optional(),
   /** The name of an environment variable holding the token. */
   token_env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/).optional(),
+  /**
+   * A config applied with PUT /config: `memory` serves it until the next file reload or restart;
+   * `file` also writes it over the config file (atomic write + rename; needs --allow-write).
+   */
+  persist_config: z.enum(["memory", "file"]).default("memory"),
 }).refine(
   (a) => [a.token, a.token_file, a.token_env].filter((x) => x !== undefined).length <= 1,
   { message: "set at most one of admin.token, admin.token_file and admin.token_env" },

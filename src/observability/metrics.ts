@@ -276,6 +276,9 @@ export interface FerryMetricsOptions {
   readonly processMetrics?: boolean;
 }
 
+/** What can start a reload: the label values of ferry_config_reloads_total{trigger}. */
+export const RELOAD_TRIGGERS = ["file", "signal", "admin", "api"] as const;
+
 export class FerryMetrics {
   readonly registry: client.Registry = new client.Registry();
   readonly #listeners = new Map<string, ListenerRecorder>();
@@ -494,14 +497,16 @@ export class FerryMetrics {
     });
     this.configReloads = new client.Counter({
       name: "ferry_config_reloads_total",
-      help: "Config reload attempts, by result (success or failure).",
-      labelNames: ["result"],
+      help: "Config reload attempts, by result (success or failure) and trigger (file, signal, " +
+        "admin for POST /reload, api for PUT /config).",
+      labelNames: ["result", "trigger"],
       registers,
     });
     this.configInfo = new client.Gauge({
       name: "ferry_config_info",
-      help: "Always 1; the version label is the active config version.",
-      labelNames: ["version"],
+      help: "Always 1; labels: the active config version and who applied it (the " +
+        "x-ferry-author of PUT /config, else the trigger). Only the active config has a series.",
+      labelNames: ["version", "author"],
       registers,
     });
     this.buildInfo = new client.Gauge({
@@ -512,8 +517,10 @@ export class FerryMetrics {
     });
     this.buildInfo.set({ version: VERSION, deno: Deno.version.deno }, 1);
     // Both results exist from the start, so rate() and alerts see a 0 rather than no series.
-    this.configReloads.labels("success").inc(0);
-    this.configReloads.labels("failure").inc(0);
+    for (const trigger of RELOAD_TRIGGERS) {
+      this.configReloads.labels("success", trigger).inc(0);
+      this.configReloads.labels("failure", trigger).inc(0);
+    }
     if (opts.processMetrics) {
       client.collectDefaultMetrics({ register: this.registry });
       // Node-internal handle counts: gauges named _total (promtool flags them), meaningless here.
@@ -565,14 +572,17 @@ export class FerryMetrics {
   }
 
   /** For the hot-reload path: count every reload attempt by its result. */
-  recordConfigReload(result: "success" | "failure"): void {
-    this.configReloads.labels(result).inc();
+  recordConfigReload(
+    result: "success" | "failure",
+    trigger: (typeof RELOAD_TRIGGERS)[number] = "file",
+  ): void {
+    this.configReloads.labels(result, trigger).inc();
   }
 
-  /** The active config version (set at start-up and after each successful reload). */
-  setConfigVersion(version: string | number): void {
+  /** The active config version and its author (set at start-up and after each reload). */
+  setConfigVersion(version: string | number, author = "startup"): void {
     this.configInfo.reset();
-    this.configInfo.set({ version: String(version) }, 1);
+    this.configInfo.set({ version: String(version), author }, 1);
   }
 
   /** The text exposition format (version 0.0.4) for GET /metrics. */
