@@ -8,8 +8,8 @@ import { startRedis } from "./redis.ts";
 
 const RATE = 50;
 const BURST = 50;
-/** rate x 2 x sync_interval (100 ms), as src/policy/redis_limiter.ts states. */
-const OVERSHOOT = 10;
+/** rate x (2 x sync_interval + timeout) = 50/s x 400 ms, as src/policy/redis_limiter.ts states. */
+const OVERSHOOT = 20;
 
 function fleetConfig(redis: string, prefix: string, failureMode = "open"): string {
   return `listeners:

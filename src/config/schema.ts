@@ -354,8 +354,8 @@ export const RedisStoreSchema = z.strictObject({
   /** While Redis is unreachable: `open` falls back to this instance's own limiter, `closed` refuses (429). */
   failure_mode: z.enum(["open", "closed"]).default("open"),
   /**
-   * Each instance takes its share in leases of about rate x sync_interval tokens and lets a
-   * lease live 2 x sync_interval: the overshoot bound is rate x 2 x sync_interval tokens.
+   * Each instance takes its share in leases of about rate x sync_interval tokens, each spent
+   * within 2 x sync_interval + timeout: the overshoot bound is rate x that many tokens.
    */
   sync_interval: duration.default(100),
 }).refine((r) => !(r.password_file !== undefined && r.password_env !== undefined), {

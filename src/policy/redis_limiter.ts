@@ -8,12 +8,14 @@
  * with no I/O, and asks for the next lease in the background when fewer than half a batch are
  * left. Only a request that finds no local token waits for Redis (at most `timeout`).
  *
- * Overshoot bound: a lease is spent within `2 x sync_interval` of the moment it was asked for
- * (later its tokens are dropped), and Redis never grants more than `burst + rate x L` tokens in
- * any span of L. Hence across all instances at most `burst + rate x (e + 2 x sync_interval)`
- * requests pass in any window of e: the overshoot over one limiter is at most
- * `rate x 2 x sync_interval` tokens (10 at 50/s with the default 100 ms). Unspent tokens of an
- * expired lease are lost (undershoot), never given twice.
+ * Overshoot bound: a lease is spent within `ttl = 2 x sync_interval + timeout` of the moment it
+ * was asked for (later its tokens are dropped; counting from the ask, not the answer, keeps the
+ * bound independent of Redis latency, and the `timeout` term means a lease that arrives in time
+ * still has 2 x sync_interval to be spent). Redis never grants more than `burst + rate x L`
+ * tokens in any span of L, and a token is granted after it was asked for. Hence across all
+ * instances at most `burst + rate x (e + ttl)` requests pass in any window of e: the overshoot
+ * over one limiter is at most `rate x ttl` tokens (15 at 50/s with the defaults, 100 ms each).
+ * Unspent tokens of an expired lease are lost (undershoot), never given twice.
  *
  * Failure: a call that fails or outlasts `timeout` marks the backend down (one warning, the
  * `ferry_rate_limit_backend_up` gauge to 0, every failure counted). While down, `failure_mode`
@@ -242,7 +244,7 @@ export class SharedRateLimit {
     this.#syncMs = opts.store.sync_interval;
     this.#batch = Math.min(c.burst, Math.max(1, Math.ceil((c.rate * this.#syncMs) / 1000)));
     this.#lowWater = Math.ceil(this.#batch / 2);
-    this.#leaseTtl = 2 * this.#syncMs;
+    this.#leaseTtl = 2 * this.#syncMs + opts.store.timeout;
   }
 
   /** The overshoot bound over a single limiter with the same rate and burst, in tokens. */
