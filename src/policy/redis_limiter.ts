@@ -151,7 +151,8 @@ export class RedisLeaseBackend {
       this.#mark(true);
       return { granted: Number(granted), retryAfterMs: Number(retry), resetMs: Number(reset) };
     } catch (err) {
-      this.#deps.backendMetrics?.error();
+      // Calls cut short by close() (a reload dropped the limiter) are not backend failures.
+      if (!this.#closed) this.#deps.backendMetrics?.error();
       this.#mark(false, err);
       throw err;
     }

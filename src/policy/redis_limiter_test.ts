@@ -138,3 +138,44 @@ for (const mode of ["open", "closed"] as const) {
     },
   });
 }
+
+Deno.test({
+  name:
+    "shared limiter: a lease answered later than 2 x sync_interval (but within timeout) is used",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const redis = await startRedis();
+    const config = RateLimitSchema.parse({
+      name: "slow",
+      scope: "client_ip",
+      rate: 1000,
+      burst: 1000,
+      redis: { address: redis.address, key_prefix: "t4:", timeout: "1s", sync_interval: "5ms" },
+    });
+    const backend = new RedisLeaseBackend("slow", config.redis!, {
+      readTextFile: Deno.readTextFileSync,
+    });
+    const l = new SharedRateLimit({
+      config,
+      store: config.redis!,
+      backend,
+      local: () => assert.fail("Redis is up: the fallback must not answer"),
+    });
+    try {
+      const first = l.take("a", Date.now());
+      assert.ok(first instanceof Promise);
+      assert.equal((await first).allowed, true, "connected, first lease");
+      // Redis holds every command for 150 ms: the next lease arrives well after 2 x 5 ms.
+      assert.equal(await redis.cli("CLIENT", "PAUSE", "150"), "OK");
+      const slow = l.take("b", Date.now());
+      assert.ok(slow instanceof Promise);
+      const d = await slow;
+      assert.equal(d.allowed, true, "the lease was not dropped on arrival");
+      assert.equal(backend.up, true);
+    } finally {
+      l.close();
+      await redis.kill();
+    }
+  },
+});
