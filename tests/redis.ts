@@ -23,9 +23,12 @@ export function freePort(): number {
   return port;
 }
 
-function spawn(port: number): Deno.ChildProcess {
+function spawn(port: number, extra: readonly string[]): Deno.ChildProcess {
   return new Deno.Command("redis-server", {
-    args: ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    args: [
+      ...["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+      ...extra,
+    ],
     stdout: "null",
     stderr: "null",
   }).spawn();
@@ -40,19 +43,21 @@ async function waitReady(port: number): Promise<void> {
       const buf = new Uint8Array(16);
       const n = await c.read(buf);
       c.close();
-      if (n && new TextDecoder().decode(buf.subarray(0, n)).startsWith("+PONG")) return;
+      // -NOAUTH: up, with a password (--requirepass).
+      if (n && /^(\+PONG|-NOAUTH)/.test(new TextDecoder().decode(buf.subarray(0, n)))) return;
     } catch { /* not yet */ }
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error(`redis-server on ${port} did not start`);
 }
 
-export async function startRedis(): Promise<RunningRedis> {
+/** `extra`: more redis-server arguments (--requirepass, --tls-port, ...). */
+export async function startRedis(extra: readonly string[] = []): Promise<RunningRedis> {
   const port = freePort();
   const r: RunningRedis = {
     port,
     address: `127.0.0.1:${port}`,
-    child: spawn(port),
+    child: spawn(port, extra),
     async kill() {
       try {
         r.child.kill("SIGKILL");
@@ -60,7 +65,7 @@ export async function startRedis(): Promise<RunningRedis> {
       await r.child.status;
     },
     async restart() {
-      r.child = spawn(port);
+      r.child = spawn(port, extra);
       await waitReady(port);
     },
     async cli(...args: string[]) {

@@ -25,6 +25,7 @@
  * limiting resumes by itself.
  */
 import { createHash } from "node:crypto";
+import { isIP } from "node:net";
 import { Redis, type RedisOptions } from "ioredis";
 import type { RateLimitConfig, RedisStoreConfig } from "../config/schema.ts";
 import type { Logger } from "../observability/log.ts";
@@ -91,11 +92,12 @@ export function redisOptions(
       throw new Error(`environment variable ${store.password_env} is not set`);
     }
   }
+  const tlsOpts = typeof store.tls === "object" ? store.tls : {};
+  // node:tls refuses an IP as SNI name; without one it checks the certificate against the host.
+  const servername = tlsOpts.server_name ?? (isIP(host) ? undefined : host);
   const tls = store.tls === false ? undefined : {
-    ...(store.tls !== true && store.tls.ca_file
-      ? { ca: deps.readTextFile(store.tls.ca_file) }
-      : {}),
-    servername: (store.tls !== true ? store.tls.server_name : undefined) ?? host,
+    ...(tlsOpts.ca_file ? { ca: deps.readTextFile(tlsOpts.ca_file) } : {}),
+    ...(servername ? { servername } : {}),
   };
   return {
     host,

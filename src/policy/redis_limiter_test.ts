@@ -3,10 +3,11 @@
  * limiters, the script reloaded after SCRIPT FLUSH, and both failure modes with recovery.
  */
 import assert from "node:assert/strict";
-import { RedisLeaseBackend, SharedRateLimit } from "./redis_limiter.ts";
+import { RedisLeaseBackend, redisOptions, SharedRateLimit } from "./redis_limiter.ts";
 import { TokenBucketStore } from "./token_bucket.ts";
 import { RateLimitSchema } from "../config/schema.ts";
-import { startRedis } from "../../tests/redis.ts";
+import { freePort, startRedis } from "../../tests/redis.ts";
+import { makeTestCerts } from "../../tests/fixtures/certs.ts";
 import type { RateDecision } from "./token_bucket.ts";
 
 function limiter(
@@ -178,4 +179,61 @@ Deno.test({
       await redis.kill();
     }
   },
+});
+
+Deno.test({
+  name: "shared limiter over TLS with a password file; a wrong password is a backend failure",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const certs = await makeTestCerts();
+    const tlsPort = freePort();
+    const redis = await startRedis([
+      ...["--tls-port", String(tlsPort), "--tls-cert-file", certs.certFile],
+      ...["--tls-key-file", certs.keyFile, "--tls-ca-cert-file", certs.caFile],
+      ...["--tls-auth-clients", "no", "--requirepass", "pw-fleet-123"],
+    ]);
+    await Deno.writeTextFile(`${certs.dir}/redis.pw`, "pw-fleet-123\n");
+    await Deno.writeTextFile(`${certs.dir}/wrong.pw`, "nope\n");
+    const make = (pwFile: string, events: string[]) =>
+      limiter(`127.0.0.1:${tlsPort}`, "t5:", {
+        tls: { ca_file: certs.caFile },
+        password_file: `${certs.dir}/${pwFile}`,
+      }, events);
+    const goodEvents: string[] = [];
+    const good = make("redis.pw", goodEvents);
+    const badEvents: string[] = [];
+    const bad = make("wrong.pw", badEvents);
+    try {
+      assert.equal((await decide(good)).allowed, true);
+      assert.deepEqual(goodEvents, ["up"]);
+      const cli = ["-a", "pw-fleet-123", "--no-auth-warning", "EXISTS", "t5:shared:"];
+      assert.equal(await redis.cli(...cli), "1", "the lease came through TLS + AUTH");
+      await decide(bad);
+      assert.ok(badEvents.includes("down"), badEvents.join());
+    } finally {
+      good.close();
+      bad.close();
+      await redis.kill();
+      await certs.remove();
+    }
+  },
+});
+
+Deno.test("redis store: password_env must be set; password_file's first line is the password", () => {
+  const store = (extra: Record<string, unknown>) =>
+    RateLimitSchema.parse({
+      name: "x",
+      scope: "global",
+      rate: 1,
+      burst: 1,
+      redis: { address: "127.0.0.1:6379", ...extra },
+    }).redis!;
+  assert.throws(
+    () => redisOptions(store({ password_env: "FERRY_NO_SUCH_VAR" }), { readTextFile: () => "" }),
+    /FERRY_NO_SUCH_VAR is not set/,
+  );
+  const o = redisOptions(store({ password_file: "pw" }), { readTextFile: () => "s3cret\nignored" });
+  assert.equal(o.password, "s3cret");
+  assert.equal(o.lazyConnect, true, "--check and dry runs never connect");
 });
