@@ -17,6 +17,7 @@ import {
   BreakerStore,
 } from "../policy/circuit_breaker.ts";
 import { compileLimiters, faultInjection, type Limiter, rateLimit } from "../policy/middleware.ts";
+import { RedisStoreError } from "../policy/redis_limiter.ts";
 import type { Logger } from "../observability/log.ts";
 import { AccessLog, LineWriter, openSink } from "../observability/access_log.ts";
 import type { BreakerConfigSchema } from "./schema.ts";
@@ -343,11 +344,12 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
         backendMetrics: metrics.rateLimitBackend(c.name),
       })).get(rl.name)!;
     } catch (err) {
-      // A shared store whose password file or variable cannot be read.
+      // A shared store whose password (file or variable) or CA file cannot be read.
+      if (!(err instanceof RedisStoreError)) throw err;
       problems.push({
-        path: `rate_limits[${i}].redis`,
-        value: rl.redis?.address ?? "",
-        message: err instanceof Error ? err.message : String(err),
+        path: `rate_limits[${i}].redis.${err.field}`,
+        value: err.value,
+        message: err.message,
       });
       continue;
     }

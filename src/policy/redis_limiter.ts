@@ -75,6 +75,29 @@ export interface SharedLimiterDeps {
   readonly backendMetrics?: { error(): void; up(isUp: boolean): void } | undefined;
 }
 
+/** A store setting that cannot be used (an unset variable, an unreadable file). */
+export class RedisStoreError extends Error {
+  constructor(readonly field: string, readonly value: string, message: string) {
+    super(message);
+  }
+}
+
+function readSetting(
+  deps: Pick<SharedLimiterDeps, "readTextFile">,
+  field: string,
+  path: string,
+): string {
+  try {
+    return deps.readTextFile(path);
+  } catch (err) {
+    throw new RedisStoreError(
+      field,
+      path,
+      `cannot read: ${err instanceof Error ? err.message : err}`,
+    );
+  }
+}
+
 /** The ioredis options for a store: bounded waits everywhere, no retries hidden inside a call. */
 export function redisOptions(
   store: RedisStoreConfig,
@@ -85,18 +108,22 @@ export function redisOptions(
   const port = Number(store.address.slice(sep + 1));
   let password: string | undefined;
   if (store.password_file !== undefined) {
-    password = deps.readTextFile(store.password_file).split(/\r?\n/)[0]!.trim();
+    password = readSetting(deps, "password_file", store.password_file).split(/\r?\n/)[0]!.trim();
   } else if (store.password_env !== undefined) {
     password = (deps.env ?? Deno.env.get)(store.password_env);
     if (password === undefined) {
-      throw new Error(`environment variable ${store.password_env} is not set`);
+      throw new RedisStoreError(
+        "password_env",
+        store.password_env,
+        `environment variable ${store.password_env} is not set`,
+      );
     }
   }
   const tlsOpts = typeof store.tls === "object" ? store.tls : {};
   // node:tls refuses an IP as SNI name; without one it checks the certificate against the host.
   const servername = tlsOpts.server_name ?? (isIP(host) ? undefined : host);
   const tls = store.tls === false ? undefined : {
-    ...(tlsOpts.ca_file ? { ca: deps.readTextFile(tlsOpts.ca_file) } : {}),
+    ...(tlsOpts.ca_file ? { ca: readSetting(deps, "tls.ca_file", tlsOpts.ca_file) } : {}),
     ...(servername ? { servername } : {}),
   };
   return {
