@@ -134,7 +134,13 @@ Deno.test({
     const url = f.listeners.get("public")!;
     try {
       const before = await (await fetch(`${f.admin}/config`)).json();
-      const ok = await put(f, pinned(config(7), new URL(url).port), {}, "/config/validate", "POST");
+      // With a shared rate limit whose Redis does not exist: a dry run never connects.
+      const shared = pinned(config(7), new URL(url).port).replace(
+        `body: "gen 7" }`,
+        `body: "gen 7" }\n    rate_limit: [fleet]\nrate_limits:\n` +
+          `  - { name: fleet, scope: global, rate: 5, burst: 5, redis: { address: "127.0.0.1:1" } }`,
+      );
+      const ok = await put(f, shared, {}, "/config/validate", "POST");
       assert.equal(ok.status, 200, JSON.stringify(ok.body));
       assert.equal(ok.body.dry_run, true);
       // JSON is accepted too, and its positions are line:col in the JSON text.
@@ -156,6 +162,8 @@ Deno.test({
       assert.equal(await (await fetch(url + "/")).text(), "gen 0");
       const metrics = await (await fetch(`${f.admin}/metrics`)).text();
       assert.equal(metricValue(metrics, "ferry_config_reloads_total", { trigger: "api" }), 0);
+      assert.equal(metricValue(metrics, "ferry_rate_limit_backend_up"), undefined);
+      assert.equal(metricValue(metrics, "ferry_rate_limit_backend_errors_total"), undefined);
     } finally {
       await stop(f);
     }

@@ -552,10 +552,16 @@ export class FerryMetrics {
 
   /** Pre-bound series for one shared rate limit's backend (src/policy/redis_limiter.ts). */
   rateLimitBackend(limit: string): { error(): void; up(isUp: boolean): void } {
+    // Series appear with the first call, so a dry run (POST /config/validate) creates none.
     const errors = this.rateLimitBackendErrors.labels(limit);
-    errors.inc(0);
     const up = this.rateLimitBackendUp.labels(limit);
-    return { error: () => errors.inc(), up: (isUp) => up.set(isUp ? 1 : 0) };
+    return {
+      error: () => errors.inc(),
+      up: (isUp) => {
+        errors.inc(0);
+        up.set(isUp ? 1 : 0);
+      },
+    };
   }
 
   breakerTransition(cluster: string, scope: string, endpoint: string, to: string): void {

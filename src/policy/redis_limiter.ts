@@ -147,7 +147,10 @@ export class RedisLeaseBackend {
   readonly #client: Redis;
   readonly #name: string;
   readonly #deps: SharedLimiterDeps;
+  /** Optimistic until a call fails. */
   #up = true;
+  /** Whether any call has answered or failed yet (the gauge is set from the first one). */
+  #known = false;
   #closed = false;
 
   constructor(name: string, store: RedisStoreConfig, deps: SharedLimiterDeps) {
@@ -156,7 +159,6 @@ export class RedisLeaseBackend {
     this.#client = new Redis(redisOptions(store, deps));
     // ioredis reports connection errors as events too; the call outcomes are what count.
     this.#client.on("error", () => {});
-    deps.backendMetrics?.up(true);
   }
 
   get up(): boolean {
@@ -188,9 +190,12 @@ export class RedisLeaseBackend {
   }
 
   #mark(up: boolean, err?: unknown): void {
-    if (this.#up === up || this.#closed) return;
+    if (this.#closed) return;
+    const changed = this.#up !== up;
+    if (changed || !this.#known) this.#deps.backendMetrics?.up(up);
+    this.#known = true;
+    if (!changed) return;
     this.#up = up;
-    this.#deps.backendMetrics?.up(up);
     if (up) {
       this.#deps.log?.warn("rate limit backend is back; shared limiting resumed", {
         limit: this.#name,
