@@ -219,6 +219,8 @@ class KeyLeases {
   readonly counts: number[] = [];
   readonly expiries: number[] = [];
   pending: Promise<void> | undefined;
+  /** Requests waiting for a lease: the next lease asks for at least this many tokens. */
+  waiting = 0;
   /** Redis said the bucket is empty: ask again no earlier than this. */
   blockedUntil = 0;
   retryAfterMs = 0;
@@ -304,12 +306,23 @@ export class SharedRateLimit {
       return this.#failureMode(key, at, this.#decision);
     }
     if (at < st.blockedUntil) return this.#deny(st, st.blockedUntil - at, this.#decision);
+    st.waiting++;
     this.#fetch(key, st, at);
-    return st.pending!.then(() => this.#afterLease(key, st));
+    return st.pending!.then(() => this.#afterLease(key, st, true));
   }
 
-  /** A request that waited for a lease: a token if one came, else the answer Redis gave. */
-  #afterLease(key: string, st: KeyLeases): RateDecision {
+  /**
+   * A request that waited for a lease: a token if one came, else the answer Redis gave. When
+   * more requests waited than the lease held and Redis did not say "empty", it waits for one
+   * more lease (sized for every request still waiting), so a burst on a cold key is not refused
+   * while the shared bucket has tokens.
+   */
+  #afterLease(
+    key: string,
+    st: KeyLeases,
+    mayWaitAgain: boolean,
+  ): Promise<RateDecision> | RateDecision {
+    st.waiting--;
     const at = Date.now();
     const out = newDecision();
     const have = st.available(at);
@@ -318,6 +331,11 @@ export class SharedRateLimit {
       return this.#allow(have - 1, out);
     }
     if (!this.#opts.backend.up) return this.#failureMode(key, at, out);
+    if (mayWaitAgain && at >= st.blockedUntil) {
+      st.waiting++;
+      this.#fetch(key, st, at);
+      return st.pending!.then(() => this.#afterLease(key, st, false));
+    }
     return this.#deny(st, Math.max(st.blockedUntil - at, st.retryAfterMs), out);
   }
 
@@ -328,7 +346,7 @@ export class SharedRateLimit {
       this.#redisKey(key),
       this.#interval,
       this.#tau,
-      this.#batch,
+      Math.min(this.#opts.config.burst, Math.max(this.#batch, st.waiting)),
     )
       .then((a) => {
         st.retryAfterMs = a.retryAfterMs;

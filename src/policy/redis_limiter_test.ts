@@ -237,3 +237,31 @@ Deno.test("redis store: password_env must be set; password_file's first line is 
   assert.equal(o.password, "s3cret");
   assert.equal(o.lazyConnect, true, "--check and dry runs never connect");
 });
+
+Deno.test({
+  name:
+    "shared limiter: a burst of concurrent requests on a cold key gets the burst, not one lease",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const redis = await startRedis();
+    // rate 50/s: leases of 5 tokens; burst 50 lets 30 concurrent requests through at once.
+    const l = limiter(redis.address, "t6:");
+    // A synchronous answer is a reused object: read it at once, as the middleware does.
+    const burst = async (n: number) =>
+      (await Promise.all(Array.from({ length: n }, () => {
+        const d = l.take("", Date.now());
+        return d instanceof Promise ? d.then((x) => x.allowed) : d.allowed;
+      }))).filter(Boolean).length;
+    try {
+      const allowed = await burst(30);
+      assert.equal(allowed, 30, `${allowed} of 30 allowed`);
+      // And the shared bucket knows: 30 of its 50 tokens are gone.
+      const alsoAllowed = await burst(30);
+      assert.ok(alsoAllowed >= 20 && alsoAllowed <= 20 + l.overshootBound, `${alsoAllowed}`);
+    } finally {
+      l.close();
+      await redis.kill();
+    }
+  },
+});
