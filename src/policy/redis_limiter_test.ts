@@ -265,3 +265,32 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "shared limiter: Redis slower than timeout -> failure mode after the timeout; then back",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const redis = await startRedis();
+    const events: string[] = [];
+    const l = limiter(redis.address, "t7:", { failure_mode: "closed" }, events);
+    try {
+      assert.equal((await decide(l)).allowed, true);
+      // Let the first lease expire (2 x 100 ms + 200 ms), so the next request must ask Redis.
+      await new Promise((r) => setTimeout(r, 450));
+      assert.equal(await redis.cli("CLIENT", "PAUSE", "800"), "OK");
+      const started = Date.now();
+      const d = await decide(l);
+      const waited = Date.now() - started;
+      assert.equal(d.allowed, false, "closed: refused while Redis does not answer");
+      assert.ok(waited >= 150 && waited < 700, `answered after the 200 ms timeout: ${waited} ms`);
+      assert.deepEqual(events.filter((e) => e !== "error"), ["up", "down"]);
+      const deadline = Date.now() + 5_000;
+      while (Date.now() < deadline && events.at(-1) !== "up") await hammer([l], 100);
+      assert.equal(events.at(-1), "up", events.join());
+    } finally {
+      l.close();
+      await redis.kill();
+    }
+  },
+});
