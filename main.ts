@@ -78,11 +78,12 @@ async function main(): Promise<number> {
   });
   for (const w of describeSnapshot(snapshot).warnings) log.warn(w);
 
-  // Hot reload: SIGHUP, POST /reload on the admin listener, and changes to the config file.
+  // Hot reload: SIGHUP, POST /reload and PUT /config on the admin listener, and config file changes.
   const reloader = new Reloader(ferry, source, log);
   ferry.setAdminExtras({
     reload: () => reloader.reload("admin"),
     reloadStatus: () => reloader.status,
+    submitConfig: (text, opts) => reloader.submit(text, opts),
   });
   const onHangup = () => void reloader.reload("signal");
   Deno.addSignalListener("SIGHUP", onHangup);

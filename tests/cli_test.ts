@@ -21,8 +21,9 @@ Deno.test("--check validates every shipped config and prints a summary", async (
   for (const file of files) {
     const out = await new Deno.Command(DENO, {
       args: [...RUN, "--config", `${ROOT}config/${file}`, "--check"],
-      // container.yaml reads the admin token from the environment.
-      env: { FERRY_ADMIN_TOKEN: "0123456789abcdef0123" },
+      // container.yaml and fleet.yaml read the admin token (and the Redis password) from the
+      // environment.
+      env: { FERRY_ADMIN_TOKEN: "0123456789abcdef0123", FERRY_REDIS_PASSWORD: "x" },
       stdout: "piped",
       stderr: "piped",
     }).output();

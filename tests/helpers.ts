@@ -319,10 +319,12 @@ export async function spawnFerry(
   env: Record<string, string> = {},
   listeners = 1,
   wrapper: string[] = [],
+  /** More `deno run` flags, such as --allow-write. */
+  denoFlags: string[] = [],
 ): Promise<Started> {
   const [cmd, ...pre] = [...wrapper, DENO];
   const child = new Deno.Command(cmd!, {
-    args: [...pre, ...RUN, ...args],
+    args: [...pre, RUN[0]!, ...denoFlags, ...RUN.slice(1), ...args],
     env,
     cwd: ROOT,
     stderr: "piped",

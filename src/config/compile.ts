@@ -17,6 +17,7 @@ import {
   BreakerStore,
 } from "../policy/circuit_breaker.ts";
 import { compileLimiters, faultInjection, type Limiter, rateLimit } from "../policy/middleware.ts";
+import { RedisStoreError } from "../policy/redis_limiter.ts";
 import type { Logger } from "../observability/log.ts";
 import { AccessLog, LineWriter, openSink } from "../observability/access_log.ts";
 import type { BreakerConfigSchema } from "./schema.ts";
@@ -336,10 +337,26 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
   }
   const limiterCarry = new Map<string, { key: string; limiter: Limiter }>();
   const limiters = new Map<string, Limiter>();
-  for (const rl of cfg.rate_limits) {
+  for (const [i, rl] of cfg.rate_limits.entries()) {
     const key = canonicalJson(rl);
     const kept = prior?.limiters.get(rl.name);
-    const limiter = kept?.key === key ? kept.limiter : compileLimiters([rl]).get(rl.name)!;
+    let limiter: Limiter;
+    try {
+      limiter = kept?.key === key ? kept.limiter : compileLimiters([rl], (c) => ({
+        readTextFile: opts.readTextFile,
+        log,
+        backendMetrics: metrics.rateLimitBackend(c.name),
+      })).get(rl.name)!;
+    } catch (err) {
+      // A shared store whose password (file or variable) or CA file cannot be read.
+      if (!(err instanceof RedisStoreError)) throw err;
+      problems.push({
+        path: `rate_limits[${i}].redis.${err.field}`,
+        value: err.value,
+        message: err.message,
+      });
+      continue;
+    }
     limiters.set(rl.name, limiter);
     limiterCarry.set(rl.name, { key, limiter });
   }
@@ -503,6 +520,9 @@ function releaseUnshared(
     if (keeper?.clusters.get(name)?.cluster === cluster) continue;
     if (opts.drainMs <= 0) cluster.close();
     else closeWhenIdle(cluster, opts.drainMs, opts.log);
+  }
+  for (const [name, { limiter }] of mine.limiters) {
+    if (keeper?.limiters.get(name)?.limiter !== limiter) limiter.close?.();
   }
   if (mine.accessLog && keeper?.accessLog !== mine.accessLog) {
     const close = mine.accessLog.close;

@@ -47,7 +47,7 @@ Deno.test("the contract example loads with every default applied", () => {
   assert.deepEqual(result.warnings, []);
   assert.deepEqual(result.config, {
     listeners: [{ name: "public", address: "127.0.0.1:8080", protocol: "http" }],
-    admin: { address: "127.0.0.1:9901" },
+    admin: { address: "127.0.0.1:9901", persist_config: "memory" },
     server: {
       trusted_proxies: [],
       request_id: "trusted",

@@ -335,6 +335,45 @@ export const ClusterSchema = z.strictObject({
 });
 
 /**
+ * A shared store for a rate limit (docs/resilience.md, "Shared rate limits"): every Ferry naming
+ * the same Redis and key_prefix enforces one limit together. Set at most one of password_file
+ * and password_env.
+ */
+export const RedisStoreSchema = z.strictObject({
+  /** host:port of Redis or Valkey. */
+  address,
+  /** TLS to Redis: true for the system roots, or a CA file and/or server name. */
+  tls: z.union([
+    z.boolean(),
+    z.strictObject({
+      /** PEM CA bundle (relative to the config file). */
+      ca_file: z.string().min(1).optional(),
+      /** Name checked against the server certificate; default the address's host. */
+      server_name: z.string().min(1).optional(),
+    }),
+  ]).default(false),
+  /** ACL user name (Redis 6+); the password alone authenticates as `default`. */
+  username: z.string().min(1).optional(),
+  /** A file whose first line is the password (relative to the config file). */
+  password_file: z.string().min(1).optional(),
+  /** The name of an environment variable holding the password. */
+  password_env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/).optional(),
+  /** Instances with the same prefix (and limit name) share one budget. */
+  key_prefix: z.string().min(1).max(200).default("ferry:rl:"),
+  /** How long a Redis answer may take before the failure mode applies. */
+  timeout: duration.default(100),
+  /** While Redis is unreachable: `open` falls back to this instance's own limiter, `closed` refuses (429). */
+  failure_mode: z.enum(["open", "closed"]).default("open"),
+  /**
+   * Each instance takes its share in leases of about rate x sync_interval tokens, each spent
+   * within 2 x sync_interval + timeout: the overshoot bound is rate x that many tokens.
+   */
+  sync_interval: duration.default(100),
+}).refine((r) => !(r.password_file !== undefined && r.password_env !== undefined), {
+  message: "set at most one of password_file and password_env",
+});
+
+/**
  * A named token-bucket limiter. Its scope says what one bucket counts: each client IP, each value
  * of a header, each route that references it, or everything (global). A limiter referenced by
  * several routes shares its buckets across them, except with scope `route`.
@@ -349,6 +388,8 @@ export const RateLimitSchema = z.strictObject({
   burst: z.number().int().min(1).max(1_000_000_000),
   /** Most keys tracked at once (client_ip, header); memory is allocated for this many up front. */
   max_keys: z.number().int().min(16).max(16_777_216).default(65_536),
+  /** Share this limit with other Ferry instances through Redis (else it is this process's own). */
+  redis: RedisStoreSchema.optional(),
 });
 
 /**
@@ -363,6 +404,11 @@ export const AdminSchema = z.strictObject({
   token_file: z.string().min(1).optional(),
   /** The name of an environment variable holding the token. */
   token_env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/).optional(),
+  /**
+   * A config applied with PUT /config: `memory` serves it until the next file reload or restart;
+   * `file` also writes it over the config file (atomic write + rename; needs --allow-write).
+   */
+  persist_config: z.enum(["memory", "file"]).default("memory"),
 }).refine(
   (a) => [a.token, a.token_file, a.token_env].filter((x) => x !== undefined).length <= 1,
   { message: "set at most one of admin.token, admin.token_file and admin.token_env" },
@@ -483,4 +529,5 @@ export type StringMatchConfig = z.output<typeof stringMatch>;
 export type PathMatchConfig = z.output<typeof pathMatch>;
 export type BreakerConfigSchema = z.output<typeof BreakerSchema>;
 export type RateLimitConfig = z.output<typeof RateLimitSchema>;
+export type RedisStoreConfig = z.output<typeof RedisStoreSchema>;
 export type AccessLogConfig = z.output<typeof AccessLogSchema>;

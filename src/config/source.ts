@@ -5,7 +5,14 @@
  */
 import { compileSnapshot, type Snapshot, SnapshotCompileError } from "./compile.ts";
 import { configFromEnv } from "./env.ts";
-import { formatIssues, loadConfigFile, type LoadResult, resolveConfigPath } from "./load.ts";
+import {
+  checkReadableFile,
+  formatIssues,
+  loadConfigFile,
+  type LoadResult,
+  parseConfigText,
+  resolveConfigPath,
+} from "./load.ts";
 import { parsePath } from "./errors.ts";
 import type { FerryConfig } from "./schema.ts";
 import type { Logger } from "../observability/log.ts";
@@ -32,6 +39,26 @@ export function configSource(
   }
   const file = named ?? DEFAULT_CONFIG;
   return { file, label: file, load: () => loadConfigFile(file) };
+}
+
+/** Where a config sent over the admin API says it came from, in error positions. */
+export const REQUEST_LABEL = "<request>";
+
+/**
+ * Config text sent over the admin API (YAML or JSON: JSON is YAML). Errors name `<request>`;
+ * relative paths in it resolve against the running config file's folder, as a file reload's do.
+ */
+export function textSource(text: string, running: ConfigSource): ConfigSource {
+  const file = running.file;
+  return {
+    file,
+    label: REQUEST_LABEL,
+    load: () =>
+      Promise.resolve(parseConfigText(text, REQUEST_LABEL, {
+        // Paths arrive resolved against "<request>"'s folder, ".": re-anchor them on the file's.
+        checkFile: (p) => checkReadableFile(file ? resolveConfigPath(file, p) : p),
+      })),
+  };
 }
 
 export type BuildResult =

@@ -322,6 +322,9 @@ export interface FerryMetricsOptions {
   readonly processMetrics?: boolean;
 }
 
+/** What can start a reload: the label values of ferry_config_reloads_total{trigger}. */
+export const RELOAD_TRIGGERS = ["file", "signal", "admin", "api"] as const;
+
 export class FerryMetrics {
   readonly registry: client.Registry = new client.Registry();
   readonly #listeners = new Map<string, ListenerRecorder>();
@@ -344,6 +347,8 @@ export class FerryMetrics {
   readonly breakerState: client.Gauge<string>;
   readonly breakerTransitions: client.Counter<string>;
   readonly rateLimited: client.Counter<string>;
+  readonly rateLimitBackendErrors: client.Counter<string>;
+  readonly rateLimitBackendUp: client.Gauge<string>;
   readonly retries: client.Counter<string>;
   readonly retryBudgetExhausted: client.Counter<string>;
   readonly overflow: client.Counter<string>;
@@ -492,6 +497,18 @@ export class FerryMetrics {
       labelNames: ["route", "limit", "scope"],
       registers,
     });
+    this.rateLimitBackendErrors = new client.Counter({
+      name: "ferry_rate_limit_backend_errors_total",
+      help: "Failed or timed-out calls to a shared rate limit's Redis, by limit name.",
+      labelNames: ["limit"],
+      registers,
+    });
+    this.rateLimitBackendUp = new client.Gauge({
+      name: "ferry_rate_limit_backend_up",
+      help: "1 while a shared rate limit's Redis answers, 0 while its failure mode applies.",
+      labelNames: ["limit"],
+      registers,
+    });
     this.retries = new client.Counter({
       name: "ferry_upstream_retries_total",
       help: "Retry attempts sent upstream (admitted by the retry budget).",
@@ -527,14 +544,16 @@ export class FerryMetrics {
     });
     this.configReloads = new client.Counter({
       name: "ferry_config_reloads_total",
-      help: "Config reload attempts, by result (success or failure).",
-      labelNames: ["result"],
+      help: "Config reload attempts, by result (success or failure) and trigger (file, signal, " +
+        "admin for POST /reload, api for PUT /config).",
+      labelNames: ["result", "trigger"],
       registers,
     });
     this.configInfo = new client.Gauge({
       name: "ferry_config_info",
-      help: "Always 1; the version label is the active config version.",
-      labelNames: ["version"],
+      help: "Always 1; labels: the active config version and who applied it (the " +
+        "x-ferry-author of PUT /config, else the trigger). Only the active config has a series.",
+      labelNames: ["version", "author"],
       registers,
     });
     this.buildInfo = new client.Gauge({
@@ -552,8 +571,10 @@ export class FerryMetrics {
       registers,
     });
     // Both results exist from the start, so rate() and alerts see a 0 rather than no series.
-    this.configReloads.labels("success").inc(0);
-    this.configReloads.labels("failure").inc(0);
+    for (const trigger of RELOAD_TRIGGERS) {
+      this.configReloads.labels("success", trigger).inc(0);
+      this.configReloads.labels("failure", trigger).inc(0);
+    }
     if (opts.processMetrics) {
       client.collectDefaultMetrics({ register: this.registry });
       // Node-internal handle counts: gauges named _total (promtool flags them), meaningless here.
@@ -587,6 +608,20 @@ export class FerryMetrics {
     return () => child.inc();
   }
 
+  /** Pre-bound series for one shared rate limit's backend (src/policy/redis_limiter.ts). */
+  rateLimitBackend(limit: string): { error(): void; up(isUp: boolean): void } {
+    // Series appear with the first call, so a dry run (POST /config/validate) creates none.
+    const errors = this.rateLimitBackendErrors.labels(limit);
+    const up = this.rateLimitBackendUp.labels(limit);
+    return {
+      error: () => errors.inc(),
+      up: (isUp) => {
+        errors.inc(0);
+        up.set(isUp ? 1 : 0);
+      },
+    };
+  }
+
   breakerTransition(cluster: string, scope: string, endpoint: string, to: string): void {
     this.breakerTransitions.labels(cluster, scope, endpoint, to).inc();
   }
@@ -606,14 +641,17 @@ export class FerryMetrics {
   }
 
   /** For the hot-reload path: count every reload attempt by its result. */
-  recordConfigReload(result: "success" | "failure"): void {
-    this.configReloads.labels(result).inc();
+  recordConfigReload(
+    result: "success" | "failure",
+    trigger: (typeof RELOAD_TRIGGERS)[number] = "file",
+  ): void {
+    this.configReloads.labels(result, trigger).inc();
   }
 
-  /** The active config version (set at start-up and after each successful reload). */
-  setConfigVersion(version: string | number): void {
+  /** The active config version and its author (set at start-up and after each reload). */
+  setConfigVersion(version: string | number, author = "startup"): void {
     this.configInfo.reset();
-    this.configInfo.set({ version: String(version) }, 1);
+    this.configInfo.set({ version: String(version), author }, 1);
   }
 
   /** The text exposition format (version 0.0.4) for GET /metrics. */

@@ -4,7 +4,7 @@
  */
 import { type ListenerPlan, type Snapshot, splitAddress } from "../config/compile.ts";
 import type { Logger } from "../observability/log.ts";
-import { adminHandler } from "./admin.ts";
+import { adminHandler, type AdminView } from "./admin.ts";
 import { StatsHistory } from "./admin_stats.ts";
 import { errorResponse, ProxyError, RecentErrors } from "./errors.ts";
 import { createListenerHandler } from "./handler.ts";
@@ -68,6 +68,7 @@ export class Ferry {
           snapshot: () => ferry.#snapshot,
           reload: () => ferry.#adminRoutes.reload?.(),
           reloadStatus: () => ferry.#adminRoutes.reloadStatus?.(),
+          submitConfig: (text, opts) => ferry.#adminRoutes.submitConfig?.(text, opts),
           recentErrors: ferry.recentErrors,
           statsHistory: ferry.statsHistory,
           address: admin.address,
@@ -375,6 +376,8 @@ export class Ferry {
 export interface AdminExtras {
   readonly reload?: () => Promise<unknown>;
   readonly reloadStatus?: () => unknown;
+  /** PUT /config and POST /config/validate (see Reloader.submit). */
+  readonly submitConfig?: AdminView["submitConfig"];
 }
 
 function sameBinding(a: ListenerPlan, b: ListenerPlan): boolean {
