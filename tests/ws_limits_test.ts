@@ -23,7 +23,10 @@ interface Closed {
   reason: string;
 }
 
-/** A WebSocket upstream: `/echo` echoes, `/big` sends one 2 MiB message once open. */
+/**
+ * A WebSocket upstream: `/echo` echoes, `/big` sends one 2 MiB message once open, `/stream`
+ * sends 24 MiB in 64 KiB messages once open.
+ */
 function startWsUpstream() {
   const closes: Closed[] = [];
   const up = startUpstream((req) => {
@@ -35,6 +38,10 @@ function startWsUpstream() {
     socket.onmessage = (e) => socket.send(e.data);
     socket.onopen = () => {
       if (path === "/big") socket.send(new Uint8Array(2 * 1024 * 1024));
+      // 24 MiB in 64 KiB messages: more than the socket buffers between here and the client.
+      if (path === "/stream") {
+        for (let i = 0; i < 384; i++) socket.send(new Uint8Array(64 * 1024));
+      }
     };
     socket.onclose = (e) => closes.push({ code: e.code, reason: e.reason });
     socket.onerror = () => {};
@@ -305,6 +312,35 @@ Deno.test("an idle WebSocket is closed with 1001 after websocket_idle_timeout", 
     await until("the upstream sees the close", () => closes.length > 0);
     assert.match(closes[0]!.reason, /^1001 idle/);
   } finally {
+    await px.close();
+    await up.close();
+  }
+});
+
+Deno.test("a WebSocket client that stops reading is dropped after send_timeout", async () => {
+  const { up, closes } = startWsUpstream();
+  // A send buffer larger than the whole stream: only the send timeout can end this.
+  const px = startFerry(
+    catchAllConfig("server: { send_timeout: 2s, websocket_max_buffer: 67108864 }\n"),
+    { UP: up.url },
+  );
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: px.port });
+  try {
+    await conn.write(new TextEncoder().encode(HANDSHAKE.replace("/echo", "/stream")));
+    const head = new Uint8Array(256);
+    const n = await conn.read(head);
+    assert.match(new TextDecoder().decode(head.subarray(0, n ?? 0)), /^HTTP\/1\.1 101/);
+    // This client reads nothing more.
+    const t0 = performance.now();
+    await until("the upstream sees the close", () => closes.length > 0, 20_000);
+    const took = performance.now() - t0;
+    console.log(
+      `upstream saw ${closes[0]!.code} "${closes[0]!.reason}" after ${took.toFixed(0)} ms`,
+    );
+    assert.ok(took >= 1500, `closed after ${took.toFixed(0)} ms, before send_timeout`);
+    assert.match(closes[0]!.reason, /^1001 client took no data for 2000 ms/);
+  } finally {
+    conn.close();
     await px.close();
     await up.close();
   }

@@ -480,7 +480,12 @@ export class ConnectionGuard {
       const age = now - g.since;
       const writing = g.link.writingSince;
       if (limits.sendTimeoutMs > 0 && writing > 0 && now - writing > limits.sendTimeoutMs) {
-        // The client has not accepted a byte for that long: free it and whatever it holds.
+        // The client has not accepted a byte for that long: free it and whatever it holds. A
+        // WebSocket's upstream hears why first (the client cannot: it does not read).
+        g.link.closeTunnel?.(
+          CLOSE_GOING_AWAY,
+          `client took no data for ${limits.sendTimeoutMs} ms`,
+        );
         this.#drop(g);
         continue;
       }
