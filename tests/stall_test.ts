@@ -138,10 +138,11 @@ Deno.test({
           ((up.state.closedAt - t0) / 1000).toFixed(1)
         } s after the client stopped`,
       );
-      // Most of it sits in kernel socket buffers Deno cannot size (docs/connections.md, "Clients
-      // that stop reading"): 9-13 MiB measured here; Ferry itself holds about 1 MiB of it.
+      // It sits in kernel socket buffers Deno cannot size (docs/connections.md, "Clients that
+      // stop reading"): 12-24 MiB measured on this machine, whose tcp_rmem max is 32 MiB. What
+      // this guards against is Ferry buffering without bound (here: the whole 64 MiB).
       assert.ok(
-        pulled - got <= 16 * MiB,
+        pulled - got <= 32 * MiB,
         `pulled ${(pulled / MiB).toFixed(1)} MiB beyond what the client read`,
       );
     } finally {

@@ -5,6 +5,8 @@
  * guard asks an upgraded connection (WebSocket) to close with a code.
  */
 export class DownstreamLink {
+  /** The connection speaks HTTP/2 (set by the guard before a request is handed on). */
+  h2 = false;
   /** performance.now() when the pending client write last made progress; 0: none pending. */
   writingSince = 0;
   closed = false;

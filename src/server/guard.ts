@@ -198,6 +198,7 @@ export class ConnectionGuard {
       }
       const ticket: RequestTicket = { link: g.link, abandoned: false };
       attachTicket(req, ticket);
+      g.link.h2 = g.h2;
       g.active++;
       g.phase = "busy";
       g.link.onAbandon ??= () => this.#settle(g);

@@ -247,7 +247,14 @@ export function forwardTo(s: ForwardSettings): Handler {
           ? upstream.body.pipeThrough(idleGuard(s, ctl))
           : upstream.body;
         const relayed = out &&
-          relayBody(out, req, s.sendTimeoutMs, s.deadlines, (why) => ctl.abort(why));
+          relayBody(
+            out,
+            req,
+            upstream.headers.get("content-length"),
+            s.sendTimeoutMs,
+            s.deadlines,
+            (why) => ctl.abort(why),
+          );
         return downstreamResponse(req, ctx, s, upstream, relayed);
       }
     } finally {
