@@ -29,7 +29,7 @@ const DESCRIPTIONS: Record<string, string> = {
   "server.send_timeout": "Close a client that accepts no bytes for this long (default 60s).",
   "server.websocket_max_message_bytes": "Largest WebSocket message; bigger gets 1009.",
   "server.websocket_max_frame_bytes": "Largest WebSocket frame from a client; bigger gets 1009.",
-  "server.websocket_idle_timeout": "Close a WebSocket with no traffic for this long (default 5m).",
+  "server.websocket_idle_timeout": "Close a WebSocket with no message for this long (default 5m).",
   "log.level": "Lowest log level written.",
   "routes": "Request routes; each has a match and exactly one action.",
   "routes[].name": "Unique route name.",

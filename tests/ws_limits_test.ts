@@ -317,6 +317,36 @@ Deno.test("an idle WebSocket is closed with 1001 after websocket_idle_timeout", 
   }
 });
 
+Deno.test("pings do not keep an idle WebSocket open: 1001 after websocket_idle_timeout", async () => {
+  const { up } = startWsUpstream();
+  const px = startFerry(catchAllConfig("server: { websocket_idle_timeout: 1500ms }\n"), {
+    UP: up.url,
+  });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: px.port });
+  try {
+    await conn.write(new TextEncoder().encode(HANDSHAKE));
+    await conn.read(new Uint8Array(512));
+    const t0 = performance.now();
+    const closing = readClose(conn, 10_000);
+    // A ping every 300 ms (Deno answers each with a pong): bytes flow both ways, no message.
+    const timer = setInterval(() => conn.write(frameHeader(9, true, 0)).catch(() => {}), 300);
+    try {
+      const close = await closing;
+      const took = performance.now() - t0;
+      assert.equal(close.code, 1001);
+      assert.ok(took > 1000 && took < 6000, `closed after ${took.toFixed(0)} ms`);
+    } finally {
+      clearInterval(timer);
+    }
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed */ }
+    await px.close();
+    await up.close();
+  }
+});
+
 Deno.test("a WebSocket client that stops reading is dropped after send_timeout", async () => {
   const { up, closes } = startWsUpstream();
   // A send buffer larger than the whole stream: only the send timeout can end this.

@@ -427,7 +427,7 @@ export const ServerSchema = z.strictObject({
   websocket_max_frame_bytes: z.number().int().min(125).default(
     SERVER_LIMIT_DEFAULTS.websocket_max_frame_bytes,
   ),
-  /** WebSocket: no byte either way for this long closes the connection (0: never). */
+  /** WebSocket: no message either way for this long closes it with 1001 (0: never). */
   websocket_idle_timeout: duration.default(SERVER_LIMIT_DEFAULTS.websocket_idle_timeout),
 }).default({
   trusted_proxies: [],

@@ -10,6 +10,11 @@ export class DownstreamLink {
   /** performance.now() when the pending client write last made progress; 0: none pending. */
   writingSince = 0;
   closed = false;
+  /**
+   * performance.now() of the last WebSocket message either way, set by the relay: the tunnel
+   * idle timeout counts messages, not bytes, since Deno's own pings would keep any tunnel busy.
+   */
+  lastMessageAt = 0;
   /** Set by the WebSocket relay: closes both sides with this code (client) and reason. */
   closeTunnel: ((code: number, reason: string) => void) | undefined;
   /** Requests whose relay gave up (see RequestTicket.abandoned) and that are not done yet. */

@@ -109,8 +109,6 @@ class Guarded {
   inner: Deno.TcpConn | undefined;
   /** Shared with the connection's handlers: whether a client write is blocked. */
   readonly link = new DownstreamLink();
-  /** Last byte read either way (performance.now()), for the tunnel idle timeout. */
-  lastActivity: number;
   /** In a tunnel: the client's WebSocket frame limits. */
   frames: WsFrameLimit | undefined;
   /** A tunnel asked to close: dropped at this time if it has not ended by itself. */
@@ -121,7 +119,6 @@ class Guarded {
     now: number,
   ) {
     this.since = now;
-    this.lastActivity = now;
   }
 }
 
@@ -213,7 +210,7 @@ export class ConnectionGuard {
       if (res.status === 101 && isWebSocketUpgrade(req)) {
         const limits = this.#opts.limits();
         g.phase = "tunnel";
-        g.since = g.lastActivity = performance.now();
+        g.since = g.link.lastMessageAt = performance.now();
         g.frames = new WsFrameLimit(limits.wsMaxFrameBytes, limits.wsMaxMessageBytes);
       }
       return res;
@@ -363,7 +360,6 @@ export class ConnectionGuard {
       while (true) {
         const n = await from.read(buf);
         if (n === null) break;
-        g.lastActivity = performance.now();
         if (fromClient) {
           if (!this.#onClientBytes(g, buf, n)) return;
           const allowed = g.frames ? g.frames.feed(buf, n) : n;
@@ -494,7 +490,8 @@ export class ConnectionGuard {
         if (g.closeBy > 0) {
           if (now > g.closeBy) this.#drop(g);
         } else if (
-          limits.tunnelIdleTimeoutMs > 0 && now - g.lastActivity > limits.tunnelIdleTimeoutMs
+          limits.tunnelIdleTimeoutMs > 0 &&
+          now - g.link.lastMessageAt > limits.tunnelIdleTimeoutMs
         ) {
           this.#closeTunnel(g, CLOSE_GOING_AWAY, `idle for ${limits.tunnelIdleTimeoutMs} ms`);
         }

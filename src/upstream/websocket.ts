@@ -53,6 +53,7 @@ export async function proxyWebSocket(
   client.binaryType = "arraybuffer";
   const limit = s.websocketMaxBuffer;
   const maxMessage = s.websocketMaxMessageBytes;
+  const link = downstreamLink(req);
 
   // Frames, and even the close, from upstream may arrive before the client side is open: hold
   // them (bounded) until it opens. close() on a socket still CONNECTING leaves the client open
@@ -61,6 +62,7 @@ export async function proxyWebSocket(
   let earlyBytes = 0;
   let pendingClose: { code?: number; reason?: string } | undefined;
   upstream.onmessage = (e: MessageEvent<string | ArrayBuffer>) => {
+    if (link) link.lastMessageAt = performance.now();
     if (overLimit(e.data, maxMessage)) {
       const reason = `upstream message over ${maxMessage} bytes`;
       early = undefined;
@@ -92,6 +94,7 @@ export async function proxyWebSocket(
     if (pendingClose) closeClient(pendingClose.code, pendingClose.reason);
   };
   client.onmessage = (e: MessageEvent<string | ArrayBuffer>) => {
+    if (link) link.lastMessageAt = performance.now();
     // Behind the guard, frames over the limits never get here (src/server/ws_frames.ts); this
     // check is for listeners without it, after Deno has collected the message.
     if (overLimit(e.data, maxMessage)) {
@@ -117,7 +120,6 @@ export async function proxyWebSocket(
   };
   client.onerror = () => closeUpstream(upstream, 1006, "");
   // The guard closes through here: frames over the limits (1009), an idle tunnel (1001).
-  const link = downstreamLink(req);
   if (link) link.closeTunnel = closeTunnel;
 
   /** Closes the client with `code` and tells the upstream why (as closeUpstream can). */
