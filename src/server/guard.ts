@@ -483,6 +483,10 @@ export class ConnectionGuard {
           CLOSE_GOING_AWAY,
           `client took no data for ${limits.sendTimeoutMs} ms`,
         );
+        this.#log.debug("send_timeout: the client took no data, connection closed", {
+          client: g.remote.hostname,
+          send_timeout_ms: limits.sendTimeoutMs,
+        });
         this.#drop(g);
         continue;
       }
