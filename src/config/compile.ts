@@ -763,6 +763,8 @@ function compileRoute(
     responseEdits: compileEdits(r.response_headers),
     websocket: r.websocket,
     websocketMaxBuffer: cfg.server.websocket_max_buffer,
+    sendTimeoutMs: cfg.server.send_timeout,
+    websocketMaxMessageBytes: cfg.server.websocket_max_message_bytes,
     via: cfg.server.via,
   });
   return freezeRoute(r.name, "cluster", cluster.name, compose(middleware, terminal), grpc);

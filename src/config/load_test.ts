@@ -64,6 +64,10 @@ Deno.test("the contract example loads with every default applied", () => {
       max_header_bytes: 12 * 1024,
       max_headers: 100,
       max_uri_bytes: 8192,
+      send_timeout: 60_000,
+      websocket_max_message_bytes: 1024 * 1024,
+      websocket_max_frame_bytes: 1024 * 1024,
+      websocket_idle_timeout: 300_000,
     },
     log: { level: "info" },
     routes: [{

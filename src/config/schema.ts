@@ -425,6 +425,10 @@ export const SERVER_LIMIT_DEFAULTS = {
   max_header_bytes: 12 * 1024,
   max_headers: 100,
   max_uri_bytes: 8192,
+  send_timeout: 60_000,
+  websocket_max_message_bytes: 1024 * 1024,
+  websocket_max_frame_bytes: 1024 * 1024,
+  websocket_idle_timeout: 300_000,
 } as const;
 
 export const ServerSchema = z.strictObject({
@@ -467,6 +471,21 @@ export const ServerSchema = z.strictObject({
   max_uri_bytes: z.number().int().min(256).max(60 * 1024).default(
     SERVER_LIMIT_DEFAULTS.max_uri_bytes,
   ),
+  /**
+   * A write to a client that stays unaccepted this long (the client stopped reading) closes the
+   * connection and releases its upstream, like nginx's send_timeout (0: never).
+   */
+  send_timeout: duration.default(SERVER_LIMIT_DEFAULTS.send_timeout),
+  /** WebSocket: a message (all its fragments) larger than this is closed with 1009. */
+  websocket_max_message_bytes: z.number().int().min(125).default(
+    SERVER_LIMIT_DEFAULTS.websocket_max_message_bytes,
+  ),
+  /** WebSocket: a single frame from a client larger than this is closed with 1009. */
+  websocket_max_frame_bytes: z.number().int().min(125).default(
+    SERVER_LIMIT_DEFAULTS.websocket_max_frame_bytes,
+  ),
+  /** WebSocket: no message either way for this long closes it with 1001 (0: never). */
+  websocket_idle_timeout: duration.default(SERVER_LIMIT_DEFAULTS.websocket_idle_timeout),
 }).default({
   trusted_proxies: [],
   request_id: "trusted",

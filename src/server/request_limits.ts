@@ -3,6 +3,7 @@
  * get the same answer from the one error table: 431 for header size or count, 413 for a body
  * over the limit (up front from Content-Length, or while streaming a body without one).
  */
+import { attachTicket, downstreamTicket } from "./downstream.ts";
 import { ProxyError } from "./errors.ts";
 
 /**
@@ -59,7 +60,10 @@ export function limitBody(
     if (Number.isSafeInteger(n) && n >= 0) return { req };
   }
   const limit = countingLimit(req.body, maxBodyBytes);
-  return { req: new Request(req, { body: limit.stream }), overLimit: limit.overLimit };
+  const copy = new Request(req, { body: limit.stream });
+  const ticket = downstreamTicket(req);
+  if (ticket) attachTicket(copy, ticket);
+  return { req: copy, overLimit: limit.overLimit };
 }
 
 /**

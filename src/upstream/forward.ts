@@ -26,7 +26,8 @@ import {
 import type { DeadlineQueue } from "../policy/deadlines.ts";
 import type { BreakerStore } from "../policy/circuit_breaker.ts";
 import { outcomeOfError, outcomeOfStatus } from "./health/outlier.ts";
-import { proxyWebSocket } from "./websocket.ts";
+import { notAnUpgrade, proxyWebSocket } from "./websocket.ts";
+import { relayBody } from "./relay.ts";
 import type { ClusterRecorder } from "../observability/metrics.ts";
 import {
   activeSpan,
@@ -65,6 +66,9 @@ export interface ForwardSettings {
   readonly responseEdits: HeaderEdits | undefined;
   readonly websocket: boolean;
   readonly websocketMaxBuffer: number;
+  /** Client-side limits for relayed bodies and WebSockets (server section). */
+  readonly sendTimeoutMs: number;
+  readonly websocketMaxMessageBytes: number;
   /** `Via` pseudonym (RFC 9110 7.6.3). */
   readonly via: string;
   /** The cluster's pre-resolved metric children. */
@@ -192,13 +196,15 @@ export function forwardTo(s: ForwardSettings): Handler {
         let upstream: Response | undefined;
         let failure: ProxyError | undefined;
         try {
-          upstream = await transport.send({
+          const res = await transport.send({
             url,
             method: req.method,
             headers: headers.pairs,
             body: chunks ? replay(chunks) : body,
             signal: attemptSignal?.signal ?? ctl.signal,
           });
+          if (res.status < 200) refuseInterim(res);
+          upstream = res;
         } catch (err) {
           failure = toProxyError(err);
         } finally {
@@ -245,7 +251,16 @@ export function forwardTo(s: ForwardSettings): Handler {
         const out = s.idleTimeoutMs > 0 && upstream.body
           ? upstream.body.pipeThrough(idleGuard(s, ctl))
           : upstream.body;
-        return downstreamResponse(req, ctx, s, upstream, out);
+        const relayed = out &&
+          relayBody(
+            out,
+            req,
+            upstream.headers.get("content-length"),
+            s.sendTimeoutMs,
+            s.deadlines,
+            (why) => ctl.abort(why),
+          );
+        return downstreamResponse(req, ctx, s, upstream, relayed);
       }
     } finally {
       deadline?.cancel();
@@ -253,6 +268,12 @@ export function forwardTo(s: ForwardSettings): Handler {
       if (holdingRetry) budget.release();
     }
   };
+}
+
+/** A 1xx final answer is never relayed (see notAnUpgrade). */
+function refuseInterim(res: Response): never {
+  res.body?.cancel().catch(() => {});
+  throw notAnUpgrade(res.status);
 }
 
 /** Takes a retry slot from the cluster's budget; a refusal is flagged URX for the access log. */

@@ -8,6 +8,7 @@ import {
   type Transport,
   type UpstreamRequest,
 } from "./transport.ts";
+import { notAnUpgrade } from "./websocket.ts";
 
 /** HTTP/1.1 via node:http: used only where bytes must pass through undecoded. */
 export class NodeHttpTransport implements Transport {
@@ -54,6 +55,11 @@ export class NodeHttpTransport implements Transport {
         resolve(new Response(body, { status, statusText: res.statusMessage ?? "", headers: out }));
       });
       req.on("error", (err) => reject(classifyUpstreamError(err, r.signal)));
+      // node:http reports a 101 only here; without a listener the request never settles.
+      req.on("upgrade", (res, socket) => {
+        socket.destroy();
+        reject(notAnUpgrade(res.statusCode ?? 101));
+      });
       if (r.body) {
         Readable.fromWeb(r.body as unknown as import("node:stream/web").ReadableStream).pipe(req);
       } else {
