@@ -305,6 +305,7 @@ export class FerryMetrics {
   readonly grpcUpstreamAttempts: client.Counter<string>;
   readonly configReloads: client.Counter<string>;
   readonly configInfo: client.Gauge<string>;
+  readonly internalErrors: client.Counter<string>;
   readonly buildInfo: client.Gauge<string>;
 
   constructor(opts: FerryMetricsOptions = {}) {
@@ -497,6 +498,15 @@ export class FerryMetrics {
       registers,
     });
     this.buildInfo.set({ version: VERSION, deno: Deno.version.deno }, 1);
+    // Errors no handler caught (a bug): counted by the process's last line of defence.
+    this.internalErrors = new client.Counter({
+      name: "ferry_internal_errors_total",
+      help:
+        "Errors that escaped every handler, by kind (unhandledrejection or error); should be 0.",
+      labelNames: ["kind"],
+      registers,
+    });
+    for (const kind of ["unhandledrejection", "error"]) this.internalErrors.labels(kind).inc(0);
     // Both results exist from the start, so rate() and alerts see a 0 rather than no series.
     this.configReloads.labels("success").inc(0);
     this.configReloads.labels("failure").inc(0);

@@ -1,13 +1,17 @@
 /** HTTP/1.1 through node:http, which never decodes bodies (see transport.ts for why). */
 import * as http from "node:http";
 import * as https from "node:https";
-import { Readable } from "node:stream";
+import { pipeline, Readable } from "node:stream";
 import {
+  checkUpstreamHead,
   classifyUpstreamError,
   type PoolOptions,
   type Transport,
   type UpstreamRequest,
 } from "./transport.ts";
+
+/** Statuses whose responses have no body (Response refuses one for them). */
+const NULL_BODY_STATUS = new Set([101, 204, 205, 304]);
 
 /** HTTP/1.1 via node:http: used only where bytes must pass through undecoded. */
 export class NodeHttpTransport implements Transport {
@@ -43,19 +47,45 @@ export class NodeHttpTransport implements Transport {
       signal: r.signal,
     };
     return new Promise<Response>((resolve, reject) => {
+      // Every stream here has its error handled where it starts: an 'error' event without a
+      // listener would end the process (node semantics), whatever the request.
+      const fail = (err: unknown) => reject(classifyUpstreamError(err, r.signal));
       const req = (secure ? https : http).request(options, (res) => {
+        res.on("error", () => {}); // also reported through the body stream or `req`
         const out = new Headers();
         const raw = res.rawHeaders;
-        for (let i = 0; i + 1 < raw.length; i += 2) out.append(raw[i]!, raw[i + 1]!);
-        const status = res.statusCode ?? 502;
-        const noBody = r.method === "HEAD" || status === 204 || status === 304;
-        const body = noBody ? null : (Readable.toWeb(res) as unknown as ReadableStream<Uint8Array>);
-        if (noBody) res.resume();
-        resolve(new Response(body, { status, statusText: res.statusMessage ?? "", headers: out }));
+        let response: Response;
+        try {
+          for (let i = 0; i + 1 < raw.length; i += 2) out.append(raw[i]!, raw[i + 1]!);
+          const status = res.statusCode ?? 0;
+          checkUpstreamHead(status, out);
+          const noBody = r.method === "HEAD" || NULL_BODY_STATUS.has(status);
+          const body = noBody
+            ? null
+            : (Readable.toWeb(res) as unknown as ReadableStream<Uint8Array>);
+          if (noBody) res.resume();
+          response = new Response(body, {
+            status,
+            statusText: res.statusMessage ?? "",
+            headers: out,
+          });
+        } catch (err) {
+          res.destroy();
+          req.destroy();
+          return fail(err);
+        }
+        resolve(response);
       });
-      req.on("error", (err) => reject(classifyUpstreamError(err, r.signal)));
+      req.on("error", fail);
       if (r.body) {
-        Readable.fromWeb(r.body as unknown as import("node:stream/web").ReadableStream).pipe(req);
+        // pipeline, not pipe: a failing body (client gone, size limit) destroys the upstream
+        // request instead of leaving it half-sent, and its error is handled here.
+        const source = Readable.fromWeb(
+          r.body as unknown as import("node:stream/web").ReadableStream,
+        );
+        pipeline(source, req, (err) => {
+          if (err) fail(err);
+        });
       } else {
         req.end();
       }
