@@ -213,7 +213,7 @@ export function forwardTo(s: ForwardSettings): Handler {
           contentLength = checkUpstreamHead(upstream.status, upstream.headers);
         } catch (err) {
           // A failure of the request body is the client's, whatever the transport made of it.
-          failure = watched?.failure() ?? toProxyError(err);
+          failure = watched?.failure() ?? ctx.bodyFailure?.() ?? toProxyError(err);
           if (upstream) {
             upstream.body?.cancel().catch(() => {});
             upstream = undefined;
