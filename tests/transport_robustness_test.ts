@@ -30,6 +30,7 @@ const RAW_REPLIES: Record<string, string> = {
   "/raw/cl-list": "HTTP/1.1 200 OK\r\nContent-Length: 2, 5\r\n\r\nhello",
   "/raw/short-cl": "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello",
   "/raw/short-chunked": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+  "/raw/101": "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\nxyz",
 };
 
 interface Rig {
@@ -257,5 +258,20 @@ Deno.test(
       );
       assert.deepEqual(got, expected, `client sent ${JSON.stringify(sent)}`);
     }
+  }),
+);
+
+Deno.test(
+  "node:http: an upstream 101 to a request that asked for no upgrade is a 502, not a request left hanging",
+  withRig(async (rig) => {
+    const [, headers] = TRANSPORTS[1];
+    // Route timeout 15 s: a hang shows as no answer within the 5 s read.
+    const res = await rawExchange(
+      rig.ferry.port,
+      `GET /raw/101 HTTP/1.1\r\nHost: a\r\n${headers}\r\n`,
+      { ms: 5_000 },
+    );
+    assert.equal(statusOf(res), 502, res);
+    assert.match(res, /x-ferry-flag: UPE/);
   }),
 );

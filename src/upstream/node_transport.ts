@@ -2,6 +2,7 @@
 import * as http from "node:http";
 import * as https from "node:https";
 import { pipeline, Readable } from "node:stream";
+import { ProxyError } from "../server/errors.ts";
 import {
   checkUpstreamHead,
   classifyUpstreamError,
@@ -77,6 +78,25 @@ export class NodeHttpTransport implements Transport {
         resolve(response);
       });
       req.on("error", fail);
+      // A 101 to a request that asked for no upgrade: without this listener node:http neither
+      // answers nor fails, and the request would hang past every timeout.
+      req.on("upgrade", (_res, socket) => {
+        socket.destroy();
+        fail(
+          new ProxyError(
+            "upstream_protocol_error",
+            "the upstream switched protocols (101) on a request that asked for no upgrade",
+          ),
+        );
+      });
+      // Settle on abort whatever node:http makes of it (the route timeout must always answer).
+      const onAbort = () => {
+        req.destroy();
+        fail(r.signal.reason);
+      };
+      if (r.signal.aborted) onAbort();
+      else r.signal.addEventListener("abort", onAbort, { once: true });
+      req.once("close", () => r.signal.removeEventListener("abort", onAbort));
       if (r.body) {
         // pipeline, not pipe: a failing body (client gone, size limit) destroys the upstream
         // request instead of leaving it half-sent, and its error is handled here.
