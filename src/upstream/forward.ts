@@ -434,7 +434,7 @@ function downstreamResponse(
 /**
  * fetch decodes compressed bodies unless asked for `identity`, and adds `accept`, `accept-language`
  * and `user-agent` (and `accept-encoding`) when a request lacks them; Deno 2.9.6 has no way to stop
- * either (docs/design.md "What fetch adds"). So fetch gets only requests it would send exactly as
+ * either (docs/design.md "Which transport"). So fetch gets only requests it would send exactly as
  * given: all four present, Accept-Encoding `identity`. Anything else goes through the byte-exact
  * transport where the cluster has one; else (HTTP/2 clusters) through fetch with `identity`.
  */

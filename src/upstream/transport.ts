@@ -2,9 +2,10 @@
  * How bytes reach an upstream. The default is fetch over one `Deno.HttpClient` pool per cluster.
  *
  * fetch always decompresses gzip/br/deflate bodies unless the request says
- * `Accept-Encoding: identity`, yet keeps `content-encoding`. A proxy must pass compressed bodies
- * through byte for byte, so requests whose client accepts a coding go through `node:http`
- * (which never decodes) on HTTP/1.1 clusters; see docs/design.md "Compressed bodies".
+ * `Accept-Encoding: identity`, yet keeps `content-encoding`, and adds headers the client never
+ * sent. A proxy must pass bodies and headers through as they are, so on HTTP/1.1 clusters only
+ * requests fetch would send unchanged take it, the rest go through `node:http` (which never
+ * decodes); see docs/design.md "Which transport".
  */
 import { ProxyError } from "../server/errors.ts";
 
