@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { startUpstream } from "./helpers.ts";
+import { makeTestCerts } from "./fixtures/certs.ts";
 import {
   assertUnharmed,
   endpointMarks,
@@ -275,3 +276,54 @@ Deno.test(
     assert.match(res, /x-ferry-flag: UPE/);
   }),
 );
+
+Deno.test("an https upstream is checked against its own name, not the client's Host, on both transports", async () => {
+  const certs = await makeTestCerts();
+  const up = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, cert: certs.cert, key: certs.key, onListen() {} },
+    (req) => new Response(`tls ok ${req.headers.get("host")}`),
+  );
+  // The certificate names localhost and 127.0.0.1; preserve_host (the default) sends the
+  // client's Host, which the certificate does not name.
+  const ferry = await startFerryProcess(`listeners:
+  - { name: public, address: "127.0.0.1:0" }
+admin: { address: "127.0.0.1:0" }
+routes:
+  - { name: by-name, match: { path: { prefix: /name } }, cluster: by-name }
+  - { name: by-ip, match: { path: { prefix: /ip } }, cluster: by-ip }
+  - { name: untrusted, match: { path: { prefix: /untrusted } }, cluster: untrusted }
+clusters:
+  - name: by-name
+    endpoints: ["https://localhost:${up.addr.port}"]
+    tls: { ca_file: "${certs.caFile}" }
+  - name: by-ip
+    endpoints: ["https://127.0.0.1:${up.addr.port}"]
+    tls: { ca_file: "${certs.caFile}" }
+  - name: untrusted
+    endpoints: ["https://localhost:${up.addr.port}"]
+`);
+  try {
+    for (const [transport, headers] of TRANSPORTS) {
+      for (const path of ["/name", "/ip"]) {
+        const res = await rawExchange(
+          ferry.port,
+          `GET ${path} HTTP/1.1\r\nHost: example.com\r\n${headers}\r\n`,
+        );
+        assert.equal(statusOf(res), 200, `${transport} ${path}\n${res}`);
+        assert.match(res, /tls ok example\.com/);
+      }
+      // Still verified: a CA Ferry was not given is refused.
+      const res = await rawExchange(
+        ferry.port,
+        `GET /untrusted HTTP/1.1\r\nHost: localhost\r\n${headers}\r\n`,
+      );
+      assert.equal(statusOf(res), 502, `${transport} untrusted\n${res}`);
+      assert.match(res, /x-ferry-flag: UF/);
+    }
+    await assertUnharmed(ferry, "https upstreams");
+  } finally {
+    await ferry.stop();
+    await up.shutdown();
+    await certs.remove();
+  }
+});

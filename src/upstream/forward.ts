@@ -183,7 +183,7 @@ export function forwardTo(s: ForwardSettings): Handler {
         // Never a length without its bytes: without a body the transport frames the request.
         if (!body) headers.delete("content-length");
         dropIncomingTraceContext(headers, span);
-        const transport = chooseTransport(cluster, headers);
+        const transport = chooseTransport(cluster, headers, endpoint);
         // A transport that reads the body in JS gets it watched, so that the body's own failure
         // is known by type; fetch reads Deno.serve's body natively (a JS stream in between
         // costs 3-10x upload time, measured) and tells that failure apart itself.
@@ -436,13 +436,14 @@ function downstreamResponse(
  * and `user-agent` (and `accept-encoding`) when a request lacks them; Deno 2.9.6 has no way to stop
  * either (docs/design.md "Which transport"). So fetch gets only requests it would send exactly as
  * given: all four present, Accept-Encoding `identity`. Anything else goes through the byte-exact
- * transport where the cluster has one; else (HTTP/2 clusters) through fetch with `identity`.
+ * transport where it reaches the endpoint; else (HTTP/2 clusters, TLS without `ca_file`) through
+ * fetch with `identity`.
  */
-function chooseTransport(cluster: Cluster, headers: HeaderList): Transport {
+function chooseTransport(cluster: Cluster, headers: HeaderList, endpoint: Endpoint): Transport {
   const ae = headers.get("accept-encoding");
   const identity = ae !== null && IDENTITY.test(ae);
   if (
-    cluster.passthrough &&
+    cluster.passthrough && (cluster.passthrough.reaches?.(endpoint.url) ?? true) &&
     (!identity || !headers.has("accept") || !headers.has("accept-language") ||
       !headers.has("user-agent"))
   ) return cluster.passthrough;

@@ -1,6 +1,7 @@
 /** HTTP/1.1 through node:http, which never decodes bodies (see transport.ts for why). */
 import * as http from "node:http";
 import * as https from "node:https";
+import { isIP } from "node:net";
 import { pipeline, Readable } from "node:stream";
 import { ProxyError } from "../server/errors.ts";
 import {
@@ -31,6 +32,7 @@ export class NodeHttpTransport implements Transport {
   send(r: UpstreamRequest): Promise<Response> {
     const url = new URL(r.url);
     const secure = url.protocol === "https:";
+    const hostname = url.hostname.replace(/^\[|\]$/g, "");
     const headers: Record<string, string | string[]> = {};
     for (const [name, value] of r.headers) {
       const prev = headers[name];
@@ -40,11 +42,15 @@ export class NodeHttpTransport implements Transport {
     }
     const options: http.RequestOptions = {
       method: r.method,
-      hostname: url.hostname.replace(/^\[|\]$/g, ""),
+      hostname,
       port: url.port || (secure ? 443 : 80),
       path: url.pathname + url.search,
       headers,
       agent: secure ? this.#httpsAgent : this.#httpAgent,
+      // TLS names the endpoint, never the forwarded Host: node:http would otherwise take SNI and
+      // the certificate check from the Host header (the client's, with preserve_host). "" for an
+      // IP address (no SNI; the certificate is checked against the IP).
+      ...(secure ? { servername: isIP(hostname) ? "" : hostname } : {}),
       signal: r.signal,
     };
     return new Promise<Response>((resolve, reject) => {

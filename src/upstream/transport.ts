@@ -26,6 +26,8 @@ export interface Transport {
    * classifies a failure of that body itself; otherwise forward.ts watches the body for it.
    */
   readonly readsBodyNatively?: boolean;
+  /** Whether this transport can reach `origin` at all (absent: any origin). */
+  reaches?(origin: URL): boolean;
   close(): void;
 }
 
@@ -90,6 +92,15 @@ export class LazyNodeTransport implements Transport {
   #loaded: Transport | undefined;
   #closed = false;
   constructor(readonly opts: PoolOptions) {}
+
+  /**
+   * node:https verifies against the system's CAs only with `--allow-sys` (Deno 2.9.6: "Requires
+   * sys access to ca"), which `deno task start` does not grant: TLS endpoints only with the
+   * cluster's own `tls.ca_file`.
+   */
+  reaches(origin: URL): boolean {
+    return origin.protocol !== "https:" || this.opts.caCerts !== undefined;
+  }
 
   async send(r: UpstreamRequest): Promise<Response> {
     if (!this.#loaded) {
