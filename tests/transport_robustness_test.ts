@@ -327,3 +327,54 @@ clusters:
     await certs.remove();
   }
 });
+
+Deno.test("node:http: a pooled upstream connection idle for pool.idle_timeout is closed", async () => {
+  let closed = 0, accepted = 0;
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const serving = (async () => {
+    for await (const conn of listener) {
+      accepted++;
+      (async () => {
+        const buf = new Uint8Array(16 * 1024);
+        try {
+          for (;;) {
+            const n = await conn.read(buf);
+            if (n === null) break;
+            // Slower than the idle timeout: a busy connection must not be cut.
+            await new Promise((r) => setTimeout(r, 800));
+            await conn.write(
+              new TextEncoder().encode("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+            );
+          }
+        } catch { /* reset */ }
+        closed++;
+        try {
+          conn.close();
+        } catch { /* closed */ }
+      })();
+    }
+  })().catch(() => {});
+  const ferry = await startFerryProcess(`listeners:
+  - { name: public, address: "127.0.0.1:0" }
+admin: { address: "127.0.0.1:0" }
+routes:
+  - { name: all, match: { path: { prefix: / } }, cluster: up }
+clusters:
+  - name: up
+    endpoints: ["http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}"]
+    pool: { idle_timeout: 300ms }
+`);
+  try {
+    const res = await rawExchange(
+      ferry.port,
+      `GET / HTTP/1.1\r\nHost: a\r\n${TRANSPORTS[1][1]}\r\n`,
+    );
+    assert.equal(statusOf(res), 200, res);
+    assert.equal(accepted, 1);
+    await waitFor(() => closed === 1, "the idle pooled connection to close", 5_000);
+  } finally {
+    await ferry.stop();
+    listener.close();
+    await serving;
+  }
+});

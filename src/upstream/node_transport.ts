@@ -21,7 +21,13 @@ export class NodeHttpTransport implements Transport {
   readonly #httpsAgent: https.Agent;
 
   constructor(opts: PoolOptions) {
-    const common = { keepAlive: true, maxFreeSockets: opts.maxIdlePerEndpoint };
+    const common = {
+      keepAlive: true,
+      maxFreeSockets: opts.maxIdlePerEndpoint,
+      // pool.idle_timeout: an idle pooled socket is closed after it (a busy one is not cut:
+      // node:http only reports the timeout of a socket in use).
+      ...(opts.idleTimeoutMs > 0 ? { timeout: opts.idleTimeoutMs } : {}),
+    };
     this.#httpAgent = new http.Agent(common);
     this.#httpsAgent = new https.Agent({
       ...common,
