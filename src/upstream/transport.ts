@@ -228,6 +228,9 @@ export function classifyUpstreamError(err: unknown, signal: AbortSignal): ProxyE
     }
     return new ProxyError("client_closed", "the client went away", { cause: err });
   }
+  const typed = classifyByType(err);
+  if (typed) return typed;
+  // fetch reports every failure as a TypeError whose causes carry only text.
   const text = describe(err);
   if (/refused|ECONNREFUSED|dns error|ENOTFOUND|EHOSTUNREACH|No route|unreachable/i.test(text)) {
     return new ProxyError("upstream_connect_failure", "the upstream refused the connection", {
@@ -249,6 +252,53 @@ export function classifyUpstreamError(err: unknown, signal: AbortSignal): ProxyE
   return new ProxyError("upstream_protocol_error", "the upstream response was not valid HTTP", {
     cause: err,
   });
+}
+
+const CONNECT_CODES = new Set([
+  "ECONNREFUSED",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+]);
+const RESET_CODES = new Set(["ECONNRESET", "EPIPE", "ECONNABORTED", "ERR_STREAM_PREMATURE_CLOSE"]);
+const TLS_CODE =
+  /^(ERR_TLS_|ERR_SSL_|UNABLE_TO_|CERT_|DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_)/;
+
+/**
+ * Classification by type where the error has one: Deno's error classes and node's `code`
+ * (node:http); undefined when only the text can tell (fetch).
+ */
+function classifyByType(err: unknown): ProxyError | undefined {
+  for (let e: unknown = err, i = 0; e instanceof Error && i < 5; e = e.cause, i++) {
+    const code = (e as { code?: unknown }).code;
+    if (
+      e instanceof Deno.errors.ConnectionRefused ||
+      (typeof code === "string" && CONNECT_CODES.has(code))
+    ) {
+      return new ProxyError("upstream_connect_failure", "the upstream refused the connection", {
+        cause: err,
+      });
+    }
+    if (typeof code === "string" && TLS_CODE.test(code)) {
+      return new ProxyError("upstream_connect_failure", "TLS handshake with the upstream failed", {
+        cause: err,
+      });
+    }
+    if (typeof code === "string" && code.startsWith("HPE_")) {
+      return new ProxyError("upstream_protocol_error", "the upstream response was not valid HTTP", {
+        cause: err,
+      });
+    }
+    if (
+      e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe ||
+      e instanceof Deno.errors.ConnectionAborted || e instanceof Deno.errors.UnexpectedEof ||
+      (typeof code === "string" && RESET_CODES.has(code))
+    ) {
+      return new ProxyError("upstream_reset", "the upstream closed the connection", { cause: err });
+    }
+  }
+  return undefined;
 }
 
 function describe(err: unknown): string {
