@@ -5,7 +5,7 @@
  * upstream answer can crash Ferry or pass for a complete response when it is not one.
  */
 import assert from "node:assert/strict";
-import { startUpstream } from "./helpers.ts";
+import { run, startUpstream } from "./helpers.ts";
 import { makeTestCerts } from "./fixtures/certs.ts";
 import {
   assertUnharmed,
@@ -131,6 +131,25 @@ Deno.test(
       assert.equal(statusOf(empty), 200, `${transport}: ${empty}`);
       const next = await rawExchange(port, `GET /next HTTP/1.1\r\nHost: a\r\n${headers}\r\n`);
       assert.match(next, /"path":"\/next"/, `${transport}: the next request is itself`);
+    }
+    // HTTP/2 (h2c): the same rule, whatever the upstream transport.
+    for (const ae of ["identity", "gzip"]) {
+      const out = await run("curl", [
+        "-sS",
+        "--http2-prior-knowledge",
+        "-H",
+        `Accept-Encoding: ${ae}`,
+        "-X",
+        "GET",
+        "--data-binary",
+        "hello",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        `${rig.ferry.url}/h2-get-body`,
+      ]);
+      assert.equal(out.stdout, "400", `h2 GET with a body, ${ae}: ${out.stderr}`);
     }
     const paths = rig.seen.map((s) => s.path);
     assert.deepEqual(paths, ["/empty", "/next", "/empty", "/next"]);
