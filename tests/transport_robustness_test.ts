@@ -5,7 +5,7 @@
  * upstream answer can crash Ferry or pass for a complete response when it is not one.
  */
 import assert from "node:assert/strict";
-import { run, startUpstream } from "./helpers.ts";
+import { metricValue, run, startUpstream } from "./helpers.ts";
 import { makeTestCerts } from "./fixtures/certs.ts";
 import {
   assertUnharmed,
@@ -395,5 +395,60 @@ clusters:
     await ferry.stop();
     listener.close();
     await serving;
+  }
+});
+
+Deno.test("a client that aborts an upload Ferry buffers for retries is a 499 (4xx), not a 500", async () => {
+  let reached = 0;
+  const up = startUpstream(async (req) => {
+    reached++;
+    await req.arrayBuffer().catch(() => {});
+    return new Response("ok");
+  });
+  const ferry = await startFerryProcess(`listeners:
+  - { name: public, address: "127.0.0.1:0" }
+admin: { address: "127.0.0.1:0" }
+routes:
+  - name: all
+    match: { path: { prefix: / } }
+    cluster: up
+    retry: { retries: 2, non_idempotent: true }
+clusters:
+  - name: up
+    endpoints: ["${up.url}"]
+    circuit_breaker: { failures: 1, open_timeout: 60s }
+`);
+  try {
+    for (const [transport, headers] of TRANSPORTS) {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: ferry.port });
+      await conn.write(
+        new TextEncoder().encode(
+          `PUT /buffered HTTP/1.1\r\nHost: a\r\n${headers}Content-Length: 900\r\n\r\n` +
+            "x".repeat(300),
+        ),
+      );
+      await new Promise((r) => setTimeout(r, 300));
+      conn.close();
+      await new Promise((r) => setTimeout(r, 300));
+      const metrics = await (await fetch(`${ferry.admin}/metrics`)).text();
+      const failed = metricValue(metrics, "ferry_downstream_requests_total", {
+        status_class: "5xx",
+      });
+      assert.equal(failed ?? 0, 0, `${transport}: the client's abort was answered as a 5xx`);
+    }
+    // Both recorded as the client's (499 counts as 4xx); the body never arrived whole, so
+    // nothing was sent upstream.
+    const metrics = await (await fetch(`${ferry.admin}/metrics`)).text();
+    assert.equal(
+      metricValue(metrics, "ferry_downstream_requests_total", { status_class: "4xx" }),
+      2,
+    );
+    assert.equal(reached, 0);
+    const [e] = await endpointMarks(ferry.admin, "up");
+    assert.equal(e!.timesOpened, 0);
+    await assertUnharmed(ferry, "buffered upload aborts");
+  } finally {
+    await ferry.stop();
+    await up.close();
   }
 });
