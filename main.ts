@@ -8,7 +8,7 @@ import { buildSnapshot, configSource } from "./src/config/source.ts";
 import { Reloader, watchConfigFile } from "./src/server/reload.ts";
 import { createLogger } from "./src/observability/log.ts";
 import { FerryMetrics } from "./src/observability/metrics.ts";
-import { Ferry } from "./src/server/ferry.ts";
+import { Ferry, installLastLineOfDefence } from "./src/server/ferry.ts";
 import { VERSION } from "./src/version.ts";
 import { describeSnapshot } from "./src/config/summary.ts";
 import { checkFdBudget, fdBudget } from "./src/server/descriptors.ts";
@@ -36,11 +36,9 @@ async function main(): Promise<number> {
   const source = configSource(opts.config, Deno.env.toObject());
   const log = createLogger("info");
   // One metrics registry for the process: each reload hands it on, so counters survive.
-  const built = await buildSnapshot(source, {
-    version: 1,
-    log,
-    metrics: new FerryMetrics({ processMetrics: true }),
-  });
+  const metrics = new FerryMetrics({ processMetrics: true });
+  installLastLineOfDefence(log, metrics);
+  const built = await buildSnapshot(source, { version: 1, log, metrics });
   if (!built.ok) {
     console.error(`ferry: ${built.message}`);
     return EXIT_CONFIG;

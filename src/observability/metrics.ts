@@ -356,6 +356,7 @@ export class FerryMetrics {
   readonly grpcUpstreamAttempts: client.Counter<string>;
   readonly configReloads: client.Counter<string>;
   readonly configInfo: client.Gauge<string>;
+  readonly internalErrors: client.Counter<string>;
   readonly buildInfo: client.Gauge<string>;
   readonly acceptErrors: client.Counter<string>;
 
@@ -570,6 +571,15 @@ export class FerryMetrics {
       labelNames: ["listener", "socket", "reason"],
       registers,
     });
+    // Errors no handler caught (a bug): counted by the process's last line of defence.
+    this.internalErrors = new client.Counter({
+      name: "ferry_internal_errors_total",
+      help:
+        "Errors that escaped every handler, by kind (unhandledrejection or error); should be 0.",
+      labelNames: ["kind"],
+      registers,
+    });
+    for (const kind of ["unhandledrejection", "error"]) this.internalErrors.labels(kind).inc(0);
     // Both results exist from the start, so rate() and alerts see a 0 rather than no series.
     for (const trigger of RELOAD_TRIGGERS) {
       this.configReloads.labels("success", trigger).inc(0);

@@ -3,7 +3,8 @@
  * snapshot through one reference. Used by main.ts and by the end-to-end tests in-process.
  */
 import { type ListenerPlan, type Snapshot, splitAddress } from "../config/compile.ts";
-import type { Logger } from "../observability/log.ts";
+import { errorFields, type Logger } from "../observability/log.ts";
+import type { FerryMetrics } from "../observability/metrics.ts";
 import { adminHandler, type AdminView } from "./admin.ts";
 import { StatsHistory } from "./admin_stats.ts";
 import { errorResponse, ProxyError, RecentErrors } from "./errors.ts";
@@ -448,4 +449,35 @@ async function drainGuarded(guard: ConnectionGuard, ms: number): Promise<void> {
     await new Promise((r) => setTimeout(r, 20));
   }
   await guard.close();
+}
+
+/**
+ * The process's last line of defence: an error no handler caught (a rejected promise nobody
+ * awaited, an 'error' event without a listener) is logged and counted in
+ * `ferry_internal_errors_total`, and Ferry keeps serving instead of exiting with every client's
+ * connection. Every such error is a bug to fix at its source; tests assert the count stays 0.
+ */
+export function installLastLineOfDefence(log: Logger, metrics: FerryMetrics): () => void {
+  const report = (kind: "unhandledrejection" | "error", err: unknown) => {
+    metrics.internalErrors.labels(kind).inc();
+    log.error("internal error escaped every handler; still serving", {
+      kind,
+      ...errorFields(err),
+      ...(err instanceof Error && err.stack ? { stack: err.stack } : {}),
+    });
+  };
+  const onRejection = (e: PromiseRejectionEvent) => {
+    e.preventDefault();
+    report("unhandledrejection", e.reason);
+  };
+  const onError = (e: ErrorEvent) => {
+    e.preventDefault();
+    report("error", e.error ?? e.message);
+  };
+  globalThis.addEventListener("unhandledrejection", onRejection);
+  globalThis.addEventListener("error", onError);
+  return () => {
+    globalThis.removeEventListener("unhandledrejection", onRejection);
+    globalThis.removeEventListener("error", onError);
+  };
 }

@@ -104,6 +104,7 @@ export function createListenerHandler(
         search: target.search,
         startedAt,
         outcome: { attempts: 0 },
+        ...(overLimit ? { bodyFailure: overLimit } : {}),
       };
       const route = plan.router.match({
         method: req.method,

@@ -8,10 +8,13 @@ import { forwardedHeaders } from "../server/trust.ts";
 import type { Cluster, Endpoint, Members } from "./cluster.ts";
 import { endToEndHeaders, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
 import {
+  checkUpstreamHead,
   classifyUpstreamError,
+  clientBodyError,
   ClientGoneReason,
   TimeoutReason,
   type Transport,
+  watchRequestBody,
 } from "./transport.ts";
 import {
   backoffMs,
@@ -140,10 +143,14 @@ export function forwardTo(s: ForwardSettings): Handler {
 
     // Retries need a body that can be sent again: buffer it up to the policy's limit.
     let retries = retry && methodRetriable(retry, req.method) ? retry.retries : 0;
-    let body: ReadableStream<Uint8Array> | null = req.body;
+    // Exactly the body the request had, or none (400 for one Ferry was not given).
+    let body = requestBody(req);
     let chunks: Uint8Array[] | undefined;
     if (retries > 0 && body) {
-      const r = await replayableBody(body, retry!.maxBodyBytes);
+      // Only the client's body is read here: any failure is the client's.
+      const r = await replayableBody(body, retry!.maxBodyBytes).catch((err) => {
+        throw clientBodyError(err);
+      });
       if (r.replayable) chunks = r.chunks;
       else {
         body = r.stream;
@@ -182,8 +189,16 @@ export function forwardTo(s: ForwardSettings): Handler {
         ctx.outcome.attempts++;
         annotate(span, "ferry.endpoint", endpoint.origin);
         const headers = upstreamHeaders(req, ctx, s, endpoint);
+        // Never a length without its bytes: without a body the transport frames the request.
+        if (!body) headers.delete("content-length");
         dropIncomingTraceContext(headers, span);
-        const transport = chooseTransport(cluster, headers);
+        const transport = chooseTransport(cluster, headers, endpoint);
+        // A transport that reads the body in JS gets it watched, so that the body's own failure
+        // is known by type; fetch reads Deno.serve's body natively (a JS stream in between
+        // costs 3-10x upload time, measured) and tells that failure apart itself.
+        const watched = body && !chunks && !transport.readsBodyNatively
+          ? watchRequestBody(body)
+          : undefined;
         const url = endpoint.origin + path + ctx.search;
         // fetch injects traceparent itself when tracing is on; the other transport needs a span.
         const endSpan = transport === cluster.fetch
@@ -195,18 +210,26 @@ export function forwardTo(s: ForwardSettings): Handler {
         const sentAt = performance.now();
         let upstream: Response | undefined;
         let failure: ProxyError | undefined;
+        let contentLength: string | null = null;
         try {
           const res = await transport.send({
             url,
             method: req.method,
             headers: headers.pairs,
-            body: chunks ? replay(chunks) : body,
+            body: chunks ? replay(chunks) : watched?.stream ?? body,
             signal: attemptSignal?.signal ?? ctl.signal,
           });
-          if (res.status < 200) refuseInterim(res);
           upstream = res;
+          // A 1xx final answer is never relayed; then status range and framing, one check.
+          if (res.status < 200) refuseInterim(res);
+          contentLength = checkUpstreamHead(res.status, res.headers);
         } catch (err) {
-          failure = toProxyError(err);
+          // A failure of the request body is the client's, whatever the transport made of it.
+          failure = watched?.failure() ?? ctx.bodyFailure?.() ?? toProxyError(err);
+          if (upstream) {
+            upstream.body?.cancel().catch(() => {});
+            upstream = undefined;
+          }
         } finally {
           const ms = performance.now() - sentAt;
           ctx.outcome.upstreamMs = ms;
@@ -223,7 +246,7 @@ export function forwardTo(s: ForwardSettings): Handler {
           const pe = failure ?? new ProxyError("internal", "no upstream response");
           const outcome = outcomeOfError(pe.kind);
           if (outcome) m.health.record(endpoint.index, outcome);
-          if (pe.kind === "client_closed") s.breaker?.release(slotOf(s, endpoint), permit);
+          if (clientsFault(pe)) s.breaker?.release(slotOf(s, endpoint), permit);
           else s.breaker?.onFailure(slotOf(s, endpoint), permit);
           if (
             attempt >= retries || ctl.signal.aborted || !errorRetriable(retry!, pe) ||
@@ -255,12 +278,12 @@ export function forwardTo(s: ForwardSettings): Handler {
           relayBody(
             out,
             req,
-            upstream.headers.get("content-length"),
+            contentLength,
             s.sendTimeoutMs,
             s.deadlines,
             (why) => ctl.abort(why),
           );
-        return downstreamResponse(req, ctx, s, upstream, relayed);
+        return downstreamResponse(req, ctx, s, upstream, relayed, contentLength);
       }
     } finally {
       deadline?.cancel();
@@ -274,6 +297,28 @@ export function forwardTo(s: ForwardSettings): Handler {
 function refuseInterim(res: Response): never {
   res.body?.cancel().catch(() => {});
   throw notAnUpgrade(res.status);
+}
+
+const NULL_BODY_STATUS = new Set([204, 205, 304]);
+
+/**
+ * The body to forward, or null. A request that declares a body Ferry was not given is refused:
+ * Deno.serve hands no body to GET and HEAD handlers (it reads and drops it), so forwarding its
+ * Content-Length would make the upstream read the next request on the connection as the body,
+ * and forwarding without it would drop data silently.
+ */
+function requestBody(req: Request): ReadableStream<Uint8Array> | null {
+  if (req.body) return req.body;
+  const cl = req.headers.get("content-length");
+  if ((cl !== null && !/^\s*0\s*$/.test(cl)) || req.headers.has("transfer-encoding")) {
+    throw new ProxyError("bad_request", `a ${req.method} request with a body is not forwarded`);
+  }
+  return null;
+}
+
+/** Failures the client caused (gone, body over the limit): no mark against the endpoint. */
+function clientsFault(pe: ProxyError): boolean {
+  return pe.kind === "client_closed" || pe.kind === "payload_too_large";
 }
 
 /** Takes a retry slot from the cluster's budget; a refusal is flagged URX for the access log. */
@@ -397,12 +442,14 @@ function downstreamResponse(
   s: ForwardSettings,
   upstream: Response,
   body: ReadableStream<Uint8Array> | null,
+  contentLength: string | null,
 ): Response {
   const out = endToEndHeaders(upstream.headers);
+  if (contentLength !== null) out.set("content-length", contentLength);
   out.set("x-request-id", ctx.requestId);
   applyEdits(out, s.responseEdits);
-  // HEAD, 204 and 304 never carry a body, whatever the upstream sent (RFC 9110 6.4.1).
-  const bodyless = req.method === "HEAD" || upstream.status === 204 || upstream.status === 304;
+  // HEAD, 204, 205 and 304 never carry a body, whatever the upstream sent (RFC 9110 6.4.1).
+  const bodyless = req.method === "HEAD" || NULL_BODY_STATUS.has(upstream.status);
   if (bodyless && body) body.cancel().catch(() => {});
   return new Response(bodyless ? null : body, {
     status: upstream.status,
@@ -412,18 +459,22 @@ function downstreamResponse(
 }
 
 /**
- * fetch decodes compressed bodies unless asked for `identity`, so: no Accept-Encoding or identity
- * goes through fetch (saying identity explicitly, since fetch would add gzip); any other coding
- * goes through the byte-exact transport where the cluster has one, else is downgraded to identity.
+ * fetch decodes compressed bodies unless asked for `identity`, and adds `accept`, `accept-language`
+ * and `user-agent` (and `accept-encoding`) when a request lacks them; Deno 2.9.6 has no way to stop
+ * either (docs/design.md "Which transport"). So fetch gets only requests it would send exactly as
+ * given: all four present, Accept-Encoding `identity`. Anything else goes through the byte-exact
+ * transport where it reaches the endpoint; else (HTTP/2 clusters, TLS without `ca_file`) through
+ * fetch with `identity`.
  */
-function chooseTransport(cluster: Cluster, headers: HeaderList): Transport {
+function chooseTransport(cluster: Cluster, headers: HeaderList, endpoint: Endpoint): Transport {
   const ae = headers.get("accept-encoding");
-  if (ae === null || IDENTITY.test(ae)) {
-    headers.set("accept-encoding", "identity");
-    return cluster.fetch;
-  }
-  if (cluster.passthrough) return cluster.passthrough;
-  headers.set("accept-encoding", "identity");
+  const identity = ae !== null && IDENTITY.test(ae);
+  if (
+    cluster.passthrough && (cluster.passthrough.reaches?.(endpoint.url) ?? true) &&
+    (!identity || !headers.has("accept") || !headers.has("accept-language") ||
+      !headers.has("user-agent"))
+  ) return cluster.passthrough;
+  if (!identity) headers.set("accept-encoding", "identity");
   return cluster.fetch;
 }
 
