@@ -132,25 +132,25 @@ Deno.test(
       const next = await rawExchange(port, `GET /next HTTP/1.1\r\nHost: a\r\n${headers}\r\n`);
       assert.match(next, /"path":"\/next"/, `${transport}: the next request is itself`);
     }
-    // HTTP/2 (h2c): the same rule, whatever the upstream transport.
+    // HTTP/2 (h2c): the same rule, whatever the upstream transport. nghttp, not curl: after an
+    // early answer the server may reset the rest of the upload with RST_STREAM(NO_ERROR) (RFC
+    // 9113 8.1), which curl 7.88 reports as error 92 instead of showing the answer.
+    const bodyFile = await Deno.makeTempFile();
+    await Deno.writeTextFile(bodyFile, "hello");
     for (const ae of ["identity", "gzip"]) {
-      const out = await run("curl", [
-        "-sS",
-        "--http2-prior-knowledge",
+      const out = await run("nghttp", [
+        "-v",
+        "-d",
+        bodyFile,
         "-H",
-        `Accept-Encoding: ${ae}`,
-        "-X",
-        "GET",
-        "--data-binary",
-        "hello",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
+        ":method: GET",
+        "-H",
+        `accept-encoding: ${ae}`,
         `${rig.ferry.url}/h2-get-body`,
       ]);
-      assert.equal(out.stdout, "400", `h2 GET with a body, ${ae}: ${out.stderr}`);
+      assert.match(out.stdout, /:status: 400/, `h2 GET with a body, ${ae}: ${out.stderr}`);
     }
+    await Deno.remove(bodyFile);
     const paths = rig.seen.map((s) => s.path);
     assert.deepEqual(paths, ["/empty", "/next", "/empty", "/next"]);
     for (const s of rig.seen) {
