@@ -479,7 +479,7 @@ function buildTier<T>(label: string, routes: CompiledRoute<T>[]): Tier<T> {
   return {
     label,
     exact,
-    prefixTree: buildPrefixNode("", [...byPrefix.keys()], byPrefix, undefined),
+    prefixTree: buildPrefixNode([...byPrefix.keys()], byPrefix, undefined),
     prefixes,
     regexes,
     all: routes,
@@ -487,16 +487,16 @@ function buildTier<T>(label: string, routes: CompiledRoute<T>[]): Tier<T> {
 }
 
 /**
- * The radix tree node for `key` over `keys`: distinct prefixes that all start with `key`.
- * Children group the longer keys by their next character; each child's key is the longest
- * common prefix of its group, so no node has a single child without routes of its own.
+ * The radix tree node over `keys` (distinct prefixes): its key is their longest common prefix,
+ * and its children group the longer keys by their next character. So no node, the root
+ * included, has a single child and no routes of its own: the descent takes no idle steps.
  */
 function buildPrefixNode<T>(
-  key: string,
   keys: readonly string[],
   byPrefix: ReadonlyMap<string, readonly CompiledRoute<T>[]>,
   parentShorter: PrefixNode<T> | undefined,
 ): PrefixNode<T> {
+  const key = commonPrefix(keys);
   const depth = key.length;
   const routes = byPrefix.get(key);
   const groups = new Map<number, string[]>();
@@ -507,9 +507,11 @@ function buildPrefixNode<T>(
     if (group) group.push(k);
     else groups.set(c, [k]);
   }
-  const codes = [...groups.keys()];
-  const lo = codes.length === 0 ? 0 : Math.min(...codes);
-  const span = codes.length === 0 ? 0 : Math.max(...codes) - lo + 1;
+  let lo = Infinity;
+  let hi = -1;
+  for (const c of groups.keys()) [lo, hi] = [Math.min(lo, c), Math.max(hi, c)];
+  if (hi < 0) lo = 0;
+  const span = hi - lo + 1;
   // Filled with undefined from the start: a packed array keeps the lookup on V8's fast path.
   const table: (PrefixNode<T> | undefined)[] = span <= MAX_TABLE_SPAN
     ? Array.from({ length: span }, () => undefined)
@@ -526,14 +528,23 @@ function buildPrefixNode<T>(
   };
   const shorter = node.routes.length > 0 ? node : parentShorter;
   for (const [c, group] of groups) {
-    let end = depth + 1;
-    const first = group[0]!;
-    while (end < first.length && group.every((k) => k.length > end && k[end] === first[end])) end++;
-    const child = buildPrefixNode(first.slice(0, end), group, byPrefix, shorter);
+    const child = buildPrefixNode(group, byPrefix, shorter);
     if (wide !== undefined) wide.set(c, child);
     else table[c - lo] = child;
   }
   return node;
+}
+
+/** The longest string every one of `keys` starts with ("" for none). */
+function commonPrefix(keys: readonly string[]): string {
+  const first = keys[0] ?? "";
+  let end = first.length;
+  for (const k of keys) {
+    let i = 0;
+    while (i < end && i < k.length && k.charCodeAt(i) === first.charCodeAt(i)) i++;
+    end = i;
+  }
+  return first.slice(0, end);
 }
 
 // ---------------------------------------------------------------------------------------------
