@@ -470,10 +470,11 @@ function buildTier<T>(label: string, routes: CompiledRoute<T>[]): Tier<T> {
   }
   // Longest prefix first; the sort is stable, so equal lengths keep config order.
   prefixes.sort((a, b) => b.path.value.length - a.path.value.length);
+  // Routes sharing a prefix, in config order (the order of `prefixes` among equal lengths).
   const byPrefix = new Map<string, CompiledRoute<T>[]>();
-  for (const r of [...prefixes].reverse()) {
+  for (const r of prefixes) {
     const list = byPrefix.get(r.path.value);
-    if (list) list.unshift(r);
+    if (list) list.push(r);
     else byPrefix.set(r.path.value, [r]);
   }
   return {
@@ -509,7 +510,10 @@ function buildPrefixNode<T>(
   }
   let lo = Infinity;
   let hi = -1;
-  for (const c of groups.keys()) [lo, hi] = [Math.min(lo, c), Math.max(hi, c)];
+  for (const c of groups.keys()) {
+    lo = Math.min(lo, c);
+    hi = Math.max(hi, c);
+  }
   if (hi < 0) lo = 0;
   const span = hi - lo + 1;
   // Filled with undefined from the start: a packed array keeps the lookup on V8's fast path.
