@@ -70,8 +70,6 @@ export interface ForwardSettings {
   readonly metrics: ClusterRecorder;
 }
 
-const IDENTITY = /^\s*identity\s*$/i;
-
 export function applyEdits(headers: HeaderList, edits: HeaderEdits | undefined): void {
   if (!edits) return;
   for (const name of edits.remove) headers.delete(name);
@@ -386,17 +384,12 @@ function downstreamResponse(
 }
 
 /**
- * fetch decodes compressed bodies unless asked for `identity`, so: no Accept-Encoding or identity
- * goes through fetch (saying identity explicitly, since fetch would add gzip); any other coding
- * goes through the byte-exact transport where the cluster has one, else is downgraded to identity.
+ * http1 clusters use Ferry's own codec (src/h1/), which passes bytes as they are. fetch decodes
+ * compressed bodies unless asked for `identity` (while keeping `content-encoding`), so on fetch
+ * clusters (h2c, auto, `transport: fetch`) the request always says identity.
  */
 function chooseTransport(cluster: Cluster, headers: HeaderList): Transport {
-  const ae = headers.get("accept-encoding");
-  if (ae === null || IDENTITY.test(ae)) {
-    headers.set("accept-encoding", "identity");
-    return cluster.fetch;
-  }
-  if (cluster.passthrough) return cluster.passthrough;
+  if (cluster.h1) return cluster.h1;
   headers.set("accept-encoding", "identity");
   return cluster.fetch;
 }
