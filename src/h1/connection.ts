@@ -155,12 +155,16 @@ export function serializeHead(
         throw new TypeError("invalid or repeated Content-Length on the request");
       }
       contentLength = Number(value);
+      continue; // written once, below
     } else if (name === "transfer-encoding") continue; // framing is ours to set
     s += `${name}: ${value}\r\n`;
   }
   if (contentLength !== -1) {
     // Never a length without its bytes, nor bytes without their length.
-    if (!hasBody && contentLength !== 0) throw new TypeError("Content-Length without a body");
+    // Deno.serve hands no body to a GET or HEAD handler, whatever the client sent: refused.
+    if (!hasBody && contentLength !== 0) {
+      throw new TypeError(`a Content-Length of ${contentLength} without a body to send`);
+    }
     s += `content-length: ${contentLength}\r\n`;
   } else if (hasBody) {
     s += "transfer-encoding: chunked\r\n";
