@@ -7,7 +7,13 @@ import assert from "node:assert/strict";
 import { H1Transport } from "../src/h1/transport.ts";
 import type { H1PoolOptions } from "../src/h1/pool.ts";
 import { ProxyError } from "../src/server/errors.ts";
-import { catchAllConfig, rawRequest, startEchoUpstream, startFerry } from "./helpers.ts";
+import {
+  catchAllConfig,
+  metricValue,
+  rawRequest,
+  startEchoUpstream,
+  startFerry,
+} from "./helpers.ts";
 import { ok, startRawUpstream } from "./h1_upstream.ts";
 
 const OPTS: H1PoolOptions = {
@@ -398,6 +404,41 @@ Deno.test("through Ferry: ambiguous upstream framing is a 502 with the reason, n
     }
     const fine = await fetch(`${px.url}/fine`);
     assert.equal(await fine.text(), "?");
+  } finally {
+    await px.close();
+    await up.close();
+  }
+});
+
+Deno.test("through Ferry: /clusters and /metrics show the h1 pool per endpoint", async () => {
+  const up = startEchoUpstream();
+  const px = startFerry(catchAllConfig(`admin: { address: "127.0.0.1:0" }\n`), { UP: up.url });
+  try {
+    for (let i = 0; i < 3; i++) await (await fetch(`${px.url}/x`)).text();
+    const view = await (await fetch(`${px.adminUrl}/clusters`)).json();
+    const cluster = view.clusters.find((c: { name: string }) => c.name === "up");
+    assert.equal(cluster.transport, "h1");
+    assert.deepEqual(cluster.endpoints[0].connections, {
+      open: 1,
+      idle: 1,
+      waiting: 0,
+      opened: 1,
+      reused: 2,
+    });
+    const text = await (await fetch(`${px.adminUrl}/metrics`)).text();
+    const endpoint = cluster.endpoints[0].origin;
+    assert.equal(
+      metricValue(text, "ferry_upstream_connections", { cluster: "up", endpoint, state: "idle" }),
+      1,
+    );
+    assert.equal(
+      metricValue(text, "ferry_upstream_connections", { cluster: "up", state: "active" }),
+      0,
+    );
+    assert.equal(
+      metricValue(text, "ferry_upstream_connections_opened_total", { cluster: "up", endpoint }),
+      1,
+    );
   } finally {
     await px.close();
     await up.close();

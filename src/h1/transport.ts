@@ -33,6 +33,10 @@ export class H1Transport implements Transport {
     return [...this.#pools.values()].map((p) => p.stats());
   }
 
+  endpointStats(origin: string): EndpointPoolStats | undefined {
+    return this.#pools.get(origin)?.stats();
+  }
+
   #pool(origin: string): EndpointPool {
     let p = this.#pools.get(origin);
     if (!p) {

@@ -8,6 +8,7 @@
  * `Authorization: Bearer <token>`. Open without it: /healthz, so liveness probes need no secret,
  * and /dashboard, a static page holding no data that asks for the token and sends it itself.
  */
+import type { EndpointPoolStats } from "../h1/pool.ts";
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { Snapshot } from "../config/compile.ts";
 import { BREAKER_STATE_NAMES } from "../policy/circuit_breaker.ts";
@@ -154,6 +155,7 @@ export function clustersView(s: Snapshot) {
         active_requests: c.retryBudget.active,
         panic: c.health.panic,
         retries_in_flight: c.retryBudget.retrying,
+        transport: c.h1 ? "h1" : "fetch",
         ...(c.discovery ? { discovery: discoveryView(c.discovery.status) } : {}),
         endpoints: c.endpoints.map((e) => {
           const st = c.states[e.index]!;
@@ -165,6 +167,8 @@ export function clustersView(s: Snapshot) {
             effective_weight: st.effectiveWeight,
             eligible: st.eligible,
             in_flight: st.inFlight,
+            // The h1 pool's connections (fetch's pool exposes none).
+            connections: c.h1 ? connectionsView(c.h1.endpointStats(e.origin)) : null,
             healthy: h?.healthy ?? true,
             ejected: h?.ejected ?? false,
             ejections: h?.ejections ?? 0,
@@ -183,6 +187,16 @@ export function clustersView(s: Snapshot) {
         }),
       };
     }),
+  };
+}
+
+function connectionsView(p: EndpointPoolStats | undefined) {
+  return {
+    open: p?.open ?? 0,
+    idle: p?.idle ?? 0,
+    waiting: p?.waiting ?? 0,
+    opened: p?.opened ?? 0,
+    reused: p?.reused ?? 0,
   };
 }
 
