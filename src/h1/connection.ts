@@ -214,6 +214,11 @@ export class BodySource {
     this.#replayFrom = 0;
   }
 
+  /** All the body there is has been read (its declared length): what was kept is all of it. */
+  markEnded(): void {
+    this.#ended = true;
+  }
+
   async next(): Promise<Uint8Array | null> {
     if (this.#replayFrom >= 0) {
       const kept = this.#kept!;
@@ -282,23 +287,29 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
 
     const sendBody = async () => {
       const body = x.body!;
-      let sent = 0;
+      const next = async () => {
+        try {
+          return await body.next();
+        } catch (err) {
+          bodyFailure = err; // the client's upload failed (aborted, over the size limit)
+          throw err;
+        }
+      };
       try {
-        for (;;) {
-          let chunk: Uint8Array | null;
-          try {
-            chunk = await body.next();
-          } catch (err) {
-            bodyFailure = err; // the client's upload failed (aborted, over the size limit)
-            throw err;
-          }
-          if (chunk === null) break;
-          if (chunk.length === 0) continue;
-          sent += chunk.length;
-          if (x.contentLength >= 0) {
+        if (x.contentLength >= 0) {
+          // Done as soon as the declared length is out: the answer may follow at once, before
+          // the client's stream reports its end, and the connection should still be reused.
+          for (let sent = 0; sent < x.contentLength;) {
+            const chunk = await next();
+            if (chunk === null) throw new TypeError("request body shorter than its length");
+            sent += chunk.length;
             if (sent > x.contentLength) throw new TypeError("request body longer than its length");
             await c.writeAll(chunk);
-          } else {
+          }
+          body.markEnded();
+        } else {
+          for (let chunk = await next(); chunk !== null; chunk = await next()) {
+            if (chunk.length === 0) continue;
             const size = encoder.encode(chunk.length.toString(16) + "\r\n");
             const framed = new Uint8Array(size.length + chunk.length + 2);
             framed.set(size);
@@ -307,11 +318,8 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
             framed[framed.length - 1] = 10;
             await c.writeAll(framed);
           }
+          await c.writeAll(CHUNK_END);
         }
-        if (x.contentLength >= 0 && sent !== x.contentLength) {
-          throw new TypeError("request body shorter than its length");
-        }
-        if (x.contentLength < 0) await c.writeAll(CHUNK_END);
         requestDone = true;
         finish();
       } catch (err) {
