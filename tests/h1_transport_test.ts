@@ -444,3 +444,59 @@ Deno.test("through Ferry: /clusters and /metrics show the h1 pool per endpoint",
     await up.close();
   }
 });
+
+Deno.test("h1: an upstream that answers before the request body ends gets no reuse of that connection", async () => {
+  // The upstream answers 413 after the head and reads no body: the rest of the body must never
+  // be read by it as a next request, so the connection is closed, not pooled.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  let accepted = 0;
+  const served = (async () => {
+    for await (const conn of listener) {
+      accepted++;
+      const buf = new Uint8Array(4096);
+      await conn.read(buf);
+      await conn.write(enc.encode(ok("too big").replace("200 OK", "413 Payload Too Large")));
+      // Keep reading (and dropping) until the client closes.
+      void (async () => {
+        try {
+          while (await conn.read(buf) !== null) { /* drop */ }
+        } catch { /* reset */ }
+        try {
+          conn.close();
+        } catch { /* closed */ }
+      })();
+    }
+  })().catch(() => {});
+  const t = new H1Transport(OPTS);
+  try {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => release = r);
+    let sent = 0;
+    const body = new ReadableStream<Uint8Array>({
+      async pull(ctl) {
+        if (sent === 1) await gate; // the rest only after the answer came
+        if (sent === 3) return ctl.close();
+        sent++;
+        ctl.enqueue(new Uint8Array(1000));
+      },
+    });
+    const res = await get(t, `http://127.0.0.1:${port}/up`, {
+      method: "POST",
+      headers: [["host", "up"], ["content-length", "3000"]],
+      body,
+    });
+    assert.equal(res.status, 413);
+    assert.equal(await res.text(), "too big");
+    release();
+    const pool = t.stats()[0]!;
+    assert.equal(pool.idle, 0, "not pooled");
+    assert.equal(pool.open, 0, "closed");
+    assert.equal((await get(t, `http://127.0.0.1:${port}/next`)).status, 413);
+    assert.equal(accepted, 2);
+  } finally {
+    t.close();
+    listener.close();
+    await served;
+  }
+});
