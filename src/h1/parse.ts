@@ -76,15 +76,6 @@ export function latin1(buf: Uint8Array, from: number, to: number): string {
   return s;
 }
 
-function lowerLatin1(buf: Uint8Array, from: number, to: number): string {
-  let s = "";
-  for (let i = from; i < to; i++) {
-    const c = buf[i]!;
-    s += String.fromCharCode(c >= 0x41 && c <= 0x5a ? c + 32 : c);
-  }
-  return s;
-}
-
 /** The end of a CRLF line starting at `from` (index of its CR), -1 if incomplete. */
 function lineEnd(buf: Uint8Array, from: number, end: number, what: string): number {
   const lf = buf.indexOf(LF, from);
@@ -169,7 +160,7 @@ export function parseResponseHead(
     for (let i = vStart; i < vEnd; i++) {
       if (FIELD[buf[i]!] !== 1) throw new H1ProtocolError("invalid character in a header value");
     }
-    const name = lowerLatin1(buf, pos, colon);
+    const name = latin1(buf, pos, colon).toLowerCase(); // tchars only: ASCII
     const value = latin1(buf, vStart, vEnd);
     headers.push([name, value]);
     if (name === "content-length") {

@@ -67,17 +67,22 @@ export class EndpointPool implements ConnectionOwner {
     };
   }
 
+  /** The most recently used idle connection, if any (no promise: the common case). */
+  takeIdle(): H1Connection | undefined {
+    let c: H1Connection | undefined;
+    while ((c = this.#idle.pop())) {
+      if (c.isClosed) continue;
+      c.idle = false;
+      this.reused++;
+      return c;
+    }
+    return undefined;
+  }
+
   /** An idle connection (unless `fresh`), a new one, or the next one freed when at the limit. */
   acquire(signal: AbortSignal, fresh: boolean): Promise<H1Connection> {
-    if (!fresh) {
-      let c: H1Connection | undefined;
-      while ((c = this.#idle.pop())) {
-        if (c.isClosed) continue;
-        c.idle = false;
-        this.reused++;
-        return Promise.resolve(c);
-      }
-    }
+    const idle = fresh ? undefined : this.takeIdle();
+    if (idle) return Promise.resolve(idle);
     if (this.#open < this.opts.maxConnectionsPerEndpoint) return this.#connect();
     return new Promise<H1Connection>((resolve, reject) => {
       const onAbort = () => {

@@ -69,7 +69,8 @@ export class H1Transport implements Transport {
     const abortError = () => classifyUpstreamError(r.signal.reason, r.signal);
     for (let attempt = 0;; attempt++) {
       if (r.signal.aborted) throw abortError();
-      const c = await acquire(pool, r.signal, attempt > 0);
+      const c = (attempt === 0 ? pool.takeIdle() : undefined) ??
+        await acquire(pool, r.signal, attempt > 0);
       try {
         return await exchange(c, {
           method: r.method,
