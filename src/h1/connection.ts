@@ -210,8 +210,12 @@ export class BodySource {
     return this.untouched || (this.#ended && this.#kept !== undefined);
   }
 
+  /** Which attempt reads the body now; an earlier attempt's pump must stop reading. */
+  epoch = 0;
+
   rewind(): void {
     this.#replayFrom = 0;
+    this.epoch++;
   }
 
   /** All the body there is has been read (its declared length): what was kept is all of it. */
@@ -219,7 +223,8 @@ export class BodySource {
     this.#ended = true;
   }
 
-  async next(): Promise<Uint8Array | null> {
+  async next(epoch: number): Promise<Uint8Array | null> {
+    if (epoch !== this.epoch) throw new Error("the request body was handed to a retry");
     if (this.#replayFrom >= 0) {
       const kept = this.#kept!;
       if (this.#replayFrom < kept.length) return kept[this.#replayFrom++]!;
@@ -287,9 +292,10 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
 
     const sendBody = async () => {
       const body = x.body!;
+      const epoch = body.epoch;
       const next = async () => {
         try {
-          return await body.next();
+          return await body.next(epoch);
         } catch (err) {
           bodyFailure = err; // the client's upload failed (aborted, over the size limit)
           throw err;
@@ -323,7 +329,8 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
         requestDone = true;
         finish();
       } catch (err) {
-        body.cancel(err);
+        // A retry owns the body now: leave it alone.
+        if (epoch === body.epoch) body.cancel(err);
         fail();
         if (!settled) failWith(err);
       }
