@@ -385,10 +385,6 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
   });
 }
 
-function responseHeaders(head: ResponseHead): Headers {
-  return new Headers(head.headers);
-}
-
 /** The Response for a parsed head; its body streams from the connection. */
 function makeResponse(
   c: H1Connection,
@@ -397,7 +393,8 @@ function makeResponse(
   complete: () => void,
   fail: () => void,
 ): Response {
-  const init = { status: head.status, statusText: head.reason, headers: responseHeaders(head) };
+  // Pairs, not a Headers object: Response would copy (and validate) a Headers object again.
+  const init = { status: head.status, statusText: head.reason, headers: head.headers };
   if (head.framing === Framing.None) {
     complete();
     return new Response(null, init);
