@@ -500,3 +500,29 @@ Deno.test("h1: an upstream that answers before the request body ends gets no reu
     await served;
   }
 });
+
+Deno.test("through Ferry: a client that aborts its upload mid-body leaves Ferry serving", async () => {
+  const up = startEchoUpstream();
+  const px = startFerry(catchAllConfig(), { UP: up.url });
+  try {
+    for (const framing of ["Content-Length: 100000", "Transfer-Encoding: chunked"]) {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: px.port });
+      const part = framing.startsWith("Content") ? "x".repeat(1000) : "3e8\r\n" + "x".repeat(1000);
+      // Accept-Encoding: gzip took the old node:http pass-through, where this crashed Ferry.
+      await conn.write(
+        enc.encode(
+          `POST /u HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n${framing}\r\n\r\n${part}`,
+        ),
+      );
+      await sleep(100);
+      conn.close();
+      await sleep(100);
+      const after = await fetch(`${px.url}/after`, { method: "POST", body: "fine" });
+      assert.equal(after.status, 200, framing);
+      assert.equal((await after.json()).body, "fine");
+    }
+  } finally {
+    await px.close();
+    await up.close();
+  }
+});
