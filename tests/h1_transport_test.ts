@@ -526,3 +526,22 @@ Deno.test("through Ferry: a client that aborts its upload mid-body leaves Ferry 
     await up.close();
   }
 });
+
+Deno.test("through Ferry: a chunked upload over max_body_bytes is a clean 413 (gzip accepted)", async () => {
+  const up = startEchoUpstream();
+  const px = startFerry(catchAllConfig("server: { max_body_bytes: 1000 }\n"), { UP: up.url });
+  try {
+    const text = await rawRequest(
+      px.port,
+      "POST /u HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n" +
+        "Connection: close\r\n\r\n" + `7d0\r\n${"y".repeat(2000)}\r\n0\r\n\r\n`,
+    );
+    assert.match(text, /^HTTP\/1\.1 413/);
+    assert.match(text, /larger than 1000 bytes/);
+    const after = await fetch(`${px.url}/after`, { method: "POST", body: "fine" });
+    assert.equal((await after.json()).body, "fine");
+  } finally {
+    await px.close();
+    await up.close();
+  }
+});
