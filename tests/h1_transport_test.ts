@@ -545,3 +545,30 @@ Deno.test("through Ferry: a chunked upload over max_body_bytes is a clean 413 (g
     await up.close();
   }
 });
+
+Deno.test("h1 pool: connect_timeout bounds a TLS handshake that never answers", async () => {
+  // Accepts TCP and then says nothing: the TLS ClientHello is never answered.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const c of listener) held.push(c);
+  })().catch(() => {});
+  const t = new H1Transport({ ...OPTS, connectTimeoutMs: 300 });
+  try {
+    const started = performance.now();
+    await assert.rejects(get(t, `https://localhost:${port}/`), (e: unknown) => {
+      assert.ok(e instanceof ProxyError, String(e));
+      assert.equal(e.kind, "upstream_connect_failure");
+      assert.match(e.reason, /within 300 ms/);
+      return true;
+    });
+    assert.ok(performance.now() - started < 5_000, "gave up at the connect timeout");
+    assert.equal(t.stats()[0]!.open, 0);
+  } finally {
+    t.close();
+    listener.close();
+    for (const c of held) c.close();
+    await accepting;
+  }
+});

@@ -109,7 +109,14 @@ export class EndpointPool implements ConnectionOwner {
     this.#open++;
     this.opened++;
     const ctl = new AbortController();
-    const timer = setTimeout(() => ctl.abort(), this.opts.connectTimeoutMs);
+    let handshaking: Deno.TlsConn | undefined;
+    // The timeout covers the TLS handshake too: closing the socket ends a handshake that hangs.
+    const timer = setTimeout(() => {
+      ctl.abort();
+      try {
+        handshaking?.close();
+      } catch { /* closed */ }
+    }, this.opts.connectTimeoutMs);
     let conn: Deno.Conn;
     try {
       const tcp = await Deno.connect({
@@ -119,10 +126,13 @@ export class EndpointPool implements ConnectionOwner {
       });
       if (this.#tls) {
         // The endpoint's host name is the TLS server name, checked against the cluster's CA.
-        conn = await Deno.startTls(tcp, {
+        const tls = await Deno.startTls(tcp, {
           hostname: this.#hostname,
           ...(this.opts.caCerts ? { caCerts: this.opts.caCerts } : {}),
         });
+        handshaking = tls;
+        await tls.handshake(); // here, not lazily at the first write: within the timeout
+        conn = tls;
       } else conn = tcp;
     } catch (err) {
       this.#open--;
