@@ -60,6 +60,14 @@ const DESCRIPTIONS: Record<string, string> = {
   "clusters[].pool.idle_timeout": "Close idle connections after this long (default 90s).",
   "clusters[].http2.max_connections_per_endpoint":
     "HTTP/2 connections per endpoint (gRPC); more open when streams or window run out.",
+  "clusters[].transport":
+    "HTTP/1.1 client of an http1 cluster: h1 (Ferry's own, byte-exact; default) or fetch.",
+  "clusters[].pool.max_connections_per_endpoint":
+    "h1 transport: connections open per endpoint (default 1024); further requests wait.",
+  "clusters[].pool.max_requests_per_connection":
+    "h1 transport: close a connection after this many requests; 0 = no limit.",
+  "clusters[].pool.connect_timeout":
+    "h1 transport: time allowed to open a connection, TLS included (default 5s).",
   "clusters[].preserve_host": "Send the client's Host upstream (true) or the endpoint's (false).",
 };
 

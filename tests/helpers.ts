@@ -59,8 +59,11 @@ ${extra}routes:
 clusters:
   - name: up
     endpoints: ["{{UP}}"]
-`;
+${TEST_TRANSPORT ? `    transport: ${TEST_TRANSPORT}\n` : ""}`;
 }
+
+/** FERRY_TEST_TRANSPORT=fetch runs the catch-all tests over fetch instead of the h1 default. */
+const TEST_TRANSPORT = Deno.env.get("FERRY_TEST_TRANSPORT");
 
 export interface RunningFerry {
   readonly ferry: Ferry;

@@ -262,7 +262,7 @@ ${tls}
   });
   const untrusted = startFerry(yaml(""), { PORT: port });
   try {
-    // identity goes through fetch; an accepted coding through the byte-exact node:https path.
+    // Through the h1 transport, TLS by Deno.startTls with the cluster's CA, whatever the coding.
     for (const ae of ["identity", "gzip"]) {
       const ok = await fetch(`${trusted.url}/tls`, { headers: { "accept-encoding": ae } });
       assert.equal(ok.status, 200, `accept-encoding ${ae}: ${await ok.clone().text()}`);

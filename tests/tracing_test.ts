@@ -47,8 +47,12 @@ Deno.test("with OTel on, the upstream sees one traceparent whose parent is Ferry
     return new Response("ok");
   });
   const file = await tempConfig(`listeners: [{ name: public, address: "127.0.0.1:0" }]
-routes: [{ name: traced, cluster: backend }]
-clusters: [{ name: backend, endpoints: ["${up.url}"] }]
+routes:
+  - { name: fetched, match: { path: { prefix: /f/ } }, cluster: viafetch }
+  - { name: traced, cluster: backend }
+clusters:
+  - { name: backend, endpoints: ["${up.url}"] }
+  - { name: viafetch, endpoints: ["${up.url}"], transport: fetch }
 `);
   const ferry = await spawnFerry(["--config", file], {
     OTEL_DENO: "true",
@@ -59,15 +63,17 @@ clusters: [{ name: backend, endpoints: ["${up.url}"] }]
   });
   try {
     const base = ferry.listeners.get("public")!;
-    // The first request goes through fetch (Deno injects); the gzip one through node:http,
-    // which Ferry injects itself.
-    const cases = [{ ae: "identity" }, { ae: "gzip" }].map((c) => ({
+    // Ferry's own HTTP/1.1 transport (Ferry injects), then fetch (Deno injects).
+    const cases = [
+      { ae: "gzip", path: "/x", route: "traced", cluster: "backend" },
+      { ae: "identity", path: "/f/x", route: "fetched", cluster: "viafetch" },
+    ].map((c) => ({
       ...c,
       traceId: hex(16),
       clientSpan: hex(8),
     }));
     for (const c of cases) {
-      const res = await fetch(`${base}/x`, {
+      const res = await fetch(`${base}${c.path}`, {
         headers: {
           traceparent: `00-${c.traceId}-${c.clientSpan}-01`,
           "accept-encoding": c.ae,
@@ -96,8 +102,8 @@ clusters: [{ name: backend, endpoints: ["${up.url}"] }]
       const server = chain.at(-1)!;
       assert.equal(server.parentSpanId, c.clientSpan, "Ferry's server span is the client's child");
       assert.equal(server.kind, 2, "server span");
-      assert.equal(attr(server, "ferry.route"), "traced");
-      assert.equal(attr(server, "ferry.cluster"), "backend");
+      assert.equal(attr(server, "ferry.route"), c.route);
+      assert.equal(attr(server, "ferry.cluster"), c.cluster);
       assert.equal(attr(server, "ferry.endpoint"), up.url);
     }
   } finally {

@@ -40,7 +40,9 @@ count() {
 
 HDR_CMD=(deno run -A "$PEERS_DIR/proxies/deno-hdr.ts" "$HDR" "http://127.0.0.1:$BACKEND")
 export PROXY_LISTEN_ADDR=127.0.0.1:$FERRY PROXY_UPSTREAM_ADDRS=http://127.0.0.1:$BACKEND PROXY_LOG_LEVEL=warn
-FERRY_CMD=(deno run -A --unstable-no-legacy-abort "$REPO/main.ts")
+# FERRY_ARGS: extra arguments, e.g. "--config FILE" to measure a config other than the quick start.
+# shellcheck disable=SC2206
+FERRY_CMD=(deno run -A --unstable-no-legacy-abort "$REPO/main.ts" ${FERRY_ARGS:-})
 
 h1=$(count hdr $HDR "$N1" -- "${HDR_CMD[@]}")
 h2=$(count hdr $HDR "$N2" -- "${HDR_CMD[@]}")

@@ -259,10 +259,21 @@ export const ClusterSchema = z.strictObject({
     ca_file: z.string().min(1).optional(),
     /** SNI / certificate name when it differs from the endpoint host. */
   }).optional(),
+  /**
+   * HTTP/1.1 upstream client: `h1` is Ferry's own codec (byte-exact, the default for http1),
+   * `fetch` is Deno's fetch. h2c and auto clusters always use fetch.
+   */
+  transport: z.enum(["h1", "fetch"]).optional(),
   pool: z.strictObject({
     max_idle_per_endpoint: z.number().int().min(0).max(10_000).default(64),
     idle_timeout: duration.default(90_000),
-  }).default({ max_idle_per_endpoint: 64, idle_timeout: 90_000 }),
+    /** The h1 transport only: connections open per endpoint; requests beyond wait in order. */
+    max_connections_per_endpoint: z.number().int().min(1).max(100_000).default(1024),
+    /** The h1 transport only: a connection is closed after this many requests; 0: no limit. */
+    max_requests_per_connection: z.number().int().min(0).default(0),
+    /** The h1 transport only: time allowed to open a connection (TLS handshake included). */
+    connect_timeout: duration.default(5_000),
+  }).prefault({}),
   /** Ferry's own HTTP/2 upstream connections (gRPC routes). */
   http2: z.strictObject({
     /** Connections per endpoint, opened when streams or window run out on the ones open. */
@@ -325,6 +336,13 @@ export const ClusterSchema = z.strictObject({
   /** Send the client's Host upstream (true) or the endpoint's host (false). */
   preserve_host: z.boolean().default(true),
 }).superRefine((c, ctx) => {
+  if (c.transport === "h1" && c.protocol !== "http1") {
+    ctx.addIssue({
+      code: "custom",
+      message: "transport: h1 applies only to protocol: http1 (h2c and auto use fetch)",
+      path: ["transport"],
+    });
+  }
   if ((c.endpoints === undefined) === (c.discovery === undefined)) {
     ctx.addIssue({
       code: "custom",

@@ -11,6 +11,7 @@
  * Label values come only from config (listener, route, cluster, endpoint, limit names) or from
  * small fixed sets (method, status class, flag): never raw paths, hosts or client addresses.
  */
+import type { EndpointPoolStats } from "../h1/pool.ts";
 import client from "prom-client";
 import type { Snapshot } from "../config/compile.ts";
 import type { Cluster } from "../upstream/cluster.ts";
@@ -340,6 +341,8 @@ export class FerryMetrics {
   readonly upstreamDuration: client.Histogram<string>;
   readonly upstreamErrors: client.Counter<string>;
   readonly upstreamInFlight: client.Gauge<string>;
+  readonly upstreamConnections: client.Gauge<string>;
+  readonly upstreamConnectionsOpened: client.Counter<string>;
   readonly endpointHealthy: client.Gauge<string>;
   readonly endpointEjected: client.Gauge<string>;
   readonly endpointEjections: client.Counter<string>;
@@ -428,6 +431,37 @@ export class FerryMetrics {
       collect() {
         this.reset();
         eachEndpoint((c, e, inFlight) => this.set({ cluster: c.name, endpoint: e }, inFlight));
+      },
+    });
+    const eachPool = (
+      fn: (cluster: string, p: EndpointPoolStats) => void,
+    ) => {
+      for (const c of current()?.clusters.values() ?? []) {
+        for (const p of c.h1?.stats() ?? []) fn(c.name, p);
+      }
+    };
+    this.upstreamConnections = new client.Gauge({
+      name: "ferry_upstream_connections",
+      help: "Connections of the h1 transport's pool by endpoint, active (carrying a request) " +
+        "or idle.",
+      labelNames: ["cluster", "endpoint", "state"],
+      registers,
+      collect() {
+        this.reset();
+        eachPool((cluster, p) => {
+          this.set({ cluster, endpoint: p.origin, state: "active" }, p.open - p.idle);
+          this.set({ cluster, endpoint: p.origin, state: "idle" }, p.idle);
+        });
+      },
+    });
+    this.upstreamConnectionsOpened = new client.Counter({
+      name: "ferry_upstream_connections_opened_total",
+      help: "Connections the h1 transport opened (or tried to) per endpoint.",
+      labelNames: ["cluster", "endpoint"],
+      registers,
+      collect() {
+        this.reset();
+        eachPool((cluster, p) => this.inc({ cluster, endpoint: p.origin }, p.opened));
       },
     });
     this.endpointHealthy = new client.Gauge({

@@ -4,7 +4,7 @@
  * With OTel on, Deno.serve opens a server span that continues the client's `traceparent`, and
  * fetch opens a client span and injects its own `traceparent`. Forwarding the client's header as
  * well would send two (an invalid, doubled header), so the incoming trace headers are dropped
- * and the runtime's are sent. The node:http path (byte-exact bodies) gets no automatic
+ * and the runtime's are sent. Ferry's own HTTP/1.1 transport (src/h1/) gets no automatic
  * injection: it opens its own client span here and injects that.
  *
  * With OTel off (the default) there is no active span: `traceparent` and `tracestate` pass

@@ -13,6 +13,7 @@
  * 421, which defeats DNS rebinding (the attacker's page must name its own domain); and without
  * a token, a state change (POST /reload) from another origin gets 403.
  */
+import type { EndpointPoolStats } from "../h1/pool.ts";
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { Snapshot } from "../config/compile.ts";
 import { withDurationUnits } from "../config/errors.ts";
@@ -293,6 +294,7 @@ export function clustersView(s: Snapshot) {
         active_requests: c.retryBudget.active,
         panic: c.health.panic,
         retries_in_flight: c.retryBudget.retrying,
+        transport: c.h1 ? "h1" : "fetch",
         ...(c.discovery ? { discovery: discoveryView(c.discovery.status) } : {}),
         endpoints: c.endpoints.map((e) => {
           const st = c.states[e.index]!;
@@ -304,6 +306,8 @@ export function clustersView(s: Snapshot) {
             effective_weight: st.effectiveWeight,
             eligible: st.eligible,
             in_flight: st.inFlight,
+            // The h1 pool's connections (fetch's pool exposes none).
+            connections: c.h1 ? connectionsView(c.h1.endpointStats(e.origin)) : null,
             healthy: h?.healthy ?? true,
             ejected: h?.ejected ?? false,
             ejections: h?.ejections ?? 0,
@@ -322,6 +326,16 @@ export function clustersView(s: Snapshot) {
         }),
       };
     }),
+  };
+}
+
+function connectionsView(p: EndpointPoolStats | undefined) {
+  return {
+    open: p?.open ?? 0,
+    idle: p?.idle ?? 0,
+    waiting: p?.waiting ?? 0,
+    opened: p?.opened ?? 0,
+    reused: p?.reused ?? 0,
   };
 }
 

@@ -18,12 +18,8 @@ import {
 import { type DiscoveryLog, DnsDiscovery } from "./discovery/dns.ts";
 import { type EndpointDescriptor, originOf } from "./discovery/endpoints.ts";
 import { H2Pool } from "./h2_pool.ts";
-import {
-  FetchTransport,
-  LazyNodeTransport,
-  type PoolOptions,
-  type Transport,
-} from "./transport.ts";
+import { H1Transport } from "../h1/transport.ts";
+import { FetchTransport, type PoolOptions } from "./transport.ts";
 
 export interface Endpoint {
   /** Position in the membership's endpoint list (and in its `states`). */
@@ -80,8 +76,11 @@ export interface Cluster {
   readonly retryBudget: RetryBudget;
   /** The default path: fetch over a Deno.HttpClient pool. */
   readonly fetch: FetchTransport;
-  /** Byte-exact path for compressed bodies; absent when the cluster speaks HTTP/2. */
-  readonly passthrough: Transport | undefined;
+  /**
+   * Ferry's own HTTP/1.1 client (src/h1/): carries every request of an http1 cluster with
+   * `transport: h1` (the default); absent for fetch, h2c and auto clusters.
+   */
+  readonly h1: H1Transport | undefined;
   /** One multiplexed HTTP/2 connection per endpoint, for gRPC listeners (opened on first use). */
   readonly h2: H2Pool;
   close(): void;
@@ -130,7 +129,16 @@ export function buildCluster(
     ...(caCerts ? { caCerts } : {}),
   };
   const fetchTransport = new FetchTransport(pool);
-  const passthrough = cfg.protocol === "http1" ? new LazyNodeTransport(pool) : undefined;
+  const h1 = cfg.protocol === "http1" && (cfg.transport ?? "h1") === "h1"
+    ? new H1Transport({
+      maxIdlePerEndpoint: cfg.pool.max_idle_per_endpoint,
+      maxConnectionsPerEndpoint: cfg.pool.max_connections_per_endpoint,
+      idleTimeoutMs: cfg.pool.idle_timeout,
+      maxRequestsPerConnection: cfg.pool.max_requests_per_connection,
+      connectTimeoutMs: cfg.pool.connect_timeout,
+      ...(caCerts ? { caCerts } : {}),
+    })
+    : undefined;
   const h2 = new H2Pool({
     maxConnectionsPerEndpoint: cfg.http2.max_connections_per_endpoint,
     // Connections opened for a burst do not stay forever.
@@ -268,7 +276,7 @@ export function buildCluster(
       cfg.limits?.max_retries,
     ),
     fetch: fetchTransport,
-    passthrough,
+    h1,
     h2,
     close() {
       closed = true;
@@ -276,7 +284,7 @@ export function buildCluster(
       h2.close();
       void members.health.close();
       fetchTransport.close();
-      passthrough?.close();
+      h1?.close();
     },
   });
 }

@@ -78,8 +78,6 @@ export interface ForwardSettings {
   readonly metrics: ClusterRecorder;
 }
 
-const IDENTITY = /^\s*identity\s*$/i;
-
 export function applyEdits(headers: HeaderList, edits: HeaderEdits | undefined): void {
   if (!edits) return;
   for (const name of edits.remove) headers.delete(name);
@@ -192,7 +190,7 @@ export function forwardTo(s: ForwardSettings): Handler {
         // Never a length without its bytes: without a body the transport frames the request.
         if (!body) headers.delete("content-length");
         dropIncomingTraceContext(headers, span);
-        const transport = chooseTransport(cluster, headers, endpoint);
+        const transport = chooseTransport(cluster, headers);
         // A transport that reads the body in JS gets it watched, so that the body's own failure
         // is known by type; fetch reads Deno.serve's body natively (a JS stream in between
         // costs 3-10x upload time, measured) and tells that failure apart itself.
@@ -459,22 +457,13 @@ function downstreamResponse(
 }
 
 /**
- * fetch decodes compressed bodies unless asked for `identity`, and adds `accept`, `accept-language`
- * and `user-agent` (and `accept-encoding`) when a request lacks them; Deno 2.9.6 has no way to stop
- * either (docs/design.md "Which transport"). So fetch gets only requests it would send exactly as
- * given: all four present, Accept-Encoding `identity`. Anything else goes through the byte-exact
- * transport where it reaches the endpoint; else (HTTP/2 clusters, TLS without `ca_file`) through
- * fetch with `identity`.
+ * http1 clusters use Ferry's own codec (src/h1/), which passes bytes as they are. fetch decodes
+ * compressed bodies unless asked for `identity` (while keeping `content-encoding`), so on fetch
+ * clusters (h2c, auto, `transport: fetch`) the request always says identity.
  */
-function chooseTransport(cluster: Cluster, headers: HeaderList, endpoint: Endpoint): Transport {
-  const ae = headers.get("accept-encoding");
-  const identity = ae !== null && IDENTITY.test(ae);
-  if (
-    cluster.passthrough && (cluster.passthrough.reaches?.(endpoint.url) ?? true) &&
-    (!identity || !headers.has("accept") || !headers.has("accept-language") ||
-      !headers.has("user-agent"))
-  ) return cluster.passthrough;
-  if (!identity) headers.set("accept-encoding", "identity");
+function chooseTransport(cluster: Cluster, headers: HeaderList): Transport {
+  if (cluster.h1) return cluster.h1;
+  headers.set("accept-encoding", "identity");
   return cluster.fetch;
 }
 

@@ -1,11 +1,10 @@
 /**
- * How bytes reach an upstream. The default is fetch over one `Deno.HttpClient` pool per cluster.
+ * How bytes reach an upstream: Ferry's own HTTP/1.1 client (src/h1/) for http1 clusters, fetch
+ * over one `Deno.HttpClient` pool per cluster for h2c and auto (see docs/design.md "Upstream
+ * transports").
  *
  * fetch always decompresses gzip/br/deflate bodies unless the request says
- * `Accept-Encoding: identity`, yet keeps `content-encoding`, and adds headers the client never
- * sent. A proxy must pass bodies and headers through as they are, so on HTTP/1.1 clusters only
- * requests fetch would send unchanged take it, the rest go through `node:http` (which never
- * decodes); see docs/design.md "Which transport".
+ * `Accept-Encoding: identity`, yet keeps `content-encoding`, so requests it carries say identity.
  */
 import { ProxyError } from "../server/errors.ts";
 
@@ -80,42 +79,6 @@ export class FetchTransport implements Transport {
 
   close(): void {
     this.#client.close();
-  }
-}
-
-/**
- * The byte-exact transport, loaded on first use: node:http pulls in Node's compatibility layer,
- * which costs memory (and GC work) that clients never asking for compression should not pay.
- */
-export class LazyNodeTransport implements Transport {
-  #loading: Promise<Transport> | undefined;
-  #loaded: Transport | undefined;
-  #closed = false;
-  constructor(readonly opts: PoolOptions) {}
-
-  /**
-   * node:https verifies against the system's CAs only with `--allow-sys` (Deno 2.9.6: "Requires
-   * sys access to ca"), which `deno task start` does not grant: TLS endpoints only with the
-   * cluster's own `tls.ca_file`.
-   */
-  reaches(origin: URL): boolean {
-    return origin.protocol !== "https:" || this.opts.caCerts !== undefined;
-  }
-
-  async send(r: UpstreamRequest): Promise<Response> {
-    if (!this.#loaded) {
-      this.#loading ??= import("./node_transport.ts").then((m) =>
-        new m.NodeHttpTransport(this.opts)
-      );
-      this.#loaded = await this.#loading;
-      if (this.#closed) this.#loaded.close();
-    }
-    return await this.#loaded.send(r);
-  }
-
-  close(): void {
-    this.#closed = true;
-    this.#loaded?.close();
   }
 }
 

@@ -1,0 +1,81 @@
+/**
+ * RSS growth of a Ferry process while 100 MB go up and 100 MB come down through the h1
+ * transport (issue 17 target: under 16 MiB). Ferry runs as a child process (the shipped
+ * permissions); the upstream and curl are outside it. Linux only (/proc).
+ *
+ *     deno run -A bench/h1_rss.ts            # TRANSPORT=fetch to compare
+ */
+import { spawnFerry, tempConfig } from "../tests/helpers.ts";
+
+const TOTAL = Number(Deno.env.get("MB") ?? 100) * 1000 * 1000;
+const CHUNK = 64 * 1024;
+
+function rssKiB(pid: number): number {
+  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+  return Number(/VmRSS:\s+(\d+)/.exec(status)![1]);
+}
+
+const upstream = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+  if (new URL(req.url).pathname === "/warm") return new Response("ok");
+  if (req.method === "POST") {
+    let n = 0;
+    for await (const c of req.body!) n += c.length;
+    return new Response(String(n));
+  }
+  let left = TOTAL;
+  return new Response(
+    new ReadableStream<Uint8Array>({
+      pull(ctl) {
+        if (left <= 0) return ctl.close();
+        const n = Math.min(CHUNK, left);
+        left -= n;
+        ctl.enqueue(new Uint8Array(n));
+      },
+    }, { highWaterMark: 1 }),
+    { headers: { "content-length": String(TOTAL) } },
+  );
+});
+
+const file = await tempConfig(`listeners: [{ name: public, address: "127.0.0.1:0" }]
+server: { max_body_bytes: 0 }
+routes: [{ name: all, cluster: up }]
+clusters: [{ name: up, endpoints: ["http://127.0.0.1:${upstream.addr.port}"], transport: ${
+  Deno.env.get("TRANSPORT") ?? "h1"
+} }]
+`);
+const ferry = await spawnFerry(["--config", file]);
+const base = ferry.listeners.get("public")!;
+const pid = ferry.child.pid;
+
+async function curl(args: string[]): Promise<string> {
+  const out = await new Deno.Command("curl", { args: ["-sS", "--max-time", "120", ...args] })
+    .output();
+  return new TextDecoder().decode(out.stdout);
+}
+
+const atStart = rssKiB(pid);
+// Warm up (JIT, pools), then measure from there.
+await curl(["-o", "/dev/null", `${base}/warm`]);
+const before = rssKiB(pid);
+let peak = before;
+const sampler = setInterval(() => peak = Math.max(peak, rssKiB(pid)), 50);
+const down = await curl(["-o", "/dev/null", "-w", "%{size_download}", `${base}/down`]);
+const peakAfterDownload = peak;
+const upload = await Deno.makeTempFile({ prefix: "ferry-rss-" });
+await Deno.truncate(upload, TOTAL); // 100 MB of zeros, sparse on disk
+const up = await curl(["-T", upload, "-X", "POST", `${base}/up`]);
+await Deno.remove(upload);
+clearInterval(sampler);
+console.log(JSON.stringify({
+  transport: Deno.env.get("TRANSPORT") ?? "h1",
+  downloaded: Number(down),
+  rss_at_start_mib: +(atStart / 1024).toFixed(1),
+  rss_before_mib: +(before / 1024).toFixed(1),
+  rss_peak_mib: +(peak / 1024).toFixed(1),
+  growth_mib: +((peak - before) / 1024).toFixed(1),
+  growth_download_mib: +((peakAfterDownload - before) / 1024).toFixed(1),
+  uploaded: up,
+}));
+ferry.child.kill("SIGTERM");
+await ferry.child.status;
+await upstream.shutdown();

@@ -1,0 +1,502 @@
+/**
+ * One HTTP/1.1 upstream connection: a socket, its read buffer, and the exchange of one request
+ * and one response at a time. Bytes pass as they are: nothing is decoded, nothing is added but
+ * the framing the request already had.
+ */
+import {
+  ChunkedDecoder,
+  Framing,
+  H1ProtocolError,
+  parseResponseHead,
+  type ResponseHead,
+} from "./parse.ts";
+
+const INITIAL_BUFFER = 16 * 1024;
+/** Body reads straight from the socket take at most this much at once. */
+const BODY_READ = 64 * 1024;
+
+/** Raised when a reused connection turns out closed before any response byte: safe to retry. */
+export class StaleConnection extends Error {
+  constructor(cause?: unknown) {
+    super("the upstream closed an idle connection", { cause });
+    this.name = "StaleConnection";
+  }
+}
+
+/** The upstream closed or reset the connection before the response was complete. */
+export class UpstreamClosed extends Error {
+  constructor(what: string, cause?: unknown) {
+    super(`the upstream closed the connection ${what}`, { cause });
+    this.name = "UpstreamClosed";
+  }
+}
+
+export interface ConnectionOwner {
+  /** Takes back a connection whose exchange ended cleanly (it may still be closed instead). */
+  release(c: H1Connection): void;
+  /** Forgets a connection that was closed. */
+  closed(c: H1Connection): void;
+}
+
+export class H1Connection {
+  buf = new Uint8Array(INITIAL_BUFFER);
+  start = 0;
+  end = 0;
+  /** Completed exchanges on this connection. */
+  requests = 0;
+  idle = false;
+  idleSince = 0;
+  #closed = false;
+  /** A read started while idle (it notices an upstream that closes idle connections). */
+  #pending: Promise<number | null> | undefined;
+
+  constructor(readonly conn: Deno.Conn, readonly owner: ConnectionOwner) {}
+
+  get isClosed(): boolean {
+    return this.#closed;
+  }
+
+  /** Reads more into the buffer; null at EOF. Grows the buffer up to `limit`. */
+  fill(limit: number): Promise<number | null> {
+    const pending = this.#pending;
+    if (pending) {
+      this.#pending = undefined;
+      return pending;
+    }
+    if (this.start === this.end) this.start = this.end = 0;
+    if (this.end === this.buf.length) {
+      if (this.start > 0) {
+        this.buf.copyWithin(0, this.start, this.end);
+        this.end -= this.start;
+        this.start = 0;
+      } else {
+        const size = Math.min(this.buf.length * 2, limit + INITIAL_BUFFER);
+        if (size <= this.buf.length) throw new H1ProtocolError("response head too large");
+        const grown = new Uint8Array(size);
+        grown.set(this.buf.subarray(0, this.end));
+        this.buf = grown;
+      }
+    }
+    return this.#read();
+  }
+
+  #read(): Promise<number | null> {
+    return this.conn.read(this.buf.subarray(this.end)).then((n) => {
+      if (n !== null) this.end += n;
+      return n;
+    });
+  }
+
+  /** Parks the connection: a read stays pending so that a close by the upstream is seen at once. */
+  park(): void {
+    this.idle = true;
+    this.idleSince = performance.now();
+    this.start = this.end = 0;
+    const p = this.#read();
+    this.#pending = p;
+    p.then(() => {
+      // Whatever arrives on an idle connection (EOF, a reset, unasked-for bytes) ends it.
+      if (this.idle) this.close();
+    }, () => {
+      if (this.idle) this.close();
+    });
+  }
+
+  async writeAll(bytes: Uint8Array): Promise<void> {
+    let off = 0;
+    while (off < bytes.length) off += await this.conn.write(bytes.subarray(off));
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.idle = false;
+    try {
+      this.conn.close();
+    } catch { /* already closed */ }
+    this.owner.closed(this);
+  }
+}
+
+const encoder = new TextEncoder();
+const NON_ASCII = /[^\t\r\n -~]/;
+const UNSAFE_VALUE = /[\0\r\n]/;
+const UNSAFE_TARGET = /[\0-\x20\x7f]/;
+
+/** Latin-1 (byte string) encoding; header values are byte strings in Headers. */
+function encodeHead(s: string): Uint8Array {
+  if (!NON_ASCII.test(s)) return encoder.encode(s);
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c > 0xff) throw new TypeError("header text outside Latin-1");
+    out[i] = c;
+  }
+  return out;
+}
+
+/**
+ * The request head, framed exactly as the downstream request was: its Content-Length when it had
+ * one, chunked when it has a body of unknown length, nothing when it has no body.
+ */
+export function serializeHead(
+  method: string,
+  target: string,
+  headers: readonly [string, string][],
+  hasBody: boolean,
+): { head: Uint8Array; contentLength: number } {
+  if (UNSAFE_TARGET.test(target)) throw new TypeError("request target with control characters");
+  let s = `${method} ${target} HTTP/1.1\r\n`;
+  let contentLength = -1;
+  for (const [name, value] of headers) {
+    if (UNSAFE_VALUE.test(value)) throw new TypeError(`header ${name} with CR, LF or NUL`);
+    if (name === "content-length") {
+      if (contentLength !== -1 || !/^[0-9]{1,15}$/.test(value)) {
+        throw new TypeError("invalid or repeated Content-Length on the request");
+      }
+      contentLength = Number(value);
+      continue; // written once, below
+    } else if (name === "transfer-encoding") continue; // framing is ours to set
+    s += `${name}: ${value}\r\n`;
+  }
+  if (contentLength !== -1) {
+    // Never a length without its bytes, nor bytes without their length.
+    // Deno.serve hands no body to a GET or HEAD handler, whatever the client sent: refused.
+    if (!hasBody && contentLength !== 0) {
+      throw new TypeError(`a Content-Length of ${contentLength} without a body to send`);
+    }
+    s += `content-length: ${contentLength}\r\n`;
+  } else if (hasBody) {
+    s += "transfer-encoding: chunked\r\n";
+  }
+  s += "\r\n";
+  return { head: encodeHead(s), contentLength };
+}
+
+const CHUNK_END = encoder.encode("0\r\n\r\n");
+
+/** What an exchange needs beyond the head. */
+export interface Exchange {
+  readonly method: string;
+  readonly head: Uint8Array;
+  /** -1: chunked (when there is a body). */
+  readonly contentLength: number;
+  readonly body: BodySource | undefined;
+  readonly signal: AbortSignal;
+  /** Called when the signal aborts while the exchange is in progress. */
+  readonly abortError: () => unknown;
+}
+
+/**
+ * The request body, read once from its stream; the first bytes are kept (by reference) so a
+ * request that met a stale connection can be sent again when the whole body was kept.
+ */
+export class BodySource {
+  static readonly REPLAY_LIMIT = 64 * 1024;
+  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  #kept: Uint8Array[] | undefined = [];
+  #keptBytes = 0;
+  #replayFrom = -1;
+  #ended = false;
+  /** Nothing read from the stream yet. */
+  untouched = true;
+
+  constructor(stream: ReadableStream<Uint8Array>) {
+    this.#reader = stream.getReader();
+  }
+
+  /** True when the body can be sent again from the start. */
+  get replayable(): boolean {
+    return this.untouched || (this.#ended && this.#kept !== undefined);
+  }
+
+  /** Which attempt reads the body now; an earlier attempt's pump must stop reading. */
+  epoch = 0;
+
+  rewind(): void {
+    this.#replayFrom = 0;
+    this.epoch++;
+  }
+
+  /** All the body there is has been read (its declared length): what was kept is all of it. */
+  markEnded(): void {
+    this.#ended = true;
+  }
+
+  async next(epoch: number): Promise<Uint8Array | null> {
+    if (epoch !== this.epoch) throw new Error("the request body was handed to a retry");
+    if (this.#replayFrom >= 0) {
+      const kept = this.#kept!;
+      if (this.#replayFrom < kept.length) return kept[this.#replayFrom++]!;
+      this.#replayFrom = -1;
+      if (this.#ended) return null;
+    }
+    this.untouched = false;
+    const r = await this.#reader.read();
+    if (r.done) {
+      this.#ended = true;
+      return null;
+    }
+    const chunk = r.value;
+    if (this.#kept) {
+      this.#keptBytes += chunk.length;
+      if (this.#keptBytes > BodySource.REPLAY_LIMIT) this.#kept = undefined;
+      else this.#kept.push(chunk);
+    }
+    return chunk;
+  }
+
+  cancel(reason?: unknown): void {
+    this.#reader.cancel(reason).catch(() => {});
+  }
+}
+
+/**
+ * Sends one request and resolves with its response once the head has arrived. The response
+ * body streams from the socket; the connection goes back to its owner only after both the
+ * request body and the response body are complete.
+ */
+export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
+  const reused = c.requests > 0;
+  let requestDone = x.body === undefined;
+  let responseDone = false;
+  let settled = false;
+  let bodyFailure: unknown;
+  let receivedAny = false;
+
+  const onAbort = () => c.close();
+  x.signal.addEventListener("abort", onAbort, { once: true });
+
+  const finish = () => {
+    if (!requestDone || !responseDone) return;
+    x.signal.removeEventListener("abort", onAbort);
+    c.requests++;
+    c.owner.release(c);
+  };
+  const fail = () => {
+    x.signal.removeEventListener("abort", onAbort);
+    c.close();
+  };
+
+  return new Promise<Response>((resolve, reject) => {
+    const failWith = (err: unknown) => {
+      fail();
+      if (settled) return;
+      settled = true;
+      if (x.signal.aborted) reject(x.abortError());
+      else if (bodyFailure !== undefined) reject(bodyFailure);
+      else if (!receivedAny && reused && !(err instanceof H1ProtocolError)) {
+        reject(new StaleConnection(err));
+      } else reject(err);
+    };
+
+    const sendBody = async () => {
+      const body = x.body!;
+      const epoch = body.epoch;
+      const next = async () => {
+        try {
+          return await body.next(epoch);
+        } catch (err) {
+          bodyFailure = err; // the client's upload failed (aborted, over the size limit)
+          throw err;
+        }
+      };
+      try {
+        if (x.contentLength >= 0) {
+          // Done as soon as the declared length is out: the answer may follow at once, before
+          // the client's stream reports its end, and the connection should still be reused.
+          for (let sent = 0; sent < x.contentLength;) {
+            const chunk = await next();
+            if (chunk === null) throw new TypeError("request body shorter than its length");
+            sent += chunk.length;
+            if (sent > x.contentLength) throw new TypeError("request body longer than its length");
+            await c.writeAll(chunk);
+          }
+          body.markEnded();
+        } else {
+          for (let chunk = await next(); chunk !== null; chunk = await next()) {
+            if (chunk.length === 0) continue;
+            const size = encoder.encode(chunk.length.toString(16) + "\r\n");
+            const framed = new Uint8Array(size.length + chunk.length + 2);
+            framed.set(size);
+            framed.set(chunk, size.length);
+            framed[framed.length - 2] = 13;
+            framed[framed.length - 1] = 10;
+            await c.writeAll(framed);
+          }
+          await c.writeAll(CHUNK_END);
+        }
+        requestDone = true;
+        finish();
+      } catch (err) {
+        // A retry owns the body now: leave it alone.
+        if (epoch === body.epoch) body.cancel(err);
+        fail();
+        if (!settled) failWith(err);
+      }
+    };
+
+    const readHead = async () => {
+      try {
+        let head: ResponseHead | undefined;
+        for (;;) {
+          if (c.end > c.start) {
+            receivedAny = true;
+            head = parseResponseHead(c.buf, c.start, c.end, x.method);
+            if (head) {
+              if (head.status >= 200) break;
+              if (head.status === 101) {
+                throw new H1ProtocolError("101 Switching Protocols to a request without Upgrade");
+              }
+              c.start += head.size; // 100, 102, 103: interim, skipped
+              continue;
+            }
+          }
+          const n = await c.fill(64 * 1024);
+          if (n === null) {
+            if (c.end > c.start) throw new UpstreamClosed("in the middle of the response head");
+            throw new UpstreamClosed("before sending a response");
+          }
+        }
+        c.start += head.size;
+        const keepAlive = head.keepAlive;
+        const response = makeResponse(c, head, x, () => {
+          responseDone = true;
+          // Reused only after a complete exchange with nothing left over. A response that ends
+          // before the request body was all sent means the upstream stopped reading it.
+          if (!keepAlive || c.start !== c.end || !requestDone) {
+            x.body?.cancel();
+            fail();
+            return;
+          }
+          finish();
+        }, fail);
+        settled = true;
+        resolve(response);
+      } catch (err) {
+        failWith(err);
+      }
+    };
+
+    c.writeAll(x.head).then(() => {
+      if (x.body) void sendBody();
+    }, (err) => failWith(err));
+    void readHead();
+  });
+}
+
+/** The Response for a parsed head; its body streams from the connection. */
+function makeResponse(
+  c: H1Connection,
+  head: ResponseHead,
+  x: Exchange,
+  complete: () => void,
+  fail: () => void,
+): Response {
+  // Pairs, not a Headers object: Response would copy (and validate) a Headers object again.
+  const init = { status: head.status, statusText: head.reason, headers: head.headers };
+  if (head.framing === Framing.None) {
+    complete();
+    return new Response(null, init);
+  }
+  if (head.framing === Framing.Length) {
+    let remaining = head.contentLength;
+    const buffered = c.end - c.start;
+    // Fast path: the whole body is already here.
+    if (buffered >= remaining) {
+      const bytes = c.buf.slice(c.start, c.start + remaining);
+      c.start += remaining;
+      complete();
+      return new Response(remaining === 0 ? null : bytes, init);
+    }
+    return new Response(
+      bodyStream(x, fail, async (ctl) => {
+        if (c.end > c.start) {
+          const n = Math.min(remaining, c.end - c.start);
+          ctl.enqueue(c.buf.slice(c.start, c.start + n));
+          c.start += n;
+          remaining -= n;
+        } else {
+          const chunk = new Uint8Array(Math.min(remaining, BODY_READ));
+          const n = await c.conn.read(chunk);
+          if (n === null) {
+            throw new UpstreamClosed(
+              `after ${head.contentLength - remaining} of ${head.contentLength} body bytes`,
+            );
+          }
+          ctl.enqueue(n === chunk.length ? chunk : chunk.subarray(0, n));
+          remaining -= n;
+        }
+        if (remaining > 0) return;
+        ctl.close();
+        complete();
+      }),
+      init,
+    );
+  }
+  if (head.framing === Framing.Close) {
+    return new Response(
+      bodyStream(x, fail, async (ctl) => {
+        if (c.end > c.start) {
+          ctl.enqueue(c.buf.slice(c.start, c.end));
+          c.start = c.end;
+          return;
+        }
+        const chunk = new Uint8Array(BODY_READ);
+        const n = await c.conn.read(chunk);
+        if (n === null) {
+          ctl.close();
+          complete();
+          return;
+        }
+        ctl.enqueue(chunk.subarray(0, n));
+      }),
+      init,
+    );
+  }
+  const decoder = new ChunkedDecoder();
+  return new Response(
+    bodyStream(x, fail, async (ctl) => {
+      for (;;) {
+        while (c.end > c.start && !decoder.done) {
+          const used = decoder.step(c.buf, c.start, c.end);
+          if (used === 0) break;
+          c.start += used;
+          if (decoder.dataTo > decoder.dataFrom) {
+            ctl.enqueue(c.buf.slice(decoder.dataFrom, decoder.dataTo));
+            return;
+          }
+        }
+        if (decoder.done) {
+          ctl.close();
+          complete();
+          return;
+        }
+        const n = await c.fill(64 * 1024);
+        if (n === null) throw new UpstreamClosed("in the middle of a chunked body");
+      }
+    }),
+    init,
+  );
+}
+
+/** A pull-driven body: nothing is read from the upstream before the client asks for it. */
+function bodyStream(
+  x: Exchange,
+  fail: () => void,
+  pull: (ctl: ReadableStreamDefaultController<Uint8Array>) => Promise<void>,
+): ReadableStream<Uint8Array> {
+  return new ReadableStream<Uint8Array>({
+    async pull(ctl) {
+      try {
+        await pull(ctl);
+      } catch (err) {
+        fail();
+        ctl.error(x.signal.aborted ? x.abortError() : err);
+      }
+    },
+    cancel() {
+      fail();
+    },
+  }, { highWaterMark: 0 });
+}

@@ -1,0 +1,326 @@
+/**
+ * HTTP/1.1 response parsing (RFC 9112), strict: anything whose framing could be read two ways is
+ * an `H1ProtocolError`, answered by the proxy as a 502 with the reason, never a guess. Pure
+ * functions over byte buffers, so they are tested without sockets.
+ */
+
+/** A response Ferry refuses to interpret; `reason` goes to the client and the log. */
+export class H1ProtocolError extends Error {
+  constructor(readonly reason: string) {
+    super(reason);
+    this.name = "H1ProtocolError";
+  }
+}
+
+export const LIMITS = {
+  /** Status line and header section together (Deno's own downstream limit is about 64 KiB). */
+  maxHeadBytes: 64 * 1024,
+  maxStatusLine: 8 * 1024,
+  /** Header lines (the same count Deno.serve accepts downstream). */
+  maxHeaders: 128,
+  /** A chunk-size line with its extensions. */
+  maxChunkLine: 4 * 1024,
+  /** The trailer section of a chunked body. */
+  maxTrailerBytes: 16 * 1024,
+};
+
+/** How the body of a response is delimited (RFC 9112 6.3). */
+export const enum Framing {
+  /** HEAD, 204, 304: no body whatever the headers say. */
+  None,
+  Length,
+  Chunked,
+  /** No length and no chunking: the body ends when the upstream closes. */
+  Close,
+}
+
+export interface ResponseHead {
+  readonly status: number;
+  readonly reason: string;
+  /** Lower-case names, values as Latin-1 (byte) strings, in order. */
+  readonly headers: [string, string][];
+  /** Bytes the head took, final CRLF included. */
+  readonly size: number;
+  readonly framing: Framing;
+  /** The body length when `framing` is Length. */
+  readonly contentLength: number;
+  /** True when the connection may carry another request after this response. */
+  readonly keepAlive: boolean;
+}
+
+const CR = 13;
+const LF = 10;
+const SP = 32;
+const HTAB = 9;
+
+/** tchar (RFC 9110 5.6.2). */
+const TOKEN = new Uint8Array(256);
+for (const c of "!#$%&'*+-.^_`|~") TOKEN[c.charCodeAt(0)] = 1;
+for (let c = 0x30; c <= 0x39; c++) TOKEN[c] = 1;
+for (let c = 0x41; c <= 0x5a; c++) TOKEN[c] = 1;
+for (let c = 0x61; c <= 0x7a; c++) TOKEN[c] = 1;
+
+/** field-vchar, SP and HTAB (obs-text allowed, as RFC 9110 5.5 says recipients must). */
+const FIELD = new Uint8Array(256);
+FIELD[HTAB] = 1;
+for (let c = 0x20; c <= 0x7e; c++) FIELD[c] = 1;
+for (let c = 0x80; c <= 0xff; c++) FIELD[c] = 1;
+
+/** Bytes as a Latin-1 string: each byte one char, as Headers expects (TextDecoder's "latin1" is windows-1252). */
+export function latin1(buf: Uint8Array, from: number, to: number): string {
+  if (to - from <= 4096) {
+    return String.fromCharCode.apply(null, buf.subarray(from, to) as unknown as number[]);
+  }
+  let s = "";
+  for (let i = from; i < to; i += 4096) s += latin1(buf, i, Math.min(to, i + 4096));
+  return s;
+}
+
+/** The end of a CRLF line starting at `from` (index of its CR), -1 if incomplete. */
+function lineEnd(buf: Uint8Array, from: number, end: number, what: string): number {
+  const lf = buf.indexOf(LF, from);
+  if (lf === -1 || lf >= end) return -1;
+  if (lf === from || buf[lf - 1] !== CR) throw new H1ProtocolError(`bare LF in the ${what}`);
+  return lf - 1;
+}
+
+/**
+ * Parses a response head from `buf[from, end)`. Returns undefined while the head is incomplete
+ * (and within the limits). `method` is the request's: a HEAD response has no body.
+ */
+export function parseResponseHead(
+  buf: Uint8Array,
+  from: number,
+  end: number,
+  method: string,
+): ResponseHead | undefined {
+  const statusEnd = lineEnd(buf, from, end, "status line");
+  if (statusEnd === -1) {
+    if (end - from > LIMITS.maxStatusLine) throw new H1ProtocolError("status line too long");
+    return undefined;
+  }
+  if (statusEnd - from > LIMITS.maxStatusLine) throw new H1ProtocolError("status line too long");
+  // HTTP/1.x SP 3DIGIT [SP reason-phrase]
+  if (
+    statusEnd - from < 12 || buf[from] !== 0x48 || buf[from + 1] !== 0x54 ||
+    buf[from + 2] !== 0x54 || buf[from + 3] !== 0x50 || buf[from + 4] !== 0x2f ||
+    buf[from + 5] !== 0x31 || buf[from + 6] !== 0x2e || buf[from + 8] !== SP
+  ) throw new H1ProtocolError("malformed status line");
+  const minor = buf[from + 7]!;
+  if (minor !== 0x30 && minor !== 0x31) throw new H1ProtocolError("unsupported HTTP version");
+  let status = 0;
+  for (let i = from + 9; i < from + 12; i++) {
+    const d = buf[i]! - 0x30;
+    if (d < 0 || d > 9) throw new H1ProtocolError("malformed status code");
+    status = status * 10 + d;
+  }
+  if (status < 100 || status > 599) {
+    throw new H1ProtocolError(`status ${status} outside 100-599`);
+  }
+  let reason = "";
+  if (statusEnd > from + 12) {
+    if (buf[from + 12] !== SP) throw new H1ProtocolError("malformed status code");
+    for (let i = from + 13; i < statusEnd; i++) {
+      if (FIELD[buf[i]!] !== 1) throw new H1ProtocolError("invalid character in reason phrase");
+    }
+    reason = latin1(buf, from + 13, statusEnd);
+  }
+
+  const headers: [string, string][] = [];
+  let contentLength = -1;
+  let chunked = false;
+  let sawTransferEncoding = false;
+  let close = minor === 0x30;
+  let pos = statusEnd + 2;
+  for (;;) {
+    const eol = lineEnd(buf, pos, end, "header section");
+    if (eol === -1) {
+      if (end - from > LIMITS.maxHeadBytes) throw new H1ProtocolError("response head too large");
+      return undefined;
+    }
+    if (eol + 2 - from > LIMITS.maxHeadBytes) throw new H1ProtocolError("response head too large");
+    if (eol === pos) {
+      pos += 2;
+      break;
+    }
+    const first = buf[pos]!;
+    if (first === SP || first === HTAB) throw new H1ProtocolError("obs-fold in a header");
+    if (headers.length >= LIMITS.maxHeaders) {
+      throw new H1ProtocolError(`more than ${LIMITS.maxHeaders} headers`);
+    }
+    let colon = pos;
+    while (colon < eol && TOKEN[buf[colon]!] === 1) colon++;
+    if (colon === pos || colon === eol || buf[colon] !== 0x3a) {
+      throw new H1ProtocolError("malformed header name");
+    }
+    let vStart = colon + 1;
+    let vEnd = eol;
+    while (vStart < vEnd && (buf[vStart] === SP || buf[vStart] === HTAB)) vStart++;
+    while (vEnd > vStart && (buf[vEnd - 1] === SP || buf[vEnd - 1] === HTAB)) vEnd--;
+    for (let i = vStart; i < vEnd; i++) {
+      if (FIELD[buf[i]!] !== 1) throw new H1ProtocolError("invalid character in a header value");
+    }
+    const name = latin1(buf, pos, colon).toLowerCase(); // tchars only: ASCII
+    const value = latin1(buf, vStart, vEnd);
+    headers.push([name, value]);
+    if (name === "content-length") {
+      if (contentLength !== -1) throw new H1ProtocolError("more than one Content-Length");
+      if (!/^[0-9]{1,15}$/.test(value)) throw new H1ProtocolError("invalid Content-Length");
+      contentLength = Number(value);
+    } else if (name === "transfer-encoding") {
+      if (sawTransferEncoding) throw new H1ProtocolError("more than one Transfer-Encoding");
+      sawTransferEncoding = true;
+      // Only plain chunked: any other coding would reach the client undone (it is hop-by-hop).
+      if (value.toLowerCase() !== "chunked") {
+        throw new H1ProtocolError(`unsupported Transfer-Encoding "${value}"`);
+      }
+      chunked = true;
+    } else if (name === "connection") {
+      for (const token of value.split(",")) {
+        if (token.trim().toLowerCase() === "close") close = true;
+      }
+    }
+    pos = eol + 2;
+  }
+  if (sawTransferEncoding && contentLength !== -1) {
+    throw new H1ProtocolError("both Content-Length and Transfer-Encoding");
+  }
+  if (sawTransferEncoding && minor === 0x30) {
+    throw new H1ProtocolError("Transfer-Encoding in an HTTP/1.0 response");
+  }
+  let framing: Framing;
+  if (method === "HEAD" || status < 200 || status === 204 || status === 304) framing = Framing.None;
+  else if (chunked) framing = Framing.Chunked;
+  else if (contentLength !== -1) framing = Framing.Length;
+  else {
+    framing = Framing.Close;
+    close = true;
+  }
+  return {
+    status,
+    reason,
+    headers,
+    size: pos - from,
+    framing,
+    contentLength: framing === Framing.Length ? contentLength : -1,
+    keepAlive: !close,
+  };
+}
+
+const enum Chunk {
+  Size,
+  Data,
+  DataEnd,
+  Trailers,
+  Done,
+}
+
+/**
+ * Incremental chunked-body decoder (RFC 9112 7.1). `step` consumes what it can from
+ * `buf[from, end)`; when it returns a data span, `dataFrom`/`dataTo` name the body bytes.
+ */
+export class ChunkedDecoder {
+  #state = Chunk.Size;
+  #remaining = 0;
+  #trailerBytes = 0;
+  dataFrom = 0;
+  dataTo = 0;
+
+  get done(): boolean {
+    return this.#state === Chunk.Done;
+  }
+
+  /**
+   * Returns the bytes consumed (0: more input needed). After a call, `dataTo > dataFrom` when
+   * body bytes were found in the consumed range.
+   */
+  step(buf: Uint8Array, from: number, end: number): number {
+    this.dataFrom = this.dataTo = 0;
+    switch (this.#state) {
+      case Chunk.Size: {
+        const eol = lineEnd(buf, from, end, "chunk size line");
+        if (eol === -1) {
+          if (end - from > LIMITS.maxChunkLine) {
+            throw new H1ProtocolError("chunk size line too long");
+          }
+          return 0;
+        }
+        if (eol - from > LIMITS.maxChunkLine) throw new H1ProtocolError("chunk size line too long");
+        let i = from;
+        let size = 0;
+        while (i < eol) {
+          const c = buf[i]!;
+          const d = c >= 0x30 && c <= 0x39
+            ? c - 0x30
+            : c >= 0x61 && c <= 0x66
+            ? c - 0x57
+            : c >= 0x41 && c <= 0x46
+            ? c - 0x37
+            : -1;
+          if (d === -1) break;
+          size = size * 16 + d;
+          if (size > Number.MAX_SAFE_INTEGER) throw new H1ProtocolError("chunk size overflow");
+          i++;
+        }
+        if (i === from) throw new H1ProtocolError("malformed chunk size");
+        // chunk-ext: BWS ";" ... up to the line end; validated as field text.
+        while (i < eol && (buf[i] === SP || buf[i] === HTAB)) i++;
+        if (i < eol) {
+          if (buf[i] !== 0x3b) throw new H1ProtocolError("malformed chunk size");
+          for (; i < eol; i++) {
+            if (FIELD[buf[i]!] !== 1) throw new H1ProtocolError("invalid chunk extension");
+          }
+        }
+        this.#remaining = size;
+        this.#state = size === 0 ? Chunk.Trailers : Chunk.Data;
+        return eol + 2 - from;
+      }
+      case Chunk.Data: {
+        const n = Math.min(this.#remaining, end - from);
+        if (n === 0) return 0;
+        this.dataFrom = from;
+        this.dataTo = from + n;
+        this.#remaining -= n;
+        if (this.#remaining === 0) this.#state = Chunk.DataEnd;
+        return n;
+      }
+      case Chunk.DataEnd: {
+        if (end - from < 2) return 0;
+        if (buf[from] !== CR || buf[from + 1] !== LF) {
+          throw new H1ProtocolError("chunk data longer than its size");
+        }
+        this.#state = Chunk.Size;
+        return 2;
+      }
+      case Chunk.Trailers: {
+        const eol = lineEnd(buf, from, end, "trailer section");
+        if (eol === -1) {
+          if (this.#trailerBytes + end - from > LIMITS.maxTrailerBytes) {
+            throw new H1ProtocolError("trailer section too large");
+          }
+          return 0;
+        }
+        this.#trailerBytes += eol + 2 - from;
+        if (this.#trailerBytes > LIMITS.maxTrailerBytes) {
+          throw new H1ProtocolError("trailer section too large");
+        }
+        if (eol === from) {
+          this.#state = Chunk.Done;
+          return 2;
+        }
+        // Trailers are checked like headers and then dropped: a Response cannot carry them.
+        const first = buf[from]!;
+        if (first === SP || first === HTAB) throw new H1ProtocolError("obs-fold in a trailer");
+        let colon = from;
+        while (colon < eol && TOKEN[buf[colon]!] === 1) colon++;
+        if (colon === from || buf[colon] !== 0x3a) throw new H1ProtocolError("malformed trailer");
+        for (let i = colon + 1; i < eol; i++) {
+          if (FIELD[buf[i]!] !== 1) throw new H1ProtocolError("invalid character in a trailer");
+        }
+        return eol + 2 - from;
+      }
+      case Chunk.Done:
+        return 0;
+    }
+  }
+}

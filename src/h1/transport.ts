@@ -1,0 +1,137 @@
+/**
+ * Ferry's own HTTP/1.1 upstream transport: one pool per endpoint, requests framed exactly as
+ * they came, responses parsed strictly and streamed byte for byte (Content-Encoding untouched).
+ */
+import { ProxyError } from "../server/errors.ts";
+import {
+  classifyUpstreamError,
+  type Transport,
+  type UpstreamRequest,
+} from "../upstream/transport.ts";
+import {
+  BodySource,
+  exchange,
+  type H1Connection,
+  serializeHead,
+  StaleConnection,
+  UpstreamClosed,
+} from "./connection.ts";
+import { H1ProtocolError } from "./parse.ts";
+import { ConnectError, EndpointPool, type EndpointPoolStats, type H1PoolOptions } from "./pool.ts";
+
+export type { H1PoolOptions } from "./pool.ts";
+
+export class H1Transport implements Transport {
+  readonly #pools = new Map<string, EndpointPool>();
+  #closed = false;
+  /** Requests sent again after meeting a connection the upstream had closed while idle. */
+  staleRetries = 0;
+
+  constructor(readonly opts: H1PoolOptions) {}
+
+  stats(): EndpointPoolStats[] {
+    return [...this.#pools.values()].map((p) => p.stats());
+  }
+
+  endpointStats(origin: string): EndpointPoolStats | undefined {
+    return this.#pools.get(origin)?.stats();
+  }
+
+  #pool(origin: string): EndpointPool {
+    let p = this.#pools.get(origin);
+    if (!p) {
+      p = new EndpointPool(origin, this.opts);
+      if (this.#closed) p.close();
+      this.#pools.set(origin, p);
+    }
+    return p;
+  }
+
+  send(r: UpstreamRequest): Promise<Response> {
+    return this.#send(r).catch((err) => {
+      throw toUpstreamError(err, r.signal);
+    });
+  }
+
+  async #send(r: UpstreamRequest): Promise<Response> {
+    // The URL is endpoint origin + path: split at the first "/" after "scheme://".
+    const slash = r.url.indexOf("/", r.url.indexOf("//") + 2);
+    const origin = slash === -1 ? r.url : r.url.slice(0, slash);
+    const target = slash === -1 ? "/" : r.url.slice(slash);
+    const pool = this.#pool(origin);
+    let framed: { head: Uint8Array; contentLength: number };
+    try {
+      framed = serializeHead(r.method, target, r.headers, r.body !== null);
+    } catch (err) {
+      throw new ProxyError("bad_request", `request cannot be forwarded: ${(err as Error).message}`);
+    }
+    const body = r.body ? new BodySource(r.body) : undefined;
+    const abortError = () => classifyUpstreamError(r.signal.reason, r.signal);
+    for (let attempt = 0;; attempt++) {
+      if (r.signal.aborted) throw abortError();
+      const c = (attempt === 0 ? pool.takeIdle() : undefined) ??
+        await acquire(pool, r.signal, attempt > 0);
+      try {
+        return await exchange(c, {
+          method: r.method,
+          head: framed.head,
+          contentLength: framed.contentLength,
+          body,
+          signal: r.signal,
+          abortError,
+        });
+      } catch (err) {
+        // The keep-alive race: sent once more, on a new connection, if nothing was lost.
+        if (err instanceof StaleConnection && attempt === 0 && (!body || body.replayable)) {
+          body?.rewind();
+          this.staleRetries++;
+          continue;
+        }
+        throw err;
+      }
+    }
+  }
+
+  close(): void {
+    this.#closed = true;
+    for (const p of this.#pools.values()) p.close();
+  }
+}
+
+/** Waits for a connection, giving up when the request's signal aborts. */
+function acquire(pool: EndpointPool, signal: AbortSignal, fresh: boolean): Promise<H1Connection> {
+  const p = pool.acquire(signal, fresh);
+  return new Promise<H1Connection>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    p.then((c) => {
+      signal.removeEventListener("abort", onAbort);
+      // Arrived after the request gave up: it goes back to the pool unused.
+      if (signal.aborted) pool.release(c);
+      else resolve(c);
+    }, (err) => {
+      signal.removeEventListener("abort", onAbort);
+      reject(err);
+    });
+  });
+}
+
+function toUpstreamError(err: unknown, signal: AbortSignal): ProxyError {
+  if (err instanceof ProxyError) return err;
+  if (signal.aborted) return classifyUpstreamError(err, signal);
+  if (err instanceof H1ProtocolError) {
+    return new ProxyError("upstream_protocol_error", err.reason, { cause: err });
+  }
+  if (err instanceof ConnectError) {
+    const why = err.timedOut ? err.message : `${err.message}: ${describeCause(err.cause)}`;
+    return new ProxyError("upstream_connect_failure", why, { cause: err });
+  }
+  if (err instanceof UpstreamClosed || err instanceof StaleConnection) {
+    return new ProxyError("upstream_reset", err.message, { cause: err });
+  }
+  return classifyUpstreamError(err, signal);
+}
+
+function describeCause(cause: unknown): string {
+  return cause instanceof Error ? cause.message : String(cause);
+}
