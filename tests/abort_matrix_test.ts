@@ -1,19 +1,30 @@
 /**
  * Clients that go away at every point of an exchange, over every downstream protocol and on both
  * upstream transports, against one Ferry subprocess: before the request head ends, in the middle
- * of an upload, in the middle of a download; `Accept-Encoding` identity (fetch) and gzip
- * (node:http); HTTP/1.1, h2c, and TLS with either ALPN protocol. After each case the process is
+ * of an upload, in the middle of a download; `Accept-Encoding` identity (sent to the cluster's
+ * `transport: fetch` twin, see `withFetchTwins`) and gzip (the default h1 codec); HTTP/1.1, h2c, and TLS with either ALPN protocol. After each case the process is
  * alive, the next request succeeds, the upstream carries no breaker or outlier mark, and nothing
  * reached the last line of defence (`ferry_internal_errors_total` is 0).
  */
 import assert from "node:assert/strict";
 import { startUpstream } from "./helpers.ts";
 import { makeTestCerts } from "./fixtures/certs.ts";
-import { assertUnharmed, endpointMarks, startFerryProcess } from "./transport_peers.ts";
+import {
+  assertUnharmed,
+  endpointMarks,
+  FETCH_HEADER,
+  startFerryProcess,
+} from "./transport_peers.ts";
 
 type Proto = "http/1.1" | "h2c" | "tls http/1.1" | "tls h2";
 const PROTOS: readonly Proto[] = ["http/1.1", "h2c", "tls http/1.1", "tls h2"];
 const ENCODINGS = ["identity", "gzip"] as const;
+/** identity requests take the fetch twin of the cluster, gzip ones the h1 codec. */
+const headersFor = (ae: string): Record<string, string> =>
+  ae === "identity"
+    ? { "accept-encoding": ae, [FETCH_HEADER]: "fetch" }
+    : { "accept-encoding": ae };
+const clusterFor = (ae: string) => ae === "identity" ? "up-fetch" : "up";
 const enc = new TextEncoder();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -155,7 +166,7 @@ clusters:
         const pending = fetch(`${baseFor(proto)}/upload`, {
           method: "POST",
           body,
-          headers: { "accept-encoding": ae },
+          headers: headersFor(ae),
           client,
           signal: ctl.signal,
         }).catch((e) => e);
@@ -170,7 +181,7 @@ clusters:
         const ended = downloadsEnded, before = downloads;
         const ctl = new AbortController();
         const res = await fetch(`${baseFor(proto)}/download`, {
-          headers: { "accept-encoding": ae },
+          headers: headersFor(ae),
           client,
           signal: ctl.signal,
         });
@@ -199,13 +210,13 @@ clusters:
                 await run(proto, ae, client);
                 await sleep(150);
                 const next = await fetch(`${baseFor(proto)}/ok`, {
-                  headers: { "accept-encoding": ae },
+                  headers: headersFor(ae),
                   client,
                 });
                 const text = await next.text();
                 assert.equal(next.status, 200, text);
                 assert.equal(text, "ok");
-                const [e] = await endpointMarks(ferry.admin, "up");
+                const [e] = await endpointMarks(ferry.admin, clusterFor(ae));
                 assert.deepEqual(e, {
                   origin: up.url,
                   breakerState: "closed",

@@ -4,6 +4,7 @@
  * must not move (breaker, outlier detection, `ferry_internal_errors_total`).
  */
 import assert from "node:assert/strict";
+import { parse, stringify } from "yaml";
 import { metricValue, spawnFerry, type Started, tempConfig } from "./helpers.ts";
 
 const enc = new TextEncoder();
@@ -82,7 +83,7 @@ export interface FerryProcess {
 }
 
 export async function startFerryProcess(yaml: string, listeners = 1): Promise<FerryProcess> {
-  const file = await tempConfig(yaml);
+  const file = await tempConfig(withFetchTwins(yaml));
   const started = await spawnFerry(["--config", file], {}, listeners);
   let exited = false;
   const status = started.child.status.then((s) => {
@@ -206,12 +207,48 @@ export function statusOf(raw: string): number {
   return m ? Number(m[1]) : 0;
 }
 
-/** Headers a client sends so that Ferry uses fetch (it would add these itself otherwise). */
-export const FETCH_HEADERS =
-  "Accept: */*\r\nAccept-Language: en\r\nUser-Agent: test\r\nAccept-Encoding: identity\r\n";
-/** Headers that make Ferry use the byte-exact node:http transport. */
-export const NODE_HEADERS = "Accept-Encoding: gzip\r\n";
+/** The request header that routes a request to the fetch twin of its cluster. */
+export const FETCH_HEADER = "x-test-transport";
+/** Headers of a request that takes fetch (identity, so fetch has nothing to decode). */
+export const FETCH_HEADERS = `${FETCH_HEADER}: fetch\r\nAccept-Encoding: identity\r\n`;
+/** Headers of a request that takes the default h1 codec (gzip passes through as bytes). */
+export const H1_HEADERS = "Accept-Encoding: gzip\r\n";
 export const TRANSPORTS = [
   ["fetch", FETCH_HEADERS],
-  ["node:http", NODE_HEADERS],
+  ["h1", H1_HEADERS],
 ] as const;
+
+/**
+ * The config with a `transport: fetch` twin of every http1 cluster (`<name>-fetch`) and, before
+ * each route to such a cluster, a twin route that takes requests carrying `x-test-transport:
+ * fetch` there: every case of these tests runs on both HTTP/1.1 upstream transports.
+ */
+export function withFetchTwins(yaml: string): string {
+  const config = parse(yaml) as {
+    routes?: Record<string, unknown>[];
+    clusters?: Record<string, unknown>[];
+  };
+  const twinned = new Set<string>();
+  const clusters = [];
+  for (const c of config.clusters ?? []) {
+    clusters.push(c);
+    if ((c.protocol ?? "http1") !== "http1" || c.transport !== undefined) continue;
+    twinned.add(c.name as string);
+    clusters.push({ ...c, name: `${c.name}-fetch`, transport: "fetch" });
+  }
+  const routes = [];
+  for (const r of config.routes ?? []) {
+    if (typeof r.cluster === "string" && twinned.has(r.cluster)) {
+      const match = (r.match ?? {}) as Record<string, unknown>;
+      const headers = (match.headers ?? {}) as Record<string, unknown>;
+      routes.push({
+        ...r,
+        name: `${r.name}-fetch`,
+        cluster: `${r.cluster}-fetch`,
+        match: { ...match, headers: { ...headers, [FETCH_HEADER]: "fetch" } },
+      });
+    }
+    routes.push(r);
+  }
+  return stringify({ ...config, routes, clusters });
+}

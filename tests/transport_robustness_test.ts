@@ -1,6 +1,6 @@
 /**
- * Hostile input on both HTTP transports (fetch, and the node:http pass-through that a client
- * sending `Accept-Encoding: gzip` gets), each against a Ferry subprocess: a request is forwarded
+ * Hostile input on both HTTP/1.1 upstream transports (the h1 codec, and fetch: every cluster has
+ * a `transport: fetch` twin, see `withFetchTwins`), each against a Ferry subprocess: a request is forwarded
  * with exactly its body or refused, client failures never count against the upstream, and no
  * upstream answer can crash Ferry or pass for a complete response when it is not one.
  */
@@ -87,13 +87,21 @@ clusters:
 }
 
 async function assertUpstreamUnmarked(rig: Rig, context: string): Promise<void> {
-  const [e] = await endpointMarks(rig.ferry.admin, "up");
+  for (const cluster of ["up", "up-fetch"]) await assertClusterUnmarked(rig, cluster, context);
+}
+
+async function assertClusterUnmarked(rig: Rig, cluster: string, context: string): Promise<void> {
+  const [e] = await endpointMarks(rig.ferry.admin, cluster);
   assert.deepEqual(
     { breaker: e!.breakerState, opened: e!.timesOpened, ejections: e!.ejections },
     { breaker: "closed", opened: 0, ejections: 0 },
-    `${context}: the upstream was marked for the client's doing`,
+    `${context}: ${cluster} was marked for the client's doing`,
   );
-  assert.equal(e!.recentFailures, 0, `${context}: outlier detection counted a failure`);
+  assert.equal(
+    e!.recentFailures,
+    0,
+    `${context}: outlier detection counted a failure on ${cluster}`,
+  );
 }
 
 async function waitFor(cond: () => boolean, what: string, ms = 10_000): Promise<void> {
@@ -278,11 +286,20 @@ Deno.test(
       );
       assert.deepEqual(got, expected, `client sent ${JSON.stringify(sent)}`);
     }
+    // The fetch twin is really used by the fetch cases of these tests, and still adds what the
+    // docs say it does (the reason http1 clusters default to the h1 codec).
+    rig.seen.length = 0;
+    const viaFetch = await rawExchange(
+      rig.ferry.port,
+      `GET /h HTTP/1.1\r\nHost: a\r\n${TRANSPORTS[0][1]}\r\n`,
+    );
+    assert.equal(statusOf(viaFetch), 200, viaFetch);
+    assert.equal(rig.seen[0]!.headers["accept-language"], "*");
   }),
 );
 
 Deno.test(
-  "node:http: an upstream 101 to a request that asked for no upgrade is a 502, not a request left hanging",
+  "h1: an upstream 101 to a request that asked for no upgrade is a 502, not a request left hanging",
   withRig(async (rig) => {
     const [, headers] = TRANSPORTS[1];
     // Route timeout 15 s: a hang shows as no answer within the 5 s read.
@@ -347,7 +364,7 @@ clusters:
   }
 });
 
-Deno.test("node:http: a pooled upstream connection idle for pool.idle_timeout is closed", async () => {
+Deno.test("h1: a pooled upstream connection idle for pool.idle_timeout is closed", async () => {
   let closed = 0, accepted = 0;
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const serving = (async () => {
