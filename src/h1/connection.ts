@@ -346,7 +346,9 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
             if (head) {
               if (head.status >= 200) break;
               if (head.status === 101) {
-                throw new H1ProtocolError("101 Switching Protocols to a request without Upgrade");
+                throw new H1ProtocolError(
+                  "upstream answered 101 to a request that asked for no upgrade",
+                );
               }
               c.start += head.size; // 100, 102, 103: interim, skipped
               continue;

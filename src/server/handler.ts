@@ -57,6 +57,7 @@ export function createListenerHandler(
     let ctx: RequestContext | undefined;
     let response: Response;
     let overLimit: (() => ProxyError | undefined) | undefined;
+    let settled: (() => Promise<void>) | undefined;
     try {
       if (!plan) throw new ProxyError("no_route", `listener ${listener} is being removed`);
       checkMethod(req.method);
@@ -72,6 +73,7 @@ export function createListenerHandler(
       if (limited.early) await limited.early;
       req = limited.req;
       overLimit = limited.overLimit;
+      settled = limited.settled;
       // Without the guard a missing Host is indistinguishable (Deno fills in localhost:port, as
       // an HTTP/2 request to localhost looks), but an empty Host is visible and invalid (RFC 9112
       // 3.2). A Host header must be a valid authority itself even when the target is
@@ -121,7 +123,9 @@ export function createListenerHandler(
       response = await route.handler(req, ctx);
     } catch (thrown) {
       // A body cut at the size limit surfaces as an upstream failure: it is the client's 413.
-      const err = overLimit?.() ?? thrown;
+      const tripped = overLimit?.();
+      if (tripped) await settled?.();
+      const err = tripped ?? thrown;
       response = errorResponse(
         err,
         requestId,

@@ -44,6 +44,8 @@ export function limitBody(
 ): {
   req: Request;
   overLimit?: () => ProxyError | undefined;
+  /** After the limit tripped: settles once the rest of a small body was read and dropped. */
+  settled?: () => Promise<void>;
   /** Set when the request is refused already: settles (rejects with the 413) once it is read. */
   early?: Promise<never>;
 } {
@@ -63,7 +65,7 @@ export function limitBody(
   const copy = new Request(req, { body: limit.stream });
   const ticket = downstreamTicket(req);
   if (ticket) attachTicket(copy, ticket);
-  return { req: copy, overLimit: limit.overLimit };
+  return { req: copy, overLimit: limit.overLimit, settled: limit.settled };
 }
 
 /**
@@ -73,10 +75,13 @@ export function limitBody(
 export function countingLimit(body: ReadableStream<Uint8Array>, max: number): {
   stream: ReadableStream<Uint8Array>;
   overLimit: () => ProxyError | undefined;
+  /** Resolves once the source is done with after the limit tripped (at once before). */
+  settled: () => Promise<void>;
 } {
   const reader = body.getReader();
   let seen = 0;
   let failure: ProxyError | undefined;
+  let lingering: Promise<void> | undefined;
   const stream = new ReadableStream<Uint8Array>({
     async pull(ctl) {
       const r = await reader.read();
@@ -85,13 +90,19 @@ export function countingLimit(body: ReadableStream<Uint8Array>, max: number): {
       if (seen <= max) return ctl.enqueue(r.value);
       failure = tooLarge(max);
       ctl.error(failure);
-      reader.cancel(failure).catch(() => {});
+      // Not cancelled at once: cancelling resets an HTTP/2 stream before the 413 can reach a
+      // client still sending (curl: "Empty reply"), so a small remainder is read and dropped.
+      lingering = lingerThenCancel(reader);
     },
     cancel(reason) {
       return reader.cancel(reason).catch(() => {});
     },
   }, { highWaterMark: 0 });
-  return { stream, overLimit: () => failure };
+  return {
+    stream,
+    overLimit: () => failure,
+    settled: () => lingering ?? Promise.resolve(),
+  };
 }
 
 /** Declared over-limit bodies up to this size are read and dropped before the 413 is sent. */
@@ -100,15 +111,28 @@ const LINGER_BYTES = 64 * 1024;
 const LINGER_MS = 1_000;
 
 async function discard(body: ReadableStream<Uint8Array>, refusal: ProxyError): Promise<never> {
-  const reader = body.getReader();
+  await lingerThenCancel(body.getReader());
+  throw refusal;
+}
+
+/**
+ * Reads and drops what the client still sends, up to `LINGER_BYTES` and `LINGER_MS`, then
+ * cancels the body: the client has finished its upload by the time the refusal reaches it.
+ */
+async function lingerThenCancel(reader: ReadableStreamDefaultReader<Uint8Array>): Promise<void> {
   const deadline = AbortSignal.timeout(LINGER_MS);
   const stop = () => reader.cancel().catch(() => {});
   deadline.addEventListener("abort", stop, { once: true });
+  let dropped = 0;
   try {
-    while (!(await reader.read()).done) { /* dropped */ }
+    while (dropped <= LINGER_BYTES) {
+      const r = await reader.read();
+      if (r.done) break;
+      dropped += r.value.byteLength;
+    }
   } catch { /* the client left or the deadline passed: answer anyway */ }
   deadline.removeEventListener("abort", stop);
-  throw refusal;
+  await reader.cancel().catch(() => {});
 }
 
 function tooLarge(max: number): ProxyError {
