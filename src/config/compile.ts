@@ -23,6 +23,8 @@ import type { BreakerConfigSchema } from "./schema.ts";
 import { type ClusterRecorder, FerryMetrics } from "../observability/metrics.ts";
 import type { GrpcRoute } from "../grpc/proxy.ts";
 import { RETRIABLE_GRPC } from "../grpc/status.ts";
+import { authorization, type AuthzPolicy, compilePolicy, RouteAuthz } from "../policy/authz.ts";
+import { JwtProvider } from "../policy/jwt.ts";
 
 export interface CompiledRoute {
   readonly name: string;
@@ -31,6 +33,8 @@ export interface CompiledRoute {
   readonly handler: Handler;
   /** Cluster routes: the same route for `protocol: grpc` listeners. */
   readonly grpc?: GrpcRoute;
+  /** The route's authorization (its own policy, or its listeners'); absent when none applies. */
+  readonly authz?: RouteAuthz;
 }
 
 export interface ListenerPlan {
@@ -75,6 +79,8 @@ export interface Snapshot {
   readonly breakerViews: readonly BreakerView[];
   /** Process-wide metrics, handed from snapshot to snapshot so counters survive reloads. */
   readonly metrics: FerryMetrics;
+  /** JWT providers by name (their key sets, for /explain). */
+  readonly jwtProviders: ReadonlyMap<string, JwtProvider>;
   /** The admin listener's bearer token (from admin.token, token_file or token_env), if any. */
   readonly adminToken: string | undefined;
   /** What the next snapshot may take over instead of building anew (see `previous`). */
@@ -108,6 +114,11 @@ export interface CarryOver {
   readonly accessLog:
     | { readonly key: string; readonly log: AccessLog; readonly close: () => void }
     | undefined;
+  /** Kept while the provider's config and JWKS file are unchanged (its cache and fetched keys). */
+  readonly jwtProviders: ReadonlyMap<
+    string,
+    { readonly key: string; readonly provider: JwtProvider }
+  >;
 }
 
 /** JSON with object keys sorted, so equal configs give equal keys whatever their key order. */
@@ -339,6 +350,57 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     limiters.set(rl.name, limiter);
     limiterCarry.set(rl.name, { key, limiter });
   }
+  const jwtCarry = new Map<string, { key: string; provider: JwtProvider }>();
+  const jwtProviders = new Map<string, JwtProvider>();
+  for (const [i, p] of cfg.jwt_providers.entries()) {
+    let jwksText: string | undefined;
+    if (p.jwks_file !== undefined) {
+      try {
+        jwksText = opts.readTextFile(p.jwks_file);
+      } catch (err) {
+        problems.push({
+          path: `jwt_providers[${i}].jwks_file`,
+          value: p.jwks_file,
+          message: `cannot read: ${err}`,
+        });
+        continue;
+      }
+    }
+    const key = canonicalJson({ p, jwksText });
+    const kept = prior?.jwtProviders.get(p.name);
+    if (kept?.key === key) {
+      jwtProviders.set(p.name, kept.provider);
+      jwtCarry.set(p.name, kept);
+      continue;
+    }
+    try {
+      const provider = new JwtProvider(p, { ...(jwksText ? { jwksText } : {}), log });
+      jwtProviders.set(p.name, provider);
+      jwtCarry.set(p.name, { key, provider });
+    } catch (err) {
+      problems.push({
+        path: `jwt_providers[${i}].jwks_file`,
+        value: p.jwks_file ?? "",
+        message: `not a usable JWKS: ${err instanceof Error ? err.message : err}`,
+      });
+    }
+  }
+  const listenerPolicies = new Map<string, AuthzPolicy>();
+  for (const [i, l] of cfg.listeners.entries()) {
+    if (!l.authorization) continue;
+    try {
+      listenerPolicies.set(
+        l.name,
+        compilePolicy(l.authorization, `listener ${l.name}`, jwtProviders),
+      );
+    } catch (err) {
+      problems.push({
+        path: `listeners[${i}].authorization`,
+        value: l.name,
+        message: err instanceof Error ? err.message : String(err),
+      });
+    }
+  }
   const clusterMetrics = new Map<string, ClusterRecorder>();
   for (const c of clusters.values()) clusterMetrics.set(c.name, metrics.cluster(c.name));
   const policies: RoutePolicies = {
@@ -348,6 +410,8 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     log,
     metrics,
     clusterMetrics,
+    listenerPolicies,
+    jwtProviders,
     routeBreaker: (route, b, cluster) =>
       keptBreaker(`route ${route}`, b, cluster, `route:${route}`).store,
   };
@@ -439,6 +503,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     breakers: breakerCarry,
     limiters: limiterCarry,
     accessLog: accessLogCarry,
+    jwtProviders: jwtCarry,
   };
 
   if (problems.length > 0) {
@@ -460,6 +525,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     breakers,
     breakerViews,
     metrics,
+    jwtProviders,
     adminToken,
     carry,
     retire(next: Snapshot) {
@@ -498,6 +564,9 @@ function releaseUnshared(
     if (keeper?.clusters.get(name)?.cluster === cluster) continue;
     if (opts.drainMs <= 0) cluster.close();
     else closeWhenIdle(cluster, opts.drainMs, opts.log);
+  }
+  for (const [name, { provider }] of mine.jwtProviders) {
+    if (keeper?.jwtProviders.get(name)?.provider !== provider) provider.close();
   }
   if (mine.accessLog && keeper?.accessLog !== mine.accessLog) {
     const close = mine.accessLog.close;
@@ -637,6 +706,9 @@ interface RoutePolicies {
   readonly log: Logger | undefined;
   readonly metrics: FerryMetrics;
   readonly clusterMetrics: ReadonlyMap<string, ClusterRecorder>;
+  /** Listeners' default authorization policies, by listener name. */
+  readonly listenerPolicies: ReadonlyMap<string, AuthzPolicy>;
+  readonly jwtProviders: ReadonlyMap<string, JwtProvider>;
   /** A route's own breaker (an override of the cluster's), carried over when unchanged. */
   readonly routeBreaker: (route: string, b: BreakerConfigSchema, cluster: Cluster) => BreakerStore;
 }
@@ -648,8 +720,11 @@ function compileRoute(
   clusters: ReadonlyMap<string, Cluster>,
   policies: RoutePolicies,
 ): CompiledRoute {
-  // Route policies, outermost first: fault injection (chaos), then rate limits.
+  // Route policies, outermost first: authorization (a refused caller spends no rate-limit token
+  // and sees no injected fault), fault injection (chaos), then rate limits.
   const middleware: Middleware[] = [];
+  const authz = routeAuthz(r, i, cfg, policies);
+  if (authz) middleware.push(authorization(authz));
   if (r.fault) middleware.push(faultInjection(r.fault));
   if (r.rate_limit) {
     const limiters = r.rate_limit.map((n) => policies.limiters.get(n)!);
@@ -665,6 +740,8 @@ function compileRoute(
       "direct_response",
       undefined,
       compose(middleware, directResponse(d)),
+      undefined,
+      authz,
     );
   }
   if (r.redirect) {
@@ -673,6 +750,8 @@ function compileRoute(
       "redirect",
       undefined,
       compose(middleware, redirectResponse(r.redirect, r.match.path)),
+      undefined,
+      authz,
     );
   }
   const cluster = clusters.get(r.cluster!);
@@ -740,7 +819,39 @@ function compileRoute(
     websocketMaxBuffer: cfg.server.websocket_max_buffer,
     via: cfg.server.via,
   });
-  return freezeRoute(r.name, "cluster", cluster.name, compose(middleware, terminal), grpc);
+  return freezeRoute(r.name, "cluster", cluster.name, compose(middleware, terminal), grpc, authz);
+}
+
+/**
+ * The route's own policy for every listener, or else the default policy of each listener it
+ * serves; undefined when no policy applies (no per-request cost then).
+ */
+function routeAuthz(
+  r: RouteConfig,
+  i: number,
+  cfg: FerryConfig,
+  policies: RoutePolicies,
+): RouteAuthz | undefined {
+  const served = cfg.listeners.filter((l) => !r.listeners || r.listeners.includes(l.name));
+  const byListener = new Map<string, AuthzPolicy>();
+  for (const l of served) {
+    const p = policies.listenerPolicies.get(l.name);
+    if (p) byListener.set(l.name, p);
+  }
+  let own: AuthzPolicy | undefined;
+  if (r.authorization) {
+    try {
+      own = compilePolicy(r.authorization, `route ${r.name}`, policies.jwtProviders);
+    } catch (err) {
+      throw new SnapshotCompileError([{
+        path: `routes[${i}].authorization`,
+        value: r.name,
+        message: err instanceof Error ? err.message : String(err),
+      }]);
+    }
+  }
+  if (!own && byListener.size === 0) return undefined;
+  return new RouteAuthz(own, byListener, policies.metrics.authzRecorder(r.name));
 }
 
 function freezeRoute(
@@ -749,10 +860,16 @@ function freezeRoute(
   cluster: string | undefined,
   handler: Handler,
   grpc?: GrpcRoute,
+  authz?: RouteAuthz,
 ): CompiledRoute {
-  return Object.freeze(
-    grpc ? { name, kind, cluster, handler, grpc } : { name, kind, cluster, handler },
-  );
+  return Object.freeze({
+    name,
+    kind,
+    cluster,
+    handler,
+    ...(grpc ? { grpc } : {}),
+    ...(authz ? { authz } : {}),
+  });
 }
 
 /**

@@ -22,7 +22,12 @@ import {
   type Pair,
   parseDocument,
 } from "yaml";
-import { type ClusterConfig, ConfigSchema, type FerryConfig } from "./schema.ts";
+import {
+  type AuthorizationConfig,
+  type ClusterConfig,
+  ConfigSchema,
+  type FerryConfig,
+} from "./schema.ts";
 import { compileRouteRegex } from "../routing/regex.ts";
 import { parseCidr } from "../server/trust.ts";
 import {
@@ -547,6 +552,8 @@ function checkReferences(
     }
   }
 
+  checkAuthorization(cfg, err);
+
   for (const [i, cidr] of cfg.server.trusted_proxies.entries()) {
     if (!parseCidr(cidr)) {
       err(
@@ -573,8 +580,75 @@ function checkReferences(
     for (const [i, c] of cfg.clusters.entries()) {
       if (c.tls?.ca_file) check(["clusters", i, "tls", "ca_file"], "the CA file", c.tls.ca_file);
     }
+    for (const [i, p] of cfg.jwt_providers.entries()) {
+      if (p.jwks_file) check(["jwt_providers", i, "jwks_file"], "the JWKS file", p.jwks_file);
+    }
   }
   return { errors, warnings };
+}
+
+/**
+ * Authorization policies (listeners' and routes'): known JWT providers, claims only where a JWT
+ * is verified, valid CIDRs and regexes.
+ */
+function checkAuthorization(
+  cfg: FerryConfig,
+  err: (path: PathSegment[], message: string, value?: unknown) => void,
+): void {
+  uniqueNames("JWT provider", "jwt_providers", cfg.jwt_providers, err);
+  const providers = cfg.jwt_providers.map((p) => p.name);
+  const policies: [PathSegment[], AuthorizationConfig][] = [];
+  for (const [i, l] of cfg.listeners.entries()) {
+    if (l.authorization) policies.push([["listeners", i, "authorization"], l.authorization]);
+  }
+  for (const [i, r] of cfg.routes.entries()) {
+    if (r.authorization) policies.push([["routes", i, "authorization"], r.authorization]);
+  }
+  for (const [at, policy] of policies) {
+    if (policy.jwt && !providers.includes(policy.jwt.provider)) {
+      err(
+        [...at, "jwt", "provider"],
+        `unknown JWT provider '${policy.jwt.provider}'; ${definedList(providers, "JWT providers")}`,
+        policy.jwt.provider,
+      );
+    }
+    for (const [j, rule] of policy.rules.entries()) {
+      const ruleAt = [...at, "rules", j];
+      if (rule.claims && !policy.jwt) {
+        err(
+          [...ruleAt, "claims"],
+          "claims need a verified token: set jwt.provider in this authorization block",
+        );
+      }
+      for (const [k, cidr] of (rule.client_cidrs ?? []).entries()) {
+        if (!parseCidr(cidr)) {
+          err(
+            [...ruleAt, "client_cidrs", k],
+            "expected an IP address or CIDR such as 10.0.0.0/8 or fd00::/8",
+            cidr,
+          );
+        }
+      }
+      const regexes: [PathSegment[], string][] = [];
+      for (const [k, p] of (rule.paths ?? []).entries()) {
+        if ("regex" in p) regexes.push([[...ruleAt, "paths", k, "regex"], p.regex]);
+      }
+      for (const part of ["headers", "claims"] as const) {
+        for (const [name, m] of Object.entries(rule[part] ?? {})) {
+          if (typeof m === "object" && !Array.isArray(m) && "regex" in m) {
+            regexes.push([[...ruleAt, part, name, "regex"], m.regex]);
+          }
+        }
+      }
+      for (const [path, pattern] of regexes) {
+        try {
+          compileRouteRegex(pattern);
+        } catch (e) {
+          err(path, e instanceof Error ? e.message : String(e), pattern);
+        }
+      }
+    }
+  }
 }
 
 function uniqueNames(

@@ -6,10 +6,12 @@
 import { DEFAULT_GRPC_TIMEOUTS, type ListenerPlan, type Snapshot } from "../config/compile.ts";
 import { H2Connection } from "../h2/connection.ts";
 import { headerValue } from "../h2/headers.ts";
+import type { HeaderField } from "../h2/hpack.ts";
 import type { H2Stream } from "../h2/stream.ts";
 import type { Logger } from "../observability/log.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { ProxyError } from "../server/errors.ts";
+import type { AuthzInput } from "../policy/authz.ts";
 import { answerError, type GrpcCallRecord, proxyCall } from "./proxy.ts";
 import { GrpcStatus } from "./status.ts";
 
@@ -116,6 +118,8 @@ export class GrpcListener {
       if (!route?.grpc) {
         throw new ProxyError("no_route", `no gRPC route for ${rawPath}`);
       }
+      // Authorization answers PERMISSION_DENIED / UNAUTHENTICATED from the same error table.
+      if (route.authz) await route.authz.check(name, authzInput(fields, rawPath, peerIp));
       await proxyCall(ds, fields, route.grpc, { peerIp, requestId }, rec);
     } catch (err) {
       answerError(ds, err, rec);
@@ -196,4 +200,17 @@ function matchRoute(
     headers,
     search: q < 0 ? "" : rawPath.slice(q),
   });
+}
+
+/** A call as authorization policies see it (no downstream mTLS identity yet on this listener). */
+function authzInput(fields: readonly HeaderField[], rawPath: string, peerIp: string): AuthzInput {
+  const q = rawPath.indexOf("?");
+  const path = normalizePath(q < 0 ? rawPath : rawPath.slice(0, q));
+  return {
+    method: headerValue(fields, ":method") ?? "POST",
+    path: path.ok ? path.path : rawPath,
+    header: (name) => headerValue(fields, name),
+    clientIp: peerIp,
+    identity: undefined,
+  };
 }

@@ -24,6 +24,8 @@ export type ProxyErrorKind =
   | "client_closed"
   | "admin_host_refused"
   | "admin_cross_origin"
+  | "unauthenticated"
+  | "access_denied"
   | "internal";
 
 interface ErrorRow {
@@ -71,6 +73,9 @@ const TABLE: Readonly<Record<ProxyErrorKind, ErrorRow>> = {
   // The admin listener's own refusals (src/server/admin.ts): DNS rebinding and cross-site forms.
   admin_host_refused: { status: 421, grpc: 7, flag: "AH", title: "misdirected request" },
   admin_cross_origin: { status: 403, grpc: 7, flag: "AO", title: "cross-origin request refused" },
+  // Authorization policies (src/policy/authz.ts): a missing or invalid JWT, and a deny.
+  unauthenticated: { status: 401, grpc: 16, flag: "UA", title: "unauthenticated" },
+  access_denied: { status: 403, grpc: 7, flag: "AZ", title: "access denied" },
 };
 
 /** A failure with a kind from the table and a reason meant for the client and the log. */

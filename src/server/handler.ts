@@ -102,6 +102,8 @@ export function createListenerHandler(
         path: path.path,
         search: target.search,
         startedAt,
+        // Downstream mTLS is not terminated yet: no connection carries a verified identity.
+        identity: undefined,
         outcome: { attempts: 0 },
       };
       const route = plan.router.match({
