@@ -417,3 +417,41 @@ jwt_providers:
     /jwt\.yaml:3:\d+.*exactly one of jwks_file or jwks_url/,
   );
 });
+
+Deno.test("authz: a JWKS URL that never answers is abandoned after fetch_timeout; requests get 401, not a hang", async () => {
+  const key = await signingKey("ES256", "k1");
+  let release!: () => void;
+  const hung = new Promise<void>((r) => (release = r));
+  const jwks = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async () => {
+    await hung;
+    return Response.json({ keys: [] });
+  });
+  const px = startFerry(`listeners:
+  - { name: public, address: "127.0.0.1:0" }
+admin: { address: "127.0.0.1:0" }
+jwt_providers:
+  - name: corp
+    issuer: ${ISSUER}
+    jwks_url: http://127.0.0.1:${jwks.addr.port}/jwks
+    refresh_interval: 1m
+    fetch_timeout: 300ms
+routes:
+  - name: api
+    match: { path: { prefix: / } }
+    direct_response: { status: 200, body: hello }
+    authorization: { jwt: { provider: corp }, default: allow }
+`);
+  try {
+    const started = Date.now();
+    const res = await get(px.url, { headers: bearer(await token(key)) });
+    assert.deepEqual([res.status, res.flag], [401, "UA"]);
+    assert.equal(JSON.parse(res.body).reason, "no signing keys loaded for this provider");
+    assert.ok(Date.now() - started < 5_000, "the request waited for the fetch's timeout only");
+    const explain = await (await fetch(`${px.adminUrl}/explain?path=/`)).json();
+    assert.match(explain.policies.authorization.jwt_provider.last_error, /time|abort/i);
+  } finally {
+    release();
+    await px.close();
+    await jwks.shutdown();
+  }
+});
