@@ -25,6 +25,7 @@ import type { GrpcRoute } from "../grpc/proxy.ts";
 import { RETRIABLE_GRPC } from "../grpc/status.ts";
 import { authorization, type AuthzPolicy, compilePolicy, RouteAuthz } from "../policy/authz.ts";
 import { JwtProvider } from "../policy/jwt.ts";
+import type { UpstreamTls } from "../upstream/upstream_tls.ts";
 
 export interface CompiledRoute {
   readonly name: string;
@@ -265,22 +266,43 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
   /** Changes to kept clusters, made only when the snapshot goes live (a failed reload must not). */
   const activations: (() => void)[] = [];
   for (const [i, c] of cfg.clusters.entries()) {
-    let caCerts: string[] | undefined;
-    if (c.tls?.ca_file) {
+    const read = (field: "ca_file" | "cert_file" | "key_file"): string | undefined => {
+      const file = c.tls?.[field];
+      if (file === undefined) return undefined;
       try {
-        caCerts = [opts.readTextFile(c.tls.ca_file)];
+        return opts.readTextFile(file);
       } catch (err) {
         problems.push({
-          path: `clusters[${i}].tls.ca_file`,
-          value: c.tls.ca_file,
+          path: `clusters[${i}].tls.${field}`,
+          value: file,
           message: `cannot read: ${err}`,
         });
+        return undefined;
       }
-    }
+    };
+    const ca = read("ca_file");
+    const caCerts = ca === undefined ? undefined : [ca];
+    const clientCert = read("cert_file");
+    const clientKey = read("key_file");
+    const upstreamTls: UpstreamTls | undefined = c.tls
+      ? {
+        ...(caCerts ? { caCerts } : {}),
+        ...(clientCert !== undefined && clientKey !== undefined
+          ? { cert: clientCert, key: clientKey }
+          : {}),
+        ...(c.tls.server_name ? { serverName: c.tls.server_name } : {}),
+        ...(c.tls.expected_identities ? { expectedIdentities: c.tls.expected_identities } : {}),
+      }
+      : undefined;
     // The CA's contents are part of the key: a rotated CA file rebuilds the pools. The endpoint
     // list is not: a cluster whose only change is its endpoints is kept, and the list swapped
     // in when the snapshot goes live, so endpoints that stay keep their health and breakers.
-    const key = canonicalJson({ c: { ...c, endpoints: undefined }, caCerts });
+    const key = canonicalJson({
+      c: { ...c, endpoints: undefined },
+      caCerts,
+      clientCert,
+      clientKey,
+    });
     const kept = prior?.clusters.get(c.name);
     const endpoints = staticEndpoints(c);
     let cluster: Cluster;
@@ -295,7 +317,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     } else {
       cluster = buildCluster(
         c,
-        caCerts,
+        upstreamTls,
         (cluster, endpoint, e) => {
           metrics.healthEvent(cluster, endpoint, e.type);
           log?.info(e.type === "endpoints" ? "cluster endpoints changed" : "endpoint health", {

@@ -553,6 +553,7 @@ function checkReferences(
   }
 
   checkAuthorization(cfg, err);
+  checkUpstreamIdentity(cfg, err, warn);
 
   for (const [i, cidr] of cfg.server.trusted_proxies.entries()) {
     if (!parseCidr(cidr)) {
@@ -579,6 +580,12 @@ function checkReferences(
     }
     for (const [i, c] of cfg.clusters.entries()) {
       if (c.tls?.ca_file) check(["clusters", i, "tls", "ca_file"], "the CA file", c.tls.ca_file);
+      if (c.tls?.cert_file) {
+        check(["clusters", i, "tls", "cert_file"], "the client certificate", c.tls.cert_file);
+      }
+      if (c.tls?.key_file) {
+        check(["clusters", i, "tls", "key_file"], "the client key", c.tls.key_file);
+      }
     }
     for (const [i, p] of cfg.jwt_providers.entries()) {
       if (p.jwks_file) check(["jwt_providers", i, "jwks_file"], "the JWKS file", p.jwks_file);
@@ -647,6 +654,45 @@ function checkAuthorization(
           err(path, e instanceof Error ? e.message : String(e), pattern);
         }
       }
+    }
+  }
+}
+
+/**
+ * Where a cluster's server name or expected identities can be checked: node:https (http1
+ * clusters) and Ferry's HTTP/2 client (gRPC listeners); fetch's HTTP/2 (h2c/auto clusters on
+ * http listeners) cannot see the certificate, so that combination is refused.
+ */
+function checkUpstreamIdentity(
+  cfg: FerryConfig,
+  err: (path: PathSegment[], message: string, value?: unknown) => void,
+  warn: (path: PathSegment[], message: string) => void,
+): void {
+  const httpListeners = cfg.listeners.filter((l) => l.protocol === "http").map((l) => l.name);
+  for (const [i, c] of cfg.clusters.entries()) {
+    const t = c.tls;
+    if (!t || (t.server_name === undefined && t.expected_identities === undefined)) continue;
+    const field = t.expected_identities !== undefined ? "expected_identities" : "server_name";
+    if (c.protocol !== "http1") {
+      const fromHttp = cfg.routes.some((r) =>
+        r.cluster === c.name &&
+        (r.listeners ?? httpListeners).some((l) => httpListeners.includes(l))
+      );
+      if (fromHttp) {
+        err(
+          ["clusters", i, "tls", field],
+          `${field} cannot be checked on ${c.protocol} clusters reached from http listeners ` +
+            "(fetch shows no peer certificate); use protocol: http1, or limit the routes to " +
+            "grpc listeners",
+        );
+      }
+    }
+    if (c.health_check && !c.health_check.grpc && t.expected_identities !== undefined) {
+      warn(
+        ["clusters", i, "health_check"],
+        "HTTP health checks present the client certificate but do not check " +
+          "expected_identities (only gRPC health checks and requests do)",
+      );
     }
   }
 }

@@ -347,7 +347,18 @@ export const ClusterSchema = z.strictObject({
   protocol: z.enum(["http1", "h2c", "auto"]).default("http1"),
   tls: z.strictObject({
     ca_file: z.string().min(1).optional(),
+    /** Client certificate chain (PEM) presented to upstreams that ask (mTLS); with key_file. */
+    cert_file: z.string().min(1).optional(),
+    key_file: z.string().min(1).optional(),
     /** SNI / certificate name when it differs from the endpoint host. */
+    server_name: z.string().regex(
+      /^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/,
+      "expected a DNS name such as api.internal",
+    ).optional(),
+    /** The upstream's certificate must carry one of these as a URI SAN (SPIFFE ID) or DNS SAN. */
+    expected_identities: z.array(z.string().min(1)).min(1).optional(),
+  }).refine((t) => (t.cert_file === undefined) === (t.key_file === undefined), {
+    message: "cert_file and key_file go together",
   }).optional(),
   pool: z.strictObject({
     max_idle_per_endpoint: z.number().int().min(0).max(10_000).default(64),

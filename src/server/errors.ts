@@ -9,6 +9,7 @@ export type ProxyErrorKind =
   | "method_not_allowed"
   | "upstream_connect_failure"
   | "upstream_reset"
+  | "upstream_id_mismatch"
   | "upstream_timeout"
   | "upstream_protocol_error"
   | "no_healthy_upstream"
@@ -59,6 +60,13 @@ const TABLE: Readonly<Record<ProxyErrorKind, ErrorRow>> = {
     title: "upstream connect failure",
   },
   upstream_reset: { status: 502, grpc: 14, flag: "UR", title: "upstream reset" },
+  // Upstream mTLS: the certificate chained to the CA but named none of `expected_identities`.
+  upstream_id_mismatch: {
+    status: 502,
+    grpc: 14,
+    flag: "UI",
+    title: "upstream identity mismatch",
+  },
   upstream_protocol_error: { status: 502, grpc: 14, flag: "UPE", title: "upstream protocol error" },
   no_healthy_upstream: { status: 503, grpc: 14, flag: "UH", title: "no healthy upstream" },
   breaker_open: { status: 503, grpc: 14, flag: "UO", title: "circuit breaker open" },

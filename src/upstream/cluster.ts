@@ -18,6 +18,7 @@ import {
 import { type DiscoveryLog, DnsDiscovery } from "./discovery/dns.ts";
 import { type EndpointDescriptor, originOf } from "./discovery/endpoints.ts";
 import { H2Pool } from "./h2_pool.ts";
+import { checksPeer, type UpstreamTls } from "./upstream_tls.ts";
 import {
   FetchTransport,
   LazyNodeTransport,
@@ -82,6 +83,8 @@ export interface Cluster {
   readonly fetch: FetchTransport;
   /** Byte-exact path for compressed bodies; absent when the cluster speaks HTTP/2. */
   readonly passthrough: Transport | undefined;
+  /** When set, every HTTP request uses it: the transport that checks the upstream's identity. */
+  readonly verifiedTransport: Transport | undefined;
   /** One multiplexed HTTP/2 connection per endpoint, for gRPC listeners (opened on first use). */
   readonly h2: H2Pool;
   close(): void;
@@ -119,24 +122,27 @@ export type ClusterEventLog = (
 
 export function buildCluster(
   cfg: ClusterConfig,
-  caCerts?: string[],
+  /** The cluster's upstream TLS, files read: CA, client certificate, server name, identities. */
+  tls?: UpstreamTls,
   onEvent?: ClusterEventLog,
   discoveryLog?: DiscoveryLog,
 ): Cluster {
+  const caCerts = tls?.caCerts;
   const pool: PoolOptions = {
     maxIdlePerEndpoint: cfg.pool.max_idle_per_endpoint,
     idleTimeoutMs: cfg.pool.idle_timeout,
     protocol: cfg.protocol,
     ...(caCerts ? { caCerts } : {}),
+    ...(tls ? { tls } : {}),
   };
   const fetchTransport = new FetchTransport(pool);
   const passthrough = cfg.protocol === "http1" ? new LazyNodeTransport(pool) : undefined;
-  const h2 = new H2Pool(caCerts ? { caCerts } : {});
+  const h2 = new H2Pool({ ...(caCerts ? { caCerts } : {}), ...(tls ? { tls } : {}) });
   const initial = staticEndpoints(cfg);
   const slotCapacity = Math.max(MIN_SLOT_CAPACITY, initial.length);
   const slots = new SlotAllocator(slotCapacity);
   const reuseListeners = new Set<(slot: number) => void>();
-  const baseHealth = healthOptions(cfg, caCerts);
+  const baseHealth = healthOptions(cfg, tls);
 
   const buildMembers = (
     endpoints: Endpoint[],
@@ -264,6 +270,9 @@ export function buildCluster(
     ),
     fetch: fetchTransport,
     passthrough,
+    // fetch cannot see the upstream's certificate: every request of a cluster that checks the
+    // server name or identity goes through node:https, which checks it on each new connection.
+    verifiedTransport: checksPeer(tls) ? passthrough : undefined,
     h2,
     close() {
       closed = true;
@@ -323,7 +332,8 @@ function hashKeyOf(cfg: HashKeyConfig): (req: Request, ctx: RequestContext) => s
 }
 
 /** Config (snake_case, ms) -> the health manager's options. */
-function healthOptions(cfg: ClusterConfig, caCerts: string[] | undefined): EndpointHealthOptions {
+function healthOptions(cfg: ClusterConfig, tls: UpstreamTls | undefined): EndpointHealthOptions {
+  const caCerts = tls?.caCerts;
   const hc = cfg.health_check;
   const od = cfg.outlier_detection;
   return {
@@ -342,6 +352,7 @@ function healthOptions(cfg: ClusterConfig, caCerts: string[] | undefined): Endpo
         : {}),
       protocol: cfg.protocol,
       ...(caCerts ? { caCerts } : {}),
+      ...(tls ? { tls } : {}),
       intervalMs: hc.interval,
       timeoutMs: hc.timeout,
       jitterFraction: hc.jitter,

@@ -391,6 +391,8 @@ function downstreamResponse(
  * goes through the byte-exact transport where the cluster has one, else is downgraded to identity.
  */
 function chooseTransport(cluster: Cluster, headers: HeaderList): Transport {
+  // Upstream identity checks need node:https (byte-exact, so Accept-Encoding stays as sent).
+  if (cluster.verifiedTransport) return cluster.verifiedTransport;
   const ae = headers.get("accept-encoding");
   if (ae === null || IDENTITY.test(ae)) {
     headers.set("accept-encoding", "identity");

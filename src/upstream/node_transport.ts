@@ -8,6 +8,7 @@ import {
   type Transport,
   type UpstreamRequest,
 } from "./transport.ts";
+import { nodeTlsOptions } from "./upstream_tls.ts";
 
 /** HTTP/1.1 via node:http: used only where bytes must pass through undecoded. */
 export class NodeHttpTransport implements Transport {
@@ -20,6 +21,8 @@ export class NodeHttpTransport implements Transport {
     this.#httpsAgent = new https.Agent({
       ...common,
       ...(opts.caCerts ? { ca: opts.caCerts } : {}),
+      // Upstream mTLS: client certificate, SNI, and the identity check on each new connection.
+      ...(opts.tls ? nodeTlsOptions(opts.tls, "upstream") : {}),
     });
   }
 

@@ -7,6 +7,7 @@
  * (which never decodes) on HTTP/1.1 clusters; see docs/design.md "Compressed bodies".
  */
 import { ProxyError } from "../server/errors.ts";
+import { denoTlsOptions, type UpstreamTls } from "./upstream_tls.ts";
 
 export interface UpstreamRequest {
   /** Absolute URL: endpoint origin + path + query. */
@@ -28,6 +29,8 @@ export interface PoolOptions {
   readonly idleTimeoutMs: number;
   readonly protocol: "http1" | "h2c" | "auto";
   readonly caCerts?: string[];
+  /** Client certificate, server name, expected identities (upstream mTLS). */
+  readonly tls?: UpstreamTls;
 }
 
 export class FetchTransport implements Transport {
@@ -43,6 +46,8 @@ export class FetchTransport implements Transport {
       // Without allowHost fetch silently replaces the Host header we set.
       allowHost: true,
       ...(opts.caCerts ? { caCerts: opts.caCerts } : {}),
+      // The client certificate for upstream mTLS (fetch cannot check the peer's identity).
+      ...denoTlsOptions(opts.tls),
     });
   }
 
