@@ -26,6 +26,7 @@ import { RETRIABLE_GRPC } from "../grpc/status.ts";
 import { authorization, type AuthzPolicy, compilePolicy, RouteAuthz } from "../policy/authz.ts";
 import { JwtProvider } from "../policy/jwt.ts";
 import type { UpstreamTls } from "../upstream/upstream_tls.ts";
+import type { GuardTls } from "../server/guard.ts";
 
 export interface CompiledRoute {
   readonly name: string;
@@ -42,7 +43,7 @@ export interface ListenerPlan {
   readonly name: string;
   readonly hostname: string;
   readonly port: number;
-  readonly tls: { readonly cert: string; readonly key: string } | undefined;
+  readonly tls: GuardTls | undefined;
   readonly scheme: "http" | "https";
   readonly protocol: "http" | "grpc";
   readonly router: Router<CompiledRoute>;
@@ -452,7 +453,16 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     let tls: ListenerPlan["tls"];
     if (l.tls) {
       try {
-        tls = { cert: opts.readTextFile(l.tls.cert), key: opts.readTextFile(l.tls.key) };
+        tls = {
+          cert: opts.readTextFile(l.tls.cert),
+          key: opts.readTextFile(l.tls.key),
+          ...(l.tls.client_ca !== undefined
+            ? {
+              clientCa: opts.readTextFile(l.tls.client_ca),
+              clientAuth: l.tls.client_auth ?? "require",
+            }
+            : {}),
+        };
       } catch (err) {
         problems.push({
           path: `listeners[${i}].tls`,

@@ -554,6 +554,21 @@ function checkReferences(
 
   checkAuthorization(cfg, err);
   checkUpstreamIdentity(cfg, err, warn);
+  for (const [i, l] of cfg.listeners.entries()) {
+    if (l.tls?.client_ca === undefined) continue;
+    // Client certificates are verified by node:tls inside the connection guard only.
+    if (l.protocol === "grpc") {
+      err(
+        ["listeners", i, "tls", "client_ca"],
+        "client certificates are not verified on protocol: grpc listeners yet",
+      );
+    } else if (!cfg.server.connection_guard) {
+      err(
+        ["listeners", i, "tls", "client_ca"],
+        "client certificates need server.connection_guard: true (Deno.serve cannot ask for one)",
+      );
+    }
+  }
 
   for (const [i, cidr] of cfg.server.trusted_proxies.entries()) {
     if (!parseCidr(cidr)) {
@@ -577,6 +592,9 @@ function checkReferences(
       if (!l.tls) continue;
       check(["listeners", i, "tls", "cert"], "the TLS certificate", l.tls.cert);
       check(["listeners", i, "tls", "key"], "the TLS key", l.tls.key);
+      if (l.tls.client_ca !== undefined) {
+        check(["listeners", i, "tls", "client_ca"], "the client CA file", l.tls.client_ca);
+      }
     }
     for (const [i, c] of cfg.clusters.entries()) {
       if (c.tls?.ca_file) check(["clusters", i, "tls", "ca_file"], "the CA file", c.tls.ca_file);

@@ -32,7 +32,17 @@ const name = z.string().regex(
   "expected a name of letters, digits, _ . -",
 );
 
-const tls = z.strictObject({ cert: z.string().min(1), key: z.string().min(1) });
+const tls = z.strictObject({
+  cert: z.string().min(1),
+  key: z.string().min(1),
+  /** Downstream mTLS: CA bundle (PEM) client certificates must chain to. */
+  client_ca: z.string().min(1).optional(),
+  /** require: no valid client certificate, no connection; optional: none is served too. */
+  client_auth: z.enum(["require", "optional"]).optional(),
+}).refine((t) => t.client_auth === undefined || t.client_ca !== undefined, {
+  message: "client_auth needs client_ca",
+  path: ["client_auth"],
+});
 
 const stringMatch = z.union([
   z.string(),

@@ -16,7 +16,9 @@
  * See docs/connections.md for the rules and the measured cost.
  */
 import type { Logger } from "../observability/log.ts";
+import type { ClientIdentity } from "../pipeline/types.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
+import { ClientAuthListener } from "./node_tls.ts";
 
 export interface GuardLimits {
   /** Milliseconds; 0: none. */
@@ -47,12 +49,25 @@ export function guardLimits(server: {
 export interface GuardOptions {
   readonly hostname: string;
   readonly port: number;
-  readonly tls?: { readonly cert: string; readonly key: string } | undefined;
+  readonly tls?: GuardTls | undefined;
   /** Read at every accept and every sweep, so a reload changes limits without a restart. */
   readonly limits: () => GuardLimits;
   readonly log: Logger;
   /** Sweep period; timeouts fire up to this late. */
   readonly sweepMs?: number;
+}
+
+export interface GuardTls {
+  readonly cert: string;
+  readonly key: string;
+  /** Downstream mTLS: the CA bundle client certificates must chain to (node:tls accepts then). */
+  readonly clientCa?: string | undefined;
+  readonly clientAuth?: "require" | "optional" | undefined;
+}
+
+/** What the guard hands the inner handler: the real client address and its verified identity. */
+export interface GuardedInfo extends Deno.ServeHandlerInfo<Deno.NetAddr> {
+  readonly identity?: ClientIdentity | undefined;
 }
 
 type Phase =
@@ -84,6 +99,8 @@ class Guarded {
   /** Draining: the inner connection was half-closed so it ends after its last response. */
   closing = false;
   inner: Deno.TcpConn | undefined;
+  /** The client certificate's identity (downstream mTLS), once TLS is up. */
+  identity: ClientIdentity | undefined;
   constructor(
     readonly conn: Deno.Conn,
     readonly remote: Deno.NetAddr,
@@ -117,7 +134,20 @@ export class ConnectionGuard {
   constructor(opts: GuardOptions) {
     this.#opts = opts;
     this.#log = opts.log;
-    this.#listener = opts.tls
+    // Deno.listenTls cannot ask for a client certificate: with a client CA, node:tls accepts.
+    this.#listener = opts.tls?.clientCa !== undefined
+      ? new ClientAuthListener({
+        hostname: opts.hostname,
+        port: opts.port,
+        cert: opts.tls.cert,
+        key: opts.tls.key,
+        clientCa: opts.tls.clientCa,
+        clientAuth: opts.tls.clientAuth ?? "require",
+        alpnProtocols: ["h2", "http/1.1"],
+        // node completes the handshake before accept(): bound it by the header timeout here.
+        handshakeTimeoutMs: opts.limits().headerTimeoutMs,
+      }) as unknown as Deno.Listener
+      : opts.tls
       ? Deno.listenTls({
         hostname: opts.hostname,
         port: opts.port,
@@ -170,7 +200,12 @@ export class ConnectionGuard {
         }
       };
       info.completed.then(done, done);
-      const res = await handler(req, { remoteAddr: g.remote, completed: info.completed });
+      const guarded: GuardedInfo = {
+        remoteAddr: g.remote,
+        completed: info.completed,
+        identity: g.identity,
+      };
+      const res = await handler(req, guarded);
       if (res.status === 101) g.phase = "tunnel";
       return res;
     };
@@ -279,6 +314,7 @@ export class ConnectionGuard {
       if (this.#opts.tls) {
         const hs = await (g.conn as Deno.TlsConn).handshake();
         g.h2 = hs.alpnProtocol === "h2";
+        g.identity = (g.conn as { identity?: ClientIdentity }).identity;
       }
       if (g.closed) return;
       const inner = await Deno.connect({ hostname: "127.0.0.1", port: this.#innerPort });

@@ -11,6 +11,7 @@
  */
 import * as nodeTls from "node:tls";
 import { ProxyError } from "../server/errors.ts";
+import { NodeTlsConn } from "../server/node_tls.ts";
 
 export interface UpstreamTls {
   /** Extra trusted CA certificates (PEM). */
@@ -145,70 +146,4 @@ export async function connectUpstreamTls(
   socket.setNoDelay(true);
   const alpnProtocol = typeof socket.alpnProtocol === "string" ? socket.alpnProtocol : null;
   return { conn: new NodeTlsConn(socket) as unknown as Deno.Conn, alpnProtocol };
-}
-
-/** Bytes buffered from the socket before it is paused (the reader is behind). */
-const HIGH_WATER = 1 << 20;
-
-/** A node TLS socket as the pull-style `read`/`write`/`close` the HTTP/2 client uses. */
-class NodeTlsConn {
-  readonly #socket: nodeTls.TLSSocket;
-  readonly #chunks: Uint8Array[] = [];
-  #buffered = 0;
-  #ended = false;
-  #error: Error | undefined;
-  #wake: (() => void) | undefined;
-
-  constructor(socket: nodeTls.TLSSocket) {
-    this.#socket = socket;
-    const wake = () => {
-      const w = this.#wake;
-      this.#wake = undefined;
-      w?.();
-    };
-    socket.on("data", (chunk: Uint8Array) => {
-      this.#chunks.push(chunk);
-      this.#buffered += chunk.length;
-      if (this.#buffered > HIGH_WATER) socket.pause();
-      wake();
-    });
-    socket.on("end", () => {
-      this.#ended = true;
-      wake();
-    });
-    socket.on("close", () => {
-      this.#ended = true;
-      wake();
-    });
-    socket.on("error", (err: Error) => {
-      this.#error = err;
-      wake();
-    });
-  }
-
-  async read(p: Uint8Array): Promise<number | null> {
-    while (this.#chunks.length === 0) {
-      if (this.#error) throw this.#error;
-      if (this.#ended) return null;
-      await new Promise<void>((r) => (this.#wake = r));
-    }
-    const head = this.#chunks[0]!;
-    const n = Math.min(p.length, head.length);
-    p.set(head.subarray(0, n));
-    if (n === head.length) this.#chunks.shift();
-    else this.#chunks[0] = head.subarray(n);
-    this.#buffered -= n;
-    if (this.#buffered <= HIGH_WATER / 2 && this.#socket.isPaused()) this.#socket.resume();
-    return n;
-  }
-
-  write(p: Uint8Array): Promise<number> {
-    return new Promise((resolve, reject) => {
-      this.#socket.write(p, (err?: Error | null) => err ? reject(err) : resolve(p.length));
-    });
-  }
-
-  close(): void {
-    this.#socket.destroy();
-  }
 }

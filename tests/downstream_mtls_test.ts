@@ -1,0 +1,135 @@
+/**
+ * Downstream mTLS per listener (node:tls inside the connection guard), with curl as the client
+ * and certificates made here by openssl under a SPIFFE-shaped CA: `require` refuses clients
+ * without a certificate or with one from another CA before routing; `optional` serves them with
+ * no identity; the verified identity reaches the request context, where authorization rules
+ * match it (exact, prefix, trust domain), over HTTP/1.1 and HTTP/2 (ALPN).
+ */
+import assert from "node:assert/strict";
+import { run, startFerry } from "./helpers.ts";
+import { makeMeshCerts, type MeshCerts } from "./fixtures/certs.ts";
+
+function config(certs: MeshCerts, clientAuth: "require" | "optional"): string {
+  return `listeners:
+  - name: mesh
+    address: "127.0.0.1:0"
+    tls:
+      cert: ${certs.server.certFile}
+      key: ${certs.server.keyFile}
+      client_ca: ${certs.caFile}
+      client_auth: ${clientAuth}
+routes:
+  - name: admin
+    match: { path: { prefix: /admin } }
+    direct_response: { status: 200, body: admin }
+    authorization:
+      rules: [{ name: admins, action: allow, identities: [{ exact: "spiffe://cluster.local/ns/ops/sa/admin" }] }]
+  - name: default-ns
+    match: { path: { prefix: /ns } }
+    direct_response: { status: 200, body: ns }
+    authorization:
+      rules: [{ name: default-ns, action: allow, identities: [{ prefix: "spiffe://cluster.local/ns/default/" }] }]
+  - name: mesh-only
+    match: { path: { prefix: /mesh } }
+    direct_response: { status: 200, body: mesh }
+    authorization:
+      rules: [{ name: in-mesh, action: allow, identities: [{ trust_domain: cluster.local }] }]
+  - name: open
+    match: { path: { prefix: / } }
+    direct_response: { status: 200, body: open }
+`;
+}
+
+/** curl over TLS; `cert` is a client leaf or none. Returns the status ("000" when refused). */
+async function curl(
+  port: number,
+  path: string,
+  certs: MeshCerts,
+  cert: MeshCerts["client"] | undefined,
+  extra: string[] = [],
+): Promise<{ status: string; body: string; code: number; stderr: string }> {
+  const out = await run("curl", [
+    "-sS",
+    "--max-time",
+    "10",
+    "--cacert",
+    certs.caFile,
+    ...(cert ? ["--cert", cert.certFile, "--key", cert.keyFile] : []),
+    ...extra,
+    "-o",
+    "-",
+    "-w",
+    "\n%{http_code} %{http_version}",
+    `https://127.0.0.1:${port}${path}`,
+  ]);
+  const lines = out.stdout.split("\n");
+  const status = lines.pop() ?? "";
+  return { status, body: lines.join("\n"), code: out.code, stderr: out.stderr };
+}
+
+Deno.test("downstream mTLS require: no certificate or another CA's is refused in the handshake; a mesh certificate's SPIFFE ID drives authorization (HTTP/1.1 and HTTP/2)", async () => {
+  const certs = await makeMeshCerts();
+  const px = startFerry(config(certs, "require"));
+  try {
+    const none = await curl(px.port, "/", certs, undefined);
+    assert.notEqual(none.code, 0, "a client without a certificate is refused");
+    assert.match(none.status, /^000/);
+    const stranger = await curl(px.port, "/", certs, certs.strangerClient);
+    assert.notEqual(stranger.code, 0, "a certificate from another CA is refused");
+
+    for (const version of ["--http1.1", "--http2"]) {
+      const open = await curl(px.port, "/", certs, certs.client, [version]);
+      assert.equal(open.status, version === "--http2" ? "200 2" : "200 1.1", open.stderr);
+      assert.equal(open.body, "open");
+      // The client is spiffe://cluster.local/ns/default/sa/ferry (CLIENT_SPIFFE_ID).
+      assert.equal((await curl(px.port, "/ns", certs, certs.client, [version])).body, "ns");
+      assert.equal((await curl(px.port, "/mesh", certs, certs.client, [version])).body, "mesh");
+      const admin = await curl(px.port, "/admin", certs, certs.client, [version]);
+      assert.match(admin.status, /^403/);
+      assert.match(admin.body, /"flag":"AZ"/);
+    }
+  } finally {
+    await px.close();
+    await certs.remove();
+  }
+});
+
+Deno.test("downstream mTLS optional: served without a certificate (no identity, identity rules do not match), refused with an invalid one", async () => {
+  const certs = await makeMeshCerts();
+  const px = startFerry(config(certs, "optional"));
+  try {
+    const anonymous = await curl(px.port, "/", certs, undefined);
+    assert.match(anonymous.status, /^200 /, anonymous.stderr);
+    assert.equal(anonymous.body, "open");
+    assert.match((await curl(px.port, "/mesh", certs, undefined)).status, /^403/);
+    assert.equal((await curl(px.port, "/mesh", certs, certs.client)).body, "mesh");
+    const stranger = await curl(px.port, "/", certs, certs.strangerClient);
+    assert.doesNotMatch(stranger.status, /^200/, "a certificate that does not verify is refused");
+  } finally {
+    await px.close();
+    await certs.remove();
+  }
+});
+
+Deno.test("downstream mTLS config: client_ca is refused on grpc listeners and without the connection guard", async () => {
+  const { parseConfigText } = await import("../src/config/load.ts");
+  const result = parseConfigText(
+    `listeners:
+  - name: g
+    address: "127.0.0.1:0"
+    protocol: grpc
+    tls: { cert: a.pem, key: a.key, client_ca: ca.pem }
+`,
+    "d.yaml",
+  );
+  assert.equal(result.ok, false);
+  assert.match(result.ok ? "" : result.errors[0]!.message, /not verified on protocol: grpc/);
+  const noGuard = parseConfigText(
+    `listeners:
+  - { name: h, address: "127.0.0.1:0", tls: { cert: a.pem, key: a.key, client_ca: ca.pem } }
+server: { connection_guard: false }
+`,
+    "d.yaml",
+  );
+  assert.match(noGuard.ok ? "" : noGuard.errors[0]!.message, /need server.connection_guard/);
+});
