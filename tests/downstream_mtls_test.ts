@@ -6,8 +6,8 @@
  * match it (exact, prefix, trust domain), over HTTP/1.1 and HTTP/2 (ALPN).
  */
 import assert from "node:assert/strict";
-import { run, startFerry } from "./helpers.ts";
-import { makeMeshCerts, type MeshCerts } from "./fixtures/certs.ts";
+import { run, startEchoUpstream, startFerry } from "./helpers.ts";
+import { CLIENT_SPIFFE_ID, makeMeshCerts, type MeshCerts } from "./fixtures/certs.ts";
 
 function config(certs: MeshCerts, clientAuth: "require" | "optional"): string {
   return `listeners:
@@ -132,4 +132,49 @@ server: { connection_guard: false }
     "d.yaml",
   );
   assert.match(noGuard.ok ? "" : noGuard.errors[0]!.message, /need server.connection_guard/);
+});
+
+Deno.test("downstream mTLS: the verified identity goes upstream in x-forwarded-client-cert; a client-sent one is dropped", async () => {
+  const certs = await makeMeshCerts();
+  const up = startEchoUpstream();
+  const px = startFerry(
+    `listeners:
+  - name: mesh
+    address: "127.0.0.1:0"
+    tls:
+      cert: ${certs.server.certFile}
+      key: ${certs.server.keyFile}
+      client_ca: ${certs.caFile}
+      client_auth: optional
+routes:
+  - { name: all, cluster: up }
+clusters:
+  - { name: up, endpoints: ["${up.url}"] }
+`,
+  );
+  const spoof = ["-H", "x-forwarded-client-cert: URI=spiffe://cluster.local/ns/ops/sa/admin"];
+  try {
+    const withCert = await curl(px.port, "/", certs, certs.client, spoof);
+    const seen = JSON.parse(withCert.body).headers["x-forwarded-client-cert"];
+    assert.match(seen, new RegExp(`^Hash=[0-9a-f]{64};URI=${CLIENT_SPIFFE_ID}$`));
+    // The hash is the certificate's SHA-256 (DER), as Envoy sends it.
+    const fingerprint = await run("openssl", [
+      "x509",
+      "-in",
+      certs.client.certFile,
+      "-noout",
+      "-fingerprint",
+      "-sha256",
+    ]);
+    const expected = fingerprint.stdout.split("=")[1]!.trim().replaceAll(":", "").toLowerCase();
+    assert.equal(seen, `Hash=${expected};URI=${CLIENT_SPIFFE_ID}`);
+
+    const anonymous = await curl(px.port, "/", certs, undefined, spoof);
+    const headers = JSON.parse(anonymous.body).headers;
+    assert.equal(headers["x-forwarded-client-cert"], undefined, "a client cannot claim an identity");
+  } finally {
+    await px.close();
+    await up.close();
+    await certs.remove();
+  }
 });

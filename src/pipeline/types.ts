@@ -40,6 +40,8 @@ export interface ClientIdentity {
   readonly kind: "spiffe" | "dns" | "cn";
   /** For a SPIFFE ID `spiffe://td/path`: `td`; otherwise undefined. */
   readonly trustDomain: string | undefined;
+  /** SHA-256 of the certificate (DER), lower-case hex, for x-forwarded-client-cert `Hash=`. */
+  readonly certHash?: string;
 }
 
 /** Filled as the request moves on; the access log and error bodies read it at the end. */

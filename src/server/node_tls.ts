@@ -124,14 +124,17 @@ export function identityOfCertificate(
   cert: nodeTls.PeerCertificate | Record<string, never>,
 ): ClientIdentity | undefined {
   if (!cert || !("subject" in cert)) return undefined;
+  const hash = cert.fingerprint256
+    ? { certHash: cert.fingerprint256.replaceAll(":", "").toLowerCase() }
+    : {};
   const sans = (cert.subjectaltname ?? "").split(/,\s*/);
   const spiffe = sans.find((s) => s.startsWith("URI:spiffe://"));
-  if (spiffe) return identityFromId(spiffe.slice(4));
+  if (spiffe) return { ...identityFromId(spiffe.slice(4)), ...hash };
   const dns = sans.find((s) => s.startsWith("DNS:"));
-  if (dns) return { id: dns.slice(4), kind: "dns", trustDomain: undefined };
+  if (dns) return { id: dns.slice(4), kind: "dns", trustDomain: undefined, ...hash };
   const cn = cert.subject?.CN;
   const name = Array.isArray(cn) ? cn[0] : cn;
-  return name ? { id: name, kind: "cn", trustDomain: undefined } : undefined;
+  return name ? { id: name, kind: "cn", trustDomain: undefined, ...hash } : undefined;
 }
 
 export interface ClientAuthOptions {

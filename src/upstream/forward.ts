@@ -2,7 +2,7 @@
  * The terminal handler of a cluster route: picks an endpoint, builds the upstream request with
  * RFC 9110 7.6 semantics and streams both bodies through. Never follows redirects.
  */
-import type { Handler, RequestContext } from "../pipeline/types.ts";
+import type { ClientIdentity, Handler, RequestContext } from "../pipeline/types.ts";
 import { ProxyError, toProxyError } from "../server/errors.ts";
 import type { Cluster, Endpoint, Members } from "./cluster.ts";
 import { endToEndHeaders, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
@@ -93,10 +93,31 @@ export function upstreamHeaders(
   h.set("x-forwarded-for", priorFor ? `${priorFor}, ${ctx.peerIp}` : ctx.peerIp);
   if (!ctx.peerTrusted || !h.has("x-forwarded-proto")) h.set("x-forwarded-proto", ctx.scheme);
   if (!ctx.peerTrusted || !h.has("x-forwarded-host")) h.set("x-forwarded-host", ctx.authority);
+  // Downstream mTLS: the verified client certificate in Envoy's x-forwarded-client-cert format.
+  // A client-sent one is believed (and appended to) only from a trusted proxy.
+  const priorCert = ctx.peerTrusted ? h.get(XFCC) : null;
+  if (!ctx.peerTrusted) h.delete(XFCC);
+  if (ctx.identity) {
+    const element = xfccElement(ctx.identity);
+    h.set(XFCC, priorCert ? `${priorCert},${element}` : element);
+  }
   h.set("x-request-id", ctx.requestId);
   h.appendValue("via", `1.1 ${s.via}`);
   applyEdits(h, s.requestEdits);
   return h;
+}
+
+const XFCC = "x-forwarded-client-cert";
+
+/** One XFCC element: `Hash=<sha256>;URI=<spiffe id>` (or `DNS=`, or `Subject="CN=..."`). */
+export function xfccElement(id: ClientIdentity): string {
+  const quote = (v: string) => /[,;="]/.test(v) ? `"${v.replaceAll('"', '\\"')}"` : v;
+  const name = id.kind === "spiffe"
+    ? `URI=${quote(id.id)}`
+    : id.kind === "dns"
+    ? `DNS=${quote(id.id)}`
+    : `Subject=${quote(`CN=${id.id}`)}`;
+  return id.certHash ? `Hash=${id.certHash};${name}` : name;
 }
 
 export function forwardTo(s: ForwardSettings): Handler {
