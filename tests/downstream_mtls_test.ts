@@ -171,7 +171,11 @@ clusters:
 
     const anonymous = await curl(px.port, "/", certs, undefined, spoof);
     const headers = JSON.parse(anonymous.body).headers;
-    assert.equal(headers["x-forwarded-client-cert"], undefined, "a client cannot claim an identity");
+    assert.equal(
+      headers["x-forwarded-client-cert"],
+      undefined,
+      "a client cannot claim an identity",
+    );
   } finally {
     await px.close();
     await up.close();
