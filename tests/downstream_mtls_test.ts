@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { run, startEchoUpstream, startFerry } from "./helpers.ts";
 import { CLIENT_SPIFFE_ID, makeMeshCerts, type MeshCerts } from "./fixtures/certs.ts";
+import { echoClient, grpc, startEchoServer, unary } from "./grpc/peers.ts";
 
 function config(certs: MeshCerts, clientAuth: "require" | "optional"): string {
   return `listeners:
@@ -111,19 +112,8 @@ Deno.test("downstream mTLS optional: served without a certificate (no identity, 
   }
 });
 
-Deno.test("downstream mTLS config: client_ca is refused on grpc listeners and without the connection guard", async () => {
+Deno.test("downstream mTLS config: client_ca on an http listener needs the connection guard", async () => {
   const { parseConfigText } = await import("../src/config/load.ts");
-  const result = parseConfigText(
-    `listeners:
-  - name: g
-    address: "127.0.0.1:0"
-    protocol: grpc
-    tls: { cert: a.pem, key: a.key, client_ca: ca.pem }
-`,
-    "d.yaml",
-  );
-  assert.equal(result.ok, false);
-  assert.match(result.ok ? "" : result.errors[0]!.message, /not verified on protocol: grpc/);
   const noGuard = parseConfigText(
     `listeners:
   - { name: h, address: "127.0.0.1:0", tls: { cert: a.pem, key: a.key, client_ca: ca.pem } }
@@ -179,6 +169,53 @@ clusters:
   } finally {
     await px.close();
     await up.close();
+    await certs.remove();
+  }
+});
+
+Deno.test("downstream mTLS on a grpc listener (grpc-js): refused without a certificate; the identity drives authorization and goes upstream as XFCC", async () => {
+  const certs = await makeMeshCerts();
+  const server = await startEchoServer();
+  const px = startFerry(
+    `listeners:
+  - name: grpc
+    address: "127.0.0.1:0"
+    protocol: grpc
+    tls: { cert: ${certs.server.certFile}, key: ${certs.server.keyFile}, client_ca: ${certs.caFile} }
+routes:
+  - name: echo
+    match: { path: { prefix: /test.Echo/ } }
+    cluster: echo
+    authorization:
+      rules: [{ action: allow, identities: [{ trust_domain: cluster.local }] }]
+clusters:
+  - { name: echo, protocol: h2c, endpoints: ["http://127.0.0.1:${server.port}"] }
+`,
+  );
+  const { Buffer } = await import("node:buffer");
+  const mtls = grpc.credentials.createSsl(
+    Buffer.from(certs.ca),
+    Buffer.from(certs.client.key),
+    Buffer.from(certs.client.cert),
+  );
+  // Node's TLS refuses an IP as SNI: dial 127.0.0.1 and check the certificate for localhost.
+  const sni = { "grpc.ssl_target_name_override": "localhost" };
+  const member = echoClient(px.port, mtls, sni);
+  const anonymous = echoClient(px.port, grpc.credentials.createSsl(Buffer.from(certs.ca)), sni);
+  try {
+    const ok = await unary(member, new TextEncoder().encode("hi"), { deadlineMs: 10_000 });
+    assert.equal(ok.error, undefined, String(ok.error));
+    assert.equal(ok.value?.toString(), "hi");
+    const xfcc = String(ok.headers?.get("x-client-cert-echo")[0] ?? "");
+    assert.match(xfcc, new RegExp(`^Hash=[0-9a-f]{64};URI=${CLIENT_SPIFFE_ID}$`));
+    const refused = await unary(anonymous, new TextEncoder().encode("hi"), { deadlineMs: 10_000 });
+    assert.equal(refused.error?.code, grpc.status.UNAVAILABLE, String(refused.error));
+    assert.equal(server.calls.n, 1, "the client without a certificate never reached the upstream");
+  } finally {
+    member.close();
+    anonymous.close();
+    await px.close();
+    await server.stop();
     await certs.remove();
   }
 });

@@ -557,12 +557,7 @@ function checkReferences(
   for (const [i, l] of cfg.listeners.entries()) {
     if (l.tls?.client_ca === undefined) continue;
     // Client certificates are verified by node:tls inside the connection guard only.
-    if (l.protocol === "grpc") {
-      err(
-        ["listeners", i, "tls", "client_ca"],
-        "client certificates are not verified on protocol: grpc listeners yet",
-      );
-    } else if (!cfg.server.connection_guard) {
+    if (l.protocol === "http" && !cfg.server.connection_guard) {
       err(
         ["listeners", i, "tls", "client_ca"],
         "client certificates need server.connection_guard: true (Deno.serve cannot ask for one)",

@@ -12,6 +12,8 @@ import type { Logger } from "../observability/log.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { ProxyError } from "../server/errors.ts";
 import type { AuthzInput } from "../policy/authz.ts";
+import type { ClientIdentity } from "../pipeline/types.ts";
+import { ClientAuthListener } from "../server/node_tls.ts";
 import { answerError, type GrpcCallRecord, proxyCall } from "./proxy.ts";
 import { GrpcStatus } from "./status.ts";
 
@@ -30,7 +32,19 @@ export class GrpcListener {
 
   static start(plan: ListenerPlan, currentSnapshot: () => Snapshot, log: Logger): GrpcListener {
     const name = plan.name;
-    const listener = plan.tls
+    // Deno.listenTls cannot ask for a client certificate: with a client CA, node:tls accepts.
+    const listener = plan.tls?.clientCa !== undefined
+      ? new ClientAuthListener({
+        hostname: plan.hostname,
+        port: plan.port,
+        cert: plan.tls.cert,
+        key: plan.tls.key,
+        clientCa: plan.tls.clientCa,
+        clientAuth: plan.tls.clientAuth ?? "require",
+        alpnProtocols: ["h2"],
+        handshakeTimeoutMs: plan.grpcTimeouts.handshakeMs,
+      }) as unknown as Deno.Listener
+      : plan.tls
       ? Deno.listenTls({
         hostname: plan.hostname,
         port: plan.port,
@@ -69,6 +83,8 @@ export class GrpcListener {
       }
       if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
       const peerIp = (conn.remoteAddr as Deno.NetAddr).hostname;
+      // Downstream mTLS: the verified client certificate's identity (node:tls listener only).
+      const identity = (conn as { identity?: ClientIdentity }).identity;
       // Read per connection, so a reload's new timeouts apply to connections accepted after it.
       const timeouts = currentSnapshot().listeners.get(name)?.grpcTimeouts ??
         DEFAULT_GRPC_TIMEOUTS;
@@ -77,7 +93,7 @@ export class GrpcListener {
         handshakeTimeoutMs: timeouts.handshakeMs,
         settingsAckTimeoutMs: timeouts.settingsAckMs,
         idleTimeoutMs: timeouts.idleMs,
-        onStream: (s) => void this.#serve(s, name, currentSnapshot, peerIp),
+        onStream: (s) => void this.#serve(s, name, currentSnapshot, peerIp, identity),
         onClose: (r) => {
           this.#conns.delete(h2);
           if (r.code !== 0) {
@@ -100,6 +116,7 @@ export class GrpcListener {
     name: string,
     currentSnapshot: () => Snapshot,
     peerIp: string,
+    identity: ClientIdentity | undefined,
   ): Promise<void> {
     const snap = currentSnapshot();
     const plan = snap.listeners.get(name);
@@ -119,8 +136,11 @@ export class GrpcListener {
         throw new ProxyError("no_route", `no gRPC route for ${rawPath}`);
       }
       // Authorization answers PERMISSION_DENIED / UNAUTHENTICATED from the same error table.
-      if (route.authz) await route.authz.check(name, authzInput(fields, rawPath, peerIp));
-      await proxyCall(ds, fields, route.grpc, { peerIp, requestId }, rec);
+      if (route.authz) {
+        await route.authz.check(name, authzInput(fields, rawPath, peerIp, identity));
+      }
+      const peerTrusted = snap.trust.has(peerIp);
+      await proxyCall(ds, fields, route.grpc, { peerIp, requestId, identity, peerTrusted }, rec);
     } catch (err) {
       answerError(ds, err, rec);
     }
@@ -202,8 +222,13 @@ function matchRoute(
   });
 }
 
-/** A call as authorization policies see it (no downstream mTLS identity yet on this listener). */
-function authzInput(fields: readonly HeaderField[], rawPath: string, peerIp: string): AuthzInput {
+/** A call as authorization policies see it. */
+function authzInput(
+  fields: readonly HeaderField[],
+  rawPath: string,
+  peerIp: string,
+  identity: ClientIdentity | undefined,
+): AuthzInput {
   const q = rawPath.indexOf("?");
   const path = normalizePath(q < 0 ? rawPath : rawPath.slice(0, q));
   return {
@@ -211,6 +236,6 @@ function authzInput(fields: readonly HeaderField[], rawPath: string, peerIp: str
     path: path.ok ? path.path : rawPath,
     header: (name) => headerValue(fields, name),
     clientIp: peerIp,
-    identity: undefined,
+    identity,
   };
 }

@@ -17,6 +17,10 @@ import type { BreakerStore } from "../policy/circuit_breaker.ts";
 import type { DeadlineQueue } from "../policy/deadlines.ts";
 import type { ClusterRecorder } from "../observability/metrics.ts";
 import { outcomeOfError, outcomeOfStatus } from "../upstream/health/outlier.ts";
+import { xfccElement } from "../upstream/forward.ts";
+import type { ClientIdentity } from "../pipeline/types.ts";
+
+const XFCC = "x-forwarded-client-cert";
 import {
   formatGrpcTimeout,
   GrpcStatus,
@@ -96,6 +100,10 @@ export function answerError(ds: H2Stream, err: unknown, rec: GrpcCallRecord): vo
 export interface CallContext {
   readonly peerIp: string;
   readonly requestId: string;
+  /** Downstream mTLS: the client certificate's identity, sent upstream as XFCC. */
+  readonly identity?: ClientIdentity | undefined;
+  /** Whether the peer is one of `server.trusted_proxies` (its XFCC is kept). */
+  readonly peerTrusted?: boolean;
 }
 
 /**
@@ -435,15 +443,21 @@ function upstreamFields(
 ): HeaderField[] {
   const out: HeaderField[] = [];
   let xff: string | undefined;
+  let xfcc: string | undefined;
   for (const [n, v] of fields) {
     if (HOP.has(n) || n === "grpc-timeout" || n === "x-request-id") continue;
     if (n === ":scheme") out.push([n, endpoint.url.protocol === "https:" ? "https" : "http"]);
     else if (n === ":authority") out.push([n, cluster.preserveHost ? v : endpoint.url.host]);
     else if (n === "x-forwarded-for") xff = v;
+    else if (n === XFCC) xfcc = ctx.peerTrusted ? v : undefined;
     else out.push([n, v]);
   }
   out.push(["x-forwarded-for", xff ? `${xff}, ${ctx.peerIp}` : ctx.peerIp]);
   out.push(["x-request-id", ctx.requestId]);
+  // As on the HTTP path: a client-sent XFCC only from a trusted proxy, then this hop's element.
+  const element = ctx.identity ? xfccElement(ctx.identity) : undefined;
+  const cert = element && xfcc ? `${xfcc},${element}` : element ?? xfcc;
+  if (cert !== undefined) out.push([XFCC, cert]);
   if (remainingMs !== undefined) out.push(["grpc-timeout", formatGrpcTimeout(remainingMs)]);
   return out;
 }
