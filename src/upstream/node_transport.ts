@@ -22,7 +22,7 @@ export class NodeHttpTransport implements Transport {
       ...common,
       ...(opts.caCerts ? { ca: opts.caCerts } : {}),
       // Upstream mTLS: client certificate, SNI, and the identity check on each new connection.
-      ...(opts.tls ? nodeTlsOptions(opts.tls, "upstream") : {}),
+      ...(opts.tls ? nodeTlsOptions(opts.tls) : {}),
     });
   }
 

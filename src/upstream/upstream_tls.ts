@@ -64,16 +64,18 @@ export function sanNames(subjectaltname: string | undefined): string[] {
  */
 export function identityChecker(
   t: UpstreamTls,
-  origin: string,
+  /** Names the upstream in messages; the connection's host name when not given (shared agents). */
+  origin: string | undefined,
 ): (host: string, cert: nodeTls.PeerCertificate) => Error | undefined {
   return (host, cert) => {
+    const who = origin ?? host;
     const expected = t.expectedIdentities;
     if (expected === undefined) {
       const nameError = nodeTls.checkServerIdentity(host, cert);
       if (nameError) {
         return new ProxyError(
           "upstream_connect_failure",
-          `${origin}: certificate does not name ${host}`,
+          `${who}: certificate does not name ${host}`,
           { cause: nameError },
         );
       }
@@ -84,14 +86,14 @@ export function identityChecker(
     if (names.some((n) => expected.includes(n))) return undefined;
     return new ProxyError(
       "upstream_id_mismatch",
-      `${origin} presented ${names.length ? names.join(", ") : "no URI or DNS SAN"}; ` +
+      `${who} presented ${names.length ? names.join(", ") : "no URI or DNS SAN"}; ` +
         `expected ${expected.join(" or ")}`,
     );
   };
 }
 
 /** node:tls options (https.Agent, tls.connect) for these settings. */
-export function nodeTlsOptions(t: UpstreamTls, origin: string): {
+export function nodeTlsOptions(t: UpstreamTls, origin?: string): {
   ca?: string[];
   cert?: string;
   key?: string;
