@@ -124,9 +124,10 @@ server: { connection_guard: false }
   assert.match(noGuard.ok ? "" : noGuard.errors[0]!.message, /need server.connection_guard/);
 });
 
-Deno.test("downstream mTLS: the verified identity goes upstream in x-forwarded-client-cert; a client-sent one is dropped", async () => {
+Deno.test("downstream mTLS: the verified identity goes upstream in x-forwarded-client-cert (a client-sent one is dropped) and into the access log", async () => {
   const certs = await makeMeshCerts();
   const up = startEchoUpstream();
+  const logFile = `${certs.dir}/access.log`;
   const px = startFerry(
     `listeners:
   - name: mesh
@@ -136,6 +137,7 @@ Deno.test("downstream mTLS: the verified identity goes upstream in x-forwarded-c
       key: ${certs.server.keyFile}
       client_ca: ${certs.caFile}
       client_auth: optional
+access_log: { path: "${logFile}", fields: [status, identity] }
 routes:
   - { name: all, cluster: up }
 clusters:
@@ -166,6 +168,14 @@ clusters:
       undefined,
       "a client cannot claim an identity",
     );
+    // The access log names the identity (null for the anonymous client).
+    await new Promise((r) => setTimeout(r, 50));
+    await px.ferry.snapshot.accessLog!.writer.flush();
+    const lines = (await Deno.readTextFile(logFile)).trim().split("\n").map((l) => JSON.parse(l));
+    assert.deepEqual(lines, [
+      { status: 200, identity: CLIENT_SPIFFE_ID },
+      { status: 200, identity: null },
+    ]);
   } finally {
     await px.close();
     await up.close();

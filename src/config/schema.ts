@@ -567,6 +567,7 @@ export const AccessLogSchema = z.strictObject({
     "flags",
     "listener",
     "user_agent",
+    "identity",
   ])).min(1).optional(),
 });
 

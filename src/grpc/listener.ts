@@ -179,6 +179,7 @@ export class GrpcListener {
         flags: rec.flag,
         listener: name,
         user_agent: headerValue(fields, "user-agent") ?? null,
+        identity: identity?.id ?? null,
       });
     }
   }

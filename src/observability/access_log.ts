@@ -134,6 +134,8 @@ export class AccessLog {
       flags,
       listener: e.listener,
       user_agent: e.req.headers.get("user-agent"),
+      // The client certificate's identity (downstream mTLS), null without one.
+      identity: ctx?.identity?.id ?? null,
     };
     this.writeRecord(record);
   }
