@@ -19,8 +19,6 @@ import type { ClusterRecorder } from "../observability/metrics.ts";
 import { outcomeOfError, outcomeOfStatus } from "../upstream/health/outlier.ts";
 import { xfccElement } from "../upstream/forward.ts";
 import type { ClientIdentity } from "../pipeline/types.ts";
-
-const XFCC = "x-forwarded-client-cert";
 import {
   formatGrpcTimeout,
   GrpcStatus,
@@ -69,6 +67,8 @@ export interface GrpcCallRecord {
   flag: string;
   upstreamMs?: number;
 }
+
+const XFCC = "x-forwarded-client-cert";
 
 const HOP = new Set([
   "connection",
