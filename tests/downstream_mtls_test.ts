@@ -124,7 +124,7 @@ server: { connection_guard: false }
   assert.match(noGuard.ok ? "" : noGuard.errors[0]!.message, /need server.connection_guard/);
 });
 
-Deno.test("downstream mTLS: the verified identity goes upstream in x-forwarded-client-cert (a client-sent one is dropped) and into the access log", async () => {
+Deno.test("downstream mTLS: the verified identity goes upstream in the listener's client_cert_header (XFCC format; a client-sent one is dropped) and into the access log", async () => {
   const certs = await makeMeshCerts();
   const up = startEchoUpstream();
   const logFile = `${certs.dir}/access.log`;
@@ -137,6 +137,7 @@ Deno.test("downstream mTLS: the verified identity goes upstream in x-forwarded-c
       key: ${certs.server.keyFile}
       client_ca: ${certs.caFile}
       client_auth: optional
+      client_cert_header: X-Client-Identity
 access_log: { path: "${logFile}", fields: [status, identity] }
 routes:
   - { name: all, cluster: up }
@@ -144,10 +145,10 @@ clusters:
   - { name: up, endpoints: ["${up.url}"] }
 `,
   );
-  const spoof = ["-H", "x-forwarded-client-cert: URI=spiffe://cluster.local/ns/ops/sa/admin"];
+  const spoof = ["-H", "x-client-identity: URI=spiffe://cluster.local/ns/ops/sa/admin"];
   try {
     const withCert = await curl(px.port, "/", certs, certs.client, spoof);
-    const seen = JSON.parse(withCert.body).headers["x-forwarded-client-cert"];
+    const seen = JSON.parse(withCert.body).headers["x-client-identity"];
     assert.match(seen, new RegExp(`^Hash=[0-9a-f]{64};URI=${CLIENT_SPIFFE_ID}$`));
     // The hash is the certificate's SHA-256 (DER), as Envoy sends it.
     const fingerprint = await run("openssl", [
@@ -164,7 +165,7 @@ clusters:
     const anonymous = await curl(px.port, "/", certs, undefined, spoof);
     const headers = JSON.parse(anonymous.body).headers;
     assert.equal(
-      headers["x-forwarded-client-cert"],
+      headers["x-client-identity"],
       undefined,
       "a client cannot claim an identity",
     );

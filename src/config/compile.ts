@@ -49,6 +49,8 @@ export interface ListenerPlan {
   readonly router: Router<CompiledRoute>;
   /** `protocol: grpc` connection timeouts in ms (0 = off), defaults filled in. */
   readonly grpcTimeouts: GrpcConnectionTimeouts;
+  /** Where the client certificate's identity goes upstream (lower case). */
+  readonly clientCertHeader: string;
 }
 
 export interface GrpcConnectionTimeouts {
@@ -486,6 +488,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
         scheme: l.tls ? "https" : "http",
         protocol: l.protocol,
         router: Router.compile(entries),
+        clientCertHeader: l.tls?.client_cert_header ?? "x-forwarded-client-cert",
         grpcTimeouts: Object.freeze({
           idleMs: l.grpc?.idle_timeout ?? DEFAULT_GRPC_TIMEOUTS.idleMs,
           handshakeMs: l.grpc?.handshake_timeout ?? DEFAULT_GRPC_TIMEOUTS.handshakeMs,

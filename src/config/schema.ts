@@ -39,6 +39,9 @@ const tls = z.strictObject({
   client_ca: z.string().min(1).optional(),
   /** require: no valid client certificate, no connection; optional: none is served too. */
   client_auth: z.enum(["require", "optional"]).optional(),
+  /** The header that carries the client identity upstream (Envoy's XFCC format). */
+  client_cert_header: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, "expected a header name")
+    .transform((h) => h.toLowerCase()).optional(),
 }).refine((t) => t.client_auth === undefined || t.client_ca !== undefined, {
   message: "client_auth needs client_ca",
   path: ["client_auth"],

@@ -140,7 +140,13 @@ export class GrpcListener {
         await route.authz.check(name, authzInput(fields, rawPath, peerIp, identity));
       }
       const peerTrusted = snap.trust.has(peerIp);
-      await proxyCall(ds, fields, route.grpc, { peerIp, requestId, identity, peerTrusted }, rec);
+      await proxyCall(ds, fields, route.grpc, {
+        peerIp,
+        requestId,
+        identity,
+        peerTrusted,
+        ...(plan ? { clientCertHeader: plan.clientCertHeader } : {}),
+      }, rec);
     } catch (err) {
       answerError(ds, err, rec);
     }

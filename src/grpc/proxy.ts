@@ -104,6 +104,8 @@ export interface CallContext {
   readonly identity?: ClientIdentity | undefined;
   /** Whether the peer is one of `server.trusted_proxies` (its XFCC is kept). */
   readonly peerTrusted?: boolean;
+  /** The header for the identity upstream; default `x-forwarded-client-cert`. */
+  readonly clientCertHeader?: string;
 }
 
 /**
@@ -444,12 +446,13 @@ function upstreamFields(
   const out: HeaderField[] = [];
   let xff: string | undefined;
   let xfcc: string | undefined;
+  const certHeader = ctx.clientCertHeader ?? XFCC;
   for (const [n, v] of fields) {
     if (HOP.has(n) || n === "grpc-timeout" || n === "x-request-id") continue;
     if (n === ":scheme") out.push([n, endpoint.url.protocol === "https:" ? "https" : "http"]);
     else if (n === ":authority") out.push([n, cluster.preserveHost ? v : endpoint.url.host]);
     else if (n === "x-forwarded-for") xff = v;
-    else if (n === XFCC) xfcc = ctx.peerTrusted ? v : undefined;
+    else if (n === certHeader) xfcc = ctx.peerTrusted ? v : undefined;
     else out.push([n, v]);
   }
   out.push(["x-forwarded-for", xff ? `${xff}, ${ctx.peerIp}` : ctx.peerIp]);
@@ -457,7 +460,7 @@ function upstreamFields(
   // As on the HTTP path: a client-sent XFCC only from a trusted proxy, then this hop's element.
   const element = ctx.identity ? xfccElement(ctx.identity) : undefined;
   const cert = element && xfcc ? `${xfcc},${element}` : element ?? xfcc;
-  if (cert !== undefined) out.push([XFCC, cert]);
+  if (cert !== undefined) out.push([certHeader, cert]);
   if (remainingMs !== undefined) out.push(["grpc-timeout", formatGrpcTimeout(remainingMs)]);
   return out;
 }

@@ -27,6 +27,8 @@ export interface RequestContext {
    * carried no client certificate, which is every connection until listeners ask for one.
    */
   readonly identity: ClientIdentity | undefined;
+  /** The listener's header for that identity upstream (XFCC format), lower case. */
+  readonly clientCertHeader: string;
   /** What the proxy did, for the access log: written by stages, never read for decisions. */
   readonly outcome: RequestOutcome;
 }

@@ -105,6 +105,7 @@ export function createListenerHandler(
         startedAt,
         // Downstream mTLS: the connection guard's verified client certificate, if any.
         identity: (info as GuardedInfo).identity,
+        clientCertHeader: plan.clientCertHeader,
         outcome: { attempts: 0 },
       };
       const route = plan.router.match({

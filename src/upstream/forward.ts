@@ -95,19 +95,18 @@ export function upstreamHeaders(
   if (!ctx.peerTrusted || !h.has("x-forwarded-host")) h.set("x-forwarded-host", ctx.authority);
   // Downstream mTLS: the verified client certificate in Envoy's x-forwarded-client-cert format.
   // A client-sent one is believed (and appended to) only from a trusted proxy.
-  const priorCert = ctx.peerTrusted ? h.get(XFCC) : null;
-  if (!ctx.peerTrusted) h.delete(XFCC);
+  const certHeader = ctx.clientCertHeader;
+  const priorCert = ctx.peerTrusted ? h.get(certHeader) : null;
+  if (!ctx.peerTrusted) h.delete(certHeader);
   if (ctx.identity) {
     const element = xfccElement(ctx.identity);
-    h.set(XFCC, priorCert ? `${priorCert},${element}` : element);
+    h.set(certHeader, priorCert ? `${priorCert},${element}` : element);
   }
   h.set("x-request-id", ctx.requestId);
   h.appendValue("via", `1.1 ${s.via}`);
   applyEdits(h, s.requestEdits);
   return h;
 }
-
-const XFCC = "x-forwarded-client-cert";
 
 /** One XFCC element: `Hash=<sha256>;URI=<spiffe id>` (or `DNS=`, or `Subject="CN=..."`). */
 export function xfccElement(id: ClientIdentity): string {
