@@ -8,6 +8,10 @@ COPY config ./config
 RUN deno cache --frozen main.ts
 USER deno
 EXPOSE 8080 9901
+# Liveness on the admin listener's /healthz (open without the token). The image has no curl:
+# deno's own fetch does it, with a deadline so a hung Ferry fails the check instead of stalling it.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["deno", "eval", "const r = await fetch('http://127.0.0.1:9901/healthz', { signal: AbortSignal.timeout(4000) }); Deno.exit(r.ok ? 0 : 1);"]
 # The admin listener needs a token: docker run -e FERRY_ADMIN_TOKEN=$(openssl rand -hex 16) ...
-ENTRYPOINT ["deno", "run", "--allow-net", "--allow-read", "--allow-env", "--unstable-no-legacy-abort", "main.ts"]
+ENTRYPOINT ["deno", "run", "--allow-net", "--allow-read", "--allow-env", "--allow-ffi", "--unstable-no-legacy-abort", "main.ts"]
 CMD ["--config", "config/container.yaml"]

@@ -8,9 +8,10 @@ import { buildSnapshot, configSource } from "./src/config/source.ts";
 import { Reloader, watchConfigFile } from "./src/server/reload.ts";
 import { createLogger } from "./src/observability/log.ts";
 import { FerryMetrics } from "./src/observability/metrics.ts";
-import { Ferry } from "./src/server/ferry.ts";
+import { Ferry, installLastLineOfDefence } from "./src/server/ferry.ts";
 import { VERSION } from "./src/version.ts";
 import { describeSnapshot } from "./src/config/summary.ts";
+import { checkFdBudget, fdBudget } from "./src/server/descriptors.ts";
 
 const EXIT_CONFIG = 1, EXIT_USAGE = 2, EXIT_START = 3;
 
@@ -35,11 +36,9 @@ async function main(): Promise<number> {
   const source = configSource(opts.config, Deno.env.toObject());
   const log = createLogger("info");
   // One metrics registry for the process: each reload hands it on, so counters survive.
-  const built = await buildSnapshot(source, {
-    version: 1,
-    log,
-    metrics: new FerryMetrics({ processMetrics: true }),
-  });
+  const metrics = new FerryMetrics({ processMetrics: true });
+  installLastLineOfDefence(log, metrics);
+  const built = await buildSnapshot(source, { version: 1, log, metrics });
   if (!built.ok) {
     console.error(`ferry: ${built.message}`);
     return EXIT_CONFIG;
@@ -55,6 +54,12 @@ async function main(): Promise<number> {
     return 0;
   }
 
+  // Before binding: raise the soft descriptor limit, then say whether the caps fit in it.
+  const fds = checkFdBudget(
+    fdBudget(snapshot.listeners.values(), snapshot.config.server),
+  );
+  if (fds.warning) log.warn(fds.warning);
+
   let ferry: Ferry;
   try {
     ferry = Ferry.start(snapshot, log);
@@ -67,14 +72,16 @@ async function main(): Promise<number> {
     version: VERSION,
     config: source.label,
     config_version: snapshot.version,
+    ...(fds.limit ? { fd_limit: fds.limit.soft } : {}),
   });
   for (const w of describeSnapshot(snapshot).warnings) log.warn(w);
 
-  // Hot reload: SIGHUP, POST /reload on the admin listener, and changes to the config file.
+  // Hot reload: SIGHUP, POST /reload and PUT /config on the admin listener, and config file changes.
   const reloader = new Reloader(ferry, source, log);
   ferry.setAdminExtras({
     reload: () => reloader.reload("admin"),
     reloadStatus: () => reloader.status,
+    submitConfig: (text, opts) => reloader.submit(text, opts),
   });
   const onHangup = () => void reloader.reload("signal");
   Deno.addSignalListener("SIGHUP", onHangup);

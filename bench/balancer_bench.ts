@@ -4,6 +4,9 @@
  * Hash kinds hash a fresh key each pick (cycling through 1,024 `user-N` keys).
  */
 import { BALANCER_KINDS, createBalancer, seededRandom } from "../src/upstream/balancers/mod.ts";
+import { printNoSeed } from "./seeds.ts";
+
+printNoSeed("load balancer pick()");
 
 const KEYS = Array.from({ length: 1024 }, (_, i) => ({ hashKey: `user-${i}` }));
 

@@ -8,6 +8,9 @@ import { parseConfigText } from "../src/config/load.ts";
 import { createLogger } from "../src/observability/log.ts";
 import { FerryMetrics } from "../src/observability/metrics.ts";
 import { createListenerHandler } from "../src/server/handler.ts";
+import { printNoSeed } from "./seeds.ts";
+
+printNoSeed("metrics recording");
 
 const loaded = parseConfigText(
   `listeners: [{ name: p, address: "127.0.0.1:0" }]

@@ -7,6 +7,9 @@ import { compileSnapshot } from "../src/config/compile.ts";
 import { parseConfigText } from "../src/config/load.ts";
 import { createLogger } from "../src/observability/log.ts";
 import { createListenerHandler } from "../src/server/handler.ts";
+import { printNoSeed } from "./seeds.ts";
+
+printNoSeed("the whole request pipeline");
 
 function handlerFor(yaml: string) {
   const loaded = parseConfigText(yaml, "bench.yaml");

@@ -10,8 +10,10 @@
  */
 import { BreakerStore } from "../src/policy/circuit_breaker.ts";
 import { KeyedTokenBuckets, TokenBucketStore } from "../src/policy/token_bucket.ts";
+import { printSeeds } from "./seeds.ts";
 
 const OPS = 1_000;
+printSeeds(["circuit breaker", "rate limiter"], OPS);
 const SLOTS = 64;
 let sink = 0;
 

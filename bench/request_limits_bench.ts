@@ -3,6 +3,9 @@
  * counting a typical header block, and the body-limit decision for a bodiless request.
  */
 import { checkHeaderLimits, limitBody } from "../src/server/request_limits.ts";
+import { printNoSeed } from "./seeds.ts";
+
+printNoSeed("request size checks");
 
 const headers = new Headers([
   ["host", "api.example.com"],

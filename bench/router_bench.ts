@@ -5,6 +5,10 @@
 import type { RouteMatchConfig } from "../src/config/schema.ts";
 import { normalizeHost, normalizePath } from "../src/routing/path.ts";
 import { type MatchInput, Router } from "../src/routing/router.ts";
+import { printNoSeed, printSeeds } from "./seeds.ts";
+
+printSeeds(["router exact", "router prefix", "router regex"]);
+printNoSeed("normalizePath / normalizeHost");
 
 const SERVICES = [
   "users",

@@ -26,6 +26,10 @@ const DESCRIPTIONS: Record<string, string> = {
     "Keep a client's x-request-id: trusted (from trusted_proxies), always, never.",
   "server.websocket_max_buffer": "Bytes buffered towards a WebSocket peer that does not read.",
   "server.via": "Token added to the Via header sent upstream.",
+  "server.send_timeout": "Close a client that accepts no bytes for this long (default 60s).",
+  "server.websocket_max_message_bytes": "Largest WebSocket message; bigger gets 1009.",
+  "server.websocket_max_frame_bytes": "Largest WebSocket frame from a client; bigger gets 1009.",
+  "server.websocket_idle_timeout": "Close a WebSocket with no message for this long (default 5m).",
   "log.level": "Lowest log level written.",
   "routes": "Request routes; each has a match and exactly one action.",
   "routes[].name": "Unique route name.",
@@ -54,6 +58,8 @@ const DESCRIPTIONS: Record<string, string> = {
     "Extra CA bundle (PEM) for https endpoints; relative to the config file.",
   "clusters[].pool.max_idle_per_endpoint": "Idle connections kept per endpoint.",
   "clusters[].pool.idle_timeout": "Close idle connections after this long (default 90s).",
+  "clusters[].http2.max_connections_per_endpoint":
+    "HTTP/2 connections per endpoint (gRPC); more open when streams or window run out.",
   "clusters[].preserve_host": "Send the client's Host upstream (true) or the endpoint's (false).",
 };
 
@@ -67,11 +73,11 @@ function decorate(node: unknown, path: string, describe = true): void {
   if (
     Array.isArray(type) && type.length === 2 && type.includes("string") && type.includes("number")
   ) {
-    // A duration (schema.ts `duration`): "250ms", "15s", "1m", "1h", or a number of ms.
+    // A duration (schema.ts `duration`): "250ms", "15s", "1m", "1h"; a bare number only as 0.
     delete s.type;
     s.anyOf = [
       { type: "string", pattern: DURATION_PATTERN },
-      { type: "number", minimum: 0 },
+      { const: 0 },
     ];
   }
   if (s.format === "starts_with") delete s.format;

@@ -160,3 +160,67 @@ clusters: [{ name: up, endpoints: ["{{U}}"] }]
     await up.close();
   }
 });
+
+/** Raw lines (not JSON) of a text-format access log. */
+async function textLinesOf(px: ReturnType<typeof startFerry>, file: string) {
+  await new Promise((r) => setTimeout(r, 50));
+  await px.ferry.snapshot.accessLog!.writer.flush();
+  return (await Deno.readTextFile(file)).split("\n").filter(Boolean);
+}
+
+Deno.test("format: combined writes Apache/nginx combined lines", async () => {
+  const up = startUpstream(() => new Response("hello", { headers: { "content-length": "5" } }));
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/access.log`;
+  const px = startFerry(
+    `listeners: [{ name: p, address: "127.0.0.1:0" }]
+access_log: { path: "${file}", format: combined }
+routes: [{ name: ok, match: { path: { prefix: /ok } }, cluster: up }]
+clusters: [{ name: up, endpoints: ["{{U}}"] }]
+`,
+    { U: up.url },
+  );
+  try {
+    const ok = await fetch(`${px.url}/ok?q=1`, {
+      headers: { "user-agent": 'agent "quoted"', referer: "http://ref.example/" },
+    });
+    assert.equal(await ok.text(), "hello");
+    await (await fetch(`${px.url}/missing`, { headers: { "user-agent": "t/2" } })).body?.cancel();
+    const [a, b] = await textLinesOf(px, file);
+    assert.match(
+      a!,
+      /^127\.0\.0\.1 - - \[\d\d\/[A-Z][a-z]{2}\/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET \/ok\?q=1 HTTP\/1\.1" 200 5 "http:\/\/ref\.example\/" "agent \\x22quoted\\x22"$/,
+    );
+    // A proxy-made 404 without Content-Length or Referer: "-" in their places.
+    assert.match(b!, /"GET \/missing HTTP\/1\.1" 404 \S+ "-" "t\/2"$/);
+  } finally {
+    await px.close();
+    await up.close();
+  }
+});
+
+Deno.test("a template format writes the named JSON fields, '-' for a missing one", async () => {
+  const up = startUpstream(() => new Response("x"));
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/access.log`;
+  const px = startFerry(
+    `listeners: [{ name: p, address: "127.0.0.1:0" }]
+access_log:
+  path: "${file}"
+  format: "$method $path $status $duration_ms route=\${route}/$flags $$5"
+routes: [{ name: ok, match: { path: { prefix: /ok } }, cluster: up }]
+clusters: [{ name: up, endpoints: ["{{U}}"] }]
+`,
+    { U: up.url },
+  );
+  try {
+    await (await fetch(`${px.url}/ok/a`)).body?.cancel();
+    await (await fetch(`${px.url}/nope`, { method: "DELETE" })).body?.cancel();
+    const [a, b] = await textLinesOf(px, file);
+    assert.match(a!, /^GET \/ok\/a 200 \d+(\.\d+)? route=ok\/- \$5$/);
+    assert.match(b!, /^DELETE \/nope 404 \d+(\.\d+)? route=-\/NR \$5$/);
+  } finally {
+    await px.close();
+    await up.close();
+  }
+});

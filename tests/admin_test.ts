@@ -18,6 +18,8 @@ clusters:
   - name: api
     endpoints: ["{{U}}", "{{D}}"]
     circuit_breaker: { failures: 1, open_timeout: 30s }
+    pool: { idle_timeout: 1.5s }
+    health_check: { interval: 60s }
 `;
 
 Deno.test("admin views show clusters with breaker state, routes, redacted config and explain", async () => {
@@ -46,6 +48,13 @@ Deno.test("admin views show clusters with breaker state, routes, redacted config
     const cfgText = await (await fetch(`${admin}/config`)).text();
     assert.ok(!cfgText.includes("s3cret"), "secrets are redacted");
     assert.match(cfgText, /<redacted>/);
+    // Durations as a config writes them, not as milliseconds.
+    const shown = JSON.parse(cfgText).config;
+    assert.equal(shown.clusters[0].circuit_breaker.open_timeout, "30s");
+    assert.equal(shown.routes[1].timeout, "15s", "a default duration too");
+    assert.equal(shown.routes[1].retry.backoff.base, "25ms");
+    assert.equal(shown.clusters[0].pool.idle_timeout, "1.5s", "as written, not 1500ms");
+    assert.equal(shown.clusters[0].health_check.interval, "60s", "as written, not 1m");
 
     const ex = await (await fetch(`${admin}/explain?method=GET&host=a.test&path=/api/../api/v1`, {
       headers: { "x-explain-x-canary": "1" },

@@ -21,8 +21,9 @@ Deno.test("--check validates every shipped config and prints a summary", async (
   for (const file of files) {
     const out = await new Deno.Command(DENO, {
       args: [...RUN, "--config", `${ROOT}config/${file}`, "--check"],
-      // container.yaml reads the admin token from the environment.
-      env: { FERRY_ADMIN_TOKEN: "0123456789abcdef0123" },
+      // container.yaml and fleet.yaml read the admin token (and the Redis password) from the
+      // environment.
+      env: { FERRY_ADMIN_TOKEN: "0123456789abcdef0123", FERRY_REDIS_PASSWORD: "x" },
       stdout: "piped",
       stderr: "piped",
     }).output();
@@ -122,5 +123,97 @@ Deno.test("environment quick start proxies without a config file", async () => {
     f.child.kill("SIGTERM");
     await f.child.status;
     await up.close();
+  }
+});
+
+Deno.test("a listener that cannot bind: exit 3 naming the listener and its address", async () => {
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (taken.addr as Deno.NetAddr).port;
+  try {
+    const file = await tempConfig(`listeners:
+  - { name: free, address: "127.0.0.1:0" }
+  - { name: public, address: "127.0.0.1:${port}" }
+routes: [{ name: r, direct_response: { status: 200, body: ok } }]
+`);
+    const r = await run(DENO, [...RUN, "--config", file]);
+    assert.equal(r.code, 3, r.stdout + r.stderr);
+    assert.match(
+      r.stdout + r.stderr,
+      new RegExp(
+        `cannot bind listener \\\\?"public\\\\?" on 127\\.0\\.0\\.1:${port}: .*in use`,
+        "i",
+      ),
+    );
+  } finally {
+    taken.close();
+  }
+});
+
+Deno.test("problems found while compiling are placed at file:line like the loader's", async () => {
+  const file = await tempConfig(`listeners: [{ name: a, address: "127.0.0.1:0" }]
+admin:
+  address: "127.0.0.1:0"
+  token_env: FERRY_TEST_SURELY_UNSET_VARIABLE
+routes: [{ name: r, direct_response: { status: 200 } }]
+`);
+  const r = await run(DENO, [...RUN, "--config", file, "--check"]);
+  assert.equal(r.code, 1);
+  assert.match(
+    r.stderr,
+    new RegExp(`${file}:4:14: admin\\.token_env: variable is not set`),
+  );
+});
+
+Deno.test("a bare number in a duration field exits 1 asking for a unit", async () => {
+  const file = await tempConfig(`listeners: [{ name: a, address: "127.0.0.1:0" }]
+routes: [{ name: r, cluster: c }]
+clusters:
+  - name: c
+    endpoints: [http://127.0.0.1:9]
+    health_check: { path: /h, interval: 2 }
+`);
+  const r = await run(DENO, [...RUN, "--config", file, "--check"]);
+  assert.equal(r.code, 1);
+  assert.match(
+    r.stderr,
+    new RegExp(
+      `${file}:6:41: clusters\\[0\\]\\.health_check\\.interval: a bare number is not a duration: write its unit, such as 2s or 2ms`,
+    ),
+  );
+});
+
+Deno.test("--check prints an unused cluster's warning once, at its file:line", async () => {
+  const file = await tempConfig(`listeners: [{ name: a, address: "127.0.0.1:0" }]
+routes: [{ name: r, cluster: c }]
+clusters:
+  - { name: c, endpoints: [http://127.0.0.1:9] }
+  - { name: unused, endpoints: [http://127.0.0.1:9] }
+`);
+  const r = await run(DENO, [...RUN, "--config", file, "--check"]);
+  assert.equal(r.code, 0, r.stderr);
+  const all = (r.stdout + r.stderr).split("\n").filter((l) => l.includes("unused"));
+  assert.deepEqual(all.filter((l) => /not used by any route/.test(l)), [
+    `warning: ${file}:5:13: clusters[1].name: cluster 'unused' is not used by any route`,
+  ]);
+});
+
+Deno.test("the example error in README and docs/configuration.md is what Ferry prints", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.mkdir(`${dir}/config`);
+  const shipped = (await Deno.readTextFile(`${ROOT}config/ferry.yaml`)).split("\n");
+  assert.equal(shipped[25], "    timeout: 15s", "line 26 of config/ferry.yaml");
+  shipped[25] = "    timeout: 15 seconds";
+  await Deno.writeTextFile(`${dir}/config/ferry.yaml`, shipped.join("\n"));
+  const out = await new Deno.Command(DENO, {
+    args: [...RUN, "--config", "config/ferry.yaml"],
+    cwd: dir,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 1);
+  const printed = new TextDecoder().decode(out.stderr).trim();
+  for (const doc of ["README.md", "docs/configuration.md"]) {
+    const text = await Deno.readTextFile(`${ROOT}${doc}`);
+    assert.ok(text.includes("```\n" + printed + "\n```"), `${doc} shows:\n${printed}`);
   }
 });

@@ -90,4 +90,10 @@ Deno.test("docs/observability.md lists every Ferry metric, and no metric that do
     m.registry.getMetricsAsArray().map((x) => (x as unknown as { name: string }).name),
   );
   assert.deepEqual([...documented].sort(), [...defined].sort());
+  // And each row's Labels column names the metric's labels.
+  for (const row of doc.matchAll(/^\| `(ferry_[a-z0-9_]+)`\s+\|[^|]*\|([^|]*)\|/gm)) {
+    const metric = m.registry.getSingleMetric(row[1]!) as unknown as { labelNames: string[] };
+    const labels = [...row[2]!.matchAll(/`([a-z_]+)`/g)].map((x) => x[1]!);
+    assert.deepEqual(labels, [...metric.labelNames], `labels of ${row[1]}`);
+  }
 });

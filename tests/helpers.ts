@@ -94,6 +94,7 @@ export function startFerry(
   const snapshot = compileSnapshot(loaded.config, {
     version: 1,
     source: "test.yaml",
+    written: loaded.written,
     readTextFile: opts.readTextFile ?? ((p) => Deno.readTextFileSync(p)),
     ...(opts.metrics ? { metrics: opts.metrics } : {}),
     ...(opts.env ? { env: opts.env } : {}),
@@ -113,8 +114,88 @@ export function startFerry(
   };
 }
 
+/**
+ * The real peers the tests drive, each with the Debian package it comes from. A test that needs
+ * one calls `requirePeer` (or `run`, which does it for the commands listed here), so a machine
+ * without the package fails with one line naming it and the install command, not a stack trace.
+ */
+const PEER_PACKAGES = {
+  curl: "curl",
+  openssl: "openssl",
+  h2load: "nghttp2-client",
+  nghttp: "nghttp2-client",
+  "python3-websockets": "python3-websockets",
+  promtool: "prometheus",
+  prometheus: "prometheus",
+  chromium: "chromium",
+} as const;
+export type Peer = keyof typeof PEER_PACKAGES;
+
+/** One command that installs every peer (the README quotes it). */
+export const PEER_INSTALL_ALL = `sudo apt-get install -y ${
+  [...new Set(Object.values(PEER_PACKAGES))].join(" ")
+}`;
+
+/** A missing peer: its message is the whole report (the stack is left out on purpose). */
+export class MissingPeer extends Error {
+  constructor(peer: Peer) {
+    const pkg = PEER_PACKAGES[peer];
+    super(
+      `test peer "${peer}" not found: install Debian package ${pkg} (sudo apt-get install -y ${pkg})`,
+    );
+    this.name = "MissingPeer";
+    this.stack = `${this.name}: ${this.message}`;
+  }
+}
+
+function onPath(command: string): string | undefined {
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+    if (!dir) continue;
+    try {
+      if (Deno.statSync(`${dir}/${command}`).isFile) return `${dir}/${command}`;
+    } catch { /* not in this dir */ }
+  }
+  return undefined;
+}
+
+const peerFound = new Map<Peer, Promise<string | undefined>>();
+
+async function findPeer(peer: Peer): Promise<string | undefined> {
+  switch (peer) {
+    case "chromium":
+      return onPath("chromium") ??
+        (await Deno.stat("/usr/bin/chromium").then(() => "/usr/bin/chromium", () => undefined));
+    case "python3-websockets":
+      for (const py of [onPath("python3"), "/usr/bin/python3"]) {
+        if (!py) continue;
+        const ok = await new Deno.Command(py, {
+          args: ["-c", "import websockets"],
+          stdout: "null",
+          stderr: "null",
+        }).output().then((o) => o.success, () => false);
+        if (ok) return py;
+      }
+      return undefined;
+    default:
+      return onPath(peer);
+  }
+}
+
+/**
+ * The path of a peer's executable (for `python3-websockets`, a python3 that can import it), or
+ * a `MissingPeer` failure naming the Debian package to install.
+ */
+export async function requirePeer(peer: Peer): Promise<string> {
+  let found = peerFound.get(peer);
+  if (!found) peerFound.set(peer, found = findPeer(peer));
+  const path = await found;
+  if (!path) throw new MissingPeer(peer);
+  return path;
+}
+
 /** Runs a command to completion and returns its stdout/stderr as text. */
 export async function run(cmd: string, args: string[], opts: { stdin?: Uint8Array } = {}) {
+  if (Object.hasOwn(PEER_PACKAGES, cmd)) await requirePeer(cmd as Peer);
   const child = new Deno.Command(cmd, {
     args,
     stdout: "piped",
@@ -209,6 +290,7 @@ export const RUN = [
   "--allow-net",
   "--allow-read",
   "--allow-env",
+  "--allow-ffi",
   "--unstable-no-legacy-abort",
   MAIN,
 ];
@@ -228,14 +310,21 @@ export interface Started {
   logs: string[];
 }
 
-/** Spawns Ferry and reads its JSON log until every listener (and admin) says where it bound. */
+/**
+ * Spawns Ferry and reads its JSON log until every listener (and admin) says where it bound.
+ * `wrapper` runs Deno through another command, for example `["prlimit", "--nofile=256:256"]`.
+ */
 export async function spawnFerry(
   args: string[],
   env: Record<string, string> = {},
   listeners = 1,
+  wrapper: string[] = [],
+  /** More `deno run` flags, such as --allow-write. */
+  denoFlags: string[] = [],
 ): Promise<Started> {
-  const child = new Deno.Command(DENO, {
-    args: [...RUN, ...args],
+  const [cmd, ...pre] = [...wrapper, DENO];
+  const child = new Deno.Command(cmd!, {
+    args: [...pre, RUN[0]!, ...denoFlags, ...RUN.slice(1), ...args],
     env,
     cwd: ROOT,
     stderr: "piped",

@@ -3,7 +3,7 @@
  * and answers a PromQL query over Ferry's metrics through its HTTP API.
  */
 import assert from "node:assert/strict";
-import { startFerry, startUpstream } from "./helpers.ts";
+import { requirePeer, startFerry, startUpstream } from "./helpers.ts";
 
 function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -13,6 +13,7 @@ function freePort(): number {
 }
 
 Deno.test("Prometheus scrapes /metrics and answers a query about Ferry's traffic", async () => {
+  const prometheus = await requirePeer("prometheus");
   const up = startUpstream(() => new Response("ok"));
   const px = startFerry(
     `listeners: [{ name: public, address: "127.0.0.1:0" }]
@@ -33,7 +34,7 @@ scrape_configs:
 `,
   );
   const port = freePort();
-  const prom = new Deno.Command("prometheus", {
+  const prom = new Deno.Command(prometheus, {
     args: [
       `--config.file=${dir}/prometheus.yml`,
       `--storage.tsdb.path=${dir}/data`,

@@ -3,7 +3,15 @@
  * TLS with ALPN on the listener, and h2c / TLS towards the upstream.
  */
 import assert from "node:assert/strict";
-import { catchAllConfig, run, startEchoUpstream, startFerry, startUpstream } from "./helpers.ts";
+import {
+  catchAllConfig,
+  type Peer,
+  requirePeer,
+  run,
+  startEchoUpstream,
+  startFerry,
+  startUpstream,
+} from "./helpers.ts";
 import { makeTestCerts } from "./fixtures/certs.ts";
 
 const SIMPLE = catchAllConfig();
@@ -15,8 +23,8 @@ async function curl(args: string[]) {
 }
 
 /** Runs a command with a hard deadline (the process is killed when it passes). */
-async function runBounded(cmd: string, args: string[], ms: number) {
-  const child = new Deno.Command(cmd, {
+async function runBounded(peer: Peer, args: string[], ms: number) {
+  const child = new Deno.Command(await requirePeer(peer), {
     args,
     stdout: "piped",
     stderr: "piped",

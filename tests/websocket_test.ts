@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import {
   catchAllConfig,
   rawRequest,
+  requirePeer,
   run,
   startFerry,
   startUpstream,
@@ -230,20 +231,8 @@ Deno.test("close code and reason propagate client -> upstream (4002 done)", asyn
   });
 });
 
-/** python3 that has the `websockets` module (apt's python3-websockets, or a pyenv one). */
-async function pythonWithWebsockets(): Promise<string | undefined> {
-  for (const py of ["python3", "/usr/bin/python3"]) {
-    try {
-      const out = await run(py, ["-c", "import websockets"]);
-      if (out.code === 0) return py;
-    } catch { /* not installed */ }
-  }
-  return undefined;
-}
-
 Deno.test("python websockets client echoes through Ferry", async () => {
-  const py = await pythonWithWebsockets();
-  assert.ok(py, "no python3 with the websockets module (apt-get install python3-websockets)");
+  const py = await requirePeer("python3-websockets");
   await withFerry(async ({ url }) => {
     const script = new URL("./fixtures/ws_echo_client.py", import.meta.url).pathname;
     const out = await run("timeout", ["30", py, script, wsUrl(url, "/echo"), "from python ✓"]);

@@ -17,6 +17,7 @@ import {
   BreakerStore,
 } from "../policy/circuit_breaker.ts";
 import { compileLimiters, faultInjection, type Limiter, rateLimit } from "../policy/middleware.ts";
+import { RedisStoreError } from "../policy/redis_limiter.ts";
 import type { Logger } from "../observability/log.ts";
 import { AccessLog, LineWriter, openSink } from "../observability/access_log.ts";
 import type { BreakerConfigSchema } from "./schema.ts";
@@ -70,6 +71,8 @@ export interface Snapshot {
   readonly loadedAt: Date;
   readonly source: string;
   readonly config: FerryConfig;
+  /** The config as written, before defaults and conversions; undefined when not from a file. */
+  readonly written: unknown;
   readonly listeners: ReadonlyMap<string, ListenerPlan>;
   readonly clusters: ReadonlyMap<string, Cluster>;
   readonly routes: readonly CompiledRoute[];
@@ -165,6 +168,8 @@ export interface CompileOptions {
   readonly metrics?: FerryMetrics;
   /** Reads an environment variable (admin.token_env); default Deno.env.get. */
   readonly env?: (name: string) => string | undefined;
+  /** The config as written (parsed YAML before the schema), for /config's durations. */
+  readonly written?: unknown;
 }
 
 /** A breaker store as the metrics see it: whose it is and which endpoint each slot is. */
@@ -368,10 +373,26 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
   }
   const limiterCarry = new Map<string, { key: string; limiter: Limiter }>();
   const limiters = new Map<string, Limiter>();
-  for (const rl of cfg.rate_limits) {
+  for (const [i, rl] of cfg.rate_limits.entries()) {
     const key = canonicalJson(rl);
     const kept = prior?.limiters.get(rl.name);
-    const limiter = kept?.key === key ? kept.limiter : compileLimiters([rl]).get(rl.name)!;
+    let limiter: Limiter;
+    try {
+      limiter = kept?.key === key ? kept.limiter : compileLimiters([rl], (c) => ({
+        readTextFile: opts.readTextFile,
+        log,
+        backendMetrics: metrics.rateLimitBackend(c.name),
+      })).get(rl.name)!;
+    } catch (err) {
+      // A shared store whose password (file or variable) or CA file cannot be read.
+      if (!(err instanceof RedisStoreError)) throw err;
+      problems.push({
+        path: `rate_limits[${i}].redis.${err.field}`,
+        value: err.value,
+        message: err.message,
+      });
+      continue;
+    }
     limiters.set(rl.name, limiter);
     limiterCarry.set(rl.name, { key, limiter });
   }
@@ -551,6 +572,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     loadedAt: new Date(),
     source: opts.source,
     config: cfg,
+    written: opts.written,
     listeners,
     clusters,
     routes,
@@ -602,6 +624,9 @@ function releaseUnshared(
   }
   for (const [name, { provider }] of mine.jwtProviders) {
     if (keeper?.jwtProviders.get(name)?.provider !== provider) provider.close();
+  }
+  for (const [name, { limiter }] of mine.limiters) {
+    if (keeper?.limiters.get(name)?.limiter !== limiter) limiter.close?.();
   }
   if (mine.accessLog && keeper?.accessLog !== mine.accessLog) {
     const close = mine.accessLog.close;
@@ -852,6 +877,8 @@ function compileRoute(
     responseEdits: compileEdits(r.response_headers),
     websocket: r.websocket,
     websocketMaxBuffer: cfg.server.websocket_max_buffer,
+    sendTimeoutMs: cfg.server.send_timeout,
+    websocketMaxMessageBytes: cfg.server.websocket_max_message_bytes,
     via: cfg.server.via,
   });
   return freezeRoute(r.name, "cluster", cluster.name, compose(middleware, terminal), grpc, authz);

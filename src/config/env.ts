@@ -87,7 +87,7 @@ export function configFromEnv(env: Record<string, string | undefined>): LoadResu
     listeners: [{ name: "default", address: listen ?? ENV_DEFAULTS.PROXY_LISTEN_ADDR }],
     ...(metrics !== undefined ? { admin: { address: metrics } } : {}),
     log: { level },
-    routes: [{ name: "default", cluster: "upstream", timeout }],
+    routes: [{ name: "default", cluster: "upstream", timeout: `${timeout}ms` }],
     clusters: [{ name: "upstream", endpoints }],
   };
   return validateConfig(data, {

@@ -22,7 +22,7 @@ Deno.test("configFromEnv() builds one listener, one cluster and a catch-all rout
   assert.ok(result?.ok, result && !result.ok ? formatIssues(result.errors) : "");
   const cfg = result.config;
   assert.deepEqual(cfg.listeners, [{ name: "default", address: "0.0.0.0:3000", protocol: "http" }]);
-  assert.deepEqual(cfg.admin, { address: "127.0.0.1:9090" });
+  assert.deepEqual(cfg.admin, { address: "127.0.0.1:9090", persist_config: "memory" });
   assert.equal(cfg.log.level, "debug");
   assert.equal(cfg.routes.length, 1);
   assert.equal(cfg.routes[0]?.name, "default");

@@ -5,6 +5,7 @@
  */
 import type { z } from "zod";
 import { ConfigSchema, type FerryConfig } from "./schema.ts";
+import { formatDuration, parseDuration } from "./duration.ts";
 
 /** One problem (or warning) in a config source, located as precisely as the source allows. */
 export interface ConfigIssue {
@@ -23,7 +24,18 @@ export interface ConfigIssue {
 }
 
 export type LoadResult =
-  | { ok: true; config: FerryConfig; warnings: ConfigIssue[] }
+  | {
+    ok: true;
+    config: FerryConfig;
+    warnings: ConfigIssue[];
+    /**
+     * Places a config path in the source, for problems found after loading (compiling the
+     * snapshot); absent for sources without lines (the environment quick start).
+     */
+    locate?: (path: readonly PathSegment[]) => { line: number; column: number };
+    /** The data as written (parsed, before the schema), when it came from text. */
+    written?: unknown;
+  }
   | { ok: false; errors: ConfigIssue[] };
 
 /** A step of a config path: a mapping key or a list index. */
@@ -38,6 +50,15 @@ export function formatPath(path: readonly PathSegment[]): string {
     if (typeof seg === "number") out += `[${seg}]`;
     else if (/^[A-Za-z_][A-Za-z0-9_-]*$/.test(seg)) out += out === "" ? seg : `.${seg}`;
     else out += `[${JSON.stringify(seg)}]`;
+  }
+  return out;
+}
+
+/** `routes[0].match` -> `["routes", 0, "match"]`: the inverse of `formatPath`. */
+export function parsePath(text: string): PathSegment[] {
+  const out: PathSegment[] = [];
+  for (const m of text.matchAll(/\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]|([^.[\]]+)/g)) {
+    out.push(m[1] !== undefined ? Number(m[1]) : m[2] !== undefined ? JSON.parse(m[2]) : m[3]!);
   }
   return out;
 }
@@ -275,6 +296,35 @@ function isDuration(s: Schema): boolean {
   if (d.type !== "pipe" || !d.in || d.out?._zod.def.type !== "transform") return false;
   const kinds = (d.in._zod.def.options ?? []).map((o) => o._zod.def.type).sort().join();
   return kinds === "number,string";
+}
+
+/**
+ * A loaded config, or a view of one with the same paths, with every duration (kept as whole
+ * milliseconds) written with its unit again: what /config shows, `timeout: "15s"` not 15000.
+ */
+export function withDurationUnits(
+  value: unknown,
+  written?: unknown,
+  path: PathSegment[] = [],
+): unknown {
+  if (typeof value === "number") {
+    const s = schemaAt(path);
+    if (!s || !isDuration(unwrap(s))) return value;
+    // As written where the file says it ("1.5s" stays "1.5s"); defaults in the largest unit.
+    const w = valueAt(written, path);
+    return w.found && typeof w.value === "string" && parseDuration(w.value) === value
+      ? w.value.trim()
+      : formatDuration(value);
+  }
+  if (Array.isArray(value)) {
+    return value.map((v, i) => withDurationUnits(v, written, [...path, i]));
+  }
+  if (value !== null && typeof value === "object") {
+    return Object.fromEntries(
+      Object.entries(value).map(([k, v]) => [k, withDurationUnits(v, written, [...path, k])]),
+    );
+  }
+  return value;
 }
 
 /** The schema that validates `path`, looking through defaults, pipes and unions. */

@@ -152,12 +152,21 @@ export function parseConfigText(
       : `YAML: ${e.message.split("\n")[0]!.replace(/ at line \d+, column \d+:?$/, "")}`;
     return { file, ...at(e.pos[0]), path: formatPath(path), message };
   };
+  // One syntax mistake (a tab, a line indented one space too far) makes the parser report several
+  // errors, most of them about keys it made up from the broken lines: report only the cause.
+  const syntax = doc.errors.filter((e) => e.code !== "DUPLICATE_KEY");
+  if (syntax.length > 0) {
+    const cause = syntaxCause(text, syntax);
+    const path = cleanPath(pathAtOffset(doc, cause.offset));
+    // The deeper-indented line sits inside the value above it; it belongs to that key's mapping.
+    if (cause.inValueAbove && typeof path[path.length - 1] === "string") path.pop();
+    return {
+      ok: false,
+      errors: [{ file, ...at(cause.offset), path: formatPath(path), message: cause.message }],
+    };
+  }
   const yamlErrors: ConfigIssue[] = doc.errors.map(yamlIssue);
   const warnings: ConfigIssue[] = doc.warnings.map(yamlIssue);
-  // Duplicate keys leave a usable document: go on, so that every error is reported in one run.
-  if (doc.errors.some((e) => e.code !== "DUPLICATE_KEY")) {
-    return { ok: false, errors: sortIssues(yamlErrors) };
-  }
 
   let data: unknown;
   try {
@@ -181,7 +190,60 @@ export function parseConfigText(
       errors: sortIssues([...yamlErrors, ...(result.ok ? [] : result.errors)]),
     };
   }
-  return { ...result, warnings: sortIssues([...warnings, ...result.warnings]) };
+  return {
+    ...result,
+    warnings: sortIssues([...warnings, ...result.warnings]),
+    locate: (path) => at(offsetOf(doc, path, "value")),
+    written: data,
+  };
+}
+
+interface YamlError {
+  readonly pos: [number, number];
+  readonly code: string;
+  readonly message: string;
+}
+
+/** The error that explains the others, where the mistake is, said in terms of what to fix. */
+function syntaxCause(
+  text: string,
+  errors: readonly YamlError[],
+): { offset: number; message: string; inValueAbove?: boolean } {
+  const tab = errors.find((e) => e.code === "TAB_AS_INDENT");
+  if (tab) {
+    return {
+      offset: tab.pos[0],
+      message: "YAML: a tab in the indentation; YAML indents with spaces only",
+    };
+  }
+  const first = [...errors].sort((a, b) => a.pos[0] - b.pos[0])[0]!;
+  const multiline = errors.find((e) => e.code === "MULTILINE_IMPLICIT_KEY");
+  if (
+    multiline && (first.code === "BLOCK_AS_IMPLICIT_KEY" || first.code === "MULTILINE_IMPLICIT_KEY")
+  ) {
+    // A value followed by a line indented deeper than its key: the parser tries to read both
+    // lines as one key. The mistake is that next line's indentation.
+    const lineStart = text.lastIndexOf("\n", multiline.pos[1] - 1) + 1;
+    const indent = /^ */.exec(text.slice(lineStart))![0].length;
+    return {
+      offset: lineStart + indent,
+      inValueAbove: true,
+      message:
+        "YAML: this line is indented deeper than the key above it; keys of one mapping start at the same column",
+    };
+  }
+  const message = first.code === "BAD_INDENT"
+    ? "keys of one mapping must start at the same column"
+    : first.message.startsWith("Sequence item without - indicator")
+    ? "this line is indented differently from the list item's first key (or misses its '- ')"
+    : first.message.split("\n")[0]!.replace(/ at line \d+, column \d+:?$/, "");
+  return { offset: first.pos[0], message: `YAML: ${message}` };
+}
+
+/** A path cut before the first key the parser made up out of broken lines ("a b", "[...]"). */
+function cleanPath(path: readonly PathSegment[]): PathSegment[] {
+  const end = path.findIndex((s) => typeof s === "string" && !/^[A-Za-z_][A-Za-z0-9_-]*$/.test(s));
+  return end < 0 ? [...path] : path.slice(0, end);
 }
 
 function sortIssues(issues: ConfigIssue[]): ConfigIssue[] {

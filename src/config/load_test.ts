@@ -47,7 +47,7 @@ Deno.test("the contract example loads with every default applied", () => {
   assert.deepEqual(result.warnings, []);
   assert.deepEqual(result.config, {
     listeners: [{ name: "public", address: "127.0.0.1:8080", protocol: "http" }],
-    admin: { address: "127.0.0.1:9901" },
+    admin: { address: "127.0.0.1:9901", persist_config: "memory" },
     server: {
       trusted_proxies: [],
       request_id: "trusted",
@@ -64,6 +64,10 @@ Deno.test("the contract example loads with every default applied", () => {
       max_header_bytes: 12 * 1024,
       max_headers: 100,
       max_uri_bytes: 8192,
+      send_timeout: 60_000,
+      websocket_max_message_bytes: 1024 * 1024,
+      websocket_max_frame_bytes: 1024 * 1024,
+      websocket_idle_timeout: 300_000,
     },
     log: { level: "info" },
     routes: [{
@@ -88,6 +92,7 @@ Deno.test("the contract example loads with every default applied", () => {
       lb: "round_robin",
       protocol: "http1",
       pool: { max_idle_per_endpoint: 64, idle_timeout: 90_000 },
+      http2: { max_connections_per_endpoint: 4 },
       panic_threshold: 50,
       retry_budget: { percent: 20, min_retries: 3 },
       preserve_host: true,
@@ -455,4 +460,50 @@ Deno.test("a gRPC health check on a cluster with HTTP/1.1 http:// endpoints is r
   assert.ok(parseConfigText(tls, "f.yaml").ok);
   const auto = text.replace("    endpoints:", "    protocol: auto\n    endpoints:");
   assert.equal(errorsOf(parseConfigText(auto, "f.yaml"))[0]?.path, "clusters[0].health_check.grpc");
+});
+
+Deno.test("an access-log template naming an unknown field is refused at its line", () => {
+  const text = CONTRACT + 'access_log:\n  path: stdout\n  format: "$method $pathh $status"\n';
+  const errors = errorsOf(parseConfigText(text, "f.yaml"));
+  assert.deepEqual(positions(errors), ["23:11 access_log.format"]);
+  assert.match(errors[0]!.message, /unknown access log field "\$pathh"; known: time, /);
+  const both = errorsOf(
+    parseConfigText(CONTRACT + "access_log: { format: combined, fields: [status] }\n", "f.yaml"),
+  );
+  assert.deepEqual(both.map((e) => e.path), ["access_log.fields"]);
+  const ok = parseConfigText(
+    CONTRACT + 'access_log: { format: "$status ${route}x $$" }\n',
+    "f.yaml",
+  );
+  assert.equal(ok.ok, true);
+});
+
+Deno.test("a bare number in a duration field is an error that asks for a unit; 0 needs none", () => {
+  const text = CONTRACT.replace("timeout: 15s", "timeout: 2");
+  const errors = errorsOf(parseConfigText(text, "f.yaml"));
+  assert.deepEqual(errors.map((e) => [e.line, e.path, e.value]), [[16, "routes[0].timeout", 2]]);
+  assert.equal(
+    errors[0]!.message,
+    "a bare number is not a duration: write its unit, such as 2s or 2ms",
+  );
+  const zero = parseConfigText(CONTRACT.replace("timeout: 15s", "timeout: 0"), "f.yaml");
+  assert.ok(zero.ok && zero.config.routes[0]!.timeout === 0);
+});
+
+Deno.test("one indentation mistake or one tab gives one error, with a clean path", () => {
+  const deeper = errorsOf(
+    parseConfigText("listeners:\n  - name: public\n     address: 127.0.0.1:80\n", "f.yaml"),
+  );
+  assert.deepEqual(positions(deeper), ["3:6 listeners[0]"]);
+  assert.match(deeper[0]!.message, /^YAML: this line is indented deeper than the key above it/);
+  const tab = errorsOf(parseConfigText(
+    "listeners:\n  - name: a\n    address: ':80'\nclusters:\n  - name: c\n    endpoints:\n\t- http://127.0.0.1:9\n",
+    "f.yaml",
+  ));
+  assert.deepEqual(positions(tab), ["7:1 "]);
+  assert.equal(tab[0]!.message, "YAML: a tab in the indentation; YAML indents with spaces only");
+  const item = errorsOf(
+    parseConfigText("listeners:\n  - name: a\n   address: ':80'\n", "f.yaml"),
+  );
+  assert.equal(item.length, 1, formatIssues(item));
 });

@@ -4,11 +4,17 @@
  */
 import { z } from "zod";
 import { parseDuration } from "./duration.ts";
+import { ACCESS_LOG_FIELDS, parseLogTemplate } from "../observability/log_template.ts";
 
 const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
   const ms = parseDuration(v);
   if (ms === undefined) {
-    ctx.addIssue({ code: "custom", message: `expected a duration such as 250ms, 15s or 1m` });
+    ctx.addIssue({
+      code: "custom",
+      message: typeof v === "number"
+        ? `a bare number is not a duration: write its unit, such as ${v}s or ${v}ms`
+        : `expected a duration such as 250ms, 15s or 1m`,
+    });
     return z.NEVER;
   }
   return ms;
@@ -377,6 +383,11 @@ export const ClusterSchema = z.strictObject({
     max_idle_per_endpoint: z.number().int().min(0).max(10_000).default(64),
     idle_timeout: duration.default(90_000),
   }).default({ max_idle_per_endpoint: 64, idle_timeout: 90_000 }),
+  /** Ferry's own HTTP/2 upstream connections (gRPC routes). */
+  http2: z.strictObject({
+    /** Connections per endpoint, opened when streams or window run out on the ones open. */
+    max_connections_per_endpoint: z.number().int().min(1).max(64).default(4),
+  }).prefault({}),
   circuit_breaker: BreakerSchema.optional(),
   /** Active HTTP probes per endpoint, on their own connection pool. */
   health_check: z.strictObject({
@@ -444,6 +455,45 @@ export const ClusterSchema = z.strictObject({
 });
 
 /**
+ * A shared store for a rate limit (docs/resilience.md, "Shared rate limits"): every Ferry naming
+ * the same Redis and key_prefix enforces one limit together. Set at most one of password_file
+ * and password_env.
+ */
+export const RedisStoreSchema = z.strictObject({
+  /** host:port of Redis or Valkey. */
+  address,
+  /** TLS to Redis: true for the system roots, or a CA file and/or server name. */
+  tls: z.union([
+    z.boolean(),
+    z.strictObject({
+      /** PEM CA bundle (relative to the config file). */
+      ca_file: z.string().min(1).optional(),
+      /** Name checked against the server certificate; default the address's host. */
+      server_name: z.string().min(1).optional(),
+    }),
+  ]).default(false),
+  /** ACL user name (Redis 6+); the password alone authenticates as `default`. */
+  username: z.string().min(1).optional(),
+  /** A file whose first line is the password (relative to the config file). */
+  password_file: z.string().min(1).optional(),
+  /** The name of an environment variable holding the password. */
+  password_env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/).optional(),
+  /** Instances with the same prefix (and limit name) share one budget. */
+  key_prefix: z.string().min(1).max(200).default("ferry:rl:"),
+  /** How long a Redis answer may take before the failure mode applies. */
+  timeout: duration.default(100),
+  /** While Redis is unreachable: `open` falls back to this instance's own limiter, `closed` refuses (429). */
+  failure_mode: z.enum(["open", "closed"]).default("open"),
+  /**
+   * Each instance takes its share in leases of about rate x sync_interval tokens, each spent
+   * within 2 x sync_interval + timeout: the overshoot bound is rate x that many tokens.
+   */
+  sync_interval: duration.default(100),
+}).refine((r) => !(r.password_file !== undefined && r.password_env !== undefined), {
+  message: "set at most one of password_file and password_env",
+});
+
+/**
  * A named token-bucket limiter. Its scope says what one bucket counts: each client IP, each value
  * of a header, each route that references it, or everything (global). A limiter referenced by
  * several routes shares its buckets across them, except with scope `route`.
@@ -458,6 +508,8 @@ export const RateLimitSchema = z.strictObject({
   burst: z.number().int().min(1).max(1_000_000_000),
   /** Most keys tracked at once (client_ip, header); memory is allocated for this many up front. */
   max_keys: z.number().int().min(16).max(16_777_216).default(65_536),
+  /** Share this limit with other Ferry instances through Redis (else it is this process's own). */
+  redis: RedisStoreSchema.optional(),
 });
 
 /**
@@ -472,6 +524,11 @@ export const AdminSchema = z.strictObject({
   token_file: z.string().min(1).optional(),
   /** The name of an environment variable holding the token. */
   token_env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/).optional(),
+  /**
+   * A config applied with PUT /config: `memory` serves it until the next file reload or restart;
+   * `file` also writes it over the config file (atomic write + rename; needs --allow-write).
+   */
+  persist_config: z.enum(["memory", "file"]).default("memory"),
 }).refine(
   (a) => [a.token, a.token_file, a.token_env].filter((x) => x !== undefined).length <= 1,
   { message: "set at most one of admin.token, admin.token_file and admin.token_env" },
@@ -488,6 +545,10 @@ export const SERVER_LIMIT_DEFAULTS = {
   max_header_bytes: 12 * 1024,
   max_headers: 100,
   max_uri_bytes: 8192,
+  send_timeout: 60_000,
+  websocket_max_message_bytes: 1024 * 1024,
+  websocket_max_frame_bytes: 1024 * 1024,
+  websocket_idle_timeout: 300_000,
 } as const;
 
 export const ServerSchema = z.strictObject({
@@ -530,6 +591,21 @@ export const ServerSchema = z.strictObject({
   max_uri_bytes: z.number().int().min(256).max(60 * 1024).default(
     SERVER_LIMIT_DEFAULTS.max_uri_bytes,
   ),
+  /**
+   * A write to a client that stays unaccepted this long (the client stopped reading) closes the
+   * connection and releases its upstream, like nginx's send_timeout (0: never).
+   */
+  send_timeout: duration.default(SERVER_LIMIT_DEFAULTS.send_timeout),
+  /** WebSocket: a message (all its fragments) larger than this is closed with 1009. */
+  websocket_max_message_bytes: z.number().int().min(125).default(
+    SERVER_LIMIT_DEFAULTS.websocket_max_message_bytes,
+  ),
+  /** WebSocket: a single frame from a client larger than this is closed with 1009. */
+  websocket_max_frame_bytes: z.number().int().min(125).default(
+    SERVER_LIMIT_DEFAULTS.websocket_max_frame_bytes,
+  ),
+  /** WebSocket: no message either way for this long closes it with 1001 (0: never). */
+  websocket_idle_timeout: duration.default(SERVER_LIMIT_DEFAULTS.websocket_idle_timeout),
 }).default({
   trusted_proxies: [],
   request_id: "trusted",
@@ -548,30 +624,28 @@ export const LogSchema = z.strictObject({
 export const AccessLogSchema = z.strictObject({
   /** "stdout", "stderr" or a file path (appended to). */
   path: z.string().min(1).default("stdout"),
+  /**
+   * "json" (one JSON object a line), "combined" (Apache/nginx combined) or a template of `$field`
+   * placeholders naming the JSON fields, such as "$method $path $status $duration_ms".
+   */
+  format: z.string().min(1).default("json"),
   /** Share of requests logged, 0..1; proxy-made errors are always logged. */
   sample: z.number().min(0).max(1).default(1),
-  /** Fields to write; all when not set. */
-  fields: z.array(z.enum([
-    "time",
-    "request_id",
-    "client",
-    "method",
-    "authority",
-    "path",
-    "status",
-    "bytes_in",
-    "bytes_out",
-    "duration_ms",
-    "upstream_ms",
-    "route",
-    "cluster",
-    "endpoint",
-    "attempts",
-    "flags",
-    "listener",
-    "user_agent",
-    "identity",
-  ])).min(1).optional(),
+  /** Fields to write in the JSON format; all when not set. */
+  fields: z.array(z.enum(ACCESS_LOG_FIELDS)).min(1).optional(),
+}).superRefine((a, ctx) => {
+  if (a.format === "json") return;
+  if (a.format !== "combined") {
+    const parsed = parseLogTemplate(a.format);
+    if (!parsed.ok) ctx.addIssue({ code: "custom", path: ["format"], message: parsed.error });
+  }
+  if (a.fields) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["fields"],
+      message: "fields applies to the json format only; a template names its own fields",
+    });
+  }
 });
 
 export const ConfigSchema = z.strictObject({
@@ -598,4 +672,5 @@ export type RateLimitConfig = z.output<typeof RateLimitSchema>;
 export type AuthorizationConfig = z.output<typeof AuthorizationSchema>;
 export type AuthzRuleConfig = z.output<typeof AuthzRuleSchema>;
 export type JwtProviderConfig = z.output<typeof JwtProviderSchema>;
+export type RedisStoreConfig = z.output<typeof RedisStoreSchema>;
 export type AccessLogConfig = z.output<typeof AccessLogSchema>;

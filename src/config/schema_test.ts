@@ -14,10 +14,13 @@ Deno.test("config/ferry.schema.json matches scripts/gen_schema.ts output", async
   );
 });
 
-Deno.test("the JSON schema accepts durations as strings or numbers", () => {
+Deno.test("the JSON schema takes durations as strings with a unit (a bare number only as 0)", () => {
   const schema = JSON.parse(renderSchema());
   const timeout = schema.properties.routes.items.properties.timeout;
-  assert.deepEqual(timeout.anyOf.map((s: { type: string }) => s.type), ["string", "number"]);
+  assert.deepEqual(timeout.anyOf, [
+    { type: "string", pattern: "^\\d+(\\.\\d+)?(ms|s|m|h)$" },
+    { const: 0 },
+  ]);
   assert.equal(schema.title, "Ferry configuration");
   assert.equal(schema.$schema, "https://json-schema.org/draft/2020-12/schema");
 });

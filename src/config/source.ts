@@ -5,7 +5,15 @@
  */
 import { compileSnapshot, type Snapshot, SnapshotCompileError } from "./compile.ts";
 import { configFromEnv } from "./env.ts";
-import { formatIssues, loadConfigFile, type LoadResult, resolveConfigPath } from "./load.ts";
+import {
+  checkReadableFile,
+  formatIssues,
+  loadConfigFile,
+  type LoadResult,
+  parseConfigText,
+  resolveConfigPath,
+} from "./load.ts";
+import { parsePath } from "./errors.ts";
 import type { FerryConfig } from "./schema.ts";
 import type { Logger } from "../observability/log.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
@@ -31,6 +39,26 @@ export function configSource(
   }
   const file = named ?? DEFAULT_CONFIG;
   return { file, label: file, load: () => loadConfigFile(file) };
+}
+
+/** Where a config sent over the admin API says it came from, in error positions. */
+export const REQUEST_LABEL = "<request>";
+
+/**
+ * Config text sent over the admin API (YAML or JSON: JSON is YAML). Errors name `<request>`;
+ * relative paths in it resolve against the running config file's folder, as a file reload's do.
+ */
+export function textSource(text: string, running: ConfigSource): ConfigSource {
+  const file = running.file;
+  return {
+    file,
+    label: REQUEST_LABEL,
+    load: () =>
+      Promise.resolve(parseConfigText(text, REQUEST_LABEL, {
+        // Paths arrive resolved against "<request>"'s folder, ".": re-anchor them on the file's.
+        checkFile: (p) => checkReadableFile(file ? resolveConfigPath(file, p) : p),
+      })),
+  };
 }
 
 export type BuildResult =
@@ -67,6 +95,7 @@ export async function buildSnapshot(src: ConfigSource, opts: BuildOptions): Prom
     const snapshot = compileSnapshot(loaded.config, {
       version: opts.version,
       source: src.label,
+      written: loaded.written,
       readTextFile: (p) => Deno.readTextFileSync(file ? resolveConfigPath(file, p) : p),
       ...(opts.log ? { log: opts.log } : {}),
       ...(opts.previous ? { previous: opts.previous } : {}),
@@ -80,6 +109,15 @@ export async function buildSnapshot(src: ConfigSource, opts: BuildOptions): Prom
     };
   } catch (err) {
     if (!(err instanceof SnapshotCompileError)) throw err;
-    return { ok: false, message: `invalid config ${src.label}\n${err.message}` };
+    // Problems found while compiling (an unset token variable, unreadable TLS files) are placed
+    // in the file like the loader's own, or named against `<env>`.
+    const issues = err.problems.map((p) => ({
+      file: src.label,
+      ...(loaded.locate?.(parsePath(p.path)) ?? { line: 0, column: 0 }),
+      path: p.path,
+      value: p.value,
+      message: p.message,
+    }));
+    return { ok: false, message: `invalid config ${src.label}\n${formatIssues(issues)}` };
   }
 }

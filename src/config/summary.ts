@@ -48,8 +48,7 @@ export function describeSnapshot(s: Snapshot): { text: string; warnings: string[
       );
     }
   }
-  const unused = cfg.clusters.filter((c) => !cfg.routes.some((r) => r.cluster === c.name));
-  for (const c of unused) warnings.push(`warning: cluster ${c.name} is not used by any route`);
+  // An unused cluster is the loader's warning (with its file:line), printed once by main.ts.
   if (warnings.length) lines.push(...warnings);
   return { text: lines.join("\n"), warnings };
 }

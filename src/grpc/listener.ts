@@ -14,23 +14,42 @@ import { ProxyError } from "../server/errors.ts";
 import type { AuthzInput } from "../policy/authz.ts";
 import type { ClientIdentity } from "../pipeline/types.ts";
 import { ClientAuthListener } from "../server/node_tls.ts";
+import {
+  type AcceptErrorReason,
+  acceptLoop,
+  ConnectionAdmission,
+  type ConnectionCaps,
+} from "../server/admission.ts";
 import { answerError, type GrpcCallRecord, proxyCall } from "./proxy.ts";
 import { GrpcStatus } from "./status.ts";
 
 const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 
+export interface GrpcListenerOptions {
+  /** `server.max_connections` / `max_connections_per_ip`, read at every accept. */
+  readonly caps: () => ConnectionCaps;
+  readonly onAcceptError?: (reason: AcceptErrorReason) => void;
+}
+
 export class GrpcListener {
   readonly #listener: Deno.Listener;
   readonly #conns = new Set<H2Connection>();
   readonly #log: Logger;
+  readonly #admission: ConnectionAdmission;
   #stopping = false;
 
-  private constructor(listener: Deno.Listener, log: Logger) {
+  private constructor(listener: Deno.Listener, log: Logger, caps: () => ConnectionCaps) {
     this.#listener = listener;
     this.#log = log;
+    this.#admission = new ConnectionAdmission(caps);
   }
 
-  static start(plan: ListenerPlan, currentSnapshot: () => Snapshot, log: Logger): GrpcListener {
+  static start(
+    plan: ListenerPlan,
+    currentSnapshot: () => Snapshot,
+    log: Logger,
+    opts: GrpcListenerOptions,
+  ): GrpcListener {
     const name = plan.name;
     // Deno.listenTls cannot ask for a client certificate: with a client CA, node:tls accepts.
     const listener = plan.tls?.clientCa !== undefined
@@ -53,7 +72,7 @@ export class GrpcListener {
         alpnProtocols: ["h2"],
       })
       : Deno.listen({ hostname: plan.hostname, port: plan.port });
-    const l = new GrpcListener(listener, log);
+    const l = new GrpcListener(listener, log, opts.caps);
     const addr = listener.addr as Deno.NetAddr;
     log.info("listening", {
       listener: name,
@@ -61,7 +80,14 @@ export class GrpcListener {
       tls: plan.tls !== undefined,
       protocol: "grpc",
     });
-    void l.#accept(name, currentSnapshot);
+    void acceptLoop({
+      listener,
+      name,
+      log,
+      stopped: () => l.#stopping,
+      onConnection: (conn) => l.#onConnection(conn, name, currentSnapshot),
+      ...(opts.onAcceptError ? { onError: opts.onAcceptError } : {}),
+    });
     return l;
   }
 
@@ -69,26 +95,32 @@ export class GrpcListener {
     return this.#listener.addr as Deno.NetAddr;
   }
 
-  async #accept(name: string, currentSnapshot: () => Snapshot): Promise<void> {
-    for (;;) {
-      let conn: Deno.Conn;
-      try {
-        conn = await this.#listener.accept();
-      } catch {
-        return; // listener closed
-      }
-      if (this.#stopping) {
-        conn.close();
-        continue;
-      }
+  /** Open downstream connections right now (for a gauge). */
+  openConnections(): number {
+    return this.#admission.open;
+  }
+
+  #onConnection(conn: Deno.Conn, name: string, currentSnapshot: () => Snapshot): void {
+    if (this.#stopping) {
+      conn.close();
+      return;
+    }
+    const peerIp = (conn.remoteAddr as Deno.NetAddr).hostname;
+    // Over a cap the connection is closed at once, before any HTTP/2: the client sees
+    // UNAVAILABLE and may retry elsewhere (no frame to spend work or memory on).
+    if (this.#admission.admit(peerIp)) {
+      conn.close();
+      return;
+    }
+    let h2: H2Connection;
+    try {
       if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
-      const peerIp = (conn.remoteAddr as Deno.NetAddr).hostname;
       // Downstream mTLS: the verified client certificate's identity (node:tls listener only).
       const identity = (conn as { identity?: ClientIdentity }).identity;
       // Read per connection, so a reload's new timeouts apply to connections accepted after it.
       const timeouts = currentSnapshot().listeners.get(name)?.grpcTimeouts ??
         DEFAULT_GRPC_TIMEOUTS;
-      const h2 = new H2Connection(conn, {
+      h2 = new H2Connection(conn, {
         role: "server",
         handshakeTimeoutMs: timeouts.handshakeMs,
         settingsAckTimeoutMs: timeouts.settingsAckMs,
@@ -96,6 +128,7 @@ export class GrpcListener {
         onStream: (s) => void this.#serve(s, name, currentSnapshot, peerIp, identity),
         onClose: (r) => {
           this.#conns.delete(h2);
+          this.#admission.release(peerIp);
           if (r.code !== 0) {
             this.#log.warn("grpc connection closed with an error", {
               listener: name,
@@ -107,8 +140,11 @@ export class GrpcListener {
           }
         },
       });
-      this.#conns.add(h2);
+    } catch (err) {
+      this.#admission.release(peerIp);
+      throw err;
     }
+    this.#conns.add(h2);
   }
 
   async #serve(
@@ -139,12 +175,12 @@ export class GrpcListener {
       if (route.authz) {
         await route.authz.check(name, authzInput(fields, rawPath, peerIp, identity));
       }
-      const peerTrusted = snap.trust.has(peerIp);
       await proxyCall(ds, fields, route.grpc, {
         peerIp,
+        peerTrusted: snap.trust.has(peerIp),
+        scheme: plan?.tls ? "https" : "http",
         requestId,
         identity,
-        peerTrusted,
         ...(plan ? { clientCertHeader: plan.clientCertHeader } : {}),
       }, rec);
     } catch (err) {

@@ -12,6 +12,7 @@ import { headerValue } from "../h2/headers.ts";
 import type { H2Stream } from "../h2/stream.ts";
 import { StreamReset } from "../h2/stream.ts";
 import { ProxyError } from "../server/errors.ts";
+import { forwardedHeaders } from "../server/trust.ts";
 import type { Cluster, Endpoint, Members } from "../upstream/cluster.ts";
 import type { BreakerStore } from "../policy/circuit_breaker.ts";
 import type { DeadlineQueue } from "../policy/deadlines.ts";
@@ -99,11 +100,13 @@ export function answerError(ds: H2Stream, err: unknown, rec: GrpcCallRecord): vo
 
 export interface CallContext {
   readonly peerIp: string;
+  /** The peer is in `server.trusted_proxies`: its X-Forwarded-* (and XFCC) are kept. */
+  readonly peerTrusted: boolean;
+  /** The listener's scheme (`https` with TLS), for X-Forwarded-Proto. */
+  readonly scheme: "http" | "https";
   readonly requestId: string;
   /** Downstream mTLS: the client certificate's identity, sent upstream as XFCC. */
   readonly identity?: ClientIdentity | undefined;
-  /** Whether the peer is one of `server.trusted_proxies` (its XFCC is kept). */
-  readonly peerTrusted?: boolean;
   /** The header for the identity upstream; default `x-forwarded-client-cert`. */
   readonly clientCertHeader?: string;
 }
@@ -161,17 +164,21 @@ export async function proxyCall(
     )
     : undefined;
   void ds.closed.then((r) => {
-    if (r?.byPeer) {
+    if (!r) return;
+    if (r.byPeer) {
       rec.flag = rec.flag === "-" ? "DC" : rec.flag;
       rec.grpcStatus ??= GrpcStatus.CANCELLED;
-      upstream?.reset(ErrorCode.CANCEL);
     }
+    // Reset either way (also when the client provoked our reset): nobody reads the answer.
+    upstream?.reset(ErrorCode.CANCEL);
   });
 
   // The request messages go to the current attempt's stream (`sink`) as they come, one write at
   // a time so flow control pushes back on the client. Before a sink is attached they wait in
   // `pending` (at most ~1 MiB, then the client is paused); up to `maxBodyBytes` are also kept
-  // so a retry can send them again.
+  // so a retry can send them again. The client gets flow-control credit back only for bytes
+  // forwarded (or dropped), never for bytes merely pending: so what a connection's waiting calls
+  // hold is bounded by its connection window, not by 1 MiB per call.
   const retry = route.retry;
   const kept: Uint8Array[] | undefined = retry && retry.retries > 0 ? [] : undefined;
   let keptBytes = 0;
@@ -183,9 +190,15 @@ export async function proxyCall(
   let pending: Uint8Array[] = [];
   let pendingBytes = 0;
   let sinkAttached: (() => void) | undefined;
+  let callOver = false;
+  ds.holdCredit();
   const pump = (async () => {
     try {
       for await (const chunk of ds.body) {
+        if (callOver) {
+          ds.release(chunk.length); // nobody will send it: dropped
+          continue;
+        }
         if (kept && !keepOverflow) {
           keptBytes += chunk.length;
           if (keptBytes > retry!.maxBodyBytes) keepOverflow = true;
@@ -193,6 +206,7 @@ export async function proxyCall(
         }
         if (sink) {
           await sink.write(chunk).catch(() => {});
+          ds.release(chunk.length);
           continue;
         }
         pending.push(chunk);
@@ -216,7 +230,10 @@ export async function proxyCall(
       const c = pending.shift()!;
       pendingBytes -= c.length;
       await us.write(c);
+      if (!replay) ds.release(c.length);
     }
+    // A replay sent every byte read so far (`kept` holds them all).
+    if (replay) ds.release(ds.heldBytes);
     if (requestEnded) await us.end(requestTrailers);
     else if (requestFailed) us.reset(ErrorCode.CANCEL);
     else {
@@ -278,11 +295,11 @@ export async function proxyCall(
       let attemptGrpc: number | undefined;
       let attemptError = "internal";
       try {
-        const conn = await cluster.h2.get(endpoint);
-        if (expired) return;
-        const us = await conn.request(out, false);
+        // The client may have gone (or been reset) meanwhile: then nothing goes upstream.
+        if (expired || ds.resetReason) return;
+        const us = await cluster.h2.request(endpoint, out, false);
         upstream = us;
-        if (expired) return us.reset(ErrorCode.CANCEL);
+        if (expired || ds.resetReason) return us.reset(ErrorCode.CANCEL);
         const sending = attach(us, attempt > 0).catch(() => {});
 
         const head = await us.headers;
@@ -372,6 +389,13 @@ export async function proxyCall(
   } catch (err) {
     if (!expired) answerError(ds, err, rec);
   } finally {
+    // What is still pending will not be sent: its credit goes back, and the pump drops the rest.
+    callOver = true;
+    pending = [];
+    pendingBytes = 0;
+    ds.release(ds.heldBytes);
+    sinkAttached?.();
+    sinkAttached = undefined;
     budget.active--;
     if (holdingRetry) budget.release();
     timer?.cancel();
@@ -444,18 +468,35 @@ function upstreamFields(
   remainingMs: number | undefined,
 ): HeaderField[] {
   const out: HeaderField[] = [];
-  let xff: string | undefined;
+  const incoming = {
+    for: null as string | null,
+    proto: null as string | null,
+    host: null as string | null,
+  };
   let xfcc: string | undefined;
   const certHeader = ctx.clientCertHeader ?? XFCC;
   for (const [n, v] of fields) {
     if (HOP.has(n) || n === "grpc-timeout" || n === "x-request-id") continue;
     if (n === ":scheme") out.push([n, endpoint.url.protocol === "https:" ? "https" : "http"]);
     else if (n === ":authority") out.push([n, cluster.preserveHost ? v : endpoint.url.host]);
-    else if (n === "x-forwarded-for") xff = v;
+    else if (n === "x-forwarded-for") {
+      incoming.for = incoming.for === null ? v : `${incoming.for}, ${v}`;
+    } else if (n === "x-forwarded-proto") incoming.proto ??= v;
+    else if (n === "x-forwarded-host") incoming.host ??= v;
     else if (n === certHeader) xfcc = ctx.peerTrusted ? v : undefined;
     else out.push([n, v]);
   }
-  out.push(["x-forwarded-for", xff ? `${xff}, ${ctx.peerIp}` : ctx.peerIp]);
+  // The same rule as HTTP (src/server/trust.ts): an untrusted client's values are replaced.
+  const fwd = forwardedHeaders(
+    ctx.peerTrusted,
+    ctx.peerIp,
+    ctx.scheme,
+    headerValue(fields, ":authority") ?? "",
+    incoming,
+  );
+  out.push(["x-forwarded-for", fwd.for]);
+  out.push(["x-forwarded-proto", fwd.proto]);
+  out.push(["x-forwarded-host", fwd.host]);
   out.push(["x-request-id", ctx.requestId]);
   // As on the HTTP path: a client-sent XFCC only from a trusted proxy, then this hop's element.
   const element = ctx.identity ? xfccElement(ctx.identity) : undefined;

@@ -34,6 +34,7 @@ import {
 import { type HeaderField, HeaderListTooLarge, HpackDecoder, HpackEncoder } from "./hpack.ts";
 import { headerProblem } from "./headers.ts";
 import { H2Stream, type StreamHost, StreamReset } from "./stream.ts";
+import type { ByteBudget } from "./budget.ts";
 
 export interface ConnectionOptions {
   readonly role: "server" | "client";
@@ -59,6 +60,14 @@ export interface ConnectionOptions {
   readonly onStream?: (stream: H2Stream) => void;
   /** Why the connection ended, for logs. */
   readonly onClose?: (reason: { code: number; message: string; byPeer: boolean }) => void;
+  /**
+   * Return connection-level credit as DATA arrives rather than when it is read, for up to
+   * `perConnection` unread bytes on this connection (and while `shared` has room). Each stream
+   * still holds its own credit until read, so a stream whose reader stalls stops at its stream
+   * window without holding the connection window that every other stream needs. Unset: credit
+   * goes back only as data is read.
+   */
+  readonly earlyCredit?: { readonly perConnection: number; readonly shared?: ByteBudget };
 }
 
 /** Pending bytes in the write queue above which writers of DATA wait. */
@@ -77,11 +86,20 @@ export class H2Connection implements StreamHost {
   readonly #opts: Required<
     Omit<
       ConnectionOptions,
-      "onStream" | "onClose" | "handshakeTimeoutMs" | "settingsAckTimeoutMs" | "idleTimeoutMs"
+      | "onStream"
+      | "onClose"
+      | "handshakeTimeoutMs"
+      | "settingsAckTimeoutMs"
+      | "idleTimeoutMs"
+      | "earlyCredit"
     >
   >;
   readonly #onStream: ConnectionOptions["onStream"];
   readonly #onClose: ConnectionOptions["onClose"];
+  readonly #earlyCredit: ConnectionOptions["earlyCredit"];
+  /** Unread bytes whose connection credit went back on arrival / is still held. */
+  #earlyBytes = 0;
+  #heldBytes = 0;
   readonly #reader: FrameReader;
   readonly #encoder = new HpackEncoder();
   readonly #decoder: HpackDecoder;
@@ -118,6 +136,8 @@ export class H2Connection implements StreamHost {
   #closed = false;
   readonly #done: Promise<void>;
   #resolveDone!: () => void;
+  readonly #ready: Promise<void>;
+  #resolveReady!: () => void;
   #pings = new Map<string, () => void>();
   /** Connection-level timers (handshake, SETTINGS ACK, idle); cleared when the socket closes. */
   #handshakeTimer: ReturnType<typeof setTimeout> | undefined;
@@ -142,12 +162,14 @@ export class H2Connection implements StreamHost {
     };
     this.#onStream = opts.onStream;
     this.#onClose = opts.onClose;
+    this.#earlyCredit = opts.earlyCredit;
     this.#tokens = this.#opts.controlFrameBurst;
     this.#reader = new FrameReader(MIN_FRAME_SIZE);
     this.#decoder = new HpackDecoder({ maxHeaderListSize: this.#opts.maxHeaderListSize });
     this.#prefaceSeen = opts.role === "client";
     this.#nextLocalStream = opts.role === "client" ? 1 : 2;
     this.#done = new Promise((r) => (this.#resolveDone = r));
+    this.#ready = new Promise((r) => (this.#resolveReady = r));
 
     if (opts.role === "client") this.#send(CLIENT_PREFACE);
     const settings: [number, number][] = [
@@ -199,6 +221,10 @@ export class H2Connection implements StreamHost {
   get done(): Promise<void> {
     return this.#done;
   }
+  /** Resolves once the peer's first SETTINGS are applied (its stream limit known), or on close. */
+  get ready(): Promise<void> {
+    return this.#ready;
+  }
   get activeStreams(): number {
     return this.#streams.size;
   }
@@ -208,6 +234,17 @@ export class H2Connection implements StreamHost {
   /** Client role: new requests may go out (no GOAWAY either way, not closed). */
   get available(): boolean {
     return !this.#closed && this.#goawayReceived === undefined && !this.#goawaySent;
+  }
+  /** Client role: a new stream would open at once (the peer's stream limit is not reached). */
+  get hasStreamSlot(): boolean {
+    return this.available && this.#streams.size < this.#peerMaxConcurrent;
+  }
+  /**
+   * Half our connection window or more is held by unread data (the early-credit allowance is
+   * used up): new streams here may stall behind slow readers, better open another connection.
+   */
+  get windowHeld(): boolean {
+    return this.#heldBytes >= this.#opts.connectionWindowSize / 2;
   }
 
   // ---- client side ----
@@ -334,13 +371,21 @@ export class H2Connection implements StreamHost {
   }
 
   consumed(stream: H2Stream, n: number): void {
-    if (this.#closed || n === 0) return;
-    this.#recvUnacked += n;
-    if (this.#recvUnacked >= this.#opts.connectionWindowSize / 4) {
-      this.#send(windowUpdateFrame(0, this.#recvUnacked));
-      this.#recvWindow += this.#recvUnacked;
-      this.#recvUnacked = 0;
+    if (n <= 0) return;
+    // Bytes credited on arrival: their connection credit is back already, only the budget is not.
+    const early = Math.min(n, stream.earlyCredited);
+    if (early > 0) {
+      stream.earlyCredited -= early;
+      this.#earlyBytes -= early;
+      this.#earlyCredit?.shared?.give(early);
     }
+    if (this.#closed) return;
+    this.#heldBytes = Math.max(0, this.#heldBytes - (n - early));
+    this.#creditConnection(n - early);
+    this.#creditStream(stream, n);
+  }
+
+  #creditStream(stream: H2Stream, n: number): void {
     if (stream.remoteEnded || stream.resetReason) return;
     stream.unacked += n;
     if (stream.unacked >= this.#opts.initialWindowSize / 4) {
@@ -434,6 +479,8 @@ export class H2Connection implements StreamHost {
       if (err instanceof H2Error && err.stream !== 0) {
         this.#send(rstFrame(err.stream, err.code));
         this.#streams.get(err.stream)?.fail(new StreamReset(err.code, false, err.message));
+        // A reset the peer provoked costs what its own RST_STREAM would ("MadeYouReset").
+        this.#spend(1);
       } else throw err;
     }
   }
@@ -519,13 +566,31 @@ export class H2Connection implements StreamHost {
     if (data.length === 0 && !end) this.#spend(1); // empty DATA frames cost like control frames
     // Padding is never read by anyone: credit it back at once.
     const padding = size - data.length;
-    if (padding > 0) this.consumed(stream, padding);
+    if (padding > 0) {
+      this.#creditConnection(padding);
+      this.#creditStream(stream, padding);
+    }
+    if (data.length > 0) {
+      if (this.#takeEarly(data.length)) {
+        stream.earlyCredited += data.length;
+        this.#creditConnection(data.length);
+      } else this.#heldBytes += data.length;
+    }
     stream.onData(data);
     if (end) stream.onEnd(undefined);
   }
 
+  /** Room for `n` more early-credited bytes, on this connection and in the shared budget. */
+  #takeEarly(n: number): boolean {
+    const early = this.#earlyCredit;
+    if (!early || this.#earlyBytes + n > early.perConnection) return false;
+    if (early.shared && !early.shared.tryTake(n)) return false;
+    this.#earlyBytes += n;
+    return true;
+  }
+
   #creditConnection(n: number): void {
-    if (n === 0) return;
+    if (n <= 0 || this.#closed) return;
     this.#recvUnacked += n;
     if (this.#recvUnacked >= this.#opts.connectionWindowSize / 4) {
       this.#send(windowUpdateFrame(0, this.#recvUnacked));
@@ -615,6 +680,7 @@ export class H2Connection implements StreamHost {
       return;
     }
     if (tooLarge) {
+      this.#spend(1);
       // 431 as a response, then the stream is done (RFC 9113 10.5.1).
       this.#send(
         headerFrames(
@@ -686,6 +752,7 @@ export class H2Connection implements StreamHost {
       }
     }
     this.#send(settingsAck());
+    this.#resolveReady();
   }
 
   #onGoaway(f: Frame): void {
@@ -748,6 +815,7 @@ export class H2Connection implements StreamHost {
   #destroy(code: number, message: string, byPeer: boolean): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#resolveReady();
     clearTimeout(this.#handshakeTimer);
     clearTimeout(this.#settingsAckTimer);
     clearTimeout(this.#idleTimer);

@@ -21,7 +21,7 @@ export interface StreamHost {
   /** Sends as much of `chunk` as windows allow; resolves when all of it is queued. */
   sendData(stream: H2Stream, chunk: Uint8Array, endStream: boolean): Promise<void>;
   sendReset(stream: H2Stream, code: number): void;
-  /** The reader took `n` bytes: return that much credit to the peer. */
+  /** The reader took (or released, or dropped) `n` bytes: return that much credit to the peer. */
   consumed(stream: H2Stream, n: number): void;
   /** The stream is closed in both directions (or reset): forget it. */
   retire(stream: H2Stream): void;
@@ -44,6 +44,8 @@ export class H2Stream {
   /** Credit we gave the peer, and what the reader consumed but we have not yet returned. */
   recvWindow: number;
   unacked = 0;
+  /** Buffered bytes whose connection-level credit went back on arrival (connection.ts). */
+  earlyCredited = 0;
   localEnded = false;
   remoteEnded = false;
   headersSent = false;
@@ -55,6 +57,9 @@ export class H2Stream {
   readonly #closed = deferred<StreamReset | undefined>();
   #inbox: Uint8Array[] = [];
   #inboxBytes = 0;
+  /** With `holdCredit()`: bytes read but not yet `release`d, whose credit the peer still waits for. */
+  #holding = false;
+  #held = 0;
   #pull: (() => void) | undefined;
   #controller!: ReadableStreamDefaultController<Uint8Array>;
   /** Wakes a writer waiting for window. */
@@ -106,6 +111,27 @@ export class H2Stream {
     return this.#reset !== undefined || (this.localEnded && this.remoteEnded);
   }
 
+  /**
+   * From now on, reading DATA returns no credit to the peer: `release(n)` does, once the bytes are
+   * forwarded or dropped. So bytes the application merely buffers stay inside the peer's windows.
+   */
+  holdCredit(): void {
+    this.#holding = true;
+  }
+
+  /** Returns credit for `n` bytes read under `holdCredit()`. */
+  release(n: number): void {
+    n = Math.min(n, this.#held);
+    if (n <= 0) return;
+    this.#held -= n;
+    this.host.consumed(this, n);
+  }
+
+  /** Bytes read under `holdCredit()` and not yet released. */
+  get heldBytes(): number {
+    return this.#held;
+  }
+
   // ---- sending ----
 
   sendHeaders(fields: readonly HeaderField[], endStream = false): void {
@@ -138,7 +164,11 @@ export class H2Stream {
   }
 
   reset(code: number = ErrorCode.CANCEL): void {
-    if (this.#reset || (this.localEnded && this.remoteEnded)) return;
+    if (this.#reset || (this.localEnded && this.remoteEnded)) {
+      // Closed already, but data may still wait unread: nobody will read it now.
+      this.#inboxDrop();
+      return;
+    }
     this.host.sendReset(this, code);
     this.fail(new StreamReset(code, false));
   }
@@ -178,6 +208,8 @@ export class H2Stream {
     this.#headers.reject(reason);
     this.#trailers.reject(reason);
     this.#inboxDrop();
+    // Held bytes will never be forwarded: their connection-level credit goes back.
+    this.release(this.#held);
     try {
       this.#controller.error(reason);
     } catch { /* already closed */ }
@@ -201,7 +233,8 @@ export class H2Stream {
     if (chunk) {
       this.#inboxBytes -= chunk.length;
       this.#controller.enqueue(chunk);
-      this.host.consumed(this, chunk.length);
+      if (this.#holding) this.#held += chunk.length;
+      else this.host.consumed(this, chunk.length);
     } else if (this.remoteEnded) {
       try {
         this.#controller.close();

@@ -1,10 +1,16 @@
 /**
- * Access log: one JSON line per request, written off the request path. Lines are queued and
+ * Access log: one line per request (JSON, combined or a template), written off the request path. Lines are queued and
  * flushed in batches by one async writer; when the sink cannot keep up and the queue passes its
  * bound, lines are dropped and counted rather than blocking requests or growing memory.
  */
 import type { AccessLogConfig } from "../config/schema.ts";
 import type { RequestContext } from "../pipeline/types.ts";
+import {
+  COMBINED_TEMPLATE,
+  parseLogTemplate,
+  renderLogTemplate,
+  type TemplatePart,
+} from "./log_template.ts";
 
 export type Sink = (bytes: Uint8Array) => Promise<void>;
 
@@ -101,8 +107,18 @@ export interface AccessLogEntry {
 /** Builds and writes log lines for one snapshot's access_log config. */
 export class AccessLog {
   readonly #fields: ReadonlySet<string> | undefined;
+  /** Undefined for the JSON format. */
+  readonly #template: readonly TemplatePart[] | undefined;
   constructor(readonly config: AccessLogConfig, readonly writer: LineWriter) {
     this.#fields = config.fields ? new Set(config.fields) : undefined;
+    if (config.format !== "json") {
+      const parsed = parseLogTemplate(
+        config.format === "combined" ? COMBINED_TEMPLATE : config.format,
+      );
+      // The schema has already refused a bad template; this cannot fail for a loaded config.
+      if (!parsed.ok) throw new Error(parsed.error);
+      this.#template = parsed.parts;
+    }
   }
 
   /** Proxy-made errors are always logged; other requests by the sampling rate. */
@@ -122,6 +138,8 @@ export class AccessLog {
       method: e.req.method,
       authority: ctx?.authority ?? url?.host ?? null,
       path: ctx ? ctx.path + ctx.search : url ? url.pathname + url.search : null,
+      // Deno.serve does not say the HTTP version; HTTP/2 requests carry no Host header there.
+      protocol: e.req.headers.has("host") ? "HTTP/1.1" : "HTTP/2.0",
       status: e.status,
       bytes_in: numberOrNull(e.req.headers.get("content-length")),
       bytes_out: numberOrNull(e.responseHeaders.get("content-length")),
@@ -134,6 +152,7 @@ export class AccessLog {
       flags,
       listener: e.listener,
       user_agent: e.req.headers.get("user-agent"),
+      referer: e.req.headers.get("referer"),
       // The client certificate's identity (downstream mTLS), null without one.
       identity: ctx?.identity?.id ?? null,
     };
@@ -142,6 +161,10 @@ export class AccessLog {
 
   /** Writes a prepared record (the gRPC listener builds its own, with `grpc_status`). */
   writeRecord(record: Record<string, unknown>): void {
+    if (this.#template) {
+      this.writer.write(renderLogTemplate(this.#template, record));
+      return;
+    }
     if (this.#fields) {
       for (const k of Object.keys(record)) if (!this.#fields.has(k)) delete record[k];
     }

@@ -15,6 +15,52 @@ import client from "prom-client";
 import type { Snapshot } from "../config/compile.ts";
 import type { Cluster } from "../upstream/cluster.ts";
 import { VERSION } from "../version.ts";
+import { processDescriptors } from "../server/descriptors.ts";
+
+/** prom-client defaults read from /proc/self (0 without --allow-all); see registerProcessCollectors. */
+const PROC_SELF_METRICS = [
+  "process_resident_memory_bytes",
+  "process_virtual_memory_bytes",
+  "process_heap_bytes",
+  "process_open_fds",
+  "process_max_fds",
+];
+
+/**
+ * Memory and descriptors under `deno task start`'s own permissions: RSS from
+ * Deno.memoryUsage() (no permission), descriptors through libc (--allow-ffi, see
+ * src/server/descriptors.ts). Without that permission the descriptor gauges have no value
+ * rather than a false 0. process_virtual_memory_bytes and process_heap_bytes have no source
+ * short of /proc and are not exported.
+ */
+function registerProcessCollectors(registers: client.Registry[]): void {
+  new client.Gauge({
+    name: "process_resident_memory_bytes",
+    help: "Resident memory size in bytes.",
+    registers,
+    collect() {
+      this.set(Deno.memoryUsage().rss);
+    },
+  });
+  const fds = processDescriptors();
+  if (!fds) return;
+  new client.Gauge({
+    name: "process_open_fds",
+    help: "Number of open file descriptors.",
+    registers,
+    collect() {
+      this.set(fds.open());
+    },
+  });
+  new client.Gauge({
+    name: "process_max_fds",
+    help: "Maximum number of open file descriptors (the soft limit).",
+    registers,
+    collect() {
+      this.set(fds.limit().soft);
+    },
+  });
+}
 
 /** Latency buckets in seconds: 0.5 ms to 30 s. */
 export const LATENCY_BUCKETS = [
@@ -276,6 +322,9 @@ export interface FerryMetricsOptions {
   readonly processMetrics?: boolean;
 }
 
+/** What can start a reload: the label values of ferry_config_reloads_total{trigger}. */
+export const RELOAD_TRIGGERS = ["file", "signal", "admin", "api"] as const;
+
 export class FerryMetrics {
   readonly registry: client.Registry = new client.Registry();
   readonly #listeners = new Map<string, ListenerRecorder>();
@@ -299,6 +348,8 @@ export class FerryMetrics {
   readonly breakerTransitions: client.Counter<string>;
   readonly rateLimited: client.Counter<string>;
   readonly authzDecisions: client.Counter<string>;
+  readonly rateLimitBackendErrors: client.Counter<string>;
+  readonly rateLimitBackendUp: client.Gauge<string>;
   readonly retries: client.Counter<string>;
   readonly retryBudgetExhausted: client.Counter<string>;
   readonly overflow: client.Counter<string>;
@@ -306,7 +357,9 @@ export class FerryMetrics {
   readonly grpcUpstreamAttempts: client.Counter<string>;
   readonly configReloads: client.Counter<string>;
   readonly configInfo: client.Gauge<string>;
+  readonly internalErrors: client.Counter<string>;
   readonly buildInfo: client.Gauge<string>;
+  readonly acceptErrors: client.Counter<string>;
 
   constructor(opts: FerryMetricsOptions = {}) {
     const registers = [this.registry];
@@ -453,6 +506,18 @@ export class FerryMetrics {
       labelNames: ["listener", "route", "decision"],
       registers,
     });
+    this.rateLimitBackendErrors = new client.Counter({
+      name: "ferry_rate_limit_backend_errors_total",
+      help: "Failed or timed-out calls to a shared rate limit's Redis, by limit name.",
+      labelNames: ["limit"],
+      registers,
+    });
+    this.rateLimitBackendUp = new client.Gauge({
+      name: "ferry_rate_limit_backend_up",
+      help: "1 while a shared rate limit's Redis answers, 0 while its failure mode applies.",
+      labelNames: ["limit"],
+      registers,
+    });
     this.retries = new client.Counter({
       name: "ferry_upstream_retries_total",
       help: "Retry attempts sent upstream (admitted by the retry budget).",
@@ -488,14 +553,16 @@ export class FerryMetrics {
     });
     this.configReloads = new client.Counter({
       name: "ferry_config_reloads_total",
-      help: "Config reload attempts, by result (success or failure).",
-      labelNames: ["result"],
+      help: "Config reload attempts, by result (success or failure) and trigger (file, signal, " +
+        "admin for POST /reload, api for PUT /config).",
+      labelNames: ["result", "trigger"],
       registers,
     });
     this.configInfo = new client.Gauge({
       name: "ferry_config_info",
-      help: "Always 1; the version label is the active config version.",
-      labelNames: ["version"],
+      help: "Always 1; labels: the active config version and who applied it (the " +
+        "x-ferry-author of PUT /config, else the trigger). Only the active config has a series.",
+      labelNames: ["version", "author"],
       registers,
     });
     this.buildInfo = new client.Gauge({
@@ -505,13 +572,35 @@ export class FerryMetrics {
       registers,
     });
     this.buildInfo.set({ version: VERSION, deno: Deno.version.deno }, 1);
+    this.acceptErrors = new client.Counter({
+      name: "ferry_accept_errors_total",
+      help: "Failed accepts by listener, socket (listener: the public one; inner: the guard's " +
+        "loopback Deno.serve) and reason (emfile, enfile, other); accepting goes on.",
+      labelNames: ["listener", "socket", "reason"],
+      registers,
+    });
+    // Errors no handler caught (a bug): counted by the process's last line of defence.
+    this.internalErrors = new client.Counter({
+      name: "ferry_internal_errors_total",
+      help:
+        "Errors that escaped every handler, by kind (unhandledrejection or error); should be 0.",
+      labelNames: ["kind"],
+      registers,
+    });
+    for (const kind of ["unhandledrejection", "error"]) this.internalErrors.labels(kind).inc(0);
     // Both results exist from the start, so rate() and alerts see a 0 rather than no series.
-    this.configReloads.labels("success").inc(0);
-    this.configReloads.labels("failure").inc(0);
+    for (const trigger of RELOAD_TRIGGERS) {
+      this.configReloads.labels("success", trigger).inc(0);
+      this.configReloads.labels("failure", trigger).inc(0);
+    }
     if (opts.processMetrics) {
       client.collectDefaultMetrics({ register: this.registry });
       // Node-internal handle counts: gauges named _total (promtool flags them), meaningless here.
       for (const name of NODE_ONLY_METRICS) this.registry.removeSingleMetric(name);
+      // prom-client reads these from /proc/self, which needs --allow-all under Deno: with
+      // `deno task start`'s permissions they read 0. Ferry's own collectors replace them.
+      for (const name of PROC_SELF_METRICS) this.registry.removeSingleMetric(name);
+      registerProcessCollectors(registers);
     }
   }
 
@@ -553,6 +642,20 @@ export class FerryMetrics {
     };
   }
 
+  /** Pre-bound series for one shared rate limit's backend (src/policy/redis_limiter.ts). */
+  rateLimitBackend(limit: string): { error(): void; up(isUp: boolean): void } {
+    // Series appear with the first call, so a dry run (POST /config/validate) creates none.
+    const errors = this.rateLimitBackendErrors.labels(limit);
+    const up = this.rateLimitBackendUp.labels(limit);
+    return {
+      error: () => errors.inc(),
+      up: (isUp) => {
+        errors.inc(0);
+        up.set(isUp ? 1 : 0);
+      },
+    };
+  }
+
   breakerTransition(cluster: string, scope: string, endpoint: string, to: string): void {
     this.breakerTransitions.labels(cluster, scope, endpoint, to).inc();
   }
@@ -566,15 +669,23 @@ export class FerryMetrics {
     }
   }
 
-  /** For the hot-reload path: count every reload attempt by its result. */
-  recordConfigReload(result: "success" | "failure"): void {
-    this.configReloads.labels(result).inc();
+  /** A failed accept; the loop retries (src/server/admission.ts). */
+  acceptError(listener: string, socket: "listener" | "inner", reason: string): void {
+    this.acceptErrors.labels(listener, socket, reason).inc();
   }
 
-  /** The active config version (set at start-up and after each successful reload). */
-  setConfigVersion(version: string | number): void {
+  /** For the hot-reload path: count every reload attempt by its result. */
+  recordConfigReload(
+    result: "success" | "failure",
+    trigger: (typeof RELOAD_TRIGGERS)[number] = "file",
+  ): void {
+    this.configReloads.labels(result, trigger).inc();
+  }
+
+  /** The active config version and its author (set at start-up and after each reload). */
+  setConfigVersion(version: string | number, author = "startup"): void {
     this.configInfo.reset();
-    this.configInfo.set({ version: String(version) }, 1);
+    this.configInfo.set({ version: String(version), author }, 1);
   }
 
   /** The text exposition format (version 0.0.4) for GET /metrics. */

@@ -3,6 +3,8 @@
  * Code before `await next(req, ctx)` sees the request; code after it sees the response.
  */
 
+import type { ProxyError } from "../server/errors.ts";
+
 /** Facts about one downstream request, fixed before the pipeline starts. */
 export interface RequestContext {
   readonly requestId: string;
@@ -31,6 +33,12 @@ export interface RequestContext {
   readonly clientCertHeader: string;
   /** What the proxy did, for the access log: written by stages, never read for decisions. */
   readonly outcome: RequestOutcome;
+  /**
+   * Where Ferry wrapped the request body itself (the size limit on a body without
+   * Content-Length): that body's own typed failure, so a transport failing because of it is
+   * known to be the client's doing.
+   */
+  readonly bodyFailure?: () => ProxyError | undefined;
 }
 
 /**

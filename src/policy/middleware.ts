@@ -3,9 +3,10 @@
  * returning a named handler, composed once per snapshot (src/config/compile.ts).
  */
 import type { RateLimitConfig, RouteConfig } from "../config/schema.ts";
-import type { Middleware } from "../pipeline/types.ts";
+import type { Middleware, RequestContext } from "../pipeline/types.ts";
 import { ProxyError } from "../server/errors.ts";
 import { KeyedTokenBuckets, type RateDecision, TokenBucketStore } from "./token_bucket.ts";
+import { RedisLeaseBackend, type SharedLimiterDeps, SharedRateLimit } from "./redis_limiter.ts";
 
 /** A compiled limiter: one scope, its buckets, and how a request maps to its key. */
 export interface Limiter {
@@ -13,31 +14,64 @@ export interface Limiter {
   readonly scope: RateLimitConfig["scope"];
   /** The policy, as sent in RateLimit-Policy: quota = burst, window = time to refill it. */
   readonly policyHeader: string;
-  take(req: Request, clientIp: string, route: string, at: number): RateDecision;
+  /** A promise only when a shared limiter must ask its store (src/policy/redis_limiter.ts). */
+  take(
+    req: Request,
+    clientIp: string,
+    route: string,
+    at: number,
+  ): RateDecision | Promise<RateDecision>;
+  /** Releases what the limiter holds (a Redis connection); called when a reload drops it. */
+  close?(): void;
 }
 
 /** Builds every named limiter once per snapshot; routes referencing a name share its buckets. */
-export function compileLimiters(configs: readonly RateLimitConfig[]): Map<string, Limiter> {
+export function compileLimiters(
+  configs: readonly RateLimitConfig[],
+  /** Needed by limiters with a `redis` store. */
+  shared?: (c: RateLimitConfig) => SharedLimiterDeps,
+): Map<string, Limiter> {
   const out = new Map<string, Limiter>();
   for (const c of configs) {
     const windowS = Math.max(1, Math.ceil(c.burst / c.rate));
     const policyHeader = `"${c.name}";q=${c.burst};w=${windowS}`;
     const bucketCfg = { rate: c.rate, burst: c.burst };
-    let take: Limiter["take"];
+    let local: (key: string, at: number) => RateDecision;
     if (c.scope === "global") {
       const store = new TokenBucketStore(1, bucketCfg);
-      take = (_req, _ip, _route, at) => store.take(0, 1, at);
+      local = (_key, at) => store.take(0, 1, at);
     } else {
       const buckets = new KeyedTokenBuckets({ ...bucketCfg, maxKeys: c.max_keys });
-      if (c.scope === "client_ip") take = (_req, ip, _route, at) => buckets.take(ip, 1, at);
-      else if (c.scope === "route") take = (_req, _ip, route, at) => buckets.take(route, 1, at);
-      else {
-        const header = c.header!.toLowerCase();
-        // Requests without the header share one bucket, so leaving it out is no way around it.
-        take = (req, _ip, _route, at) => buckets.take(req.headers.get(header) ?? "", 1, at);
-      }
+      local = (key, at) => buckets.take(key, 1, at);
     }
-    out.set(c.name, Object.freeze({ name: c.name, scope: c.scope, policyHeader, take }));
+    let keyed: (key: string, at: number) => RateDecision | Promise<RateDecision> = local;
+    let close: (() => void) | undefined;
+    if (c.redis) {
+      const deps = shared?.(c) ?? { readTextFile: Deno.readTextFileSync };
+      const backend = new RedisLeaseBackend(c.name, c.redis, deps);
+      const limit = new SharedRateLimit({ config: c, store: c.redis, backend, local });
+      keyed = (key, at) => limit.take(key, at);
+      close = () => limit.close();
+    }
+    let take: Limiter["take"];
+    if (c.scope === "global") take = (_req, _ip, _route, at) => keyed("", at);
+    else if (c.scope === "client_ip") take = (_req, ip, _route, at) => keyed(ip, at);
+    else if (c.scope === "route") take = (_req, _ip, route, at) => keyed(route, at);
+    else {
+      const header = c.header!.toLowerCase();
+      // Requests without the header share one bucket, so leaving it out is no way around it.
+      take = (req, _ip, _route, at) => keyed(req.headers.get(header) ?? "", at);
+    }
+    out.set(
+      c.name,
+      Object.freeze({
+        name: c.name,
+        scope: c.scope,
+        policyHeader,
+        take,
+        ...(close ? { close } : {}),
+      }),
+    );
   }
   return out;
 }
@@ -48,27 +82,46 @@ export function rateLimit(
   /** Called with the same index as the limiter that refused (metrics). */
   onLimited?: readonly (() => void)[],
 ): Middleware {
-  return (next) =>
-    function rateLimited(req, ctx) {
+  return (next) => {
+    /** Checks limiters from `from` on; a shared limiter that must wait continues asynchronously. */
+    async function waited(
+      pending: Promise<RateDecision>,
+      i: number,
+      req: Request,
+      ctx: RequestContext,
+    ): Promise<Response> {
+      check(await pending, i);
+      return await rateLimited(req, ctx, i + 1);
+    }
+    function check(d: RateDecision, i: number): void {
+      if (d.allowed) return;
+      const l = limiters[i]!;
+      onLimited?.[i]?.();
+      const retryS = Math.max(1, Math.ceil(d.retryAfterMs / 1000));
+      throw new ProxyError("rate_limited", `rate limit ${l.name} (per ${l.scope}) exceeded`, {
+        headers: {
+          "retry-after": String(retryS),
+          "ratelimit-policy": l.policyHeader,
+          "ratelimit": `"${l.name}";r=${d.remaining};t=${Math.ceil(d.resetMs / 1000)}`,
+        },
+      });
+    }
+    function rateLimited(
+      req: Request,
+      ctx: RequestContext,
+      from = 0,
+    ): Promise<Response> {
       const at = Date.now();
       const route = ctx.outcome.route ?? "";
-      for (let i = 0; i < limiters.length; i++) {
-        const l = limiters[i]!;
-        const d = l.take(req, ctx.clientIp, route, at);
-        if (!d.allowed) {
-          onLimited?.[i]?.();
-          const retryS = Math.max(1, Math.ceil(d.retryAfterMs / 1000));
-          throw new ProxyError("rate_limited", `rate limit ${l.name} (per ${l.scope}) exceeded`, {
-            headers: {
-              "retry-after": String(retryS),
-              "ratelimit-policy": l.policyHeader,
-              "ratelimit": `"${l.name}";r=${d.remaining};t=${Math.ceil(d.resetMs / 1000)}`,
-            },
-          });
-        }
+      for (let i = from; i < limiters.length; i++) {
+        const d = limiters[i]!.take(req, ctx.clientIp, route, at);
+        if (d instanceof Promise) return waited(d, i, req, ctx);
+        check(d, i);
       }
       return next(req, ctx);
-    };
+    }
+    return rateLimited;
+  };
 }
 
 type Fault = NonNullable<RouteConfig["fault"]>;

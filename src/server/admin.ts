@@ -15,13 +15,14 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { Snapshot } from "../config/compile.ts";
+import { withDurationUnits } from "../config/errors.ts";
 import { BREAKER_STATE_NAMES } from "../policy/circuit_breaker.ts";
 import { decide, identityFromId } from "../policy/authz.ts";
 import type { DnsDiscoveryStatus } from "../upstream/discovery/dns.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { errorResponse, ProxyError, type RecentErrors } from "./errors.ts";
-import { dashboardStats } from "./admin_stats.ts";
-import { DASHBOARD_HTML } from "./dashboard.ts";
+import { dashboardStats, type StatsHistory } from "./admin_stats.ts";
+import { dashboardHtml } from "./dashboard.ts";
 
 export interface AdminView {
   /** "ready" while serving, "draining" once shutdown has begun. */
@@ -31,10 +32,20 @@ export interface AdminView {
   reload?(): Promise<unknown> | undefined;
   /** Reload counts and the last outcome, for /config. */
   reloadStatus?(): unknown;
+  /**
+   * Applies (or with `dryRun` only validates) a whole config sent as text; resolves with the
+   * outcome (`{ ok, ... }`). Absent without a reloader.
+   */
+  submitConfig?(
+    text: string,
+    opts: { author: string; dryRun: boolean },
+  ): Promise<unknown> | undefined;
   /** Proxy-made errors for the dashboard. */
   recentErrors?: RecentErrors;
   /** `admin.address` as bound at start: its host is an accepted Host besides loopback names. */
   address?: string;
+  /** Per-route history for the dashboard (`/stats?history=1`). */
+  statsHistory?: StatsHistory;
 }
 
 const ENDPOINTS = [
@@ -48,6 +59,8 @@ const ENDPOINTS = [
   "/stats",
   "/dashboard",
   "POST /reload",
+  "PUT /config",
+  "POST /config/validate",
 ];
 /** Reachable without the token (see the module comment for why). */
 const OPEN = new Set(["/healthz", "/dashboard", "/"]);
@@ -70,7 +83,8 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
       }
     }
     const isReload = url.pathname === "/reload";
-    if (!isReload && req.method !== "GET" && req.method !== "HEAD") {
+    const isConfigWrite = isConfigApi(req.method, url.pathname);
+    if (!isReload && !isConfigWrite && req.method !== "GET" && req.method !== "HEAD") {
       return json(405, { error: "method not allowed" });
     }
     if (token !== undefined && !OPEN.has(url.pathname) && !authorized(req, token)) {
@@ -84,12 +98,13 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
       });
     }
     if (isReload) return await reload(view, req.method);
+    if (isConfigWrite) return await configApi(view, req, url.pathname === "/config/validate");
     switch (url.pathname) {
       case "/healthz":
         return json(200, { status: "live" });
       case "/":
       case "/dashboard":
-        return new Response(DASHBOARD_HTML, {
+        return new Response(dashboardHtml(token !== undefined), {
           headers: {
             "content-type": "text/html; charset=utf-8",
             "cache-control": "no-store",
@@ -106,7 +121,14 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
         });
       }
       case "/stats":
-        return json(200, await dashboardStats(view.snapshot(), view.recentErrors));
+        return json(
+          200,
+          await dashboardStats(
+            view.snapshot(),
+            view.recentErrors,
+            url.searchParams.has("history") ? view.statsHistory : undefined,
+          ),
+        );
       case "/ready": {
         const state = view.state();
         return json(state === "ready" ? 200 : 503, {
@@ -125,7 +147,7 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
           source: s.source,
           loaded_at: s.loadedAt.toISOString(),
           reloads: view.reloadStatus?.() ?? null,
-          config: redact(s.config),
+          config: withDurationUnits(redact(s.config), s.written),
         });
       }
       case "/explain":
@@ -194,6 +216,52 @@ async function reload(view: AdminView, method: string): Promise<Response> {
   if (outcome === undefined) return json(501, { error: "reload is not available" });
   const ok = (outcome as { ok?: boolean }).ok === true;
   return json(ok ? 200 : 400, outcome);
+}
+
+/** PUT /config applies a whole config; POST /config/validate only checks one (any other method: 405). */
+function isConfigApi(method: string, path: string): boolean {
+  return (path === "/config" && method === "PUT") || path === "/config/validate";
+}
+
+/** Largest config body PUT /config accepts. */
+const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
+
+/**
+ * PUT /config and POST /config/validate. Without a token they are refused unless the admin
+ * listener is on loopback: a config can point routes anywhere. 200 with the outcome, or 400 with
+ * `<request>:line:col` positions while the old config keeps serving.
+ */
+async function configApi(view: AdminView, req: Request, dryRun: boolean): Promise<Response> {
+  if (dryRun && req.method !== "POST") return json(405, { error: "use POST /config/validate" });
+  const s = view.snapshot();
+  if (s.adminToken === undefined && !onLoopback(s.config.admin?.address ?? "")) {
+    return json(403, {
+      error: "config changes over the admin API need admin.token when the admin listener " +
+        "is not on loopback",
+    });
+  }
+  if (!view.submitConfig) return json(501, { error: "config changes are not available" });
+  const declared = Number(req.headers.get("content-length") ?? 0);
+  if (declared > MAX_CONFIG_BYTES) return json(413, { error: "config too large" });
+  const body = new Uint8Array(await req.arrayBuffer());
+  if (body.byteLength > MAX_CONFIG_BYTES) return json(413, { error: "config too large" });
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(body);
+  } catch {
+    return json(400, { ok: false, error: "the config must be UTF-8 text (YAML or JSON)" });
+  }
+  // Shown in /config and as a metric label: printable ASCII, bounded length.
+  const author = (req.headers.get("x-ferry-author") ?? "").replace(/[^ -~]/g, "")
+    .trim().slice(0, 64) || "unknown";
+  const outcome = await view.submitConfig(text, { author, dryRun });
+  if (outcome === undefined) return json(501, { error: "config changes are not available" });
+  return json((outcome as { ok?: boolean }).ok === true ? 200 : 400, outcome);
+}
+
+function onLoopback(address: string): boolean {
+  const host = address.slice(0, address.lastIndexOf(":")).replace(/^\[(.*)\]$/, "$1");
+  return host === "localhost" || host === "::1" || host.startsWith("127.");
 }
 
 function json(status: number, body: unknown): Response {

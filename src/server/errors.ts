@@ -173,11 +173,33 @@ export interface RecentError {
   readonly route: string | null;
 }
 
-/** The last `capacity` proxy-made errors, oldest first: a fixed ring, no growth under load. */
+/** Proxy-made errors of one route, flag and reason since start, as the dashboard groups them. */
+export interface ErrorGroup {
+  readonly route: string | null;
+  readonly flag: string;
+  readonly reason: string;
+  /** The status of the last one (one flag can come with more than one status). */
+  status: number;
+  count: number;
+  first_at: number;
+  last_at: number;
+  last_request_id: string;
+}
+
+/** Distinct (route, flag, reason) groups kept; past it the least recently seen is dropped. */
+const MAX_ERROR_GROUPS = 200;
+
+/**
+ * The last `capacity` proxy-made errors, oldest first: a fixed ring, no growth under load; and
+ * every error counted in its (route, flag, reason) group, so one error repeated a thousand times
+ * is one line with its count rather than the whole list.
+ */
 export class RecentErrors {
   readonly #ring: (RecentError | undefined)[];
   #next = 0;
   #total = 0;
+  // Insertion order is recency order: a group seen again is moved to the end.
+  readonly #groups = new Map<string, ErrorGroup>();
   constructor(readonly capacity = 50) {
     this.#ring = new Array(capacity);
   }
@@ -186,6 +208,34 @@ export class RecentErrors {
     this.#ring[this.#next] = e;
     this.#next = (this.#next + 1) % this.capacity;
     this.#total++;
+    const key = `${e.route ?? ""}\u0000${e.flag}\u0000${e.reason}`;
+    let g = this.#groups.get(key);
+    if (g) this.#groups.delete(key);
+    else {
+      g = {
+        route: e.route,
+        flag: e.flag,
+        reason: e.reason,
+        status: e.status,
+        count: 0,
+        first_at: e.at,
+        last_at: e.at,
+        last_request_id: e.request_id,
+      };
+      if (this.#groups.size >= MAX_ERROR_GROUPS) {
+        this.#groups.delete(this.#groups.keys().next().value!);
+      }
+    }
+    g.count++;
+    g.status = e.status;
+    g.last_at = e.at;
+    g.last_request_id = e.request_id;
+    this.#groups.set(key, g);
+  }
+
+  /** The groups, most recently seen first. */
+  groups(): ErrorGroup[] {
+    return [...this.#groups.values()].reverse().map((g) => ({ ...g }));
   }
 
   /** Errors recorded since start (including those the ring no longer holds). */

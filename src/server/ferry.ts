@@ -3,12 +3,15 @@
  * snapshot through one reference. Used by main.ts and by the end-to-end tests in-process.
  */
 import { type ListenerPlan, type Snapshot, splitAddress } from "../config/compile.ts";
-import type { Logger } from "../observability/log.ts";
-import { adminHandler } from "./admin.ts";
+import { errorFields, type Logger } from "../observability/log.ts";
+import type { FerryMetrics } from "../observability/metrics.ts";
+import { adminHandler, type AdminView } from "./admin.ts";
+import { StatsHistory } from "./admin_stats.ts";
 import { errorResponse, ProxyError, RecentErrors } from "./errors.ts";
 import { createListenerHandler } from "./handler.ts";
 import { GrpcListener } from "../grpc/listener.ts";
 import { ConnectionGuard, guardLimits } from "./guard.ts";
+import { acceptErrorReason, connectionCaps, RebindingServer } from "./admission.ts";
 
 export interface BoundAddress {
   readonly hostname: string;
@@ -22,7 +25,7 @@ interface RunningListener {
   drain(ms: number): Promise<void>;
   /** Hard stop, for a listener that has not begun draining. */
   abort(): void;
-  /** Open downstream connections, when the listener counts them (the connection guard does). */
+  /** Open downstream connections, when the listener counts them (the guard and gRPC do). */
   openConnections?(): number;
 }
 
@@ -36,10 +39,12 @@ export class Ferry {
   /** Listeners removed or rebound by a reload, finishing their requests. */
   readonly #retiring = new Map<RunningListener, Promise<void>>();
   #adminRoutes: AdminExtras = {};
-  #admin: Deno.HttpServer<Deno.NetAddr> | undefined;
+  #admin: RebindingServer | undefined;
   #state: "ready" | "draining" = "ready";
   /** The last proxy-made errors, for the dashboard. */
   readonly recentErrors: RecentErrors = new RecentErrors(50);
+  /** 15 minutes of per-route totals, for the dashboard's history. */
+  readonly statsHistory: StatsHistory = new StatsHistory();
 
   private constructor(snapshot: Snapshot, log: Logger) {
     this.#snapshot = snapshot;
@@ -54,32 +59,45 @@ export class Ferry {
     snapshot.metrics.setConfigVersion(snapshot.version);
     try {
       for (const plan of snapshot.listeners.values()) {
-        ferry.#servers.set(plan.name, ferry.#bind(plan, snapshot));
+        ferry.#servers.set(plan.name, ferry.#bindNamed(plan, snapshot));
       }
       const admin = snapshot.config.admin;
       if (admin) {
         const { hostname, port } = splitAddress(admin.address);
-        ferry.#admin = Deno.serve(
-          {
-            hostname,
+        const handler = adminHandler({
+          state: () => ferry.#state,
+          snapshot: () => ferry.#snapshot,
+          reload: () => ferry.#adminRoutes.reload?.(),
+          reloadStatus: () => ferry.#adminRoutes.reloadStatus?.(),
+          submitConfig: (text, opts) => ferry.#adminRoutes.submitConfig?.(text, opts),
+          recentErrors: ferry.recentErrors,
+          statsHistory: ferry.statsHistory,
+          address: admin.address,
+        });
+        ferry.#admin = bindOrName("admin", admin.address, () =>
+          new RebindingServer(
+            (port) =>
+              Deno.serve({
+                hostname,
+                port,
+                onListen: (a) =>
+                  log.info("admin listening", { address: `${a.hostname}:${a.port}` }),
+              }, handler),
             port,
-            onListen: (a) => log.info("admin listening", { address: `${a.hostname}:${a.port}` }),
-          },
-          adminHandler({
-            state: () => ferry.#state,
-            snapshot: () => ferry.#snapshot,
-            reload: () => ferry.#adminRoutes.reload?.(),
-            reloadStatus: () => ferry.#adminRoutes.reloadStatus?.(),
-            recentErrors: ferry.recentErrors,
-            address: admin.address,
-          }),
-        );
+            (err) => {
+              ferry.#snapshot.metrics.acceptError("admin", "listener", acceptErrorReason(err));
+              log.warn("admin listener stopped accepting; binding it again", {
+                error: String(err),
+              });
+            },
+          ));
       }
     } catch (err) {
       for (const l of ferry.#servers.values()) l.abort();
       void ferry.#admin?.shutdown();
       throw err;
     }
+    ferry.statsHistory.start(() => ferry.#snapshot);
     return ferry;
   }
 
@@ -132,11 +150,13 @@ export class Ferry {
       stop.some((n) => addressesClash(prev.listeners.get(n)!, p, this.#servers.get(n)!));
     const bound = new Map<string, RunningListener>();
     try {
-      for (const plan of start) if (!waits(plan)) bound.set(plan.name, this.#bind(plan, next));
+      for (const plan of start) {
+        if (!waits(plan)) bound.set(plan.name, this.#bindNamed(plan, next));
+      }
     } catch (err) {
       for (const l of bound.values()) l.abort();
       next.discard(prev);
-      throw new Error(`cannot bind listener: ${err instanceof Error ? err.message : err}`);
+      throw err;
     }
     this.#snapshot = next;
     next.activate();
@@ -153,7 +173,7 @@ export class Ferry {
       try {
         this.#servers.set(plan.name, await bindWhenFree(() => this.#bind(plan, next)));
       } catch (err) {
-        failures.push(`${plan.name}: ${err instanceof Error ? err.message : err}`);
+        failures.push(bindFailure(plan.name, planAddress(plan), err).message);
       }
     }
     if (failures.length > 0) {
@@ -183,12 +203,25 @@ export class Ferry {
     this.#log.info("listener removed", { listener: name });
   }
 
+  /** `#bind`, with a failure that names the listener and its address. */
+  #bindNamed(plan: ListenerPlan, owner: Snapshot): RunningListener {
+    return bindOrName(plan.name, planAddress(plan), () => this.#bind(plan, owner));
+  }
+
   /** Binds `plan` as the snapshot it belongs to says (it may not be serving yet). */
   #bind(plan: ListenerPlan, owner: Snapshot): RunningListener {
     const name = plan.name;
     if (plan.protocol === "grpc") {
-      const g = GrpcListener.start(plan, () => this.#snapshot, this.#log);
-      return { addr: g.addr, drain: (ms) => g.drain(ms), abort: () => g.close() };
+      const g = GrpcListener.start(plan, () => this.#snapshot, this.#log, {
+        caps: () => connectionCaps(this.#snapshot.config.server),
+        onAcceptError: (reason) => this.#snapshot.metrics.acceptError(name, "listener", reason),
+      });
+      return {
+        addr: g.addr,
+        openConnections: () => g.openConnections(),
+        drain: (ms) => g.drain(ms),
+        abort: () => g.close(),
+      };
     }
     const stop = new AbortController();
     const log = this.#log;
@@ -197,8 +230,8 @@ export class Ferry {
       () => this.#snapshot,
       log,
       this.recentErrors,
-      // Read per request, once `guard` and `server` below exist.
-      () => guard ? server.addr.port : undefined,
+      // Read per request, once `guard` below has started its inner server.
+      () => guard?.innerPort(),
     );
     const listening = (a: Deno.NetAddr) =>
       log.info("listening", {
@@ -210,46 +243,80 @@ export class Ferry {
     // loopback behind it (src/server/guard.ts, docs/connections.md).
     const guard = owner.config.server.connection_guard
       ? new ConnectionGuard({
+        name,
         hostname: plan.hostname,
         port: plan.port,
         tls: plan.tls,
         limits: () => guardLimits(this.#snapshot.config.server),
         log,
+        onAcceptError: (socket, reason) => this.#snapshot.metrics.acceptError(name, socket, reason),
       })
       : undefined;
-    const server = Deno.serve({
-      ...(guard
-        ? { hostname: "127.0.0.1", port: 0 }
-        : { hostname: plan.hostname, port: plan.port }),
-      signal: stop.signal,
-      ...(plan.tls && !guard ? { cert: plan.tls.cert, key: plan.tls.key } : {}),
-      onListen: (a) => guard ? listening(guard.addr) : listening(a),
-      onError: (err) => {
-        // The same request id and flag in the log line as in the response the client gets.
-        const requestId = crypto.randomUUID();
-        const res = errorResponse(
-          new ProxyError("internal", "unexpected failure"),
-          requestId,
-          undefined,
-          { errors: this.recentErrors, listener: name },
-        );
-        log.error("unhandled error in listener", {
-          listener: name,
-          request_id: requestId,
-          flag: res.headers.get("x-ferry-flag"),
-          error: String(err),
-        });
-        return res;
-      },
-    }, guard ? guard.wrap(handler) : handler);
+    const onError = (err: unknown) => {
+      // The same request id and flag in the log line as in the response the client gets.
+      const requestId = crypto.randomUUID();
+      const res = errorResponse(
+        new ProxyError("internal", "unexpected failure"),
+        requestId,
+        undefined,
+        { errors: this.recentErrors, listener: name },
+      );
+      log.error("unhandled error in listener", {
+        listener: name,
+        request_id: requestId,
+        flag: res.headers.get("x-ferry-flag"),
+        error: String(err),
+      });
+      return res;
+    };
     if (!guard) {
-      return { addr: server.addr, drain: () => server.shutdown(), abort: () => stop.abort() };
+      const server = new RebindingServer(
+        (port) =>
+          Deno.serve({
+            hostname: plan.hostname,
+            port,
+            signal: stop.signal,
+            ...(plan.tls ? { cert: plan.tls.cert, key: plan.tls.key } : {}),
+            onListen: listening,
+            onError,
+          }, handler),
+        plan.port,
+        (err) => {
+          this.#snapshot.metrics.acceptError(name, "listener", acceptErrorReason(err));
+          log.warn("listener stopped accepting; binding it again", {
+            listener: name,
+            error: String(err),
+          });
+        },
+      );
+      return {
+        get addr() {
+          return server.addr;
+        },
+        drain: () => server.shutdown(),
+        abort: () => stop.abort(),
+      };
     }
-    guard.start(server.addr.port);
+    const wrapped = guard.wrap(handler);
+    try {
+      guard.start((port) =>
+        Deno.serve({
+          hostname: "127.0.0.1",
+          port,
+          signal: stop.signal,
+          onListen: () => {},
+          onError,
+        }, wrapped)
+      );
+    } catch (err) {
+      void guard.close();
+      throw err;
+    }
+    listening(guard.addr);
     return {
       addr: guard.addr,
       openConnections: () => guard.openConnections(),
-      drain: (ms) => drainGuarded(guard, server, ms),
+      drain: (ms) => drainGuarded(guard, ms),
       abort: () => {
         stop.abort();
         void guard.close();
@@ -258,8 +325,9 @@ export class Ferry {
   }
 
   /**
-   * Open downstream connections, per listener, as the connection guard counts them (for a
-   * gauge); listeners without the guard are not listed (Deno.serve does not count).
+   * Open downstream connections, per listener, as the connection guard and the gRPC listeners
+   * count them (for a gauge); HTTP listeners without the guard are not listed (Deno.serve does
+   * not count).
    */
   openConnections(): Record<string, number> {
     const open: Record<string, number> = {};
@@ -298,6 +366,7 @@ export class Ferry {
         deadline_ms: deadlineMs,
       });
     }
+    this.statsHistory.stop();
     await this.#admin?.shutdown();
     this.#snapshot.close();
     return { clean: result === "drained" };
@@ -308,6 +377,8 @@ export class Ferry {
 export interface AdminExtras {
   readonly reload?: () => Promise<unknown>;
   readonly reloadStatus?: () => unknown;
+  /** PUT /config and POST /config/validate (see Reloader.submit). */
+  readonly submitConfig?: AdminView["submitConfig"];
 }
 
 function sameBinding(a: ListenerPlan, b: ListenerPlan): boolean {
@@ -324,6 +395,25 @@ function addressesClash(old: ListenerPlan, next: ListenerPlan, running: RunningL
   if (port !== running.addr.port) return false;
   return old.hostname === next.hostname || WILDCARDS.has(old.hostname) ||
     WILDCARDS.has(next.hostname);
+}
+
+/** The OS error of a failed bind names neither the listener nor the address: this does. */
+function bindFailure(listener: string, address: string, err: unknown): Error {
+  const why = err instanceof Error ? err.message : String(err);
+  return new Error(`cannot bind listener "${listener}" on ${address}: ${why}`, { cause: err });
+}
+
+function bindOrName<T>(listener: string, address: string, bind: () => T): T {
+  try {
+    return bind();
+  } catch (err) {
+    throw bindFailure(listener, address, err);
+  }
+}
+
+function planAddress(plan: ListenerPlan): string {
+  const host = plan.hostname.includes(":") ? `[${plan.hostname}]` : plan.hostname;
+  return `${host}:${plan.port}`;
 }
 
 /** Binding right after a shutdown can race the old socket's close: retry briefly. */
@@ -344,11 +434,7 @@ async function bindWhenFree(bind: () => RunningListener): Promise<RunningListene
  * 1001 when it ends (just before `ms`, so the close frames go out before the process exits).
  * Without the guard, Deno.serve's shutdown() would close WebSockets at once.
  */
-async function drainGuarded(
-  guard: ConnectionGuard,
-  server: Deno.HttpServer<Deno.NetAddr>,
-  ms: number,
-): Promise<void> {
+async function drainGuarded(guard: ConnectionGuard, ms: number): Promise<void> {
   guard.beginDrain();
   const windowEnd = performance.now() + Math.max(0, ms - Math.min(1_000, ms / 10));
   while (performance.now() < windowEnd) {
@@ -356,7 +442,7 @@ async function drainGuarded(
     if (requests === 0 && tunnels === 0) break;
     await new Promise((r) => setTimeout(r, 50));
   }
-  await server.shutdown();
+  await guard.shutdownInner();
   // Let the last bytes (WebSocket close frames, final responses) through the pipes before the
   // guard closes what is left.
   const flushBy = performance.now() + 500;
@@ -364,4 +450,35 @@ async function drainGuarded(
     await new Promise((r) => setTimeout(r, 20));
   }
   await guard.close();
+}
+
+/**
+ * The process's last line of defence: an error no handler caught (a rejected promise nobody
+ * awaited, an 'error' event without a listener) is logged and counted in
+ * `ferry_internal_errors_total`, and Ferry keeps serving instead of exiting with every client's
+ * connection. Every such error is a bug to fix at its source; tests assert the count stays 0.
+ */
+export function installLastLineOfDefence(log: Logger, metrics: FerryMetrics): () => void {
+  const report = (kind: "unhandledrejection" | "error", err: unknown) => {
+    metrics.internalErrors.labels(kind).inc();
+    log.error("internal error escaped every handler; still serving", {
+      kind,
+      ...errorFields(err),
+      ...(err instanceof Error && err.stack ? { stack: err.stack } : {}),
+    });
+  };
+  const onRejection = (e: PromiseRejectionEvent) => {
+    e.preventDefault();
+    report("unhandledrejection", e.reason);
+  };
+  const onError = (e: ErrorEvent) => {
+    e.preventDefault();
+    report("error", e.error ?? e.message);
+  };
+  globalThis.addEventListener("unhandledrejection", onRejection);
+  globalThis.addEventListener("error", onError);
+  return () => {
+    globalThis.removeEventListener("unhandledrejection", onRejection);
+    globalThis.removeEventListener("error", onError);
+  };
 }

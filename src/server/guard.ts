@@ -17,18 +17,34 @@
  */
 import type { Logger } from "../observability/log.ts";
 import type { ClientIdentity } from "../pipeline/types.ts";
+import {
+  type AcceptErrorReason,
+  acceptErrorReason,
+  acceptLoop,
+  ConnectionAdmission,
+  type ConnectionCaps,
+  connectionCaps,
+  FailureBursts,
+  RebindingServer,
+} from "./admission.ts";
+import { isWebSocketUpgrade } from "../upstream/headers.ts";
+import { attachTicket, DownstreamLink, type RequestTicket } from "./downstream.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
 import { ClientAuthListener } from "./node_tls.ts";
+import { WsFrameLimit } from "./ws_frames.ts";
 
-export interface GuardLimits {
+export interface GuardLimits extends ConnectionCaps {
   /** Milliseconds; 0: none. */
   readonly headerTimeoutMs: number;
   /** Milliseconds; 0: none. */
   readonly idleTimeoutMs: number;
-  /** 0: no cap. */
-  readonly maxConnections: number;
-  /** 0: no cap. */
-  readonly maxConnectionsPerIp: number;
+  /** A client write pending this long closes the connection. Milliseconds; 0: none. */
+  readonly sendTimeoutMs: number;
+  /** An upgraded connection with no byte either way for this long is closed. 0: none. */
+  readonly tunnelIdleTimeoutMs: number;
+  /** WebSocket frames and messages from clients over these get 1009. */
+  readonly wsMaxFrameBytes: number;
+  readonly wsMaxMessageBytes: number;
 }
 
 /** The guard's limits from the `server:` config section. */
@@ -37,16 +53,25 @@ export function guardLimits(server: {
   readonly idle_timeout: number;
   readonly max_connections: number;
   readonly max_connections_per_ip: number;
+  readonly send_timeout: number;
+  readonly websocket_idle_timeout: number;
+  readonly websocket_max_frame_bytes: number;
+  readonly websocket_max_message_bytes: number;
 }): GuardLimits {
   return {
     headerTimeoutMs: server.header_timeout,
     idleTimeoutMs: server.idle_timeout,
-    maxConnections: server.max_connections,
-    maxConnectionsPerIp: server.max_connections_per_ip,
+    ...connectionCaps(server),
+    sendTimeoutMs: server.send_timeout,
+    tunnelIdleTimeoutMs: server.websocket_idle_timeout,
+    wsMaxFrameBytes: server.websocket_max_frame_bytes,
+    wsMaxMessageBytes: server.websocket_max_message_bytes,
   };
 }
 
 export interface GuardOptions {
+  /** The listener's config name, for logs. */
+  readonly name: string;
   readonly hostname: string;
   readonly port: number;
   readonly tls?: GuardTls | undefined;
@@ -55,6 +80,8 @@ export interface GuardOptions {
   readonly log: Logger;
   /** Sweep period; timeouts fire up to this late. */
   readonly sweepMs?: number;
+  /** A failed accept, on the guard's own listener or the inner server's. */
+  readonly onAcceptError?: (socket: "listener" | "inner", reason: AcceptErrorReason) => void;
 }
 
 export interface GuardTls {
@@ -79,8 +106,13 @@ type Phase =
   | "busy"
   /** No request in flight (the idle timeout runs). */
   | "idle"
-  /** Upgraded (WebSocket): the tunnel's own rules apply, not these timeouts. */
-  | "tunnel";
+  /**
+   * Upgraded (WebSocket, only after a real upgrade request): instead of the request timeouts, the
+   * tunnel idle timeout, the send timeout and the client's frame limits apply.
+   */
+  | "tunnel"
+  /** Being answered by the guard itself and closed: no sweep acts on it. */
+  | "rejecting";
 
 /** A downstream connection as the guard sees it. */
 class Guarded {
@@ -101,6 +133,12 @@ class Guarded {
   inner: Deno.TcpConn | undefined;
   /** The client certificate's identity (downstream mTLS), once TLS is up. */
   identity: ClientIdentity | undefined;
+  /** Shared with the connection's handlers: whether a client write is blocked. */
+  readonly link = new DownstreamLink();
+  /** In a tunnel: the client's WebSocket frame limits. */
+  frames: WsFrameLimit | undefined;
+  /** A tunnel asked to close: dropped at this time if it has not ended by itself. */
+  closeBy = 0;
   constructor(
     readonly conn: Deno.Conn,
     readonly remote: Deno.NetAddr,
@@ -114,8 +152,13 @@ class Guarded {
 const HEAD_MAX_BYTES = 60 * 1024;
 const HEAD_MAX_LINES = 124;
 const SMALL_BUFFER = 2048;
+/** RFC 6455 7.4.1 close codes the guard asks for. */
+const CLOSE_GOING_AWAY = 1001;
+const CLOSE_MESSAGE_TOO_BIG = 1009;
 const LARGE_BUFFER = 32 * 1024;
 const H2_PREFACE = "PRI * HTTP/2.0";
+/** A tunnel asked to close (with a close frame) is cut this long after, if still open. */
+const TUNNEL_CLOSE_GRACE_MS = 2000;
 
 export class ConnectionGuard {
   readonly #listener: Deno.Listener;
@@ -124,9 +167,11 @@ export class ConnectionGuard {
   /** Inner connection's local port -> the downstream connection it carries. */
   readonly #byInnerPort = new Map<number, Guarded>();
   readonly #all = new Set<Guarded>();
-  readonly #perIp = new Map<string, number>();
+  readonly #admission: ConnectionAdmission;
   readonly #sweep: ReturnType<typeof setInterval>;
-  #innerPort = 0;
+  /** The inner Deno.serve, bound again on 127.0.0.1 if its accept loop dies. */
+  #inner: RebindingServer | undefined;
+  readonly #innerFailures: FailureBursts;
   #accepting = true;
   #draining = false;
   #acceptLoop: Promise<void> | undefined;
@@ -134,6 +179,13 @@ export class ConnectionGuard {
   constructor(opts: GuardOptions) {
     this.#opts = opts;
     this.#log = opts.log;
+    this.#admission = new ConnectionAdmission(opts.limits);
+    this.#innerFailures = new FailureBursts(
+      opts.log,
+      { listener: opts.name },
+      "inner server stopped accepting; replacing it",
+      "inner server stable again",
+    );
     // Deno.listenTls cannot ask for a client certificate: with a client CA, node:tls accepts.
     this.#listener = opts.tls?.clientCa !== undefined
       ? new ClientAuthListener({
@@ -168,10 +220,36 @@ export class ConnectionGuard {
     return this.#all.size;
   }
 
-  /** Starts accepting; `innerPort` is the loopback port of the inner Deno.serve. */
-  start(innerPort: number): void {
-    this.#innerPort = innerPort;
-    this.#acceptLoop = this.#accept();
+  /**
+   * Starts the inner server (`serveInner(port)` binds a Deno.serve on 127.0.0.1 with the
+   * `wrap`ped handler; a failure throws) and starts accepting.
+   */
+  start(serveInner: (port: number) => Deno.HttpServer<Deno.NetAddr>): void {
+    // Out of descriptors, the inner server's accept fails and it closes its listener; it is
+    // bound again on the same port, the guarded connections already through keep working.
+    this.#inner = new RebindingServer(serveInner, 0, (err) => {
+      const reason = acceptErrorReason(err);
+      this.#opts.onAcceptError?.("inner", reason);
+      this.#innerFailures.failed({ reason, error: String(err) });
+    });
+    this.#acceptLoop = acceptLoop({
+      listener: this.#listener,
+      name: this.#opts.name,
+      log: this.#log,
+      stopped: () => !this.#accepting,
+      onConnection: (conn) => this.#admit(conn),
+      onError: (reason) => this.#opts.onAcceptError?.("listener", reason),
+    });
+  }
+
+  /** The inner server's loopback port (fixed unless someone took it while it was rebound). */
+  innerPort(): number | undefined {
+    return this.#inner?.addr.port;
+  }
+
+  /** Graceful shutdown of the inner server (see Deno.HttpServer.shutdown). */
+  async shutdownInner(): Promise<void> {
+    await this.#inner?.shutdown();
   }
 
   /**
@@ -189,15 +267,16 @@ export class ConnectionGuard {
           crypto.randomUUID(),
         );
       }
+      const ticket: RequestTicket = { link: g.link, abandoned: false };
+      attachTicket(req, ticket);
+      g.link.h2 = g.h2;
       g.active++;
       g.phase = "busy";
+      g.link.onAbandon ??= () => this.#settle(g);
       const done = () => {
         g.active--;
-        if (g.active === 0 && g.phase === "busy") {
-          g.phase = "idle";
-          g.since = performance.now();
-          if (this.#draining) this.#finish(g);
-        }
+        if (ticket.abandoned) g.link.abandoned--;
+        this.#settle(g);
       };
       info.completed.then(done, done);
       const guarded: GuardedInfo = {
@@ -206,9 +285,24 @@ export class ConnectionGuard {
         identity: g.identity,
       };
       const res = await handler(req, guarded);
-      if (res.status === 101) g.phase = "tunnel";
+      // Only a WebSocket upgrade becomes a tunnel; a 101 to anything else is not one.
+      if (res.status === 101 && isWebSocketUpgrade(req)) {
+        const limits = this.#opts.limits();
+        g.phase = "tunnel";
+        g.since = g.link.lastMessageAt = performance.now();
+        g.frames = new WsFrameLimit(limits.wsMaxFrameBytes, limits.wsMaxMessageBytes);
+      }
       return res;
     };
+  }
+
+  /** No request in flight any more (abandoned ones do not count): the idle timeout runs. */
+  #settle(g: Guarded): void {
+    if (g.active - g.link.abandoned <= 0 && g.phase === "busy") {
+      g.phase = "idle";
+      g.since = performance.now();
+      if (this.#draining) this.#finish(g);
+    }
   }
 
   /** Stops accepting new connections (drain); open ones carry on. */
@@ -237,7 +331,7 @@ export class ConnectionGuard {
     let requests = 0, tunnels = 0;
     for (const g of this.#all) {
       if (g.phase === "tunnel") tunnels++;
-      else if (g.phase !== "idle") requests++;
+      else if (g.phase !== "idle" && g.phase !== "rejecting") requests++;
     }
     return { requests, tunnels };
   }
@@ -246,39 +340,20 @@ export class ConnectionGuard {
   async close(): Promise<void> {
     this.stopAccepting();
     clearInterval(this.#sweep);
+    void this.#inner?.shutdown();
     for (const g of [...this.#all]) this.#drop(g);
     await this.#acceptLoop;
   }
 
-  async #accept(): Promise<void> {
-    while (this.#accepting) {
-      let conn: Deno.Conn;
-      try {
-        conn = await this.#listener.accept();
-      } catch (err) {
-        if (!this.#accepting) return;
-        // EMFILE and friends: keep serving the open connections, try again shortly.
-        this.#log.warn("accept failed", { error: String(err) });
-        await new Promise((r) => setTimeout(r, 50));
-        continue;
-      }
-      this.#admit(conn);
-    }
-  }
-
   #admit(conn: Deno.Conn): void {
     const remote = conn.remoteAddr as Deno.NetAddr;
-    const limits = this.#opts.limits();
-    const perIp = this.#perIp.get(remote.hostname) ?? 0;
-    const full = limits.maxConnections > 0 && this.#all.size >= limits.maxConnections;
-    const ipFull = limits.maxConnectionsPerIp > 0 && perIp >= limits.maxConnectionsPerIp;
-    if (full || ipFull) {
-      void this.#refuse(conn, full ? "too many connections" : "too many connections from you");
+    const refused = this.#admission.admit(remote.hostname);
+    if (refused) {
+      void this.#refuse(conn, refused);
       return;
     }
     const g = new Guarded(conn, remote, performance.now());
     this.#all.add(g);
-    this.#perIp.set(remote.hostname, perIp + 1);
     void this.#serve(g);
   }
 
@@ -317,12 +392,14 @@ export class ConnectionGuard {
         g.identity = (g.conn as { identity?: ClientIdentity }).identity;
       }
       if (g.closed) return;
-      const inner = await Deno.connect({ hostname: "127.0.0.1", port: this.#innerPort });
+      // While the inner server is being bound again this is refused: the client is dropped.
+      const inner = await Deno.connect({ hostname: "127.0.0.1", port: this.innerPort()! });
       if (g.closed) {
         inner.close();
         return;
       }
       g.inner = inner;
+      this.#innerFailures.succeeded();
       inner.setNoDelay(true);
       if ("setNoDelay" in g.conn) (g.conn as Deno.TcpConn).setNoDelay(true);
       this.#byInnerPort.set((inner.localAddr as Deno.NetAddr).port, g);
@@ -336,15 +413,26 @@ export class ConnectionGuard {
     }
   }
 
-  /** Copies bytes one way; the read buffer grows while reads fill it and shrinks when idle. */
+  /**
+   * Copies bytes one way; the read buffer grows while reads fill it and shrinks when idle. The
+   * next read waits for the write, so a client that does not read stops the inner side too.
+   */
   async #pump(g: Guarded, from: Deno.Conn, to: Deno.Conn, fromClient: boolean): Promise<void> {
     let buf = new Uint8Array(SMALL_BUFFER);
     try {
       while (true) {
         const n = await from.read(buf);
         if (n === null) break;
-        if (fromClient && !this.#onClientBytes(g, buf, n)) return;
-        await writeAll(to, buf.subarray(0, n));
+        if (fromClient) {
+          if (!this.#onClientBytes(g, buf, n)) return;
+          const allowed = g.frames ? g.frames.feed(buf, n) : n;
+          if (allowed > 0) await writeAll(to, buf.subarray(0, allowed));
+          if (allowed < n) {
+            // Nothing more from this client reaches Deno's WebSocket; the close goes out below.
+            this.#closeTunnel(g, CLOSE_MESSAGE_TOO_BIG, g.frames!.violation!);
+            return;
+          }
+        } else await this.#writeClient(g, buf.subarray(0, n));
         if (n === buf.length && buf.length < LARGE_BUFFER) buf = new Uint8Array(LARGE_BUFFER);
         else if (n < SMALL_BUFFER && buf.length > SMALL_BUFFER) buf = new Uint8Array(SMALL_BUFFER);
       }
@@ -353,6 +441,33 @@ export class ConnectionGuard {
     } catch {
       this.#drop(g);
     }
+  }
+
+  /** Writes to the client, telling the link (and the send timeout) while a write is pending. */
+  async #writeClient(g: Guarded, bytes: Uint8Array): Promise<void> {
+    const link = g.link;
+    try {
+      let off = 0;
+      while (off < bytes.length) {
+        // Each write that makes progress restarts the send timeout, as nginx's send_timeout.
+        link.writingSince = performance.now();
+        off += await g.conn.write(bytes.subarray(off));
+      }
+    } finally {
+      link.wrote();
+    }
+  }
+
+  /**
+   * Asks the WebSocket relay to close both sides with `code` (its close frame reaches the client
+   * through the inner connection); the connection is dropped after a grace period regardless.
+   */
+  #closeTunnel(g: Guarded, code: number, reason: string): void {
+    if (g.closeBy > 0 || g.closed) return;
+    g.closeBy = performance.now() + TUNNEL_CLOSE_GRACE_MS;
+    const close = g.link.closeTunnel;
+    if (close) close(code, reason);
+    else this.#drop(g);
   }
 
   /**
@@ -404,7 +519,7 @@ export class ConnectionGuard {
   /** Answers an HTTP/1.1 connection that has nothing in flight, then closes it. */
   async #reject(g: Guarded, err: ProxyError): Promise<void> {
     if (g.closed) return;
-    g.phase = "tunnel"; // no further sweeps act on it
+    g.phase = "rejecting";
     try {
       // Only once TLS is up (inner connected) and never on HTTP/2; a client that does not read
       // gets at most a second before the close.
@@ -423,7 +538,31 @@ export class ConnectionGuard {
     const now = performance.now();
     for (const g of this.#all) {
       const age = now - g.since;
-      if (g.phase === "head" || g.phase === "headDone") {
+      const writing = g.link.writingSince;
+      if (limits.sendTimeoutMs > 0 && writing > 0 && now - writing > limits.sendTimeoutMs) {
+        // The client has not accepted a byte for that long: free it and whatever it holds. A
+        // WebSocket's upstream hears why first (the client cannot: it does not read).
+        g.link.closeTunnel?.(
+          CLOSE_GOING_AWAY,
+          `client took no data for ${limits.sendTimeoutMs} ms`,
+        );
+        this.#log.debug("send_timeout: the client took no data, connection closed", {
+          client: g.remote.hostname,
+          send_timeout_ms: limits.sendTimeoutMs,
+        });
+        this.#drop(g);
+        continue;
+      }
+      if (g.phase === "tunnel") {
+        if (g.closeBy > 0) {
+          if (now > g.closeBy) this.#drop(g);
+        } else if (
+          limits.tunnelIdleTimeoutMs > 0 &&
+          now - g.link.lastMessageAt > limits.tunnelIdleTimeoutMs
+        ) {
+          this.#closeTunnel(g, CLOSE_GOING_AWAY, `idle for ${limits.tunnelIdleTimeoutMs} ms`);
+        }
+      } else if (g.phase === "head" || g.phase === "headDone") {
         if (limits.headerTimeoutMs > 0 && age > limits.headerTimeoutMs) {
           void this.#reject(
             g,
@@ -455,11 +594,9 @@ export class ConnectionGuard {
   #drop(g: Guarded): void {
     if (g.closed) return;
     g.closed = true;
+    g.link.close();
     this.#all.delete(g);
-    const ip = g.remote.hostname;
-    const left = (this.#perIp.get(ip) ?? 1) - 1;
-    if (left <= 0) this.#perIp.delete(ip);
-    else this.#perIp.set(ip, left);
+    this.#admission.release(g.remote.hostname);
     if (g.inner) {
       this.#byInnerPort.delete((g.inner.localAddr as Deno.NetAddr).port);
       try {

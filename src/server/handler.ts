@@ -70,6 +70,7 @@ export function createListenerHandler(
       }
       checkHeaderLimits(req.headers, limits.max_header_bytes, limits.max_headers);
       const limited = limitBody(req, limits.max_body_bytes);
+      if (limited.early) await limited.early;
       req = limited.req;
       overLimit = limited.overLimit;
       // Without the guard a missing Host is indistinguishable (Deno fills in localhost:port, as
@@ -107,6 +108,7 @@ export function createListenerHandler(
         identity: (info as GuardedInfo).identity,
         clientCertHeader: plan.clientCertHeader,
         outcome: { attempts: 0 },
+        ...(overLimit ? { bodyFailure: overLimit } : {}),
       };
       const route = plan.router.match({
         method: req.method,

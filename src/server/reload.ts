@@ -6,11 +6,36 @@
  * Reloads run one at a time. Triggers that arrive while one runs are coalesced into a single
  * follow-up reload, so a burst of file events or SIGHUPs costs at most two compiles.
  */
-import { buildSnapshot, type ConfigSource } from "../config/source.ts";
+import { buildSnapshot, type ConfigSource, textSource } from "../config/source.ts";
 import type { Logger } from "../observability/log.ts";
 import type { Ferry } from "./ferry.ts";
 
-export type ReloadTrigger = "file" | "signal" | "admin";
+/** `admin` is POST /reload; `api` is a config sent with PUT /config. */
+export type ReloadTrigger = "file" | "signal" | "admin" | "api";
+
+/** The config serving now: its version and who applied it. */
+export interface AppliedConfig {
+  readonly version: number;
+  readonly trigger: ReloadTrigger | "startup";
+  /** PUT /config's x-ferry-author; the trigger's name for other reloads. */
+  readonly author: string;
+  readonly at: string;
+}
+
+/** How PUT /config and POST /config/validate hand a config to the reloader. */
+export interface SubmitOptions {
+  readonly author: string;
+  /** Validate and compile only; nothing is swapped, counted or written. */
+  readonly dryRun: boolean;
+}
+
+export interface SubmitOutcome extends ReloadOutcome {
+  readonly dry_run: boolean;
+  readonly author: string;
+  /** Written back to the config file; false when kept in memory only. */
+  readonly persisted: boolean;
+  readonly persist_error?: string;
+}
 
 export interface ReloadOutcome {
   readonly ok: boolean;
@@ -22,12 +47,14 @@ export interface ReloadOutcome {
   readonly error?: string;
   /** Non-fatal findings of a successful reload. */
   readonly warnings?: string;
+  readonly author?: string;
 }
 
 export interface ReloadStatus {
   readonly succeeded: number;
   readonly failed: number;
   readonly last: ReloadOutcome | undefined;
+  readonly current: AppliedConfig;
 }
 
 export class Reloader {
@@ -39,16 +66,106 @@ export class Reloader {
   #succeeded = 0;
   #failed = 0;
   #last: ReloadOutcome | undefined;
+  #current: AppliedConfig;
+  /** The text last written back to the config file, so its own file event reloads nothing. */
+  #written: string | undefined;
   readonly #listeners: ((o: ReloadOutcome) => void)[] = [];
 
   constructor(ferry: Ferry, source: ConfigSource, log: Logger) {
     this.#ferry = ferry;
     this.#source = source;
     this.#log = log;
+    this.#current = {
+      version: ferry.snapshot.version,
+      trigger: "startup",
+      author: "startup",
+      at: ferry.snapshot.loadedAt.toISOString(),
+    };
   }
 
   get status(): ReloadStatus {
-    return { succeeded: this.#succeeded, failed: this.#failed, last: this.#last };
+    return {
+      succeeded: this.#succeeded,
+      failed: this.#failed,
+      last: this.#last,
+      current: this.#current,
+    };
+  }
+
+  /**
+   * PUT /config and POST /config/validate: the text goes through the same load, validate,
+   * compile and swap as a file reload (same rollback), after any reload already running.
+   */
+  async submit(text: string, opts: SubmitOptions): Promise<SubmitOutcome> {
+    while (this.#running) await this.#running.catch(() => {});
+    const run = this.#submit(text, opts);
+    // Reloads triggered meanwhile queue behind this one, as behind any reload.
+    this.#running = run.finally(() => (this.#running = undefined));
+    return await run;
+  }
+
+  async #submit(text: string, opts: SubmitOptions): Promise<SubmitOutcome> {
+    const source = textSource(text, this.#source);
+    const base = { dry_run: opts.dryRun, author: opts.author, persisted: false };
+    if (!opts.dryRun) {
+      const outcome = await this.#attempt("api", source, opts.author);
+      // The applied config says whether it is written back (admin.persist_config).
+      const persist = this.#ferry.snapshot.config.admin?.persist_config === "file";
+      if (!outcome.ok || !persist) return { ...outcome, ...base };
+      const error = await this.#persist(text);
+      return {
+        ...outcome,
+        ...base,
+        persisted: error === undefined,
+        ...(error ? { persist_error: error } : {}),
+      };
+    }
+    const current = this.#ferry.snapshot;
+    const at = new Date().toISOString();
+    const built = await buildSnapshot(source, {
+      version: current.version + 1,
+      log: this.#log,
+      previous: current,
+    });
+    if (!built.ok) {
+      return {
+        ok: false,
+        trigger: "api",
+        at,
+        version: current.version,
+        error: built.message,
+        ...base,
+      };
+    }
+    // Compiled only to prove it would apply: close what it built, keep what it shares.
+    built.snapshot.discard(current);
+    return {
+      ok: true,
+      trigger: "api",
+      at,
+      version: current.version,
+      ...(built.warnings ? { warnings: built.warnings } : {}),
+      ...base,
+    };
+  }
+
+  /** Atomic write + rename next to the config file, so a crash never leaves half a file. */
+  async #persist(text: string): Promise<string | undefined> {
+    const file = this.#source.file;
+    if (file === undefined) return "no config file: the config came from the environment";
+    const tmp = `${file}.${Deno.pid}.tmp`;
+    try {
+      this.#written = text;
+      await Deno.writeTextFile(tmp, text);
+      await Deno.rename(tmp, file);
+      return undefined;
+    } catch (err) {
+      this.#written = undefined;
+      await Deno.remove(tmp).catch(() => {});
+      const message = err instanceof Error ? err.message : String(err);
+      this.#log.error("config applied but not written back to the file", { file, error: message });
+      return message;
+    }
   }
 
   /** Called after every reload attempt (metrics hook). */
@@ -59,7 +176,7 @@ export class Reloader {
   /** Reloads now, or once the running reload ends; concurrent callers share that follow-up. */
   reload(trigger: ReloadTrigger): Promise<ReloadOutcome> {
     if (!this.#running) {
-      this.#running = this.#attempt(trigger).finally(() => (this.#running = undefined));
+      this.#running = this.#fromSource(trigger).finally(() => (this.#running = undefined));
       return this.#running;
     }
     this.#queued ??= this.#running.then(() => {
@@ -69,14 +186,35 @@ export class Reloader {
     return this.#queued;
   }
 
-  async #attempt(trigger: ReloadTrigger): Promise<ReloadOutcome> {
+  async #fromSource(trigger: ReloadTrigger): Promise<ReloadOutcome> {
+    // The file event of our own write-back: the text serving already is the file's.
+    if (trigger === "file" && this.#written !== undefined && this.#source.file) {
+      const text = await Deno.readTextFile(this.#source.file).catch(() => undefined);
+      if (text === this.#written) {
+        return {
+          ok: true,
+          trigger,
+          at: new Date().toISOString(),
+          version: this.#ferry.snapshot.version,
+        };
+      }
+    }
+    this.#written = undefined;
+    return await this.#attempt(trigger, this.#source, trigger);
+  }
+
+  async #attempt(
+    trigger: ReloadTrigger,
+    source: ConfigSource,
+    author: string,
+  ): Promise<ReloadOutcome> {
     const current = this.#ferry.snapshot;
     const at = new Date().toISOString();
     let outcome: ReloadOutcome;
     if (this.#ferry.state !== "ready") {
       outcome = { ok: false, trigger, at, version: current.version, error: "shutting down" };
     } else {
-      const built = await buildSnapshot(this.#source, {
+      const built = await buildSnapshot(source, {
         version: current.version + 1,
         log: this.#log,
         previous: current,
@@ -92,8 +230,10 @@ export class Reloader {
             trigger,
             at,
             version: built.snapshot.version,
+            author,
             ...(built.warnings ? { warnings: built.warnings } : {}),
           };
+          this.#current = { version: built.snapshot.version, trigger, author, at };
         } catch (err) {
           outcome = {
             ok: false,
@@ -112,11 +252,15 @@ export class Reloader {
   #record(o: ReloadOutcome): void {
     this.#last = o;
     const metrics = this.#ferry.snapshot.metrics;
-    metrics.recordConfigReload(o.ok ? "success" : "failure");
-    metrics.setConfigVersion(o.version);
+    metrics.recordConfigReload(o.ok ? "success" : "failure", o.trigger);
+    metrics.setConfigVersion(this.#current.version, this.#current.author);
     if (o.ok) {
       this.#succeeded++;
-      this.#log.info("config reloaded", { trigger: o.trigger, config_version: o.version });
+      this.#log.info("config reloaded", {
+        trigger: o.trigger,
+        config_version: o.version,
+        author: this.#current.author,
+      });
       if (o.warnings) this.#log.warn("config warnings", { warnings: o.warnings });
     } else {
       this.#failed++;

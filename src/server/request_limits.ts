@@ -3,6 +3,7 @@
  * get the same answer from the one error table: 431 for header size or count, 413 for a body
  * over the limit (up front from Content-Length, or while streaming a body without one).
  */
+import { attachTicket, downstreamTicket } from "./downstream.ts";
 import { ProxyError } from "./errors.ts";
 
 /**
@@ -40,16 +41,29 @@ export function checkHeaderLimits(headers: Headers, maxBytes: number, maxCount: 
 export function limitBody(
   req: Request,
   maxBodyBytes: number,
-): { req: Request; overLimit?: () => ProxyError | undefined } {
+): {
+  req: Request;
+  overLimit?: () => ProxyError | undefined;
+  /** Set when the request is refused already: settles (rejects with the 413) once it is read. */
+  early?: Promise<never>;
+} {
   if (maxBodyBytes <= 0 || req.body === null) return { req };
   const declared = req.headers.get("content-length");
   if (declared !== null) {
     const n = Number(declared);
-    if (n > maxBodyBytes) throw tooLarge(maxBodyBytes);
+    if (n > maxBodyBytes) {
+      // A small body is read and dropped before the 413 goes out: an HTTP/2 client still
+      // sending it otherwise meets a reset stream before it reads the answer (curl error 92).
+      if (n <= LINGER_BYTES) return { req, early: discard(req.body, tooLarge(maxBodyBytes)) };
+      throw tooLarge(maxBodyBytes);
+    }
     if (Number.isSafeInteger(n) && n >= 0) return { req };
   }
   const limit = countingLimit(req.body, maxBodyBytes);
-  return { req: new Request(req, { body: limit.stream }), overLimit: limit.overLimit };
+  const copy = new Request(req, { body: limit.stream });
+  const ticket = downstreamTicket(req);
+  if (ticket) attachTicket(copy, ticket);
+  return { req: copy, overLimit: limit.overLimit };
 }
 
 /**
@@ -78,6 +92,23 @@ export function countingLimit(body: ReadableStream<Uint8Array>, max: number): {
     },
   }, { highWaterMark: 0 });
   return { stream, overLimit: () => failure };
+}
+
+/** Declared over-limit bodies up to this size are read and dropped before the 413 is sent. */
+const LINGER_BYTES = 64 * 1024;
+/** The most time spent reading such a body. */
+const LINGER_MS = 1_000;
+
+async function discard(body: ReadableStream<Uint8Array>, refusal: ProxyError): Promise<never> {
+  const reader = body.getReader();
+  const deadline = AbortSignal.timeout(LINGER_MS);
+  const stop = () => reader.cancel().catch(() => {});
+  deadline.addEventListener("abort", stop, { once: true });
+  try {
+    while (!(await reader.read()).done) { /* dropped */ }
+  } catch { /* the client left or the deadline passed: answer anyway */ }
+  deadline.removeEventListener("abort", stop);
+  throw refusal;
 }
 
 function tooLarge(max: number): ProxyError {

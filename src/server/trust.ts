@@ -121,3 +121,29 @@ export class TrustedProxies {
     return hops[0]?.trim() || peer;
   }
 }
+
+/** The X-Forwarded-* values sent upstream (HTTP and gRPC alike). */
+export interface Forwarded {
+  readonly for: string;
+  readonly proto: string;
+  readonly host: string;
+}
+
+/**
+ * X-Forwarded-For/-Proto/-Host for the upstream request. A trusted proxy's values are kept (and
+ * our peer appended to For); an untrusted peer's are replaced, so a client cannot forge them.
+ */
+export function forwardedHeaders(
+  peerTrusted: boolean,
+  peerIp: string,
+  scheme: string,
+  authority: string,
+  incoming: { for: string | null; proto: string | null; host: string | null },
+): Forwarded {
+  if (!peerTrusted) return { for: peerIp, proto: scheme, host: authority };
+  return {
+    for: incoming.for ? `${incoming.for}, ${peerIp}` : peerIp,
+    proto: incoming.proto ?? scheme,
+    host: incoming.host ?? authority,
+  };
+}

@@ -137,7 +137,13 @@ export function buildCluster(
   };
   const fetchTransport = new FetchTransport(pool);
   const passthrough = cfg.protocol === "http1" ? new LazyNodeTransport(pool) : undefined;
-  const h2 = new H2Pool({ ...(caCerts ? { caCerts } : {}), ...(tls ? { tls } : {}) });
+  const h2 = new H2Pool({
+    maxConnectionsPerEndpoint: cfg.http2.max_connections_per_endpoint,
+    // Connections opened for a burst do not stay forever.
+    idleTimeoutMs: cfg.pool.idle_timeout,
+    ...(caCerts ? { caCerts } : {}),
+    ...(tls ? { tls } : {}),
+  });
   const initial = staticEndpoints(cfg);
   const slotCapacity = Math.max(MIN_SLOT_CAPACITY, initial.length);
   const slots = new SlotAllocator(slotCapacity);

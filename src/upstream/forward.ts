@@ -4,13 +4,17 @@
  */
 import type { ClientIdentity, Handler, RequestContext } from "../pipeline/types.ts";
 import { ProxyError, toProxyError } from "../server/errors.ts";
+import { forwardedHeaders } from "../server/trust.ts";
 import type { Cluster, Endpoint, Members } from "./cluster.ts";
 import { endToEndHeaders, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
 import {
+  checkUpstreamHead,
   classifyUpstreamError,
+  clientBodyError,
   ClientGoneReason,
   TimeoutReason,
   type Transport,
+  watchRequestBody,
 } from "./transport.ts";
 import {
   backoffMs,
@@ -25,7 +29,8 @@ import {
 import type { DeadlineQueue } from "../policy/deadlines.ts";
 import type { BreakerStore } from "../policy/circuit_breaker.ts";
 import { outcomeOfError, outcomeOfStatus } from "./health/outlier.ts";
-import { proxyWebSocket } from "./websocket.ts";
+import { notAnUpgrade, proxyWebSocket } from "./websocket.ts";
+import { relayBody } from "./relay.ts";
 import type { ClusterRecorder } from "../observability/metrics.ts";
 import {
   activeSpan,
@@ -64,6 +69,9 @@ export interface ForwardSettings {
   readonly responseEdits: HeaderEdits | undefined;
   readonly websocket: boolean;
   readonly websocketMaxBuffer: number;
+  /** Client-side limits for relayed bodies and WebSockets (server section). */
+  readonly sendTimeoutMs: number;
+  readonly websocketMaxMessageBytes: number;
   /** `Via` pseudonym (RFC 9110 7.6.3). */
   readonly via: string;
   /** The cluster's pre-resolved metric children. */
@@ -89,10 +97,14 @@ export function upstreamHeaders(
   const h = endToEndHeaders(req.headers, alsoDrop);
   h.set("host", s.hostRewrite ?? (s.cluster.preserveHost ? ctx.authority : endpoint.url.host));
   // Incoming X-Forwarded-* are believed only from trusted proxies; otherwise they are replaced.
-  const priorFor = ctx.peerTrusted ? h.get("x-forwarded-for") : null;
-  h.set("x-forwarded-for", priorFor ? `${priorFor}, ${ctx.peerIp}` : ctx.peerIp);
-  if (!ctx.peerTrusted || !h.has("x-forwarded-proto")) h.set("x-forwarded-proto", ctx.scheme);
-  if (!ctx.peerTrusted || !h.has("x-forwarded-host")) h.set("x-forwarded-host", ctx.authority);
+  const fwd = forwardedHeaders(ctx.peerTrusted, ctx.peerIp, ctx.scheme, ctx.authority, {
+    for: h.get("x-forwarded-for"),
+    proto: h.get("x-forwarded-proto"),
+    host: h.get("x-forwarded-host"),
+  });
+  h.set("x-forwarded-for", fwd.for);
+  h.set("x-forwarded-proto", fwd.proto);
+  h.set("x-forwarded-host", fwd.host);
   // Downstream mTLS: the verified client certificate in Envoy's x-forwarded-client-cert format.
   // A client-sent one is believed (and appended to) only from a trusted proxy.
   const certHeader = ctx.clientCertHeader;
@@ -151,10 +163,14 @@ export function forwardTo(s: ForwardSettings): Handler {
 
     // Retries need a body that can be sent again: buffer it up to the policy's limit.
     let retries = retry && methodRetriable(retry, req.method) ? retry.retries : 0;
-    let body: ReadableStream<Uint8Array> | null = req.body;
+    // Exactly the body the request had, or none (400 for one Ferry was not given).
+    let body = requestBody(req);
     let chunks: Uint8Array[] | undefined;
     if (retries > 0 && body) {
-      const r = await replayableBody(body, retry!.maxBodyBytes);
+      // Only the client's body is read here: any failure is the client's.
+      const r = await replayableBody(body, retry!.maxBodyBytes).catch((err) => {
+        throw clientBodyError(err);
+      });
       if (r.replayable) chunks = r.chunks;
       else {
         body = r.stream;
@@ -193,8 +209,16 @@ export function forwardTo(s: ForwardSettings): Handler {
         ctx.outcome.attempts++;
         annotate(span, "ferry.endpoint", endpoint.origin);
         const headers = upstreamHeaders(req, ctx, s, endpoint);
+        // Never a length without its bytes: without a body the transport frames the request.
+        if (!body) headers.delete("content-length");
         dropIncomingTraceContext(headers, span);
-        const transport = chooseTransport(cluster, headers);
+        const transport = chooseTransport(cluster, headers, endpoint);
+        // A transport that reads the body in JS gets it watched, so that the body's own failure
+        // is known by type; fetch reads Deno.serve's body natively (a JS stream in between
+        // costs 3-10x upload time, measured) and tells that failure apart itself.
+        const watched = body && !chunks && !transport.readsBodyNatively
+          ? watchRequestBody(body)
+          : undefined;
         const url = endpoint.origin + path + ctx.search;
         // fetch injects traceparent itself when tracing is on; the other transport needs a span.
         const endSpan = transport === cluster.fetch
@@ -206,16 +230,26 @@ export function forwardTo(s: ForwardSettings): Handler {
         const sentAt = performance.now();
         let upstream: Response | undefined;
         let failure: ProxyError | undefined;
+        let contentLength: string | null = null;
         try {
-          upstream = await transport.send({
+          const res = await transport.send({
             url,
             method: req.method,
             headers: headers.pairs,
-            body: chunks ? replay(chunks) : body,
+            body: chunks ? replay(chunks) : watched?.stream ?? body,
             signal: attemptSignal?.signal ?? ctl.signal,
           });
+          upstream = res;
+          // A 1xx final answer is never relayed; then status range and framing, one check.
+          if (res.status < 200) refuseInterim(res);
+          contentLength = checkUpstreamHead(res.status, res.headers);
         } catch (err) {
-          failure = toProxyError(err);
+          // A failure of the request body is the client's, whatever the transport made of it.
+          failure = watched?.failure() ?? ctx.bodyFailure?.() ?? toProxyError(err);
+          if (upstream) {
+            upstream.body?.cancel().catch(() => {});
+            upstream = undefined;
+          }
         } finally {
           const ms = performance.now() - sentAt;
           ctx.outcome.upstreamMs = ms;
@@ -232,7 +266,7 @@ export function forwardTo(s: ForwardSettings): Handler {
           const pe = failure ?? new ProxyError("internal", "no upstream response");
           const outcome = outcomeOfError(pe.kind);
           if (outcome) m.health.record(endpoint.index, outcome);
-          if (pe.kind === "client_closed") s.breaker?.release(slotOf(s, endpoint), permit);
+          if (clientsFault(pe)) s.breaker?.release(slotOf(s, endpoint), permit);
           else s.breaker?.onFailure(slotOf(s, endpoint), permit);
           if (
             attempt >= retries || ctl.signal.aborted || !errorRetriable(retry!, pe) ||
@@ -260,7 +294,16 @@ export function forwardTo(s: ForwardSettings): Handler {
         const out = s.idleTimeoutMs > 0 && upstream.body
           ? upstream.body.pipeThrough(idleGuard(s, ctl))
           : upstream.body;
-        return downstreamResponse(req, ctx, s, upstream, out);
+        const relayed = out &&
+          relayBody(
+            out,
+            req,
+            contentLength,
+            s.sendTimeoutMs,
+            s.deadlines,
+            (why) => ctl.abort(why),
+          );
+        return downstreamResponse(req, ctx, s, upstream, relayed, contentLength);
       }
     } finally {
       deadline?.cancel();
@@ -268,6 +311,34 @@ export function forwardTo(s: ForwardSettings): Handler {
       if (holdingRetry) budget.release();
     }
   };
+}
+
+/** A 1xx final answer is never relayed (see notAnUpgrade). */
+function refuseInterim(res: Response): never {
+  res.body?.cancel().catch(() => {});
+  throw notAnUpgrade(res.status);
+}
+
+const NULL_BODY_STATUS = new Set([204, 205, 304]);
+
+/**
+ * The body to forward, or null. A request that declares a body Ferry was not given is refused:
+ * Deno.serve hands no body to GET and HEAD handlers (it reads and drops it), so forwarding its
+ * Content-Length would make the upstream read the next request on the connection as the body,
+ * and forwarding without it would drop data silently.
+ */
+function requestBody(req: Request): ReadableStream<Uint8Array> | null {
+  if (req.body) return req.body;
+  const cl = req.headers.get("content-length");
+  if ((cl !== null && !/^\s*0\s*$/.test(cl)) || req.headers.has("transfer-encoding")) {
+    throw new ProxyError("bad_request", `a ${req.method} request with a body is not forwarded`);
+  }
+  return null;
+}
+
+/** Failures the client caused (gone, body over the limit): no mark against the endpoint. */
+function clientsFault(pe: ProxyError): boolean {
+  return pe.kind === "client_closed" || pe.kind === "payload_too_large";
 }
 
 /** Takes a retry slot from the cluster's budget; a refusal is flagged URX for the access log. */
@@ -391,12 +462,14 @@ function downstreamResponse(
   s: ForwardSettings,
   upstream: Response,
   body: ReadableStream<Uint8Array> | null,
+  contentLength: string | null,
 ): Response {
   const out = endToEndHeaders(upstream.headers);
+  if (contentLength !== null) out.set("content-length", contentLength);
   out.set("x-request-id", ctx.requestId);
   applyEdits(out, s.responseEdits);
-  // HEAD, 204 and 304 never carry a body, whatever the upstream sent (RFC 9110 6.4.1).
-  const bodyless = req.method === "HEAD" || upstream.status === 204 || upstream.status === 304;
+  // HEAD, 204, 205 and 304 never carry a body, whatever the upstream sent (RFC 9110 6.4.1).
+  const bodyless = req.method === "HEAD" || NULL_BODY_STATUS.has(upstream.status);
   if (bodyless && body) body.cancel().catch(() => {});
   return new Response(bodyless ? null : body, {
     status: upstream.status,
@@ -406,20 +479,24 @@ function downstreamResponse(
 }
 
 /**
- * fetch decodes compressed bodies unless asked for `identity`, so: no Accept-Encoding or identity
- * goes through fetch (saying identity explicitly, since fetch would add gzip); any other coding
- * goes through the byte-exact transport where the cluster has one, else is downgraded to identity.
+ * fetch decodes compressed bodies unless asked for `identity`, and adds `accept`, `accept-language`
+ * and `user-agent` (and `accept-encoding`) when a request lacks them; Deno 2.9.6 has no way to stop
+ * either (docs/design.md "Which transport"). So fetch gets only requests it would send exactly as
+ * given: all four present, Accept-Encoding `identity`. Anything else goes through the byte-exact
+ * transport where it reaches the endpoint; else (HTTP/2 clusters, TLS without `ca_file`) through
+ * fetch with `identity`.
  */
-function chooseTransport(cluster: Cluster, headers: HeaderList): Transport {
+function chooseTransport(cluster: Cluster, headers: HeaderList, endpoint: Endpoint): Transport {
   // Upstream identity checks need node:https (byte-exact, so Accept-Encoding stays as sent).
   if (cluster.verifiedTransport) return cluster.verifiedTransport;
   const ae = headers.get("accept-encoding");
-  if (ae === null || IDENTITY.test(ae)) {
-    headers.set("accept-encoding", "identity");
-    return cluster.fetch;
-  }
-  if (cluster.passthrough) return cluster.passthrough;
-  headers.set("accept-encoding", "identity");
+  const identity = ae !== null && IDENTITY.test(ae);
+  if (
+    cluster.passthrough && (cluster.passthrough.reaches?.(endpoint.url) ?? true) &&
+    (!identity || !headers.has("accept") || !headers.has("accept-language") ||
+      !headers.has("user-agent"))
+  ) return cluster.passthrough;
+  if (!identity) headers.set("accept-encoding", "identity");
   return cluster.fetch;
 }
 

@@ -1,9 +1,15 @@
 /**
- * Upstream HTTP/2 connections for gRPC: one multiplexed connection per endpoint, opened on first
- * use (h2c with prior knowledge for http://, TLS with ALPN h2 for https://) and replaced when it
- * closes or receives GOAWAY. Requests wait for a connect in progress instead of opening more.
+ * Upstream HTTP/2 connections for gRPC, per endpoint: opened on first use (h2c with prior
+ * knowledge for http://, TLS with ALPN h2 for https://) and dropped when they close or receive
+ * GOAWAY. A stream goes on the first connection with a free stream slot whose window is not held
+ * by slow readers; when none has, another connection is opened, up to `maxConnectionsPerEndpoint`
+ * (so one client holding the upstream's MAX_CONCURRENT_STREAMS, or stalling its window, does not
+ * make everyone else wait). At the maximum, a stream queues on the least loaded connection.
  */
+import { ByteBudget } from "../h2/budget.ts";
 import { H2Connection } from "../h2/connection.ts";
+import type { HeaderField } from "../h2/hpack.ts";
+import type { H2Stream } from "../h2/stream.ts";
 import { ProxyError } from "../server/errors.ts";
 import type { Endpoint } from "./cluster.ts";
 import { connectUpstreamTls, type UpstreamTls } from "./upstream_tls.ts";
@@ -12,40 +18,136 @@ export interface H2PoolOptions {
   readonly caCerts?: string[];
   /** Upstream mTLS: client certificate, server name, expected identities. */
   readonly tls?: UpstreamTls;
+  /** Connections one endpoint may get. Default 4. */
+  readonly maxConnectionsPerEndpoint?: number;
+  /** A connection with no stream and no frame for this long is closed (GOAWAY). 0: never. */
+  readonly idleTimeoutMs?: number;
+}
+
+/** Our connection receive window upstream (the H2Connection default). */
+const CONNECTION_WINDOW = 8 << 20;
+/**
+ * Response bytes one upstream connection may hold unread on credit already returned: a stalled
+ * reader's streams are bounded by their stream windows and cost this, not the connection window.
+ */
+const EARLY_CREDIT_PER_CONNECTION = 2 * CONNECTION_WINDOW;
+/** The same, for all upstream connections of the process together. */
+export const UPSTREAM_EARLY_CREDIT = new ByteBudget(128 << 20);
+/** How long a new connection may take to send its SETTINGS before it is used anyway. */
+const SETTINGS_WAIT_MS = 5_000;
+
+type Target = Pick<Endpoint, "origin" | "url">;
+
+interface EndpointConns {
+  readonly conns: H2Connection[];
+  connecting: Promise<H2Connection> | undefined;
 }
 
 export class H2Pool {
-  readonly #conns = new Map<string, Promise<H2Connection>>();
+  readonly #endpoints = new Map<string, EndpointConns>();
   readonly #opts: H2PoolOptions;
+  readonly #max: number;
   #closed = false;
 
   constructor(opts: H2PoolOptions = {}) {
     this.#opts = opts;
+    this.#max = Math.max(1, opts.maxConnectionsPerEndpoint ?? 4);
   }
 
-  /** A usable connection to `endpoint`; throws upstream_connect_failure when it cannot connect. */
-  async get(endpoint: Pick<Endpoint, "origin" | "url">): Promise<H2Connection> {
-    if (this.#closed) throw new ProxyError("no_healthy_upstream", "cluster is being retired");
-    const key = endpoint.origin;
-    const pending = this.#conns.get(key);
-    if (pending) {
-      const conn = await pending.catch(() => undefined);
-      if (conn?.available) return conn;
-      if (this.#conns.get(key) === pending) this.#conns.delete(key);
-      // Someone else may already be reconnecting.
-      const again = this.#conns.get(key);
-      if (again) return again;
+  /**
+   * Opens a stream to `endpoint` on a connection with room for it; throws
+   * upstream_connect_failure when no connection can be had.
+   */
+  async request(
+    endpoint: Target,
+    fields: readonly HeaderField[],
+    endStream = false,
+  ): Promise<H2Stream> {
+    // Choice and stream registration happen in one synchronous step, so concurrent callers see
+    // each other's streams and do not all pile onto one connection.
+    return (await this.#whenChosen(endpoint, (c) => c.request(fields, endStream)));
+  }
+
+  /** A usable connection to `endpoint` (the one `request` would use now). */
+  get(endpoint: Target): Promise<H2Connection> {
+    return this.#whenChosen(endpoint, (c) => c);
+  }
+
+  /** Runs `use` on the chosen connection in the same tick as the choice. */
+  async #whenChosen<T>(endpoint: Target, use: (c: H2Connection) => T): Promise<T> {
+    for (let round = 0; round <= this.#max; round++) {
+      const conn = this.#pickNow(endpoint);
+      if (conn) return use(conn);
+      const entry = this.#entry(endpoint.origin);
+      entry.connecting ??= this.#open(endpoint, entry);
+      try {
+        await entry.connecting;
+      } catch (err) {
+        // Cannot connect: queue on what we have, if anything.
+        const still = entry.conns.filter((c) => c.available);
+        if (still.length === 0) throw err;
+        return use(leastLoaded(still));
+      }
     }
-    const opening = this.#connect(endpoint);
-    this.#conns.set(key, opening);
-    opening.then(
-      (c) => c.done.then(() => this.#conns.get(key) === opening && this.#conns.delete(key)),
-      () => this.#conns.get(key) === opening && this.#conns.delete(key),
-    );
-    return opening;
+    const usable = this.#entry(endpoint.origin).conns.filter((c) => c.available);
+    if (usable.length > 0) return use(leastLoaded(usable));
+    throw new ProxyError("upstream_connect_failure", `no connection to ${endpoint.origin}`);
   }
 
-  async #connect(endpoint: Pick<Endpoint, "origin" | "url">): Promise<H2Connection> {
+  /**
+   * A connection to use right now: a free one, or the least loaded once at the maximum;
+   * undefined when another should be opened (or one is being opened).
+   */
+  #pickNow(endpoint: Target): H2Connection | undefined {
+    if (this.#closed) throw new ProxyError("no_healthy_upstream", "cluster is being retired");
+    const entry = this.#entry(endpoint.origin);
+    const usable = entry.conns.filter((c) => c.available);
+    const free = usable.find((c) => c.hasStreamSlot && !c.windowHeld);
+    if (free) return free;
+    if (entry.connecting || usable.length < this.#max) return undefined;
+    return leastLoaded(usable);
+  }
+
+  #entry(origin: string): EndpointConns {
+    let entry = this.#endpoints.get(origin);
+    if (!entry) {
+      entry = { conns: [], connecting: undefined };
+      this.#endpoints.set(origin, entry);
+    }
+    return entry;
+  }
+
+  async #open(endpoint: Target, entry: EndpointConns): Promise<H2Connection> {
+    try {
+      const conn = await this.#connect(endpoint);
+      // Its stream limit must be known before streams are spread over it.
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        conn.ready,
+        new Promise<void>((r) => (timer = setTimeout(r, SETTINGS_WAIT_MS))),
+      ]);
+      clearTimeout(timer);
+      if (this.#closed) {
+        void conn.drain(5_000);
+        throw new ProxyError("no_healthy_upstream", "cluster is being retired");
+      }
+      entry.conns.push(conn);
+      void conn.done.then(() => {
+        const i = entry.conns.indexOf(conn);
+        if (i >= 0) entry.conns.splice(i, 1);
+        if (entry.conns.length === 0 && !entry.connecting) {
+          if (this.#endpoints.get(endpoint.origin) === entry) {
+            this.#endpoints.delete(endpoint.origin);
+          }
+        }
+      });
+      return conn;
+    } finally {
+      entry.connecting = undefined;
+    }
+  }
+
+  async #connect(endpoint: Target): Promise<H2Connection> {
     const hostname = endpoint.url.hostname.replace(/^\[|\]$/g, "");
     const port = Number(endpoint.url.port);
     let conn: Deno.Conn;
@@ -72,19 +174,35 @@ export class H2Pool {
       );
     }
     if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
-    return new H2Connection(conn, { role: "client" });
+    return new H2Connection(conn, {
+      role: "client",
+      idleTimeoutMs: this.#opts.idleTimeoutMs ?? 0,
+      connectionWindowSize: CONNECTION_WINDOW,
+      earlyCredit: { perConnection: EARLY_CREDIT_PER_CONNECTION, shared: UPSTREAM_EARLY_CREDIT },
+    });
   }
 
-  /** Connections currently open, by endpoint origin (for tests and /stats). */
+  /** Endpoints with a connection open (for tests and /stats). */
   get size(): number {
-    return this.#conns.size;
+    return this.#endpoints.size;
+  }
+
+  /** Connections open to `origin`. */
+  connections(origin: string): number {
+    return this.#endpoints.get(origin)?.conns.length ?? 0;
   }
 
   close(): void {
     this.#closed = true;
-    for (const p of this.#conns.values()) {
-      p.then((c) => void c.drain(5_000), () => {});
+    for (const entry of this.#endpoints.values()) {
+      for (const c of entry.conns) void c.drain(5_000);
     }
-    this.#conns.clear();
+    this.#endpoints.clear();
   }
+}
+
+function leastLoaded(conns: readonly H2Connection[]): H2Connection {
+  let best = conns[0]!;
+  for (const c of conns) if (c.activeStreams < best.activeStreams) best = c;
+  return best;
 }

@@ -2,9 +2,10 @@
  * How bytes reach an upstream. The default is fetch over one `Deno.HttpClient` pool per cluster.
  *
  * fetch always decompresses gzip/br/deflate bodies unless the request says
- * `Accept-Encoding: identity`, yet keeps `content-encoding`. A proxy must pass compressed bodies
- * through byte for byte, so requests whose client accepts a coding go through `node:http`
- * (which never decodes) on HTTP/1.1 clusters; see docs/design.md "Compressed bodies".
+ * `Accept-Encoding: identity`, yet keeps `content-encoding`, and adds headers the client never
+ * sent. A proxy must pass bodies and headers through as they are, so on HTTP/1.1 clusters only
+ * requests fetch would send unchanged take it, the rest go through `node:http` (which never
+ * decodes); see docs/design.md "Which transport".
  */
 import { ProxyError } from "../server/errors.ts";
 import { denoTlsOptions, type UpstreamTls } from "./upstream_tls.ts";
@@ -21,6 +22,13 @@ export interface UpstreamRequest {
 
 export interface Transport {
   send(request: UpstreamRequest): Promise<Response>;
+  /**
+   * True when the transport reads Deno.serve's request body natively (not through JS) and so
+   * classifies a failure of that body itself; otherwise forward.ts watches the body for it.
+   */
+  readonly readsBodyNatively?: boolean;
+  /** Whether this transport can reach `origin` at all (absent: any origin). */
+  reaches?(origin: URL): boolean;
   close(): void;
 }
 
@@ -35,6 +43,7 @@ export interface PoolOptions {
 
 export class FetchTransport implements Transport {
   readonly #client: Deno.HttpClient;
+  readonly readsBodyNatively = true;
 
   constructor(opts: PoolOptions) {
     this.#client = Deno.createHttpClient({
@@ -65,6 +74,11 @@ export class FetchTransport implements Transport {
       redirect: "manual",
       signal: r.signal,
     }).catch((err) => {
+      // The one failure fetch reports only in words: the downstream request body (a Deno
+      // resource) gone, because the client went away mid-upload. Not the upstream's fault.
+      if (r.body && !(err instanceof ProxyError) && REQUEST_BODY_GONE.test(describe(err))) {
+        throw clientBodyError(err);
+      }
       throw classifyUpstreamError(err, r.signal);
     });
   }
@@ -84,6 +98,15 @@ export class LazyNodeTransport implements Transport {
   #closed = false;
   constructor(readonly opts: PoolOptions) {}
 
+  /**
+   * node:https verifies against the system's CAs only with `--allow-sys` (Deno 2.9.6: "Requires
+   * sys access to ca"), which `deno task start` does not grant: TLS endpoints only with the
+   * cluster's own `tls.ca_file`.
+   */
+  reaches(origin: URL): boolean {
+    return origin.protocol !== "https:" || this.opts.caCerts !== undefined;
+  }
+
   async send(r: UpstreamRequest): Promise<Response> {
     if (!this.#loaded) {
       this.#loading ??= import("./node_transport.ts").then((m) =>
@@ -101,6 +124,98 @@ export class LazyNodeTransport implements Transport {
   }
 }
 
+/**
+ * Checks an upstream answer's status and framing before anything of it is relayed, the same for
+ * every transport. A status Response cannot carry (outside 200-599, except 101, which the
+ * WebSocket path owns), a Transfer-Encoding other than plain `chunked`, a Transfer-Encoding beside
+ * a Content-Length, or Content-Length values that disagree: 502 `upstream_protocol_error`.
+ * Returns the single Content-Length to relay (`5, 5` becomes `5`), or null when there is none.
+ */
+export function checkUpstreamHead(status: number, headers: Headers): string | null {
+  if (!Number.isInteger(status) || ((status < 200 || status > 599) && status !== 101)) {
+    throw new ProxyError(
+      "upstream_protocol_error",
+      `the upstream answered with status ${status}, outside 100-599 or not a final status`,
+    );
+  }
+  const te = headers.get("transfer-encoding");
+  const cl = headers.get("content-length");
+  if (te !== null) {
+    // Anything but chunked is a coding Ferry cannot undo (and a body delimited by close).
+    if (te.trim().toLowerCase() !== "chunked") {
+      throw new ProxyError(
+        "upstream_protocol_error",
+        `the upstream sent Transfer-Encoding "${te}"; only chunked is relayed`,
+      );
+    }
+    if (cl !== null) {
+      throw new ProxyError(
+        "upstream_protocol_error",
+        "the upstream sent both Content-Length and Transfer-Encoding (ambiguous framing)",
+      );
+    }
+    return null;
+  }
+  if (cl === null) return null;
+  const values = cl.split(",").map((v) => v.trim());
+  if (!values.every((v) => /^\d{1,15}$/.test(v) && v === values[0])) {
+    throw new ProxyError(
+      "upstream_protocol_error",
+      `the upstream sent an invalid Content-Length "${cl}"`,
+    );
+  }
+  return values[0]!;
+}
+
+/**
+ * Wraps a request body on its way to any transport so that a failure of the body itself (the
+ * client aborting its upload, or the body-size limit) is known by type, not guessed from the
+ * transport's error message: `failure()` is then the client's error (`client_closed`, or the
+ * limit's `payload_too_large`), which must not count against the upstream.
+ */
+export function watchRequestBody(source: ReadableStream<Uint8Array>): {
+  readonly stream: ReadableStream<Uint8Array>;
+  failure(): ProxyError | undefined;
+} {
+  const reader = source.getReader();
+  let failure: ProxyError | undefined;
+  const stream = new ReadableStream<Uint8Array>({
+    async pull(ctl) {
+      let r: ReadableStreamReadResult<Uint8Array>;
+      try {
+        r = await reader.read();
+      } catch (err) {
+        failure = clientBodyError(err);
+        ctl.error(failure);
+        return;
+      }
+      if (r.done) ctl.close();
+      else ctl.enqueue(r.value);
+    },
+    cancel(reason) {
+      return reader.cancel(reason).catch(() => {});
+    },
+  }, { highWaterMark: 0 });
+  return { stream, failure: () => failure };
+}
+
+/** Deno 2.9.6's words for a request body whose resource closed (tests pin them). */
+const REQUEST_BODY_GONE = /Cannot read request body/;
+
+/**
+ * A failure while reading the client's request body, as the client's error: a `ProxyError` it
+ * already is (the body-size limit's 413) is kept, anything else means the client went away.
+ */
+export function clientBodyError(err: unknown): ProxyError {
+  if (err instanceof ProxyError) return err;
+  for (let c: unknown = err, i = 0; c instanceof Error && i < 5; c = c.cause, i++) {
+    if (c instanceof ProxyError) return c;
+  }
+  return new ProxyError("client_closed", "the client went away while sending the request body", {
+    cause: err,
+  });
+}
+
 /** Reasons the signal may carry; `forward.ts` aborts with one of these. */
 export class TimeoutReason extends Error {}
 export class ClientGoneReason extends Error {}
@@ -108,12 +223,19 @@ export class ClientGoneReason extends Error {}
 /** Maps transport failures onto the error table: refused, reset, timeout, protocol. */
 export function classifyUpstreamError(err: unknown, signal: AbortSignal): ProxyError {
   if (err instanceof ProxyError) return err;
+  // A stream Ferry made (the body-size limit) failing with its own typed error, wrapped by fetch.
+  for (let c: unknown = err, i = 0; c instanceof Error && i < 5; c = c.cause, i++) {
+    if (c instanceof ProxyError) return c;
+  }
   if (signal.aborted) {
     if (signal.reason instanceof TimeoutReason) {
       return new ProxyError("upstream_timeout", signal.reason.message, { cause: err });
     }
     return new ProxyError("client_closed", "the client went away", { cause: err });
   }
+  const typed = classifyByType(err);
+  if (typed) return typed;
+  // fetch reports every failure as a TypeError whose causes carry only text.
   const text = describe(err);
   if (/refused|ECONNREFUSED|dns error|ENOTFOUND|EHOSTUNREACH|No route|unreachable/i.test(text)) {
     return new ProxyError("upstream_connect_failure", "the upstream refused the connection", {
@@ -135,6 +257,53 @@ export function classifyUpstreamError(err: unknown, signal: AbortSignal): ProxyE
   return new ProxyError("upstream_protocol_error", "the upstream response was not valid HTTP", {
     cause: err,
   });
+}
+
+const CONNECT_CODES = new Set([
+  "ECONNREFUSED",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+]);
+const RESET_CODES = new Set(["ECONNRESET", "EPIPE", "ECONNABORTED", "ERR_STREAM_PREMATURE_CLOSE"]);
+const TLS_CODE =
+  /^(ERR_TLS_|ERR_SSL_|UNABLE_TO_|CERT_|DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_)/;
+
+/**
+ * Classification by type where the error has one: Deno's error classes and node's `code`
+ * (node:http); undefined when only the text can tell (fetch).
+ */
+function classifyByType(err: unknown): ProxyError | undefined {
+  for (let e: unknown = err, i = 0; e instanceof Error && i < 5; e = e.cause, i++) {
+    const code = (e as { code?: unknown }).code;
+    if (
+      e instanceof Deno.errors.ConnectionRefused ||
+      (typeof code === "string" && CONNECT_CODES.has(code))
+    ) {
+      return new ProxyError("upstream_connect_failure", "the upstream refused the connection", {
+        cause: err,
+      });
+    }
+    if (typeof code === "string" && TLS_CODE.test(code)) {
+      return new ProxyError("upstream_connect_failure", "TLS handshake with the upstream failed", {
+        cause: err,
+      });
+    }
+    if (typeof code === "string" && code.startsWith("HPE_")) {
+      return new ProxyError("upstream_protocol_error", "the upstream response was not valid HTTP", {
+        cause: err,
+      });
+    }
+    if (
+      e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe ||
+      e instanceof Deno.errors.ConnectionAborted || e instanceof Deno.errors.UnexpectedEof ||
+      (typeof code === "string" && RESET_CODES.has(code))
+    ) {
+      return new ProxyError("upstream_reset", "the upstream closed the connection", { cause: err });
+    }
+  }
+  return undefined;
 }
 
 function describe(err: unknown): string {

@@ -4,6 +4,7 @@
  * the client and relay frames both ways with a bounded send buffer.
  */
 import type { RequestContext } from "../pipeline/types.ts";
+import { downstreamLink } from "../server/downstream.ts";
 import { ProxyError } from "../server/errors.ts";
 import type { Endpoint } from "./cluster.ts";
 import { type ForwardSettings, upstreamHeaders } from "./forward.ts";
@@ -22,6 +23,10 @@ const OPEN_TIMEOUT_MS = 10_000;
 /** RFC 6455 7.4.1 registry: 1014 is "bad gateway", the honest code when the upstream vanished. */
 const CLOSE_BAD_GATEWAY = 1014;
 const CLOSE_POLICY = 1008;
+const CLOSE_INTERNAL = 1011;
+const CLOSE_TOO_BIG = 1009;
+/** 4009 mirrors 1009 ("message too big") in the range Deno's client may send. */
+const CLOSE_UPSTREAM_TOO_BIG = 4009;
 /** Deno's client-side close() takes only 1000 and 3000-4999; 4008 mirrors 1008 in that range. */
 const CLOSE_SLOW_UPSTREAM = 4008;
 
@@ -47,6 +52,8 @@ export async function proxyWebSocket(
   });
   client.binaryType = "arraybuffer";
   const limit = s.websocketMaxBuffer;
+  const maxMessage = s.websocketMaxMessageBytes;
+  const link = downstreamLink(req);
 
   // Frames, and even the close, from upstream may arrive before the client side is open: hold
   // them (bounded) until it opens. close() on a socket still CONNECTING leaves the client open
@@ -55,6 +62,15 @@ export async function proxyWebSocket(
   let earlyBytes = 0;
   let pendingClose: { code?: number; reason?: string } | undefined;
   upstream.onmessage = (e: MessageEvent<string | ArrayBuffer>) => {
+    if (link) link.lastMessageAt = performance.now();
+    if (overLimit(e.data, maxMessage)) {
+      const reason = `upstream message over ${maxMessage} bytes`;
+      early = undefined;
+      if (upstream.readyState <= WebSocket.OPEN) upstream.close(CLOSE_UPSTREAM_TOO_BIG, reason);
+      // 1011, not 1014: Deno's own client (fastwebsockets) refuses 1014 as a close code.
+      closeClient(CLOSE_INTERNAL, reason);
+      return;
+    }
     if (early) {
       if (pendingClose) return;
       early.push(e.data);
@@ -78,6 +94,13 @@ export async function proxyWebSocket(
     if (pendingClose) closeClient(pendingClose.code, pendingClose.reason);
   };
   client.onmessage = (e: MessageEvent<string | ArrayBuffer>) => {
+    if (link) link.lastMessageAt = performance.now();
+    // Behind the guard, frames over the limits never get here (src/server/ws_frames.ts); this
+    // check is for listeners without it, after Deno has collected the message.
+    if (overLimit(e.data, maxMessage)) {
+      closeTunnel(CLOSE_TOO_BIG, `message over ${maxMessage} bytes`);
+      return;
+    }
     relay(
       upstream,
       e.data,
@@ -96,6 +119,14 @@ export async function proxyWebSocket(
     closeUpstream(upstream, e.code, e.reason);
   };
   client.onerror = () => closeUpstream(upstream, 1006, "");
+  // The guard closes through here: frames over the limits (1009), an idle tunnel (1001).
+  if (link) link.closeTunnel = closeTunnel;
+
+  /** Closes the client with `code` and tells the upstream why (as closeUpstream can). */
+  function closeTunnel(code: number, reason: string): void {
+    closeClient(code, reason);
+    if (upstream.readyState <= WebSocket.OPEN) closeUpstream(upstream, code, reason);
+  }
 
   /** Closes the client side now, or as soon as it opens if it is still CONNECTING. */
   function closeClient(code?: number, reason?: string): void {
@@ -114,6 +145,17 @@ export async function proxyWebSocket(
 
   response.headers.set("x-request-id", ctx.requestId);
   return response;
+}
+
+/**
+ * A 101 (or other 1xx final answer) to a request that asked for no upgrade: WebSocket upgrades
+ * never take the HTTP forwarding path, so the client would take the connection for a tunnel.
+ */
+export function notAnUpgrade(status: number): ProxyError {
+  return new ProxyError(
+    "upstream_protocol_error",
+    `upstream answered ${status} to a request that asked for no upgrade`,
+  );
 }
 
 function relay(
@@ -143,6 +185,15 @@ function truncateReason(text: string): string {
   return bytes.length <= 123 ? text : new TextDecoder().decode(bytes.slice(0, 120));
 }
 
+/** True when a message is larger than `max` bytes (strings counted in UTF-8). */
+function overLimit(data: string | ArrayBuffer, max: number): boolean {
+  if (typeof data !== "string") return data.byteLength > max;
+  // UTF-8 takes 1 to 3 bytes per UTF-16 unit: encode only when the length cannot tell.
+  if (data.length > max) return true;
+  if (data.length * 3 <= max) return false;
+  return new TextEncoder().encode(data).length > max;
+}
+
 function size(data: string | ArrayBuffer): number {
   return typeof data === "string" ? data.length * 3 : data.byteLength;
 }
@@ -159,14 +210,24 @@ function opened(ws: WebSocket, origin: string): Promise<void> {
       clearTimeout(timer);
       resolve();
     };
-    ws.onerror = () => {};
+    let error = "";
+    ws.onerror = (e) => error = (e as ErrorEvent).message ?? "";
     ws.onclose = (e) => {
       clearTimeout(timer);
+      // Deno's client reports an answer other than 101 only in the error's message.
+      const status = /Invalid status code:? (\d{3})/.exec(error)?.[1];
       reject(
-        new ProxyError(
-          "upstream_connect_failure",
-          `WebSocket handshake with ${origin} failed (${e.code}${e.reason ? " " + e.reason : ""})`,
-        ),
+        status
+          ? new ProxyError(
+            "upstream_protocol_error",
+            `WebSocket upstream ${origin} answered the upgrade with ${status}, not 101`,
+          )
+          : new ProxyError(
+            "upstream_connect_failure",
+            `WebSocket handshake with ${origin} failed (${e.code}${e.reason ? " " + e.reason : ""}${
+              error ? ": " + error : ""
+            })`,
+          ),
       );
     };
   });

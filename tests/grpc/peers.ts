@@ -53,14 +53,18 @@ export interface EchoServer {
   readonly healthAsked: string[];
   /** ServerStream "big:N:SIZE" calls: messages handed to grpc-js, and calls cancelled. */
   readonly big: { sent: number; cancelled: number };
+  /** Bidi calls open now, and ClientStream calls started. */
+  readonly open: { bidi: number; clientStreams: number };
   stop(): Promise<void>;
 }
 
-/** `credentials`: TLS for the server (default plaintext h2c). */
+/** `credentials`: TLS for the server (default plaintext h2c); `options`: more grpc-js options. */
 export async function startEchoServer(
   credentials: grpc.ServerCredentials = grpc.ServerCredentials.createInsecure(),
+  options: grpc.ServerOptions = {},
 ): Promise<EchoServer> {
-  const server = new grpc.Server(OPTIONS);
+  const server = new grpc.Server({ ...OPTIONS, ...options });
+  const open = { bidi: 0, clientStreams: 0 };
   const cancelled: string[] = [];
   const calls = { n: 0 };
   const health = { status: 1 };
@@ -83,6 +87,11 @@ export async function startEchoServer(
       if (clientCert) md.set("x-client-cert-echo", String(clientCert));
       const bin = call.metadata.get("x-custom-bin")[0];
       if (bin) md.set("x-custom-echo-bin", bin as Buffer);
+      // What the proxy said about the client, as the upstream saw it.
+      for (const h of ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"]) {
+        const seen = call.metadata.get(h);
+        if (seen.length > 0) md.set(`seen-${h}`, seen.map(String).join(" | "));
+      }
       const deadline = call.getDeadline();
       if (deadline !== Infinity) md.set("x-deadline-ms", String(Number(deadline) - Date.now()));
       if (text.startsWith("status:")) {
@@ -113,6 +122,7 @@ export async function startEchoServer(
       call: grpc.ServerReadableStream<Buffer, Buffer>,
       cb: grpc.sendUnaryData<Buffer>,
     ) => {
+      open.clientStreams++;
       let total = 0;
       let count = 0;
       call.on("data", (b: Buffer) => {
@@ -122,6 +132,14 @@ export async function startEchoServer(
       call.on("end", () => cb(null, Buffer.from(`${count}:${total}`)));
     },
     bidi: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => {
+      open.bidi++;
+      let closed = false;
+      const close = () => {
+        if (!closed) open.bidi--;
+        closed = true;
+      };
+      call.on("cancelled", close);
+      call.on("finish", close);
       call.on("data", (b: Buffer) => call.write(Buffer.concat([Buffer.from("echo:"), b])));
       call.on("end", () => call.end());
       call.on("cancelled", () => cancelled.push("bidi"));
@@ -141,6 +159,7 @@ export async function startEchoServer(
     health,
     healthAsked,
     big,
+    open,
     stop: () =>
       new Promise<void>((resolve) => {
         server.forceShutdown();

@@ -99,6 +99,7 @@ export class GrpcHealthProber {
 
   constructor(opts: GrpcProbeOptions = {}) {
     this.#pool = new H2Pool({
+      maxConnectionsPerEndpoint: 1,
       ...(opts.caCerts ? { caCerts: opts.caCerts } : {}),
       ...(opts.tls ? { tls: opts.tls } : {}),
     });

@@ -2,7 +2,7 @@
  * Soak: a Ferry process under mixed traffic for a long time, with reloads, watching its memory
  * and open file descriptors. Not a CI test (it runs for minutes); run it by hand:
  *
- *   deno run --allow-all --unstable-no-legacy-abort bench/soak.ts [minutes=10]
+ *   deno run --allow-all --unstable-no-legacy-abort bench/tools/soak.ts [minutes=10]
  *   (SOAK_RPS=250: requests per second per h2load client)
  *
  * Traffic (h2load, in rounds of 10 s): HTTP/1.1 GETs, h2c GETs, POSTs with a body, requests to a
@@ -13,8 +13,8 @@
  * table and a verdict: after warm-up (the first 20 % of the run), the RSS floor and median of the
  * last third must be within 10 % of the first third's, and the fd count must not trend upward.
  */
-import { run } from "../tests/helpers.ts";
-import { spawnFerry, tempConfig } from "../tests/helpers.ts";
+import { run } from "../../tests/helpers.ts";
+import { spawnFerry, tempConfig } from "../../tests/helpers.ts";
 
 const minutes = Number(Deno.args[0] ?? "10");
 const endAt = Date.now() + minutes * 60_000;

@@ -3,12 +3,12 @@
  * through a Ferry gRPC listener (in its own process), in the same run. Short by design (2-core
  * machine shared with others): quote the ratio, not the absolute numbers.
  *
- *   deno run -A --unstable-no-legacy-abort bench/grpc_bench.ts [seconds=3] [concurrency=50]
+ *   deno run -A --unstable-no-legacy-abort bench/tools/grpc_throughput.ts [seconds=3] [concurrency=50]
  *
  * FERRY_CPU_PROF=DIR also writes a V8 CPU profile of the Ferry process into DIR.
  */
 import { Buffer } from "node:buffer";
-import { echoClient, startEchoServer, unary } from "../tests/grpc/peers.ts";
+import { echoClient, startEchoServer, unary } from "../../tests/grpc/peers.ts";
 
 const seconds = Number(Deno.args[0] ?? 3);
 const concurrency = Number(Deno.args[1] ?? 50);

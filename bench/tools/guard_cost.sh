@@ -6,12 +6,12 @@
 # and h2load (h2c). Reports requests/s, latency and Ferry CPU time per request (utime+stime of
 # the Ferry process over the run / requests), and the B/A ratios. Everything started here is
 # stopped by PID at the end. Short by design (2-core machine shared with others):
-#   ROUNDS=3 DURATION=3 bench/guard_cost.sh        about 1 minute
+#   ROUNDS=3 DURATION=3 bench/tools/guard_cost.sh        about 1 minute
 # Output: a table on stdout; raw tool output under ${OUT:-/tmp/guard_cost}.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
 DENO=${DENO:-$(command -v deno)}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-3}

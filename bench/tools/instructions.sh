@@ -5,9 +5,10 @@
 # of requests; the difference between two counts divided by the difference in requests is the
 # cost of one request (start-up and warm-up cancel out). Takes about 5 minutes.
 # Needs: valgrind, nginx, h2load (nghttp2-client), curl; PEERS_DIR for deno-hdr.ts.
+# Run by hand (not a `deno bench` file):  bench/tools/instructions.sh   (N1=2500 N2=4500)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
 PEERS_DIR=${PEERS_DIR:-$REPO/../shared/peers}
 N1=${N1:-2500} N2=${N2:-4500}
 WORK=$(mktemp -d)

@@ -8,7 +8,7 @@
 # Time (measured on the 2-core box): a full default run (all 9 targets, h1-small h1-64k h2-small,
 # ROUNDS=3, both modes) takes about 26 minutes, 13 per mode (MODES=unpinned or MODES=pinned);
 # a smoke run
-#   ROUNDS=1 DURATION=3 MODES=unpinned TARGETS="direct deno-hdr ferry" bench/peers.sh
+#   ROUNDS=1 DURATION=3 MODES=unpinned TARGETS="direct deno-hdr ferry" bench/tools/peers.sh
 # about 1.5 minutes. Results and method: docs/PERFORMANCE.md. The harness may apt-get/npm-install
 # its tools on first use (needs root).
 #
@@ -18,7 +18,7 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
 PEERS_DIR=${PEERS_DIR:-$REPO/../shared/peers}
 [[ -x $PEERS_DIR/run.sh ]] || { echo "peers harness not found: $PEERS_DIR/run.sh (set PEERS_DIR)" >&2; exit 1; }
 

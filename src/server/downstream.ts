@@ -1,0 +1,87 @@
+/**
+ * What the connection guard knows about a client connection and its handlers need: whether a
+ * write to the client is blocked (the client stopped reading), so response relays stop pulling
+ * from the upstream instead of filling the loopback socket pair behind the guard, and how the
+ * guard asks an upgraded connection (WebSocket) to close with a code.
+ */
+export class DownstreamLink {
+  /** The connection speaks HTTP/2 (set by the guard before a request is handed on). */
+  h2 = false;
+  /** performance.now() when the pending client write last made progress; 0: none pending. */
+  writingSince = 0;
+  closed = false;
+  /**
+   * performance.now() of the last WebSocket message either way, set by the relay: the tunnel
+   * idle timeout counts messages, not bytes, since Deno's own pings would keep any tunnel busy.
+   */
+  lastMessageAt = 0;
+  /** Set by the WebSocket relay: closes both sides with this code (client) and reason. */
+  closeTunnel: ((code: number, reason: string) => void) | undefined;
+  /** Requests whose relay gave up (see RequestTicket.abandoned) and that are not done yet. */
+  abandoned = 0;
+  /** Set by the guard: a request was abandoned. */
+  onAbandon: (() => void) | undefined;
+  #waiters: (() => void)[] = [];
+
+  /** undefined when the client can take bytes now; else resolves once it can (or is gone). */
+  writable(): Promise<void> | undefined {
+    if (this.writingSince === 0 || this.closed) return undefined;
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
+  /** The guard's client write finished. */
+  wrote(): void {
+    this.writingSince = 0;
+    this.#wake();
+  }
+
+  /** A relay gave up on its client; the guard stops counting the request as in flight. */
+  abandon(ticket: RequestTicket): void {
+    if (ticket.abandoned) return;
+    ticket.abandoned = true;
+    this.abandoned++;
+    this.onAbandon?.();
+  }
+
+  /** The connection is gone: nobody waits any more. */
+  close(): void {
+    this.closed = true;
+    this.closeTunnel = undefined;
+    this.#wake();
+  }
+
+  #wake(): void {
+    if (this.#waiters.length === 0) return;
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const w of waiters) w();
+  }
+}
+
+/** One request's place on its connection, shared by copies of the Request (body limits). */
+export interface RequestTicket {
+  readonly link: DownstreamLink;
+  /**
+   * Its response relay gave up on the client (send timeout) while Deno.serve still holds the
+   * stream: an HTTP/2 stream waiting for window cannot be reset from JavaScript. The guard then
+   * stops counting it as in flight, so the connection's idle timeout can end it.
+   */
+  abandoned: boolean;
+}
+
+const tickets = new WeakMap<Request, RequestTicket>();
+
+/** Called by the guard for each request it hands to the inner server (and for copies). */
+export function attachTicket(req: Request, ticket: RequestTicket): void {
+  tickets.set(req, ticket);
+}
+
+/** The guard's ticket of a request; undefined without the guard. */
+export function downstreamTicket(req: Request): RequestTicket | undefined {
+  return tickets.get(req);
+}
+
+/** The guard's link of the connection a request came on; undefined without the guard. */
+export function downstreamLink(req: Request): DownstreamLink | undefined {
+  return tickets.get(req)?.link;
+}

@@ -1,0 +1,74 @@
+/**
+ * Follows the frame headers in a client's WebSocket byte stream (RFC 6455 5.2) without keeping
+ * any payload, so that a frame or a message (all its fragments) over the limits is refused when
+ * its header arrives: before its bytes reach Deno's WebSocket, which would collect them in memory.
+ */
+export class WsFrameLimit {
+  readonly #head = new Uint8Array(14);
+  #headLen = 0;
+  #payloadLeft = 0;
+  /** Bytes of the unfinished fragmented message so far. */
+  #message = 0;
+  /** Why the stream was refused; once set, nothing more is relayed. */
+  violation: string | undefined;
+
+  constructor(readonly maxFrameBytes: number, readonly maxMessageBytes: number) {}
+
+  /**
+   * Reads `n` more bytes of `buf`; returns how many may be relayed: all of them, or those before
+   * the header of the first frame over a limit (then `violation` says why).
+   */
+  feed(buf: Uint8Array, n: number): number {
+    if (this.violation) return 0;
+    let i = 0;
+    let headStart = 0;
+    while (i < n) {
+      if (this.#payloadLeft > 0) {
+        const take = Math.min(this.#payloadLeft, n - i);
+        this.#payloadLeft -= take;
+        i += take;
+        continue;
+      }
+      if (this.#headLen === 0) headStart = i;
+      this.#head[this.#headLen++] = buf[i++]!;
+      const need = headerLength(this.#head, this.#headLen);
+      if (need === undefined || this.#headLen < need) continue;
+      const fin = (this.#head[0]! & 0x80) !== 0;
+      const opcode = this.#head[0]! & 0x0f;
+      const len = payloadLength(this.#head);
+      this.#headLen = 0;
+      if (len > this.maxFrameBytes) {
+        this.violation = `frame of ${len} bytes over the limit of ${this.maxFrameBytes}`;
+        return headStart;
+      }
+      // Control frames (8 and up) may come between fragments and are not part of the message.
+      if (opcode < 8) {
+        const total = (opcode === 0 ? this.#message : 0) + len;
+        if (total > this.maxMessageBytes) {
+          this.violation = `message of ${total}+ bytes over the limit of ${this.maxMessageBytes}`;
+          return headStart;
+        }
+        this.#message = fin ? 0 : total;
+      }
+      this.#payloadLeft = len;
+    }
+    return n;
+  }
+}
+
+/** Header size once its first two bytes are known: 2, the extended length, the mask key. */
+function headerLength(head: Uint8Array, have: number): number | undefined {
+  if (have < 2) return undefined;
+  const len7 = head[1]! & 0x7f;
+  const ext = len7 === 126 ? 2 : len7 === 127 ? 8 : 0;
+  return 2 + ext + ((head[1]! & 0x80) !== 0 ? 4 : 0);
+}
+
+function payloadLength(head: Uint8Array): number {
+  const len7 = head[1]! & 0x7f;
+  if (len7 === 126) return (head[2]! << 8) | head[3]!;
+  if (len7 !== 127) return len7;
+  let len = 0;
+  for (let i = 2; i < 10; i++) len = len * 256 + head[i]!;
+  return len;
+}

@@ -1,0 +1,135 @@
+/**
+ * "MadeYouReset": a client opens a call and then sends a frame that makes Ferry reset the stream
+ * itself (a WINDOW_UPDATE of 0, or one that overflows the window), thousands of times. The resets
+ * Ferry is provoked into sending cost the same budget as the client's own RST_STREAMs: GOAWAY
+ * ENHANCE_YOUR_CALM, and only a bounded number of calls reach the upstream.
+ */
+import assert from "node:assert/strict";
+import { startFerry } from "./helpers.ts";
+import { echoClient, grpcEchoConfig, unary } from "./grpc/peers.ts";
+import { H2Connection } from "../src/h2/connection.ts";
+import {
+  CLIENT_PREFACE,
+  ErrorCode,
+  Flag,
+  frame,
+  FrameReader,
+  FrameType,
+  readUint32,
+  settingsAck,
+  settingsFrame,
+} from "../src/h2/frames.ts";
+import { HpackEncoder } from "../src/h2/hpack.ts";
+
+const ATTEMPTS = 4000;
+
+/**
+ * An upstream on Ferry's own HTTP/2 stack that counts every stream opened to it (grpc-js would
+ * only count calls whose request message arrived whole) and echoes the request message.
+ */
+function countingUpstream() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<H2Connection>();
+  const state = { streams: 0 };
+  (async () => {
+    for await (const conn of listener) {
+      const h2 = new H2Connection(conn, {
+        role: "server",
+        onStream: (s) => {
+          state.streams++;
+          void (async () => {
+            const parts: Uint8Array[] = [];
+            for await (const c of s.body) parts.push(c);
+            s.sendHeaders([[":status", "200"], ["content-type", "application/grpc"]]);
+            for (const p of parts) await s.write(p);
+            await s.end([["grpc-status", "0"]]);
+          })().catch(() => {});
+        },
+        onClose: () => conns.delete(h2),
+      });
+      conns.add(h2);
+    }
+  })().catch(() => {});
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    get streams() {
+      return state.streams;
+    },
+    stop() {
+      listener.close();
+      for (const c of conns) c.close();
+    },
+  };
+}
+
+function windowUpdate(streamId: number, increment: number): Uint8Array {
+  const p = new Uint8Array(4);
+  new DataView(p.buffer).setUint32(0, increment);
+  return frame(FrameType.WINDOW_UPDATE, 0, streamId, p);
+}
+
+Deno.test("grpc: resets the client provokes count like its own (MadeYouReset gets GOAWAY)", async () => {
+  const upstream = countingUpstream();
+  const ferry = startFerry(grpcEchoConfig(), { PORT: String(upstream.port) });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: ferry.port });
+  try {
+    const enc = new HpackEncoder();
+    const msg = new Uint8Array([0, 0, 0, 0, 1, 0x78]);
+    const out: Uint8Array[] = [CLIENT_PREFACE, settingsFrame([]), settingsAck()];
+    for (let i = 0; i < ATTEMPTS; i++) {
+      const id = 2 * i + 1;
+      const block = enc.encode([
+        [":method", "POST"],
+        [":scheme", "http"],
+        [":path", "/test.Echo/Unary"],
+        [":authority", "x"],
+        ["content-type", "application/grpc"],
+        ["te", "trailers"],
+      ]);
+      out.push(frame(FrameType.HEADERS, Flag.END_HEADERS, id, block));
+      out.push(frame(FrameType.DATA, Flag.END_STREAM, id, msg));
+      // Half the streams: increment 0; the other half: past 2^31-1 (both stream errors).
+      out.push(windowUpdate(id, i % 2 === 0 ? 0 : 0x7fffffff));
+    }
+    const writing = (async () => {
+      for (const b of out) await conn.write(b);
+    })().catch(() => {});
+    const reader = new FrameReader(1 << 24);
+    const buf = new Uint8Array(65536);
+    let goaway: number | undefined;
+    const timeout = setTimeout(() => conn.close(), 20_000);
+    try {
+      while (goaway === undefined) {
+        const n = await conn.read(buf).catch(() => null);
+        if (n === null) break;
+        reader.push(buf.slice(0, n));
+        for (let f = reader.next(); f; f = reader.next()) {
+          if (f.type === FrameType.GOAWAY) goaway = readUint32(f.payload, 4);
+        }
+      }
+    } finally {
+      clearTimeout(timeout);
+    }
+    await writing;
+    assert.equal(goaway, ErrorCode.ENHANCE_YOUR_CALM, "the flood got GOAWAY ENHANCE_YOUR_CALM");
+    await new Promise((r) => setTimeout(r, 500));
+    // Each provoked reset costs one token of the 1000-frame burst (refilled at 200/s), so at most
+    // about that many calls can start upstream (on main: ~1500 of 4000, and no GOAWAY).
+    assert.ok(
+      upstream.streams < 1300,
+      `${upstream.streams} of ${ATTEMPTS} provoked calls reached the upstream`,
+    );
+
+    // Others are still served.
+    const client = echoClient(ferry.port);
+    const r = await unary(client, new TextEncoder().encode("after"));
+    client.close();
+    assert.equal(r.value?.toString(), "after");
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed by Ferry */ }
+    await ferry.close();
+    upstream.stop();
+  }
+});
