@@ -75,6 +75,23 @@ Deno.bench("router: regex match (after 50 prefixes)", { group: "router" }, () =>
   router.match(regexReq);
 });
 
+// The same request with 450 more prefixes, longer than the one it matches and sharing its
+// first 9 characters: a scan would try them all first; the lookup should not slow down.
+const many = [...routes];
+for (let i = 0; i < 450; i++) {
+  many.push({
+    name: `p3-${i}`,
+    index: many.length,
+    match: { path: { prefix: `/api/v2/r${i}/items/` } },
+    value: `p3-${i}`,
+  });
+}
+const manyRouter = Router.compile(many);
+if (manyRouter.match(prefixReq) !== "p2-reviews") throw new Error("500 prefixes setup");
+Deno.bench("router: prefix match (500 prefixes)", { group: "router" }, () => {
+  manyRouter.match(prefixReq);
+});
+
 Deno.bench("normalizePath: fast path (clean path)", { group: "path" }, () => {
   normalizePath("/api/v2/reviews/123/comments");
 });

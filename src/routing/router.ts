@@ -111,15 +111,40 @@ interface CompiledRoute<T> {
 interface Tier<T> {
   readonly label: string;
   readonly exact: Map<string, CompiledRoute<T>[]>;
-  /** Prefix routes indexed by the path's second character (path[1]), longest prefix first. */
-  readonly prefixByChar: readonly (readonly CompiledRoute<T>[])[];
-  /** All prefix routes, longest first (for paths whose path[1] is absent or not ASCII). */
+  /** The prefix routes as a radix tree, walked once per request (see {@linkcode PrefixNode}). */
+  readonly prefixTree: PrefixNode<T>;
+  /** All prefix routes, longest first (for explain and shadowed). */
   readonly prefixes: readonly CompiledRoute<T>[];
   readonly regexes: readonly CompiledRoute<T>[];
   readonly all: readonly CompiledRoute<T>[];
 }
 
+/**
+ * A node of the prefix radix tree (a path-compressed trie over the distinct prefix strings).
+ * `routes` are the prefix routes whose prefix is exactly `key`, in config order. A node's
+ * children are keyed by the character at `depth`; each child's key is the longest string its
+ * subtree's prefixes share, so a walk visits at most one node per branching character.
+ * Why a tree: the cost of a lookup does not grow with the number of prefixes, and it
+ * allocates nothing.
+ */
+interface PrefixNode<T> {
+  readonly key: string;
+  /** `key.length`: the path character that picks the child. */
+  readonly depth: number;
+  readonly routes: readonly CompiledRoute<T>[];
+  /** The nearest ancestor with routes: following these links gives the next shorter prefix. */
+  readonly shorter: PrefixNode<T> | undefined;
+  /** Children by the character at `depth`, as `table[charCode - lo]`. */
+  readonly lo: number;
+  readonly table: readonly (PrefixNode<T> | undefined)[];
+  /** Children when their characters span too wide a range for a table (rare). */
+  readonly wide: ReadonlyMap<number, PrefixNode<T>> | undefined;
+}
+
 const EMPTY: readonly never[] = Object.freeze([]);
+
+/** The widest table of children; beyond it a Map (only for unusual non-ASCII prefixes). */
+const MAX_TABLE_SPAN = 256;
 
 /**
  * A compiled route table. See the module documentation for the evaluation order.
@@ -210,11 +235,25 @@ export class Router<T> {
         for (const r of list) if (r.unconditional || this.#conditionsPass(r, input)) return r;
       }
     }
-    const c = path.charCodeAt(1); // NaN for "/": the full list, still correct
-    const prefixes = c < 128 ? tier.prefixByChar[c]! : tier.prefixes;
-    for (const r of prefixes) {
-      if (path.startsWith(r.path.value) && (r.unconditional || this.#conditionsPass(r, input))) {
-        return r;
+    // Down the prefix tree by one character per node, then check the deepest candidate once.
+    let node = tier.prefixTree;
+    for (;;) {
+      const c = path.charCodeAt(node.depth); // NaN past the end: no child
+      const k = c - node.lo;
+      const child = k >= 0 && k < node.table.length ? node.table[k] : node.wide?.get(c);
+      if (child === undefined || child.depth > path.length) break;
+      node = child;
+    }
+    // Every prefix of the path is on the way down, but the descent read only the branching
+    // characters: check the deepest candidate's key, and once one holds, its ancestors do too.
+    let verified = false;
+    for (let n = node.routes.length > 0 ? node : node.shorter; n !== undefined; n = n.shorter) {
+      // lastIndexOf from 0 compares in native code at position 0 only, without a slice.
+      if (!verified && !(verified = path.lastIndexOf(n.key, 0) === 0)) continue;
+      const routes = n.routes;
+      for (let i = 0; i < routes.length; i++) {
+        const r = routes[i]!;
+        if (r.unconditional || this.#conditionsPass(r, input)) return r;
       }
     }
     for (const r of tier.regexes) {
@@ -431,22 +470,85 @@ function buildTier<T>(label: string, routes: CompiledRoute<T>[]): Tier<T> {
   }
   // Longest prefix first; the sort is stable, so equal lengths keep config order.
   prefixes.sort((a, b) => b.path.value.length - a.path.value.length);
-  // Why buckets: with dozens of prefixes, only those sharing path[1] can match.
-  const prefixByChar: (readonly CompiledRoute<T>[])[] = [];
-  for (let c = 0; c < 128; c++) {
-    const bucket = prefixes.filter((r) =>
-      r.path.value.length < 2 || r.path.value.charCodeAt(1) === c
-    );
-    prefixByChar.push(bucket.length === 0 ? EMPTY : bucket);
+  // Routes sharing a prefix, in config order (the order of `prefixes` among equal lengths).
+  const byPrefix = new Map<string, CompiledRoute<T>[]>();
+  for (const r of prefixes) {
+    const list = byPrefix.get(r.path.value);
+    if (list) list.push(r);
+    else byPrefix.set(r.path.value, [r]);
   }
   return {
     label,
     exact,
-    prefixByChar,
+    prefixTree: buildPrefixNode([...byPrefix.keys()], byPrefix, undefined),
     prefixes,
     regexes,
     all: routes,
   };
+}
+
+/**
+ * The radix tree node over `keys` (distinct prefixes): its key is their longest common prefix,
+ * and its children group the longer keys by their next character. So no node, the root
+ * included, has a single child and no routes of its own: the descent takes no idle steps.
+ */
+function buildPrefixNode<T>(
+  keys: readonly string[],
+  byPrefix: ReadonlyMap<string, readonly CompiledRoute<T>[]>,
+  parentShorter: PrefixNode<T> | undefined,
+): PrefixNode<T> {
+  const key = commonPrefix(keys);
+  const depth = key.length;
+  const routes = byPrefix.get(key);
+  const groups = new Map<number, string[]>();
+  for (const k of keys) {
+    if (k.length === depth) continue;
+    const c = k.charCodeAt(depth);
+    const group = groups.get(c);
+    if (group) group.push(k);
+    else groups.set(c, [k]);
+  }
+  let lo = Infinity;
+  let hi = -1;
+  for (const c of groups.keys()) {
+    lo = Math.min(lo, c);
+    hi = Math.max(hi, c);
+  }
+  if (hi < 0) lo = 0;
+  const span = hi - lo + 1;
+  // Filled with undefined from the start: a packed array keeps the lookup on V8's fast path.
+  const table: (PrefixNode<T> | undefined)[] = span <= MAX_TABLE_SPAN
+    ? Array.from({ length: span }, () => undefined)
+    : [];
+  const wide = span <= MAX_TABLE_SPAN ? undefined : new Map<number, PrefixNode<T>>();
+  const node: PrefixNode<T> = {
+    key,
+    depth,
+    routes: routes ?? EMPTY,
+    shorter: parentShorter,
+    lo,
+    table,
+    wide,
+  };
+  const shorter = node.routes.length > 0 ? node : parentShorter;
+  for (const [c, group] of groups) {
+    const child = buildPrefixNode(group, byPrefix, shorter);
+    if (wide !== undefined) wide.set(c, child);
+    else table[c - lo] = child;
+  }
+  return node;
+}
+
+/** The longest string every one of `keys` starts with ("" for none). */
+function commonPrefix(keys: readonly string[]): string {
+  const first = keys[0] ?? "";
+  let end = first.length;
+  for (const k of keys) {
+    let i = 0;
+    while (i < end && i < k.length && k.charCodeAt(i) === first.charCodeAt(i)) i++;
+    end = i;
+  }
+  return first.slice(0, end);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -289,3 +289,57 @@ Deno.test("match agrees with explain on random tables and requests", () => {
     { numRuns: 500 },
   );
 });
+
+Deno.test("prefix lookup agrees with a brute-force scan, prefixes sharing first characters", () => {
+  // Few characters, so prefixes share long starts and paths diverge inside tree edges; "一"
+  // next to ASCII spreads a node's children too wide for a table (the Map branch).
+  const text = (max: number) =>
+    fc.array(fc.constantFrom("a", "b", "/", "一"), { maxLength: max }).map((cs) =>
+      "/" + cs.join("")
+    );
+  const route = fc.record({
+    prefix: text(5),
+    post: fc.boolean(),
+  });
+  const request = fc.record({ path: text(8), method: fc.constantFrom("GET", "POST") });
+  fc.assert(
+    fc.property(
+      fc.array(route, { maxLength: 12 }),
+      fc.array(request, { maxLength: 10 }),
+      (rs, qs) => {
+        const specs: Spec[] = rs.map((x, i) => [
+          `p${i}`,
+          { path: { prefix: x.prefix }, ...(x.post ? { methods: ["POST"] } : {}) },
+        ]);
+        specs.push(["fallback", { path: { regex: "^/a" } }]);
+        const r = router(specs);
+        // Longest first, then config order; a failing method moves on to the next shorter.
+        const byLength = rs.map((x, i) => ({ ...x, name: `p${i}` }))
+          .sort((x, y) => y.prefix.length - x.prefix.length);
+        for (const q of qs) {
+          const want = byLength.find((x) =>
+            q.path.startsWith(x.prefix) && (!x.post || q.method === "POST")
+          )
+            ?.name ?? (q.path.startsWith("/a") ? "fallback" : undefined);
+          const input = req(q.path, { method: q.method });
+          assert.equal(r.match(input), want, `${q.method} ${q.path}`);
+          assert.equal(r.explain(input).matched?.name, want);
+        }
+      },
+    ),
+    { numRuns: 1000 },
+  );
+});
+
+Deno.test("prefix lookup: a path leaving the tree mid-edge falls back to the shorter prefix", () => {
+  const r = router([
+    ["short", { path: { prefix: "/a" } }],
+    ["long", { path: { prefix: "/abcdef/" } }],
+    ["longer-post", { path: { prefix: "/abcdef/x" }, methods: ["POST"] }],
+  ]);
+  assert.equal(r.match(req("/abXdef/y")), "short"); // same length as a key, different character
+  assert.equal(r.match(req("/abcdef/xyz")), "long"); // deeper candidate's method fails
+  assert.equal(r.match(req("/abcdef/xyz", { method: "POST" })), "longer-post");
+  assert.equal(r.match(req("/ab")), "short");
+  assert.equal(r.match(req("/")), undefined);
+});
