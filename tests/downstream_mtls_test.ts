@@ -230,3 +230,33 @@ clusters:
     await certs.remove();
   }
 });
+
+Deno.test("downstream mTLS: an access-log template can name the identity ($identity; - without one)", async () => {
+  const certs = await makeMeshCerts();
+  const logFile = `${certs.dir}/access.log`;
+  const px = startFerry(
+    `listeners:
+  - name: mesh
+    address: "127.0.0.1:0"
+    tls:
+      cert: ${certs.server.certFile}
+      key: ${certs.server.keyFile}
+      client_ca: ${certs.caFile}
+      client_auth: optional
+access_log: { path: "${logFile}", format: "$status $identity" }
+routes:
+  - { name: all, direct_response: { status: 200, body: ok } }
+`,
+  );
+  try {
+    assert.match((await curl(px.port, "/", certs, certs.client)).status, /^200 /);
+    assert.match((await curl(px.port, "/", certs, undefined)).status, /^200 /);
+    await new Promise((r) => setTimeout(r, 50));
+    await px.ferry.snapshot.accessLog!.writer.flush();
+    const lines = (await Deno.readTextFile(logFile)).trim().split("\n");
+    assert.deepEqual(lines, [`200 ${CLIENT_SPIFFE_ID}`, "200 -"]);
+  } finally {
+    await px.close();
+    await certs.remove();
+  }
+});
