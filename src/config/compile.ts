@@ -24,6 +24,10 @@ import type { BreakerConfigSchema } from "./schema.ts";
 import { type ClusterRecorder, FerryMetrics } from "../observability/metrics.ts";
 import type { GrpcRoute } from "../grpc/proxy.ts";
 import { RETRIABLE_GRPC } from "../grpc/status.ts";
+import { authorization, type AuthzPolicy, compilePolicy, RouteAuthz } from "../policy/authz.ts";
+import { JwtProvider } from "../policy/jwt.ts";
+import type { UpstreamTls } from "../upstream/upstream_tls.ts";
+import type { GuardTls } from "../server/guard.ts";
 
 export interface CompiledRoute {
   readonly name: string;
@@ -32,18 +36,22 @@ export interface CompiledRoute {
   readonly handler: Handler;
   /** Cluster routes: the same route for `protocol: grpc` listeners. */
   readonly grpc?: GrpcRoute;
+  /** The route's authorization (its own policy, or its listeners'); absent when none applies. */
+  readonly authz?: RouteAuthz;
 }
 
 export interface ListenerPlan {
   readonly name: string;
   readonly hostname: string;
   readonly port: number;
-  readonly tls: { readonly cert: string; readonly key: string } | undefined;
+  readonly tls: GuardTls | undefined;
   readonly scheme: "http" | "https";
   readonly protocol: "http" | "grpc";
   readonly router: Router<CompiledRoute>;
   /** `protocol: grpc` connection timeouts in ms (0 = off), defaults filled in. */
   readonly grpcTimeouts: GrpcConnectionTimeouts;
+  /** Where the client certificate's identity goes upstream (lower case). */
+  readonly clientCertHeader: string;
 }
 
 export interface GrpcConnectionTimeouts {
@@ -78,6 +86,8 @@ export interface Snapshot {
   readonly breakerViews: readonly BreakerView[];
   /** Process-wide metrics, handed from snapshot to snapshot so counters survive reloads. */
   readonly metrics: FerryMetrics;
+  /** JWT providers by name (their key sets, for /explain). */
+  readonly jwtProviders: ReadonlyMap<string, JwtProvider>;
   /** The admin listener's bearer token (from admin.token, token_file or token_env), if any. */
   readonly adminToken: string | undefined;
   /** What the next snapshot may take over instead of building anew (see `previous`). */
@@ -111,6 +121,11 @@ export interface CarryOver {
   readonly accessLog:
     | { readonly key: string; readonly log: AccessLog; readonly close: () => void }
     | undefined;
+  /** Kept while the provider's config and JWKS file are unchanged (its cache and fetched keys). */
+  readonly jwtProviders: ReadonlyMap<
+    string,
+    { readonly key: string; readonly provider: JwtProvider }
+  >;
 }
 
 /** JSON with object keys sorted, so equal configs give equal keys whatever their key order. */
@@ -259,22 +274,43 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
   /** Changes to kept clusters, made only when the snapshot goes live (a failed reload must not). */
   const activations: (() => void)[] = [];
   for (const [i, c] of cfg.clusters.entries()) {
-    let caCerts: string[] | undefined;
-    if (c.tls?.ca_file) {
+    const read = (field: "ca_file" | "cert_file" | "key_file"): string | undefined => {
+      const file = c.tls?.[field];
+      if (file === undefined) return undefined;
       try {
-        caCerts = [opts.readTextFile(c.tls.ca_file)];
+        return opts.readTextFile(file);
       } catch (err) {
         problems.push({
-          path: `clusters[${i}].tls.ca_file`,
-          value: c.tls.ca_file,
+          path: `clusters[${i}].tls.${field}`,
+          value: file,
           message: `cannot read: ${err}`,
         });
+        return undefined;
       }
-    }
+    };
+    const ca = read("ca_file");
+    const caCerts = ca === undefined ? undefined : [ca];
+    const clientCert = read("cert_file");
+    const clientKey = read("key_file");
+    const upstreamTls: UpstreamTls | undefined = c.tls
+      ? {
+        ...(caCerts ? { caCerts } : {}),
+        ...(clientCert !== undefined && clientKey !== undefined
+          ? { cert: clientCert, key: clientKey }
+          : {}),
+        ...(c.tls.server_name ? { serverName: c.tls.server_name } : {}),
+        ...(c.tls.expected_identities ? { expectedIdentities: c.tls.expected_identities } : {}),
+      }
+      : undefined;
     // The CA's contents are part of the key: a rotated CA file rebuilds the pools. The endpoint
     // list is not: a cluster whose only change is its endpoints is kept, and the list swapped
     // in when the snapshot goes live, so endpoints that stay keep their health and breakers.
-    const key = canonicalJson({ c: { ...c, endpoints: undefined }, caCerts });
+    const key = canonicalJson({
+      c: { ...c, endpoints: undefined },
+      caCerts,
+      clientCert,
+      clientKey,
+    });
     const kept = prior?.clusters.get(c.name);
     const endpoints = staticEndpoints(c);
     let cluster: Cluster;
@@ -289,7 +325,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     } else {
       cluster = buildCluster(
         c,
-        caCerts,
+        upstreamTls,
         (cluster, endpoint, e) => {
           metrics.healthEvent(cluster, endpoint, e.type);
           log?.info(e.type === "endpoints" ? "cluster endpoints changed" : "endpoint health", {
@@ -360,6 +396,57 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     limiters.set(rl.name, limiter);
     limiterCarry.set(rl.name, { key, limiter });
   }
+  const jwtCarry = new Map<string, { key: string; provider: JwtProvider }>();
+  const jwtProviders = new Map<string, JwtProvider>();
+  for (const [i, p] of cfg.jwt_providers.entries()) {
+    let jwksText: string | undefined;
+    if (p.jwks_file !== undefined) {
+      try {
+        jwksText = opts.readTextFile(p.jwks_file);
+      } catch (err) {
+        problems.push({
+          path: `jwt_providers[${i}].jwks_file`,
+          value: p.jwks_file,
+          message: `cannot read: ${err}`,
+        });
+        continue;
+      }
+    }
+    const key = canonicalJson({ p, jwksText });
+    const kept = prior?.jwtProviders.get(p.name);
+    if (kept?.key === key) {
+      jwtProviders.set(p.name, kept.provider);
+      jwtCarry.set(p.name, kept);
+      continue;
+    }
+    try {
+      const provider = new JwtProvider(p, { ...(jwksText ? { jwksText } : {}), log });
+      jwtProviders.set(p.name, provider);
+      jwtCarry.set(p.name, { key, provider });
+    } catch (err) {
+      problems.push({
+        path: `jwt_providers[${i}].jwks_file`,
+        value: p.jwks_file ?? "",
+        message: `not a usable JWKS: ${err instanceof Error ? err.message : err}`,
+      });
+    }
+  }
+  const listenerPolicies = new Map<string, AuthzPolicy>();
+  for (const [i, l] of cfg.listeners.entries()) {
+    if (!l.authorization) continue;
+    try {
+      listenerPolicies.set(
+        l.name,
+        compilePolicy(l.authorization, `listener ${l.name}`, jwtProviders),
+      );
+    } catch (err) {
+      problems.push({
+        path: `listeners[${i}].authorization`,
+        value: l.name,
+        message: err instanceof Error ? err.message : String(err),
+      });
+    }
+  }
   const clusterMetrics = new Map<string, ClusterRecorder>();
   for (const c of clusters.values()) clusterMetrics.set(c.name, metrics.cluster(c.name));
   const policies: RoutePolicies = {
@@ -369,6 +456,8 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     log,
     metrics,
     clusterMetrics,
+    listenerPolicies,
+    jwtProviders,
     routeBreaker: (route, b, cluster) =>
       keptBreaker(`route ${route}`, b, cluster, `route:${route}`).store,
   };
@@ -387,7 +476,16 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     let tls: ListenerPlan["tls"];
     if (l.tls) {
       try {
-        tls = { cert: opts.readTextFile(l.tls.cert), key: opts.readTextFile(l.tls.key) };
+        tls = {
+          cert: opts.readTextFile(l.tls.cert),
+          key: opts.readTextFile(l.tls.key),
+          ...(l.tls.client_ca !== undefined
+            ? {
+              clientCa: opts.readTextFile(l.tls.client_ca),
+              clientAuth: l.tls.client_auth ?? "require",
+            }
+            : {}),
+        };
       } catch (err) {
         problems.push({
           path: `listeners[${i}].tls`,
@@ -411,6 +509,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
         scheme: l.tls ? "https" : "http",
         protocol: l.protocol,
         router: Router.compile(entries),
+        clientCertHeader: l.tls?.client_cert_header ?? "x-forwarded-client-cert",
         grpcTimeouts: Object.freeze({
           idleMs: l.grpc?.idle_timeout ?? DEFAULT_GRPC_TIMEOUTS.idleMs,
           handshakeMs: l.grpc?.handshake_timeout ?? DEFAULT_GRPC_TIMEOUTS.handshakeMs,
@@ -460,6 +559,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     breakers: breakerCarry,
     limiters: limiterCarry,
     accessLog: accessLogCarry,
+    jwtProviders: jwtCarry,
   };
 
   if (problems.length > 0) {
@@ -482,6 +582,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     breakers,
     breakerViews,
     metrics,
+    jwtProviders,
     adminToken,
     carry,
     retire(next: Snapshot) {
@@ -520,6 +621,9 @@ function releaseUnshared(
     if (keeper?.clusters.get(name)?.cluster === cluster) continue;
     if (opts.drainMs <= 0) cluster.close();
     else closeWhenIdle(cluster, opts.drainMs, opts.log);
+  }
+  for (const [name, { provider }] of mine.jwtProviders) {
+    if (keeper?.jwtProviders.get(name)?.provider !== provider) provider.close();
   }
   for (const [name, { limiter }] of mine.limiters) {
     if (keeper?.limiters.get(name)?.limiter !== limiter) limiter.close?.();
@@ -662,6 +766,9 @@ interface RoutePolicies {
   readonly log: Logger | undefined;
   readonly metrics: FerryMetrics;
   readonly clusterMetrics: ReadonlyMap<string, ClusterRecorder>;
+  /** Listeners' default authorization policies, by listener name. */
+  readonly listenerPolicies: ReadonlyMap<string, AuthzPolicy>;
+  readonly jwtProviders: ReadonlyMap<string, JwtProvider>;
   /** A route's own breaker (an override of the cluster's), carried over when unchanged. */
   readonly routeBreaker: (route: string, b: BreakerConfigSchema, cluster: Cluster) => BreakerStore;
 }
@@ -673,8 +780,11 @@ function compileRoute(
   clusters: ReadonlyMap<string, Cluster>,
   policies: RoutePolicies,
 ): CompiledRoute {
-  // Route policies, outermost first: fault injection (chaos), then rate limits.
+  // Route policies, outermost first: authorization (a refused caller spends no rate-limit token
+  // and sees no injected fault), fault injection (chaos), then rate limits.
   const middleware: Middleware[] = [];
+  const authz = routeAuthz(r, i, cfg, policies);
+  if (authz) middleware.push(authorization(authz));
   if (r.fault) middleware.push(faultInjection(r.fault));
   if (r.rate_limit) {
     const limiters = r.rate_limit.map((n) => policies.limiters.get(n)!);
@@ -690,6 +800,8 @@ function compileRoute(
       "direct_response",
       undefined,
       compose(middleware, directResponse(d)),
+      undefined,
+      authz,
     );
   }
   if (r.redirect) {
@@ -698,6 +810,8 @@ function compileRoute(
       "redirect",
       undefined,
       compose(middleware, redirectResponse(r.redirect, r.match.path)),
+      undefined,
+      authz,
     );
   }
   const cluster = clusters.get(r.cluster!);
@@ -767,7 +881,39 @@ function compileRoute(
     websocketMaxMessageBytes: cfg.server.websocket_max_message_bytes,
     via: cfg.server.via,
   });
-  return freezeRoute(r.name, "cluster", cluster.name, compose(middleware, terminal), grpc);
+  return freezeRoute(r.name, "cluster", cluster.name, compose(middleware, terminal), grpc, authz);
+}
+
+/**
+ * The route's own policy for every listener, or else the default policy of each listener it
+ * serves; undefined when no policy applies (no per-request cost then).
+ */
+function routeAuthz(
+  r: RouteConfig,
+  i: number,
+  cfg: FerryConfig,
+  policies: RoutePolicies,
+): RouteAuthz | undefined {
+  const served = cfg.listeners.filter((l) => !r.listeners || r.listeners.includes(l.name));
+  const byListener = new Map<string, AuthzPolicy>();
+  for (const l of served) {
+    const p = policies.listenerPolicies.get(l.name);
+    if (p) byListener.set(l.name, p);
+  }
+  let own: AuthzPolicy | undefined;
+  if (r.authorization) {
+    try {
+      own = compilePolicy(r.authorization, `route ${r.name}`, policies.jwtProviders);
+    } catch (err) {
+      throw new SnapshotCompileError([{
+        path: `routes[${i}].authorization`,
+        value: r.name,
+        message: err instanceof Error ? err.message : String(err),
+      }]);
+    }
+  }
+  if (!own && byListener.size === 0) return undefined;
+  return new RouteAuthz(own, byListener, policies.metrics.authzRecorder(r.name));
 }
 
 function freezeRoute(
@@ -776,10 +922,16 @@ function freezeRoute(
   cluster: string | undefined,
   handler: Handler,
   grpc?: GrpcRoute,
+  authz?: RouteAuthz,
 ): CompiledRoute {
-  return Object.freeze(
-    grpc ? { name, kind, cluster, handler, grpc } : { name, kind, cluster, handler },
-  );
+  return Object.freeze({
+    name,
+    kind,
+    cluster,
+    handler,
+    ...(grpc ? { grpc } : {}),
+    ...(authz ? { authz } : {}),
+  });
 }
 
 /**

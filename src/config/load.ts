@@ -22,7 +22,12 @@ import {
   type Pair,
   parseDocument,
 } from "yaml";
-import { type ClusterConfig, ConfigSchema, type FerryConfig } from "./schema.ts";
+import {
+  type AuthorizationConfig,
+  type ClusterConfig,
+  ConfigSchema,
+  type FerryConfig,
+} from "./schema.ts";
 import { compileRouteRegex } from "../routing/regex.ts";
 import { parseCidr } from "../server/trust.ts";
 import {
@@ -609,6 +614,19 @@ function checkReferences(
     }
   }
 
+  checkAuthorization(cfg, err);
+  checkUpstreamIdentity(cfg, err, warn);
+  for (const [i, l] of cfg.listeners.entries()) {
+    if (l.tls?.client_ca === undefined) continue;
+    // Client certificates are verified by node:tls inside the connection guard only.
+    if (l.protocol === "http" && !cfg.server.connection_guard) {
+      err(
+        ["listeners", i, "tls", "client_ca"],
+        "client certificates need server.connection_guard: true (Deno.serve cannot ask for one)",
+      );
+    }
+  }
+
   for (const [i, cidr] of cfg.server.trusted_proxies.entries()) {
     if (!parseCidr(cidr)) {
       err(
@@ -631,12 +649,128 @@ function checkReferences(
       if (!l.tls) continue;
       check(["listeners", i, "tls", "cert"], "the TLS certificate", l.tls.cert);
       check(["listeners", i, "tls", "key"], "the TLS key", l.tls.key);
+      if (l.tls.client_ca !== undefined) {
+        check(["listeners", i, "tls", "client_ca"], "the client CA file", l.tls.client_ca);
+      }
     }
     for (const [i, c] of cfg.clusters.entries()) {
       if (c.tls?.ca_file) check(["clusters", i, "tls", "ca_file"], "the CA file", c.tls.ca_file);
+      if (c.tls?.cert_file) {
+        check(["clusters", i, "tls", "cert_file"], "the client certificate", c.tls.cert_file);
+      }
+      if (c.tls?.key_file) {
+        check(["clusters", i, "tls", "key_file"], "the client key", c.tls.key_file);
+      }
+    }
+    for (const [i, p] of cfg.jwt_providers.entries()) {
+      if (p.jwks_file) check(["jwt_providers", i, "jwks_file"], "the JWKS file", p.jwks_file);
     }
   }
   return { errors, warnings };
+}
+
+/**
+ * Authorization policies (listeners' and routes'): known JWT providers, claims only where a JWT
+ * is verified, valid CIDRs and regexes.
+ */
+function checkAuthorization(
+  cfg: FerryConfig,
+  err: (path: PathSegment[], message: string, value?: unknown) => void,
+): void {
+  uniqueNames("JWT provider", "jwt_providers", cfg.jwt_providers, err);
+  const providers = cfg.jwt_providers.map((p) => p.name);
+  const policies: [PathSegment[], AuthorizationConfig][] = [];
+  for (const [i, l] of cfg.listeners.entries()) {
+    if (l.authorization) policies.push([["listeners", i, "authorization"], l.authorization]);
+  }
+  for (const [i, r] of cfg.routes.entries()) {
+    if (r.authorization) policies.push([["routes", i, "authorization"], r.authorization]);
+  }
+  for (const [at, policy] of policies) {
+    if (policy.jwt && !providers.includes(policy.jwt.provider)) {
+      err(
+        [...at, "jwt", "provider"],
+        `unknown JWT provider '${policy.jwt.provider}'; ${definedList(providers, "JWT providers")}`,
+        policy.jwt.provider,
+      );
+    }
+    for (const [j, rule] of policy.rules.entries()) {
+      const ruleAt = [...at, "rules", j];
+      if (rule.claims && !policy.jwt) {
+        err(
+          [...ruleAt, "claims"],
+          "claims need a verified token: set jwt.provider in this authorization block",
+        );
+      }
+      for (const [k, cidr] of (rule.client_cidrs ?? []).entries()) {
+        if (!parseCidr(cidr)) {
+          err(
+            [...ruleAt, "client_cidrs", k],
+            "expected an IP address or CIDR such as 10.0.0.0/8 or fd00::/8",
+            cidr,
+          );
+        }
+      }
+      const regexes: [PathSegment[], string][] = [];
+      for (const [k, p] of (rule.paths ?? []).entries()) {
+        if ("regex" in p) regexes.push([[...ruleAt, "paths", k, "regex"], p.regex]);
+      }
+      for (const part of ["headers", "claims"] as const) {
+        for (const [name, m] of Object.entries(rule[part] ?? {})) {
+          if (typeof m === "object" && !Array.isArray(m) && "regex" in m) {
+            regexes.push([[...ruleAt, part, name, "regex"], m.regex]);
+          }
+        }
+      }
+      for (const [path, pattern] of regexes) {
+        try {
+          compileRouteRegex(pattern);
+        } catch (e) {
+          err(path, e instanceof Error ? e.message : String(e), pattern);
+        }
+      }
+    }
+  }
+}
+
+/**
+ * Where a cluster's server name or expected identities can be checked: Ferry's HTTP/1.1 codec
+ * (http1 clusters, node:tls under it) and its HTTP/2 client (gRPC listeners); fetch (h2c/auto
+ * clusters, or `transport: fetch`, on http listeners) cannot see the certificate, so that
+ * combination is refused.
+ */
+function checkUpstreamIdentity(
+  cfg: FerryConfig,
+  err: (path: PathSegment[], message: string, value?: unknown) => void,
+  warn: (path: PathSegment[], message: string) => void,
+): void {
+  const httpListeners = cfg.listeners.filter((l) => l.protocol === "http").map((l) => l.name);
+  for (const [i, c] of cfg.clusters.entries()) {
+    const t = c.tls;
+    if (!t || (t.server_name === undefined && t.expected_identities === undefined)) continue;
+    const field = t.expected_identities !== undefined ? "expected_identities" : "server_name";
+    if (c.protocol !== "http1" || c.transport === "fetch") {
+      const fromHttp = cfg.routes.some((r) =>
+        r.cluster === c.name &&
+        (r.listeners ?? httpListeners).some((l) => httpListeners.includes(l))
+      );
+      if (fromHttp) {
+        err(
+          ["clusters", i, "tls", field],
+          `${field} cannot be checked on ${c.protocol} clusters using fetch reached from http ` +
+            "listeners (fetch shows no peer certificate); use protocol: http1 with transport " +
+            "h1, or limit the routes to grpc listeners",
+        );
+      }
+    }
+    if (c.health_check && !c.health_check.grpc && t.expected_identities !== undefined) {
+      warn(
+        ["clusters", i, "health_check"],
+        "HTTP health checks present the client certificate but do not check " +
+          "expected_identities (only gRPC health checks and requests do)",
+      );
+    }
+  }
 }
 
 function uniqueNames(

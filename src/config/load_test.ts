@@ -104,6 +104,7 @@ Deno.test("the contract example loads with every default applied", () => {
       preserve_host: true,
     }],
     rate_limits: [],
+    jwt_providers: [],
   });
 });
 
@@ -172,7 +173,7 @@ Deno.test("an unknown key is rejected at the key, naming it and the keys allowed
   assert.equal(unknown.column, 5);
   assert.equal(
     unknown.message,
-    "unknown key 'adress'; expected one of: name, address, tls, protocol, grpc",
+    "unknown key 'adress'; expected one of: name, address, tls, protocol, grpc, authorization",
   );
   // The misspelt key also leaves `address` missing, reported on the listener.
   assert.ok(errors.some((e) => e.path === "listeners[0].address" && e.line === 2));

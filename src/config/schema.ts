@@ -38,7 +38,126 @@ const name = z.string().regex(
   "expected a name of letters, digits, _ . -",
 );
 
-const tls = z.strictObject({ cert: z.string().min(1), key: z.string().min(1) });
+const tls = z.strictObject({
+  cert: z.string().min(1),
+  key: z.string().min(1),
+  /** Downstream mTLS: CA bundle (PEM) client certificates must chain to. */
+  client_ca: z.string().min(1).optional(),
+  /** require: no valid client certificate, no connection; optional: none is served too. */
+  client_auth: z.enum(["require", "optional"]).optional(),
+  /** The header that carries the client identity upstream (Envoy's XFCC format). */
+  client_cert_header: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, "expected a header name")
+    .transform((h) => h.toLowerCase()).optional(),
+}).refine((t) => t.client_auth === undefined || t.client_ca !== undefined, {
+  message: "client_auth needs client_ca",
+  path: ["client_auth"],
+});
+
+const stringMatch = z.union([
+  z.string(),
+  z.strictObject({ present: z.literal(true) }),
+  z.strictObject({ regex: z.string().min(1) }),
+]);
+
+const pathMatch = z.union([
+  z.strictObject({ exact: z.string().startsWith("/", "a path starts with /") }),
+  z.strictObject({ prefix: z.string().startsWith("/", "a path starts with /") }),
+  z.strictObject({ regex: z.string().min(1) }),
+]);
+
+const METHOD = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+/** A client certificate identity: the whole ID, a prefix of it, or a SPIFFE trust domain. */
+const identityMatch = z.union([
+  z.strictObject({ exact: z.string().min(1) }),
+  z.strictObject({ prefix: z.string().min(1) }),
+  z.strictObject({
+    trust_domain: z.string().regex(
+      /^[a-z0-9._-]+$/,
+      "expected a SPIFFE trust domain such as cluster.local",
+    ),
+  }),
+]);
+
+/** A JWT claim: equal to a string, one of a list, present, or matching a regex. */
+const claimMatch = z.union([
+  z.string(),
+  z.array(z.string()).min(1),
+  z.strictObject({ present: z.literal(true) }),
+  z.strictObject({ regex: z.string().min(1) }),
+]);
+
+/** One authorization rule: every condition it gives must hold (none given: every request). */
+export const AuthzRuleSchema = z.strictObject({
+  /** Named in /explain and logs; default `rules[N]`. */
+  name: z.string().regex(/^[A-Za-z0-9_.:-]{1,63}$/, "expected a name of letters, digits, _ . : -")
+    .optional(),
+  action: z.enum(["allow", "deny"]),
+  /** Any of these client certificate identities (downstream mTLS). */
+  identities: z.array(identityMatch).min(1).optional(),
+  /** Any of these CIDRs contains the client address (after trusted_proxies). */
+  client_cidrs: z.array(z.string()).min(1).optional(),
+  methods: z.array(
+    z.string().regex(METHOD, "expected an HTTP method token").transform((m) => m.toUpperCase()),
+  ).min(1).optional(),
+  /** Any of these path matches (on the normalised path). */
+  paths: z.array(pathMatch).min(1).optional(),
+  /** Every header condition holds. */
+  headers: z.record(z.string().regex(HEADER_NAME, "expected a header name"), stringMatch)
+    .optional(),
+  /** Every claim condition holds on the verified JWT (`a.b` reaches into objects). */
+  claims: z.record(z.string().min(1), claimMatch).optional(),
+});
+
+/**
+ * Who may call: a route's own policy, else its listener's. Rules are tried in order and the first
+ * that matches decides; `default` decides when none does.
+ */
+export const AuthorizationSchema = z.strictObject({
+  /** Verify a bearer JWT with this provider (401 when it is missing or invalid, if required). */
+  jwt: z.strictObject({
+    provider: name,
+    /** false: a request without a token goes on with no claims (an invalid one is still 401). */
+    required: z.boolean().default(true),
+  }).optional(),
+  rules: z.array(AuthzRuleSchema).default([]),
+  default: z.enum(["allow", "deny"]).default("deny"),
+});
+
+/** Where JWTs are checked against: issuer, audiences, signing keys (a JWKS file or URL). */
+export const JwtProviderSchema = z.strictObject({
+  name,
+  /** The `iss` a token must carry. */
+  issuer: z.string().min(1),
+  /** The token's `aud` must name one of these; not checked when not set. */
+  audiences: z.array(z.string().min(1)).min(1).optional(),
+  algorithms: z.array(z.enum(["RS256", "ES256", "EdDSA"])).min(1).default([
+    "RS256",
+    "ES256",
+    "EdDSA",
+  ]),
+  /** A JWKS (JSON) file, relative to the config file; read when the config is loaded. */
+  jwks_file: z.string().min(1).optional(),
+  /** A JWKS URL, fetched at start and every `refresh_interval`; the last good set is kept. */
+  jwks_url: z.string().regex(/^https?:\/\/[^\s]+$/, "expected an http:// or https:// URL")
+    .optional(),
+  refresh_interval: duration.default(300_000),
+  /** One JWKS fetch may take this long. */
+  fetch_timeout: duration.default(5_000),
+  /** Allowed clock difference for exp and nbf. */
+  clock_skew: duration.default(30_000),
+  /** Verified tokens remembered (until their exp), so a token is verified once, not per request. */
+  cache_size: z.number().int().min(0).max(1_000_000).default(10_000),
+}).superRefine((p, ctx) => {
+  if ((p.jwks_file === undefined) === (p.jwks_url === undefined)) {
+    ctx.addIssue({
+      code: "custom",
+      message: "a JWT provider needs exactly one of jwks_file or jwks_url",
+      path: [],
+    });
+  }
+});
 
 export const ListenerSchema = z.strictObject({
   name,
@@ -56,24 +175,12 @@ export const ListenerSchema = z.strictObject({
     /** The client must acknowledge our SETTINGS within this (else SETTINGS_TIMEOUT). Default 10s. */
     settings_timeout: duration.optional(),
   }).optional(),
+  /** The authorization policy of every route on this listener that has none of its own. */
+  authorization: AuthorizationSchema.optional(),
 }).refine((l) => l.grpc === undefined || l.protocol === "grpc", {
   message: "the grpc block applies only to a listener with protocol: grpc",
   path: ["grpc"],
 });
-
-const stringMatch = z.union([
-  z.string(),
-  z.strictObject({ present: z.literal(true) }),
-  z.strictObject({ regex: z.string().min(1) }),
-]);
-
-const pathMatch = z.union([
-  z.strictObject({ exact: z.string().startsWith("/", "a path starts with /") }),
-  z.strictObject({ prefix: z.string().startsWith("/", "a path starts with /") }),
-  z.strictObject({ regex: z.string().min(1) }),
-]);
-
-const METHOD = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 
 export const RouteMatchSchema = z.strictObject({
   host: z.string().regex(
@@ -199,6 +306,8 @@ export const RouteSchema = z.strictObject({
     }).optional(),
   }).optional(),
   websocket: z.boolean().default(true),
+  /** Who may call this route; replaces the listener's policy. */
+  authorization: AuthorizationSchema.optional(),
 }).superRefine((r, ctx) => {
   const actions = [r.cluster, r.direct_response, r.redirect].filter((a) => a !== undefined).length;
   if (actions !== 1) {
@@ -257,7 +366,18 @@ export const ClusterSchema = z.strictObject({
   protocol: z.enum(["http1", "h2c", "auto"]).default("http1"),
   tls: z.strictObject({
     ca_file: z.string().min(1).optional(),
+    /** Client certificate chain (PEM) presented to upstreams that ask (mTLS); with key_file. */
+    cert_file: z.string().min(1).optional(),
+    key_file: z.string().min(1).optional(),
     /** SNI / certificate name when it differs from the endpoint host. */
+    server_name: z.string().regex(
+      /^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/,
+      "expected a DNS name such as api.internal",
+    ).optional(),
+    /** The upstream's certificate must carry one of these as a URI SAN (SPIFFE ID) or DNS SAN. */
+    expected_identities: z.array(z.string().min(1)).min(1).optional(),
+  }).refine((t) => (t.cert_file === undefined) === (t.key_file === undefined), {
+    message: "cert_file and key_file go together",
   }).optional(),
   /**
    * HTTP/1.1 upstream client: `h1` is Ferry's own codec (byte-exact, the default for http1),
@@ -555,6 +675,7 @@ export const ConfigSchema = z.strictObject({
   routes: z.array(RouteSchema).default([]),
   clusters: z.array(ClusterSchema).default([]),
   rate_limits: z.array(RateLimitSchema).default([]),
+  jwt_providers: z.array(JwtProviderSchema).default([]),
 });
 
 export type FerryConfig = z.output<typeof ConfigSchema>;
@@ -566,5 +687,8 @@ export type StringMatchConfig = z.output<typeof stringMatch>;
 export type PathMatchConfig = z.output<typeof pathMatch>;
 export type BreakerConfigSchema = z.output<typeof BreakerSchema>;
 export type RateLimitConfig = z.output<typeof RateLimitSchema>;
+export type AuthorizationConfig = z.output<typeof AuthorizationSchema>;
+export type AuthzRuleConfig = z.output<typeof AuthzRuleSchema>;
+export type JwtProviderConfig = z.output<typeof JwtProviderSchema>;
 export type RedisStoreConfig = z.output<typeof RedisStoreSchema>;
 export type AccessLogConfig = z.output<typeof AccessLogSchema>;

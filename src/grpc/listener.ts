@@ -6,10 +6,14 @@
 import { DEFAULT_GRPC_TIMEOUTS, type ListenerPlan, type Snapshot } from "../config/compile.ts";
 import { H2Connection } from "../h2/connection.ts";
 import { headerValue } from "../h2/headers.ts";
+import type { HeaderField } from "../h2/hpack.ts";
 import type { H2Stream } from "../h2/stream.ts";
 import type { Logger } from "../observability/log.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { ProxyError } from "../server/errors.ts";
+import type { AuthzInput } from "../policy/authz.ts";
+import type { ClientIdentity } from "../pipeline/types.ts";
+import { ClientAuthListener } from "../server/node_tls.ts";
 import {
   type AcceptErrorReason,
   acceptLoop,
@@ -47,7 +51,19 @@ export class GrpcListener {
     opts: GrpcListenerOptions,
   ): GrpcListener {
     const name = plan.name;
-    const listener = plan.tls
+    // Deno.listenTls cannot ask for a client certificate: with a client CA, node:tls accepts.
+    const listener = plan.tls?.clientCa !== undefined
+      ? new ClientAuthListener({
+        hostname: plan.hostname,
+        port: plan.port,
+        cert: plan.tls.cert,
+        key: plan.tls.key,
+        clientCa: plan.tls.clientCa,
+        clientAuth: plan.tls.clientAuth ?? "require",
+        alpnProtocols: ["h2"],
+        handshakeTimeoutMs: plan.grpcTimeouts.handshakeMs,
+      }) as unknown as Deno.Listener
+      : plan.tls
       ? Deno.listenTls({
         hostname: plan.hostname,
         port: plan.port,
@@ -99,6 +115,8 @@ export class GrpcListener {
     let h2: H2Connection;
     try {
       if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
+      // Downstream mTLS: the verified client certificate's identity (node:tls listener only).
+      const identity = (conn as { identity?: ClientIdentity }).identity;
       // Read per connection, so a reload's new timeouts apply to connections accepted after it.
       const timeouts = currentSnapshot().listeners.get(name)?.grpcTimeouts ??
         DEFAULT_GRPC_TIMEOUTS;
@@ -107,7 +125,7 @@ export class GrpcListener {
         handshakeTimeoutMs: timeouts.handshakeMs,
         settingsAckTimeoutMs: timeouts.settingsAckMs,
         idleTimeoutMs: timeouts.idleMs,
-        onStream: (s) => void this.#serve(s, name, currentSnapshot, peerIp),
+        onStream: (s) => void this.#serve(s, name, currentSnapshot, peerIp, identity),
         onClose: (r) => {
           this.#conns.delete(h2);
           this.#admission.release(peerIp);
@@ -134,6 +152,7 @@ export class GrpcListener {
     name: string,
     currentSnapshot: () => Snapshot,
     peerIp: string,
+    identity: ClientIdentity | undefined,
   ): Promise<void> {
     const snap = currentSnapshot();
     const plan = snap.listeners.get(name);
@@ -152,11 +171,17 @@ export class GrpcListener {
       if (!route?.grpc) {
         throw new ProxyError("no_route", `no gRPC route for ${rawPath}`);
       }
+      // Authorization answers PERMISSION_DENIED / UNAUTHENTICATED from the same error table.
+      if (route.authz) {
+        await route.authz.check(name, authzInput(fields, rawPath, peerIp, identity));
+      }
       await proxyCall(ds, fields, route.grpc, {
         peerIp,
         peerTrusted: snap.trust.has(peerIp),
         scheme: plan?.tls ? "https" : "http",
         requestId,
+        identity,
+        ...(plan ? { clientCertHeader: plan.clientCertHeader } : {}),
       }, rec);
     } catch (err) {
       answerError(ds, err, rec);
@@ -196,6 +221,7 @@ export class GrpcListener {
         flags: rec.flag,
         listener: name,
         user_agent: headerValue(fields, "user-agent") ?? null,
+        identity: identity?.id ?? null,
       });
     }
   }
@@ -237,4 +263,22 @@ function matchRoute(
     headers,
     search: q < 0 ? "" : rawPath.slice(q),
   });
+}
+
+/** A call as authorization policies see it. */
+function authzInput(
+  fields: readonly HeaderField[],
+  rawPath: string,
+  peerIp: string,
+  identity: ClientIdentity | undefined,
+): AuthzInput {
+  const q = rawPath.indexOf("?");
+  const path = normalizePath(q < 0 ? rawPath : rawPath.slice(0, q));
+  return {
+    method: headerValue(fields, ":method") ?? "POST",
+    path: path.ok ? path.path : rawPath,
+    header: (name) => headerValue(fields, name),
+    clientIp: peerIp,
+    identity,
+  };
 }

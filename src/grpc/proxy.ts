@@ -18,6 +18,8 @@ import type { BreakerStore } from "../policy/circuit_breaker.ts";
 import type { DeadlineQueue } from "../policy/deadlines.ts";
 import type { ClusterRecorder } from "../observability/metrics.ts";
 import { outcomeOfError, outcomeOfStatus } from "../upstream/health/outlier.ts";
+import { xfccElement } from "../upstream/forward.ts";
+import type { ClientIdentity } from "../pipeline/types.ts";
 import {
   formatGrpcTimeout,
   GrpcStatus,
@@ -67,6 +69,8 @@ export interface GrpcCallRecord {
   upstreamMs?: number;
 }
 
+const XFCC = "x-forwarded-client-cert";
+
 const HOP = new Set([
   "connection",
   "keep-alive",
@@ -96,11 +100,15 @@ export function answerError(ds: H2Stream, err: unknown, rec: GrpcCallRecord): vo
 
 export interface CallContext {
   readonly peerIp: string;
-  /** The peer is in `server.trusted_proxies`: its X-Forwarded-* are kept. */
+  /** The peer is in `server.trusted_proxies`: its X-Forwarded-* (and XFCC) are kept. */
   readonly peerTrusted: boolean;
   /** The listener's scheme (`https` with TLS), for X-Forwarded-Proto. */
   readonly scheme: "http" | "https";
   readonly requestId: string;
+  /** Downstream mTLS: the client certificate's identity, sent upstream as XFCC. */
+  readonly identity?: ClientIdentity | undefined;
+  /** The header for the identity upstream; default `x-forwarded-client-cert`. */
+  readonly clientCertHeader?: string;
 }
 
 /**
@@ -465,6 +473,8 @@ function upstreamFields(
     proto: null as string | null,
     host: null as string | null,
   };
+  let xfcc: string | undefined;
+  const certHeader = ctx.clientCertHeader ?? XFCC;
   for (const [n, v] of fields) {
     if (HOP.has(n) || n === "grpc-timeout" || n === "x-request-id") continue;
     if (n === ":scheme") out.push([n, endpoint.url.protocol === "https:" ? "https" : "http"]);
@@ -473,6 +483,7 @@ function upstreamFields(
       incoming.for = incoming.for === null ? v : `${incoming.for}, ${v}`;
     } else if (n === "x-forwarded-proto") incoming.proto ??= v;
     else if (n === "x-forwarded-host") incoming.host ??= v;
+    else if (n === certHeader) xfcc = ctx.peerTrusted ? v : undefined;
     else out.push([n, v]);
   }
   // The same rule as HTTP (src/server/trust.ts): an untrusted client's values are replaced.
@@ -487,6 +498,10 @@ function upstreamFields(
   out.push(["x-forwarded-proto", fwd.proto]);
   out.push(["x-forwarded-host", fwd.host]);
   out.push(["x-request-id", ctx.requestId]);
+  // As on the HTTP path: a client-sent XFCC only from a trusted proxy, then this hop's element.
+  const element = ctx.identity ? xfccElement(ctx.identity) : undefined;
+  const cert = element && xfcc ? `${xfcc},${element}` : element ?? xfcc;
+  if (cert !== undefined) out.push([certHeader, cert]);
   if (remainingMs !== undefined) out.push(["grpc-timeout", formatGrpcTimeout(remainingMs)]);
   return out;
 }

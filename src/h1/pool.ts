@@ -4,6 +4,8 @@
  * `maxRequestsPerConnection` exchanges. Requests beyond the limit wait in order.
  */
 import { type ConnectionOwner, H1Connection } from "./connection.ts";
+import { checksPeer, connectUpstreamTls, type UpstreamTls } from "../upstream/upstream_tls.ts";
+import { ProxyError } from "../server/errors.ts";
 
 export interface H1PoolOptions {
   readonly maxIdlePerEndpoint: number;
@@ -12,7 +14,8 @@ export interface H1PoolOptions {
   /** 0: unlimited. */
   readonly maxRequestsPerConnection: number;
   readonly connectTimeoutMs: number;
-  readonly caCerts?: string[];
+  /** TLS towards https endpoints: CA, client certificate, server name, expected identities. */
+  readonly tls?: UpstreamTls;
 }
 
 export interface EndpointPoolStats {
@@ -118,25 +121,46 @@ export class EndpointPool implements ConnectionOwner {
       } catch { /* closed */ }
     }, this.opts.connectTimeoutMs);
     let conn: Deno.Conn;
+    const tls = this.#tls ? this.opts.tls : undefined;
     try {
-      const tcp = await Deno.connect({
-        hostname: this.#hostname,
-        port: this.#port,
-        signal: ctl.signal,
-      });
-      if (this.#tls) {
-        // The endpoint's host name is the TLS server name, checked against the cluster's CA.
-        const tls = await Deno.startTls(tcp, {
+      if (tls && (tls.cert !== undefined || checksPeer(tls))) {
+        // A client certificate (Deno.startTls takes none) or a peer identity to check (Deno
+        // shows no peer certificate): connectUpstreamTls picks Deno.connectTls or node:tls.
+        const made = connectUpstreamTls(this.#hostname, this.#port, ["http/1.1"], tls, this.origin)
+          .then((m) => {
+            if (ctl.signal.aborted) m.conn.close(); // too late: the timeout already answered
+            return m.conn;
+          });
+        conn = await Promise.race([
+          made,
+          new Promise<never>((_, reject) =>
+            ctl.signal.addEventListener("abort", () => reject(new Error("connect timeout")), {
+              once: true,
+            })
+          ),
+        ]);
+      } else {
+        const tcp = await Deno.connect({
           hostname: this.#hostname,
-          ...(this.opts.caCerts ? { caCerts: this.opts.caCerts } : {}),
+          port: this.#port,
+          signal: ctl.signal,
         });
-        handshaking = tls;
-        await tls.handshake(); // here, not lazily at the first write: within the timeout
-        conn = tls;
-      } else conn = tcp;
+        if (this.#tls) {
+          // The endpoint's host name is the TLS server name, checked against the cluster's CA.
+          const started = await Deno.startTls(tcp, {
+            hostname: this.#hostname,
+            ...(tls?.caCerts ? { caCerts: tls.caCerts } : {}),
+          });
+          handshaking = started;
+          await started.handshake(); // here, not lazily at the first write: within the timeout
+          conn = started;
+        } else conn = tcp;
+      }
     } catch (err) {
       this.#open--;
       this.#serveWaiter();
+      // An upstream identity that does not match has its own kind and flag (UI).
+      if (err instanceof ProxyError) throw err;
       throw new ConnectError(
         ctl.signal.aborted
           ? `no connection to ${this.origin} within ${this.opts.connectTimeoutMs} ms`

@@ -153,6 +153,8 @@ export class AccessLog {
       listener: e.listener,
       user_agent: e.req.headers.get("user-agent"),
       referer: e.req.headers.get("referer"),
+      // The client certificate's identity (downstream mTLS), null without one.
+      identity: ctx?.identity?.id ?? null,
     };
     this.writeRecord(record);
   }

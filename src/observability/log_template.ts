@@ -28,6 +28,8 @@ export const ACCESS_LOG_FIELDS = [
   "listener",
   "user_agent",
   "referer",
+  // The client certificate's identity (downstream mTLS).
+  "identity",
 ] as const;
 export type AccessLogField = (typeof ACCESS_LOG_FIELDS)[number];
 

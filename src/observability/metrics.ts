@@ -350,6 +350,7 @@ export class FerryMetrics {
   readonly breakerState: client.Gauge<string>;
   readonly breakerTransitions: client.Counter<string>;
   readonly rateLimited: client.Counter<string>;
+  readonly authzDecisions: client.Counter<string>;
   readonly rateLimitBackendErrors: client.Counter<string>;
   readonly rateLimitBackendUp: client.Gauge<string>;
   readonly retries: client.Counter<string>;
@@ -532,6 +533,13 @@ export class FerryMetrics {
       labelNames: ["route", "limit", "scope"],
       registers,
     });
+    this.authzDecisions = new client.Counter({
+      name: "ferry_authz_decisions_total",
+      help: "Authorization policy decisions, by listener, route and decision (allow, deny = 403 " +
+        "AZ, unauthenticated = 401 UA).",
+      labelNames: ["listener", "route", "decision"],
+      registers,
+    });
     this.rateLimitBackendErrors = new client.Counter({
       name: "ferry_rate_limit_backend_errors_total",
       help: "Failed or timed-out calls to a shared rate limit's Redis, by limit name.",
@@ -650,6 +658,22 @@ export class FerryMetrics {
   rateLimitRecorder(route: string, limit: string, scope: string): () => void {
     const child = this.rateLimited.labels(route, limit, scope);
     return () => child.inc();
+  }
+
+  /**
+   * Counts one route's authorization decisions; children are made once per (listener, decision)
+   * and reused, so a request does no label work.
+   */
+  authzRecorder(route: string): (listener: string, decision: string) => void {
+    const children = new Map<string, { inc(): void }>();
+    return (listener, decision) => {
+      const key = `${listener} ${decision}`;
+      let c = children.get(key);
+      if (c === undefined) {
+        children.set(key, c = this.authzDecisions.labels(listener, route, decision));
+      }
+      c.inc();
+    };
   }
 
   /** Pre-bound series for one shared rate limit's backend (src/policy/redis_limiter.ts). */

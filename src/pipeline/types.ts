@@ -24,6 +24,13 @@ export interface RequestContext {
   readonly path: string;
   readonly search: string;
   readonly startedAt: number;
+  /**
+   * The client's verified certificate identity (downstream mTLS); undefined when the connection
+   * carried no client certificate, which is every connection until listeners ask for one.
+   */
+  readonly identity: ClientIdentity | undefined;
+  /** The listener's header for that identity upstream (XFCC format), lower case. */
+  readonly clientCertHeader: string;
   /** What the proxy did, for the access log: written by stages, never read for decisions. */
   readonly outcome: RequestOutcome;
   /**
@@ -32,6 +39,19 @@ export interface RequestContext {
    * known to be the client's doing.
    */
   readonly bodyFailure?: () => ProxyError | undefined;
+}
+
+/**
+ * Who a client certificate says the caller is: the SPIFFE ID from its URI SAN, else its first DNS
+ * SAN, else its subject CN. Authorization rules match `id`, its prefix, or the trust domain.
+ */
+export interface ClientIdentity {
+  readonly id: string;
+  readonly kind: "spiffe" | "dns" | "cn";
+  /** For a SPIFFE ID `spiffe://td/path`: `td`; otherwise undefined. */
+  readonly trustDomain: string | undefined;
+  /** SHA-256 of the certificate (DER), lower-case hex, for x-forwarded-client-cert `Hash=`. */
+  readonly certHash?: string;
 }
 
 /** Filled as the request moves on; the access log and error bodies read it at the end. */

@@ -18,6 +18,7 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import type { Snapshot } from "../config/compile.ts";
 import { withDurationUnits } from "../config/errors.ts";
 import { BREAKER_STATE_NAMES } from "../policy/circuit_breaker.ts";
+import { decide, identityFromId } from "../policy/authz.ts";
 import type { DnsDiscoveryStatus } from "../upstream/discovery/dns.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { errorResponse, ProxyError, type RecentErrors } from "./errors.ts";
@@ -390,9 +391,11 @@ function redact(cfg: Snapshot["config"]): unknown {
 /**
  * `/explain?method=GET&host=api.example.com&path=/v1/x&listener=public` plus request headers
  * prefixed `x-explain-` (e.g. `x-explain-x-canary: 1`): which route matches and why, the cluster,
- * its endpoints and their state, and the policies that would apply.
+ * its endpoints and their state, and the policies that would apply. `client_ip=` and `identity=`
+ * (a client certificate's SPIFFE ID or name) feed the authorization policy, which says which
+ * rule decided (a JWT goes in `x-explain-authorization: Bearer ...`).
  */
-function explain(s: Snapshot, url: URL, reqHeaders: Headers): Response {
+async function explain(s: Snapshot, url: URL, reqHeaders: Headers): Promise<Response> {
   const q = url.searchParams;
   const listener = q.get("listener") ?? [...s.listeners.keys()][0]!;
   const plan = s.listeners.get(listener);
@@ -419,6 +422,30 @@ function explain(s: Snapshot, url: URL, reqHeaders: Headers): Response {
   const cluster = route?.cluster
     ? clustersView(s).clusters.find((c) => c.name === route.cluster)
     : undefined;
+  const clientIp = q.get("client_ip") ?? "127.0.0.1";
+  const identityParam = q.get("identity");
+  const identity = identityParam ? identityFromId(identityParam) : undefined;
+  const policy = result.matched
+    ? s.routes.find((r) => r.name === result.matched!.name)?.authz?.policyFor(listener)
+    : undefined;
+  const authorization = policy
+    ? {
+      policy: policy.source,
+      jwt_provider: policy.jwt
+        ? { name: policy.jwt.provider.name, ...policy.jwt.provider.status() }
+        : null,
+      default: policy.defaultAction,
+      client_ip: clientIp,
+      identity: identity ?? null,
+      ...(await decide(policy, {
+        method: input.method,
+        path: input.path,
+        header: (n) => headers.get(n) ?? undefined,
+        clientIp,
+        identity,
+      })),
+    }
+    : null;
   return json(200, {
     request: { listener, ...input, headers: Object.fromEntries(headers) },
     normalized_path: path.path,
@@ -435,6 +462,7 @@ function explain(s: Snapshot, url: URL, reqHeaders: Headers): Response {
         circuit_breaker: route.circuit_breaker ??
           s.config.clusters.find((c) => c.name === route.cluster)?.circuit_breaker ?? null,
         rewrite: route.rewrite ?? null,
+        authorization,
       }
       : null,
   });

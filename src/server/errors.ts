@@ -9,6 +9,7 @@ export type ProxyErrorKind =
   | "method_not_allowed"
   | "upstream_connect_failure"
   | "upstream_reset"
+  | "upstream_id_mismatch"
   | "upstream_timeout"
   | "upstream_protocol_error"
   | "no_healthy_upstream"
@@ -24,6 +25,8 @@ export type ProxyErrorKind =
   | "client_closed"
   | "admin_host_refused"
   | "admin_cross_origin"
+  | "unauthenticated"
+  | "access_denied"
   | "internal";
 
 interface ErrorRow {
@@ -57,6 +60,13 @@ const TABLE: Readonly<Record<ProxyErrorKind, ErrorRow>> = {
     title: "upstream connect failure",
   },
   upstream_reset: { status: 502, grpc: 14, flag: "UR", title: "upstream reset" },
+  // Upstream mTLS: the certificate chained to the CA but named none of `expected_identities`.
+  upstream_id_mismatch: {
+    status: 502,
+    grpc: 14,
+    flag: "UI",
+    title: "upstream identity mismatch",
+  },
   upstream_protocol_error: { status: 502, grpc: 14, flag: "UPE", title: "upstream protocol error" },
   no_healthy_upstream: { status: 503, grpc: 14, flag: "UH", title: "no healthy upstream" },
   breaker_open: { status: 503, grpc: 14, flag: "UO", title: "circuit breaker open" },
@@ -71,6 +81,9 @@ const TABLE: Readonly<Record<ProxyErrorKind, ErrorRow>> = {
   // The admin listener's own refusals (src/server/admin.ts): DNS rebinding and cross-site forms.
   admin_host_refused: { status: 421, grpc: 7, flag: "AH", title: "misdirected request" },
   admin_cross_origin: { status: 403, grpc: 7, flag: "AO", title: "cross-origin request refused" },
+  // Authorization policies (src/policy/authz.ts): a missing or invalid JWT, and a deny.
+  unauthenticated: { status: 401, grpc: 16, flag: "UA", title: "unauthenticated" },
+  access_denied: { status: 403, grpc: 7, flag: "AZ", title: "access denied" },
 };
 
 /** A failure with a kind from the table and a reason meant for the client and the log. */

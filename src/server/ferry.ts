@@ -383,7 +383,8 @@ export interface AdminExtras {
 
 function sameBinding(a: ListenerPlan, b: ListenerPlan): boolean {
   return a.hostname === b.hostname && a.port === b.port && a.protocol === b.protocol &&
-    a.tls?.cert === b.tls?.cert && a.tls?.key === b.tls?.key;
+    a.tls?.cert === b.tls?.cert && a.tls?.key === b.tls?.key &&
+    a.tls?.clientCa === b.tls?.clientCa && a.tls?.clientAuth === b.tls?.clientAuth;
 }
 
 const WILDCARDS = new Set(["0.0.0.0", "::", "[::]"]);

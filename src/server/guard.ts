@@ -16,6 +16,7 @@
  * See docs/connections.md for the rules and the measured cost.
  */
 import type { Logger } from "../observability/log.ts";
+import type { ClientIdentity } from "../pipeline/types.ts";
 import {
   type AcceptErrorReason,
   acceptErrorReason,
@@ -29,6 +30,7 @@ import {
 import { isWebSocketUpgrade } from "../upstream/headers.ts";
 import { attachTicket, DownstreamLink, type RequestTicket } from "./downstream.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
+import { ClientAuthListener } from "./node_tls.ts";
 import { WsFrameLimit } from "./ws_frames.ts";
 
 export interface GuardLimits extends ConnectionCaps {
@@ -72,7 +74,7 @@ export interface GuardOptions {
   readonly name: string;
   readonly hostname: string;
   readonly port: number;
-  readonly tls?: { readonly cert: string; readonly key: string } | undefined;
+  readonly tls?: GuardTls | undefined;
   /** Read at every accept and every sweep, so a reload changes limits without a restart. */
   readonly limits: () => GuardLimits;
   readonly log: Logger;
@@ -80,6 +82,19 @@ export interface GuardOptions {
   readonly sweepMs?: number;
   /** A failed accept, on the guard's own listener or the inner server's. */
   readonly onAcceptError?: (socket: "listener" | "inner", reason: AcceptErrorReason) => void;
+}
+
+export interface GuardTls {
+  readonly cert: string;
+  readonly key: string;
+  /** Downstream mTLS: the CA bundle client certificates must chain to (node:tls accepts then). */
+  readonly clientCa?: string | undefined;
+  readonly clientAuth?: "require" | "optional" | undefined;
+}
+
+/** What the guard hands the inner handler: the real client address and its verified identity. */
+export interface GuardedInfo extends Deno.ServeHandlerInfo<Deno.NetAddr> {
+  readonly identity?: ClientIdentity | undefined;
 }
 
 type Phase =
@@ -116,6 +131,8 @@ class Guarded {
   /** Draining: the inner connection was half-closed so it ends after its last response. */
   closing = false;
   inner: Deno.TcpConn | undefined;
+  /** The client certificate's identity (downstream mTLS), once TLS is up. */
+  identity: ClientIdentity | undefined;
   /** Shared with the connection's handlers: whether a client write is blocked. */
   readonly link = new DownstreamLink();
   /** In a tunnel: the client's WebSocket frame limits. */
@@ -169,7 +186,20 @@ export class ConnectionGuard {
       "inner server stopped accepting; replacing it",
       "inner server stable again",
     );
-    this.#listener = opts.tls
+    // Deno.listenTls cannot ask for a client certificate: with a client CA, node:tls accepts.
+    this.#listener = opts.tls?.clientCa !== undefined
+      ? new ClientAuthListener({
+        hostname: opts.hostname,
+        port: opts.port,
+        cert: opts.tls.cert,
+        key: opts.tls.key,
+        clientCa: opts.tls.clientCa,
+        clientAuth: opts.tls.clientAuth ?? "require",
+        alpnProtocols: ["h2", "http/1.1"],
+        // node completes the handshake before accept(): bound it by the header timeout here.
+        handshakeTimeoutMs: opts.limits().headerTimeoutMs,
+      }) as unknown as Deno.Listener
+      : opts.tls
       ? Deno.listenTls({
         hostname: opts.hostname,
         port: opts.port,
@@ -249,7 +279,12 @@ export class ConnectionGuard {
         this.#settle(g);
       };
       info.completed.then(done, done);
-      const res = await handler(req, { remoteAddr: g.remote, completed: info.completed });
+      const guarded: GuardedInfo = {
+        remoteAddr: g.remote,
+        completed: info.completed,
+        identity: g.identity,
+      };
+      const res = await handler(req, guarded);
       // Only a WebSocket upgrade becomes a tunnel; a 101 to anything else is not one.
       if (res.status === 101 && isWebSocketUpgrade(req)) {
         const limits = this.#opts.limits();
@@ -354,6 +389,7 @@ export class ConnectionGuard {
       if (this.#opts.tls) {
         const hs = await (g.conn as Deno.TlsConn).handshake();
         g.h2 = hs.alpnProtocol === "h2";
+        g.identity = (g.conn as { identity?: ClientIdentity }).identity;
       }
       if (g.closed) return;
       // While the inner server is being bound again this is refused: the client is dropped.

@@ -12,6 +12,7 @@ import { activeSpan, annotate } from "../observability/tracing.ts";
 import { errorFields, type Logger } from "../observability/log.ts";
 import type { AccessLog } from "../observability/access_log.ts";
 import { checkHeaderLimits, limitBody } from "./request_limits.ts";
+import type { GuardedInfo } from "./guard.ts";
 
 /** Default longest request target (path + query), as nginx's large_client_header_buffers 8k. */
 export const MAX_URI_LENGTH = 8192;
@@ -105,6 +106,9 @@ export function createListenerHandler(
         path: path.path,
         search: target.search,
         startedAt,
+        // Downstream mTLS: the connection guard's verified client certificate, if any.
+        identity: (info as GuardedInfo).identity,
+        clientCertHeader: plan.clientCertHeader,
         outcome: { attempts: 0 },
         ...(overLimit ? { bodyFailure: overLimit } : {}),
       };

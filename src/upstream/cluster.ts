@@ -19,6 +19,7 @@ import { type DiscoveryLog, DnsDiscovery } from "./discovery/dns.ts";
 import { type EndpointDescriptor, originOf } from "./discovery/endpoints.ts";
 import { H2Pool } from "./h2_pool.ts";
 import { H1Transport } from "../h1/transport.ts";
+import type { UpstreamTls } from "./upstream_tls.ts";
 import { FetchTransport, type PoolOptions } from "./transport.ts";
 
 export interface Endpoint {
@@ -118,15 +119,18 @@ export type ClusterEventLog = (
 
 export function buildCluster(
   cfg: ClusterConfig,
-  caCerts?: string[],
+  /** The cluster's upstream TLS, files read: CA, client certificate, server name, identities. */
+  tls?: UpstreamTls,
   onEvent?: ClusterEventLog,
   discoveryLog?: DiscoveryLog,
 ): Cluster {
+  const caCerts = tls?.caCerts;
   const pool: PoolOptions = {
     maxIdlePerEndpoint: cfg.pool.max_idle_per_endpoint,
     idleTimeoutMs: cfg.pool.idle_timeout,
     protocol: cfg.protocol,
     ...(caCerts ? { caCerts } : {}),
+    ...(tls ? { tls } : {}),
   };
   const fetchTransport = new FetchTransport(pool);
   const h1 = cfg.protocol === "http1" && (cfg.transport ?? "h1") === "h1"
@@ -136,7 +140,7 @@ export function buildCluster(
       idleTimeoutMs: cfg.pool.idle_timeout,
       maxRequestsPerConnection: cfg.pool.max_requests_per_connection,
       connectTimeoutMs: cfg.pool.connect_timeout,
-      ...(caCerts ? { caCerts } : {}),
+      ...(tls ? { tls } : {}),
     })
     : undefined;
   const h2 = new H2Pool({
@@ -144,12 +148,13 @@ export function buildCluster(
     // Connections opened for a burst do not stay forever.
     idleTimeoutMs: cfg.pool.idle_timeout,
     ...(caCerts ? { caCerts } : {}),
+    ...(tls ? { tls } : {}),
   });
   const initial = staticEndpoints(cfg);
   const slotCapacity = Math.max(MIN_SLOT_CAPACITY, initial.length);
   const slots = new SlotAllocator(slotCapacity);
   const reuseListeners = new Set<(slot: number) => void>();
-  const baseHealth = healthOptions(cfg, caCerts);
+  const baseHealth = healthOptions(cfg, tls);
 
   const buildMembers = (
     endpoints: Endpoint[],
@@ -336,7 +341,8 @@ function hashKeyOf(cfg: HashKeyConfig): (req: Request, ctx: RequestContext) => s
 }
 
 /** Config (snake_case, ms) -> the health manager's options. */
-function healthOptions(cfg: ClusterConfig, caCerts: string[] | undefined): EndpointHealthOptions {
+function healthOptions(cfg: ClusterConfig, tls: UpstreamTls | undefined): EndpointHealthOptions {
+  const caCerts = tls?.caCerts;
   const hc = cfg.health_check;
   const od = cfg.outlier_detection;
   return {
@@ -355,6 +361,7 @@ function healthOptions(cfg: ClusterConfig, caCerts: string[] | undefined): Endpo
         : {}),
       protocol: cfg.protocol,
       ...(caCerts ? { caCerts } : {}),
+      ...(tls ? { tls } : {}),
       intervalMs: hc.interval,
       timeoutMs: hc.timeout,
       jitterFraction: hc.jitter,

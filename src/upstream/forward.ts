@@ -2,7 +2,7 @@
  * The terminal handler of a cluster route: picks an endpoint, builds the upstream request with
  * RFC 9110 7.6 semantics and streams both bodies through. Never follows redirects.
  */
-import type { Handler, RequestContext } from "../pipeline/types.ts";
+import type { ClientIdentity, Handler, RequestContext } from "../pipeline/types.ts";
 import { ProxyError, toProxyError } from "../server/errors.ts";
 import { forwardedHeaders } from "../server/trust.ts";
 import type { Cluster, Endpoint, Members } from "./cluster.ts";
@@ -103,10 +103,30 @@ export function upstreamHeaders(
   h.set("x-forwarded-for", fwd.for);
   h.set("x-forwarded-proto", fwd.proto);
   h.set("x-forwarded-host", fwd.host);
+  // Downstream mTLS: the verified client certificate in Envoy's x-forwarded-client-cert format.
+  // A client-sent one is believed (and appended to) only from a trusted proxy.
+  const certHeader = ctx.clientCertHeader;
+  const priorCert = ctx.peerTrusted ? h.get(certHeader) : null;
+  if (!ctx.peerTrusted) h.delete(certHeader);
+  if (ctx.identity) {
+    const element = xfccElement(ctx.identity);
+    h.set(certHeader, priorCert ? `${priorCert},${element}` : element);
+  }
   h.set("x-request-id", ctx.requestId);
   h.appendValue("via", `1.1 ${s.via}`);
   applyEdits(h, s.requestEdits);
   return h;
+}
+
+/** One XFCC element: `Hash=<sha256>;URI=<spiffe id>` (or `DNS=`, or `Subject="CN=..."`). */
+export function xfccElement(id: ClientIdentity): string {
+  const quote = (v: string) => /[,;="]/.test(v) ? `"${v.replaceAll('"', '\\"')}"` : v;
+  const name = id.kind === "spiffe"
+    ? `URI=${quote(id.id)}`
+    : id.kind === "dns"
+    ? `DNS=${quote(id.id)}`
+    : `Subject=${quote(`CN=${id.id}`)}`;
+  return id.certHash ? `Hash=${id.certHash};${name}` : name;
 }
 
 export function forwardTo(s: ForwardSettings): Handler {

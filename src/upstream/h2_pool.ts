@@ -12,9 +12,12 @@ import type { HeaderField } from "../h2/hpack.ts";
 import type { H2Stream } from "../h2/stream.ts";
 import { ProxyError } from "../server/errors.ts";
 import type { Endpoint } from "./cluster.ts";
+import { connectUpstreamTls, type UpstreamTls } from "./upstream_tls.ts";
 
 export interface H2PoolOptions {
   readonly caCerts?: string[];
+  /** Upstream mTLS: client certificate, server name, expected identities. */
+  readonly tls?: UpstreamTls;
   /** Connections one endpoint may get. Default 4. */
   readonly maxConnectionsPerEndpoint?: number;
   /** A connection with no stream and no frame for this long is closed (GOAWAY). 0: never. */
@@ -150,22 +153,20 @@ export class H2Pool {
     let conn: Deno.Conn;
     try {
       if (endpoint.url.protocol === "https:") {
-        const tls = await Deno.connectTls({
-          hostname,
-          port,
-          alpnProtocols: ["h2"],
+        const tls = await connectUpstreamTls(hostname, port, ["h2"], {
           ...(this.#opts.caCerts ? { caCerts: this.#opts.caCerts } : {}),
-        });
-        const hs = await tls.handshake();
-        if (hs.alpnProtocol !== "h2") {
-          tls.close();
-          throw new Error(`${endpoint.origin} did not agree to h2 (ALPN ${hs.alpnProtocol})`);
+          ...this.#opts.tls,
+        }, endpoint.origin);
+        if (tls.alpnProtocol !== "h2") {
+          tls.conn.close();
+          throw new Error(`${endpoint.origin} did not agree to h2 (ALPN ${tls.alpnProtocol})`);
         }
-        conn = tls;
+        conn = tls.conn;
       } else {
         conn = await Deno.connect({ hostname, port });
       }
     } catch (err) {
+      if (err instanceof ProxyError) throw err;
       throw new ProxyError(
         "upstream_connect_failure",
         `cannot connect to ${endpoint.origin}: ${err instanceof Error ? err.message : err}`,

@@ -7,6 +7,7 @@
  * `Accept-Encoding: identity`, yet keeps `content-encoding`, so requests it carries say identity.
  */
 import { ProxyError } from "../server/errors.ts";
+import { denoTlsOptions, type UpstreamTls } from "./upstream_tls.ts";
 
 export interface UpstreamRequest {
   /** Absolute URL: endpoint origin + path + query. */
@@ -35,6 +36,8 @@ export interface PoolOptions {
   readonly idleTimeoutMs: number;
   readonly protocol: "http1" | "h2c" | "auto";
   readonly caCerts?: string[];
+  /** Client certificate, server name, expected identities (upstream mTLS). */
+  readonly tls?: UpstreamTls;
 }
 
 export class FetchTransport implements Transport {
@@ -51,6 +54,8 @@ export class FetchTransport implements Transport {
       // Without allowHost fetch silently replaces the Host header we set.
       allowHost: true,
       ...(opts.caCerts ? { caCerts: opts.caCerts } : {}),
+      // The client certificate for upstream mTLS (fetch cannot check the peer's identity).
+      ...denoTlsOptions(opts.tls),
     });
   }
 

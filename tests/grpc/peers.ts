@@ -83,6 +83,8 @@ export async function startEchoServer(
       const md = new grpc.Metadata();
       const custom = call.metadata.get("x-custom")[0];
       if (custom) md.set("x-custom-echo", String(custom));
+      const clientCert = call.metadata.get("x-forwarded-client-cert")[0];
+      if (clientCert) md.set("x-client-cert-echo", String(clientCert));
       const bin = call.metadata.get("x-custom-bin")[0];
       if (bin) md.set("x-custom-echo-bin", bin as Buffer);
       // What the proxy said about the client, as the upstream saw it.

@@ -120,6 +120,7 @@ export class ActiveHealthChecker {
       const prober = new GrpcHealthProber({
         ...opts.grpc,
         ...(opts.caCerts ? { caCerts: opts.caCerts } : {}),
+        ...(opts.tls ? { tls: opts.tls } : {}),
       });
       this.#prober = prober;
       this.#probe = prober.probe;

@@ -12,6 +12,7 @@ import { ErrorCode } from "../../h2/frames.ts";
 import { headerValue } from "../../h2/headers.ts";
 import type { H2Stream } from "../../h2/stream.ts";
 import { H2Pool } from "../h2_pool.ts";
+import type { UpstreamTls } from "../upstream_tls.ts";
 import type { Probe, ProbeResult } from "./probe.ts";
 
 export const HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check";
@@ -26,6 +27,8 @@ export interface GrpcProbeOptions {
   readonly authority?: string;
   /** Extra CA certificates (PEM) for `https` endpoints. */
   readonly caCerts?: string[];
+  /** Upstream mTLS, as the cluster's own connections (identity checked). */
+  readonly tls?: UpstreamTls;
 }
 
 /** One gRPC message (5-byte prefix, uncompressed) holding HealthCheckRequest{service}. */
@@ -98,6 +101,7 @@ export class GrpcHealthProber {
     this.#pool = new H2Pool({
       maxConnectionsPerEndpoint: 1,
       ...(opts.caCerts ? { caCerts: opts.caCerts } : {}),
+      ...(opts.tls ? { tls: opts.tls } : {}),
     });
     this.#request = encodeHealthCheckRequest(opts.service ?? "");
     this.#authority = opts.authority;

@@ -35,6 +35,7 @@ export function outcomeOfStatus(status: number): Outcome {
 export function outcomeOfError(kind: string): Outcome | undefined {
   switch (kind) {
     case "upstream_connect_failure":
+    case "upstream_id_mismatch":
       return "connect-failure";
     case "upstream_reset":
     case "upstream_timeout":

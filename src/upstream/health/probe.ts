@@ -2,6 +2,7 @@
  * One HTTP health probe: `GET origin + path` on a `Deno.HttpClient` of its own, so probes never
  * wait behind user traffic in the cluster's pool, judged by the expected statuses.
  */
+import { denoTlsOptions, type UpstreamTls } from "../upstream_tls.ts";
 
 /** What a probe needs to know of an endpoint (Ferry's `Endpoint` fits). */
 export interface ProbeTarget {
@@ -73,6 +74,11 @@ export interface HttpProbeOptions {
   readonly protocol?: "http1" | "h2c" | "auto";
   /** Extra CA certificates (PEM) for `https` endpoints. */
   readonly caCerts?: string[];
+  /**
+   * Upstream mTLS: the client certificate is presented; HTTP probes run on fetch, which cannot
+   * see the peer's certificate, so expected identities are checked by gRPC probes only.
+   */
+  readonly tls?: UpstreamTls;
   /** Response bytes read before the connection is given back (the rest is dropped). */
   readonly maxBodyBytes?: number;
 }
@@ -103,6 +109,7 @@ export class HttpProber {
       // Without allowHost fetch silently replaces the Host header we set.
       allowHost: true,
       ...(opts.caCerts ? { caCerts: opts.caCerts } : {}),
+      ...denoTlsOptions(opts.tls),
     });
   }
 
