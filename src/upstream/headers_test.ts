@@ -1,8 +1,8 @@
 /**
  * The hop-by-hop filter on headers as Deno really hands them over: a request read by Deno.serve
- * and a response read by fetch, both chunked. (Deno.serve, fetch and node:http re-frame on their
- * own today, so a leaked Transfer-Encoding is not yet visible end to end; a transport that
- * writes the header list itself, such as an own HTTP/1.1 codec, would send it.)
+ * and a response read by fetch, both chunked. (Ferry's h1 codec writes the header list itself, so a
+ * Transfer-Encoding leaked past this filter would reach the upstream beside the codec's own
+ * framing.)
  */
 import assert from "node:assert/strict";
 import { endToEndHeaders } from "./headers.ts";
