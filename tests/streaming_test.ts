@@ -149,7 +149,7 @@ const MAX_STALL_GROWTH_MIB = 40;
  * Over a whole 100 MB transfer RSS mostly counts garbage V8 has not collected yet (64 KiB chunks
  * are freed at the next GC, and V8 lets external memory grow tens of MiB before collecting; a
  * bare Deno client uploading 100 MB grows ~50 MiB the same way). Measured on a fresh Ferry:
- * 0-50 MiB through fetch, 60-80 MiB through the h1 transport (bench/h1_rss.ts), flat when
+ * 0-50 MiB through fetch, 60-80 MiB through the h1 transport (bench/tools/h1_rss.ts), flat when
  * repeated and the same for 400 MB. So this
  * bound only guards against leaks; the stall figures above are what show nothing is buffered.
  */

@@ -6,11 +6,11 @@
 #   handshake  a new connection (and TLS handshake) per request
 # Reports requests/s and Ferry CPU time per request (utime+stime of the Ferry process over the
 # run / requests). wrk and h2load cannot present a client certificate, hence the Deno client.
-#   ROUNDS=2 DURATION=5 bench/mtls_cost.sh
+#   ROUNDS=2 DURATION=5 bench/tools/mtls_cost.sh
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
 DENO=${DENO:-$(command -v deno)}
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-5}

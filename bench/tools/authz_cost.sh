@@ -7,12 +7,12 @@
 #   /proxied  forwarded to a Deno.serve upstream, no policy (what a proxied request costs)
 # Reports requests/s and Ferry CPU time per request (utime+stime of the Ferry process over the
 # run / requests). Everything started here is stopped by PID at the end.
-#   ROUNDS=3 DURATION=5 bench/authz_cost.sh
+#   ROUNDS=3 DURATION=5 bench/tools/authz_cost.sh
 # CACHE_SIZE=0 turns the verified-token cache off (every request verifies the signature).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
 DENO=${DENO:-$(command -v deno)}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}

@@ -3,9 +3,9 @@
  * transport (issue 17 target: under 16 MiB). Ferry runs as a child process (the shipped
  * permissions); the upstream and curl are outside it. Linux only (/proc).
  *
- *     deno run -A bench/h1_rss.ts            # TRANSPORT=fetch to compare
+ *     deno run -A bench/tools/h1_rss.ts            # TRANSPORT=fetch to compare
  */
-import { spawnFerry, tempConfig } from "../tests/helpers.ts";
+import { spawnFerry, tempConfig } from "../../tests/helpers.ts";
 
 const TOTAL = Number(Deno.env.get("MB") ?? 100) * 1000 * 1000;
 const CHUNK = 64 * 1024;

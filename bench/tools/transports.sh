@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Ferry's two HTTP/1.1 upstream transports (transport: h1, Ferry's own codec; transport: fetch)
-# against the harness's deno-hdr, through the shared peers harness (see bench/peers.sh). Ferry
+# against the harness's deno-hdr, through the shared peers harness (see bench/tools/peers.sh). Ferry
 # runs from a YAML config equal to the PROXY_* quick start except for `transport`. One harness
 # run per transport, each with deno-hdr, so both have a same-run reference.
-#   ROUNDS=3 SCENARIOS=h1-small bench/transports.sh
+#   ROUNDS=3 SCENARIOS=h1-small bench/tools/transports.sh
 # Output: one report per transport on stdout (and under /tmp/peers/results/).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
 PEERS_DIR=${PEERS_DIR:-$REPO/../shared/peers}
 if [[ -z ${DENO:-} ]]; then DENO=$(command -v deno); fi
 export DENO

@@ -10,12 +10,12 @@
 # Reports requests/s, wrk latency p50/p99 and Ferry CPU per request (utime+stime of the Ferry
 # process over the phase / requests). Starts its own redis-server and upstream-less Ferry; stops
 # both by PID at the end. Short by design (2-core machine shared with others):
-#   ROUNDS=3 DURATION=5 bench/shared_rate_limit.sh          about 1.5 minutes
+#   ROUNDS=3 DURATION=5 bench/tools/shared_rate_limit.sh          about 1.5 minutes
 # Output: a table on stdout; raw wrk output under ${OUT:-/tmp/shared_rate_limit}.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
 DENO=${DENO:-$(command -v deno)}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
