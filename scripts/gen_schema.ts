@@ -18,6 +18,8 @@ const DESCRIPTIONS: Record<string, string> = {
   "listeners[].name": "Unique listener name (letters, digits, _ . -).",
   "listeners[].address": "host:port, [v6]:port or :port (all interfaces).",
   "listeners[].tls": "Terminate TLS; paths are relative to the config file.",
+  "listeners[].middleware":
+    "Extension middleware of this listener's routes that list none (docs/extending.md).",
   "admin": "Admin API (health, readiness, metrics); off when absent.",
   "admin.address": "host:port of the admin listener; must differ from every listener.",
   "server": "Process-wide behaviour.",
@@ -42,6 +44,8 @@ const DESCRIPTIONS: Record<string, string> = {
   "routes[].match.query": "Query parameter -> value, {present: true} or {regex}.",
   "routes[].cluster": "Send to this cluster (one of cluster, direct_response, redirect).",
   "routes[].direct_response": "Answer from Ferry itself.",
+  "routes[].middleware":
+    "Extension middleware, outermost first: {module | name, options} (docs/extending.md).",
   "routes[].redirect": "Answer with a redirect.",
   "routes[].rewrite": "Change the request before it goes upstream.",
   "routes[].request_headers": "Headers added or removed on the way upstream.",

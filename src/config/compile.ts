@@ -170,6 +170,10 @@ export interface CompileOptions {
   readonly env?: (name: string) => string | undefined;
   /** The config as written (parsed YAML before the schema), for /config's durations. */
   readonly written?: unknown;
+  /** Extension middleware loaded for this config (src/extend/extensions.ts), per route index. */
+  readonly extensions?: {
+    forRoute(index: number, metrics: FerryMetrics): Middleware | undefined;
+  };
 }
 
 /** A breaker store as the metrics see it: whose it is and which endpoint each slot is. */
@@ -458,6 +462,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     clusterMetrics,
     listenerPolicies,
     jwtProviders,
+    extensions: opts.extensions,
     routeBreaker: (route, b, cluster) =>
       keptBreaker(`route ${route}`, b, cluster, `route:${route}`).store,
   };
@@ -769,6 +774,7 @@ interface RoutePolicies {
   /** Listeners' default authorization policies, by listener name. */
   readonly listenerPolicies: ReadonlyMap<string, AuthzPolicy>;
   readonly jwtProviders: ReadonlyMap<string, JwtProvider>;
+  readonly extensions: CompileOptions["extensions"];
   /** A route's own breaker (an override of the cluster's), carried over when unchanged. */
   readonly routeBreaker: (route: string, b: BreakerConfigSchema, cluster: Cluster) => BreakerStore;
 }
@@ -781,10 +787,12 @@ function compileRoute(
   policies: RoutePolicies,
 ): CompiledRoute {
   // Route policies, outermost first: authorization (a refused caller spends no rate-limit token
-  // and sees no injected fault), fault injection (chaos), then rate limits.
+  // and sees no injected fault), extension middleware, fault injection (chaos), then rate limits.
   const middleware: Middleware[] = [];
   const authz = routeAuthz(r, i, cfg, policies);
   if (authz) middleware.push(authorization(authz));
+  const extension = policies.extensions?.forRoute(i, policies.metrics);
+  if (extension) middleware.push(extension);
   if (r.fault) middleware.push(faultInjection(r.fault));
   if (r.rate_limit) {
     const limiters = r.rate_limit.map((n) => policies.limiters.get(n)!);

@@ -616,6 +616,7 @@ function checkReferences(
 
   checkAuthorization(cfg, err);
   checkUpstreamIdentity(cfg, err, warn);
+  checkMiddleware(cfg, options, err, warn);
   for (const [i, l] of cfg.listeners.entries()) {
     if (l.tls?.client_ca === undefined) continue;
     // Client certificates are verified by node:tls inside the connection guard only.
@@ -667,6 +668,79 @@ function checkReferences(
     }
   }
   return { errors, warnings };
+}
+
+/**
+ * Which module specifiers a config may name: local files only (docs/extending.md), so a reload
+ * never fetches code from a registry or the network.
+ */
+const REFUSED_SCHEME = /^(npm|jsr|https?|data|blob|node):/i;
+
+/** Why a `module:` value is not a local module file, or undefined. */
+function moduleSpecifierProblem(spec: string): string | undefined {
+  if (REFUSED_SCHEME.test(spec)) {
+    return "expected a local module path (relative to the config file) or a file: URL; " +
+      "import packages from inside your module instead";
+  }
+  if (!/\.(ts|mts|js|mjs|tsx|jsx)$/.test(spec)) {
+    return "expected a .ts, .mts, .tsx, .js, .mjs or .jsx module file";
+  }
+  return undefined;
+}
+
+/**
+ * `middleware:` entries: local module files that can be read (the import itself happens when the
+ * config is built, src/extend/extensions.ts), and only where an HTTP request passes through them.
+ */
+function checkMiddleware(
+  cfg: FerryConfig,
+  options: ValidateOptions,
+  err: (path: PathSegment[], message: string, value?: unknown) => void,
+  warn: (path: PathSegment[], message: string) => void,
+): void {
+  const lists: [PathSegment[], NonNullable<FerryConfig["routes"][number]["middleware"]>][] = [];
+  for (const [i, l] of cfg.listeners.entries()) {
+    if (!l.middleware) continue;
+    if (l.protocol === "grpc") {
+      err(
+        ["listeners", i, "middleware"],
+        "middleware run on http listeners only; a grpc listener forwards calls without them",
+      );
+    } else lists.push([["listeners", i, "middleware"], l.middleware]);
+  }
+  const grpcListeners = cfg.listeners.filter((l) => l.protocol === "grpc").map((l) => l.name);
+  for (const [i, r] of cfg.routes.entries()) {
+    if (!r.middleware) continue;
+    lists.push([["routes", i, "middleware"], r.middleware]);
+    const served = r.listeners ?? cfg.listeners.map((l) => l.name);
+    if (r.middleware.length > 0 && served.some((l) => grpcListeners.includes(l))) {
+      warn(
+        ["routes", i, "middleware"],
+        "middleware do not run on grpc listeners: calls there skip them",
+      );
+    }
+  }
+  for (const [at, list] of lists) {
+    for (const [j, ref] of list.entries()) {
+      if (ref.module === undefined) continue;
+      const path = [...at, j, "module"];
+      const problem = moduleSpecifierProblem(ref.module);
+      if (problem) {
+        err(path, problem, ref.module);
+        continue;
+      }
+      if (!options.checkFile || ref.module.startsWith("file:")) continue;
+      const resolved = resolveConfigPath(options.file, ref.module);
+      const unreadable = options.checkFile(resolved);
+      if (unreadable) {
+        err(
+          path,
+          `cannot read module ${resolved}: ${unreadable}; expected a readable file`,
+          ref.module,
+        );
+      }
+    }
+  }
 }
 
 /**

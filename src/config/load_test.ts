@@ -173,7 +173,8 @@ Deno.test("an unknown key is rejected at the key, naming it and the keys allowed
   assert.equal(unknown.column, 5);
   assert.equal(
     unknown.message,
-    "unknown key 'adress'; expected one of: name, address, tls, protocol, grpc, authorization",
+    "unknown key 'adress'; expected one of: name, address, tls, protocol, grpc, authorization, " +
+      "middleware",
   );
   // The misspelt key also leaves `address` missing, reported on the listener.
   assert.ok(errors.some((e) => e.path === "listeners[0].address" && e.line === 2));

@@ -159,6 +159,21 @@ export const JwtProviderSchema = z.strictObject({
   }
 });
 
+/**
+ * One extension middleware (docs/extending.md): a local TypeScript/JavaScript module whose default
+ * export is a factory, or a factory registered by name in code (mod.ts `start`), with options.
+ */
+export const MiddlewareRefSchema = z.strictObject({
+  /** A local file (relative to the config file), or a `file:` URL; loaded with `import()`. */
+  module: z.string().min(1).optional(),
+  /** A factory registered in code by this name. */
+  name: name.optional(),
+  /** Handed to the factory, which validates them. */
+  options: z.record(z.string(), z.unknown()).default({}),
+}).refine((m) => (m.module === undefined) !== (m.name === undefined), {
+  message: "expected exactly one of module or name",
+});
+
 export const ListenerSchema = z.strictObject({
   name,
   address,
@@ -177,6 +192,8 @@ export const ListenerSchema = z.strictObject({
   }).optional(),
   /** The authorization policy of every route on this listener that has none of its own. */
   authorization: AuthorizationSchema.optional(),
+  /** Extension middleware of every route on this listener that lists none of its own. */
+  middleware: z.array(MiddlewareRefSchema).optional(),
 }).refine((l) => l.grpc === undefined || l.protocol === "grpc", {
   message: "the grpc block applies only to a listener with protocol: grpc",
   path: ["grpc"],
@@ -308,6 +325,8 @@ export const RouteSchema = z.strictObject({
   websocket: z.boolean().default(true),
   /** Who may call this route; replaces the listener's policy. */
   authorization: AuthorizationSchema.optional(),
+  /** Extension middleware, outermost first; replaces the listener's list (`[]`: none). */
+  middleware: z.array(MiddlewareRefSchema).optional(),
 }).superRefine((r, ctx) => {
   const actions = [r.cluster, r.direct_response, r.redirect].filter((a) => a !== undefined).length;
   if (actions !== 1) {
@@ -692,3 +711,4 @@ export type AuthzRuleConfig = z.output<typeof AuthzRuleSchema>;
 export type JwtProviderConfig = z.output<typeof JwtProviderSchema>;
 export type RedisStoreConfig = z.output<typeof RedisStoreSchema>;
 export type AccessLogConfig = z.output<typeof AccessLogSchema>;
+export type MiddlewareRefConfig = z.output<typeof MiddlewareRefSchema>;

@@ -12,8 +12,10 @@ import {
   type LoadResult,
   parseConfigText,
   resolveConfigPath,
+  validateConfig,
 } from "./load.ts";
-import { parsePath } from "./errors.ts";
+import { formatPath, parsePath, type PathSegment } from "./errors.ts";
+import { loadExtensions, type MiddlewareFactory } from "../extend/extensions.ts";
 import type { FerryConfig } from "./schema.ts";
 import type { Logger } from "../observability/log.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
@@ -26,6 +28,8 @@ export interface ConfigSource {
   /** For logs and /config: the file name or `<env>`. */
   readonly label: string;
   load(): Promise<LoadResult>;
+  /** Middleware factories registered in code (mod.ts), for `middleware: [{ name }]` entries. */
+  readonly factories?: ReadonlyMap<string, MiddlewareFactory>;
 }
 
 /** `--config` > `PROXY_CONFIG` > the PROXY_* quick start > `config/ferry.yaml`. */
@@ -53,11 +57,35 @@ export function textSource(text: string, running: ConfigSource): ConfigSource {
   return {
     file,
     label: REQUEST_LABEL,
+    ...(running.factories ? { factories: running.factories } : {}),
     load: () =>
       Promise.resolve(parseConfigText(text, REQUEST_LABEL, {
         // Paths arrive resolved against "<request>"'s folder, ".": re-anchor them on the file's.
         checkFile: (p) => checkReadableFile(file ? resolveConfigPath(file, p) : p),
       })),
+  };
+}
+
+/** Where a config given in code as data says it came from, in error positions. */
+export const CODE_LABEL = "<code>";
+
+/**
+ * Config data built in code (mod.ts `start({ config: {...} })`): the same checks as a file, with
+ * no line numbers; relative paths in it (TLS files, modules) resolve against the working folder.
+ */
+export function dataSource(
+  data: unknown,
+  factories?: ReadonlyMap<string, MiddlewareFactory>,
+): ConfigSource {
+  return {
+    file: undefined,
+    label: CODE_LABEL,
+    load: () =>
+      Promise.resolve(validateConfig(structuredClone(data), {
+        file: CODE_LABEL,
+        checkFile: checkReadableFile,
+      })),
+    ...(factories ? { factories } : {}),
   };
 }
 
@@ -91,8 +119,29 @@ export async function buildSnapshot(src: ConfigSource, opts: BuildOptions): Prom
     return { ok: false, message: `invalid config ${src.label}\n${formatIssues(loaded.errors)}` };
   }
   const file = src.file;
+  // Problems found after loading (compiling, extension modules) are placed in the file like the
+  // loader's own, or named against `<env>` / `<code>`.
+  const placed = (
+    problems: readonly { path: readonly PathSegment[]; value: unknown; message: string }[],
+  ) => {
+    const issues = problems.map((p) => ({
+      file: src.label,
+      ...(loaded.locate?.(p.path) ?? { line: 0, column: 0 }),
+      path: formatPath(p.path),
+      value: p.value,
+      message: p.message,
+    })).sort((a, b) => a.line - b.line || a.column - b.column);
+    return { ok: false as const, message: `invalid config ${src.label}\n${formatIssues(issues)}` };
+  };
+  // Modules are imported and factories called before compiling: a failure keeps the old config.
+  const ext = await loadExtensions(loaded.config, {
+    configFile: file,
+    ...(src.factories ? { factories: src.factories } : {}),
+  });
+  if (!ext.ok) return placed(ext.problems);
   try {
     const snapshot = compileSnapshot(loaded.config, {
+      extensions: ext.extensions,
       version: opts.version,
       source: src.label,
       written: loaded.written,
@@ -109,15 +158,6 @@ export async function buildSnapshot(src: ConfigSource, opts: BuildOptions): Prom
     };
   } catch (err) {
     if (!(err instanceof SnapshotCompileError)) throw err;
-    // Problems found while compiling (an unset token variable, unreadable TLS files) are placed
-    // in the file like the loader's own, or named against `<env>`.
-    const issues = err.problems.map((p) => ({
-      file: src.label,
-      ...(loaded.locate?.(parsePath(p.path)) ?? { line: 0, column: 0 }),
-      path: p.path,
-      value: p.value,
-      message: p.message,
-    }));
-    return { ok: false, message: `invalid config ${src.label}\n${formatIssues(issues)}` };
+    return placed(err.problems.map((p) => ({ ...p, path: parsePath(p.path) })));
   }
 }

@@ -27,6 +27,7 @@ export type ProxyErrorKind =
   | "admin_cross_origin"
   | "unauthenticated"
   | "access_denied"
+  | "middleware_failed"
   | "internal";
 
 interface ErrorRow {
@@ -84,6 +85,8 @@ const TABLE: Readonly<Record<ProxyErrorKind, ErrorRow>> = {
   // Authorization policies (src/policy/authz.ts): a missing or invalid JWT, and a deny.
   unauthenticated: { status: 401, grpc: 16, flag: "UA", title: "unauthenticated" },
   access_denied: { status: 403, grpc: 7, flag: "AZ", title: "access denied" },
+  // An extension middleware (docs/extending.md) threw or returned no Response: its bug, not ours.
+  middleware_failed: { status: 500, grpc: 13, flag: "MF", title: "middleware failed" },
 };
 
 /** A failure with a kind from the table and a reason meant for the client and the log. */
