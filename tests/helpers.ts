@@ -324,10 +324,12 @@ export async function spawnFerry(
   wrapper: string[] = [],
   /** More `deno run` flags, such as --allow-write. */
   denoFlags: string[] = [],
+  /** Another program that starts Ferry (through mod.ts), run with main.ts's flags. */
+  script: string = MAIN,
 ): Promise<Started> {
   const [cmd, ...pre] = [...wrapper, DENO];
   const child = new Deno.Command(cmd!, {
-    args: [...pre, RUN[0]!, ...denoFlags, ...RUN.slice(1), ...args],
+    args: [...pre, RUN[0]!, ...denoFlags, ...RUN.slice(1, -1), script, ...args],
     env,
     cwd: ROOT,
     stderr: "piped",
