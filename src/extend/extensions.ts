@@ -245,6 +245,8 @@ async function importFactory(
   return { factory: mod.default as MiddlewareFactory };
 }
 
+const MAX_REASON_CHARS = 300;
+
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const late = new Promise<never>((_, reject) => {
@@ -253,10 +255,19 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }
 
-/** An error as one line: its message's first line, with the module's position if Deno gave one. */
+/**
+ * An error as one line for a config message: its message up to a code frame or stack (a zod error's
+ * JSON is folded onto the line), with the module's position if Deno gave one.
+ */
 function oneLine(err: unknown): string {
   const text = err instanceof Error ? err.message : String(err);
-  const first = text.split("\n")[0]!.trim();
+  const kept: string[] = [];
+  for (const line of text.split("\n")) {
+    if (/^\s*(\d+\s*)?\|/.test(line) || /^\s*at /.test(line)) break;
+    kept.push(line.trim());
+  }
+  let first = kept.join(" ").replace(/\s+/g, " ").trim();
+  if (first.length > MAX_REASON_CHARS) first = `${first.slice(0, MAX_REASON_CHARS - 3)}...`;
   const at = /\bat (file:\/\/\S+?)(?:\?v=[0-9a-f]+)?(:\d+:\d+)/.exec(text);
   return at && !first.includes(at[1]!) ? `${first} (${at[1]}${at[2]})` : first;
 }
