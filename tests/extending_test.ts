@@ -389,3 +389,47 @@ Deno.test("examples/ferry.yaml validates, its module files included", async () =
   const result = await loadConfigFile("examples/ferry.yaml");
   assert.ok(result.ok, result.ok ? "" : formatIssues(result.errors));
 });
+
+Deno.test("a WebSocket upgrade passes through the token check and the header injector", async () => {
+  const up = startUpstream((req) => {
+    if (req.headers.get("upgrade") !== "websocket") return new Response("plain");
+    const token = req.headers.get("x-api-token") ?? "none";
+    const { socket, response } = Deno.upgradeWebSocket(req);
+    socket.onmessage = (e) => socket.send(`echo ${e.data} token=${token}`);
+    return response;
+  });
+  const file = await tempConfig(`listeners:
+  - { name: public, address: "127.0.0.1:0" }
+routes:
+  - name: ws
+    cluster: app
+    middleware:
+      - module: ${RESPONSE_HEADERS}
+        options: { headers: { x-served-by: ferry-test } }
+      - module: ${TOKEN_CHECK}
+        options: { tokens: ["${TOKEN}"] }
+clusters:
+  - name: app
+    endpoints: ["${up.url}"]
+`);
+  const f = await spawnFerry(["--config", file]);
+  try {
+    const url = f.listeners.get("public")!.replace("http://", "ws://") + "/chat";
+    const talk = (token: string) =>
+      new Promise<string>((resolve) => {
+        // Deno's WebSocket takes request headers (a browser's would not).
+        const ws = new WebSocket(url, { headers: { "x-api-token": token } } as never);
+        ws.onopen = () => ws.send("hi");
+        ws.onmessage = (e) => {
+          resolve(String(e.data));
+          ws.close();
+        };
+        ws.onerror = (e) => resolve(`error: ${(e as ErrorEvent).message}`);
+      });
+    assert.equal(await talk(TOKEN), "echo hi token=none");
+    assert.match(await talk("wrong-token"), /error: .*401/);
+  } finally {
+    await stop(f);
+    await up.close();
+  }
+});

@@ -10,9 +10,10 @@ import client from "prom-client";
 import type { FerryConfig, MiddlewareRefConfig } from "../config/schema.ts";
 import { resolveConfigPath } from "../config/load.ts";
 import type { PathSegment } from "../config/errors.ts";
-import type { Handler, Middleware } from "../pipeline/types.ts";
+import type { Handler, Middleware, RequestContext } from "../pipeline/types.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
 import { ProxyError } from "../server/errors.ts";
+import { carryOver } from "../server/downstream.ts";
 
 /** Where a factory is used; handed to it so it can name itself in its own logs. */
 export interface MiddlewareUse {
@@ -285,6 +286,13 @@ function guardedChain(entries: readonly LoadedEntry[], count: (label: string) =>
 }
 
 /**
+ * The request each extension was given, by the request's context: an extension that passes on a
+ * copy (`new Request(req, { headers })`) hands `next` a Request Ferry has never seen, and what the
+ * original carries (the guard's ticket, the upgradable request) must follow it.
+ */
+const givenByContext = new WeakMap<RequestContext, Request>();
+
+/**
  * One extension inside a guard. What its `next` throws (Ferry's own errors, such as an upstream
  * timeout) passes through unchanged, even when the extension rethrows it; anything else it throws,
  * synchronously or not, is its own failure.
@@ -293,6 +301,8 @@ function guarded(entry: LoadedEntry, onFailure: () => void): Middleware {
   return (next) => {
     const fromNext = new WeakSet<object>();
     const tracked: Handler = async (req, ctx) => {
+      const given = givenByContext.get(ctx);
+      if (given) carryOver(req, given);
       try {
         return await next(req, ctx);
       } catch (err) {
@@ -315,6 +325,7 @@ function guarded(entry: LoadedEntry, onFailure: () => void): Middleware {
     if (!inner) return () => Promise.resolve().then(() => fail("built no handler"));
     const handler = inner;
     return async function extension(req, ctx) {
+      givenByContext.set(ctx, req);
       let res: unknown;
       try {
         res = await handler(req, ctx);

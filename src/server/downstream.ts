@@ -81,6 +81,26 @@ export function downstreamTicket(req: Request): RequestTicket | undefined {
   return tickets.get(req);
 }
 
+const served = new WeakMap<Request, Request>();
+
+/**
+ * A copy of a request made on its way (an extension's `new Request(req, { headers })`) keeps what
+ * the original carries: the guard's ticket, and the Request Deno.serve handed in, the only one a
+ * WebSocket upgrade works on (Deno 2.9.6: upgrading a copy completes the handshake, then the
+ * socket fails on its first frame with "Reserved bits are not zero").
+ */
+export function carryOver(copy: Request, from: Request): void {
+  if (copy === from) return;
+  served.set(copy, servedRequest(from));
+  const ticket = tickets.get(from);
+  if (ticket && !tickets.has(copy)) tickets.set(copy, ticket);
+}
+
+/** The Request Deno.serve handed in that `req` is (a copy of). */
+export function servedRequest(req: Request): Request {
+  return served.get(req) ?? req;
+}
+
 /** The guard's link of the connection a request came on; undefined without the guard. */
 export function downstreamLink(req: Request): DownstreamLink | undefined {
   return tickets.get(req)?.link;

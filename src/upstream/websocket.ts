@@ -4,7 +4,7 @@
  * the client and relay frames both ways with a bounded send buffer.
  */
 import type { RequestContext } from "../pipeline/types.ts";
-import { downstreamLink } from "../server/downstream.ts";
+import { downstreamLink, servedRequest } from "../server/downstream.ts";
 import { ProxyError } from "../server/errors.ts";
 import type { Endpoint } from "./cluster.ts";
 import { type ForwardSettings, upstreamHeaders } from "./forward.ts";
@@ -47,7 +47,8 @@ export async function proxyWebSocket(
   upstream.binaryType = "arraybuffer";
   await opened(upstream, endpoint.origin);
 
-  const { socket: client, response } = Deno.upgradeWebSocket(req, {
+  // A copy's headers went upstream above; only the served request can be upgraded.
+  const { socket: client, response } = Deno.upgradeWebSocket(servedRequest(req), {
     ...(upstream.protocol ? { protocol: upstream.protocol } : {}),
   });
   client.binaryType = "arraybuffer";
