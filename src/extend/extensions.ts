@@ -184,7 +184,8 @@ export async function loadExtensions(
       forRoute(index, metrics) {
         const route = cfg.routes[index];
         if (!route) return undefined;
-        const count = failureCounter(metrics, route.name);
+        // Called only while building a chain: routes without extensions register nothing.
+        const count = (label: string) => failureRecorder(metrics, route.name)(label);
         const own = routeDone[index];
         if (own) return own.length > 0 ? guardedChain(own, count) : undefined;
         // No list of its own: each listener's default list, picked by the request's listener.
@@ -280,8 +281,11 @@ function describe(v: unknown): string {
 }
 
 /** The guarded layers of one list, outermost first, as one middleware. */
-function guardedChain(entries: readonly LoadedEntry[], count: (label: string) => void): Middleware {
-  const layers = entries.map((e) => guarded(e, () => count(e.label)));
+function guardedChain(
+  entries: readonly LoadedEntry[],
+  recorder: (label: string) => () => void,
+): Middleware {
+  const layers = entries.map((e) => guarded(e, recorder(e.label)));
   return (next) => layers.reduceRight<Handler>((inner, mw) => mw(inner), next);
 }
 
@@ -343,8 +347,11 @@ function guarded(entry: LoadedEntry, onFailure: () => void): Middleware {
 
 const FAILURES = new WeakMap<client.Registry, client.Counter<"route" | "middleware">>();
 
-/** `ferry_middleware_failures_total{route, middleware}`, registered once per metrics registry. */
-function failureCounter(metrics: FerryMetrics, route: string): (label: string) => void {
+/**
+ * `ferry_middleware_failures_total{route, middleware}`, registered once per metrics registry when
+ * a route first has extensions; each (route, middleware) series exists at 0 from compile time on.
+ */
+function failureRecorder(metrics: FerryMetrics, route: string): (label: string) => () => void {
   let counter = FAILURES.get(metrics.registry);
   if (!counter) {
     counter = new client.Counter({
@@ -356,5 +363,8 @@ function failureCounter(metrics: FerryMetrics, route: string): (label: string) =
     FAILURES.set(metrics.registry, counter);
   }
   const c = counter;
-  return (label) => c.labels(route, label).inc();
+  return (label) => {
+    const child = c.labels(route, label);
+    return () => child.inc();
+  };
 }
