@@ -12,6 +12,7 @@ import { Reloader, type ReloadOutcome, watchConfigFile } from "../server/reload.
 import { VERSION } from "../version.ts";
 import type { MiddlewareFactory } from "./extensions.ts";
 
+/** What `start` runs: a config and the middleware factories it may name. */
 export interface StartOptions {
   /**
    * A YAML file (module paths in it resolve against its folder; it can be reloaded), or the
@@ -24,9 +25,11 @@ export interface StartOptions {
   readonly watch?: boolean;
 }
 
+/** A running Ferry started by `start`. */
 export interface FerryHandle {
   /** Bound addresses by listener name (port 0 in the config: the port the OS chose). */
   readonly listeners: Readonly<Record<string, BoundAddress>>;
+  /** The admin listener's bound address, when the config has one. */
   readonly admin: BoundAddress | undefined;
   /** The config version serving now (1 at start, +1 per applied reload). */
   readonly version: number;
@@ -38,6 +41,7 @@ export interface FerryHandle {
 
 /** The config was refused: `message` lists every problem as file:line:col: field: reason. */
 export class ConfigError extends Error {
+  /** `message`: `invalid config <source>` and one line per problem. */
   constructor(message: string) {
     super(message);
     this.name = "ConfigError";
