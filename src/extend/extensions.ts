@@ -348,10 +348,12 @@ function guarded(entry: LoadedEntry, onFailure: () => void): Middleware {
 const FAILURES = new WeakMap<client.Registry, client.Counter<"route" | "middleware">>();
 
 /**
- * `ferry_middleware_failures_total{route, middleware}`, registered once per metrics registry when
- * a route first has extensions; each (route, middleware) series exists at 0 from compile time on.
+ * Registers the extension metrics in `metrics` (once; later calls return the same counter). Done
+ * when a route first has extensions, so a config without them exposes none.
  */
-function failureRecorder(metrics: FerryMetrics, route: string): (label: string) => () => void {
+export function registerMiddlewareMetrics(
+  metrics: FerryMetrics,
+): client.Counter<"route" | "middleware"> {
   let counter = FAILURES.get(metrics.registry);
   if (!counter) {
     counter = new client.Counter({
@@ -362,7 +364,15 @@ function failureRecorder(metrics: FerryMetrics, route: string): (label: string) 
     });
     FAILURES.set(metrics.registry, counter);
   }
-  const c = counter;
+  return counter;
+}
+
+/**
+ * `ferry_middleware_failures_total{route, middleware}`, registered once per metrics registry when
+ * a route first has extensions; each (route, middleware) series exists at 0 from compile time on.
+ */
+function failureRecorder(metrics: FerryMetrics, route: string): (label: string) => () => void {
+  const c = registerMiddlewareMetrics(metrics);
   return (label) => {
     const child = c.labels(route, label);
     return () => child.inc();
