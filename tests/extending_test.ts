@@ -285,7 +285,7 @@ Deno.test("a middleware that throws (sync or async) or returns no Response gets 
 listeners:
   - name: public
     address: "127.0.0.1:0"
-    middleware: [{ module: ./boom.js }]
+    middleware: [{ module: ./boom.js, options: { secret: do-not-show-this } }]
 routes:
   - name: dead
     match: { path: { prefix: /dead } }
@@ -332,6 +332,10 @@ clusters:
       0,
     );
     assert.equal(metricValue(metrics, "ferry_internal_errors_total") ?? 0, 0);
+    // Options may carry credentials: /config shows their keys only.
+    const shown = await (await fetch(`${f.admin}/config`)).text();
+    assert.doesNotMatch(shown, /do-not-show-this/);
+    assert.match(shown, /"secret":\s*"<redacted>"/);
     assert.match(
       f.logs.join("\n"),
       /"flag":"MF".*"cause":"sync boom"/,

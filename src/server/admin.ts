@@ -16,6 +16,7 @@
 import type { EndpointPoolStats } from "../h1/pool.ts";
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { Snapshot } from "../config/compile.ts";
+import type { MiddlewareRefConfig } from "../config/schema.ts";
 import { withDurationUnits } from "../config/errors.ts";
 import { BREAKER_STATE_NAMES } from "../policy/circuit_breaker.ts";
 import { decide, identityFromId } from "../policy/authz.ts";
@@ -371,17 +372,31 @@ function authorized(req: Request, token: string): boolean {
   return timingSafeEqual(digest(h.slice(7).trim()), digest(token));
 }
 
-/** Header values configured to be added may carry credentials, as may the admin token. */
+/**
+ * Header values configured to be added may carry credentials, as may the admin token and the
+ * options of extension middleware (a token check's tokens): their values are hidden.
+ */
 function redact(cfg: Snapshot["config"]): unknown {
   const hide = (e?: { add?: Record<string, string> | undefined }) =>
     e?.add
       ? { ...e, add: Object.fromEntries(Object.keys(e.add).map((k) => [k, "<redacted>"])) }
       : e;
+  const hideOptions = <T extends { middleware?: MiddlewareRefConfig[] | undefined }>(o: T): T =>
+    o.middleware
+      ? {
+        ...o,
+        middleware: o.middleware.map((m) => ({
+          ...m,
+          options: Object.fromEntries(Object.keys(m.options).map((k) => [k, "<redacted>"])),
+        })),
+      }
+      : o;
   return {
     ...cfg,
     ...(cfg.admin?.token ? { admin: { ...cfg.admin, token: "<redacted>" } } : {}),
+    listeners: cfg.listeners.map(hideOptions),
     routes: cfg.routes.map((r) => ({
-      ...r,
+      ...hideOptions(r),
       request_headers: hide(r.request_headers),
       response_headers: hide(r.response_headers),
     })),
