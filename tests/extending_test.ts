@@ -437,3 +437,29 @@ clusters:
     await up.close();
   }
 });
+
+Deno.test("--check imports the modules, calls the factories and lists the middleware in its summary", async () => {
+  const check = (tokens: string) =>
+    new Deno.Command(DENO, {
+      args: [...RUN, "--config", "examples/ferry.yaml", "--check"],
+      env: { API_TOKENS: tokens },
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+  const ok = await check(TOKEN);
+  const out = new TextDecoder().decode(ok.stdout);
+  assert.equal(ok.code, 0, new TextDecoder().decode(ok.stderr));
+  assert.match(
+    out,
+    /public {2}127\.0\.0\.1:8080 {2}http .* {2}middleware \.\/response_headers\.ts/,
+  );
+  assert.match(out, /api .* {2}middleware \.\/response_headers\.ts, \.\/token_check\.ts/);
+  // The factory reads its tokens from the environment: a short one is refused at --check too.
+  const refused = await check("short");
+  assert.equal(refused.code, 1);
+  assert.match(
+    new TextDecoder().decode(refused.stderr),
+    /examples\/ferry\.yaml:\d+:\d+: routes\[1\]\.middleware\[1\]\.options: .*at least 16 characters/,
+  );
+});

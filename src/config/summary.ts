@@ -6,8 +6,11 @@ export function describeSnapshot(s: Snapshot): { text: string; warnings: string[
   const lines: string[] = [`config ${s.source}: OK`];
   lines.push(`listeners (${cfg.listeners.length}):`);
   for (const l of cfg.listeners) {
+    const ext = l.middleware?.length
+      ? `  middleware ${l.middleware.map((x) => x.module ?? x.name).join(", ")}`
+      : "";
     lines.push(
-      `  ${l.name}  ${l.address}  ${l.tls ? "https (h2, http/1.1)" : "http (http/1.1, h2c)"}`,
+      `  ${l.name}  ${l.address}  ${l.tls ? "https (h2, http/1.1)" : "http (http/1.1, h2c)"}${ext}`,
     );
   }
   if (cfg.admin) lines.push(`admin: ${cfg.admin.address}`);
@@ -29,7 +32,12 @@ export function describeSnapshot(s: Snapshot): { text: string; warnings: string[
       m.headers ? `headers ${Object.keys(m.headers).join(",")}` : "",
       m.query ? `query ${Object.keys(m.query).join(",")}` : "",
     ].filter(Boolean).join("; ");
-    lines.push(`  ${r.name}  ${m.host ?? "*"} ${path} ${extra ? `(${extra}) ` : ""}${target}`);
+    const ext = r.middleware?.length
+      ? `  middleware ${r.middleware.map((x) => x.module ?? x.name).join(", ")}`
+      : "";
+    lines.push(
+      `  ${r.name}  ${m.host ?? "*"} ${path} ${extra ? `(${extra}) ` : ""}${target}${ext}`,
+    );
   }
   lines.push(`clusters (${cfg.clusters.length}):`);
   for (const c of cfg.clusters) {

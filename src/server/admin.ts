@@ -357,6 +357,8 @@ function routesView(s: Snapshot) {
       retry: r.retry ?? null,
       rate_limit: r.rate_limit ?? [],
       fault: r.fault ?? null,
+      // Its own extension middleware (module or name, outermost first); null: the listeners'.
+      middleware: r.middleware?.map((m) => m.module ?? m.name!) ?? null,
     })),
   };
 }
