@@ -2,7 +2,10 @@
  * Ferry started from code with two middleware registered by name (docs/extending.md):
  *
  *   UPSTREAM=http://127.0.0.1:9001 API_TOKENS=0123456789abcdef0123 \
- *     deno run --allow-net --allow-read --allow-env --allow-ffi examples/embed.ts
+ *     deno run --allow-net --allow-read --allow-env --allow-ffi --unstable-no-legacy-abort \
+ *     examples/embed.ts
+ *
+ * (the flags `deno task start` runs main.ts with).
  *
  * LISTEN sets the listener address (default 127.0.0.1:8080; port 0 picks a free port).
  * SIGTERM or SIGINT drains and exits.
