@@ -247,3 +247,64 @@ routes:
     await Deno.remove(c.dir, { recursive: true });
   }
 });
+
+Deno.test("SNI with downstream mTLS, and a client CA replaced by a reload: every SNI certificate asks for the client certificate; after the swap the old CA's clients are refused and the new CA's served, on the same socket", async () => {
+  const { makeMeshCerts } = await import("./fixtures/certs.ts");
+  const { parseConfigText } = await import("../src/config/load.ts");
+  const { compileSnapshot } = await import("../src/config/compile.ts");
+  const mesh = await makeMeshCerts();
+  const next = await makeMeshCerts();
+  const c = await sniCerts();
+  const caFile = `${c.dir}/client-ca.pem`;
+  await Deno.copyFile(mesh.caFile, caFile);
+  const yaml = `listeners:
+  - name: web
+    address: "127.0.0.1:0"
+    tls: ${tlsBlock(c, `, client_ca: ${caFile}`)}
+routes:
+  - { name: ok, match: { path: { prefix: / } }, direct_response: { status: 200, body: ok } }
+`;
+  const px = startFerry(yaml);
+  const curl = async (client: { certFile: string; keyFile: string }) =>
+    (await run("curl", [
+      "-sS",
+      "--max-time",
+      "10",
+      "--cacert",
+      c.api.certFile,
+      "--resolve",
+      `api.example.com:${px.port}:127.0.0.1`,
+      "--cert",
+      client.certFile,
+      "--key",
+      client.keyFile,
+      "-o",
+      "/dev/null",
+      "-w",
+      "%{http_code}",
+      `https://api.example.com:${px.port}/`,
+    ])).stdout;
+  try {
+    assert.equal(await curl(mesh.client), "200");
+    assert.equal(await curl(next.client), "000", "another CA's client is refused");
+    // The client CA file changes; a reload (what the file watcher triggers) swaps it in place.
+    await Deno.copyFile(next.caFile, caFile);
+    const loaded = parseConfigText(yaml, "test.yaml");
+    assert.ok(loaded.ok);
+    const before = px.ferry.addresses().listeners.web!.port;
+    await px.ferry.apply(compileSnapshot(loaded.config, {
+      version: 2,
+      source: "test.yaml",
+      readTextFile: (p) => Deno.readTextFileSync(p),
+      previous: px.ferry.snapshot,
+    }));
+    assert.equal(px.ferry.addresses().listeners.web!.port, before, "same socket");
+    assert.equal(await curl(next.client), "200");
+    assert.equal(await curl(mesh.client), "000", "the old CA's client is refused now");
+  } finally {
+    await px.close();
+    await Deno.remove(c.dir, { recursive: true });
+    await mesh.remove();
+    await next.remove();
+  }
+});
