@@ -615,7 +615,7 @@ function checkReferences(
   }
 
   checkAuthorization(cfg, err);
-  checkUpstreamIdentity(cfg, err, warn);
+  checkUpstreamIdentity(cfg, err);
   for (const [i, l] of cfg.listeners.entries()) {
     if (!l.tls) continue;
     const header = cfg.server.header_timeout;
@@ -764,7 +764,6 @@ function checkAuthorization(
 function checkUpstreamIdentity(
   cfg: FerryConfig,
   err: (path: PathSegment[], message: string, value?: unknown) => void,
-  warn: (path: PathSegment[], message: string) => void,
 ): void {
   const httpListeners = cfg.listeners.filter((l) => l.protocol === "http").map((l) => l.name);
   for (const [i, c] of cfg.clusters.entries()) {
@@ -784,13 +783,6 @@ function checkUpstreamIdentity(
             "h1, or limit the routes to grpc listeners",
         );
       }
-    }
-    if (c.health_check && !c.health_check.grpc && t.expected_identities !== undefined) {
-      warn(
-        ["clusters", i, "health_check"],
-        "HTTP health checks present the client certificate but do not check " +
-          "expected_identities (only gRPC health checks and requests do)",
-      );
     }
   }
 }
