@@ -307,6 +307,16 @@ Deno.test("upstream mTLS: HTTP health checks check the expected identity and ser
     );
     assert.equal(state(misnamed).healthy, false);
     assert.match(state(misnamed).lastProbe, /does not name db\.internal/);
+    // The cluster's client certificate expiry is in /metrics (kind="cluster").
+    const { X509Certificate } = await import("node:crypto");
+    const notAfter = new X509Certificate(certs.client.cert).validToDate.getTime() / 1000;
+    const scraped = await right.ferry.snapshot.metrics.registry.metrics();
+    assert.ok(
+      scraped.includes(
+        `ferry_tls_certificate_expiry_timestamp_seconds{kind="cluster",name="up"} ${notAfter}`,
+      ),
+      scraped.split("\n").filter((l) => l.includes("expiry")).join("\n"),
+    );
     // Requests agree with the probes: the wrong identity is a 502 with flag UI.
     const res = await fetch(`${wrong.url}/x`);
     await res.body?.cancel();
