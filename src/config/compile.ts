@@ -679,7 +679,7 @@ function listenerTls(
     sni: sni as CertificatePair[],
     ...(clientCa !== undefined ? { clientCa, clientAuth: t.client_auth ?? "require" } : {}),
     minVersion: t.min_version === "1.3" ? "TLSv1.3" : "TLSv1.2",
-    // Under the header timeout (which counts from accept, handshake included) unless set.
+    // A slow handshake is cut before a slow head would be, unless set otherwise.
     handshakeTimeoutMs: t.handshake_timeout ??
       (headerTimeoutMs > 0
         ? Math.min(DEFAULT_HANDSHAKE_TIMEOUT_MS, headerTimeoutMs)

@@ -622,8 +622,7 @@ function checkReferences(
     if (l.tls.handshake_timeout !== undefined && header > 0 && l.tls.handshake_timeout > header) {
       err(
         ["listeners", i, "tls", "handshake_timeout"],
-        `expected at most server.header_timeout (${header} ms): the header timeout counts from ` +
-          "accept, handshake included",
+        `expected at most server.header_timeout (${header} ms)`,
         l.tls.handshake_timeout,
       );
     }

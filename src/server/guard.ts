@@ -5,8 +5,8 @@
  * bound to loopback. The inner handler tells the guard when a request starts and completes, so
  * the guard knows, for any protocol, whether a request is in flight:
  *
- * - header timeout: from accept until the first request reaches the handler (TLS handshake
- *   included); missed: 408 on HTTP/1.1, close on HTTP/2 or before TLS is up;
+ * - header timeout: from accept (TLS: after the handshake, which node:tls bounds) until the
+ *   first request reaches the handler; missed: 408 on HTTP/1.1, close on HTTP/2;
  * - idle timeout: no request in flight for that long: close. On a keep-alive connection the
  *   next request must reach the handler within it (a slow second head is cut by this one);
  * - a first HTTP/1.1 head larger than Deno's own parser accepts gets a 431 here instead of
