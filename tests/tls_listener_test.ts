@@ -308,3 +308,23 @@ routes:
     await next.remove();
   }
 });
+
+Deno.test("TLS handshake timeout by default: a silent client on an mTLS listener is closed after min(10s, header_timeout), not left open", async () => {
+  const { makeMeshCerts } = await import("./fixtures/certs.ts");
+  const mesh = await makeMeshCerts();
+  const px = startFerry(`server: { header_timeout: 2s }
+listeners:
+  - name: web
+    address: "127.0.0.1:0"
+    tls: { cert: ${mesh.server.certFile}, key: ${mesh.server.keyFile}, client_ca: ${mesh.caFile} }
+routes:
+  - { name: ok, match: { path: { prefix: / } }, direct_response: { status: 200 } }
+`);
+  try {
+    const ms = await silentClient(px.port, 15_000);
+    assert.ok(ms >= 1_500 && ms < 10_000, `closed after the 2 s handshake timeout, got ${ms} ms`);
+  } finally {
+    await px.close();
+    await mesh.remove();
+  }
+});

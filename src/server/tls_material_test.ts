@@ -52,3 +52,41 @@ clusters:
     "x.pem",
   ]);
 });
+
+Deno.test("watchTlsFiles: a burst of writes (certificate, then key) is one change; files in a folder named later are followed", async () => {
+  const { watchTlsFiles } = await import("./tls_watch.ts");
+  const a = await Deno.makeTempDir();
+  const b = await Deno.makeTempDir();
+  await Deno.writeTextFile(`${a}/cert.pem`, "1");
+  await Deno.writeTextFile(`${a}/key.pem`, "1");
+  await Deno.writeTextFile(`${b}/ca.pem`, "1");
+  let files = [`${a}/cert.pem`, `${a}/key.pem`];
+  let changes = 0;
+  const w = watchTlsFiles(() => files, () => changes++, { debounceMs: 300, pollMs: 60_000 });
+  const settle = async (want: number) => {
+    for (let i = 0; i < 50 && changes < want; i++) await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, 500)); // no second call for the same burst
+  };
+  try {
+    await Deno.writeTextFile(`${a}/cert.pem`, "2");
+    await Deno.writeTextFile(`${a}/key.pem`, "2");
+    await settle(1);
+    assert.equal(changes, 1);
+    // A reload names a file in another folder: its changes count from the next event on.
+    files = [`${a}/cert.pem`, `${a}/key.pem`, `${b}/ca.pem`];
+    await Deno.writeTextFile(`${a}/cert.pem`, "3");
+    await settle(2);
+    assert.equal(changes, 2);
+    await Deno.writeTextFile(`${b}/ca.pem`, "2");
+    await settle(3);
+    assert.equal(changes, 3);
+    // Other files in the folder do not count.
+    await Deno.writeTextFile(`${b}/unrelated.txt`, "x");
+    await new Promise((r) => setTimeout(r, 800));
+    assert.equal(changes, 3);
+  } finally {
+    w.close();
+    await Deno.remove(a, { recursive: true });
+    await Deno.remove(b, { recursive: true });
+  }
+});
