@@ -98,7 +98,7 @@ async function main(): Promise<number> {
       tlsFilesOf(ferry.snapshot.config).map((p) =>
         configFile ? resolveConfigPath(configFile, p) : p
       ),
-    () => void reloader.reload("file"),
+    () => void reloader.reload("tls"),
   );
 
   const stopped = Promise.withResolvers<number>();

@@ -78,6 +78,7 @@ routes:
         `the new certificate is served:\n${f.logs.slice(mark).join("\n")}`,
       );
       assert.ok(logged(f, mark, /listener certificates replaced/));
+      assert.ok(logged(f, mark, /"msg":"config reloaded".*"trigger":"tls"/), "its own trigger");
 
       // A certificate whose key is not in place: refused at its line, the good pair kept.
       mark = f.logs.length;
