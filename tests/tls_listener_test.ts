@@ -108,7 +108,7 @@ Deno.test("TLS min_version 1.3: a TLS 1.2 client is refused, 1.3 is served; the 
   const px = startFerry(`listeners:
   - name: strict
     address: "127.0.0.1:0"
-    tls: { cert: ${c.fallback.certFile}, key: ${c.fallback.keyFile}, min_version: "1.3" }
+    tls: { cert: ${c.fallback.certFile}, key: ${c.fallback.keyFile}, min_version: 1.3 }
   - name: lenient
     address: "127.0.0.1:0"
     tls: { cert: ${c.fallback.certFile}, key: ${c.fallback.keyFile} }

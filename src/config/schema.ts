@@ -60,8 +60,9 @@ const tls = z.strictObject({
     cert: z.string().min(1),
     key: z.string().min(1),
   })).optional(),
-  /** Lowest TLS version accepted. */
-  min_version: z.enum(["1.2", "1.3"]).default("1.2"),
+  /** Lowest TLS version accepted; YAML reads an unquoted 1.3 as a number, taken too. */
+  min_version: z.union([z.enum(["1.2", "1.3"]), z.literal(1.2), z.literal(1.3)])
+    .transform((v) => String(v) as "1.2" | "1.3").default("1.2"),
   /** The TLS handshake must finish within this; default 10s, never above server.header_timeout. */
   handshake_timeout: duration.optional(),
 }).refine((t) => t.client_auth === undefined || t.client_ca !== undefined, {
