@@ -6,6 +6,8 @@
 import { parseArgs, USAGE, UsageError } from "./src/cli.ts";
 import { buildSnapshot, configSource } from "./src/config/source.ts";
 import { Reloader, watchConfigFile } from "./src/server/reload.ts";
+import { tlsFilesOf, watchTlsFiles } from "./src/server/tls_watch.ts";
+import { resolveConfigPath } from "./src/config/load.ts";
 import { createLogger } from "./src/observability/log.ts";
 import { FerryMetrics } from "./src/observability/metrics.ts";
 import { Ferry, installLastLineOfDefence } from "./src/server/ferry.ts";
@@ -88,6 +90,16 @@ async function main(): Promise<number> {
   const watcher = source.file && snapshot.config.server.watch_config
     ? watchConfigFile(source.file, () => void reloader.reload("file"))
     : undefined;
+  // Certificate rotation: a changed TLS file reloads the config, which checks the new pair and
+  // swaps it in for new handshakes, or keeps the old one (src/server/tls_watch.ts).
+  const configFile = source.file;
+  const tlsWatcher = watchTlsFiles(
+    () =>
+      tlsFilesOf(ferry.snapshot.config).map((p) =>
+        configFile ? resolveConfigPath(configFile, p) : p
+      ),
+    () => void reloader.reload("tls"),
+  );
 
   const stopped = Promise.withResolvers<number>();
   let stopping = false;
@@ -95,6 +107,7 @@ async function main(): Promise<number> {
     if (stopping) return;
     stopping = true;
     watcher?.close();
+    tlsWatcher.close();
     Deno.removeSignalListener("SIGHUP", onHangup);
     const deadline = ferry.snapshot.config.server.drain_timeout;
     log.info("draining", { signal, deadline_ms: deadline });

@@ -271,6 +271,65 @@ Deno.test("upstream mTLS: HTTP health checks present the cluster's client certif
   }
 });
 
+Deno.test("upstream mTLS: HTTP health checks check the expected identity and server name (over the h1 codec): a wrong identity is unhealthy with its own reason", async () => {
+  const certs = await makeMeshCerts();
+  const up = await startMtlsUpstream(certs);
+  const vars = { PORT: String(up.port) };
+  const check =
+    `    health_check: { path: /, interval: 200ms, timeout: 2s, unhealthy_threshold: 1, ` +
+    `healthy_threshold: 1 }\n`;
+  const tls = (extra: string) =>
+    httpConfig(
+      `      ca_file: ${certs.caFile}\n      cert_file: ${certs.client.certFile}\n` +
+        `      key_file: ${certs.client.keyFile}\n${extra}`,
+    ) + check;
+  const right = startFerry(tls(`      expected_identities: ["${SERVER_SPIFFE_ID}"]\n`), vars);
+  const wrong = startFerry(
+    tls(`      expected_identities: ["spiffe://cluster.local/ns/default/sa/db"]\n`),
+    vars,
+  );
+  const misnamed = startFerry(tls(`      server_name: db.internal\n`), vars);
+  try {
+    const state = (px: typeof right) => px.ferry.snapshot.clusters.get("up")!.health.snapshot()[0]!;
+    const all = [right, wrong, misnamed];
+    for (let i = 0; i < 60 && all.some((px) => !state(px).lastProbe); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    for (let i = 0; i < 30 && (state(wrong).healthy || state(misnamed).healthy); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(state(right).healthy, true, state(right).lastProbe);
+    assert.match(state(right).lastProbe, /status 200/);
+    assert.equal(state(wrong).healthy, false);
+    assert.match(
+      state(wrong).lastProbe,
+      /upstream identity mismatch: .*sa\/api.*expected spiffe:\/\/cluster.local\/ns\/default\/sa\/db/,
+    );
+    assert.equal(state(misnamed).healthy, false);
+    assert.match(state(misnamed).lastProbe, /does not name db\.internal/);
+    // The cluster's client certificate expiry is in /metrics (kind="cluster").
+    const { X509Certificate } = await import("node:crypto");
+    const notAfter = new X509Certificate(certs.client.cert).validToDate.getTime() / 1000;
+    const scraped = await right.ferry.snapshot.metrics.registry.metrics();
+    assert.ok(
+      scraped.includes(
+        `ferry_tls_certificate_expiry_timestamp_seconds{kind="cluster",name="up"} ${notAfter}`,
+      ),
+      scraped.split("\n").filter((l) => l.includes("expiry")).join("\n"),
+    );
+    // Requests agree with the probes: the wrong identity is a 502 with flag UI.
+    const res = await fetch(`${wrong.url}/x`);
+    await res.body?.cancel();
+    assert.ok(res.status === 502 || res.status === 503, String(res.status));
+  } finally {
+    await right.close();
+    await wrong.close();
+    await misnamed.close();
+    await up.close();
+    await certs.remove();
+  }
+});
+
 Deno.test("upstream mTLS config: identities on an h2c cluster reached from an http listener are refused at their line; cert_file needs key_file", () => {
   const h2 = parseConfigText(
     httpConfig(`      expected_identities: ["spiffe://x/y"]\n`, "auto").replace("{{PORT}}", "1"),

@@ -28,6 +28,13 @@ import { authorization, type AuthzPolicy, compilePolicy, RouteAuthz } from "../p
 import { JwtProvider } from "../policy/jwt.ts";
 import type { UpstreamTls } from "../upstream/upstream_tls.ts";
 import type { GuardTls } from "../server/guard.ts";
+import {
+  type CertificateExpiry,
+  type CertificatePair,
+  checkCaBundle,
+  checkPair,
+  DEFAULT_HANDSHAKE_TIMEOUT_MS,
+} from "../server/tls_material.ts";
 
 export interface CompiledRoute {
   readonly name: string;
@@ -88,6 +95,8 @@ export interface Snapshot {
   readonly metrics: FerryMetrics;
   /** JWT providers by name (their key sets, for /explain). */
   readonly jwtProviders: ReadonlyMap<string, JwtProvider>;
+  /** Every certificate served or presented (listeners and cluster client certificates). */
+  readonly certificates: readonly CertificateExpiry[];
   /** The admin listener's bearer token (from admin.token, token_file or token_env), if any. */
   readonly adminToken: string | undefined;
   /** What the next snapshot may take over instead of building anew (see `previous`). */
@@ -268,6 +277,7 @@ export function splitAddress(address: string): { hostname: string; port: number 
 
 export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapshot {
   const problems: CompileProblem[] = [];
+  const certificateExpiry: CertificateExpiry[] = [];
   const prior = opts.previous?.carry;
   // Closures kept by the snapshot use `log`, never `opts`: `opts.previous` would chain every
   // snapshot to its predecessor and leak them all across reloads.
@@ -296,6 +306,25 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     const caCerts = ca === undefined ? undefined : [ca];
     const clientCert = read("cert_file");
     const clientKey = read("key_file");
+    // A rotated file that cannot serve fails the compile: the material in use is kept.
+    const caProblem = ca === undefined ? undefined : checkCaBundle(ca);
+    if (caProblem) {
+      problems.push({
+        path: `clusters[${i}].tls.ca_file`,
+        value: c.tls?.ca_file ?? "",
+        message: caProblem,
+      });
+    }
+    if (clientCert !== undefined && clientKey !== undefined) {
+      const pair = checkPair(clientCert, clientKey, []);
+      if (typeof pair === "string") {
+        problems.push({
+          path: `clusters[${i}].tls.cert_file`,
+          value: c.tls?.cert_file ?? "",
+          message: pair,
+        });
+      } else certificateExpiry.push({ kind: "cluster", name: c.name, notAfter: pair.notAfter });
+    }
     const upstreamTls: UpstreamTls | undefined = c.tls
       ? {
         ...(caCerts ? { caCerts } : {}),
@@ -478,26 +507,17 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
 
   const listeners = new Map<string, ListenerPlan>();
   for (const [i, l] of cfg.listeners.entries()) {
-    let tls: ListenerPlan["tls"];
-    if (l.tls) {
-      try {
-        tls = {
-          cert: opts.readTextFile(l.tls.cert),
-          key: opts.readTextFile(l.tls.key),
-          ...(l.tls.client_ca !== undefined
-            ? {
-              clientCa: opts.readTextFile(l.tls.client_ca),
-              clientAuth: l.tls.client_auth ?? "require",
-            }
-            : {}),
-        };
-      } catch (err) {
-        problems.push({
-          path: `listeners[${i}].tls`,
-          value: l.tls.cert,
-          message: `cannot read TLS files: ${err}`,
-        });
-      }
+    const tls = l.tls
+      ? listenerTls(l.tls, `listeners[${i}].tls`, cfg.server.header_timeout, opts, problems)
+      : undefined;
+    for (const p of tls ? [tls.defaultPair, ...tls.sni] : []) {
+      certificateExpiry.push({
+        kind: "listener",
+        name: l.name,
+        serverNames: p.serverNames,
+        notAfter: p.notAfter,
+        fingerprint256: p.fingerprint256,
+      });
     }
     const entries = cfg.routes.flatMap((r, index) =>
       !r.listeners || r.listeners.includes(l.name)
@@ -588,6 +608,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     breakerViews,
     metrics,
     jwtProviders,
+    certificates: certificateExpiry,
     adminToken,
     carry,
     retire(next: Snapshot) {
@@ -603,6 +624,72 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
       releaseUnshared(carry, undefined, { drainMs: 0 });
     },
   });
+}
+
+/**
+ * A listener's TLS material, every pair checked (see tls_material.ts); a pair that cannot serve is
+ * a problem at its config path, so a start fails and a reload keeps what serves.
+ */
+function listenerTls(
+  t: NonNullable<FerryConfig["listeners"][number]["tls"]>,
+  path: string,
+  headerTimeoutMs: number,
+  opts: CompileOptions,
+  problems: CompileProblem[],
+): GuardTls | undefined {
+  const pair = (
+    cert: string,
+    key: string,
+    names: readonly string[],
+    at: string,
+  ): CertificatePair | undefined => {
+    let certText: string, keyText: string;
+    try {
+      certText = opts.readTextFile(cert);
+      keyText = opts.readTextFile(key);
+    } catch (err) {
+      problems.push({ path: at, value: cert, message: `cannot read TLS files: ${err}` });
+      return undefined;
+    }
+    const checked = checkPair(certText, keyText, names);
+    if (typeof checked === "string") {
+      problems.push({ path: at, value: cert, message: checked });
+      return undefined;
+    }
+    return checked;
+  };
+  const defaultPair = pair(t.cert, t.key, [], path);
+  const sni = (t.certificates ?? []).map((c, j) =>
+    pair(c.cert, c.key, c.server_names, `${path}.certificates[${j}]`)
+  );
+  let clientCa: string | undefined;
+  if (t.client_ca !== undefined) {
+    try {
+      clientCa = opts.readTextFile(t.client_ca);
+      const bad = checkCaBundle(clientCa);
+      if (bad) problems.push({ path: `${path}.client_ca`, value: t.client_ca, message: bad });
+    } catch (err) {
+      problems.push({
+        path: `${path}.client_ca`,
+        value: t.client_ca,
+        message: `cannot read: ${err}`,
+      });
+    }
+  }
+  if (!defaultPair || sni.some((p) => p === undefined)) return undefined;
+  return {
+    cert: defaultPair.cert,
+    key: defaultPair.key,
+    defaultPair,
+    sni: sni as CertificatePair[],
+    ...(clientCa !== undefined ? { clientCa, clientAuth: t.client_auth ?? "require" } : {}),
+    minVersion: t.min_version === "1.3" ? "TLSv1.3" : "TLSv1.2",
+    // A slow handshake is cut before a slow head would be, unless set otherwise.
+    handshakeTimeoutMs: t.handshake_timeout ??
+      (headerTimeoutMs > 0
+        ? Math.min(DEFAULT_HANDSHAKE_TIMEOUT_MS, headerTimeoutMs)
+        : DEFAULT_HANDSHAKE_TIMEOUT_MS),
+  };
 }
 
 /** How long a retired cluster may keep serving requests that started before the reload. */

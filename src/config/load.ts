@@ -615,15 +615,32 @@ function checkReferences(
   }
 
   checkAuthorization(cfg, err);
-  checkUpstreamIdentity(cfg, err, warn);
+  checkUpstreamIdentity(cfg, err);
   checkMiddleware(cfg, options, err, warn);
   for (const [i, l] of cfg.listeners.entries()) {
-    if (l.tls?.client_ca === undefined) continue;
-    // Client certificates are verified by node:tls inside the connection guard only.
-    if (l.protocol === "http" && !cfg.server.connection_guard) {
+    if (!l.tls) continue;
+    const header = cfg.server.header_timeout;
+    if (l.tls.handshake_timeout !== undefined && header > 0 && l.tls.handshake_timeout > header) {
       err(
-        ["listeners", i, "tls", "client_ca"],
-        "client certificates need server.connection_guard: true (Deno.serve cannot ask for one)",
+        ["listeners", i, "tls", "handshake_timeout"],
+        `expected at most server.header_timeout (${header} ms)`,
+        l.tls.handshake_timeout,
+      );
+    }
+    // Client certificates, SNI, the minimum version and the handshake timeout are node:tls's,
+    // inside the connection guard (gRPC listeners always accept with it).
+    if (l.protocol !== "http" || cfg.server.connection_guard) continue;
+    const needsGuard: [string, string, boolean][] = [
+      ["client_ca", "client certificates", l.tls.client_ca !== undefined],
+      ["certificates", "certificates chosen by server name", l.tls.certificates !== undefined],
+      ["min_version", "a minimum version above 1.2", l.tls.min_version !== "1.2"],
+      ["handshake_timeout", "a handshake timeout", l.tls.handshake_timeout !== undefined],
+    ];
+    for (const [field, what, set] of needsGuard) {
+      if (!set) continue;
+      err(
+        ["listeners", i, "tls", field],
+        `${what} need server.connection_guard: true (Deno.serve alone cannot do it)`,
       );
     }
   }
@@ -650,6 +667,10 @@ function checkReferences(
       if (!l.tls) continue;
       check(["listeners", i, "tls", "cert"], "the TLS certificate", l.tls.cert);
       check(["listeners", i, "tls", "key"], "the TLS key", l.tls.key);
+      for (const [j, c] of (l.tls.certificates ?? []).entries()) {
+        check(["listeners", i, "tls", "certificates", j, "cert"], "the TLS certificate", c.cert);
+        check(["listeners", i, "tls", "certificates", j, "key"], "the TLS key", c.key);
+      }
       if (l.tls.client_ca !== undefined) {
         check(["listeners", i, "tls", "client_ca"], "the client CA file", l.tls.client_ca);
       }
@@ -816,7 +837,6 @@ function checkAuthorization(
 function checkUpstreamIdentity(
   cfg: FerryConfig,
   err: (path: PathSegment[], message: string, value?: unknown) => void,
-  warn: (path: PathSegment[], message: string) => void,
 ): void {
   const httpListeners = cfg.listeners.filter((l) => l.protocol === "http").map((l) => l.name);
   for (const [i, c] of cfg.clusters.entries()) {
@@ -836,13 +856,6 @@ function checkUpstreamIdentity(
             "h1, or limit the routes to grpc listeners",
         );
       }
-    }
-    if (c.health_check && !c.health_check.grpc && t.expected_identities !== undefined) {
-      warn(
-        ["clusters", i, "health_check"],
-        "HTTP health checks present the client certificate but do not check " +
-          "expected_identities (only gRPC health checks and requests do)",
-      );
     }
   }
 }

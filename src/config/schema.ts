@@ -48,6 +48,23 @@ const tls = z.strictObject({
   /** The header that carries the client identity upstream (Envoy's XFCC format). */
   client_cert_header: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, "expected a header name")
     .transform((h) => h.toLowerCase()).optional(),
+  /** More certificates, chosen by the client's server name (SNI); `cert`/`key` is the default. */
+  certificates: z.array(z.strictObject({
+    /** Exact names, or `*.example.com` (one label, as in RFC 6125). */
+    server_names: z.array(
+      z.string().regex(
+        /^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/,
+        "expected a DNS name, or *.example.com",
+      ).transform((n) => n.toLowerCase()),
+    ).min(1),
+    cert: z.string().min(1),
+    key: z.string().min(1),
+  })).optional(),
+  /** Lowest TLS version accepted; YAML reads an unquoted 1.3 as a number, taken too. */
+  min_version: z.union([z.enum(["1.2", "1.3"]), z.literal(1.2), z.literal(1.3)])
+    .transform((v) => String(v) as "1.2" | "1.3").default("1.2"),
+  /** The TLS handshake must finish within this; default 10s, never above server.header_timeout. */
+  handshake_timeout: duration.optional(),
 }).refine((t) => t.client_auth === undefined || t.client_ca !== undefined, {
   message: "client_auth needs client_ca",
   path: ["client_auth"],

@@ -13,7 +13,8 @@ import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { ProxyError } from "../server/errors.ts";
 import type { AuthzInput } from "../policy/authz.ts";
 import type { ClientIdentity } from "../pipeline/types.ts";
-import { ClientAuthListener } from "../server/node_tls.ts";
+import { TlsListener } from "../server/node_tls.ts";
+import type { ListenerTls } from "../server/tls_material.ts";
 import {
   type AcceptErrorReason,
   acceptLoop,
@@ -51,26 +52,14 @@ export class GrpcListener {
     opts: GrpcListenerOptions,
   ): GrpcListener {
     const name = plan.name;
-    // Deno.listenTls cannot ask for a client certificate: with a client CA, node:tls accepts.
-    const listener = plan.tls?.clientCa !== undefined
-      ? new ClientAuthListener({
+    // TLS is accepted by node:tls (mTLS, SNI, rotation, minimum version: src/server/node_tls.ts).
+    const listener = plan.tls
+      ? new TlsListener({
         hostname: plan.hostname,
         port: plan.port,
-        cert: plan.tls.cert,
-        key: plan.tls.key,
-        clientCa: plan.tls.clientCa,
-        clientAuth: plan.tls.clientAuth ?? "require",
+        tls: plan.tls,
         alpnProtocols: ["h2"],
-        handshakeTimeoutMs: plan.grpcTimeouts.handshakeMs,
       }) as unknown as Deno.Listener
-      : plan.tls
-      ? Deno.listenTls({
-        hostname: plan.hostname,
-        port: plan.port,
-        cert: plan.tls.cert,
-        key: plan.tls.key,
-        alpnProtocols: ["h2"],
-      })
       : Deno.listen({ hostname: plan.hostname, port: plan.port });
     const l = new GrpcListener(listener, log, opts.caps);
     const addr = listener.addr as Deno.NetAddr;
@@ -93,6 +82,11 @@ export class GrpcListener {
 
   get addr(): Deno.NetAddr {
     return this.#listener.addr as Deno.NetAddr;
+  }
+
+  /** New certificates for handshakes from now on (open connections keep theirs). */
+  updateTls(tls: ListenerTls): void {
+    (this.#listener as unknown as TlsListener).update(tls);
   }
 
   /** Open downstream connections right now (for a gauge). */

@@ -324,7 +324,7 @@ export interface FerryMetricsOptions {
 }
 
 /** What can start a reload: the label values of ferry_config_reloads_total{trigger}. */
-export const RELOAD_TRIGGERS = ["file", "signal", "admin", "api"] as const;
+export const RELOAD_TRIGGERS = ["file", "signal", "admin", "api", "tls"] as const;
 
 export class FerryMetrics {
   readonly registry: client.Registry = new client.Registry();
@@ -588,7 +588,7 @@ export class FerryMetrics {
     this.configReloads = new client.Counter({
       name: "ferry_config_reloads_total",
       help: "Config reload attempts, by result (success or failure) and trigger (file, signal, " +
-        "admin for POST /reload, api for PUT /config).",
+        "admin for POST /reload, api for PUT /config, tls for a changed TLS file).",
       labelNames: ["result", "trigger"],
       registers,
     });

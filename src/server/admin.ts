@@ -149,6 +149,14 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
           source: s.source,
           loaded_at: s.loadedAt.toISOString(),
           reloads: view.reloadStatus?.() ?? null,
+          // What the TLS files held when this config was compiled (rotation reloads it).
+          certificates: s.certificates.map((c) => ({
+            kind: c.kind,
+            name: c.name,
+            ...(c.serverNames ? { server_names: c.serverNames } : {}),
+            not_after: new Date(c.notAfter).toISOString(),
+            ...(c.fingerprint256 ? { sha256: c.fingerprint256 } : {}),
+          })),
           config: withDurationUnits(redact(s.config), s.written),
         });
       }

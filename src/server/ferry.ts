@@ -12,6 +12,7 @@ import { createListenerHandler } from "./handler.ts";
 import { GrpcListener } from "../grpc/listener.ts";
 import { ConnectionGuard, guardLimits } from "./guard.ts";
 import { acceptErrorReason, connectionCaps, RebindingServer } from "./admission.ts";
+import { type ListenerTls, registerCertificateExpiry } from "./tls_material.ts";
 
 export interface BoundAddress {
   readonly hostname: string;
@@ -27,6 +28,8 @@ interface RunningListener {
   abort(): void;
   /** Open downstream connections, when the listener counts them (the guard and gRPC do). */
   openConnections?(): number;
+  /** New TLS material for new handshakes (node:tls listeners); absent: a change rebinds. */
+  updateTls?(tls: ListenerTls): void;
 }
 
 /** How long a listener removed by a reload may finish its requests before it is cut. */
@@ -56,6 +59,7 @@ export class Ferry {
     const ferry = new Ferry(snapshot, log);
     // Scrape-time gauges (health, breakers, in-flight) read whatever snapshot is serving.
     snapshot.metrics.watch(() => ferry.#snapshot, () => ferry.openConnections());
+    registerCertificateExpiry(snapshot.metrics.registry, () => ferry.#snapshot.certificates);
     snapshot.metrics.setConfigVersion(snapshot.version);
     try {
       for (const plan of snapshot.listeners.values()) {
@@ -134,12 +138,18 @@ export class Ferry {
     }
     const start: ListenerPlan[] = [];
     const stop: string[] = [];
+    /** Listeners kept whose certificates changed: swapped in place once `next` is live. */
+    const retls: ListenerPlan[] = [];
     // Turning the connection guard on or off changes how every HTTP listener accepts.
     const guardFlip = prev.config.server.connection_guard !== next.config.server.connection_guard;
     for (const plan of next.listeners.values()) {
       const old = prev.listeners.get(plan.name);
-      const rebind = !old || !sameBinding(old, plan) || (guardFlip && plan.protocol === "http");
-      if (rebind || !this.#servers.has(plan.name)) start.push(plan);
+      const running = this.#servers.get(plan.name);
+      const material = old !== undefined && !sameTlsMaterial(old, plan);
+      const rebind = !old || !sameBinding(old, plan) || (guardFlip && plan.protocol === "http") ||
+        (material && !running?.updateTls);
+      if (rebind || !running) start.push(plan);
+      else if (material) retls.push(plan);
     }
     for (const name of this.#servers.keys()) {
       const plan = next.listeners.get(name);
@@ -166,6 +176,17 @@ export class Ferry {
       this.#retire(name, outgoing);
     }
     for (const [name, l] of bound) this.#servers.set(name, l);
+    for (const plan of retls) {
+      this.#servers.get(plan.name)?.updateTls?.(plan.tls!);
+      this.#log.info("listener certificates replaced", {
+        listener: plan.name,
+        certificates: [plan.tls!.defaultPair, ...plan.tls!.sni].map((p) => ({
+          server_names: p.serverNames.length ? p.serverNames.join(",") : "(default)",
+          sha256: p.fingerprint256,
+          not_after: new Date(p.notAfter).toISOString(),
+        })),
+      });
+    }
     prev.retire(next);
     const failures: string[] = [];
     for (const plan of start) {
@@ -221,6 +242,7 @@ export class Ferry {
         openConnections: () => g.openConnections(),
         drain: (ms) => g.drain(ms),
         abort: () => g.close(),
+        ...(plan.tls ? { updateTls: (tls: ListenerTls) => g.updateTls(tls) } : {}),
       };
     }
     const stop = new AbortController();
@@ -316,6 +338,7 @@ export class Ferry {
     return {
       addr: guard.addr,
       openConnections: () => guard.openConnections(),
+      ...(plan.tls ? { updateTls: (tls: ListenerTls) => guard.updateTls(tls) } : {}),
       drain: (ms) => drainGuarded(guard, ms),
       abort: () => {
         stop.abort();
@@ -381,10 +404,21 @@ export interface AdminExtras {
   readonly submitConfig?: AdminView["submitConfig"];
 }
 
+/** Same socket and handshake settings: only the certificates may differ (see sameTlsMaterial). */
 function sameBinding(a: ListenerPlan, b: ListenerPlan): boolean {
   return a.hostname === b.hostname && a.port === b.port && a.protocol === b.protocol &&
-    a.tls?.cert === b.tls?.cert && a.tls?.key === b.tls?.key &&
-    a.tls?.clientCa === b.tls?.clientCa && a.tls?.clientAuth === b.tls?.clientAuth;
+    (a.tls === undefined) === (b.tls === undefined) &&
+    (a.tls?.clientCa === undefined) === (b.tls?.clientCa === undefined) &&
+    a.tls?.clientAuth === b.tls?.clientAuth && a.tls?.minVersion === b.tls?.minVersion &&
+    a.tls?.handshakeTimeoutMs === b.tls?.handshakeTimeoutMs;
+}
+
+/** The certificates, keys, SNI names and client CA, as read from their files. */
+function sameTlsMaterial(a: ListenerPlan, b: ListenerPlan): boolean {
+  if (!a.tls || !b.tls) return a.tls === b.tls;
+  const pairs = (t: ListenerTls) =>
+    JSON.stringify([t.defaultPair, ...t.sni].map((p) => [p.cert, p.key, p.serverNames]));
+  return a.tls.clientCa === b.tls.clientCa && pairs(a.tls) === pairs(b.tls);
 }
 
 const WILDCARDS = new Set(["0.0.0.0", "::", "[::]"]);

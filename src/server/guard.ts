@@ -5,8 +5,8 @@
  * bound to loopback. The inner handler tells the guard when a request starts and completes, so
  * the guard knows, for any protocol, whether a request is in flight:
  *
- * - header timeout: from accept until the first request reaches the handler (TLS handshake
- *   included); missed: 408 on HTTP/1.1, close on HTTP/2 or before TLS is up;
+ * - header timeout: from accept (TLS: after the handshake, which node:tls bounds) until the
+ *   first request reaches the handler; missed: 408 on HTTP/1.1, close on HTTP/2;
  * - idle timeout: no request in flight for that long: close. On a keep-alive connection the
  *   next request must reach the handler within it (a slow second head is cut by this one);
  * - a first HTTP/1.1 head larger than Deno's own parser accepts gets a 431 here instead of
@@ -30,7 +30,8 @@ import {
 import { isWebSocketUpgrade } from "../upstream/headers.ts";
 import { attachTicket, DownstreamLink, type RequestTicket } from "./downstream.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
-import { ClientAuthListener } from "./node_tls.ts";
+import { TlsListener } from "./node_tls.ts";
+import type { ListenerTls } from "./tls_material.ts";
 import { WsFrameLimit } from "./ws_frames.ts";
 
 export interface GuardLimits extends ConnectionCaps {
@@ -84,13 +85,8 @@ export interface GuardOptions {
   readonly onAcceptError?: (socket: "listener" | "inner", reason: AcceptErrorReason) => void;
 }
 
-export interface GuardTls {
-  readonly cert: string;
-  readonly key: string;
-  /** Downstream mTLS: the CA bundle client certificates must chain to (node:tls accepts then). */
-  readonly clientCa?: string | undefined;
-  readonly clientAuth?: "require" | "optional" | undefined;
-}
+/** A TLS listener's material and settings (src/server/tls_material.ts). */
+export type GuardTls = ListenerTls;
 
 /** What the guard hands the inner handler: the real client address and its verified identity. */
 export interface GuardedInfo extends Deno.ServeHandlerInfo<Deno.NetAddr> {
@@ -186,33 +182,25 @@ export class ConnectionGuard {
       "inner server stopped accepting; replacing it",
       "inner server stable again",
     );
-    // Deno.listenTls cannot ask for a client certificate: with a client CA, node:tls accepts.
-    this.#listener = opts.tls?.clientCa !== undefined
-      ? new ClientAuthListener({
+    // TLS is accepted by node:tls (mTLS, SNI, rotation, minimum version: src/server/node_tls.ts).
+    this.#listener = opts.tls
+      ? new TlsListener({
         hostname: opts.hostname,
         port: opts.port,
-        cert: opts.tls.cert,
-        key: opts.tls.key,
-        clientCa: opts.tls.clientCa,
-        clientAuth: opts.tls.clientAuth ?? "require",
+        tls: opts.tls,
         alpnProtocols: ["h2", "http/1.1"],
-        // node completes the handshake before accept(): bound it by the header timeout here.
-        handshakeTimeoutMs: opts.limits().headerTimeoutMs,
       }) as unknown as Deno.Listener
-      : opts.tls
-      ? Deno.listenTls({
-        hostname: opts.hostname,
-        port: opts.port,
-        cert: opts.tls.cert,
-        key: opts.tls.key,
-        alpnProtocols: ["h2", "http/1.1"],
-      })
       : Deno.listen({ hostname: opts.hostname, port: opts.port });
     this.#sweep = setInterval(() => this.#check(), opts.sweepMs ?? 250);
   }
 
   get addr(): Deno.NetAddr {
     return this.#listener.addr as Deno.NetAddr;
+  }
+
+  /** New certificates for handshakes from now on (open connections keep theirs). */
+  updateTls(tls: GuardTls): void {
+    (this.#listener as unknown as TlsListener).update(tls);
   }
 
   /** Open downstream connections right now (for a gauge). */

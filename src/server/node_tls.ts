@@ -8,6 +8,7 @@
 import * as nodeTls from "node:tls";
 import type { ClientIdentity } from "../pipeline/types.ts";
 import { identityFromId } from "../policy/authz.ts";
+import { type CertificatePair, type ListenerTls, pairForServerName } from "./tls_material.ts";
 
 /** Bytes buffered from the socket before it is paused (the reader is behind). */
 const HIGH_WATER = 1 << 20;
@@ -137,75 +138,96 @@ export function identityOfCertificate(
   return name ? { id: name, kind: "cn", trustDomain: undefined, ...hash } : undefined;
 }
 
-export interface ClientAuthOptions {
+export interface TlsListenerOptions {
   readonly hostname: string;
   readonly port: number;
-  readonly cert: string;
-  readonly key: string;
-  /** CA bundle (PEM) client certificates must chain to. */
-  readonly clientCa: string;
-  /** require: no valid certificate, no connection; optional: none is fine, an invalid one is not. */
-  readonly clientAuth: "require" | "optional";
+  readonly tls: ListenerTls;
   readonly alpnProtocols: string[];
-  /** A handshake must finish within this (node's own default is 120 s); 0: node's default. */
-  readonly handshakeTimeoutMs?: number;
 }
 
 /**
- * A TLS listener that asks for client certificates (node:tls), with the `accept()` / `close()` /
- * `addr` of a `Deno.Listener`. Connections whose handshake fails never come out of `accept()`.
+ * A TLS listener on node:tls, with the `accept()` / `close()` / `addr` of a `Deno.Listener`.
+ * node:tls is used because Deno.listenTls can do none of: ask for a client certificate (mTLS),
+ * choose a certificate by server name (SNI), swap certificates while listening (rotation), set
+ * a minimum version, or time out a handshake. Connections whose handshake fails never come out of
+ * `accept()`.
  *
  * node's `listen()` binds asynchronously while the guard (like `Deno.listenTls`) is built
  * synchronously and reports its address at once. So the address is bound first with
  * `Deno.listen` (a bind error surfaces here, synchronously, as before), released, and bound again
  * by node; a failure of that second bind is thrown once by `accept()`.
  */
-export class ClientAuthListener {
+export class TlsListener {
   readonly #server: nodeTls.Server;
   readonly #ready: NodeTlsConn[] = [];
   #waiting: { resolve: (c: NodeTlsConn) => void; reject: (e: Error) => void } | undefined;
   #failure: Error | undefined;
   #failureSeen = false;
   #closed = false;
+  /** The contexts new handshakes use; replaced as a whole by `update`. */
+  #contexts: ServingContexts;
   readonly addr: Deno.NetAddr;
 
-  constructor(opts: ClientAuthOptions) {
+  constructor(opts: TlsListenerOptions) {
     const reserve = Deno.listen({ hostname: opts.hostname, port: opts.port });
     this.addr = reserve.addr as Deno.NetAddr;
     reserve.close();
-    const require = opts.clientAuth === "require";
+    const tls = opts.tls;
+    this.#contexts = servingContexts(tls);
+    const clientAuth = tls.clientCa !== undefined ? (tls.clientAuth ?? "require") : undefined;
+    const require = clientAuth === "require";
     this.#server = nodeTls.createServer({
-      cert: opts.cert,
-      key: opts.key,
-      ca: opts.clientCa,
-      requestCert: true,
-      // optional: the handshake goes on without a certificate; one that does not verify is
-      // refused below, so "optional" never means "any certificate".
-      rejectUnauthorized: require,
+      ...secureContextOptions(tls, tls.defaultPair),
+      ...(clientAuth
+        ? {
+          requestCert: true,
+          // optional: the handshake goes on without a certificate; one that does not verify is
+          // refused below, so "optional" never means "any certificate".
+          rejectUnauthorized: require,
+        }
+        : {}),
       ALPNProtocols: opts.alpnProtocols,
-      ...(opts.handshakeTimeoutMs ? { handshakeTimeout: opts.handshakeTimeoutMs } : {}),
+      handshakeTimeout: tls.handshakeTimeoutMs,
+      SNICallback: (name, done) => {
+        const c = this.#contexts;
+        done(null, pairForServerName(c.sni, c.fallback, name).context);
+      },
     });
     this.#server.on("error", (err: Error) => this.#fail(err));
-    this.#server.listen(this.addr.port, this.addr.hostname);
+    listenNow(this.#server, this.addr);
     this.#server.on("secureConnection", (socket: nodeTls.TLSSocket) => {
-      const cert = socket.getPeerCertificate();
-      const presented = cert !== null && typeof cert === "object" && "subject" in cert;
-      if (!socket.authorized && (require || presented)) {
-        socket.destroy();
-        return;
+      let identity: ClientIdentity | undefined;
+      if (clientAuth) {
+        const cert = socket.getPeerCertificate();
+        const presented = cert !== null && typeof cert === "object" && "subject" in cert;
+        if (!socket.authorized && (require || presented)) {
+          socket.destroy();
+          return;
+        }
+        identity = socket.authorized ? identityOfCertificate(cert) : undefined;
       }
-      const conn = new NodeTlsConn(
-        socket,
-        socket.authorized ? identityOfCertificate(cert) : undefined,
-      );
+      const conn = new NodeTlsConn(socket, identity);
       const w = this.#waiting;
       if (w) {
         this.#waiting = undefined;
         w.resolve(conn);
       } else this.#ready.push(conn);
     });
-    // Failed handshakes (no certificate in require mode, an unknown CA) end here, unseen.
-    this.#server.on("tlsClientError", () => {});
+    // Failed handshakes (no certificate in require mode, an unknown CA, a version below the
+    // minimum, the handshake timeout) end here, unseen. node does not close the socket itself
+    // after a handshake timeout (measured on Deno 2.9.6): close it.
+    this.#server.on("tlsClientError", (_err: Error, socket: nodeTls.TLSSocket) => {
+      socket.destroy();
+    });
+  }
+
+  /**
+   * New certificates (rotation, or a reload that changed the material): handshakes from now on
+   * use them; connections already open keep theirs.
+   */
+  update(tls: ListenerTls): void {
+    this.#contexts = servingContexts(tls);
+    this.#server.setSecureContext(secureContextOptions(tls, tls.defaultPair));
   }
 
   #fail(err: Error): void {
@@ -238,4 +260,52 @@ export class ClientAuthListener {
     this.#waiting = undefined;
     w?.reject(new Deno.errors.BadResource("listener closed"));
   }
+}
+
+/**
+ * Binds a node server before returning, as Deno.listenTls does: `listen(port, host)` first looks
+ * the host up (asynchronously, even for an IP literal), so for a few milliseconds after Ferry
+ * says "listening" a connect would be refused. node:net's own bind step (`_listen2`, what
+ * `listen` runs after the lookup; present in Deno 2.9.6's node:net) is synchronous; without it,
+ * the public `listen` is used.
+ */
+function listenNow(server: nodeTls.Server, addr: Deno.NetAddr): void {
+  const bind = (server as unknown as {
+    _listen2?: (host: string, port: number, family: 4 | 6, backlog: number) => void;
+  })._listen2;
+  if (typeof bind === "function") {
+    bind.call(server, addr.hostname, addr.port, addr.hostname.includes(":") ? 6 : 4, 511);
+  } else server.listen(addr.port, addr.hostname);
+}
+
+interface ServingContext {
+  readonly serverNames: readonly string[];
+  readonly context: nodeTls.SecureContext;
+}
+
+interface ServingContexts {
+  readonly fallback: ServingContext;
+  readonly sni: readonly ServingContext[];
+}
+
+/** One node SecureContext per pair, built once per update (not per handshake). */
+function servingContexts(tls: ListenerTls): ServingContexts {
+  const build = (p: CertificatePair): ServingContext => ({
+    serverNames: p.serverNames,
+    context: nodeTls.createSecureContext(secureContextOptions(tls, p)),
+  });
+  return { fallback: build(tls.defaultPair), sni: tls.sni.map(build) };
+}
+
+/** A context carries the client CA and the minimum version too: SNI replaces the whole context. */
+function secureContextOptions(
+  tls: ListenerTls,
+  pair: CertificatePair,
+): nodeTls.SecureContextOptions {
+  return {
+    cert: pair.cert,
+    key: pair.key,
+    minVersion: tls.minVersion,
+    ...(tls.clientCa !== undefined ? { ca: tls.clientCa } : {}),
+  };
 }

@@ -11,7 +11,8 @@ import type { Logger } from "../observability/log.ts";
 import type { Ferry } from "./ferry.ts";
 
 /** `admin` is POST /reload; `api` is a config sent with PUT /config. */
-export type ReloadTrigger = "file" | "signal" | "admin" | "api";
+/** `tls`: a certificate, key or CA file the config names changed (src/server/tls_watch.ts). */
+export type ReloadTrigger = "file" | "signal" | "admin" | "api" | "tls";
 
 /** The config serving now: its version and who applied it. */
 export interface AppliedConfig {

@@ -1,8 +1,12 @@
 /**
  * One HTTP health probe: `GET origin + path` on a `Deno.HttpClient` of its own, so probes never
- * wait behind user traffic in the cluster's pool, judged by the expected statuses.
+ * wait behind user traffic in the cluster's pool, judged by the expected statuses. A cluster that
+ * checks its upstream's server name or identity probes over the HTTP/1.1 codec instead (its own
+ * pool, node:tls underneath), because fetch cannot show the peer's certificate.
  */
-import { denoTlsOptions, type UpstreamTls } from "../upstream_tls.ts";
+import { H1Transport } from "../../h1/transport.ts";
+import { ProxyError } from "../../server/errors.ts";
+import { checksPeer, denoTlsOptions, type UpstreamTls } from "../upstream_tls.ts";
 
 /** What a probe needs to know of an endpoint (Ferry's `Endpoint` fits). */
 export interface ProbeTarget {
@@ -75,8 +79,8 @@ export interface HttpProbeOptions {
   /** Extra CA certificates (PEM) for `https` endpoints. */
   readonly caCerts?: string[];
   /**
-   * Upstream mTLS: the client certificate is presented; HTTP probes run on fetch, which cannot
-   * see the peer's certificate, so expected identities are checked by gRPC probes only.
+   * Upstream mTLS: the client certificate is presented; a server name or expected identities are
+   * checked on every probe connection (then probes speak HTTP/1.1 over the codec).
    */
   readonly tls?: UpstreamTls;
   /** Response bytes read before the connection is given back (the rest is dropped). */
@@ -85,7 +89,9 @@ export interface HttpProbeOptions {
 
 /** Probes over one dedicated `Deno.HttpClient`: one idle connection per endpoint, reused. */
 export class HttpProber {
-  readonly #client: Deno.HttpClient;
+  readonly #client: Deno.HttpClient | undefined;
+  /** Set when the upstream's certificate must be checked (see the module comment). */
+  readonly #codec: H1Transport | undefined;
   readonly #path: string;
   readonly #host: string | undefined;
   readonly #expected: (status: number) => boolean;
@@ -101,6 +107,20 @@ export class HttpProber {
     this.#expected = compileStatuses(opts.expectedStatuses ?? DEFAULT_EXPECTED_STATUSES);
     this.#maxBodyBytes = opts.maxBodyBytes ?? 64 * 1024;
     const protocol = opts.protocol ?? "auto";
+    // h2c endpoints are plain HTTP/2: no certificate to check, and the codec speaks HTTP/1.1.
+    if (checksPeer(opts.tls) && protocol !== "h2c") {
+      this.#codec = new H1Transport({
+        // One probe at a time per endpoint, so one connection each is enough.
+        maxIdlePerEndpoint: 1,
+        maxConnectionsPerEndpoint: 1,
+        idleTimeoutMs: 60_000,
+        maxRequestsPerConnection: 0,
+        // The probe's own timeout (its signal) is what bounds a probe; this only backs it up.
+        connectTimeoutMs: 30_000,
+        tls: opts.tls!,
+      });
+      return;
+    }
     this.#client = Deno.createHttpClient({
       // One probe at a time per endpoint, so one idle connection each is enough.
       poolMaxIdlePerHost: 1,
@@ -118,14 +138,29 @@ export class HttpProber {
     if (this.#host !== undefined) headers.push(["host", this.#host]);
     let res: Response;
     try {
-      res = await fetch(target.origin + this.#path, {
-        method: "GET",
-        headers,
-        client: this.#client,
-        redirect: "manual",
-        signal,
-      });
+      if (this.#codec) {
+        // The codec sends exactly the headers given: Host too.
+        if (this.#host === undefined) headers.push(["host", new URL(target.origin).host]);
+        res = await this.#codec.send({
+          url: target.origin + this.#path,
+          method: "GET",
+          headers,
+          body: null,
+          signal,
+        });
+      } else {
+        res = await fetch(target.origin + this.#path, {
+          method: "GET",
+          headers,
+          client: this.#client!,
+          redirect: "manual",
+          signal,
+        });
+      }
     } catch (err) {
+      if (err instanceof ProxyError && err.kind === "upstream_id_mismatch") {
+        return { ok: false, reason: `upstream identity mismatch: ${err.reason}` };
+      }
       return { ok: false, reason: failureReason(err, signal) };
     }
     try {
@@ -139,7 +174,8 @@ export class HttpProber {
   };
 
   close(): void {
-    this.#client.close();
+    this.#client?.close();
+    this.#codec?.close();
   }
 }
 
