@@ -11,6 +11,7 @@ import type { H2Stream } from "../h2/stream.ts";
 import type { Logger } from "../observability/log.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { ProxyError } from "../server/errors.ts";
+import { pickRequestId } from "../server/request_id.ts";
 import type { AuthzInput } from "../policy/authz.ts";
 import type { ClientIdentity } from "../pipeline/types.ts";
 import { ClientAuthListener } from "../server/node_tls.ts";
@@ -22,8 +23,6 @@ import {
 } from "../server/admission.ts";
 import { answerError, type GrpcCallRecord, proxyCall } from "./proxy.ts";
 import { GrpcStatus } from "./status.ts";
-
-const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 
 export interface GrpcListenerOptions {
   /** `server.max_connections` / `max_connections_per_ip`, read at every accept. */
@@ -158,12 +157,11 @@ export class GrpcListener {
     const plan = snap.listeners.get(name);
     const fields = await ds.headers;
     const startedAt = performance.now();
-    const incomingId = headerValue(fields, "x-request-id");
-    const requestId = incomingId !== undefined && REQUEST_ID.test(incomingId) &&
-        (snap.requestIdPolicy === "always" ||
-          (snap.requestIdPolicy === "trusted" && snap.trust.has(peerIp)))
-      ? incomingId
-      : crypto.randomUUID();
+    const requestId = pickRequestId(
+      headerValue(fields, "x-request-id"),
+      snap.requestIdPolicy,
+      snap.trust.has(peerIp),
+    );
     const rec: GrpcCallRecord = { attempts: 0, flag: "-" };
     const rawPath = headerValue(fields, ":path") ?? "/";
     try {
