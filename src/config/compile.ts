@@ -23,7 +23,7 @@ import { AccessLog, LineWriter, openSink } from "../observability/access_log.ts"
 import type { BreakerConfigSchema } from "./schema.ts";
 import { type ClusterRecorder, FerryMetrics } from "../observability/metrics.ts";
 import type { GrpcRoute } from "../grpc/proxy.ts";
-import { RETRIABLE_GRPC } from "../grpc/status.ts";
+import { retryPolicy } from "../policy/retry.ts";
 import { authorization, type AuthzPolicy, compilePolicy, RouteAuthz } from "../policy/authz.ts";
 import { JwtProvider } from "../policy/jwt.ts";
 import type { UpstreamTls } from "../upstream/upstream_tls.ts";
@@ -838,39 +838,14 @@ function compileRoute(
     maxRequestsPerEndpoint: clusterCfg.limits?.max_requests_per_endpoint ??
       Number.POSITIVE_INFINITY,
     metrics: policies.clusterMetrics.get(cluster.name)!,
+    perTryTimeoutMs: r.per_try_timeout,
+    // One policy shape for both: it names HTTP and gRPC statuses.
+    retry: r.retry && retryPolicy(r.retry),
   };
-  const grpc: GrpcRoute = Object.freeze({
-    ...common,
-    name: r.name,
-    retry: r.retry && {
-      retries: r.retry.retries,
-      statuses: new Set(r.retry.retry_on.flatMap((o) => {
-        const code = RETRIABLE_GRPC[o];
-        return code === undefined ? [] : [code];
-      })),
-      connectFailure: ["connect-failure", "gateway-error", "5xx"].some((o) =>
-        r.retry!.retry_on.includes(o as never)
-      ),
-      reset: ["reset", "gateway-error", "5xx"].some((o) => r.retry!.retry_on.includes(o as never)),
-      maxBodyBytes: r.retry.max_body_bytes,
-      baseMs: r.retry.backoff.base,
-      maxMs: r.retry.backoff.max,
-    },
-  });
+  const grpc: GrpcRoute = Object.freeze({ ...common, name: r.name });
   const terminal = forwardTo({
     ...common,
-    perTryTimeoutMs: r.per_try_timeout,
     idleTimeoutMs: r.idle_timeout,
-    retry: r.retry && {
-      retries: r.retry.retries,
-      retryOn: new Set(r.retry.retry_on),
-      statuses: new Set(r.retry.statuses),
-      baseMs: r.retry.backoff.base,
-      maxMs: r.retry.backoff.max,
-      nonIdempotent: r.retry.non_idempotent,
-      maxBodyBytes: r.retry.max_body_bytes,
-      maxRetryAfterMs: r.retry.max_retry_after,
-    },
     rewritePath: compileRewrite(r, i),
     hostRewrite: r.rewrite?.host,
     requestEdits: compileEdits(r.request_headers),

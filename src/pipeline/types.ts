@@ -42,6 +42,21 @@ export interface RequestContext {
 }
 
 /**
+ * What the protocol-neutral parts of the request path read of a call, HTTP or gRPC alike: the
+ * hash key of ring_hash / maglev, and the route's policy layers (authorization, rate limits).
+ */
+export interface CallFacts {
+  readonly method: string;
+  /** Normalised path, without the query. */
+  readonly path: string;
+  /** A request header (lower-case name); undefined when absent. */
+  header(name: string): string | undefined;
+  /** The client address Ferry believes (see RequestContext.clientIp). */
+  readonly clientIp: string;
+  readonly identity: ClientIdentity | undefined;
+}
+
+/**
  * Who a client certificate says the caller is: the SPIFFE ID from its URI SAN, else its first DNS
  * SAN, else its subject CN. Authorization rules match `id`, its prefix, or the trust domain.
  */
