@@ -72,7 +72,7 @@ export interface CallPolicy {
 export interface CallRequest {
   /** ring_hash / maglev key; undefined for other balancers. */
   readonly hashKey: string | undefined;
-  /** Retries this call may make: the policy's, or 0 (method not idempotent, body not kept). */
+  /** Retries this call may make (capped by the policy): 0 when its method or body rules them out. */
   readonly retries: number;
   /** Aborted when the call is over (client gone, route deadline): ends a backoff at once. */
   readonly signal: AbortSignal;
@@ -151,7 +151,7 @@ export async function runCall<T>(
   }
   const pickCtx = req.hashKey === undefined ? undefined : { hashKey: req.hashKey };
   const retry = p.retry;
-  const retries = retry ? req.retries : 0;
+  const retries = retry ? Math.min(req.retries, retry.retries) : 0;
   const tried = retries > 0 ? new Set<Endpoint>() : undefined;
   budget.active++;
   // A retry slot taken for the next attempt, held until that attempt has its answer.
