@@ -3,7 +3,8 @@
  * their pools, every route's handler chain composed. Requests read one snapshot and keep it.
  */
 import type { FerryConfig, RouteConfig } from "./schema.ts";
-import { compose, type Handler, type Middleware } from "../pipeline/types.ts";
+import type { Handler, PolicyLayer } from "../pipeline/types.ts";
+import { httpChain, routeLayers } from "../pipeline/route_chain.ts";
 import { compileRouteRegex } from "../routing/regex.ts";
 import { RouteCompileError, Router } from "../routing/router.ts";
 import { buildCluster, type Cluster, staticEndpoints } from "../upstream/cluster.ts";
@@ -38,6 +39,8 @@ export interface CompiledRoute {
   readonly grpc?: GrpcRoute;
   /** The route's authorization (its own policy, or its listeners'); absent when none applies. */
   readonly authz?: RouteAuthz;
+  /** The route's policy layers (authorization, fault, rate limits), run by HTTP and gRPC alike. */
+  readonly layers: readonly PolicyLayer[];
 }
 
 export interface ListenerPlan {
@@ -780,28 +783,23 @@ function compileRoute(
   clusters: ReadonlyMap<string, Cluster>,
   policies: RoutePolicies,
 ): CompiledRoute {
-  // Route policies, outermost first: authorization (a refused caller spends no rate-limit token
-  // and sees no injected fault), fault injection (chaos), then rate limits.
-  const middleware: Middleware[] = [];
+  // The route's policy layers, in the order src/pipeline/route_chain.ts (and design.md) draws.
   const authz = routeAuthz(r, i, cfg, policies);
-  if (authz) middleware.push(authorization(authz));
-  if (r.fault) middleware.push(faultInjection(r.fault));
-  if (r.rate_limit) {
-    const limiters = r.rate_limit.map((n) => policies.limiters.get(n)!);
-    const onLimited = limiters.map((l) =>
-      policies.metrics.rateLimitRecorder(r.name, l.name, l.scope)
-    );
-    middleware.push(rateLimit(limiters, onLimited));
-  }
+  const layers = routeLayers({
+    authorization: authz && authorization(authz),
+    fault: r.fault && faultInjection(r.fault),
+    rateLimit: r.rate_limit && rateLimitLayer(r, policies),
+  });
   if (r.direct_response) {
     const d = r.direct_response;
     return freezeRoute(
       r.name,
       "direct_response",
       undefined,
-      compose(middleware, directResponse(d)),
+      httpChain(layers, directResponse(d)),
       undefined,
       authz,
+      layers,
     );
   }
   if (r.redirect) {
@@ -809,9 +807,10 @@ function compileRoute(
       r.name,
       "redirect",
       undefined,
-      compose(middleware, redirectResponse(r.redirect, r.match.path)),
+      httpChain(layers, redirectResponse(r.redirect, r.match.path)),
       undefined,
       authz,
+      layers,
     );
   }
   const cluster = clusters.get(r.cluster!);
@@ -856,7 +855,24 @@ function compileRoute(
     websocketMaxMessageBytes: cfg.server.websocket_max_message_bytes,
     via: cfg.server.via,
   });
-  return freezeRoute(r.name, "cluster", cluster.name, compose(middleware, terminal), grpc, authz);
+  return freezeRoute(
+    r.name,
+    "cluster",
+    cluster.name,
+    httpChain(layers, terminal),
+    grpc,
+    authz,
+    layers,
+  );
+}
+
+/** The route's rate limits as one layer (named limiters are shared across routes). */
+function rateLimitLayer(r: RouteConfig, policies: RoutePolicies): PolicyLayer {
+  const limiters = r.rate_limit!.map((n) => policies.limiters.get(n)!);
+  const onLimited = limiters.map((l) =>
+    policies.metrics.rateLimitRecorder(r.name, l.name, l.scope)
+  );
+  return rateLimit(limiters, onLimited);
 }
 
 /**
@@ -898,12 +914,14 @@ function freezeRoute(
   handler: Handler,
   grpc?: GrpcRoute,
   authz?: RouteAuthz,
+  layers: readonly PolicyLayer[] = [],
 ): CompiledRoute {
   return Object.freeze({
     name,
     kind,
     cluster,
     handler,
+    layers,
     ...(grpc ? { grpc } : {}),
     ...(authz ? { authz } : {}),
   });

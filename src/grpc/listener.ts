@@ -12,8 +12,8 @@ import type { Logger } from "../observability/log.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { ProxyError } from "../server/errors.ts";
 import { pickRequestId } from "../server/request_id.ts";
-import type { AuthzInput } from "../policy/authz.ts";
-import type { ClientIdentity } from "../pipeline/types.ts";
+import type { CallFacts, ClientIdentity } from "../pipeline/types.ts";
+import { admitCall } from "../pipeline/route_chain.ts";
 import { ClientAuthListener } from "../server/node_tls.ts";
 import {
   type AcceptErrorReason,
@@ -21,7 +21,7 @@ import {
   ConnectionAdmission,
   type ConnectionCaps,
 } from "../server/admission.ts";
-import { answerError, type GrpcCallRecord, proxyCall } from "./proxy.ts";
+import { answerError, grpcCallFacts, type GrpcCallRecord, proxyCall } from "./proxy.ts";
 import { GrpcStatus } from "./status.ts";
 
 export interface GrpcListenerOptions {
@@ -169,13 +169,24 @@ export class GrpcListener {
       if (!route?.grpc) {
         throw new ProxyError("no_route", `no gRPC route for ${rawPath}`);
       }
-      // Authorization answers PERMISSION_DENIED / UNAUTHENTICATED from the same error table.
-      if (route.authz) {
-        await route.authz.check(name, authzInput(fields, rawPath, peerIp, identity));
-      }
+      // The route's policy layers, as on HTTP: authorization (PERMISSION_DENIED /
+      // UNAUTHENTICATED), fault injection, rate limits (RESOURCE_EXHAUSTED), each answered from
+      // the one error table.
+      const peerTrusted = snap.trust.has(peerIp);
+      const clientIp = peerTrusted
+        ? snap.trust.clientIp(peerIp, headerValue(fields, "x-forwarded-for") ?? null)
+        : peerIp;
+      rec.route = route.name;
+      const admitted = admitCall(
+        route.layers,
+        callFacts(fields, rawPath, clientIp, identity),
+        { listener: name, route: route.name },
+      );
+      if (admitted) await admitted;
       await proxyCall(ds, fields, route.grpc, {
         peerIp,
-        peerTrusted: snap.trust.has(peerIp),
+        clientIp,
+        peerTrusted,
         scheme: plan?.tls ? "https" : "http",
         requestId,
         identity,
@@ -263,20 +274,14 @@ function matchRoute(
   });
 }
 
-/** A call as authorization policies see it. */
-function authzInput(
+/** A call as the route's policy layers and the hash key see it (path normalised). */
+function callFacts(
   fields: readonly HeaderField[],
   rawPath: string,
-  peerIp: string,
+  clientIp: string,
   identity: ClientIdentity | undefined,
-): AuthzInput {
+): CallFacts {
   const q = rawPath.indexOf("?");
   const path = normalizePath(q < 0 ? rawPath : rawPath.slice(0, q));
-  return {
-    method: headerValue(fields, ":method") ?? "POST",
-    path: path.ok ? path.path : rawPath,
-    header: (name) => headerValue(fields, name),
-    clientIp: peerIp,
-    identity,
-  };
+  return grpcCallFacts(fields, path.ok ? path.path : rawPath, clientIp, identity);
 }

@@ -81,6 +81,19 @@ export interface RequestOutcome {
   flags?: string;
 }
 
+/**
+ * A route policy that runs before the cluster call, the same for HTTP and gRPC: it may delay the
+ * call, or refuse it by throwing a ProxyError (which each protocol answers from the one error
+ * table). Returns nothing when it decided at once, so the common path allocates no promise.
+ */
+export interface PolicyLayer {
+  readonly name: string;
+  admit(
+    call: CallFacts,
+    where: { readonly listener: string; readonly route: string },
+  ): void | Promise<void>;
+}
+
 export type Handler = (req: Request, ctx: RequestContext) => Promise<Response>;
 export type Middleware = (next: Handler) => Handler;
 

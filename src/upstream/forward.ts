@@ -2,7 +2,8 @@
  * The terminal handler of a cluster route: picks an endpoint, builds the upstream request with
  * RFC 9110 7.6 semantics and streams both bodies through. Never follows redirects.
  */
-import type { CallFacts, ClientIdentity, Handler, RequestContext } from "../pipeline/types.ts";
+import type { ClientIdentity, Handler, RequestContext } from "../pipeline/types.ts";
+import { httpCallFacts } from "../pipeline/route_chain.ts";
 import { ProxyError, toProxyError } from "../server/errors.ts";
 import { forwardedHeaders } from "../server/trust.ts";
 import type { Cluster, Endpoint } from "./cluster.ts";
@@ -246,17 +247,6 @@ export function forwardTo(s: ForwardSettings): Handler {
 interface Answer {
   readonly res: Response;
   readonly contentLength: string | null;
-}
-
-/** What a hash key (and the route's policy layers) read of an HTTP request. */
-export function httpCallFacts(req: Request, ctx: RequestContext): CallFacts {
-  return {
-    method: req.method,
-    path: ctx.path,
-    header: (name) => req.headers.get(name) ?? undefined,
-    clientIp: ctx.clientIp,
-    identity: ctx.identity,
-  };
 }
 
 /** A 1xx final answer is never relayed (see notAnUpgrade). */
