@@ -171,3 +171,33 @@ Deno.test("grpc: a fault abort answers the configured gRPC status, or the table'
     await server.stop();
   }
 });
+
+Deno.test("grpc: per_try_timeout resets a slow attempt upstream and retries it", async () => {
+  const server = await startEchoServer();
+  const ferry = startFerry(
+    grpcEchoConfig({
+      route: "    per_try_timeout: 300ms\n" +
+        "    retry: { retries: 1, retry_on: [gateway-error], backoff: { base: 1ms, max: 1ms } }\n",
+    }),
+    { PORT: String(server.port) },
+  );
+  const client = echoClient(ferry.port);
+  try {
+    const started = performance.now();
+    const r = await unary(client, Buffer.from("sleep:5000"), { deadlineMs: 10_000 });
+    const ms = performance.now() - started;
+    assert.equal(r.error?.code, grpc.status.DEADLINE_EXCEEDED, String(r.error));
+    assert.match(r.error?.details ?? "", /per try/);
+    // Two attempts of 300 ms each, not the upstream's 5 s (generous for a loaded machine).
+    assert.ok(ms < 3000, `took ${ms} ms`);
+    assert.equal(server.calls.n, 2);
+    for (let i = 0; i < 100 && server.cancelled.length < 2; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.deepEqual(server.cancelled, ["sleep:5000", "sleep:5000"], "both attempts reset");
+  } finally {
+    client.close();
+    await ferry.close();
+    await server.stop();
+  }
+});

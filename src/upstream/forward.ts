@@ -134,7 +134,8 @@ export function forwardTo(s: ForwardSettings): Handler {
         record: ctx.outcome,
       }, async (endpoint) => {
         try {
-          return { value: await proxyWebSocket(req, ctx, s, endpoint, path), status: 200 };
+          const res = await proxyWebSocket(req, ctx, s, endpoint, path);
+          return { value: res, status: res.status };
         } catch (err) {
           return { error: toProxyError(err) };
         }
