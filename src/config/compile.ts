@@ -4,7 +4,8 @@
  */
 import type { FerryConfig, RouteConfig } from "./schema.ts";
 import type { Handler, PolicyLayer } from "../pipeline/types.ts";
-import { httpChain, routeLayers } from "../pipeline/route_chain.ts";
+import { attemptLayers, httpChain, routeLayers } from "../pipeline/route_chain.ts";
+import { breakerLayer, perTryTimeoutLayer } from "../policy/attempt_layers.ts";
 import { compileRouteRegex } from "../routing/regex.ts";
 import { RouteCompileError, Router } from "../routing/router.ts";
 import { buildCluster, type Cluster, staticEndpoints } from "../upstream/cluster.ts";
@@ -831,13 +832,17 @@ function compileRoute(
     cluster,
     timeoutMs: r.timeout,
     deadlines: policies.deadlines,
-    breaker,
-    breakerPerCluster,
+    // The per-attempt layers, in the order src/pipeline/route_chain.ts draws.
+    attemptLayers: attemptLayers({
+      breaker: breaker && breakerLayer(breaker, breakerPerCluster),
+      perTryTimeout: r.per_try_timeout > 0
+        ? perTryTimeoutLayer(r.per_try_timeout, policies.deadlines)
+        : undefined,
+    }),
     maxRequests: clusterCfg.limits?.max_requests ?? Number.POSITIVE_INFINITY,
     maxRequestsPerEndpoint: clusterCfg.limits?.max_requests_per_endpoint ??
       Number.POSITIVE_INFINITY,
     metrics: policies.clusterMetrics.get(cluster.name)!,
-    perTryTimeoutMs: r.per_try_timeout,
     // One policy shape for both: it names HTTP and gRPC statuses.
     retry: r.retry && retryPolicy(r.retry),
   };

@@ -6,11 +6,18 @@
  *
  * Authorization is outermost: a refused caller spends no rate-limit token and sees no injected
  * fault. The layers read only `CallFacts`, so the same list serves both protocols: HTTP runs it
- * as middleware (`httpChain`), a gRPC listener runs it before the call (`admitCall`). The
- * per-attempt policies (breaker, per-try timeout, retries) live in the cluster call itself
- * (src/upstream/call.ts), since they act on each attempt, not on the request.
+ * as middleware (`httpChain`), a gRPC listener runs it before the call (`admitCall`).
+ *
+ * The per-attempt policies act on each attempt of the cluster call (src/upstream/call.ts), not
+ * on the request; `attemptLayers` orders them:
+ *
+ *   circuit breaker -> per-try timeout -> attempt (HTTP request or gRPC stream)
+ *
+ * The breaker is outermost: an endpoint it refuses starts no timer; the per-try timeout bounds
+ * only the attempt itself. Retries (with their budget and backoff) are the call's loop around
+ * these.
  */
-import type { CallFacts, Handler, PolicyLayer, RequestContext } from "./types.ts";
+import type { AttemptLayer, CallFacts, Handler, PolicyLayer, RequestContext } from "./types.ts";
 
 /** The layers a route's config asks for, each built by its own named factory. */
 export interface RouteLayerParts {
@@ -25,6 +32,19 @@ export function routeLayers(parts: RouteLayerParts): readonly PolicyLayer[] {
     [parts.authorization, parts.fault, parts.rateLimit].filter((l): l is PolicyLayer =>
       l !== undefined
     ),
+  );
+}
+
+/** The route's per-attempt layers, built by their named factories (src/policy/attempt_layers.ts). */
+export interface AttemptLayerParts {
+  readonly breaker?: AttemptLayer | undefined;
+  readonly perTryTimeout?: AttemptLayer | undefined;
+}
+
+/** The route's attempt layers in their one order. */
+export function attemptLayers(parts: AttemptLayerParts): readonly AttemptLayer[] {
+  return Object.freeze(
+    [parts.breaker, parts.perTryTimeout].filter((l): l is AttemptLayer => l !== undefined),
   );
 }
 

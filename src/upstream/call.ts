@@ -14,7 +14,6 @@
 import { ProxyError } from "../server/errors.ts";
 import type { Endpoint } from "./cluster.ts";
 import type { Balancer } from "./balancers/types.ts";
-import type { BreakerStore } from "../policy/circuit_breaker.ts";
 import type { DeadlineQueue } from "../policy/deadlines.ts";
 import {
   backoffMs,
@@ -31,7 +30,13 @@ import {
   outcomeOfGrpcStatus,
   outcomeOfStatus,
 } from "./health/outlier.ts";
-import { ClientGoneReason, TimeoutReason } from "./transport.ts";
+import {
+  type AttemptLayer,
+  type AttemptTicket,
+  type AttemptVerdict,
+  ClientGoneReason,
+  TimeoutReason,
+} from "../pipeline/types.ts";
 
 /** The parts of a cluster's membership a call reads (a real `Members` fits). */
 export interface CallMembers {
@@ -54,14 +59,13 @@ export interface CallPolicy {
   /** Calls in flight on the cluster (HTTP and gRPC together), and per endpoint. */
   readonly maxRequests: number;
   readonly maxRequestsPerEndpoint: number;
-  /** Breakers (the cluster's, or the route's own override); undefined: none. */
-  readonly breaker: BreakerStore | undefined;
-  /** true: one breaker for the whole cluster (slot 0); false: one per endpoint. */
-  readonly breakerPerCluster: boolean;
-  /** Time allowed for each attempt until it has its answer; 0 disables. */
-  readonly perTryTimeoutMs: number;
+  /**
+   * The route's per-attempt policies (circuit breaker, per-try timeout), outermost first, as
+   * src/pipeline/route_chain.ts composes them.
+   */
+  readonly attemptLayers: readonly AttemptLayer[];
   readonly retry: RetryPolicy | undefined;
-  /** The timer for per-try timeouts and backoff pauses (tests pass one on a fake clock). */
+  /** The timer for backoff pauses (tests pass one on a fake clock). */
   readonly deadlines: DeadlineQueue;
   readonly metrics: ClusterRecorder;
   /** Jitter source for the backoff; Math.random by default. */
@@ -160,9 +164,9 @@ export async function runCall<T>(
     for (let n = 0;; n++) {
       let retrySlot = holdingRetry;
       holdingRetry = false;
-      let endpoint: Endpoint, permit: number;
+      let endpoint: Endpoint, tickets: AttemptTicket[];
       try {
-        ({ endpoint, permit } = admit(p, m, pickCtx, tried));
+        ({ endpoint, tickets } = admit(p, m, pickCtx, tried, req.signal));
       } catch (err) {
         if (retrySlot) budget.release();
         throw err;
@@ -171,10 +175,10 @@ export async function runCall<T>(
       req.record.endpoint = endpoint.origin;
       req.record.attempts++;
       const state = m.states[endpoint.index]!;
-      const slot = p.breakerPerCluster ? 0 : endpoint.slot;
-      const tryCtl = perTry(req.signal, p, endpoint);
+      let signal = req.signal;
+      for (const t of tickets) signal = t.signal ?? signal;
       const answered = () => {
-        tryCtl.done();
+        for (const t of tickets) t.answered?.();
         if (retrySlot) budget.release();
         retrySlot = false;
       };
@@ -182,7 +186,7 @@ export async function runCall<T>(
       const sentAt = performance.now();
       let out: AttemptOutcome<T>;
       try {
-        out = await attempt(endpoint, { attempt: n, signal: tryCtl.signal, answered });
+        out = await attempt(endpoint, { attempt: n, signal, answered });
       } catch (err) {
         // An adapter bug or an untyped failure: an internal error, counted as one.
         out = {
@@ -194,7 +198,8 @@ export async function runCall<T>(
         answered();
         state.inFlight--;
       }
-      account(p, req, m, endpoint, slot, permit, out, (performance.now() - sentAt) / 1000);
+      const verdict = account(p, req, m, endpoint, out, (performance.now() - sentAt) / 1000);
+      for (let i = tickets.length - 1; i >= 0; i--) tickets[i]!.settle?.(verdict);
 
       if (
         n >= retries || out.repeatable === false || req.signal.aborted ||
@@ -235,26 +240,25 @@ function clientsFault(pe: ProxyError): boolean {
   return pe.kind === "client_closed" || pe.kind === "payload_too_large";
 }
 
-/** One attempt's outcome into health and outlier detection, the breaker and the metrics. */
+/**
+ * One attempt's outcome into health and outlier detection and the metrics; returns its verdict
+ * for the attempt layers (the breaker).
+ */
 function account<T>(
   p: CallPolicy,
   req: CallRequest,
   m: CallMembers,
   endpoint: Endpoint,
-  slot: number,
-  permit: number,
   out: AttemptOutcome<T>,
   seconds: number,
-): void {
+): AttemptVerdict {
   const rec = p.metrics.endpoint(endpoint);
   if (out.error) {
     rec.failed(out.error.kind, seconds);
     if (req.grpc) rec.grpcAttempt(undefined);
     const outcome = outcomeOfError(out.error.kind);
     if (outcome) m.health.record(endpoint.index, outcome);
-    if (clientsFault(out.error)) p.breaker?.release(slot, permit);
-    else p.breaker?.onFailure(slot, permit);
-    return;
+    return clientsFault(out.error) ? "none" : "failure";
   }
   rec.record(out.status, seconds);
   if (req.grpc) rec.grpcAttempt(out.grpcStatus);
@@ -262,8 +266,7 @@ function account<T>(
     ? outcomeOfGrpcStatus(out.grpcStatus)
     : outcomeOfStatus(out.status);
   m.health.record(endpoint.index, outcome);
-  if (outcome === "success") p.breaker?.onSuccess(slot, permit);
-  else p.breaker?.onFailure(slot, permit);
+  return outcome === "success" ? "success" : "failure";
 }
 
 /** Takes a retry slot from the cluster's budget; a refusal is flagged URX for the access log. */
@@ -279,75 +282,68 @@ function takeRetry(budget: RetryBudget, req: CallRequest, metrics: ClusterRecord
 
 /**
  * Picks an endpoint that may take the call: not tried yet (once all were tried, any), under its
- * concurrency limit, and admitted by its breaker. None: 503 saying which guard refused.
+ * concurrency limit, and admitted by every attempt layer (the breaker). None: 503 saying which
+ * guard refused.
  */
 function admit(
   p: CallPolicy,
   m: CallMembers,
   pickCtx: { hashKey: string } | undefined,
   tried: ReadonlySet<Endpoint> | undefined,
-): { endpoint: Endpoint; permit: number } {
+  signal: AbortSignal,
+): { endpoint: Endpoint; tickets: AttemptTicket[] } {
   const name = p.cluster.name;
   let refused: Set<Endpoint> | undefined;
   let exclude: ReadonlySet<Endpoint> | undefined = tried;
-  let why: "breaker" | "limit" | undefined;
+  let why: AttemptLayer | "limit" | undefined;
   for (let i = 0; i <= m.endpoints.length; i++) {
     const e = m.balancer.pick(pickCtx, exclude) ??
       (tried && tried.size > 0 ? m.balancer.pick(pickCtx, refused) : undefined);
     if (!e) break;
-    let permit = 0;
     if (m.states[e.index]!.inFlight >= p.maxRequestsPerEndpoint) why ??= "limit";
-    else if (p.breaker && (permit = p.breaker.acquire(slotOf(p, e))) === 0) why = "breaker";
-    else return { endpoint: e, permit };
+    else {
+      const entered = enter(p.attemptLayers, e, signal);
+      if (Array.isArray(entered)) return { endpoint: e, tickets: entered };
+      why = entered;
+    }
     (refused ??= new Set()).add(e);
     exclude = new Set([...(tried ?? []), ...refused]);
-  }
-  if (why === "breaker") {
-    const wait = Math.min(...m.endpoints.map((e) => p.breaker!.retryAfterMs(slotOf(p, e))));
-    throw new ProxyError("breaker_open", `circuit breaker open for cluster ${name}`, {
-      headers: { "retry-after": String(Math.max(1, Math.ceil(wait / 1000))) },
-    });
   }
   if (why === "limit") {
     p.metrics.overflow("endpoint");
     throw new ProxyError("overflow", `every endpoint of ${name} is at its request limit`);
   }
+  if (why) throw why.refusal(m.endpoints, name);
   throw noEndpoint(name);
 }
 
-function slotOf(p: CallPolicy, e: Endpoint): number {
-  return p.breakerPerCluster ? 0 : e.slot;
+/** Enters every layer for `e`, outermost first; the refusing layer if one refuses. */
+function enter(
+  layers: readonly AttemptLayer[],
+  e: Endpoint,
+  signal: AbortSignal,
+): AttemptTicket[] | AttemptLayer {
+  const tickets: AttemptTicket[] = [];
+  let s = signal;
+  for (const layer of layers) {
+    const t = layer.enter(e, s);
+    if (!t) {
+      // Undo the layers already entered: no attempt was made.
+      for (let i = tickets.length - 1; i >= 0; i--) {
+        tickets[i]!.answered?.();
+        tickets[i]!.settle?.("none");
+      }
+      return layer;
+    }
+    tickets.push(t);
+    s = t.signal ?? s;
+  }
+  return tickets;
 }
 
 /** The error raised when no endpoint can be chosen. */
 export function noEndpoint(cluster: string): ProxyError {
   return new ProxyError("no_healthy_upstream", `cluster ${cluster} has no endpoint to send to`);
-}
-
-/**
- * A per-attempt signal: aborts with the call's signal, or when the per-try timeout passes
- * (until the attempt has its answer). It keeps following the call's signal after that, since
- * the answer's body may still be streaming on it.
- */
-function perTry(parent: AbortSignal, p: CallPolicy, endpoint: Endpoint) {
-  if (!(p.perTryTimeoutMs > 0)) return { signal: parent, done() {} };
-  const ctl = new AbortController();
-  const follow = () => ctl.abort(parent.reason);
-  if (parent.aborted) follow();
-  else parent.addEventListener("abort", follow, { once: true });
-  let d: { cancel(): void } | undefined = p.deadlines.arm(p.perTryTimeoutMs, () =>
-    ctl.abort(
-      new TimeoutReason(
-        `no response from ${endpoint.origin} within ${p.perTryTimeoutMs} ms (per try)`,
-      ),
-    ));
-  return {
-    signal: ctl.signal,
-    done() {
-      d?.cancel();
-      d = undefined;
-    },
-  };
 }
 
 /**

@@ -19,6 +19,8 @@ import { DeadlineQueue } from "../policy/deadlines.ts";
 import { BreakerStore } from "../policy/circuit_breaker.ts";
 import { RetryBudget, type RetryOn, retryPolicy } from "../policy/retry.ts";
 import { FerryMetrics } from "../observability/metrics.ts";
+import { attemptLayers } from "../pipeline/route_chain.ts";
+import { breakerLayer, perTryTimeoutLayer } from "../policy/attempt_layers.ts";
 import { ProxyError } from "../server/errors.ts";
 import type { Outcome } from "./health/outlier.ts";
 
@@ -68,9 +70,12 @@ function setup(o: {
     },
     maxRequests: o.maxRequests ?? Infinity,
     maxRequestsPerEndpoint: Infinity,
-    breaker: o.breaker,
-    breakerPerCluster: false,
-    perTryTimeoutMs: o.perTryTimeoutMs ?? 0,
+    attemptLayers: attemptLayers({
+      breaker: o.breaker && breakerLayer(o.breaker, false),
+      perTryTimeout: o.perTryTimeoutMs
+        ? perTryTimeoutLayer(o.perTryTimeoutMs, clock.deadlines)
+        : undefined,
+    }),
     retry: retryPolicy({
       retries: o.retries ?? 2,
       retry_on: o.retryOn ?? ["connect-failure", "reset", "gateway-error", "unavailable"],
