@@ -176,16 +176,15 @@ export class GrpcListener {
       const clientIp = peerTrusted
         ? snap.trust.clientIp(peerIp, headerValue(fields, "x-forwarded-for") ?? null)
         : peerIp;
+      // Named before the layers run, so a refused call is counted under its route and cluster.
       rec.route = route.name;
-      const admitted = admitCall(
-        route.layers,
-        callFacts(fields, rawPath, clientIp, identity),
-        { listener: name, route: route.name },
-      );
+      rec.cluster = route.grpc.cluster.name;
+      const facts = callFacts(fields, rawPath, clientIp, identity);
+      const admitted = admitCall(route.layers, facts, { listener: name, route: route.name });
       if (admitted) await admitted;
       await proxyCall(ds, fields, route.grpc, {
         peerIp,
-        clientIp,
+        facts,
         peerTrusted,
         scheme: plan?.tls ? "https" : "http",
         requestId,

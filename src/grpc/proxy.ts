@@ -87,8 +87,11 @@ export interface CallContext {
   readonly peerIp: string;
   /** The peer is in `server.trusted_proxies`: its X-Forwarded-* (and XFCC) are kept. */
   readonly peerTrusted: boolean;
-  /** The client address Ferry believes (the peer, or a trusted proxy's X-Forwarded-For). */
-  readonly clientIp?: string;
+  /**
+   * The call as the route's layers saw it (normalised path, the client address Ferry believes):
+   * what the cluster's hash key reads. Without it, the raw path and the peer address.
+   */
+  readonly facts?: CallFacts;
   /** The listener's scheme (`https` with TLS), for X-Forwarded-Proto. */
   readonly scheme: "http" | "https";
   readonly requestId: string;
@@ -247,16 +250,7 @@ export async function proxyCall(
     }
   };
 
-  const rawPath = headerValue(fields, ":path") ?? "/";
-  const q = rawPath.indexOf("?");
-  const hashKey = cluster.hashKey?.(
-    grpcCallFacts(
-      fields,
-      q < 0 ? rawPath : rawPath.slice(0, q),
-      ctx.clientIp ?? ctx.peerIp,
-      ctx.identity,
-    ),
-  );
+  const hashKey = cluster.hashKey?.(ctx.facts ?? rawFacts(fields, ctx));
   // Set once the client has its answer from an attempt (headers, or a reset mid-stream).
   let answered = false;
   const clientGone = () => new ProxyError("client_closed", "the client cancelled the call");
@@ -384,6 +378,12 @@ export async function proxyCall(
     headersTimer?.cancel();
     void pump;
   }
+}
+
+function rawFacts(fields: readonly HeaderField[], ctx: CallContext): CallFacts {
+  const rawPath = headerValue(fields, ":path") ?? "/";
+  const q = rawPath.indexOf("?");
+  return grpcCallFacts(fields, q < 0 ? rawPath : rawPath.slice(0, q), ctx.peerIp, ctx.identity);
 }
 
 function upstreamError(err: unknown, endpoint: Endpoint): ProxyError {
