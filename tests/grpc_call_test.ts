@@ -201,3 +201,34 @@ Deno.test("grpc: per_try_timeout resets a slow attempt upstream and retries it",
     await server.stop();
   }
 });
+
+Deno.test("grpc: x-request-id follows server.request_id as on HTTP (one picker)", async () => {
+  const server = await startEchoServer();
+  const seenId = async (policy: string) => {
+    const ferry = startFerry(
+      `server: { request_id: ${policy} }\n` + grpcEchoConfig(),
+      { PORT: String(server.port) },
+    );
+    const client = echoClient(ferry.port);
+    try {
+      const md = new grpc.Metadata();
+      md.set("x-request-id", "client-id-42");
+      const r = await unary(client, Buffer.from("hi"), { metadata: md });
+      assert.equal(r.error, undefined);
+      return r.headers?.get("seen-x-request-id")[0]?.toString();
+    } finally {
+      client.close();
+      await ferry.close();
+    }
+  };
+  try {
+    assert.equal(await seenId("always"), "client-id-42");
+    // An untrusted peer's id is replaced by a fresh one (the default policy is `trusted`).
+    const fresh = await seenId("trusted");
+    assert.notEqual(fresh, "client-id-42");
+    assert.match(fresh ?? "", /^[0-9a-f-]{36}$/);
+    assert.notEqual(await seenId("never"), "client-id-42");
+  } finally {
+    await server.stop();
+  }
+});
