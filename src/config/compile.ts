@@ -3,7 +3,9 @@
  * their pools, every route's handler chain composed. Requests read one snapshot and keep it.
  */
 import type { FerryConfig, RouteConfig } from "./schema.ts";
-import { compose, type Handler, type Middleware } from "../pipeline/types.ts";
+import type { Handler, Middleware, PolicyLayer } from "../pipeline/types.ts";
+import { attemptLayers, httpChain, routeLayers } from "../pipeline/route_chain.ts";
+import { breakerLayer, perTryTimeoutLayer } from "../policy/attempt_layers.ts";
 import { compileRouteRegex } from "../routing/regex.ts";
 import { RouteCompileError, Router } from "../routing/router.ts";
 import { buildCluster, type Cluster, staticEndpoints } from "../upstream/cluster.ts";
@@ -23,7 +25,7 @@ import { AccessLog, LineWriter, openSink } from "../observability/access_log.ts"
 import type { BreakerConfigSchema } from "./schema.ts";
 import { type ClusterRecorder, FerryMetrics } from "../observability/metrics.ts";
 import type { GrpcRoute } from "../grpc/proxy.ts";
-import { RETRIABLE_GRPC } from "../grpc/status.ts";
+import { retryPolicy } from "../policy/retry.ts";
 import { authorization, type AuthzPolicy, compilePolicy, RouteAuthz } from "../policy/authz.ts";
 import { JwtProvider } from "../policy/jwt.ts";
 import type { UpstreamTls } from "../upstream/upstream_tls.ts";
@@ -45,6 +47,8 @@ export interface CompiledRoute {
   readonly grpc?: GrpcRoute;
   /** The route's authorization (its own policy, or its listeners'); absent when none applies. */
   readonly authz?: RouteAuthz;
+  /** The route's policy layers (authorization, fault, rate limits), run by HTTP and gRPC alike. */
+  readonly layers: readonly PolicyLayer[];
 }
 
 export interface ListenerPlan {
@@ -873,30 +877,27 @@ function compileRoute(
   clusters: ReadonlyMap<string, Cluster>,
   policies: RoutePolicies,
 ): CompiledRoute {
-  // Route policies, outermost first: authorization (a refused caller spends no rate-limit token
-  // and sees no injected fault), extension middleware, fault injection (chaos), then rate limits.
-  const middleware: Middleware[] = [];
+  // The route's policy layers, in the order src/pipeline/route_chain.ts (and design.md) draws.
   const authz = routeAuthz(r, i, cfg, policies);
-  if (authz) middleware.push(authorization(authz));
+  const layers = routeLayers({
+    authorization: authz && authorization(authz),
+    fault: r.fault && faultInjection(r.fault),
+    rateLimit: r.rate_limit && rateLimitLayer(r, policies),
+  });
+  // Extension middleware (config `middleware:` / mod.ts) run inside authorization, before fault
+  // injection and rate limits; gRPC calls do not run them (HTTP middleware).
   const extension = policies.extensions?.forRoute(i, policies.metrics);
-  if (extension) middleware.push(extension);
-  if (r.fault) middleware.push(faultInjection(r.fault));
-  if (r.rate_limit) {
-    const limiters = r.rate_limit.map((n) => policies.limiters.get(n)!);
-    const onLimited = limiters.map((l) =>
-      policies.metrics.rateLimitRecorder(r.name, l.name, l.scope)
-    );
-    middleware.push(rateLimit(limiters, onLimited));
-  }
+  const chain = (terminal: Handler) => httpChain(layers, terminal, extension);
   if (r.direct_response) {
     const d = r.direct_response;
     return freezeRoute(
       r.name,
       "direct_response",
       undefined,
-      compose(middleware, directResponse(d)),
+      chain(directResponse(d)),
       undefined,
       authz,
+      layers,
     );
   }
   if (r.redirect) {
@@ -904,9 +905,10 @@ function compileRoute(
       r.name,
       "redirect",
       undefined,
-      compose(middleware, redirectResponse(r.redirect, r.match.path)),
+      chain(redirectResponse(r.redirect, r.match.path)),
       undefined,
       authz,
+      layers,
     );
   }
   const cluster = clusters.get(r.cluster!);
@@ -927,45 +929,24 @@ function compileRoute(
     cluster,
     timeoutMs: r.timeout,
     deadlines: policies.deadlines,
-    breaker,
-    breakerPerCluster,
+    // The per-attempt layers, in the order src/pipeline/route_chain.ts draws.
+    attemptLayers: attemptLayers({
+      breaker: breaker && breakerLayer(breaker, breakerPerCluster),
+      perTryTimeout: r.per_try_timeout > 0
+        ? perTryTimeoutLayer(r.per_try_timeout, policies.deadlines)
+        : undefined,
+    }),
     maxRequests: clusterCfg.limits?.max_requests ?? Number.POSITIVE_INFINITY,
     maxRequestsPerEndpoint: clusterCfg.limits?.max_requests_per_endpoint ??
       Number.POSITIVE_INFINITY,
     metrics: policies.clusterMetrics.get(cluster.name)!,
+    // One policy shape for both: it names HTTP and gRPC statuses.
+    retry: r.retry && retryPolicy(r.retry),
   };
-  const grpc: GrpcRoute = Object.freeze({
-    ...common,
-    name: r.name,
-    retry: r.retry && {
-      retries: r.retry.retries,
-      statuses: new Set(r.retry.retry_on.flatMap((o) => {
-        const code = RETRIABLE_GRPC[o];
-        return code === undefined ? [] : [code];
-      })),
-      connectFailure: ["connect-failure", "gateway-error", "5xx"].some((o) =>
-        r.retry!.retry_on.includes(o as never)
-      ),
-      reset: ["reset", "gateway-error", "5xx"].some((o) => r.retry!.retry_on.includes(o as never)),
-      maxBodyBytes: r.retry.max_body_bytes,
-      baseMs: r.retry.backoff.base,
-      maxMs: r.retry.backoff.max,
-    },
-  });
+  const grpc: GrpcRoute = Object.freeze({ ...common, name: r.name });
   const terminal = forwardTo({
     ...common,
-    perTryTimeoutMs: r.per_try_timeout,
     idleTimeoutMs: r.idle_timeout,
-    retry: r.retry && {
-      retries: r.retry.retries,
-      retryOn: new Set(r.retry.retry_on),
-      statuses: new Set(r.retry.statuses),
-      baseMs: r.retry.backoff.base,
-      maxMs: r.retry.backoff.max,
-      nonIdempotent: r.retry.non_idempotent,
-      maxBodyBytes: r.retry.max_body_bytes,
-      maxRetryAfterMs: r.retry.max_retry_after,
-    },
     rewritePath: compileRewrite(r, i),
     hostRewrite: r.rewrite?.host,
     requestEdits: compileEdits(r.request_headers),
@@ -976,7 +957,24 @@ function compileRoute(
     websocketMaxMessageBytes: cfg.server.websocket_max_message_bytes,
     via: cfg.server.via,
   });
-  return freezeRoute(r.name, "cluster", cluster.name, compose(middleware, terminal), grpc, authz);
+  return freezeRoute(
+    r.name,
+    "cluster",
+    cluster.name,
+    chain(terminal),
+    grpc,
+    authz,
+    layers,
+  );
+}
+
+/** The route's rate limits as one layer (named limiters are shared across routes). */
+function rateLimitLayer(r: RouteConfig, policies: RoutePolicies): PolicyLayer {
+  const limiters = r.rate_limit!.map((n) => policies.limiters.get(n)!);
+  const onLimited = limiters.map((l) =>
+    policies.metrics.rateLimitRecorder(r.name, l.name, l.scope)
+  );
+  return rateLimit(limiters, onLimited);
 }
 
 /**
@@ -1018,12 +1016,14 @@ function freezeRoute(
   handler: Handler,
   grpc?: GrpcRoute,
   authz?: RouteAuthz,
+  layers: readonly PolicyLayer[] = [],
 ): CompiledRoute {
   return Object.freeze({
     name,
     kind,
     cluster,
     handler,
+    layers,
     ...(grpc ? { grpc } : {}),
     ...(authz ? { authz } : {}),
   });

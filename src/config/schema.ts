@@ -336,6 +336,8 @@ export const RouteSchema = z.strictObject({
     delay: z.strictObject({ duration, percent: z.number().min(0).max(100) }).optional(),
     abort: z.strictObject({
       status: z.number().int().min(400).max(599).default(503),
+      /** What a gRPC call gets instead; default the error table's UNAVAILABLE (14). */
+      grpc_status: z.number().int().min(1).max(16).optional(),
       percent: z.number().min(0).max(100),
     }).optional(),
   }).optional(),

@@ -11,8 +11,9 @@ import type { H2Stream } from "../h2/stream.ts";
 import type { Logger } from "../observability/log.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { ProxyError } from "../server/errors.ts";
-import type { AuthzInput } from "../policy/authz.ts";
-import type { ClientIdentity } from "../pipeline/types.ts";
+import { pickRequestId } from "../server/request_id.ts";
+import type { CallFacts, ClientIdentity } from "../pipeline/types.ts";
+import { admitCall } from "../pipeline/route_chain.ts";
 import { TlsListener } from "../server/node_tls.ts";
 import type { ListenerTls } from "../server/tls_material.ts";
 import {
@@ -21,10 +22,8 @@ import {
   ConnectionAdmission,
   type ConnectionCaps,
 } from "../server/admission.ts";
-import { answerError, type GrpcCallRecord, proxyCall } from "./proxy.ts";
+import { answerError, grpcCallFacts, type GrpcCallRecord, proxyCall } from "./proxy.ts";
 import { GrpcStatus } from "./status.ts";
-
-const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 
 export interface GrpcListenerOptions {
   /** `server.max_connections` / `max_connections_per_ip`, read at every accept. */
@@ -152,12 +151,11 @@ export class GrpcListener {
     const plan = snap.listeners.get(name);
     const fields = await ds.headers;
     const startedAt = performance.now();
-    const incomingId = headerValue(fields, "x-request-id");
-    const requestId = incomingId !== undefined && REQUEST_ID.test(incomingId) &&
-        (snap.requestIdPolicy === "always" ||
-          (snap.requestIdPolicy === "trusted" && snap.trust.has(peerIp)))
-      ? incomingId
-      : crypto.randomUUID();
+    const requestId = pickRequestId(
+      headerValue(fields, "x-request-id"),
+      snap.requestIdPolicy,
+      snap.trust.has(peerIp),
+    );
     const rec: GrpcCallRecord = { attempts: 0, flag: "-" };
     const rawPath = headerValue(fields, ":path") ?? "/";
     try {
@@ -165,13 +163,23 @@ export class GrpcListener {
       if (!route?.grpc) {
         throw new ProxyError("no_route", `no gRPC route for ${rawPath}`);
       }
-      // Authorization answers PERMISSION_DENIED / UNAUTHENTICATED from the same error table.
-      if (route.authz) {
-        await route.authz.check(name, authzInput(fields, rawPath, peerIp, identity));
-      }
+      // The route's policy layers, as on HTTP: authorization (PERMISSION_DENIED /
+      // UNAUTHENTICATED), fault injection, rate limits (RESOURCE_EXHAUSTED), each answered from
+      // the one error table.
+      const peerTrusted = snap.trust.has(peerIp);
+      const clientIp = peerTrusted
+        ? snap.trust.clientIp(peerIp, headerValue(fields, "x-forwarded-for") ?? null)
+        : peerIp;
+      // Named before the layers run, so a refused call is counted under its route and cluster.
+      rec.route = route.name;
+      rec.cluster = route.grpc.cluster.name;
+      const facts = callFacts(fields, rawPath, clientIp, identity);
+      const admitted = admitCall(route.layers, facts, { listener: name, route: route.name });
+      if (admitted) await admitted;
       await proxyCall(ds, fields, route.grpc, {
         peerIp,
-        peerTrusted: snap.trust.has(peerIp),
+        facts,
+        peerTrusted,
         scheme: plan?.tls ? "https" : "http",
         requestId,
         identity,
@@ -259,20 +267,14 @@ function matchRoute(
   });
 }
 
-/** A call as authorization policies see it. */
-function authzInput(
+/** A call as the route's policy layers and the hash key see it (path normalised). */
+function callFacts(
   fields: readonly HeaderField[],
   rawPath: string,
-  peerIp: string,
+  clientIp: string,
   identity: ClientIdentity | undefined,
-): AuthzInput {
+): CallFacts {
   const q = rawPath.indexOf("?");
   const path = normalizePath(q < 0 ? rawPath : rawPath.slice(0, q));
-  return {
-    method: headerValue(fields, ":method") ?? "POST",
-    path: path.ok ? path.path : rawPath,
-    header: (name) => headerValue(fields, name),
-    clientIp: peerIp,
-    identity,
-  };
+  return grpcCallFacts(fields, path.ok ? path.path : rawPath, clientIp, identity);
 }

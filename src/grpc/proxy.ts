@@ -13,49 +13,34 @@ import type { H2Stream } from "../h2/stream.ts";
 import { StreamReset } from "../h2/stream.ts";
 import { ProxyError } from "../server/errors.ts";
 import { forwardedHeaders } from "../server/trust.ts";
-import type { Cluster, Endpoint, Members } from "../upstream/cluster.ts";
-import type { BreakerStore } from "../policy/circuit_breaker.ts";
-import type { DeadlineQueue } from "../policy/deadlines.ts";
-import type { ClusterRecorder } from "../observability/metrics.ts";
-import { outcomeOfError, outcomeOfStatus } from "../upstream/health/outlier.ts";
+import type { Cluster, Endpoint } from "../upstream/cluster.ts";
+import {
+  type AttemptContext,
+  type AttemptOutcome,
+  type CallPolicy,
+  runCall,
+} from "../upstream/call.ts";
+import { ClientGoneReason, TimeoutReason } from "../upstream/transport.ts";
+import { replayBytes } from "../policy/retry.ts";
 import { xfccElement } from "../upstream/forward.ts";
-import type { ClientIdentity } from "../pipeline/types.ts";
+import type { CallFacts, ClientIdentity } from "../pipeline/types.ts";
 import {
   formatGrpcTimeout,
   GrpcStatus,
   grpcStatusOfHttp,
-  outcomeOfGrpcStatus,
   parseGrpcTimeout,
   trailersOnly,
 } from "./status.ts";
 
-/** A cluster route's settings as the gRPC path needs them (compiled once per snapshot). */
-export interface GrpcRoute {
+/**
+ * A cluster route's settings as the gRPC path needs them (compiled once per snapshot): the
+ * cluster call's (src/upstream/call.ts), the same object shape the HTTP path uses.
+ */
+export interface GrpcRoute extends CallPolicy {
   readonly name: string;
   readonly cluster: Cluster;
   /** Caps the client's deadline; when the client sends none, bounds the wait for headers. */
   readonly timeoutMs: number;
-  readonly retry: GrpcRetry | undefined;
-  readonly breaker: BreakerStore | undefined;
-  readonly breakerPerCluster: boolean;
-  /** Cluster `limits`: calls in flight on the cluster, and per endpoint (Infinity: none). */
-  readonly maxRequests: number;
-  readonly maxRequestsPerEndpoint: number;
-  /** The snapshot's shared deadline queue (carried across reloads). */
-  readonly deadlines: DeadlineQueue;
-  /** Upstream attempts, retries and budget refusals (the cluster's metrics). */
-  readonly metrics: ClusterRecorder;
-}
-
-export interface GrpcRetry {
-  readonly retries: number;
-  /** gRPC statuses retried when the upstream answers trailers-only with them. */
-  readonly statuses: ReadonlySet<number>;
-  readonly connectFailure: boolean;
-  readonly reset: boolean;
-  readonly maxBodyBytes: number;
-  readonly baseMs: number;
-  readonly maxMs: number;
 }
 
 /** What one call did, for the access log. */
@@ -102,6 +87,11 @@ export interface CallContext {
   readonly peerIp: string;
   /** The peer is in `server.trusted_proxies`: its X-Forwarded-* (and XFCC) are kept. */
   readonly peerTrusted: boolean;
+  /**
+   * The call as the route's layers saw it (normalised path, the client address Ferry believes):
+   * what the cluster's hash key reads. Without it, the raw path and the peer address.
+   */
+  readonly facts?: CallFacts;
   /** The listener's scheme (`https` with TLS), for X-Forwarded-Proto. */
   readonly scheme: "http" | "https";
   readonly requestId: string;
@@ -109,6 +99,22 @@ export interface CallContext {
   readonly identity?: ClientIdentity | undefined;
   /** The header for the identity upstream; default `x-forwarded-client-cert`. */
   readonly clientCertHeader?: string;
+}
+
+/** What a hash key and the route's policy layers read of a gRPC call. */
+export function grpcCallFacts(
+  fields: readonly HeaderField[],
+  path: string,
+  clientIp: string,
+  identity: ClientIdentity | undefined,
+): CallFacts {
+  return {
+    method: headerValue(fields, ":method") ?? "POST",
+    path,
+    header: (name) => headerValue(fields, name),
+    clientIp,
+    identity,
+  };
 }
 
 /**
@@ -125,13 +131,6 @@ export async function proxyCall(
   const cluster = route.cluster;
   rec.route = route.name;
   rec.cluster = cluster.name;
-  // The cluster's max_requests, counted as on the HTTP path (calls in flight on the cluster,
-  // HTTP requests included): overflow is answered at once, UNAVAILABLE as Envoy does.
-  if (cluster.retryBudget.active >= route.maxRequests) {
-    route.metrics.overflow("cluster");
-    const reason = `cluster ${cluster.name} has ${route.maxRequests} calls in flight`;
-    return answerError(ds, new ProxyError("overflow", reason), rec);
-  }
   const clientMs = parseGrpcTimeout(headerValue(fields, "grpc-timeout"));
   const callMs = clientMs === undefined
     ? undefined
@@ -140,7 +139,9 @@ export async function proxyCall(
     : clientMs;
   const startedAt = performance.now();
 
-  // One abort for the call: client reset, deadline, or headers timeout.
+  // One abort for the call: client reset, deadline, or headers timeout. It also ends a retry
+  // backoff at once (src/upstream/call.ts), so a cancelled call frees its cluster slot.
+  const callCtl = new AbortController();
   let expired: ProxyError | undefined;
   let upstream: H2Stream | undefined;
   const expire = (pe: ProxyError) => {
@@ -149,6 +150,7 @@ export async function proxyCall(
     upstream?.reset(ErrorCode.CANCEL);
     answerError(ds, pe, rec);
     if (!ds.isClosed) ds.reset(ErrorCode.CANCEL);
+    callCtl.abort(pe);
   };
   // Deadlines on the shared queue (one interval for all calls), not a setTimeout per call.
   const deadlines = route.deadlines;
@@ -171,14 +173,15 @@ export async function proxyCall(
     }
     // Reset either way (also when the client provoked our reset): nobody reads the answer.
     upstream?.reset(ErrorCode.CANCEL);
+    callCtl.abort(new ClientGoneReason("the client cancelled the call"));
   });
 
   // The request messages go to the current attempt's stream (`sink`) as they come, one write at
   // a time so flow control pushes back on the client. Before a sink is attached they wait in
-  // `pending` (at most ~1 MiB, then the client is paused); up to `maxBodyBytes` are also kept
-  // so a retry can send them again. The client gets flow-control credit back only for bytes
-  // forwarded (or dropped), never for bytes merely pending: so what a connection's waiting calls
-  // hold is bounded by its connection window, not by 1 MiB per call.
+  // `pending` (at most ~1 MiB, then the client is paused); up to `max_body_bytes` are also kept
+  // (within the process-wide replay bound) so a retry can send them again. The client gets
+  // flow-control credit back only for bytes forwarded (or dropped), never for bytes merely
+  // pending: so what a connection's waiting calls hold is bounded by its connection window.
   const retry = route.retry;
   const kept: Uint8Array[] | undefined = retry && retry.retries > 0 ? [] : undefined;
   let keptBytes = 0;
@@ -200,9 +203,13 @@ export async function proxyCall(
           continue;
         }
         if (kept && !keepOverflow) {
-          keptBytes += chunk.length;
-          if (keptBytes > retry!.maxBodyBytes) keepOverflow = true;
-          else kept.push(chunk);
+          if (
+            keptBytes + chunk.length > retry!.maxBodyBytes || !replayBytes.tryHold(chunk.length)
+          ) keepOverflow = true;
+          else {
+            keptBytes += chunk.length;
+            kept.push(chunk);
+          }
         }
         if (sink) {
           await sink.write(chunk).catch(() => {});
@@ -243,151 +250,121 @@ export async function proxyCall(
     }
   };
 
-  const tried = new Set<Endpoint>();
-  // One membership for the whole call, even if DNS or a reload changes it meanwhile.
-  const members = cluster.members;
-  const budget = cluster.retryBudget;
-  // Active calls size the retry budget (a percentage of them), as on the HTTP path.
-  budget.active++;
-  // A retry slot taken for the next attempt is held until that attempt has its answer.
-  let holdingRetry = false;
-  const takeRetry = (): boolean => {
-    if (budget.tryAcquire()) {
-      route.metrics.retry();
-      return (holdingRetry = true);
-    }
-    route.metrics.budgetExhausted();
-    rec.flag = "URX";
-    return false;
-  };
-  try {
-    for (let attempt = 0;; attempt++) {
-      let retrySlot = holdingRetry;
-      holdingRetry = false;
-      const releaseRetry = () => {
-        if (retrySlot) budget.release();
-        retrySlot = false;
-      };
-      if (expired) {
-        releaseRetry();
-        return;
-      }
-      let endpoint: Endpoint, permit: number;
-      try {
-        ({ endpoint, permit } = admit(route, members, tried));
-      } catch (err) {
-        releaseRetry();
-        throw err;
-      }
-      tried.add(endpoint);
-      rec.endpoint = endpoint.origin;
-      rec.attempts++;
-      const state = members.states[endpoint.index]!;
-      const slot = route.breakerPerCluster ? 0 : endpoint.slot;
-      const remaining = callMs === undefined ? undefined : callMs - (performance.now() - startedAt);
-      const out = upstreamFields(fields, endpoint, cluster, ctx, remaining);
-      state.inFlight++;
-      const sentAt = performance.now();
-      let outcome: ReturnType<typeof outcomeOfStatus> | undefined;
-      let retriable = false;
-      // What this attempt got, for the endpoint's metrics.
-      let attemptHttp = 0;
-      let attemptGrpc: number | undefined;
-      let attemptError = "internal";
-      try {
-        // The client may have gone (or been reset) meanwhile: then nothing goes upstream.
-        if (expired || ds.resetReason) return;
-        const us = await cluster.h2.request(endpoint, out, false);
-        upstream = us;
-        if (expired || ds.resetReason) return us.reset(ErrorCode.CANCEL);
-        const sending = attach(us, attempt > 0).catch(() => {});
+  const hashKey = cluster.hashKey?.(ctx.facts ?? rawFacts(fields, ctx));
+  // Set once the client has its answer from an attempt (headers, or a reset mid-stream).
+  let answered = false;
+  const clientGone = () => new ProxyError("client_closed", "the client cancelled the call");
 
-        const head = await us.headers;
-        headersTimer?.cancel();
-        releaseRetry();
-        rec.upstreamMs = performance.now() - sentAt;
-        const httpStatus = Number(headerValue(head, ":status"));
-        attemptHttp = httpStatus;
-        if (us.remoteEnded && headerValue(head, "grpc-status") !== undefined) {
-          // Trailers-only: the call's whole answer is in these headers.
-          const gs = Number(headerValue(head, "grpc-status"));
-          attemptGrpc = gs;
-          outcome = httpStatus === 200 ? outcomeOfGrpcStatus(gs) : outcomeOfStatus(httpStatus);
-          if (
-            retry && attempt < retry.retries && retry.statuses.has(gs) && !keepOverflow &&
-            !expired && takeRetry()
-          ) {
-            retriable = true;
-            sink = undefined;
-            us.reset(ErrorCode.CANCEL);
-            continue;
-          }
-          rec.grpcStatus = gs;
-          ds.sendHeaders(cleanHeaders(head), true);
-          return;
-        }
-        if (httpStatus !== 200) {
-          // Not a gRPC answer: say so in gRPC terms (the spec's HTTP-to-gRPC mapping).
-          outcome = outcomeOfStatus(httpStatus);
-          us.reset(ErrorCode.CANCEL);
-          rec.grpcStatus = grpcStatusOfHttp(httpStatus);
-          answer(ds, rec.grpcStatus, `upstream answered HTTP ${httpStatus}`);
-          return;
-        }
-        ds.sendHeaders(cleanHeaders(head), false);
-        for await (const chunk of us.body) await ds.write(chunk);
-        const trailers = await us.trailers;
-        const gs = trailers ? Number(headerValue(trailers, "grpc-status") ?? "2") : 2;
-        rec.grpcStatus = gs;
-        attemptGrpc = gs;
-        outcome = outcomeOfGrpcStatus(gs);
-        await ds.end(trailers ? cleanHeaders(trailers) : [["grpc-status", "2"]]);
-        await sending;
-        return;
-      } catch (err) {
-        if (expired) return;
-        const pe = upstreamError(err, endpoint);
-        attemptError = pe.kind;
-        if (ds.resetReason?.byPeer) {
-          // The client left: nothing to answer, nothing learnt about the endpoint.
-          upstream?.reset(ErrorCode.CANCEL);
-          return;
-        }
-        outcome = outcomeOfError(pe.kind);
-        const canRetry = retry && attempt < retry.retries && !keepOverflow && !ds.headersSent &&
-          (pe.kind === "upstream_connect_failure" ? retry.connectFailure : retry.reset);
-        if (canRetry && takeRetry()) {
-          sink = undefined;
-          retriable = true;
-          continue;
-        }
-        if (ds.headersSent) {
-          // Messages already went out: the honest signal is a reset, as the upstream did.
-          rec.grpcStatus = GrpcStatus.UNAVAILABLE;
-          rec.flag = pe.flag;
-          ds.reset(err instanceof StreamReset ? err.code : ErrorCode.INTERNAL_ERROR);
-          return;
-        }
-        answerError(ds, pe, rec);
-        return;
-      } finally {
-        releaseRetry();
-        state.inFlight--;
-        const seconds = (performance.now() - sentAt) / 1000;
-        const em = route.metrics.endpoint(endpoint);
-        if (attemptHttp !== 0) em.record(attemptHttp, seconds);
-        else em.failed(attemptError, seconds);
-        em.grpcAttempt(attemptGrpc);
-        if (outcome) {
-          members.health.record(endpoint.index, outcome);
-          if (outcome === "success") route.breaker?.onSuccess(slot, permit);
-          else route.breaker?.onFailure(slot, permit);
-        } else route.breaker?.release(slot, permit);
-        if (retriable && retry) await pause(backoff(retry, attempt));
+  /** One attempt: a stream to `endpoint`, the messages (replayed after the first), the answer. */
+  const attempt = async (
+    endpoint: Endpoint,
+    a: AttemptContext,
+  ): Promise<AttemptOutcome<() => void>> => {
+    // The client may have gone (or been reset) meanwhile: then nothing goes upstream.
+    if (expired || ds.resetReason) return { error: expired ?? clientGone(), repeatable: false };
+    const remaining = callMs === undefined ? undefined : callMs - (performance.now() - startedAt);
+    const out = upstreamFields(fields, endpoint, cluster, ctx, remaining);
+    const sentAt = performance.now();
+    let us: H2Stream | undefined;
+    // A per-try timeout (or the call's end) resets this attempt's stream.
+    const onAbort = () => us?.reset(ErrorCode.CANCEL);
+    a.signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      us = await cluster.h2.request(endpoint, out, false);
+      upstream = us;
+      if (expired || ds.resetReason) {
+        us.reset(ErrorCode.CANCEL);
+        return { error: expired ?? clientGone(), repeatable: false };
       }
+      if (a.signal.aborted) us.reset(ErrorCode.CANCEL);
+      const sending = attach(us, a.attempt > 0).catch(() => {});
+
+      const head = await us.headers;
+      headersTimer?.cancel();
+      a.answered();
+      rec.upstreamMs = performance.now() - sentAt;
+      const httpStatus = Number(headerValue(head, ":status"));
+      const stream = us;
+      const repeatable = !keepOverflow && !expired;
+      const discard = () => {
+        sink = undefined;
+        stream.reset(ErrorCode.CANCEL);
+      };
+      const gsField = headerValue(head, "grpc-status");
+      if (us.remoteEnded && gsField !== undefined) {
+        // Trailers-only: the call's whole answer is in these headers.
+        const gs = Number(gsField);
+        return {
+          value: () => {
+            rec.grpcStatus = gs;
+            ds.sendHeaders(cleanHeaders(head), true);
+          },
+          status: httpStatus,
+          grpcStatus: gs,
+          repeatable,
+          discard,
+        };
+      }
+      if (httpStatus !== 200) {
+        // Not a gRPC answer: say so in gRPC terms (the spec's HTTP-to-gRPC mapping).
+        return {
+          value: () => {
+            stream.reset(ErrorCode.CANCEL);
+            rec.grpcStatus = grpcStatusOfHttp(httpStatus);
+            answer(ds, rec.grpcStatus, `upstream answered HTTP ${httpStatus}`);
+          },
+          status: httpStatus,
+          repeatable,
+          discard,
+        };
+      }
+      answered = true;
+      ds.sendHeaders(cleanHeaders(head), false);
+      for await (const chunk of us.body) await ds.write(chunk);
+      const trailers = await us.trailers;
+      const gs = trailers ? Number(headerValue(trailers, "grpc-status") ?? "2") : 2;
+      rec.grpcStatus = gs;
+      await ds.end(trailers ? cleanHeaders(trailers) : [["grpc-status", "2"]]);
+      await sending;
+      return { value: () => {}, status: 200, grpcStatus: gs, repeatable: false };
+    } catch (err) {
+      if (expired) return { error: expired, repeatable: false };
+      // (Read again: the stream may have been reset while this attempt awaited.)
+      if ((ds.resetReason as { byPeer: boolean } | undefined)?.byPeer) {
+        // The client left: nothing to answer, nothing learnt about the endpoint.
+        us?.reset(ErrorCode.CANCEL);
+        return { error: clientGone(), repeatable: false };
+      }
+      const pe = a.signal.reason instanceof TimeoutReason
+        ? new ProxyError("upstream_timeout", a.signal.reason.message)
+        : upstreamError(err, endpoint);
+      if (ds.headersSent) {
+        // Messages already went out: the honest signal is a reset, as the upstream did.
+        answered = true;
+        rec.grpcStatus = GrpcStatus.UNAVAILABLE;
+        rec.flag = pe.flag;
+        ds.reset(err instanceof StreamReset ? err.code : ErrorCode.INTERNAL_ERROR);
+        return { error: pe, repeatable: false };
+      }
+      // Whatever this stream was sent is lost: a retry replays the kept messages.
+      sink = undefined;
+      return { error: pe, repeatable: !keepOverflow };
+    } finally {
+      a.signal.removeEventListener("abort", onAbort);
     }
+  };
+
+  try {
+    const finish = await runCall(route, {
+      hashKey,
+      retries: retry?.retries ?? 0,
+      signal: callCtl.signal,
+      grpc: true,
+      record: rec,
+    }, attempt);
+    if (!expired) finish();
   } catch (err) {
-    if (!expired) answerError(ds, err, rec);
+    if (!expired && !answered) answerError(ds, err, rec);
   } finally {
     // What is still pending will not be sent: its credit goes back, and the pump drops the rest.
     callOver = true;
@@ -396,20 +373,17 @@ export async function proxyCall(
     ds.release(ds.heldBytes);
     sinkAttached?.();
     sinkAttached = undefined;
-    budget.active--;
-    if (holdingRetry) budget.release();
+    if (keptBytes > 0) replayBytes.release(keptBytes);
     timer?.cancel();
     headersTimer?.cancel();
     void pump;
   }
 }
 
-function backoff(r: GrpcRetry, attempt: number): number {
-  return Math.floor(Math.random() * Math.min(r.maxMs, r.baseMs * 2 ** attempt));
-}
-
-function pause(ms: number): Promise<void> {
-  return ms <= 0 ? Promise.resolve() : new Promise((r) => setTimeout(r, ms));
+function rawFacts(fields: readonly HeaderField[], ctx: CallContext): CallFacts {
+  const rawPath = headerValue(fields, ":path") ?? "/";
+  const q = rawPath.indexOf("?");
+  return grpcCallFacts(fields, q < 0 ? rawPath : rawPath.slice(0, q), ctx.peerIp, ctx.identity);
 }
 
 function upstreamError(err: unknown, endpoint: Endpoint): ProxyError {
@@ -422,41 +396,6 @@ function upstreamError(err: unknown, endpoint: Endpoint): ProxyError {
     );
   }
   return new ProxyError("upstream_reset", `${endpoint.origin}: ${err}`, { cause: err });
-}
-
-/** Endpoint choice: balancer pick, not tried yet when possible, admitted by its breaker. */
-function admit(
-  route: GrpcRoute,
-  members: Members,
-  tried: ReadonlySet<Endpoint>,
-): { endpoint: Endpoint; permit: number } {
-  const cluster = route.cluster;
-  const refused = new Set<Endpoint>(tried);
-  let why: "breaker" | "limit" | undefined;
-  for (let i = 0; i <= members.endpoints.length; i++) {
-    const e = members.balancer.pick(undefined, refused) ??
-      (tried.size > 0 && refused.size === tried.size
-        ? members.balancer.pick(undefined)
-        : undefined);
-    if (!e) break;
-    refused.add(e);
-    if (members.states[e.index]!.inFlight >= route.maxRequestsPerEndpoint) {
-      why ??= "limit";
-      continue;
-    }
-    if (!route.breaker) return { endpoint: e, permit: 0 };
-    const permit = route.breaker.acquire(route.breakerPerCluster ? 0 : e.slot);
-    if (permit !== 0) return { endpoint: e, permit };
-    why = "breaker";
-  }
-  if (why === "breaker") {
-    throw new ProxyError("breaker_open", `circuit breaker open for cluster ${cluster.name}`);
-  }
-  if (why === "limit") {
-    route.metrics.overflow("endpoint");
-    throw new ProxyError("overflow", `every endpoint of ${cluster.name} is at its request limit`);
-  }
-  throw new ProxyError("no_healthy_upstream", `cluster ${cluster.name} has no endpoint to send to`);
 }
 
 /** Request headers for upstream: the client's, with authority, deadline and ids settled. */

@@ -4,7 +4,6 @@
  * itself. Which ProxyError kind becomes which status is in `src/server/errors.ts` (one table).
  */
 import type { HeaderField } from "../h2/hpack.ts";
-import type { Outcome } from "../upstream/health/outlier.ts";
 
 export const GrpcStatus = {
   OK: 0,
@@ -26,14 +25,8 @@ export const GrpcStatus = {
   UNAUTHENTICATED: 16,
 } as const;
 
-/** Names as used in retry_on (Envoy's spelling). */
-export const RETRIABLE_GRPC: Readonly<Record<string, number>> = {
-  "cancelled": GrpcStatus.CANCELLED,
-  "deadline-exceeded": GrpcStatus.DEADLINE_EXCEEDED,
-  "internal": GrpcStatus.INTERNAL,
-  "resource-exhausted": GrpcStatus.RESOURCE_EXHAUSTED,
-  "unavailable": GrpcStatus.UNAVAILABLE,
-};
+/** Names as used in retry_on (Envoy's spelling); the policy owns them (src/policy/retry.ts). */
+export { RETRIABLE_GRPC } from "../policy/retry.ts";
 
 const UNIT_MS: Readonly<Record<string, number>> = {
   H: 3_600_000,
@@ -86,24 +79,8 @@ export function trailersOnly(
   ];
 }
 
-/**
- * What a call's status says about the endpoint, for breakers and outlier detection: UNAVAILABLE
- * is a gateway failure, server-side failures (UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, DATA_LOSS)
- * count as 5xx; everything else is the application's answer and counts as success.
- */
-export function outcomeOfGrpcStatus(status: number): Outcome {
-  switch (status) {
-    case GrpcStatus.UNAVAILABLE:
-      return "gateway";
-    case GrpcStatus.UNKNOWN:
-    case GrpcStatus.DEADLINE_EXCEEDED:
-    case GrpcStatus.INTERNAL:
-    case GrpcStatus.DATA_LOSS:
-      return "5xx";
-    default:
-      return "success";
-  }
-}
+/** Moved next to the HTTP one (src/upstream/health/outlier.ts); kept here for callers. */
+export { outcomeOfGrpcStatus } from "../upstream/health/outlier.ts";
 
 /** gRPC status for an upstream HTTP status that is not 200 (the spec's HTTP-to-gRPC table). */
 export function grpcStatusOfHttp(status: number): number {

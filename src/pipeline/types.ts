@@ -42,6 +42,21 @@ export interface RequestContext {
 }
 
 /**
+ * What the protocol-neutral parts of the request path read of a call, HTTP or gRPC alike: the
+ * hash key of ring_hash / maglev, and the route's policy layers (authorization, rate limits).
+ */
+export interface CallFacts {
+  readonly method: string;
+  /** Normalised path, without the query. */
+  readonly path: string;
+  /** A request header (lower-case name); undefined when absent. */
+  header(name: string): string | undefined;
+  /** The client address Ferry believes (see RequestContext.clientIp). */
+  readonly clientIp: string;
+  readonly identity: ClientIdentity | undefined;
+}
+
+/**
  * Who a client certificate says the caller is: the SPIFFE ID from its URI SAN, else its first DNS
  * SAN, else its subject CN. Authorization rules match `id`, its prefix, or the trust domain.
  */
@@ -64,6 +79,57 @@ export interface RequestOutcome {
   upstreamMs?: number;
   /** Extra response flags for the access log, such as URX (the retry budget refused a retry). */
   flags?: string;
+}
+
+/**
+ * A route policy that runs before the cluster call, the same for HTTP and gRPC: it may delay the
+ * call, or refuse it by throwing a ProxyError (which each protocol answers from the one error
+ * table). Returns nothing when it decided at once, so the common path allocates no promise.
+ */
+export interface PolicyLayer {
+  readonly name: string;
+  admit(
+    call: CallFacts,
+    where: { readonly listener: string; readonly route: string },
+  ): void | Promise<void>;
+}
+
+/** Why a call's signal aborted: a deadline (route timeout, per-try timeout, idle body). */
+export class TimeoutReason extends Error {}
+/** Why a call's signal aborted: the client went away. */
+export class ClientGoneReason extends Error {}
+
+/** What an attempt layer knows of an endpoint: its breaker slot and its id. */
+export interface AttemptEndpoint {
+  readonly slot: number;
+  readonly origin: string;
+}
+
+/** What an attempt said about its endpoint: a success, a failure, or nothing (the client left). */
+export type AttemptVerdict = "success" | "failure" | "none";
+
+/**
+ * A route policy that acts on each attempt of a cluster call rather than on the request (the
+ * circuit breaker, the per-try timeout). The cluster call (src/upstream/call.ts) enters the
+ * route's attempt layers, outermost first, for the endpoint it picked; a layer may refuse that
+ * endpoint (the call then tries another), hand the attempt a signal of its own, and learn the
+ * attempt's verdict.
+ */
+export interface AttemptLayer {
+  readonly name: string;
+  /** A ticket for an attempt on `endpoint`, or undefined to refuse the endpoint. */
+  enter(endpoint: AttemptEndpoint, signal: AbortSignal): AttemptTicket | undefined;
+  /** The error when this layer refused every endpoint there was. */
+  refusal(endpoints: readonly AttemptEndpoint[], cluster: string): ProxyError;
+}
+
+export interface AttemptTicket {
+  /** The signal the attempt runs on from here in; default the one the layer was given. */
+  readonly signal?: AbortSignal;
+  /** The attempt has its answer (response headers). */
+  answered?(): void;
+  /** Called once, when the attempt is over (or was never made). */
+  settle?(verdict: AttemptVerdict): void;
 }
 
 export type Handler = (req: Request, ctx: RequestContext) => Promise<Response>;

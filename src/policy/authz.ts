@@ -12,7 +12,7 @@ import type {
   PathMatchConfig,
   StringMatchConfig,
 } from "../config/schema.ts";
-import type { ClientIdentity, Middleware } from "../pipeline/types.ts";
+import type { ClientIdentity, PolicyLayer } from "../pipeline/types.ts";
 import { compileRouteRegex, type RouteRegex } from "../routing/regex.ts";
 import { ProxyError } from "../server/errors.ts";
 import { TrustedProxies } from "../server/trust.ts";
@@ -256,17 +256,7 @@ export function refusal(d: AuthzDecision): ProxyError {
   return new ProxyError("access_denied", `access denied by ${d.reason}`);
 }
 
-/** The HTTP side: runs before the route's other policies (rate limits, faults). */
-export function authorization(authz: RouteAuthz): Middleware {
-  return (next) =>
-    async function authorized(req, ctx) {
-      await authz.check(ctx.listener, {
-        method: req.method,
-        path: ctx.path,
-        header: (name) => req.headers.get(name) ?? undefined,
-        clientIp: ctx.clientIp,
-        identity: ctx.identity,
-      });
-      return next(req, ctx);
-    };
+/** Authorization as a route layer: runs first, before rate limits and faults (HTTP and gRPC). */
+export function authorization(authz: RouteAuthz): PolicyLayer {
+  return { name: "authorization", admit: (call, where) => authz.check(where.listener, call) };
 }

@@ -1,9 +1,11 @@
 /**
- * Route middleware built from policy config: rate limiting and fault injection. Each is a factory
- * returning a named handler, composed once per snapshot (src/config/compile.ts).
+ * Route policy layers built from config: rate limiting and fault injection (authorization is in
+ * authz.ts). Each is a named factory returning a `PolicyLayer`, which reads only `CallFacts` and
+ * so runs the same for HTTP requests and gRPC calls; src/pipeline/route_chain.ts composes them
+ * per route, in the order docs/design.md draws.
  */
 import type { RateLimitConfig, RouteConfig } from "../config/schema.ts";
-import type { Middleware, RequestContext } from "../pipeline/types.ts";
+import type { CallFacts, PolicyLayer } from "../pipeline/types.ts";
 import { ProxyError } from "../server/errors.ts";
 import { KeyedTokenBuckets, type RateDecision, TokenBucketStore } from "./token_bucket.ts";
 import { RedisLeaseBackend, type SharedLimiterDeps, SharedRateLimit } from "./redis_limiter.ts";
@@ -15,12 +17,7 @@ export interface Limiter {
   /** The policy, as sent in RateLimit-Policy: quota = burst, window = time to refill it. */
   readonly policyHeader: string;
   /** A promise only when a shared limiter must ask its store (src/policy/redis_limiter.ts). */
-  take(
-    req: Request,
-    clientIp: string,
-    route: string,
-    at: number,
-  ): RateDecision | Promise<RateDecision>;
+  take(call: CallFacts, route: string, at: number): RateDecision | Promise<RateDecision>;
   /** Releases what the limiter holds (a Redis connection); called when a reload drops it. */
   close?(): void;
 }
@@ -54,13 +51,13 @@ export function compileLimiters(
       close = () => limit.close();
     }
     let take: Limiter["take"];
-    if (c.scope === "global") take = (_req, _ip, _route, at) => keyed("", at);
-    else if (c.scope === "client_ip") take = (_req, ip, _route, at) => keyed(ip, at);
-    else if (c.scope === "route") take = (_req, _ip, route, at) => keyed(route, at);
+    if (c.scope === "global") take = (_call, _route, at) => keyed("", at);
+    else if (c.scope === "client_ip") take = (call, _route, at) => keyed(call.clientIp, at);
+    else if (c.scope === "route") take = (_call, route, at) => keyed(route, at);
     else {
       const header = c.header!.toLowerCase();
       // Requests without the header share one bucket, so leaving it out is no way around it.
-      take = (req, _ip, _route, at) => keyed(req.headers.get(header) ?? "", at);
+      take = (call, _route, at) => keyed(call.header(header) ?? "", at);
     }
     out.set(
       c.name,
@@ -76,68 +73,69 @@ export function compileLimiters(
   return out;
 }
 
-/** 429 with Retry-After and draft-ietf-httpapi-ratelimit-headers fields when a bucket is empty. */
+/**
+ * 429 with Retry-After and draft-ietf-httpapi-ratelimit-headers fields when a bucket is empty
+ * (RESOURCE_EXHAUSTED on gRPC, from the same error table row).
+ */
 export function rateLimit(
   limiters: readonly Limiter[],
   /** Called with the same index as the limiter that refused (metrics). */
   onLimited?: readonly (() => void)[],
-): Middleware {
-  return (next) => {
-    /** Checks limiters from `from` on; a shared limiter that must wait continues asynchronously. */
-    async function waited(
-      pending: Promise<RateDecision>,
-      i: number,
-      req: Request,
-      ctx: RequestContext,
-    ): Promise<Response> {
-      check(await pending, i);
-      return await rateLimited(req, ctx, i + 1);
-    }
-    function check(d: RateDecision, i: number): void {
-      if (d.allowed) return;
-      const l = limiters[i]!;
-      onLimited?.[i]?.();
-      const retryS = Math.max(1, Math.ceil(d.retryAfterMs / 1000));
-      throw new ProxyError("rate_limited", `rate limit ${l.name} (per ${l.scope}) exceeded`, {
-        headers: {
-          "retry-after": String(retryS),
-          "ratelimit-policy": l.policyHeader,
-          "ratelimit": `"${l.name}";r=${d.remaining};t=${Math.ceil(d.resetMs / 1000)}`,
-        },
-      });
-    }
-    function rateLimited(
-      req: Request,
-      ctx: RequestContext,
-      from = 0,
-    ): Promise<Response> {
-      const at = Date.now();
-      const route = ctx.outcome.route ?? "";
-      for (let i = from; i < limiters.length; i++) {
-        const d = limiters[i]!.take(req, ctx.clientIp, route, at);
-        if (d instanceof Promise) return waited(d, i, req, ctx);
-        check(d, i);
+): PolicyLayer {
+  function check(d: RateDecision, i: number): void {
+    if (d.allowed) return;
+    const l = limiters[i]!;
+    onLimited?.[i]?.();
+    const retryS = Math.max(1, Math.ceil(d.retryAfterMs / 1000));
+    throw new ProxyError("rate_limited", `rate limit ${l.name} (per ${l.scope}) exceeded`, {
+      headers: {
+        "retry-after": String(retryS),
+        "ratelimit-policy": l.policyHeader,
+        "ratelimit": `"${l.name}";r=${d.remaining};t=${Math.ceil(d.resetMs / 1000)}`,
+      },
+    });
+  }
+  /** Checks limiters from `from` on; a shared limiter that must wait continues asynchronously. */
+  function from(call: CallFacts, route: string, start: number): void | Promise<void> {
+    const at = Date.now();
+    let i = start;
+    for (; i < limiters.length; i++) {
+      const d = limiters[i]!.take(call, route, at);
+      if (d instanceof Promise) {
+        const n = i;
+        return d.then((decided) => {
+          check(decided, n);
+          return from(call, route, n + 1);
+        });
       }
-      return next(req, ctx);
+      check(d, i);
     }
-    return rateLimited;
-  };
+  }
+  return { name: "rate_limit", admit: (call, where) => from(call, where.route, 0) };
 }
 
 type Fault = NonNullable<RouteConfig["fault"]>;
 
-/** Delays and/or aborts a share of requests (Envoy's fault filter): delay first, then abort. */
-export function faultInjection(f: Fault, random: () => number = Math.random): Middleware {
-  return (next) =>
-    async function faulted(req, ctx) {
+/**
+ * Delays and/or aborts a share of calls (Envoy's fault filter): delay first, then abort with the
+ * configured HTTP status (and gRPC status, for gRPC calls).
+ */
+export function faultInjection(f: Fault, random: () => number = Math.random): PolicyLayer {
+  const abort = () => {
+    if (f.abort && random() * 100 < f.abort.percent) {
+      throw new ProxyError("fault_injected", `fault injection aborted the request`, {
+        status: f.abort.status,
+        ...(f.abort.grpc_status !== undefined ? { grpcStatus: f.abort.grpc_status } : {}),
+      });
+    }
+  };
+  return {
+    name: "fault",
+    admit(): void | Promise<void> {
       if (f.delay && random() * 100 < f.delay.percent) {
-        await new Promise((r) => setTimeout(r, f.delay!.duration));
+        return new Promise<void>((r) => setTimeout(r, f.delay!.duration)).then(abort);
       }
-      if (f.abort && random() * 100 < f.abort.percent) {
-        throw new ProxyError("fault_injected", `fault injection aborted the request`, {
-          status: f.abort.status,
-        });
-      }
-      return await next(req, ctx);
-    };
+      return abort();
+    },
+  };
 }

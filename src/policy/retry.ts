@@ -16,11 +16,17 @@ export type RetryOn =
   | "resource-exhausted"
   | "unavailable";
 
+/**
+ * One policy for HTTP and gRPC routes: `retryOn` names transport failures, HTTP status classes
+ * and gRPC statuses alike; `statuses` are the extra HTTP statuses of `retriable-status-codes`,
+ * `grpcStatuses` the gRPC codes the gRPC names in `retryOn` stand for.
+ */
 export interface RetryPolicy {
   /** Retries after the first attempt (Envoy's num_retries). */
   readonly retries: number;
   readonly retryOn: ReadonlySet<RetryOn>;
   readonly statuses: ReadonlySet<number>;
+  readonly grpcStatuses: ReadonlySet<number>;
   readonly baseMs: number;
   readonly maxMs: number;
   /** POST/PATCH are retried only when the route opts in. */
@@ -29,6 +35,43 @@ export interface RetryPolicy {
   readonly maxBodyBytes: number;
   /** An upstream Retry-After longer than this is not waited for (the response is returned). */
   readonly maxRetryAfterMs: number;
+}
+
+/** retry_on names for gRPC statuses (Envoy's spelling) -> their codes. */
+export const RETRIABLE_GRPC: Readonly<Record<string, number>> = {
+  "cancelled": 1,
+  "deadline-exceeded": 4,
+  "resource-exhausted": 8,
+  "internal": 13,
+  "unavailable": 14,
+};
+
+/** A route's `retry` section as written in config (durations already in ms). */
+export interface RetryConfig {
+  readonly retries: number;
+  readonly retry_on: readonly RetryOn[];
+  readonly statuses: readonly number[];
+  readonly backoff: { readonly base: number; readonly max: number };
+  readonly non_idempotent: boolean;
+  readonly max_body_bytes: number;
+  readonly max_retry_after: number;
+}
+
+/** The one policy shape, from a route's config (for HTTP and gRPC calls alike). */
+export function retryPolicy(c: RetryConfig): RetryPolicy {
+  return Object.freeze({
+    retries: c.retries,
+    retryOn: new Set(c.retry_on),
+    statuses: new Set(c.statuses),
+    grpcStatuses: new Set(
+      c.retry_on.flatMap((o) => RETRIABLE_GRPC[o] === undefined ? [] : [RETRIABLE_GRPC[o]!]),
+    ),
+    baseMs: c.backoff.base,
+    maxMs: c.backoff.max,
+    nonIdempotent: c.non_idempotent,
+    maxBodyBytes: c.max_body_bytes,
+    maxRetryAfterMs: c.max_retry_after,
+  });
 }
 
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]);
@@ -62,6 +105,11 @@ export function statusRetriable(p: RetryPolicy, status: number): boolean {
   return p.retryOn.has("retriable-status-codes") && p.statuses.has(status);
 }
 
+/** A trailers-only gRPC answer with this status is retried under the policy. */
+export function grpcStatusRetriable(p: RetryPolicy, grpcStatus: number): boolean {
+  return p.grpcStatuses.has(grpcStatus);
+}
+
 /**
  * Exponential backoff with full jitter (AWS architecture blog): a uniform wait in
  * [0, min(max, base * 2^retry)], so synchronised clients spread out.
@@ -88,6 +136,32 @@ export function parseRetryAfter(value: string | null, nowMs = Date.now()): numbe
 }
 
 /**
+ * The process-wide bound on bytes kept to replay request bodies (HTTP bodies and gRPC messages)
+ * across every call in flight. Each call's own limit is its route's `max_body_bytes`; this bound
+ * keeps many calls at once from holding `calls x max_body_bytes`. A call that would go over it
+ * stops keeping its body and is not retried, rather than buffering more.
+ */
+export class ReplayBytes {
+  held = 0;
+  constructor(public limit: number) {}
+  /** Reserves `n` bytes; false (nothing reserved) when that would pass the limit. */
+  tryHold(n: number): boolean {
+    if (this.held + n > this.limit) return false;
+    this.held += n;
+    return true;
+  }
+  release(n: number): void {
+    this.held -= n;
+  }
+}
+
+/** Default bound: 64 MiB (docs/configuration.md, `retry.max_body_bytes`). */
+export const DEFAULT_REPLAY_BYTES = 64 * 1024 * 1024;
+
+/** The process's replay bound. */
+export const replayBytes: ReplayBytes = new ReplayBytes(DEFAULT_REPLAY_BYTES);
+
+/**
  * A request body that can be sent more than once: read up to `limit` bytes into memory. If the
  * body is larger, it is not replayable and the first attempt gets the buffered part followed by
  * the rest of the original stream.
@@ -95,8 +169,10 @@ export function parseRetryAfter(value: string | null, nowMs = Date.now()): numbe
 export async function replayableBody(
   body: ReadableStream<Uint8Array>,
   limit: number,
+  /** The process-wide bound: bytes kept are held there until the caller releases `held`. */
+  bound: ReplayBytes = replayBytes,
 ): Promise<
-  { replayable: true; chunks: Uint8Array[] } | {
+  { replayable: true; chunks: Uint8Array[]; held: number } | {
     replayable: false;
     stream: ReadableStream<Uint8Array>;
   }
@@ -104,13 +180,20 @@ export async function replayableBody(
   const reader = body.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
-  while (true) {
-    const { value, done } = await reader.read();
-    if (done) return { replayable: true, chunks };
-    chunks.push(value);
-    size += value.byteLength;
-    if (size > limit) break;
+  try {
+    while (true) {
+      const { value, done } = await reader.read();
+      if (done) return { replayable: true, chunks, held: size };
+      chunks.push(value);
+      if (size + value.byteLength > limit || !bound.tryHold(value.byteLength)) break;
+      size += value.byteLength;
+    }
+  } catch (err) {
+    bound.release(size);
+    throw err;
   }
+  // Not kept after all: what was held goes back at once.
+  bound.release(size);
   // Too large to keep: hand on what was read, then the rest as it arrives.
   let i = 0;
   const stream = new ReadableStream<Uint8Array>({

@@ -17,6 +17,7 @@ const policy = (over: Partial<RetryPolicy> = {}): RetryPolicy => ({
   retries: 2,
   retryOn: new Set(["connect-failure", "gateway-error"]),
   statuses: new Set([409]),
+  grpcStatuses: new Set(),
   baseMs: 25,
   maxMs: 250,
   nonIdempotent: false,

@@ -97,6 +97,8 @@ export class ProxyError extends Error {
     options?: ErrorOptions & {
       /** Overrides the table's status (fault injection); must be a 4xx/5xx. */
       status?: number;
+      /** Overrides the table's gRPC status (fault injection's `grpc_status`). */
+      grpcStatus?: number;
       /** Headers the response must carry, such as Retry-After. */
       headers?: HeadersInit;
     },
@@ -104,9 +106,11 @@ export class ProxyError extends Error {
     super(`${kind}: ${reason}`, options);
     this.name = "ProxyError";
     this.statusOverride = options?.status;
+    this.grpcStatusOverride = options?.grpcStatus;
     this.headers = options?.headers;
   }
   readonly statusOverride: number | undefined;
+  readonly grpcStatusOverride: number | undefined;
   readonly headers: HeadersInit | undefined;
   get status(): number {
     return this.statusOverride ?? TABLE[this.kind].status;
@@ -116,7 +120,7 @@ export class ProxyError extends Error {
   }
   /** gRPC status code (UNAVAILABLE, DEADLINE_EXCEEDED, UNIMPLEMENTED, ...). */
   get grpcStatus(): number {
-    return TABLE[this.kind].grpc;
+    return this.grpcStatusOverride ?? TABLE[this.kind].grpc;
   }
 }
 

@@ -13,10 +13,10 @@ import { errorFields, type Logger } from "../observability/log.ts";
 import type { AccessLog } from "../observability/access_log.ts";
 import { checkHeaderLimits, limitBody } from "./request_limits.ts";
 import type { GuardedInfo } from "./guard.ts";
+import { pickRequestId } from "./request_id.ts";
 
 /** Default longest request target (path + query), as nginx's large_client_header_buffers 8k. */
 export const MAX_URI_LENGTH = 8192;
-const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 
 export type ServeHandler = (
   req: Request,
@@ -228,18 +228,6 @@ export function hidesDotSegment(path: string): boolean {
   if (!path.includes("%2F") && !path.includes("%5C")) return false;
   const decoded = path.replaceAll("%2F", "/").replaceAll("%5C", "/").replaceAll("%2E", ".");
   return /(^|\/)\.{1,2}(\/|$)/.test(decoded);
-}
-
-/** Keep a client's request id only where policy allows and it is a sane token. */
-function pickRequestId(
-  incoming: string | null,
-  policy: Snapshot["requestIdPolicy"],
-  peerTrusted: boolean,
-): string {
-  if (incoming !== null && REQUEST_ID.test(incoming)) {
-    if (policy === "always" || (policy === "trusted" && peerTrusted)) return incoming;
-  }
-  return crypto.randomUUID();
 }
 
 /**

@@ -5,7 +5,7 @@
  * the endpoints that stay.
  */
 import type { ClusterConfig } from "../config/schema.ts";
-import type { RequestContext } from "../pipeline/types.ts";
+import type { CallFacts } from "../pipeline/types.ts";
 import { createBalancer } from "./balancers/mod.ts";
 import { type Balancer, createEndpointState, type EndpointState } from "./balancers/types.ts";
 import { RetryBudget } from "../policy/retry.ts";
@@ -72,7 +72,7 @@ export interface Cluster {
   /** DNS discovery state, for clusters that discover their endpoints. */
   readonly discovery: DnsDiscovery | undefined;
   /** The key ring_hash / maglev hash on, or undefined for other balancers. */
-  readonly hashKey: ((req: Request, ctx: RequestContext) => string | undefined) | undefined;
+  readonly hashKey: ((call: CallFacts) => string | undefined) | undefined;
   readonly preserveHost: boolean;
   readonly retryBudget: RetryBudget;
   /** The default path: fetch over a Deno.HttpClient pool. */
@@ -317,26 +317,29 @@ function splitNameServer(address: string): { ipAddr: string; port: number } {
 
 type HashKeyConfig = ClusterConfig["hash_key"];
 
-/** Compiles the hash-key source once; a request without the key hashes on the client address. */
-function hashKeyOf(cfg: HashKeyConfig): (req: Request, ctx: RequestContext) => string | undefined {
+/**
+ * Compiles the hash-key source once; a call without the key hashes on the client address. Reads
+ * only `CallFacts`, so HTTP requests and gRPC calls hash the same way.
+ */
+function hashKeyOf(cfg: HashKeyConfig): (call: CallFacts) => string | undefined {
   if (cfg === undefined || ("source" in cfg && cfg.source === "client_ip")) {
-    return (_req, ctx) => ctx.clientIp;
+    return (call) => call.clientIp;
   }
-  if ("source" in cfg) return (_req, ctx) => ctx.path;
+  if ("source" in cfg) return (call) => call.path;
   if ("header" in cfg) {
     const name = cfg.header.toLowerCase();
-    return (req, ctx) => req.headers.get(name) ?? ctx.clientIp;
+    return (call) => call.header(name) ?? call.clientIp;
   }
   const prefix = `${cfg.cookie}=`;
-  return (req, ctx) => {
-    const cookies = req.headers.get("cookie");
-    if (cookies !== null) {
+  return (call) => {
+    const cookies = call.header("cookie");
+    if (cookies !== undefined) {
       for (const part of cookies.split(";")) {
         const c = part.trim();
         if (c.startsWith(prefix)) return c.slice(prefix.length);
       }
     }
-    return ctx.clientIp;
+    return call.clientIp;
   };
 }
 

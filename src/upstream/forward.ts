@@ -3,13 +3,13 @@
  * RFC 9110 7.6 semantics and streams both bodies through. Never follows redirects.
  */
 import type { ClientIdentity, Handler, RequestContext } from "../pipeline/types.ts";
+import { httpCallFacts } from "../pipeline/route_chain.ts";
 import { ProxyError, toProxyError } from "../server/errors.ts";
 import { forwardedHeaders } from "../server/trust.ts";
-import type { Cluster, Endpoint, Members } from "./cluster.ts";
+import type { Cluster, Endpoint } from "./cluster.ts";
 import { endToEndHeaders, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
 import {
   checkUpstreamHead,
-  classifyUpstreamError,
   clientBodyError,
   ClientGoneReason,
   TimeoutReason,
@@ -17,21 +17,15 @@ import {
   watchRequestBody,
 } from "./transport.ts";
 import {
-  backoffMs,
-  errorRetriable,
   methodRetriable,
   parseRetryAfter,
   replay,
   replayableBody,
-  type RetryPolicy,
-  statusRetriable,
+  replayBytes,
 } from "../policy/retry.ts";
-import type { DeadlineQueue } from "../policy/deadlines.ts";
-import type { BreakerStore } from "../policy/circuit_breaker.ts";
-import { outcomeOfError, outcomeOfStatus } from "./health/outlier.ts";
+import { type AttemptOutcome, type CallPolicy, runCall } from "./call.ts";
 import { notAnUpgrade, proxyWebSocket } from "./websocket.ts";
 import { relayBody } from "./relay.ts";
-import type { ClusterRecorder } from "../observability/metrics.ts";
 import {
   activeSpan,
   annotate,
@@ -45,22 +39,14 @@ export interface HeaderEdits {
   readonly set: readonly (readonly [string, string])[];
 }
 
-export interface ForwardSettings {
+/**
+ * A cluster route's HTTP settings: the cluster call's (src/upstream/call.ts: limits, breaker,
+ * retry policy, per-try timeout, metrics) and what only HTTP has.
+ */
+export interface ForwardSettings extends CallPolicy {
   readonly cluster: Cluster;
   /** Time allowed until upstream response headers arrive; 0 disables. */
   readonly timeoutMs: number;
-  /** Time allowed for each attempt when retrying; 0 disables. */
-  readonly perTryTimeoutMs: number;
-  /** Shared deadline timer (a setTimeout per request costs too much CPU). */
-  readonly deadlines: DeadlineQueue;
-  readonly retry: RetryPolicy | undefined;
-  /** Breakers (the cluster's, or the route's own override) and the slot an endpoint uses. */
-  readonly breaker: BreakerStore | undefined;
-  /** true: one breaker for the whole cluster (slot 0); false: one per endpoint. */
-  readonly breakerPerCluster: boolean;
-  /** Cluster thresholds: active requests in the cluster, and per endpoint. */
-  readonly maxRequests: number;
-  readonly maxRequestsPerEndpoint: number;
   /** Streamed response bodies silent for this long are cut; 0 disables. */
   readonly idleTimeoutMs: number;
   readonly rewritePath: (path: string) => string;
@@ -74,8 +60,6 @@ export interface ForwardSettings {
   readonly websocketMaxMessageBytes: number;
   /** `Via` pseudonym (RFC 9110 7.6.3). */
   readonly via: string;
-  /** The cluster's pre-resolved metric children. */
-  readonly metrics: ClusterRecorder;
 }
 
 export function applyEdits(headers: HeaderList, edits: HeaderEdits | undefined): void {
@@ -136,41 +120,44 @@ export function forwardTo(s: ForwardSettings): Handler {
   const onRouteTimeout = (ctl: AbortController) => ctl.abort(new TimeoutReason(timeoutMessage));
   return async function forward(req: Request, ctx: RequestContext): Promise<Response> {
     ctx.outcome.cluster = cluster.name;
-    // One membership for the whole request, even if DNS or a reload changes it meanwhile.
-    const m = cluster.members;
     const span = activeSpan();
     annotate(span, "ferry.cluster", cluster.name);
     const path = s.rewritePath(ctx.path);
-    const key = cluster.hashKey?.(req, ctx);
-    const pickCtx = key === undefined ? undefined : { hashKey: key };
+    const hashKey = cluster.hashKey?.(httpCallFacts(req, ctx));
 
     if (s.websocket && isWebSocketUpgrade(req)) {
-      const { endpoint, permit } = admit(cluster.name, m, s, pickCtx, undefined);
-      ctx.outcome.endpoint = endpoint.origin;
-      ctx.outcome.attempts++;
-      // A WebSocket's success, for the breaker, is its upstream handshake.
-      try {
-        const res = await proxyWebSocket(req, ctx, s, endpoint, path);
-        s.breaker?.onSuccess(slotOf(s, endpoint), permit);
-        return res;
-      } catch (err) {
-        s.breaker?.onFailure(slotOf(s, endpoint), permit);
-        throw err;
-      }
+      // A WebSocket's success, for the breaker, is its upstream handshake: one attempt, no retry.
+      return await runCall(s, {
+        hashKey,
+        retries: 0,
+        signal: req.signal,
+        record: ctx.outcome,
+      }, async (endpoint) => {
+        try {
+          const res = await proxyWebSocket(req, ctx, s, endpoint, path);
+          return { value: res, status: res.status };
+        } catch (err) {
+          return { error: toProxyError(err) };
+        }
+      });
     }
 
-    // Retries need a body that can be sent again: buffer it up to the policy's limit.
+    // Retries need a body that can be sent again: buffer it up to the policy's limit (and the
+    // process-wide replay bound).
     let retries = retry && methodRetriable(retry, req.method) ? retry.retries : 0;
     // Exactly the body the request had, or none (400 for one Ferry was not given).
     let body = requestBody(req);
     let chunks: Uint8Array[] | undefined;
+    let held = 0;
     if (retries > 0 && body) {
       // Only the client's body is read here: any failure is the client's.
       const r = await replayableBody(body, retry!.maxBodyBytes).catch((err) => {
         throw clientBodyError(err);
       });
-      if (r.replayable) chunks = r.chunks;
-      else {
+      if (r.replayable) {
+        chunks = r.chunks;
+        held = r.held;
+      } else {
         body = r.stream;
         retries = 0;
       }
@@ -183,28 +170,13 @@ export function forwardTo(s: ForwardSettings): Handler {
     const deadline = s.timeoutMs > 0
       ? s.deadlines.arm(s.timeoutMs, onRouteTimeout, ctl)
       : undefined;
-
-    const tried = retries > 0 ? new Set<Endpoint>() : undefined;
-    const budget = cluster.retryBudget;
-    if (budget.active >= s.maxRequests) {
-      deadline?.cancel();
-      s.metrics.overflow("cluster");
-      throw new ProxyError(
-        "overflow",
-        `cluster ${cluster.name} has ${s.maxRequests} requests in flight`,
-      );
-    }
-    budget.active++;
-    let holdingRetry = false;
     try {
-      for (let attempt = 0;; attempt++) {
-        // A retry slot taken for this attempt is held until the attempt has its answer.
-        const retrySlot = holdingRetry;
-        holdingRetry = false;
-        const { endpoint, permit } = admit(cluster.name, m, s, pickCtx, tried);
-        tried?.add(endpoint);
-        ctx.outcome.endpoint = endpoint.origin;
-        ctx.outcome.attempts++;
+      const answer = await runCall<Answer>(s, {
+        hashKey,
+        retries,
+        signal: ctl.signal,
+        record: ctx.outcome,
+      }, async (endpoint, attempt): Promise<AttemptOutcome<Answer>> => {
         annotate(span, "ferry.endpoint", endpoint.origin);
         const headers = upstreamHeaders(req, ctx, s, endpoint);
         // Never a length without its bytes: without a body the transport frames the request.
@@ -222,93 +194,60 @@ export function forwardTo(s: ForwardSettings): Handler {
         const endSpan = transport === cluster.fetch
           ? undefined
           : startClientSpan(headers, req.method, url, span);
-        const state = m.states[endpoint.index]!;
-        const attemptSignal = s.perTryTimeoutMs > 0 ? perTry(ctl.signal, s, endpoint) : undefined;
-        state.inFlight++;
         const sentAt = performance.now();
         let upstream: Response | undefined;
-        let failure: ProxyError | undefined;
-        let contentLength: string | null = null;
         try {
-          const res = await transport.send({
+          upstream = await transport.send({
             url,
             method: req.method,
             headers: headers.pairs,
             body: chunks ? replay(chunks) : watched?.stream ?? body,
-            signal: attemptSignal?.signal ?? ctl.signal,
+            signal: attempt.signal,
           });
-          upstream = res;
           // A 1xx final answer is never relayed; then status range and framing, one check.
-          if (res.status < 200) refuseInterim(res);
-          contentLength = checkUpstreamHead(res.status, res.headers);
+          if (upstream.status < 200) refuseInterim(upstream);
+          const contentLength = checkUpstreamHead(upstream.status, upstream.headers);
+          const res = upstream;
+          return {
+            value: { res, contentLength },
+            status: res.status,
+            retryAfterMs: parseRetryAfter(res.headers.get("retry-after")),
+            discard: () => void res.body?.cancel().catch(() => {}),
+          };
         } catch (err) {
+          upstream?.body?.cancel().catch(() => {});
           // A failure of the request body is the client's, whatever the transport made of it.
-          failure = watched?.failure() ?? ctx.bodyFailure?.() ?? toProxyError(err);
-          if (upstream) {
-            upstream.body?.cancel().catch(() => {});
-            upstream = undefined;
-          }
+          return { error: watched?.failure() ?? ctx.bodyFailure?.() ?? toProxyError(err) };
         } finally {
-          const ms = performance.now() - sentAt;
-          ctx.outcome.upstreamMs = ms;
-          const rec = s.metrics.endpoint(endpoint);
-          if (upstream) rec.record(upstream.status, ms / 1000);
-          else rec.failed(failure?.kind ?? "internal", ms / 1000);
+          ctx.outcome.upstreamMs = performance.now() - sentAt;
           endSpan?.(upstream?.status ?? 0);
-          state.inFlight--;
-          attemptSignal?.done();
-          if (retrySlot) budget.release();
         }
-
-        if (failure || !upstream) {
-          const pe = failure ?? new ProxyError("internal", "no upstream response");
-          const outcome = outcomeOfError(pe.kind);
-          if (outcome) m.health.record(endpoint.index, outcome);
-          if (clientsFault(pe)) s.breaker?.release(slotOf(s, endpoint), permit);
-          else s.breaker?.onFailure(slotOf(s, endpoint), permit);
-          if (
-            attempt >= retries || ctl.signal.aborted || !errorRetriable(retry!, pe) ||
-            !(holdingRetry = takeRetry(budget, ctx, s.metrics))
-          ) throw pe;
-          await pause(backoffMs(retry!, attempt), ctl.signal);
-          continue;
-        }
-
-        m.health.record(endpoint.index, outcomeOfStatus(upstream.status));
-        if (upstream.status >= 500) s.breaker?.onFailure(slotOf(s, endpoint), permit);
-        else s.breaker?.onSuccess(slotOf(s, endpoint), permit);
-
-        if (attempt < retries && statusRetriable(retry!, upstream.status)) {
-          const after = parseRetryAfter(upstream.headers.get("retry-after"));
-          if (
-            (after === undefined || after <= retry!.maxRetryAfterMs) &&
-            (holdingRetry = takeRetry(budget, ctx, s.metrics))
-          ) {
-            await upstream.body?.cancel().catch(() => {});
-            await pause(after ?? backoffMs(retry!, attempt), ctl.signal);
-            continue;
-          }
-        }
-        const out = s.idleTimeoutMs > 0 && upstream.body
-          ? upstream.body.pipeThrough(idleGuard(s, ctl))
-          : upstream.body;
-        const relayed = out &&
-          relayBody(
-            out,
-            req,
-            contentLength,
-            s.sendTimeoutMs,
-            s.deadlines,
-            (why) => ctl.abort(why),
-          );
-        return downstreamResponse(req, ctx, s, upstream, relayed, contentLength);
-      }
+      });
+      const upstream = answer.res;
+      const out = s.idleTimeoutMs > 0 && upstream.body
+        ? upstream.body.pipeThrough(idleGuard(s, ctl))
+        : upstream.body;
+      const relayed = out &&
+        relayBody(
+          out,
+          req,
+          answer.contentLength,
+          s.sendTimeoutMs,
+          s.deadlines,
+          (why) => ctl.abort(why),
+        );
+      return downstreamResponse(req, ctx, s, upstream, relayed, answer.contentLength);
     } finally {
       deadline?.cancel();
-      budget.active--;
-      if (holdingRetry) budget.release();
+      if (held > 0) replayBytes.release(held);
     }
   };
+}
+
+/** An HTTP attempt's answer: the response head, and the one Content-Length to relay. */
+interface Answer {
+  readonly res: Response;
+  readonly contentLength: string | null;
 }
 
 /** A 1xx final answer is never relayed (see notAnUpgrade). */
@@ -334,68 +273,6 @@ function requestBody(req: Request): ReadableStream<Uint8Array> | null {
   return null;
 }
 
-/** Failures the client caused (gone, body over the limit): no mark against the endpoint. */
-function clientsFault(pe: ProxyError): boolean {
-  return pe.kind === "client_closed" || pe.kind === "payload_too_large";
-}
-
-/** Takes a retry slot from the cluster's budget; a refusal is flagged URX for the access log. */
-function takeRetry(
-  budget: Cluster["retryBudget"],
-  ctx: RequestContext,
-  metrics: ClusterRecorder,
-): boolean {
-  if (budget.tryAcquire()) {
-    metrics.retry();
-    return true;
-  }
-  metrics.budgetExhausted();
-  ctx.outcome.flags = "URX";
-  return false;
-}
-
-/**
- * Picks an endpoint that may take the request: not tried yet (once all were tried, any), under
- * its concurrency limit, and admitted by its breaker. None: 503 saying which guard refused.
- */
-function admit(
-  clusterName: string,
-  m: Members,
-  s: ForwardSettings,
-  pickCtx: { hashKey: string } | undefined,
-  tried: ReadonlySet<Endpoint> | undefined,
-): { endpoint: Endpoint; permit: number } {
-  let refused: Set<Endpoint> | undefined;
-  let exclude: Set<Endpoint> | ReadonlySet<Endpoint> | undefined = tried;
-  let why: "breaker" | "limit" | undefined;
-  for (let i = 0; i <= m.endpoints.length; i++) {
-    const e = m.balancer.pick(pickCtx, exclude) ??
-      (tried && tried.size > 0 ? m.balancer.pick(pickCtx, refused) : undefined);
-    if (!e) break;
-    let permit = 0;
-    if (m.states[e.index]!.inFlight >= s.maxRequestsPerEndpoint) why ??= "limit";
-    else if (s.breaker && (permit = s.breaker.acquire(slotOf(s, e))) === 0) why = "breaker";
-    else return { endpoint: e, permit };
-    (refused ??= new Set()).add(e);
-    exclude = new Set([...(tried ?? []), ...refused]);
-  }
-  if (why === "breaker") {
-    const wait = Math.min(...m.endpoints.map((e) => s.breaker!.retryAfterMs(slotOf(s, e))));
-    throw new ProxyError("breaker_open", `circuit breaker open for cluster ${clusterName}`, {
-      headers: { "retry-after": String(Math.max(1, Math.ceil(wait / 1000))) },
-    });
-  }
-  if (why === "limit") {
-    s.metrics.overflow("endpoint");
-    throw new ProxyError("overflow", `every endpoint of ${clusterName} is at its request limit`);
-  }
-  throw noEndpoint(clusterName);
-}
-
-function slotOf(s: ForwardSettings, e: Endpoint): number {
-  return s.breakerPerCluster ? 0 : e.slot;
-}
-
 /**
  * Cuts a response body that stays silent longer than the idle timeout: the request's signal is
  * aborted, which ends the upstream fetch and the client's stream.
@@ -415,42 +292,6 @@ function idleGuard(
     flush() {
       d.cancel();
     },
-  });
-}
-
-/** A per-attempt signal: aborts with the request's signal or when the per-try timeout passes. */
-function perTry(parent: AbortSignal, s: ForwardSettings, endpoint: Endpoint) {
-  const ctl = new AbortController();
-  const follow = () => ctl.abort(parent.reason);
-  parent.addEventListener("abort", follow, { once: true });
-  const d = s.deadlines.arm(s.perTryTimeoutMs, () =>
-    ctl.abort(
-      new TimeoutReason(
-        `no response from ${endpoint.origin} within ${s.perTryTimeoutMs} ms (per try)`,
-      ),
-    ));
-  return {
-    signal: ctl.signal,
-    done() {
-      d.cancel();
-      parent.removeEventListener("abort", follow);
-    },
-  };
-}
-
-/** Waits between attempts; ends early (and throws) when the request is aborted. */
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  if (ms <= 0) return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      signal.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(classifyUpstreamError(signal.reason, signal));
-    };
-    signal.addEventListener("abort", onAbort, { once: true });
   });
 }
 
@@ -485,9 +326,4 @@ function chooseTransport(cluster: Cluster, headers: HeaderList): Transport {
   if (cluster.h1) return cluster.h1;
   headers.set("accept-encoding", "identity");
   return cluster.fetch;
-}
-
-/** Exported for tests: the error raised when no endpoint can be chosen. */
-export function noEndpoint(cluster: string): ProxyError {
-  return new ProxyError("no_healthy_upstream", `cluster ${cluster} has no endpoint to send to`);
 }

@@ -179,9 +179,9 @@ export function clientBodyError(err: unknown): ProxyError {
   });
 }
 
-/** Reasons the signal may carry; `forward.ts` aborts with one of these. */
-export class TimeoutReason extends Error {}
-export class ClientGoneReason extends Error {}
+/** Reasons the signal may carry (defined with the pipeline's types, where layers see them). */
+import { ClientGoneReason, TimeoutReason } from "../pipeline/types.ts";
+export { ClientGoneReason, TimeoutReason };
 
 /** Maps transport failures onto the error table: refused, reset, timeout, protocol. */
 export function classifyUpstreamError(err: unknown, signal: AbortSignal): ProxyError {

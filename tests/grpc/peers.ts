@@ -88,7 +88,9 @@ export async function startEchoServer(
       const bin = call.metadata.get("x-custom-bin")[0];
       if (bin) md.set("x-custom-echo-bin", bin as Buffer);
       // What the proxy said about the client, as the upstream saw it.
-      for (const h of ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"]) {
+      for (
+        const h of ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-request-id"]
+      ) {
         const seen = call.metadata.get(h);
         if (seen.length > 0) md.set(`seen-${h}`, seen.map(String).join(" | "));
       }

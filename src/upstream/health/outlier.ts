@@ -29,6 +29,25 @@ export function outcomeOfStatus(status: number): Outcome {
 }
 
 /**
+ * What a gRPC call's status says about the endpoint, for breakers and outlier detection:
+ * UNAVAILABLE (14) is a gateway failure, server-side failures (UNKNOWN 2, DEADLINE_EXCEEDED 4,
+ * INTERNAL 13, DATA_LOSS 15) count as 5xx; everything else is the application's answer.
+ */
+export function outcomeOfGrpcStatus(status: number): Outcome {
+  switch (status) {
+    case 14:
+      return "gateway";
+    case 2:
+    case 4:
+    case 13:
+    case 15:
+      return "5xx";
+    default:
+      return "success";
+  }
+}
+
+/**
  * The outcome of an attempt that failed without a response, by `ProxyError` kind; `undefined`
  * for failures that say nothing about the endpoint (the client went away) and are not recorded.
  */
