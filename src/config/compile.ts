@@ -8,7 +8,7 @@ import { compileRouteRegex } from "../routing/regex.ts";
 import { RouteCompileError, Router } from "../routing/router.ts";
 import { buildCluster, type Cluster, staticEndpoints } from "../upstream/cluster.ts";
 import { forwardTo, type HeaderEdits } from "../upstream/forward.ts";
-import { TrustedProxies } from "../server/trust.ts";
+import { TrustedProxies } from "../pipeline/trust.ts";
 import { directResponse, redirectResponse } from "../server/local_responses.ts";
 import { DeadlineQueue } from "../policy/deadlines.ts";
 import {

@@ -29,7 +29,7 @@ import {
   type FerryConfig,
 } from "./schema.ts";
 import { compileRouteRegex } from "../routing/regex.ts";
-import { parseCidr } from "../server/trust.ts";
+import { parseCidr } from "../pipeline/trust.ts";
 import {
   type ConfigIssue,
   type Finding,

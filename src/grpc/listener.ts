@@ -10,7 +10,7 @@ import type { HeaderField } from "../h2/hpack.ts";
 import type { H2Stream } from "../h2/stream.ts";
 import type { Logger } from "../observability/log.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
-import { ProxyError } from "../server/errors.ts";
+import { ProxyError } from "../pipeline/errors.ts";
 import type { AuthzInput } from "../policy/authz.ts";
 import type { ClientIdentity } from "../pipeline/types.ts";
 import { ClientAuthListener } from "../server/node_tls.ts";

@@ -21,7 +21,7 @@ import { BREAKER_STATE_NAMES } from "../policy/circuit_breaker.ts";
 import { decide, identityFromId } from "../policy/authz.ts";
 import type { DnsDiscoveryStatus } from "../upstream/discovery/dns.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
-import { errorResponse, ProxyError, type RecentErrors } from "./errors.ts";
+import { errorResponse, ProxyError, type RecentErrors } from "../pipeline/errors.ts";
 import { dashboardStats, type StatsHistory } from "./admin_stats.ts";
 import { dashboardHtml } from "./dashboard.ts";
 

@@ -7,7 +7,7 @@ import { errorFields, type Logger } from "../observability/log.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
 import { adminHandler, type AdminView } from "./admin.ts";
 import { StatsHistory } from "./admin_stats.ts";
-import { errorResponse, ProxyError, RecentErrors } from "./errors.ts";
+import { errorResponse, ProxyError, RecentErrors } from "../pipeline/errors.ts";
 import { createListenerHandler } from "./handler.ts";
 import { GrpcListener } from "../grpc/listener.ts";
 import { ConnectionGuard, guardLimits } from "./guard.ts";

@@ -28,8 +28,8 @@ import {
   RebindingServer,
 } from "./admission.ts";
 import { isWebSocketUpgrade } from "../upstream/headers.ts";
-import { attachTicket, DownstreamLink, type RequestTicket } from "./downstream.ts";
-import { errorResponse, ProxyError } from "./errors.ts";
+import { attachTicket, DownstreamLink, type RequestTicket } from "../pipeline/downstream.ts";
+import { errorResponse, ProxyError } from "../pipeline/errors.ts";
 import { ClientAuthListener } from "./node_tls.ts";
 import { WsFrameLimit } from "./ws_frames.ts";
 

@@ -6,7 +6,7 @@
 import type { Snapshot } from "../config/compile.ts";
 import type { RequestContext } from "../pipeline/types.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
-import { errorResponse, ProxyError, type RecentErrors } from "./errors.ts";
+import { errorResponse, ProxyError, type RecentErrors } from "../pipeline/errors.ts";
 import type { FerryMetrics, ListenerRecorder } from "../observability/metrics.ts";
 import { activeSpan, annotate } from "../observability/tracing.ts";
 import { errorFields, type Logger } from "../observability/log.ts";

@@ -3,8 +3,8 @@
  * RFC 9110 7.6 semantics and streams both bodies through. Never follows redirects.
  */
 import type { ClientIdentity, Handler, RequestContext } from "../pipeline/types.ts";
-import { ProxyError, toProxyError } from "../server/errors.ts";
-import { forwardedHeaders } from "../server/trust.ts";
+import { ProxyError, toProxyError } from "../pipeline/errors.ts";
+import { forwardedHeaders } from "../pipeline/trust.ts";
 import type { Cluster, Endpoint, Members } from "./cluster.ts";
 import { endToEndHeaders, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
 import {

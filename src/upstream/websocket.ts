@@ -4,8 +4,8 @@
  * the client and relay frames both ways with a bounded send buffer.
  */
 import type { RequestContext } from "../pipeline/types.ts";
-import { downstreamLink } from "../server/downstream.ts";
-import { ProxyError } from "../server/errors.ts";
+import { downstreamLink } from "../pipeline/downstream.ts";
+import { ProxyError } from "../pipeline/errors.ts";
 import type { Endpoint } from "./cluster.ts";
 import { type ForwardSettings, upstreamHeaders } from "./forward.ts";
 
