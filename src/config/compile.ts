@@ -21,7 +21,11 @@ import { RedisStoreError } from "../policy/redis_limiter.ts";
 import type { Logger } from "../observability/log.ts";
 import { AccessLog, LineWriter, openSink } from "../observability/access_log.ts";
 import type { BreakerConfigSchema } from "./schema.ts";
-import { type ClusterRecorder, FerryMetrics } from "../observability/metrics.ts";
+import {
+  type ClusterRecorder,
+  FerryMetrics,
+  type ScrapeSources,
+} from "../observability/metrics.ts";
 import type { GrpcRoute } from "../grpc/proxy.ts";
 import { RETRIABLE_GRPC } from "../grpc/status.ts";
 import { authorization, type AuthzPolicy, compilePolicy, RouteAuthz } from "../policy/authz.ts";
@@ -253,6 +257,45 @@ function breakerStore(
     },
   };
   return record;
+}
+
+/**
+ * What the serving snapshot's clusters and breakers show at scrape time; `current` is read at
+ * each scrape, so the gauges follow reloads.
+ */
+export function scrapeSources(
+  current: () => Snapshot,
+): Pick<ScrapeSources, "endpoints" | "pools" | "breakers"> {
+  return {
+    endpoints(visit) {
+      for (const c of current().clusters.values()) {
+        const m = c.members;
+        const health = m.health.snapshot();
+        for (const e of m.endpoints) {
+          const h = health[e.index];
+          visit(
+            c.name,
+            e.origin,
+            m.states[e.index]!.inFlight,
+            h?.healthy ?? true,
+            h?.ejected ?? false,
+          );
+        }
+      }
+    },
+    pools(visit) {
+      for (const c of current().clusters.values()) {
+        for (const p of c.h1?.stats() ?? []) visit(c.name, p);
+      }
+    },
+    breakers(visit) {
+      for (const b of current().breakerViews) {
+        for (const [slot, endpoint] of b.slots()) {
+          visit(b.cluster, b.scope, endpoint, b.record.store.state(slot));
+        }
+      }
+    },
+  };
 }
 
 /** Splits `host:port`, `[v6]:port` or `:port` into a hostname for Deno.serve and a port. */

@@ -2,7 +2,12 @@
  * A running Ferry: one Deno.serve per listener plus the admin listener, all reading the current
  * snapshot through one reference. Used by main.ts and by the end-to-end tests in-process.
  */
-import { type ListenerPlan, type Snapshot, splitAddress } from "../config/compile.ts";
+import {
+  type ListenerPlan,
+  scrapeSources,
+  type Snapshot,
+  splitAddress,
+} from "../config/compile.ts";
 import { errorFields, type Logger } from "../observability/log.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
 import { adminHandler, type AdminView } from "./admin.ts";
@@ -55,7 +60,10 @@ export class Ferry {
   static start(snapshot: Snapshot, log: Logger): Ferry {
     const ferry = new Ferry(snapshot, log);
     // Scrape-time gauges (health, breakers, in-flight) read whatever snapshot is serving.
-    snapshot.metrics.watch(() => ferry.#snapshot, () => ferry.openConnections());
+    snapshot.metrics.watch({
+      ...scrapeSources(() => ferry.#snapshot),
+      connections: () => ferry.openConnections(),
+    });
     snapshot.metrics.setConfigVersion(snapshot.version);
     try {
       for (const plan of snapshot.listeners.values()) {
