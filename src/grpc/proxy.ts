@@ -18,7 +18,7 @@ import type { BreakerStore } from "../policy/circuit_breaker.ts";
 import type { DeadlineQueue } from "../policy/deadlines.ts";
 import type { ClusterRecorder } from "../observability/metrics.ts";
 import { outcomeOfError, outcomeOfStatus } from "../upstream/health/outlier.ts";
-import { xfccElement } from "../upstream/forward.ts";
+import { xfccElement } from "../upstream/request_headers.ts";
 import type { ClientIdentity } from "../pipeline/types.ts";
 import {
   formatGrpcTimeout,

@@ -11,7 +11,7 @@ import type { Snapshot } from "../config/compile.ts";
 import { BREAKER_STATE_NAMES } from "../policy/circuit_breaker.ts";
 import { NO_RESPONSE } from "../observability/metrics.ts";
 import type { RecentErrors } from "../pipeline/errors.ts";
-import { clustersView } from "./admin.ts";
+import { clustersView } from "./cluster_view.ts";
 
 /** Cumulative [upper bound in seconds, count] pairs, sorted; the last bound is +Inf. */
 type Buckets = [number, number][];
