@@ -10,7 +10,7 @@ import { createLogger } from "./src/observability/log.ts";
 import { FerryMetrics } from "./src/observability/metrics.ts";
 import { Ferry, installLastLineOfDefence } from "./src/server/ferry.ts";
 import { VERSION } from "./src/version.ts";
-import { describeSnapshot } from "./src/config/summary.ts";
+import { describeSnapshot } from "./src/server/summary.ts";
 import { checkFdBudget, fdBudget } from "./src/observability/descriptors.ts";
 
 const EXIT_CONFIG = 1, EXIT_USAGE = 2, EXIT_START = 3;

@@ -3,7 +3,7 @@
  * way to turn it into a snapshot: load, validate, compile. Used at start-up and by every reload,
  * so both report the same file:line:field errors.
  */
-import { compileSnapshot, type Snapshot, SnapshotCompileError } from "./compile.ts";
+import { compileSnapshot, type Snapshot, SnapshotCompileError } from "../server/compile.ts";
 import { configFromEnv } from "./env.ts";
 import {
   checkReadableFile,

@@ -3,7 +3,7 @@
  * runs Ferry's own HTTP/2 server on each (src/h2/) and hands every stream to the gRPC proxy.
  * Routing uses the listener's compiled router on `:authority` and `:path`.
  */
-import { DEFAULT_GRPC_TIMEOUTS, type ListenerPlan, type Snapshot } from "../config/compile.ts";
+import { DEFAULT_GRPC_TIMEOUTS, type ListenerPlan, type Snapshot } from "../server/compile.ts";
 import { H2Connection } from "../h2/connection.ts";
 import { headerValue } from "../h2/headers.ts";
 import type { HeaderField } from "../h2/hpack.ts";

@@ -14,7 +14,7 @@
  * a token, a state change (POST /reload) from another origin gets 403.
  */
 import { createHash, timingSafeEqual } from "node:crypto";
-import type { Snapshot } from "../config/compile.ts";
+import type { Snapshot } from "./compile.ts";
 import { withDurationUnits } from "../config/errors.ts";
 import { decide, identityFromId } from "../policy/authz.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";

@@ -3,7 +3,7 @@
  * in-flight, health, ejection, pool connections, breaker). Also read by /stats for the dashboard.
  */
 import type { EndpointPoolStats } from "../h1/pool.ts";
-import type { Snapshot } from "../config/compile.ts";
+import type { Snapshot } from "./compile.ts";
 import { BREAKER_STATE_NAMES } from "../policy/circuit_breaker.ts";
 import type { DnsDiscoveryStatus } from "../upstream/discovery/dns.ts";
 

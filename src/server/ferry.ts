@@ -7,7 +7,7 @@ import {
   scrapeSources,
   type Snapshot,
   splitAddress,
-} from "../config/compile.ts";
+} from "./compile.ts";
 import { errorFields, type Logger } from "../observability/log.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
 import { adminHandler, type AdminView } from "./admin.ts";

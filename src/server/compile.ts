@@ -2,7 +2,7 @@
  * Compiles a validated config into an immutable `Snapshot`: routers per listener, clusters with
  * their pools, every route's handler chain composed. Requests read one snapshot and keep it.
  */
-import type { FerryConfig, RouteConfig } from "./schema.ts";
+import type { FerryConfig, RouteConfig } from "../config/schema.ts";
 import { compose, type Handler, type Middleware } from "../pipeline/types.ts";
 import { compileRouteRegex } from "../routing/regex.ts";
 import { RouteCompileError, Router } from "../routing/router.ts";
@@ -10,7 +10,7 @@ import { buildCluster, type Cluster, staticEndpoints } from "../upstream/cluster
 import { forwardTo } from "../upstream/forward.ts";
 import type { HeaderEdits } from "../upstream/request_headers.ts";
 import { TrustedProxies } from "../pipeline/trust.ts";
-import { directResponse, redirectResponse } from "../server/local_responses.ts";
+import { directResponse, redirectResponse } from "./local_responses.ts";
 import { DeadlineQueue } from "../policy/deadlines.ts";
 import {
   BREAKER_STATE_NAMES,
@@ -21,7 +21,7 @@ import { compileLimiters, faultInjection, type Limiter, rateLimit } from "../pol
 import { RedisStoreError } from "../policy/redis_limiter.ts";
 import type { Logger } from "../observability/log.ts";
 import { AccessLog, LineWriter, openSink } from "../observability/access_log.ts";
-import type { BreakerConfigSchema } from "./schema.ts";
+import type { BreakerConfigSchema } from "../config/schema.ts";
 import {
   type ClusterRecorder,
   FerryMetrics,
@@ -32,7 +32,7 @@ import { RETRIABLE_GRPC } from "../grpc/status.ts";
 import { authorization, type AuthzPolicy, compilePolicy, RouteAuthz } from "../policy/authz.ts";
 import { JwtProvider } from "../policy/jwt.ts";
 import type { UpstreamTls } from "../upstream/upstream_tls.ts";
-import type { GuardTls } from "../server/guard.ts";
+import type { GuardTls } from "./guard.ts";
 
 export interface CompiledRoute {
   readonly name: string;
