@@ -4,7 +4,8 @@
  * drain.
  */
 import { parseArgs, USAGE, UsageError } from "./src/cli.ts";
-import { buildSnapshot, configSource } from "./src/config/source.ts";
+import { configSource } from "./src/config/source.ts";
+import { buildSnapshot } from "./src/server/build.ts";
 import { Reloader, watchConfigFile } from "./src/server/reload.ts";
 import { createLogger } from "./src/observability/log.ts";
 import { FerryMetrics } from "./src/observability/metrics.ts";

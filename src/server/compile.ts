@@ -1,38 +1,40 @@
 /**
- * Compiles a validated config into an immutable `Snapshot`: routers per listener, clusters with
- * their pools, every route's handler chain composed. Requests read one snapshot and keep it.
+ * Compiles a validated config into an immutable `Snapshot`: a router per listener and every
+ * route's handler chain, wired to the stateful parts the registry prepared (registry.ts). Pure:
+ * it opens no socket, starts no timer and reads no file; what runs (health checks, DNS, the
+ * access-log file) is started by the registry when the snapshot goes live. Requests read one
+ * snapshot and keep it.
+ *
+ * One piece past 500 lines: the route compiler (edits, rewrites, authorization, the chain) is the
+ * snapshot's only producer of handlers and shares its types with the listener plans below.
  */
 import type { FerryConfig, RouteConfig } from "../config/schema.ts";
 import { compose, type Handler, type Middleware } from "../pipeline/types.ts";
 import { compileRouteRegex } from "../routing/regex.ts";
 import { RouteCompileError, Router } from "../routing/router.ts";
-import { buildCluster, type Cluster, staticEndpoints } from "../upstream/cluster.ts";
+import type { Cluster } from "../upstream/cluster.ts";
 import { forwardTo } from "../upstream/forward.ts";
 import type { HeaderEdits } from "../upstream/request_headers.ts";
 import { TrustedProxies } from "../pipeline/trust.ts";
 import { directResponse, redirectResponse } from "./local_responses.ts";
-import { DeadlineQueue } from "../policy/deadlines.ts";
-import {
-  BREAKER_STATE_NAMES,
-  type BreakerConfig,
-  BreakerStore,
-} from "../policy/circuit_breaker.ts";
-import { compileLimiters, faultInjection, type Limiter, rateLimit } from "../policy/middleware.ts";
-import { RedisStoreError } from "../policy/redis_limiter.ts";
-import type { Logger } from "../observability/log.ts";
-import { AccessLog, LineWriter, openSink } from "../observability/access_log.ts";
-import type { BreakerConfigSchema } from "../config/schema.ts";
-import {
-  type ClusterRecorder,
-  FerryMetrics,
-  type ScrapeSources,
-} from "../observability/metrics.ts";
+import type { DeadlineQueue } from "../policy/deadlines.ts";
+import type { BreakerStore } from "../policy/circuit_breaker.ts";
+import { faultInjection, type Limiter, rateLimit } from "../policy/middleware.ts";
+import type { AccessLog } from "../observability/access_log.ts";
+import type { ClusterRecorder, FerryMetrics } from "../observability/metrics.ts";
 import type { GrpcRoute } from "../grpc/proxy.ts";
 import { RETRIABLE_GRPC } from "../grpc/status.ts";
 import { authorization, type AuthzPolicy, compilePolicy, RouteAuthz } from "../policy/authz.ts";
-import { JwtProvider } from "../policy/jwt.ts";
-import type { UpstreamTls } from "../upstream/upstream_tls.ts";
+import type { JwtProvider } from "../policy/jwt.ts";
 import type { GuardTls } from "./guard.ts";
+import {
+  type BreakerRecord,
+  type BreakerView,
+  type CompileProblem,
+  type Parts,
+  SnapshotCompileError,
+} from "./registry.ts";
+import type { Logger } from "../observability/log.ts";
 
 export interface CompiledRoute {
   readonly name: string;
@@ -95,14 +97,17 @@ export interface Snapshot {
   readonly jwtProviders: ReadonlyMap<string, JwtProvider>;
   /** The admin listener's bearer token (from admin.token, token_file or token_env), if any. */
   readonly adminToken: string | undefined;
-  /** What the next snapshot may take over instead of building anew (see `previous`). */
-  readonly carry: CarryOver;
+  /** Its stateful parts (registry.ts): built or taken over, started when it goes live. */
+  readonly parts: Parts;
   /**
    * Hands the snapshot's resources over to `next` after a reload: whatever `next` took over
    * stays open, the rest is closed once the requests still using it are done.
    */
   retire(next: Snapshot): void;
-  /** Makes the changes this snapshot holds for clusters it took over; once, when it goes live. */
+  /**
+   * Starts what this snapshot's parts run (health checks, DNS discovery, JWKS refresh, the
+   * access-log file) and makes its changes to clusters it took over; once, when it goes live.
+   */
   activate(): void;
   /** Drops a snapshot that never served (a reload rolled back): closes only what it built. */
   discard(previous: Snapshot): void;
@@ -110,193 +115,22 @@ export interface Snapshot {
   close(): void;
 }
 
-/**
- * Stateful parts a reload keeps when their config did not change, so an unchanged cluster keeps
- * its pools, health, outlier and breaker state, and an unchanged rate limit keeps its buckets.
- * Keys are the config's canonical JSON.
- */
-export interface CarryOver {
-  readonly deadlines: DeadlineQueue;
-  readonly clusters: ReadonlyMap<
-    string,
-    { readonly key: string; readonly endpointsKey: string; readonly cluster: Cluster }
-  >;
-  readonly breakers: ReadonlyMap<string, { readonly key: string; readonly record: BreakerRecord }>;
-  readonly limiters: ReadonlyMap<string, { readonly key: string; readonly limiter: Limiter }>;
-  readonly accessLog:
-    | { readonly key: string; readonly log: AccessLog; readonly close: () => void }
-    | undefined;
-  /** Kept while the provider's config and JWKS file are unchanged (its cache and fetched keys). */
-  readonly jwtProviders: ReadonlyMap<
-    string,
-    { readonly key: string; readonly provider: JwtProvider }
-  >;
-}
-
-/** JSON with object keys sorted, so equal configs give equal keys whatever their key order. */
-export function canonicalJson(value: unknown): string {
-  return JSON.stringify(
-    value,
-    (_k, v) =>
-      v && typeof v === "object" && !Array.isArray(v)
-        ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
-        : v,
-  );
-}
-
-export interface CompileProblem {
-  readonly path: string;
-  readonly value: string;
-  readonly message: string;
-}
-
-export class SnapshotCompileError extends Error {
-  constructor(readonly problems: readonly CompileProblem[]) {
-    super(
-      problems.map((p) => `${p.path}: ${p.message} (got ${JSON.stringify(p.value)})`).join("\n"),
-    );
-    this.name = "SnapshotCompileError";
-  }
-}
-
 export interface CompileOptions {
   readonly version: number;
   /** Where the config came from, for /config and logs. */
   readonly source: string;
-  /** Reads a file named in the config (TLS material), resolved against the config's folder. */
+  /** The stateful parts this config uses, prepared by the registry (`prepareParts`). */
+  readonly parts: Parts;
+  /** Reads a file named in the config (listener TLS, admin token file), resolved against its folder. */
   readonly readTextFile: (path: string) => string;
-  /** Where policy state changes (breaker transitions) are logged. */
+  /** Where policy state changes are logged. */
   readonly log?: Logger;
-  /** The snapshot being replaced: unchanged clusters, breakers and limiters are taken over. */
-  readonly previous?: Snapshot;
-  /** The process's metrics; by default the previous snapshot's, else a fresh one. */
-  readonly metrics?: FerryMetrics;
+  /** The process's metrics (the parts were prepared with the same). */
+  readonly metrics: FerryMetrics;
   /** Reads an environment variable (admin.token_env); default Deno.env.get. */
   readonly env?: (name: string) => string | undefined;
   /** The config as written (parsed YAML before the schema), for /config's durations. */
   readonly written?: unknown;
-}
-
-/** A breaker store as the metrics see it: whose it is and which endpoint each slot is. */
-export interface BreakerView {
-  readonly cluster: string;
-  /** "cluster", or "route:<name>" for a route's own breaker. */
-  readonly scope: string;
-  /** [slot, endpoint origin] for the cluster's current endpoints; [0, "*"] cluster-wide. */
-  slots(): readonly (readonly [number, string])[];
-  readonly record: BreakerRecord;
-}
-
-/** Config field names -> the breaker store's option names. */
-function breakerConfig(b: BreakerConfigSchema): BreakerConfig {
-  return {
-    mode: b.mode,
-    failureThreshold: b.failures,
-    successThreshold: b.successes,
-    openTimeoutMs: b.open_timeout,
-    maxHalfOpenRequests: b.max_half_open,
-    failureRatePercent: b.failure_rate,
-    minimumRequests: b.min_requests,
-    windowMs: b.window,
-  };
-}
-
-/** A breaker store for a cluster's endpoints that logs every state change. */
-/** A breaker store with a count of transitions into each state, per slot. */
-export interface BreakerRecord {
-  readonly store: BreakerStore;
-  /** `transitions[slot * 3 + state]`: times that slot entered closed (0), open (1), half-open (2). */
-  readonly transitions: Uint32Array;
-  /** Stops following the cluster's endpoint changes (the record is no longer used). */
-  readonly detach: () => void;
-  readonly view: BreakerView;
-}
-
-function breakerStore(
-  b: BreakerConfigSchema,
-  cluster: Cluster,
-  scope: string,
-  log: Logger | undefined,
-  metrics: FerryMetrics,
-): BreakerRecord {
-  const perCluster = b.scope === "cluster";
-  // Per-endpoint breakers live in the endpoints' stable slots (see `Endpoint.slot`).
-  const slots = perCluster ? 1 : cluster.slotCapacity;
-  const transitions = new Uint32Array(slots * 3);
-  const store = new BreakerStore(slots, breakerConfig(b), {
-    onTransition: (slot, from, to) => {
-      transitions[slot * 3 + to]!++;
-      const endpoint = perCluster
-        ? "*"
-        : cluster.endpoints.find((e) => e.slot === slot)?.origin ?? "gone";
-      metrics.breakerTransition(cluster.name, scope, endpoint, BREAKER_STATE_NAMES[to]);
-      log?.info("circuit breaker state change", {
-        cluster: cluster.name,
-        scope,
-        endpoint,
-        from: BREAKER_STATE_NAMES[from],
-        to: BREAKER_STATE_NAMES[to],
-      });
-    },
-  });
-  const detach = perCluster ? () => {} : cluster.onSlotReuse((slot) => {
-    store.reset(slot);
-    transitions.fill(0, slot * 3, slot * 3 + 3);
-  });
-  const record: BreakerRecord = {
-    store,
-    transitions,
-    detach,
-    view: {
-      cluster: cluster.name,
-      scope,
-      slots: () =>
-        perCluster ? [[0, "*"]] : cluster.endpoints.map((e) => [e.slot, e.origin] as const),
-      get record() {
-        return record;
-      },
-    },
-  };
-  return record;
-}
-
-/**
- * What the serving snapshot's clusters and breakers show at scrape time; `current` is read at
- * each scrape, so the gauges follow reloads.
- */
-export function scrapeSources(
-  current: () => Snapshot,
-): Pick<ScrapeSources, "endpoints" | "pools" | "breakers"> {
-  return {
-    endpoints(visit) {
-      for (const c of current().clusters.values()) {
-        const m = c.members;
-        const health = m.health.snapshot();
-        for (const e of m.endpoints) {
-          const h = health[e.index];
-          visit(
-            c.name,
-            e.origin,
-            m.states[e.index]!.inFlight,
-            h?.healthy ?? true,
-            h?.ejected ?? false,
-          );
-        }
-      }
-    },
-    pools(visit) {
-      for (const c of current().clusters.values()) {
-        for (const p of c.h1?.stats() ?? []) visit(c.name, p);
-      }
-    },
-    breakers(visit) {
-      for (const b of current().breakerViews) {
-        for (const [slot, endpoint] of b.slots()) {
-          visit(b.cluster, b.scope, endpoint, b.record.store.state(slot));
-        }
-      }
-    },
-  };
 }
 
 /** Splits `host:port`, `[v6]:port` or `:port` into a hostname for Deno.serve and a port. */
@@ -308,173 +142,10 @@ export function splitAddress(address: string): { hostname: string; port: number 
 
 export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapshot {
   const problems: CompileProblem[] = [];
-  const prior = opts.previous?.carry;
-  // Closures kept by the snapshot use `log`, never `opts`: `opts.previous` would chain every
-  // snapshot to its predecessor and leak them all across reloads.
+  const { parts, metrics } = opts;
+  // Closures kept by the snapshot use `log`, never `opts`.
   const log = opts.log;
-  const metrics = opts.metrics ?? opts.previous?.metrics ?? new FerryMetrics();
-  const clusters = new Map<string, Cluster>();
-  const clusterCarry = new Map<string, { key: string; endpointsKey: string; cluster: Cluster }>();
-  /** Changes to kept clusters, made only when the snapshot goes live (a failed reload must not). */
-  const activations: (() => void)[] = [];
-  for (const [i, c] of cfg.clusters.entries()) {
-    const read = (field: "ca_file" | "cert_file" | "key_file"): string | undefined => {
-      const file = c.tls?.[field];
-      if (file === undefined) return undefined;
-      try {
-        return opts.readTextFile(file);
-      } catch (err) {
-        problems.push({
-          path: `clusters[${i}].tls.${field}`,
-          value: file,
-          message: `cannot read: ${err}`,
-        });
-        return undefined;
-      }
-    };
-    const ca = read("ca_file");
-    const caCerts = ca === undefined ? undefined : [ca];
-    const clientCert = read("cert_file");
-    const clientKey = read("key_file");
-    const upstreamTls: UpstreamTls | undefined = c.tls
-      ? {
-        ...(caCerts ? { caCerts } : {}),
-        ...(clientCert !== undefined && clientKey !== undefined
-          ? { cert: clientCert, key: clientKey }
-          : {}),
-        ...(c.tls.server_name ? { serverName: c.tls.server_name } : {}),
-        ...(c.tls.expected_identities ? { expectedIdentities: c.tls.expected_identities } : {}),
-      }
-      : undefined;
-    // The CA's contents are part of the key: a rotated CA file rebuilds the pools. The endpoint
-    // list is not: a cluster whose only change is its endpoints is kept, and the list swapped
-    // in when the snapshot goes live, so endpoints that stay keep their health and breakers.
-    const key = canonicalJson({
-      c: { ...c, endpoints: undefined },
-      caCerts,
-      clientCert,
-      clientKey,
-    });
-    const kept = prior?.clusters.get(c.name);
-    const endpoints = staticEndpoints(c);
-    let cluster: Cluster;
-    if (kept?.key === key && endpoints.length <= kept.cluster.slotCapacity) {
-      cluster = kept.cluster;
-      if (c.endpoints && canonicalJson(c.endpoints) !== kept.endpointsKey) {
-        activations.push(() => {
-          const change = cluster.setEndpoints(endpoints);
-          log?.info("cluster endpoints changed by reload", { cluster: c.name, ...change });
-        });
-      }
-    } else {
-      cluster = buildCluster(
-        c,
-        upstreamTls,
-        (cluster, endpoint, e) => {
-          metrics.healthEvent(cluster, endpoint, e.type);
-          log?.info(e.type === "endpoints" ? "cluster endpoints changed" : "endpoint health", {
-            cluster,
-            endpoint,
-            event: e.type,
-            ...e,
-          });
-        },
-        (level, msg, fields) => log?.[level](msg, { cluster: c.name, ...fields }),
-      );
-    }
-    clusters.set(c.name, cluster);
-    clusterCarry.set(c.name, { key, endpointsKey: canonicalJson(c.endpoints), cluster });
-  }
-
-  const deadlines = prior?.deadlines ?? new DeadlineQueue();
-  // Breakers are carried by "cluster <name>" or "route <name>", keyed on their config and on the
-  // cluster object itself (a rebuilt cluster starts with closed breakers).
-  const breakerCarry = new Map<string, { key: string; record: BreakerRecord }>();
-  const keptBreaker = (
-    id: string,
-    b: BreakerConfigSchema,
-    cluster: Cluster,
-    scope: string,
-  ): BreakerRecord => {
-    const key = canonicalJson({ b, cluster: clusterCarry.get(cluster.name)?.key });
-    const kept = prior?.breakers.get(id);
-    const record = kept?.key === key && prior?.clusters.get(cluster.name)?.cluster === cluster
-      ? kept.record
-      : breakerStore(b, cluster, scope, log, metrics);
-    breakerCarry.set(id, { key, record });
-    breakerViews.push(record.view);
-    return record;
-  };
-  const breakerViews: BreakerView[] = [];
-  const breakers = new Map<string, BreakerRecord>();
-  for (const c of cfg.clusters) {
-    if (c.circuit_breaker) {
-      breakers.set(
-        c.name,
-        keptBreaker(`cluster ${c.name}`, c.circuit_breaker, clusters.get(c.name)!, "cluster"),
-      );
-    }
-  }
-  const limiterCarry = new Map<string, { key: string; limiter: Limiter }>();
-  const limiters = new Map<string, Limiter>();
-  for (const [i, rl] of cfg.rate_limits.entries()) {
-    const key = canonicalJson(rl);
-    const kept = prior?.limiters.get(rl.name);
-    let limiter: Limiter;
-    try {
-      limiter = kept?.key === key ? kept.limiter : compileLimiters([rl], (c) => ({
-        readTextFile: opts.readTextFile,
-        log,
-        backendMetrics: metrics.rateLimitBackend(c.name),
-      })).get(rl.name)!;
-    } catch (err) {
-      // A shared store whose password (file or variable) or CA file cannot be read.
-      if (!(err instanceof RedisStoreError)) throw err;
-      problems.push({
-        path: `rate_limits[${i}].redis.${err.field}`,
-        value: err.value,
-        message: err.message,
-      });
-      continue;
-    }
-    limiters.set(rl.name, limiter);
-    limiterCarry.set(rl.name, { key, limiter });
-  }
-  const jwtCarry = new Map<string, { key: string; provider: JwtProvider }>();
-  const jwtProviders = new Map<string, JwtProvider>();
-  for (const [i, p] of cfg.jwt_providers.entries()) {
-    let jwksText: string | undefined;
-    if (p.jwks_file !== undefined) {
-      try {
-        jwksText = opts.readTextFile(p.jwks_file);
-      } catch (err) {
-        problems.push({
-          path: `jwt_providers[${i}].jwks_file`,
-          value: p.jwks_file,
-          message: `cannot read: ${err}`,
-        });
-        continue;
-      }
-    }
-    const key = canonicalJson({ p, jwksText });
-    const kept = prior?.jwtProviders.get(p.name);
-    if (kept?.key === key) {
-      jwtProviders.set(p.name, kept.provider);
-      jwtCarry.set(p.name, kept);
-      continue;
-    }
-    try {
-      const provider = new JwtProvider(p, { ...(jwksText ? { jwksText } : {}), log });
-      jwtProviders.set(p.name, provider);
-      jwtCarry.set(p.name, { key, provider });
-    } catch (err) {
-      problems.push({
-        path: `jwt_providers[${i}].jwks_file`,
-        value: p.jwks_file ?? "",
-        message: `not a usable JWKS: ${err instanceof Error ? err.message : err}`,
-      });
-    }
-  }
+  const { clusters, jwtProviders } = parts;
   const listenerPolicies = new Map<string, AuthzPolicy>();
   for (const [i, l] of cfg.listeners.entries()) {
     if (!l.authorization) continue;
@@ -494,16 +165,15 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
   const clusterMetrics = new Map<string, ClusterRecorder>();
   for (const c of clusters.values()) clusterMetrics.set(c.name, metrics.cluster(c.name));
   const policies: RoutePolicies = {
-    deadlines,
-    breakers,
-    limiters,
+    deadlines: parts.deadlines,
+    breakers: parts.clusterBreakers,
+    limiters: parts.limiters,
     log,
     metrics,
     clusterMetrics,
     listenerPolicies,
     jwtProviders,
-    routeBreaker: (route, b, cluster) =>
-      keptBreaker(`route ${route}`, b, cluster, `route:${route}`).store,
+    routeBreaker: (route) => parts.routeBreakers.get(route)!.store,
   };
   const routes: CompiledRoute[] = [];
   for (const [i, r] of cfg.routes.entries()) {
@@ -575,42 +245,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
   const adminToken = resolveAdminToken(cfg, opts, problems);
   problems.push(...grpcClusterProblems(cfg));
 
-  let accessLogCarry: CarryOver["accessLog"];
-  if (cfg.access_log && problems.length === 0) {
-    const key = canonicalJson(cfg.access_log);
-    if (prior?.accessLog?.key === key) accessLogCarry = prior.accessLog;
-    else {
-      try {
-        const { sink, close } = openSink(cfg.access_log.path);
-        accessLogCarry = {
-          key,
-          log: new AccessLog(cfg.access_log, new LineWriter(sink)),
-          close: () => void accessLogCarry!.log.writer.flush().finally(close),
-        };
-      } catch (err) {
-        problems.push({
-          path: "access_log.path",
-          value: cfg.access_log.path,
-          message: `cannot open: ${err}`,
-        });
-      }
-    }
-  }
-  const accessLog = accessLogCarry?.log;
-  const carry: CarryOver = {
-    deadlines,
-    clusters: clusterCarry,
-    breakers: breakerCarry,
-    limiters: limiterCarry,
-    accessLog: accessLogCarry,
-    jwtProviders: jwtCarry,
-  };
-
-  if (problems.length > 0) {
-    // Close only what this attempt built; what it took over still serves the previous snapshot.
-    releaseUnshared(carry, prior, { drainMs: 0 });
-    throw new SnapshotCompileError(dedupe(problems));
-  }
+  if (problems.length > 0) throw new SnapshotCompileError(dedupe(problems));
   return Object.freeze({
     version: opts.version,
     loadedAt: new Date(),
@@ -622,80 +257,26 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     routes,
     trust: new TrustedProxies(cfg.server.trusted_proxies),
     requestIdPolicy: cfg.server.request_id,
-    accessLog,
-    breakers,
-    breakerViews,
+    accessLog: parts.accessLog,
+    breakers: parts.clusterBreakers,
+    breakerViews: parts.breakerViews,
     metrics,
     jwtProviders,
     adminToken,
-    carry,
+    parts,
     retire(next: Snapshot) {
-      releaseUnshared(carry, next.carry, { drainMs: RETIRE_DRAIN_MS, log });
+      parts.retire(next.parts);
     },
     activate() {
-      for (const a of activations.splice(0)) a();
+      parts.start();
     },
     discard(previous: Snapshot) {
-      releaseUnshared(carry, previous.carry, { drainMs: 0 });
+      parts.discard(previous.parts);
     },
     close() {
-      releaseUnshared(carry, undefined, { drainMs: 0 });
+      parts.close();
     },
   });
-}
-
-/** How long a retired cluster may keep serving requests that started before the reload. */
-const RETIRE_DRAIN_MS = 10 * 60_000;
-
-/**
- * Closes the parts of `mine` that `keeper` does not hold. A cluster still carrying requests is
- * closed once its in-flight count reaches zero (checked every second) or after `drainMs`; its
- * health checks stop at once.
- */
-function releaseUnshared(
-  mine: CarryOver,
-  keeper: CarryOver | undefined,
-  opts: { drainMs: number; log?: Logger | undefined },
-): void {
-  if (keeper?.deadlines !== mine.deadlines) mine.deadlines.close();
-  for (const [id, { record }] of mine.breakers) {
-    if (keeper?.breakers.get(id)?.record !== record) record.detach();
-  }
-  for (const [name, { cluster }] of mine.clusters) {
-    if (keeper?.clusters.get(name)?.cluster === cluster) continue;
-    if (opts.drainMs <= 0) cluster.close();
-    else closeWhenIdle(cluster, opts.drainMs, opts.log);
-  }
-  for (const [name, { provider }] of mine.jwtProviders) {
-    if (keeper?.jwtProviders.get(name)?.provider !== provider) provider.close();
-  }
-  for (const [name, { limiter }] of mine.limiters) {
-    if (keeper?.limiters.get(name)?.limiter !== limiter) limiter.close?.();
-  }
-  if (mine.accessLog && keeper?.accessLog !== mine.accessLog) {
-    const close = mine.accessLog.close;
-    // Requests that began before the swap still write their line to the old log.
-    if (opts.drainMs <= 0) close();
-    else setTimeout(close, 5_000);
-  }
-}
-
-function closeWhenIdle(cluster: Cluster, drainMs: number, log: Logger | undefined): void {
-  void cluster.health.close();
-  const started = Date.now();
-  const check = () => {
-    const busy = cluster.states.reduce((n, s) => n + s.inFlight, 0);
-    if (busy === 0 || Date.now() - started >= drainMs) {
-      if (busy > 0) {
-        log?.warn("closing retired cluster with requests in flight", {
-          cluster: cluster.name,
-          in_flight: busy,
-        });
-      }
-      cluster.close();
-    } else setTimeout(check, 1_000);
-  };
-  setTimeout(check, 0);
 }
 
 /** admin.token, or the first line of admin.token_file, or the variable named by token_env. */
@@ -814,7 +395,7 @@ interface RoutePolicies {
   readonly listenerPolicies: ReadonlyMap<string, AuthzPolicy>;
   readonly jwtProviders: ReadonlyMap<string, JwtProvider>;
   /** A route's own breaker (an override of the cluster's), carried over when unchanged. */
-  readonly routeBreaker: (route: string, b: BreakerConfigSchema, cluster: Cluster) => BreakerStore;
+  readonly routeBreaker: (route: string) => BreakerStore;
 }
 
 function compileRoute(
@@ -868,7 +449,7 @@ function compileRoute(
   }
   const clusterCfg = cfg.clusters.find((c) => c.name === cluster.name)!;
   const breaker = r.circuit_breaker
-    ? policies.routeBreaker(r.name, r.circuit_breaker, cluster)
+    ? policies.routeBreaker(r.name)
     : policies.breakers.get(cluster.name)?.store;
   const breakerPerCluster = (r.circuit_breaker ?? clusterCfg.circuit_breaker)?.scope === "cluster";
   // What the HTTP and the gRPC forwarders share for this route.

@@ -2,12 +2,8 @@
  * A running Ferry: one Deno.serve per listener plus the admin listener, all reading the current
  * snapshot through one reference. Used by main.ts and by the end-to-end tests in-process.
  */
-import {
-  type ListenerPlan,
-  scrapeSources,
-  type Snapshot,
-  splitAddress,
-} from "./compile.ts";
+import { type ListenerPlan, type Snapshot, splitAddress } from "./compile.ts";
+import { scrapeSources } from "./registry.ts";
 import { errorFields, type Logger } from "../observability/log.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
 import { adminHandler, type AdminView } from "./admin.ts";
@@ -61,7 +57,7 @@ export class Ferry {
     const ferry = new Ferry(snapshot, log);
     // Scrape-time gauges (health, breakers, in-flight) read whatever snapshot is serving.
     snapshot.metrics.watch({
-      ...scrapeSources(() => ferry.#snapshot),
+      ...scrapeSources(() => ferry.#snapshot.parts),
       connections: () => ferry.openConnections(),
     });
     snapshot.metrics.setConfigVersion(snapshot.version);
@@ -105,6 +101,8 @@ export class Ferry {
       void ferry.#admin?.shutdown();
       throw err;
     }
+    // Health checks, DNS discovery and the access-log file start once the listeners are bound.
+    snapshot.activate();
     ferry.statsHistory.start(() => ferry.#snapshot);
     return ferry;
   }

@@ -72,6 +72,11 @@ export interface Cluster {
   readonly h1: H1Transport | undefined;
   /** One multiplexed HTTP/2 connection per endpoint, for gRPC listeners (opened on first use). */
   readonly h2: H2Pool;
+  /**
+   * Starts active health checks and DNS discovery. Building a cluster runs nothing: it starts
+   * once its config goes live (a `--check` or a rejected reload never starts it).
+   */
+  start(): void;
   close(): void;
 }
 
@@ -158,7 +163,7 @@ export function buildCluster(
 
   const first = initial.map((d, i) => endpointFromUrl(d.url, d.weight, i, slots.take()!));
   let members = buildMembers(first, first.map((e) => createEndpointState(e.weight)), undefined);
-  members.health.start();
+  let started = false;
   let closed = false;
 
   const setEndpoints = (next: readonly EndpointDescriptor[]): EndpointChange => {
@@ -197,8 +202,8 @@ export function buildCluster(
     const fresh = buildMembers(endpoints, states, seeds);
     members = fresh;
     void old.health.close();
-    if (!closed) fresh.health.start();
-    else void fresh.health.close();
+    if (closed) void fresh.health.close();
+    else if (started) fresh.health.start();
     const change = {
       added,
       removed: removed.map((e) => e.origin),
@@ -227,7 +232,6 @@ export function buildCluster(
       emptyConfirmations: dns.empty_confirmations,
     }, discoveryLog ? { log: discoveryLog } : {})
     : undefined;
-  if (discovery) void discovery.start((found) => setEndpoints(found)).catch(() => {});
 
   return Object.freeze({
     name: cfg.name,
@@ -263,6 +267,12 @@ export function buildCluster(
     fetch: fetchTransport,
     h1,
     h2,
+    start() {
+      if (started || closed) return;
+      started = true;
+      members.health.start();
+      if (discovery) void discovery.start((found) => setEndpoints(found)).catch(() => {});
+    },
     close() {
       closed = true;
       discovery?.stop();
