@@ -4,7 +4,7 @@
  * JWKS refreshes and the access-log file start only when a snapshot starts serving.
  */
 import assert from "node:assert/strict";
-import { DENO, RUN, tempConfig } from "./helpers.ts";
+import { DENO, RUN, run, tempConfig } from "./helpers.ts";
 import { startDnsServer } from "./fixtures/dns_server.ts";
 import { configSource } from "../src/config/source.ts";
 import { buildSnapshot } from "../src/server/build.ts";
@@ -117,6 +117,22 @@ Deno.test("a compiled snapshot that never goes live runs nothing, however long i
     built.snapshot.close();
   } finally {
     await Promise.all([tcp.close(), dns.close()]);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("--check without --allow-write refuses a file access log at its line, as starting would", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const file = await tempConfig(`listeners: [{ name: public, address: "127.0.0.1:0" }]
+access_log: { path: ${dir}/access.log }
+routes: [{ name: r, direct_response: { status: 200 } }]
+`);
+    const r = await run(DENO, [...RUN, "--config", file, "--check"]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, new RegExp(`${file}:2:21: access_log\\.path: .*--allow-write`));
+    assert.throws(() => Deno.statSync(`${dir}/access.log`), Deno.errors.NotFound);
+  } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });

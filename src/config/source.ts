@@ -5,6 +5,7 @@
 import { configFromEnv } from "./env.ts";
 import {
   checkReadableFile,
+  checkWritableFile,
   loadConfigFile,
   type LoadResult,
   parseConfigText,
@@ -50,6 +51,7 @@ export function textSource(text: string, running: ConfigSource): ConfigSource {
       Promise.resolve(parseConfigText(text, REQUEST_LABEL, {
         // Paths arrive resolved against "<request>"'s folder, ".": re-anchor them on the file's.
         checkFile: (p) => checkReadableFile(file ? resolveConfigPath(file, p) : p),
+        checkWritable: checkWritableFile,
       })),
   };
 }

@@ -10,7 +10,8 @@ import type { FerryConfig } from "../config/schema.ts";
 import type { Logger } from "../observability/log.ts";
 import { FerryMetrics } from "../observability/metrics.ts";
 import { compileSnapshot, type Snapshot } from "./compile.ts";
-import { prepareParts, SnapshotCompileError } from "./registry.ts";
+import { ConfigProblemsError, readMaterials } from "../config/materials.ts";
+import { prepareParts } from "./registry.ts";
 
 export type BuildResult =
   | {
@@ -62,9 +63,13 @@ export async function buildSnapshot(src: ConfigSource, opts: BuildOptions): Prom
       warnings: loaded.warnings.length > 0 ? formatIssues(loaded.warnings) : "",
     };
   } catch (err) {
-    if (!(err instanceof SnapshotCompileError)) throw err;
-    // Problems found while compiling (an unset token variable, unreadable TLS files) are placed
-    // in the file like the loader's own, or named against `<env>`.
+    if (!(err instanceof ConfigProblemsError)) {
+      // The loader refuses every config the compiler cannot take; reaching this is a bug, and
+      // still a refused config rather than a crash (a reload keeps the running one).
+      return { ok: false, message: `cannot compile config ${src.label}: ${err}` };
+    }
+    // Problems found reading what the config names (an unset token variable, unreadable TLS
+    // files) are placed in the file like the loader's own, or named against `<env>`.
     const issues = err.problems.map((p) => ({
       file: src.label,
       ...(loaded.locate?.(parsePath(p.path)) ?? { line: 0, column: 0 }),
@@ -86,13 +91,15 @@ export interface CompileConfigOptions extends BuildOptions {
 }
 
 /**
- * A validated config -> a snapshot: its parts prepared (inert), its routes compiled. Throws
- * `SnapshotCompileError` for a file the config names that cannot be used; whatever this attempt
- * built is closed then, what it took over from `previous` stays.
+ * A validated config -> a snapshot: the files it names read, its parts prepared (inert), its
+ * routes compiled. Throws `ConfigProblemsError` for what the config names that cannot be used;
+ * whatever this attempt built is closed then, what it took over from `previous` stays.
  */
 export function compileConfig(cfg: FerryConfig, opts: CompileConfigOptions): Snapshot {
   const metrics = opts.metrics ?? opts.previous?.metrics ?? new FerryMetrics();
+  const materials = readMaterials(cfg, { readTextFile: opts.readTextFile, env: opts.env });
   const parts = prepareParts(cfg, {
+    materials,
     readTextFile: opts.readTextFile,
     log: opts.log,
     metrics,
@@ -104,10 +111,9 @@ export function compileConfig(cfg: FerryConfig, opts: CompileConfigOptions): Sna
       source: opts.source,
       written: opts.written,
       parts,
-      readTextFile: opts.readTextFile,
+      materials,
       metrics,
       ...(opts.log ? { log: opts.log } : {}),
-      ...(opts.env ? { env: opts.env } : {}),
     });
   } catch (err) {
     if (opts.previous) parts.discard(opts.previous.parts);

@@ -27,13 +27,8 @@ import { RETRIABLE_GRPC } from "../grpc/status.ts";
 import { authorization, type AuthzPolicy, compilePolicy, RouteAuthz } from "../policy/authz.ts";
 import type { JwtProvider } from "../policy/jwt.ts";
 import type { GuardTls } from "./guard.ts";
-import {
-  type BreakerRecord,
-  type BreakerView,
-  type CompileProblem,
-  type Parts,
-  SnapshotCompileError,
-} from "./registry.ts";
+import type { BreakerRecord, BreakerView, Parts } from "./registry.ts";
+import type { Materials } from "../config/materials.ts";
 import type { Logger } from "../observability/log.ts";
 
 export interface CompiledRoute {
@@ -121,14 +116,12 @@ export interface CompileOptions {
   readonly source: string;
   /** The stateful parts this config uses, prepared by the registry (`prepareParts`). */
   readonly parts: Parts;
-  /** Reads a file named in the config (listener TLS, admin token file), resolved against its folder. */
-  readonly readTextFile: (path: string) => string;
+  /** The contents of the files the config names, and the admin token (config/materials.ts). */
+  readonly materials: Materials;
   /** Where policy state changes are logged. */
   readonly log?: Logger;
   /** The process's metrics (the parts were prepared with the same). */
   readonly metrics: FerryMetrics;
-  /** Reads an environment variable (admin.token_env); default Deno.env.get. */
-  readonly env?: (name: string) => string | undefined;
   /** The config as written (parsed YAML before the schema), for /config's durations. */
   readonly written?: unknown;
 }
@@ -140,27 +133,23 @@ export function splitAddress(address: string): { hostname: string; port: number 
   return { hostname: host === "" ? "0.0.0.0" : host, port: Number(address.slice(colon + 1)) };
 }
 
+/**
+ * Wires a validated config to its prepared parts. Everything it could refuse the loader has
+ * refused already (regexes, rewrites, authorization policies, cluster names); what still throws
+ * here is a bug, reported by `buildSnapshot` as a refused config.
+ */
 export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapshot {
-  const problems: CompileProblem[] = [];
-  const { parts, metrics } = opts;
+  const { parts, metrics, materials } = opts;
   // Closures kept by the snapshot use `log`, never `opts`.
   const log = opts.log;
   const { clusters, jwtProviders } = parts;
   const listenerPolicies = new Map<string, AuthzPolicy>();
-  for (const [i, l] of cfg.listeners.entries()) {
+  for (const l of cfg.listeners) {
     if (!l.authorization) continue;
-    try {
-      listenerPolicies.set(
-        l.name,
-        compilePolicy(l.authorization, `listener ${l.name}`, jwtProviders),
-      );
-    } catch (err) {
-      problems.push({
-        path: `listeners[${i}].authorization`,
-        value: l.name,
-        message: err instanceof Error ? err.message : String(err),
-      });
-    }
+    listenerPolicies.set(
+      l.name,
+      compilePolicy(l.authorization, `listener ${l.name}`, jwtProviders),
+    );
   }
   const clusterMetrics = new Map<string, ClusterRecorder>();
   for (const c of clusters.values()) clusterMetrics.set(c.name, metrics.cluster(c.name));
@@ -175,77 +164,44 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     jwtProviders,
     routeBreaker: (route) => parts.routeBreakers.get(route)!.store,
   };
-  const routes: CompiledRoute[] = [];
-  for (const [i, r] of cfg.routes.entries()) {
-    try {
-      routes.push(compileRoute(r, i, cfg, clusters, policies));
-    } catch (err) {
-      if (err instanceof SnapshotCompileError) problems.push(...err.problems);
-      else throw err;
-    }
-  }
+  const routes = cfg.routes.map((r) => compileRoute(r, cfg, clusters, policies));
 
   const listeners = new Map<string, ListenerPlan>();
-  for (const [i, l] of cfg.listeners.entries()) {
-    let tls: ListenerPlan["tls"];
-    if (l.tls) {
-      try {
-        tls = {
-          cert: opts.readTextFile(l.tls.cert),
-          key: opts.readTextFile(l.tls.key),
-          ...(l.tls.client_ca !== undefined
-            ? {
-              clientCa: opts.readTextFile(l.tls.client_ca),
-              clientAuth: l.tls.client_auth ?? "require",
-            }
-            : {}),
-        };
-      } catch (err) {
-        problems.push({
-          path: `listeners[${i}].tls`,
-          value: l.tls.cert,
-          message: `cannot read TLS files: ${err}`,
-        });
+  for (const l of cfg.listeners) {
+    const files = materials.listenerTls.get(l.name);
+    const tls: ListenerPlan["tls"] = l.tls && files
+      ? {
+        cert: files.cert,
+        key: files.key,
+        ...(files.clientCa !== undefined
+          ? { clientCa: files.clientCa, clientAuth: l.tls.client_auth ?? "require" }
+          : {}),
       }
-    }
+      : undefined;
     const entries = cfg.routes.flatMap((r, index) =>
       !r.listeners || r.listeners.includes(l.name)
         ? [{ name: r.name, index, match: r.match, value: routes[index]! }]
         : []
     );
-    try {
-      const { hostname, port } = splitAddress(l.address);
-      listeners.set(l.name, {
-        name: l.name,
-        hostname,
-        port,
-        tls,
-        scheme: l.tls ? "https" : "http",
-        protocol: l.protocol,
-        router: Router.compile(entries),
-        clientCertHeader: l.tls?.client_cert_header ?? "x-forwarded-client-cert",
-        grpcTimeouts: Object.freeze({
-          idleMs: l.grpc?.idle_timeout ?? DEFAULT_GRPC_TIMEOUTS.idleMs,
-          handshakeMs: l.grpc?.handshake_timeout ?? DEFAULT_GRPC_TIMEOUTS.handshakeMs,
-          settingsAckMs: l.grpc?.settings_timeout ?? DEFAULT_GRPC_TIMEOUTS.settingsAckMs,
-        }),
-      });
-    } catch (err) {
-      if (!(err instanceof RouteCompileError)) throw err;
-      for (const p of err.problems) {
-        problems.push({
-          path: `routes[${p.index}].${p.field}`,
-          value: p.value,
-          message: p.message,
-        });
-      }
-    }
+    const { hostname, port } = splitAddress(l.address);
+    listeners.set(l.name, {
+      name: l.name,
+      hostname,
+      port,
+      tls,
+      scheme: l.tls ? "https" : "http",
+      protocol: l.protocol,
+      router: Router.compile(entries),
+      clientCertHeader: l.tls?.client_cert_header ?? "x-forwarded-client-cert",
+      grpcTimeouts: Object.freeze({
+        idleMs: l.grpc?.idle_timeout ?? DEFAULT_GRPC_TIMEOUTS.idleMs,
+        handshakeMs: l.grpc?.handshake_timeout ?? DEFAULT_GRPC_TIMEOUTS.handshakeMs,
+        settingsAckMs: l.grpc?.settings_timeout ?? DEFAULT_GRPC_TIMEOUTS.settingsAckMs,
+      }),
+    });
   }
+  const adminToken = materials.adminToken;
 
-  const adminToken = resolveAdminToken(cfg, opts, problems);
-  problems.push(...grpcClusterProblems(cfg));
-
-  if (problems.length > 0) throw new SnapshotCompileError(dedupe(problems));
   return Object.freeze({
     version: opts.version,
     loadedAt: new Date(),
@@ -279,64 +235,6 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
   });
 }
 
-/** admin.token, or the first line of admin.token_file, or the variable named by token_env. */
-function resolveAdminToken(
-  cfg: FerryConfig,
-  opts: CompileOptions,
-  problems: CompileProblem[],
-): string | undefined {
-  const a = cfg.admin;
-  if (!a) return undefined;
-  let token: string | undefined = a.token;
-  if (a.token_file !== undefined) {
-    try {
-      token = opts.readTextFile(a.token_file).split(/\r?\n/)[0]!.trim();
-    } catch (err) {
-      problems.push({
-        path: "admin.token_file",
-        value: a.token_file,
-        message: `cannot read: ${err}`,
-      });
-      return undefined;
-    }
-  } else if (a.token_env !== undefined) {
-    token = (opts.env ?? ((n) => Deno.env.get(n)))(a.token_env)?.trim();
-  }
-  if (token === undefined) {
-    if (a.token_env !== undefined) {
-      problems.push({
-        path: "admin.token_env",
-        value: a.token_env,
-        message: "variable is not set",
-      });
-    }
-    return undefined;
-  }
-  if (token.length < 16) {
-    problems.push({
-      path: a.token_file !== undefined
-        ? "admin.token_file"
-        : a.token_env !== undefined
-        ? "admin.token_env"
-        : "admin.token",
-      value: "<redacted>",
-      message: "an admin token must be at least 16 characters",
-    });
-    return undefined;
-  }
-  return token;
-}
-
-function dedupe(problems: CompileProblem[]): CompileProblem[] {
-  const seen = new Set<string>();
-  return problems.filter((p) => {
-    const key = `${p.path}\u0000${p.message}`;
-    if (seen.has(key)) return false;
-    seen.add(key);
-    return true;
-  });
-}
-
 function compileEdits(e: RouteConfig["request_headers"]): HeaderEdits | undefined {
   if (!e) return undefined;
   return Object.freeze({
@@ -345,27 +243,12 @@ function compileEdits(e: RouteConfig["request_headers"]): HeaderEdits | undefine
   });
 }
 
-function compileRewrite(r: RouteConfig, i: number): (path: string) => string {
+/** The loader has refused both kinds at once, bad patterns and a prefix on a regex match. */
+function compileRewrite(r: RouteConfig): (path: string) => string {
   const rw = r.rewrite;
   if (!rw || (rw.prefix === undefined && rw.regex === undefined)) return (p) => p;
-  if (rw.prefix !== undefined && rw.regex !== undefined) {
-    throw new SnapshotCompileError([{
-      path: `routes[${i}].rewrite`,
-      value: "prefix+regex",
-      message: "use either rewrite.prefix or rewrite.regex, not both",
-    }]);
-  }
   if (rw.regex) {
-    let re;
-    try {
-      re = compileRouteRegex(rw.regex.pattern);
-    } catch (err) {
-      throw new SnapshotCompileError([{
-        path: `routes[${i}].rewrite.regex.pattern`,
-        value: rw.regex.pattern,
-        message: err instanceof Error ? err.message : String(err),
-      }]);
-    }
+    const re = compileRouteRegex(rw.regex.pattern);
     const sub = rw.regex.substitution;
     return (p) => re.replace(p, sub);
   }
@@ -376,12 +259,7 @@ function compileRewrite(r: RouteConfig, i: number): (path: string) => string {
     const from = m.prefix;
     return (p) => p.startsWith(from) ? to + p.slice(from.length) : p;
   }
-  throw new SnapshotCompileError([{
-    path: `routes[${i}].rewrite.prefix`,
-    value: to,
-    message:
-      "rewrite.prefix needs a path prefix or exact match; use rewrite.regex with a regex match",
-  }]);
+  throw new Error(`route ${r.name}: rewrite.prefix on a regex match passed validation`);
 }
 
 interface RoutePolicies {
@@ -400,7 +278,6 @@ interface RoutePolicies {
 
 function compileRoute(
   r: RouteConfig,
-  i: number,
   cfg: FerryConfig,
   clusters: ReadonlyMap<string, Cluster>,
   policies: RoutePolicies,
@@ -408,7 +285,7 @@ function compileRoute(
   // Route policies, outermost first: authorization (a refused caller spends no rate-limit token
   // and sees no injected fault), fault injection (chaos), then rate limits.
   const middleware: Middleware[] = [];
-  const authz = routeAuthz(r, i, cfg, policies);
+  const authz = routeAuthz(r, cfg, policies);
   if (authz) middleware.push(authorization(authz));
   if (r.fault) middleware.push(faultInjection(r.fault));
   if (r.rate_limit) {
@@ -439,14 +316,8 @@ function compileRoute(
       authz,
     );
   }
-  const cluster = clusters.get(r.cluster!);
-  if (!cluster) {
-    throw new SnapshotCompileError([{
-      path: `routes[${i}].cluster`,
-      value: r.cluster!,
-      message: "unknown cluster",
-    }]);
-  }
+  // The loader has refused routes to unknown clusters.
+  const cluster = clusters.get(r.cluster!)!;
   const clusterCfg = cfg.clusters.find((c) => c.name === cluster.name)!;
   const breaker = r.circuit_breaker
     ? policies.routeBreaker(r.name)
@@ -496,7 +367,7 @@ function compileRoute(
       maxBodyBytes: r.retry.max_body_bytes,
       maxRetryAfterMs: r.retry.max_retry_after,
     },
-    rewritePath: compileRewrite(r, i),
+    rewritePath: compileRewrite(r),
     hostRewrite: r.rewrite?.host,
     requestEdits: compileEdits(r.request_headers),
     responseEdits: compileEdits(r.response_headers),
@@ -515,7 +386,6 @@ function compileRoute(
  */
 function routeAuthz(
   r: RouteConfig,
-  i: number,
   cfg: FerryConfig,
   policies: RoutePolicies,
 ): RouteAuthz | undefined {
@@ -525,18 +395,9 @@ function routeAuthz(
     const p = policies.listenerPolicies.get(l.name);
     if (p) byListener.set(l.name, p);
   }
-  let own: AuthzPolicy | undefined;
-  if (r.authorization) {
-    try {
-      own = compilePolicy(r.authorization, `route ${r.name}`, policies.jwtProviders);
-    } catch (err) {
-      throw new SnapshotCompileError([{
-        path: `routes[${i}].authorization`,
-        value: r.name,
-        message: err instanceof Error ? err.message : String(err),
-      }]);
-    }
-  }
+  const own = r.authorization
+    ? compilePolicy(r.authorization, `route ${r.name}`, policies.jwtProviders)
+    : undefined;
   if (!own && byListener.size === 0) return undefined;
   return new RouteAuthz(own, byListener, policies.metrics.authzRecorder(r.name));
 }
@@ -557,34 +418,4 @@ function freezeRoute(
     ...(grpc ? { grpc } : {}),
     ...(authz ? { authz } : {}),
   });
-}
-
-/**
- * gRPC needs HTTP/2 upstream: a cluster reached from a `protocol: grpc` listener must be `h2c`
- * (http:// endpoints over h2c, https:// over TLS with ALPN h2) or have only https:// endpoints.
- */
-function grpcClusterProblems(cfg: FerryConfig): CompileProblem[] {
-  const problems: CompileProblem[] = [];
-  const grpcListeners = new Set(
-    cfg.listeners.filter((l) => l.protocol === "grpc").map((l) => l.name),
-  );
-  if (grpcListeners.size === 0) return problems;
-  for (const [i, r] of cfg.routes.entries()) {
-    if (!r.cluster) continue;
-    const served = r.listeners ? r.listeners.some((l) => grpcListeners.has(l)) : true;
-    if (!served) continue;
-    const c = cfg.clusters.find((c) => c.name === r.cluster);
-    if (!c || c.protocol === "h2c") continue;
-    const allTls = c.endpoints !== undefined &&
-      c.endpoints.every((e) => (typeof e === "string" ? e : e.url).startsWith("https://"));
-    if (allTls) continue;
-    problems.push({
-      path: `routes[${i}].cluster`,
-      value: r.cluster,
-      message: `cluster ${r.cluster} is reached from a grpc listener but speaks ${c.protocol}: ` +
-        `set its protocol to h2c (or use only https:// endpoints), or limit the route with ` +
-        `listeners: to http listeners`,
-    });
-  }
-  return problems;
 }

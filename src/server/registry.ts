@@ -20,6 +20,7 @@
  * configs give equal keys whatever their key order.
  */
 import type { BreakerConfigSchema, FerryConfig } from "../config/schema.ts";
+import { type ConfigProblem, ConfigProblemsError, type Materials } from "../config/materials.ts";
 import { buildCluster, type Cluster, staticEndpoints } from "../upstream/cluster.ts";
 import type { UpstreamTls } from "../upstream/upstream_tls.ts";
 import { DeadlineQueue } from "../policy/deadlines.ts";
@@ -34,22 +35,6 @@ import { JwtProvider } from "../policy/jwt.ts";
 import type { Logger } from "../observability/log.ts";
 import { AccessLog, LineWriter, openSink } from "../observability/access_log.ts";
 import type { FerryMetrics, ScrapeSources } from "../observability/metrics.ts";
-
-/** A config problem found while reading what the config names (files, key sets). */
-export interface CompileProblem {
-  readonly path: string;
-  readonly value: string;
-  readonly message: string;
-}
-
-export class SnapshotCompileError extends Error {
-  constructor(readonly problems: readonly CompileProblem[]) {
-    super(
-      problems.map((p) => `${p.path}: ${p.message} (got ${JSON.stringify(p.value)})`).join("\n"),
-    );
-    this.name = "SnapshotCompileError";
-  }
-}
 
 /** JSON with object keys sorted, so equal configs give equal keys whatever their key order. */
 export function canonicalJson(value: unknown): string {
@@ -130,7 +115,9 @@ export interface Parts {
 }
 
 export interface PrepareOptions {
-  /** Reads a file named in the config (TLS material, JWKS), resolved against its folder. */
+  /** The contents of the files the config names (config/materials.ts). */
+  readonly materials: Materials;
+  /** Reads a file a shared rate limit's store names (password_file, ca_file). */
   readonly readTextFile: (path: string) => string;
   /** Where state changes (breaker transitions, health, endpoints) are logged. */
   readonly log?: Logger | undefined;
@@ -182,11 +169,12 @@ export function scrapeSources(
 const RETIRE_DRAIN_MS = 10 * 60_000;
 
 /**
- * Builds (inert) or takes over the parts `cfg` needs. Throws `SnapshotCompileError` when a file
- * the config names cannot be read or used; what it built is closed first.
+ * Builds (inert) or takes over the parts `cfg` needs. Throws `ConfigProblemsError` when what a
+ * part needs cannot be used (a JWKS file that is no key set, a Redis store's password or CA file:
+ * their parsers live with the parts); what it built is closed first.
  */
 export function prepareParts(cfg: FerryConfig, opts: PrepareOptions): Parts {
-  const problems: CompileProblem[] = [];
+  const problems: ConfigProblem[] = [];
   const prior = opts.previous?.carry;
   // Closures kept by the parts use `log` and `metrics`, never `opts`: `opts.previous` would
   // chain every generation to its predecessor and leak them all across reloads.
@@ -197,25 +185,12 @@ export function prepareParts(cfg: FerryConfig, opts: PrepareOptions): Parts {
   const activations: (() => void)[] = [];
   /** What this generation built and starts when it goes live. */
   const starters: (() => void)[] = [];
-  for (const [i, c] of cfg.clusters.entries()) {
-    const read = (field: "ca_file" | "cert_file" | "key_file"): string | undefined => {
-      const file = c.tls?.[field];
-      if (file === undefined) return undefined;
-      try {
-        return opts.readTextFile(file);
-      } catch (err) {
-        problems.push({
-          path: `clusters[${i}].tls.${field}`,
-          value: file,
-          message: `cannot read: ${err}`,
-        });
-        return undefined;
-      }
-    };
-    const ca = read("ca_file");
+  for (const c of cfg.clusters) {
+    const files = opts.materials.clusterTls.get(c.name);
+    const ca = files?.ca;
     const caCerts = ca === undefined ? undefined : [ca];
-    const clientCert = read("cert_file");
-    const clientKey = read("key_file");
+    const clientCert = files?.cert;
+    const clientKey = files?.key;
     const upstreamTls: UpstreamTls | undefined = c.tls
       ? {
         ...(caCerts ? { caCerts } : {}),
@@ -338,19 +313,7 @@ export function prepareParts(cfg: FerryConfig, opts: PrepareOptions): Parts {
   const jwtCarry = new Map<string, { key: string; provider: JwtProvider }>();
   const jwtProviders = new Map<string, JwtProvider>();
   for (const [i, p] of cfg.jwt_providers.entries()) {
-    let jwksText: string | undefined;
-    if (p.jwks_file !== undefined) {
-      try {
-        jwksText = opts.readTextFile(p.jwks_file);
-      } catch (err) {
-        problems.push({
-          path: `jwt_providers[${i}].jwks_file`,
-          value: p.jwks_file,
-          message: `cannot read: ${err}`,
-        });
-        continue;
-      }
-    }
+    const jwksText = opts.materials.jwks.get(p.name);
     const key = canonicalJson({ p, jwksText });
     const kept = prior?.jwtProviders.get(p.name);
     if (kept?.key === key) {
@@ -393,7 +356,7 @@ export function prepareParts(cfg: FerryConfig, opts: PrepareOptions): Parts {
   if (problems.length > 0) {
     // Close only what this attempt built; what it took over still serves the previous config.
     releaseUnshared(carry, prior, { drainMs: 0 });
-    throw new SnapshotCompileError(problems);
+    throw new ConfigProblemsError(problems);
   }
   let started = false;
   return Object.freeze({
