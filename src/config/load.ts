@@ -11,6 +11,9 @@
  *   Deno.exit(1);
  * }
  * ```
+ *
+ * One piece past 500 lines: the YAML positions, the schema issues and the cross-reference checks
+ * share the path-to-line mapping that places every problem; split, each would import it back.
  */
 import {
   type Document,

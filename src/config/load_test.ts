@@ -1,3 +1,7 @@
+/**
+ * The loader's contract: positions, messages and cross-reference checks. One file past 500
+ * lines: every case shares the CONTRACT config and the position helpers.
+ */
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import {

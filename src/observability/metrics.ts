@@ -10,6 +10,9 @@
  *
  * Label values come only from config (listener, route, cluster, endpoint, limit names) or from
  * small fixed sets (method, status class, flag): never raw paths, hosts or client addresses.
+ *
+ * One piece past 500 lines: every metric's name, help and labels in one table, so the exposition
+ * and docs/observability.md can be checked against one file.
  */
 import client from "prom-client";
 import { VERSION } from "../version.ts";

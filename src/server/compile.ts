@@ -4,9 +4,6 @@
  * it opens no socket, starts no timer and reads no file; what runs (health checks, DNS, the
  * access-log file) is started by the registry when the snapshot goes live. Requests read one
  * snapshot and keep it.
- *
- * One piece past 500 lines: the route compiler (edits, rewrites, authorization, the chain) is the
- * snapshot's only producer of handlers and shares its types with the listener plans below.
  */
 import type { FerryConfig, RouteConfig } from "../config/schema.ts";
 import { compose, type Handler, type Middleware } from "../pipeline/types.ts";
