@@ -8,7 +8,7 @@
 import type { FerryConfig, RouteConfig } from "../config/schema.ts";
 import { compose, type Handler, type Middleware } from "../pipeline/types.ts";
 import { compileRouteRegex } from "../routing/regex.ts";
-import { RouteCompileError, Router } from "../routing/router.ts";
+import { Router } from "../routing/router.ts";
 import type { Cluster } from "../upstream/cluster.ts";
 import { forwardTo } from "../upstream/forward.ts";
 import type { HeaderEdits } from "../upstream/request_headers.ts";
