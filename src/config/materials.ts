@@ -1,6 +1,7 @@
 /**
  * The last step of validation: reads the contents of the files a validated config names (TLS
- * certificates, keys and CAs, JWKS files, the admin token file) and resolves the admin token.
+ * certificates, keys and CAs, JWKS files, shared rate-limit stores' password and CA files, the
+ * admin token file) and checks the environment variables it names.
  * This is the only place between loading and serving that reads them, so the compiler and the
  * registry work from these contents and never touch the file system. A file that vanished since
  * the loader checked it, or an admin token that is unset or too short, is a config problem here.
@@ -43,6 +44,8 @@ export interface Materials {
   readonly jwks: ReadonlyMap<string, string>;
   /** The admin listener's bearer token (admin.token, token_file or token_env), if any. */
   readonly adminToken: string | undefined;
+  /** Shared rate-limit stores' password and CA files, by the path as the config writes it. */
+  readonly storeFiles: ReadonlyMap<string, string>;
 }
 
 export interface MaterialOptions {
@@ -95,9 +98,34 @@ export function readMaterials(cfg: FerryConfig, opts: MaterialOptions): Material
     const text = read(`jwt_providers[${i}].jwks_file`, p.jwks_file);
     if (text !== undefined) jwks.set(p.name, text);
   }
+  const storeFiles = new Map<string, string>();
+  const env = opts.env ?? ((n: string) => Deno.env.get(n));
+  for (const [i, l] of cfg.rate_limits.entries()) {
+    const store = l.redis;
+    if (!store) continue;
+    const at = `rate_limits[${i}].redis`;
+    const files: [string, string | undefined][] = [
+      ["password_file", store.password_file],
+      ["tls.ca_file", typeof store.tls === "object" ? store.tls.ca_file : undefined],
+    ];
+    for (const [field, file] of files) {
+      if (file === undefined) continue;
+      const text = read(`${at}.${field}`, file);
+      if (text !== undefined) storeFiles.set(file, text);
+    }
+    if (store.password_file === undefined && store.password_env !== undefined) {
+      if (env(store.password_env) === undefined) {
+        problems.push({
+          path: `${at}.password_env`,
+          value: store.password_env,
+          message: `environment variable ${store.password_env} is not set`,
+        });
+      }
+    }
+  }
   const adminToken = resolveAdminToken(cfg, opts, problems);
   if (problems.length > 0) throw new ConfigProblemsError(problems);
-  return { listenerTls, clusterTls, jwks, adminToken };
+  return { listenerTls, clusterTls, jwks, adminToken, storeFiles };
 }
 
 /** admin.token, or the first line of admin.token_file, or the variable named by token_env. */

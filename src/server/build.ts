@@ -100,7 +100,7 @@ export function compileConfig(cfg: FerryConfig, opts: CompileConfigOptions): Sna
   const materials = readMaterials(cfg, { readTextFile: opts.readTextFile, env: opts.env });
   const parts = prepareParts(cfg, {
     materials,
-    readTextFile: opts.readTextFile,
+    env: opts.env,
     log: opts.log,
     metrics,
     previous: opts.previous?.parts,

@@ -33,7 +33,6 @@ import {
   BreakerStore,
 } from "../policy/circuit_breaker.ts";
 import { compileLimiters, type Limiter } from "../policy/middleware.ts";
-import { RedisStoreError } from "../policy/redis_limiter.ts";
 import { JwtProvider } from "../policy/jwt.ts";
 import type { Logger } from "../observability/log.ts";
 import { AccessLog, LineWriter, openSink } from "../observability/access_log.ts";
@@ -120,8 +119,8 @@ export interface Parts {
 export interface PrepareOptions {
   /** The contents of the files the config names (config/materials.ts). */
   readonly materials: Materials;
-  /** Reads a file a shared rate limit's store names (password_file, ca_file). */
-  readonly readTextFile: (path: string) => string;
+  /** Reads an environment variable (a shared store's password_env); default Deno.env.get. */
+  readonly env?: ((name: string) => string | undefined) | undefined;
   /** Where state changes (breaker transitions, health, endpoints) are logged. */
   readonly log?: Logger | undefined;
   readonly metrics: FerryMetrics;
@@ -172,9 +171,8 @@ export function scrapeSources(
 const RETIRE_DRAIN_MS = 10 * 60_000;
 
 /**
- * Builds (inert) or takes over the parts `cfg` needs. Throws `ConfigProblemsError` when what a
- * part needs cannot be used (a JWKS file that is no key set, a Redis store's password or CA file:
- * their parsers live with the parts); what it built is closed first.
+ * Builds (inert) or takes over the parts `cfg` needs. Throws `ConfigProblemsError` for a JWKS
+ * file that is no key set (jose parses it, in policy/); what it built is closed first.
  */
 export function prepareParts(cfg: FerryConfig, opts: PrepareOptions): Parts {
   const problems: ConfigProblem[] = [];
@@ -288,27 +286,22 @@ export function prepareParts(cfg: FerryConfig, opts: PrepareOptions): Parts {
 
   const limiterCarry = new Map<string, { key: string; limiter: Limiter }>();
   const limiters = new Map<string, Limiter>();
-  for (const [i, rl] of cfg.rate_limits.entries()) {
+  const storeFile = (path: string) => {
+    const text = opts.materials.storeFiles.get(path);
+    if (text === undefined) throw new Error(`${path} was not read with the config`);
+    return text;
+  };
+  for (const rl of cfg.rate_limits) {
     const key = canonicalJson(rl);
     const kept = prior?.limiters.get(rl.name);
-    let limiter: Limiter;
-    try {
-      // A shared (redis) limiter connects lazily, on its first lease.
-      limiter = kept?.key === key ? kept.limiter : compileLimiters([rl], (c) => ({
-        readTextFile: opts.readTextFile,
-        log,
-        backendMetrics: metrics.rateLimitBackend(c.name),
-      })).get(rl.name)!;
-    } catch (err) {
-      // A shared store whose password (file or variable) or CA file cannot be read.
-      if (!(err instanceof RedisStoreError)) throw err;
-      problems.push({
-        path: `rate_limits[${i}].redis.${err.field}`,
-        value: err.value,
-        message: err.message,
-      });
-      continue;
-    }
+    // A shared (redis) limiter connects lazily, on its first lease; its files were read by
+    // config/materials.ts.
+    const limiter = kept?.key === key ? kept.limiter : compileLimiters([rl], (c) => ({
+      readTextFile: storeFile,
+      ...(opts.env ? { env: opts.env } : {}),
+      log,
+      backendMetrics: metrics.rateLimitBackend(c.name),
+    })).get(rl.name)!;
     limiters.set(rl.name, limiter);
     limiterCarry.set(rl.name, { key, limiter });
   }
