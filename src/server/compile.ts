@@ -24,7 +24,8 @@ import { RETRIABLE_GRPC } from "../grpc/status.ts";
 import { authorization, type AuthzPolicy, compilePolicy, RouteAuthz } from "../policy/authz.ts";
 import type { JwtProvider } from "../policy/jwt.ts";
 import type { GuardTls } from "./guard.ts";
-import type { BreakerRecord, BreakerView, Parts } from "./registry.ts";
+import type { Parts } from "./registry.ts";
+import type { BreakerRecord, BreakerView } from "./breaker_records.ts";
 import type { Materials } from "../config/materials.ts";
 import type { Logger } from "../observability/log.ts";
 
