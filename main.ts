@@ -4,7 +4,8 @@
  * drain.
  */
 import { parseArgs, USAGE, UsageError } from "./src/cli.ts";
-import { buildSnapshot, configSource } from "./src/config/source.ts";
+import { configSource } from "./src/config/source.ts";
+import { buildSnapshot } from "./src/server/build.ts";
 import { Reloader, watchConfigFile } from "./src/server/reload.ts";
 import { tlsFilesOf, watchTlsFiles } from "./src/server/tls_watch.ts";
 import { resolveConfigPath } from "./src/config/load.ts";
@@ -12,8 +13,8 @@ import { createLogger } from "./src/observability/log.ts";
 import { FerryMetrics } from "./src/observability/metrics.ts";
 import { Ferry, installLastLineOfDefence } from "./src/server/ferry.ts";
 import { VERSION } from "./src/version.ts";
-import { describeSnapshot } from "./src/config/summary.ts";
-import { checkFdBudget, fdBudget } from "./src/server/descriptors.ts";
+import { describeSnapshot } from "./src/server/summary.ts";
+import { checkFdBudget, fdBudget } from "./src/observability/descriptors.ts";
 
 const EXIT_CONFIG = 1, EXIT_USAGE = 2, EXIT_START = 3;
 

@@ -3,7 +3,7 @@
  * measured in the same run (the pipeline figure already includes the downstream recording).
  * `deno bench --allow-all --unstable-no-legacy-abort bench/metrics_bench.ts`
  */
-import { compileSnapshot } from "../src/config/compile.ts";
+import { compileConfig } from "../src/server/build.ts";
 import { parseConfigText } from "../src/config/load.ts";
 import { createLogger } from "../src/observability/log.ts";
 import { FerryMetrics } from "../src/observability/metrics.ts";
@@ -19,7 +19,7 @@ routes: [{ name: r, match: { path: { prefix: /api/ } }, direct_response: { statu
   "bench.yaml",
 );
 if (!loaded.ok) throw new Error(JSON.stringify(loaded.errors));
-const snap = compileSnapshot(loaded.config, {
+const snap = compileConfig(loaded.config, {
   version: 1,
   source: "bench",
   readTextFile: () => "",

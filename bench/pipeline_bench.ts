@@ -3,7 +3,7 @@
  * request id), routing, and a route's policy chain (fault injection at 0 %, a per-IP and a
  * global token bucket), ending in a direct response. `deno task bench`.
  */
-import { compileSnapshot } from "../src/config/compile.ts";
+import { compileConfig } from "../src/server/build.ts";
 import { parseConfigText } from "../src/config/load.ts";
 import { createLogger } from "../src/observability/log.ts";
 import { createListenerHandler } from "../src/server/handler.ts";
@@ -14,7 +14,7 @@ printNoSeed("the whole request pipeline");
 function handlerFor(yaml: string) {
   const loaded = parseConfigText(yaml, "bench.yaml");
   if (!loaded.ok) throw new Error(JSON.stringify(loaded.errors));
-  const snap = compileSnapshot(loaded.config, {
+  const snap = compileConfig(loaded.config, {
     version: 1,
     source: "bench",
     readTextFile: () => "",

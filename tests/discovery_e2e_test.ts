@@ -7,7 +7,8 @@
 import assert from "node:assert/strict";
 import { startDnsServer } from "./fixtures/dns_server.ts";
 import { catchAllConfig, startEchoUpstream, startFerry, startUpstream } from "./helpers.ts";
-import { buildSnapshot, configSource } from "../src/config/source.ts";
+import { configSource } from "../src/config/source.ts";
+import { buildSnapshot } from "../src/server/build.ts";
 import { createLogger } from "../src/observability/log.ts";
 import { Ferry } from "../src/server/ferry.ts";
 import { tempConfig } from "./helpers.ts";

@@ -9,7 +9,7 @@ import { normalizeHost, normalizePath } from "../src/routing/path.ts";
 import { Router } from "../src/routing/router.ts";
 import type { RouteMatchConfig } from "../src/config/schema.ts";
 import { hidesDotSegment, splitTarget } from "../src/server/handler.ts";
-import { ProxyError } from "../src/server/errors.ts";
+import { ProxyError } from "../src/pipeline/errors.ts";
 import { rawRequest, startFerry, startUpstream } from "./helpers.ts";
 
 /** Path pieces chosen to hit the interesting branches, mixed with arbitrary characters. */

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { H1Transport } from "../src/h1/transport.ts";
 import type { H1PoolOptions } from "../src/h1/pool.ts";
-import { ProxyError } from "../src/server/errors.ts";
+import { ProxyError } from "../src/pipeline/errors.ts";
 import {
   catchAllConfig,
   metricValue,

@@ -2,7 +2,7 @@
  * End-to-end test fixtures: real upstream servers on port 0 and a real Ferry started in-process
  * from YAML (listeners on 127.0.0.1:0, ports read back).
  */
-import { compileSnapshot } from "../src/config/compile.ts";
+import { compileConfig } from "../src/server/build.ts";
 import { parseConfigText } from "../src/config/load.ts";
 import { createLogger } from "../src/observability/log.ts";
 import { Ferry } from "../src/server/ferry.ts";
@@ -94,7 +94,7 @@ export function startFerry(
   if (!loaded.ok) {
     throw new Error(`test config invalid:\n${JSON.stringify(loaded.errors, null, 2)}`);
   }
-  const snapshot = compileSnapshot(loaded.config, {
+  const snapshot = compileConfig(loaded.config, {
     version: 1,
     source: "test.yaml",
     written: loaded.written,

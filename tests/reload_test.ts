@@ -3,7 +3,8 @@
  * clusters and rate limits kept; listeners added and removed; long-lived connections untouched.
  */
 import assert from "node:assert/strict";
-import { buildSnapshot, configSource } from "../src/config/source.ts";
+import { configSource } from "../src/config/source.ts";
+import { buildSnapshot } from "../src/server/build.ts";
 import { createLogger } from "../src/observability/log.ts";
 import { Ferry } from "../src/server/ferry.ts";
 import { Reloader } from "../src/server/reload.ts";

@@ -1,6 +1,11 @@
+/**
+ * The loader's contract: positions, messages and cross-reference checks. One file past 500
+ * lines: every case shares the CONTRACT config and the position helpers.
+ */
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import {
+  checkWritableFile,
   type ConfigIssue,
   formatIssues,
   loadConfigFile,
@@ -513,4 +518,42 @@ Deno.test("one indentation mistake or one tab gives one error, with a clean path
     parseConfigText("listeners:\n  - name: a\n   address: ':80'\n", "f.yaml"),
   );
   assert.equal(item.length, 1, formatIssues(item));
+});
+
+Deno.test("the loader refuses a cluster reached from a grpc listener that speaks HTTP/1.1, at the route's line", () => {
+  const text = [
+    /* 1 */ "listeners: [{ name: g, address: 127.0.0.1:8080, protocol: grpc }]",
+    /* 2 */ "routes: [{ name: r, cluster: c }]",
+    /* 3 */ "clusters: [{ name: c, endpoints: [http://127.0.0.1:9001] }]",
+    "",
+  ].join("\n");
+  const errors = errorsOf(parseConfigText(text, "f.yaml"));
+  assert.deepEqual(positions(errors), ["2:30 routes[0].cluster"]);
+  assert.match(errors[0]!.message, /grpc listener but speaks http1/);
+  assert.ok(parseConfigText(text.replace("endpoints:", "protocol: h2c, endpoints:"), "f.yaml").ok);
+});
+
+Deno.test("the loader refuses an access log it could not open, without creating it", () => {
+  const dir = Deno.makeTempDirSync();
+  try {
+    const text = (path: string) =>
+      `listeners: [{ name: p, address: 127.0.0.1:8080 }]\naccess_log: { path: ${path} }\n`;
+    const missing = errorsOf(
+      parseConfigText(text(`${dir}/no/such/folder/a.log`), "f.yaml", {
+        checkWritable: checkWritableFile,
+      }),
+    );
+    assert.deepEqual(positions(missing), ["2:21 access_log.path"]);
+    assert.match(missing[0]!.message, /no such file/);
+    const folder = errorsOf(
+      parseConfigText(text(dir), "f.yaml", { checkWritable: checkWritableFile }),
+    );
+    assert.match(folder[0]!.message, /is a directory/);
+    assert.ok(
+      parseConfigText(text(`${dir}/a.log`), "f.yaml", { checkWritable: checkWritableFile }).ok,
+    );
+    assert.deepEqual([...Deno.readDirSync(dir)], [], "nothing created");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });

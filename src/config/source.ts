@@ -1,24 +1,18 @@
 /**
- * Where the config comes from (a YAML file, or the PROXY_* environment quick start) and the one
- * way to turn it into a snapshot: load, validate, compile. Used at start-up and by every reload,
- * so both report the same file:line:field errors.
+ * Where the config comes from: a YAML file, the PROXY_* environment quick start, or text sent
+ * over the admin API. `buildSnapshot` (src/server/build.ts) turns any of them into a snapshot.
  */
-import { compileSnapshot, type Snapshot, SnapshotCompileError } from "./compile.ts";
 import { configFromEnv } from "./env.ts";
 import {
   checkReadableFile,
-  formatIssues,
+  checkWritableFile,
   loadConfigFile,
   type LoadResult,
   parseConfigText,
   resolveConfigPath,
   validateConfig,
 } from "./load.ts";
-import { formatPath, parsePath, type PathSegment } from "./errors.ts";
-import { loadExtensions, type MiddlewareFactory } from "../extend/extensions.ts";
-import type { FerryConfig } from "./schema.ts";
-import type { Logger } from "../observability/log.ts";
-import type { FerryMetrics } from "../observability/metrics.ts";
+import type { MiddlewareFactory } from "../extend/extensions.ts";
 
 export const DEFAULT_CONFIG = "config/ferry.yaml";
 
@@ -62,6 +56,7 @@ export function textSource(text: string, running: ConfigSource): ConfigSource {
       Promise.resolve(parseConfigText(text, REQUEST_LABEL, {
         // Paths arrive resolved against "<request>"'s folder, ".": re-anchor them on the file's.
         checkFile: (p) => checkReadableFile(file ? resolveConfigPath(file, p) : p),
+        checkWritable: checkWritableFile,
       })),
   };
 }
@@ -87,77 +82,4 @@ export function dataSource(
       })),
     ...(factories ? { factories } : {}),
   };
-}
-
-export type BuildResult =
-  | {
-    readonly ok: true;
-    readonly snapshot: Snapshot;
-    readonly config: FerryConfig;
-    readonly warnings: string;
-  }
-  | { readonly ok: false; readonly message: string };
-
-export interface BuildOptions {
-  readonly version: number;
-  readonly log?: Logger;
-  /** The running snapshot on a reload: unchanged parts (and its metrics) are taken over. */
-  readonly previous?: Snapshot;
-  /** The process's metrics, at start-up; a reload takes the previous snapshot's. */
-  readonly metrics?: FerryMetrics;
-}
-
-/** Loads, validates and compiles; never throws for a bad config, returns its message instead. */
-export async function buildSnapshot(src: ConfigSource, opts: BuildOptions): Promise<BuildResult> {
-  let loaded: LoadResult;
-  try {
-    loaded = await src.load();
-  } catch (err) {
-    return { ok: false, message: `cannot read config ${src.label}: ${err}` };
-  }
-  if (!loaded.ok) {
-    return { ok: false, message: `invalid config ${src.label}\n${formatIssues(loaded.errors)}` };
-  }
-  const file = src.file;
-  // Problems found after loading (compiling, extension modules) are placed in the file like the
-  // loader's own, or named against `<env>` / `<code>`.
-  const placed = (
-    problems: readonly { path: readonly PathSegment[]; value: unknown; message: string }[],
-  ) => {
-    const issues = problems.map((p) => ({
-      file: src.label,
-      ...(loaded.locate?.(p.path) ?? { line: 0, column: 0 }),
-      path: formatPath(p.path),
-      value: p.value,
-      message: p.message,
-    })).sort((a, b) => a.line - b.line || a.column - b.column);
-    return { ok: false as const, message: `invalid config ${src.label}\n${formatIssues(issues)}` };
-  };
-  // Modules are imported and factories called before compiling: a failure keeps the old config.
-  const ext = await loadExtensions(loaded.config, {
-    configFile: file,
-    ...(src.factories ? { factories: src.factories } : {}),
-  });
-  if (!ext.ok) return placed(ext.problems);
-  try {
-    const snapshot = compileSnapshot(loaded.config, {
-      extensions: ext.extensions,
-      version: opts.version,
-      source: src.label,
-      written: loaded.written,
-      readTextFile: (p) => Deno.readTextFileSync(file ? resolveConfigPath(file, p) : p),
-      ...(opts.log ? { log: opts.log } : {}),
-      ...(opts.previous ? { previous: opts.previous } : {}),
-      ...(opts.metrics ? { metrics: opts.metrics } : {}),
-    });
-    return {
-      ok: true,
-      snapshot,
-      config: loaded.config,
-      warnings: loaded.warnings.length > 0 ? formatIssues(loaded.warnings) : "",
-    };
-  } catch (err) {
-    if (!(err instanceof SnapshotCompileError)) throw err;
-    return placed(err.problems.map((p) => ({ ...p, path: parsePath(p.path) })));
-  }
 }

@@ -12,8 +12,8 @@ import { resolveConfigPath } from "../config/load.ts";
 import type { PathSegment } from "../config/errors.ts";
 import type { Handler, Middleware, RequestContext } from "../pipeline/types.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
-import { ProxyError } from "../server/errors.ts";
-import { carryOver } from "../server/downstream.ts";
+import { ProxyError } from "../pipeline/errors.ts";
+import { carryOver } from "../pipeline/downstream.ts";
 
 /** Where a factory is used; handed to it so it can name itself in its own logs. */
 export interface MiddlewareUse {

@@ -4,7 +4,7 @@ import { validateConfig } from "../config/load.ts";
 import type { FerryConfig } from "../config/schema.ts";
 import type { Handler, RequestContext } from "../pipeline/types.ts";
 import { FerryMetrics } from "../observability/metrics.ts";
-import { ProxyError } from "../server/errors.ts";
+import { ProxyError } from "../pipeline/errors.ts";
 
 function config(data: Record<string, unknown>): FerryConfig {
   const r = validateConfig(data, { file: "<test>" });

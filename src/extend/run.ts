@@ -4,7 +4,8 @@
  * extensions → compile → serve path as main.ts, without the CLI, signals or exit codes: the
  * program that imports Ferry owns those.
  */
-import { buildSnapshot, type ConfigSource, configSource, dataSource } from "../config/source.ts";
+import { type ConfigSource, configSource, dataSource } from "../config/source.ts";
+import { buildSnapshot } from "../server/build.ts";
 import { createLogger } from "../observability/log.ts";
 import { FerryMetrics } from "../observability/metrics.ts";
 import { type BoundAddress, Ferry, installLastLineOfDefence } from "../server/ferry.ts";

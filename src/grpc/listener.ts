@@ -3,14 +3,14 @@
  * runs Ferry's own HTTP/2 server on each (src/h2/) and hands every stream to the gRPC proxy.
  * Routing uses the listener's compiled router on `:authority` and `:path`.
  */
-import { DEFAULT_GRPC_TIMEOUTS, type ListenerPlan, type Snapshot } from "../config/compile.ts";
+import { DEFAULT_GRPC_TIMEOUTS, type ListenerPlan, type Snapshot } from "../server/compile.ts";
 import { H2Connection } from "../h2/connection.ts";
 import { headerValue } from "../h2/headers.ts";
 import type { HeaderField } from "../h2/hpack.ts";
 import type { H2Stream } from "../h2/stream.ts";
 import type { Logger } from "../observability/log.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
-import { ProxyError } from "../server/errors.ts";
+import { ProxyError } from "../pipeline/errors.ts";
 import { pickRequestId } from "../server/request_id.ts";
 import type { CallFacts, ClientIdentity } from "../pipeline/types.ts";
 import { admitCall } from "../pipeline/route_chain.ts";

@@ -11,8 +11,8 @@ import type { HeaderField } from "../h2/hpack.ts";
 import { headerValue } from "../h2/headers.ts";
 import type { H2Stream } from "../h2/stream.ts";
 import { StreamReset } from "../h2/stream.ts";
-import { ProxyError } from "../server/errors.ts";
-import { forwardedHeaders } from "../server/trust.ts";
+import { ProxyError } from "../pipeline/errors.ts";
+import { forwardedHeaders } from "../pipeline/trust.ts";
 import type { Cluster, Endpoint } from "../upstream/cluster.ts";
 import {
   type AttemptContext,
@@ -22,7 +22,7 @@ import {
 } from "../upstream/call.ts";
 import { ClientGoneReason, TimeoutReason } from "../upstream/transport.ts";
 import { replayBytes } from "../policy/retry.ts";
-import { xfccElement } from "../upstream/forward.ts";
+import { xfccElement } from "../upstream/request_headers.ts";
 import type { CallFacts, ClientIdentity } from "../pipeline/types.ts";
 import {
   formatGrpcTimeout,

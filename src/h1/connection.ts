@@ -2,6 +2,9 @@
  * One HTTP/1.1 upstream connection: a socket, its read buffer, and the exchange of one request
  * and one response at a time. Bytes pass as they are: nothing is decoded, nothing is added but
  * the framing the request already had.
+ *
+ * One piece past 500 lines: the request writer and the response reader share the socket, its
+ * read buffer and the rule for when the connection may go back to the pool.
  */
 import {
   ChunkedDecoder,

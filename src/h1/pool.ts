@@ -5,7 +5,7 @@
  */
 import { type ConnectionOwner, H1Connection } from "./connection.ts";
 import { checksPeer, connectUpstreamTls, type UpstreamTls } from "../upstream/upstream_tls.ts";
-import { ProxyError } from "../server/errors.ts";
+import { ProxyError } from "../pipeline/errors.ts";
 
 export interface H1PoolOptions {
   readonly maxIdlePerEndpoint: number;

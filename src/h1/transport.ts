@@ -2,7 +2,7 @@
  * Ferry's own HTTP/1.1 upstream transport: one pool per endpoint, requests framed exactly as
  * they came, responses parsed strictly and streamed byte for byte (Content-Encoding untouched).
  */
-import { ProxyError } from "../server/errors.ts";
+import { ProxyError } from "../pipeline/errors.ts";
 import {
   classifyUpstreamError,
   type Transport,

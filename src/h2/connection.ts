@@ -5,6 +5,9 @@
  * assembly, GOAWAY with graceful drain, limits on concurrent streams and header list size, and
  * a budget for control frames that answers floods ("rapid reset", SETTINGS/PING storms) with
  * GOAWAY ENHANCE_YOUR_CALM. Streams are `H2Stream`s (stream.ts).
+ *
+ * One piece past 500 lines: flow control, the stream state machine and the frame budget all
+ * update the same connection state per frame; RFC 9113 reads the same way.
  */
 import {
   CLIENT_PREFACE,

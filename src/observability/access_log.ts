@@ -3,7 +3,6 @@
  * flushed in batches by one async writer; when the sink cannot keep up and the queue passes its
  * bound, lines are dropped and counted rather than blocking requests or growing memory.
  */
-import type { AccessLogConfig } from "../config/schema.ts";
 import type { RequestContext } from "../pipeline/types.ts";
 import {
   COMBINED_TEMPLATE,
@@ -102,6 +101,18 @@ export interface AccessLogEntry {
   readonly responseHeaders: Headers;
   readonly startedAt: number;
   readonly endedAt: number;
+}
+
+/** What the access log reads of the config's validated `access_log` section. */
+export interface AccessLogConfig {
+  /** "stdout", "stderr" or a file path. */
+  readonly path: string;
+  /** "json", "combined" or a `$field` template. */
+  readonly format: string;
+  /** Share of requests logged, 0..1. */
+  readonly sample: number;
+  /** Fields written in the JSON format; all when not set. */
+  readonly fields?: readonly string[] | undefined;
 }
 
 /** Builds and writes log lines for one snapshot's access_log config. */

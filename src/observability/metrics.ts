@@ -10,13 +10,13 @@
  *
  * Label values come only from config (listener, route, cluster, endpoint, limit names) or from
  * small fixed sets (method, status class, flag): never raw paths, hosts or client addresses.
+ *
+ * One piece past 500 lines: every metric's name, help and labels in one table, so the exposition
+ * and docs/observability.md can be checked against one file.
  */
-import type { EndpointPoolStats } from "../h1/pool.ts";
 import client from "prom-client";
-import type { Snapshot } from "../config/compile.ts";
-import type { Cluster } from "../upstream/cluster.ts";
 import { VERSION } from "../version.ts";
-import { processDescriptors } from "../server/descriptors.ts";
+import { processDescriptors } from "./descriptors.ts";
 
 /** prom-client defaults read from /proc/self (0 without --allow-all); see registerProcessCollectors. */
 const PROC_SELF_METRICS = [
@@ -323,15 +323,49 @@ export interface FerryMetricsOptions {
   readonly processMetrics?: boolean;
 }
 
+/** One endpoint as the scrape-time gauges see it. */
+export type EndpointVisitor = (
+  cluster: string,
+  origin: string,
+  inFlight: number,
+  healthy: boolean,
+  ejected: boolean,
+) => void;
+
+/** One endpoint's h1 pool counts (src/h1/pool.ts). */
+export interface PoolCounts {
+  readonly origin: string;
+  readonly open: number;
+  readonly idle: number;
+  readonly opened: number;
+}
+
+/**
+ * What the serving side shows at scrape time, registered by the parts that own it (the serving
+ * config's clusters and breakers, the listeners' connection counts): the metrics read state
+ * through these and know nothing of the snapshot that holds it.
+ */
+export interface ScrapeSources {
+  /** Every endpoint of the serving clusters. */
+  readonly endpoints: (visit: EndpointVisitor) => void;
+  /** The h1 pools' connections per endpoint. */
+  readonly pools: (visit: (cluster: string, pool: PoolCounts) => void) => void;
+  /** Every breaker slot: 0 closed, 1 open, 2 half-open; endpoint `*` for a cluster-wide one. */
+  readonly breakers: (
+    visit: (cluster: string, scope: string, endpoint: string, state: number) => void,
+  ) => void;
+  /** Open downstream connections per listener. */
+  readonly connections: () => Record<string, number>;
+}
+
 /** What can start a reload: the label values of ferry_config_reloads_total{trigger}. */
 export const RELOAD_TRIGGERS = ["file", "signal", "admin", "api", "tls"] as const;
 
 export class FerryMetrics {
   readonly registry: client.Registry = new client.Registry();
   readonly #listeners = new Map<string, ListenerRecorder>();
-  /** Read at scrape time for the state gauges; set by whoever serves /metrics. */
-  #snapshot: (() => Snapshot) | undefined;
-  #connections: (() => Record<string, number>) | undefined;
+  /** Read at scrape time for the state gauges; registered by their owners (`watch`). */
+  #sources: Partial<ScrapeSources> = {};
 
   readonly downstreamRequests: client.Counter<string>;
   readonly downstreamDuration: client.Histogram<string>;
@@ -368,8 +402,8 @@ export class FerryMetrics {
     const registers = [this.registry];
     // collect() runs with `this` bound to the metric; these arrows reach back to Ferry's state.
     const listeners = this.#listeners;
-    const eachEndpoint: FerryMetrics["eachEndpoint"] = (fn) => this.eachEndpoint(fn);
-    const current = () => this.#snapshot?.();
+    const eachBreaker: ScrapeSources["breakers"] = (fn) => this.#sources.breakers?.(fn);
+    const eachEndpoint: ScrapeSources["endpoints"] = (fn) => this.#sources.endpoints?.(fn);
     this.downstreamRequests = new client.Counter({
       name: "ferry_downstream_requests_total",
       help: "Downstream requests answered, by listener, route, method and status class.",
@@ -393,7 +427,7 @@ export class FerryMetrics {
         for (const l of listeners.values()) this.set({ listener: l.name }, l.inFlight);
       },
     });
-    const openConnections = () => this.#connections?.() ?? {};
+    const openConnections = () => this.#sources.connections?.() ?? {};
     this.downstreamConnections = new client.Gauge({
       name: "ferry_downstream_connections_open",
       help: "Open downstream connections per listener, as the connection guard counts them.",
@@ -431,16 +465,10 @@ export class FerryMetrics {
       registers,
       collect() {
         this.reset();
-        eachEndpoint((c, e, inFlight) => this.set({ cluster: c.name, endpoint: e }, inFlight));
+        eachEndpoint((cluster, e, inFlight) => this.set({ cluster, endpoint: e }, inFlight));
       },
     });
-    const eachPool = (
-      fn: (cluster: string, p: EndpointPoolStats) => void,
-    ) => {
-      for (const c of current()?.clusters.values() ?? []) {
-        for (const p of c.h1?.stats() ?? []) fn(c.name, p);
-      }
-    };
+    const eachPool: ScrapeSources["pools"] = (fn) => this.#sources.pools?.(fn);
     this.upstreamConnections = new client.Gauge({
       name: "ferry_upstream_connections",
       help: "Connections of the h1 transport's pool by endpoint, active (carrying a request) " +
@@ -472,8 +500,8 @@ export class FerryMetrics {
       registers,
       collect() {
         this.reset();
-        eachEndpoint((c, e, _i, healthy) =>
-          this.set({ cluster: c.name, endpoint: e }, healthy ? 1 : 0)
+        eachEndpoint((cluster, e, _i, healthy) =>
+          this.set({ cluster, endpoint: e }, healthy ? 1 : 0)
         );
       },
     });
@@ -484,8 +512,8 @@ export class FerryMetrics {
       registers,
       collect() {
         this.reset();
-        eachEndpoint((c, e, _i, _healthy, ejected) =>
-          this.set({ cluster: c.name, endpoint: e }, ejected ? 1 : 0)
+        eachEndpoint((cluster, e, _i, _healthy, ejected) =>
+          this.set({ cluster, endpoint: e }, ejected ? 1 : 0)
         );
       },
     });
@@ -509,16 +537,9 @@ export class FerryMetrics {
       registers,
       collect() {
         this.reset();
-        const s = current();
-        if (!s) return;
-        for (const b of s.breakerViews) {
-          for (const [slot, endpoint] of b.slots()) {
-            this.set(
-              { cluster: b.cluster, scope: b.scope, endpoint },
-              b.record.store.state(slot),
-            );
-          }
-        }
+        eachBreaker((cluster, scope, endpoint, state) =>
+          this.set({ cluster, scope, endpoint }, state)
+        );
       },
     });
     this.breakerTransitions = new client.Counter({
@@ -638,10 +659,9 @@ export class FerryMetrics {
     }
   }
 
-  /** Where the scrape-time gauges read the live snapshot from (the serving Ferry). */
-  watch(snapshot: () => Snapshot, connections?: () => Record<string, number>): void {
-    this.#snapshot = snapshot;
-    this.#connections = connections;
+  /** Registers (or replaces) where the scrape-time gauges read live state from. */
+  watch(sources: Partial<ScrapeSources>): void {
+    this.#sources = { ...this.#sources, ...sources };
   }
 
   listener(name: string): ListenerRecorder {
@@ -729,21 +749,5 @@ export class FerryMetrics {
 
   get contentType(): string {
     return this.registry.contentType;
-  }
-
-  /** Calls `fn` for each endpoint of the serving snapshot (for scrape-time gauges). */
-  eachEndpoint(
-    fn: (c: Cluster, origin: string, inFlight: number, healthy: boolean, ejected: boolean) => void,
-  ): void {
-    const s = this.#snapshot?.();
-    if (!s) return;
-    for (const c of s.clusters.values()) {
-      const m = c.members;
-      const health = m.health.snapshot();
-      for (const e of m.endpoints) {
-        const h = health[e.index];
-        fn(c, e.origin, m.states[e.index]!.inFlight, h?.healthy ?? true, h?.ejected ?? false);
-      }
-    }
   }
 }

@@ -11,7 +11,11 @@
  * through unchanged, like any other end-to-end header.
  */
 import { type Span, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
-import type { HeaderList } from "../upstream/headers.ts";
+/** The header list being sent upstream (src/upstream/headers.ts), as tracing edits it. */
+interface HeaderList {
+  set(name: string, value: string): void;
+  delete(name: string): void;
+}
 
 const tracer = trace.getTracer("ferry");
 

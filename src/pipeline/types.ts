@@ -3,7 +3,7 @@
  * Code before `await next(req, ctx)` sees the request; code after it sees the response.
  */
 
-import type { ProxyError } from "../server/errors.ts";
+import type { ProxyError } from "./errors.ts";
 
 /** Facts about one downstream request, fixed before the pipeline starts. */
 export interface RequestContext {

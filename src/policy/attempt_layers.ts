@@ -10,7 +10,7 @@ import {
   type AttemptVerdict,
   TimeoutReason,
 } from "../pipeline/types.ts";
-import { ProxyError } from "../server/errors.ts";
+import { ProxyError } from "../pipeline/errors.ts";
 import type { BreakerStore } from "./circuit_breaker.ts";
 import type { DeadlineQueue } from "./deadlines.ts";
 

@@ -14,8 +14,8 @@ import type {
 } from "../config/schema.ts";
 import type { ClientIdentity, PolicyLayer } from "../pipeline/types.ts";
 import { compileRouteRegex, type RouteRegex } from "../routing/regex.ts";
-import { ProxyError } from "../server/errors.ts";
-import { TrustedProxies } from "../server/trust.ts";
+import { ProxyError } from "../pipeline/errors.ts";
+import { TrustedProxies } from "../pipeline/trust.ts";
 import { type JwtProvider, JwtRejected } from "./jwt.ts";
 
 /** What a policy looks at, the same for an HTTP request and a gRPC call. */

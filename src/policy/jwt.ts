@@ -60,21 +60,30 @@ export class JwtProvider {
 
   /**
    * `jwks`: the file's text for `jwks_file` (read by the caller when the config is compiled);
-   * for `jwks_url` the first fetch starts here.
+   * for `jwks_url` the first fetch starts with `start()`.
    */
   constructor(cfg: JwtProviderConfig, opts: { jwksText?: string; log?: Logger | undefined }) {
     this.name = cfg.name;
     this.#cfg = cfg;
     this.#log = opts.log;
-    if (cfg.jwks_file !== undefined) {
-      this.#install(parseJwks(opts.jwksText ?? ""));
-    } else {
-      void this.refresh();
-      const timer = setInterval(() => void this.refresh(), Math.max(100, cfg.refresh_interval));
-      // The refresh must not keep a process (or a test) alive on its own.
-      Deno.unrefTimer(timer as unknown as number);
-      this.#timer = timer;
-    }
+    if (cfg.jwks_file !== undefined) this.#install(parseJwks(opts.jwksText ?? ""));
+  }
+
+  /**
+   * For `jwks_url`: the first fetch and the refresh timer. Not done by the constructor, so a
+   * provider built for a config that never goes live (`--check`, a rejected reload) fetches
+   * nothing.
+   */
+  start(): void {
+    if (this.#cfg.jwks_url === undefined || this.#timer !== undefined || this.#closed) return;
+    void this.refresh();
+    const timer = setInterval(
+      () => void this.refresh(),
+      Math.max(100, this.#cfg.refresh_interval),
+    );
+    // The refresh must not keep a process (or a test) alive on its own.
+    Deno.unrefTimer(timer as unknown as number);
+    this.#timer = timer;
   }
 
   /** Verifies a compact JWS; resolves to its claims or throws `JwtRejected` with the reason. */

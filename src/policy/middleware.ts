@@ -6,7 +6,7 @@
  */
 import type { RateLimitConfig, RouteConfig } from "../config/schema.ts";
 import type { CallFacts, PolicyLayer } from "../pipeline/types.ts";
-import { ProxyError } from "../server/errors.ts";
+import { ProxyError } from "../pipeline/errors.ts";
 import { KeyedTokenBuckets, type RateDecision, TokenBucketStore } from "./token_bucket.ts";
 import { RedisLeaseBackend, type SharedLimiterDeps, SharedRateLimit } from "./redis_limiter.ts";
 

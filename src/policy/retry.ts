@@ -2,7 +2,7 @@
  * Retry policy: which failures are retried, how long to wait, whether the body can be sent again.
  * Plain functions and data; the forwarder owns the attempt loop.
  */
-import type { ProxyError } from "../server/errors.ts";
+import type { ProxyError } from "../pipeline/errors.ts";
 
 export type RetryOn =
   | "connect-failure"

@@ -13,17 +13,15 @@
  * 421, which defeats DNS rebinding (the attacker's page must name its own domain); and without
  * a token, a state change (POST /reload) from another origin gets 403.
  */
-import type { EndpointPoolStats } from "../h1/pool.ts";
 import { createHash, timingSafeEqual } from "node:crypto";
-import type { Snapshot } from "../config/compile.ts";
+import type { Snapshot } from "./compile.ts";
 import type { MiddlewareRefConfig } from "../config/schema.ts";
 import { withDurationUnits } from "../config/errors.ts";
-import { BREAKER_STATE_NAMES } from "../policy/circuit_breaker.ts";
 import { decide, identityFromId } from "../policy/authz.ts";
-import type { DnsDiscoveryStatus } from "../upstream/discovery/dns.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
-import { errorResponse, ProxyError, type RecentErrors } from "./errors.ts";
+import { errorResponse, ProxyError, type RecentErrors } from "../pipeline/errors.ts";
 import { dashboardStats, type StatsHistory } from "./admin_stats.ts";
+import { clustersView } from "./cluster_view.ts";
 import { dashboardHtml } from "./dashboard.ts";
 
 export interface AdminView {
@@ -279,74 +277,6 @@ function json(status: number, body: unknown): Response {
     status,
     headers: { "content-type": "application/json", "cache-control": "no-store" },
   });
-}
-
-function discoveryView(d: DnsDiscoveryStatus) {
-  return {
-    endpoints: d.endpoints?.length ?? null,
-    consecutive_failures: d.consecutiveFailures,
-    last_error: d.lastError ?? null,
-    last_success: d.lastSuccessAt === undefined ? null : new Date(d.lastSuccessAt).toISOString(),
-  };
-}
-
-export function clustersView(s: Snapshot) {
-  return {
-    config_version: s.version,
-    clusters: [...s.clusters.values()].map((c) => {
-      const breaker = s.breakers.get(c.name);
-      const health = c.health.snapshot();
-      const perCluster = s.config.clusters.find((x) => x.name === c.name)?.circuit_breaker
-        ?.scope === "cluster";
-      return {
-        name: c.name,
-        lb: c.balancer.kind,
-        active_requests: c.retryBudget.active,
-        panic: c.health.panic,
-        retries_in_flight: c.retryBudget.retrying,
-        transport: c.h1 ? "h1" : "fetch",
-        ...(c.discovery ? { discovery: discoveryView(c.discovery.status) } : {}),
-        endpoints: c.endpoints.map((e) => {
-          const st = c.states[e.index]!;
-          const h = health[e.index];
-          const slot = perCluster ? 0 : e.slot;
-          return {
-            origin: e.origin,
-            weight: e.weight,
-            effective_weight: st.effectiveWeight,
-            eligible: st.eligible,
-            in_flight: st.inFlight,
-            // The h1 pool's connections (fetch's pool exposes none).
-            connections: c.h1 ? connectionsView(c.h1.endpointStats(e.origin)) : null,
-            healthy: h?.healthy ?? true,
-            ejected: h?.ejected ?? false,
-            ejections: h?.ejections ?? 0,
-            recent_failures: h?.recentFailures ?? 0,
-            last_probe: h?.lastProbe ?? null,
-            breaker: breaker
-              ? {
-                state: BREAKER_STATE_NAMES[breaker.store.state(slot)],
-                retry_after_ms: breaker.store.retryAfterMs(slot),
-                times_opened: breaker.transitions[slot * 3 + 1],
-                times_half_opened: breaker.transitions[slot * 3 + 2],
-                times_closed: breaker.transitions[slot * 3 + 0],
-              }
-              : null,
-          };
-        }),
-      };
-    }),
-  };
-}
-
-function connectionsView(p: EndpointPoolStats | undefined) {
-  return {
-    open: p?.open ?? 0,
-    idle: p?.idle ?? 0,
-    waiting: p?.waiting ?? 0,
-    opened: p?.opened ?? 0,
-    reused: p?.reused ?? 0,
-  };
 }
 
 function routesView(s: Snapshot) {

@@ -7,11 +7,11 @@
  * `/stats?history=1` adds per-interval series (requests/s, p50, p99, 4xx / 429 / 5xx rates)
  * computed from consecutive samples plus one live interval ending now.
  */
-import type { Snapshot } from "../config/compile.ts";
+import type { Snapshot } from "./compile.ts";
 import { BREAKER_STATE_NAMES } from "../policy/circuit_breaker.ts";
 import { NO_RESPONSE } from "../observability/metrics.ts";
-import type { RecentErrors } from "./errors.ts";
-import { clustersView } from "./admin.ts";
+import type { RecentErrors } from "../pipeline/errors.ts";
+import { clustersView } from "./cluster_view.ts";
 
 /** Cumulative [upper bound in seconds, count] pairs, sorted; the last bound is +Inf. */
 type Buckets = [number, number][];

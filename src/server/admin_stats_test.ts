@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { healthState, quantile } from "./admin_stats.ts";
-import { RecentErrors } from "./errors.ts";
+import { RecentErrors } from "../pipeline/errors.ts";
 
 Deno.test("healthState: ejection first, then failing checks, slow start, healthy / not checked", () => {
   const e = { healthy: true, ejected: false, eligible: true, weight: 2, effective: 2 };

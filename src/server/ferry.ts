@@ -2,12 +2,13 @@
  * A running Ferry: one Deno.serve per listener plus the admin listener, all reading the current
  * snapshot through one reference. Used by main.ts and by the end-to-end tests in-process.
  */
-import { type ListenerPlan, type Snapshot, splitAddress } from "../config/compile.ts";
+import { type ListenerPlan, type Snapshot, splitAddress } from "./compile.ts";
+import { scrapeSources } from "./registry.ts";
 import { errorFields, type Logger } from "../observability/log.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
 import { adminHandler, type AdminView } from "./admin.ts";
 import { StatsHistory } from "./admin_stats.ts";
-import { errorResponse, ProxyError, RecentErrors } from "./errors.ts";
+import { errorResponse, ProxyError, RecentErrors } from "../pipeline/errors.ts";
 import { createListenerHandler } from "./handler.ts";
 import { GrpcListener } from "../grpc/listener.ts";
 import { ConnectionGuard, guardLimits } from "./guard.ts";
@@ -58,7 +59,10 @@ export class Ferry {
   static start(snapshot: Snapshot, log: Logger): Ferry {
     const ferry = new Ferry(snapshot, log);
     // Scrape-time gauges (health, breakers, in-flight) read whatever snapshot is serving.
-    snapshot.metrics.watch(() => ferry.#snapshot, () => ferry.openConnections());
+    snapshot.metrics.watch({
+      ...scrapeSources(() => ferry.#snapshot.parts),
+      connections: () => ferry.openConnections(),
+    });
     registerCertificateExpiry(snapshot.metrics.registry, () => ferry.#snapshot.certificates);
     snapshot.metrics.setConfigVersion(snapshot.version);
     try {
@@ -101,6 +105,8 @@ export class Ferry {
       void ferry.#admin?.shutdown();
       throw err;
     }
+    // Health checks, DNS discovery and the access-log file start once the listeners are bound.
+    snapshot.activate();
     ferry.statsHistory.start(() => ferry.#snapshot);
     return ferry;
   }

@@ -3,10 +3,10 @@
  * normalise authority and path, settle the request id and client address, route, run the
  * route's chain, and map any failure through the one error table.
  */
-import type { Snapshot } from "../config/compile.ts";
+import type { Snapshot } from "./compile.ts";
 import type { RequestContext } from "../pipeline/types.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
-import { errorResponse, ProxyError, type RecentErrors } from "./errors.ts";
+import { errorResponse, ProxyError, type RecentErrors } from "../pipeline/errors.ts";
 import type { FerryMetrics, ListenerRecorder } from "../observability/metrics.ts";
 import { activeSpan, annotate } from "../observability/tracing.ts";
 import { errorFields, type Logger } from "../observability/log.ts";

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { hidesDotSegment, MAX_URI_LENGTH, namesPort, splitTarget } from "./handler.ts";
-import { ProxyError } from "./errors.ts";
+import { ProxyError } from "../pipeline/errors.ts";
 
 Deno.test("splitTarget separates authority, raw path and raw query without decoding", () => {
   assert.deepEqual(splitTarget("http://a.test:8080/p/%2F?q=1&r=%20"), {

@@ -6,7 +6,8 @@
  * Reloads run one at a time. Triggers that arrive while one runs are coalesced into a single
  * follow-up reload, so a burst of file events or SIGHUPs costs at most two compiles.
  */
-import { buildSnapshot, type ConfigSource, textSource } from "../config/source.ts";
+import { type ConfigSource, textSource } from "../config/source.ts";
+import { buildSnapshot } from "./build.ts";
 import type { Logger } from "../observability/log.ts";
 import type { Ferry } from "./ferry.ts";
 

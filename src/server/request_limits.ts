@@ -3,8 +3,8 @@
  * get the same answer from the one error table: 431 for header size or count, 413 for a body
  * over the limit (up front from Content-Length, or while streaming a body without one).
  */
-import { attachTicket, downstreamTicket } from "./downstream.ts";
-import { ProxyError } from "./errors.ts";
+import { attachTicket, downstreamTicket } from "../pipeline/downstream.ts";
+import { ProxyError } from "../pipeline/errors.ts";
 
 /**
  * Refuses a request whose header block is larger or longer than the limits (431). Size is the

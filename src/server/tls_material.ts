@@ -7,6 +7,8 @@
  */
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import client from "prom-client";
+import type { FerryConfig } from "../config/schema.ts";
+import { type ConfigProblem, ConfigProblemsError, type Materials } from "../config/materials.ts";
 
 /** One certificate chain and its key, as checked. */
 export interface CertificatePair {
@@ -158,4 +160,103 @@ export function registerCertificateExpiry(
       for (const s of soonest.values()) this.set({ kind: s.kind, name: s.name }, s.at / 1000);
     },
   });
+}
+
+/** Every listener's checked TLS material, and the expiry of every certificate in use. */
+export interface CheckedTls {
+  readonly listeners: ReadonlyMap<string, ListenerTls>;
+  readonly certificates: readonly CertificateExpiry[];
+}
+
+/**
+ * Checks every pair and CA bundle the config's TLS files hold (listeners and cluster client
+ * certificates): a pair that cannot serve is a config problem at its path, so a start fails and a
+ * reload (the one a rotated file triggers too) keeps the material in use. Reads no file: the
+ * contents come from config/materials.ts.
+ */
+export function checkTlsMaterials(cfg: FerryConfig, materials: Materials): CheckedTls {
+  const problems: ConfigProblem[] = [];
+  const certificates: CertificateExpiry[] = [];
+  const listeners = new Map<string, ListenerTls>();
+  const checked = (
+    cert: string,
+    key: string,
+    names: readonly string[],
+    path: string,
+    file: string,
+  ) => {
+    const pair = checkPair(cert, key, names);
+    if (typeof pair !== "string") return pair;
+    problems.push({ path, value: file, message: pair });
+    return undefined;
+  };
+  for (const [i, l] of cfg.listeners.entries()) {
+    const files = materials.listenerTls.get(l.name);
+    if (!l.tls || !files) continue;
+    const at = `listeners[${i}].tls`;
+    const defaultPair = checked(files.cert, files.key, [], at, l.tls.cert);
+    const sni = files.sni.map((p, j) =>
+      checked(
+        p.cert,
+        p.key,
+        p.serverNames,
+        `${at}.certificates[${j}]`,
+        l.tls!.certificates![j]!.cert,
+      )
+    );
+    if (files.clientCa !== undefined) {
+      const bad = checkCaBundle(files.clientCa);
+      if (bad) problems.push({ path: `${at}.client_ca`, value: l.tls.client_ca!, message: bad });
+    }
+    if (!defaultPair || sni.some((p) => p === undefined)) continue;
+    for (const p of [defaultPair, ...sni as CertificatePair[]]) {
+      certificates.push({
+        kind: "listener",
+        name: l.name,
+        serverNames: p.serverNames,
+        notAfter: p.notAfter,
+        fingerprint256: p.fingerprint256,
+      });
+    }
+    const headerTimeoutMs = cfg.server.header_timeout;
+    listeners.set(l.name, {
+      cert: defaultPair.cert,
+      key: defaultPair.key,
+      defaultPair,
+      sni: sni as CertificatePair[],
+      ...(files.clientCa !== undefined
+        ? { clientCa: files.clientCa, clientAuth: l.tls.client_auth ?? "require" }
+        : {}),
+      minVersion: l.tls.min_version === "1.3" ? "TLSv1.3" : "TLSv1.2",
+      // A slow handshake is cut before a slow head would be, unless set otherwise.
+      handshakeTimeoutMs: l.tls.handshake_timeout ??
+        (headerTimeoutMs > 0
+          ? Math.min(DEFAULT_HANDSHAKE_TIMEOUT_MS, headerTimeoutMs)
+          : DEFAULT_HANDSHAKE_TIMEOUT_MS),
+    });
+  }
+  for (const [i, c] of cfg.clusters.entries()) {
+    const files = materials.clusterTls.get(c.name);
+    if (!c.tls || !files) continue;
+    const caProblem = files.ca === undefined ? undefined : checkCaBundle(files.ca);
+    if (caProblem) {
+      problems.push({
+        path: `clusters[${i}].tls.ca_file`,
+        value: c.tls.ca_file ?? "",
+        message: caProblem,
+      });
+    }
+    if (files.cert !== undefined && files.key !== undefined) {
+      const pair = checked(
+        files.cert,
+        files.key,
+        [],
+        `clusters[${i}].tls.cert_file`,
+        c.tls.cert_file ?? "",
+      );
+      if (pair) certificates.push({ kind: "cluster", name: c.name, notAfter: pair.notAfter });
+    }
+  }
+  if (problems.length > 0) throw new ConfigProblemsError(problems);
+  return { listeners, certificates };
 }

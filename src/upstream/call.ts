@@ -11,7 +11,7 @@
  * says what the endpoint did (a status, or a typed error) and whether the attempt may be
  * repeated; this module decides whether it is.
  */
-import { ProxyError } from "../server/errors.ts";
+import { ProxyError } from "../pipeline/errors.ts";
 import type { Endpoint } from "./cluster.ts";
 import type { Balancer } from "./balancers/types.ts";
 import type { DeadlineQueue } from "../policy/deadlines.ts";

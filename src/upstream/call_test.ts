@@ -21,7 +21,7 @@ import { RetryBudget, type RetryOn, retryPolicy } from "../policy/retry.ts";
 import { FerryMetrics } from "../observability/metrics.ts";
 import { attemptLayers } from "../pipeline/route_chain.ts";
 import { breakerLayer, perTryTimeoutLayer } from "../policy/attempt_layers.ts";
-import { ProxyError } from "../server/errors.ts";
+import { ProxyError } from "../pipeline/errors.ts";
 import type { Outcome } from "./health/outlier.ts";
 
 function endpoints(n: number): Endpoint[] {

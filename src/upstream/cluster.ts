@@ -17,26 +17,14 @@ import {
 } from "./health/mod.ts";
 import { type DiscoveryLog, DnsDiscovery } from "./discovery/dns.ts";
 import { type EndpointDescriptor, originOf } from "./discovery/endpoints.ts";
+import { type Endpoint, endpointFromUrl } from "./endpoint.ts";
+
+// Re-exported: most readers know an endpoint as part of its cluster.
+export { type Endpoint, endpointFromUrl };
 import { H2Pool } from "./h2_pool.ts";
 import { H1Transport } from "../h1/transport.ts";
 import type { UpstreamTls } from "./upstream_tls.ts";
 import { FetchTransport, type PoolOptions } from "./transport.ts";
-
-export interface Endpoint {
-  /** Position in the membership's endpoint list (and in its `states`). */
-  readonly index: number;
-  /**
-   * Stable for as long as the endpoint stays in the cluster, whatever the list around it does:
-   * per-endpoint circuit breakers are kept in this slot.
-   */
-  readonly slot: number;
-  /** `scheme://host:port`, the id of the endpoint in logs and metrics. */
-  readonly origin: string;
-  readonly url: URL;
-  /** `ws:` / `wss:` origin for WebSocket upgrades. */
-  readonly wsOrigin: string;
-  readonly weight: number;
-}
 
 /**
  * The endpoints of a cluster at one moment and everything indexed by them. Replaced whole when
@@ -84,6 +72,11 @@ export interface Cluster {
   readonly h1: H1Transport | undefined;
   /** One multiplexed HTTP/2 connection per endpoint, for gRPC listeners (opened on first use). */
   readonly h2: H2Pool;
+  /**
+   * Starts active health checks and DNS discovery. Building a cluster runs nothing: it starts
+   * once its config goes live (a `--check` or a rejected reload never starts it).
+   */
+  start(): void;
   close(): void;
 }
 
@@ -95,14 +88,6 @@ export interface EndpointChange {
 
 /** Per-endpoint breaker slots a cluster reserves: enough for DNS churn, small in memory. */
 const MIN_SLOT_CAPACITY = 256;
-
-export function endpointFromUrl(raw: string, weight: number, index = 0, slot = index): Endpoint {
-  const url = new URL(raw);
-  const port = url.port || (url.protocol === "https:" ? "443" : "80");
-  const origin = `${url.protocol}//${url.hostname}:${port}`;
-  const wsOrigin = `${url.protocol === "https:" ? "wss:" : "ws:"}//${url.hostname}:${port}`;
-  return Object.freeze({ index, slot, origin, url: new URL(origin), wsOrigin, weight });
-}
 
 /** The configured static endpoints as discovery-style descriptors. */
 export function staticEndpoints(cfg: ClusterConfig): EndpointDescriptor[] {
@@ -178,7 +163,7 @@ export function buildCluster(
 
   const first = initial.map((d, i) => endpointFromUrl(d.url, d.weight, i, slots.take()!));
   let members = buildMembers(first, first.map((e) => createEndpointState(e.weight)), undefined);
-  members.health.start();
+  let started = false;
   let closed = false;
 
   const setEndpoints = (next: readonly EndpointDescriptor[]): EndpointChange => {
@@ -217,8 +202,8 @@ export function buildCluster(
     const fresh = buildMembers(endpoints, states, seeds);
     members = fresh;
     void old.health.close();
-    if (!closed) fresh.health.start();
-    else void fresh.health.close();
+    if (closed) void fresh.health.close();
+    else if (started) fresh.health.start();
     const change = {
       added,
       removed: removed.map((e) => e.origin),
@@ -247,7 +232,6 @@ export function buildCluster(
       emptyConfirmations: dns.empty_confirmations,
     }, discoveryLog ? { log: discoveryLog } : {})
     : undefined;
-  if (discovery) void discovery.start((found) => setEndpoints(found)).catch(() => {});
 
   return Object.freeze({
     name: cfg.name,
@@ -283,6 +267,12 @@ export function buildCluster(
     fetch: fetchTransport,
     h1,
     h2,
+    start() {
+      if (started || closed) return;
+      started = true;
+      members.health.start();
+      if (discovery) void discovery.start((found) => setEndpoints(found)).catch(() => {});
+    },
     close() {
       closed = true;
       discovery?.stop();

@@ -4,10 +4,11 @@
  */
 import type { ClientIdentity, Handler, RequestContext } from "../pipeline/types.ts";
 import { httpCallFacts } from "../pipeline/route_chain.ts";
-import { ProxyError, toProxyError } from "../server/errors.ts";
-import { forwardedHeaders } from "../server/trust.ts";
+import { ProxyError, toProxyError } from "../pipeline/errors.ts";
+import { forwardedHeaders } from "../pipeline/trust.ts";
 import type { Cluster, Endpoint } from "./cluster.ts";
 import { endToEndHeaders, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
+import { applyEdits, type HeaderEdits, upstreamHeaders } from "./request_headers.ts";
 import {
   checkUpstreamHead,
   clientBodyError,
@@ -33,12 +34,6 @@ import {
   startClientSpan,
 } from "../observability/tracing.ts";
 
-/** Header edits compiled from config: names lower-cased, removals before additions. */
-export interface HeaderEdits {
-  readonly remove: readonly string[];
-  readonly set: readonly (readonly [string, string])[];
-}
-
 /**
  * A cluster route's HTTP settings: the cluster call's (src/upstream/call.ts: limits, breaker,
  * retry policy, per-try timeout, metrics) and what only HTTP has.
@@ -60,57 +55,6 @@ export interface ForwardSettings extends CallPolicy {
   readonly websocketMaxMessageBytes: number;
   /** `Via` pseudonym (RFC 9110 7.6.3). */
   readonly via: string;
-}
-
-export function applyEdits(headers: HeaderList, edits: HeaderEdits | undefined): void {
-  if (!edits) return;
-  for (const name of edits.remove) headers.delete(name);
-  for (const [name, value] of edits.set) headers.set(name, value);
-}
-
-/** The headers sent upstream for a request, shared by HTTP forwarding and WebSocket upgrades. */
-export function upstreamHeaders(
-  req: Request,
-  ctx: RequestContext,
-  s: ForwardSettings,
-  endpoint: Endpoint,
-  alsoDrop?: ReadonlySet<string>,
-): HeaderList {
-  const h = endToEndHeaders(req.headers, alsoDrop);
-  h.set("host", s.hostRewrite ?? (s.cluster.preserveHost ? ctx.authority : endpoint.url.host));
-  // Incoming X-Forwarded-* are believed only from trusted proxies; otherwise they are replaced.
-  const fwd = forwardedHeaders(ctx.peerTrusted, ctx.peerIp, ctx.scheme, ctx.authority, {
-    for: h.get("x-forwarded-for"),
-    proto: h.get("x-forwarded-proto"),
-    host: h.get("x-forwarded-host"),
-  });
-  h.set("x-forwarded-for", fwd.for);
-  h.set("x-forwarded-proto", fwd.proto);
-  h.set("x-forwarded-host", fwd.host);
-  // Downstream mTLS: the verified client certificate in Envoy's x-forwarded-client-cert format.
-  // A client-sent one is believed (and appended to) only from a trusted proxy.
-  const certHeader = ctx.clientCertHeader;
-  const priorCert = ctx.peerTrusted ? h.get(certHeader) : null;
-  if (!ctx.peerTrusted) h.delete(certHeader);
-  if (ctx.identity) {
-    const element = xfccElement(ctx.identity);
-    h.set(certHeader, priorCert ? `${priorCert},${element}` : element);
-  }
-  h.set("x-request-id", ctx.requestId);
-  h.appendValue("via", `1.1 ${s.via}`);
-  applyEdits(h, s.requestEdits);
-  return h;
-}
-
-/** One XFCC element: `Hash=<sha256>;URI=<spiffe id>` (or `DNS=`, or `Subject="CN=..."`). */
-export function xfccElement(id: ClientIdentity): string {
-  const quote = (v: string) => /[,;="]/.test(v) ? `"${v.replaceAll('"', '\\"')}"` : v;
-  const name = id.kind === "spiffe"
-    ? `URI=${quote(id.id)}`
-    : id.kind === "dns"
-    ? `DNS=${quote(id.id)}`
-    : `Subject=${quote(`CN=${id.id}`)}`;
-  return id.certHash ? `Hash=${id.certHash};${name}` : name;
 }
 
 export function forwardTo(s: ForwardSettings): Handler {

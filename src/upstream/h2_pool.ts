@@ -10,8 +10,8 @@ import { ByteBudget } from "../h2/budget.ts";
 import { H2Connection } from "../h2/connection.ts";
 import type { HeaderField } from "../h2/hpack.ts";
 import type { H2Stream } from "../h2/stream.ts";
-import { ProxyError } from "../server/errors.ts";
-import type { Endpoint } from "./cluster.ts";
+import { ProxyError } from "../pipeline/errors.ts";
+import type { Endpoint } from "./endpoint.ts";
 import { connectUpstreamTls, type UpstreamTls } from "./upstream_tls.ts";
 
 export interface H2PoolOptions {

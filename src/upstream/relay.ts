@@ -13,7 +13,7 @@
  *   guard's send timeout's to judge, write by write.
  */
 import type { Deadline, DeadlineQueue } from "../policy/deadlines.ts";
-import { downstreamTicket } from "../server/downstream.ts";
+import { downstreamTicket } from "../pipeline/downstream.ts";
 import { ClientGoneReason, TimeoutReason } from "./transport.ts";
 
 /** A body this small is read off the upstream connection at once, whatever the client does. */

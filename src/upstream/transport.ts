@@ -6,7 +6,7 @@
  * fetch always decompresses gzip/br/deflate bodies unless the request says
  * `Accept-Encoding: identity`, yet keeps `content-encoding`, so requests it carries say identity.
  */
-import { ProxyError } from "../server/errors.ts";
+import { ProxyError } from "../pipeline/errors.ts";
 import { denoTlsOptions, type UpstreamTls } from "./upstream_tls.ts";
 
 export interface UpstreamRequest {

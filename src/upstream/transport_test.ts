@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ProxyError } from "../server/errors.ts";
+import { ProxyError } from "../pipeline/errors.ts";
 import { checkUpstreamHead, classifyUpstreamError, clientBodyError } from "./transport.ts";
 
 const kindOf = (f: () => unknown) => {

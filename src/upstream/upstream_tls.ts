@@ -10,7 +10,7 @@
  * sees the certificate during the handshake and can refuse it on the very connection used.
  */
 import * as nodeTls from "node:tls";
-import { ProxyError } from "../server/errors.ts";
+import { ProxyError } from "../pipeline/errors.ts";
 import { NodeTlsConn } from "../server/node_tls.ts";
 
 export interface UpstreamTls {

@@ -4,10 +4,10 @@
  * the client and relay frames both ways with a bounded send buffer.
  */
 import type { RequestContext } from "../pipeline/types.ts";
-import { downstreamLink, servedRequest } from "../server/downstream.ts";
-import { ProxyError } from "../server/errors.ts";
+import { downstreamLink, servedRequest } from "../pipeline/downstream.ts";
+import { ProxyError } from "../pipeline/errors.ts";
 import type { Endpoint } from "./cluster.ts";
-import { type ForwardSettings, upstreamHeaders } from "./forward.ts";
+import { upstreamHeaders, type UpstreamHeaderSettings } from "./request_headers.ts";
 
 /** Handshake headers belong to each hop's own handshake, so they are not copied upstream. */
 const HANDSHAKE = new Set([
@@ -33,7 +33,10 @@ const CLOSE_SLOW_UPSTREAM = 4008;
 export async function proxyWebSocket(
   req: Request,
   ctx: RequestContext,
-  s: ForwardSettings,
+  s: UpstreamHeaderSettings & {
+    readonly websocketMaxBuffer: number;
+    readonly websocketMaxMessageBytes: number;
+  },
   endpoint: Endpoint,
   path: string,
 ): Promise<Response> {

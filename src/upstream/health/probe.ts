@@ -5,7 +5,7 @@
  * pool, node:tls underneath), because fetch cannot show the peer's certificate.
  */
 import { H1Transport } from "../../h1/transport.ts";
-import { ProxyError } from "../../server/errors.ts";
+import { ProxyError } from "../../pipeline/errors.ts";
 import { checksPeer, denoTlsOptions, type UpstreamTls } from "../upstream_tls.ts";
 
 /** What a probe needs to know of an endpoint (Ferry's `Endpoint` fits). */

@@ -1,0 +1,150 @@
+/**
+ * The one way from a config source to a snapshot, used at start-up, by `--check` and by every
+ * reload (so all report the same file:line:field errors): load and validate (config/), prepare
+ * the stateful parts (registry.ts), compile the routes (compile.ts).
+ */
+import type { ConfigSource } from "../config/source.ts";
+import { formatIssues, type LoadResult, resolveConfigPath } from "../config/load.ts";
+import { formatPath, parsePath, type PathSegment } from "../config/errors.ts";
+import { loadExtensions, type RouteExtensions } from "../extend/extensions.ts";
+import type { FerryConfig } from "../config/schema.ts";
+import type { Logger } from "../observability/log.ts";
+import { FerryMetrics } from "../observability/metrics.ts";
+import { compileSnapshot, type Snapshot } from "./compile.ts";
+import { ConfigProblemsError, readMaterials } from "../config/materials.ts";
+import { prepareParts } from "./registry.ts";
+import { checkTlsMaterials } from "./tls_material.ts";
+
+export type BuildResult =
+  | {
+    readonly ok: true;
+    readonly snapshot: Snapshot;
+    readonly config: FerryConfig;
+    readonly warnings: string;
+  }
+  | { readonly ok: false; readonly message: string };
+
+export interface BuildOptions {
+  readonly version: number;
+  readonly log?: Logger;
+  /** The running snapshot on a reload: unchanged parts (and its metrics) are taken over. */
+  readonly previous?: Snapshot;
+  /** The process's metrics, at start-up; a reload takes the previous snapshot's. */
+  readonly metrics?: FerryMetrics;
+  /** Reads an environment variable (admin.token_env); default Deno.env.get. */
+  readonly env?: (name: string) => string | undefined;
+}
+
+/**
+ * Loads and validates the config, prepares its parts (registry.ts: built inert, or taken over
+ * from `previous`) and compiles the snapshot. Nothing runs until the snapshot's `activate()`.
+ * Never throws for a bad config, returns its message instead.
+ */
+export async function buildSnapshot(src: ConfigSource, opts: BuildOptions): Promise<BuildResult> {
+  let loaded: LoadResult;
+  try {
+    loaded = await src.load();
+  } catch (err) {
+    return { ok: false, message: `cannot read config ${src.label}: ${err}` };
+  }
+  if (!loaded.ok) {
+    return { ok: false, message: `invalid config ${src.label}\n${formatIssues(loaded.errors)}` };
+  }
+  const file = src.file;
+  // Modules are imported and factories called before compiling: a failure keeps the old config.
+  const ext = await loadExtensions(loaded.config, {
+    configFile: file,
+    ...(src.factories ? { factories: src.factories } : {}),
+  });
+  if (!ext.ok) return placed(loaded, src.label, ext.problems);
+  try {
+    const snapshot = compileConfig(loaded.config, {
+      ...opts,
+      extensions: ext.extensions,
+      source: src.label,
+      written: loaded.written,
+      readTextFile: (p) => Deno.readTextFileSync(file ? resolveConfigPath(file, p) : p),
+    });
+    return {
+      ok: true,
+      snapshot,
+      config: loaded.config,
+      warnings: loaded.warnings.length > 0 ? formatIssues(loaded.warnings) : "",
+    };
+  } catch (err) {
+    if (!(err instanceof ConfigProblemsError)) {
+      // The loader refuses every config the compiler cannot take; reaching this is a bug, and
+      // still a refused config rather than a crash (a reload keeps the running one).
+      return { ok: false, message: `cannot compile config ${src.label}: ${err}` };
+    }
+    // Problems found reading what the config names (an unset token variable, unreadable TLS
+    // files) are placed in the file like the loader's own, or named against `<env>`.
+    return placed(
+      loaded,
+      src.label,
+      err.problems.map((p) => ({ ...p, path: parsePath(p.path) })),
+    );
+  }
+}
+
+/** Problems found after loading, placed in the file like the loader's own, sorted by line. */
+function placed(
+  loaded: LoadResult & { ok: true },
+  label: string,
+  problems: readonly { path: readonly PathSegment[]; value: unknown; message: string }[],
+): BuildResult {
+  const issues = problems.map((p) => ({
+    file: label,
+    ...(loaded.locate?.(p.path) ?? { line: 0, column: 0 }),
+    path: formatPath(p.path),
+    value: p.value,
+    message: p.message,
+  })).sort((a, b) => a.line - b.line || a.column - b.column);
+  return { ok: false, message: `invalid config ${label}\n${formatIssues(issues)}` };
+}
+
+export interface CompileConfigOptions extends BuildOptions {
+  /** Where the config came from, for /config and logs. */
+  readonly source: string;
+  /** The config as written (parsed YAML before the schema), for /config's durations. */
+  readonly written?: unknown;
+  /** Reads a file named in the config, resolved against the config's folder. */
+  readonly readTextFile: (path: string) => string;
+  /** Extension middleware loaded for this config (src/extend/extensions.ts). */
+  readonly extensions?: RouteExtensions;
+}
+
+/**
+ * A validated config -> a snapshot: the files it names read, its parts prepared (inert), its
+ * routes compiled. Throws `ConfigProblemsError` for what the config names that cannot be used;
+ * whatever this attempt built is closed then, what it took over from `previous` stays.
+ */
+export function compileConfig(cfg: FerryConfig, opts: CompileConfigOptions): Snapshot {
+  const metrics = opts.metrics ?? opts.previous?.metrics ?? new FerryMetrics();
+  const materials = readMaterials(cfg, { readTextFile: opts.readTextFile, env: opts.env });
+  const tls = checkTlsMaterials(cfg, materials);
+  const parts = prepareParts(cfg, {
+    materials,
+    env: opts.env,
+    log: opts.log,
+    metrics,
+    previous: opts.previous?.parts,
+  });
+  try {
+    return compileSnapshot(cfg, {
+      version: opts.version,
+      source: opts.source,
+      written: opts.written,
+      parts,
+      materials,
+      tls,
+      metrics,
+      ...(opts.extensions ? { extensions: opts.extensions } : {}),
+      ...(opts.log ? { log: opts.log } : {}),
+    });
+  } catch (err) {
+    if (opts.previous) parts.discard(opts.previous.parts);
+    else parts.close();
+    throw err;
+  }
+}
