@@ -2,11 +2,10 @@
  * The terminal handler of a cluster route: picks an endpoint, builds the upstream request with
  * RFC 9110 7.6 semantics and streams both bodies through. Never follows redirects.
  */
-import type { ClientIdentity, Handler, RequestContext } from "../pipeline/types.ts";
+import type { Handler, RequestContext } from "../pipeline/types.ts";
 import { httpCallFacts } from "../pipeline/route_chain.ts";
 import { ProxyError, toProxyError } from "../pipeline/errors.ts";
-import { forwardedHeaders } from "../pipeline/trust.ts";
-import type { Cluster, Endpoint } from "./cluster.ts";
+import type { Cluster } from "./cluster.ts";
 import { endToEndHeaders, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
 import { applyEdits, type HeaderEdits, upstreamHeaders } from "./request_headers.ts";
 import {
