@@ -143,9 +143,12 @@ export async function proxyCall(
   // One abort for the call: client reset, deadline, or headers timeout.
   let expired: ProxyError | undefined;
   let upstream: H2Stream | undefined;
-  const expire = (pe: ProxyError) => {
+  const expire = (pe: ProxyError, clientDeadline = false) => {
     if (expired) return;
     expired = pe;
+    // A deadline the client chose (`grpc-timeout: 1n`, repeated) makes Ferry reset upstream
+    // streams on its behalf: each costs its connection what its own RST_STREAM would.
+    if (clientDeadline && upstream && !upstream.isClosed) ds.countProvokedReset();
     upstream?.reset(ErrorCode.CANCEL);
     answerError(ds, pe, rec);
     if (!ds.isClosed) ds.reset(ErrorCode.CANCEL);
@@ -155,7 +158,10 @@ export async function proxyCall(
   const timer = callMs === undefined ? undefined : deadlines.armRoundedUp(
     callMs,
     () =>
-      expire(new ProxyError("upstream_timeout", `deadline of ${Math.round(callMs)} ms exceeded`)),
+      expire(
+        new ProxyError("upstream_timeout", `deadline of ${Math.round(callMs)} ms exceeded`),
+        callMs === clientMs,
+      ),
   );
   const headersTimer = callMs === undefined && route.timeoutMs > 0
     ? deadlines.arm(
@@ -299,6 +305,8 @@ export async function proxyCall(
         if (expired || ds.resetReason) return;
         const us = await cluster.h2.request(endpoint, out, false);
         upstream = us;
+        // What the answer buffers unread counts against this client's share (src/h2/stream.ts).
+        us.chargeTo(ds);
         if (expired || ds.resetReason) return us.reset(ErrorCode.CANCEL);
         const sending = attach(us, attempt > 0).catch(() => {});
 
@@ -348,8 +356,9 @@ export async function proxyCall(
         if (expired) return;
         const pe = upstreamError(err, endpoint);
         attemptError = pe.kind;
-        if (ds.resetReason?.byPeer) {
-          // The client left: nothing to answer, nothing learnt about the endpoint.
+        if (ds.resetReason) {
+          // The client left, or its stream was reset for what it did (a protocol error, its
+          // share full): nothing to answer, nothing learnt about the endpoint.
           upstream?.reset(ErrorCode.CANCEL);
           return;
         }
