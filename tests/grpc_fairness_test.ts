@@ -56,28 +56,68 @@ function readStream(client: AnyClient, request: string, deadlineMs: number) {
   });
 }
 
-Deno.test("grpc fairness: 260 endless calls from one client do not block another client", async () => {
+/** Opens `n` endless bidi calls on `client`. */
+function holdCalls(client: AnyClient, n: number, into: grpc.ClientDuplexStream<Buffer, Buffer>[]) {
+  for (let i = 0; i < n; i++) {
+    const call: grpc.ClientDuplexStream<Buffer, Buffer> = client.bidi();
+    call.on("error", () => {});
+    call.on("data", () => {});
+    call.write(Buffer.from("hold"));
+    into.push(call);
+  }
+}
+
+Deno.test("grpc fairness: 261 endless calls (3 connections) fill one upstream connection; another client is still served", async () => {
   const server = await startEchoServer(undefined, { "grpc.max_concurrent_streams": 250 });
   const ferry = startFerry(grpcEchoConfig({ route: "    timeout: 30s\n" }), {
     PORT: String(server.port),
   });
+  const attackers = [ownClient(ferry.port), ownClient(ferry.port), ownClient(ferry.port)];
+  const victim = ownClient(ferry.port);
+  const calls: grpc.ClientDuplexStream<Buffer, Buffer>[] = [];
+  try {
+    for (const a of attackers) holdCalls(a, 87, calls);
+    // The upstream allows 250 streams per connection: all 261 are open only over two.
+    await until("the upstream holds the attackers' calls", () => server.open.bidi >= 250);
+    const r = await unary(victim, Buffer.from("victim"), { deadlineMs: 5_000 });
+    assert.equal(r.error?.message, undefined, "the victim's call is answered");
+    assert.equal(r.value?.toString(), "victim");
+    await until("every attacker call reached the upstream", () => server.open.bidi >= 261);
+  } finally {
+    for (const c of calls) c.cancel();
+    for (const a of attackers) a.close();
+    victim.close();
+    await ferry.close();
+    await server.stop();
+  }
+});
+
+Deno.test("grpc fairness: one client connection holds at most 100 upstream stream slots", async () => {
+  // 100 slots per upstream connection, two connections: a client with 250 endless calls would
+  // hold every slot the endpoint has if Ferry let it open them all.
+  const server = await startEchoServer(undefined, { "grpc.max_concurrent_streams": 100 });
+  const ferry = startFerry(
+    grpcEchoConfig({
+      route: "    timeout: 30s\n",
+      cluster: "    http2: { max_connections_per_endpoint: 2 }\n",
+    }),
+    { PORT: String(server.port) },
+  );
   const attacker = ownClient(ferry.port);
   const victim = ownClient(ferry.port);
   const calls: grpc.ClientDuplexStream<Buffer, Buffer>[] = [];
   try {
-    for (let i = 0; i < 260; i++) {
-      const call = attacker.bidi();
-      call.on("error", () => {});
-      call.on("data", () => {});
-      call.write(Buffer.from("hold"));
-      calls.push(call);
-    }
-    // The upstream allows 250 streams per connection: all 260 are open only over two.
-    await until("the upstream holds the attacker's calls", () => server.open.bidi >= 250);
+    holdCalls(attacker, 250, calls);
+    await until("the upstream holds 100 of the attacker's calls", () => server.open.bidi >= 100);
+    await new Promise((r) => setTimeout(r, 1_000));
+    assert.equal(
+      server.open.bidi,
+      100,
+      "the attacker's connection has 100 calls upstream, no more",
+    );
     const r = await unary(victim, Buffer.from("victim"), { deadlineMs: 5_000 });
     assert.equal(r.error?.message, undefined, "the victim's call is answered");
     assert.equal(r.value?.toString(), "victim");
-    await until("every attacker call reached the upstream", () => server.open.bidi >= 260);
   } finally {
     for (const c of calls) c.cancel();
     attacker.close();
@@ -273,7 +313,8 @@ Deno.test("grpc fairness: 150 calls waiting for an upstream slot hold a bounded 
   const port = Number(new URL(ferry.listeners.get("grpc")!).port);
   const pid = ferry.child.pid;
   const holderClient = ownClient(port);
-  const client = ownClient(port);
+  // Two connections: one may have only 100 calls open at once (src/grpc/listener.ts).
+  const clients = [ownClient(port), ownClient(port)];
   const calls: grpc.ClientWritableStream<Buffer>[] = [];
   let holder: grpc.ClientDuplexStream<Buffer, Buffer> | undefined;
   try {
@@ -289,7 +330,7 @@ Deno.test("grpc fairness: 150 calls waiting for an upstream slot hold a bounded 
 
     const MiB = Buffer.alloc(1 << 20, 0x61);
     for (let i = 0; i < 150; i++) {
-      const call = client.clientStream(() => {});
+      const call = clients[i % 2]!.clientStream(() => {});
       call.on("error", () => {});
       call.write(MiB);
       calls.push(call);
@@ -304,7 +345,7 @@ Deno.test("grpc fairness: 150 calls waiting for an upstream slot hold a bounded 
     for (const c of calls) c.cancel();
     holder?.cancel();
     holderClient.close();
-    client.close();
+    for (const c of clients) c.close();
     ferry.child.kill("SIGTERM");
     await ferry.child.status;
     await server.stop();
