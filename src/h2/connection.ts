@@ -609,10 +609,13 @@ export class H2Connection implements StreamHost {
     }
     if (data.length > 0 && stream.chargedTo) {
       if (!stream.chargedTo.host.takeShare(data.length)) {
-        // The client these bytes are for holds its whole share unread: its call ends here.
+        // The client these bytes are for holds its whole share unread: its call ends here. The
+        // upstream reset is one the client provoked, and costs it like its own RST_STREAM.
+        const client = stream.chargedTo;
         this.#creditConnection(data.length);
         stream.reset(ErrorCode.CANCEL);
-        stream.chargedTo.reset(ErrorCode.ENHANCE_YOUR_CALM);
+        client.reset(ErrorCode.ENHANCE_YOUR_CALM);
+        client.countProvokedReset();
         return;
       }
       stream.charged += data.length;
