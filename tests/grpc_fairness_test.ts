@@ -56,28 +56,68 @@ function readStream(client: AnyClient, request: string, deadlineMs: number) {
   });
 }
 
-Deno.test("grpc fairness: 260 endless calls from one client do not block another client", async () => {
+/** Opens `n` endless bidi calls on `client`. */
+function holdCalls(client: AnyClient, n: number, into: grpc.ClientDuplexStream<Buffer, Buffer>[]) {
+  for (let i = 0; i < n; i++) {
+    const call: grpc.ClientDuplexStream<Buffer, Buffer> = client.bidi();
+    call.on("error", () => {});
+    call.on("data", () => {});
+    call.write(Buffer.from("hold"));
+    into.push(call);
+  }
+}
+
+Deno.test("grpc fairness: 261 endless calls (3 connections) fill one upstream connection; another client is still served", async () => {
   const server = await startEchoServer(undefined, { "grpc.max_concurrent_streams": 250 });
   const ferry = startFerry(grpcEchoConfig({ route: "    timeout: 30s\n" }), {
     PORT: String(server.port),
   });
+  const attackers = [ownClient(ferry.port), ownClient(ferry.port), ownClient(ferry.port)];
+  const victim = ownClient(ferry.port);
+  const calls: grpc.ClientDuplexStream<Buffer, Buffer>[] = [];
+  try {
+    for (const a of attackers) holdCalls(a, 87, calls);
+    // The upstream allows 250 streams per connection: all 261 are open only over two.
+    await until("the upstream holds the attackers' calls", () => server.open.bidi >= 250);
+    const r = await unary(victim, Buffer.from("victim"), { deadlineMs: 5_000 });
+    assert.equal(r.error?.message, undefined, "the victim's call is answered");
+    assert.equal(r.value?.toString(), "victim");
+    await until("every attacker call reached the upstream", () => server.open.bidi >= 261);
+  } finally {
+    for (const c of calls) c.cancel();
+    for (const a of attackers) a.close();
+    victim.close();
+    await ferry.close();
+    await server.stop();
+  }
+});
+
+Deno.test("grpc fairness: one client connection holds at most 100 upstream stream slots", async () => {
+  // 100 slots per upstream connection, two connections: a client with 250 endless calls would
+  // hold every slot the endpoint has if Ferry let it open them all.
+  const server = await startEchoServer(undefined, { "grpc.max_concurrent_streams": 100 });
+  const ferry = startFerry(
+    grpcEchoConfig({
+      route: "    timeout: 30s\n",
+      cluster: "    http2: { max_connections_per_endpoint: 2 }\n",
+    }),
+    { PORT: String(server.port) },
+  );
   const attacker = ownClient(ferry.port);
   const victim = ownClient(ferry.port);
   const calls: grpc.ClientDuplexStream<Buffer, Buffer>[] = [];
   try {
-    for (let i = 0; i < 260; i++) {
-      const call = attacker.bidi();
-      call.on("error", () => {});
-      call.on("data", () => {});
-      call.write(Buffer.from("hold"));
-      calls.push(call);
-    }
-    // The upstream allows 250 streams per connection: all 260 are open only over two.
-    await until("the upstream holds the attacker's calls", () => server.open.bidi >= 250);
+    holdCalls(attacker, 250, calls);
+    await until("the upstream holds 100 of the attacker's calls", () => server.open.bidi >= 100);
+    await new Promise((r) => setTimeout(r, 1_000));
+    assert.equal(
+      server.open.bidi,
+      100,
+      "the attacker's connection has 100 calls upstream, no more",
+    );
     const r = await unary(victim, Buffer.from("victim"), { deadlineMs: 5_000 });
     assert.equal(r.error?.message, undefined, "the victim's call is answered");
     assert.equal(r.value?.toString(), "victim");
-    await until("every attacker call reached the upstream", () => server.open.bidi >= 260);
   } finally {
     for (const c of calls) c.cancel();
     attacker.close();
@@ -134,10 +174,10 @@ Deno.test("grpc fairness: a zero-window client with 16 large answers does not st
     // Let the upstream fill whatever Ferry will take for the stalled streams.
     await until("the upstream started every attacker stream", () => server.big.sent >= STREAMS);
     await new Promise((r) => setTimeout(r, 2_000));
-    // Ferry buffers the stalled streams up to their stream windows (16 x 1 MiB, more than the
-    // 8 MiB connection window) on credit returned early, and no more than its 16 MiB bound.
+    // Ferry buffers the stalled streams on credit returned early (so the upstream connection's
+    // window stays open for others), up to the client's 8 MiB share and no more.
     const early = UPSTREAM_EARLY_CREDIT.used;
-    assert.ok(early > 8 << 20 && early <= 16 << 20, `${early} bytes buffered on early credit`);
+    assert.ok(early > 4 << 20 && early <= 8 << 20, `${early} bytes buffered on early credit`);
 
     const r = await unary(victim, Buffer.from("victim"), { deadlineMs: 5_000 });
     assert.equal(r.error?.message, undefined, "the victim's unary call is answered");
@@ -154,6 +194,100 @@ Deno.test("grpc fairness: a zero-window client with 16 large answers does not st
     try {
       conn.close();
     } catch { /* closed above */ }
+    victim.close();
+    await ferry.close();
+    await server.stop();
+  }
+});
+
+/** A raw HTTP/2 client that grants no window at all and counts the resets it gets. */
+async function zeroWindowClient(port: number) {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const enc = new HpackEncoder();
+  const resets = new Map<number, number>();
+  await conn.write(CLIENT_PREFACE);
+  await conn.write(settingsFrame([[Setting.INITIAL_WINDOW_SIZE, 0]]));
+  const reader = new FrameReader(1 << 24);
+  const reading = (async () => {
+    const buf = new Uint8Array(65536);
+    for (;;) {
+      const n = await conn.read(buf).catch(() => null);
+      if (n === null) return;
+      reader.push(buf.slice(0, n));
+      for (let f = reader.next(); f; f = reader.next()) {
+        if (f.type === FrameType.SETTINGS && !(f.flags & Flag.ACK)) {
+          await conn.write(settingsAck()).catch(() => 0);
+        }
+        if (f.type === FrameType.RST_STREAM) {
+          const code = new DataView(f.payload.buffer, f.payload.byteOffset).getUint32(0);
+          resets.set(code, (resets.get(code) ?? 0) + 1);
+        }
+      }
+    }
+  })();
+  let nextId = 1;
+  return {
+    resets,
+    /** Opens `count` server-streaming calls, each asking for `request`. */
+    async open(count: number, request: string): Promise<void> {
+      const body = new TextEncoder().encode(request);
+      const msg = new Uint8Array(5 + body.length);
+      new DataView(msg.buffer).setUint32(1, body.length);
+      msg.set(body, 5);
+      for (let i = 0; i < count; i++) {
+        const id = nextId;
+        nextId += 2;
+        const block = enc.encode([
+          [":method", "POST"],
+          [":scheme", "http"],
+          [":path", "/test.Echo/ServerStream"],
+          [":authority", "x"],
+          ["content-type", "application/grpc"],
+          ["te", "trailers"],
+        ]);
+        await conn.write(frame(FrameType.HEADERS, Flag.END_HEADERS, id, block));
+        await conn.write(frame(FrameType.DATA, Flag.END_STREAM, id, msg));
+      }
+    },
+    async close(): Promise<void> {
+      try {
+        conn.close();
+      } catch { /* closed already */ }
+      await reading;
+    },
+  };
+}
+
+Deno.test("grpc fairness: a zero-window client holds at most its share, on no connection's window", async () => {
+  const server = await startEchoServer();
+  const ferry = startFerry(grpcEchoConfig({ route: "    timeout: 30s\n" }), {
+    PORT: String(server.port),
+  });
+  const attacker = await zeroWindowClient(ferry.port);
+  const victim = ownClient(ferry.port);
+  try {
+    // Waves of 24 non-reading calls to 4 MiB answers each: every wave would fill an upstream
+    // connection's early allowance and then its window, and push the next wave onto a new
+    // connection, until every connection the endpoint may have (4) is stalled.
+    for (let wave = 0; wave < 4; wave++) {
+      await attacker.open(24, "big:64:65536");
+      await new Promise((r) => setTimeout(r, 1_500));
+    }
+    const early = UPSTREAM_EARLY_CREDIT.used;
+    assert.ok(early <= 8 << 20, `${early} bytes buffered for one client (its share is 8 MiB)`);
+    const calm = attacker.resets.get(0xb) ?? 0;
+    assert.ok(calm > 0, "the client's calls over its share were reset ENHANCE_YOUR_CALM");
+
+    const r = await unary(victim, Buffer.from("victim"), { deadlineMs: 5_000 });
+    assert.equal(r.error?.message, undefined, "the victim's unary call is answered");
+    assert.equal(r.value?.toString(), "victim");
+    const s = await readStream(victim, "big:32:65536", 10_000);
+    assert.equal(s.error?.message, undefined, "the victim's 2 MiB stream completes");
+    assert.equal(s.bytes, 32 * 65536);
+    await attacker.close();
+    await until("the early-credit budget is back to 0", () => UPSTREAM_EARLY_CREDIT.used === 0);
+  } finally {
+    await attacker.close();
     victim.close();
     await ferry.close();
     await server.stop();
@@ -179,7 +313,8 @@ Deno.test("grpc fairness: 150 calls waiting for an upstream slot hold a bounded 
   const port = Number(new URL(ferry.listeners.get("grpc")!).port);
   const pid = ferry.child.pid;
   const holderClient = ownClient(port);
-  const client = ownClient(port);
+  // Two connections: one may have only 100 calls open at once (src/grpc/listener.ts).
+  const clients = [ownClient(port), ownClient(port)];
   const calls: grpc.ClientWritableStream<Buffer>[] = [];
   let holder: grpc.ClientDuplexStream<Buffer, Buffer> | undefined;
   try {
@@ -195,7 +330,7 @@ Deno.test("grpc fairness: 150 calls waiting for an upstream slot hold a bounded 
 
     const MiB = Buffer.alloc(1 << 20, 0x61);
     for (let i = 0; i < 150; i++) {
-      const call = client.clientStream(() => {});
+      const call = clients[i % 2]!.clientStream(() => {});
       call.on("error", () => {});
       call.write(MiB);
       calls.push(call);
@@ -210,7 +345,7 @@ Deno.test("grpc fairness: 150 calls waiting for an upstream slot hold a bounded 
     for (const c of calls) c.cancel();
     holder?.cancel();
     holderClient.close();
-    client.close();
+    for (const c of clients) c.close();
     ferry.child.kill("SIGTERM");
     await ferry.child.status;
     await server.stop();

@@ -27,7 +27,7 @@ const ATTEMPTS = 4000;
  * An upstream on Ferry's own HTTP/2 stack that counts every stream opened to it (grpc-js would
  * only count calls whose request message arrived whole) and echoes the request message.
  */
-function countingUpstream() {
+function countingUpstream(answerAfterMs = 0) {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const conns = new Set<H2Connection>();
   const state = { streams: 0 };
@@ -40,6 +40,7 @@ function countingUpstream() {
           void (async () => {
             const parts: Uint8Array[] = [];
             for await (const c of s.body) parts.push(c);
+            if (answerAfterMs > 0) await new Promise((r) => setTimeout(r, answerAfterMs));
             s.sendHeaders([[":status", "200"], ["content-type", "application/grpc"]]);
             for (const p of parts) await s.write(p);
             await s.end([["grpc-status", "0"]]);
@@ -129,6 +130,76 @@ Deno.test("grpc: resets the client provokes count like its own (MadeYouReset get
     try {
       conn.close();
     } catch { /* closed by Ferry */ }
+    await ferry.close();
+    upstream.stop();
+  }
+});
+
+Deno.test("grpc: a flood of calls whose own grpc-timeout expires upstream gets GOAWAY", async () => {
+  // Answers after 300 ms: every call's 1 ns deadline expires while its upstream stream is open,
+  // so Ferry resets that stream upstream on the client's behalf.
+  const upstream = countingUpstream(300);
+  const ferry = startFerry(grpcEchoConfig({ route: "    timeout: 30s\n" }), {
+    PORT: String(upstream.port),
+  });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: ferry.port });
+  try {
+    const enc = new HpackEncoder();
+    const msg = new Uint8Array([0, 0, 0, 0, 1, 0x78]);
+    const reader = new FrameReader(1 << 24);
+    const buf = new Uint8Array(65536);
+    let goaway: number | undefined;
+    const reading = (async () => {
+      for (;;) {
+        const n = await conn.read(buf).catch(() => null);
+        if (n === null) return;
+        reader.push(buf.slice(0, n));
+        for (let f = reader.next(); f; f = reader.next()) {
+          if (f.type === FrameType.GOAWAY) goaway ??= readUint32(f.payload, 4);
+        }
+      }
+    })();
+    await conn.write(CLIENT_PREFACE);
+    await conn.write(settingsFrame([]));
+    await conn.write(settingsAck());
+    // In batches of 100, with a pause, so Ferry keeps up and each batch's deadlines expire.
+    for (let i = 0; i < ATTEMPTS && goaway === undefined; i++) {
+      const id = 2 * i + 1;
+      const block = enc.encode([
+        [":method", "POST"],
+        [":scheme", "http"],
+        [":path", "/test.Echo/Unary"],
+        [":authority", "x"],
+        ["content-type", "application/grpc"],
+        ["te", "trailers"],
+        ["grpc-timeout", "1n"],
+      ]);
+      const ok = await conn.write(frame(FrameType.HEADERS, Flag.END_HEADERS, id, block))
+        .then(() => conn.write(frame(FrameType.DATA, Flag.END_STREAM, id, msg)))
+        .then(() => true, () => false);
+      if (!ok) break;
+      if (i % 100 === 99) await new Promise((r) => setTimeout(r, 20));
+    }
+    const deadline = Date.now() + 10_000;
+    while (goaway === undefined && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    conn.close();
+    await reading;
+    assert.equal(goaway, ErrorCode.ENHANCE_YOUR_CALM, "the flood got GOAWAY ENHANCE_YOUR_CALM");
+    assert.ok(
+      upstream.streams < 3000,
+      `${upstream.streams} of ${ATTEMPTS} calls were opened and cancelled upstream`,
+    );
+
+    const client = echoClient(ferry.port);
+    const r = await unary(client, new TextEncoder().encode("after"));
+    client.close();
+    assert.equal(r.value?.toString(), "after");
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed above */ }
     await ferry.close();
     upstream.stop();
   }

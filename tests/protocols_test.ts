@@ -384,3 +384,74 @@ clusters: [{ name: up, endpoints: ["{{UP}}"] }]
     await certs.remove();
   }
 });
+
+Deno.test("without the connection guard an HTTP/1.1 request without Host is 400 too (plain, TLS, admin); the gRPC listener speaks no HTTP/1.1", async () => {
+  const certs = await makeTestCerts();
+  let hits = 0;
+  const up = startUpstream(() => {
+    hits++;
+    return new Response("ok");
+  });
+  const px = startFerry(
+    `server: { connection_guard: false }
+admin: { address: "127.0.0.1:0" }
+listeners:
+  - { name: plain, address: "127.0.0.1:0" }
+  - name: secure
+    address: "127.0.0.1:0"
+    tls: { cert: "{{CERT}}", key: "{{KEY}}" }
+  - { name: grpc, address: "127.0.0.1:0", protocol: grpc }
+routes:
+  - { name: all, listeners: [plain, secure], match: { path: { prefix: / } }, cluster: up }
+  - { name: calls, listeners: [grpc], match: { path: { prefix: / } }, cluster: h2 }
+clusters:
+  - { name: up, endpoints: ["{{UP}}"] }
+  - { name: h2, protocol: h2c, endpoints: ["{{UP}}"] }
+`,
+    { UP: up.url, CERT: certs.certFile, KEY: certs.keyFile },
+  );
+  const plain = Number(new URL(px.listenerUrl("plain")).port);
+  const secure = Number(new URL(px.listenerUrl("secure")).port);
+  const admin = px.ferry.addresses().admin!.port;
+  const grpcPort = Number(new URL(px.listenerUrl("grpc")).port);
+  const tls = { caCerts: [certs.ca] };
+  try {
+    for (const [port, t] of [[plain, undefined], [secure, tls]] as const) {
+      for (const line of ["GET /x HTTP/1.1\r\n", "GET /x HTTP/1.0\r\n"]) {
+        const res = await rawHead(port, line, t);
+        assert.match(res, /^HTTP\/1\.[01] 400 /, `${t ? "TLS" : "plain"} ${line.trim()}: ${res}`);
+        assert.match(res, /"reason":"missing Host header"/);
+      }
+      // Naming the port Deno would fill in is fine when the Host is really sent.
+      const named = await rawHead(port, `GET /x HTTP/1.1\r\nHost: localhost:${port}\r\n`, t);
+      assert.match(named, /^HTTP\/1\.1 200 /, named);
+    }
+    assert.equal(hits, 2, "only the requests with a Host reached the upstream");
+
+    const adminBare = await rawHead(admin, "GET /config HTTP/1.1\r\n");
+    assert.match(adminBare, /^HTTP\/1\.1 400 /, adminBare);
+    assert.match(adminBare, /"reason":"missing Host header"/);
+    const adminNamed = await rawHead(admin, `GET /config HTTP/1.1\r\nHost: localhost:${admin}\r\n`);
+    assert.match(adminNamed, /^HTTP\/1\.1 200 /, adminNamed);
+    // Probes keep working whatever they send.
+    assert.match(await rawHead(admin, "GET /healthz HTTP/1.0\r\n"), /^HTTP\/1\.0 200 /);
+
+    // The gRPC listener is HTTP/2 only: an HTTP/1.1 request is a bad preface, GOAWAY, closed.
+    const g = await rawHead(grpcPort, "GET /x HTTP/1.1\r\n");
+    assert.doesNotMatch(g, /HTTP\/1/);
+    assert.equal(hits, 2);
+
+    // HTTP/2 to the listeners by address still works.
+    const h2c = await curl([
+      "--http2-prior-knowledge",
+      "-w",
+      "\n%{http_code} %{http_version}",
+      `http://127.0.0.1:${plain}/x`,
+    ]);
+    assert.equal(h2c.stdout, "ok\n200 2", h2c.stderr);
+  } finally {
+    await px.close();
+    await up.close();
+    await certs.remove();
+  }
+});

@@ -25,6 +25,14 @@ import {
 import { answerError, grpcCallFacts, type GrpcCallRecord, proxyCall } from "./proxy.ts";
 import { GrpcStatus } from "./status.ts";
 
+/**
+ * Calls one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS; RFC 9113
+ * 6.5.2 advises no less than 100). Each open call may hold an upstream stream slot, so one
+ * connection holds at most this many of an endpoint's (its MAX_CONCURRENT_STREAMS times
+ * `max_connections_per_endpoint`, 1000 with 250 and 4), not all of them.
+ */
+const MAX_CALLS_PER_CONNECTION = 100;
+
 export interface GrpcListenerOptions {
   /** `server.max_connections` / `max_connections_per_ip`, read at every accept. */
   readonly caps: () => ConnectionCaps;
@@ -115,6 +123,7 @@ export class GrpcListener {
         DEFAULT_GRPC_TIMEOUTS;
       h2 = new H2Connection(conn, {
         role: "server",
+        maxConcurrentStreams: MAX_CALLS_PER_CONNECTION,
         handshakeTimeoutMs: timeouts.handshakeMs,
         settingsAckTimeoutMs: timeouts.settingsAckMs,
         idleTimeoutMs: timeouts.idleMs,

@@ -144,9 +144,12 @@ export async function proxyCall(
   const callCtl = new AbortController();
   let expired: ProxyError | undefined;
   let upstream: H2Stream | undefined;
-  const expire = (pe: ProxyError) => {
+  const expire = (pe: ProxyError, clientDeadline = false) => {
     if (expired) return;
     expired = pe;
+    // A deadline the client chose (`grpc-timeout: 1n`, repeated) makes Ferry reset upstream
+    // streams on its behalf: each costs its connection what its own RST_STREAM would.
+    if (clientDeadline && upstream && !upstream.isClosed) ds.countProvokedReset();
     upstream?.reset(ErrorCode.CANCEL);
     answerError(ds, pe, rec);
     if (!ds.isClosed) ds.reset(ErrorCode.CANCEL);
@@ -157,7 +160,10 @@ export async function proxyCall(
   const timer = callMs === undefined ? undefined : deadlines.armRoundedUp(
     callMs,
     () =>
-      expire(new ProxyError("upstream_timeout", `deadline of ${Math.round(callMs)} ms exceeded`)),
+      expire(
+        new ProxyError("upstream_timeout", `deadline of ${Math.round(callMs)} ms exceeded`),
+        callMs === clientMs,
+      ),
   );
   const headersTimer = callMs === undefined && route.timeoutMs > 0
     ? deadlines.arm(
@@ -272,6 +278,8 @@ export async function proxyCall(
     try {
       us = await cluster.h2.request(endpoint, out, false);
       upstream = us;
+      // What the answer buffers unread counts against this client's share (src/h2/stream.ts).
+      us.chargeTo(ds);
       if (expired || ds.resetReason) {
         us.reset(ErrorCode.CANCEL);
         return { error: expired ?? clientGone(), repeatable: false };
@@ -330,8 +338,9 @@ export async function proxyCall(
     } catch (err) {
       if (expired) return { error: expired, repeatable: false };
       // (Read again: the stream may have been reset while this attempt awaited.)
-      if ((ds.resetReason as { byPeer: boolean } | undefined)?.byPeer) {
-        // The client left: nothing to answer, nothing learnt about the endpoint.
+      if (ds.resetReason) {
+        // The client left, or its stream was reset for what it did (a protocol error, its
+        // share full): nothing to answer, nothing learnt about the endpoint.
         us?.reset(ErrorCode.CANCEL);
         return { error: clientGone(), repeatable: false };
       }

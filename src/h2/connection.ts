@@ -37,7 +37,7 @@ import {
 import { type HeaderField, HeaderListTooLarge, HpackDecoder, HpackEncoder } from "./hpack.ts";
 import { headerProblem } from "./headers.ts";
 import { H2Stream, type StreamHost, StreamReset } from "./stream.ts";
-import type { ByteBudget } from "./budget.ts";
+import { ByteBudget } from "./budget.ts";
 
 export interface ConnectionOptions {
   readonly role: "server" | "client";
@@ -71,6 +71,12 @@ export interface ConnectionOptions {
    * goes back only as data is read.
    */
   readonly earlyCredit?: { readonly perConnection: number; readonly shared?: ByteBudget };
+  /**
+   * Server role: bytes Ferry may buffer for this client's calls from elsewhere (upstream answers
+   * it has not taken yet, on streams `chargeTo`'d one of its streams). Default 8 MiB, the same as
+   * the connection window that bounds what it can make us hold of its own data.
+   */
+  readonly clientShare?: number;
 }
 
 /** Pending bytes in the write queue above which writers of DATA wait. */
@@ -95,11 +101,13 @@ export class H2Connection implements StreamHost {
       | "settingsAckTimeoutMs"
       | "idleTimeoutMs"
       | "earlyCredit"
+      | "clientShare"
     >
   >;
   readonly #onStream: ConnectionOptions["onStream"];
   readonly #onClose: ConnectionOptions["onClose"];
   readonly #earlyCredit: ConnectionOptions["earlyCredit"];
+  readonly #share: ByteBudget;
   /** Unread bytes whose connection credit went back on arrival / is still held. */
   #earlyBytes = 0;
   #heldBytes = 0;
@@ -166,6 +174,7 @@ export class H2Connection implements StreamHost {
     this.#onStream = opts.onStream;
     this.#onClose = opts.onClose;
     this.#earlyCredit = opts.earlyCredit;
+    this.#share = new ByteBudget(opts.clientShare ?? (8 << 20));
     this.#tokens = this.#opts.controlFrameBurst;
     this.#reader = new FrameReader(MIN_FRAME_SIZE);
     this.#decoder = new HpackDecoder({ maxHeaderListSize: this.#opts.maxHeaderListSize });
@@ -375,6 +384,11 @@ export class H2Connection implements StreamHost {
 
   consumed(stream: H2Stream, n: number): void {
     if (n <= 0) return;
+    const charged = Math.min(n, stream.charged);
+    if (charged > 0) {
+      stream.charged -= charged;
+      stream.chargedTo?.host.giveShare(charged);
+    }
     // Bytes credited on arrival: their connection credit is back already, only the budget is not.
     const early = Math.min(n, stream.earlyCredited);
     if (early > 0) {
@@ -404,6 +418,29 @@ export class H2Connection implements StreamHost {
     this.#windowBlocked.delete(stream);
     this.#openWaiters.shift()?.();
     this.#closeIfIdle();
+  }
+
+  takeShare(n: number): boolean {
+    return this.#share.tryTake(n);
+  }
+
+  giveShare(n: number): void {
+    this.#share.give(n);
+  }
+
+  /** Bytes buffered for this client's calls right now (its share in use). */
+  get shareUsed(): number {
+    return this.#share.used;
+  }
+
+  provokedReset(): void {
+    if (this.#closed) return;
+    try {
+      this.#spend(1);
+    } catch (err) {
+      if (err instanceof H2Error) this.close(err.code, err.message);
+      else throw err;
+    }
   }
 
   // ---- writing ----
@@ -572,6 +609,19 @@ export class H2Connection implements StreamHost {
     if (padding > 0) {
       this.#creditConnection(padding);
       this.#creditStream(stream, padding);
+    }
+    if (data.length > 0 && stream.chargedTo) {
+      if (!stream.chargedTo.host.takeShare(data.length)) {
+        // The client these bytes are for holds its whole share unread: its call ends here. The
+        // upstream reset is one the client provoked, and costs it like its own RST_STREAM.
+        const client = stream.chargedTo;
+        this.#creditConnection(data.length);
+        stream.reset(ErrorCode.CANCEL);
+        client.reset(ErrorCode.ENHANCE_YOUR_CALM);
+        client.countProvokedReset();
+        return;
+      }
+      stream.charged += data.length;
     }
     if (data.length > 0) {
       if (this.#takeEarly(data.length)) {

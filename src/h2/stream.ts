@@ -25,6 +25,14 @@ export interface StreamHost {
   consumed(stream: H2Stream, n: number): void;
   /** The stream is closed in both directions (or reset): forget it. */
   retire(stream: H2Stream): void;
+  /**
+   * Server role: takes `n` bytes from the client's share of what Ferry may buffer for its calls
+   * (upstream answers it has not taken yet); false when the share is full.
+   */
+  takeShare(n: number): boolean;
+  giveShare(n: number): void;
+  /** The peer made us reset something on its behalf: costs what its own RST_STREAM would. */
+  provokedReset(): void;
 }
 
 function deferred<T>() {
@@ -46,6 +54,10 @@ export class H2Stream {
   unacked = 0;
   /** Buffered bytes whose connection-level credit went back on arrival (connection.ts). */
   earlyCredited = 0;
+  /** The downstream stream whose client's share pays for this stream's buffered data (chargeTo). */
+  chargedTo: H2Stream | undefined;
+  /** Buffered bytes charged to `chargedTo`'s share, not yet read or dropped. */
+  charged = 0;
   localEnded = false;
   remoteEnded = false;
   headersSent = false;
@@ -125,6 +137,24 @@ export class H2Stream {
     if (n <= 0) return;
     this.#held -= n;
     this.host.consumed(this, n);
+  }
+
+  /**
+   * Upstream side: what this stream buffers unread is charged to the share of `client`'s
+   * connection. A client whose share is full cannot make Ferry hold more for it: the stream that
+   * would go over is reset (CANCEL upstream, ENHANCE_YOUR_CALM to the client) instead of holding
+   * memory, or the upstream connection window that other clients' calls need.
+   */
+  chargeTo(client: H2Stream): void {
+    this.chargedTo = client;
+  }
+
+  /**
+   * The peer provoked a reset we sent elsewhere on its behalf (an upstream stream cancelled on its
+   * deadline): counted in its connection's control-frame budget, like its own RST_STREAM.
+   */
+  countProvokedReset(): void {
+    this.host.provokedReset();
   }
 
   /** Bytes read under `holdCredit()` and not yet released. */

@@ -18,6 +18,7 @@ import type { Snapshot } from "./compile.ts";
 import type { MiddlewareRefConfig } from "../config/schema.ts";
 import { withDurationUnits } from "../config/errors.ts";
 import { decide, identityFromId } from "../policy/authz.ts";
+import { lacksHost } from "./handler.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { errorResponse, ProxyError, type RecentErrors } from "../pipeline/errors.ts";
 import { dashboardStats, type StatsHistory } from "./admin_stats.ts";
@@ -46,6 +47,8 @@ export interface AdminView {
   address?: string;
   /** Per-route history for the dashboard (`/stats?history=1`). */
   statsHistory?: StatsHistory;
+  /** The bound port: Deno fills `localhost:<port>` into a request that has no Host. */
+  port?: () => number | undefined;
 }
 
 const ENDPOINTS = [
@@ -69,7 +72,14 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
   return async function admin(req: Request): Promise<Response> {
     const url = new URL(req.url);
     const token = view.snapshot().adminToken;
-    // /healthz holds nothing and probes (Kubernetes) name the pod IP or a service as Host.
+    // /healthz holds nothing and probes (Kubernetes) name the pod IP or a service as Host; some
+    // (HTTP/1.0 checks) send none.
+    if (url.pathname !== "/healthz" && lacksHost(req, url.host, view.port?.())) {
+      return errorResponse(
+        new ProxyError("bad_request", "missing Host header"),
+        crypto.randomUUID(),
+      );
+    }
     if (url.pathname !== "/healthz" && !hostAllowed(url.host, view.address, token !== undefined)) {
       return errorResponse(
         new ProxyError("admin_host_refused", `Host ${url.host} is not this admin listener`),

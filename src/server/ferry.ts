@@ -81,6 +81,7 @@ export class Ferry {
           recentErrors: ferry.recentErrors,
           statsHistory: ferry.statsHistory,
           address: admin.address,
+          port: () => ferry.#admin?.addr.port,
         });
         ferry.#admin = bindOrName("admin", admin.address, () =>
           new RebindingServer(
@@ -260,7 +261,9 @@ export class Ferry {
       this.recentErrors,
       // Read per request, once `guard` below has started its inner server.
       () => guard?.innerPort(),
+      () => ownPort?.(),
     );
+    let ownPort: (() => number) | undefined;
     const listening = (a: Deno.NetAddr) =>
       log.info("listening", {
         listener: name,
@@ -317,6 +320,7 @@ export class Ferry {
           });
         },
       );
+      ownPort = () => server.addr.port;
       return {
         get addr() {
           return server.addr;

@@ -33,6 +33,8 @@ export function createListenerHandler(
    * Host with `localhost:<that port>`, an authority no client has reason to name.
    */
   innerPort?: () => number | undefined,
+  /** Without the guard: the listener's own bound port, which Deno fills in the same way. */
+  ownPort?: () => number | undefined,
 ): ServeHandler {
   // The listener's recorder, looked up again only if a reload brings another metrics object.
   let metricsOwner: FerryMetrics | undefined;
@@ -64,7 +66,11 @@ export function createListenerHandler(
       checkMethod(req.method);
       const target = splitTarget(req.url, limits.max_uri_bytes);
       const hidden = innerPort?.();
-      if (hidden !== undefined && namesPort(target.authority, hidden)) {
+      if (
+        hidden !== undefined
+          ? namesPort(target.authority, hidden)
+          : lacksHost(req, target.authority, ownPort?.())
+      ) {
         // RFC 9112 3.2: an HTTP/1.1 request without Host is a 400 (so is HTTP/2 without
         // :authority, and a client that found and named the hidden port).
         throw new ProxyError("bad_request", "missing Host header");
@@ -75,9 +81,8 @@ export function createListenerHandler(
       req = limited.req;
       overLimit = limited.overLimit;
       settled = limited.settled;
-      // Without the guard a missing Host is indistinguishable (Deno fills in localhost:port, as
-      // an HTTP/2 request to localhost looks), but an empty Host is visible and invalid (RFC 9112
-      // 3.2). A Host header must be a valid authority itself even when the target is
+      // An empty Host is invalid too (RFC 9112 3.2). A Host header must be a valid authority
+      // itself even when the target is
       // absolute-form: Deno builds req.url by pasting it in, so "Host: a/b" would otherwise move
       // "/b" into the path.
       const hostHeader = req.headers.get("host");
@@ -189,6 +194,16 @@ function logWhenDone(
       endedAt: performance.now(),
     });
   info.completed.then(write, write);
+}
+
+/**
+ * Without the guard: a request with no Host header whose authority is Deno's fill-in for a missing
+ * one, `localhost:<the listener's port>` (whatever address it is bound to). An HTTP/2 request has
+ * no Host header either, so one whose :authority is exactly that looks the same and is refused too
+ * (Deno does not say the HTTP version; docs/design.md, "Known limits").
+ */
+export function lacksHost(req: Request, authority: string, port: number | undefined): boolean {
+  return port !== undefined && authority === `localhost:${port}` && !req.headers.has("host");
 }
 
 const LOOPBACK = new Set(["localhost", "127.0.0.1", "[::1]"]);
