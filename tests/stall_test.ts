@@ -138,8 +138,8 @@ sys.stdin.read()
 /**
  * The bound docs/connections.md states for what Ferry itself holds for a client that reads
  * nothing, with the guard: its send buffer to the client (tcp_wmem's max, 4 MiB here), its
- * receive buffers from the upstream and from the hop (autotuned, under 1 MiB each here),
- * Deno.serve's 256 KiB on the hop and about 1 MiB in streams. Measured 5.0-6.7 MiB (4.5
+ * receive buffers from the upstream and from the hop (autotuned, 0.1-2.7 MiB each measured),
+ * Deno.serve's 128 KiB on the hop and about 1 MiB in streams. Measured 5.0-6.7 MiB (4.5-5.7
  * without the guard); before the hop's buffers were fixed, 9.0-9.4 MiB.
  */
 const FERRY_HOLDS_AT_MOST = 8 * MiB;
