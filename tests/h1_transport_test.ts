@@ -69,6 +69,7 @@ Deno.test("h1 pool: sequential requests reuse one connection", async () => {
       waiting: 0,
       opened: 1,
       reused: 4,
+      tunnels: 0,
     });
   } finally {
     t.close();

@@ -28,7 +28,12 @@ import {
   RebindingServer,
 } from "./admission.ts";
 import { isWebSocketUpgrade } from "../upstream/headers.ts";
-import { attachTicket, DownstreamLink, type RequestTicket } from "./downstream.ts";
+import {
+  attachTicket,
+  DownstreamLink,
+  type RequestTicket,
+  type TunnelClient,
+} from "./downstream.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
 import { ClientAuthListener } from "./node_tls.ts";
 import { WsFrameLimit } from "./ws_frames.ts";
@@ -249,6 +254,10 @@ export class ConnectionGuard {
 
   /** Graceful shutdown of the inner server (see Deno.HttpServer.shutdown). */
   async shutdownInner(): Promise<void> {
+    // Deno.serve's shutdown closes its own WebSockets with 1001; byte tunnels are closed alike.
+    for (const g of this.#all) {
+      if (g.phase === "tunnel" && g.link.tunnel) this.#closeTunnel(g, CLOSE_GOING_AWAY, "");
+    }
     await this.#inner?.shutdown();
   }
 
@@ -426,18 +435,34 @@ export class ConnectionGuard {
         if (fromClient) {
           if (!this.#onClientBytes(g, buf, n)) return;
           const allowed = g.frames ? g.frames.feed(buf, n) : n;
-          if (allowed > 0) await writeAll(to, buf.subarray(0, allowed));
+          if (allowed > 0) {
+            // A byte tunnel (WebSocket over the h1 codec) takes them to its upstream socket.
+            const tunnel = g.link.tunnel;
+            if (tunnel) await tunnel.fromClient(buf.subarray(0, allowed));
+            else await writeAll(to, buf.subarray(0, allowed));
+          }
           if (allowed < n) {
             // Nothing more from this client reaches Deno's WebSocket; the close goes out below.
             this.#closeTunnel(g, CLOSE_MESSAGE_TOO_BIG, g.frames!.violation!);
             return;
           }
-        } else await this.#writeClient(g, buf.subarray(0, n));
+        } else {
+          // Once Deno.serve's 101 is out, a byte tunnel's upstream is the client's source.
+          const tunnel = g.link.tunnel;
+          const headEnd = tunnel ? tunnel.headEnd(buf, n) : -1;
+          if (headEnd >= 0) {
+            await this.#writeClient(g, buf.subarray(0, headEnd));
+            await tunnel!.start(this.#tunnelClient(g));
+            return;
+          }
+          await this.#writeClient(g, buf.subarray(0, n));
+        }
         if (n === buf.length && buf.length < LARGE_BUFFER) buf = new Uint8Array(LARGE_BUFFER);
         else if (n < SMALL_BUFFER && buf.length > SMALL_BUFFER) buf = new Uint8Array(SMALL_BUFFER);
       }
       // Half-close: the other side may still be answering.
-      await to.closeWrite();
+      if (fromClient && g.link.tunnel) g.link.tunnel.clientEnded();
+      else await to.closeWrite();
     } catch {
       this.#drop(g);
     }
@@ -456,6 +481,17 @@ export class ConnectionGuard {
     } finally {
       link.wrote();
     }
+  }
+
+  /** The client side of a byte tunnel: writes under the send timeout, a half-close at the end. */
+  #tunnelClient(g: Guarded): TunnelClient {
+    return {
+      write: (bytes) => this.#writeClient(g, bytes),
+      finish: () => {
+        if (g.closeBy === 0) g.closeBy = performance.now() + TUNNEL_CLOSE_GRACE_MS;
+        g.conn.closeWrite().catch(() => this.#drop(g));
+      },
+    };
   }
 
   /**
@@ -554,6 +590,7 @@ export class ConnectionGuard {
         continue;
       }
       if (g.phase === "tunnel") {
+        g.link.tunnel?.sweep(now, limits.sendTimeoutMs);
         if (g.closeBy > 0) {
           if (now > g.closeBy) this.#drop(g);
         } else if (
