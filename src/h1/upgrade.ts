@@ -42,7 +42,7 @@ export async function upgradeWebSocket(
   signal: AbortSignal,
 ): Promise<Upgraded> {
   const key = headers.find(([name]) => name === "sec-websocket-key")?.[1];
-  if (!key) throw new H1ProtocolError("a WebSocket upgrade without Sec-WebSocket-Key");
+  if (!key) throw new ProxyError("bad_request", "a WebSocket upgrade without Sec-WebSocket-Key");
   let head: Uint8Array;
   try {
     head = serializeHead(
