@@ -12,6 +12,11 @@ import {
 } from "./parse.ts";
 
 const INITIAL_BUFFER = 16 * 1024;
+/**
+ * Bodies with a length up to this are read whole before the response is handed on (the same
+ * bound as relay.ts's SMALL_BODY_BYTES: such a body leaves the upstream at once anyway).
+ */
+const WHOLE_BODY_MAX = 64 * 1024;
 /** Body reads straight from the socket take at most this much at once. */
 const BODY_READ = 64 * 1024;
 
@@ -361,8 +366,14 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
           }
         }
         c.start += head.size;
+        // Fast path: a small body with a length is read whole before the answer, so it leaves
+        // as one buffer (no stream, one write downstream).
+        const whole = head.framing === Framing.Length && head.contentLength <= WHOLE_BODY_MAX &&
+            head.contentLength > c.end - c.start
+          ? await readWhole(c, head.contentLength)
+          : undefined;
         const keepAlive = head.keepAlive;
-        const response = makeResponse(c, head, x, () => {
+        const response = makeResponse(c, head, x, whole, () => {
           responseDone = true;
           // Reused only after a complete exchange with nothing left over. A response that ends
           // before the request body was all sent means the upstream stopped reading it.
@@ -373,6 +384,9 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
           }
           finish();
         }, fail);
+        if (!responseParts.has(response)) {
+          responseParts.set(response, { headers: head.headers, whole: undefined });
+        }
         settled = true;
         resolve(response);
       } catch (err) {
@@ -387,16 +401,54 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
   });
 }
 
-/** The Response for a parsed head; its body streams from the connection. */
+/** Reads exactly `length` body bytes (what is buffered first) into one buffer of their own. */
+async function readWhole(c: H1Connection, length: number): Promise<Uint8Array<ArrayBuffer>> {
+  const out = new Uint8Array(length);
+  let have = c.end - c.start;
+  out.set(c.buf.subarray(c.start, c.end));
+  c.start = c.end;
+  while (have < length) {
+    // Into the rest of `out` only: nothing past the body is read.
+    const n = await c.conn.read(out.subarray(have));
+    if (n === null) throw new UpstreamClosed(`after ${have} of ${length} body bytes`);
+    have += n;
+  }
+  return out;
+}
+
+/**
+ * What the codec knows about a Response it made: the head's header lines as they came (in order,
+ * repeats kept) and, for a body read whole, its bytes, so the forwarding path can pass them on
+ * without building a stream or reading the headers back out of a Headers object.
+ */
+export interface H1ResponseParts {
+  readonly headers: readonly [string, string][];
+  readonly whole: Uint8Array<ArrayBuffer> | undefined;
+}
+const responseParts = new WeakMap<Response, H1ResponseParts>();
+
+/** The codec's parts of `res`; undefined for a Response the codec did not make. */
+export function h1ResponseParts(res: Response): H1ResponseParts | undefined {
+  return responseParts.get(res);
+}
+
+/** The Response for a parsed head; its body streams from the connection (or was read whole). */
 function makeResponse(
   c: H1Connection,
   head: ResponseHead,
   x: Exchange,
+  whole: Uint8Array<ArrayBuffer> | undefined,
   complete: () => void,
   fail: () => void,
 ): Response {
   // Pairs, not a Headers object: Response would copy (and validate) a Headers object again.
   const init = { status: head.status, statusText: head.reason, headers: head.headers };
+  if (whole) {
+    complete();
+    const res = new Response(whole, init);
+    responseParts.set(res, { headers: head.headers, whole });
+    return res;
+  }
   if (head.framing === Framing.None) {
     complete();
     return new Response(null, init);
@@ -409,7 +461,9 @@ function makeResponse(
       const bytes = c.buf.slice(c.start, c.start + remaining);
       c.start += remaining;
       complete();
-      return new Response(remaining === 0 ? null : bytes, init);
+      const res = new Response(remaining === 0 ? null : bytes, init);
+      responseParts.set(res, { headers: head.headers, whole: remaining === 0 ? undefined : bytes });
+      return res;
     }
     return new Response(
       bodyStream(x, fail, async (ctl) => {

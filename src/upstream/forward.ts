@@ -6,7 +6,8 @@ import type { ClientIdentity, Handler, RequestContext } from "../pipeline/types.
 import { ProxyError, toProxyError } from "../server/errors.ts";
 import { forwardedHeaders } from "../server/trust.ts";
 import type { Cluster, Endpoint, Members } from "./cluster.ts";
-import { endToEndHeaders, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
+import { endToEndHeaders, endToEndPairs, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
+import { h1ResponseParts } from "../h1/connection.ts";
 import {
   checkUpstreamHead,
   classifyUpstreamError,
@@ -289,6 +290,9 @@ export function forwardTo(s: ForwardSettings): Handler {
             continue;
           }
         }
+        // The h1 codec read a small body whole: it leaves as one buffer, no stream around it.
+        const h1 = h1ResponseParts(upstream);
+        if (h1?.whole) return downstreamResponse(req, ctx, s, upstream, h1.whole, contentLength);
         const out = s.idleTimeoutMs > 0 && upstream.body
           ? upstream.body.pipeThrough(idleGuard(s, ctl))
           : upstream.body;
@@ -459,16 +463,18 @@ function downstreamResponse(
   ctx: RequestContext,
   s: ForwardSettings,
   upstream: Response,
-  body: ReadableStream<Uint8Array> | null,
+  body: ReadableStream<Uint8Array> | Uint8Array<ArrayBuffer> | null,
   contentLength: string | null,
 ): Response {
-  const out = endToEndHeaders(upstream.headers);
+  // The codec's own header lines when it made the response (no Headers object read back).
+  const lines = h1ResponseParts(upstream)?.headers;
+  const out = lines ? endToEndPairs(lines) : endToEndHeaders(upstream.headers);
   if (contentLength !== null) out.set("content-length", contentLength);
   out.set("x-request-id", ctx.requestId);
   applyEdits(out, s.responseEdits);
   // HEAD, 204, 205 and 304 never carry a body, whatever the upstream sent (RFC 9110 6.4.1).
   const bodyless = req.method === "HEAD" || NULL_BODY_STATUS.has(upstream.status);
-  if (bodyless && body) body.cancel().catch(() => {});
+  if (bodyless && body instanceof ReadableStream) body.cancel().catch(() => {});
   return new Response(bodyless ? null : body, {
     status: upstream.status,
     statusText: upstream.statusText,
