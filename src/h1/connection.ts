@@ -12,11 +12,6 @@ import {
 } from "./parse.ts";
 
 const INITIAL_BUFFER = 16 * 1024;
-/**
- * Bodies with a length up to this are read whole before the response is handed on (the same
- * bound as relay.ts's SMALL_BODY_BYTES: such a body leaves the upstream at once anyway).
- */
-const WHOLE_BODY_MAX = 64 * 1024;
 /** Body reads straight from the socket take at most this much at once. */
 const BODY_READ = 64 * 1024;
 
@@ -190,6 +185,8 @@ export interface Exchange {
   readonly signal: AbortSignal;
   /** Called when the signal aborts while the exchange is in progress. */
   readonly abortError: () => unknown;
+  /** The Response carries no headers; the caller reads them from h1ResponseParts. */
+  readonly headersOutOfBand?: boolean | undefined;
 }
 
 /**
@@ -366,14 +363,8 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
           }
         }
         c.start += head.size;
-        // Fast path: a small body with a length is read whole before the answer, so it leaves
-        // as one buffer (no stream, one write downstream).
-        const whole = head.framing === Framing.Length && head.contentLength <= WHOLE_BODY_MAX &&
-            head.contentLength > c.end - c.start
-          ? await readWhole(c, head.contentLength)
-          : undefined;
         const keepAlive = head.keepAlive;
-        const response = makeResponse(c, head, x, whole, () => {
+        const response = makeResponse(c, head, x, () => {
           responseDone = true;
           // Reused only after a complete exchange with nothing left over. A response that ends
           // before the request body was all sent means the upstream stopped reading it.
@@ -401,25 +392,10 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
   });
 }
 
-/** Reads exactly `length` body bytes (what is buffered first) into one buffer of their own. */
-async function readWhole(c: H1Connection, length: number): Promise<Uint8Array<ArrayBuffer>> {
-  const out = new Uint8Array(length);
-  let have = c.end - c.start;
-  out.set(c.buf.subarray(c.start, c.end));
-  c.start = c.end;
-  while (have < length) {
-    // Into the rest of `out` only: nothing past the body is read.
-    const n = await c.conn.read(out.subarray(have));
-    if (n === null) throw new UpstreamClosed(`after ${have} of ${length} body bytes`);
-    have += n;
-  }
-  return out;
-}
-
 /**
  * What the codec knows about a Response it made: the head's header lines as they came (in order,
- * repeats kept) and, for a body read whole, its bytes, so the forwarding path can pass them on
- * without building a stream or reading the headers back out of a Headers object.
+ * repeats kept) and, for a body that came whole with its head, its bytes, so the forwarding path
+ * can pass them on without building a stream or reading the headers back out of a Headers object.
  */
 export interface H1ResponseParts {
   readonly headers: readonly [string, string][];
@@ -432,23 +408,20 @@ export function h1ResponseParts(res: Response): H1ResponseParts | undefined {
   return responseParts.get(res);
 }
 
-/** The Response for a parsed head; its body streams from the connection (or was read whole). */
+/** The Response for a parsed head; its body streams from the connection (or came with the head). */
 function makeResponse(
   c: H1Connection,
   head: ResponseHead,
   x: Exchange,
-  whole: Uint8Array<ArrayBuffer> | undefined,
   complete: () => void,
   fail: () => void,
 ): Response {
   // Pairs, not a Headers object: Response would copy (and validate) a Headers object again.
-  const init = { status: head.status, statusText: head.reason, headers: head.headers };
-  if (whole) {
-    complete();
-    const res = new Response(whole, init);
-    responseParts.set(res, { headers: head.headers, whole });
-    return res;
-  }
+  // Without headers when the caller reads them from h1ResponseParts: validating every line into
+  // a Headers object nobody reads is a good part of a small exchange's cost.
+  const init = x.headersOutOfBand
+    ? { status: head.status, statusText: head.reason }
+    : { status: head.status, statusText: head.reason, headers: head.headers };
   if (head.framing === Framing.None) {
     complete();
     return new Response(null, init);

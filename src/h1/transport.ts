@@ -80,6 +80,7 @@ export class H1Transport implements Transport {
           body,
           signal: r.signal,
           abortError,
+          headersOutOfBand: r.headersOutOfBand,
         });
       } catch (err) {
         // The keep-alive race: sent once more, on a new connection, if nothing was lost.

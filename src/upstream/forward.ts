@@ -237,11 +237,16 @@ export function forwardTo(s: ForwardSettings): Handler {
             headers: headers.pairs,
             body: chunks ? replay(chunks) : watched?.stream ?? body,
             signal: attemptSignal?.signal ?? ctl.signal,
+            headersOutOfBand: true,
           });
           upstream = res;
           // A 1xx final answer is never relayed; then status range and framing, one check.
           if (res.status < 200) refuseInterim(res);
-          contentLength = checkUpstreamHead(res.status, res.headers);
+          // The codec's parser has checked the framing already, more strictly.
+          const lines = h1ResponseParts(res)?.headers;
+          contentLength = lines
+            ? headerLine(lines, "content-length")
+            : checkUpstreamHead(res.status, res.headers);
         } catch (err) {
           // A failure of the request body is the client's, whatever the transport made of it.
           failure = watched?.failure() ?? ctx.bodyFailure?.() ?? toProxyError(err);
@@ -280,7 +285,10 @@ export function forwardTo(s: ForwardSettings): Handler {
         else s.breaker?.onSuccess(slotOf(s, endpoint), permit);
 
         if (attempt < retries && statusRetriable(retry!, upstream.status)) {
-          const after = parseRetryAfter(upstream.headers.get("retry-after"));
+          const lines = h1ResponseParts(upstream)?.headers;
+          const after = parseRetryAfter(
+            lines ? headerLine(lines, "retry-after") : upstream.headers.get("retry-after"),
+          );
           if (
             (after === undefined || after <= retry!.maxRetryAfterMs) &&
             (holdingRetry = takeRetry(budget, ctx, s.metrics))
@@ -313,6 +321,12 @@ export function forwardTo(s: ForwardSettings): Handler {
       if (holdingRetry) budget.release();
     }
   };
+}
+
+/** The first value of `name` among header lines (lower-case names), or null. */
+function headerLine(lines: readonly [string, string][], name: string): string | null {
+  for (const [n, v] of lines) if (n === name) return v;
+  return null;
 }
 
 /** A 1xx final answer is never relayed (see notAnUpgrade). */
