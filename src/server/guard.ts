@@ -300,6 +300,10 @@ export class ConnectionGuard {
         g.phase = "tunnel";
         g.since = g.link.lastMessageAt = performance.now();
         g.frames = new WsFrameLimit(limits.wsMaxFrameBytes, limits.wsMaxMessageBytes);
+      } else if (g.link.tunnel) {
+        // The upgrade's answer was replaced on its way out: no tunnel, its upstream closes.
+        g.link.tunnel.close();
+        g.link.tunnel = undefined;
       }
       return res;
     };
@@ -437,7 +441,7 @@ export class ConnectionGuard {
           const allowed = g.frames ? g.frames.feed(buf, n) : n;
           if (allowed > 0) {
             // A byte tunnel (WebSocket over the h1 codec) takes them to its upstream socket.
-            const tunnel = g.link.tunnel;
+            const tunnel = g.phase === "tunnel" ? g.link.tunnel : undefined;
             if (tunnel) await tunnel.fromClient(buf.subarray(0, allowed));
             else await writeAll(to, buf.subarray(0, allowed));
           }
@@ -448,7 +452,7 @@ export class ConnectionGuard {
           }
         } else {
           // Once Deno.serve's 101 is out, a byte tunnel's upstream is the client's source.
-          const tunnel = g.link.tunnel;
+          const tunnel = g.phase === "tunnel" ? g.link.tunnel : undefined;
           const headEnd = tunnel ? tunnel.headEnd(buf, n) : -1;
           if (headEnd >= 0) {
             await this.#writeClient(g, buf.subarray(0, headEnd));
@@ -461,7 +465,7 @@ export class ConnectionGuard {
         else if (n < SMALL_BUFFER && buf.length > SMALL_BUFFER) buf = new Uint8Array(SMALL_BUFFER);
       }
       // Half-close: the other side may still be answering.
-      if (fromClient && g.link.tunnel) g.link.tunnel.clientEnded();
+      if (fromClient && g.phase === "tunnel" && g.link.tunnel) g.link.tunnel.clientEnded();
       else await to.closeWrite();
     } catch {
       this.#drop(g);
