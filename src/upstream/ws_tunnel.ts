@@ -42,9 +42,7 @@ export class WsTunnel implements ByteTunnel {
   #markUpstreamEnded!: () => void;
   /** Resolves once the upstream's side has ended (EOF or error). */
   readonly #upstreamEnded = new Promise<void>((r) => this.#markUpstreamEnded = r);
-  /** Deno.serve's 101 head: how much of its status line, then of the blank line, was seen. */
-  #statusMatched = 0;
-  #blankMatched = -1;
+  readonly #head = new SwitchingHeadEnd();
 
   constructor(up: Upgraded, link: DownstreamLink, maxMessageBytes: number) {
     this.#up = up;
@@ -54,17 +52,7 @@ export class WsTunnel implements ByteTunnel {
   }
 
   headEnd(buf: Uint8Array, n: number): number {
-    for (let i = 0; i < n; i++) {
-      const b = buf[i]!;
-      if (this.#blankMatched < 0) {
-        if (b === SWITCHING[this.#statusMatched]) {
-          if (++this.#statusMatched === SWITCHING.length) this.#blankMatched = 2;
-        } else this.#statusMatched = b === SWITCHING[0] ? 1 : 0;
-      } else if (b === CRLFCRLF[this.#blankMatched]) {
-        if (++this.#blankMatched === 4) return i + 1;
-      } else this.#blankMatched = b === 13 ? 1 : 0;
-    }
-    return -1;
+    return this.#head.end(buf, n);
   }
 
   async start(client: TunnelClient): Promise<void> {
@@ -195,6 +183,31 @@ export class WsTunnel implements ByteTunnel {
         this.#upstreamWritingSince = 0;
       }
     });
+  }
+}
+
+/**
+ * Finds the end of Deno.serve's 101 head in the bytes it writes towards the client, across reads.
+ * Responses to earlier pipelined requests may come first: the head starts at its status line.
+ */
+export class SwitchingHeadEnd {
+  /** How much of the status line, then of the blank line, was seen. */
+  #statusMatched = 0;
+  #blankMatched = -1;
+
+  /** Index just past the head's blank line in `buf[0, n)`, or -1 when it is not there. */
+  end(buf: Uint8Array, n: number): number {
+    for (let i = 0; i < n; i++) {
+      const b = buf[i]!;
+      if (this.#blankMatched < 0) {
+        if (b === SWITCHING[this.#statusMatched]) {
+          if (++this.#statusMatched === SWITCHING.length) this.#blankMatched = 2;
+        } else this.#statusMatched = b === SWITCHING[0] ? 1 : 0;
+      } else if (b === CRLFCRLF[this.#blankMatched]) {
+        if (++this.#blankMatched === 4) return i + 1;
+      } else this.#blankMatched = b === 13 ? 1 : 0;
+    }
+    return -1;
   }
 }
 
