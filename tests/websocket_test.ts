@@ -12,6 +12,7 @@ import {
   startUpstream,
   type Upstream,
 } from "./helpers.ts";
+import { makeTestCerts } from "./fixtures/certs.ts";
 
 const CONFIG = catchAllConfig("server: { websocket_max_buffer: 1048576 }\n");
 
@@ -475,5 +476,58 @@ Deno.test("subprotocol and permessage-deflate are negotiated end to end (python 
     server.kill();
     await server.status;
     await server.stdout.cancel().catch(() => {});
+  }
+});
+
+Deno.test("a wss:// (TLS) upstream: the tunnel carries frames and a 1001 close both ways", async () => {
+  const certs = await makeTestCerts();
+  const closes: { code: number; reason: string }[] = [];
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, cert: certs.cert, key: certs.key, onListen() {} },
+    (req) => {
+      const { socket, response } = Deno.upgradeWebSocket(req);
+      socket.onmessage = (e) => socket.send(`tls:${e.data}`);
+      socket.onclose = (e) => closes.push({ code: e.code, reason: e.reason });
+      socket.onerror = () => {};
+      return response;
+    },
+  );
+  const yaml = catchAllConfig().replace(
+    `endpoints: ["{{UP}}"]\n`,
+    `endpoints: ["https://127.0.0.1:${server.addr.port}"]\n    tls: { ca_file: "${certs.caFile}" }\n`,
+  );
+  const px = startFerry(yaml);
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: px.port });
+  try {
+    await conn.write(new TextEncoder().encode(
+      "GET /tls HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    ));
+    const head = new Uint8Array(512);
+    const n = await conn.read(head);
+    assert.match(new TextDecoder().decode(head.subarray(0, n ?? 0)), /^HTTP\/1\.1 101/);
+    await conn.write(maskedTextFrame("hi"));
+    const reply = new Uint8Array(64);
+    const got = await conn.read(reply);
+    // An unmasked text frame: FIN + opcode 1, length 6, "tls:hi".
+    assert.deepEqual([...reply.subarray(0, got ?? 0)], [
+      0x81,
+      6,
+      ...new TextEncoder().encode("tls:hi"),
+    ]);
+    await conn.write(maskedCloseFrame(1001, "bye"));
+    assert.equal((await readUntilClose(conn, 10_000)).code, 1001);
+    const deadline = Date.now() + 10_000;
+    while (closes.length === 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.deepEqual(closes[0], { code: 1001, reason: "bye" });
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed by the reader */ }
+    await px.close();
+    await server.shutdown();
+    await certs.remove();
   }
 });
