@@ -31,7 +31,12 @@ import {
   RebindingServer,
 } from "./admission.ts";
 import { isWebSocketUpgrade } from "../upstream/headers.ts";
-import { attachTicket, DownstreamLink, type RequestTicket } from "../pipeline/downstream.ts";
+import {
+  attachTicket,
+  DownstreamLink,
+  type RequestTicket,
+  type TunnelClient,
+} from "../pipeline/downstream.ts";
 import { errorResponse, ProxyError } from "../pipeline/errors.ts";
 import { TlsListener } from "./node_tls.ts";
 import type { ListenerTls } from "./tls_material.ts";
@@ -264,6 +269,10 @@ export class ConnectionGuard {
 
   /** Graceful shutdown of the inner server (see Deno.HttpServer.shutdown). */
   async shutdownInner(): Promise<void> {
+    // Deno.serve's shutdown closes its own WebSockets with 1001; byte tunnels are closed alike.
+    for (const g of this.#all) {
+      if (g.phase === "tunnel" && g.link.tunnel) this.#closeTunnel(g, CLOSE_GOING_AWAY, "");
+    }
     await this.#inner?.shutdown();
   }
 
@@ -306,6 +315,10 @@ export class ConnectionGuard {
         g.phase = "tunnel";
         g.since = g.link.lastMessageAt = performance.now();
         g.frames = new WsFrameLimit(limits.wsMaxFrameBytes, limits.wsMaxMessageBytes);
+      } else if (g.link.tunnel) {
+        // The upgrade's answer was replaced on its way out: no tunnel, its upstream closes.
+        g.link.tunnel.close();
+        g.link.tunnel = undefined;
       }
       return res;
     };
@@ -444,18 +457,34 @@ export class ConnectionGuard {
         if (fromClient) {
           if (!this.#onClientBytes(g, buf, n)) return;
           const allowed = g.frames ? g.frames.feed(buf, n) : n;
-          if (allowed > 0) await writeAllRaw(write, buf, allowed);
+          if (allowed > 0) {
+            // A byte tunnel (WebSocket over the h1 codec) takes them to its upstream socket.
+            const tunnel = g.phase === "tunnel" ? g.link.tunnel : undefined;
+            if (tunnel) await tunnel.fromClient(buf.subarray(0, allowed));
+            else await writeAllRaw(write, buf, allowed);
+          }
           if (allowed < n) {
             // Nothing more from this client reaches Deno's WebSocket; the close goes out below.
             this.#closeTunnel(g, CLOSE_MESSAGE_TOO_BIG, g.frames!.violation!);
             return;
           }
-        } else await this.#writeClient(g, write, buf, n);
+        } else {
+          // Once Deno.serve's 101 is out, a byte tunnel's upstream is the client's source.
+          const tunnel = g.phase === "tunnel" ? g.link.tunnel : undefined;
+          const headEnd = tunnel ? tunnel.headEnd(buf, n) : -1;
+          if (headEnd >= 0) {
+            await this.#writeClient(g, write, buf, headEnd);
+            await tunnel!.start(this.#tunnelClient(g, write));
+            return;
+          }
+          await this.#writeClient(g, write, buf, n);
+        }
         if (n === buf.length && buf.length < LARGE_BUFFER) buf = new Uint8Array(LARGE_BUFFER);
         else if (n < SMALL_BUFFER && buf.length > SMALL_BUFFER) buf = new Uint8Array(SMALL_BUFFER);
       }
       // Half-close: the other side may still be answering.
-      await to.closeWrite();
+      if (fromClient && g.phase === "tunnel" && g.link.tunnel) g.link.tunnel.clientEnded();
+      else await to.closeWrite();
     } catch {
       this.#drop(g);
     }
@@ -479,6 +508,17 @@ export class ConnectionGuard {
     } finally {
       link.wrote();
     }
+  }
+
+  /** The client side of a byte tunnel: writes under the send timeout, a half-close at the end. */
+  #tunnelClient(g: Guarded, write: RawWrite): TunnelClient {
+    return {
+      write: (bytes) => this.#writeClient(g, write, bytes, bytes.length),
+      finish: () => {
+        if (g.closeBy === 0) g.closeBy = performance.now() + TUNNEL_CLOSE_GRACE_MS;
+        g.conn.closeWrite().catch(() => this.#drop(g));
+      },
+    };
   }
 
   /**
@@ -577,6 +617,7 @@ export class ConnectionGuard {
         continue;
       }
       if (g.phase === "tunnel") {
+        g.link.tunnel?.sweep(now, limits.sendTimeoutMs);
         if (g.closeBy > 0) {
           if (now > g.closeBy) this.#drop(g);
         } else if (
