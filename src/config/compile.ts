@@ -28,6 +28,7 @@ import { authorization, type AuthzPolicy, compilePolicy, RouteAuthz } from "../p
 import { JwtProvider } from "../policy/jwt.ts";
 import type { UpstreamTls } from "../upstream/upstream_tls.ts";
 import type { GuardTls } from "../server/guard.ts";
+import type { SharedMemory, SharedRegion } from "../workers/shared_memory.ts";
 
 export interface CompiledRoute {
   readonly name: string;
@@ -86,6 +87,8 @@ export interface Snapshot {
   readonly breakerViews: readonly BreakerView[];
   /** Process-wide metrics, handed from snapshot to snapshot so counters survive reloads. */
   readonly metrics: FerryMetrics;
+  /** Process-wide policy memory (server.workers > 1), handed on to the next snapshot. */
+  readonly sharedMemory?: SharedMemory;
   /** JWT providers by name (their key sets, for /explain). */
   readonly jwtProviders: ReadonlyMap<string, JwtProvider>;
   /** The admin listener's bearer token (from admin.token, token_file or token_env), if any. */
@@ -170,6 +173,8 @@ export interface CompileOptions {
   readonly env?: (name: string) => string | undefined;
   /** The config as written (parsed YAML before the schema), for /config's durations. */
   readonly written?: unknown;
+  /** With `server.workers > 1`: where rate-limit buckets and breakers keep process-wide state. */
+  readonly sharedMemory?: SharedMemory;
 }
 
 /** A breaker store as the metrics see it: whose it is and which endpoint each slot is. */
@@ -213,12 +218,16 @@ function breakerStore(
   scope: string,
   log: Logger | undefined,
   metrics: FerryMetrics,
+  /** Process-wide memory for the store (server.workers > 1), by size. */
+  shared?: (bytes: number) => SharedRegion | undefined,
 ): BreakerRecord {
   const perCluster = b.scope === "cluster";
   // Per-endpoint breakers live in the endpoints' stable slots (see `Endpoint.slot`).
   const slots = perCluster ? 1 : cluster.slotCapacity;
   const transitions = new Uint32Array(slots * 3);
+  const region = shared?.(BreakerStore.byteLength(slots, breakerConfig(b)));
   const store = new BreakerStore(slots, breakerConfig(b), {
+    ...(region ? { buffer: region.buffer, byteOffset: region.byteOffset } : {}),
     onTransition: (slot, from, to) => {
       transitions[slot * 3 + to]!++;
       const endpoint = perCluster
@@ -269,6 +278,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
   // snapshot to its predecessor and leak them all across reloads.
   const log = opts.log;
   const metrics = opts.metrics ?? opts.previous?.metrics ?? new FerryMetrics();
+  const sharedMemory = opts.sharedMemory ?? opts.previous?.sharedMemory;
   const clusters = new Map<string, Cluster>();
   const clusterCarry = new Map<string, { key: string; endpointsKey: string; cluster: Cluster }>();
   /** Changes to kept clusters, made only when the snapshot goes live (a failed reload must not). */
@@ -356,7 +366,14 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     const kept = prior?.breakers.get(id);
     const record = kept?.key === key && prior?.clusters.get(cluster.name)?.cluster === cluster
       ? kept.record
-      : breakerStore(b, cluster, scope, log, metrics);
+      : breakerStore(
+        b,
+        cluster,
+        scope,
+        log,
+        metrics,
+        sharedMemory && ((bytes) => sharedMemory.region(`breaker ${id} ${key}`, bytes)),
+      );
     breakerCarry.set(id, { key, record });
     breakerViews.push(record.view);
     return record;
@@ -378,11 +395,15 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     const kept = prior?.limiters.get(rl.name);
     let limiter: Limiter;
     try {
-      limiter = kept?.key === key ? kept.limiter : compileLimiters([rl], (c) => ({
-        readTextFile: opts.readTextFile,
-        log,
-        backendMetrics: metrics.rateLimitBackend(c.name),
-      })).get(rl.name)!;
+      limiter = kept?.key === key ? kept.limiter : compileLimiters(
+        [rl],
+        (c) => ({
+          readTextFile: opts.readTextFile,
+          log,
+          backendMetrics: metrics.rateLimitBackend(c.name),
+        }),
+        sharedMemory && ((bytes) => sharedMemory.region(`rate-limit ${key}`, bytes)),
+      ).get(rl.name)!;
     } catch (err) {
       // A shared store whose password (file or variable) or CA file cannot be read.
       if (!(err instanceof RedisStoreError)) throw err;
@@ -582,6 +603,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     breakers,
     breakerViews,
     metrics,
+    ...(sharedMemory ? { sharedMemory } : {}),
     jwtProviders,
     adminToken,
     carry,

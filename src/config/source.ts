@@ -17,6 +17,7 @@ import { parsePath } from "./errors.ts";
 import type { FerryConfig } from "./schema.ts";
 import type { Logger } from "../observability/log.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
+import type { SharedMemory } from "../workers/shared_memory.ts";
 
 export const DEFAULT_CONFIG = "config/ferry.yaml";
 
@@ -77,6 +78,8 @@ export interface BuildOptions {
   readonly previous?: Snapshot;
   /** The process's metrics, at start-up; a reload takes the previous snapshot's. */
   readonly metrics?: FerryMetrics;
+  /** Process-wide policy memory (server.workers > 1); a reload takes the previous snapshot's. */
+  readonly sharedMemory?: SharedMemory;
 }
 
 /** Loads, validates and compiles; never throws for a bad config, returns its message instead. */
@@ -100,6 +103,7 @@ export async function buildSnapshot(src: ConfigSource, opts: BuildOptions): Prom
       ...(opts.log ? { log: opts.log } : {}),
       ...(opts.previous ? { previous: opts.previous } : {}),
       ...(opts.metrics ? { metrics: opts.metrics } : {}),
+      ...(opts.sharedMemory ? { sharedMemory: opts.sharedMemory } : {}),
     });
     return {
       ok: true,
