@@ -47,6 +47,13 @@ export interface AdminView {
   address?: string;
   /** Per-route history for the dashboard (`/stats?history=1`). */
   statsHistory?: StatsHistory;
+  /**
+   * The process's metrics when workers serve (server.workers > 1): theirs merged with the main
+   * isolate's. Undefined (or resolving undefined): the snapshot's own registry.
+   */
+  metrics?(): Promise<{ text: string; contentType: string }> | undefined;
+  /** Test hook: ends a worker as a crash would; undefined unless FERRY_TEST_HOOKS=1. */
+  killWorker?(index: number): boolean | undefined;
 }
 
 const ENDPOINTS = [
@@ -85,7 +92,10 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
     }
     const isReload = url.pathname === "/reload";
     const isConfigWrite = isConfigApi(req.method, url.pathname);
-    if (!isReload && !isConfigWrite && req.method !== "GET" && req.method !== "HEAD") {
+    const isKill = url.pathname === "/debug/kill-worker" && req.method === "POST";
+    if (
+      !isReload && !isConfigWrite && !isKill && req.method !== "GET" && req.method !== "HEAD"
+    ) {
       return json(405, { error: "method not allowed" });
     }
     if (token !== undefined && !OPEN.has(url.pathname) && !authorized(req, token)) {
@@ -99,6 +109,12 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
       });
     }
     if (isReload) return await reload(view, req.method);
+    if (isKill) {
+      // A test hook: there only when Ferry runs with FERRY_TEST_HOOKS=1 and workers.
+      const killed = view.killWorker?.(Number(url.searchParams.get("index")));
+      if (killed === undefined) return json(404, { error: "not found" });
+      return json(killed ? 200 : 404, { killed });
+    }
     if (isConfigWrite) return await configApi(view, req, url.pathname === "/config/validate");
     switch (url.pathname) {
       case "/healthz":
@@ -116,6 +132,12 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
           },
         });
       case "/metrics": {
+        const merged = await view.metrics?.();
+        if (merged) {
+          return new Response(merged.text, {
+            headers: { "content-type": merged.contentType, "cache-control": "no-store" },
+          });
+        }
         const m = view.snapshot().metrics;
         return new Response(await m.expose(), {
           headers: { "content-type": m.contentType, "cache-control": "no-store" },

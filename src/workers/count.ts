@@ -1,0 +1,52 @@
+/** How many workers serve: `server.workers`, or by default the CPUs this process may use. */
+import type { Snapshot } from "../config/compile.ts";
+
+export type WorkerCount =
+  | { readonly ok: true; readonly count: number; readonly note?: string }
+  | { readonly ok: false; readonly message: string };
+
+export function workerCount(
+  snapshot: Snapshot,
+  cpus: number,
+  reusePort: () => boolean = reusePortAvailable,
+): WorkerCount {
+  const asked = snapshot.config.server.workers;
+  // node:tls (listeners that ask for client certificates) cannot share a port with SO_REUSEPORT.
+  const clientAuth = [...snapshot.listeners.values()].filter((l) => l.tls?.clientCa !== undefined);
+  if (clientAuth.length > 0) {
+    const names = clientAuth.map((l) => l.name).join(", ");
+    if (asked !== undefined && asked > 1) {
+      return {
+        ok: false,
+        message: `server.workers: ${asked} cannot serve listeners with tls.client_ca (${names}): ` +
+          "their TLS (node:tls) cannot share a port between workers; set server.workers: 1",
+      };
+    }
+    return {
+      ok: true,
+      count: 1,
+      ...(asked === undefined
+        ? { note: `one worker: listeners with tls.client_ca (${names}) cannot share a port` }
+        : {}),
+    };
+  }
+  const count = asked ?? Math.max(1, cpus || 1);
+  if (count > 1 && !reusePort()) {
+    const why = "sharing a port between workers needs Deno's --unstable-net flag";
+    if (asked !== undefined) {
+      return { ok: false, message: `server.workers: ${asked}: ${why}` };
+    }
+    return { ok: true, count: 1, note: `one worker: ${why}` };
+  }
+  return { ok: true, count };
+}
+
+/** Whether `reusePort` may be used here (Deno 2.9.6 allows it only with --unstable-net). */
+export function reusePortAvailable(): boolean {
+  try {
+    Deno.listen({ hostname: "127.0.0.1", port: 0, reusePort: true }).close();
+    return true;
+  } catch {
+    return false;
+  }
+}

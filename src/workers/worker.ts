@@ -1,0 +1,122 @@
+/**
+ * One worker of `server.workers > 1`: a Web Worker running the whole request path (every
+ * listener, bound with SO_REUSEPORT so the kernel spreads connections over the workers) on a
+ * snapshot it compiles itself from the config the main isolate sends. Rate-limit buckets and
+ * circuit breakers live in the shared arena; the admin listener, health verdicts shown by the
+ * admin API, and signals belong to the main isolate (src/workers/supervisor.ts).
+ */
+import { compileSnapshot, type Snapshot, SnapshotCompileError } from "../config/compile.ts";
+import { resolveConfigPath } from "../config/load.ts";
+import { createLogger, type Logger } from "../observability/log.ts";
+import { FerryMetrics } from "../observability/metrics.ts";
+import { Ferry, installLastLineOfDefence } from "../server/ferry.ts";
+import { SharedArena, type SharedMemory } from "./shared_memory.ts";
+import {
+  MAIN_ISOLATE_METRICS,
+  type WorkerCall,
+  type WorkerConfig,
+  type WorkerMethod,
+  type WorkerMethods,
+  type WorkerReply,
+  type WorkerStart,
+} from "./protocol.ts";
+
+interface WorkerScope {
+  onmessage: ((e: MessageEvent<WorkerCall>) => void) | null;
+  postMessage(message: WorkerReply): void;
+}
+
+const scope = self as unknown as WorkerScope;
+let ferry: Ferry | undefined;
+let log: Logger | undefined;
+let metrics: FerryMetrics | undefined;
+let memory: SharedMemory | undefined;
+let pending: Snapshot | undefined;
+
+/** Every log line says which worker wrote it. */
+function workerLogger(base: Logger, index: number): Logger {
+  const tag = (f?: Record<string, unknown>) => ({ worker: index, ...f });
+  return {
+    debug: (m, f) => base.debug(m, tag(f)),
+    info: (m, f) => base.info(m, tag(f)),
+    warn: (m, f) => base.warn(m, tag(f)),
+    error: (m, f) => base.error(m, tag(f)),
+    enabled: (l) => base.enabled(l),
+    setLevel: (l) => base.setLevel(l),
+  };
+}
+
+function compile(c: WorkerConfig, previous: Snapshot | undefined): Snapshot {
+  try {
+    return compileSnapshot(c.config, {
+      version: c.version,
+      source: c.label,
+      written: c.written,
+      readTextFile: (p) => Deno.readTextFileSync(c.file ? resolveConfigPath(c.file, p) : p),
+      ...(log ? { log } : {}),
+      ...(previous ? { previous } : { metrics: metrics! }),
+      ...(memory ? { sharedMemory: memory } : {}),
+    });
+  } catch (err) {
+    if (!(err instanceof SnapshotCompileError)) throw err;
+    throw new Error(err.problems.map((p) => `${p.path}: ${p.message}`).join("; "));
+  }
+}
+
+const methods: { [M in WorkerMethod]: (a: WorkerMethods[M]["args"]) => unknown } = {
+  start(s: WorkerStart) {
+    log = workerLogger(createLogger(s.logLevel), s.index);
+    // Per-worker counters only; the process's own gauges (memory, fds) come from the main isolate.
+    metrics = new FerryMetrics({ processMetrics: false });
+    installLastLineOfDefence(log, metrics);
+    memory = new SharedArena(s.arena);
+    const snapshot = compile(s, undefined);
+    ferry = Ferry.start(snapshot, log, {
+      admin: false,
+      reusePort: true,
+      ...(s.tagResponses ? { tag: String(s.index) } : {}),
+    });
+    const out: Record<string, string> = {};
+    for (const [name, a] of Object.entries(ferry.addresses().listeners)) {
+      out[name] = `${a.hostname}:${a.port}`;
+    }
+    return out;
+  },
+  prepare(c: WorkerConfig) {
+    pending?.discard(ferry!.snapshot);
+    pending = compile(c, ferry!.snapshot);
+    return null;
+  },
+  async commit() {
+    const next = pending;
+    pending = undefined;
+    if (!next) throw new Error("nothing prepared");
+    await ferry!.apply(next);
+    log!.setLevel(next.config.log.level);
+    return null;
+  },
+  abort() {
+    pending?.discard(ferry!.snapshot);
+    pending = undefined;
+    return null;
+  },
+  async metrics() {
+    const all = await ferry!.snapshot.metrics.registry.getMetricsAsJSON();
+    return all.filter((m) => !MAIN_ISOLATE_METRICS.has(m.name));
+  },
+  async drain({ ms }: { ms: number }) {
+    const { clean } = await ferry!.shutdown(ms);
+    return clean;
+  },
+};
+
+scope.onmessage = async (e) => {
+  const { id, method, args } = e.data;
+  try {
+    // deno-lint-ignore no-explicit-any
+    const value = await (methods[method] as (a: any) => unknown)(args);
+    scope.postMessage({ id, ok: true, value: value ?? null });
+  } catch (err) {
+    scope.postMessage({ id, ok: false, error: err instanceof Error ? err.message : String(err) });
+  }
+};
