@@ -32,6 +32,13 @@ let log: Logger | undefined;
 let metrics: FerryMetrics | undefined;
 let memory: SharedMemory | undefined;
 let pending: Snapshot | undefined;
+let index = -1;
+
+/**
+ * Test hook (FERRY_TEST_HOOKS=1): worker 1 cannot load a config with a route named
+ * `refused-by-worker-1`, standing in for what only one isolate can fail at.
+ */
+const REFUSED_ROUTE = "refused-by-worker-1";
 
 /** Every log line says which worker wrote it. */
 function workerLogger(base: Logger, index: number): Logger {
@@ -65,6 +72,7 @@ function compile(c: WorkerConfig, previous: Snapshot | undefined): Snapshot {
 
 const methods: { [M in WorkerMethod]: (a: WorkerMethods[M]["args"]) => unknown } = {
   start(s: WorkerStart) {
+    index = s.index;
     log = workerLogger(createLogger(s.logLevel), s.index);
     // Per-worker counters only; the process's own gauges (memory, fds) come from the main isolate.
     metrics = new FerryMetrics({ processMetrics: false });
@@ -83,6 +91,10 @@ const methods: { [M in WorkerMethod]: (a: WorkerMethods[M]["args"]) => unknown }
     return out;
   },
   prepare(c: WorkerConfig) {
+    if (
+      index === 1 && Deno.env.get("FERRY_TEST_HOOKS") === "1" &&
+      c.config.routes.some((r) => r.name === REFUSED_ROUTE)
+    ) throw new Error(`test hook: worker 1 cannot load a route named ${REFUSED_ROUTE}`);
     pending?.discard(ferry!.snapshot);
     pending = compile(c, ferry!.snapshot);
     return null;

@@ -1,0 +1,275 @@
+/**
+ * `server.workers: 2` end to end: real Ferry processes whose two Web Workers share each port
+ * (SO_REUSEPORT). FERRY_WORKER_HEADER=1 makes every response say which worker served it
+ * (`x-ferry-worker`); FERRY_TEST_HOOKS=1 enables POST /debug/kill-worker and lets worker 1 refuse
+ * a config with a route named `refused-by-worker-1`.
+ */
+import assert from "node:assert/strict";
+import { metricValue, spawnFerry, type Started, startUpstream, tempConfig } from "./helpers.ts";
+
+const ENV = { FERRY_WORKER_HEADER: "1", FERRY_TEST_HOOKS: "1" };
+
+function config(upstream: string, extra = "", body = "v1"): string {
+  return `listeners:
+  - { name: public, address: "127.0.0.1:0" }
+admin: { address: "127.0.0.1:0" }
+server: { workers: 2, watch_config: false, drain_timeout: 10s }
+rate_limits:
+  - { name: tight, scope: global, rate: 0.2, burst: 10 }
+routes:
+  - name: version
+    match: { path: { exact: /version } }
+    direct_response: { status: 200, body: "${body}" }
+  - name: limited
+    match: { path: { prefix: /limited } }
+    cluster: up
+    rate_limit: [tight]
+  - name: flaky
+    match: { path: { prefix: /flaky } }
+    cluster: flaky
+  - name: all
+    match: { path: { prefix: / } }
+    cluster: up
+    timeout: 30s
+${extra}clusters:
+  - name: up
+    endpoints: ["${upstream}"]
+  - name: flaky
+    endpoints: ["${upstream}"]
+    circuit_breaker: { failures: 3, open_timeout: 60s }
+`;
+}
+
+/** Answers after `?ms=`; /flaky answers 500 and counts how often it was reached. */
+function upstream() {
+  let flakyHits = 0;
+  const up = startUpstream(async (req) => {
+    const url = new URL(req.url);
+    if (url.pathname.startsWith("/flaky")) {
+      flakyHits++;
+      return new Response("broken", { status: 500 });
+    }
+    const ms = Number(url.searchParams.get("ms") ?? "0");
+    await new Promise((r) => {
+      const t = setTimeout(r, ms);
+      req.signal.addEventListener("abort", () => (clearTimeout(t), r(undefined)));
+    });
+    return new Response(`slept ${ms}`);
+  });
+  return { ...up, flakyHits: () => flakyHits };
+}
+
+/** One request on a new connection: its status, body and the worker that served it. */
+async function once(url: string): Promise<{ status: number; body: string; worker: string }> {
+  const client = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+  try {
+    const res = await fetch(url, { client, headers: { connection: "close" } });
+    return {
+      status: res.status,
+      body: await res.text(),
+      worker: res.headers.get("x-ferry-worker") ?? "",
+    };
+  } finally {
+    client.close();
+  }
+}
+
+/** A keep-alive connection pinned to the worker that answered its first request. */
+async function pinnedTo(base: string, worker: string): Promise<Deno.HttpClient> {
+  for (let i = 0; i < 50; i++) {
+    const client = Deno.createHttpClient({ poolMaxIdlePerHost: 1 });
+    const res = await fetch(`${base}/version`, { client });
+    await res.body?.cancel();
+    if (res.headers.get("x-ferry-worker") === worker) return client;
+    client.close();
+  }
+  throw new Error(`no connection landed on worker ${worker} in 50 tries`);
+}
+
+async function stop(ferry: Started): Promise<void> {
+  try {
+    ferry.child.kill("SIGKILL");
+  } catch { /* gone */ }
+  await ferry.child.status;
+}
+
+async function reload(ferry: Started): Promise<{ ok: boolean; error?: string }> {
+  const res = await fetch(`${ferry.admin}/reload`, { method: "POST" });
+  return await res.json();
+}
+
+Deno.test("workers: 2 — new connections are served by both workers", async () => {
+  const up = upstream();
+  const ferry = await spawnFerry(["--config", await tempConfig(config(up.url))], ENV);
+  try {
+    const base = ferry.listeners.get("public")!;
+    const seen = new Set<string>();
+    for (let i = 0; i < 60 && seen.size < 2; i++) {
+      const r = await once(`${base}/version`);
+      assert.equal(r.status, 200);
+      seen.add(r.worker);
+    }
+    assert.deepEqual([...seen].sort(), ["0", "1"]);
+    assert.ok(ferry.logs.some((l) => l.includes('"ferry started"') && l.includes('"workers":2')));
+  } finally {
+    await stop(ferry);
+    await up.close();
+  }
+});
+
+Deno.test("workers: 2 — a rate limit holds across workers within its burst; /metrics has process totals", async () => {
+  const up = upstream();
+  const ferry = await spawnFerry(["--config", await tempConfig(config(up.url))], ENV);
+  try {
+    const base = ferry.listeners.get("public")!;
+    const started = Date.now();
+    let allowed = 0;
+    const byWorker = new Map<string, number>();
+    for (let i = 0; i < 40; i++) {
+      const r = await once(`${base}/limited`);
+      assert.ok(r.status === 200 || r.status === 429, `status ${r.status}`);
+      if (r.status === 200) allowed++;
+      byWorker.set(r.worker, (byWorker.get(r.worker) ?? 0) + 1);
+    }
+    const refill = Math.floor(((Date.now() - started) / 1000) * 0.2);
+    // Burst 10 for the process (two separate buckets would let about 20 through).
+    assert.ok(allowed >= 10 && allowed <= 10 + refill, `allowed ${allowed}, refill ${refill}`);
+    assert.equal(byWorker.size, 2, "both workers took requests");
+    // One scrape of the admin listener (main isolate) counts what both workers served.
+    const metrics = await (await fetch(`${ferry.admin}/metrics`)).text();
+    assert.equal(metricValue(metrics, "ferry_downstream_requests_total", { route: "limited" }), 40);
+    assert.equal(metricValue(metrics, "ferry_rate_limited_requests_total"), 40 - allowed);
+  } finally {
+    await stop(ferry);
+    await up.close();
+  }
+});
+
+Deno.test("workers: 2 — a breaker opened through one worker refuses through the other", async () => {
+  const up = upstream();
+  const ferry = await spawnFerry(["--config", await tempConfig(config(up.url))], ENV);
+  const base = ferry.listeners.get("public")!;
+  const zero = await pinnedTo(base, "0");
+  const one = await pinnedTo(base, "1");
+  try {
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(`${base}/flaky`, { client: zero });
+      assert.equal(res.status, 500);
+      await res.body?.cancel();
+    }
+    assert.equal(up.flakyHits(), 3);
+    const refused = await fetch(`${base}/flaky`, { client: one });
+    await refused.body?.cancel();
+    assert.equal(refused.headers.get("x-ferry-worker"), "1");
+    assert.equal(refused.status, 503);
+    assert.equal(refused.headers.get("x-ferry-flag"), "UO");
+    assert.equal(up.flakyHits(), 3, "the open breaker kept the request from the upstream");
+  } finally {
+    zero.close();
+    one.close();
+    await stop(ferry);
+    await up.close();
+  }
+});
+
+Deno.test("workers: 2 — one reload switches every worker; a config one worker refuses is refused for all", async () => {
+  const up = upstream();
+  const file = await tempConfig(config(up.url));
+  const ferry = await spawnFerry(["--config", file], ENV);
+  const base = ferry.listeners.get("public")!;
+  const zero = await pinnedTo(base, "0");
+  const one = await pinnedTo(base, "1");
+  const versions = async () => {
+    const out: string[] = [];
+    for (const client of [zero, one]) {
+      const res = await fetch(`${base}/version`, { client });
+      out.push(`${res.headers.get("x-ferry-worker")}:${await res.text()}`);
+    }
+    return out;
+  };
+  try {
+    assert.deepEqual(await versions(), ["0:v1", "1:v1"]);
+    await Deno.writeTextFile(file, config(up.url, "", "v2"));
+    assert.equal((await reload(ferry)).ok, true);
+    assert.deepEqual(await versions(), ["0:v2", "1:v2"]);
+
+    const refusedRoute = `  - name: refused-by-worker-1
+    match: { path: { prefix: /refused } }
+    direct_response: { status: 200, body: "never" }
+`;
+    await Deno.writeTextFile(
+      file,
+      config(up.url, "", "v3").replace("routes:\n", `routes:\n${refusedRoute}`),
+    );
+    const outcome = await reload(ferry);
+    assert.equal(outcome.ok, false);
+    assert.match(outcome.error ?? "", /worker 1: test hook/);
+    // Worker 0 could load it, but nobody switched: both still serve v2.
+    assert.deepEqual(await versions(), ["0:v2", "1:v2"]);
+    const status = await (await fetch(`${ferry.admin}/config`)).json();
+    assert.equal(status.version, 2);
+  } finally {
+    zero.close();
+    one.close();
+    await stop(ferry);
+    await up.close();
+  }
+});
+
+Deno.test("workers: 2 — SIGTERM drains both workers: requests in flight on each complete, exit 0", async () => {
+  const up = upstream();
+  const ferry = await spawnFerry(["--config", await tempConfig(config(up.url))], ENV);
+  const base = ferry.listeners.get("public")!;
+  const clients = [await pinnedTo(base, "0"), await pinnedTo(base, "1")];
+  try {
+    const inFlight = clients.map((client) =>
+      fetch(`${base}/slow?ms=1500`, { client }).then(async (r) => ({
+        status: r.status,
+        worker: r.headers.get("x-ferry-worker"),
+        body: await r.text(),
+      }))
+    );
+    await new Promise((r) => setTimeout(r, 400));
+    ferry.child.kill("SIGTERM");
+    const done = await Promise.all(inFlight);
+    assert.deepEqual(done.map((d) => [d.status, d.worker, d.body]), [
+      [200, "0", "slept 1500"],
+      [200, "1", "slept 1500"],
+    ]);
+    const status = await ferry.child.status;
+    assert.equal(status.code, 0);
+    const stopped = ferry.logs.find((l) => l.includes('"msg":"stopped"'));
+    assert.ok(stopped?.includes('"clean":true'), String(stopped));
+  } finally {
+    for (const c of clients) c.close();
+    await stop(ferry);
+    await up.close();
+  }
+});
+
+Deno.test("workers: 2 — a worker that dies is logged, counted and replaced while the other serves", async () => {
+  const up = upstream();
+  const ferry = await spawnFerry(["--config", await tempConfig(config(up.url))], ENV);
+  const base = ferry.listeners.get("public")!;
+  try {
+    const killed = await fetch(`${ferry.admin}/debug/kill-worker?index=0`, { method: "POST" });
+    assert.deepEqual(await killed.json(), { killed: true });
+    // Right away, new connections are all served (by worker 1 until 0 is back).
+    for (let i = 0; i < 10; i++) assert.equal((await once(`${base}/version`)).status, 200);
+    let replaced = false;
+    for (let i = 0; i < 100 && !replaced; i++) {
+      replaced = ferry.logs.some((l) => l.includes('"worker replaced"'));
+      if (!replaced) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.ok(replaced, "worker 0 was replaced");
+    assert.ok(ferry.logs.some((l) => l.includes('"worker died; starting a new one"')));
+    const seen = new Set<string>();
+    for (let i = 0; i < 60 && seen.size < 2; i++) seen.add((await once(`${base}/version`)).worker);
+    assert.deepEqual([...seen].sort(), ["0", "1"]);
+    const metrics = await (await fetch(`${ferry.admin}/metrics`)).text();
+    assert.equal(metricValue(metrics, "ferry_worker_restarts_total", { worker: "0" }), 1);
+  } finally {
+    await stop(ferry);
+    await up.close();
+  }
+});
