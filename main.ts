@@ -108,6 +108,8 @@ async function main(): Promise<number> {
     snapshot.close();
     return EXIT_START;
   }
+  // Health checks and DNS discovery run here only; the workers follow their verdicts.
+  pool?.follow(() => ferry.snapshot);
   log.info("ferry started", {
     version: VERSION,
     config: source.label,

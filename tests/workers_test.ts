@@ -273,3 +273,52 @@ Deno.test("workers: 2 — a worker that dies is logged, counted and replaced whi
     await up.close();
   }
 });
+
+Deno.test("workers: 2 — health checks run once, in the main isolate, and both workers follow the verdicts", async () => {
+  const probes = { good: 0, bad: 0 };
+  const served = { good: 0, bad: 0 };
+  const backend = (name: "good" | "bad") =>
+    startUpstream((req) => {
+      if (new URL(req.url).pathname === "/healthz") {
+        probes[name]++;
+        return new Response(name, { status: name === "good" ? 200 : 503 });
+      }
+      served[name]++;
+      return new Response(name);
+    });
+  const good = backend("good"), bad = backend("bad");
+  const yaml = `listeners:
+  - { name: public, address: "127.0.0.1:0" }
+admin: { address: "127.0.0.1:0" }
+server: { workers: 2, watch_config: false }
+routes:
+  - { name: all, match: { path: { prefix: / } }, cluster: pair }
+clusters:
+  - name: pair
+    endpoints: ["${good.url}", "${bad.url}"]
+    health_check:
+      { path: /healthz, interval: 200ms, jitter: 0, unhealthy_threshold: 1, healthy_threshold: 1 }
+`;
+  const ferry = await spawnFerry(["--config", await tempConfig(yaml)], ENV);
+  const base = ferry.listeners.get("public")!;
+  try {
+    const start = { ...probes };
+    const started = Date.now();
+    await new Promise((r) => setTimeout(r, 2_000));
+    const rounds = (Date.now() - started) / 200;
+    // One prober: about one probe per interval per endpoint (three isolates would make three).
+    assert.ok(probes.good - start.good <= rounds + 2, `good probed ${probes.good - start.good}x`);
+    const workers = new Set<string>();
+    for (let i = 0; i < 30; i++) {
+      const r = await once(`${base}/x`);
+      assert.equal(r.body, "good");
+      workers.add(r.worker);
+    }
+    assert.equal(workers.size, 2, "both workers routed around the unhealthy endpoint");
+    assert.equal(served.bad, 0);
+  } finally {
+    await stop(ferry);
+    await good.close();
+    await bad.close();
+  }
+});

@@ -175,6 +175,8 @@ export interface CompileOptions {
   readonly written?: unknown;
   /** With `server.workers > 1`: where rate-limit buckets and breakers keep process-wide state. */
   readonly sharedMemory?: SharedMemory;
+  /** A worker's snapshot: clusters probe and resolve nothing, they follow the main isolate. */
+  readonly followHealth?: boolean;
 }
 
 /** A breaker store as the metrics see it: whose it is and which endpoint each slot is. */
@@ -346,6 +348,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
           });
         },
         (level, msg, fields) => log?.[level](msg, { cluster: c.name, ...fields }),
+        opts.followHealth,
       );
     }
     clusters.set(c.name, cluster);

@@ -38,11 +38,23 @@ export interface WorkerMethods {
   abort: { args: null; result: null };
   /** This worker's metrics as prom-client JSON, without the process-wide gauges. */
   metrics: { args: null; result: unknown[] };
+  /** The main isolate's endpoint lists and health verdicts, for clusters that changed. */
+  follow: { args: HealthTable; result: null };
   /** Graceful stop within `ms`: whether every request finished. */
   drain: { args: { ms: number }; result: boolean };
 }
 
 export type WorkerMethod = keyof WorkerMethods;
+
+/**
+ * Per cluster: its endpoints (only when it discovers them; a static list is the config's) and
+ * the active-check verdict per endpoint origin. Health checks and DNS discovery run once, in
+ * the main isolate; the workers' clusters follow this.
+ */
+export type HealthTable = Record<string, {
+  readonly endpoints?: readonly { readonly url: string; readonly weight: number }[];
+  readonly healthy: readonly (readonly [string, boolean])[];
+}>;
 
 export interface WorkerCall {
   readonly id: number;

@@ -15,6 +15,7 @@ import type { FerryMetrics } from "../observability/metrics.ts";
 import type { ReloadPeers } from "../server/ferry.ts";
 import type { SharedArena } from "./shared_memory.ts";
 import type {
+  HealthTable,
   WorkerCall,
   WorkerConfig,
   WorkerMethod,
@@ -45,6 +46,8 @@ interface Running {
 const START_TIMEOUT_MS = 30_000;
 /** A worker that dies is started again after this pause (a crash loop costs little). */
 const RESTART_DELAY_MS = 200;
+/** How often the main isolate's health verdicts and endpoint lists are compared and sent. */
+const FOLLOW_INTERVAL_MS = 200;
 
 export class WorkerPool implements ReloadPeers {
   readonly #opts: WorkerPoolOptions;
@@ -58,6 +61,9 @@ export class WorkerPool implements ReloadPeers {
   #holders: Deno.Listener[] = [];
   #stopping = false;
   readonly #restarts: client.Counter<string>;
+  /** What each cluster's followers were last sent (JSON), to send only changes. */
+  #sent = new Map<string, string>();
+  #followTimer: ReturnType<typeof setInterval> | undefined;
 
   constructor(opts: WorkerPoolOptions) {
     this.#opts = opts;
@@ -90,6 +96,34 @@ export class WorkerPool implements ReloadPeers {
     this.#current = config;
   }
 
+  /**
+   * Sends the workers the main isolate's health verdicts and discovered endpoint lists now and
+   * whenever they change (polled: probes run seconds apart, a change reaches the workers within
+   * FOLLOW_INTERVAL_MS).
+   */
+  follow(current: () => Snapshot): void {
+    const send = () => {
+      const table: HealthTable = {};
+      for (const [name, cluster] of current().clusters) {
+        const entry = {
+          ...(cluster.discovery
+            ? { endpoints: cluster.endpoints.map((e) => ({ url: e.origin, weight: e.weight })) }
+            : {}),
+          healthy: cluster.health.snapshot().map((h) => [h.origin, h.healthy] as const),
+        };
+        const text = JSON.stringify(entry);
+        if (this.#sent.get(name) !== text) {
+          this.#sent.set(name, text);
+          table[name] = entry;
+        }
+      }
+      if (Object.keys(table).length === 0) return;
+      for (const w of this.#live()) void this.#call(w, "follow", table).catch(() => {});
+    };
+    send();
+    this.#followTimer = setInterval(send, FOLLOW_INTERVAL_MS);
+  }
+
   async prepare(next: Snapshot): Promise<void> {
     const config = this.#workerConfig(next);
     const results = await Promise.allSettled(
@@ -112,6 +146,8 @@ export class WorkerPool implements ReloadPeers {
     if (this.#prepared) this.#current = this.#prepared;
     this.#prepared = undefined;
     this.#releaseHolders();
+    // Clusters the reload rebuilt start from the config: send every verdict again.
+    this.#sent.clear();
     const failed = results.flatMap((r, i) =>
       r.status === "rejected" ? [`worker ${this.#live()[i]?.index}: ${errorText(r.reason)}`] : []
     );
@@ -140,6 +176,7 @@ export class WorkerPool implements ReloadPeers {
   /** Drains every worker within `ms`; true when all finished their requests in time. */
   async drain(ms: number): Promise<boolean> {
     this.#stopping = true;
+    clearInterval(this.#followTimer);
     const results = await Promise.allSettled(
       this.#live().map((w) => this.#call(w, "drain", { ms }, ms + 2_000)),
     );
@@ -239,6 +276,7 @@ export class WorkerPool implements ReloadPeers {
     if (this.#stopping || !config || this.#workers[index]?.dead === false) return;
     try {
       await this.#spawn(index, config);
+      this.#sent.clear();
       this.#opts.log.info("worker replaced", { worker: index, config_version: config.version });
     } catch (err) {
       const w = this.#workers[index];

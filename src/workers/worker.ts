@@ -12,6 +12,7 @@ import { FerryMetrics } from "../observability/metrics.ts";
 import { Ferry, installLastLineOfDefence } from "../server/ferry.ts";
 import { SharedArena, type SharedMemory } from "./shared_memory.ts";
 import {
+  type HealthTable,
   MAIN_ISOLATE_METRICS,
   type WorkerCall,
   type WorkerConfig,
@@ -63,6 +64,7 @@ function compile(c: WorkerConfig, previous: Snapshot | undefined): Snapshot {
       ...(log ? { log } : {}),
       ...(previous ? { previous } : { metrics: metrics! }),
       ...(memory ? { sharedMemory: memory } : {}),
+      followHealth: true,
     });
   } catch (err) {
     if (!(err instanceof SnapshotCompileError)) throw err;
@@ -115,6 +117,13 @@ const methods: { [M in WorkerMethod]: (a: WorkerMethods[M]["args"]) => unknown }
   async metrics() {
     const all = await ferry!.snapshot.metrics.registry.getMetricsAsJSON();
     return all.filter((m) => !MAIN_ISOLATE_METRICS.has(m.name));
+  },
+  follow(table: HealthTable) {
+    const clusters = ferry!.snapshot.clusters;
+    for (const [name, c] of Object.entries(table)) {
+      clusters.get(name)?.follow(c.endpoints, new Map(c.healthy));
+    }
+    return null;
   },
   async drain({ ms }: { ms: number }) {
     const { clean } = await ferry!.shutdown(ms);
