@@ -101,7 +101,11 @@ async function main(): Promise<number> {
 
   let ferry: Ferry;
   try {
-    ferry = Ferry.start(snapshot, log, pool ? { listeners: false, peers: pool } : {});
+    ferry = Ferry.start(
+      snapshot,
+      log,
+      pool ? { listeners: false, peers: pool, readMetric: pool.readMetric } : {},
+    );
   } catch (err) {
     log.error("could not start", { error: String(err) });
     void pool?.drain(0);

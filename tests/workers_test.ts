@@ -117,7 +117,7 @@ Deno.test("workers: 2 — new connections are served by both workers", async () 
   }
 });
 
-Deno.test("workers: 2 — a rate limit holds across workers within its burst; /metrics has process totals", async () => {
+Deno.test("workers: 2 — a rate limit holds across workers within its burst; /metrics and /stats have process totals", async () => {
   const up = upstream();
   const ferry = await spawnFerry(["--config", await tempConfig(config(up.url))], ENV);
   try {
@@ -139,6 +139,11 @@ Deno.test("workers: 2 — a rate limit holds across workers within its burst; /m
     const metrics = await (await fetch(`${ferry.admin}/metrics`)).text();
     assert.equal(metricValue(metrics, "ferry_downstream_requests_total", { route: "limited" }), 40);
     assert.equal(metricValue(metrics, "ferry_rate_limited_requests_total"), 40 - allowed);
+    // The dashboard reads the same merged totals.
+    const stats = await (await fetch(`${ferry.admin}/stats`)).json();
+    const limited = stats.routes.find((r: { route: string }) => r.route === "limited");
+    assert.equal(limited?.requests, 40);
+    assert.equal(limited?.c429, 40 - allowed);
   } finally {
     await stop(ferry);
     await up.close();

@@ -22,7 +22,7 @@ import { decide, identityFromId } from "../policy/authz.ts";
 import type { DnsDiscoveryStatus } from "../upstream/discovery/dns.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { errorResponse, ProxyError, type RecentErrors } from "./errors.ts";
-import { dashboardStats, type StatsHistory } from "./admin_stats.ts";
+import { dashboardStats, type MetricReader, type StatsHistory } from "./admin_stats.ts";
 import { dashboardHtml } from "./dashboard.ts";
 
 export interface AdminView {
@@ -52,6 +52,8 @@ export interface AdminView {
    * isolate's. Undefined (or resolving undefined): the snapshot's own registry.
    */
   metrics?(): Promise<{ text: string; contentType: string }> | undefined;
+  /** Where /stats reads metric values (workers: the process's merged metrics). */
+  readMetric?: MetricReader;
   /** Test hook: ends a worker as a crash would; undefined unless FERRY_TEST_HOOKS=1. */
   killWorker?(index: number): boolean | undefined;
 }
@@ -150,6 +152,7 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
             view.snapshot(),
             view.recentErrors,
             url.searchParams.has("history") ? view.statsHistory : undefined,
+            ...(view.readMetric ? [view.readMetric] : []),
           ),
         );
       case "/ready": {

@@ -6,7 +6,7 @@ import { type ListenerPlan, type Snapshot, splitAddress } from "../config/compil
 import { errorFields, type Logger } from "../observability/log.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
 import { adminHandler, type AdminView } from "./admin.ts";
-import { StatsHistory } from "./admin_stats.ts";
+import { type MetricReader, StatsHistory } from "./admin_stats.ts";
 import { errorResponse, ProxyError, RecentErrors } from "./errors.ts";
 import { createListenerHandler } from "./handler.ts";
 import { GrpcListener } from "../grpc/listener.ts";
@@ -43,6 +43,8 @@ export interface FerryRole {
   readonly reusePort?: boolean;
   /** Other isolates that take every reload with this one, or none does. */
   readonly peers?: ReloadPeers;
+  /** Where the dashboard reads metrics when they are spread over workers (merged). */
+  readonly readMetric?: MetricReader;
   /** Debug: every response says which worker served it (`x-ferry-worker: <tag>`). */
   readonly tag?: string;
 }
@@ -106,6 +108,7 @@ export class Ferry {
           killWorker: (index) => ferry.#adminRoutes.killWorker?.(index),
           recentErrors: ferry.recentErrors,
           statsHistory: ferry.statsHistory,
+          ...(role.readMetric ? { readMetric: role.readMetric } : {}),
           address: admin.address,
         });
         ferry.#admin = bindOrName("admin", admin.address, () =>
@@ -131,7 +134,7 @@ export class Ferry {
       void ferry.#admin?.shutdown();
       throw err;
     }
-    ferry.statsHistory.start(() => ferry.#snapshot);
+    ferry.statsHistory.start(() => ferry.#snapshot, role.readMetric);
     return ferry;
   }
 

@@ -13,6 +13,7 @@ import type { FerryConfig } from "../config/schema.ts";
 import type { Logger } from "../observability/log.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
 import type { ReloadPeers } from "../server/ferry.ts";
+import type { MetricReader } from "../server/admin_stats.ts";
 import type { SharedArena } from "./shared_memory.ts";
 import type {
   HealthTable,
@@ -162,15 +163,30 @@ export class WorkerPool implements ReloadPeers {
 
   /** Every worker's metrics, merged with the main isolate's, as one exposition. */
   async scrape(): Promise<{ text: string; contentType: string }> {
+    const merged = await this.#merged();
+    return { text: await merged.metrics(), contentType: merged.contentType };
+  }
+
+  /** Reads one metric's process-wide values (the dashboard's /stats and its history). */
+  readonly readMetric: MetricReader = async (name) => {
+    const merged = await this.#merged();
+    return await merged.getSingleMetric(name)?.get() ?? { values: [] };
+  };
+
+  /**
+   * prom-client's AggregatorRegistry shape (as its cluster mode): each worker sends its
+   * registry as JSON, counters and histograms are summed; the process-wide gauges come from
+   * the main isolate only (MAIN_ISOLATE_METRICS). A worker that does not answer is left out.
+   */
+  async #merged(): Promise<client.Registry> {
     const own = await this.#opts.metrics.registry.getMetricsAsJSON();
     const theirs = await Promise.allSettled(
       this.#live().map((w) => this.#call(w, "metrics", null)),
     );
     const all = [own, ...theirs.flatMap((r) => r.status === "fulfilled" ? [r.value] : [])];
-    const merged = client.AggregatorRegistry.aggregate(
+    return client.AggregatorRegistry.aggregate(
       all as Parameters<typeof client.AggregatorRegistry.aggregate>[0],
     );
-    return { text: await merged.metrics(), contentType: merged.contentType };
   }
 
   /** Drains every worker within `ms`; true when all finished their requests in time. */
