@@ -169,6 +169,10 @@ Deno.test("workers: 2 — a breaker opened through one worker refuses through th
     assert.equal(refused.status, 503);
     assert.equal(refused.headers.get("x-ferry-flag"), "UO");
     assert.equal(up.flakyHits(), 3, "the open breaker kept the request from the upstream");
+    // The admin listener (main isolate) reads the same shared breaker.
+    const view = await (await fetch(`${ferry.admin}/clusters`)).json();
+    const flaky = view.clusters.find((c: { name: string }) => c.name === "flaky");
+    assert.equal(flaky.endpoints[0].breaker.state, "open");
   } finally {
     zero.close();
     one.close();
