@@ -331,3 +331,22 @@ clusters:
     await bad.close();
   }
 });
+
+Deno.test("workers: 1 — one isolate serves everything, as before workers existed", async () => {
+  const up = upstream();
+  const yaml = config(up.url).replace("workers: 2", "workers: 1");
+  const ferry = await spawnFerry(["--config", await tempConfig(yaml)], ENV);
+  try {
+    const r = await once(`${ferry.listeners.get("public")!}/version`);
+    assert.equal(r.status, 200);
+    assert.equal(r.worker, "", "no worker tags a response");
+    assert.ok(ferry.logs.some((l) => l.includes('"ferry started"') && l.includes('"workers":1')));
+    assert.ok(!ferry.logs.some((l) => l.includes('"worker":')), "no worker logged anything");
+    const killed = await fetch(`${ferry.admin}/debug/kill-worker?index=0`, { method: "POST" });
+    assert.equal(killed.status, 404);
+    await killed.body?.cancel();
+  } finally {
+    await stop(ferry);
+    await up.close();
+  }
+});
