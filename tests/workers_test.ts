@@ -5,6 +5,7 @@
  * a config with a route named `refused-by-worker-1`.
  */
 import assert from "node:assert/strict";
+import { startDnsServer } from "./fixtures/dns_server.ts";
 import { metricValue, spawnFerry, type Started, startUpstream, tempConfig } from "./helpers.ts";
 
 const ENV = { FERRY_WORKER_HEADER: "1", FERRY_TEST_HOOKS: "1" };
@@ -348,5 +349,59 @@ Deno.test("workers: 1 — one isolate serves everything, as before workers exist
   } finally {
     await stop(ferry);
     await up.close();
+  }
+});
+
+Deno.test("workers: 2 — DNS discovery resolves once, in the main isolate; both workers follow its answers", async () => {
+  const dns = await startDnsServer();
+  const a = startUpstream(() => new Response("a"));
+  const c = startUpstream(() => new Response("c"));
+  dns.setA("a.test", ["127.0.0.1"]);
+  const srv = (port: number) => [{ priority: 10, weight: 1, port, target: "a.test" }];
+  dns.setSrv("_http._tcp.api.test", srv(a.port));
+  const yaml = `listeners:
+  - { name: public, address: "127.0.0.1:0" }
+admin: { address: "127.0.0.1:0" }
+server: { workers: 2, watch_config: false }
+routes:
+  - { name: all, match: { path: { prefix: / } }, cluster: up }
+clusters:
+  - name: up
+    discovery:
+      dns: { name: _http._tcp.api.test, type: SRV, interval: 200ms, timeout: 1s, name_server: "127.0.0.1:${dns.port}" }
+`;
+  const ferry = await spawnFerry(["--config", await tempConfig(yaml)], ENV);
+  const base = ferry.listeners.get("public")!;
+  const answers = async () => {
+    const seen = new Set<string>();
+    for (let i = 0; i < 20; i++) {
+      const r = await once(`${base}/`);
+      seen.add(`${r.worker}:${r.body}`);
+    }
+    return [...seen].sort();
+  };
+  const until = async (want: string[]) => {
+    let got: string[] = [];
+    for (let i = 0; i < 100; i++) {
+      got = await answers();
+      if (JSON.stringify(got) === JSON.stringify(want)) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.deepEqual(got, want);
+  };
+  try {
+    await until(["0:a", "1:a"]);
+    dns.setSrv("_http._tcp.api.test", srv(c.port));
+    await until(["0:c", "1:c"]);
+    // One resolver: SRV queries at about one per interval (three isolates would make three).
+    const before = dns.queries.filter((q) => q.type === 33).length;
+    await new Promise((r) => setTimeout(r, 2_000));
+    const during = dns.queries.filter((q) => q.type === 33).length - before;
+    assert.ok(during <= 2_000 / 200 + 3, `${during} SRV queries in 2 s`);
+  } finally {
+    await stop(ferry);
+    await a.close();
+    await c.close();
+    await dns.close();
   }
 });
