@@ -41,12 +41,11 @@ export function workerCount(
   return { ok: true, count };
 }
 
-/** Whether `reusePort` may be used here (Deno 2.9.6 allows it only with --unstable-net). */
+/**
+ * Whether `reusePort` may be used here: Deno 2.9.6 allows it only with --unstable-net, and
+ * without the flag a `reusePort` listen ends the process instead of throwing. The flag's other
+ * APIs (Deno.listenDatagram) are present exactly when it is given.
+ */
 export function reusePortAvailable(): boolean {
-  try {
-    Deno.listen({ hostname: "127.0.0.1", port: 0, reusePort: true }).close();
-    return true;
-  } catch {
-    return false;
-  }
+  return typeof (Deno as { listenDatagram?: unknown }).listenDatagram === "function";
 }
