@@ -114,6 +114,8 @@ async function main(): Promise<number> {
   }
   // Health checks and DNS discovery run here only; the workers follow their verdicts.
   pool?.follow(() => ferry.snapshot);
+  // The dashboard's list of proxy-made errors shows every worker's.
+  pool?.forwardErrorsTo(ferry.recentErrors);
   log.info("ferry started", {
     version: VERSION,
     config: source.label,

@@ -28,11 +28,16 @@ routes:
   - name: flaky
     match: { path: { prefix: /flaky } }
     cluster: flaky
+  - name: dead
+    match: { path: { prefix: /dead } }
+    cluster: dead
   - name: all
     match: { path: { prefix: / } }
     cluster: up
     timeout: 30s
 ${extra}clusters:
+  - name: dead
+    endpoints: ["http://127.0.0.1:1"]
   - name: up
     endpoints: ["${upstream}"]
   - name: flaky
@@ -99,7 +104,7 @@ async function reload(ferry: Started): Promise<{ ok: boolean; error?: string }> 
   return await res.json();
 }
 
-Deno.test("workers: 2 — new connections are served by both workers", async () => {
+Deno.test("workers: 2 — new connections are served by both workers; the dashboard lists both workers' errors", async () => {
   const up = upstream();
   const ferry = await spawnFerry(["--config", await tempConfig(config(up.url))], ENV);
   try {
@@ -112,6 +117,25 @@ Deno.test("workers: 2 — new connections are served by both workers", async () 
     }
     assert.deepEqual([...seen].sort(), ["0", "1"]);
     assert.ok(ferry.logs.some((l) => l.includes('"ferry started"') && l.includes('"workers":2')));
+
+    // Proxy-made errors of both workers reach the dashboard on the admin listener.
+    const ids = new Map<string, string>();
+    for (let i = 0; i < 60 && ids.size < 2; i++) {
+      const client = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+      const res = await fetch(`${base}/dead`, { client });
+      await res.body?.cancel();
+      client.close();
+      assert.equal(res.status, 502);
+      ids.set(res.headers.get("x-ferry-worker")!, res.headers.get("x-request-id")!);
+    }
+    let listed: string[] = [];
+    for (let i = 0; i < 50; i++) {
+      const stats = await (await fetch(`${ferry.admin}/stats`)).json();
+      listed = stats.recent_errors.map((e: { request_id: string }) => e.request_id);
+      if ([...ids.values()].every((id) => listed.includes(id))) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    for (const [worker, id] of ids) assert.ok(listed.includes(id), `worker ${worker}'s error`);
   } finally {
     await stop(ferry);
     await up.close();

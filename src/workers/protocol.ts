@@ -4,6 +4,7 @@
  */
 import type { FerryConfig } from "../config/schema.ts";
 import type { LogLevel } from "../observability/log.ts";
+import type { RecentError } from "../server/errors.ts";
 
 /** What a worker needs to compile a config the way the main isolate did. */
 export interface WorkerConfig {
@@ -60,6 +61,12 @@ export interface WorkerCall {
   readonly id: number;
   readonly method: WorkerMethod;
   readonly args: unknown;
+}
+
+/** Sent by a worker unasked: its proxy-made errors, for the dashboard's list (batched). */
+export interface WorkerNotice {
+  readonly notice: "errors";
+  readonly errors: readonly RecentError[];
 }
 
 export type WorkerReply =

@@ -14,6 +14,7 @@ import type { Logger } from "../observability/log.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
 import type { ReloadPeers } from "../server/ferry.ts";
 import type { MetricReader } from "../server/admin_stats.ts";
+import type { RecentError } from "../server/errors.ts";
 import type { SharedArena } from "./shared_memory.ts";
 import type {
   HealthTable,
@@ -21,6 +22,7 @@ import type {
   WorkerConfig,
   WorkerMethod,
   WorkerMethods,
+  WorkerNotice,
   WorkerReply,
 } from "./protocol.ts";
 
@@ -65,6 +67,8 @@ export class WorkerPool implements ReloadPeers {
   /** What each cluster's followers were last sent (JSON), to send only changes. */
   #sent = new Map<string, string>();
   #followTimer: ReturnType<typeof setInterval> | undefined;
+  /** Where the workers' proxy-made errors go (the main isolate's dashboard list). */
+  #recentErrors: { add(e: RecentError): void } | undefined;
 
   constructor(opts: WorkerPoolOptions) {
     this.#opts = opts;
@@ -123,6 +127,11 @@ export class WorkerPool implements ReloadPeers {
     };
     send();
     this.#followTimer = setInterval(send, FOLLOW_INTERVAL_MS);
+  }
+
+  /** From now on, the workers' proxy-made errors are added to `recent` (the dashboard's). */
+  forwardErrorsTo(recent: { add(e: RecentError): void }): void {
+    this.#recentErrors = recent;
   }
 
   async prepare(next: Snapshot): Promise<void> {
@@ -254,7 +263,11 @@ export class WorkerPool implements ReloadPeers {
     });
     const running: Running = { index, worker, calls: new Map(), nextId: 0, dead: false };
     this.#workers[index] = running;
-    worker.onmessage = (e: MessageEvent<WorkerReply>) => {
+    worker.onmessage = (e: MessageEvent<WorkerReply | WorkerNotice>) => {
+      if ("notice" in e.data) {
+        for (const err of e.data.errors) this.#recentErrors?.add(err);
+        return;
+      }
       const call = running.calls.get(e.data.id);
       if (!call) return;
       running.calls.delete(e.data.id);

@@ -11,6 +11,7 @@ import { createLogger, type Logger } from "../observability/log.ts";
 import { FerryMetrics } from "../observability/metrics.ts";
 import { Ferry, installLastLineOfDefence } from "../server/ferry.ts";
 import { SharedArena, type SharedMemory } from "./shared_memory.ts";
+import type { RecentError, RecentErrors } from "../server/errors.ts";
 import {
   type HealthTable,
   MAIN_ISOLATE_METRICS,
@@ -18,13 +19,34 @@ import {
   type WorkerConfig,
   type WorkerMethod,
   type WorkerMethods,
+  type WorkerNotice,
   type WorkerReply,
   type WorkerStart,
 } from "./protocol.ts";
 
 interface WorkerScope {
   onmessage: ((e: MessageEvent<WorkerCall>) => void) | null;
-  postMessage(message: WorkerReply): void;
+  postMessage(message: WorkerReply | WorkerNotice): void;
+}
+
+/** How long proxy-made errors are collected before they go to the main isolate in one message. */
+const ERROR_BATCH_MS = 100;
+
+/** Every proxy-made error also goes to the main isolate, whose dashboard lists the process's. */
+function forwardRecentErrors(recent: RecentErrors): void {
+  let batch: RecentError[] = [];
+  const add = recent.add.bind(recent);
+  recent.add = (e) => {
+    add(e);
+    if (batch.length === 0) {
+      setTimeout(() => {
+        scope.postMessage({ notice: "errors", errors: batch });
+        batch = [];
+      }, ERROR_BATCH_MS);
+    }
+    // Every one, so the dashboard's totals and groups count them all (100 ms of errors at most).
+    batch.push(e);
+  };
 }
 
 const scope = self as unknown as WorkerScope;
@@ -86,6 +108,7 @@ const methods: { [M in WorkerMethod]: (a: WorkerMethods[M]["args"]) => unknown }
       reusePort: true,
       ...(s.tagResponses ? { tag: String(s.index) } : {}),
     });
+    forwardRecentErrors(ferry.recentErrors);
     const out: Record<string, string> = {};
     for (const [name, a] of Object.entries(ferry.addresses().listeners)) {
       out[name] = `${a.hostname}:${a.port}`;
