@@ -57,12 +57,6 @@ async function main(): Promise<number> {
     return 0;
   }
 
-  // Before binding: raise the soft descriptor limit, then say whether the caps fit in it.
-  const fds = checkFdBudget(
-    fdBudget(snapshot.listeners.values(), snapshot.config.server),
-  );
-  if (fds.warning) log.warn(fds.warning);
-
   const workers = workerCount(snapshot, navigator.hardwareConcurrency);
   if (!workers.ok) {
     console.error(`ferry: ${workers.message}`);
@@ -70,6 +64,12 @@ async function main(): Promise<number> {
     return EXIT_CONFIG;
   }
   if (workers.note) log.info(workers.note);
+
+  // Before binding: raise the soft descriptor limit, then say whether the caps fit in it. Each
+  // worker's guard has its own caps, so the process may need as many descriptors per worker.
+  const budget = fdBudget(snapshot.listeners.values(), snapshot.config.server);
+  const fds = checkFdBudget({ ...budget, needed: budget.needed * workers.count });
+  if (fds.warning) log.warn(fds.warning);
   let pool: WorkerPool | undefined;
   if (workers.count > 1) {
     // Compiled again with the shared arena, so this isolate's admin views read the same
