@@ -223,9 +223,11 @@ Deno.test("workers: 2 — one reload switches every worker; a config one worker 
   };
   try {
     assert.deepEqual(await versions(), ["0:v1", "1:v1"]);
-    await Deno.writeTextFile(file, config(up.url, "", "v2"));
+    // A changed worker count is read at start only: the reload applies, with a warning.
+    await Deno.writeTextFile(file, config(up.url, "", "v2").replace("workers: 2", "workers: 3"));
     assert.equal((await reload(ferry)).ok, true);
     assert.deepEqual(await versions(), ["0:v2", "1:v2"]);
+    assert.ok(ferry.logs.some((l) => l.includes("server.workers changes on restart only")));
 
     const refusedRoute = `  - name: refused-by-worker-1
     match: { path: { prefix: /refused } }

@@ -135,6 +135,13 @@ export class WorkerPool implements ReloadPeers {
   }
 
   async prepare(next: Snapshot): Promise<void> {
+    const asked = next.config.server.workers;
+    if (asked !== undefined && asked !== this.#opts.count) {
+      this.#opts.log.warn("server.workers changes on restart only; the reload keeps the workers", {
+        workers: this.#opts.count,
+        configured: asked,
+      });
+    }
     const config = this.#workerConfig(next);
     const results = await Promise.allSettled(
       this.#live().map((w) => this.#call(w, "prepare", config)),
