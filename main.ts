@@ -131,7 +131,7 @@ async function main(): Promise<number> {
     reload: () => reloader.reload("admin"),
     reloadStatus: () => reloader.status,
     submitConfig: (text, opts) => reloader.submit(text, opts),
-    ...(pool ? { metrics: () => pool.scrape() } : {}),
+    ...(pool ? { metrics: () => pool.scrape(), clusters: (own) => pool.clusters(own) } : {}),
     ...(pool && Deno.env.get("FERRY_TEST_HOOKS") === "1"
       ? { killWorker: (index: number) => pool.kill(index) }
       : {}),

@@ -252,7 +252,7 @@ Deno.test("workers: 2 — one reload switches every worker; a config one worker 
   }
 });
 
-Deno.test("workers: 2 — SIGTERM drains both workers: requests in flight on each complete, exit 0", async () => {
+Deno.test("workers: 2 — /clusters counts both workers' requests in flight; SIGTERM drains both: they complete, exit 0", async () => {
   const up = upstream();
   const ferry = await spawnFerry(["--config", await tempConfig(config(up.url))], ENV);
   const base = ferry.listeners.get("public")!;
@@ -263,9 +263,13 @@ Deno.test("workers: 2 — SIGTERM drains both workers: requests in flight on eac
         status: r.status,
         worker: r.headers.get("x-ferry-worker"),
         body: await r.text(),
-      }))
+      })).catch((err) => ({ status: 0, worker: null, body: String(err) }))
     );
     await new Promise((r) => setTimeout(r, 400));
+    // /clusters sums what each worker has in flight (one slow request each).
+    const view = await (await fetch(`${ferry.admin}/clusters`)).json();
+    const upView = view.clusters.find((c: { name: string }) => c.name === "up");
+    assert.equal(upView.endpoints[0].in_flight, 2);
     ferry.child.kill("SIGTERM");
     const done = await Promise.all(inFlight);
     assert.deepEqual(done.map((d) => [d.status, d.worker, d.body]), [

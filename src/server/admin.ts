@@ -52,6 +52,8 @@ export interface AdminView {
    * isolate's. Undefined (or resolving undefined): the snapshot's own registry.
    */
   metrics?(): Promise<{ text: string; contentType: string }> | undefined;
+  /** GET /clusters when workers serve: the view with their per-request counters summed in. */
+  clusters?(own: ReturnType<typeof clustersView>): Promise<unknown> | undefined;
   /** Where /stats reads metric values (workers: the process's merged metrics). */
   readMetric?: MetricReader;
   /** Test hook: ends a worker as a crash would; undefined unless FERRY_TEST_HOOKS=1. */
@@ -162,8 +164,10 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
           config_version: view.snapshot().version,
         });
       }
-      case "/clusters":
-        return json(200, clustersView(view.snapshot()));
+      case "/clusters": {
+        const own = clustersView(view.snapshot());
+        return json(200, (await view.clusters?.(own)) ?? own);
+      }
       case "/routes":
         return json(200, routesView(view.snapshot()));
       case "/config": {

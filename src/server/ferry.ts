@@ -105,6 +105,7 @@ export class Ferry {
           reloadStatus: () => ferry.#adminRoutes.reloadStatus?.(),
           submitConfig: (text, opts) => ferry.#adminRoutes.submitConfig?.(text, opts),
           metrics: () => ferry.#adminRoutes.metrics?.(),
+          clusters: (own) => ferry.#adminRoutes.clusters?.(own),
           killWorker: (index) => ferry.#adminRoutes.killWorker?.(index),
           recentErrors: ferry.recentErrors,
           statsHistory: ferry.statsHistory,
@@ -437,6 +438,8 @@ export interface AdminExtras {
   readonly submitConfig?: AdminView["submitConfig"];
   /** GET /metrics for the whole process when workers serve (src/workers/supervisor.ts). */
   readonly metrics?: AdminView["metrics"];
+  /** GET /clusters with the workers' per-request counters. */
+  readonly clusters?: AdminView["clusters"];
   /** Test hook: POST /debug/kill-worker (only with FERRY_TEST_HOOKS=1). */
   readonly killWorker?: AdminView["killWorker"];
 }

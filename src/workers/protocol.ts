@@ -41,6 +41,8 @@ export interface WorkerMethods {
   metrics: { args: null; result: unknown[] };
   /** The main isolate's endpoint lists and health verdicts, for clusters that changed. */
   follow: { args: HealthTable; result: null };
+  /** This worker's /clusters view (its per-request counters), for the merged one. */
+  clusters: { args: null; result: unknown };
   /** Graceful stop within `ms`: whether every request finished. */
   drain: { args: { ms: number }; result: boolean };
 }

@@ -15,6 +15,8 @@ import type { FerryMetrics } from "../observability/metrics.ts";
 import type { ReloadPeers } from "../server/ferry.ts";
 import type { MetricReader } from "../server/admin_stats.ts";
 import type { RecentError } from "../server/errors.ts";
+import type { clustersView } from "../server/admin.ts";
+import { mergeClusterViews } from "./merge_clusters.ts";
 import type { SharedArena } from "./shared_memory.ts";
 import type {
   HealthTable,
@@ -202,6 +204,19 @@ export class WorkerPool implements ReloadPeers {
     const all = [own, ...theirs.flatMap((r) => r.status === "fulfilled" ? [r.value] : [])];
     return client.AggregatorRegistry.aggregate(
       all as Parameters<typeof client.AggregatorRegistry.aggregate>[0],
+    );
+  }
+
+  /** GET /clusters: the main isolate's view with every worker's per-request counters summed in. */
+  async clusters(own: ReturnType<typeof clustersView>): Promise<ReturnType<typeof clustersView>> {
+    const theirs = await Promise.allSettled(
+      this.#live().map((w) => this.#call(w, "clusters", null)),
+    );
+    return mergeClusterViews(
+      own,
+      theirs.flatMap((r) =>
+        r.status === "fulfilled" ? [r.value as ReturnType<typeof clustersView>] : []
+      ),
     );
   }
 

@@ -10,6 +10,7 @@ import { resolveConfigPath } from "../config/load.ts";
 import { createLogger, type Logger } from "../observability/log.ts";
 import { FerryMetrics } from "../observability/metrics.ts";
 import { Ferry, installLastLineOfDefence } from "../server/ferry.ts";
+import { clustersView } from "../server/admin.ts";
 import { SharedArena, type SharedMemory } from "./shared_memory.ts";
 import type { RecentError, RecentErrors } from "../server/errors.ts";
 import {
@@ -147,6 +148,9 @@ const methods: { [M in WorkerMethod]: (a: WorkerMethods[M]["args"]) => unknown }
       clusters.get(name)?.follow(c.endpoints, new Map(c.healthy));
     }
     return null;
+  },
+  clusters() {
+    return clustersView(ferry!.snapshot);
   },
   async drain({ ms }: { ms: number }) {
     const { clean } = await ferry!.shutdown(ms);
