@@ -86,6 +86,8 @@ export interface GuardOptions {
   readonly hostname: string;
   readonly port: number;
   readonly tls?: GuardTls | undefined;
+  /** Share the port with other workers' guards (SO_REUSEPORT; server.workers > 1). */
+  readonly reusePort?: boolean;
   /** Read at every accept and every sweep, so a reload changes limits without a restart. */
   readonly limits: () => GuardLimits;
   readonly log: Logger;
@@ -209,7 +211,11 @@ export class ConnectionGuard {
         tls: opts.tls,
         alpnProtocols: ["h2", "http/1.1"],
       }) as unknown as Deno.Listener
-      : Deno.listen({ hostname: opts.hostname, port: opts.port });
+      : Deno.listen({
+        hostname: opts.hostname,
+        port: opts.port,
+        ...(opts.reusePort ? { reusePort: true } : {}),
+      });
     this.#sweep = setInterval(() => this.#check(), opts.sweepMs ?? 250);
   }
 
