@@ -30,7 +30,7 @@ type Level = typeof LEVELS[number];
  * - `PROXY_UPSTREAM_ADDRS`: comma-separated `host:port` or URLs: cluster "upstream", served by
  *   the catch-all route "default" (default http://127.0.0.1:8080)
  * - `PROXY_METRICS_ADDR`: `admin.address` (no admin listener when unset)
- * - `PROXY_WORKERS`: `server.workers` (default: the CPUs the process may use)
+ * - `PROXY_WORKERS`: `server.workers`, a number or `auto` (default 1)
  * - `PROXY_REQUEST_TIMEOUT_MS`: the route timeout in milliseconds (default 30000)
  * - `PROXY_LOG_LEVEL`, else `RUST_LOG`: debug, info, warn or error (trace is read as debug,
  *   off as error)
@@ -82,9 +82,15 @@ export function configFromEnv(env: Record<string, string | undefined>): LoadResu
     }
   }
   const workersText = get("PROXY_WORKERS");
-  const workers = workersText === undefined ? undefined : Number(workersText);
-  if (workersText !== undefined && !/^\d+$/.test(workersText)) {
-    issue("PROXY_WORKERS", "expected a whole number of workers >= 1, such as 2", workersText);
+  const workers = workersText === undefined || workersText === "auto"
+    ? workersText
+    : Number(workersText);
+  if (workersText !== undefined && workersText !== "auto" && !/^\d+$/.test(workersText)) {
+    issue(
+      "PROXY_WORKERS",
+      "expected a whole number of workers >= 1, such as 2, or auto",
+      workersText,
+    );
   }
   if (errors.length > 0) return { ok: false, errors };
 

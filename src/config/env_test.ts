@@ -117,6 +117,9 @@ Deno.test("PROXY_WORKERS sets server.workers; a value that is not a whole number
   const unset = configFromEnv({ PROXY_UPSTREAM_ADDRS: "127.0.0.1:9000" });
   assert.ok(unset?.ok);
   assert.equal(unset.config.server.workers, undefined);
+  const auto = configFromEnv({ PROXY_UPSTREAM_ADDRS: "127.0.0.1:9000", PROXY_WORKERS: "auto" });
+  assert.ok(auto?.ok);
+  assert.equal(auto.config.server.workers, "auto");
   const bad = configFromEnv({ PROXY_UPSTREAM_ADDRS: "127.0.0.1:9000", PROXY_WORKERS: "two" });
   assert.ok(bad && !bad.ok);
   assert.match(JSON.stringify(bad.errors), /PROXY_WORKERS/);

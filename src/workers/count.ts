@@ -1,4 +1,9 @@
-/** How many workers serve: `server.workers`, or by default the CPUs this process may use. */
+/**
+ * How many workers serve: `server.workers`, 1 by default; `auto` is the CPUs this process may use.
+ * The default is one isolate because caps that guard against one client (max_connections, the
+ * per-IP caps, cluster limits, retry budgets) are per worker, and because on the 2-core machine
+ * where this was measured two workers gave no more requests/s than one (docs/PERFORMANCE.md).
+ */
 import type { Snapshot } from "../server/compile.ts";
 
 export type WorkerCount =
@@ -10,14 +15,17 @@ export function workerCount(
   cpus: number,
   reusePort: () => boolean = reusePortAvailable,
 ): WorkerCount {
-  const asked = snapshot.config.server.workers;
+  const setting = snapshot.config.server.workers;
+  // An explicit count that cannot be served is a config error; `auto` falls back to one.
+  const asked = typeof setting === "number" ? setting : undefined;
+  const wanted = setting === "auto" ? Math.max(1, cpus || 1) : setting ?? 1;
   // TLS listeners accepted by node:tls (every TLS listener behind the guard, and every gRPC one:
   // SNI, rotation, client certificates) cannot share a port with SO_REUSEPORT.
   const guarded = snapshot.config.server.connection_guard;
   const nodeTls = [...snapshot.listeners.values()].filter((l) =>
     l.tls !== undefined && (guarded || l.protocol === "grpc")
   );
-  if (nodeTls.length > 0) {
+  if (nodeTls.length > 0 && wanted > 1) {
     const names = nodeTls.map((l) => l.name).join(", ");
     if (asked !== undefined && asked > 1) {
       return {
@@ -29,12 +37,10 @@ export function workerCount(
     return {
       ok: true,
       count: 1,
-      ...(asked === undefined
-        ? { note: `one worker: TLS listeners (${names}) cannot share a port` }
-        : {}),
+      note: `one worker: TLS listeners (${names}) cannot share a port`,
     };
   }
-  const count = asked ?? Math.max(1, cpus || 1);
+  const count = wanted;
   if (count > 1 && !reusePort()) {
     const why = "sharing a port between workers needs Deno's --unstable-net flag";
     if (asked !== undefined) {
