@@ -1,6 +1,10 @@
 /**
  * A running Ferry: one Deno.serve per listener plus the admin listener, all reading the current
  * snapshot through one reference. Used by main.ts and by the end-to-end tests in-process.
+ *
+ * One piece past 500 lines: binding a listener, a reload's swap (which listeners are kept,
+ * rebound, given new TLS material or retired) and the drain all act on the one table of running
+ * listeners and the snapshot reference; apart, each would reach into the others' state.
  */
 import { type ListenerPlan, type Snapshot, splitAddress } from "./compile.ts";
 import { scrapeSources } from "./registry.ts";
