@@ -92,20 +92,28 @@ export function endToEndHeaders(src: Headers, alsoDrop?: ReadonlySet<string>): H
  * repeats kept, as the h1 codec parses them): the same headers are dropped.
  */
 export function endToEndPairs(src: readonly [string, string][]): HeaderList {
-  let listed: Set<string> | undefined;
-  for (const [name, value] of src) {
-    if (name !== "connection") continue;
-    for (const token of value.split(",")) {
-      const t = token.trim().toLowerCase();
-      if (t) (listed ??= new Set()).add(t);
-    }
-  }
+  const listed = connectionListed(src);
   const out: [string, string][] = [];
   for (const [name, value] of src) {
     if (HOP_BY_HOP.has(name) || name.startsWith("proxy-") || listed?.has(name)) continue;
     out.push([name, value]);
   }
   return new HeaderList(out);
+}
+
+/** Names a Connection header lists among header lines (hop-by-hop by listing, RFC 9110 7.6.1). */
+export function connectionListed(
+  lines: readonly (readonly [string, string])[],
+): Set<string> | undefined {
+  let listed: Set<string> | undefined;
+  for (const [name, value] of lines) {
+    if (name !== "connection") continue;
+    for (const token of value.split(",")) {
+      const t = token.trim().toLowerCase();
+      if (t) (listed ??= new Set()).add(t);
+    }
+  }
+  return listed;
 }
 
 /** True for a WebSocket upgrade request (RFC 6455 4.1): GET with `Upgrade: websocket`. */

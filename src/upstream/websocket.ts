@@ -11,6 +11,7 @@ import { upstreamHeaders, type UpstreamHeaderSettings } from "./request_headers.
 import type { H1Transport } from "../h1/transport.ts";
 import type { Upgraded } from "../h1/upgrade.ts";
 import { ClientGoneReason, TimeoutReason } from "./transport.ts";
+import { connectionListed } from "./headers.ts";
 import { WsTunnel } from "./ws_tunnel.ts";
 
 /** Handshake headers belong to each hop's own handshake, so they are not copied upstream. */
@@ -118,19 +119,6 @@ async function tunnelWebSocket(
   link.tunnel = new WsTunnel(up, link, s.websocketMaxMessageBytes);
   response.headers.set("x-request-id", ctx.requestId);
   return response;
-}
-
-/** Names a Connection header lists (hop-by-hop by listing). */
-function connectionListed(headers: readonly [string, string][]): Set<string> | undefined {
-  let listed: Set<string> | undefined;
-  for (const [name, value] of headers) {
-    if (name !== "connection") continue;
-    for (const token of value.split(",")) {
-      const t = token.trim().toLowerCase();
-      if (t) (listed ??= new Set()).add(t);
-    }
-  }
-  return listed;
 }
 
 /**
