@@ -6,6 +6,7 @@
  * why `deno task start` grants --allow-ffi (docs/connections.md, "Descriptors"). Without it, or
  * off Linux, both are unknown and the callers say so instead of guessing.
  */
+import { libc } from "./libc.ts";
 
 /** Linux's RLIMIT_NOFILE (x86_64 and aarch64 alike). */
 const RLIMIT_NOFILE = 7;
@@ -33,22 +34,9 @@ export function processDescriptors(): ProcessDescriptors | undefined {
 }
 
 function load(): ProcessDescriptors | null {
-  if (Deno.build.os !== "linux") return null;
-  // Query first: calling dlopen without the permission would prompt on a terminal.
-  if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return null;
-  let libc;
-  try {
-    libc = Deno.dlopen("libc.so.6", {
-      getrlimit: { parameters: ["i32", "buffer"], result: "i32" },
-      setrlimit: { parameters: ["i32", "buffer"], result: "i32" },
-      opendir: { parameters: ["buffer"], result: "pointer" },
-      readdir: { parameters: ["pointer"], result: "pointer" },
-      closedir: { parameters: ["pointer"], result: "i32" },
-    });
-  } catch {
-    return null; // not glibc (musl names it differently): unknown
-  }
-  const { getrlimit, setrlimit, opendir, readdir, closedir } = libc.symbols;
+  const c = libc();
+  if (!c) return null;
+  const { getrlimit, setrlimit, opendir, readdir, closedir } = c;
   // struct rlimit { rlim_t rlim_cur, rlim_max } with a 64-bit rlim_t.
   const rlimit = new BigUint64Array(2);
   const rlimitBytes = new Uint8Array(rlimit.buffer);

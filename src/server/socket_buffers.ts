@@ -12,6 +12,7 @@
  * "Clients that stop reading"). Without FFI, or off Linux/glibc, nothing is set and the hop
  * holds what the kernel gives it.
  */
+import { type Libc, libc } from "../observability/libc.ts";
 
 const SOL_SOCKET = 1;
 const SO_SNDBUF = 7;
@@ -20,40 +21,6 @@ const SO_ACCEPTCONN = 30;
 const AF_INET = 2;
 /** Offset of d_name in glibc's struct dirent on 64-bit Linux. */
 const DIRENT_NAME = 19;
-
-interface Libc {
-  setsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number): number;
-  getsockopt(fd: number, level: number, name: number, value: Uint8Array, len: Uint8Array): number;
-  getsockname(fd: number, addr: Uint8Array, len: Uint8Array): number;
-  opendir(path: Uint8Array): Deno.PointerValue;
-  readdir(dir: Deno.PointerValue): Deno.PointerValue;
-  closedir(dir: Deno.PointerValue): number;
-}
-
-let cached: Libc | null | undefined;
-
-function libc(): Libc | undefined {
-  if (cached === undefined) cached = load();
-  return cached ?? undefined;
-}
-
-function load(): Libc | null {
-  if (Deno.build.os !== "linux") return null;
-  // Query first: calling dlopen without the permission would prompt on a terminal.
-  if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return null;
-  try {
-    return Deno.dlopen("libc.so.6", {
-      setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
-      getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
-      getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
-      opendir: { parameters: ["buffer"], result: "pointer" },
-      readdir: { parameters: ["pointer"], result: "pointer" },
-      closedir: { parameters: ["pointer"], result: "i32" },
-    }).symbols as unknown as Libc;
-  } catch {
-    return null; // not glibc
-  }
-}
 
 /** This process's open descriptors (from /proc/self/fd). */
 function openDescriptors(c: Libc): number[] {
