@@ -22,7 +22,8 @@ import {
 } from "../upstream/call.ts";
 import { ClientGoneReason, TimeoutReason } from "../upstream/transport.ts";
 import { replayBytes } from "../policy/retry.ts";
-import { xfccElement } from "../upstream/request_headers.ts";
+import { applyEdits, type RouteEdits, xfccElement } from "../upstream/request_headers.ts";
+import { HeaderList } from "../upstream/headers.ts";
 import type { CallFacts, ClientIdentity } from "../pipeline/types.ts";
 import {
   formatGrpcTimeout,
@@ -36,7 +37,7 @@ import {
  * A cluster route's settings as the gRPC path needs them (compiled once per snapshot): the
  * cluster call's (src/upstream/call.ts), the same object shape the HTTP path uses.
  */
-export interface GrpcRoute extends CallPolicy {
+export interface GrpcRoute extends CallPolicy, RouteEdits {
   readonly name: string;
   readonly cluster: Cluster;
   /** Caps the client's deadline; when the client sends none, bounds the wait for headers. */
@@ -269,7 +270,7 @@ export async function proxyCall(
     // The client may have gone (or been reset) meanwhile: then nothing goes upstream.
     if (expired || ds.resetReason) return { error: expired ?? clientGone(), repeatable: false };
     const remaining = callMs === undefined ? undefined : callMs - (performance.now() - startedAt);
-    const out = upstreamFields(fields, endpoint, cluster, ctx, remaining);
+    const out = upstreamFields(fields, endpoint, route, ctx, remaining);
     const sentAt = performance.now();
     let us: H2Stream | undefined;
     // A per-try timeout (or the call's end) resets this attempt's stream.
@@ -305,7 +306,7 @@ export async function proxyCall(
         return {
           value: () => {
             rec.grpcStatus = gs;
-            ds.sendHeaders(cleanHeaders(head), true);
+            ds.sendHeaders(responseHeaders(head, route), true);
           },
           status: httpStatus,
           grpcStatus: gs,
@@ -327,7 +328,7 @@ export async function proxyCall(
         };
       }
       answered = true;
-      ds.sendHeaders(cleanHeaders(head), false);
+      ds.sendHeaders(responseHeaders(head, route), false);
       for await (const chunk of us.body) await ds.write(chunk);
       const trailers = await us.trailers;
       const gs = trailers ? Number(headerValue(trailers, "grpc-status") ?? "2") : 2;
@@ -407,15 +408,19 @@ function upstreamError(err: unknown, endpoint: Endpoint): ProxyError {
   return new ProxyError("upstream_reset", `${endpoint.origin}: ${err}`, { cause: err });
 }
 
-/** Request headers for upstream: the client's, with authority, deadline and ids settled. */
+/**
+ * Request headers for upstream: the client's, with path and authority rewritten as the route
+ * says, deadline and ids settled, then the route's header edits (the same compiled ones as HTTP,
+ * src/upstream/request_headers.ts; the loader refuses edits of gRPC's own fields).
+ */
 function upstreamFields(
   fields: readonly HeaderField[],
   endpoint: Endpoint,
-  cluster: Cluster,
+  route: GrpcRoute,
   ctx: CallContext,
   remainingMs: number | undefined,
 ): HeaderField[] {
-  const out: HeaderField[] = [];
+  const out: [string, string][] = [];
   const incoming = {
     for: null as string | null,
     proto: null as string | null,
@@ -426,7 +431,9 @@ function upstreamFields(
   for (const [n, v] of fields) {
     if (HOP.has(n) || n === "grpc-timeout" || n === "x-request-id") continue;
     if (n === ":scheme") out.push([n, endpoint.url.protocol === "https:" ? "https" : "http"]);
-    else if (n === ":authority") out.push([n, cluster.preserveHost ? v : endpoint.url.host]);
+    else if (n === ":authority") {
+      out.push([n, route.hostRewrite ?? (route.cluster.preserveHost ? v : endpoint.url.host)]);
+    } else if (n === ":path") out.push([n, upstreamPath(v, route, ctx)]);
     else if (n === "x-forwarded-for") {
       incoming.for = incoming.for === null ? v : `${incoming.for}, ${v}`;
     } else if (n === "x-forwarded-proto") incoming.proto ??= v;
@@ -451,7 +458,31 @@ function upstreamFields(
   const cert = element && xfcc ? `${xfcc},${element}` : element ?? xfcc;
   if (cert !== undefined) out.push([certHeader, cert]);
   if (remainingMs !== undefined) out.push(["grpc-timeout", formatGrpcTimeout(remainingMs)]);
+  // Pseudo-headers come first and edits never name them: edited fields stay after them.
+  applyEdits(new HeaderList(out), route.requestEdits);
   return out;
+}
+
+/**
+ * The `:path` upstream: as the client sent it, or, when the route rewrites, the rewrite of the
+ * normalised path the route matched (as on HTTP) with the client's query.
+ */
+function upstreamPath(raw: string, route: GrpcRoute, ctx: CallContext): string {
+  const path = ctx.facts?.path;
+  if (path === undefined) return raw;
+  const rewritten = route.rewritePath(path);
+  if (rewritten === path) return raw;
+  const q = raw.indexOf("?");
+  return q < 0 ? rewritten : rewritten + raw.slice(q);
+}
+
+/** Response headers as the client gets them: connection fields dropped, the route's edits. */
+function responseHeaders(head: readonly HeaderField[], route: GrpcRoute): HeaderField[] {
+  const out = cleanHeaders(head);
+  if (!route.responseEdits) return out;
+  const list = new HeaderList(out.map(([n, v]) => [n, v]));
+  applyEdits(list, route.responseEdits);
+  return list.pairs;
 }
 
 /** Response headers and trailers pass as sent, less connection-specific fields. */
