@@ -57,6 +57,9 @@ export interface GrpcCallRecord {
 
 const XFCC = "x-forwarded-client-cert";
 
+/** A call with less of its deadline left than this is answered DEADLINE_EXCEEDED at once. */
+const MIN_DEADLINE_MS = 1;
+
 const HOP = new Set([
   "connection",
   "keep-alive",
@@ -98,6 +101,8 @@ export interface CallContext {
   readonly requestId: string;
   /** Downstream mTLS: the client certificate's identity, sent upstream as XFCC. */
   readonly identity?: ClientIdentity | undefined;
+  /** `performance.now()` when the call's headers arrived: its deadline starts there. */
+  readonly arrivedAt?: number;
   /** The header for the identity upstream; default `x-forwarded-client-cert`. */
   readonly clientCertHeader?: string;
 }
@@ -138,7 +143,8 @@ export async function proxyCall(
     : route.timeoutMs > 0
     ? Math.min(clientMs, route.timeoutMs)
     : clientMs;
-  const startedAt = performance.now();
+  // The deadline runs from the call's arrival (policy layers such as a fault delay ran since).
+  const startedAt = ctx.arrivedAt ?? performance.now();
 
   // One abort for the call: client reset, deadline, or headers timeout. It also ends a retry
   // backoff at once (src/upstream/call.ts), so a cancelled call frees its cluster slot.
@@ -364,7 +370,15 @@ export async function proxyCall(
     }
   };
 
+  // A deadline already (or all but) passed gets its answer here, without an upstream stream that
+  // could only be reset: under 1 ms left cannot even be sent on (grpc-timeout goes upstream in
+  // whole ms, rounded up), and no upstream answers through a proxy hop that fast.
+  if (callMs !== undefined && callMs - (performance.now() - startedAt) < MIN_DEADLINE_MS) {
+    expire(new ProxyError("upstream_timeout", "the call's deadline had passed when it arrived"));
+  }
   try {
+    // (expired: the deadline above; nothing goes upstream, nothing is counted for an endpoint.)
+    if (expired) return;
     const finish = await runCall(route, {
       hashKey,
       retries: retry?.retries ?? 0,
