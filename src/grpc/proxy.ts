@@ -178,11 +178,25 @@ export async function proxyCall(
       () => expire(new ProxyError("upstream_timeout", `no response within ${route.timeoutMs} ms`)),
     )
     : undefined;
+  const clientGone = () => new ProxyError("client_closed", "the client cancelled the call");
+  /** Why the client's stream was reset: it left, or its answer share was full. */
+  const clientResetError = () =>
+    ds.shareExceeded
+      ? new ProxyError(
+        "client_share_full",
+        "the client's connection holds its whole share of buffered answers unread",
+      )
+      : clientGone();
   void ds.closed.then((r) => {
     if (!r) return;
     if (r.byPeer) {
       rec.flag = rec.flag === "-" ? "DC" : rec.flag;
       rec.grpcStatus ??= GrpcStatus.CANCELLED;
+    } else if (ds.shareExceeded) {
+      // Ended by Ferry for its client's share: RESOURCE_EXHAUSTED, as grpc-js reports it.
+      const pe = clientResetError();
+      rec.flag = pe.flag;
+      rec.grpcStatus = pe.grpcStatus;
     }
     // Reset either way (also when the client provoked our reset): nobody reads the answer.
     upstream?.reset(ErrorCode.CANCEL);
@@ -266,7 +280,6 @@ export async function proxyCall(
   const hashKey = cluster.hashKey?.(ctx.facts ?? rawFacts(fields, ctx));
   // Set once the client has its answer from an attempt (headers, or a reset mid-stream).
   let answered = false;
-  const clientGone = () => new ProxyError("client_closed", "the client cancelled the call");
 
   /** One attempt: a stream to `endpoint`, the messages (replayed after the first), the answer. */
   const attempt = async (
@@ -274,7 +287,9 @@ export async function proxyCall(
     a: AttemptContext,
   ): Promise<AttemptOutcome<() => void>> => {
     // The client may have gone (or been reset) meanwhile: then nothing goes upstream.
-    if (expired || ds.resetReason) return { error: expired ?? clientGone(), repeatable: false };
+    if (expired || ds.resetReason) {
+      return { error: expired ?? clientResetError(), repeatable: false };
+    }
     const remaining = callMs === undefined ? undefined : callMs - (performance.now() - startedAt);
     const out = upstreamFields(fields, endpoint, route, ctx, remaining);
     const sentAt = performance.now();
@@ -289,7 +304,7 @@ export async function proxyCall(
       us.chargeTo(ds);
       if (expired || ds.resetReason) {
         us.reset(ErrorCode.CANCEL);
-        return { error: expired ?? clientGone(), repeatable: false };
+        return { error: expired ?? clientResetError(), repeatable: false };
       }
       if (a.signal.aborted) us.reset(ErrorCode.CANCEL);
       const sending = attach(us, a.attempt > 0).catch(() => {});
@@ -349,7 +364,7 @@ export async function proxyCall(
         // The client left, or its stream was reset for what it did (a protocol error, its
         // share full): nothing to answer, nothing learnt about the endpoint.
         us?.reset(ErrorCode.CANCEL);
-        return { error: clientGone(), repeatable: false };
+        return { error: clientResetError(), repeatable: false };
       }
       const pe = a.signal.reason instanceof TimeoutReason
         ? new ProxyError("upstream_timeout", a.signal.reason.message)
