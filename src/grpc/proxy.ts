@@ -1,7 +1,7 @@
 /**
  * Proxies one gRPC call: a downstream HTTP/2 stream is routed on its path, sent to an endpoint
- * of the route's cluster over that endpoint's multiplexed connection, and headers, messages and
- * trailers flow back exactly as the upstream sent them. Ferry's own answers (no route, no
+ * of the route's cluster over that endpoint's multiplexed connection, and headers (with the
+ * route's edits: call_headers.ts), messages and trailers flow back as the upstream sent them. Ferry's own answers (no route, no
  * endpoint, breaker open, timeout) are trailers-only responses with the status from the error
  * table. Deadlines: `grpc-timeout` capped by the route timeout, propagated upstream; on expiry
  * the client gets DEADLINE_EXCEEDED and the upstream stream is reset (CANCEL).
@@ -12,7 +12,6 @@ import { headerValue } from "../h2/headers.ts";
 import type { H2Stream } from "../h2/stream.ts";
 import { StreamReset } from "../h2/stream.ts";
 import { ProxyError } from "../pipeline/errors.ts";
-import { forwardedHeaders } from "../pipeline/trust.ts";
 import type { Cluster, Endpoint } from "../upstream/cluster.ts";
 import {
   type AttemptContext,
@@ -22,16 +21,12 @@ import {
 } from "../upstream/call.ts";
 import { ClientGoneReason, TimeoutReason } from "../upstream/transport.ts";
 import { replayBytes } from "../policy/retry.ts";
-import { applyEdits, type RouteEdits, xfccElement } from "../upstream/request_headers.ts";
-import { HeaderList } from "../upstream/headers.ts";
+import type { RouteEdits } from "../upstream/request_headers.ts";
+import { type CallContext, cleanHeaders, responseHeaders, upstreamFields } from "./call_headers.ts";
+
+export type { CallContext };
 import type { CallFacts, ClientIdentity } from "../pipeline/types.ts";
-import {
-  formatGrpcTimeout,
-  GrpcStatus,
-  grpcStatusOfHttp,
-  parseGrpcTimeout,
-  trailersOnly,
-} from "./status.ts";
+import { GrpcStatus, grpcStatusOfHttp, parseGrpcTimeout, trailersOnly } from "./status.ts";
 
 /**
  * A cluster route's settings as the gRPC path needs them (compiled once per snapshot): the
@@ -55,18 +50,8 @@ export interface GrpcCallRecord {
   upstreamMs?: number;
 }
 
-const XFCC = "x-forwarded-client-cert";
-
 /** A call with less of its deadline left than this is answered DEADLINE_EXCEEDED at once. */
 const MIN_DEADLINE_MS = 1;
-
-const HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "transfer-encoding",
-  "upgrade",
-]);
 
 /** Answers with a status Ferry decided on: trailers-only when nothing was sent yet. */
 function answer(ds: H2Stream, status: number, message: string): void {
@@ -85,26 +70,6 @@ export function answerError(ds: H2Stream, err: unknown, rec: GrpcCallRecord): vo
   rec.grpcStatus = pe.grpcStatus;
   rec.flag = pe.flag;
   answer(ds, pe.grpcStatus, pe.reason);
-}
-
-export interface CallContext {
-  readonly peerIp: string;
-  /** The peer is in `server.trusted_proxies`: its X-Forwarded-* (and XFCC) are kept. */
-  readonly peerTrusted: boolean;
-  /**
-   * The call as the route's layers saw it (normalised path, the client address Ferry believes):
-   * what the cluster's hash key reads. Without it, the raw path and the peer address.
-   */
-  readonly facts?: CallFacts;
-  /** The listener's scheme (`https` with TLS), for X-Forwarded-Proto. */
-  readonly scheme: "http" | "https";
-  readonly requestId: string;
-  /** Downstream mTLS: the client certificate's identity, sent upstream as XFCC. */
-  readonly identity?: ClientIdentity | undefined;
-  /** `performance.now()` when the call's headers arrived: its deadline starts there. */
-  readonly arrivedAt?: number;
-  /** The header for the identity upstream; default `x-forwarded-client-cert`. */
-  readonly clientCertHeader?: string;
 }
 
 /** What a hash key and the route's policy layers read of a gRPC call. */
@@ -435,86 +400,4 @@ function upstreamError(err: unknown, endpoint: Endpoint): ProxyError {
     );
   }
   return new ProxyError("upstream_reset", `${endpoint.origin}: ${err}`, { cause: err });
-}
-
-/**
- * Request headers for upstream: the client's, with path and authority rewritten as the route
- * says, deadline and ids settled, then the route's header edits (the same compiled ones as HTTP,
- * src/upstream/request_headers.ts; the loader refuses edits of gRPC's own fields).
- */
-function upstreamFields(
-  fields: readonly HeaderField[],
-  endpoint: Endpoint,
-  route: GrpcRoute,
-  ctx: CallContext,
-  remainingMs: number | undefined,
-): HeaderField[] {
-  const out: [string, string][] = [];
-  const incoming = {
-    for: null as string | null,
-    proto: null as string | null,
-    host: null as string | null,
-  };
-  let xfcc: string | undefined;
-  const certHeader = ctx.clientCertHeader ?? XFCC;
-  for (const [n, v] of fields) {
-    if (HOP.has(n) || n === "grpc-timeout" || n === "x-request-id") continue;
-    if (n === ":scheme") out.push([n, endpoint.url.protocol === "https:" ? "https" : "http"]);
-    else if (n === ":authority") {
-      out.push([n, route.hostRewrite ?? (route.cluster.preserveHost ? v : endpoint.url.host)]);
-    } else if (n === ":path") out.push([n, upstreamPath(v, route, ctx)]);
-    else if (n === "x-forwarded-for") {
-      incoming.for = incoming.for === null ? v : `${incoming.for}, ${v}`;
-    } else if (n === "x-forwarded-proto") incoming.proto ??= v;
-    else if (n === "x-forwarded-host") incoming.host ??= v;
-    else if (n === certHeader) xfcc = ctx.peerTrusted ? v : undefined;
-    else out.push([n, v]);
-  }
-  // The same rule as HTTP (src/server/trust.ts): an untrusted client's values are replaced.
-  const fwd = forwardedHeaders(
-    ctx.peerTrusted,
-    ctx.peerIp,
-    ctx.scheme,
-    headerValue(fields, ":authority") ?? "",
-    incoming,
-  );
-  out.push(["x-forwarded-for", fwd.for]);
-  out.push(["x-forwarded-proto", fwd.proto]);
-  out.push(["x-forwarded-host", fwd.host]);
-  out.push(["x-request-id", ctx.requestId]);
-  // As on the HTTP path: a client-sent XFCC only from a trusted proxy, then this hop's element.
-  const element = ctx.identity ? xfccElement(ctx.identity) : undefined;
-  const cert = element && xfcc ? `${xfcc},${element}` : element ?? xfcc;
-  if (cert !== undefined) out.push([certHeader, cert]);
-  if (remainingMs !== undefined) out.push(["grpc-timeout", formatGrpcTimeout(remainingMs)]);
-  // Pseudo-headers come first and edits never name them: edited fields stay after them.
-  applyEdits(new HeaderList(out), route.requestEdits);
-  return out;
-}
-
-/**
- * The `:path` upstream: as the client sent it, or, when the route rewrites, the rewrite of the
- * normalised path the route matched (as on HTTP) with the client's query.
- */
-function upstreamPath(raw: string, route: GrpcRoute, ctx: CallContext): string {
-  const path = ctx.facts?.path;
-  if (path === undefined) return raw;
-  const rewritten = route.rewritePath(path);
-  if (rewritten === path) return raw;
-  const q = raw.indexOf("?");
-  return q < 0 ? rewritten : rewritten + raw.slice(q);
-}
-
-/** Response headers as the client gets them: connection fields dropped, the route's edits. */
-function responseHeaders(head: readonly HeaderField[], route: GrpcRoute): HeaderField[] {
-  const out = cleanHeaders(head);
-  if (!route.responseEdits) return out;
-  const list = new HeaderList(out.map(([n, v]) => [n, v]));
-  applyEdits(list, route.responseEdits);
-  return list.pairs;
-}
-
-/** Response headers and trailers pass as sent, less connection-specific fields. */
-function cleanHeaders(fields: readonly HeaderField[]): HeaderField[] {
-  return fields.filter(([n]) => !HOP.has(n));
 }
