@@ -15,6 +15,9 @@ import { Ferry, installLastLineOfDefence } from "./src/server/ferry.ts";
 import { VERSION } from "./src/version.ts";
 import { describeSnapshot } from "./src/server/summary.ts";
 import { checkFdBudget, fdBudget } from "./src/observability/descriptors.ts";
+import { WorkerPool } from "./src/workers/supervisor.ts";
+import { SharedArena } from "./src/workers/shared_memory.ts";
+import { workerCount } from "./src/workers/count.ts";
 
 const EXIT_CONFIG = 1, EXIT_USAGE = 2, EXIT_START = 3;
 
@@ -48,7 +51,7 @@ async function main(): Promise<number> {
   }
   if (built.warnings) console.error(built.warnings.replace(/^/gm, "warning: "));
   log.setLevel(built.config.log.level);
-  const snapshot = built.snapshot;
+  let snapshot = built.snapshot;
 
   if (opts.check) {
     const summary = describeSnapshot(snapshot);
@@ -57,24 +60,70 @@ async function main(): Promise<number> {
     return 0;
   }
 
-  // Before binding: raise the soft descriptor limit, then say whether the caps fit in it.
-  const fds = checkFdBudget(
-    fdBudget(snapshot.listeners.values(), snapshot.config.server),
-  );
+  const workers = workerCount(snapshot, navigator.hardwareConcurrency);
+  if (!workers.ok) {
+    console.error(`ferry: ${workers.message}`);
+    snapshot.close();
+    return EXIT_CONFIG;
+  }
+  if (workers.note) log.info(workers.note);
+
+  // Before binding: raise the soft descriptor limit, then say whether the caps fit in it. Each
+  // worker's guard has its own caps, so the process may need as many descriptors per worker.
+  const budget = fdBudget(snapshot.listeners.values(), snapshot.config.server);
+  const fds = checkFdBudget({ ...budget, needed: budget.needed * workers.count });
   if (fds.warning) log.warn(fds.warning);
+  let pool: WorkerPool | undefined;
+  if (workers.count > 1) {
+    // Compiled again with the shared arena, so this isolate's admin views read the same
+    // buckets and breakers as the workers (src/workers/shared_memory.ts).
+    snapshot.close();
+    const arena = new SharedArena();
+    const rebuilt = await buildSnapshot(source, { version: 1, log, metrics, sharedMemory: arena });
+    if (!rebuilt.ok) {
+      console.error(`ferry: ${rebuilt.message}`);
+      return EXIT_CONFIG;
+    }
+    snapshot = rebuilt.snapshot;
+    pool = new WorkerPool({
+      count: workers.count,
+      arena,
+      file: source.file,
+      log,
+      metrics,
+      tagResponses: Deno.env.get("FERRY_WORKER_HEADER") === "1",
+    });
+    try {
+      await pool.start(snapshot);
+    } catch (err) {
+      log.error("could not start", { error: String(err) });
+      snapshot.close();
+      return EXIT_START;
+    }
+  }
 
   let ferry: Ferry;
   try {
-    ferry = Ferry.start(snapshot, log);
+    ferry = Ferry.start(
+      snapshot,
+      log,
+      pool ? { listeners: false, peers: pool, readMetric: pool.readMetric } : {},
+    );
   } catch (err) {
     log.error("could not start", { error: String(err) });
+    void pool?.drain(0);
     snapshot.close();
     return EXIT_START;
   }
+  // Health checks and DNS discovery run here only; the workers follow their verdicts.
+  pool?.follow(() => ferry.snapshot);
+  // The dashboard's list of proxy-made errors shows every worker's.
+  pool?.forwardErrorsTo(ferry.recentErrors);
   log.info("ferry started", {
     version: VERSION,
     config: source.label,
     config_version: snapshot.version,
+    workers: workers.count,
     ...(fds.limit ? { fd_limit: fds.limit.soft } : {}),
   });
   for (const w of describeSnapshot(snapshot).warnings) log.warn(w);
@@ -85,6 +134,10 @@ async function main(): Promise<number> {
     reload: () => reloader.reload("admin"),
     reloadStatus: () => reloader.status,
     submitConfig: (text, opts) => reloader.submit(text, opts),
+    ...(pool ? { metrics: () => pool.scrape(), clusters: (own) => pool.clusters(own) } : {}),
+    ...(pool && Deno.env.get("FERRY_TEST_HOOKS") === "1"
+      ? { killWorker: (index: number) => pool.kill(index) }
+      : {}),
   });
   const onHangup = () => void reloader.reload("signal");
   Deno.addSignalListener("SIGHUP", onHangup);

@@ -93,6 +93,8 @@ const proxy = new Deno.Command(Deno.execPath(), {
     "--allow-env",
     "--allow-ffi",
     "--unstable-no-legacy-abort",
+    // server.workers > 1 shares each port between workers (reusePort is unstable in Deno 2.9.6).
+    "--unstable-net",
     MAIN,
     "--config",
     configFile,

@@ -28,6 +28,8 @@ const DESCRIPTIONS: Record<string, string> = {
     "Keep a client's x-request-id: trusted (from trusted_proxies), always, never.",
   "server.websocket_max_buffer": "Bytes buffered towards a WebSocket peer that does not read.",
   "server.via": "Token added to the Via header sent upstream.",
+  "server.workers":
+    "Isolates serving the listeners (SO_REUSEPORT); default: the CPUs Ferry may use.",
   "server.send_timeout": "Close a client that accepts no bytes for this long (default 60s).",
   "server.websocket_max_message_bytes": "Largest WebSocket message; bigger gets 1009.",
   "server.websocket_max_frame_bytes": "Largest WebSocket frame from a client; bigger gets 1009.",

@@ -258,8 +258,11 @@ Deno.test({
     const warning = (s: Started) => s.logs.find((l) => l.includes("max_connections cannot"));
     let ferry: Started | undefined;
     try {
-      // The default cap (10,000 connections x 3 descriptors through the guard) cannot fit.
-      const tooMany = await tempConfig(catchAllConfig().replace("{{UP}}", up.url));
+      // The default cap (10,000 connections x 3 descriptors through the guard) cannot fit. One
+      // worker: with more, the budget is per worker (main.ts multiplies it).
+      const tooMany = await tempConfig(
+        catchAllConfig("server: { workers: 1 }\n").replace("{{UP}}", up.url),
+      );
       ferry = await spawnFerry(["--config", tooMany], {}, 1, limit);
       const line = warning(ferry);
       assert.ok(line, `no warning:\n${tail(ferry)}`);
@@ -268,7 +271,7 @@ Deno.test({
       await stop(ferry);
       // 100 x 3 + 128 headroom fits in 512.
       const fits = await tempConfig(
-        catchAllConfig("server: { max_connections: 100 }\n").replace("{{UP}}", up.url),
+        catchAllConfig("server: { max_connections: 100, workers: 1 }\n").replace("{{UP}}", up.url),
       );
       ferry = await spawnFerry(["--config", fits], {}, 1, limit);
       assert.equal(warning(ferry), undefined);

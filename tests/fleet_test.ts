@@ -15,7 +15,9 @@ function fleetConfig(redis: string, prefix: string, failureMode = "open"): strin
   return `listeners:
   - { name: public, address: "127.0.0.1:0" }
 admin: { address: "127.0.0.1:0" }
-server: { watch_config: false }
+# One worker each: every worker holds its own Redis leases, so the overshoot bound below counts
+# instances as workers (docs/design.md, "Workers").
+server: { watch_config: false, workers: 1 }
 routes:
   - name: all
     match: { path: { prefix: / } }

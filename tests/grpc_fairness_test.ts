@@ -354,7 +354,8 @@ Deno.test("grpc fairness: 150 calls waiting for an upstream slot hold a bounded 
       endpoints: `["http://127.0.0.1:${server.port}"]`,
       route: "    timeout: 60s\n",
       cluster: "    http2: { max_connections_per_endpoint: 1 }\n",
-    }),
+      // Upstream connection caps are per worker: one worker, so one connection in all.
+    }) + "server: { workers: 1 }\n",
   );
   const ferry = await spawnFerry(["--config", file]);
   const port = Number(new URL(ferry.listeners.get("grpc")!).port);

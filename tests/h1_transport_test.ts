@@ -69,6 +69,7 @@ Deno.test("h1 pool: sequential requests reuse one connection", async () => {
       waiting: 0,
       opened: 1,
       reused: 4,
+      tunnels: 0,
     });
   } finally {
     t.close();
@@ -570,5 +571,36 @@ Deno.test("h1 pool: connect_timeout bounds a TLS handshake that never answers", 
     listener.close();
     for (const c of held) c.close();
     await accepting;
+  }
+});
+
+Deno.test("through Ferry: upstream header lines reach the client as they came (order, repeats)", async () => {
+  const up = startRawUpstream(() => ({
+    bytes: "HTTP/1.1 200 OK\r\nX-Zeta: 1\r\nCache-Control: no-cache\r\nX-Alpha: 2\r\n" +
+      "Cache-Control: private\r\nConnection: keep-alive, x-hop\r\nX-Hop: gone\r\n" +
+      "Content-Length: 2\r\n\r\nok",
+  }));
+  const px = startFerry(catchAllConfig(), { UP: up.url });
+  try {
+    const text = await rawRequest(
+      px.port,
+      "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert.match(text, /^HTTP\/1\.1 200/);
+    const names = text.slice(0, text.indexOf("\r\n\r\n")).split("\r\n").slice(1)
+      .map((line) => line.slice(0, line.indexOf(":")).toLowerCase());
+    const lines = text.split("\r\n");
+    // Two cache-control lines, not one joined by ", "; x-zeta before x-alpha, as sent.
+    assert.deepEqual(lines.filter((l) => /^cache-control:/i.test(l)).map((l) => l.slice(15)), [
+      "no-cache",
+      "private",
+    ]);
+    assert.ok(names.indexOf("x-zeta") < names.indexOf("x-alpha"), names.join(" "));
+    // Hop-by-hop: Connection itself and the names it lists are dropped.
+    assert.equal(names.includes("x-hop"), false);
+    assert.ok(text.endsWith("\r\n\r\nok"));
+  } finally {
+    await px.close();
+    await up.close();
   }
 });

@@ -295,6 +295,8 @@ export const RUN = [
   "--allow-env",
   "--allow-ffi",
   "--unstable-no-legacy-abort",
+  // server.workers > 1 binds listeners with SO_REUSEPORT (reusePort is unstable in Deno 2.9.6).
+  "--unstable-net",
   MAIN,
 ];
 

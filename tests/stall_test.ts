@@ -16,6 +16,8 @@ import {
 } from "../src/h2/frames.ts";
 import { HpackEncoder } from "../src/h2/hpack.ts";
 import { makeTestCerts, type TestCerts } from "./fixtures/certs.ts";
+import { requirePeer } from "./helpers.ts";
+import { setLoopbackListenerBuffers } from "../src/server/socket_buffers.ts";
 
 const MiB = 1024 * 1024;
 
@@ -23,8 +25,17 @@ const MiB = 1024 * 1024;
  * A raw TCP upstream that answers every request with `total` bytes and counts the bytes its
  * writes managed to hand to the kernel; `closedAt` is set when a write fails (the peer is gone).
  */
-function startCountingUpstream(total: number) {
+function startCountingUpstream(total: number, sendBuffer?: number) {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  // A fixed send buffer on the upstream's side (inherited from its listener), so that what it
+  // manages to write measures what Ferry holds, not how far this kernel autotuned the upstream.
+  if (sendBuffer) {
+    assert.equal(
+      setLoopbackListenerBuffers((listener.addr as Deno.NetAddr).port, sendBuffer),
+      1,
+      "the upstream's buffers were set (needs --allow-ffi)",
+    );
+  }
   const state = { written: 0, closedAt: 0, conns: [] as Deno.Conn[] };
   (async () => {
     for await (const conn of listener) {
@@ -103,6 +114,82 @@ clusters:
 async function waitFor(check: () => boolean, ms: number): Promise<void> {
   const end = performance.now() + ms;
   while (!check() && performance.now() < end) await new Promise((r) => setTimeout(r, 100));
+}
+
+/**
+ * A raw client in Python, whose receive buffer can be fixed before it connects (Deno's cannot):
+ * sends one GET, reads `MiB` bytes, prints how many, then reads nothing until killed.
+ */
+const STALLING_CLIENT = `
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+s.connect(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"GET /big HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n")
+got = 0
+while got < 1048576:
+    b = s.recv(65536)
+    if not b: break
+    got += len(b)
+print(got, flush=True)
+sys.stdin.read()
+`;
+
+/**
+ * The bound docs/connections.md states for what Ferry itself holds for a client that reads
+ * nothing, with the guard: its send buffer to the client (tcp_wmem's max, 4 MiB here), its
+ * receive buffers from the upstream and from the hop (autotuned, 0.1-2.7 MiB each measured),
+ * Deno.serve's 128 KiB on the hop and about 1 MiB in streams. Measured 5.0-6.7 MiB (4.5-5.7
+ * without the guard); before the hop's buffers were fixed, 9.0-9.4 MiB.
+ */
+const FERRY_HOLDS_AT_MOST = 8 * MiB;
+
+for (const guard of [true, false]) {
+  Deno.test({
+    name: `a client that reads nothing: Ferry holds at most ${FERRY_HOLDS_AT_MOST / MiB} MiB ` +
+      `of the download, peers' buffers fixed (guard ${guard})`,
+    sanitizeResources: false,
+    sanitizeOps: false,
+    fn: async () => {
+      const python = await requirePeer("python3-websockets");
+      // The upstream's and the client's own buffers are fixed at 128 KiB each (the kernel
+      // doubles the 64 KiB asked), so nearly all the upstream wrote beyond what the client
+      // read sits in Ferry: its socket buffers and its streams.
+      const up = startCountingUpstream(64 * MiB, 64 * 1024);
+      const file = await stallConfig(up.url, { guard });
+      const ferry = await spawnFerry(["--config", file]);
+      const client = new Deno.Command(python, {
+        args: ["-c", STALLING_CLIENT, new URL(ferry.listeners.get("public")!).port],
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "inherit",
+      }).spawn();
+      try {
+        const out = client.stdout.pipeThrough(new TextDecoderStream()).getReader();
+        const got = Number((await out.read()).value?.trim());
+        assert.ok(got >= MiB, `the client read ${got} bytes`);
+        const pulled = await settled(() => up.state.written, 1500, 20_000);
+        const held = pulled - got;
+        console.log(
+          `upstream wrote ${(pulled / MiB).toFixed(1)} MiB; Ferry and the fixed ` +
+            `peer buffers hold ${(held / MiB).toFixed(1)} MiB`,
+        );
+        // The upstream's and the client's fixed buffers (256 KiB together) are not Ferry's.
+        assert.ok(
+          held <= FERRY_HOLDS_AT_MOST + 256 * 1024,
+          `${(held / MiB).toFixed(1)} MiB held between the upstream and the client`,
+        );
+        out.releaseLock();
+      } finally {
+        client.kill("SIGKILL");
+        await client.status;
+        await client.stdout.cancel().catch(() => {});
+        ferry.child.kill("SIGTERM");
+        await ferry.child.status;
+        up.close();
+      }
+    },
+  });
 }
 
 for (const guard of [true, false]) {

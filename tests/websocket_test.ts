@@ -12,6 +12,7 @@ import {
   startUpstream,
   type Upstream,
 } from "./helpers.ts";
+import { makeTestCerts } from "./fixtures/certs.ts";
 
 const CONFIG = catchAllConfig("server: { websocket_max_buffer: 1048576 }\n");
 
@@ -148,9 +149,10 @@ function closedEvent(ws: WebSocket, ms = 10_000): Promise<CloseEvent> {
 
 async function withFerry(
   fn: (ctx: ReturnType<typeof startWsUpstream> & { url: string; port: number }) => Promise<void>,
+  config = CONFIG,
 ) {
   const u = startWsUpstream();
-  const px = startFerry(CONFIG, { UP: u.up.url });
+  const px = startFerry(config, { UP: u.up.url });
   try {
     await fn({ ...u, url: px.url, port: px.port });
   } finally {
@@ -324,8 +326,10 @@ function maskedTextFrame(text: string): Uint8Array {
   return frame;
 }
 
+// Without the guard frames are relayed between two Deno WebSockets, with a bounded send buffer.
 Deno.test({
-  name: "a client that never reads is closed (1008 to it, 4008 upstream) instead of buffering",
+  name:
+    "no guard: a client that never reads is closed (1008 to it, 4008 upstream) instead of buffering",
   fn: async () => {
     await withFerry(async ({ port, closeOn, flood }) => {
       // A hand-made handshake, then this client never reads again.
@@ -359,6 +363,171 @@ Deno.test({
           conn.close();
         } catch { /* closed by the reader */ }
       }
-    });
+    }, catchAllConfig("server: { websocket_max_buffer: 1048576, connection_guard: false }\n"));
   },
+});
+
+// Behind the guard the tunnel holds no send buffer: the upstream is held back by TCP, and the
+// send timeout ends a client that reads nothing.
+Deno.test({
+  name: "a client that never reads holds the upstream back and is dropped after send_timeout",
+  fn: async () => {
+    await withFerry(async ({ port, closeOn, flood }) => {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      try {
+        await conn.write(new TextEncoder().encode(
+          "GET /flood HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        ));
+        const buf = new Uint8Array(512);
+        const n = await conn.read(buf);
+        assert.match(new TextDecoder().decode(buf.subarray(0, n ?? 0)), /^HTTP\/1\.1 101/);
+        const t0 = performance.now();
+        await conn.write(maskedTextFrame("go"));
+        const seen = await closeOn("/flood", 20_000);
+        const took = seen.at - t0;
+        console.log(
+          `flood closed after ${took.toFixed(0)} ms, upstream had sent ` +
+            `${(flood.sent / 1024 / 1024).toFixed(1)} MiB`,
+        );
+        assert.equal(seen.code, 1001);
+        assert.match(seen.reason, /client took no data for 2000 ms/);
+        assert.ok(took >= 1500, `closed after ${took.toFixed(0)} ms, before send_timeout`);
+        assert.ok(flood.sent < 64 * 1024 * 1024, "the upstream was not held back");
+      } finally {
+        try {
+          conn.close();
+        } catch { /* closed */ }
+      }
+    }, catchAllConfig("server: { send_timeout: 2s }\n"));
+  },
+});
+
+/** A masked client close frame with `code` and `reason` (RFC 6455 5.5.1). */
+function maskedCloseFrame(code: number, reason: string): Uint8Array {
+  const text = new TextEncoder().encode(reason);
+  const payload = new Uint8Array([code >> 8, code & 0xff, ...text]);
+  const mask = crypto.getRandomValues(new Uint8Array(4));
+  const frame = new Uint8Array(6 + payload.length);
+  frame.set([0x88, 0x80 | payload.length, ...mask]);
+  payload.forEach((b, i) => frame[6 + i] = b ^ mask[i % 4]!);
+  return frame;
+}
+
+// Deno's client WebSocket cannot send 1001, 1008 or 1011: over the h1 codec's byte tunnel the
+// client's own close frame reaches the upstream as it was sent.
+Deno.test("close codes 1001, 1008 and 1011 arrive upstream as the client sent them", async () => {
+  await withFerry(async ({ port, closeOn }) => {
+    for (const code of [1001, 1008, 1011]) {
+      const path = `/close-${code}`;
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      try {
+        await conn.write(new TextEncoder().encode(
+          `GET ${path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        ));
+        const head = new Uint8Array(512);
+        const n = await conn.read(head);
+        assert.match(new TextDecoder().decode(head.subarray(0, n ?? 0)), /^HTTP\/1\.1 101/);
+        await conn.write(maskedCloseFrame(code, `why ${code}`));
+        const seen = await closeOn(path);
+        assert.equal(seen.code, code);
+        assert.equal(seen.reason, `why ${code}`);
+        // The upstream's answering close comes back through the tunnel.
+        assert.equal((await readUntilClose(conn, 10_000)).code, code);
+      } finally {
+        try {
+          conn.close();
+        } catch { /* closed by the reader */ }
+      }
+    }
+  });
+});
+
+Deno.test("subprotocol and permessage-deflate are negotiated end to end (python both ends)", async () => {
+  const py = await requirePeer("python3-websockets");
+  const server = new Deno.Command(py, {
+    args: [new URL("./fixtures/ws_deflate_server.py", import.meta.url).pathname],
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  try {
+    const reader = server.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    const first = await reader.read();
+    const upPort = Number(first.value?.trim());
+    assert.ok(upPort > 0, `python server printed ${first.value}`);
+    const px = startFerry(CONFIG, { UP: `http://127.0.0.1:${upPort}` });
+    try {
+      const script = new URL("./fixtures/ws_deflate_client.py", import.meta.url).pathname;
+      const out = await run("timeout", ["30", py, script, wsUrl(px.url, "/chat")]);
+      assert.equal(out.code, 0, out.stderr);
+      const got = JSON.parse(out.stdout);
+      assert.equal(got.subprotocol, "chat");
+      assert.deepEqual(got.extensions, ["permessage-deflate"]);
+      assert.equal(got.echo_matches, true);
+      assert.equal(got.upstream.subprotocol, "chat");
+      assert.deepEqual(got.upstream.extensions, ["permessage-deflate"]);
+      assert.match(got.upstream.offered, /permessage-deflate/);
+    } finally {
+      await px.close();
+    }
+    reader.releaseLock();
+  } finally {
+    server.kill();
+    await server.status;
+    await server.stdout.cancel().catch(() => {});
+  }
+});
+
+Deno.test("a wss:// (TLS) upstream: the tunnel carries frames and a 1001 close both ways", async () => {
+  const certs = await makeTestCerts();
+  const closes: { code: number; reason: string }[] = [];
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, cert: certs.cert, key: certs.key, onListen() {} },
+    (req) => {
+      const { socket, response } = Deno.upgradeWebSocket(req);
+      socket.onmessage = (e) => socket.send(`tls:${e.data}`);
+      socket.onclose = (e) => closes.push({ code: e.code, reason: e.reason });
+      socket.onerror = () => {};
+      return response;
+    },
+  );
+  const yaml = catchAllConfig().replace(
+    `endpoints: ["{{UP}}"]\n`,
+    `endpoints: ["https://127.0.0.1:${server.addr.port}"]\n    tls: { ca_file: "${certs.caFile}" }\n`,
+  );
+  const px = startFerry(yaml);
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: px.port });
+  try {
+    await conn.write(new TextEncoder().encode(
+      "GET /tls HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    ));
+    const head = new Uint8Array(512);
+    const n = await conn.read(head);
+    assert.match(new TextDecoder().decode(head.subarray(0, n ?? 0)), /^HTTP\/1\.1 101/);
+    await conn.write(maskedTextFrame("hi"));
+    const reply = new Uint8Array(64);
+    const got = await conn.read(reply);
+    // An unmasked text frame: FIN + opcode 1, length 6, "tls:hi".
+    assert.deepEqual([...reply.subarray(0, got ?? 0)], [
+      0x81,
+      6,
+      ...new TextEncoder().encode("tls:hi"),
+    ]);
+    await conn.write(maskedCloseFrame(1001, "bye"));
+    assert.equal((await readUntilClose(conn, 10_000)).code, 1001);
+    const deadline = Date.now() + 10_000;
+    while (closes.length === 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.deepEqual(closes[0], { code: 1001, reason: "bye" });
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed by the reader */ }
+    await px.close();
+    await server.shutdown();
+    await certs.remove();
+  }
 });

@@ -1,7 +1,7 @@
 /**
  * Limits on upgraded connections and on 101 answers: WebSocket frames and messages over the
  * limits get close 1009 (raw-socket fragment abuse, python `websockets`, no-guard listeners),
- * an upstream's oversized message (1011 to the client, 4009 upstream), the tunnel idle timeout, an upstream that refuses the upgrade
+ * an upstream's oversized message (1011 to the client, 1009 upstream), the tunnel idle timeout, an upstream that refuses the upgrade
  * (502 naming its status, flag UPE) and an upstream 101 to a plain request (502, not a tunnel).
  */
 import assert from "node:assert/strict";
@@ -153,10 +153,10 @@ Deno.test({
       assert.equal(close.code, 1009);
       assert.match(close.reason, /message of \d+\+ bytes over the limit of 1048576/);
       assert.ok(after - before < 16 * 1024, `RSS grew by ${after - before} KiB`);
-      // The upstream hears why (Deno's client sends 1000 with the code in the reason).
+      // The upstream hears why, with the code itself (the tunnel writes its own close frame).
       await until("the upstream sees the close", () => closes.length > 0);
-      assert.equal(closes[0]!.code, 1000);
-      assert.match(closes[0]!.reason, /^1009 message of/);
+      assert.equal(closes[0]!.code, 1009);
+      assert.match(closes[0]!.reason, /^message of/);
       await sending;
     } finally {
       try {
@@ -192,7 +192,8 @@ Deno.test("a single frame over websocket_max_frame_bytes gets 1009 at its header
     assert.equal(close.code, 1009);
     assert.match(close.reason, /frame of 5000 bytes over the limit of 4096/);
     await until("the upstream sees the close", () => closes.length > 0);
-    assert.match(closes[0]!.reason, /^1009 /);
+    assert.equal(closes[0]!.code, 1009);
+    assert.match(closes[0]!.reason, /^frame of 5000 bytes/);
   } finally {
     try {
       conn.close();
@@ -247,7 +248,10 @@ for (const guard of [true, false]) {
       assert.equal(out.code, 0, out.stderr);
       assert.deepEqual(JSON.parse(out.stdout), { echo: 1000, closed: 1009 });
       await until("the upstream sees the close", () => closes.length > 0);
-      assert.match(closes[0]!.reason, /^1009 /);
+      // Behind the guard a byte tunnel sends the code itself; without it, Deno's client WebSocket
+      // can send only 1000 and 3000-4999, so the code travels in the reason.
+      if (guard) assert.equal(closes[0]!.code, 1009);
+      else assert.match(closes[0]!.reason, /^1009 /);
     } finally {
       await px.close();
       await up.close();
@@ -255,7 +259,7 @@ for (const guard of [true, false]) {
   });
 }
 
-Deno.test("an upstream message over the limit: upstream closed with 4009, client with 1011", async () => {
+Deno.test("an upstream message over the limit: upstream closed with 1009, client with 1011", async () => {
   const { up, closes } = startWsUpstream();
   const px = startFerry(catchAllConfig(), { UP: up.url });
   try {
@@ -271,7 +275,7 @@ Deno.test("an upstream message over the limit: upstream closed with 4009, client
     assert.equal(closed.code, 1011);
     assert.match(closed.reason, /upstream message over 1048576 bytes/);
     await until("the upstream sees the close", () => closes.length > 0);
-    assert.equal(closes[0]!.code, 4009);
+    assert.equal(closes[0]!.code, 1009);
   } finally {
     await px.close();
     await up.close();
@@ -310,7 +314,8 @@ Deno.test("an idle WebSocket is closed with 1001 after websocket_idle_timeout", 
     assert.match(closed.reason, /idle/);
     assert.ok(took > 1000 && took < 6000, `closed after ${took.toFixed(0)} ms`);
     await until("the upstream sees the close", () => closes.length > 0);
-    assert.match(closes[0]!.reason, /^1001 idle/);
+    assert.equal(closes[0]!.code, 1001);
+    assert.match(closes[0]!.reason, /^idle/);
   } finally {
     await px.close();
     await up.close();
@@ -368,7 +373,8 @@ Deno.test("a WebSocket client that stops reading is dropped after send_timeout",
       `upstream saw ${closes[0]!.code} "${closes[0]!.reason}" after ${took.toFixed(0)} ms`,
     );
     assert.ok(took >= 1500, `closed after ${took.toFixed(0)} ms, before send_timeout`);
-    assert.match(closes[0]!.reason, /^1001 client took no data for 2000 ms/);
+    assert.equal(closes[0]!.code, 1001);
+    assert.match(closes[0]!.reason, /^client took no data for 2000 ms/);
   } finally {
     conn.close();
     await px.close();

@@ -4,6 +4,8 @@
  * permissions); the upstream and curl are outside it. Linux only (/proc).
  *
  *     deno run -A bench/tools/h1_rss.ts            # TRANSPORT=fetch to compare
+ *
+ * GUARD=false runs Ferry without the connection guard; V8_FLAGS passes --v8-flags to Ferry.
  */
 import { spawnFerry, tempConfig } from "../../tests/helpers.ts";
 
@@ -37,13 +39,21 @@ const upstream = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, a
 });
 
 const file = await tempConfig(`listeners: [{ name: public, address: "127.0.0.1:0" }]
-server: { max_body_bytes: 0 }
+server: { max_body_bytes: 0, connection_guard: ${Deno.env.get("GUARD") ?? "true"} }
 routes: [{ name: all, cluster: up }]
 clusters: [{ name: up, endpoints: ["http://127.0.0.1:${upstream.addr.port}"], transport: ${
   Deno.env.get("TRANSPORT") ?? "h1"
 } }]
 `);
-const ferry = await spawnFerry(["--config", file]);
+// V8_FLAGS="--max-semi-space-size=1" tries V8 settings on the Ferry process.
+const v8Flags = Deno.env.get("V8_FLAGS");
+const ferry = await spawnFerry(
+  ["--config", file],
+  {},
+  1,
+  [],
+  v8Flags ? [`--v8-flags=${v8Flags}`] : [],
+);
 const base = ferry.listeners.get("public")!;
 const pid = ferry.child.pid;
 
@@ -68,6 +78,7 @@ await Deno.remove(upload);
 clearInterval(sampler);
 console.log(JSON.stringify({
   transport: Deno.env.get("TRANSPORT") ?? "h1",
+  guard: Deno.env.get("GUARD") ?? "true",
   downloaded: Number(down),
   rss_at_start_mib: +(atStart / 1024).toFixed(1),
   rss_before_mib: +(before / 1024).toFixed(1),

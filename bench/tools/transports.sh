@@ -21,7 +21,7 @@ listeners:
   - { name: default, address: "127.0.0.1:{PORT}" }
 log: { level: warn }
 routes:
-  - { name: default, cluster: upstream, timeout: 30000 }
+  - { name: default, cluster: upstream, timeout: 30s }
 clusters:
   - name: upstream
     endpoints: ["{UPSTREAM}"]

@@ -30,6 +30,7 @@ type Level = typeof LEVELS[number];
  * - `PROXY_UPSTREAM_ADDRS`: comma-separated `host:port` or URLs: cluster "upstream", served by
  *   the catch-all route "default" (default http://127.0.0.1:8080)
  * - `PROXY_METRICS_ADDR`: `admin.address` (no admin listener when unset)
+ * - `PROXY_WORKERS`: `server.workers`, a number or `auto` (default 1)
  * - `PROXY_REQUEST_TIMEOUT_MS`: the route timeout in milliseconds (default 30000)
  * - `PROXY_LOG_LEVEL`, else `RUST_LOG`: debug, info, warn or error (trace is read as debug,
  *   off as error)
@@ -80,6 +81,17 @@ export function configFromEnv(env: Record<string, string | undefined>): LoadResu
       level = parsed;
     }
   }
+  const workersText = get("PROXY_WORKERS");
+  const workers = workersText === undefined || workersText === "auto"
+    ? workersText
+    : Number(workersText);
+  if (workersText !== undefined && workersText !== "auto" && !/^\d+$/.test(workersText)) {
+    issue(
+      "PROXY_WORKERS",
+      "expected a whole number of workers >= 1, such as 2, or auto",
+      workersText,
+    );
+  }
   if (errors.length > 0) return { ok: false, errors };
 
   const metrics = get("PROXY_METRICS_ADDR");
@@ -87,6 +99,7 @@ export function configFromEnv(env: Record<string, string | undefined>): LoadResu
     listeners: [{ name: "default", address: listen ?? ENV_DEFAULTS.PROXY_LISTEN_ADDR }],
     ...(metrics !== undefined ? { admin: { address: metrics } } : {}),
     log: { level },
+    ...(workers !== undefined ? { server: { workers } } : {}),
     routes: [{ name: "default", cluster: "upstream", timeout: `${timeout}ms` }],
     clusters: [{ name: "upstream", endpoints }],
   };
@@ -102,6 +115,7 @@ function variableFor(path: readonly PathSegment[], levelVar: string): string {
   if (top === "listeners") return "PROXY_LISTEN_ADDR";
   if (top === "clusters" && field === "endpoints") return "PROXY_UPSTREAM_ADDRS";
   if (top === "admin") return "PROXY_METRICS_ADDR";
+  if (top === "server") return "PROXY_WORKERS";
   if (top === "routes" && field === "timeout") return "PROXY_REQUEST_TIMEOUT_MS";
   if (top === "log") return levelVar;
   return formatPath(path);

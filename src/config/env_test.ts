@@ -109,3 +109,18 @@ Deno.test("levelFromRustLog() reads the global directive, else the most verbose"
   assert.ok(viaProxyVar?.ok);
   assert.equal(viaProxyVar.config.log.level, "warn");
 });
+
+Deno.test("PROXY_WORKERS sets server.workers; a value that is not a whole number names the variable", () => {
+  const ok = configFromEnv({ PROXY_UPSTREAM_ADDRS: "127.0.0.1:9000", PROXY_WORKERS: "2" });
+  assert.ok(ok?.ok);
+  assert.equal(ok.config.server.workers, 2);
+  const unset = configFromEnv({ PROXY_UPSTREAM_ADDRS: "127.0.0.1:9000" });
+  assert.ok(unset?.ok);
+  assert.equal(unset.config.server.workers, undefined);
+  const auto = configFromEnv({ PROXY_UPSTREAM_ADDRS: "127.0.0.1:9000", PROXY_WORKERS: "auto" });
+  assert.ok(auto?.ok);
+  assert.equal(auto.config.server.workers, "auto");
+  const bad = configFromEnv({ PROXY_UPSTREAM_ADDRS: "127.0.0.1:9000", PROXY_WORKERS: "two" });
+  assert.ok(bad && !bad.ok);
+  assert.match(JSON.stringify(bad.errors), /PROXY_WORKERS/);
+});

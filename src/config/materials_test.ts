@@ -36,7 +36,7 @@ routes: [{ name: r, direct_response: { status: 200 } }]
     return text;
   };
   const ok = readMaterials(cfg, { readTextFile, env: (n) => n === "NOPE" ? "set" : undefined });
-  assert.deepEqual(ok.listenerTls.get("tls"), { cert: "CERT", key: "KEY" });
+  assert.deepEqual(ok.listenerTls.get("tls"), { cert: "CERT", key: "KEY", sni: [] });
   assert.equal(ok.adminToken, "0123456789abcdef0123");
   assert.equal(ok.storeFiles.get("pw.txt"), "secret");
   assert.equal(ok.storeFiles.get("ca.pem"), "CA");

@@ -624,6 +624,12 @@ export const ServerSchema = z.strictObject({
   /** Reload when the config file changes (debounced); SIGHUP and POST /reload always work. */
   watch_config: z.boolean().default(true),
   /**
+   * Isolates serving the listeners, sharing each port with SO_REUSEPORT (docs/design.md,
+   * "Workers"). Default: the CPUs this process may use. 1 serves everything in one isolate.
+   * Read at start; a reload does not change it.
+   */
+  workers: z.union([z.number().int().min(1).max(256), z.literal("auto")]).optional(),
+  /**
    * Accept TCP/TLS in Ferry's own connection guard (header and idle timeouts, connection caps)
    * in front of Deno.serve; false serves Deno.serve directly, without those protections.
    */

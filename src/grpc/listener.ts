@@ -37,6 +37,8 @@ export interface GrpcListenerOptions {
   /** `server.max_connections` / `max_connections_per_ip`, read at every accept. */
   readonly caps: () => ConnectionCaps;
   readonly onAcceptError?: (reason: AcceptErrorReason) => void;
+  /** Share the port with other workers (SO_REUSEPORT; server.workers > 1). */
+  readonly reusePort?: boolean;
 }
 
 export class GrpcListener {
@@ -67,7 +69,11 @@ export class GrpcListener {
         tls: plan.tls,
         alpnProtocols: ["h2"],
       }) as unknown as Deno.Listener
-      : Deno.listen({ hostname: plan.hostname, port: plan.port });
+      : Deno.listen({
+        hostname: plan.hostname,
+        port: plan.port,
+        ...(opts.reusePort ? { reusePort: true } : {}),
+      });
     const l = new GrpcListener(listener, log, opts.caps);
     const addr = listener.addr as Deno.NetAddr;
     log.info("listening", {

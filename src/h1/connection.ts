@@ -188,6 +188,8 @@ export interface Exchange {
   readonly signal: AbortSignal;
   /** Called when the signal aborts while the exchange is in progress. */
   readonly abortError: () => unknown;
+  /** The Response carries no headers; the caller reads them from h1ResponseParts. */
+  readonly headersOutOfBand?: boolean | undefined;
 }
 
 /**
@@ -376,6 +378,9 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
           }
           finish();
         }, fail);
+        if (!responseParts.has(response)) {
+          responseParts.set(response, { headers: head.headers, whole: undefined });
+        }
         settled = true;
         resolve(response);
       } catch (err) {
@@ -390,7 +395,23 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
   });
 }
 
-/** The Response for a parsed head; its body streams from the connection. */
+/**
+ * What the codec knows about a Response it made: the head's header lines as they came (in order,
+ * repeats kept) and, for a body that came whole with its head, its bytes, so the forwarding path
+ * can pass them on without building a stream or reading the headers back out of a Headers object.
+ */
+export interface H1ResponseParts {
+  readonly headers: readonly [string, string][];
+  readonly whole: Uint8Array<ArrayBuffer> | undefined;
+}
+const responseParts = new WeakMap<Response, H1ResponseParts>();
+
+/** The codec's parts of `res`; undefined for a Response the codec did not make. */
+export function h1ResponseParts(res: Response): H1ResponseParts | undefined {
+  return responseParts.get(res);
+}
+
+/** The Response for a parsed head; its body streams from the connection (or came with the head). */
 function makeResponse(
   c: H1Connection,
   head: ResponseHead,
@@ -399,7 +420,11 @@ function makeResponse(
   fail: () => void,
 ): Response {
   // Pairs, not a Headers object: Response would copy (and validate) a Headers object again.
-  const init = { status: head.status, statusText: head.reason, headers: head.headers };
+  // Without headers when the caller reads them from h1ResponseParts: validating every line into
+  // a Headers object nobody reads is a good part of a small exchange's cost.
+  const init = x.headersOutOfBand
+    ? { status: head.status, statusText: head.reason }
+    : { status: head.status, statusText: head.reason, headers: head.headers };
   if (head.framing === Framing.None) {
     complete();
     return new Response(null, init);
@@ -412,7 +437,9 @@ function makeResponse(
       const bytes = c.buf.slice(c.start, c.start + remaining);
       c.start += remaining;
       complete();
-      return new Response(remaining === 0 ? null : bytes, init);
+      const res = new Response(remaining === 0 ? null : bytes, init);
+      responseParts.set(res, { headers: head.headers, whole: remaining === 0 ? undefined : bytes });
+      return res;
     }
     return new Response(
       bodyStream(x, fail, async (ctl) => {

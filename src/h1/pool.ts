@@ -25,6 +25,8 @@ export interface EndpointPoolStats {
   readonly waiting: number;
   readonly opened: number;
   readonly reused: number;
+  /** Upgraded connections (WebSocket tunnels) open now; outside the pool's limits. */
+  readonly tunnels: number;
 }
 
 interface Waiter {
@@ -53,6 +55,7 @@ export class EndpointPool implements ConnectionOwner {
   #sweeper: ReturnType<typeof setInterval> | undefined;
   opened = 0;
   reused = 0;
+  tunnels = 0;
 
   constructor(readonly origin: string, readonly opts: H1PoolOptions) {
     const url = new URL(origin);
@@ -69,6 +72,7 @@ export class EndpointPool implements ConnectionOwner {
       waiting: this.#waiters.length,
       opened: this.opened,
       reused: this.reused,
+      tunnels: this.tunnels,
     };
   }
 
@@ -113,6 +117,36 @@ export class EndpointPool implements ConnectionOwner {
   async #connect(): Promise<H1Connection> {
     this.#open++;
     this.opened++;
+    try {
+      return new H1Connection(await this.#dial(), this);
+    } catch (err) {
+      this.#open--;
+      this.#serveWaiter();
+      throw err;
+    }
+  }
+
+  /**
+   * A connection of its own for an upgrade (WebSocket): never pooled, and not counted against
+   * the pool's limits, so long-lived tunnels do not starve requests. `done` once it is closed.
+   */
+  async dialTunnel(): Promise<{ conn: Deno.Conn; done: () => void }> {
+    if (this.#closed) throw new Error("the cluster was closed");
+    const conn = await this.#dial();
+    this.tunnels++;
+    let done = false;
+    return {
+      conn,
+      done: () => {
+        if (done) return;
+        done = true;
+        this.tunnels--;
+      },
+    };
+  }
+
+  /** A socket to the endpoint (TLS when https), within the connect timeout. */
+  async #dial(): Promise<Deno.Conn> {
     const ctl = new AbortController();
     let handshaking: Deno.TlsConn | undefined;
     // The timeout covers the TLS handshake too: closing the socket ends a handshake that hangs.
@@ -159,8 +193,6 @@ export class EndpointPool implements ConnectionOwner {
         } else conn = tcp;
       }
     } catch (err) {
-      this.#open--;
-      this.#serveWaiter();
       // An upstream identity that does not match has its own kind and flag (UI).
       if (err instanceof ProxyError) throw err;
       throw new ConnectError(
@@ -173,7 +205,7 @@ export class EndpointPool implements ConnectionOwner {
     } finally {
       clearTimeout(timer);
     }
-    return new H1Connection(conn, this);
+    return conn;
   }
 
   /** A waiter gets a new connection when one closed below the limit. */

@@ -17,6 +17,7 @@ import {
   UpstreamClosed,
 } from "./connection.ts";
 import { H1ProtocolError } from "./parse.ts";
+import { NotUpgraded, type Upgraded, upgradeWebSocket } from "./upgrade.ts";
 import { ConnectError, EndpointPool, type EndpointPoolStats, type H1PoolOptions } from "./pool.ts";
 
 export type { H1PoolOptions } from "./pool.ts";
@@ -87,6 +88,7 @@ export class H1Transport implements Transport {
           body,
           signal: r.signal,
           abortError,
+          headersOutOfBand: r.headersOutOfBand,
         });
       } catch (err) {
         // The keep-alive race: sent once more, on a new connection, if nothing was lost.
@@ -97,6 +99,31 @@ export class H1Transport implements Transport {
         }
         throw err;
       }
+    }
+  }
+
+  /**
+   * A WebSocket handshake on a connection of its own; resolves with the upgraded socket after a
+   * real 101. Failures are ProxyErrors (a refusal names the upstream's status).
+   */
+  async upgrade(
+    url: string,
+    headers: readonly [string, string][],
+    signal: AbortSignal,
+  ): Promise<Upgraded> {
+    const slash = url.indexOf("/", url.indexOf("//") + 2);
+    const origin = slash === -1 ? url : url.slice(0, slash);
+    const target = slash === -1 ? "/" : url.slice(slash);
+    try {
+      return await upgradeWebSocket(this.#pool(origin), target, headers, signal);
+    } catch (err) {
+      if (err instanceof NotUpgraded) {
+        throw new ProxyError(
+          "upstream_protocol_error",
+          `WebSocket upstream ${origin} ${err.message}`,
+        );
+      }
+      throw toUpstreamError(err, signal);
     }
   }
 

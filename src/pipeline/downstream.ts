@@ -4,6 +4,35 @@
  * from the upstream instead of filling the loopback socket pair behind the guard, and how the
  * guard asks an upgraded connection (WebSocket) to close with a code.
  */
+/** How a byte tunnel writes to its client through the guard. */
+export interface TunnelClient {
+  /** Writes to the client; the guard's send timeout watches the write. */
+  write(bytes: Uint8Array): Promise<void>;
+  /** Nothing more for the client: half-close, dropped after a grace period if it lingers. */
+  finish(): void;
+}
+
+/**
+ * An upgraded connection joined byte for byte to its upstream socket (WebSocket over the h1
+ * codec, src/upstream/ws_tunnel.ts). The handler sets it on the link before its 101 goes out; the
+ * guard then sends the client's bytes to it and, once Deno.serve's 101 head has reached the
+ * client, starts it.
+ */
+export interface ByteTunnel {
+  /** Where Deno.serve's 101 head ends in bytes on their way to the client; -1: not here. */
+  headEnd(buf: Uint8Array, n: number): number;
+  /** Starts relaying the upstream's bytes to the client; resolves once the upstream side ends. */
+  start(client: TunnelClient): Promise<void>;
+  /** The client's bytes, in order, after the guard's frame limits. */
+  fromClient(bytes: Uint8Array): Promise<void>;
+  /** The client closed its side. */
+  clientEnded(): void;
+  /** Called by the guard's sweep: an upstream write blocked past the send timeout ends it. */
+  sweep(now: number, sendTimeoutMs: number): void;
+  /** The connection is gone. */
+  close(): void;
+}
+
 export class DownstreamLink {
   /** The connection speaks HTTP/2 (set by the guard before a request is handed on). */
   h2 = false;
@@ -17,6 +46,8 @@ export class DownstreamLink {
   lastMessageAt = 0;
   /** Set by the WebSocket relay: closes both sides with this code (client) and reason. */
   closeTunnel: ((code: number, reason: string) => void) | undefined;
+  /** Set by the WebSocket proxy when the upgraded connection is a byte tunnel. */
+  tunnel: ByteTunnel | undefined;
   /** Requests whose relay gave up (see RequestTicket.abandoned) and that are not done yet. */
   abandoned = 0;
   /** Set by the guard: a request was abandoned. */
@@ -47,6 +78,7 @@ export class DownstreamLink {
   close(): void {
     this.closed = true;
     this.closeTunnel = undefined;
+    this.tunnel?.close();
     this.#wake();
   }
 

@@ -25,7 +25,7 @@
  * CLOSED that fails after the breaker went HALF_OPEN is not mistaken for a probe result.
  * Without a permit, a result is attributed to the current state.
  *
- * Sharing between isolates (not yet wired): every isolate must build its store with the same
+ * Sharing between isolates (`server.workers`, src/workers/shared_memory.ts): every isolate must build its store with the same
  * `slots` and config over the same buffer (see `BreakerStore.byteLength`). State changes are
  * made with `Atomics.compareExchange`, so each transition is won, and reported to its
  * listener, by exactly one isolate; probe and failure counters use `Atomics.add`. Timestamps
@@ -161,6 +161,8 @@ export interface BreakerStoreOptions {
    * bytes means every breaker CLOSED with empty counters.
    */
   readonly buffer?: ArrayBufferLike;
+  /** Where in `buffer` the store starts (a multiple of 8), for stores sharing one arena. */
+  readonly byteOffset?: number;
 }
 
 /** Snapshot of one breaker for admin pages and tests; allocates, so not for the hot path. */
@@ -232,17 +234,18 @@ export class BreakerStore {
     this.config = resolveBreakerConfig(config);
     const bytes = BreakerStore.byteLength(slots, this.config);
     const buffer = options.buffer ?? new ArrayBuffer(bytes);
-    if (buffer.byteLength < bytes) {
+    const offset = options.byteOffset ?? 0;
+    if (buffer.byteLength - offset < bytes) {
       throw new RangeError(
         `Cannot create circuit breaker as 'buffer' must hold at least ${bytes} bytes: ` +
-          `current value 'buffer.byteLength=${buffer.byteLength}'`,
+          `current value 'buffer.byteLength=${buffer.byteLength - offset}'`,
       );
     }
     this.slots = slots;
     this.buffer = buffer;
     this.#is = int32Stride(this.config);
-    this.#f64 = new Float64Array(buffer, 0, slots * F_STRIDE);
-    this.#i32 = new Int32Array(buffer, slots * F_STRIDE * 8, slots * this.#is);
+    this.#f64 = new Float64Array(buffer, offset, slots * F_STRIDE);
+    this.#i32 = new Int32Array(buffer, offset + slots * F_STRIDE * 8, slots * this.#is);
     this.#now = options.now ?? Date.now;
     this.#listener = options.onTransition;
     this.#rate = this.config.mode === "rate";

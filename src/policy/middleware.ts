@@ -8,6 +8,7 @@ import type { RateLimitConfig, RouteConfig } from "../config/schema.ts";
 import type { CallFacts, PolicyLayer } from "../pipeline/types.ts";
 import { ProxyError } from "../pipeline/errors.ts";
 import { KeyedTokenBuckets, type RateDecision, TokenBucketStore } from "./token_bucket.ts";
+import type { SharedRegion } from "../workers/shared_memory.ts";
 import { RedisLeaseBackend, type SharedLimiterDeps, SharedRateLimit } from "./redis_limiter.ts";
 
 /** A compiled limiter: one scope, its buckets, and how a request maps to its key. */
@@ -27,6 +28,8 @@ export function compileLimiters(
   configs: readonly RateLimitConfig[],
   /** Needed by limiters with a `redis` store. */
   shared?: (c: RateLimitConfig) => SharedLimiterDeps,
+  /** Process-wide memory for the buckets (server.workers > 1), by size; else the isolate's. */
+  memory?: (bytes: number) => SharedRegion | undefined,
 ): Map<string, Limiter> {
   const out = new Map<string, Limiter>();
   for (const c of configs) {
@@ -34,11 +37,18 @@ export function compileLimiters(
     const policyHeader = `"${c.name}";q=${c.burst};w=${windowS}`;
     const bucketCfg = { rate: c.rate, burst: c.burst };
     let local: (key: string, at: number) => RateDecision;
+    const inRegion = (bytes: number) => {
+      const region = memory?.(bytes);
+      return region ? { buffer: region.buffer, byteOffset: region.byteOffset } : {};
+    };
     if (c.scope === "global") {
-      const store = new TokenBucketStore(1, bucketCfg);
+      const store = new TokenBucketStore(1, bucketCfg, inRegion(TokenBucketStore.byteLength(1)));
       local = (_key, at) => store.take(0, 1, at);
     } else {
-      const buckets = new KeyedTokenBuckets({ ...bucketCfg, maxKeys: c.max_keys });
+      const buckets = new KeyedTokenBuckets(
+        { ...bucketCfg, maxKeys: c.max_keys },
+        inRegion(KeyedTokenBuckets.byteLength(c.max_keys)),
+      );
       local = (key, at) => buckets.take(key, 1, at);
     }
     let keyed: (key: string, at: number) => RateDecision | Promise<RateDecision> = local;

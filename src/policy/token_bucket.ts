@@ -20,11 +20,23 @@
  * The result object is reused: `take` overwrites and returns the store's `decision` unless
  * the caller passes its own `out`. Read it before the next call. Nothing allocates per call.
  *
- * Sharing between isolates (not yet wired): a take is a read-modify-write of one float and
- * is not atomic, so isolates racing on one key can each grant the last token.
+ * Sharing between isolates (`server.workers`, src/workers/shared_memory.ts): over a
+ * `SharedArrayBuffer` every take runs under a spin lock kept in the same memory (an
+ * `Atomics.compareExchange` on one int), so isolates racing on one key never both get the last
+ * token. A lock held longer than `LOCK_SPINS` tries (its holder was terminated mid-take) is taken
+ * over. Over a plain `ArrayBuffer` nothing locks.
  */
 
 const DEFAULT_MAX_KEYS = 65_536;
+
+/** Tries before a lock is taken over from an isolate that died holding it (about a ms). */
+const LOCK_SPINS = 1 << 20;
+
+function lock(i32: Int32Array, at: number): void {
+  for (let spins = 0; Atomics.compareExchange(i32, at, 0, 1) !== 0; spins++) {
+    if (spins >= LOCK_SPINS) return;
+  }
+}
 
 /** Float rounding tolerance in comparisons, in ms. */
 export const EPSILON_MS = 1e-3;
@@ -61,6 +73,8 @@ export interface TokenBucketOptions {
   readonly now?: () => number;
   /** Memory to keep state in, at least `byteLength(...)` bytes; used as found. */
   readonly buffer?: ArrayBufferLike;
+  /** Where in `buffer` the state starts (a multiple of 8), for stores sharing one arena. */
+  readonly byteOffset?: number;
 }
 
 function fail(name: string, rule: string, v: unknown): never {
@@ -118,7 +132,8 @@ export class TokenBucketStore {
     if (!Number.isInteger(slots) || slots < 0 || slots > 1 << 24) {
       fail("slots", "an integer in [0, 16777216]", slots);
     }
-    return slots * 8;
+    // One more 8-byte word: the lock, when the buffer is shared.
+    return slots * 8 + 8;
   }
 
   readonly slots: number;
@@ -127,6 +142,8 @@ export class TokenBucketStore {
   /** The reused result of `take`. */
   readonly decision: RateDecision = newDecision();
   readonly #tat: Float64Array;
+  /** The lock word, when the buffer is shared between isolates. */
+  readonly #lock: Int32Array | undefined;
   readonly #interval: number;
   readonly #tau: number;
   readonly #now: () => number;
@@ -135,11 +152,17 @@ export class TokenBucketStore {
     validate(config);
     const bytes = TokenBucketStore.byteLength(slots);
     const buffer = options.buffer ?? new ArrayBuffer(bytes);
-    if (buffer.byteLength < bytes) fail("buffer.byteLength", `>= ${bytes}`, buffer.byteLength);
+    const offset = options.byteOffset ?? 0;
+    if (buffer.byteLength - offset < bytes) {
+      fail("buffer.byteLength", `>= ${bytes}`, buffer.byteLength - offset);
+    }
     this.slots = slots;
     this.config = Object.freeze({ rate: config.rate, burst: config.burst });
     this.buffer = buffer;
-    this.#tat = new Float64Array(buffer, 0, slots);
+    this.#tat = new Float64Array(buffer, offset, slots);
+    this.#lock = buffer instanceof SharedArrayBuffer
+      ? new Int32Array(buffer, offset + slots * 8, 1)
+      : undefined;
     this.#interval = 1000 / config.rate;
     this.#tau = config.burst * this.#interval;
     this.#now = options.now ?? Date.now;
@@ -160,7 +183,10 @@ export class TokenBucketStore {
       throw new RangeError(`bucket slot must be an integer in [0, ${this.slots}): got ${slot}`);
     }
     if (n !== 1) checkN(n);
+    const shared = this.#lock;
+    if (shared) lock(shared, 0);
     gcra(this.#tat, slot, at ?? this.#now(), n, this.#interval, this.#tau, out);
+    if (shared) Atomics.store(shared, 0, 0);
     return out;
   }
 
@@ -215,9 +241,11 @@ export class KeyedTokenBuckets {
   /** Live keys pushed out by new keys because their whole set was live (a metric). */
   evictions = 0;
   readonly #tat: Float64Array;
-  /** (hi, lo) fingerprint per entry, (0, 0) when empty; then [seed, size]. */
+  /** (hi, lo) fingerprint per entry, (0, 0) when empty; then [seed, size, lock]. */
   readonly #i32: Int32Array;
   readonly #sizeAt: number;
+  /** Index of the lock word in `#i32` when the buffer is shared; -1 when it is not. */
+  readonly #lockAt: number;
   readonly #ways: number;
   readonly #sets: number;
   readonly #seed: number;
@@ -231,19 +259,26 @@ export class KeyedTokenBuckets {
     const capacity = KeyedTokenBuckets.#capacityFor(maxKeys);
     const bytes = 16 + capacity * 16;
     const buffer = options.buffer ?? new ArrayBuffer(bytes);
-    if (buffer.byteLength < bytes) fail("buffer.byteLength", `>= ${bytes}`, buffer.byteLength);
+    const offset = options.byteOffset ?? 0;
+    if (buffer.byteLength - offset < bytes) {
+      fail("buffer.byteLength", `>= ${bytes}`, buffer.byteLength - offset);
+    }
     this.config = Object.freeze({ rate: config.rate, burst: config.burst, maxKeys });
     this.capacity = capacity;
     this.buffer = buffer;
-    this.#tat = new Float64Array(buffer, 0, capacity);
-    this.#i32 = new Int32Array(buffer, capacity * 8, 2 * capacity + 4);
+    this.#tat = new Float64Array(buffer, offset, capacity);
+    this.#i32 = new Int32Array(buffer, offset + capacity * 8, 2 * capacity + 4);
     this.#sizeAt = 2 * capacity + 1;
+    this.#lockAt = buffer instanceof SharedArrayBuffer ? 2 * capacity + 2 : -1;
     const seedAt = 2 * capacity;
     this.#ways = Math.min(KeyedTokenBuckets.WAYS, maxKeys);
     this.#sets = capacity / this.#ways;
     // A buffer from another isolate already carries its seed; a fresh one gets a random one.
     if (this.#i32[seedAt] === 0) {
-      this.#i32[seedAt] = crypto.getRandomValues(new Int32Array(1))[0]! | 1;
+      const seed = crypto.getRandomValues(new Int32Array(1))[0]! | 1;
+      // Two isolates building stores over one fresh buffer at once agree on the first seed.
+      if (this.#lockAt < 0) this.#i32[seedAt] = seed;
+      else Atomics.compareExchange(this.#i32, seedAt, 0, seed);
     }
     this.#seed = this.#i32[seedAt]!;
     this.#interval = 1000 / config.rate;
@@ -290,10 +325,16 @@ export class KeyedTokenBuckets {
     const first = Math.floor((h1 >>> 8) * this.#sets * 5.960464477539063e-8) * this.#ways;
     const end = first + this.#ways;
     const i32 = this.#i32;
-    for (let e = first; e < end; e++) {
-      if (i32[2 * e] === h1 && i32[2 * e + 1] === h2) return this.#decide(e, t, n, out);
+    const lockAt = this.#lockAt;
+    if (lockAt >= 0) lock(i32, lockAt);
+    try {
+      for (let e = first; e < end; e++) {
+        if (i32[2 * e] === h1 && i32[2 * e + 1] === h2) return this.#decide(e, t, n, out);
+      }
+      return this.#insert(first, end, h1, h2, t, n, out);
+    } finally {
+      if (lockAt >= 0) Atomics.store(i32, lockAt, 0);
     }
-    return this.#insert(first, end, h1, h2, t, n, out);
   }
 
   /** A new key: its bucket starts full, so reusing a way loses only the victim's debt. */
@@ -333,6 +374,7 @@ export class KeyedTokenBuckets {
   sweep(at?: number): number {
     const t = at ?? this.#now();
     const i32 = this.#i32;
+    if (this.#lockAt >= 0) lock(i32, this.#lockAt);
     let freed = 0;
     for (let e = 0; e < this.capacity; e++) {
       if ((i32[2 * e] !== 0 || i32[2 * e + 1] !== 0) && this.#tat[e]! <= t) {
@@ -343,6 +385,7 @@ export class KeyedTokenBuckets {
       }
     }
     i32[this.#sizeAt]! -= freed;
+    if (this.#lockAt >= 0) Atomics.store(i32, this.#lockAt, 0);
     return freed;
   }
 

@@ -21,7 +21,7 @@ import { decide, identityFromId } from "../policy/authz.ts";
 import { lacksHost } from "./handler.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { errorResponse, ProxyError, type RecentErrors } from "../pipeline/errors.ts";
-import { dashboardStats, type StatsHistory } from "./admin_stats.ts";
+import { dashboardStats, type MetricReader, type StatsHistory } from "./admin_stats.ts";
 import { clustersView } from "./cluster_view.ts";
 import { dashboardHtml } from "./dashboard.ts";
 
@@ -49,6 +49,17 @@ export interface AdminView {
   statsHistory?: StatsHistory;
   /** The bound port: Deno fills `localhost:<port>` into a request that has no Host. */
   port?: () => number | undefined;
+  /**
+   * The process's metrics when workers serve (server.workers > 1): theirs merged with the main
+   * isolate's. Undefined (or resolving undefined): the snapshot's own registry.
+   */
+  metrics?(): Promise<{ text: string; contentType: string }> | undefined;
+  /** GET /clusters when workers serve: the view with their per-request counters summed in. */
+  clusters?(own: ReturnType<typeof clustersView>): Promise<unknown> | undefined;
+  /** Where /stats reads metric values (workers: the process's merged metrics). */
+  readMetric?: MetricReader;
+  /** Test hook: ends a worker as a crash would; undefined unless FERRY_TEST_HOOKS=1. */
+  killWorker?(index: number): boolean | undefined;
 }
 
 const ENDPOINTS = [
@@ -94,7 +105,10 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
     }
     const isReload = url.pathname === "/reload";
     const isConfigWrite = isConfigApi(req.method, url.pathname);
-    if (!isReload && !isConfigWrite && req.method !== "GET" && req.method !== "HEAD") {
+    const isKill = url.pathname === "/debug/kill-worker" && req.method === "POST";
+    if (
+      !isReload && !isConfigWrite && !isKill && req.method !== "GET" && req.method !== "HEAD"
+    ) {
       return json(405, { error: "method not allowed" });
     }
     if (token !== undefined && !OPEN.has(url.pathname) && !authorized(req, token)) {
@@ -108,6 +122,12 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
       });
     }
     if (isReload) return await reload(view, req.method);
+    if (isKill) {
+      // A test hook: there only when Ferry runs with FERRY_TEST_HOOKS=1 and workers.
+      const killed = view.killWorker?.(Number(url.searchParams.get("index")));
+      if (killed === undefined) return json(404, { error: "not found" });
+      return json(killed ? 200 : 404, { killed });
+    }
     if (isConfigWrite) return await configApi(view, req, url.pathname === "/config/validate");
     switch (url.pathname) {
       case "/healthz":
@@ -125,6 +145,12 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
           },
         });
       case "/metrics": {
+        const merged = await view.metrics?.();
+        if (merged) {
+          return new Response(merged.text, {
+            headers: { "content-type": merged.contentType, "cache-control": "no-store" },
+          });
+        }
         const m = view.snapshot().metrics;
         return new Response(await m.expose(), {
           headers: { "content-type": m.contentType, "cache-control": "no-store" },
@@ -137,6 +163,7 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
             view.snapshot(),
             view.recentErrors,
             url.searchParams.has("history") ? view.statsHistory : undefined,
+            ...(view.readMetric ? [view.readMetric] : []),
           ),
         );
       case "/ready": {
@@ -146,8 +173,10 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
           config_version: view.snapshot().version,
         });
       }
-      case "/clusters":
-        return json(200, clustersView(view.snapshot()));
+      case "/clusters": {
+        const own = clustersView(view.snapshot());
+        return json(200, (await view.clusters?.(own)) ?? own);
+      }
       case "/routes":
         return json(200, routesView(view.snapshot()));
       case "/config": {

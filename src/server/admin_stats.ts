@@ -13,6 +13,17 @@ import { NO_RESPONSE } from "../observability/metrics.ts";
 import type { RecentErrors } from "../pipeline/errors.ts";
 import { clustersView } from "./cluster_view.ts";
 
+/**
+ * Where a metric's current values are read: by default the snapshot's own registry; with
+ * `server.workers > 1`, the process's metrics merged from every worker (src/workers/).
+ */
+export type MetricReader = (
+  name: string,
+  own: { get(): Promise<{ values: unknown[] }> },
+) => Promise<{ values: unknown[] }>;
+
+const ownMetrics: MetricReader = (_name, own) => own.get();
+
 /** Cumulative [upper bound in seconds, count] pairs, sorted; the last bound is +Inf. */
 type Buckets = [number, number][];
 
@@ -73,14 +84,21 @@ function addHistValue(
 }
 
 /** Per-route totals since start, by route name (route names are unique in a config). */
-export async function readRouteTotals(s: Snapshot): Promise<Map<string, RouteTotals>> {
+export async function readRouteTotals(
+  s: Snapshot,
+  read: MetricReader = ownMetrics,
+): Promise<Map<string, RouteTotals>> {
   const routes = new Map<string, RouteTotals>();
   const of = (route: string) => {
     let r = routes.get(route);
     if (!r) routes.set(route, r = { route, listeners: [], ...emptyTotals() });
     return r;
   };
-  for (const v of (await s.metrics.downstreamDuration.get()).values as HistValue[]) {
+  for (
+    const v
+      of (await read("ferry_downstream_request_duration_seconds", s.metrics.downstreamDuration))
+        .values as HistValue[]
+  ) {
     const r = of(String(v.labels.route));
     const listener = String(v.labels.listener);
     if (!r.listeners.includes(listener)) r.listeners.push(listener);
@@ -89,7 +107,10 @@ export async function readRouteTotals(s: Snapshot): Promise<Map<string, RouteTot
       else if (v.labels.status_class === "5xx") r.c5xx += n;
     });
   }
-  for (const v of (await s.metrics.rateLimited.get()).values) {
+  for (
+    const v of (await read("ferry_rate_limited_requests_total", s.metrics.rateLimited))
+      .values as HistValue[]
+  ) {
     const r = routes.get(String(v.labels.route));
     if (r) r.c429 += v.value;
   }
@@ -101,9 +122,15 @@ export async function readRouteTotals(s: Snapshot): Promise<Map<string, RouteTot
   return routes;
 }
 
-async function readEndpointTotals(s: Snapshot): Promise<Map<string, EndpointTotals>> {
+async function readEndpointTotals(
+  s: Snapshot,
+  read: MetricReader,
+): Promise<Map<string, EndpointTotals>> {
   const endpoints = new Map<string, EndpointTotals>();
-  for (const v of (await s.metrics.upstreamDuration.get()).values as HistValue[]) {
+  for (
+    const v of (await read("ferry_upstream_request_duration_seconds", s.metrics.upstreamDuration))
+      .values as HistValue[]
+  ) {
     const cluster = String(v.labels.cluster), endpoint = String(v.labels.endpoint);
     const key = `${cluster}\u0000${endpoint}`;
     let e = endpoints.get(key);
@@ -159,12 +186,14 @@ const round = (v: number | null, digits = 6) =>
 export class StatsHistory {
   readonly #samples: { at: number; routes: Map<string, RouteTotals> }[] = [];
   #timer: ReturnType<typeof setInterval> | undefined;
+  #read: MetricReader = ownMetrics;
 
   constructor(readonly stepMs = 5_000, readonly windowMs = 15 * 60_000) {}
 
   /** Samples now and every `stepMs` until `stop()`; the timer does not keep the process alive. */
-  start(snapshot: () => Snapshot): void {
+  start(snapshot: () => Snapshot, read?: MetricReader): void {
     if (this.#timer !== undefined) return;
+    if (read) this.#read = read;
     const sample = () => void this.sample(snapshot()).catch(() => {/* next tick retries */});
     sample();
     const timer = setInterval(sample, this.stepMs);
@@ -178,7 +207,7 @@ export class StatsHistory {
   }
 
   async sample(s: Snapshot, at = Date.now()): Promise<void> {
-    const routes = await readRouteTotals(s);
+    const routes = await readRouteTotals(s, this.#read);
     this.#samples.push({ at, routes });
     while (this.#samples.length > 0 && this.#samples[0]!.at < at - this.windowMs - this.stepMs) {
       this.#samples.shift();
@@ -191,7 +220,7 @@ export class StatsHistory {
    * requests) and the share of 4xx (other than 429), 429 and 5xx answers (null likewise).
    */
   async series(s: Snapshot, now = Date.now()) {
-    const points = [...this.#samples, { at: now, routes: await readRouteTotals(s) }]
+    const points = [...this.#samples, { at: now, routes: await readRouteTotals(s, this.#read) }]
       .filter((p) => p.at >= now - this.windowMs - this.stepMs);
     const at: number[] = [];
     const names = new Set<string>();
@@ -237,9 +266,10 @@ export async function dashboardStats(
   s: Snapshot,
   recent: RecentErrors | undefined,
   history?: StatsHistory,
+  read: MetricReader = ownMetrics,
 ) {
-  const routes = await readRouteTotals(s);
-  const endpointTotals = await readEndpointTotals(s);
+  const routes = await readRouteTotals(s, read);
+  const endpointTotals = await readEndpointTotals(s, read);
   const clusters = clustersView(s).clusters.map((c) => {
     const checked = s.config.clusters.find((x) => x.name === c.name)?.health_check !== undefined;
     return {

@@ -3,6 +3,7 @@
  * state per slot (for /clusters and the dashboard), and which endpoint each slot stands for (for
  * the metrics). Slots follow the cluster's stable endpoint slots.
  */
+import type { SharedRegion } from "../workers/shared_memory.ts";
 import type { BreakerConfigSchema } from "../config/schema.ts";
 import type { Cluster } from "../upstream/cluster.ts";
 import {
@@ -54,12 +55,16 @@ export function breakerStore(
   scope: string,
   log: Logger | undefined,
   metrics: FerryMetrics,
+  /** Process-wide memory for the store (server.workers > 1), by size. */
+  shared?: (bytes: number) => SharedRegion | undefined,
 ): BreakerRecord {
   const perCluster = b.scope === "cluster";
   // Per-endpoint breakers live in the endpoints' stable slots (see `Endpoint.slot`).
   const slots = perCluster ? 1 : cluster.slotCapacity;
   const transitions = new Uint32Array(slots * 3);
+  const region = shared?.(BreakerStore.byteLength(slots, breakerConfig(b)));
   const store = new BreakerStore(slots, breakerConfig(b), {
+    ...(region ? { buffer: region.buffer, byteOffset: region.byteOffset } : {}),
     onTransition: (slot, from, to) => {
       transitions[slot * 3 + to]!++;
       const endpoint = perCluster

@@ -13,6 +13,7 @@ import { FerryMetrics } from "../observability/metrics.ts";
 import { compileSnapshot, type Snapshot } from "./compile.ts";
 import { ConfigProblemsError, readMaterials } from "../config/materials.ts";
 import { prepareParts } from "./registry.ts";
+import type { SharedMemory } from "../workers/shared_memory.ts";
 import { checkTlsMaterials } from "./tls_material.ts";
 
 export type BuildResult =
@@ -33,6 +34,10 @@ export interface BuildOptions {
   readonly metrics?: FerryMetrics;
   /** Reads an environment variable (admin.token_env); default Deno.env.get. */
   readonly env?: (name: string) => string | undefined;
+  /** With `server.workers > 1`: where buckets and breakers keep process-wide state. */
+  readonly sharedMemory?: SharedMemory;
+  /** A worker's snapshot: clusters probe and resolve nothing, they follow the main isolate. */
+  readonly followHealth?: boolean;
 }
 
 /**
@@ -129,6 +134,8 @@ export function compileConfig(cfg: FerryConfig, opts: CompileConfigOptions): Sna
     log: opts.log,
     metrics,
     previous: opts.previous?.parts,
+    sharedMemory: opts.sharedMemory,
+    followHealth: opts.followHealth,
   });
   try {
     return compileSnapshot(cfg, {

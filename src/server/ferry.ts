@@ -1,13 +1,17 @@
 /**
  * A running Ferry: one Deno.serve per listener plus the admin listener, all reading the current
  * snapshot through one reference. Used by main.ts and by the end-to-end tests in-process.
+ *
+ * One piece past 500 lines: binding a listener, a reload's swap (which listeners are kept,
+ * rebound, given new TLS material or retired) and the drain all act on the one table of running
+ * listeners and the snapshot reference; apart, each would reach into the others' state.
  */
 import { type ListenerPlan, type Snapshot, splitAddress } from "./compile.ts";
 import { scrapeSources } from "./registry.ts";
 import { errorFields, type Logger } from "../observability/log.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
 import { adminHandler, type AdminView } from "./admin.ts";
-import { StatsHistory } from "./admin_stats.ts";
+import { type MetricReader, StatsHistory } from "./admin_stats.ts";
 import { errorResponse, ProxyError, RecentErrors } from "../pipeline/errors.ts";
 import { createListenerHandler } from "./handler.ts";
 import { GrpcListener } from "../grpc/listener.ts";
@@ -33,6 +37,38 @@ interface RunningListener {
   updateTls?(tls: ListenerTls): void;
 }
 
+/**
+ * Which part of the process this Ferry is (src/workers/): with `server.workers: 1` one Ferry does
+ * everything (the defaults); with more, the main isolate serves only the admin listener and
+ * reloads with its `peers`, and each worker serves the listeners with `SO_REUSEPORT`.
+ */
+export interface FerryRole {
+  /** Bind the snapshot's listeners. Default true. */
+  readonly listeners?: boolean;
+  /** Serve the admin listener. Default true. */
+  readonly admin?: boolean;
+  /** Bind listeners with `reusePort`, sharing each port with the other workers. */
+  readonly reusePort?: boolean;
+  /** Other isolates that take every reload with this one, or none does. */
+  readonly peers?: ReloadPeers;
+  /** Where the dashboard reads metrics when they are spread over workers (merged). */
+  readonly readMetric?: MetricReader;
+  /** Debug: every response says which worker served it (`x-ferry-worker: <tag>`). */
+  readonly tag?: string;
+}
+
+/** The workers, as the main isolate's reload sees them (src/workers/supervisor.ts). */
+export interface ReloadPeers {
+  /** Every peer compiles `next`'s config; rejects, with every peer's errors, if one cannot. */
+  prepare(next: Snapshot): Promise<void>;
+  /** Every peer switches to what it prepared; rejects naming the peers that failed to. */
+  commit(): Promise<void>;
+  /** Every peer drops what it prepared. */
+  abort(): void;
+  /** Every peer drains within `ms`; resolves whether all finished their requests in time. */
+  drain(ms: number): Promise<boolean>;
+}
+
 /** How long a listener removed by a reload may finish its requests before it is cut. */
 const LISTENER_DRAIN_MS = 30_000;
 
@@ -45,19 +81,21 @@ export class Ferry {
   #adminRoutes: AdminExtras = {};
   #admin: RebindingServer | undefined;
   #state: "ready" | "draining" = "ready";
+  readonly #role: FerryRole;
   /** The last proxy-made errors, for the dashboard. */
   readonly recentErrors: RecentErrors = new RecentErrors(50);
   /** 15 minutes of per-route totals, for the dashboard's history. */
   readonly statsHistory: StatsHistory = new StatsHistory();
 
-  private constructor(snapshot: Snapshot, log: Logger) {
+  private constructor(snapshot: Snapshot, log: Logger, role: FerryRole) {
     this.#snapshot = snapshot;
     this.#log = log;
+    this.#role = role;
   }
 
   /** Binds every listener of the snapshot (and the admin listener) and starts serving. */
-  static start(snapshot: Snapshot, log: Logger): Ferry {
-    const ferry = new Ferry(snapshot, log);
+  static start(snapshot: Snapshot, log: Logger, role: FerryRole = {}): Ferry {
+    const ferry = new Ferry(snapshot, log, role);
     // Scrape-time gauges (health, breakers, in-flight) read whatever snapshot is serving.
     snapshot.metrics.watch({
       ...scrapeSources(() => ferry.#snapshot.parts),
@@ -66,10 +104,10 @@ export class Ferry {
     registerCertificateExpiry(snapshot.metrics.registry, () => ferry.#snapshot.certificates);
     snapshot.metrics.setConfigVersion(snapshot.version);
     try {
-      for (const plan of snapshot.listeners.values()) {
+      for (const plan of role.listeners === false ? [] : snapshot.listeners.values()) {
         ferry.#servers.set(plan.name, ferry.#bindNamed(plan, snapshot));
       }
-      const admin = snapshot.config.admin;
+      const admin = role.admin === false ? undefined : snapshot.config.admin;
       if (admin) {
         const { hostname, port } = splitAddress(admin.address);
         const handler = adminHandler({
@@ -78,8 +116,12 @@ export class Ferry {
           reload: () => ferry.#adminRoutes.reload?.(),
           reloadStatus: () => ferry.#adminRoutes.reloadStatus?.(),
           submitConfig: (text, opts) => ferry.#adminRoutes.submitConfig?.(text, opts),
+          metrics: () => ferry.#adminRoutes.metrics?.(),
+          clusters: (own) => ferry.#adminRoutes.clusters?.(own),
+          killWorker: (index) => ferry.#adminRoutes.killWorker?.(index),
           recentErrors: ferry.recentErrors,
           statsHistory: ferry.statsHistory,
+          ...(role.readMetric ? { readMetric: role.readMetric } : {}),
           address: admin.address,
           port: () => ferry.#admin?.addr.port,
         });
@@ -108,7 +150,7 @@ export class Ferry {
     }
     // Health checks, DNS discovery and the access-log file start once the listeners are bound.
     snapshot.activate();
-    ferry.statsHistory.start(() => ferry.#snapshot);
+    ferry.statsHistory.start(() => ferry.#snapshot, role.readMetric);
     return ferry;
   }
 
@@ -149,7 +191,7 @@ export class Ferry {
     const retls: ListenerPlan[] = [];
     // Turning the connection guard on or off changes how every HTTP listener accepts.
     const guardFlip = prev.config.server.connection_guard !== next.config.server.connection_guard;
-    for (const plan of next.listeners.values()) {
+    for (const plan of this.#role.listeners === false ? [] : next.listeners.values()) {
       const old = prev.listeners.get(plan.name);
       const running = this.#servers.get(plan.name);
       const material = old !== undefined && !sameTlsMaterial(old, plan);
@@ -170,6 +212,8 @@ export class Ferry {
       for (const plan of start) {
         if (!waits(plan)) bound.set(plan.name, this.#bindNamed(plan, next));
       }
+      // Every worker compiles the config before any switches: one that cannot refuses for all.
+      await this.#role.peers?.prepare(next);
     } catch (err) {
       for (const l of bound.values()) l.abort();
       next.discard(prev);
@@ -196,6 +240,7 @@ export class Ferry {
     }
     prev.retire(next);
     const failures: string[] = [];
+    await this.#role.peers?.commit().catch((err) => failures.push(String(err)));
     for (const plan of start) {
       if (bound.has(plan.name)) continue;
       try {
@@ -241,6 +286,7 @@ export class Ferry {
     const name = plan.name;
     if (plan.protocol === "grpc") {
       const g = GrpcListener.start(plan, () => this.#snapshot, this.#log, {
+        ...(this.#role.reusePort ? { reusePort: true } : {}),
         caps: () => connectionCaps(this.#snapshot.config.server),
         onAcceptError: (reason) => this.#snapshot.metrics.acceptError(name, "listener", reason),
       });
@@ -264,6 +310,14 @@ export class Ferry {
       () => ownPort?.(),
     );
     let ownPort: (() => number) | undefined;
+    const tag = this.#role.tag;
+    const served: typeof handler = tag === undefined ? handler : async (req, info) => {
+      const res = await handler(req, info);
+      try {
+        res.headers.set("x-ferry-worker", tag);
+      } catch { /* immutable headers (an upgrade): left untagged */ }
+      return res;
+    };
     const listening = (a: Deno.NetAddr) =>
       log.info("listening", {
         listener: name,
@@ -278,6 +332,7 @@ export class Ferry {
         hostname: plan.hostname,
         port: plan.port,
         tls: plan.tls,
+        ...(this.#role.reusePort ? { reusePort: true } : {}),
         limits: () => guardLimits(this.#snapshot.config.server),
         log,
         onAcceptError: (socket, reason) => this.#snapshot.metrics.acceptError(name, socket, reason),
@@ -306,11 +361,12 @@ export class Ferry {
           Deno.serve({
             hostname: plan.hostname,
             port,
+            ...(this.#role.reusePort ? { reusePort: true } : {}),
             signal: stop.signal,
             ...(plan.tls ? { cert: plan.tls.cert, key: plan.tls.key } : {}),
             onListen: listening,
             onError,
-          }, handler),
+          }, served),
         plan.port,
         (err) => {
           this.#snapshot.metrics.acceptError(name, "listener", acceptErrorReason(err));
@@ -329,7 +385,7 @@ export class Ferry {
         abort: () => stop.abort(),
       };
     }
-    const wrapped = guard.wrap(handler);
+    const wrapped = guard.wrap(served);
     try {
       guard.start((port) =>
         Deno.serve({
@@ -377,7 +433,12 @@ export class Ferry {
    */
   async shutdown(deadlineMs = 30_000): Promise<{ clean: boolean }> {
     this.#state = "draining";
+    let peersClean = true;
     const drains = [
+      // The workers (server.workers > 1) drain their listeners, each within the same deadline.
+      ...(this.#role.peers
+        ? [this.#role.peers.drain(deadlineMs).then((clean) => void (peersClean = clean))]
+        : []),
       // gRPC connections get GOAWAY; each is cut by its own drain at the deadline.
       ...[...this.#servers.values()].map((l) => l.drain(deadlineMs)),
       ...this.#retiring.values(),
@@ -402,7 +463,7 @@ export class Ferry {
     this.statsHistory.stop();
     await this.#admin?.shutdown();
     this.#snapshot.close();
-    return { clean: result === "drained" };
+    return { clean: result === "drained" && peersClean };
   }
 }
 
@@ -412,6 +473,12 @@ export interface AdminExtras {
   readonly reloadStatus?: () => unknown;
   /** PUT /config and POST /config/validate (see Reloader.submit). */
   readonly submitConfig?: AdminView["submitConfig"];
+  /** GET /metrics for the whole process when workers serve (src/workers/supervisor.ts). */
+  readonly metrics?: AdminView["metrics"];
+  /** GET /clusters with the workers' per-request counters. */
+  readonly clusters?: AdminView["clusters"];
+  /** Test hook: POST /debug/kill-worker (only with FERRY_TEST_HOOKS=1). */
+  readonly killWorker?: AdminView["killWorker"];
 }
 
 /** Same socket and handshake settings: only the certificates may differ (see sameTlsMaterial). */

@@ -31,11 +31,18 @@ import {
   RebindingServer,
 } from "./admission.ts";
 import { isWebSocketUpgrade } from "../upstream/headers.ts";
-import { attachTicket, DownstreamLink, type RequestTicket } from "../pipeline/downstream.ts";
+import {
+  attachTicket,
+  DownstreamLink,
+  type RequestTicket,
+  type TunnelClient,
+} from "../pipeline/downstream.ts";
 import { errorResponse, ProxyError } from "../pipeline/errors.ts";
 import { TlsListener } from "./node_tls.ts";
 import type { ListenerTls } from "./tls_material.ts";
 import { WsFrameLimit } from "./ws_frames.ts";
+import { setLoopbackListenerBuffers } from "./socket_buffers.ts";
+import { rawReader, type RawWrite, rawWriter } from "./raw_io.ts";
 
 export interface GuardLimits extends ConnectionCaps {
   /** Milliseconds; 0: none. */
@@ -79,6 +86,8 @@ export interface GuardOptions {
   readonly hostname: string;
   readonly port: number;
   readonly tls?: GuardTls | undefined;
+  /** Share the port with other workers' guards (SO_REUSEPORT; server.workers > 1). */
+  readonly reusePort?: boolean;
   /** Read at every accept and every sweep, so a reload changes limits without a restart. */
   readonly limits: () => GuardLimits;
   readonly log: Logger;
@@ -155,6 +164,11 @@ const SMALL_BUFFER = 2048;
 const CLOSE_GOING_AWAY = 1001;
 const CLOSE_MESSAGE_TOO_BIG = 1009;
 const LARGE_BUFFER = 32 * 1024;
+/**
+ * SO_SNDBUF/SO_RCVBUF of Deno.serve's end of the hop (the kernel doubles it): twice the pump's
+ * largest read, so a write never waits for less than a full read's worth of room.
+ */
+const HOP_BUFFER_BYTES = 64 * 1024;
 const H2_PREFACE = "PRI * HTTP/2.0";
 /** A tunnel asked to close (with a close frame) is cut this long after, if still open. */
 const TUNNEL_CLOSE_GRACE_MS = 2000;
@@ -174,6 +188,10 @@ export class ConnectionGuard {
   #accepting = true;
   #draining = false;
   #acceptLoop: Promise<void> | undefined;
+  /** Whether the hop's buffers could be sized (needs --allow-ffi on Linux/glibc). */
+  #hopBuffersSet = false;
+  /** performance.now() as of the last sweep (never 0): the send timeout's clock. */
+  #clock = performance.now();
 
   constructor(opts: GuardOptions) {
     this.#opts = opts;
@@ -193,7 +211,11 @@ export class ConnectionGuard {
         tls: opts.tls,
         alpnProtocols: ["h2", "http/1.1"],
       }) as unknown as Deno.Listener
-      : Deno.listen({ hostname: opts.hostname, port: opts.port });
+      : Deno.listen({
+        hostname: opts.hostname,
+        port: opts.port,
+        ...(opts.reusePort ? { reusePort: true } : {}),
+      });
     this.#sweep = setInterval(() => this.#check(), opts.sweepMs ?? 250);
   }
 
@@ -218,7 +240,15 @@ export class ConnectionGuard {
   start(serveInner: (port: number) => Deno.HttpServer<Deno.NetAddr>): void {
     // Out of descriptors, the inner server's accept fails and it closes its listener; it is
     // bound again on the same port, the guarded connections already through keep working.
-    this.#inner = new RebindingServer(serveInner, 0, (err) => {
+    // Deno.serve's sockets on the hop get small fixed buffers (set on its listening socket,
+    // inherited by what it accepts): a client that stops reading then leaves at most about
+    // 1 MiB on the hop instead of up to tcp_wmem's max (docs/connections.md).
+    const serveWithSmallBuffers = (port: number) => {
+      const server = serveInner(port);
+      this.#hopBuffersSet = setLoopbackListenerBuffers(server.addr.port, HOP_BUFFER_BYTES) > 0;
+      return server;
+    };
+    this.#inner = new RebindingServer(serveWithSmallBuffers, 0, (err) => {
       const reason = acceptErrorReason(err);
       this.#opts.onAcceptError?.("inner", reason);
       this.#innerFailures.failed({ reason, error: String(err) });
@@ -233,6 +263,11 @@ export class ConnectionGuard {
     });
   }
 
+  /** Whether Deno.serve's sockets on the hop have the small fixed buffers. */
+  hopBuffersSized(): boolean {
+    return this.#hopBuffersSet;
+  }
+
   /** The inner server's loopback port (fixed unless someone took it while it was rebound). */
   innerPort(): number | undefined {
     return this.#inner?.addr.port;
@@ -240,6 +275,10 @@ export class ConnectionGuard {
 
   /** Graceful shutdown of the inner server (see Deno.HttpServer.shutdown). */
   async shutdownInner(): Promise<void> {
+    // Deno.serve's shutdown closes its own WebSockets with 1001; byte tunnels are closed alike.
+    for (const g of this.#all) {
+      if (g.phase === "tunnel" && g.link.tunnel) this.#closeTunnel(g, CLOSE_GOING_AWAY, "");
+    }
     await this.#inner?.shutdown();
   }
 
@@ -282,6 +321,10 @@ export class ConnectionGuard {
         g.phase = "tunnel";
         g.since = g.link.lastMessageAt = performance.now();
         g.frames = new WsFrameLimit(limits.wsMaxFrameBytes, limits.wsMaxMessageBytes);
+      } else if (g.link.tunnel) {
+        // The upgrade's answer was replaced on its way out: no tunnel, its upstream closes.
+        g.link.tunnel.close();
+        g.link.tunnel = undefined;
       }
       return res;
     };
@@ -407,46 +450,81 @@ export class ConnectionGuard {
   /**
    * Copies bytes one way; the read buffer grows while reads fill it and shrinks when idle. The
    * next read waits for the write, so a client that does not read stops the inner side too.
+   * Reads and writes go to the runtime's ops directly (src/server/raw_io.ts).
    */
   async #pump(g: Guarded, from: Deno.Conn, to: Deno.Conn, fromClient: boolean): Promise<void> {
+    const read = rawReader(from);
+    const write = rawWriter(to);
     let buf = new Uint8Array(SMALL_BUFFER);
     try {
       while (true) {
-        const n = await from.read(buf);
-        if (n === null) break;
+        const n = await read(buf);
+        if (n === 0) break;
         if (fromClient) {
           if (!this.#onClientBytes(g, buf, n)) return;
           const allowed = g.frames ? g.frames.feed(buf, n) : n;
-          if (allowed > 0) await writeAll(to, buf.subarray(0, allowed));
+          if (allowed > 0) {
+            // A byte tunnel (WebSocket over the h1 codec) takes them to its upstream socket.
+            const tunnel = g.phase === "tunnel" ? g.link.tunnel : undefined;
+            if (tunnel) await tunnel.fromClient(buf.subarray(0, allowed));
+            else await writeAllRaw(write, buf, allowed);
+          }
           if (allowed < n) {
             // Nothing more from this client reaches Deno's WebSocket; the close goes out below.
             this.#closeTunnel(g, CLOSE_MESSAGE_TOO_BIG, g.frames!.violation!);
             return;
           }
-        } else await this.#writeClient(g, buf.subarray(0, n));
+        } else {
+          // Once Deno.serve's 101 is out, a byte tunnel's upstream is the client's source.
+          const tunnel = g.phase === "tunnel" ? g.link.tunnel : undefined;
+          const headEnd = tunnel ? tunnel.headEnd(buf, n) : -1;
+          if (headEnd >= 0) {
+            await this.#writeClient(g, write, buf, headEnd);
+            await tunnel!.start(this.#tunnelClient(g, write));
+            return;
+          }
+          await this.#writeClient(g, write, buf, n);
+        }
         if (n === buf.length && buf.length < LARGE_BUFFER) buf = new Uint8Array(LARGE_BUFFER);
         else if (n < SMALL_BUFFER && buf.length > SMALL_BUFFER) buf = new Uint8Array(SMALL_BUFFER);
       }
       // Half-close: the other side may still be answering.
-      await to.closeWrite();
+      if (fromClient && g.phase === "tunnel" && g.link.tunnel) g.link.tunnel.clientEnded();
+      else await to.closeWrite();
     } catch {
       this.#drop(g);
     }
   }
 
-  /** Writes to the client, telling the link (and the send timeout) while a write is pending. */
-  async #writeClient(g: Guarded, bytes: Uint8Array): Promise<void> {
+  /**
+   * Writes `buf[0, n)` to the client, telling the link (and the send timeout) while a write is
+   * pending. The time is the sweep's clock, not performance.now() per write: the send timeout
+   * is checked by the sweep anyway, so it fires within one sweep period (250 ms) of its time, as
+   * the other timeouts do (it saves an op per write).
+   */
+  async #writeClient(g: Guarded, write: RawWrite, buf: Uint8Array, n: number): Promise<void> {
     const link = g.link;
     try {
       let off = 0;
-      while (off < bytes.length) {
+      while (off < n) {
         // Each write that makes progress restarts the send timeout, as nginx's send_timeout.
-        link.writingSince = performance.now();
-        off += await g.conn.write(bytes.subarray(off));
+        link.writingSince = this.#clock;
+        off += await write(off === 0 && n === buf.length ? buf : buf.subarray(off, n));
       }
     } finally {
       link.wrote();
     }
+  }
+
+  /** The client side of a byte tunnel: writes under the send timeout, a half-close at the end. */
+  #tunnelClient(g: Guarded, write: RawWrite): TunnelClient {
+    return {
+      write: (bytes) => this.#writeClient(g, write, bytes, bytes.length),
+      finish: () => {
+        if (g.closeBy === 0) g.closeBy = performance.now() + TUNNEL_CLOSE_GRACE_MS;
+        g.conn.closeWrite().catch(() => this.#drop(g));
+      },
+    };
   }
 
   /**
@@ -526,7 +604,7 @@ export class ConnectionGuard {
 
   #check(): void {
     const limits = this.#opts.limits();
-    const now = performance.now();
+    const now = this.#clock = performance.now();
     for (const g of this.#all) {
       const age = now - g.since;
       const writing = g.link.writingSince;
@@ -545,6 +623,7 @@ export class ConnectionGuard {
         continue;
       }
       if (g.phase === "tunnel") {
+        g.link.tunnel?.sweep(now, limits.sendTimeoutMs);
         if (g.closeBy > 0) {
           if (now > g.closeBy) this.#drop(g);
         } else if (
@@ -617,6 +696,11 @@ async function cannedResponse(err: ProxyError): Promise<Uint8Array> {
 function startsWith(buf: Uint8Array, text: string): boolean {
   for (let i = 0; i < text.length; i++) if (buf[i] !== text.charCodeAt(i)) return false;
   return true;
+}
+
+async function writeAllRaw(write: RawWrite, buf: Uint8Array, n: number): Promise<void> {
+  let off = 0;
+  while (off < n) off += await write(off === 0 && n === buf.length ? buf : buf.subarray(off, n));
 }
 
 async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {

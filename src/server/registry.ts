@@ -26,6 +26,7 @@ import type { UpstreamTls } from "../upstream/upstream_tls.ts";
 import { DeadlineQueue } from "../policy/deadlines.ts";
 import { type BreakerRecord, breakerStore, type BreakerView } from "./breaker_records.ts";
 import { compileLimiters, type Limiter } from "../policy/middleware.ts";
+import type { SharedMemory } from "../workers/shared_memory.ts";
 import { JwtProvider } from "../policy/jwt.ts";
 import type { Logger } from "../observability/log.ts";
 import { AccessLog, LineWriter, openSink } from "../observability/access_log.ts";
@@ -82,6 +83,8 @@ export interface Parts {
   readonly jwtProviders: ReadonlyMap<string, JwtProvider>;
   /** One JSON line per request, when `access_log` is configured. */
   readonly accessLog: AccessLog | undefined;
+  /** Process-wide policy memory (server.workers > 1), handed on to the next generation. */
+  readonly sharedMemory: SharedMemory | undefined;
   readonly carry: CarryOver;
   start(): void;
   retire(next: Parts): void;
@@ -99,6 +102,10 @@ export interface PrepareOptions {
   readonly metrics: FerryMetrics;
   /** The serving generation: unchanged parts are taken over from it. */
   readonly previous?: Parts | undefined;
+  /** With `server.workers > 1`: where rate-limit buckets and breakers keep process-wide state. */
+  readonly sharedMemory?: SharedMemory | undefined;
+  /** A worker's parts: clusters probe and resolve nothing, they follow the main isolate. */
+  readonly followHealth?: boolean | undefined;
 }
 
 /**
@@ -149,6 +156,8 @@ const RETIRE_DRAIN_MS = 10 * 60_000;
  */
 export function prepareParts(cfg: FerryConfig, opts: PrepareOptions): Parts {
   const problems: ConfigProblem[] = [];
+  // Process-wide policy memory (workers > 1): handed from generation to generation.
+  const sharedMemory = opts.sharedMemory ?? opts.previous?.sharedMemory;
   const prior = opts.previous?.carry;
   // Closures kept by the parts use `log` and `metrics`, never `opts`: `opts.previous` would
   // chain every generation to its predecessor and leak them all across reloads.
@@ -209,6 +218,7 @@ export function prepareParts(cfg: FerryConfig, opts: PrepareOptions): Parts {
           });
         },
         (level, msg, fields) => log?.[level](msg, { cluster: c.name, ...fields }),
+        opts.followHealth,
       );
       const built = cluster;
       starters.push(() => built.start());
@@ -233,7 +243,14 @@ export function prepareParts(cfg: FerryConfig, opts: PrepareOptions): Parts {
     const kept = prior?.breakers.get(id);
     const record = kept?.key === key && prior?.clusters.get(cluster.name)?.cluster === cluster
       ? kept.record
-      : breakerStore(b, cluster, scope, log, metrics);
+      : breakerStore(
+        b,
+        cluster,
+        scope,
+        log,
+        metrics,
+        sharedMemory && ((bytes) => sharedMemory.region(`breaker ${id} ${key}`, bytes)),
+      );
     breakerCarry.set(id, { key, record });
     breakerViews.push(record.view);
     return record;
@@ -269,12 +286,16 @@ export function prepareParts(cfg: FerryConfig, opts: PrepareOptions): Parts {
     const kept = prior?.limiters.get(rl.name);
     // A shared (redis) limiter connects lazily, on its first lease; its files were read by
     // config/materials.ts.
-    const limiter = kept?.key === key ? kept.limiter : compileLimiters([rl], (c) => ({
-      readTextFile: storeFile,
-      ...(opts.env ? { env: opts.env } : {}),
-      log,
-      backendMetrics: metrics.rateLimitBackend(c.name),
-    })).get(rl.name)!;
+    const limiter = kept?.key === key ? kept.limiter : compileLimiters(
+      [rl],
+      (c) => ({
+        readTextFile: storeFile,
+        ...(opts.env ? { env: opts.env } : {}),
+        log,
+        backendMetrics: metrics.rateLimitBackend(c.name),
+      }),
+      sharedMemory && ((bytes) => sharedMemory.region(`rate-limit ${key}`, bytes)),
+    ).get(rl.name)!;
     limiters.set(rl.name, limiter);
     limiterCarry.set(rl.name, { key, limiter });
   }
@@ -337,6 +358,7 @@ export function prepareParts(cfg: FerryConfig, opts: PrepareOptions): Parts {
     limiters,
     jwtProviders,
     accessLog: accessLogCarry?.log,
+    sharedMemory,
     carry,
     start() {
       if (started) return;

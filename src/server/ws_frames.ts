@@ -11,6 +11,10 @@ export class WsFrameLimit {
   #message = 0;
   /** Why the stream was refused; once set, nothing more is relayed. */
   violation: string | undefined;
+  /** Data frame headers seen (opcodes 0-2: messages and their fragments, not pings). */
+  dataFrames = 0;
+  /** A close frame's header was seen. */
+  closeSeen = false;
 
   constructor(readonly maxFrameBytes: number, readonly maxMessageBytes: number) {}
 
@@ -42,7 +46,9 @@ export class WsFrameLimit {
         return headStart;
       }
       // Control frames (8 and up) may come between fragments and are not part of the message.
+      if (opcode === 8) this.closeSeen = true;
       if (opcode < 8) {
+        this.dataFrames++;
         const total = (opcode === 0 ? this.#message : 0) + len;
         if (total > this.maxMessageBytes) {
           this.violation = `message of ${total}+ bytes over the limit of ${this.maxMessageBytes}`;
@@ -53,6 +59,11 @@ export class WsFrameLimit {
       this.#payloadLeft = len;
     }
     return n;
+  }
+
+  /** True between frames: everything fed so far ends with a whole frame. */
+  get atFrameStart(): boolean {
+    return this.#headLen === 0 && this.#payloadLeft === 0;
   }
 }
 

@@ -57,6 +57,14 @@ export interface Cluster {
    * ejection, ramp, breaker slot), new ones start fresh. Returns what changed.
    */
   setEndpoints(next: readonly EndpointDescriptor[]): EndpointChange;
+  /**
+   * A cluster built `following`: takes the main isolate's endpoint list (when it discovers them)
+   * and active-check verdicts by origin.
+   */
+  follow(
+    endpoints: readonly EndpointDescriptor[] | undefined,
+    healthy: ReadonlyMap<string, boolean>,
+  ): void;
   /** DNS discovery state, for clusters that discover their endpoints. */
   readonly discovery: DnsDiscovery | undefined;
   /** The key ring_hash / maglev hash on, or undefined for other balancers. */
@@ -108,6 +116,11 @@ export function buildCluster(
   tls?: UpstreamTls,
   onEvent?: ClusterEventLog,
   discoveryLog?: DiscoveryLog,
+  /**
+   * Probe nothing and resolve nothing: take endpoint lists and health verdicts from `follow`
+   * (a worker of `server.workers > 1`; the main isolate checks once for the process).
+   */
+  following = false,
 ): Cluster {
   const caCerts = tls?.caCerts;
   const pool: PoolOptions = {
@@ -139,7 +152,9 @@ export function buildCluster(
   const slotCapacity = Math.max(MIN_SLOT_CAPACITY, initial.length);
   const slots = new SlotAllocator(slotCapacity);
   const reuseListeners = new Set<(slot: number) => void>();
-  const baseHealth = healthOptions(cfg, tls);
+  const baseHealth = following
+    ? { ...healthOptions(cfg, tls), active: undefined }
+    : healthOptions(cfg, tls);
 
   const buildMembers = (
     endpoints: Endpoint[],
@@ -226,7 +241,7 @@ export function buildCluster(
     return change;
   };
 
-  const dns = cfg.discovery?.dns;
+  const dns = following ? undefined : cfg.discovery?.dns;
   const discovery = dns
     ? new DnsDiscovery({
       name: dns.name,
@@ -263,6 +278,21 @@ export function buildCluster(
       return () => void reuseListeners.delete(listener);
     },
     setEndpoints,
+    follow(
+      endpoints: readonly EndpointDescriptor[] | undefined,
+      healthy: ReadonlyMap<string, boolean>,
+    ) {
+      if (endpoints) {
+        const now = members.endpoints.map((e) => `${e.origin} ${e.weight}`).join(",");
+        if (now !== endpoints.map((d) => `${originOf(d.url)} ${d.weight}`).join(",")) {
+          setEndpoints(endpoints);
+        }
+      }
+      for (const e of members.endpoints) {
+        const verdict = healthy.get(e.origin);
+        if (verdict !== undefined) members.health.setHealthy(e.index, verdict);
+      }
+    },
     discovery,
     hashKey: cfg.lb === "ring_hash" || cfg.lb === "maglev" ? hashKeyOf(cfg.hash_key) : undefined,
     preserveHost: cfg.preserve_host,

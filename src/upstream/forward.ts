@@ -6,7 +6,8 @@ import type { Handler, RequestContext } from "../pipeline/types.ts";
 import { httpCallFacts } from "../pipeline/route_chain.ts";
 import { ProxyError, toProxyError } from "../pipeline/errors.ts";
 import type { Cluster } from "./cluster.ts";
-import { endToEndHeaders, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
+import { endToEndHeaders, endToEndPairs, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
+import { h1ResponseParts } from "../h1/connection.ts";
 import { applyEdits, type RouteEdits, upstreamHeaders } from "./request_headers.ts";
 import {
   checkUpstreamHead,
@@ -142,15 +143,23 @@ export function forwardTo(s: ForwardSettings): Handler {
             headers: headers.pairs,
             body: chunks ? replay(chunks) : watched?.stream ?? body,
             signal: attempt.signal,
+            headersOutOfBand: true,
           });
           // A 1xx final answer is never relayed; then status range and framing, one check.
           if (upstream.status < 200) refuseInterim(upstream);
-          const contentLength = checkUpstreamHead(upstream.status, upstream.headers);
+          // The codec's parser has checked the framing already, more strictly; its header
+          // lines are read as they came (no Headers object filled per request).
+          const lines = h1ResponseParts(upstream)?.headers;
+          const contentLength = lines
+            ? headerLine(lines, "content-length")
+            : checkUpstreamHead(upstream.status, upstream.headers);
           const res = upstream;
           return {
             value: { res, contentLength },
             status: res.status,
-            retryAfterMs: parseRetryAfter(res.headers.get("retry-after")),
+            retryAfterMs: parseRetryAfter(
+              lines ? headerLine(lines, "retry-after") : res.headers.get("retry-after"),
+            ),
             discard: () => void res.body?.cancel().catch(() => {}),
           };
         } catch (err) {
@@ -163,6 +172,9 @@ export function forwardTo(s: ForwardSettings): Handler {
         }
       });
       const upstream = answer.res;
+      // The h1 codec read a small body whole: it leaves as one buffer, no stream around it.
+      const whole = h1ResponseParts(upstream)?.whole;
+      if (whole) return downstreamResponse(req, ctx, s, upstream, whole, answer.contentLength);
       const out = s.idleTimeoutMs > 0 && upstream.body
         ? upstream.body.pipeThrough(idleGuard(s, ctl))
         : upstream.body;
@@ -187,6 +199,12 @@ export function forwardTo(s: ForwardSettings): Handler {
 interface Answer {
   readonly res: Response;
   readonly contentLength: string | null;
+}
+
+/** The first value of `name` among header lines (lower-case names), or null. */
+function headerLine(lines: readonly [string, string][], name: string): string | null {
+  for (const [n, v] of lines) if (n === name) return v;
+  return null;
 }
 
 /** A 1xx final answer is never relayed (see notAnUpgrade). */
@@ -239,16 +257,18 @@ function downstreamResponse(
   ctx: RequestContext,
   s: ForwardSettings,
   upstream: Response,
-  body: ReadableStream<Uint8Array> | null,
+  body: ReadableStream<Uint8Array> | Uint8Array<ArrayBuffer> | null,
   contentLength: string | null,
 ): Response {
-  const out = endToEndHeaders(upstream.headers);
+  // The codec's own header lines when it made the response (no Headers object read back).
+  const lines = h1ResponseParts(upstream)?.headers;
+  const out = lines ? endToEndPairs(lines) : endToEndHeaders(upstream.headers);
   if (contentLength !== null) out.set("content-length", contentLength);
   out.set("x-request-id", ctx.requestId);
   applyEdits(out, s.responseEdits);
   // HEAD, 204, 205 and 304 never carry a body, whatever the upstream sent (RFC 9110 6.4.1).
   const bodyless = req.method === "HEAD" || NULL_BODY_STATUS.has(upstream.status);
-  if (bodyless && body) body.cancel().catch(() => {});
+  if (bodyless && body instanceof ReadableStream) body.cancel().catch(() => {});
   return new Response(bodyless ? null : body, {
     status: upstream.status,
     statusText: upstream.statusText,

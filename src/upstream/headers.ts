@@ -87,6 +87,27 @@ export function endToEndHeaders(src: Headers, alsoDrop?: ReadonlySet<string>): H
   return new HeaderList(out);
 }
 
+/**
+ * endToEndHeaders for header lines as they came off the wire (lower-case names, in order,
+ * repeats kept, as the h1 codec parses them): the same headers are dropped.
+ */
+export function endToEndPairs(src: readonly [string, string][]): HeaderList {
+  let listed: Set<string> | undefined;
+  for (const [name, value] of src) {
+    if (name !== "connection") continue;
+    for (const token of value.split(",")) {
+      const t = token.trim().toLowerCase();
+      if (t) (listed ??= new Set()).add(t);
+    }
+  }
+  const out: [string, string][] = [];
+  for (const [name, value] of src) {
+    if (HOP_BY_HOP.has(name) || name.startsWith("proxy-") || listed?.has(name)) continue;
+    out.push([name, value]);
+  }
+  return new HeaderList(out);
+}
+
 /** True for a WebSocket upgrade request (RFC 6455 4.1): GET with `Upgrade: websocket`. */
 export function isWebSocketUpgrade(req: Request): boolean {
   if (req.method !== "GET") return false;

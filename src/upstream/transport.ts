@@ -17,6 +17,12 @@ export interface UpstreamRequest {
   readonly headers: readonly [string, string][];
   readonly body: ReadableStream<Uint8Array> | null;
   readonly signal: AbortSignal;
+  /**
+   * The caller reads the response's header lines from `h1ResponseParts` (src/h1/connection.ts)
+   * when there are any: the h1 codec then leaves the Response's own headers empty. Other
+   * transports ignore it.
+   */
+  readonly headersOutOfBand?: boolean;
 }
 
 export interface Transport {

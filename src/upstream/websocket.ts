@@ -4,10 +4,14 @@
  * the client and relay frames both ways with a bounded send buffer.
  */
 import type { RequestContext } from "../pipeline/types.ts";
-import { downstreamLink, servedRequest } from "../pipeline/downstream.ts";
+import { type DownstreamLink, downstreamLink, servedRequest } from "../pipeline/downstream.ts";
 import { ProxyError } from "../pipeline/errors.ts";
 import type { Endpoint } from "./cluster.ts";
 import { upstreamHeaders, type UpstreamHeaderSettings } from "./request_headers.ts";
+import type { H1Transport } from "../h1/transport.ts";
+import type { Upgraded } from "../h1/upgrade.ts";
+import { ClientGoneReason, TimeoutReason } from "./transport.ts";
+import { WsTunnel } from "./ws_tunnel.ts";
 
 /** Handshake headers belong to each hop's own handshake, so they are not copied upstream. */
 const HANDSHAKE = new Set([
@@ -30,13 +34,113 @@ const CLOSE_UPSTREAM_TOO_BIG = 4009;
 /** Deno's client-side close() takes only 1000 and 3000-4999; 4008 mirrors 1008 in that range. */
 const CLOSE_SLOW_UPSTREAM = 4008;
 
+/** Headers of the upstream's 101 that belong to its own hop or that Deno.serve writes itself. */
+const NOT_RELAYED_101 = new Set([
+  "connection",
+  "upgrade",
+  "sec-websocket-accept",
+  "date",
+  "content-length",
+  "transfer-encoding",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+]);
+
+/** What a WebSocket proxy reads of its route's settings. */
+type WebSocketSettings = UpstreamHeaderSettings & {
+  readonly cluster: { readonly h1: H1Transport | undefined };
+  readonly websocketMaxBuffer: number;
+  readonly websocketMaxMessageBytes: number;
+};
+
 export async function proxyWebSocket(
   req: Request,
   ctx: RequestContext,
-  s: UpstreamHeaderSettings & {
-    readonly websocketMaxBuffer: number;
-    readonly websocketMaxMessageBytes: number;
-  },
+  s: WebSocketSettings,
+  endpoint: Endpoint,
+  path: string,
+): Promise<Response> {
+  // Behind the guard, on an h1 cluster: a byte tunnel through the codec. Elsewhere (no guard,
+  // HTTP/2 clients, fetch clusters) frames are relayed between two Deno WebSockets.
+  const link = downstreamLink(req);
+  const h1 = s.cluster.h1;
+  if (link && !link.h2 && h1) return await tunnelWebSocket(req, ctx, s, endpoint, path, link, h1);
+  return await relayWebSocket(req, ctx, s, endpoint, path);
+}
+
+/**
+ * The client's handshake goes upstream as it came (key, version, subprotocols, extensions);
+ * after the upstream's 101 the client gets that 101's headers from Deno.serve's own 101 (the
+ * accept value is the same: same key), and the guard joins the two sockets byte for byte.
+ */
+async function tunnelWebSocket(
+  req: Request,
+  ctx: RequestContext,
+  s: WebSocketSettings,
+  endpoint: Endpoint,
+  path: string,
+  link: DownstreamLink,
+  h1: H1Transport,
+): Promise<Response> {
+  const headers = upstreamHeaders(req, ctx, s, endpoint);
+  const ctl = new AbortController();
+  const timer = setTimeout(
+    () =>
+      ctl.abort(new TimeoutReason(`WebSocket upstream ${endpoint.origin} did not open in time`)),
+    OPEN_TIMEOUT_MS,
+  );
+  const onClientGone = () => ctl.abort(new ClientGoneReason("the client went away"));
+  req.signal.addEventListener("abort", onClientGone, { once: true });
+  let up: Upgraded;
+  try {
+    up = await h1.upgrade(endpoint.origin + path + ctx.search, headers.pairs, ctl.signal);
+  } finally {
+    clearTimeout(timer);
+    req.signal.removeEventListener("abort", onClientGone);
+  }
+  let response: Response;
+  try {
+    // idleTimeout 0: Deno's socket must send nothing (no pings) into the client's byte stream.
+    const upgraded = Deno.upgradeWebSocket(servedRequest(req), { idleTimeout: 0 });
+    upgraded.socket.onerror = () => {};
+    response = upgraded.response;
+    const listed = connectionListed(up.head.headers);
+    for (const [name, value] of up.head.headers) {
+      if (NOT_RELAYED_101.has(name) || listed?.has(name)) continue;
+      response.headers.append(name, value);
+    }
+  } catch (err) {
+    up.close();
+    throw err;
+  }
+  link.tunnel = new WsTunnel(up, link, s.websocketMaxMessageBytes);
+  response.headers.set("x-request-id", ctx.requestId);
+  return response;
+}
+
+/** Names a Connection header lists (hop-by-hop by listing). */
+function connectionListed(headers: readonly [string, string][]): Set<string> | undefined {
+  let listed: Set<string> | undefined;
+  for (const [name, value] of headers) {
+    if (name !== "connection") continue;
+    for (const token of value.split(",")) {
+      const t = token.trim().toLowerCase();
+      if (t) (listed ??= new Set()).add(t);
+    }
+  }
+  return listed;
+}
+
+/**
+ * Two Deno WebSockets with frames relayed between them: used where the guard's raw client
+ * socket is not at hand. Deno's client WebSocket limits which close codes reach the upstream.
+ */
+async function relayWebSocket(
+  req: Request,
+  ctx: RequestContext,
+  s: WebSocketSettings,
   endpoint: Endpoint,
   path: string,
 ): Promise<Response> {

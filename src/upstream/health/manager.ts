@@ -225,6 +225,17 @@ export class EndpointHealth {
     this.#checker?.start();
   }
 
+  /**
+   * Takes an active-check verdict made elsewhere: with `server.workers > 1` only the main isolate
+   * probes, and each worker's clusters follow its verdicts (src/workers/supervisor.ts).
+   */
+  setHealthy(index: number, healthy: boolean): void {
+    if (this.#healthy[index] === undefined || this.#healthy[index] === healthy) return;
+    this.#healthy[index] = healthy;
+    if (healthy) this.#outlier.uneject(index);
+    this.#changed(index, healthy);
+  }
+
   /** Endpoint `index`'s health to carry into the membership that replaces this one. */
   seed(index: number): EndpointSeed {
     return {

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Resting and peak RSS of deno-hdr (the peers harness's) and Ferry (env quick start, shipped
+# defaults), each in front of the same Deno.serve backend: RSS once it answers, then VmHWM after
+# `wrk -t1 -c50 -d8s`. ROUNDS (2). FERRY_FLAGS adds deno flags to a third Ferry variant, e.g.
+#   FERRY_FLAGS=--v8-flags=--max-semi-space-size=2 bench/tools/rss_peak.sh
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+PEERS_DIR=${PEERS_DIR:-$REPO/../shared/peers}
+DENO=${DENO:-$(command -v deno)}
+free_port() { "$DENO" eval 'const l = Deno.listen({hostname: "127.0.0.1", port: 0}); console.log(l.addr.port); l.close();'; }
+UP=$(free_port)
+PORT=$(free_port)
+"$DENO" run --allow-net - >/dev/null 2>&1 <<JS &
+Deno.serve({ hostname: "127.0.0.1", port: $UP, onListen() {} }, () => new Response("Hello, world!"));
+JS
+UPPID=$!
+trap 'kill $UPPID 2>/dev/null || true' EXIT
+measure() { # label command...
+  local label=$1 pid idle hwm rps
+  shift
+  "$@" >/dev/null 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/" >/dev/null && break; sleep 0.2; done
+  idle=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+  rps=$(wrk -t1 -c50 -d8s "http://127.0.0.1:$PORT/" | awk '/Requests\/sec/ {print $2}')
+  hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+  echo "$label: rest $((idle / 1024)) MiB, peak $((hwm / 1024)) MiB, $rps req/s"
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+}
+export PROXY_LISTEN_ADDR=127.0.0.1:$PORT PROXY_UPSTREAM_ADDRS=http://127.0.0.1:$UP PROXY_LOG_LEVEL=warn
+for _ in $(seq "${ROUNDS:-2}"); do
+  measure deno-hdr "$DENO" run -A "$PEERS_DIR/proxies/deno-hdr.ts" "$PORT" "http://127.0.0.1:$UP"
+  measure ferry "$DENO" run -A --unstable-no-legacy-abort "$REPO/main.ts"
+  if [[ -n ${FERRY_FLAGS:-} ]]; then
+    # shellcheck disable=SC2086
+    measure "ferry $FERRY_FLAGS" "$DENO" run -A --unstable-no-legacy-abort $FERRY_FLAGS "$REPO/main.ts"
+  fi
+done

@@ -1,0 +1,362 @@
+/**
+ * The main isolate's side of `server.workers > 1`: starts the workers (src/workers/worker.ts),
+ * hands them every reload (all compile, then all switch; one refusal refuses for all), collects
+ * their metrics for one /metrics, drains them on SIGTERM and replaces a worker that dies.
+ *
+ * Port 0: every worker binding port 0 would get a port of its own, so the main isolate binds it
+ * once (with SO_REUSEPORT), gives the workers the port it got, and closes its own socket once
+ * they listen. A listener whose address is unchanged by a reload keeps its port.
+ */
+import client from "prom-client";
+import { type Snapshot, splitAddress } from "../server/compile.ts";
+import type { FerryConfig } from "../config/schema.ts";
+import type { Logger } from "../observability/log.ts";
+import type { FerryMetrics } from "../observability/metrics.ts";
+import type { ReloadPeers } from "../server/ferry.ts";
+import type { MetricReader } from "../server/admin_stats.ts";
+import type { RecentError } from "../pipeline/errors.ts";
+import type { clustersView } from "../server/cluster_view.ts";
+import { mergeClusterViews } from "./merge_clusters.ts";
+import type { SharedArena } from "./shared_memory.ts";
+import type {
+  HealthTable,
+  WorkerCall,
+  WorkerConfig,
+  WorkerMethod,
+  WorkerMethods,
+  WorkerNotice,
+  WorkerReply,
+} from "./protocol.ts";
+
+export interface WorkerPoolOptions {
+  readonly count: number;
+  readonly arena: SharedArena;
+  /** The config file (paths in the config resolve against it); undefined for <env>. */
+  readonly file: string | undefined;
+  readonly log: Logger;
+  /** The main isolate's metrics: worker restarts are counted here. */
+  readonly metrics: FerryMetrics;
+  readonly tagResponses?: boolean;
+}
+
+interface Running {
+  readonly index: number;
+  readonly worker: Worker;
+  readonly calls: Map<number, PromiseWithResolvers<unknown>>;
+  nextId: number;
+  dead: boolean;
+}
+
+/** How long a worker may take to compile and bind before it counts as failed. */
+const START_TIMEOUT_MS = 30_000;
+/** A worker that dies is started again after this pause (a crash loop costs little). */
+const RESTART_DELAY_MS = 200;
+/** How often the main isolate's health verdicts and endpoint lists are compared and sent. */
+const FOLLOW_INTERVAL_MS = 200;
+
+export class WorkerPool implements ReloadPeers {
+  readonly #opts: WorkerPoolOptions;
+  readonly #workers: Running[] = [];
+  /** The config serving now, ports resolved; a replacement worker starts with it. */
+  #current: WorkerConfig | undefined;
+  #prepared: WorkerConfig | undefined;
+  /** Ports the main isolate chose for listeners configured with port 0, by listener. */
+  #ports = new Map<string, { address: string; port: number }>();
+  /** Sockets holding newly chosen ports until the workers listen on them. */
+  #holders: Deno.Listener[] = [];
+  #stopping = false;
+  readonly #restarts: client.Counter<string>;
+  /** What each cluster's followers were last sent (JSON), to send only changes. */
+  #sent = new Map<string, string>();
+  #followTimer: ReturnType<typeof setInterval> | undefined;
+  /** Where the workers' proxy-made errors go (the main isolate's dashboard list). */
+  #recentErrors: { add(e: RecentError): void } | undefined;
+
+  constructor(opts: WorkerPoolOptions) {
+    this.#opts = opts;
+    this.#restarts = new client.Counter({
+      name: "ferry_worker_restarts_total",
+      help: "Workers (server.workers > 1) that died and were started again, by worker index.",
+      labelNames: ["worker"],
+      registers: [opts.metrics.registry],
+    });
+  }
+
+  get size(): number {
+    return this.#opts.count;
+  }
+
+  /** Starts every worker on `snapshot`'s config; rejects (and stops them all) if one fails. */
+  async start(snapshot: Snapshot): Promise<void> {
+    const config = this.#workerConfig(snapshot);
+    try {
+      await Promise.all(
+        Array.from({ length: this.#opts.count }, (_, i) => this.#spawn(i, config)),
+      );
+    } catch (err) {
+      this.#stopping = true;
+      for (const w of this.#workers) w.worker.terminate();
+      throw err;
+    } finally {
+      this.#releaseHolders();
+    }
+    this.#current = config;
+  }
+
+  /**
+   * Sends the workers the main isolate's health verdicts and discovered endpoint lists now and
+   * whenever they change (polled: probes run seconds apart, a change reaches the workers within
+   * FOLLOW_INTERVAL_MS).
+   */
+  follow(current: () => Snapshot): void {
+    const send = () => {
+      const table: HealthTable = {};
+      for (const [name, cluster] of current().clusters) {
+        const entry = {
+          ...(cluster.discovery
+            ? { endpoints: cluster.endpoints.map((e) => ({ url: e.origin, weight: e.weight })) }
+            : {}),
+          healthy: cluster.health.snapshot().map((h) => [h.origin, h.healthy] as const),
+        };
+        const text = JSON.stringify(entry);
+        if (this.#sent.get(name) !== text) {
+          this.#sent.set(name, text);
+          table[name] = entry;
+        }
+      }
+      if (Object.keys(table).length === 0) return;
+      for (const w of this.#live()) void this.#call(w, "follow", table).catch(() => {});
+    };
+    send();
+    this.#followTimer = setInterval(send, FOLLOW_INTERVAL_MS);
+  }
+
+  /** From now on, the workers' proxy-made errors are added to `recent` (the dashboard's). */
+  forwardErrorsTo(recent: { add(e: RecentError): void }): void {
+    this.#recentErrors = recent;
+  }
+
+  async prepare(next: Snapshot): Promise<void> {
+    const asked = next.config.server.workers;
+    if (asked !== undefined && asked !== this.#opts.count) {
+      this.#opts.log.warn("server.workers changes on restart only; the reload keeps the workers", {
+        workers: this.#opts.count,
+        configured: asked,
+      });
+    }
+    const config = this.#workerConfig(next);
+    const results = await Promise.allSettled(
+      this.#live().map((w) => this.#call(w, "prepare", config)),
+    );
+    const refused = results.flatMap((r, i) =>
+      r.status === "rejected" ? [`worker ${this.#live()[i]?.index}: ${errorText(r.reason)}`] : []
+    );
+    if (refused.length > 0) {
+      this.abort();
+      throw new Error(`config refused by ${refused.join("; ")}`);
+    }
+    this.#prepared = config;
+  }
+
+  async commit(): Promise<void> {
+    const results = await Promise.allSettled(
+      this.#live().map((w) => this.#call(w, "commit", null)),
+    );
+    if (this.#prepared) this.#current = this.#prepared;
+    this.#prepared = undefined;
+    this.#releaseHolders();
+    // Clusters the reload rebuilt start from the config: send every verdict again.
+    this.#sent.clear();
+    const failed = results.flatMap((r, i) =>
+      r.status === "rejected" ? [`worker ${this.#live()[i]?.index}: ${errorText(r.reason)}`] : []
+    );
+    if (failed.length > 0) throw new Error(failed.join("; "));
+  }
+
+  abort(): void {
+    this.#prepared = undefined;
+    this.#releaseHolders();
+    for (const w of this.#live()) void this.#call(w, "abort", null).catch(() => {});
+  }
+
+  /** Every worker's metrics, merged with the main isolate's, as one exposition. */
+  async scrape(): Promise<{ text: string; contentType: string }> {
+    const merged = await this.#merged();
+    return { text: await merged.metrics(), contentType: merged.contentType };
+  }
+
+  /** Reads one metric's process-wide values (the dashboard's /stats and its history). */
+  readonly readMetric: MetricReader = async (name) => {
+    const merged = await this.#merged();
+    return await merged.getSingleMetric(name)?.get() ?? { values: [] };
+  };
+
+  /**
+   * prom-client's AggregatorRegistry shape (as its cluster mode): each worker sends its
+   * registry as JSON, counters and histograms are summed; the process-wide gauges come from
+   * the main isolate only (MAIN_ISOLATE_METRICS). A worker that does not answer is left out.
+   */
+  async #merged(): Promise<client.Registry> {
+    const own = await this.#opts.metrics.registry.getMetricsAsJSON();
+    const theirs = await Promise.allSettled(
+      this.#live().map((w) => this.#call(w, "metrics", null)),
+    );
+    const all = [own, ...theirs.flatMap((r) => r.status === "fulfilled" ? [r.value] : [])];
+    return client.AggregatorRegistry.aggregate(
+      all as Parameters<typeof client.AggregatorRegistry.aggregate>[0],
+    );
+  }
+
+  /** GET /clusters: the main isolate's view with every worker's per-request counters summed in. */
+  async clusters(own: ReturnType<typeof clustersView>): Promise<ReturnType<typeof clustersView>> {
+    const theirs = await Promise.allSettled(
+      this.#live().map((w) => this.#call(w, "clusters", null)),
+    );
+    return mergeClusterViews(
+      own,
+      theirs.flatMap((r) =>
+        r.status === "fulfilled" ? [r.value as ReturnType<typeof clustersView>] : []
+      ),
+    );
+  }
+
+  /** Drains every worker within `ms`; true when all finished their requests in time. */
+  async drain(ms: number): Promise<boolean> {
+    this.#stopping = true;
+    clearInterval(this.#followTimer);
+    const results = await Promise.allSettled(
+      this.#live().map((w) => this.#call(w, "drain", { ms }, ms + 2_000)),
+    );
+    for (const w of this.#workers) w.worker.terminate();
+    return results.every((r) => r.status === "fulfilled" && r.value === true);
+  }
+
+  /** Test hook (FERRY_TEST_HOOKS=1): ends worker `index` as a crash would. */
+  kill(index: number): boolean {
+    const w = this.#workers[index];
+    if (!w || w.dead) return false;
+    w.worker.terminate();
+    this.#died(w, "terminated by the test hook");
+    return true;
+  }
+
+  #live(): Running[] {
+    return this.#workers.filter((w) => !w.dead);
+  }
+
+  #workerConfig(s: Snapshot): WorkerConfig {
+    return {
+      version: s.version,
+      config: this.#resolvePorts(s.config),
+      written: s.written,
+      label: s.source,
+      file: this.#opts.file,
+    };
+  }
+
+  /** The config with each port-0 listener given one port for every worker (see the top). */
+  #resolvePorts(config: FerryConfig): FerryConfig {
+    const ports = new Map<string, { address: string; port: number }>();
+    const listeners = config.listeners.map((l) => {
+      const { hostname, port } = splitAddress(l.address);
+      if (port !== 0) return l;
+      let chosen = this.#ports.get(l.name);
+      if (chosen?.address !== l.address) {
+        const holder = Deno.listen({ hostname, port: 0, reusePort: true });
+        this.#holders.push(holder);
+        chosen = { address: l.address, port: (holder.addr as Deno.NetAddr).port };
+      }
+      ports.set(l.name, chosen);
+      const host = hostname.includes(":") ? `[${hostname}]` : hostname;
+      return { ...l, address: `${host}:${chosen.port}` };
+    });
+    this.#ports = ports;
+    return { ...config, listeners };
+  }
+
+  #releaseHolders(): void {
+    for (const h of this.#holders.splice(0)) h.close();
+  }
+
+  async #spawn(index: number, config: WorkerConfig): Promise<void> {
+    const worker = new Worker(new URL("./worker.ts", import.meta.url), {
+      type: "module",
+      name: `ferry-worker-${index}`,
+    });
+    const running: Running = { index, worker, calls: new Map(), nextId: 0, dead: false };
+    this.#workers[index] = running;
+    worker.onmessage = (e: MessageEvent<WorkerReply | WorkerNotice>) => {
+      if ("notice" in e.data) {
+        for (const err of e.data.errors) this.#recentErrors?.add(err);
+        return;
+      }
+      const call = running.calls.get(e.data.id);
+      if (!call) return;
+      running.calls.delete(e.data.id);
+      if (e.data.ok) call.resolve(e.data.value);
+      else call.reject(new Error(e.data.error));
+    };
+    worker.onerror = (e: ErrorEvent) => {
+      // An error no handler in the worker caught ends it: replace it, keep the process.
+      e.preventDefault();
+      worker.terminate();
+      this.#died(running, e.message);
+    };
+    await this.#call(running, "start", {
+      ...config,
+      index,
+      arena: this.#opts.arena.buffer,
+      logLevel: config.config.log.level,
+      tagResponses: this.#opts.tagResponses ?? false,
+    }, START_TIMEOUT_MS);
+  }
+
+  #died(w: Running, reason: string): void {
+    if (w.dead) return;
+    w.dead = true;
+    for (const call of w.calls.values()) call.reject(new Error(`worker ${w.index} died`));
+    w.calls.clear();
+    if (this.#stopping) return;
+    this.#restarts.labels(String(w.index)).inc();
+    this.#opts.log.error("worker died; starting a new one", { worker: w.index, reason });
+    setTimeout(() => void this.#replace(w.index), RESTART_DELAY_MS);
+  }
+
+  async #replace(index: number): Promise<void> {
+    const config = this.#current;
+    if (this.#stopping || !config || this.#workers[index]?.dead === false) return;
+    try {
+      await this.#spawn(index, config);
+      this.#sent.clear();
+      this.#opts.log.info("worker replaced", { worker: index, config_version: config.version });
+    } catch (err) {
+      const w = this.#workers[index];
+      if (w) w.worker.terminate();
+      if (w && !w.dead) this.#died(w, `replacement failed to start: ${errorText(err)}`);
+    }
+  }
+
+  #call<M extends WorkerMethod>(
+    w: Running,
+    method: M,
+    args: WorkerMethods[M]["args"],
+    timeoutMs = START_TIMEOUT_MS,
+  ): Promise<WorkerMethods[M]["result"]> {
+    if (w.dead) return Promise.reject(new Error(`worker ${w.index} is not running`));
+    const id = w.nextId++;
+    const call = Promise.withResolvers<unknown>();
+    w.calls.set(id, call);
+    const timer = setTimeout(() => {
+      if (!w.calls.delete(id)) return;
+      call.reject(new Error(`worker ${w.index} did not answer ${method} within ${timeoutMs} ms`));
+    }, timeoutMs);
+    w.worker.postMessage({ id, method, args } satisfies WorkerCall);
+    return call.promise.finally(() => clearTimeout(timer)) as Promise<
+      WorkerMethods[M]["result"]
+    >;
+  }
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
