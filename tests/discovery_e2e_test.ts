@@ -199,3 +199,114 @@ clusters:
     await Promise.all([a.close(), b.close(), c.close()]);
   }
 });
+
+/**
+ * A raw HTTP/1.1 upstream that counts its open connections (keep-alive; `/slow` answers after
+ * 800 ms) and names itself in the body.
+ */
+function countingUpstream(name: string) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const state = { open: 0 };
+  const conns = new Set<Deno.Conn>();
+  (async () => {
+    for await (const conn of listener) {
+      state.open++;
+      conns.add(conn);
+      void (async () => {
+        const buf = new Uint8Array(16384);
+        let head = "";
+        try {
+          for (;;) {
+            const n = await conn.read(buf);
+            if (n === null) break;
+            head += new TextDecoder().decode(buf.subarray(0, n));
+            let end;
+            while ((end = head.indexOf("\r\n\r\n")) >= 0) {
+              const request = head.slice(0, end);
+              head = head.slice(end + 4);
+              if (request.startsWith("GET /slow")) await new Promise((r) => setTimeout(r, 800));
+              await conn.write(
+                new TextEncoder().encode(
+                  `HTTP/1.1 200 OK\r\ncontent-length: ${name.length}\r\n\r\n${name}`,
+                ),
+              );
+            }
+          }
+        } catch { /* reset */ }
+        state.open--;
+        conns.delete(conn);
+        try {
+          conn.close();
+        } catch { /* closed */ }
+      })();
+    }
+  })().catch(() => {});
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    get open() {
+      return state.open;
+    },
+    close() {
+      listener.close();
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch { /* closed */ }
+      }
+    },
+  };
+}
+
+for (const transport of ["h1", "fetch"]) {
+  Deno.test(`DNS discovery (${transport}): an endpoint the answer drops has its connections closed once its requests end`, async () => {
+    const dns = await startDnsServer();
+    const a = countingUpstream("a");
+    const b = countingUpstream("b");
+    const srv = (port: number) => ({ priority: 10, weight: 1, port, target: "u.test" });
+    dns.setA("u.test", ["127.0.0.1"]);
+    dns.setSrv("_http._tcp.rot.test", [srv(a.port)]);
+    const ferry = startFerry(
+      `listeners:
+  - { name: public, address: "127.0.0.1:0" }
+admin: { address: "127.0.0.1:0" }
+routes:
+  - name: all
+    match: { path: { prefix: / } }
+    cluster: up
+clusters:
+  - name: up
+    transport: ${transport}
+    discovery:
+      dns: { name: _http._tcp.rot.test, type: SRV, interval: 200ms, timeout: 1s, name_server: "127.0.0.1:{{DNS}}" }
+`,
+      { DNS: String(dns.port) },
+    );
+    const text = (path: string) => fetch(ferry.url + path).then((r) => r.text());
+    try {
+      await until("a discovered", async () => (await text("/")) === "a");
+      assert.equal(await text("/"), "a");
+      // One request still in flight to a when the answer changes: it completes from a.
+      const slow = text("/slow");
+      await new Promise((r) => setTimeout(r, 100));
+      assert.ok(a.open >= 1, "Ferry keeps connections to a");
+      dns.setSrv("_http._tcp.rot.test", [srv(b.port)]);
+      await until("b takes the traffic", async () => (await text("/")) === "b");
+      assert.equal(await slow, "a", "the request in flight on a finished");
+      // a's pool is gone: its connections close (the pool's idle timeout is 90 s).
+      await until("a's connections closed", () => Promise.resolve(a.open === 0), 5_000);
+      assert.deepEqual(
+        await Promise.all([text("/"), text("/"), text("/")]),
+        ["b", "b", "b"],
+      );
+      assert.ok(b.open >= 1);
+      // The metrics no longer list a (h1 pools).
+      const metrics = await (await fetch(`${ferry.adminUrl}/metrics`)).text();
+      assert.doesNotMatch(metrics, new RegExp(`endpoint="http://127.0.0.1:${a.port}",state=`));
+    } finally {
+      await ferry.close();
+      a.close();
+      b.close();
+      await dns.close();
+    }
+  });
+}

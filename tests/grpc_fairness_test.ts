@@ -27,6 +27,7 @@ import {
 } from "../src/h2/frames.ts";
 import { HpackEncoder } from "../src/h2/hpack.ts";
 import { UPSTREAM_EARLY_CREDIT } from "../src/upstream/h2_pool.ts";
+import { FerryMetrics } from "../src/observability/metrics.ts";
 
 /** A client on a connection of its own (grpc-js shares connections between equal clients). */
 function ownClient(port: number): AnyClient {
@@ -291,6 +292,52 @@ Deno.test("grpc fairness: a zero-window client holds at most its share, on no co
     victim.close();
     await ferry.close();
     await server.stop();
+  }
+});
+
+Deno.test("grpc fairness: a call reset for its client's full share is counted RESOURCE_EXHAUSTED, flag DSF", async () => {
+  const server = await startEchoServer();
+  const metrics = new FerryMetrics();
+  const dir = await Deno.makeTempDir();
+  const log = `${dir}/access.log`;
+  const ferry = startFerry(
+    `access_log: { path: "${log}" }\n` + grpcEchoConfig({ route: "    timeout: 30s\n" }),
+    { PORT: String(server.port) },
+    { metrics },
+  );
+  const attacker = await zeroWindowClient(ferry.port);
+  try {
+    // 16 non-reading calls to 4 MiB answers: each buffers up to its 1 MiB stream window, so the
+    // client's 8 MiB share runs out and the calls past it are reset ENHANCE_YOUR_CALM.
+    await attacker.open(16, "big:64:65536");
+    await until("a call was reset for the full share", () => (attacker.resets.get(0xb) ?? 0) > 0);
+    await new Promise((r) => setTimeout(r, 500));
+    const calm = attacker.resets.get(0xb)!;
+    const text = await metrics.expose();
+    const exhausted = Number(
+      /ferry_grpc_calls_total\{[^}]*grpc_status="RESOURCE_EXHAUSTED"[^}]*\} (\d+)/.exec(text)
+        ?.[1] ??
+        0,
+    );
+    assert.equal(exhausted, calm, `${calm} calls reset ENHANCE_YOUR_CALM, counted:\n${text}`);
+    assert.doesNotMatch(text, /ferry_grpc_calls_total\{[^}]*grpc_status="UNKNOWN"/);
+    await until("the access log has the lines", () => {
+      try {
+        return Deno.readTextFileSync(log).split("\n").filter((l) => l.includes('"DSF"')).length >=
+          calm;
+      } catch {
+        return false;
+      }
+    }, 5_000);
+    const lines = Deno.readTextFileSync(log).trim().split("\n").map((l) => JSON.parse(l));
+    const dsf = lines.filter((l) => l.flags === "DSF");
+    assert.equal(dsf.length, calm);
+    assert.ok(dsf.every((l) => l.grpc_status === 8));
+  } finally {
+    await attacker.close();
+    await ferry.close();
+    await server.stop();
+    await Deno.remove(dir, { recursive: true });
   }
 });
 

@@ -19,7 +19,8 @@ import {
   settingsAck,
   settingsFrame,
 } from "../src/h2/frames.ts";
-import { HpackEncoder } from "../src/h2/hpack.ts";
+import { HpackDecoder, HpackEncoder } from "../src/h2/hpack.ts";
+import { FerryMetrics } from "../src/observability/metrics.ts";
 
 const ATTEMPTS = 4000;
 
@@ -136,8 +137,9 @@ Deno.test("grpc: resets the client provokes count like its own (MadeYouReset get
 });
 
 Deno.test("grpc: a flood of calls whose own grpc-timeout expires upstream gets GOAWAY", async () => {
-  // Answers after 300 ms: every call's 1 ns deadline expires while its upstream stream is open,
-  // so Ferry resets that stream upstream on the client's behalf.
+  // Answers after 300 ms: every call's 5 ms deadline expires while its upstream stream is open,
+  // so Ferry resets that stream upstream on the client's behalf. (A deadline already passed on
+  // arrival opens no upstream stream at all: the next test.)
   const upstream = countingUpstream(300);
   const ferry = startFerry(grpcEchoConfig({ route: "    timeout: 30s\n" }), {
     PORT: String(upstream.port),
@@ -172,7 +174,7 @@ Deno.test("grpc: a flood of calls whose own grpc-timeout expires upstream gets G
         [":authority", "x"],
         ["content-type", "application/grpc"],
         ["te", "trailers"],
-        ["grpc-timeout", "1n"],
+        ["grpc-timeout", "5m"],
       ]);
       const ok = await conn.write(frame(FrameType.HEADERS, Flag.END_HEADERS, id, block))
         .then(() => conn.write(frame(FrameType.DATA, Flag.END_STREAM, id, msg)))
@@ -196,6 +198,93 @@ Deno.test("grpc: a flood of calls whose own grpc-timeout expires upstream gets G
     const r = await unary(client, new TextEncoder().encode("after"));
     client.close();
     assert.equal(r.value?.toString(), "after");
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed above */ }
+    await ferry.close();
+    upstream.stop();
+  }
+});
+
+Deno.test("grpc: a call whose deadline has passed on arrival gets DEADLINE_EXCEEDED, no upstream stream", async () => {
+  const upstream = countingUpstream();
+  const metrics = new FerryMetrics();
+  const ferry = startFerry(
+    grpcEchoConfig({ route: "    timeout: 30s\n" }),
+    { PORT: String(upstream.port) },
+    { metrics },
+  );
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: ferry.port });
+  try {
+    const enc = new HpackEncoder();
+    const dec = new HpackDecoder();
+    const reader = new FrameReader(1 << 24);
+    const buf = new Uint8Array(65536);
+    const statuses = new Map<number, string | undefined>();
+    const reading = (async () => {
+      for (;;) {
+        const n = await conn.read(buf).catch(() => null);
+        if (n === null) return;
+        reader.push(buf.slice(0, n));
+        for (let f = reader.next(); f; f = reader.next()) {
+          if (f.type !== FrameType.HEADERS) continue;
+          const fields = dec.decode(f.payload);
+          statuses.set(f.streamId, fields.find(([n]) => n === "grpc-status")?.[1]);
+        }
+      }
+    })();
+    await conn.write(CLIENT_PREFACE);
+    await conn.write(settingsFrame([]));
+    await conn.write(settingsAck());
+    const timeouts = ["1n", "0n", "0m", "999u", "1n", "0S"];
+    for (const [i, t] of timeouts.entries()) {
+      const id = 2 * i + 1;
+      const block = enc.encode([
+        [":method", "POST"],
+        [":scheme", "http"],
+        [":path", "/test.Echo/Unary"],
+        [":authority", "x"],
+        ["content-type", "application/grpc"],
+        ["te", "trailers"],
+        ["grpc-timeout", t],
+      ]);
+      await conn.write(frame(FrameType.HEADERS, Flag.END_HEADERS, id, block));
+      await conn.write(frame(FrameType.DATA, Flag.END_STREAM, id, new Uint8Array([0, 0, 0, 0, 0])));
+    }
+    const deadline = Date.now() + 10_000;
+    while (statuses.size < timeouts.length && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.deepEqual(
+      timeouts.map((_, i) => statuses.get(2 * i + 1)),
+      timeouts.map(() => "4"),
+      "every call answered DEADLINE_EXCEEDED",
+    );
+    // A live call on the same connection still goes through: the upstream's only stream.
+    const block = enc.encode([
+      [":method", "POST"],
+      [":scheme", "http"],
+      [":path", "/test.Echo/Unary"],
+      [":authority", "x"],
+      ["content-type", "application/grpc"],
+      ["te", "trailers"],
+      ["grpc-timeout", "10S"],
+    ]);
+    const live = 2 * timeouts.length + 1;
+    await conn.write(frame(FrameType.HEADERS, Flag.END_HEADERS, live, block));
+    await conn.write(frame(FrameType.DATA, Flag.END_STREAM, live, new Uint8Array([0, 0, 0, 0, 0])));
+    while (statuses.get(live) === undefined && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.equal(statuses.get(live), "0");
+    assert.equal(upstream.streams, 1, "only the live call opened an upstream stream");
+    assert.match(
+      await metrics.expose(),
+      /ferry_grpc_calls_total\{[^}]*grpc_status="DEADLINE_EXCEEDED"[^}]*\} 6/,
+    );
+    conn.close();
+    await reading;
   } finally {
     try {
       conn.close();

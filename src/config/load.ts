@@ -584,11 +584,27 @@ function checkReferences(
   }
 
   // Header edits and rewrites are applied per request: catch what would throw there.
+  const grpcListenerNames = cfg.listeners.filter((l) => l.protocol === "grpc").map((l) => l.name);
   for (const [i, r] of cfg.routes.entries()) {
+    // gRPC calls get the same edits (src/grpc/proxy.ts), but not of gRPC's own fields.
+    const grpcServed = r.cluster !== undefined &&
+      (r.listeners ?? cfg.listeners.map((l) => l.name)).filter((l) =>
+        grpcListenerNames.includes(l)
+      );
+    const grpcRefusal = (name: string) =>
+      grpcServed && grpcServed.length > 0 && grpcReservedHeader(name)
+        ? `'${name}' cannot be edited on a route that serves grpc listener ${grpcServed[0]}: ` +
+          "pseudo-headers, te, content-type, content-length, host, connection fields and " +
+          "grpc-* carry the gRPC protocol (use rewrite.host for the authority), or limit the " +
+          "route with listeners: to http listeners"
+        : undefined;
     for (const side of ["request_headers", "response_headers"] as const) {
       const edits = r[side];
       for (const [name, value] of Object.entries(edits?.add ?? {})) {
-        if (!HEADER_NAME.test(name)) {
+        const refused = grpcRefusal(name);
+        if (refused) {
+          errors.push({ path: ["routes", i, side, "add", name], anchor: "key", message: refused });
+        } else if (!HEADER_NAME.test(name)) {
           errors.push({
             path: ["routes", i, side, "add", name],
             anchor: "key",
@@ -603,7 +619,9 @@ function checkReferences(
         }
       }
       for (const [j, name] of (edits?.remove ?? []).entries()) {
-        if (!HEADER_NAME.test(name)) {
+        const refused = grpcRefusal(name);
+        if (refused) err(["routes", i, side, "remove", j], refused, name);
+        else if (!HEADER_NAME.test(name)) {
           err(["routes", i, side, "remove", j], "expected a header name such as x-env", name);
         }
       }
@@ -987,6 +1005,30 @@ export function endpointProblem(
   }
   return undefined;
 }
+
+/**
+ * Names a route's header edits may not touch when it serves gRPC calls: pseudo-headers and
+ * connection-specific fields would make the HTTP/2 stream malformed (RFC 9113 8.2.2), `te`,
+ * `content-type` and `grpc-*` carry the gRPC protocol itself (its status, deadline, encoding),
+ * and `host` would disagree with `:authority` (use `rewrite.host`). Refused at their line
+ * on routes that serve a grpc listener.
+ */
+function grpcReservedHeader(name: string): boolean {
+  const n = name.toLowerCase();
+  return n.startsWith(":") || n.startsWith("grpc-") || GRPC_RESERVED.has(n);
+}
+
+const GRPC_RESERVED = new Set([
+  "te",
+  "content-type",
+  "content-length",
+  "host",
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "transfer-encoding",
+  "upgrade",
+]);
 
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 

@@ -198,6 +198,7 @@ export class GrpcListener {
         scheme: plan?.tls ? "https" : "http",
         requestId,
         identity,
+        arrivedAt: startedAt,
         ...(plan ? { clientCertHeader: plan.clientCertHeader } : {}),
       }, rec);
     } catch (err) {

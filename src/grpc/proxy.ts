@@ -1,7 +1,7 @@
 /**
  * Proxies one gRPC call: a downstream HTTP/2 stream is routed on its path, sent to an endpoint
- * of the route's cluster over that endpoint's multiplexed connection, and headers, messages and
- * trailers flow back exactly as the upstream sent them. Ferry's own answers (no route, no
+ * of the route's cluster over that endpoint's multiplexed connection, and headers (with the
+ * route's edits: call_headers.ts), messages and trailers flow back as the upstream sent them. Ferry's own answers (no route, no
  * endpoint, breaker open, timeout) are trailers-only responses with the status from the error
  * table. Deadlines: `grpc-timeout` capped by the route timeout, propagated upstream; on expiry
  * the client gets DEADLINE_EXCEEDED and the upstream stream is reset (CANCEL).
@@ -12,7 +12,6 @@ import { headerValue } from "../h2/headers.ts";
 import type { H2Stream } from "../h2/stream.ts";
 import { StreamReset } from "../h2/stream.ts";
 import { ProxyError } from "../pipeline/errors.ts";
-import { forwardedHeaders } from "../pipeline/trust.ts";
 import type { Cluster, Endpoint } from "../upstream/cluster.ts";
 import {
   type AttemptContext,
@@ -22,21 +21,18 @@ import {
 } from "../upstream/call.ts";
 import { ClientGoneReason, TimeoutReason } from "../upstream/transport.ts";
 import { replayBytes } from "../policy/retry.ts";
-import { xfccElement } from "../upstream/request_headers.ts";
+import type { RouteEdits } from "../upstream/request_headers.ts";
+import { type CallContext, cleanHeaders, responseHeaders, upstreamFields } from "./call_headers.ts";
+
+export type { CallContext };
 import type { CallFacts, ClientIdentity } from "../pipeline/types.ts";
-import {
-  formatGrpcTimeout,
-  GrpcStatus,
-  grpcStatusOfHttp,
-  parseGrpcTimeout,
-  trailersOnly,
-} from "./status.ts";
+import { GrpcStatus, grpcStatusOfHttp, parseGrpcTimeout, trailersOnly } from "./status.ts";
 
 /**
  * A cluster route's settings as the gRPC path needs them (compiled once per snapshot): the
  * cluster call's (src/upstream/call.ts), the same object shape the HTTP path uses.
  */
-export interface GrpcRoute extends CallPolicy {
+export interface GrpcRoute extends CallPolicy, RouteEdits {
   readonly name: string;
   readonly cluster: Cluster;
   /** Caps the client's deadline; when the client sends none, bounds the wait for headers. */
@@ -54,15 +50,8 @@ export interface GrpcCallRecord {
   upstreamMs?: number;
 }
 
-const XFCC = "x-forwarded-client-cert";
-
-const HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "transfer-encoding",
-  "upgrade",
-]);
+/** A call with less of its deadline left than this is answered DEADLINE_EXCEEDED at once. */
+const MIN_DEADLINE_MS = 1;
 
 /** Answers with a status Ferry decided on: trailers-only when nothing was sent yet. */
 function answer(ds: H2Stream, status: number, message: string): void {
@@ -81,24 +70,6 @@ export function answerError(ds: H2Stream, err: unknown, rec: GrpcCallRecord): vo
   rec.grpcStatus = pe.grpcStatus;
   rec.flag = pe.flag;
   answer(ds, pe.grpcStatus, pe.reason);
-}
-
-export interface CallContext {
-  readonly peerIp: string;
-  /** The peer is in `server.trusted_proxies`: its X-Forwarded-* (and XFCC) are kept. */
-  readonly peerTrusted: boolean;
-  /**
-   * The call as the route's layers saw it (normalised path, the client address Ferry believes):
-   * what the cluster's hash key reads. Without it, the raw path and the peer address.
-   */
-  readonly facts?: CallFacts;
-  /** The listener's scheme (`https` with TLS), for X-Forwarded-Proto. */
-  readonly scheme: "http" | "https";
-  readonly requestId: string;
-  /** Downstream mTLS: the client certificate's identity, sent upstream as XFCC. */
-  readonly identity?: ClientIdentity | undefined;
-  /** The header for the identity upstream; default `x-forwarded-client-cert`. */
-  readonly clientCertHeader?: string;
 }
 
 /** What a hash key and the route's policy layers read of a gRPC call. */
@@ -137,7 +108,8 @@ export async function proxyCall(
     : route.timeoutMs > 0
     ? Math.min(clientMs, route.timeoutMs)
     : clientMs;
-  const startedAt = performance.now();
+  // The deadline runs from the call's arrival (policy layers such as a fault delay ran since).
+  const startedAt = ctx.arrivedAt ?? performance.now();
 
   // One abort for the call: client reset, deadline, or headers timeout. It also ends a retry
   // backoff at once (src/upstream/call.ts), so a cancelled call frees its cluster slot.
@@ -171,11 +143,25 @@ export async function proxyCall(
       () => expire(new ProxyError("upstream_timeout", `no response within ${route.timeoutMs} ms`)),
     )
     : undefined;
+  const clientGone = () => new ProxyError("client_closed", "the client cancelled the call");
+  /** Why the client's stream was reset: it left, or its answer share was full. */
+  const clientResetError = () =>
+    ds.shareExceeded
+      ? new ProxyError(
+        "client_share_full",
+        "the client's connection holds its whole share of buffered answers unread",
+      )
+      : clientGone();
   void ds.closed.then((r) => {
     if (!r) return;
     if (r.byPeer) {
       rec.flag = rec.flag === "-" ? "DC" : rec.flag;
       rec.grpcStatus ??= GrpcStatus.CANCELLED;
+    } else if (ds.shareExceeded) {
+      // Ended by Ferry for its client's share: RESOURCE_EXHAUSTED, as grpc-js reports it.
+      const pe = clientResetError();
+      rec.flag = pe.flag;
+      rec.grpcStatus = pe.grpcStatus;
     }
     // Reset either way (also when the client provoked our reset): nobody reads the answer.
     upstream?.reset(ErrorCode.CANCEL);
@@ -259,7 +245,6 @@ export async function proxyCall(
   const hashKey = cluster.hashKey?.(ctx.facts ?? rawFacts(fields, ctx));
   // Set once the client has its answer from an attempt (headers, or a reset mid-stream).
   let answered = false;
-  const clientGone = () => new ProxyError("client_closed", "the client cancelled the call");
 
   /** One attempt: a stream to `endpoint`, the messages (replayed after the first), the answer. */
   const attempt = async (
@@ -267,9 +252,11 @@ export async function proxyCall(
     a: AttemptContext,
   ): Promise<AttemptOutcome<() => void>> => {
     // The client may have gone (or been reset) meanwhile: then nothing goes upstream.
-    if (expired || ds.resetReason) return { error: expired ?? clientGone(), repeatable: false };
+    if (expired || ds.resetReason) {
+      return { error: expired ?? clientResetError(), repeatable: false };
+    }
     const remaining = callMs === undefined ? undefined : callMs - (performance.now() - startedAt);
-    const out = upstreamFields(fields, endpoint, cluster, ctx, remaining);
+    const out = upstreamFields(fields, endpoint, route, ctx, remaining);
     const sentAt = performance.now();
     let us: H2Stream | undefined;
     // A per-try timeout (or the call's end) resets this attempt's stream.
@@ -282,7 +269,7 @@ export async function proxyCall(
       us.chargeTo(ds);
       if (expired || ds.resetReason) {
         us.reset(ErrorCode.CANCEL);
-        return { error: expired ?? clientGone(), repeatable: false };
+        return { error: expired ?? clientResetError(), repeatable: false };
       }
       if (a.signal.aborted) us.reset(ErrorCode.CANCEL);
       const sending = attach(us, a.attempt > 0).catch(() => {});
@@ -305,7 +292,7 @@ export async function proxyCall(
         return {
           value: () => {
             rec.grpcStatus = gs;
-            ds.sendHeaders(cleanHeaders(head), true);
+            ds.sendHeaders(responseHeaders(head, route), true);
           },
           status: httpStatus,
           grpcStatus: gs,
@@ -327,7 +314,7 @@ export async function proxyCall(
         };
       }
       answered = true;
-      ds.sendHeaders(cleanHeaders(head), false);
+      ds.sendHeaders(responseHeaders(head, route), false);
       for await (const chunk of us.body) await ds.write(chunk);
       const trailers = await us.trailers;
       const gs = trailers ? Number(headerValue(trailers, "grpc-status") ?? "2") : 2;
@@ -342,7 +329,7 @@ export async function proxyCall(
         // The client left, or its stream was reset for what it did (a protocol error, its
         // share full): nothing to answer, nothing learnt about the endpoint.
         us?.reset(ErrorCode.CANCEL);
-        return { error: clientGone(), repeatable: false };
+        return { error: clientResetError(), repeatable: false };
       }
       const pe = a.signal.reason instanceof TimeoutReason
         ? new ProxyError("upstream_timeout", a.signal.reason.message)
@@ -363,7 +350,15 @@ export async function proxyCall(
     }
   };
 
+  // A deadline already (or all but) passed gets its answer here, without an upstream stream that
+  // could only be reset: under 1 ms left cannot even be sent on (grpc-timeout goes upstream in
+  // whole ms, rounded up), and no upstream answers through a proxy hop that fast.
+  if (callMs !== undefined && callMs - (performance.now() - startedAt) < MIN_DEADLINE_MS) {
+    expire(new ProxyError("upstream_timeout", "the call's deadline had passed when it arrived"));
+  }
   try {
+    // (expired: the deadline above; nothing goes upstream, nothing is counted for an endpoint.)
+    if (expired) return;
     const finish = await runCall(route, {
       hashKey,
       retries: retry?.retries ?? 0,
@@ -405,56 +400,4 @@ function upstreamError(err: unknown, endpoint: Endpoint): ProxyError {
     );
   }
   return new ProxyError("upstream_reset", `${endpoint.origin}: ${err}`, { cause: err });
-}
-
-/** Request headers for upstream: the client's, with authority, deadline and ids settled. */
-function upstreamFields(
-  fields: readonly HeaderField[],
-  endpoint: Endpoint,
-  cluster: Cluster,
-  ctx: CallContext,
-  remainingMs: number | undefined,
-): HeaderField[] {
-  const out: HeaderField[] = [];
-  const incoming = {
-    for: null as string | null,
-    proto: null as string | null,
-    host: null as string | null,
-  };
-  let xfcc: string | undefined;
-  const certHeader = ctx.clientCertHeader ?? XFCC;
-  for (const [n, v] of fields) {
-    if (HOP.has(n) || n === "grpc-timeout" || n === "x-request-id") continue;
-    if (n === ":scheme") out.push([n, endpoint.url.protocol === "https:" ? "https" : "http"]);
-    else if (n === ":authority") out.push([n, cluster.preserveHost ? v : endpoint.url.host]);
-    else if (n === "x-forwarded-for") {
-      incoming.for = incoming.for === null ? v : `${incoming.for}, ${v}`;
-    } else if (n === "x-forwarded-proto") incoming.proto ??= v;
-    else if (n === "x-forwarded-host") incoming.host ??= v;
-    else if (n === certHeader) xfcc = ctx.peerTrusted ? v : undefined;
-    else out.push([n, v]);
-  }
-  // The same rule as HTTP (src/server/trust.ts): an untrusted client's values are replaced.
-  const fwd = forwardedHeaders(
-    ctx.peerTrusted,
-    ctx.peerIp,
-    ctx.scheme,
-    headerValue(fields, ":authority") ?? "",
-    incoming,
-  );
-  out.push(["x-forwarded-for", fwd.for]);
-  out.push(["x-forwarded-proto", fwd.proto]);
-  out.push(["x-forwarded-host", fwd.host]);
-  out.push(["x-request-id", ctx.requestId]);
-  // As on the HTTP path: a client-sent XFCC only from a trusted proxy, then this hop's element.
-  const element = ctx.identity ? xfccElement(ctx.identity) : undefined;
-  const cert = element && xfcc ? `${xfcc},${element}` : element ?? xfcc;
-  if (cert !== undefined) out.push([certHeader, cert]);
-  if (remainingMs !== undefined) out.push(["grpc-timeout", formatGrpcTimeout(remainingMs)]);
-  return out;
-}
-
-/** Response headers and trailers pass as sent, less connection-specific fields. */
-function cleanHeaders(fields: readonly HeaderField[]): HeaderField[] {
-  return fields.filter(([n]) => !HOP.has(n));
 }

@@ -50,6 +50,8 @@ export class EndpointPool implements ConnectionOwner {
   readonly #tls: boolean;
   #open = 0;
   #closed = false;
+  /** The endpoint left its cluster: no connection is parked again (see retire). */
+  #retired = false;
   #sweeper: ReturnType<typeof setInterval> | undefined;
   opened = 0;
   reused = 0;
@@ -227,7 +229,7 @@ export class EndpointPool implements ConnectionOwner {
       w.resolve(c);
       return;
     }
-    if (this.#idle.length >= this.opts.maxIdlePerEndpoint) {
+    if (this.#retired || this.#idle.length >= this.opts.maxIdlePerEndpoint) {
       c.close();
       return;
     }
@@ -257,6 +259,17 @@ export class EndpointPool implements ConnectionOwner {
     }, every);
     Deno.unrefTimer(sweeper);
     this.#sweeper = sweeper;
+  }
+
+  /**
+   * The endpoint left its cluster (DNS, reload): idle connections close now, busy ones when their
+   * exchange ends; requests already waiting for a connection are still served.
+   */
+  retire(): void {
+    this.#retired = true;
+    if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
+    this.#sweeper = undefined;
+    for (const c of [...this.#idle]) c.close();
   }
 
   /** Closes idle connections now; busy ones close when their exchange ends. */

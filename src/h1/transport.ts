@@ -48,6 +48,14 @@ export class H1Transport implements Transport {
     return p;
   }
 
+  /** `origin` left the cluster: its pool closes once its requests are done, and is forgotten. */
+  retire(origin: string): void {
+    const p = this.#pools.get(origin);
+    if (!p) return;
+    this.#pools.delete(origin);
+    p.retire();
+  }
+
   send(r: UpstreamRequest): Promise<Response> {
     return this.#send(r).catch((err) => {
       throw toUpstreamError(err, r.signal);

@@ -617,6 +617,7 @@ export class H2Connection implements StreamHost {
         const client = stream.chargedTo;
         this.#creditConnection(data.length);
         stream.reset(ErrorCode.CANCEL);
+        client.shareExceeded = true;
         client.reset(ErrorCode.ENHANCE_YOUR_CALM);
         client.countProvokedReset();
         return;

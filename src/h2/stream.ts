@@ -58,6 +58,8 @@ export class H2Stream {
   chargedTo: H2Stream | undefined;
   /** Buffered bytes charged to `chargedTo`'s share, not yet read or dropped. */
   charged = 0;
+  /** Server role: reset because its client's share was full (what chargeTo guards). */
+  shareExceeded = false;
   localEnded = false;
   remoteEnded = false;
   headersSent = false;

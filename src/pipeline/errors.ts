@@ -23,6 +23,7 @@ export type ProxyErrorKind =
   | "uri_too_long"
   | "headers_too_large"
   | "client_closed"
+  | "client_share_full"
   | "admin_host_refused"
   | "admin_cross_origin"
   | "unauthenticated"
@@ -78,6 +79,9 @@ const TABLE: Readonly<Record<ProxyErrorKind, ErrorRow>> = {
   upstream_timeout: { status: 504, grpc: 4, flag: "UT", title: "upstream timeout" },
   // 499 is nginx's "client closed request": only ever logged, the client is gone.
   client_closed: { status: 499, grpc: 1, flag: "DC", title: "client closed request" },
+  // gRPC: what Ferry buffered of upstream answers for one client connection passed its share
+  // (src/h2/stream.ts chargeTo); the call is reset (ENHANCE_YOUR_CALM), so this is only logged.
+  client_share_full: { status: 503, grpc: 8, flag: "DSF", title: "client share full" },
   internal: { status: 500, grpc: 13, flag: "IE", title: "internal error" },
   // The admin listener's own refusals (src/server/admin.ts): DNS rebinding and cross-site forms.
   admin_host_refused: { status: 421, grpc: 7, flag: "AH", title: "misdirected request" },

@@ -347,15 +347,16 @@ function compileRoute(
     metrics: policies.clusterMetrics.get(cluster.name)!,
     // One policy shape for both: it names HTTP and gRPC statuses.
     retry: r.retry && retryPolicy(r.retry),
+    // Rewrites and header edits: one compiled form, applied by both paths.
+    rewritePath: compileRewrite(r),
+    hostRewrite: r.rewrite?.host,
+    requestEdits: compileEdits(r.request_headers),
+    responseEdits: compileEdits(r.response_headers),
   };
   const grpc: GrpcRoute = Object.freeze({ ...common, name: r.name });
   const terminal = forwardTo({
     ...common,
     idleTimeoutMs: r.idle_timeout,
-    rewritePath: compileRewrite(r),
-    hostRewrite: r.rewrite?.host,
-    requestEdits: compileEdits(r.request_headers),
-    responseEdits: compileEdits(r.response_headers),
     websocket: r.websocket,
     websocketMaxBuffer: cfg.server.websocket_max_buffer,
     sendTimeoutMs: cfg.server.send_timeout,

@@ -235,9 +235,13 @@ function retriable<T>(retry: RetryPolicy, out: AttemptOutcome<T>): boolean {
   return statusRetriable(retry, out.status);
 }
 
-/** Failures the client caused (gone, body over the limit): no mark against the endpoint. */
+/**
+ * Failures the client caused (gone, body over the limit, its gRPC answer share full): no mark
+ * against the endpoint.
+ */
 function clientsFault(pe: ProxyError): boolean {
-  return pe.kind === "client_closed" || pe.kind === "payload_too_large";
+  return pe.kind === "client_closed" || pe.kind === "payload_too_large" ||
+    pe.kind === "client_share_full";
 }
 
 /**

@@ -213,7 +213,14 @@ export function buildCluster(
       endpoints.push(endpointFromUrl(d.url, d.weight, endpoints.length, slot));
     }
     const removed = old.endpoints.filter((e) => !seen.has(e.origin));
-    for (const e of removed) slots.free(e.slot);
+    for (const e of removed) {
+      slots.free(e.slot);
+      // Its pools close once their requests are done: an answer that keeps rotating (DNS) would
+      // otherwise keep connections and pool state for every address it ever named.
+      h1?.retire(e.origin);
+      h2.retire(e.origin);
+      fetchTransport.retire(e.origin);
+    }
     const fresh = buildMembers(endpoints, states, seeds);
     members = fresh;
     void old.health.close();

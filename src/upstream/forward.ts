@@ -8,7 +8,7 @@ import { ProxyError, toProxyError } from "../pipeline/errors.ts";
 import type { Cluster } from "./cluster.ts";
 import { endToEndHeaders, endToEndPairs, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
 import { h1ResponseParts } from "../h1/connection.ts";
-import { applyEdits, type HeaderEdits, upstreamHeaders } from "./request_headers.ts";
+import { applyEdits, type RouteEdits, upstreamHeaders } from "./request_headers.ts";
 import {
   checkUpstreamHead,
   clientBodyError,
@@ -38,16 +38,12 @@ import {
  * A cluster route's HTTP settings: the cluster call's (src/upstream/call.ts: limits, breaker,
  * retry policy, per-try timeout, metrics) and what only HTTP has.
  */
-export interface ForwardSettings extends CallPolicy {
+export interface ForwardSettings extends CallPolicy, RouteEdits {
   readonly cluster: Cluster;
   /** Time allowed until upstream response headers arrive; 0 disables. */
   readonly timeoutMs: number;
   /** Streamed response bodies silent for this long are cut; 0 disables. */
   readonly idleTimeoutMs: number;
-  readonly rewritePath: (path: string) => string;
-  readonly hostRewrite: string | undefined;
-  readonly requestEdits: HeaderEdits | undefined;
-  readonly responseEdits: HeaderEdits | undefined;
   readonly websocket: boolean;
   readonly websocketMaxBuffer: number;
   /** Client-side limits for relayed bodies and WebSockets (server section). */

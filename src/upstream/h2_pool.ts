@@ -41,7 +41,16 @@ type Target = Pick<Endpoint, "origin" | "url">;
 interface EndpointConns {
   readonly conns: H2Connection[];
   connecting: Promise<H2Connection> | undefined;
+  /** The endpoint left the cluster: a connection still being opened is drained once open. */
+  retired?: boolean;
 }
+
+/**
+ * How long calls still open on a retired endpoint's connections may go on before they are cut:
+ * long enough for any unary call and most streams, short enough that a DNS answer rotating
+ * every few seconds cannot pile up connections.
+ */
+const RETIRED_DRAIN_MS = 300_000;
 
 export class H2Pool {
   readonly #endpoints = new Map<string, EndpointConns>();
@@ -79,9 +88,11 @@ export class H2Pool {
       const conn = this.#pickNow(endpoint);
       if (conn) return use(conn);
       const entry = this.#entry(endpoint.origin);
-      entry.connecting ??= this.#open(endpoint, entry);
+      const opening = entry.connecting ??= this.#open(endpoint, entry);
       try {
-        await entry.connecting;
+        const conn = await opening;
+        // The endpoint left meanwhile: the calls that waited for this connection still use it.
+        if (entry.retired) return use(conn);
       } catch (err) {
         // Cannot connect: queue on what we have, if anything.
         const still = entry.conns.filter((c) => c.available);
@@ -131,6 +142,9 @@ export class H2Pool {
         void conn.drain(5_000);
         throw new ProxyError("no_healthy_upstream", "cluster is being retired");
       }
+      // Opened for calls that chose the endpoint before it left: they open their streams first
+      // (in this tick's continuations), then the connection drains.
+      if (entry.retired) setTimeout(() => void conn.drain(RETIRED_DRAIN_MS), 0);
       entry.conns.push(conn);
       void conn.done.then(() => {
         const i = entry.conns.indexOf(conn);
@@ -190,6 +204,18 @@ export class H2Pool {
   /** Connections open to `origin`. */
   connections(origin: string): number {
     return this.#endpoints.get(origin)?.conns.length ?? 0;
+  }
+
+  /**
+   * `origin` left the cluster (DNS, reload): its connections get GOAWAY, finish the calls they
+   * carry (for up to RETIRED_DRAIN_MS) and close; the pool forgets the endpoint.
+   */
+  retire(origin: string): void {
+    const entry = this.#endpoints.get(origin);
+    if (!entry) return;
+    this.#endpoints.delete(origin);
+    entry.retired = true;
+    for (const c of entry.conns) void c.drain(RETIRED_DRAIN_MS);
   }
 
   close(): void {

@@ -83,3 +83,27 @@ Deno.test("H2Pool: opens connections as streams run out, up to the maximum, and 
     server.stop();
   }
 });
+
+Deno.test("H2Pool: a retired endpoint's connections finish their streams, then close", async () => {
+  const server = limitedServer(10);
+  // No idle timeout: only retiring closes the connections.
+  const pool = new H2Pool({ maxConnectionsPerEndpoint: 2, idleTimeoutMs: 0 });
+  try {
+    const inFlight = await pool.request(server.endpoint, REQUEST);
+    assert.equal(server.state.open.size, 1);
+    pool.retire(server.endpoint.origin);
+    assert.equal(pool.size, 0, "the pool forgot the endpoint");
+    // The stream open at retirement still gets its answer.
+    await inFlight.end();
+    const head = await inFlight.headers;
+    assert.equal(head.find(([n]) => n === ":status")?.[1], "200");
+    const deadline = Date.now() + 5_000;
+    while (server.state.open.size > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(server.state.open.size, 0, "the upstream saw its connection close");
+  } finally {
+    pool.close();
+    server.stop();
+  }
+});

@@ -14,6 +14,18 @@ export interface HeaderEdits {
   readonly set: readonly (readonly [string, string])[];
 }
 
+/**
+ * A route's rewrites and header edits, compiled once (src/server/compile.ts) and applied by the
+ * HTTP path (forward.ts, websocket.ts) and the gRPC path (src/grpc/proxy.ts) alike.
+ */
+export interface RouteEdits {
+  /** The normalised request path (no query) to the path sent upstream. */
+  readonly rewritePath: (path: string) => string;
+  readonly hostRewrite: string | undefined;
+  readonly requestEdits: HeaderEdits | undefined;
+  readonly responseEdits: HeaderEdits | undefined;
+}
+
 /** What `upstreamHeaders` reads of a route's forwarding settings. */
 export interface UpstreamHeaderSettings {
   readonly cluster: { readonly preserveHost: boolean };

@@ -47,11 +47,24 @@ export interface PoolOptions {
 }
 
 export class FetchTransport implements Transport {
-  readonly #client: Deno.HttpClient;
+  /**
+   * One Deno.HttpClient per endpoint, so an endpoint that leaves the cluster (DNS, reload) can
+   * have its pool closed: a client's pool cannot drop one host.
+   */
+  readonly #clients = new Map<string, Deno.HttpClient>();
+  readonly #opts: PoolOptions;
+  #closed = false;
   readonly readsBodyNatively = true;
 
   constructor(opts: PoolOptions) {
-    this.#client = Deno.createHttpClient({
+    this.#opts = opts;
+  }
+
+  #client(origin: string): Deno.HttpClient {
+    let client = this.#clients.get(origin);
+    if (client) return client;
+    const opts = this.#opts;
+    client = Deno.createHttpClient({
       poolMaxIdlePerHost: opts.maxIdlePerEndpoint,
       poolIdleTimeout: opts.idleTimeoutMs,
       // h2c is prior knowledge: no HTTP/1.1 at all. "auto" lets TLS ALPN decide.
@@ -63,19 +76,32 @@ export class FetchTransport implements Transport {
       // The client certificate for upstream mTLS (fetch cannot check the peer's identity).
       ...denoTlsOptions(opts.tls),
     });
+    this.#clients.set(origin, client);
+    return client;
   }
 
-  get client(): Deno.HttpClient {
-    return this.#client;
+  /**
+   * `origin` left the cluster: its client is closed, which lets requests in flight finish and
+   * then closes its connections (Deno 2.9.6, checked), and is forgotten.
+   */
+  retire(origin: string): void {
+    this.#clients.get(origin)?.close();
+    this.#clients.delete(origin);
   }
 
   send(r: UpstreamRequest): Promise<Response> {
+    // The URL is endpoint origin + path: split at the first "/" after "scheme://".
+    const slash = r.url.indexOf("/", r.url.indexOf("//") + 2);
+    const origin = slash === -1 ? r.url : r.url.slice(0, slash);
+    if (this.#closed) {
+      return Promise.reject(new ProxyError("no_healthy_upstream", "the cluster was closed"));
+    }
     // No async wrapper: one promise fewer per request on the hottest path.
     return fetch(r.url, {
       method: r.method,
       headers: r.headers,
       body: r.body,
-      client: this.#client,
+      client: this.#client(origin),
       redirect: "manual",
       signal: r.signal,
     }).catch((err) => {
@@ -89,7 +115,9 @@ export class FetchTransport implements Transport {
   }
 
   close(): void {
-    this.#client.close();
+    this.#closed = true;
+    for (const c of this.#clients.values()) c.close();
+    this.#clients.clear();
   }
 }
 

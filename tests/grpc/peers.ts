@@ -94,6 +94,8 @@ export async function startEchoServer(
         const seen = call.metadata.get(h);
         if (seen.length > 0) md.set(`seen-${h}`, seen.map(String).join(" | "));
       }
+      // The :path the upstream was asked (route rewrites).
+      md.set("seen-path", call.getPath());
       const deadline = call.getDeadline();
       if (deadline !== Infinity) md.set("x-deadline-ms", String(Number(deadline) - Date.now()));
       if (text.startsWith("status:")) {
