@@ -1,0 +1,88 @@
+/**
+ * Hostile inputs found by attacking a running Ferry from outside (`deno task start`'s flags, a
+ * real config in a temp folder): each test is one attack that used to hurt the process, and
+ * checks that it is refused with a reason while Ferry keeps serving.
+ */
+import assert from "node:assert/strict";
+import { metricValue, spawnFerry, type Started, tempConfig } from "./helpers.ts";
+
+const ADMIN_CONFIG = `listeners:
+  - { name: public, address: "127.0.0.1:0" }
+admin: { address: "127.0.0.1:0" }
+server: { watch_config: false }
+routes:
+  - name: all
+    direct_response: { status: 200, body: "served" }
+`;
+
+async function stop(f: Started): Promise<void> {
+  f.child.kill("SIGTERM");
+  await f.child.status;
+}
+
+/** Ferry is alive, serves a request, and nothing escaped to the last line of defence. */
+async function stillServing(f: Started): Promise<void> {
+  const res = await fetch(`${f.listeners.get("public")}/`, { signal: AbortSignal.timeout(5_000) });
+  assert.equal(await res.text(), "served");
+  const metrics = await (await fetch(`${f.admin}/metrics`)).text();
+  assert.equal(metricValue(metrics, "ferry_internal_errors_total"), 0);
+}
+
+/** conn.write may take part of the buffer: loop until all of it is written. */
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  for (let off = 0; off < bytes.length;) off += await conn.write(bytes.subarray(off));
+}
+
+async function validate(f: Started, body: string, ms = 10_000) {
+  const res = await fetch(`${f.admin}/config/validate`, {
+    method: "POST",
+    body,
+    signal: AbortSignal.timeout(ms),
+  });
+  return { status: res.status, body: await res.json() as Record<string, unknown> };
+}
+
+Deno.test({
+  name: "admin: a chunked config body over 4 MiB gets 413 while it is still being sent",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const f = await spawnFerry(["--config", await tempConfig(ADMIN_CONFIG)]);
+    const conn = await Deno.connect({
+      hostname: "127.0.0.1",
+      port: Number(new URL(f.admin!).port),
+    });
+    try {
+      await conn.write(new TextEncoder().encode(
+        "POST /config/validate HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+      ));
+      // 64 MiB in 64 KiB chunks and never the last chunk: only a reader that counts as it
+      // reads can answer; one that waits for the whole body answers nothing.
+      const chunk = new TextEncoder().encode(`10000\r\n${"a".repeat(0x10000)}\r\n`);
+      let answer = "";
+      const reading = (async () => {
+        const buf = new Uint8Array(4096);
+        const n = await conn.read(buf).catch(() => null);
+        if (n) answer = new TextDecoder().decode(buf.subarray(0, n));
+      })();
+      for (let i = 0; i < 1024 && answer === ""; i++) {
+        const sent = await Promise.race([
+          writeAll(conn, chunk).then(() => true, () => false),
+          new Promise<boolean>((r) => setTimeout(() => r(false), 5_000)),
+        ]);
+        if (!sent) break;
+      }
+      await Promise.race([reading, new Promise((r) => setTimeout(r, 10_000))]);
+      assert.match(answer, /^HTTP\/1\.1 413/);
+    } finally {
+      try {
+        conn.close();
+      } catch { /* closed by Ferry */ }
+    }
+    try {
+      await stillServing(f);
+    } finally {
+      await stop(f);
+    }
+  },
+});
