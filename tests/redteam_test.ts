@@ -114,3 +114,45 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "extension module that is a FIFO (file: URL) or over 16 MiB is refused; reloads keep working",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const file = await tempConfig(ADMIN_CONFIG);
+    const dir = file.slice(0, file.lastIndexOf("/"));
+    const fifo = `${dir}/fifo.ts`;
+    const mkfifo = await new Deno.Command("mkfifo", { args: [fifo] }).output();
+    assert.equal(mkfifo.code, 0);
+    const huge = `${dir}/huge.ts`;
+    await Deno.writeFile(huge, new Uint8Array());
+    await Deno.truncate(huge, 20 * 1024 * 1024); // sparse: costs no disk
+    const withModule = (spec: string) =>
+      ADMIN_CONFIG.replace(
+        `direct_response: { status: 200, body: "served" }`,
+        `direct_response: { status: 200, body: "served" }\n    middleware: [{ module: "${spec}" }]`,
+      );
+    const f = await spawnFerry(["--config", file]);
+    try {
+      // A read of a FIFO never ends: the dry run hung, and every later reload queued behind it.
+      const r = await validate(f, withModule(`file://${fifo}`));
+      assert.equal(r.status, 400);
+      assert.match(String(r.body.error), /not a regular file/);
+      for (const spec of [huge, `file://${huge}`]) {
+        const big = await validate(f, withModule(spec));
+        assert.equal(big.status, 400);
+        assert.match(String(big.body.error), /more than the limit of 16777216/);
+      }
+      const reload = await fetch(`${f.admin}/reload`, {
+        method: "POST",
+        signal: AbortSignal.timeout(10_000),
+      });
+      assert.equal(reload.status, 200, await reload.text());
+      await stillServing(f);
+    } finally {
+      await stop(f);
+    }
+  },
+});
