@@ -156,3 +156,77 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "WebSocket: an unmasked client frame closes the tunnel with 1002; nothing reaches upstream",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const received: string[] = [];
+    const up = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+      const { socket, response } = Deno.upgradeWebSocket(req);
+      socket.onmessage = (e) => {
+        received.push(String(e.data));
+        socket.send(e.data);
+      };
+      return response;
+    });
+    const f = await spawnFerry([
+      "--config",
+      await tempConfig(`listeners:
+  - { name: public, address: "127.0.0.1:0" }
+admin: { address: "127.0.0.1:0" }
+routes:
+  - name: ws
+    cluster: up
+clusters:
+  - name: up
+    endpoints: ["http://127.0.0.1:${up.addr.port}"]
+`),
+    ]);
+    const conn = await Deno.connect({
+      hostname: "127.0.0.1",
+      port: Number(new URL(f.listeners.get("public")!).port),
+    });
+    try {
+      await writeAll(
+        conn,
+        new TextEncoder().encode(
+          "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        ),
+      );
+      const buf = new Uint8Array(4096);
+      let text = "";
+      while (!text.includes("\r\n\r\n")) {
+        const n = await conn.read(buf);
+        assert.ok(n !== null, "closed before the 101");
+        text += new TextDecoder().decode(buf.subarray(0, n));
+      }
+      assert.match(text, /^HTTP\/1\.1 101/);
+      // A text frame "hello" without the mask bit and mask key.
+      await writeAll(conn, new Uint8Array([0x81, 0x05, ...new TextEncoder().encode("hello")]));
+      const frames: Uint8Array[] = [];
+      const deadline = Date.now() + 5_000;
+      while (Date.now() < deadline) {
+        const n = await Promise.race([
+          conn.read(buf).catch(() => null),
+          new Promise<null>((r) => setTimeout(() => r(null), deadline - Date.now())),
+        ]);
+        if (n === null) break;
+        frames.push(buf.slice(0, n));
+      }
+      const got = frames.flatMap((b) => [...b]);
+      // The first frame back is the close (opcode 8) with code 1002, not an echo of "hello".
+      assert.equal(got[0]! & 0x0f, 8, `first frame back: ${got.slice(0, 12)}`);
+      assert.equal((got[2]! << 8) | got[3]!, 1002);
+      assert.deepEqual(received, []);
+    } finally {
+      try {
+        conn.close();
+      } catch { /* closed by Ferry */ }
+      await stop(f);
+      await up.shutdown();
+    }
+  },
+});
