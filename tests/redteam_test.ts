@@ -5,6 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { metricValue, spawnFerry, type Started, tempConfig } from "./helpers.ts";
+import { JwtProvider } from "../src/policy/jwt.ts";
+import { JwtProviderSchema } from "../src/config/schema.ts";
 
 const ADMIN_CONFIG = `listeners:
   - { name: public, address: "127.0.0.1:0" }
@@ -229,4 +231,37 @@ clusters:
       await up.shutdown();
     }
   },
+});
+
+Deno.test("JWKS: an endpoint that streams a body over 1 MiB is refused, not read to the end", async () => {
+  // 64 MiB, then the stream ends: a reader without a bound holds it all, then fails on JSON.
+  const chunk = new Uint8Array(1024 * 1024).fill(0x20);
+  let served = 0;
+  const jwks = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, () =>
+    new Response(
+      new ReadableStream({
+        pull(c) {
+          if (served >= 64) return c.close();
+          served++;
+          c.enqueue(chunk);
+        },
+      }),
+    ));
+  const provider = new JwtProvider(
+    JwtProviderSchema.parse({
+      name: "corp",
+      issuer: "x",
+      jwks_url: `http://127.0.0.1:${jwks.addr.port}/jwks`,
+      fetch_timeout: "10s",
+    }),
+    {},
+  );
+  try {
+    await provider.refresh();
+    assert.match(String(provider.status().last_error), /JWKS document larger than 1048576 bytes/);
+    assert.ok(served < 64, `read ${served} MiB of 64`);
+  } finally {
+    provider.close();
+    await jwks.shutdown();
+  }
 });
