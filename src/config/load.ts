@@ -21,6 +21,7 @@ import {
   isMap,
   isScalar,
   isSeq,
+  Lexer,
   LineCounter,
   type Pair,
   parseDocument,
@@ -89,11 +90,18 @@ export function resolveConfigPath(configFile: string, p: string): string {
   return normalizePosix(p.startsWith("/") ? p : `${dir}/${p}`);
 }
 
+/** The largest file a config may name (certificates, CA bundles, keys, tokens, modules). */
+export const MAX_NAMED_FILE_BYTES = 16 * 1024 * 1024;
+
 /** `ParseOptions.checkFile` backed by the file system (needs --allow-read). */
 export function checkReadableFile(path: string): string | undefined {
   try {
     const info = Deno.statSync(path);
     if (!info.isFile) return "not a regular file";
+    // The files a config names are read whole and synchronously (TLS material, keys, tokens).
+    if (info.size > MAX_NAMED_FILE_BYTES) {
+      return `${info.size} bytes, more than the limit of ${MAX_NAMED_FILE_BYTES}`;
+    }
     Deno.openSync(path, { read: true }).close();
     return undefined;
   } catch (err) {
@@ -159,6 +167,36 @@ export async function loadConfigFile(path: string): Promise<LoadResult> {
 // ---------------------------------------------------------------------------------------------
 // YAML
 
+/** Deepest collection nesting accepted in config text; Ferry's own fields nest under 10. */
+export const MAX_YAML_NESTING = 64;
+
+/**
+ * The offset where `text` nests collections deeper than `MAX_YAML_NESTING`, or undefined. The
+ * YAML parser's time and memory grow steeply with depth (a 4 MiB `[[[[...` took 9 s of blocked
+ * event loop and 2.3 GB), so depth is measured first with the YAML lexer (linear, stops at the
+ * limit): flow brackets, plus the block indicators (`- - -`, `? ? ?`) that nest on one line.
+ * Nesting across lines costs one more column of indent per level: its bytes grow with the square
+ * of its depth, and it parses fast.
+ */
+function nestingOverLimit(text: string): number | undefined {
+  let offset = 0;
+  let flow = 0;
+  let onLine = 0;
+  for (const token of new Lexer().lex(text)) {
+    // The lexer's markers (document start, scalar, flow end) are control characters of its own
+    // and stand for no source text.
+    const marker = token.length === 1 && token < " " && token !== "\n" && token !== "\t" &&
+      token !== "\r";
+    if (token === "[" || token === "{") flow++;
+    else if (token === "]" || token === "}") flow = Math.max(0, flow - 1);
+    else if (token === "-" || token === "?") onLine++;
+    else if (token === "\n" || token === "\r\n") onLine = 0;
+    if (flow + onLine > MAX_YAML_NESTING) return offset;
+    if (!marker) offset += token.length;
+  }
+  return undefined;
+}
+
 /**
  * Parses and validates config text. `file` names the source in issues and is the folder that
  * relative TLS paths are resolved against; files are checked only with `options.checkFile`.
@@ -168,6 +206,22 @@ export function parseConfigText(
   file: string,
   options: ParseOptions = {},
 ): LoadResult {
+  const tooDeep = nestingOverLimit(text);
+  if (tooDeep !== undefined) {
+    const before = text.slice(0, tooDeep);
+    const line = before.split("\n").length;
+    return {
+      ok: false,
+      errors: [{
+        file,
+        line,
+        column: tooDeep - before.lastIndexOf("\n"),
+        path: "",
+        message: `YAML: nested more than ${MAX_YAML_NESTING} levels deep; ` +
+          "expected a config (Ferry's deepest field is under 10 levels)",
+      }],
+    };
+  }
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, {
     lineCounter,

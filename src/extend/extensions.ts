@@ -8,7 +8,7 @@
  */
 import client from "prom-client";
 import type { FerryConfig, MiddlewareRefConfig } from "../config/schema.ts";
-import { resolveConfigPath } from "../config/load.ts";
+import { MAX_NAMED_FILE_BYTES, resolveConfigPath } from "../config/load.ts";
 import type { PathSegment } from "../config/errors.ts";
 import type { Handler, Middleware, RequestContext } from "../pipeline/types.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
@@ -218,6 +218,16 @@ async function importFactory(
 ): Promise<{ factory: MiddlewareFactory } | { problem: string }> {
   let bytes: Uint8Array;
   try {
+    // Checked before reading: a FIFO never ends its read (and the reload waiting on it held up
+    // every later one), a device such as /dev/zero never ends at all.
+    const info = await Deno.stat(url);
+    if (!info.isFile) return { problem: `cannot read module ${url.pathname}: not a regular file` };
+    if (info.size > MAX_NAMED_FILE_BYTES) {
+      return {
+        problem: `cannot read module ${url.pathname}: ${info.size} bytes, more than the ` +
+          `limit of ${MAX_NAMED_FILE_BYTES}`,
+      };
+    }
     bytes = await Deno.readFile(url);
   } catch (err) {
     const why = err instanceof Deno.errors.NotFound

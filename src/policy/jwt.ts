@@ -42,6 +42,35 @@ export interface JwksStatus {
   readonly last_error: string | null;
 }
 
+/** The largest JWKS document read; real ones are a few KiB. */
+const MAX_JWKS_BYTES = 1024 * 1024;
+
+/**
+ * The body as text, refused once it passes `max` bytes: a JWKS endpoint that streams without end
+ * was read into memory until `fetch_timeout`.
+ */
+async function boundedText(body: ReadableStream<Uint8Array> | null, max: number): Promise<string> {
+  if (body === null) return "";
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  const reader = body.getReader();
+  for (let r = await reader.read(); !r.done; r = await reader.read()) {
+    size += r.value.byteLength;
+    if (size > max) {
+      await reader.cancel().catch(() => {});
+      throw new Error(`JWKS document larger than ${max} bytes`);
+    }
+    parts.push(r.value);
+  }
+  const all = new Uint8Array(size);
+  let at = 0;
+  for (const p of parts) {
+    all.set(p, at);
+    at += p.length;
+  }
+  return new TextDecoder().decode(all);
+}
+
 export class JwtProvider {
   readonly name: string;
   readonly #cfg: JwtProviderConfig;
@@ -163,7 +192,7 @@ export class JwtProvider {
           await res.body?.cancel();
           throw new Error(`HTTP ${res.status}`);
         }
-        const text = await res.text();
+        const text = await boundedText(res.body, MAX_JWKS_BYTES);
         this.#install(parseJwks(text), text);
         this.#lastError = undefined;
       } catch (err) {

@@ -19,6 +19,7 @@ import type { MiddlewareRefConfig } from "../config/schema.ts";
 import { withDurationUnits } from "../config/errors.ts";
 import { decide, identityFromId } from "../policy/authz.ts";
 import { lacksHost } from "./handler.ts";
+import { countingLimit } from "./request_limits.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { errorResponse, ProxyError, type RecentErrors } from "../pipeline/errors.ts";
 import { dashboardStats, type MetricReader, type StatsHistory } from "./admin_stats.ts";
@@ -290,8 +291,16 @@ async function configApi(view: AdminView, req: Request, dryRun: boolean): Promis
   if (!view.submitConfig) return json(501, { error: "config changes are not available" });
   const declared = Number(req.headers.get("content-length") ?? 0);
   if (declared > MAX_CONFIG_BYTES) return json(413, { error: "config too large" });
-  const body = new Uint8Array(await req.arrayBuffer());
-  if (body.byteLength > MAX_CONFIG_BYTES) return json(413, { error: "config too large" });
+  // Counted as it is read: a chunked body has no length to check first, and reading it whole
+  // before checking held the entire upload in memory.
+  const limited = req.body === null ? undefined : countingLimit(req.body, MAX_CONFIG_BYTES);
+  let body: Uint8Array;
+  try {
+    body = new Uint8Array(await new Response(limited?.stream ?? null).arrayBuffer());
+  } catch {
+    if (limited?.overLimit()) return json(413, { error: "config too large" });
+    return json(400, { ok: false, error: "the config body could not be read" });
+  }
   let text: string;
   try {
     text = new TextDecoder("utf-8", { fatal: true }).decode(body);

@@ -162,7 +162,6 @@ const HEAD_MAX_LINES = 124;
 const SMALL_BUFFER = 2048;
 /** RFC 6455 7.4.1 close codes the guard asks for. */
 const CLOSE_GOING_AWAY = 1001;
-const CLOSE_MESSAGE_TOO_BIG = 1009;
 const LARGE_BUFFER = 32 * 1024;
 /**
  * SO_SNDBUF/SO_RCVBUF of Deno.serve's end of the hop (the kernel doubles it): twice the pump's
@@ -320,7 +319,7 @@ export class ConnectionGuard {
         const limits = this.#opts.limits();
         g.phase = "tunnel";
         g.since = g.link.lastMessageAt = performance.now();
-        g.frames = new WsFrameLimit(limits.wsMaxFrameBytes, limits.wsMaxMessageBytes);
+        g.frames = new WsFrameLimit(limits.wsMaxFrameBytes, limits.wsMaxMessageBytes, true);
       } else if (g.link.tunnel) {
         // The upgrade's answer was replaced on its way out: no tunnel, its upstream closes.
         g.link.tunnel.close();
@@ -471,7 +470,7 @@ export class ConnectionGuard {
           }
           if (allowed < n) {
             // Nothing more from this client reaches Deno's WebSocket; the close goes out below.
-            this.#closeTunnel(g, CLOSE_MESSAGE_TOO_BIG, g.frames!.violation!);
+            this.#closeTunnel(g, g.frames!.violationCode, g.frames!.violation!);
             return;
           }
         } else {

@@ -2,7 +2,13 @@
  * Follows the frame headers in a client's WebSocket byte stream (RFC 6455 5.2) without keeping
  * any payload, so that a frame or a message (all its fragments) over the limits is refused when
  * its header arrives: before its bytes reach Deno's WebSocket, which would collect them in memory.
+ * With `requireMask`, an unmasked frame is refused the same way (RFC 6455 5.1: a server MUST close
+ * the connection on one; Deno's WebSocket takes it as if masked).
  */
+/** RFC 6455 7.4.1 close codes for the two kinds of violation. */
+const CLOSE_PROTOCOL_ERROR = 1002;
+const CLOSE_MESSAGE_TOO_BIG = 1009;
+
 export class WsFrameLimit {
   readonly #head = new Uint8Array(14);
   #headLen = 0;
@@ -15,8 +21,15 @@ export class WsFrameLimit {
   dataFrames = 0;
   /** A close frame's header was seen. */
   closeSeen = false;
+  /** The close code for `violation`: 1009 (too big) or 1002 (protocol error). */
+  violationCode = CLOSE_MESSAGE_TOO_BIG;
 
-  constructor(readonly maxFrameBytes: number, readonly maxMessageBytes: number) {}
+  /** `requireMask`: a client's frames (RFC 6455 5.3); a server's are unmasked. */
+  constructor(
+    readonly maxFrameBytes: number,
+    readonly maxMessageBytes: number,
+    readonly requireMask = false,
+  ) {}
 
   /**
    * Reads `n` more bytes of `buf`; returns how many may be relayed: all of them, or those before
@@ -40,7 +53,13 @@ export class WsFrameLimit {
       const fin = (this.#head[0]! & 0x80) !== 0;
       const opcode = this.#head[0]! & 0x0f;
       const len = payloadLength(this.#head);
+      const masked = (this.#head[1]! & 0x80) !== 0;
       this.#headLen = 0;
+      if (this.requireMask && !masked) {
+        this.violation = "unmasked frame from the client";
+        this.violationCode = CLOSE_PROTOCOL_ERROR;
+        return headStart;
+      }
       if (len > this.maxFrameBytes) {
         this.violation = `frame of ${len} bytes over the limit of ${this.maxFrameBytes}`;
         return headStart;

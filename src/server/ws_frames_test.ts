@@ -84,3 +84,17 @@ Deno.test("a 64-bit length is read whole", () => {
   assert.equal(limit.feed(big, big.length), 0);
   assert.match(limit.violation ?? "", /frame of 1099511627776 bytes/);
 });
+
+Deno.test("an unmasked client frame is refused at its header with 1002 (RFC 6455 5.1)", () => {
+  const limit = new WsFrameLimit(1 << 20, 1 << 20, true);
+  const unmasked = frame(1, true, 5);
+  unmasked[1] = unmasked[1]! & 0x7f;
+  const stream = concat(frame(1, true, 10), unmasked.subarray(0, unmasked.length - 4));
+  assert.equal(feedAll(limit, stream, 3), frame(1, true, 10).length);
+  // A server's frames are unmasked: followed without complaint when no mask is required.
+  const serverSide = new WsFrameLimit(1 << 20, 1 << 20);
+  assert.equal(feedAll(serverSide, stream, 3), stream.length);
+  assert.equal(serverSide.violation, undefined);
+  assert.equal(limit.violationCode, 1002);
+  assert.match(limit.violation!, /unmasked/);
+});
