@@ -31,6 +31,7 @@ Deno.test({
         tunnelIdleTimeoutMs: 0,
         wsMaxFrameBytes: MiB,
         wsMaxMessageBytes: MiB,
+        maxStreamsPerConnection: 128,
       }),
       log: createLogger("error", () => {}),
     });

@@ -265,3 +265,39 @@ Deno.test("JWKS: an endpoint that streams a body over 1 MiB is refused, not read
     await jwks.shutdown();
   }
 });
+
+Deno.test("HTTP/2: one connection gets at most server.max_streams_per_connection requests in flight; the rest get 503 DO", async () => {
+  const { startFerry, startUpstream, run } = await import("./helpers.ts");
+  // Answers are held until released, so every stream stays in flight while h2load opens more.
+  let release!: () => void;
+  const held = new Promise<void>((r) => release = r);
+  let reached = 0;
+  const up = startUpstream(async () => {
+    reached++;
+    await held;
+    return new Response("ok");
+  });
+  const px = startFerry(
+    `server: { max_streams_per_connection: 10 }
+listeners: [{ name: web, address: "127.0.0.1:0" }]
+clusters: [{ name: up, endpoints: ["{{UP}}"] }]
+routes: [{ name: all, match: { path: { prefix: / } }, cluster: up }]
+`,
+    { UP: up.url },
+  );
+  try {
+    const load = run("h2load", ["-n", "40", "-c", "1", "-m", "40", `${px.url}/`]);
+    for (let i = 0; i < 100 && reached < 10; i++) await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 300));
+    release();
+    const out = (await load).stdout;
+    const codes = out.match(/status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx/);
+    assert.ok(codes, out);
+    assert.equal(Number(codes[1]), 10, `at most 10 served at once: ${out}`);
+    assert.equal(Number(codes[4]), 30, out);
+    assert.equal(reached, 10, "the refused streams never reached the upstream");
+  } finally {
+    await px.close();
+    await up.close();
+  }
+});

@@ -68,6 +68,7 @@ Deno.test("the contract example loads with every default applied", () => {
       max_body_bytes: 10 * 1024 * 1024,
       max_header_bytes: 12 * 1024,
       max_headers: 100,
+      max_streams_per_connection: 128,
       max_uri_bytes: 8192,
       send_timeout: 60_000,
       websocket_max_message_bytes: 1024 * 1024,

@@ -600,6 +600,7 @@ export const SERVER_LIMIT_DEFAULTS = {
   idle_timeout: 60_000,
   max_connections: 10_000,
   max_connections_per_ip: 0,
+  max_streams_per_connection: 128,
   max_body_bytes: 10 * 1024 * 1024,
   max_header_bytes: 12 * 1024,
   max_headers: 100,
@@ -643,6 +644,13 @@ export const ServerSchema = z.strictObject({
   /** Open downstream connections per client address per listener (0: no cap). */
   max_connections_per_ip: z.number().int().min(0).default(
     SERVER_LIMIT_DEFAULTS.max_connections_per_ip,
+  ),
+  /**
+   * Requests in flight at once on one HTTP/2 client connection, through the guard (0: no cap);
+   * more get 503 `DO`, as nginx's http2_max_concurrent_streams bounds what one connection holds.
+   */
+  max_streams_per_connection: z.number().int().min(0).default(
+    SERVER_LIMIT_DEFAULTS.max_streams_per_connection,
   ),
   /** Request body bytes (0: no limit); larger bodies get 413. */
   max_body_bytes: z.number().int().min(0).default(SERVER_LIMIT_DEFAULTS.max_body_bytes),

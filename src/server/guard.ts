@@ -56,6 +56,8 @@ export interface GuardLimits extends ConnectionCaps {
   /** WebSocket frames and messages from clients over these get 1009. */
   readonly wsMaxFrameBytes: number;
   readonly wsMaxMessageBytes: number;
+  /** Requests in flight at once on one HTTP/2 connection; more get 503. 0: no cap. */
+  readonly maxStreamsPerConnection: number;
 }
 
 /** The guard's limits from the `server:` config section. */
@@ -68,6 +70,7 @@ export function guardLimits(server: {
   readonly websocket_idle_timeout: number;
   readonly websocket_max_frame_bytes: number;
   readonly websocket_max_message_bytes: number;
+  readonly max_streams_per_connection: number;
 }): GuardLimits {
   return {
     headerTimeoutMs: server.header_timeout,
@@ -77,6 +80,7 @@ export function guardLimits(server: {
     tunnelIdleTimeoutMs: server.websocket_idle_timeout,
     wsMaxFrameBytes: server.websocket_max_frame_bytes,
     wsMaxMessageBytes: server.websocket_max_message_bytes,
+    maxStreamsPerConnection: server.max_streams_per_connection,
   };
 }
 
@@ -313,6 +317,20 @@ export class ConnectionGuard {
         completed: info.completed,
         identity: g.identity,
       };
+      // One HTTP/2 connection may open as many streams as Deno's server takes, and each one
+      // answered holds at least a chunk of its body while the client reads nothing: the cap
+      // bounds what one connection can make Ferry hold (redteam: 1000 streams held ~130 MB).
+      const maxStreams = g.h2 ? this.#opts.limits().maxStreamsPerConnection : 0;
+      if (maxStreams > 0 && g.active > maxStreams) {
+        return errorResponse(
+          new ProxyError(
+            "too_many_connections",
+            `more than ${maxStreams} requests at once on one HTTP/2 connection ` +
+              "(server.max_streams_per_connection)",
+          ),
+          crypto.randomUUID(),
+        );
+      }
       const res = await handler(req, guarded);
       // Only a WebSocket upgrade becomes a tunnel; a 101 to anything else is not one.
       if (res.status === 101 && isWebSocketUpgrade(req)) {
