@@ -87,4 +87,6 @@ export const MAIN_ISOLATE_METRICS: ReadonlySet<string> = new Set([
   "ferry_config_info",
   "ferry_build_info",
   "ferry_rate_limit_backend_up",
+  // The config's certificates: the same in every isolate (summed, an expiry read N times late).
+  "ferry_tls_certificate_expiry_timestamp_seconds",
 ]);
