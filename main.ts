@@ -16,7 +16,7 @@ import { VERSION } from "./src/version.ts";
 import { describeSnapshot } from "./src/server/summary.ts";
 import { checkFdBudget, fdBudget } from "./src/observability/descriptors.ts";
 import { WorkerPool } from "./src/workers/supervisor.ts";
-import { SharedArena } from "./src/workers/shared_memory.ts";
+import { SharedArena } from "./src/policy/shared_memory.ts";
 import { workerCount } from "./src/workers/count.ts";
 
 const EXIT_CONFIG = 1, EXIT_USAGE = 2, EXIT_START = 3;
@@ -76,7 +76,7 @@ async function main(): Promise<number> {
   let pool: WorkerPool | undefined;
   if (workers.count > 1) {
     // Compiled again with the shared arena, so this isolate's admin views read the same
-    // buckets and breakers as the workers (src/workers/shared_memory.ts).
+    // buckets and breakers as the workers (src/policy/shared_memory.ts).
     snapshot.close();
     const arena = new SharedArena();
     const rebuilt = await buildSnapshot(source, { version: 1, log, metrics, sharedMemory: arena });

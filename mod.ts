@@ -25,7 +25,7 @@ export type {
   RequestContext,
   RequestOutcome,
 } from "./src/pipeline/types.ts";
-export type { MiddlewareFactory, MiddlewareUse } from "./src/extend/extensions.ts";
+export type { MiddlewareFactory, MiddlewareUse } from "./src/server/extensions.ts";
 export { ConfigError, type FerryHandle, start, type StartOptions } from "./src/extend/run.ts";
 export type { BoundAddress } from "./src/server/ferry.ts";
 export type { ReloadOutcome } from "./src/server/reload.ts";

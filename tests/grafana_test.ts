@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { FerryMetrics } from "../src/observability/metrics.ts";
-import { registerMiddlewareMetrics } from "../src/extend/extensions.ts";
+import { registerMiddlewareMetrics } from "../src/server/extensions.ts";
 import { registerCertificateExpiry } from "../src/server/tls_material.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;

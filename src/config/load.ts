@@ -827,7 +827,7 @@ function moduleSpecifierProblem(spec: string): string | undefined {
 
 /**
  * `middleware:` entries: local module files that can be read (the import itself happens when the
- * config is built, src/extend/extensions.ts), and only where an HTTP request passes through them.
+ * config is built, src/server/extensions.ts), and only where an HTTP request passes through them.
  */
 function checkMiddleware(
   cfg: FerryConfig,

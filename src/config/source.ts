@@ -12,7 +12,7 @@ import {
   resolveConfigPath,
   validateConfig,
 } from "./load.ts";
-import type { MiddlewareFactory } from "../extend/extensions.ts";
+import type { MiddlewareFactory } from "../pipeline/types.ts";
 
 export const DEFAULT_CONFIG = "config/ferry.yaml";
 

@@ -11,7 +11,7 @@ import { FerryMetrics } from "../observability/metrics.ts";
 import { type BoundAddress, Ferry, installLastLineOfDefence } from "../server/ferry.ts";
 import { Reloader, type ReloadOutcome, watchConfigFile } from "../server/reload.ts";
 import { VERSION } from "../version.ts";
-import type { MiddlewareFactory } from "./extensions.ts";
+import type { MiddlewareFactory } from "../server/extensions.ts";
 
 /** What `start` runs: a config and the middleware factories it may name. */
 export interface StartOptions {

@@ -139,3 +139,22 @@ export type Middleware = (next: Handler) => Handler;
 export function compose(middleware: readonly Middleware[], terminal: Handler): Handler {
   return middleware.reduceRight<Handler>((next, mw) => mw(next), terminal);
 }
+
+/** Where a factory is used; handed to it so it can name itself in its own logs. */
+export interface MiddlewareUse {
+  /** The route whose entry this is, or undefined for a listener's default list. */
+  readonly route: string | undefined;
+  /** The listener whose default list this is, or undefined for a route's own list. */
+  readonly listener: string | undefined;
+}
+
+/**
+ * Builds a middleware from the entry's `options` (always an object; `{}` when none are given).
+ * Throw (or reject) to refuse the options: the message becomes the config error. Called once per
+ * config entry on every start, reload and `--check`, so it should validate and build, not start
+ * background work.
+ */
+export type MiddlewareFactory = (
+  options: Readonly<Record<string, unknown>>,
+  use: MiddlewareUse,
+) => Middleware | Promise<Middleware>;

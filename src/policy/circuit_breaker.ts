@@ -25,7 +25,7 @@
  * CLOSED that fails after the breaker went HALF_OPEN is not mistaken for a probe result.
  * Without a permit, a result is attributed to the current state.
  *
- * Sharing between isolates (`server.workers`, src/workers/shared_memory.ts): every isolate must build its store with the same
+ * Sharing between isolates (`server.workers`, src/policy/shared_memory.ts): every isolate must build its store with the same
  * `slots` and config over the same buffer (see `BreakerStore.byteLength`). State changes are
  * made with `Atomics.compareExchange`, so each transition is won, and reported to its
  * listener, by exactly one isolate; probe and failure counters use `Atomics.add`. Timestamps

@@ -8,7 +8,7 @@ import type { RateLimitConfig, RouteConfig } from "../config/schema.ts";
 import type { CallFacts, PolicyLayer } from "../pipeline/types.ts";
 import { ProxyError } from "../pipeline/errors.ts";
 import { KeyedTokenBuckets, type RateDecision, TokenBucketStore } from "./token_bucket.ts";
-import type { SharedRegion } from "../workers/shared_memory.ts";
+import type { SharedRegion } from "./shared_memory.ts";
 import { RedisLeaseBackend, type SharedLimiterDeps, SharedRateLimit } from "./redis_limiter.ts";
 
 /** A compiled limiter: one scope, its buckets, and how a request maps to its key. */

@@ -20,7 +20,7 @@
  * The result object is reused: `take` overwrites and returns the store's `decision` unless
  * the caller passes its own `out`. Read it before the next call. Nothing allocates per call.
  *
- * Sharing between isolates (`server.workers`, src/workers/shared_memory.ts): over a
+ * Sharing between isolates (`server.workers`, src/policy/shared_memory.ts): over a
  * `SharedArrayBuffer` every take runs under a spin lock kept in the same memory (an
  * `Atomics.compareExchange` on one int), so isolates racing on one key never both get the last
  * token. A lock held longer than `LOCK_SPINS` tries (its holder was terminated mid-take) is taken

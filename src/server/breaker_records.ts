@@ -3,7 +3,7 @@
  * state per slot (for /clusters and the dashboard), and which endpoint each slot stands for (for
  * the metrics). Slots follow the cluster's stable endpoint slots.
  */
-import type { SharedRegion } from "../workers/shared_memory.ts";
+import type { SharedRegion } from "../policy/shared_memory.ts";
 import type { BreakerConfigSchema } from "../config/schema.ts";
 import type { Cluster } from "../upstream/cluster.ts";
 import {

@@ -6,14 +6,14 @@
 import type { ConfigSource } from "../config/source.ts";
 import { formatIssues, type LoadResult, resolveConfigPath } from "../config/load.ts";
 import { formatPath, parsePath, type PathSegment } from "../config/errors.ts";
-import { loadExtensions, type RouteExtensions } from "../extend/extensions.ts";
+import { loadExtensions, type RouteExtensions } from "./extensions.ts";
 import type { FerryConfig } from "../config/schema.ts";
 import type { Logger } from "../observability/log.ts";
 import { FerryMetrics } from "../observability/metrics.ts";
 import { compileSnapshot, type Snapshot } from "./compile.ts";
 import { ConfigProblemsError, readMaterials } from "../config/materials.ts";
 import { prepareParts } from "./registry.ts";
-import type { SharedMemory } from "../workers/shared_memory.ts";
+import type { SharedMemory } from "../policy/shared_memory.ts";
 import { checkTlsMaterials } from "./tls_material.ts";
 
 export type BuildResult =
@@ -115,7 +115,7 @@ export interface CompileConfigOptions extends BuildOptions {
   readonly written?: unknown;
   /** Reads a file named in the config, resolved against the config's folder. */
   readonly readTextFile: (path: string) => string;
-  /** Extension middleware loaded for this config (src/extend/extensions.ts). */
+  /** Extension middleware loaded for this config (src/server/extensions.ts). */
   readonly extensions?: RouteExtensions;
 }
 

@@ -131,7 +131,7 @@ export interface CompileOptions {
   readonly metrics: FerryMetrics;
   /** The config as written (parsed YAML before the schema), for /config's durations. */
   readonly written?: unknown;
-  /** Extension middleware loaded for this config (src/extend/extensions.ts), per route index. */
+  /** Extension middleware loaded for this config (src/server/extensions.ts), per route index. */
   readonly extensions?: {
     forRoute(index: number, metrics: FerryMetrics): Middleware | undefined;
   };

@@ -40,7 +40,7 @@ import {
 import { errorResponse, ProxyError } from "../pipeline/errors.ts";
 import { TlsListener } from "./node_tls.ts";
 import type { ListenerTls } from "./tls_material.ts";
-import { WsFrameLimit } from "./ws_frames.ts";
+import { WsFrameLimit } from "../pipeline/ws_frames.ts";
 import { setLoopbackListenerBuffers } from "./socket_buffers.ts";
 import { rawReader, type RawWrite, rawWriter } from "./raw_io.ts";
 

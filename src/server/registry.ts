@@ -26,7 +26,7 @@ import type { UpstreamTls } from "../upstream/upstream_tls.ts";
 import { DeadlineQueue } from "../policy/deadlines.ts";
 import { type BreakerRecord, breakerStore, type BreakerView } from "./breaker_records.ts";
 import { compileLimiters, type Limiter } from "../policy/middleware.ts";
-import type { SharedMemory } from "../workers/shared_memory.ts";
+import type { SharedMemory } from "../policy/shared_memory.ts";
 import { JwtProvider } from "../policy/jwt.ts";
 import type { Logger } from "../observability/log.ts";
 import { AccessLog, LineWriter, openSink } from "../observability/access_log.ts";

@@ -191,7 +191,7 @@ async function relayWebSocket(
   };
   client.onmessage = (e: MessageEvent<string | ArrayBuffer>) => {
     if (link) link.lastMessageAt = performance.now();
-    // Behind the guard, frames over the limits never get here (src/server/ws_frames.ts); this
+    // Behind the guard, frames over the limits never get here (src/pipeline/ws_frames.ts); this
     // check is for listeners without it, after Deno has collected the message.
     if (overLimit(e.data, maxMessage)) {
       closeTunnel(CLOSE_TOO_BIG, `message over ${maxMessage} bytes`);

@@ -3,11 +3,11 @@
  * upstream socket the h1 codec upgraded. Frames are not decoded, so close codes, extensions
  * (permessage-deflate) and subprotocols pass exactly as the two ends speak them. Only frame
  * headers are followed, for the limits: the guard checks the client's frames and messages
- * (src/server/ws_frames.ts), this checks the upstream's messages, counts messages both ways for
+ * (src/pipeline/ws_frames.ts), this checks the upstream's messages, counts messages both ways for
  * the idle timeout, and writes close frames of its own only between frames.
  */
 import type { ByteTunnel, DownstreamLink, TunnelClient } from "../pipeline/downstream.ts";
-import { WsFrameLimit } from "../server/ws_frames.ts";
+import { WsFrameLimit } from "../pipeline/ws_frames.ts";
 import type { Upgraded } from "../h1/upgrade.ts";
 
 const READ_BUFFER = 16 * 1024;

@@ -20,7 +20,7 @@ export interface WorkerConfig {
 
 export interface WorkerStart extends WorkerConfig {
   readonly index: number;
-  /** The process-wide policy memory (src/workers/shared_memory.ts). */
+  /** The process-wide policy memory (src/policy/shared_memory.ts). */
   readonly arena: SharedArrayBuffer;
   readonly logLevel: LogLevel;
   /** Tag every response with `x-ferry-worker: <index>` (debug; FERRY_WORKER_HEADER=1). */

@@ -17,7 +17,7 @@ import type { MetricReader } from "../server/admin_stats.ts";
 import type { RecentError } from "../pipeline/errors.ts";
 import type { clustersView } from "../server/cluster_view.ts";
 import { mergeClusterViews } from "./merge_clusters.ts";
-import type { SharedArena } from "./shared_memory.ts";
+import type { SharedArena } from "../policy/shared_memory.ts";
 import type {
   HealthTable,
   WorkerCall,

@@ -9,13 +9,13 @@ import type { Snapshot } from "../server/compile.ts";
 import { compileConfig } from "../server/build.ts";
 import { ConfigProblemsError } from "../config/materials.ts";
 import { formatPath } from "../config/errors.ts";
-import { loadExtensions } from "../extend/extensions.ts";
+import { loadExtensions } from "../server/extensions.ts";
 import { resolveConfigPath } from "../config/load.ts";
 import { createLogger, type Logger } from "../observability/log.ts";
 import { FerryMetrics } from "../observability/metrics.ts";
 import { Ferry, installLastLineOfDefence } from "../server/ferry.ts";
 import { clustersView } from "../server/cluster_view.ts";
-import { SharedArena, type SharedMemory } from "./shared_memory.ts";
+import { SharedArena, type SharedMemory } from "../policy/shared_memory.ts";
 import type { RecentError, RecentErrors } from "../pipeline/errors.ts";
 import {
   type HealthTable,

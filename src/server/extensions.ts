@@ -10,29 +10,17 @@ import client from "prom-client";
 import type { FerryConfig, MiddlewareRefConfig } from "../config/schema.ts";
 import { MAX_NAMED_FILE_BYTES, resolveConfigPath } from "../config/load.ts";
 import type { PathSegment } from "../config/errors.ts";
-import type { Handler, Middleware, RequestContext } from "../pipeline/types.ts";
+import type {
+  Handler,
+  Middleware,
+  MiddlewareFactory,
+  MiddlewareUse,
+  RequestContext,
+} from "../pipeline/types.ts";
+export type { MiddlewareFactory, MiddlewareUse };
 import type { FerryMetrics } from "../observability/metrics.ts";
 import { ProxyError } from "../pipeline/errors.ts";
 import { carryOver } from "../pipeline/downstream.ts";
-
-/** Where a factory is used; handed to it so it can name itself in its own logs. */
-export interface MiddlewareUse {
-  /** The route whose entry this is, or undefined for a listener's default list. */
-  readonly route: string | undefined;
-  /** The listener whose default list this is, or undefined for a route's own list. */
-  readonly listener: string | undefined;
-}
-
-/**
- * Builds a middleware from the entry's `options` (always an object; `{}` when none are given).
- * Throw (or reject) to refuse the options: the message becomes the config error. Called once per
- * config entry on every start, reload and `--check`, so it should validate and build, not start
- * background work.
- */
-export type MiddlewareFactory = (
-  options: Readonly<Record<string, unknown>>,
-  use: MiddlewareUse,
-) => Middleware | Promise<Middleware>;
 
 /** A problem with one `middleware:` entry, placed at its config path like a compile problem. */
 export interface ExtensionProblem {

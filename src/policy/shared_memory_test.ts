@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { SharedArena } from "./shared_memory.ts";
-import { KeyedTokenBuckets, TokenBucketStore } from "../policy/token_bucket.ts";
-import { BreakerStore, OPEN } from "../policy/circuit_breaker.ts";
+import { KeyedTokenBuckets, TokenBucketStore } from "./token_bucket.ts";
+import { BreakerStore, OPEN } from "./circuit_breaker.ts";
 
 Deno.test("SharedArena: one key and size find one region from every view; other keys get their own", () => {
   const arena = new SharedArena(1 << 20);
