@@ -89,6 +89,9 @@ const MAX_STREAM_ID = 0x7fffffff;
 /** How long the first GOAWAY's PING may take before the real GOAWAY goes anyway. */
 const ANNOUNCE_MS = 1000;
 
+/** How many of the peer's opened stream ids are remembered (see `#openedPeerIds`). */
+const PEER_IDS_KEPT = 4096;
+
 export class H2Connection implements StreamHost {
   readonly role: "server" | "client";
   readonly #conn: Deno.Conn;
@@ -127,6 +130,12 @@ export class H2Connection implements StreamHost {
   #prefaceSeen: boolean;
   #settingsSeen = false;
   #lastPeerStream = 0;
+  /**
+   * The peer's stream ids this connection has seen opened, newest last, at most PEER_IDS_KEPT: a
+   * HEADERS on one of them is a frame on a closed stream (a stream error); on a lower id never
+   * opened it breaks the rule that new ids grow (RFC 9113 5.1.1, a connection error).
+   */
+  #openedPeerIds = new Set<number>();
   #nextLocalStream: number;
   #continuation: { streamId: number; parts: Uint8Array[]; size: number; end: boolean } | undefined;
 
@@ -721,9 +730,19 @@ export class H2Connection implements StreamHost {
       return; // headers for a stream we already closed
     }
     if (id <= this.#lastPeerStream) {
-      throw new H2Error(ErrorCode.STREAM_CLOSED, "HEADERS on a closed stream", id);
+      if (this.#openedPeerIds.has(id)) {
+        throw new H2Error(ErrorCode.STREAM_CLOSED, "HEADERS on a closed stream", id);
+      }
+      throw new H2Error(
+        ErrorCode.PROTOCOL_ERROR,
+        `new stream ${id} below the last one opened (${this.#lastPeerStream})`,
+      );
     }
     this.#lastPeerStream = id;
+    this.#openedPeerIds.add(id);
+    if (this.#openedPeerIds.size > PEER_IDS_KEPT) {
+      this.#openedPeerIds.delete(this.#openedPeerIds.values().next().value!);
+    }
     if (this.#goawaySent) {
       this.#send(rstFrame(id, ErrorCode.REFUSED_STREAM));
       return;
