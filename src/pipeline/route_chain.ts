@@ -80,18 +80,17 @@ export function httpCallFacts(req: Request, ctx: RequestContext): CallFacts {
 }
 
 /**
- * The HTTP chain: the layers, then the terminal handler. Extension middleware (HTTP only) runs
- * after authorization and before the other layers: a refused caller never reaches user code.
+ * The HTTP chain: the route's layers, then the terminal handler. Extension middleware (HTTP only)
+ * runs after authorization and before the other layers: a refused caller never reaches user code.
  */
 export function httpChain(
-  layers: readonly PolicyLayer[],
+  parts: RouteLayerParts,
   terminal: Handler,
   extension?: Middleware,
 ): Handler {
-  if (!extension) return admitThen(layers, terminal);
-  const outer = layers.filter((l) => l.name === "authorization");
-  const inner = layers.filter((l) => l.name !== "authorization");
-  return admitThen(outer, extension(admitThen(inner, terminal)));
+  if (!extension) return admitThen(routeLayers(parts), terminal);
+  const inner = admitThen(routeLayers({ ...parts, authorization: undefined }), terminal);
+  return admitThen(routeLayers({ authorization: parts.authorization }), extension(inner));
 }
 
 function admitThen(layers: readonly PolicyLayer[], terminal: Handler): Handler {

@@ -290,15 +290,16 @@ function compileRoute(
 ): CompiledRoute {
   // The route's policy layers, in the order src/pipeline/route_chain.ts (and design.md) draws.
   const authz = routeAuthz(r, cfg, policies);
-  const layers = routeLayers({
+  const parts = {
     authorization: authz && authorization(authz),
     fault: r.fault && faultInjection(r.fault),
     rateLimit: r.rate_limit && rateLimitLayer(r, policies),
-  });
+  };
+  const layers = routeLayers(parts);
   // Extension middleware (config `middleware:` / mod.ts) run inside authorization, before fault
   // injection and rate limits; gRPC calls do not run them (HTTP middleware).
   const extension = policies.extensions?.forRoute(i, policies.metrics);
-  const chain = (terminal: Handler) => httpChain(layers, terminal, extension);
+  const chain = (terminal: Handler) => httpChain(parts, terminal, extension);
   if (r.direct_response) {
     const d = r.direct_response;
     return freezeRoute(

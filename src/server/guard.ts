@@ -184,6 +184,8 @@ export class ConnectionGuard {
   readonly #byInnerPort = new Map<number, Guarded>();
   readonly #all = new Set<Guarded>();
   readonly #admission: ConnectionAdmission;
+  /** The limits as the sweep last read them (per-request checks read this, not the config). */
+  #limits: GuardLimits;
   readonly #sweep: ReturnType<typeof setInterval>;
   /** The inner Deno.serve, bound again on 127.0.0.1 if its accept loop dies. */
   #inner: RebindingServer | undefined;
@@ -200,6 +202,7 @@ export class ConnectionGuard {
     this.#opts = opts;
     this.#log = opts.log;
     this.#admission = new ConnectionAdmission(opts.limits);
+    this.#limits = opts.limits();
     this.#innerFailures = new FailureBursts(
       opts.log,
       { listener: opts.name },
@@ -320,7 +323,8 @@ export class ConnectionGuard {
       // One HTTP/2 connection may open as many streams as Deno's server takes, and each one
       // answered holds at least a chunk of its body while the client reads nothing: the cap
       // bounds what one connection can make Ferry hold (redteam: 1000 streams held ~130 MB).
-      const maxStreams = g.h2 ? this.#opts.limits().maxStreamsPerConnection : 0;
+      // The sweep's copy of the limits: no config read per request (a reload shows within a sweep).
+      const maxStreams = g.h2 ? this.#limits.maxStreamsPerConnection : 0;
       if (maxStreams > 0 && g.active > maxStreams) {
         return errorResponse(
           new ProxyError(
@@ -620,7 +624,7 @@ export class ConnectionGuard {
   }
 
   #check(): void {
-    const limits = this.#opts.limits();
+    const limits = this.#limits = this.#opts.limits();
     const now = this.#clock = performance.now();
     for (const g of this.#all) {
       const age = now - g.since;
