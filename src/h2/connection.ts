@@ -249,6 +249,10 @@ export class H2Connection implements StreamHost {
   get activeStreams(): number {
     return this.#streams.size;
   }
+  /** Client role: requests waiting for a stream slot (the peer's concurrent-stream limit). */
+  get waitingStreams(): number {
+    return this.#openWaiters.length;
+  }
   get isClosed(): boolean {
     return this.#closed;
   }

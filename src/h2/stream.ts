@@ -195,14 +195,19 @@ export class H2Stream {
     this.#maybeClose();
   }
 
-  reset(code: number = ErrorCode.CANCEL): void {
+  /**
+   * Sends RST_STREAM with `code`. `readerError`, when given, is what a reader of `body` sees
+   * instead of the StreamReset (the reason the application gave up, in its own terms); `null`
+   * ends the body quietly instead, for a reader known to be gone.
+   */
+  reset(code: number = ErrorCode.CANCEL, readerError?: unknown): void {
     if (this.#reset || (this.localEnded && this.remoteEnded)) {
       // Closed already, but data may still wait unread: nobody will read it now.
       this.#inboxDrop();
       return;
     }
     this.host.sendReset(this, code);
-    this.fail(new StreamReset(code, false));
+    this.fail(new StreamReset(code, false), readerError);
   }
 
   // ---- called by the connection ----
@@ -234,7 +239,7 @@ export class H2Stream {
   }
 
   /** Reset by the peer, by us, or the connection closed: everything pending fails. */
-  fail(reason: StreamReset): void {
+  fail(reason: StreamReset, readerError: unknown = reason): void {
     if (this.#reset) return;
     this.#reset = reason;
     this.#headers.reject(reason);
@@ -243,7 +248,8 @@ export class H2Stream {
     // Held bytes will never be forwarded: their connection-level credit goes back.
     this.release(this.#held);
     try {
-      this.#controller.error(reason);
+      if (readerError === null) this.#controller.close();
+      else this.#controller.error(readerError);
     } catch { /* already closed */ }
     this.#pull?.();
     this.#pull = undefined;
