@@ -107,6 +107,10 @@ async function startH2Upstream(
         return;
       case "/silent":
         return;
+      case "/nocontent":
+        res.writeHead(204);
+        res.end();
+        return;
       default:
         res.end("ok");
     }
@@ -196,7 +200,8 @@ function meshTls(certs: MeshCerts, extra = "", clientCert = true): string {
   return `      ca_file: ${certs.caFile}\n` +
     (clientCert
       ? `      cert_file: ${certs.client.certFile}\n      key_file: ${certs.client.keyFile}\n`
-      : "") + extra;
+      : "") +
+    extra;
 }
 
 async function get(url: string, headers: Record<string, string> = {}) {
@@ -309,6 +314,8 @@ Deno.test("h2 transport: large request and response bodies stream byte for byte;
     const head = await fetch(`${px.url}/download?n=1000`, { method: "HEAD" });
     assert.equal(head.status, 200);
     assert.equal(await head.text(), "");
+    const none = await fetch(`${px.url}/nocontent`);
+    assert.deepEqual([none.status, await none.text()], [204, ""]);
   } finally {
     await px.close();
     await up.close();
@@ -393,8 +400,10 @@ Deno.test("h2 transport: HTTP health checks go over HTTP/2 with the identity che
 });
 
 Deno.test("h2 transport: h2c clusters carry HTTP over Ferry's HTTP/2 client with transport: h2; transport: fetch with an identity to check is refused at its line", async () => {
-  const upstream = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) =>
-    new Response(req.body ? req.body : `path=${new URL(req.url).pathname}`));
+  const upstream = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    (req) => new Response(req.body ? req.body : `path=${new URL(req.url).pathname}`),
+  );
   const port = upstream.addr.port;
   const px = startFerry(
     `listeners:
@@ -435,6 +444,50 @@ clusters:
     "h2.yaml",
   );
   assert.equal(h1OnH2.ok, false);
+});
+
+Deno.test("h2 transport: the per-try timeout resets the slow attempt's stream and the retry is answered", async () => {
+  let calls = 0;
+  const aborted: boolean[] = [];
+  // h2c with prior knowledge: the first request hangs until cancelled, later ones answer.
+  const upstream = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+    const n = calls++;
+    if (n > 0) return new Response(`attempt ${n}`);
+    return new Promise<Response>((resolve) => {
+      req.signal.addEventListener("abort", () => {
+        aborted.push(true);
+        resolve(new Response("late"));
+      });
+    });
+  });
+  const px = startFerry(
+    `listeners:
+  - { name: public, address: "127.0.0.1:0" }
+routes:
+  - name: all
+    match: { path: { prefix: / } }
+    cluster: up
+    per_try_timeout: 300ms
+    retry: { retries: 1, retry_on: [gateway-error] }
+clusters:
+  - name: up
+    protocol: h2c
+    transport: h2
+    endpoints: ["http://127.0.0.1:${upstream.addr.port}"]
+`,
+  );
+  try {
+    const res = await fetch(`${px.url}/x`);
+    assert.deepEqual([res.status, await res.text()], [200, "attempt 1"]);
+    assert.equal(calls, 2);
+    for (let i = 0; i < 50 && aborted.length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.deepEqual(aborted, [true], "the first attempt's stream was reset");
+  } finally {
+    await px.close();
+    await upstream.shutdown();
+  }
 });
 
 /** A leaf signed by the mesh CA with `san`, made with openssl in the certs' directory. */
