@@ -67,8 +67,8 @@ const DESCRIPTIONS: Record<string, string> = {
   "clusters[].http2.max_connections_per_endpoint":
     "HTTP/2 connections per endpoint (gRPC, h2 transport); more open when streams or window run out.",
   "clusters[].transport":
-    "HTTP client: h1 (Ferry's HTTP/1.1, default for http1), h2 (Ferry's HTTP/2, for h2c/auto; " +
-    "default there with server_name or expected_identities) or fetch (default for h2c/auto).",
+    "HTTP client: h1 (Ferry's HTTP/1.1, default for http1), h2 (Ferry's HTTP/2: default for h2c, " +
+    "and for auto with server_name or expected_identities) or fetch (default for auto).",
   "clusters[].pool.max_connections_per_endpoint":
     "h1 transport: connections open per endpoint (default 1024); further requests wait.",
   "clusters[].pool.max_requests_per_connection":
