@@ -490,6 +490,87 @@ clusters:
   }
 });
 
+Deno.test("h2 transport: an h2c cluster of nginx is served (the default transport puts host in :authority; fetch sent both and nginx answered 400)", async () => {
+  const nginx = await startNginxH2c();
+  const px = startFerry(
+    `listeners:
+  - { name: public, address: "127.0.0.1:0" }
+routes:
+  - name: all
+    match: { path: { prefix: / } }
+    cluster: up
+clusters:
+  - name: up
+    protocol: h2c
+    endpoints: ["http://127.0.0.1:${nginx.port}"]
+`,
+  );
+  try {
+    const curl = await requirePeer("curl");
+    for (const path of ["/a", "/b?x=1"]) {
+      const out = await new Deno.Command(curl, {
+        args: ["-s", "-w", "%{http_code}", "-H", "host: svc.example", `${px.url}${path}`],
+        stdout: "piped",
+      }).output();
+      assert.equal(
+        new TextDecoder().decode(out.stdout),
+        "host=svc.example proto=HTTP/2.0\n200",
+      );
+    }
+  } finally {
+    await px.close();
+    await nginx.stop();
+  }
+});
+
+/**
+ * nginx serving h2c (`listen ... http2`), answering with the Host it saw and the protocol. nginx
+ * cannot bind port 0 and report it, so a port is taken from the kernel and handed over.
+ */
+async function startNginxH2c(): Promise<{ port: number; stop(): Promise<void> }> {
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (probe.addr as Deno.NetAddr).port;
+  probe.close();
+  const dir = await Deno.makeTempDir({ prefix: "ferry-nginx-" });
+  await Deno.writeTextFile(
+    `${dir}/nginx.conf`,
+    `daemon off;
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 64; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:${port} http2;
+    location / { default_type text/plain; return 200 "host=$host proto=$server_protocol\\n"; }
+  }
+}
+`,
+  );
+  const child = new Deno.Command("nginx", {
+    args: ["-c", `${dir}/nginx.conf`, "-p", dir],
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  for (let i = 0; i < 100; i++) {
+    try {
+      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+      break;
+    } catch {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  return {
+    port,
+    async stop() {
+      child.kill("SIGTERM");
+      await child.output().catch(() => {});
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    },
+  };
+}
+
 /** A leaf signed by the mesh CA with `san`, made with openssl in the certs' directory. */
 async function makeLeaf(certs: MeshCerts, name: string, san: string) {
   const openssl = await requirePeer("openssl");

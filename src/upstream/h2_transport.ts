@@ -40,8 +40,6 @@ type Target = { readonly origin: string; readonly url: URL };
 export class H2Transport implements Transport {
   /** Endpoint targets by origin, so a request parses no URL. */
   readonly #targets = new Map<string, Target>();
-  /** Requests sent on this transport (for /clusters); streams, not connections. */
-  requests = 0;
 
   constructor(
     readonly pool: H2Pool,
@@ -74,7 +72,6 @@ export class H2Transport implements Transport {
     const fields = requestFields(r, origin, path);
     if (r.signal.aborted) throw r.signal.reason;
     const stream = await this.#open(this.#target(origin), fields, r.body === null, r.signal);
-    this.requests++;
     // Given up from here on (client gone, a timeout): the upstream hears it as RST_STREAM. A
     // timeout errors the body (the downstream must see the answer cut short); for a client gone
     // the body just ends, as nobody reads it (an error would only be logged by Deno.serve).
