@@ -571,6 +571,70 @@ http {
   };
 }
 
+Deno.test("h2 transport (auto): an upstream whose TLS picks HTTP/1.1 in ALPN is served over the HTTP/1.1 codec, identity still checked (UI on a mismatch), probes too", async () => {
+  const certs = await makeMeshCerts();
+  const https = await import("node:https");
+  const versions: string[] = [];
+  const server = https.createServer({
+    cert: certs.server.cert,
+    key: certs.server.key,
+    ca: certs.ca,
+    requestCert: true,
+    rejectUnauthorized: true,
+    ALPNProtocols: ["http/1.1"],
+  }, (req, res) => {
+    versions.push(req.httpVersion);
+    const peer = (req.socket as TLSSocket).getPeerCertificate();
+    res.end(`client=${peer.subjectaltname ?? "none"} http=${req.httpVersion}`);
+  });
+  server.on("tlsClientError", () => {});
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  const port = (server.address() as { port: number }).port;
+  const vars = { ENDPOINTS: `["https://127.0.0.1:${port}"]` };
+  const check =
+    `    health_check: { path: /, interval: 200ms, timeout: 2s, unhealthy_threshold: 1, ` +
+    `healthy_threshold: 1 }\n`;
+  const right = startFerry(
+    config(meshTls(certs, `      expected_identities: ["${SERVER_SPIFFE_ID}"]\n`), {
+      extra: check,
+    }),
+    vars,
+  );
+  const wrong = startFerry(
+    config(meshTls(certs, `      expected_identities: ["${DB_SPIFFE_ID}"]\n`), { extra: check }),
+    vars,
+  );
+  try {
+    for (let i = 0; i < 3; i++) {
+      const ok = await get(`${right.url}/who`);
+      assert.deepEqual([ok.status, ok.body], [200, `client=URI:${CLIENT_SPIFFE_ID} http=1.1`]);
+    }
+    const bad = await get(`${wrong.url}/who`);
+    // 502 UI, or 503 once the probe has marked the endpoint unhealthy.
+    assert.ok(
+      (bad.status === 502 && bad.flag === "UI") || bad.status === 503,
+      `${bad.status} ${bad.flag}`,
+    );
+    const state = (px: typeof right) => px.ferry.snapshot.clusters.get("up")!.health.snapshot()[0]!;
+    for (let i = 0; i < 60 && (!state(right).lastProbe || state(wrong).healthy); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(state(right).healthy, true, state(right).lastProbe);
+    assert.match(state(right).lastProbe, /status 200/);
+    assert.equal(state(wrong).healthy, false);
+    assert.match(state(wrong).lastProbe, /upstream identity mismatch/);
+    assert.ok(versions.every((v) => v === "1.1"));
+  } finally {
+    await right.close();
+    await wrong.close();
+    await new Promise<void>((r) => {
+      server.closeAllConnections();
+      server.close(() => r());
+    });
+    await certs.remove();
+  }
+});
+
 /** A leaf signed by the mesh CA with `san`, made with openssl in the certs' directory. */
 async function makeLeaf(certs: MeshCerts, name: string, san: string) {
   const openssl = await requirePeer("openssl");

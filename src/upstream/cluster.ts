@@ -144,24 +144,33 @@ export function buildCluster(
   };
   const fetchTransport = new FetchTransport(pool);
   const transport = httpTransportOf(cfg);
-  const h1 = transport === "h1"
-    ? new H1Transport({
-      maxIdlePerEndpoint: cfg.pool.max_idle_per_endpoint,
-      maxConnectionsPerEndpoint: cfg.pool.max_connections_per_endpoint,
-      idleTimeoutMs: cfg.pool.idle_timeout,
-      maxRequestsPerConnection: cfg.pool.max_requests_per_connection,
-      connectTimeoutMs: cfg.pool.connect_timeout,
-      ...(tls ? { tls } : {}),
-    })
-    : undefined;
+  const h1Options = {
+    maxIdlePerEndpoint: cfg.pool.max_idle_per_endpoint,
+    maxConnectionsPerEndpoint: cfg.pool.max_connections_per_endpoint,
+    idleTimeoutMs: cfg.pool.idle_timeout,
+    maxRequestsPerConnection: cfg.pool.max_requests_per_connection,
+    connectTimeoutMs: cfg.pool.connect_timeout,
+    ...(tls ? { tls } : {}),
+  };
+  const h1 = transport === "h1" ? new H1Transport(h1Options) : undefined;
+  // An auto cluster on the h2 transport offers HTTP/1.1 too in ALPN; endpoints that pick it are
+  // served by the HTTP/1.1 codec (as on an http1 cluster).
+  const autoH2 = transport === "h2" && cfg.protocol === "auto";
   const h2 = new H2Pool({
     maxConnectionsPerEndpoint: cfg.http2.max_connections_per_endpoint,
     // Connections opened for a burst do not stay forever.
     idleTimeoutMs: cfg.pool.idle_timeout,
     ...(caCerts ? { caCerts } : {}),
     ...(tls ? { tls } : {}),
+    ...(autoH2 ? { alpn: ["h2", "http/1.1"] } : {}),
   });
-  const h2Transport = transport === "h2" ? new H2Transport(h2, cfg.protocol === "h2c") : undefined;
+  const h2Transport = transport === "h2"
+    ? new H2Transport(
+      h2,
+      cfg.protocol === "h2c",
+      autoH2 ? new H1Transport(h1Options) : undefined,
+    )
+    : undefined;
   const initial = staticEndpoints(cfg);
   const slotCapacity = Math.max(MIN_SLOT_CAPACITY, initial.length);
   const slots = new SlotAllocator(slotCapacity);
@@ -330,6 +339,7 @@ export function buildCluster(
       closed = true;
       discovery?.stop();
       h2.close();
+      h2Transport?.close();
       void members.health.close();
       fetchTransport.close();
       h1?.close();

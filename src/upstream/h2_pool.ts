@@ -22,6 +22,19 @@ export interface H2PoolOptions {
   readonly maxConnectionsPerEndpoint?: number;
   /** A connection with no stream and no frame for this long is closed (GOAWAY). 0: never. */
   readonly idleTimeoutMs?: number;
+  /**
+   * ALPN offered on TLS; default `["h2"]`. An `auto` cluster's HTTP transport also offers
+   * `http/1.1`, so that an HTTP/1.1-only upstream answers with it (`NoHttp2`) instead of failing
+   * the handshake, and its requests can go over the HTTP/1.1 codec.
+   */
+  readonly alpn?: readonly string[];
+}
+
+/** The upstream's TLS agreed to a protocol other than h2 (ALPN `http/1.1`, or none). */
+export class NoHttp2 extends ProxyError {
+  constructor(readonly origin: string, readonly alpnProtocol: string | null) {
+    super("upstream_connect_failure", `${origin} did not agree to h2 (ALPN ${alpnProtocol})`);
+  }
 }
 
 /** Our connection receive window upstream (the H2Connection default). */
@@ -187,13 +200,13 @@ export class H2Pool {
     let conn: Deno.Conn;
     try {
       if (endpoint.url.protocol === "https:") {
-        const tls = await connectUpstreamTls(hostname, port, ["h2"], {
+        const tls = await connectUpstreamTls(hostname, port, [...this.#opts.alpn ?? ["h2"]], {
           ...(this.#opts.caCerts ? { caCerts: this.#opts.caCerts } : {}),
           ...this.#opts.tls,
         }, endpoint.origin);
         if (tls.alpnProtocol !== "h2") {
           tls.conn.close();
-          throw new Error(`${endpoint.origin} did not agree to h2 (ALPN ${tls.alpnProtocol})`);
+          throw new NoHttp2(endpoint.origin, tls.alpnProtocol);
         }
         conn = tls.conn;
       } else {

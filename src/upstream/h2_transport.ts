@@ -14,7 +14,7 @@ import { ErrorCode } from "../h2/frames.ts";
 import type { HeaderField } from "../h2/hpack.ts";
 import { type H2Stream, StreamReset } from "../h2/stream.ts";
 import { ProxyError } from "../pipeline/errors.ts";
-import type { H2Pool } from "./h2_pool.ts";
+import { type H2Pool, NoHttp2 } from "./h2_pool.ts";
 import {
   classifyUpstreamError,
   ClientGoneReason,
@@ -37,15 +37,32 @@ const NULL_BODY_STATUS = new Set([204, 205, 304]);
 
 type Target = { readonly origin: string; readonly url: URL };
 
+/** Where an `auto` cluster's requests go for endpoints whose TLS picked HTTP/1.1. */
+export interface Http1Fallback extends Transport {
+  retire(origin: string): void;
+}
+
 export class H2Transport implements Transport {
   /** Endpoint targets by origin, so a request parses no URL. */
   readonly #targets = new Map<string, Target>();
+  /** Endpoints that answered ALPN with HTTP/1.1: their requests go to the fallback. */
+  readonly #http1Origins = new Set<string>();
 
   constructor(
     readonly pool: H2Pool,
     /** h2c: `http://` endpoints speak HTTP/2 with prior knowledge (auto clusters do not). */
     readonly priorKnowledge: boolean,
+    /**
+     * auto: the HTTP/1.1 codec, for endpoints whose TLS agreed to HTTP/1.1 (the pool then offers
+     * both in ALPN). Absent: such an endpoint is a connect failure.
+     */
+    readonly http1Fallback?: Http1Fallback,
   ) {}
+
+  /** Whether `origin`'s requests go over HTTP/1.1 (its TLS agreed to nothing else). */
+  speaksHttp1(origin: string): boolean {
+    return this.#http1Origins.has(origin);
+  }
 
   /**
    * `https://` origins always (ALPN h2); `http://` ones only with prior knowledge (h2c): an auto
@@ -56,16 +73,24 @@ export class H2Transport implements Transport {
   }
 
   send(r: UpstreamRequest): Promise<Response> {
+    const fallback = this.http1Fallback;
+    if (fallback && this.#http1Origins.size > 0 && this.#http1Origins.has(originOf(r.url))) {
+      return fallback.send(r);
+    }
     return this.#send(r).catch((err) => {
+      // Nothing of the request was sent (the connection was refused before any stream), so
+      // it goes whole to the HTTP/1.1 codec, and so do this endpoint's next ones.
+      if (err instanceof NoHttp2 && fallback && !r.signal.aborted) {
+        this.#http1Origins.add(err.origin);
+        return fallback.send(r);
+      }
       throw toUpstreamError(err, r.signal);
     });
   }
 
   async #send(r: UpstreamRequest): Promise<Response> {
-    // The URL is endpoint origin + path: split at the first "/" after "scheme://".
-    const slash = r.url.indexOf("/", r.url.indexOf("//") + 2);
-    const origin = slash === -1 ? r.url : r.url.slice(0, slash);
-    const path = slash === -1 ? "/" : r.url.slice(slash);
+    const origin = originOf(r.url);
+    const path = r.url.length === origin.length ? "/" : r.url.slice(origin.length);
     if (r.method === "CONNECT") {
       throw new ProxyError("bad_request", "CONNECT is not forwarded to an HTTP/2 upstream");
     }
@@ -122,13 +147,23 @@ export class H2Transport implements Transport {
     });
   }
 
-  /** `origin` left the cluster; its connections are the pool's to retire (cluster.ts). */
+  /** `origin` left the cluster; its HTTP/2 connections are the pool's to retire (cluster.ts). */
   retire(origin: string): void {
     this.#targets.delete(origin);
+    this.#http1Origins.delete(origin);
+    this.http1Fallback?.retire(origin);
   }
 
-  /** The pool is the cluster's (shared with gRPC) and closed by it. */
-  close(): void {}
+  /** Closes the fallback; the pool is the cluster's (shared with gRPC) and closed by it. */
+  close(): void {
+    this.http1Fallback?.close();
+  }
+}
+
+/** The URL is endpoint origin + path: the origin ends at the first "/" after "scheme://". */
+function originOf(url: string): string {
+  const slash = url.indexOf("/", url.indexOf("//") + 2);
+  return slash === -1 ? url : url.slice(0, slash);
 }
 
 /** The request head as HTTP/2 fields: pseudo-headers first, then the end-to-end fields. */

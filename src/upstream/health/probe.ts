@@ -115,20 +115,8 @@ export class HttpProber {
     this.#expected = compileStatuses(opts.expectedStatuses ?? DEFAULT_EXPECTED_STATUSES);
     this.#maxBodyBytes = opts.maxBodyBytes ?? 64 * 1024;
     const protocol = opts.protocol ?? "auto";
-    if (opts.transport === "h2" && protocol !== "http1") {
-      this.#h2 = new H2Transport(
-        new H2Pool({
-          maxConnectionsPerEndpoint: 1,
-          idleTimeoutMs: 60_000,
-          ...(opts.caCerts ? { caCerts: opts.caCerts } : {}),
-          ...(opts.tls ? { tls: opts.tls } : {}),
-        }),
-        protocol === "h2c",
-      );
-    }
-    // h2c endpoints are plain HTTP/2: no certificate to check, and the codec speaks HTTP/1.1.
-    if (!this.#h2 && checksPeer(opts.tls) && protocol !== "h2c") {
-      this.#codec = new H1Transport({
+    const codec = () =>
+      new H1Transport({
         // One probe at a time per endpoint, so one connection each is enough.
         maxIdlePerEndpoint: 1,
         maxConnectionsPerEndpoint: 1,
@@ -136,8 +124,26 @@ export class HttpProber {
         maxRequestsPerConnection: 0,
         // The probe's own timeout (its signal) is what bounds a probe; this only backs it up.
         connectTimeoutMs: 30_000,
-        tls: opts.tls!,
+        ...(opts.tls ? { tls: opts.tls } : {}),
       });
+    if (opts.transport === "h2" && protocol !== "http1") {
+      // As the cluster's own h2 transport: auto endpoints whose TLS picks HTTP/1.1 get the codec.
+      const auto = protocol === "auto";
+      this.#h2 = new H2Transport(
+        new H2Pool({
+          maxConnectionsPerEndpoint: 1,
+          idleTimeoutMs: 60_000,
+          ...(opts.caCerts ? { caCerts: opts.caCerts } : {}),
+          ...(opts.tls ? { tls: opts.tls } : {}),
+          ...(auto ? { alpn: ["h2", "http/1.1"] } : {}),
+        }),
+        protocol === "h2c",
+        auto ? codec() : undefined,
+      );
+    }
+    // h2c endpoints are plain HTTP/2: no certificate to check, and the codec speaks HTTP/1.1.
+    if (!this.#h2 && checksPeer(opts.tls) && protocol !== "h2c") {
+      this.#codec = codec();
       return;
     }
     this.#client = Deno.createHttpClient({
@@ -197,6 +203,7 @@ export class HttpProber {
     this.#client?.close();
     this.#codec?.close();
     this.#h2?.pool.close();
+    this.#h2?.close();
   }
 }
 
