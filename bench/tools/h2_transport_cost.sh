@@ -8,6 +8,7 @@
 # (HTTP/1.1 downstream, -c50) and h2load (h2c downstream, -c10 -m10). CPU from /proc/PID/stat
 # (utime+stime) of the Ferry process over each run, divided by the requests it completed.
 #   ROUNDS=3 DURATION=5 BODY=13 bench/tools/h2_transport_cost.sh
+# TLS=1: an auto cluster of a Deno.serve TLS upstream (ALPN h2) instead of h2c.
 # Output: one line per run, then medians per transport and tool.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -48,6 +49,27 @@ http {
 }
 NGINX
   nginx -c "$WORK/nginx.conf" -p "$WORK"
+elif [[ ${TLS:-} == 1 ]]; then
+  # An auto cluster: Deno.serve over TLS (ALPN h2), a throw-away CA made here.
+  ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+  openssl req -x509 $ec -keyout "$WORK/ca.key" -out "$WORK/ca.pem" -days 1 -subj /CN=bench-ca \
+    -addext basicConstraints=critical,CA:TRUE 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$WORK/leaf.ext"
+  openssl req $ec -keyout "$WORK/key.pem" -out "$WORK/leaf.csr" -subj /CN=127.0.0.1 2>/dev/null
+  openssl x509 -req -in "$WORK/leaf.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
+    -CAcreateserial -out "$WORK/cert.pem" -days 1 -extfile "$WORK/leaf.ext" 2>/dev/null
+  cat >"$WORK/upstream.ts" <<TS
+const body = Deno.readFileSync("$WORK/body.txt");
+Deno.serve({
+  hostname: "127.0.0.1",
+  port: $UP,
+  cert: Deno.readTextFileSync("$WORK/cert.pem"),
+  key: Deno.readTextFileSync("$WORK/key.pem"),
+  onListen() {},
+}, () => new Response(body));
+TS
+  "$DENO" run --allow-net --allow-read "$WORK/upstream.ts" &
+  PIDS+=($!)
 else
   # Deno.serve speaks h2c with prior knowledge on a plain listener.
   cat >"$WORK/upstream.ts" <<TS
@@ -72,10 +94,14 @@ routes:
   - { name: default, cluster: upstream, timeout: 30s }
 clusters:
   - name: upstream
-    protocol: h2c
     transport: $t
-    endpoints: ["http://127.0.0.1:$UP"]
 YAML
+  if [[ ${TLS:-} == 1 ]]; then
+    printf '    protocol: auto\n    endpoints: ["https://127.0.0.1:%s"]\n    tls: { ca_file: %s }\n' \
+      "$UP" "$WORK/ca.pem" >>"$WORK/ferry-$t.yaml"
+  else
+    printf '    protocol: h2c\n    endpoints: ["http://127.0.0.1:%s"]\n' "$UP" >>"$WORK/ferry-$t.yaml"
+  fi
   (cd "$REPO" && exec "$DENO" run $START_FLAGS main.ts --config "$WORK/ferry-$t.yaml" \
     >"$WORK/ferry-$t.log" 2>&1) &
   PID[$t]=$!
@@ -112,7 +138,7 @@ for t in $TRANSPORTS; do
 done
 
 RESULTS=$WORK/results.txt
-echo "# $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg) body=$BODY"
+echo "# $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg) body=$BODY tls=${TLS:-0}"
 for r in $(seq 1 "$ROUNDS"); do
   for tool in wrk h2load; do
     for t in $TRANSPORTS; do
