@@ -635,6 +635,35 @@ Deno.test("h2 transport (auto): an upstream whose TLS picks HTTP/1.1 in ALPN is 
   }
 });
 
+Deno.test("h2 transport (auto): plain http:// endpoints speak HTTP/1.1 over the codec, the client's Accept-Encoding passed as sent", async () => {
+  const upstream = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    (req) => new Response(`accept-encoding=${req.headers.get("accept-encoding")}`),
+  );
+  const px = startFerry(
+    `listeners:
+  - { name: public, address: "127.0.0.1:0" }
+routes:
+  - name: all
+    match: { path: { prefix: / } }
+    cluster: up
+clusters:
+  - name: up
+    protocol: auto
+    transport: h2
+    endpoints: ["http://127.0.0.1:${upstream.addr.port}"]
+`,
+  );
+  try {
+    const res = await fetch(`${px.url}/x`, { headers: { "accept-encoding": "br" } });
+    // fetch would have asked for identity (it decodes bodies otherwise).
+    assert.deepEqual([res.status, await res.text()], [200, "accept-encoding=br"]);
+  } finally {
+    await px.close();
+    await upstream.shutdown();
+  }
+});
+
 /** A leaf signed by the mesh CA with `san`, made with openssl in the certs' directory. */
 async function makeLeaf(certs: MeshCerts, name: string, san: string) {
   const openssl = await requirePeer("openssl");

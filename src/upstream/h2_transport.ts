@@ -8,7 +8,8 @@
  * response body read with credit returned only as the downstream takes it. Bytes and
  * Content-Encoding pass untouched; response trailers are dropped (a Response cannot carry them,
  * and HTTP/1.1 clients would not get them either). A request given up (client gone, per-try or
- * route timeout) resets its stream with CANCEL.
+ * route timeout) resets its stream with CANCEL. On an `auto` cluster an endpoint whose TLS picks
+ * HTTP/1.1 in ALPN is served by the HTTP/1.1 codec instead (`http1Fallback`).
  */
 import { ErrorCode } from "../h2/frames.ts";
 import type { HeaderField } from "../h2/hpack.ts";
@@ -59,23 +60,22 @@ export class H2Transport implements Transport {
     readonly http1Fallback?: Http1Fallback,
   ) {}
 
-  /** Whether `origin`'s requests go over HTTP/1.1 (its TLS agreed to nothing else). */
-  speaksHttp1(origin: string): boolean {
-    return this.#http1Origins.has(origin);
-  }
-
   /**
-   * `https://` origins always (ALPN h2); `http://` ones only with prior knowledge (h2c): an auto
-   * cluster's plain endpoints speak HTTP/1.1, which fetch carries.
+   * `https://` origins always (ALPN); `http://` ones with prior knowledge (h2c) or through the
+   * HTTP/1.1 fallback (an auto cluster's plain endpoints speak HTTP/1.1).
    */
   reaches(origin: URL): boolean {
-    return origin.protocol === "https:" || this.priorKnowledge;
+    return origin.protocol === "https:" || this.priorKnowledge || this.http1Fallback !== undefined;
   }
 
   send(r: UpstreamRequest): Promise<Response> {
     const fallback = this.http1Fallback;
-    if (fallback && this.#http1Origins.size > 0 && this.#http1Origins.has(originOf(r.url))) {
-      return fallback.send(r);
+    if (fallback) {
+      const origin = originOf(r.url);
+      // Plain endpoints of an auto cluster have no ALPN: HTTP/1.1, as fetch spoke to them.
+      if (origin.charCodeAt(4) !== 115 /* s */ || this.#http1Origins.has(origin)) {
+        return fallback.send(r);
+      }
     }
     return this.#send(r).catch((err) => {
       // Nothing of the request was sent (the connection was refused before any stream), so
