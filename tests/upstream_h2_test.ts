@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import * as http2 from "node:http2";
 import type { TLSSocket } from "node:tls";
 import { requirePeer, startFerry } from "./helpers.ts";
+import { clustersView } from "../src/server/cluster_view.ts";
 import {
   CLIENT_SPIFFE_ID,
   makeMeshCerts,
@@ -247,9 +248,10 @@ Deno.test("h2 transport (auto, mTLS): served over HTTP/2 with the cluster's cert
     assert.equal(up.streams.filter((s) => s.path === "/who").length, 2);
 
     // /clusters names the transport and shows the HTTP/2 pool's connections.
-    const view = right.ferry.snapshot.clusters.get("up")!;
-    assert.ok(view.h2Transport, "the cluster uses the h2 transport");
-    assert.equal(view.h2.endpointStats(`https://127.0.0.1:${up.port}`).open, 1);
+    const view = clustersView(right.ferry.snapshot).clusters[0]!;
+    assert.equal(view.transport, "h2");
+    assert.equal(view.endpoints[0]!.connections?.open, 1);
+    assert.equal(view.endpoints[0]!.connections?.opened, 1);
   } finally {
     for (const px of [right, noCert, wrong, named]) await px.close();
     await up.close();

@@ -165,11 +165,7 @@ export function buildCluster(
     ...(autoH2 ? { alpn: ["h2", "http/1.1"] } : {}),
   });
   const h2Transport = transport === "h2"
-    ? new H2Transport(
-      h2,
-      cfg.protocol === "h2c",
-      autoH2 ? new H1Transport(h1Options) : undefined,
-    )
+    ? new H2Transport(h2, autoH2 ? new H1Transport(h1Options) : undefined)
     : undefined;
   const initial = staticEndpoints(cfg);
   const slotCapacity = Math.max(MIN_SLOT_CAPACITY, initial.length);

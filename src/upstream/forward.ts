@@ -5,7 +5,7 @@
 import type { Handler, RequestContext } from "../pipeline/types.ts";
 import { httpCallFacts } from "../pipeline/route_chain.ts";
 import { ProxyError, toProxyError } from "../pipeline/errors.ts";
-import type { Cluster, Endpoint } from "./cluster.ts";
+import type { Cluster } from "./cluster.ts";
 import { endToEndHeaders, endToEndPairs, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
 import { h1ResponseParts } from "../h1/connection.ts";
 import { applyEdits, type RouteEdits, upstreamHeaders } from "./request_headers.ts";
@@ -122,7 +122,7 @@ export function forwardTo(s: ForwardSettings): Handler {
         // Never a length without its bytes: without a body the transport frames the request.
         if (!body) headers.delete("content-length");
         dropIncomingTraceContext(headers, span);
-        const transport = chooseTransport(cluster, headers, endpoint);
+        const transport = chooseTransport(cluster, headers);
         // A transport that reads the body in JS gets it watched, so that the body's own failure
         // is known by type; fetch reads Deno.serve's body natively (a JS stream in between
         // costs 3-10x upload time, measured) and tells that failure apart itself.
@@ -277,14 +277,14 @@ function downstreamResponse(
 }
 
 /**
- * Ferry's own clients (src/h1/ for http1, the h2 transport for h2c and auto) pass bytes as they
- * are. fetch decodes compressed bodies unless asked for `identity` (while keeping
- * `content-encoding`), so requests it carries (`transport: fetch`, and an auto cluster's
- * `http://` endpoints on the h2 transport) always say identity.
+ * Ferry's own clients (the h1 codec, src/h1/; the h2 transport, which on auto clusters hands
+ * HTTP/1.1 endpoints to the codec) pass bytes as they are. fetch decodes compressed bodies unless
+ * asked for `identity` (while keeping `content-encoding`), so requests it carries
+ * (`transport: fetch`) always say identity.
  */
-function chooseTransport(cluster: Cluster, headers: HeaderList, endpoint: Endpoint): Transport {
+function chooseTransport(cluster: Cluster, headers: HeaderList): Transport {
   if (cluster.h1) return cluster.h1;
-  if (cluster.h2Transport?.reaches(endpoint.url)) return cluster.h2Transport;
+  if (cluster.h2Transport) return cluster.h2Transport;
   headers.set("accept-encoding", "identity");
   return cluster.fetch;
 }

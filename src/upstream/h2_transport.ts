@@ -50,23 +50,14 @@ export class H2Transport implements Transport {
   readonly #http1Origins = new Set<string>();
 
   constructor(
+    /** `http://` endpoints speak HTTP/2 with prior knowledge (h2c), `https://` ones ALPN h2. */
     readonly pool: H2Pool,
-    /** h2c: `http://` endpoints speak HTTP/2 with prior knowledge (auto clusters do not). */
-    readonly priorKnowledge: boolean,
     /**
-     * auto: the HTTP/1.1 codec, for endpoints whose TLS agreed to HTTP/1.1 (the pool then offers
-     * both in ALPN). Absent: such an endpoint is a connect failure.
+     * auto: the HTTP/1.1 codec, for `http://` endpoints and those whose TLS agreed to HTTP/1.1
+     * (the pool then offers both in ALPN). Absent (h2c): every endpoint speaks HTTP/2.
      */
     readonly http1Fallback?: Http1Fallback,
   ) {}
-
-  /**
-   * `https://` origins always (ALPN); `http://` ones with prior knowledge (h2c) or through the
-   * HTTP/1.1 fallback (an auto cluster's plain endpoints speak HTTP/1.1).
-   */
-  reaches(origin: URL): boolean {
-    return origin.protocol === "https:" || this.priorKnowledge || this.http1Fallback !== undefined;
-  }
 
   send(r: UpstreamRequest): Promise<Response> {
     const fallback = this.http1Fallback;

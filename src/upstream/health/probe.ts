@@ -137,12 +137,13 @@ export class HttpProber {
           ...(opts.tls ? { tls: opts.tls } : {}),
           ...(auto ? { alpn: ["h2", "http/1.1"] } : {}),
         }),
-        protocol === "h2c",
         auto ? codec() : undefined,
       );
+      // It reaches every endpoint (h2c: prior knowledge; auto: the codec for HTTP/1.1).
+      return;
     }
     // h2c endpoints are plain HTTP/2: no certificate to check, and the codec speaks HTTP/1.1.
-    if (!this.#h2 && checksPeer(opts.tls) && protocol !== "h2c") {
+    if (checksPeer(opts.tls) && protocol !== "h2c") {
       this.#codec = codec();
       return;
     }
@@ -163,11 +164,11 @@ export class HttpProber {
     if (this.#host !== undefined) headers.push(["host", this.#host]);
     let res: Response;
     try {
-      const h2 = this.#h2?.reaches(new URL(target.origin)) ? this.#h2 : undefined;
-      if (this.#codec || h2) {
+      const own = this.#h2 ?? this.#codec;
+      if (own) {
         // The codec sends exactly the headers given: Host too.
         if (this.#host === undefined) headers.push(["host", new URL(target.origin).host]);
-        res = await (h2 ?? this.#codec!).send({
+        res = await own.send({
           url: target.origin + this.#path,
           method: "GET",
           headers,
