@@ -12,6 +12,7 @@ import * as http2 from "node:http2";
 import type { TLSSocket } from "node:tls";
 import { requirePeer, startFerry } from "./helpers.ts";
 import { clustersView } from "../src/server/cluster_view.ts";
+import { H2Connection } from "../src/h2/connection.ts";
 import {
   CLIENT_SPIFFE_ID,
   makeMeshCerts,
@@ -663,6 +664,59 @@ clusters:
   } finally {
     await px.close();
     await upstream.shutdown();
+  }
+});
+
+Deno.test("h2 transport: an answer whose DATA does not add up to its content-length never reaches the client as complete", async () => {
+  // An h2c upstream on Ferry's own HTTP/2 server side, sending exactly the frames wanted:
+  // content-length 10, then "12345", a pause, and 9 bytes more (/over) or an early end (/short).
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const open = new Set<H2Connection>();
+  void (async () => {
+    for await (const conn of listener) {
+      const h2 = new H2Connection(conn, {
+        role: "server",
+        onStream: (st) =>
+          void (async () => {
+            const path = (await st.headers).find(([n]) => n === ":path")?.[1];
+            st.sendHeaders([[":status", "200"], ["content-length", "10"]]);
+            await st.write(new TextEncoder().encode("12345"));
+            await new Promise((r) => setTimeout(r, 200));
+            if (path === "/over") {
+              await st.write(new TextEncoder().encode("678901234"));
+              await st.end();
+            } else await st.end();
+          })().catch(() => {}),
+        onClose: () => open.delete(h2),
+      });
+      open.add(h2);
+    }
+  })().catch(() => {});
+  const port = (listener.addr as Deno.NetAddr).port;
+  const px = startFerry(
+    `listeners:
+  - { name: public, address: "127.0.0.1:0" }
+routes:
+  - name: all
+    match: { path: { prefix: / } }
+    cluster: up
+clusters:
+  - name: up
+    protocol: h2c
+    endpoints: ["http://127.0.0.1:${port}"]
+`,
+  );
+  try {
+    for (const path of ["/over", "/short"]) {
+      const res = await fetch(`${px.url}${path}`);
+      assert.equal(res.status, 200, path);
+      const body = await res.text().then((t) => `complete: ${t}`, () => "cut");
+      assert.equal(body, "cut", path);
+    }
+  } finally {
+    await px.close();
+    listener.close();
+    for (const c of open) c.close();
   }
 });
 

@@ -62,6 +62,10 @@ export class H2Stream {
   shareExceeded = false;
   localEnded = false;
   remoteEnded = false;
+  /** DATA bytes received from the peer (padding not counted). */
+  receivedBytes = 0;
+  /** The Content-Length the peer declared, once `expectLength` made it binding. */
+  #declaredLength: number | undefined;
   headersSent = false;
   headersReceived = false;
   #reset: StreamReset | undefined;
@@ -157,6 +161,22 @@ export class H2Stream {
    */
   countProvokedReset(): void {
     this.host.provokedReset();
+  }
+
+  /**
+   * The peer's DATA must add up to `n` bytes, its Content-Length (RFC 9113 8.1.1): more, or an end
+   * with fewer, is a stream error PROTOCOL_ERROR (the connection checks, `lengthBroken`). Returns
+   * false when what arrived already breaks it.
+   */
+  expectLength(n: number): boolean {
+    this.#declaredLength = n;
+    return !this.lengthBroken(this.remoteEnded);
+  }
+
+  /** What arrived breaks the declared length (`ended`: the peer's side is complete). */
+  lengthBroken(ended: boolean): boolean {
+    const n = this.#declaredLength;
+    return n !== undefined && (this.receivedBytes > n || (ended && this.receivedBytes !== n));
   }
 
   /** Bytes read under `holdCredit()` and not yet released. */

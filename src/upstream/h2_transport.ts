@@ -230,6 +230,17 @@ function toResponse(head: readonly HeaderField[], stream: H2Stream, method: stri
     if (!stream.remoteEnded) stream.body.cancel().catch(() => {});
     return new Response(null, { status, headers });
   }
+  // The body must be as long as its Content-Length says (checked as DATA arrives; a mismatch
+  // later resets the stream, which cuts the downstream answer instead of ending it as complete).
+  // Several or malformed values are checkUpstreamHead's to refuse.
+  const cl = headers.get("content-length");
+  if (cl !== null && /^\d{1,15}$/.test(cl) && !stream.expectLength(Number(cl))) {
+    stream.reset(ErrorCode.PROTOCOL_ERROR);
+    throw new ProxyError(
+      "upstream_protocol_error",
+      `the upstream's body does not match its content-length ${cl}`,
+    );
+  }
   return new Response(stream.body, { status, headers });
 }
 
