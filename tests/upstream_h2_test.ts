@@ -13,6 +13,7 @@ import type { TLSSocket } from "node:tls";
 import { requirePeer, startFerry } from "./helpers.ts";
 import { clustersView } from "../src/server/cluster_view.ts";
 import { H2Connection } from "../src/h2/connection.ts";
+import { ErrorCode } from "../src/h2/frames.ts";
 import {
   CLIENT_SPIFFE_ID,
   makeMeshCerts,
@@ -713,6 +714,56 @@ clusters:
       const body = await res.text().then((t) => `complete: ${t}`, () => "cut");
       assert.equal(body, "cut", path);
     }
+  } finally {
+    await px.close();
+    listener.close();
+    for (const c of open) c.close();
+  }
+});
+
+Deno.test("h2 transport: a stream the upstream refuses unprocessed (REFUSED_STREAM) is sent once more when it has no body; with a body it is the route's retry policy's", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const open = new Set<H2Connection>();
+  let streams = 0;
+  void (async () => {
+    for await (const conn of listener) {
+      const h2 = new H2Connection(conn, {
+        role: "server",
+        // Every other stream is refused, as a server over its limit or closing would.
+        onStream: (st) => {
+          if (streams++ % 2 === 0) return st.reset(ErrorCode.REFUSED_STREAM);
+          st.sendHeaders([[":status", "200"], ["content-length", "2"]]);
+          void st.write(new TextEncoder().encode("ok")).then(() => st.end()).catch(() => {});
+        },
+        onClose: () => open.delete(h2),
+      });
+      open.add(h2);
+    }
+  })().catch(() => {});
+  const port = (listener.addr as Deno.NetAddr).port;
+  const px = startFerry(
+    `listeners:
+  - { name: public, address: "127.0.0.1:0" }
+routes:
+  - name: all
+    match: { path: { prefix: / } }
+    cluster: up
+clusters:
+  - name: up
+    protocol: h2c
+    endpoints: ["http://127.0.0.1:${port}"]
+`,
+  );
+  try {
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(`${px.url}/get`);
+      assert.deepEqual([res.status, await res.text()], [200, "ok"]);
+    }
+    assert.equal(streams, 6);
+    const post = await fetch(`${px.url}/post`, { method: "POST", body: "data" });
+    await post.body?.cancel();
+    assert.deepEqual([post.status, post.headers.get("x-ferry-flag")], [502, "UR"]);
+    assert.equal(px.ferry.snapshot.clusters.get("up")!.h2Transport!.refusedRetries, 3);
   } finally {
     await px.close();
     listener.close();

@@ -46,6 +46,8 @@ export interface Http1Fallback extends Transport {
 export class H2Transport implements Transport {
   /** Endpoint targets by origin, so a request parses no URL. */
   readonly #targets = new Map<string, Target>();
+  /** Requests sent again after the upstream refused their stream unprocessed. */
+  refusedRetries = 0;
   /** Endpoints that answered ALPN with HTTP/1.1: their requests go to the fallback. */
   readonly #http1Origins = new Set<string>();
 
@@ -74,6 +76,15 @@ export class H2Transport implements Transport {
       if (err instanceof NoHttp2 && fallback && !r.signal.aborted) {
         this.#http1Origins.add(err.origin);
         return fallback.send(r);
+      }
+      // A stream the upstream refused unprocessed (REFUSED_STREAM, or above a GOAWAY's last
+      // stream: the race with a connection closing) is sent once more when it has no body to
+      // replay, as the h1 codec does for a stale keep-alive connection.
+      if (refusedUnprocessed(err) && r.body === null && !r.signal.aborted) {
+        this.refusedRetries++;
+        return this.#send(r).catch((again) => {
+          throw toUpstreamError(again, r.signal);
+        });
       }
       throw toUpstreamError(err, r.signal);
     });
@@ -247,6 +258,10 @@ function toResponse(head: readonly HeaderField[], stream: H2Stream, method: stri
 function statusOf(head: readonly HeaderField[]): string {
   for (const [n, v] of head) if (n === ":status") return v;
   return "(none)";
+}
+
+function refusedUnprocessed(err: unknown): boolean {
+  return err instanceof StreamReset && err.byPeer && err.code === ErrorCode.REFUSED_STREAM;
 }
 
 /** A stream's failure in the error table's terms. */
