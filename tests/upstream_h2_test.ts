@@ -110,6 +110,10 @@ async function startH2Upstream(
         return;
       case "/silent":
         return;
+      case "/cookies":
+        res.setHeader("set-cookie", ["a=1; Path=/", "b=2; Path=/"]);
+        res.end("two cookies");
+        return;
       case "/nocontent":
         res.writeHead(204);
         res.end();
@@ -318,6 +322,9 @@ Deno.test("h2 transport: large request and response bodies stream byte for byte;
     const head = await fetch(`${px.url}/download?n=1000`, { method: "HEAD" });
     assert.equal(head.status, 200);
     assert.equal(await head.text(), "");
+    const cookies = await fetch(`${px.url}/cookies`);
+    assert.deepEqual(cookies.headers.getSetCookie(), ["a=1; Path=/", "b=2; Path=/"]);
+    await cookies.body?.cancel();
     const none = await fetch(`${px.url}/nocontent`);
     assert.deepEqual([none.status, await none.text()], [204, ""]);
   } finally {
