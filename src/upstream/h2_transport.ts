@@ -38,7 +38,7 @@ const NULL_BODY_STATUS = new Set([204, 205, 304]);
 
 type Target = { readonly origin: string; readonly url: URL };
 
-/** Where an `auto` cluster's requests go for endpoints whose TLS picked HTTP/1.1. */
+/** An `auto` cluster's client for `http://` endpoints and those whose TLS picked HTTP/1.1. */
 export interface Http1Fallback extends Transport {
   retire(origin: string): void;
 }
