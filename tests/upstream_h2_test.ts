@@ -258,6 +258,14 @@ Deno.test("h2 transport (auto, mTLS): served over HTTP/2 with the cluster's cert
     assert.equal(view.transport, "h2");
     assert.equal(view.endpoints[0]!.connections?.open, 1);
     assert.equal(view.endpoints[0]!.connections?.opened, 1);
+    const scraped = await right.ferry.snapshot.metrics.registry.metrics();
+    const origin = `https://127.0.0.1:${up.port}`;
+    assert.ok(
+      scraped.includes(
+        `ferry_upstream_connections_opened_total{cluster="up",endpoint="${origin}"} 1`,
+      ),
+      scraped.split("\n").filter((l) => l.includes("upstream_connections")).join("\n"),
+    );
   } finally {
     for (const px of [right, noCert, wrong, named]) await px.close();
     await up.close();
