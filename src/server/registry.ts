@@ -135,6 +135,8 @@ export function scrapeSources(
     pools(visit) {
       for (const c of current().clusters.values()) {
         for (const p of c.h1?.stats() ?? []) visit(c.name, p);
+        // The h2 transport's connections (shared with gRPC calls on the cluster).
+        if (c.h2Transport) { for (const p of c.h2.stats()) visit(c.name, p); }
       }
     },
     breakers(visit) {
