@@ -16,7 +16,7 @@ import { VERSION } from "./src/version.ts";
 import { describeSnapshot } from "./src/server/summary.ts";
 import { checkFdBudget, fdBudget } from "./src/observability/descriptors.ts";
 import { WorkerPool } from "./src/workers/supervisor.ts";
-import { SharedArena } from "./src/policy/shared_memory.ts";
+import { DEFAULT_ARENA_BYTES, SharedArena } from "./src/policy/shared_memory.ts";
 import { workerCount } from "./src/workers/count.ts";
 
 const EXIT_CONFIG = 1, EXIT_USAGE = 2, EXIT_START = 3;
@@ -78,7 +78,7 @@ async function main(): Promise<number> {
     // Compiled again with the shared arena, so this isolate's admin views read the same
     // buckets and breakers as the workers (src/policy/shared_memory.ts).
     snapshot.close();
-    const arena = new SharedArena();
+    const arena = new SharedArena(DEFAULT_ARENA_BYTES, { workers: workers.count });
     const rebuilt = await buildSnapshot(source, { version: 1, log, metrics, sharedMemory: arena });
     if (!rebuilt.ok) {
       console.error(`ferry: ${rebuilt.message}`);
@@ -92,6 +92,9 @@ async function main(): Promise<number> {
       log,
       metrics,
       tagResponses: Deno.env.get("FERRY_WORKER_HEADER") === "1",
+      ...(Deno.env.get("FERRY_TEST_HOOKS") === "1"
+        ? { failReplacementStarts: Number(Deno.env.get("FERRY_TEST_FAIL_WORKER_STARTS") ?? 0) }
+        : {}),
     });
     try {
       await pool.start(snapshot);
