@@ -14,7 +14,7 @@ import { FerryMetrics } from "./src/observability/metrics.ts";
 import { Ferry, installLastLineOfDefence } from "./src/server/ferry.ts";
 import { VERSION } from "./src/version.ts";
 import { describeSnapshot } from "./src/server/summary.ts";
-import { checkFdBudget, fdBudget } from "./src/observability/descriptors.ts";
+import { checkFdBudget, FD_HEADROOM, fdBudget } from "./src/observability/descriptors.ts";
 import { WorkerPool } from "./src/workers/supervisor.ts";
 import { DEFAULT_ARENA_BYTES, SharedArena } from "./src/policy/shared_memory.ts";
 import { workerCount } from "./src/workers/count.ts";
@@ -68,10 +68,14 @@ async function main(): Promise<number> {
   }
   if (workers.note) log.info(workers.note);
 
-  // Before binding: raise the soft descriptor limit, then say whether the caps fit in it. Each
-  // worker's guard has its own caps, so the process may need as many descriptors per worker.
+  // Before binding: raise the soft descriptor limit, then say whether the caps fit in it. The
+  // connection caps are the process's whatever the workers (src/policy/shared_memory.ts); each
+  // worker adds its own listening sockets, pools and runtime descriptors (one more headroom).
   const budget = fdBudget(snapshot.listeners.values(), snapshot.config.server);
-  const fds = checkFdBudget({ ...budget, needed: budget.needed * workers.count });
+  const fds = checkFdBudget({
+    ...budget,
+    needed: budget.needed + FD_HEADROOM * (workers.count - 1),
+  });
   if (fds.warning) log.warn(fds.warning);
   let pool: WorkerPool | undefined;
   if (workers.count > 1) {
