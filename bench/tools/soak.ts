@@ -109,11 +109,14 @@ const websocket = (async () => {
 // A steady rate (not flat out), so the run measures growth rather than a saturated machine;
 // SOAK_RPS sets requests per second per h2load client.
 const rps = Deno.env.get("SOAK_RPS") ?? "250";
+// A request never answered would hold h2load (and the soak) forever: a connection silent for 10 s
+// is closed, and its requests count as timed out.
+const quiet = ["-N", "10s"];
 const rounds: string[][] = [
-  ["--h1", "-c", "8", `--rps=${rps}`, "-D", "10", `${url}/`],
-  ["-c", "4", "-m", "8", `--rps=${rps}`, "-D", "10", `${url}/`],
-  ["--h1", "-c", "4", `--rps=${rps}`, "-D", "10", "-d", bodyFile, `${url}/upload`],
-  ["--h1", "-c", "2", `--rps=${rps}`, "-D", "10", `${url}/dead`],
+  ["--h1", "-c", "8", `--rps=${rps}`, "-D", "10", ...quiet, `${url}/`],
+  ["-c", "4", "-m", "8", `--rps=${rps}`, "-D", "10", ...quiet, `${url}/`],
+  ["--h1", "-c", "4", `--rps=${rps}`, "-D", "10", ...quiet, "-d", bodyFile, `${url}/upload`],
+  ["--h1", "-c", "2", `--rps=${rps}`, "-D", "10", ...quiet, `${url}/dead`],
 ];
 for (let i = 0; Date.now() < endAt; i++) {
   const out = await run("h2load", rounds[i % rounds.length]!);
