@@ -303,3 +303,49 @@ Deno.test("workers: 2 — a worker that crashes at every start is restarted with
     await stop(ferry);
   }
 });
+
+Deno.test("workers: 2 — a killed worker's requests in flight stop counting against max_requests once it is replaced", async () => {
+  const up = slowUpstream();
+  const yaml = config(
+    "max_connections: 100",
+    `  - { name: wide, match: { path: { prefix: /wide } }, cluster: capped, timeout: 30s }
+clusters:
+  - name: capped
+    endpoints: ["${up.url}"]
+    limits: { max_requests: 1 }
+`,
+  );
+  const ferry = await spawnFerry(["--config", await tempConfig(yaml)], ENV);
+  const port = Number(new URL(ferry.listeners.get("public")!).port);
+  const zero = await onWorker(port, "0");
+  try {
+    // Worker 0 holds the cluster's only request slot with a request that will not finish.
+    await zero.write(new TextEncoder().encode("GET /wide?ms=60000 HTTP/1.1\r\nhost: t\r\n\r\n"));
+    for (let i = 0; i < 50 && up.hits() < 1; i++) await new Promise((r) => setTimeout(r, 50));
+    const full = await ask(port, "/wide?ms=0");
+    full.conn.close();
+    assert.equal(full.status, 503, "the slot is taken");
+    const killed = await fetch(`${ferry.admin}/debug/kill-worker?index=0`, { method: "POST" });
+    assert.deepEqual(await killed.json(), { killed: true });
+    let replaced = false;
+    for (let i = 0; i < 100 && !replaced; i++) {
+      replaced = ferry.logs.some((l) => l.includes('"worker replaced"'));
+      if (!replaced) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.ok(replaced, "worker 0 was replaced");
+    // Its request died with it; so did its count: a request goes through again, on either worker.
+    for (let i = 0; i < 4; i++) {
+      const again = await ask(port, "/wide?ms=0");
+      again.conn.close();
+      assert.equal(
+        again.status,
+        200,
+        `request ${i + 1} after the replacement (worker ${again.worker})`,
+      );
+    }
+  } finally {
+    zero.close();
+    await stop(ferry);
+    await up.close();
+  }
+});
