@@ -349,3 +349,57 @@ clusters:
     await up.close();
   }
 });
+
+/** Opens a connection to a gRPC listener and sends the HTTP/2 preface: true if it is served. */
+async function h2Served(port: number): Promise<{ conn: Deno.TcpConn; served: boolean }> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const preface = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+  // An empty SETTINGS frame: length 0, type 4, flags 0, stream 0.
+  const settings = new Uint8Array([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+  try {
+    await conn.write(new Uint8Array([...preface, ...settings]));
+  } catch {
+    return { conn, served: false };
+  }
+  const buf = new Uint8Array(1024);
+  const n = await Promise.race([
+    conn.read(buf).catch(() => null),
+    new Promise<null>((r) => setTimeout(() => r(null), 5_000)),
+  ]);
+  // Served: the listener's own SETTINGS comes back; refused: the connection is closed at once.
+  return { conn, served: n !== null && n >= 9 && buf[3] === 4 };
+}
+
+Deno.test("workers: 2 — max_connections holds for the process on a gRPC listener too", async () => {
+  const yaml = `listeners:
+  - { name: rpc, address: "127.0.0.1:0", protocol: grpc }
+admin: { address: "127.0.0.1:0" }
+server: { workers: 2, watch_config: false, max_connections: 3 }
+routes:
+  - { name: all, match: { path: { prefix: / } }, cluster: up }
+clusters:
+  - { name: up, endpoints: ["http://127.0.0.1:1"], protocol: h2c }
+`;
+  const ferry = await spawnFerry(["--config", await tempConfig(yaml)], ENV);
+  const port = Number(new URL(ferry.listeners.get("rpc")!).port);
+  const held: Deno.TcpConn[] = [];
+  try {
+    for (let i = 0; i < 3; i++) {
+      const c = await h2Served(port);
+      held.push(c.conn);
+      assert.equal(c.served, true, `connection ${i + 1} of 3`);
+    }
+    for (let i = 0; i < 8; i++) {
+      const c = await h2Served(port);
+      held.push(c.conn);
+      assert.equal(c.served, false, `connection ${4 + i} (over the cap of 3)`);
+    }
+  } finally {
+    for (const c of held) {
+      try {
+        c.close();
+      } catch { /* closed */ }
+    }
+    await stop(ferry);
+  }
+});
