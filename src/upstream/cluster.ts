@@ -8,7 +8,7 @@ import { type ClusterConfig, httpTransportOf } from "../config/schema.ts";
 import type { CallFacts } from "../pipeline/types.ts";
 import { createBalancer } from "./balancers/mod.ts";
 import { type Balancer, createEndpointState, type EndpointState } from "./balancers/types.ts";
-import { RetryBudget } from "../policy/retry.ts";
+import { RetryBudget, type SharedBudget } from "../policy/retry.ts";
 import {
   EndpointHealth,
   type EndpointHealthOptions,
@@ -133,6 +133,8 @@ export function buildCluster(
    * (a worker of `server.workers > 1`; the main isolate checks once for the process).
    */
   following = false,
+  /** Process-wide request counts (server.workers > 1), for `limits` and the retry budget. */
+  sharedBudget?: SharedBudget,
 ): Cluster {
   const caCerts = tls?.caCerts;
   const pool: PoolOptions = {
@@ -320,6 +322,7 @@ export function buildCluster(
       cfg.retry_budget.percent,
       cfg.retry_budget.min_retries,
       cfg.limits?.max_retries,
+      sharedBudget,
     ),
     fetch: fetchTransport,
     h1,
