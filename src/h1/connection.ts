@@ -127,7 +127,7 @@ const UNSAFE_VALUE = /[\0\r\n]/;
 const UNSAFE_TARGET = /[\0-\x20\x7f]/;
 
 /** Latin-1 (byte string) encoding; header values are byte strings in Headers. */
-function encodeHead(s: string): Uint8Array {
+export function encodeLatin1(s: string): Uint8Array {
   if (!NON_ASCII.test(s)) return encoder.encode(s);
   const out = new Uint8Array(s.length);
   for (let i = 0; i < s.length; i++) {
@@ -173,7 +173,7 @@ export function serializeHead(
     s += "transfer-encoding: chunked\r\n";
   }
   s += "\r\n";
-  return { head: encodeHead(s), contentLength };
+  return { head: encodeLatin1(s), contentLength };
 }
 
 const CHUNK_END = encoder.encode("0\r\n\r\n");
