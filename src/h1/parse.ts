@@ -82,8 +82,8 @@ export function latin1(buf: Uint8Array, from: number, to: number): string {
 }
 
 /**
- * The end of a line starting at `from` (index of its CR, or of its LF where a bare LF ends it and
- * `bareLf` allows that), -1 if incomplete.
+ * The end of a request head's line starting at `from`: the index of its CR, or of its LF when a
+ * bare LF ends it; -1 if incomplete.
  */
 function requestLineEnd(buf: Uint8Array, from: number, end: number): number {
   const lf = buf.indexOf(LF, from);
@@ -446,7 +446,7 @@ export function parseRequestHead(
   let hosts = 0;
   let contentLength = -1;
   let transferCodings: string[] | undefined;
-  let close = minor === 0;
+  let close = false;
   let keepAliveToken = false;
   let connectionUpgrade = false;
   let upgradeHeader = false;

@@ -46,6 +46,11 @@ export interface ServerConnection {
   /** The error table's answer to a request refused before any handler runs. */
   refusal(status: number, reason: string): Response;
   /**
+   * What a request body stream fails with when its framing turns out broken after the handler
+   * started (the pipeline answers the error table's row for it).
+   */
+  bodyError(status: number, reason: string): Error;
+  /**
    * An upgrade request (or an HTTP/2 preface): the connection leaves this server. `bytes` are
    * what was read from the client and not yet consumed, starting at that request.
    */
@@ -135,6 +140,8 @@ class RequestBody {
   remaining: number;
   readonly decoder: ChunkedDecoder | undefined;
   done: boolean;
+  /** Its framing was broken, or the client left half-way. */
+  failed = false;
   /** The request has no body at all. */
   readonly empty: boolean;
   /** The client asked for `100 Continue` and has not had it yet. */
@@ -295,8 +302,12 @@ async function exchange(
             watch();
           } else ctrl.enqueue(chunk);
         } catch (err) {
-          if (!(err instanceof H1ProtocolError)) gone();
-          ctrl.error(err);
+          body.failed = true;
+          if (err instanceof H1ProtocolError) ctrl.error(c.bodyError(err.status, err.reason));
+          else {
+            gone();
+            ctrl.error(err);
+          }
         }
       },
     }, { highWaterMark: 0 });
@@ -337,7 +348,7 @@ async function exchange(
   }
   // Whether this connection can carry another request after this response, as far as known
   // before it is written (an unread body is settled after).
-  let keepAlive = head.keepAlive && !clientGone && !c.draining() &&
+  let keepAlive = head.keepAlive && !clientGone && !c.draining() && !body.failed &&
     !(body.owesContinue && !body.done);
   try {
     keepAlive = await out.response(res, method, head.minor, keepAlive);

@@ -532,6 +532,7 @@ export class ConnectionGuard {
       handle: (req, url, completed) => this.#handleOwn(g, own, req, url, completed),
       refusal: (status, reason) =>
         errorResponse(new ProxyError(refusalKind(status), reason), crypto.randomUUID()),
+      bodyError: (status, reason) => new ProxyError(refusalKind(status), reason),
       handOver: (bytes) => {
         if (startsWith(bytes, H2_PREFACE)) g.h2 = true;
         else {
