@@ -424,3 +424,29 @@ Deno.test("a small unread request body is drained and the connection carries on"
     await up.close();
   }
 });
+
+Deno.test("every request head on a keep-alive connection gets the header timeout (408), not only the first", async () => {
+  const up = startUpstream(() => new Response("ok"));
+  const px = startFerry(
+    CATCH_ALL.replace("routes:", "server: { header_timeout: 1s, idle_timeout: 30s }\nroutes:"),
+    { U: up.url },
+  );
+  try {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: px.port });
+    await conn.write(bytes("GET /1 HTTP/1.1\r\nHost: a\r\n\r\n"));
+    const first = await readUntilClose(conn, 3_000, (t) => !t.endsWith("\r\n\r\nok"));
+    assert.match(first.text, /^HTTP\/1\.1 200/);
+    // A second head that starts and never ends.
+    await conn.write(bytes("GET /2 HTTP/1.1\r\nHo"));
+    const started = performance.now();
+    const second = await readUntilClose(conn, 8_000);
+    conn.close();
+    assert.match(second.text, /^HTTP\/1\.1 408 /, second.text);
+    assert.match(second.text, /"reason":"request head not complete within 1000 ms"/);
+    assert.ok(second.closed);
+    assert.ok(performance.now() - started < 6_000, "cut by the header timeout, not the idle one");
+  } finally {
+    await px.close();
+    await up.close();
+  }
+});
