@@ -21,6 +21,7 @@ import {
   type RequestHead,
 } from "./parse.ts";
 import { encodeLatin1 } from "./connection.ts";
+import { responseOut } from "./response_out.ts";
 
 /** What the server needs from the guard for one connection. */
 export interface ServerConnection {
@@ -462,25 +463,27 @@ class Output {
     let declared: string | null = null;
     let date: string | null = null;
     let lines = `HTTP/1.1 ${status} ${reasonPhrase(status, res.statusText)}\r\n`;
-    res.headers.forEach((value, name) => {
+    const out = responseOut(res);
+    for (const [given, value] of out.headers) {
+      const name = given.toLowerCase(); // as Deno.serve (hyper) writes names
       switch (name) {
         case "content-length":
           declared = value;
-          return;
+          continue;
         case "connection":
         case "keep-alive":
         case "transfer-encoding":
         case "upgrade":
-          return; // hop-by-hop: this connection's framing is ours to state
+          continue; // hop-by-hop: this connection's framing is ours to state
         case "date":
           date = value;
       }
       lines += `${name}: ${value}\r\n`;
-    });
+    }
     if (date === null) lines += `date: ${httpDate()}\r\n`;
-    const source = res.body;
+    const source = out.body;
     if (noBody) {
-      source?.cancel().catch(() => {});
+      if (source instanceof ReadableStream) source.cancel().catch(() => {});
       if (declared !== null && status !== 204 && status >= 200) {
         lines += `content-length: ${declared}\r\n`;
       }
@@ -491,6 +494,13 @@ class Output {
       await this.c.write(
         encodeLatin1(lines + "content-length: 0\r\n" + connectionLine(keepAlive, minor) + "\r\n"),
       );
+      return keepAlive;
+    }
+    if (!(source instanceof ReadableStream)) {
+      // Bytes the Response holds whole: their own length, one write with the head.
+      const head = lines + `content-length: ${source.length}\r\n` +
+        connectionLine(keepAlive, minor) + "\r\n";
+      await this.#writeTwo(encodeLatin1(head), source);
       return keepAlive;
     }
     const reader = source.getReader();

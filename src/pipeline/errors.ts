@@ -23,7 +23,7 @@ export type ProxyErrorKind =
   | "uri_too_long"
   | "headers_too_large"
   | "not_implemented"
-  | "http_version_not_supported"
+  | "version_not_supported"
   | "client_closed"
   | "client_share_full"
   | "admin_host_refused"
@@ -60,7 +60,7 @@ const TABLE: Readonly<Record<ProxyErrorKind, ErrorRow>> = {
   // Ferry's own HTTP/1.1 server (src/h1/server.ts): a transfer coding other than chunked, and an
   // HTTP version other than 1.0 and 1.1 (RFC 9112 6.1, 2.5).
   not_implemented: { status: 501, grpc: 12, flag: "DPE", title: "not implemented" },
-  http_version_not_supported: {
+  version_not_supported: {
     status: 505,
     grpc: 13,
     flag: "DPE",

@@ -44,6 +44,7 @@ import { WsFrameLimit } from "../pipeline/ws_frames.ts";
 import { setLoopbackListenerBuffers } from "./socket_buffers.ts";
 import { rawReader, type RawWrite, rawWriter } from "./raw_io.ts";
 import { serveHttp1 } from "../h1/server.ts";
+import { serverSpan } from "../observability/tracing.ts";
 
 export interface GuardLimits extends ConnectionCaps {
   /** Milliseconds; 0: none. */
@@ -562,10 +563,23 @@ export class ConnectionGuard {
       if (ticket.abandoned) g.link.abandoned--;
     };
     completed.then(done, done);
+    // With OTel on, the server span Deno.serve would have opened.
+    const span = serverSpan(req.method, req.headers);
+    const info: GuardedInfo = { remoteAddr: g.remote, completed, identity: g.identity };
+    let status = 0;
     try {
-      return await own.handler(req, { remoteAddr: g.remote, completed, identity: g.identity });
+      const res = await (span ? span.run(() => own.handler(req, info)) : own.handler(req, info));
+      status = res.status;
+      return res;
     } catch (err) {
-      return own.onError(err);
+      const res = own.onError(err);
+      status = res.status;
+      return res;
+    } finally {
+      if (span) {
+        const end = () => span.end(status);
+        completed.then(end, end);
+      }
     }
   }
 
@@ -816,7 +830,7 @@ function refusalKind(status: number): ProxyErrorKind {
     case 501:
       return "not_implemented";
     case 505:
-      return "http_version_not_supported";
+      return "version_not_supported";
     default:
       return "bad_request";
   }
