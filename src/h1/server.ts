@@ -329,14 +329,20 @@ async function exchange(
     await linger(c, input);
     return false;
   }
-  const req = new Request(urlFor(c.scheme, head, rawUrl), {
+  const init = {
     method,
     headers: head.headers,
     body: stream,
     signal: ctl.signal,
-    // @ts-ignore: Deno's RequestInit takes duplex for a streamed body
     duplex: "half",
-  });
+  } as RequestInit;
+  let req: Request;
+  try {
+    req = new Request(urlFor(c.scheme, head, rawUrl), init);
+  } catch {
+    // A target or Host the URL parser does not take: the handler refuses the raw URL itself.
+    req = new Request("http://invalid.invalid/", init);
+  }
   watch();
   let res: Response;
   try {
@@ -370,13 +376,9 @@ async function exchange(
   return keepAlive;
 }
 
-/** Request.url: the URL parser's reading of the target; a stand-in when it has none. */
+/** Request.url before the URL parser's reading (the handler reads the raw URL). */
 function urlFor(scheme: string, head: RequestHead, rawUrl: string): string {
-  const url = head.target.charCodeAt(0) === 0x2f
-    ? `${scheme}://${head.host}${head.target}`
-    : rawUrl;
-  // The handler reads the raw URL (and refuses what is invalid with its own reason).
-  return URL.canParse(url) ? url : "http://invalid.invalid/";
+  return head.target.charCodeAt(0) === 0x2f ? `${scheme}://${head.host}${head.target}` : rawUrl;
 }
 
 const FORBIDDEN = new Set(["CONNECT", "TRACE", "TRACK"]);

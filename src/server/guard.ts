@@ -512,22 +512,24 @@ export class ConnectionGuard {
       write: (bytes) => this.#writeClient(g, write, bytes, bytes.length),
       closeWrite: () => g.conn.closeWrite(),
       scheme: this.#opts.tls ? "https" : "http",
+      // Phase times are the sweep's clock (as the send timeout's): the sweep checks them anyway,
+      // so a timeout fires within one sweep period either way, and no clock is read per request.
       awaitingHead: (started) => {
         if (started) {
           // The first head's header timeout runs from the accept, as before.
-          if (g.phase !== "head") g.since = performance.now();
+          if (g.phase !== "head") g.since = this.#clock;
           g.phase = "head";
           g.headBytes = 1;
         } else {
           g.phase = "idle";
-          g.since = performance.now();
+          g.since = this.#clock;
           g.headBytes = 0;
           if (this.#draining) this.#finish(g);
         }
       },
       requestStarted: () => {
         g.phase = "busy";
-        g.since = performance.now();
+        g.since = this.#clock;
       },
       draining: () => this.#draining || g.closing,
       handle: (req, url, completed) => this.#handleOwn(g, own, req, url, completed),
