@@ -20,7 +20,7 @@ import {
   REQUEST_LIMITS,
   type RequestHead,
 } from "./parse.ts";
-import { encodeLatin1 } from "./connection.ts";
+import { encodeLatin1, takeBodyRelay } from "./connection.ts";
 import { responseOut } from "./response_out.ts";
 
 /** What the server needs from the guard for one connection. */
@@ -505,6 +505,15 @@ class Output {
       await this.#writeTwo(encodeLatin1(head), source);
       return keepAlive;
     }
+    const length = declared !== null ? Number(declared) : -1;
+    // A body the upstream codec streams: relayed from its socket through reused buffers.
+    const relay = takeBodyRelay(source);
+    if (relay) {
+      const body = this.#streamed(lines, length, minor, keepAlive);
+      await relay(body.send);
+      await body.finish();
+      return body.keepAlive;
+    }
     const reader = source.getReader();
     try {
       // What the body has at once: a body made whole (an error, the codec's small bodies) is
@@ -514,7 +523,6 @@ class Output {
       let secondRead: typeof firstRead | undefined;
       let second: typeof first | undefined;
       if (first !== PENDING && !first.done) second = await soon(secondRead = reader.read());
-      const length = declared !== null ? Number(declared) : -1;
       if (first !== PENDING && (first.done || (second !== PENDING && second!.done))) {
         const bytes = first.done ? EMPTY : first.value;
         if (length >= 0 && length !== bytes.length) {
@@ -527,52 +535,72 @@ class Output {
         await this.#writeTwo(headBytes, bytes);
         return keepAlive;
       }
-      // A streamed body: the head goes out now, the body as it comes.
-      const chunked = length < 0 && minor === 1;
-      if (length < 0 && !chunked) keepAlive = false;
-      lines += length >= 0
-        ? `content-length: ${length}\r\n`
-        : chunked
-        ? "transfer-encoding: chunked\r\n"
-        : "";
-      const headBytes = encodeLatin1(lines + connectionLine(keepAlive, minor) + "\r\n");
-      let sent = 0;
-      const send = async (chunk: Uint8Array, headFirst: Uint8Array | undefined) => {
-        if (chunk.length === 0) {
-          if (headFirst) await this.c.write(headFirst);
-          return;
-        }
-        sent += chunk.length;
-        if (length >= 0 && sent > length) {
-          throw new Error(`a body longer than its Content-Length of ${length}`);
-        }
-        if (chunked) await this.#writeChunk(headFirst, chunk);
-        else await this.#writeTwo(headFirst, chunk);
-      };
-      let pendingHead: Uint8Array | undefined = headBytes;
+      // A streamed body: the head goes out now (or with the first bytes, when they are here).
+      const body = this.#streamed(lines, length, minor, keepAlive);
       if (first === PENDING) {
-        await this.c.write(headBytes);
-        pendingHead = undefined;
+        await body.flushHead();
         first = await firstRead;
       }
       if (!first.done) {
-        await send(first.value, pendingHead);
-        pendingHead = undefined;
+        await body.send(first.value);
         let r = await (secondRead ?? reader.read());
         while (!r.done) {
-          await send(r.value, undefined);
+          await body.send(r.value);
           r = await reader.read();
         }
-      } else if (pendingHead) await this.c.write(pendingHead);
-      if (length >= 0 && sent !== length) {
-        throw new Error(`a body of ${sent} bytes with a Content-Length of ${length}`);
       }
-      if (chunked) await this.c.write(LAST_CHUNK);
-      return keepAlive;
+      await body.finish();
+      return body.keepAlive;
     } catch (err) {
       reader.cancel(err).catch(() => {});
       throw err;
     }
+  }
+
+  /**
+   * The framing of a streamed body: its Content-Length (exactly that many bytes), else chunked on
+   * HTTP/1.1 and close-delimited on HTTP/1.0. The head goes out with the first bytes.
+   */
+  #streamed(lines: string, length: number, minor: number, keepAlive: boolean) {
+    const chunked = length < 0 && minor === 1;
+    if (length < 0 && !chunked) keepAlive = false;
+    lines += length >= 0
+      ? `content-length: ${length}\r\n`
+      : chunked
+      ? "transfer-encoding: chunked\r\n"
+      : "";
+    let head: Uint8Array | undefined = encodeLatin1(
+      lines + connectionLine(keepAlive, minor) + "\r\n",
+    );
+    let sent = 0;
+    const flushHead = async () => {
+      if (!head) return;
+      const h = head;
+      head = undefined;
+      await this.c.write(h);
+    };
+    return {
+      keepAlive,
+      flushHead,
+      send: async (chunk: Uint8Array) => {
+        if (chunk.length === 0) return;
+        sent += chunk.length;
+        if (length >= 0 && sent > length) {
+          throw new Error(`a body longer than its Content-Length of ${length}`);
+        }
+        const h = head;
+        head = undefined;
+        if (chunked) await this.#writeChunk(h, chunk);
+        else await this.#writeTwo(h, chunk);
+      },
+      finish: async () => {
+        await flushHead();
+        if (length >= 0 && sent !== length) {
+          throw new Error(`a body of ${sent} bytes with a Content-Length of ${length}`);
+        }
+        if (chunked) await this.c.write(LAST_CHUNK);
+      },
+    };
   }
 
   /** `head` (if any) and `body` in one write when they fit the reused buffer. */
