@@ -502,7 +502,7 @@ class Output {
       // Bytes the Response holds whole: their own length, one write with the head.
       const head = lines + `content-length: ${source.length}\r\n` +
         connectionLine(keepAlive, minor) + "\r\n";
-      await this.#writeTwo(encodeLatin1(head), source);
+      await this.#writeHeadAndBody(head, source);
       return keepAlive;
     }
     const length = declared !== null ? Number(declared) : -1;
@@ -603,6 +603,20 @@ class Output {
     };
   }
 
+  /**
+   * A head (text) and a whole body in one write: an ASCII head is encoded straight into the
+   * reused buffer, the body copied after it.
+   */
+  #writeHeadAndBody(head: string, body: Uint8Array): Promise<void> {
+    if (head.length + body.length > OUT_BUFFER || NON_ASCII.test(head)) {
+      return this.#writeTwo(encodeLatin1(head), body);
+    }
+    const buf = this.#buf ??= new Uint8Array(OUT_BUFFER + 64);
+    const { written } = encoder.encodeInto(head, buf);
+    buf.set(body, written);
+    return this.c.write(buf.subarray(0, written + body.length));
+  }
+
   /** `head` (if any) and `body` in one write when they fit the reused buffer. */
   async #writeTwo(head: Uint8Array | undefined, body: Uint8Array): Promise<void> {
     if (!head) return this.c.write(body);
@@ -646,6 +660,8 @@ class Output {
 }
 
 const CRLF = encoder.encode("\r\n");
+/** Anything but ASCII text: such a head goes through encodeLatin1 (one byte per char). */
+const NON_ASCII = /[^\t\r\n -~]/;
 const EMPTY = new Uint8Array(0);
 const PENDING = Symbol("pending");
 
