@@ -69,8 +69,8 @@ const DRAIN_BYTES = 64 * 1024;
 const DRAIN_MS = 1_000;
 /** After the last response, what the client still sends is read and dropped this long. */
 const LINGER_MS = 1_000;
-/** Body chunks up to this size are framed and written with one write (one copy). */
-const OUT_BUFFER = 64 * 1024;
+/** A head with a body up to this size, or a chunk with its framing, goes out in one write. */
+const OUT_BUFFER = 128 * 1024;
 
 const H2_PREFACE = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const encoder = new TextEncoder();
@@ -126,6 +126,14 @@ class Input {
     });
     this.#pending = p;
     return p;
+  }
+
+  /** Back to the initial size when empty (a large head or body grew it): idle connections are small. */
+  shrink(): void {
+    if (this.buf.length > INITIAL_BUFFER && this.start === this.end && !this.#pending) {
+      this.buf = new Uint8Array(INITIAL_BUFFER);
+      this.start = this.end = 0;
+    }
   }
 
   take(n: number): Uint8Array {
@@ -224,7 +232,10 @@ export async function serveHttp1(c: ServerConnection): Promise<void> {
       return await c.handOver(input.buf.subarray(input.start, input.end));
     }
     for (let first = true;; first = false) {
-      if (!first) c.awaitingHead(input.buffered > 0);
+      if (!first) {
+        input.shrink();
+        c.awaitingHead(input.buffered > 0);
+      }
       let head: RequestHead | undefined;
       for (;;) {
         if (input.buffered > 0) {
@@ -442,7 +453,6 @@ async function linger(c: ServerConnection, input: Input): Promise<void> {
 
 /** The response writer: one head, the body with its framing, a reused buffer for small writes. */
 class Output {
-  #buf: Uint8Array | undefined;
   constructor(readonly c: ServerConnection) {}
 
   write(bytes: Uint8Array): Promise<void> {
@@ -611,10 +621,11 @@ class Output {
     if (head.length + body.length > OUT_BUFFER || NON_ASCII.test(head)) {
       return this.#writeTwo(encodeLatin1(head), body);
     }
-    const buf = this.#buf ??= new Uint8Array(OUT_BUFFER + 64);
-    const { written } = encoder.encodeInto(head, buf);
-    buf.set(body, written);
-    return this.c.write(buf.subarray(0, written + body.length));
+    return pooledWrite(this.c, (buf) => {
+      const { written } = encoder.encodeInto(head, buf);
+      buf.set(body, written);
+      return written + body.length;
+    });
   }
 
   /** `head` (if any) and `body` in one write when they fit the reused buffer. */
@@ -625,10 +636,11 @@ class Output {
       await this.c.write(head);
       return this.c.write(body);
     }
-    const buf = this.#buf ??= new Uint8Array(OUT_BUFFER + 64);
-    buf.set(head);
-    buf.set(body, head.length);
-    return this.c.write(buf.subarray(0, total));
+    return pooledWrite(this.c, (buf) => {
+      buf.set(head);
+      buf.set(body, head.length);
+      return total;
+    });
   }
 
   /** One chunk with its size line (and the head before it, once), one write when it fits. */
@@ -642,24 +654,42 @@ class Output {
       await this.c.write(chunk);
       return this.c.write(CRLF);
     }
-    const buf = this.#buf ??= new Uint8Array(OUT_BUFFER + 64);
-    let o = 0;
-    if (head) {
-      buf.set(head);
-      o = head.length;
-    }
-    for (let i = 0; i < size.length; i++) buf[o++] = size.charCodeAt(i);
-    buf[o++] = 13;
-    buf[o++] = 10;
-    buf.set(chunk, o);
-    o += chunk.length;
-    buf[o++] = 13;
-    buf[o++] = 10;
-    return this.c.write(buf.subarray(0, o));
+    return pooledWrite(this.c, (buf) => {
+      let o = 0;
+      if (head) {
+        buf.set(head);
+        o = head.length;
+      }
+      for (let i = 0; i < size.length; i++) buf[o++] = size.charCodeAt(i);
+      buf[o++] = 13;
+      buf[o++] = 10;
+      buf.set(chunk, o);
+      o += chunk.length;
+      buf[o++] = 13;
+      buf[o++] = 10;
+      return o;
+    });
   }
 }
 
 const CRLF = encoder.encode("\r\n");
+
+/**
+ * Output buffers shared by every connection: one is taken for a write and given back when the
+ * write is done, so memory follows the writes in flight, not the open connections (a buffer per
+ * keep-alive connection would be 2,500 x 128 KiB for 2,500 idle clients).
+ */
+const freeOutput: Uint8Array[] = [];
+const KEEP_FREE = 16;
+
+async function pooledWrite(c: ServerConnection, fill: (buf: Uint8Array) => number): Promise<void> {
+  const buf = freeOutput.pop() ?? new Uint8Array(OUT_BUFFER + 64);
+  try {
+    await c.write(buf.subarray(0, fill(buf)));
+  } finally {
+    if (freeOutput.length < KEEP_FREE) freeOutput.push(buf);
+  }
+}
 /** Anything but ASCII text: such a head goes through encodeLatin1 (one byte per char). */
 const NON_ASCII = /[^\t\r\n -~]/;
 const EMPTY = new Uint8Array(0);
