@@ -621,7 +621,7 @@ class Output {
     if (head.length + body.length > OUT_BUFFER || NON_ASCII.test(head)) {
       return this.#writeTwo(encodeLatin1(head), body);
     }
-    return pooledWrite(this.c, (buf) => {
+    return pooledWrite(this.c, head.length + body.length, (buf) => {
       const { written } = encoder.encodeInto(head, buf);
       buf.set(body, written);
       return written + body.length;
@@ -636,7 +636,7 @@ class Output {
       await this.c.write(head);
       return this.c.write(body);
     }
-    return pooledWrite(this.c, (buf) => {
+    return pooledWrite(this.c, total, (buf) => {
       buf.set(head);
       buf.set(body, head.length);
       return total;
@@ -654,7 +654,7 @@ class Output {
       await this.c.write(chunk);
       return this.c.write(CRLF);
     }
-    return pooledWrite(this.c, (buf) => {
+    return pooledWrite(this.c, total, (buf) => {
       let o = 0;
       if (head) {
         buf.set(head);
@@ -681,8 +681,19 @@ const CRLF = encoder.encode("\r\n");
  */
 const freeOutput: Uint8Array[] = [];
 const KEEP_FREE = 16;
+const SMALL_WRITE = 16 * 1024;
 
-async function pooledWrite(c: ServerConnection, fill: (buf: Uint8Array) => number): Promise<void> {
+async function pooledWrite(
+  c: ServerConnection,
+  size: number,
+  fill: (buf: Uint8Array) => number,
+): Promise<void> {
+  // Small writes get a buffer of their own size: cheaper than a pooled one, which under many
+  // connections writing at once is often out and then costs a 128 KiB allocation.
+  if (size <= SMALL_WRITE) {
+    const own = new Uint8Array(size);
+    return c.write(own.subarray(0, fill(own)));
+  }
   const buf = freeOutput.pop() ?? new Uint8Array(OUT_BUFFER + 64);
   try {
     await c.write(buf.subarray(0, fill(buf)));
