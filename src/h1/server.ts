@@ -73,6 +73,8 @@ const LINGER_MS = 1_000;
 const OUT_BUFFER = 128 * 1024;
 
 const H2_PREFACE = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const CR = 13;
+const LF = 10;
 const encoder = new TextEncoder();
 const CONTINUE = encoder.encode("HTTP/1.1 100 Continue\r\n\r\n");
 const LAST_CHUNK = encoder.encode("0\r\n\r\n");
@@ -237,11 +239,18 @@ export async function serveHttp1(c: ServerConnection): Promise<void> {
         c.awaitingHead(input.buffered > 0);
       }
       let head: RequestHead | undefined;
+      // Bytes before this were looked at for the head's end already: a head dripped a byte at a
+      // time is scanned once, not parsed again from its start on every read (quadratic).
+      let scanned = input.start;
       for (;;) {
-        if (input.buffered > 0) {
+        if (
+          input.buffered > 0 &&
+          (headEnds(input, scanned) || input.buffered > REQUEST_LIMITS.maxHeadBytes)
+        ) {
           head = parseRequestHead(input.buf, input.start, input.end);
           if (head) break;
         }
+        scanned = input.end;
         const wasEmpty = input.buffered === 0;
         if (await input.fill() === 0) return; // closed between requests, or mid-head: no answer
         if (wasEmpty) c.awaitingHead(true);
@@ -259,6 +268,25 @@ export async function serveHttp1(c: ServerConnection): Promise<void> {
     }
     // Anything else: a reset or a close by the guard; nothing to answer.
   }
+}
+
+/**
+ * Whether the bytes from `from` (less two, for a line end split across reads) hold the blank line
+ * that ends a head: LF LF or LF CR LF (after the request line: a head starts with no blank line
+ * but the two the parser skips).
+ */
+function headEnds(input: Input, from: number): boolean {
+  const buf = input.buf;
+  for (let i = buf.indexOf(LF, Math.max(input.start, from - 2)); i >= 0 && i < input.end;) {
+    const next = buf[i + 1];
+    if (
+      i + 1 < input.end && (next === LF || (next === CR && i + 2 < input.end && buf[i + 2] === LF))
+    ) {
+      return true;
+    }
+    i = buf.indexOf(LF, i + 1);
+  }
+  return false;
 }
 
 function prefaceSoFar(input: Input): boolean {
