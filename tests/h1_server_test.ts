@@ -450,3 +450,23 @@ Deno.test("every request head on a keep-alive connection gets the header timeout
     await up.close();
   }
 });
+
+Deno.test("OPTIONS * reaches routing as the path /*, as through Deno.serve", async () => {
+  let seen = "";
+  const up = startUpstream((req) => {
+    seen = `${req.method} ${new URL(req.url).pathname}`;
+    return new Response("ok");
+  });
+  const px = startFerry(CATCH_ALL, { U: up.url });
+  try {
+    const { text } = await exchange(
+      px.port,
+      "OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert.match(text, /^HTTP\/1\.1 200/);
+    assert.equal(seen, "OPTIONS /*");
+  } finally {
+    await px.close();
+    await up.close();
+  }
+});

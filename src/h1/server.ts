@@ -354,8 +354,11 @@ async function exchange(
   }
 
   // Deno.serve built Request.url by pasting Host and target together, always as http.
-  const rawUrl = head.target.charCodeAt(0) === 0x2f || head.target === "*"
+  // `OPTIONS *` reaches routing as the path `/*`, as it did through Deno.serve.
+  const rawUrl = head.target.charCodeAt(0) === 0x2f
     ? `http://${head.host}${head.target}`
+    : head.target === "*"
+    ? `http://${head.host}/*`
     : head.target;
   // Methods the Request constructor forbids (CONNECT, TRACE, TRACK) or rewrites (get -> GET)
   // cannot reach the handler as they were sent: answered here, as the handler would.
