@@ -470,3 +470,30 @@ Deno.test("OPTIONS * reaches routing as the path /*, as through Deno.serve", asy
     await up.close();
   }
 });
+
+Deno.test("a head that arrives in parts across the read buffer's end is still read (regression)", async () => {
+  const up = startUpstream(() => new Response("ok"));
+  const px = startFerry(
+    CATCH_ALL.replace("routes:", "server: { header_timeout: 3s }\nroutes:"),
+    { U: up.url },
+  );
+  try {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: px.port });
+    // The first request fills most of the 4 KiB read buffer; the second starts behind it, so the
+    // read that completes it moves the buffered bytes to the buffer's start.
+    const first = `GET /1 HTTP/1.1\r\nHost: a\r\nX-Pad: ${"p".repeat(3000)}\r\n\r\n`;
+    const second = `GET /2 HTTP/1.1\r\nHost: a\r\nX-Pad: ${
+      "q".repeat(2000)
+    }\r\nConnection: close\r\n\r\n`;
+    await conn.write(bytes(first + second.slice(0, 900)));
+    const one = await readUntilClose(conn, 3_000, (t) => !t.endsWith("\r\n\r\nok"));
+    assert.match(one.text, /^HTTP\/1\.1 200/);
+    await conn.write(bytes(second.slice(900)));
+    const two = await readUntilClose(conn, 6_000);
+    conn.close();
+    assert.match(two.text, /^HTTP\/1\.1 200/, two.text.slice(0, 200));
+  } finally {
+    await px.close();
+    await up.close();
+  }
+});

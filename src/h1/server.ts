@@ -241,16 +241,18 @@ export async function serveHttp1(c: ServerConnection): Promise<void> {
       let head: RequestHead | undefined;
       // Bytes before this were looked at for the head's end already: a head dripped a byte at a
       // time is scanned once, not parsed again from its start on every read (quadratic).
-      let scanned = input.start;
+      // Counted from input.start: a read may move the bytes to the buffer's start.
+      let scanned = 0;
       for (;;) {
         if (
           input.buffered > 0 &&
-          (headEnds(input, scanned) || input.buffered > REQUEST_LIMITS.maxHeadBytes)
+          (headEnds(input, input.start + scanned) ||
+            input.buffered > REQUEST_LIMITS.maxHeadBytes)
         ) {
           head = parseRequestHead(input.buf, input.start, input.end);
           if (head) break;
         }
-        scanned = input.end;
+        scanned = input.buffered;
         const wasEmpty = input.buffered === 0;
         if (await input.fill() === 0) return; // closed between requests, or mid-head: no answer
         if (wasEmpty) c.awaitingHead(true);
