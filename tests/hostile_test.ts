@@ -306,11 +306,12 @@ const CASES: Case[] = [
     expect: { status: 400, reason: /upper case/ },
   },
   // Versions and framing of the request line.
-  { name: "HTTP/1.2", request: "GET / HTTP/1.2\r\nHost: a\r\n\r\n", expect: { refused: true } },
+  // A well-formed version Ferry does not speak: 505 (RFC 9110 15.6.6).
+  { name: "HTTP/1.2", request: "GET / HTTP/1.2\r\nHost: a\r\n\r\n", expect: { status: 505 } },
   {
     name: "HTTP/2.0 on an HTTP/1 line",
     request: "GET / HTTP/2.0\r\nHost: a\r\n\r\n",
-    expect: { refused: true },
+    expect: { status: 505 },
   },
   { name: "HTTP/0.9 request", request: "GET /\r\n\r\n", expect: { refused: true } },
   {

@@ -127,7 +127,7 @@ const UNSAFE_VALUE = /[\0\r\n]/;
 const UNSAFE_TARGET = /[\0-\x20\x7f]/;
 
 /** Latin-1 (byte string) encoding; header values are byte strings in Headers. */
-function encodeHead(s: string): Uint8Array {
+export function encodeLatin1(s: string): Uint8Array {
   if (!NON_ASCII.test(s)) return encoder.encode(s);
   const out = new Uint8Array(s.length);
   for (let i = 0; i < s.length; i++) {
@@ -173,7 +173,7 @@ export function serializeHead(
     s += "transfer-encoding: chunked\r\n";
   }
   s += "\r\n";
-  return { head: encodeHead(s), contentLength };
+  return { head: encodeLatin1(s), contentLength };
 }
 
 const CHUNK_END = encoder.encode("0\r\n\r\n");
@@ -410,6 +410,32 @@ export interface H1ResponseParts {
 }
 const responseParts = new WeakMap<Response, H1ResponseParts>();
 
+/**
+ * Moves a streamed body to `write` straight from the upstream socket, through one buffer reused
+ * for the whole body (and kept by the connection for the next): no chunk object per read, which a
+ * 100 MB download otherwise leaves to the garbage collector by the thousand. Each `write` must be
+ * done with its bytes when it resolves. Resolves when the body is complete; rejects (and closes
+ * the upstream connection) when either side fails.
+ */
+export type BodyRelay = (write: (bytes: Uint8Array) => Promise<void>) => Promise<void>;
+const relays = new WeakMap<ReadableStream<Uint8Array>, BodyRelay>();
+
+/**
+ * The relay of a body stream the codec made, when nothing has read from the stream yet; taking it
+ * locks the stream (the relay is now the only way to the body).
+ */
+export function takeBodyRelay(stream: ReadableStream<Uint8Array>): BodyRelay | undefined {
+  const relay = relays.get(stream);
+  if (!relay || stream.locked) return undefined;
+  relays.delete(stream);
+  stream.getReader(); // locked: nobody else reads this body
+  return relay;
+}
+
+/** A connection's relay buffer: body reads go here, one at a time. */
+const RELAY_BUFFER = 64 * 1024;
+const relayBuffers = new WeakMap<H1Connection, Uint8Array>();
+
 /** The codec's parts of `res`; undefined for a Response the codec did not make. */
 export function h1ResponseParts(res: Response): H1ResponseParts | undefined {
   return responseParts.get(res);
@@ -445,50 +471,79 @@ function makeResponse(
       responseParts.set(res, { headers: head.headers, whole: remaining === 0 ? undefined : bytes });
       return res;
     }
-    return new Response(
-      bodyStream(x, fail, async (ctl) => {
+    const short = () =>
+      new UpstreamClosed(
+        `after ${head.contentLength - remaining} of ${head.contentLength} body bytes`,
+      );
+    const stream = bodyStream(x, fail, async (ctl) => {
+      if (c.end > c.start) {
+        const n = Math.min(remaining, c.end - c.start);
+        ctl.enqueue(c.buf.slice(c.start, c.start + n));
+        c.start += n;
+        remaining -= n;
+      } else {
+        const chunk = new Uint8Array(Math.min(remaining, BODY_READ));
+        const n = await c.conn.read(chunk);
+        if (n === null) throw short();
+        ctl.enqueue(n === chunk.length ? chunk : chunk.subarray(0, n));
+        remaining -= n;
+      }
+      if (remaining > 0) return;
+      ctl.close();
+      complete();
+    });
+    relays.set(
+      stream,
+      relayWith(x, fail, async (write, buf) => {
         if (c.end > c.start) {
           const n = Math.min(remaining, c.end - c.start);
-          ctl.enqueue(c.buf.slice(c.start, c.start + n));
+          await write(c.buf.subarray(c.start, c.start + n));
           c.start += n;
           remaining -= n;
-        } else {
-          const chunk = new Uint8Array(Math.min(remaining, BODY_READ));
-          const n = await c.conn.read(chunk);
-          if (n === null) {
-            throw new UpstreamClosed(
-              `after ${head.contentLength - remaining} of ${head.contentLength} body bytes`,
-            );
-          }
-          ctl.enqueue(n === chunk.length ? chunk : chunk.subarray(0, n));
-          remaining -= n;
         }
-        if (remaining > 0) return;
-        ctl.close();
+        while (remaining > 0) {
+          const n = await c.conn.read(buf.subarray(0, Math.min(remaining, buf.length)));
+          if (n === null) throw short();
+          remaining -= n;
+          await write(buf.subarray(0, n));
+        }
         complete();
-      }),
-      init,
+      }, c),
     );
+    return new Response(stream, init);
   }
   if (head.framing === Framing.Close) {
-    return new Response(
-      bodyStream(x, fail, async (ctl) => {
+    const stream = bodyStream(x, fail, async (ctl) => {
+      if (c.end > c.start) {
+        ctl.enqueue(c.buf.slice(c.start, c.end));
+        c.start = c.end;
+        return;
+      }
+      const chunk = new Uint8Array(BODY_READ);
+      const n = await c.conn.read(chunk);
+      if (n === null) {
+        ctl.close();
+        complete();
+        return;
+      }
+      ctl.enqueue(chunk.subarray(0, n));
+    });
+    relays.set(
+      stream,
+      relayWith(x, fail, async (write, buf) => {
         if (c.end > c.start) {
-          ctl.enqueue(c.buf.slice(c.start, c.end));
+          await write(c.buf.subarray(c.start, c.end));
           c.start = c.end;
-          return;
         }
-        const chunk = new Uint8Array(BODY_READ);
-        const n = await c.conn.read(chunk);
-        if (n === null) {
-          ctl.close();
-          complete();
-          return;
+        for (;;) {
+          const n = await c.conn.read(buf);
+          if (n === null) break;
+          await write(buf.subarray(0, n));
         }
-        ctl.enqueue(chunk.subarray(0, n));
-      }),
-      init,
+        complete();
+      }, c),
     );
+    return new Response(stream, init);
   }
   const decoder = new ChunkedDecoder();
   return new Response(
@@ -514,6 +569,25 @@ function makeResponse(
     }),
     init,
   );
+}
+
+/** A body relay over the connection's reused buffer, failing the exchange as the stream would. */
+function relayWith(
+  x: Exchange,
+  fail: () => void,
+  run: (write: (bytes: Uint8Array) => Promise<void>, buf: Uint8Array) => Promise<void>,
+  c: H1Connection,
+): BodyRelay {
+  return async (write) => {
+    let buf = relayBuffers.get(c);
+    if (!buf) relayBuffers.set(c, buf = new Uint8Array(RELAY_BUFFER));
+    try {
+      await run(write, buf);
+    } catch (err) {
+      fail();
+      throw x.signal.aborted ? x.abortError() : err;
+    }
+  };
 }
 
 /** A pull-driven body: nothing is read from the upstream before the client asks for it. */

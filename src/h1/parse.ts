@@ -1,12 +1,17 @@
 /**
- * HTTP/1.1 response parsing (RFC 9112), strict: anything whose framing could be read two ways is
- * an `H1ProtocolError`, answered by the proxy as a 502 with the reason, never a guess. Pure
- * functions over byte buffers, so they are tested without sockets.
+ * HTTP/1.1 message parsing (RFC 9112), strict, for both directions: responses from upstreams
+ * (the codec, src/h1/connection.ts) and requests from clients (Ferry's own server,
+ * src/h1/server.ts). Anything whose framing could be read two ways is an `H1ProtocolError`,
+ * answered with the reason (a 502 upstream, a 4xx/5xx downstream), never a guess. Pure functions
+ * over byte buffers, so they are tested without sockets.
  */
 
-/** A response Ferry refuses to interpret; `reason` goes to the client and the log. */
+/**
+ * A message Ferry refuses to interpret; `reason` goes to the client and the log. `status` is the
+ * answer to a client whose request it is (400 unless the RFC names another).
+ */
 export class H1ProtocolError extends Error {
-  constructor(readonly reason: string) {
+  constructor(readonly reason: string, readonly status: 400 | 431 | 501 | 505 = 400) {
     super(reason);
     this.name = "H1ProtocolError";
   }
@@ -74,6 +79,18 @@ export function latin1(buf: Uint8Array, from: number, to: number): string {
   let s = "";
   for (let i = from; i < to; i += 4096) s += latin1(buf, i, Math.min(to, i + 4096));
   return s;
+}
+
+/**
+ * The end of a request head's line starting at `from`: the index of its CR, or of its LF when a
+ * bare LF ends it; -1 if incomplete.
+ */
+function requestLineEnd(buf: Uint8Array, from: number, end: number): number {
+  const lf = buf.indexOf(LF, from);
+  if (lf === -1 || lf >= end) return -1;
+  // RFC 9112 2.2 lets a recipient accept a bare LF as a line end (Deno.serve does; so did Ferry
+  // behind it). A bare CR anywhere else is refused by the byte checks of each line.
+  return lf > from && buf[lf - 1] === CR ? lf - 1 : lf;
 }
 
 /** The end of a CRLF line starting at `from` (index of its CR), -1 if incomplete. */
@@ -323,4 +340,221 @@ export class ChunkedDecoder {
         return 0;
     }
   }
+}
+
+/** Request heads: the guard's limits of today (below Deno.serve's 64 KiB and 128 lines). */
+export const REQUEST_LIMITS = {
+  /** Request line and header section together, final line end included. */
+  maxHeadBytes: 60 * 1024,
+  /** Lines, request line and the blank line included. */
+  maxHeadLines: 124,
+};
+
+/** How a request's body is delimited (RFC 9112 6.3): none, a length, or chunked. */
+export interface RequestHead {
+  readonly method: string;
+  /** As sent (origin-form, absolute-form or `*`). */
+  readonly target: string;
+  /** 0 or 1 (HTTP/1.0 or HTTP/1.1). */
+  readonly minor: number;
+  /** Lower-case names, values as Latin-1 (byte) strings, in order. */
+  readonly headers: [string, string][];
+  /** The Host header's value; undefined when absent. */
+  readonly host: string | undefined;
+  /** Bytes the head took, final line end included. */
+  readonly size: number;
+  /** -1: no Content-Length. */
+  readonly contentLength: number;
+  readonly chunked: boolean;
+  /** The client allows another request on this connection after this one. */
+  readonly keepAlive: boolean;
+  /** `Expect: 100-continue`. */
+  readonly expectContinue: boolean;
+  /** An `Upgrade` header named in `Connection: upgrade` (WebSocket and the like). */
+  readonly upgrade: boolean;
+}
+
+/** A request target's bytes: visible ASCII only (no space, no controls, no obs-text). */
+const TARGET = new Uint8Array(256);
+for (let c = 0x21; c <= 0x7e; c++) TARGET[c] = 1;
+
+/** Token lists of Connection / Transfer-Encoding, lower-cased and trimmed. */
+function tokens(value: string): string[] {
+  return value.split(",").map((t) => t.trim().toLowerCase());
+}
+
+/**
+ * Parses a request head from `buf[from, end)` (RFC 9112 2-7). Returns undefined while the head is
+ * incomplete and within the limits; throws H1ProtocolError with the status to answer: 431 over
+ * the limits, 505 for a well-formed version other than 1.0/1.1, 501 for a transfer coding other
+ * than chunked, 400 for everything else that is not exactly one reading.
+ */
+export function parseRequestHead(
+  buf: Uint8Array,
+  from: number,
+  end: number,
+): RequestHead | undefined {
+  const max = REQUEST_LIMITS.maxHeadBytes;
+  // RFC 9112 2.2: empty lines before the request line are ignored (at most a couple).
+  let start = from;
+  for (let i = 0; i < 2 && start < end; i++) {
+    if (buf[start] === CR && buf[start + 1] === LF) start += 2;
+    else if (buf[start] === LF) start += 1;
+    else break;
+  }
+  const lineEnd0 = requestLineEnd(buf, start, end);
+  if (lineEnd0 === -1) {
+    if (end - from > max) throw tooLarge();
+    return undefined;
+  }
+  // method SP request-target SP HTTP-version
+  let i = start;
+  while (i < lineEnd0 && TOKEN[buf[i]!] === 1) i++;
+  if (i === start || buf[i] !== SP) throw new H1ProtocolError("malformed request line");
+  const method = latin1(buf, start, i);
+  const targetStart = ++i;
+  while (i < lineEnd0 && TARGET[buf[i]!] === 1) i++;
+  if (i === targetStart || buf[i] !== SP) {
+    throw new H1ProtocolError(
+      i < lineEnd0 && buf[i] !== SP
+        ? "invalid byte in the request target"
+        : "malformed request line",
+    );
+  }
+  const target = latin1(buf, targetStart, i);
+  i++;
+  // HTTP-version = "HTTP/" DIGIT "." DIGIT
+  if (
+    lineEnd0 - i !== 8 || buf[i] !== 0x48 || buf[i + 1] !== 0x54 || buf[i + 2] !== 0x54 ||
+    buf[i + 3] !== 0x50 || buf[i + 4] !== 0x2f || !isDigit(buf[i + 5]!) ||
+    buf[i + 6] !== 0x2e || !isDigit(buf[i + 7]!)
+  ) throw new H1ProtocolError("malformed request line");
+  if (buf[i + 5] !== 0x31 || (buf[i + 7] !== 0x30 && buf[i + 7] !== 0x31)) {
+    throw new H1ProtocolError("HTTP version not supported (only 1.0 and 1.1)", 505);
+  }
+  const minor = buf[i + 7]! - 0x30;
+  // request-target forms (RFC 9112 3.2): origin-form, absolute-form, asterisk-form for OPTIONS.
+  // authority-form is CONNECT's, which is answered 405 by the caller.
+  const c0 = target.charCodeAt(0);
+  if (
+    c0 !== 0x2f && !(target === "*" && method === "OPTIONS") && !/^https?:\/\//i.test(target) &&
+    method !== "CONNECT"
+  ) throw new H1ProtocolError("invalid request target");
+
+  const headers: [string, string][] = [];
+  let host: string | undefined;
+  let hosts = 0;
+  let contentLength = -1;
+  let transferCodings: string[] | undefined;
+  let close = false;
+  let keepAliveToken = false;
+  let connectionUpgrade = false;
+  let upgradeHeader = false;
+  let expectContinue = false;
+  let lines = 1;
+  let pos = buf[lineEnd0] === CR ? lineEnd0 + 2 : lineEnd0 + 1;
+  for (;;) {
+    const eol = requestLineEnd(buf, pos, end);
+    if (eol === -1) {
+      if (end - from > max) throw tooLarge();
+      return undefined;
+    }
+    const next = buf[eol] === CR ? eol + 2 : eol + 1;
+    if (next - from > max || ++lines > REQUEST_LIMITS.maxHeadLines) throw tooLarge();
+    if (eol === pos) {
+      pos = next;
+      break;
+    }
+    const first = buf[pos]!;
+    if (first === SP || first === HTAB) throw new H1ProtocolError("obs-fold in a header");
+    let colon = pos;
+    while (colon < eol && TOKEN[buf[colon]!] === 1) colon++;
+    if (colon === pos || colon === eol || buf[colon] !== 0x3a) {
+      throw new H1ProtocolError("malformed header name");
+    }
+    let vStart = colon + 1;
+    let vEnd = eol;
+    while (vStart < vEnd && (buf[vStart] === SP || buf[vStart] === HTAB)) vStart++;
+    while (vEnd > vStart && (buf[vEnd - 1] === SP || buf[vEnd - 1] === HTAB)) vEnd--;
+    for (let k = vStart; k < vEnd; k++) {
+      if (FIELD[buf[k]!] !== 1) throw new H1ProtocolError("invalid character in a header value");
+    }
+    const name = latin1(buf, pos, colon).toLowerCase(); // tchars only: ASCII
+    const value = latin1(buf, vStart, vEnd);
+    headers.push([name, value]);
+    switch (name) {
+      case "host":
+        hosts++;
+        host = value;
+        break;
+      case "content-length":
+        // Even equal repeats or lists are refused: one framing, stated once.
+        if (contentLength !== -1) throw new H1ProtocolError("more than one Content-Length");
+        if (!/^[0-9]{1,15}$/.test(value)) throw new H1ProtocolError("invalid Content-Length");
+        contentLength = Number(value);
+        break;
+      case "transfer-encoding":
+        (transferCodings ??= []).push(...tokens(value));
+        break;
+      case "connection":
+        for (const t of tokens(value)) {
+          if (t === "close") close = true;
+          else if (t === "keep-alive") keepAliveToken = true;
+          else if (t === "upgrade") connectionUpgrade = true;
+        }
+        break;
+      case "upgrade":
+        upgradeHeader = true;
+        break;
+      case "expect":
+        if (value.toLowerCase() === "100-continue") expectContinue = true;
+        break;
+    }
+    pos = next;
+  }
+  if (hosts > 1) throw new H1ProtocolError("more than one Host header");
+  if (hosts === 0) throw new H1ProtocolError("missing Host header");
+  let chunked = false;
+  if (transferCodings) {
+    if (contentLength !== -1) {
+      throw new H1ProtocolError("both Content-Length and Transfer-Encoding");
+    }
+    if (minor === 0) throw new H1ProtocolError("Transfer-Encoding in an HTTP/1.0 request");
+    // RFC 9112 6.3: chunked must be the final coding, else the length is unknowable (400); any
+    // other coding would reach the upstream undone (501, as RFC 9112 6.1 lets a server answer).
+    if (transferCodings[transferCodings.length - 1] !== "chunked") {
+      throw new H1ProtocolError("Transfer-Encoding whose final coding is not chunked");
+    }
+    if (transferCodings.length > 1) {
+      throw new H1ProtocolError(
+        `unsupported Transfer-Encoding "${transferCodings.join(", ")}"`,
+        501,
+      );
+    }
+    chunked = true;
+  }
+  return {
+    method,
+    target,
+    minor,
+    headers,
+    host,
+    size: pos - from,
+    contentLength,
+    chunked,
+    keepAlive: !close && (minor === 1 || keepAliveToken),
+    expectContinue,
+    upgrade: upgradeHeader && connectionUpgrade,
+  };
+}
+
+function isDigit(c: number): boolean {
+  return c >= 0x30 && c <= 0x39;
+}
+
+function tooLarge(): H1ProtocolError {
+  return new H1ProtocolError(
+    `request head over ${REQUEST_LIMITS.maxHeadBytes} bytes or ${REQUEST_LIMITS.maxHeadLines} lines`,
+    431,
+  );
 }

@@ -68,8 +68,9 @@ function load(): ProcessDescriptors | null {
 }
 
 /**
- * Descriptors one downstream connection holds: through the connection guard three (the client's
- * socket, the guard's end of the loopback connection, Deno.serve's end); one otherwise.
+ * Descriptors one downstream connection may hold: through the connection guard three for HTTP/2
+ * and WebSocket (the client's socket and both ends of the loopback hop; HTTP/1.1 is served without
+ * the hop and holds one, but any connection may turn out HTTP/2); one otherwise.
  */
 export function fdsPerConnection(protocol: "http" | "grpc", guarded: boolean): number {
   return protocol === "http" && guarded ? 3 : 1;

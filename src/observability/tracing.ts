@@ -10,7 +10,14 @@
  * With OTel off (the default) there is no active span: `traceparent` and `tracestate` pass
  * through unchanged, like any other end-to-end header.
  */
-import { type Span, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import {
+  context,
+  propagation,
+  type Span,
+  SpanKind,
+  SpanStatusCode,
+  trace,
+} from "@opentelemetry/api";
 /** The header list being sent upstream (src/upstream/headers.ts), as tracing edits it. */
 interface HeaderList {
   set(name: string, value: string): void;
@@ -63,5 +70,48 @@ export function startClientSpan(
     if (status > 0) client.setAttribute("http.response.status_code", status);
     if (status === 0 || status >= 500) client.setStatus({ code: SpanStatusCode.ERROR });
     client.end();
+  };
+}
+
+/** False once a span came back not recording: tracing is off for this process. */
+let tracingOn = true;
+
+/**
+ * The server span Deno.serve opens by itself, for requests served by Ferry's own HTTP/1.1 server
+ * (src/h1/server.ts): it continues the client's `traceparent`, is the active span while `run`
+ * runs (so `activeSpan()` finds it), and ends with the status once the response is written.
+ * undefined when tracing is off (checked once: the first span tells).
+ */
+export function serverSpan(
+  method: string,
+  headers: Headers,
+): { run<T>(fn: () => T): T; end(status: number): void } | undefined {
+  if (!tracingOn) return undefined;
+  const traceparent = headers.get("traceparent");
+  const carrier: Record<string, string> = {};
+  if (traceparent !== null) {
+    carrier.traceparent = traceparent;
+    const state = headers.get("tracestate");
+    if (state !== null) carrier.tracestate = state;
+  }
+  const parent = traceparent !== null
+    ? propagation.extract(context.active(), carrier)
+    : context.active();
+  const span = tracer.startSpan(method, {
+    kind: SpanKind.SERVER,
+    attributes: { "http.request.method": method },
+  }, parent);
+  if (!span.isRecording()) {
+    tracingOn = false;
+    return undefined;
+  }
+  const active = trace.setSpan(parent, span);
+  return {
+    run: (fn) => context.with(active, fn),
+    end: (status) => {
+      if (status > 0) span.setAttribute("http.response.status_code", status);
+      if (status === 0 || status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+      span.end();
+    },
   };
 }

@@ -99,6 +99,11 @@ export interface RequestTicket {
    * stops counting it as in flight, so the connection's idle timeout can end it.
    */
   abandoned: boolean;
+  /**
+   * The request's URL as the client sent it, when Request.url is not (Ferry's own HTTP/1.1
+   * server builds Request with the URL parser's reading, which resolves dot segments).
+   */
+  readonly url?: string | undefined;
 }
 
 const tickets = new WeakMap<Request, RequestTicket>();

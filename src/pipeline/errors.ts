@@ -22,6 +22,8 @@ export type ProxyErrorKind =
   | "payload_too_large"
   | "uri_too_long"
   | "headers_too_large"
+  | "not_implemented"
+  | "version_not_supported"
   | "client_closed"
   | "client_share_full"
   | "admin_host_refused"
@@ -54,6 +56,15 @@ const TABLE: Readonly<Record<ProxyErrorKind, ErrorRow>> = {
     grpc: 8,
     flag: "DPE",
     title: "request header fields too large",
+  },
+  // Ferry's own HTTP/1.1 server (src/h1/server.ts): a transfer coding other than chunked, and an
+  // HTTP version other than 1.0 and 1.1 (RFC 9112 6.1, 2.5).
+  not_implemented: { status: 501, grpc: 12, flag: "DPE", title: "not implemented" },
+  version_not_supported: {
+    status: 505,
+    grpc: 13,
+    flag: "DPE",
+    title: "http version not supported",
   },
   upstream_connect_failure: {
     status: 502,

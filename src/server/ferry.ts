@@ -419,14 +419,18 @@ export class Ferry {
     }
     const wrapped = guard.wrap(served);
     try {
-      guard.start((port) =>
-        Deno.serve({
-          hostname: "127.0.0.1",
-          port,
-          signal: stop.signal,
-          onListen: () => {},
-          onError,
-        }, wrapped)
+      // HTTP/1.1 is served by Ferry's own server inside the guard; the inner Deno.serve takes
+      // HTTP/2 and upgrades (WebSocket) over the loopback hop.
+      guard.start(
+        (port) =>
+          Deno.serve({
+            hostname: "127.0.0.1",
+            port,
+            signal: stop.signal,
+            onListen: () => {},
+            onError,
+          }, wrapped),
+        { handler: served, onError },
       );
     } catch (err) {
       void guard.close();

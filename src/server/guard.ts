@@ -38,12 +38,14 @@ import {
   type RequestTicket,
   type TunnelClient,
 } from "../pipeline/downstream.ts";
-import { errorResponse, ProxyError } from "../pipeline/errors.ts";
+import { errorResponse, ProxyError, type ProxyErrorKind } from "../pipeline/errors.ts";
 import { TlsListener } from "./node_tls.ts";
 import type { ListenerTls } from "./tls_material.ts";
 import { WsFrameLimit } from "../pipeline/ws_frames.ts";
 import { setLoopbackListenerBuffers } from "./socket_buffers.ts";
 import { rawReader, type RawWrite, rawWriter } from "./raw_io.ts";
+import { serveHttp1 } from "../h1/server.ts";
+import { serverSpan } from "../observability/tracing.ts";
 
 export interface GuardLimits extends ConnectionCaps {
   /** Milliseconds; 0: none. */
@@ -104,6 +106,15 @@ export interface GuardOptions {
   readonly onAcceptError?: (socket: "listener" | "inner", reason: AcceptErrorReason) => void;
 }
 
+/**
+ * The handler Ferry's own HTTP/1.1 server calls (the same one the inner Deno.serve runs, before
+ * `wrap`), and the answer to a handler that throws (Deno.serve's `onError`).
+ */
+export interface OwnServer {
+  readonly handler: (req: Request, info: GuardedInfo) => Promise<Response>;
+  readonly onError: (err: unknown) => Response;
+}
+
 /** A TLS listener's material and settings (src/server/tls_material.ts). */
 export type GuardTls = ListenerTls;
 
@@ -143,6 +154,10 @@ class Guarded {
   last1 = -1;
   last2 = -1;
   closed = false;
+  /** Served by Ferry's own HTTP/1.1 server (src/h1/server.ts), not through the inner hop. */
+  own = false;
+  /** TLS (if any) is up: the guard may answer the client itself. */
+  ready = false;
   /** Draining: the inner connection was half-closed so it ends after its last response. */
   closing = false;
   inner: Deno.TcpConn | undefined;
@@ -196,6 +211,8 @@ export class ConnectionGuard {
   #accepting = true;
   #draining = false;
   #acceptLoop: Promise<void> | undefined;
+  /** Serves HTTP/1.1 connections without the inner hop (set by start()). */
+  #own: OwnServer | undefined;
   /** Whether the hop's buffers could be sized (needs --allow-ffi on Linux/glibc). */
   #hopBuffersSet = false;
   /** performance.now() as of the last sweep (never 0): the send timeout's clock. */
@@ -244,9 +261,12 @@ export class ConnectionGuard {
 
   /**
    * Starts the inner server (`serveInner(port)` binds a Deno.serve on 127.0.0.1 with the
-   * `wrap`ped handler; a failure throws) and starts accepting.
+   * `wrap`ped handler; a failure throws) and starts accepting. With `own`, HTTP/1.1 connections
+   * are served by Ferry's own server in this process, and only HTTP/2 and upgrades (WebSocket)
+   * take the hop to the inner server.
    */
-  start(serveInner: (port: number) => Deno.HttpServer<Deno.NetAddr>): void {
+  start(serveInner: (port: number) => Deno.HttpServer<Deno.NetAddr>, own?: OwnServer): void {
+    this.#own = own;
     // Out of descriptors, the inner server's accept fails and it closes its listener; it is
     // bound again on the same port, the guarded connections already through keep working.
     // Deno.serve's sockets on the hop get small fixed buffers (set on its listening socket,
@@ -450,24 +470,121 @@ export class ConnectionGuard {
         g.identity = (g.conn as { identity?: ClientIdentity }).identity;
       }
       if (g.closed) return;
-      // While the inner server is being bound again this is refused: the client is dropped.
-      const inner = await Deno.connect({ hostname: "127.0.0.1", port: this.innerPort()! });
-      if (g.closed) {
-        inner.close();
-        return;
-      }
-      g.inner = inner;
-      this.#innerFailures.succeeded();
-      inner.setNoDelay(true);
+      g.ready = true;
       if ("setNoDelay" in g.conn) (g.conn as Deno.TcpConn).setNoDelay(true);
-      this.#byInnerPort.set((inner.localAddr as Deno.NetAddr).port, g);
-      const up = this.#pump(g, g.conn, inner, true);
-      const down = this.#pump(g, inner, g.conn, false);
-      await Promise.all([up, down]);
+      if (g.h2 || !this.#own) await this.#hop(g, undefined);
+      else await this.#serveOwn(g, this.#own);
     } catch {
       // A reset, a failed TLS handshake, or a close by the sweep: nothing to answer.
     } finally {
       this.#drop(g);
+    }
+  }
+
+  /**
+   * The loopback hop: the connection's bytes (after `replay`, what was read of it already) are
+   * piped to the inner Deno.serve and back. Resolves once both directions have ended.
+   */
+  async #hop(g: Guarded, replay: Uint8Array | undefined): Promise<void> {
+    // While the inner server is being bound again this is refused: the client is dropped.
+    const inner = await Deno.connect({ hostname: "127.0.0.1", port: this.innerPort()! });
+    if (g.closed) {
+      inner.close();
+      return;
+    }
+    g.inner = inner;
+    this.#innerFailures.succeeded();
+    inner.setNoDelay(true);
+    this.#byInnerPort.set((inner.localAddr as Deno.NetAddr).port, g);
+    if (replay && replay.length > 0) await writeAll(inner, replay);
+    const up = this.#pump(g, g.conn, inner, true);
+    const down = this.#pump(g, inner, g.conn, false);
+    await Promise.all([up, down]);
+  }
+
+  /**
+   * Ferry's own HTTP/1.1 server on this connection (src/h1/server.ts): the phases and timeouts
+   * follow each request (head: the header timeout; busy; idle: the idle timeout), client writes
+   * go through the send timeout, and an upgrade or an HTTP/2 preface moves it to the hop.
+   */
+  #serveOwn(g: Guarded, own: OwnServer): Promise<void> {
+    g.own = true;
+    const write = rawWriter(g.conn);
+    return serveHttp1({
+      read: rawReader(g.conn),
+      write: (bytes) => this.#writeClient(g, write, bytes, bytes.length),
+      closeWrite: () => g.conn.closeWrite(),
+      scheme: this.#opts.tls ? "https" : "http",
+      // Phase times are the sweep's clock (as the send timeout's): the sweep checks them anyway,
+      // so a timeout fires within one sweep period either way, and no clock is read per request.
+      awaitingHead: (started) => {
+        if (started) {
+          // The first head's header timeout runs from the accept, as before.
+          if (g.phase !== "head") g.since = this.#clock;
+          g.phase = "head";
+          g.headBytes = 1;
+        } else {
+          g.phase = "idle";
+          g.since = this.#clock;
+          g.headBytes = 0;
+          if (this.#draining) this.#finish(g);
+        }
+      },
+      requestStarted: () => {
+        g.phase = "busy";
+        g.since = this.#clock;
+      },
+      draining: () => this.#draining || g.closing,
+      handle: (req, url, completed) => this.#handleOwn(g, own, req, url, completed),
+      refusal: (status, reason) =>
+        errorResponse(new ProxyError(refusalKind(status), reason), crypto.randomUUID()),
+      bodyError: (status, reason) => new ProxyError(refusalKind(status), reason),
+      handOver: (bytes) => {
+        if (startsWith(bytes, H2_PREFACE)) g.h2 = true;
+        else {
+          // An upgrade request whose head the server has read: no second head scan.
+          g.phase = "headDone";
+          g.since = performance.now();
+        }
+        g.own = false;
+        return this.#hop(g, bytes);
+      },
+    });
+  }
+
+  /** One request of Ferry's own HTTP/1.1 server, handed to the handler as `wrap` would. */
+  async #handleOwn(
+    g: Guarded,
+    own: OwnServer,
+    req: Request,
+    url: string,
+    completed: Promise<void>,
+  ): Promise<Response> {
+    const ticket: RequestTicket = { link: g.link, abandoned: false, url };
+    attachTicket(req, ticket);
+    g.active++;
+    const done = () => {
+      g.active--;
+      if (ticket.abandoned) g.link.abandoned--;
+    };
+    completed.then(done, done);
+    // With OTel on, the server span Deno.serve would have opened.
+    const span = serverSpan(req.method, req.headers);
+    const info: GuardedInfo = { remoteAddr: g.remote, completed, identity: g.identity };
+    let status = 0;
+    try {
+      const res = await (span ? span.run(() => own.handler(req, info)) : own.handler(req, info));
+      status = res.status;
+      return res;
+    } catch (err) {
+      const res = own.onError(err);
+      status = res.status;
+      return res;
+    } finally {
+      if (span) {
+        const end = () => span.end(status);
+        completed.then(end, end);
+      }
     }
   }
 
@@ -614,9 +731,9 @@ export class ConnectionGuard {
     if (g.closed) return;
     g.phase = "rejecting";
     try {
-      // Only once TLS is up (inner connected) and never on HTTP/2; a client that does not read
-      // gets at most a second before the close.
-      if (!g.h2 && g.inner) {
+      // Only once TLS is up and never on HTTP/2; a client that does not read gets at most a
+      // second before the close.
+      if (!g.h2 && g.ready) {
         const reply = writeAll(g.conn, await cannedResponse(err)).catch(() => {});
         let timer: ReturnType<typeof setTimeout> | undefined;
         await Promise.race([reply, new Promise((r) => timer = setTimeout(r, 1000))]);
@@ -681,6 +798,11 @@ export class ConnectionGuard {
   #finish(g: Guarded): void {
     if (g.closing || g.closed) return;
     g.closing = true;
+    // Ferry's own server ends a busy connection after its response (it asks draining()).
+    if (g.own) {
+      if (g.phase === "idle" || (g.phase === "head" && g.headBytes === 0)) this.#drop(g);
+      return;
+    }
     if (!g.inner) return this.#drop(g);
     g.inner.closeWrite().catch(() => this.#drop(g));
   }
@@ -700,6 +822,22 @@ export class ConnectionGuard {
     try {
       g.conn.close();
     } catch { /* closed */ }
+  }
+}
+
+/** The error table's kind for a status Ferry's own HTTP/1.1 server refuses a request with. */
+function refusalKind(status: number): ProxyErrorKind {
+  switch (status) {
+    case 405:
+      return "method_not_allowed";
+    case 431:
+      return "headers_too_large";
+    case 501:
+      return "not_implemented";
+    case 505:
+      return "version_not_supported";
+    default:
+      return "bad_request";
   }
 }
 

@@ -14,6 +14,7 @@ import type { AccessLog } from "../observability/access_log.ts";
 import { checkHeaderLimits, limitBody } from "./request_limits.ts";
 import type { GuardedInfo } from "./guard.ts";
 import { pickRequestId } from "./request_id.ts";
+import { downstreamTicket } from "../pipeline/downstream.ts";
 
 /** Default longest request target (path + query), as nginx's large_client_header_buffers 8k. */
 export const MAX_URI_LENGTH = 8192;
@@ -64,7 +65,8 @@ export function createListenerHandler(
     try {
       if (!plan) throw new ProxyError("no_route", `listener ${listener} is being removed`);
       checkMethod(req.method);
-      const target = splitTarget(req.url, limits.max_uri_bytes);
+      // The raw target when Ferry's own HTTP/1.1 server made the Request (its url is normalised).
+      const target = splitTarget(downstreamTicket(req)?.url ?? req.url, limits.max_uri_bytes);
       const hidden = innerPort?.();
       if (
         hidden !== undefined

@@ -1,0 +1,824 @@
+/**
+ * Ferry's own downstream HTTP/1.1 server: the connection guard (src/server/guard.ts) runs it on
+ * every HTTP/1.1 connection it accepts (plain TCP, or TLS with ALPN http/1.1 or none), so an
+ * HTTP/1.1 request costs no second loopback hop to an inner Deno.serve. It parses each request
+ * head with the same strict parser as the upstream codec (src/h1/parse.ts), builds a standard
+ * Request, calls the guard's handler, and writes the Response back, one exchange at a time.
+ *
+ * Not served here: HTTP/2 and upgrade requests (WebSocket). The guard hands those connections to
+ * the inner Deno.serve as before (the bytes already read are replayed to it first).
+ *
+ * Framing out: a known length (a Content-Length set by the handler, or a body that is complete
+ * at once) goes out with content-length; anything else chunked on HTTP/1.1 and close-delimited
+ * on HTTP/1.0. A body that fails half-way ends the connection without the last chunk, so the
+ * client sees a truncated message, never a complete-looking one.
+ */
+import {
+  ChunkedDecoder,
+  H1ProtocolError,
+  parseRequestHead,
+  REQUEST_LIMITS,
+  type RequestHead,
+} from "./parse.ts";
+import { encodeLatin1, takeBodyRelay } from "./connection.ts";
+import { responseOut } from "./response_out.ts";
+
+/** What the server needs from the guard for one connection. */
+export interface ServerConnection {
+  /** Reads from the client; resolves to 0 at end of stream. */
+  read(buf: Uint8Array): Promise<number>;
+  /** Writes all of `bytes` to the client (the guard's send timeout watches it). */
+  write(bytes: Uint8Array): Promise<void>;
+  /** Half-closes towards the client. */
+  closeWrite(): Promise<void>;
+  /** `http` or `https`: only to build Request.url. */
+  readonly scheme: string;
+  /** Waiting for the next request: `started` when its first bytes are here already. */
+  awaitingHead(started: boolean): void;
+  /** A complete head: the request goes to the handler now. */
+  requestStarted(): void;
+  /** The guard is draining: the current response is the last on this connection. */
+  draining(): boolean;
+  /**
+   * Calls the handler. `rawUrl` is the URL as the client sent it (Request.url is normalised by
+   * the URL parser); `completed` settles once the response is written or has failed.
+   */
+  handle(req: Request, rawUrl: string, completed: Promise<void>): Promise<Response>;
+  /** The error table's answer to a request refused before any handler runs. */
+  refusal(status: number, reason: string): Response;
+  /**
+   * What a request body stream fails with when its framing turns out broken after the handler
+   * started (the pipeline answers the error table's row for it).
+   */
+  bodyError(status: number, reason: string): Error;
+  /**
+   * An upgrade request (or an HTTP/2 preface): the connection leaves this server. `bytes` are
+   * what was read from the client and not yet consumed, starting at that request.
+   */
+  handOver(bytes: Uint8Array): Promise<void>;
+}
+
+/** The connection's read buffer. */
+const INITIAL_BUFFER = 4 * 1024;
+/** The read buffer never grows past this (a head is at most REQUEST_LIMITS.maxHeadBytes). */
+const MAX_BUFFER = REQUEST_LIMITS.maxHeadBytes + 16 * 1024;
+/** Bytes read ahead (pipelined requests) while a request is in the handler. */
+const READ_AHEAD = 64 * 1024;
+/** A request body the handler did not read is read and dropped up to this much, then closed. */
+const DRAIN_BYTES = 64 * 1024;
+const DRAIN_MS = 1_000;
+/** After the last response, what the client still sends is read and dropped this long. */
+const LINGER_MS = 1_000;
+/** A head with a body up to this size, or a chunk with its framing, goes out in one write. */
+const OUT_BUFFER = 128 * 1024;
+
+const H2_PREFACE = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const CR = 13;
+const LF = 10;
+const encoder = new TextEncoder();
+const CONTINUE = encoder.encode("HTTP/1.1 100 Continue\r\n\r\n");
+const LAST_CHUNK = encoder.encode("0\r\n\r\n");
+
+/** The client's bytes: one buffer, one read at a time shared by whoever waits for more. */
+class Input {
+  buf = new Uint8Array(INITIAL_BUFFER);
+  start = 0;
+  end = 0;
+  eof = false;
+  #pending: Promise<number> | undefined;
+
+  constructor(readonly read: (buf: Uint8Array) => Promise<number>) {}
+
+  get buffered(): number {
+    return this.end - this.start;
+  }
+
+  /** Whether a read is outstanding (its result lands in the buffer). */
+  get reading(): boolean {
+    return this.#pending !== undefined;
+  }
+
+  /** Reads more into the buffer; resolves to the count, 0 at end of stream. Rejects on reset. */
+  fill(): Promise<number> {
+    if (this.#pending) return this.#pending;
+    if (this.eof) return Promise.resolve(0);
+    if (this.start === this.end) this.start = this.end = 0;
+    if (this.end === this.buf.length) {
+      if (this.start > 0) {
+        this.buf.copyWithin(0, this.start, this.end);
+        this.end -= this.start;
+        this.start = 0;
+      } else {
+        const size = Math.min(this.buf.length * 2, MAX_BUFFER);
+        if (size <= this.buf.length) return Promise.reject(new Error("read buffer full"));
+        const grown = new Uint8Array(size);
+        grown.set(this.buf.subarray(0, this.end));
+        this.buf = grown;
+      }
+    }
+    const p = this.read(this.buf.subarray(this.end)).then((n) => {
+      this.#pending = undefined;
+      if (n === 0) this.eof = true;
+      else this.end += n;
+      return n;
+    }, (err) => {
+      this.#pending = undefined;
+      this.eof = true;
+      throw err;
+    });
+    this.#pending = p;
+    return p;
+  }
+
+  /** Back to the initial size when empty (a large head or body grew it): idle connections are small. */
+  shrink(): void {
+    if (this.buf.length > INITIAL_BUFFER && this.start === this.end && !this.#pending) {
+      this.buf = new Uint8Array(INITIAL_BUFFER);
+      this.start = this.end = 0;
+    }
+  }
+
+  take(n: number): Uint8Array {
+    const out = this.buf.slice(this.start, this.start + n);
+    this.start += n;
+    return out;
+  }
+}
+
+/** One request's body as it comes off the connection. */
+class RequestBody {
+  /** Bytes of a Content-Length body still to come; -1 when chunked. */
+  remaining: number;
+  readonly decoder: ChunkedDecoder | undefined;
+  done: boolean;
+  /** Its framing was broken, or the client left half-way. */
+  failed = false;
+  /** The request has no body at all. */
+  readonly empty: boolean;
+  /** The client asked for `100 Continue` and has not had it yet. */
+  owesContinue: boolean;
+
+  constructor(head: RequestHead) {
+    this.remaining = head.chunked ? -1 : Math.max(0, head.contentLength);
+    this.decoder = head.chunked ? new ChunkedDecoder() : undefined;
+    this.done = this.empty = !head.chunked && this.remaining === 0;
+    this.owesContinue = head.expectContinue && !this.done;
+  }
+
+  /** Body bytes decoded ahead of the handler (checkAhead). */
+  readonly #ahead: Uint8Array[] = [];
+
+  /**
+   * Decodes the chunked body bytes that came with the head, before the handler runs: a request
+   * whose chunk framing is already known to be broken is refused (400) instead of being
+   * forwarded with a body that fails half-way. Throws H1ProtocolError.
+   */
+  checkAhead(input: Input): void {
+    const d = this.decoder;
+    if (!d || input.buffered === 0) return;
+    this.owesContinue = false; // the client is sending its body already
+    while (input.buffered > 0 && !d.done) {
+      const used = d.step(input.buf, input.start, input.end);
+      if (used === 0) break;
+      input.start += used;
+      if (d.dataTo > d.dataFrom) this.#ahead.push(input.buf.slice(d.dataFrom, d.dataTo));
+    }
+    if (d.done) this.done = true;
+  }
+
+  /**
+   * The next body bytes, or null at the end (a copy: the buffer is reused). Throws
+   * H1ProtocolError on bad chunk framing, and an Error when the client closes half-way.
+   */
+  async next(input: Input, write: (b: Uint8Array) => Promise<void>): Promise<Uint8Array | null> {
+    if (this.#ahead.length > 0) return this.#ahead.shift()!;
+    if (this.owesContinue) {
+      this.owesContinue = false;
+      if (input.buffered === 0) await write(CONTINUE);
+    }
+    for (;;) {
+      if (this.done) return this.#ahead.shift() ?? null;
+      if (this.decoder) {
+        const d = this.decoder;
+        while (input.buffered > 0 && !d.done) {
+          const used = d.step(input.buf, input.start, input.end);
+          if (used === 0) break;
+          input.start += used;
+          if (d.dataTo > d.dataFrom) return input.buf.slice(d.dataFrom, d.dataTo);
+        }
+        if (d.done) {
+          this.done = true;
+          return null;
+        }
+      } else if (input.buffered > 0) {
+        const n = Math.min(this.remaining, input.buffered);
+        this.remaining -= n;
+        if (this.remaining === 0) this.done = true;
+        return input.take(n);
+      }
+      if (await input.fill() === 0) throw new Error("the client closed in the middle of a body");
+    }
+  }
+}
+
+/** Serves HTTP/1.1 on one connection until it ends; never throws. */
+export async function serveHttp1(c: ServerConnection): Promise<void> {
+  const input = new Input(c.read);
+  const out = new Output(c);
+  try {
+    // An HTTP/2 client with prior knowledge: its preface goes to the inner server.
+    while (input.buffered < H2_PREFACE.length && prefaceSoFar(input)) {
+      if (await input.fill() === 0) return;
+    }
+    if (input.buffered >= H2_PREFACE.length && prefaceSoFar(input)) {
+      return await c.handOver(input.buf.subarray(input.start, input.end));
+    }
+    for (let first = true;; first = false) {
+      if (!first) {
+        input.shrink();
+        c.awaitingHead(input.buffered > 0);
+      }
+      let head: RequestHead | undefined;
+      // Bytes before this were looked at for the head's end already: a head dripped a byte at a
+      // time is scanned once, not parsed again from its start on every read (quadratic).
+      // Counted from input.start: a read may move the bytes to the buffer's start.
+      let scanned = 0;
+      for (;;) {
+        if (
+          input.buffered > 0 &&
+          (headEnds(input, input.start + scanned) ||
+            input.buffered > REQUEST_LIMITS.maxHeadBytes)
+        ) {
+          head = parseRequestHead(input.buf, input.start, input.end);
+          if (head) break;
+        }
+        scanned = input.buffered;
+        const wasEmpty = input.buffered === 0;
+        if (await input.fill() === 0) return; // closed between requests, or mid-head: no answer
+        if (wasEmpty) c.awaitingHead(true);
+      }
+      if (head.upgrade) return await c.handOver(input.buf.subarray(input.start, input.end));
+      input.start += head.size;
+      c.requestStarted();
+      if (!await exchange(c, input, out, head)) return;
+    }
+  } catch (err) {
+    // A head that cannot be read one way only: the error table's answer, then the close.
+    if (err instanceof H1ProtocolError) {
+      await out.response(c.refusal(err.status, err.reason), "GET", 1, false).catch(() => {});
+      await linger(c, input);
+    }
+    // Anything else: a reset or a close by the guard; nothing to answer.
+  }
+}
+
+/**
+ * Whether the bytes from `from` (less two, for a line end split across reads) hold the blank line
+ * that ends a head: LF LF or LF CR LF (after the request line: a head starts with no blank line
+ * but the two the parser skips).
+ */
+function headEnds(input: Input, from: number): boolean {
+  const buf = input.buf;
+  for (let i = buf.indexOf(LF, Math.max(input.start, from - 2)); i >= 0 && i < input.end;) {
+    const next = buf[i + 1];
+    if (
+      i + 1 < input.end && (next === LF || (next === CR && i + 2 < input.end && buf[i + 2] === LF))
+    ) {
+      return true;
+    }
+    i = buf.indexOf(LF, i + 1);
+  }
+  return false;
+}
+
+function prefaceSoFar(input: Input): boolean {
+  const n = Math.min(input.buffered, H2_PREFACE.length);
+  for (let i = 0; i < n; i++) {
+    if (input.buf[input.start + i] !== H2_PREFACE.charCodeAt(i)) return false;
+  }
+  return true;
+}
+
+/** One request and its response; resolves to whether the connection carries another one. */
+async function exchange(
+  c: ServerConnection,
+  input: Input,
+  out: Output,
+  head: RequestHead,
+): Promise<boolean> {
+  const body = new RequestBody(head);
+  body.checkAhead(input);
+  const ctl = new AbortController();
+  let clientGone = false;
+  const gone = () => {
+    clientGone = true;
+    ctl.abort(new DOMException("the client closed the connection", "AbortError"));
+  };
+  let finished = false;
+  // While the handler runs and the body is all read, a read stays pending: it notices a client
+  // that goes away (the request's signal aborts, so the upstream call is cancelled) and takes in
+  // pipelined requests, up to READ_AHEAD.
+  const watch = () => {
+    if (finished || clientGone || input.reading || input.eof || !body.done) return;
+    if (input.buffered >= READ_AHEAD) return;
+    input.fill().then((n) => n === 0 ? gone() : watch(), gone);
+  };
+
+  let resolveCompleted!: () => void;
+  let rejectCompleted!: (e: unknown) => void;
+  const completed = new Promise<void>((res, rej) => {
+    resolveCompleted = res;
+    rejectCompleted = rej;
+  });
+  completed.catch(() => {});
+
+  let stream: ReadableStream<Uint8Array> | null = null;
+  const method = head.method;
+  if (!body.empty && method !== "GET" && method !== "HEAD") {
+    stream = new ReadableStream<Uint8Array>({
+      async pull(ctrl) {
+        try {
+          const chunk = await body.next(input, (b) => out.write(b));
+          if (chunk === null) {
+            ctrl.close();
+            watch();
+          } else ctrl.enqueue(chunk);
+        } catch (err) {
+          body.failed = true;
+          if (err instanceof H1ProtocolError) ctrl.error(c.bodyError(err.status, err.reason));
+          else {
+            gone();
+            ctrl.error(err);
+          }
+        }
+      },
+    }, { highWaterMark: 0 });
+  }
+
+  // Deno.serve built Request.url by pasting Host and target together, always as http.
+  // `OPTIONS *` reaches routing as the path `/*`, as it did through Deno.serve.
+  const rawUrl = head.target.charCodeAt(0) === 0x2f
+    ? `http://${head.host}${head.target}`
+    : head.target === "*"
+    ? `http://${head.host}/*`
+    : head.target;
+  // Methods the Request constructor forbids (CONNECT, TRACE, TRACK) or rewrites (get -> GET)
+  // cannot reach the handler as they were sent: answered here, as the handler would.
+  const refused = methodRefusal(c, method);
+  if (refused) {
+    finished = true;
+    stream?.cancel().catch(() => {});
+    await out.response(refused, method, head.minor, false);
+    resolveCompleted();
+    await linger(c, input);
+    return false;
+  }
+  const init = {
+    method,
+    headers: head.headers,
+    body: stream,
+    signal: ctl.signal,
+    duplex: "half",
+  } as RequestInit;
+  let req: Request;
+  try {
+    req = new Request(urlFor(c.scheme, head, rawUrl), init);
+  } catch {
+    // A target or Host the URL parser does not take: the handler refuses the raw URL itself.
+    req = new Request("http://invalid.invalid/", init);
+  }
+  watch();
+  let res: Response;
+  try {
+    res = await c.handle(req, rawUrl, completed);
+  } catch (err) {
+    finished = true;
+    rejectCompleted(err);
+    stream?.cancel().catch(() => {});
+    return false;
+  }
+  // Whether this connection can carry another request after this response, as far as known
+  // before it is written (an unread body is settled after).
+  let keepAlive = head.keepAlive && !clientGone && !c.draining() && !body.failed &&
+    !(body.owesContinue && !body.done);
+  try {
+    keepAlive = await out.response(res, method, head.minor, keepAlive);
+    finished = true;
+    resolveCompleted();
+  } catch (err) {
+    finished = true;
+    gone();
+    rejectCompleted(err);
+    return false;
+  }
+  if (!body.done) {
+    // The handler answered without reading the whole body: drop a small rest, else close.
+    if (body.owesContinue || !keepAlive || !await drain(body, input, out)) keepAlive = false;
+  }
+  if (keepAlive && c.draining()) keepAlive = false;
+  if (!keepAlive) await linger(c, input);
+  return keepAlive;
+}
+
+/** Request.url before the URL parser's reading (the handler reads the raw URL). */
+function urlFor(scheme: string, head: RequestHead, rawUrl: string): string {
+  return head.target.charCodeAt(0) === 0x2f ? `${scheme}://${head.host}${head.target}` : rawUrl;
+}
+
+const FORBIDDEN = new Set(["CONNECT", "TRACE", "TRACK"]);
+const NORMALISED = new Set(["DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"]);
+
+function methodRefusal(c: ServerConnection, method: string): Response | undefined {
+  const upper = method.toUpperCase();
+  if (FORBIDDEN.has(upper)) return c.refusal(405, `${method} is not proxied`);
+  if (upper !== method && NORMALISED.has(upper)) {
+    return c.refusal(400, `method ${method} is not upper case`);
+  }
+  return undefined;
+}
+
+/** Reads and drops the rest of an unread body, bounded; true when it ended in the bounds. */
+async function drain(body: RequestBody, input: Input, out: Output): Promise<boolean> {
+  const until = performance.now() + DRAIN_MS;
+  let dropped = 0;
+  try {
+    while (!body.done) {
+      if (dropped > DRAIN_BYTES || performance.now() > until) return false;
+      const chunk = await timed(body.next(input, (b) => out.write(b)), until);
+      if (chunk === undefined) return false;
+      if (chunk === null) return true;
+      dropped += chunk.length;
+    }
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** `p`, or undefined once `until` (performance.now()) has passed. */
+async function timed<T>(p: Promise<T>, until: number): Promise<T | undefined> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<undefined>((r) => {
+    timer = setTimeout(() => r(undefined), Math.max(1, until - performance.now()));
+  });
+  try {
+    return await Promise.race([p, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Half-closes, then reads and drops what the client still sends for a moment: closing with
+ * unread bytes would send a reset, which can destroy the last response before the client reads it.
+ */
+async function linger(c: ServerConnection, input: Input): Promise<void> {
+  try {
+    await c.closeWrite();
+    const until = performance.now() + LINGER_MS;
+    for (let i = 0; i < 64; i++) {
+      input.start = input.end = 0;
+      const n = await timed(input.fill(), until);
+      if (!n) return;
+    }
+  } catch { /* gone */ }
+}
+
+/** The response writer: one head, the body with its framing, a reused buffer for small writes. */
+class Output {
+  constructor(readonly c: ServerConnection) {}
+
+  write(bytes: Uint8Array): Promise<void> {
+    return this.c.write(bytes);
+  }
+
+  /**
+   * Writes `res` as the answer to a `method` request of HTTP/1.`minor`. Resolves to whether the
+   * connection may carry another request (false when the body was close-delimited); rejects when
+   * the client write failed or the body failed half-way (the connection must then end).
+   */
+  async response(
+    res: Response,
+    method: string,
+    minor: number,
+    keepAlive: boolean,
+  ): Promise<boolean> {
+    const status = res.status;
+    const noBody = method === "HEAD" || status === 204 || status === 304 || status < 200;
+    let declared: string | null = null;
+    let date: string | null = null;
+    let lines = `HTTP/1.1 ${status} ${reasonPhrase(status, res.statusText)}\r\n`;
+    const out = responseOut(res);
+    for (const [given, value] of out.headers) {
+      const name = given.toLowerCase(); // as Deno.serve (hyper) writes names
+      switch (name) {
+        case "content-length":
+          declared = value;
+          continue;
+        case "connection":
+        case "keep-alive":
+        case "transfer-encoding":
+        case "upgrade":
+          continue; // hop-by-hop: this connection's framing is ours to state
+        case "date":
+          date = value;
+      }
+      lines += `${name}: ${value}\r\n`;
+    }
+    if (date === null) lines += `date: ${httpDate()}\r\n`;
+    const source = out.body;
+    if (noBody) {
+      if (source instanceof ReadableStream) source.cancel().catch(() => {});
+      if (declared !== null && status !== 204 && status >= 200) {
+        lines += `content-length: ${declared}\r\n`;
+      }
+      await this.c.write(encodeLatin1(lines + connectionLine(keepAlive, minor) + "\r\n"));
+      return keepAlive;
+    }
+    if (source === null) {
+      await this.c.write(
+        encodeLatin1(lines + "content-length: 0\r\n" + connectionLine(keepAlive, minor) + "\r\n"),
+      );
+      return keepAlive;
+    }
+    if (!(source instanceof ReadableStream)) {
+      // Bytes the Response holds whole: their own length, one write with the head.
+      const head = lines + `content-length: ${source.length}\r\n` +
+        connectionLine(keepAlive, minor) + "\r\n";
+      await this.#writeHeadAndBody(head, source);
+      return keepAlive;
+    }
+    const length = declared !== null ? Number(declared) : -1;
+    // A body the upstream codec streams: relayed from its socket through reused buffers.
+    const relay = takeBodyRelay(source);
+    if (relay) {
+      const body = this.#streamed(lines, length, minor, keepAlive);
+      await relay(body.send);
+      await body.finish();
+      return body.keepAlive;
+    }
+    const reader = source.getReader();
+    try {
+      // What the body has at once: a body made whole (an error, the codec's small bodies) is
+      // all there after at most two reads, and goes out with its length in one write.
+      const firstRead = reader.read();
+      let first = await soon(firstRead);
+      let secondRead: typeof firstRead | undefined;
+      let second: typeof first | undefined;
+      if (first !== PENDING && !first.done) second = await soon(secondRead = reader.read());
+      if (first !== PENDING && (first.done || (second !== PENDING && second!.done))) {
+        const bytes = first.done ? EMPTY : first.value;
+        if (length >= 0 && length !== bytes.length) {
+          throw new Error(`a body of ${bytes.length} bytes with a Content-Length of ${length}`);
+        }
+        const headBytes = encodeLatin1(
+          lines + `content-length: ${bytes.length}\r\n` + connectionLine(keepAlive, minor) +
+            "\r\n",
+        );
+        await this.#writeTwo(headBytes, bytes);
+        return keepAlive;
+      }
+      // A streamed body: the head goes out now (or with the first bytes, when they are here).
+      const body = this.#streamed(lines, length, minor, keepAlive);
+      if (first === PENDING) {
+        await body.flushHead();
+        first = await firstRead;
+      }
+      if (!first.done) {
+        await body.send(first.value);
+        let r = await (secondRead ?? reader.read());
+        while (!r.done) {
+          await body.send(r.value);
+          r = await reader.read();
+        }
+      }
+      await body.finish();
+      return body.keepAlive;
+    } catch (err) {
+      reader.cancel(err).catch(() => {});
+      throw err;
+    }
+  }
+
+  /**
+   * The framing of a streamed body: its Content-Length (exactly that many bytes), else chunked on
+   * HTTP/1.1 and close-delimited on HTTP/1.0. The head goes out with the first bytes.
+   */
+  #streamed(lines: string, length: number, minor: number, keepAlive: boolean) {
+    const chunked = length < 0 && minor === 1;
+    if (length < 0 && !chunked) keepAlive = false;
+    lines += length >= 0
+      ? `content-length: ${length}\r\n`
+      : chunked
+      ? "transfer-encoding: chunked\r\n"
+      : "";
+    let head: Uint8Array | undefined = encodeLatin1(
+      lines + connectionLine(keepAlive, minor) + "\r\n",
+    );
+    let sent = 0;
+    const flushHead = async () => {
+      if (!head) return;
+      const h = head;
+      head = undefined;
+      await this.c.write(h);
+    };
+    return {
+      keepAlive,
+      flushHead,
+      send: async (chunk: Uint8Array) => {
+        if (chunk.length === 0) return;
+        sent += chunk.length;
+        if (length >= 0 && sent > length) {
+          throw new Error(`a body longer than its Content-Length of ${length}`);
+        }
+        const h = head;
+        head = undefined;
+        if (chunked) await this.#writeChunk(h, chunk);
+        else await this.#writeTwo(h, chunk);
+      },
+      finish: async () => {
+        await flushHead();
+        if (length >= 0 && sent !== length) {
+          throw new Error(`a body of ${sent} bytes with a Content-Length of ${length}`);
+        }
+        if (chunked) await this.c.write(LAST_CHUNK);
+      },
+    };
+  }
+
+  /**
+   * A head (text) and a whole body in one write: an ASCII head is encoded straight into the
+   * reused buffer, the body copied after it.
+   */
+  #writeHeadAndBody(head: string, body: Uint8Array): Promise<void> {
+    if (head.length + body.length > OUT_BUFFER || NON_ASCII.test(head)) {
+      return this.#writeTwo(encodeLatin1(head), body);
+    }
+    return pooledWrite(this.c, head.length + body.length, (buf) => {
+      const { written } = encoder.encodeInto(head, buf);
+      buf.set(body, written);
+      return written + body.length;
+    });
+  }
+
+  /** `head` (if any) and `body` in one write when they fit the reused buffer. */
+  async #writeTwo(head: Uint8Array | undefined, body: Uint8Array): Promise<void> {
+    if (!head) return this.c.write(body);
+    const total = head.length + body.length;
+    if (total > OUT_BUFFER) {
+      await this.c.write(head);
+      return this.c.write(body);
+    }
+    return pooledWrite(this.c, total, (buf) => {
+      buf.set(head);
+      buf.set(body, head.length);
+      return total;
+    });
+  }
+
+  /** One chunk with its size line (and the head before it, once), one write when it fits. */
+  async #writeChunk(head: Uint8Array | undefined, chunk: Uint8Array): Promise<void> {
+    const size = chunk.length.toString(16);
+    const headLen = head?.length ?? 0;
+    const total = headLen + size.length + 2 + chunk.length + 2;
+    if (total > OUT_BUFFER + 64) {
+      if (head) await this.c.write(head);
+      await this.c.write(encoder.encode(size + "\r\n"));
+      await this.c.write(chunk);
+      return this.c.write(CRLF);
+    }
+    return pooledWrite(this.c, total, (buf) => {
+      let o = 0;
+      if (head) {
+        buf.set(head);
+        o = head.length;
+      }
+      for (let i = 0; i < size.length; i++) buf[o++] = size.charCodeAt(i);
+      buf[o++] = 13;
+      buf[o++] = 10;
+      buf.set(chunk, o);
+      o += chunk.length;
+      buf[o++] = 13;
+      buf[o++] = 10;
+      return o;
+    });
+  }
+}
+
+const CRLF = encoder.encode("\r\n");
+
+/**
+ * Output buffers shared by every connection: one is taken for a write and given back when the
+ * write is done, so memory follows the writes in flight, not the open connections (a buffer per
+ * keep-alive connection would be 2,500 x 128 KiB for 2,500 idle clients).
+ */
+const freeOutput: Uint8Array[] = [];
+const KEEP_FREE = 16;
+const SMALL_WRITE = 16 * 1024;
+
+async function pooledWrite(
+  c: ServerConnection,
+  size: number,
+  fill: (buf: Uint8Array) => number,
+): Promise<void> {
+  // Small writes get a buffer of their own size: cheaper than a pooled one, which under many
+  // connections writing at once is often out and then costs a 128 KiB allocation.
+  if (size <= SMALL_WRITE) {
+    const own = new Uint8Array(size);
+    return c.write(own.subarray(0, fill(own)));
+  }
+  const buf = freeOutput.pop() ?? new Uint8Array(OUT_BUFFER + 64);
+  try {
+    await c.write(buf.subarray(0, fill(buf)));
+  } finally {
+    if (freeOutput.length < KEEP_FREE) freeOutput.push(buf);
+  }
+}
+/** Anything but ASCII text: such a head goes through encodeLatin1 (one byte per char). */
+const NON_ASCII = /[^\t\r\n -~]/;
+const EMPTY = new Uint8Array(0);
+const PENDING = Symbol("pending");
+
+/**
+ * The promise's value if it settles within two microtask turns, else PENDING: a body made whole
+ * (a Response from bytes or a string) is read within one.
+ */
+function soon<T>(p: Promise<T>): Promise<T | typeof PENDING> {
+  const pending: Promise<typeof PENDING> = Promise.resolve().then(() => {}).then(() => PENDING);
+  return Promise.race([p, pending]);
+}
+
+function connectionLine(keepAlive: boolean, minor: number): string {
+  if (!keepAlive) return "connection: close\r\n";
+  return minor === 0 ? "connection: keep-alive\r\n" : "";
+}
+
+/** A `date` header value, as Deno.serve sends it: made once per second. */
+let dateText = "";
+let dateSecond = -1;
+function httpDate(): string {
+  const ms = Date.now();
+  const second = Math.floor(ms / 1000);
+  if (second !== dateSecond) {
+    dateSecond = second;
+    dateText = new Date(ms).toUTCString();
+  }
+  return dateText;
+}
+
+const REASONS: Record<number, string> = {
+  100: "Continue",
+  101: "Switching Protocols",
+  200: "OK",
+  201: "Created",
+  202: "Accepted",
+  203: "Non-Authoritative Information",
+  204: "No Content",
+  205: "Reset Content",
+  206: "Partial Content",
+  300: "Multiple Choices",
+  301: "Moved Permanently",
+  302: "Found",
+  303: "See Other",
+  304: "Not Modified",
+  307: "Temporary Redirect",
+  308: "Permanent Redirect",
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  406: "Not Acceptable",
+  408: "Request Timeout",
+  409: "Conflict",
+  410: "Gone",
+  411: "Length Required",
+  412: "Precondition Failed",
+  413: "Content Too Large",
+  414: "URI Too Long",
+  415: "Unsupported Media Type",
+  416: "Range Not Satisfiable",
+  417: "Expectation Failed",
+  421: "Misdirected Request",
+  422: "Unprocessable Content",
+  425: "Too Early",
+  426: "Upgrade Required",
+  428: "Precondition Required",
+  429: "Too Many Requests",
+  431: "Request Header Fields Too Large",
+  451: "Unavailable For Legal Reasons",
+  499: "Client Closed Request",
+  500: "Internal Server Error",
+  501: "Not Implemented",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+  505: "HTTP Version Not Supported",
+};
+
+/** The standard reason phrase (as Deno.serve writes it); the Response's own for other codes. */
+function reasonPhrase(status: number, statusText: string): string {
+  const known = REASONS[status];
+  if (known) return known;
+  return /^[\t -~]*$/.test(statusText) ? statusText : "";
+}
