@@ -7,6 +7,12 @@ import { parseConfigText } from "../src/config/load.ts";
 import { createLogger } from "../src/observability/log.ts";
 import { Ferry } from "../src/server/ferry.ts";
 import type { FerryMetrics } from "../src/observability/metrics.ts";
+import { loadAllOptionalParts } from "../src/server/optional_parts.ts";
+
+// startFerry compiles synchronously, so what buildSnapshot would import for a config that uses
+// node:tls, gRPC, jose or Redis is imported here once (tests/optional_parts_test.ts checks the
+// real start-up path loads only what the config uses).
+await loadAllOptionalParts();
 
 export interface Upstream {
   readonly url: string;

@@ -14,7 +14,7 @@ import { adminHandler, type AdminView } from "./admin.ts";
 import { type MetricReader, StatsHistory } from "./admin_stats.ts";
 import { errorResponse, ProxyError, RecentErrors } from "../pipeline/errors.ts";
 import { createListenerHandler } from "./handler.ts";
-import { GrpcListener } from "../grpc/listener.ts";
+import { grpcListenerPart } from "./optional_parts.ts";
 import { ConnectionGuard, guardLimits } from "./guard.ts";
 import { acceptErrorReason, connectionCaps, RebindingServer } from "./admission.ts";
 import { type ListenerTls, registerCertificateExpiry } from "./tls_material.ts";
@@ -285,7 +285,7 @@ export class Ferry {
   #bind(plan: ListenerPlan, owner: Snapshot): RunningListener {
     const name = plan.name;
     if (plan.protocol === "grpc") {
-      const g = GrpcListener.start(plan, () => this.#snapshot, this.#log, {
+      const g = grpcListenerPart.get().GrpcListener.start(plan, () => this.#snapshot, this.#log, {
         ...(this.#role.reusePort ? { reusePort: true } : {}),
         caps: () => connectionCaps(this.#snapshot.config.server),
         onAcceptError: (reason) => this.#snapshot.metrics.acceptError(name, "listener", reason),
