@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Resting and peak RSS of deno-hdr (the peers harness's) and Ferry (env quick start, shipped
-# defaults), each in front of the same Deno.serve backend: RSS once it answers, then VmHWM after
-# `wrk -t1 -c50 -d8s`. ROUNDS (2). FERRY_FLAGS adds deno flags to a third Ferry variant, e.g.
-#   FERRY_FLAGS=--v8-flags=--max-semi-space-size=2 bench/tools/rss_peak.sh
+# defaults, started with `deno task start`'s V8 flags), each in front of the same Deno.serve
+# backend: RSS once it answers, then VmHWM after `wrk -t1 -c50 -d8s`. ROUNDS (2). FERRY_FLAGS
+# gives a third Ferry variant its own deno flags instead, e.g. another young generation size:
+#   FERRY_FLAGS=--v8-flags=--max-semi-space-size=8 bench/tools/rss_peak.sh
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -32,9 +33,11 @@ measure() { # label command...
 export PROXY_LISTEN_ADDR=127.0.0.1:$PORT PROXY_UPSTREAM_ADDRS=http://127.0.0.1:$UP PROXY_LOG_LEVEL=warn
 for _ in $(seq "${ROUNDS:-2}"); do
   measure deno-hdr "$DENO" run -A "$PEERS_DIR/proxies/deno-hdr.ts" "$PORT" "http://127.0.0.1:$UP"
-  measure ferry "$DENO" run -A --unstable-no-legacy-abort "$REPO/main.ts"
+  measure ferry "$DENO" run -A --unstable-no-legacy-abort --unstable-net \
+    --v8-flags=--max-semi-space-size=4 "$REPO/main.ts"
   if [[ -n ${FERRY_FLAGS:-} ]]; then
     # shellcheck disable=SC2086
-    measure "ferry $FERRY_FLAGS" "$DENO" run -A --unstable-no-legacy-abort $FERRY_FLAGS "$REPO/main.ts"
+    measure "ferry $FERRY_FLAGS" "$DENO" run -A --unstable-no-legacy-abort --unstable-net $FERRY_FLAGS \
+      "$REPO/main.ts"
   fi
 done
