@@ -1,6 +1,6 @@
 /**
  * A module Ferry loads only when the config uses it (node:tls, the gRPC listener, jose, the
- * Redis client): importing them all at start-up cost about 15 MiB of resident memory that a
+ * Redis client): importing them all at start-up cost about 12 MiB of resident memory that a
  * plain HTTP config never uses (docs/PERFORMANCE.md, "Memory: where it goes and what was cut").
  *
  * `load()` runs while a config is built (src/server/optional_parts.ts), never per request;

@@ -2,8 +2,9 @@
  * The parts of Ferry a config may not use, and which of them it does: each is imported (once per
  * isolate) while a config that needs it is built, so a plain HTTP config never pays for node:tls,
  * the gRPC listener, jose or the Redis client, and a reload that starts using one loads it then.
- * Each part's `OptionalModule` lives beside the code that uses it (the gRPC listener's here: ferry.ts,
- * which starts it, is imported by the admin API, which reads this module).
+ * Each part's `OptionalModule` lives beside the code that uses it, but the gRPC listener's is here:
+ * ferry.ts starts it, and in ferry.ts it would close a cycle (ferry.ts imports the admin API, which
+ * reads this module).
  */
 import type { FerryConfig } from "../config/schema.ts";
 import { OptionalModule } from "../pipeline/optional_module.ts";
