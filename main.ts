@@ -14,9 +14,9 @@ import { FerryMetrics } from "./src/observability/metrics.ts";
 import { Ferry, installLastLineOfDefence } from "./src/server/ferry.ts";
 import { VERSION } from "./src/version.ts";
 import { describeSnapshot } from "./src/server/summary.ts";
-import { checkFdBudget, fdBudget } from "./src/observability/descriptors.ts";
+import { checkFdBudget, FD_HEADROOM, fdBudget } from "./src/observability/descriptors.ts";
 import { WorkerPool } from "./src/workers/supervisor.ts";
-import { SharedArena } from "./src/policy/shared_memory.ts";
+import { DEFAULT_ARENA_BYTES, SharedArena } from "./src/policy/shared_memory.ts";
 import { workerCount } from "./src/workers/count.ts";
 
 const EXIT_CONFIG = 1, EXIT_USAGE = 2, EXIT_START = 3;
@@ -68,17 +68,21 @@ async function main(): Promise<number> {
   }
   if (workers.note) log.info(workers.note);
 
-  // Before binding: raise the soft descriptor limit, then say whether the caps fit in it. Each
-  // worker's guard has its own caps, so the process may need as many descriptors per worker.
+  // Before binding: raise the soft descriptor limit, then say whether the caps fit in it. The
+  // connection caps are the process's whatever the workers (src/policy/shared_memory.ts); each
+  // worker adds its own listening sockets, pools and runtime descriptors (one more headroom).
   const budget = fdBudget(snapshot.listeners.values(), snapshot.config.server);
-  const fds = checkFdBudget({ ...budget, needed: budget.needed * workers.count });
+  const fds = checkFdBudget({
+    ...budget,
+    needed: budget.needed + FD_HEADROOM * (workers.count - 1),
+  });
   if (fds.warning) log.warn(fds.warning);
   let pool: WorkerPool | undefined;
   if (workers.count > 1) {
     // Compiled again with the shared arena, so this isolate's admin views read the same
     // buckets and breakers as the workers (src/policy/shared_memory.ts).
     snapshot.close();
-    const arena = new SharedArena();
+    const arena = new SharedArena(DEFAULT_ARENA_BYTES, { workers: workers.count });
     const rebuilt = await buildSnapshot(source, { version: 1, log, metrics, sharedMemory: arena });
     if (!rebuilt.ok) {
       console.error(`ferry: ${rebuilt.message}`);
@@ -92,6 +96,9 @@ async function main(): Promise<number> {
       log,
       metrics,
       tagResponses: Deno.env.get("FERRY_WORKER_HEADER") === "1",
+      ...(Deno.env.get("FERRY_TEST_HOOKS") === "1"
+        ? { failReplacementStarts: Number(Deno.env.get("FERRY_TEST_FAIL_WORKER_STARTS") ?? 0) }
+        : {}),
     });
     try {
       await pool.start(snapshot);

@@ -65,9 +65,10 @@ const DESCRIPTIONS: Record<string, string> = {
   "clusters[].pool.max_idle_per_endpoint": "Idle connections kept per endpoint.",
   "clusters[].pool.idle_timeout": "Close idle connections after this long (default 90s).",
   "clusters[].http2.max_connections_per_endpoint":
-    "HTTP/2 connections per endpoint (gRPC); more open when streams or window run out.",
+    "HTTP/2 connections per endpoint (gRPC, h2 transport); more open when streams or window run out.",
   "clusters[].transport":
-    "HTTP/1.1 client of an http1 cluster: h1 (Ferry's own, byte-exact; default) or fetch.",
+    "HTTP client: h1 (Ferry's HTTP/1.1, default for http1), h2 (Ferry's HTTP/2: default for h2c, " +
+    "and for auto with server_name or expected_identities) or fetch (default for auto).",
   "clusters[].pool.max_connections_per_endpoint":
     "h1 transport: connections open per endpoint (default 1024); further requests wait.",
   "clusters[].pool.max_requests_per_connection":

@@ -7,6 +7,7 @@ import { parseConfigText } from "../src/config/load.ts";
 import { createLogger } from "../src/observability/log.ts";
 import { Ferry } from "../src/server/ferry.ts";
 import type { FerryMetrics } from "../src/observability/metrics.ts";
+import { isMap, parseDocument } from "yaml";
 import { loadAllOptionalParts } from "../src/server/optional_parts.ts";
 
 // startFerry compiles synchronously, so what buildSnapshot would import for a config that uses
@@ -316,6 +317,45 @@ export async function tempConfig(text: string): Promise<string> {
   return file;
 }
 
+/**
+ * FERRY_TEST_WORKERS=N runs every Ferry that `spawnFerry` starts with `server.workers: N`, so the
+ * end-to-end suites can be run against workers (`FERRY_TEST_WORKERS=2 deno task test`). The
+ * `--config` file gets `server.workers` (written back in place, so a test that reloads it keeps
+ * its path) unless it sets one, has a TLS listener (those need one worker) or does not parse; a
+ * Ferry configured from the environment gets PROXY_WORKERS. Ferry started in-process
+ * (`startFerry`) is always one isolate.
+ */
+const TEST_WORKERS = Deno.env.get("FERRY_TEST_WORKERS");
+
+async function withTestWorkers(
+  args: readonly string[],
+  env: Record<string, string>,
+): Promise<Record<string, string>> {
+  if (!TEST_WORKERS) return env;
+  const at = args.indexOf("--config");
+  const file = at >= 0 ? args[at + 1] : undefined;
+  if (!file || file === "-") {
+    return "PROXY_WORKERS" in env ? env : { ...env, PROXY_WORKERS: TEST_WORKERS };
+  }
+  let text: string;
+  try {
+    text = await Deno.readTextFile(file);
+  } catch {
+    return env;
+  }
+  const doc = parseDocument(text);
+  if (doc.errors.length > 0 || !isMap(doc.contents)) return env;
+  const config = doc.toJS() as {
+    server?: { workers?: unknown };
+    listeners?: { tls?: unknown }[];
+  } | null;
+  if (config?.server?.workers !== undefined) return env;
+  if (config?.listeners?.some((l) => l?.tls !== undefined)) return env;
+  doc.setIn(["server", "workers"], Number(TEST_WORKERS));
+  await Deno.writeTextFile(file, String(doc));
+  return env;
+}
+
 export interface Started {
   child: Deno.ChildProcess;
   listeners: Map<string, string>;
@@ -337,6 +377,7 @@ export async function spawnFerry(
   /** Another program that starts Ferry (through mod.ts), run with main.ts's flags. */
   script: string = MAIN,
 ): Promise<Started> {
+  env = await withTestWorkers(args, env);
   const [cmd, ...pre] = [...wrapper, DENO];
   const child = new Deno.Command(cmd!, {
     args: [...pre, RUN[0]!, ...denoFlags, ...RUN.slice(1, -1), script, ...args],

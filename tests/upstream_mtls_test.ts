@@ -330,15 +330,24 @@ Deno.test("upstream mTLS: HTTP health checks check the expected identity and ser
   }
 });
 
-Deno.test("upstream mTLS config: identities on an h2c cluster reached from an http listener are refused at their line; cert_file needs key_file", () => {
-  const h2 = parseConfigText(
+Deno.test("upstream mTLS config: identities with transport: fetch on a cluster reached from an http listener are refused at their line (auto alone takes the h2 transport); cert_file needs key_file", () => {
+  const auto = parseConfigText(
     httpConfig(`      expected_identities: ["spiffe://x/y"]\n`, "auto").replace("{{PORT}}", "1"),
+    "mtls.yaml",
+  );
+  assert.equal(auto.ok, true, JSON.stringify(auto.ok ? "" : auto.errors));
+  const h2 = parseConfigText(
+    httpConfig(`      expected_identities: ["spiffe://x/y"]\n`, "auto")
+      .replace("{{PORT}}", "1").replace(
+        "    protocol: auto\n",
+        "    protocol: auto\n    transport: fetch\n",
+      ),
     "mtls.yaml",
   );
   assert.equal(h2.ok, false);
   const issue = h2.ok ? undefined : h2.errors[0];
-  assert.equal(issue?.line, 12);
-  assert.match(issue?.message ?? "", /cannot be checked on auto clusters/);
+  assert.equal(issue?.line, 13);
+  assert.match(issue?.message ?? "", /cannot be checked with transport: fetch/);
   const half = parseConfigText(
     httpConfig(`      cert_file: a.pem\n`).replace("{{PORT}}", "1"),
     "mtls.yaml",

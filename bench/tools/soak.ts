@@ -3,7 +3,7 @@
  * and open file descriptors. Not a CI test (it runs for minutes); run it by hand:
  *
  *   deno run --allow-all --unstable-no-legacy-abort bench/tools/soak.ts [minutes=10]
- *   (SOAK_RPS=250: requests per second per h2load client)
+ *   (SOAK_RPS=250: requests per second per h2load client; SOAK_WORKERS=2: server.workers)
  *
  * Traffic (h2load, in rounds of 10 s): HTTP/1.1 GETs, h2c GETs, POSTs with a body, requests to a
  * route whose upstream is down (502s), 404s, plus a WebSocket echo every second. Every 2 s a
@@ -17,6 +17,7 @@ import { run } from "../../tests/helpers.ts";
 import { spawnFerry, tempConfig } from "../../tests/helpers.ts";
 
 const minutes = Number(Deno.args[0] ?? "10");
+const workers = Deno.env.get("SOAK_WORKERS") ?? "1";
 const endAt = Date.now() + minutes * 60_000;
 
 const upstream = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
@@ -34,7 +35,7 @@ function config(gen: number, valid = true): string {
   return `listeners:
   - { name: public, address: "127.0.0.1:0" }
 admin: { address: "127.0.0.1:0" }
-server: { watch_config: false }
+server: { watch_config: false, workers: ${workers} }
 routes:
   - name: dead
     match: { path: { prefix: /dead } }
@@ -78,6 +79,10 @@ async function sample(): Promise<void> {
 }
 
 let reloads = 0, reloadFailures = 0, requests = 0, failed = 0, wsEchoes = 0;
+/** Requests that failed on the rounds that should all succeed (every round but /dead). */
+let unexpectedFailures = 0;
+/** h2load's "errored" and "timeout" (no answer at all), every round. */
+let errored = 0;
 const sampler = setInterval(() => void sample(), 5_000);
 const reloader = (async () => {
   for (let gen = 1; Date.now() < endAt; gen++) {
@@ -104,20 +109,27 @@ const websocket = (async () => {
 // A steady rate (not flat out), so the run measures growth rather than a saturated machine;
 // SOAK_RPS sets requests per second per h2load client.
 const rps = Deno.env.get("SOAK_RPS") ?? "250";
+// A request never answered would hold h2load (and the soak) forever: a connection silent for 10 s
+// is closed, and its requests count as timed out.
+const quiet = ["-N", "10s"];
 const rounds: string[][] = [
-  ["--h1", "-c", "8", `--rps=${rps}`, "-D", "10", `${url}/`],
-  ["-c", "4", "-m", "8", `--rps=${rps}`, "-D", "10", `${url}/`],
-  ["--h1", "-c", "4", `--rps=${rps}`, "-D", "10", "-d", bodyFile, `${url}/upload`],
-  ["--h1", "-c", "2", `--rps=${rps}`, "-D", "10", `${url}/dead`],
+  ["--h1", "-c", "8", `--rps=${rps}`, "-D", "10", ...quiet, `${url}/`],
+  ["-c", "4", "-m", "8", `--rps=${rps}`, "-D", "10", ...quiet, `${url}/`],
+  ["--h1", "-c", "4", `--rps=${rps}`, "-D", "10", ...quiet, "-d", bodyFile, `${url}/upload`],
+  ["--h1", "-c", "2", `--rps=${rps}`, "-D", "10", ...quiet, `${url}/dead`],
 ];
 for (let i = 0; Date.now() < endAt; i++) {
   const out = await run("h2load", rounds[i % rounds.length]!);
   const m = /requests: (\d+) total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed/.exec(
     out.stdout,
   );
+  const e = /(\d+) errored, (\d+) timeout/.exec(out.stdout);
   requests += Number(m?.[1] ?? 0);
   // h2load counts non-2xx/3xx as failed: the /dead round (502/503) fails by design.
   failed += Number(m?.[2] ?? 0);
+  if (i % rounds.length !== 3) unexpectedFailures += Number(m?.[2] ?? 0);
+  errored += Number(e?.[1] ?? 0) + Number(e?.[2] ?? 0);
+  if (!m) unexpectedFailures++;
 }
 await Promise.all([reloader, websocket]);
 clearInterval(sampler);
@@ -144,8 +156,10 @@ const fdsLast = median(lastPart.map((s) => ({ ...s, rssMiB: s.fds })));
 console.log("t(s)\tRSS MiB\tfds");
 for (const s of samples) console.log(`${s.t.toFixed(0)}\t${s.rssMiB.toFixed(1)}\t${s.fds}`);
 console.log(
-  `\n${minutes} min: ${requests} requests (${failed} not 2xx/3xx, mostly the /dead round by design), ` +
-    `${reloads} reloads applied, ${reloadFailures} refused, ${wsEchoes} WebSocket echoes on one connection`,
+  `\n${minutes} min, workers: ${workers}: ${requests} requests (${failed} not 2xx/3xx, the /dead ` +
+    `round's by design; ${unexpectedFailures} failed on the other rounds, ${errored} errored or ` +
+    `timed out), ${reloads} reloads applied, ${reloadFailures} refused, ${wsEchoes} WebSocket ` +
+    `echoes on one connection`,
 );
 const pct = (x: number) => `${x >= 0 ? "+" : ""}${(x * 100).toFixed(1)} %`;
 console.log(

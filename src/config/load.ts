@@ -31,6 +31,7 @@ import {
   type ClusterConfig,
   ConfigSchema,
   type FerryConfig,
+  httpTransportOf,
 } from "./schema.ts";
 import { compileRouteRegex } from "../routing/regex.ts";
 import { parseCidr } from "../pipeline/trust.ts";
@@ -977,9 +978,9 @@ function checkGrpcClusters(
 
 /**
  * Where a cluster's server name or expected identities can be checked: Ferry's HTTP/1.1 codec
- * (http1 clusters, node:tls under it) and its HTTP/2 client (gRPC listeners); fetch (h2c/auto
- * clusters, or `transport: fetch`, on http listeners) cannot see the certificate, so that
- * combination is refused.
+ * (`transport: h1`) and its HTTP/2 client (`transport: h2`, and every gRPC listener), both over
+ * node:tls; fetch (`transport: fetch`) cannot see the certificate, so that transport on a
+ * cluster reached from http listeners is refused.
  */
 function checkUpstreamIdentity(
   cfg: FerryConfig,
@@ -990,7 +991,7 @@ function checkUpstreamIdentity(
     const t = c.tls;
     if (!t || (t.server_name === undefined && t.expected_identities === undefined)) continue;
     const field = t.expected_identities !== undefined ? "expected_identities" : "server_name";
-    if (c.protocol !== "http1" || c.transport === "fetch") {
+    if (httpTransportOf(c) === "fetch") {
       const fromHttp = cfg.routes.some((r) =>
         r.cluster === c.name &&
         (r.listeners ?? httpListeners).some((l) => httpListeners.includes(l))
@@ -998,9 +999,9 @@ function checkUpstreamIdentity(
       if (fromHttp) {
         err(
           ["clusters", i, "tls", field],
-          `${field} cannot be checked on ${c.protocol} clusters using fetch reached from http ` +
-            "listeners (fetch shows no peer certificate); use protocol: http1 with transport " +
-            "h1, or limit the routes to grpc listeners",
+          `${field} cannot be checked with transport: fetch on routes from http listeners ` +
+            `(fetch shows no peer certificate); leave transport unset or use ` +
+            (c.protocol === "http1" ? "h1" : "h2"),
         );
       }
     }

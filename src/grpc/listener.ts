@@ -20,6 +20,7 @@ import type { ListenerTls } from "../server/tls_material.ts";
 import {
   type AcceptErrorReason,
   acceptLoop,
+  type Admission,
   ConnectionAdmission,
   type ConnectionCaps,
 } from "../server/admission.ts";
@@ -40,19 +41,21 @@ export interface GrpcListenerOptions {
   readonly onAcceptError?: (reason: AcceptErrorReason) => void;
   /** Share the port with other workers (SO_REUSEPORT; server.workers > 1). */
   readonly reusePort?: boolean;
+  /** Counts the connections against the caps (default: this listener's own, one isolate). */
+  readonly admission?: Admission | undefined;
 }
 
 export class GrpcListener {
   readonly #listener: Deno.Listener;
   readonly #conns = new Set<H2Connection>();
   readonly #log: Logger;
-  readonly #admission: ConnectionAdmission;
+  readonly #admission: Admission;
   #stopping = false;
 
-  private constructor(listener: Deno.Listener, log: Logger, caps: () => ConnectionCaps) {
+  private constructor(listener: Deno.Listener, log: Logger, admission: Admission) {
     this.#listener = listener;
     this.#log = log;
-    this.#admission = new ConnectionAdmission(caps);
+    this.#admission = admission;
   }
 
   static start(
@@ -75,7 +78,11 @@ export class GrpcListener {
         port: plan.port,
         ...(opts.reusePort ? { reusePort: true } : {}),
       });
-    const l = new GrpcListener(listener, log, opts.caps);
+    const l = new GrpcListener(
+      listener,
+      log,
+      opts.admission ?? new ConnectionAdmission(opts.caps),
+    );
     const addr = listener.addr as Deno.NetAddr;
     log.info("listening", {
       listener: name,

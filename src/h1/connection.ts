@@ -226,6 +226,10 @@ export class BodySource {
   /** All the body there is has been read (its declared length): what was kept is all of it. */
   markEnded(): void {
     this.#ended = true;
+    // Read the stream's end as well (not waited for): Deno.serve keeps the client's connection
+    // open only when the request body was read to its end; otherwise it answers with
+    // `connection: close` and every POST costs the client a new connection.
+    this.#reader.read().catch(() => {});
   }
 
   async next(epoch: number): Promise<Uint8Array | null> {

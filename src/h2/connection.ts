@@ -249,6 +249,10 @@ export class H2Connection implements StreamHost {
   get activeStreams(): number {
     return this.#streams.size;
   }
+  /** Client role: requests waiting for a stream slot (the peer's concurrent-stream limit). */
+  get waitingStreams(): number {
+    return this.#openWaiters.length;
+  }
   get isClosed(): boolean {
     return this.#closed;
   }
@@ -612,6 +616,15 @@ export class H2Connection implements StreamHost {
     }
     stream.recvWindow -= size;
     const data = unpad(f);
+    stream.receivedBytes += data.length;
+    if (stream.lengthBroken(end)) {
+      this.#creditConnection(size);
+      throw new H2Error(
+        ErrorCode.PROTOCOL_ERROR,
+        "DATA does not add up to content-length",
+        f.streamId,
+      );
+    }
     if (data.length === 0 && !end) this.#spend(1); // empty DATA frames cost like control frames
     // Padding is never read by anyone: credit it back at once.
     const padding = size - data.length;
@@ -713,6 +726,9 @@ export class H2Connection implements StreamHost {
       const kind = existing.headersReceived ? "trailers" : "response";
       if (kind === "trailers" && !end) {
         throw new H2Error(ErrorCode.PROTOCOL_ERROR, "trailers without END_STREAM", id);
+      }
+      if (kind === "trailers" && existing.lengthBroken(true)) {
+        throw new H2Error(ErrorCode.PROTOCOL_ERROR, "DATA does not add up to content-length", id);
       }
       // 1xx informational responses are skipped (gRPC never sends them).
       if (

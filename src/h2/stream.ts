@@ -62,6 +62,10 @@ export class H2Stream {
   shareExceeded = false;
   localEnded = false;
   remoteEnded = false;
+  /** DATA bytes received from the peer (padding not counted). */
+  receivedBytes = 0;
+  /** The Content-Length the peer declared, once `expectLength` made it binding. */
+  #declaredLength: number | undefined;
   headersSent = false;
   headersReceived = false;
   #reset: StreamReset | undefined;
@@ -159,6 +163,22 @@ export class H2Stream {
     this.host.provokedReset();
   }
 
+  /**
+   * The peer's DATA must add up to `n` bytes, its Content-Length (RFC 9113 8.1.1): more, or an end
+   * with fewer, is a stream error PROTOCOL_ERROR (the connection checks, `lengthBroken`). Returns
+   * false when what arrived already breaks it.
+   */
+  expectLength(n: number): boolean {
+    this.#declaredLength = n;
+    return !this.lengthBroken(this.remoteEnded);
+  }
+
+  /** What arrived breaks the declared length (`ended`: the peer's side is complete). */
+  lengthBroken(ended: boolean): boolean {
+    const n = this.#declaredLength;
+    return n !== undefined && (this.receivedBytes > n || (ended && this.receivedBytes !== n));
+  }
+
   /** Bytes read under `holdCredit()` and not yet released. */
   get heldBytes(): number {
     return this.#held;
@@ -195,14 +215,19 @@ export class H2Stream {
     this.#maybeClose();
   }
 
-  reset(code: number = ErrorCode.CANCEL): void {
+  /**
+   * Sends RST_STREAM with `code`. `readerError`, when given, is what a reader of `body` sees
+   * instead of the StreamReset (the reason the application gave up, in its own terms); `null`
+   * ends the body quietly instead, for a reader known to be gone.
+   */
+  reset(code: number = ErrorCode.CANCEL, readerError?: unknown): void {
     if (this.#reset || (this.localEnded && this.remoteEnded)) {
       // Closed already, but data may still wait unread: nobody will read it now.
       this.#inboxDrop();
       return;
     }
     this.host.sendReset(this, code);
-    this.fail(new StreamReset(code, false));
+    this.fail(new StreamReset(code, false), readerError);
   }
 
   // ---- called by the connection ----
@@ -234,7 +259,7 @@ export class H2Stream {
   }
 
   /** Reset by the peer, by us, or the connection closed: everything pending fails. */
-  fail(reason: StreamReset): void {
+  fail(reason: StreamReset, readerError: unknown = reason): void {
     if (this.#reset) return;
     this.#reset = reason;
     this.#headers.reject(reason);
@@ -243,7 +268,8 @@ export class H2Stream {
     // Held bytes will never be forwarded: their connection-level credit goes back.
     this.release(this.#held);
     try {
-      this.#controller.error(reason);
+      if (readerError === null) this.#controller.close();
+      else this.#controller.error(readerError);
     } catch { /* already closed */ }
     this.#pull?.();
     this.#pull = undefined;

@@ -3,6 +3,7 @@
  * Plain functions and data; the forwarder owns the attempt loop.
  */
 import type { ProxyError } from "../pipeline/errors.ts";
+import type { SharedCounts, SharedKeyedCounts, SharedMemory } from "./shared_memory.ts";
 
 export type RetryOn =
   | "connect-failure"
@@ -142,16 +143,29 @@ export function parseRetryAfter(value: string | null, nowMs = Date.now()): numbe
  * stops keeping its body and is not retried, rather than buffering more.
  */
 export class ReplayBytes {
+  /** This isolate's bytes held. */
   held = 0;
+  /** With workers: every worker's bytes held (the bound is the process's). */
+  #shared: SharedCounts | undefined;
   constructor(public limit: number) {}
+
+  /** From now on the bound counts every worker's bytes (server.workers > 1; a worker calls it). */
+  share(counts: SharedCounts): void {
+    this.#shared = counts;
+  }
+
   /** Reserves `n` bytes; false (nothing reserved) when that would pass the limit. */
   tryHold(n: number): boolean {
-    if (this.held + n > this.limit) return false;
+    const shared = this.#shared;
+    if (shared) {
+      if (!shared.take(0, this.limit, n)) return false;
+    } else if (this.held + n > this.limit) return false;
     this.held += n;
     return true;
   }
   release(n: number): void {
     this.held -= n;
+    this.#shared?.add(0, -n);
   }
 }
 
@@ -228,27 +242,103 @@ export function replay(chunks: readonly Uint8Array[]): ReadableStream<Uint8Array
  * Retry budget per cluster (Envoy's retry_budget, linkerd's budgets): retries in flight may be at
  * most `percent` of active requests, but never fewer than `minRetries`. With every upstream
  * failing, retries stay a bounded share of traffic instead of multiplying it.
+ *
+ * It also counts the cluster's requests in flight for `limits.max_requests` (`enter`/`leave`)
+ * and, given `shared`, per endpoint for `limits.max_requests_per_endpoint`. With
+ * `server.workers > 1` the counts are process-wide (`shared`, in the arena): the budget, the
+ * caps and the share are the process's, not each worker's. `active` and `retrying` are always
+ * this isolate's own (the /clusters view sums them over workers).
  */
 export class RetryBudget {
   active = 0;
   retrying = 0;
+  readonly #shared: SharedBudget | undefined;
+
   constructor(
     readonly percent: number,
     readonly minRetries: number,
     /** Envoy's max_retries threshold: a hard cap whatever the share allows. */
     readonly maxRetries = Number.POSITIVE_INFINITY,
-  ) {}
+    shared?: SharedBudget,
+  ) {
+    this.#shared = shared;
+  }
+
+  /** Counts a request in unless `max` are in flight (process-wide when shared); true if in. */
+  enter(max: number): boolean {
+    const shared = this.#shared;
+    if (shared) {
+      if (!shared.counts.take(ACTIVE, max)) return false;
+    } else if (this.active >= max) return false;
+    this.active++;
+    return true;
+  }
+
+  /** Once per `enter` that returned true. */
+  leave(): void {
+    this.active--;
+    this.#shared?.counts.add(ACTIVE, -1);
+  }
 
   /** Takes a retry slot if the budget allows; the caller must `release()` it. */
   tryAcquire(): boolean {
-    const share = Math.max(this.minRetries, Math.floor(this.active * this.percent / 100));
+    const shared = this.#shared;
+    const active = shared ? shared.counts.total(ACTIVE) : this.active;
+    const share = Math.max(this.minRetries, Math.floor(active * this.percent / 100));
     const allowed = Math.min(share, this.maxRetries);
-    if (this.retrying >= allowed) return false;
+    if (shared) {
+      if (!shared.counts.take(RETRYING, allowed)) return false;
+    } else if (this.retrying >= allowed) return false;
     this.retrying++;
     return true;
   }
 
   release(): void {
     this.retrying--;
+    this.#shared?.counts.add(RETRYING, -1);
   }
+
+  /**
+   * Takes a slot on endpoint `origin` for one attempt, when fewer than `max` attempts are in
+   * flight on it (`inFlight`: this isolate's count; process-wide when shared). True: the
+   * attempt may go, and `endpointDone(origin)` follows it.
+   */
+  takeEndpoint(origin: string, inFlight: number, max: number): boolean {
+    const perEndpoint = this.#shared?.perEndpoint;
+    return perEndpoint ? perEndpoint.take(origin, max) : inFlight < max;
+  }
+
+  endpointDone(origin: string): void {
+    this.#shared?.perEndpoint?.release(origin);
+  }
+}
+
+/** Indexes of a shared budget's counts: requests in flight, retries in flight. */
+const ACTIVE = 0, RETRYING = 1;
+
+/** A cluster's process-wide counts (server.workers > 1; src/policy/shared_memory.ts). */
+export interface SharedBudget {
+  /** [requests in flight, retries in flight]. */
+  readonly counts: SharedCounts;
+  /** Attempts in flight per endpoint origin; only when `max_requests_per_endpoint` is set. */
+  readonly perEndpoint?: SharedKeyedCounts | undefined;
+}
+
+/** Endpoint slots per worker in a cluster's per-endpoint table (DNS churn fits). */
+const ENDPOINT_SLOTS = 512;
+
+/**
+ * The shared counts of a cluster keyed `key` (its name and config: a rebuilt cluster starts
+ * from zero, as it does in one isolate); undefined when the arena is full.
+ */
+export function sharedBudget(
+  memory: SharedMemory,
+  key: string,
+  perEndpoint: boolean,
+): SharedBudget | undefined {
+  const counts = memory.counts(`cluster requests ${key}`, 2);
+  if (!counts) return undefined;
+  if (!perEndpoint) return { counts };
+  const table = memory.keyedCounts(`cluster endpoint requests ${key}`, ENDPOINT_SLOTS);
+  return table ? { counts, perEndpoint: table } : undefined;
 }

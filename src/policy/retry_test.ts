@@ -8,10 +8,13 @@ import {
   parseRetryAfter,
   replay,
   replayableBody,
+  ReplayBytes,
   RetryBudget,
   type RetryPolicy,
+  sharedBudget,
   statusRetriable,
 } from "./retry.ts";
+import { SharedArena } from "./shared_memory.ts";
 
 const policy = (over: Partial<RetryPolicy> = {}): RetryPolicy => ({
   retries: 2,
@@ -106,4 +109,49 @@ Deno.test("the retry budget allows a share of active requests, never below the f
   assert.equal(idle.tryAcquire(), true);
   assert.equal(idle.tryAcquire(), true);
   assert.equal(idle.tryAcquire(), false, "floor of 2 with no traffic");
+});
+
+Deno.test("with workers, a cluster's requests, retries and per-endpoint attempts count for the process", () => {
+  const main = new SharedArena(1 << 20, { workers: 2 });
+  const [w0, w1] = [0, 1].map((index) => new SharedArena(main.buffer, { index }));
+  const budgets = [w0!, w1!].map((w) =>
+    new RetryBudget(50, 0, Number.POSITIVE_INFINITY, sharedBudget(w, "up {}", true))
+  );
+  const [a, b] = budgets as [RetryBudget, RetryBudget];
+  assert.equal(a.enter(3), true);
+  assert.equal(b.enter(3), true);
+  assert.equal(b.enter(3), true);
+  assert.equal(a.enter(3), false, "max_requests 3 for the process");
+  assert.deepEqual([a.active, b.active], [1, 2], "each isolate's own, for /clusters");
+  // 50 % of the 3 active: one retry in flight, whichever worker takes it.
+  assert.equal(b.tryAcquire(), true);
+  assert.equal(a.tryAcquire(), false);
+  b.release();
+  assert.equal(a.tryAcquire(), true);
+  assert.equal(a.takeEndpoint("http://e:1", 0, 1), true);
+  assert.equal(b.takeEndpoint("http://e:1", 0, 1), false, "max_requests_per_endpoint 1");
+  a.endpointDone("http://e:1");
+  assert.equal(b.takeEndpoint("http://e:1", 0, 1), true);
+  a.leave();
+  assert.equal(b.enter(3), true);
+  // One isolate (no arena): the same rules on its own numbers.
+  const local = new RetryBudget(50, 0);
+  assert.equal(local.enter(1), true);
+  assert.equal(local.enter(1), false);
+  assert.equal(local.takeEndpoint("http://e:1", 1, 1), false);
+  assert.equal(local.takeEndpoint("http://e:1", 0, 1), true);
+});
+
+Deno.test("with workers, the replay bound is the process's", () => {
+  const main = new SharedArena(1 << 20, { workers: 2 });
+  const [a, b] = [0, 1].map((index) => {
+    const bound = new ReplayBytes(1000);
+    bound.share(new SharedArena(main.buffer, { index }).counts("replay bytes", 1)!);
+    return bound;
+  }) as [ReplayBytes, ReplayBytes];
+  assert.equal(a.tryHold(600), true);
+  assert.equal(b.tryHold(600), false);
+  assert.equal(b.tryHold(400), true);
+  a.release(600);
+  assert.equal(b.tryHold(600), true);
 });

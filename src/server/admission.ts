@@ -4,6 +4,7 @@
  * accept loop that no accept error ends. See docs/connections.md ("Descriptors").
  */
 import type { Logger } from "../observability/log.ts";
+import type { SharedCounts, SharedKeyedCounts, SharedMemory } from "../policy/shared_memory.ts";
 
 export interface ConnectionCaps {
   /** 0: no cap. */
@@ -26,8 +27,78 @@ export function connectionCaps(server: {
 /** Why a connection was refused, as the client is told. */
 export type Refusal = "too many connections" | "too many connections from you";
 
-/** Counts one listener's open connections, in total and per client address. */
-export class ConnectionAdmission {
+/** What a listener asks at each accepted connection and tells at each close. */
+export interface Admission {
+  /** This isolate's open connections admitted here (a gauge; summed over workers). */
+  readonly open: number;
+  /** Counts a connection from `ip` in, or says which cap refuses it (nothing is counted then). */
+  admit(ip: string): Refusal | undefined;
+  /** Once per admitted connection, when it closes. */
+  release(ip: string): void;
+}
+
+/**
+ * Slots per worker in a listener's table of client addresses (workers > 1): 4096 addresses with
+ * connections open in one worker before one may go unchecked (src/policy/shared_memory.ts).
+ */
+const ADDRESS_SLOTS = 4096;
+
+/**
+ * The caps of one listener for the whole process: with `server.workers > 1` its connections
+ * are counted in the shared arena, so `max_connections: 1000` is 1000 over every worker, not
+ * per worker. `key` names the listener (the same in every worker). Undefined when the arena is
+ * full (the caller counts per worker then). With one worker, ConnectionAdmission does the same
+ * with plain numbers.
+ */
+export function sharedAdmission(
+  memory: SharedMemory,
+  key: string,
+  caps: () => ConnectionCaps,
+): Admission | undefined {
+  const total = memory.counts(`connections ${key}`, 1);
+  const perIp = memory.keyedCounts(`connections per ip ${key}`, ADDRESS_SLOTS);
+  return total && perIp ? new SharedConnectionAdmission(caps, total, perIp) : undefined;
+}
+
+class SharedConnectionAdmission implements Admission {
+  readonly #caps: () => ConnectionCaps;
+  readonly #total: SharedCounts;
+  readonly #perIp: SharedKeyedCounts;
+
+  constructor(
+    caps: () => ConnectionCaps,
+    total: SharedCounts,
+    perIp: SharedKeyedCounts,
+  ) {
+    this.#caps = caps;
+    this.#total = total;
+    this.#perIp = perIp;
+  }
+
+  get open(): number {
+    return this.#total.own(0);
+  }
+
+  admit(ip: string): Refusal | undefined {
+    const caps = this.#caps();
+    if (!this.#total.take(0, caps.maxConnections || Number.POSITIVE_INFINITY)) {
+      return "too many connections";
+    }
+    if (!this.#perIp.take(ip, caps.maxConnectionsPerIp)) {
+      this.#total.add(0, -1);
+      return "too many connections from you";
+    }
+    return undefined;
+  }
+
+  release(ip: string): void {
+    this.#perIp.release(ip);
+    this.#total.add(0, -1);
+  }
+}
+
+/** Counts one listener's open connections, in total and per client address (one isolate). */
+export class ConnectionAdmission implements Admission {
   readonly #caps: () => ConnectionCaps;
   readonly #perIp = new Map<string, number>();
   #open = 0;

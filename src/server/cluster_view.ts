@@ -30,7 +30,7 @@ export function clustersView(s: Snapshot) {
         active_requests: c.retryBudget.active,
         panic: c.health.panic,
         retries_in_flight: c.retryBudget.retrying,
-        transport: c.h1 ? "h1" : "fetch",
+        transport: c.h1 ? "h1" : c.h2Transport ? "h2" : "fetch",
         ...(c.discovery ? { discovery: discoveryView(c.discovery.status) } : {}),
         endpoints: c.endpoints.map((e) => {
           const st = c.states[e.index]!;
@@ -42,8 +42,12 @@ export function clustersView(s: Snapshot) {
             effective_weight: st.effectiveWeight,
             eligible: st.eligible,
             in_flight: st.inFlight,
-            // The h1 pool's connections (fetch's pool exposes none).
-            connections: c.h1 ? connectionsView(c.h1.endpointStats(e.origin)) : null,
+            // Ferry's own pools' connections (fetch's pool exposes none).
+            connections: c.h1
+              ? connectionsView(c.h1.endpointStats(e.origin))
+              : c.h2Transport
+              ? c.h2.endpointStats(e.origin)
+              : null,
             healthy: h?.healthy ?? true,
             ejected: h?.ejected ?? false,
             ejections: h?.ejections ?? 0,

@@ -16,7 +16,14 @@ import { errorResponse, ProxyError, RecentErrors } from "../pipeline/errors.ts";
 import { createListenerHandler } from "./handler.ts";
 import { grpcListenerPart } from "./optional_parts.ts";
 import { ConnectionGuard, guardLimits } from "./guard.ts";
-import { acceptErrorReason, connectionCaps, RebindingServer } from "./admission.ts";
+import {
+  acceptErrorReason,
+  type Admission,
+  type ConnectionCaps,
+  connectionCaps,
+  RebindingServer,
+  sharedAdmission,
+} from "./admission.ts";
 import { type ListenerTls, registerCertificateExpiry } from "./tls_material.ts";
 
 export interface BoundAddress {
@@ -276,6 +283,27 @@ export class Ferry {
     this.#log.info("listener removed", { listener: name });
   }
 
+  /**
+   * With workers (the shared arena), a listener's connection caps count every worker's
+   * connections (src/server/admission.ts); undefined: the listener counts its own (one isolate,
+   * or an arena too full, which is logged).
+   */
+  #processWideAdmission(
+    plan: ListenerPlan,
+    owner: Snapshot,
+    caps: () => ConnectionCaps,
+  ): Admission | undefined {
+    const memory = owner.parts.sharedMemory;
+    if (!memory) return undefined;
+    const admission = sharedAdmission(memory, `${plan.name} ${planAddress(plan)}`, caps);
+    if (!admission) {
+      this.#log.warn("shared memory full: this listener's connection caps count per worker", {
+        listener: plan.name,
+      });
+    }
+    return admission;
+  }
+
   /** `#bind`, with a failure that names the listener and its address. */
   #bindNamed(plan: ListenerPlan, owner: Snapshot): RunningListener {
     return bindOrName(plan.name, planAddress(plan), () => this.#bind(plan, owner));
@@ -284,10 +312,13 @@ export class Ferry {
   /** Binds `plan` as the snapshot it belongs to says (it may not be serving yet). */
   #bind(plan: ListenerPlan, owner: Snapshot): RunningListener {
     const name = plan.name;
+    const caps = () => connectionCaps(this.#snapshot.config.server);
+    const admission = this.#processWideAdmission(plan, owner, caps);
     if (plan.protocol === "grpc") {
       const g = grpcListenerPart.get().GrpcListener.start(plan, () => this.#snapshot, this.#log, {
         ...(this.#role.reusePort ? { reusePort: true } : {}),
-        caps: () => connectionCaps(this.#snapshot.config.server),
+        caps,
+        admission,
         onAcceptError: (reason) => this.#snapshot.metrics.acceptError(name, "listener", reason),
       });
       return {
@@ -334,6 +365,7 @@ export class Ferry {
         tls: plan.tls,
         ...(this.#role.reusePort ? { reusePort: true } : {}),
         limits: () => guardLimits(this.#snapshot.config.server),
+        admission,
         log,
         onAcceptError: (socket, reason) => this.#snapshot.metrics.acceptError(name, socket, reason),
       })

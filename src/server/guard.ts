@@ -24,6 +24,7 @@ import {
   type AcceptErrorReason,
   acceptErrorReason,
   acceptLoop,
+  type Admission,
   ConnectionAdmission,
   type ConnectionCaps,
   connectionCaps,
@@ -95,6 +96,8 @@ export interface GuardOptions {
   readonly reusePort?: boolean;
   /** Read at every accept and every sweep, so a reload changes limits without a restart. */
   readonly limits: () => GuardLimits;
+  /** Counts the connections against the caps (default: this guard's own, one isolate). */
+  readonly admission?: Admission | undefined;
   readonly log: Logger;
   /** Sweep period; timeouts fire up to this late. */
   readonly sweepMs?: number;
@@ -184,7 +187,7 @@ export class ConnectionGuard {
   /** Inner connection's local port -> the downstream connection it carries. */
   readonly #byInnerPort = new Map<number, Guarded>();
   readonly #all = new Set<Guarded>();
-  readonly #admission: ConnectionAdmission;
+  readonly #admission: Admission;
   /** The limits as the sweep last read them (per-request checks read this, not the config). */
   #limits: GuardLimits;
   readonly #sweep: ReturnType<typeof setInterval>;
@@ -202,7 +205,7 @@ export class ConnectionGuard {
   constructor(opts: GuardOptions) {
     this.#opts = opts;
     this.#log = opts.log;
-    this.#admission = new ConnectionAdmission(opts.limits);
+    this.#admission = opts.admission ?? new ConnectionAdmission(opts.limits);
     this.#limits = opts.limits();
     this.#innerFailures = new FailureBursts(
       opts.log,

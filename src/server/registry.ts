@@ -24,6 +24,7 @@ import { type ConfigProblem, ConfigProblemsError, type Materials } from "../conf
 import { buildCluster, type Cluster, staticEndpoints } from "../upstream/cluster.ts";
 import type { UpstreamTls } from "../upstream/upstream_tls.ts";
 import { DeadlineQueue } from "../policy/deadlines.ts";
+import { type SharedBudget, sharedBudget } from "../policy/retry.ts";
 import { type BreakerRecord, breakerStore, type BreakerView } from "./breaker_records.ts";
 import { compileLimiters, type Limiter } from "../policy/middleware.ts";
 import type { SharedMemory } from "../policy/shared_memory.ts";
@@ -139,6 +140,8 @@ export function scrapeSources(
     pools(visit) {
       for (const c of current().clusters.values()) {
         for (const p of c.h1?.stats() ?? []) visit(c.name, p);
+        // The h2 transport's connections (shared with gRPC calls on the cluster).
+        if (c.h2Transport) { for (const p of c.h2.stats()) visit(c.name, p); }
       }
     },
     breakers(visit) {
@@ -149,6 +152,29 @@ export function scrapeSources(
       }
     },
   };
+}
+
+/**
+ * A cluster's process-wide request counts (workers > 1): `limits` and its retry budget hold for
+ * the process. Undefined (counted per worker, logged) when the arena is full.
+ */
+function clusterBudget(
+  memory: SharedMemory,
+  c: FerryConfig["clusters"][number],
+  key: string,
+  log: Logger | undefined,
+): SharedBudget | undefined {
+  const shared = sharedBudget(
+    memory,
+    `${c.name} ${key}`,
+    c.limits?.max_requests_per_endpoint !== undefined,
+  );
+  if (!shared) {
+    log?.warn("shared memory full: this cluster's limits and retry budget count per worker", {
+      cluster: c.name,
+    });
+  }
+  return shared;
 }
 
 /** How long a retired cluster may keep serving requests that started before the reload. */
@@ -223,6 +249,7 @@ export function prepareParts(cfg: FerryConfig, opts: PrepareOptions): Parts {
         },
         (level, msg, fields) => log?.[level](msg, { cluster: c.name, ...fields }),
         opts.followHealth,
+        sharedMemory && clusterBudget(sharedMemory, c, key, log),
       );
       const built = cluster;
       starters.push(() => built.start());

@@ -146,7 +146,7 @@ export async function runCall<T>(
   // One membership for the whole call, even if DNS or a reload changes it meanwhile.
   const m = cluster.members;
   const budget = cluster.retryBudget;
-  if (budget.active >= p.maxRequests) {
+  if (!budget.enter(p.maxRequests)) {
     p.metrics.overflow("cluster");
     throw new ProxyError(
       "overflow",
@@ -157,7 +157,6 @@ export async function runCall<T>(
   const retry = p.retry;
   const retries = retry ? Math.min(req.retries, retry.retries) : 0;
   const tried = retries > 0 ? new Set<Endpoint>() : undefined;
-  budget.active++;
   // A retry slot taken for the next attempt, held until that attempt has its answer.
   let holdingRetry = false;
   try {
@@ -197,6 +196,7 @@ export async function runCall<T>(
       } finally {
         answered();
         state.inFlight--;
+        budget.endpointDone(endpoint.origin);
       }
       const verdict = account(p, req, m, endpoint, out, (performance.now() - sentAt) / 1000);
       for (let i = tickets.length - 1; i >= 0; i--) tickets[i]!.settle?.(verdict);
@@ -221,7 +221,7 @@ export async function runCall<T>(
       await pause(afterMs ?? backoffMs(retry!, n, p.random), req.signal, p.deadlines);
     }
   } finally {
-    budget.active--;
+    budget.leave();
     if (holdingRetry) budget.release();
   }
 }
@@ -297,6 +297,7 @@ function admit(
   signal: AbortSignal,
 ): { endpoint: Endpoint; tickets: AttemptTicket[] } {
   const name = p.cluster.name;
+  const budget = p.cluster.retryBudget;
   let refused: Set<Endpoint> | undefined;
   let exclude: ReadonlySet<Endpoint> | undefined = tried;
   let why: AttemptLayer | "limit" | undefined;
@@ -304,10 +305,13 @@ function admit(
     const e = m.balancer.pick(pickCtx, exclude) ??
       (tried && tried.size > 0 ? m.balancer.pick(pickCtx, refused) : undefined);
     if (!e) break;
-    if (m.states[e.index]!.inFlight >= p.maxRequestsPerEndpoint) why ??= "limit";
-    else {
+    // The endpoint's slot is held from here to the attempt's end (runCall's endpointDone).
+    if (!budget.takeEndpoint(e.origin, m.states[e.index]!.inFlight, p.maxRequestsPerEndpoint)) {
+      why ??= "limit";
+    } else {
       const entered = enter(p.attemptLayers, e, signal);
       if (Array.isArray(entered)) return { endpoint: e, tickets: entered };
+      budget.endpointDone(e.origin);
       why = entered;
     }
     (refused ??= new Set()).add(e);

@@ -4,11 +4,11 @@
  * (DNS discovery, or a reload that only edits `endpoints`) without losing what it knows about
  * the endpoints that stay.
  */
-import type { ClusterConfig } from "../config/schema.ts";
+import { type ClusterConfig, httpTransportOf } from "../config/schema.ts";
 import type { CallFacts } from "../pipeline/types.ts";
 import { createBalancer } from "./balancers/mod.ts";
 import { type Balancer, createEndpointState, type EndpointState } from "./balancers/types.ts";
-import { RetryBudget } from "../policy/retry.ts";
+import { RetryBudget, type SharedBudget } from "../policy/retry.ts";
 import {
   EndpointHealth,
   type EndpointHealthOptions,
@@ -22,6 +22,7 @@ import { type Endpoint, endpointFromUrl } from "./endpoint.ts";
 // Re-exported: most readers know an endpoint as part of its cluster.
 export { type Endpoint, endpointFromUrl };
 import { H2Pool } from "./h2_pool.ts";
+import { H2Transport } from "./h2_transport.ts";
 import { H1Transport } from "../h1/transport.ts";
 import type { UpstreamTls } from "./upstream_tls.ts";
 import { FetchTransport, type PoolOptions } from "./transport.ts";
@@ -71,14 +72,25 @@ export interface Cluster {
   readonly hashKey: ((call: CallFacts) => string | undefined) | undefined;
   readonly preserveHost: boolean;
   readonly retryBudget: RetryBudget;
-  /** The default path: fetch over a Deno.HttpClient pool. */
+  /**
+   * fetch over a Deno.HttpClient pool: `transport: fetch`, and the endpoints the h2 transport
+   * does not reach (an auto cluster's `http://` ones).
+   */
   readonly fetch: FetchTransport;
   /**
    * Ferry's own HTTP/1.1 client (src/h1/): carries every request of an http1 cluster with
    * `transport: h1` (the default); absent for fetch, h2c and auto clusters.
    */
   readonly h1: H1Transport | undefined;
-  /** One multiplexed HTTP/2 connection per endpoint, for gRPC listeners (opened on first use). */
+  /**
+   * Ferry's own HTTP/2 client for HTTP requests of an h2c or auto cluster with `transport: h2`
+   * (over `h2`, the connections gRPC uses); absent otherwise.
+   */
+  readonly h2Transport: H2Transport | undefined;
+  /**
+   * Multiplexed HTTP/2 connections per endpoint (opened on first use), for gRPC listeners and
+   * the h2 transport.
+   */
   readonly h2: H2Pool;
   /**
    * Starts active health checks and DNS discovery. Building a cluster runs nothing: it starts
@@ -121,6 +133,8 @@ export function buildCluster(
    * (a worker of `server.workers > 1`; the main isolate checks once for the process).
    */
   following = false,
+  /** Process-wide request counts (server.workers > 1), for `limits` and the retry budget. */
+  sharedBudget?: SharedBudget,
 ): Cluster {
   const caCerts = tls?.caCerts;
   const pool: PoolOptions = {
@@ -131,23 +145,30 @@ export function buildCluster(
     ...(tls ? { tls } : {}),
   };
   const fetchTransport = new FetchTransport(pool);
-  const h1 = cfg.protocol === "http1" && (cfg.transport ?? "h1") === "h1"
-    ? new H1Transport({
-      maxIdlePerEndpoint: cfg.pool.max_idle_per_endpoint,
-      maxConnectionsPerEndpoint: cfg.pool.max_connections_per_endpoint,
-      idleTimeoutMs: cfg.pool.idle_timeout,
-      maxRequestsPerConnection: cfg.pool.max_requests_per_connection,
-      connectTimeoutMs: cfg.pool.connect_timeout,
-      ...(tls ? { tls } : {}),
-    })
-    : undefined;
+  const transport = httpTransportOf(cfg);
+  const h1Options = {
+    maxIdlePerEndpoint: cfg.pool.max_idle_per_endpoint,
+    maxConnectionsPerEndpoint: cfg.pool.max_connections_per_endpoint,
+    idleTimeoutMs: cfg.pool.idle_timeout,
+    maxRequestsPerConnection: cfg.pool.max_requests_per_connection,
+    connectTimeoutMs: cfg.pool.connect_timeout,
+    ...(tls ? { tls } : {}),
+  };
+  const h1 = transport === "h1" ? new H1Transport(h1Options) : undefined;
+  // An auto cluster on the h2 transport offers HTTP/1.1 too in ALPN; endpoints that pick it are
+  // served by the HTTP/1.1 codec (as on an http1 cluster).
+  const autoH2 = transport === "h2" && cfg.protocol === "auto";
   const h2 = new H2Pool({
     maxConnectionsPerEndpoint: cfg.http2.max_connections_per_endpoint,
     // Connections opened for a burst do not stay forever.
     idleTimeoutMs: cfg.pool.idle_timeout,
     ...(caCerts ? { caCerts } : {}),
     ...(tls ? { tls } : {}),
+    ...(autoH2 ? { alpn: ["h2", "http/1.1"] } : {}),
   });
+  const h2Transport = transport === "h2"
+    ? new H2Transport(h2, autoH2 ? new H1Transport(h1Options) : undefined)
+    : undefined;
   const initial = staticEndpoints(cfg);
   const slotCapacity = Math.max(MIN_SLOT_CAPACITY, initial.length);
   const slots = new SlotAllocator(slotCapacity);
@@ -219,6 +240,7 @@ export function buildCluster(
       // otherwise keep connections and pool state for every address it ever named.
       h1?.retire(e.origin);
       h2.retire(e.origin);
+      h2Transport?.retire(e.origin);
       fetchTransport.retire(e.origin);
     }
     const fresh = buildMembers(endpoints, states, seeds);
@@ -300,9 +322,11 @@ export function buildCluster(
       cfg.retry_budget.percent,
       cfg.retry_budget.min_retries,
       cfg.limits?.max_retries,
+      sharedBudget,
     ),
     fetch: fetchTransport,
     h1,
+    h2Transport,
     h2,
     start() {
       if (started || closed) return;
@@ -314,6 +338,7 @@ export function buildCluster(
       closed = true;
       discovery?.stop();
       h2.close();
+      h2Transport?.close();
       void members.health.close();
       fetchTransport.close();
       h1?.close();
@@ -390,6 +415,7 @@ function healthOptions(cfg: ClusterConfig, tls: UpstreamTls | undefined): Endpoi
         }
         : {}),
       protocol: cfg.protocol,
+      transport: httpTransportOf(cfg),
       ...(caCerts ? { caCerts } : {}),
       ...(tls ? { tls } : {}),
       intervalMs: hc.interval,

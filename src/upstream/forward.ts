@@ -277,12 +277,14 @@ function downstreamResponse(
 }
 
 /**
- * http1 clusters use Ferry's own codec (src/h1/), which passes bytes as they are. fetch decodes
- * compressed bodies unless asked for `identity` (while keeping `content-encoding`), so on fetch
- * clusters (h2c, auto, `transport: fetch`) the request always says identity.
+ * Ferry's own clients (the h1 codec, src/h1/; the h2 transport, which on auto clusters hands
+ * HTTP/1.1 endpoints to the codec) pass bytes as they are. fetch decodes compressed bodies unless
+ * asked for `identity` (while keeping `content-encoding`), so requests it carries
+ * (`transport: fetch`) always say identity.
  */
 function chooseTransport(cluster: Cluster, headers: HeaderList): Transport {
   if (cluster.h1) return cluster.h1;
+  if (cluster.h2Transport) return cluster.h2Transport;
   headers.set("accept-encoding", "identity");
   return cluster.fetch;
 }

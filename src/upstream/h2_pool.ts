@@ -22,6 +22,19 @@ export interface H2PoolOptions {
   readonly maxConnectionsPerEndpoint?: number;
   /** A connection with no stream and no frame for this long is closed (GOAWAY). 0: never. */
   readonly idleTimeoutMs?: number;
+  /**
+   * ALPN offered on TLS; default `["h2"]`. An `auto` cluster's HTTP transport also offers
+   * `http/1.1`, so that an HTTP/1.1-only upstream answers with it (`NoHttp2`) instead of failing
+   * the handshake, and its requests can go over the HTTP/1.1 codec.
+   */
+  readonly alpn?: readonly string[];
+}
+
+/** The upstream's TLS agreed to a protocol other than h2 (ALPN `http/1.1`, or none). */
+export class NoHttp2 extends ProxyError {
+  constructor(readonly origin: string, readonly alpnProtocol: string | null) {
+    super("upstream_connect_failure", `${origin} did not agree to h2 (ALPN ${alpnProtocol})`);
+  }
 }
 
 /** Our connection receive window upstream (the H2Connection default). */
@@ -52,8 +65,26 @@ interface EndpointConns {
  */
 const RETIRED_DRAIN_MS = 300_000;
 
+/** One endpoint's HTTP/2 connections, for /clusters and the pool metrics. */
+export interface H2EndpointStats {
+  readonly origin: string;
+  /** Connections open. */
+  readonly open: number;
+  /** Open connections carrying no stream. */
+  readonly idle: number;
+  /** Streams waiting for a stream slot (every connection at the peer's limit). */
+  readonly waiting: number;
+  /** Connections opened (or tried) since the endpoint joined. */
+  readonly opened: number;
+  /** Streams opened on a connection that was open already. */
+  readonly reused: number;
+}
+
 export class H2Pool {
   readonly #endpoints = new Map<string, EndpointConns>();
+  /** Connections opened and streams requested per origin (kept while it is in the cluster). */
+  readonly #opened = new Map<string, number>();
+  readonly #streams = new Map<string, number>();
   readonly #opts: H2PoolOptions;
   readonly #max: number;
   #closed = false;
@@ -72,6 +103,7 @@ export class H2Pool {
     fields: readonly HeaderField[],
     endStream = false,
   ): Promise<H2Stream> {
+    this.#streams.set(endpoint.origin, (this.#streams.get(endpoint.origin) ?? 0) + 1);
     // Choice and stream registration happen in one synchronous step, so concurrent callers see
     // each other's streams and do not all pile onto one connection.
     return (await this.#whenChosen(endpoint, (c) => c.request(fields, endStream)));
@@ -129,6 +161,7 @@ export class H2Pool {
   }
 
   async #open(endpoint: Target, entry: EndpointConns): Promise<H2Connection> {
+    this.#opened.set(endpoint.origin, (this.#opened.get(endpoint.origin) ?? 0) + 1);
     try {
       const conn = await this.#connect(endpoint);
       // Its stream limit must be known before streams are spread over it.
@@ -167,13 +200,13 @@ export class H2Pool {
     let conn: Deno.Conn;
     try {
       if (endpoint.url.protocol === "https:") {
-        const tls = await connectUpstreamTls(hostname, port, ["h2"], {
+        const tls = await connectUpstreamTls(hostname, port, [...this.#opts.alpn ?? ["h2"]], {
           ...(this.#opts.caCerts ? { caCerts: this.#opts.caCerts } : {}),
           ...this.#opts.tls,
         }, endpoint.origin);
         if (tls.alpnProtocol !== "h2") {
           tls.conn.close();
-          throw new Error(`${endpoint.origin} did not agree to h2 (ALPN ${tls.alpnProtocol})`);
+          throw new NoHttp2(endpoint.origin, tls.alpnProtocol);
         }
         conn = tls.conn;
       } else {
@@ -206,11 +239,29 @@ export class H2Pool {
     return this.#endpoints.get(origin)?.conns.length ?? 0;
   }
 
+  endpointStats(origin: string): H2EndpointStats {
+    const conns = this.#endpoints.get(origin)?.conns ?? [];
+    let idle = 0, waiting = 0;
+    for (const c of conns) {
+      waiting += c.waitingStreams;
+      if (c.activeStreams === 0) idle++;
+    }
+    const opened = this.#opened.get(origin) ?? 0;
+    const reused = Math.max(0, (this.#streams.get(origin) ?? 0) - opened);
+    return { origin, open: conns.length, idle, waiting, opened, reused };
+  }
+
+  stats(): H2EndpointStats[] {
+    return [...this.#opened.keys()].map((origin) => this.endpointStats(origin));
+  }
+
   /**
    * `origin` left the cluster (DNS, reload): its connections get GOAWAY, finish the calls they
    * carry (for up to RETIRED_DRAIN_MS) and close; the pool forgets the endpoint.
    */
   retire(origin: string): void {
+    this.#opened.delete(origin);
+    this.#streams.delete(origin);
     const entry = this.#endpoints.get(origin);
     if (!entry) return;
     this.#endpoints.delete(origin);

@@ -25,6 +25,8 @@ export interface WorkerStart extends WorkerConfig {
   readonly logLevel: LogLevel;
   /** Tag every response with `x-ferry-worker: <index>` (debug; FERRY_WORKER_HEADER=1). */
   readonly tagResponses: boolean;
+  /** Test hook: crash (an uncaught error) instead of starting. */
+  readonly failStart?: boolean;
 }
 
 /** Methods a worker answers, with their argument and result. */

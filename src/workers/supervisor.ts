@@ -37,6 +37,11 @@ export interface WorkerPoolOptions {
   /** The main isolate's metrics: worker restarts are counted here. */
   readonly metrics: FerryMetrics;
   readonly tagResponses?: boolean;
+  /**
+   * Test hook (FERRY_TEST_HOOKS=1 with FERRY_TEST_FAIL_WORKER_STARTS=N): the next N replacement
+   * workers crash while starting, as a worker meeting a broken host would.
+   */
+  readonly failReplacementStarts?: number;
 }
 
 interface Running {
@@ -45,12 +50,20 @@ interface Running {
   readonly calls: Map<number, PromiseWithResolvers<unknown>>;
   nextId: number;
   dead: boolean;
+  /** performance.now() when it was spawned. */
+  readonly spawnedAt: number;
 }
 
 /** How long a worker may take to compile and bind before it counts as failed. */
 const START_TIMEOUT_MS = 30_000;
-/** A worker that dies is started again after this pause (a crash loop costs little). */
+/**
+ * A worker that dies is started again after this pause, doubled for each death in a row that
+ * came soon after its start (a crash loop: a config or a host problem that every new worker
+ * meets), up to RESTART_MAX_DELAY_MS; a worker that served RESTART_STABLE_MS resets it.
+ */
 const RESTART_DELAY_MS = 200;
+const RESTART_MAX_DELAY_MS = 30_000;
+const RESTART_STABLE_MS = 10_000;
 /** How often the main isolate's health verdicts and endpoint lists are compared and sent. */
 const FOLLOW_INTERVAL_MS = 200;
 
@@ -66,6 +79,11 @@ export class WorkerPool implements ReloadPeers {
   #holders: Deno.Listener[] = [];
   #stopping = false;
   readonly #restarts: client.Counter<string>;
+  /** Per worker index: deaths in a row soon after a start (the restart backoff's exponent). */
+  readonly #quickDeaths = new Map<number, number>();
+  readonly #restartTimers = new Set<ReturnType<typeof setTimeout>>();
+  /** Test hook: replacement workers that crash at start (see WorkerPoolOptions). */
+  #failStartsLeft: number;
   /** What each cluster's followers were last sent (JSON), to send only changes. */
   #sent = new Map<string, string>();
   #followTimer: ReturnType<typeof setInterval> | undefined;
@@ -74,6 +92,7 @@ export class WorkerPool implements ReloadPeers {
 
   constructor(opts: WorkerPoolOptions) {
     this.#opts = opts;
+    this.#failStartsLeft = opts.failReplacementStarts ?? 0;
     this.#restarts = new client.Counter({
       name: "ferry_worker_restarts_total",
       help: "Workers (server.workers > 1) that died and were started again, by worker index.",
@@ -224,6 +243,7 @@ export class WorkerPool implements ReloadPeers {
   async drain(ms: number): Promise<boolean> {
     this.#stopping = true;
     clearInterval(this.#followTimer);
+    for (const t of this.#restartTimers) clearTimeout(t);
     const results = await Promise.allSettled(
       this.#live().map((w) => this.#call(w, "drain", { ms }, ms + 2_000)),
     );
@@ -278,12 +298,19 @@ export class WorkerPool implements ReloadPeers {
     for (const h of this.#holders.splice(0)) h.close();
   }
 
-  async #spawn(index: number, config: WorkerConfig): Promise<void> {
+  async #spawn(index: number, config: WorkerConfig, failStart = false): Promise<void> {
     const worker = new Worker(new URL("./worker.ts", import.meta.url), {
       type: "module",
       name: `ferry-worker-${index}`,
     });
-    const running: Running = { index, worker, calls: new Map(), nextId: 0, dead: false };
+    const running: Running = {
+      index,
+      worker,
+      calls: new Map(),
+      nextId: 0,
+      dead: false,
+      spawnedAt: performance.now(),
+    };
     this.#workers[index] = running;
     worker.onmessage = (e: MessageEvent<WorkerReply | WorkerNotice>) => {
       if ("notice" in e.data) {
@@ -308,6 +335,7 @@ export class WorkerPool implements ReloadPeers {
       arena: this.#opts.arena.buffer,
       logLevel: config.config.log.level,
       tagResponses: this.#opts.tagResponses ?? false,
+      ...(failStart ? { failStart } : {}),
     }, START_TIMEOUT_MS);
   }
 
@@ -318,15 +346,32 @@ export class WorkerPool implements ReloadPeers {
     w.calls.clear();
     if (this.#stopping) return;
     this.#restarts.labels(String(w.index)).inc();
-    this.#opts.log.error("worker died; starting a new one", { worker: w.index, reason });
-    setTimeout(() => void this.#replace(w.index), RESTART_DELAY_MS);
+    const quick = performance.now() - w.spawnedAt < RESTART_STABLE_MS;
+    const inARow = quick ? (this.#quickDeaths.get(w.index) ?? 0) + 1 : 0;
+    this.#quickDeaths.set(w.index, inARow);
+    const delay = Math.min(RESTART_DELAY_MS * 2 ** Math.max(0, inARow - 1), RESTART_MAX_DELAY_MS);
+    this.#opts.log.error("worker died; starting a new one", {
+      worker: w.index,
+      reason,
+      restart_in_ms: delay,
+      ...(inARow > 1 ? { deaths_in_a_row: inARow } : {}),
+    });
+    const timer = setTimeout(() => {
+      this.#restartTimers.delete(timer);
+      void this.#replace(w.index);
+    }, delay);
+    this.#restartTimers.add(timer);
   }
 
   async #replace(index: number): Promise<void> {
     const config = this.#current;
     if (this.#stopping || !config || this.#workers[index]?.dead === false) return;
+    // The dead worker's connections and requests ended with it (terminated, at least
+    // RESTART_DELAY_MS ago): so do their counts in the shared arena, before the new worker
+    // takes its index.
+    this.#opts.arena.reclaim(index);
     try {
-      await this.#spawn(index, config);
+      await this.#spawn(index, config, this.#failStartsLeft-- > 0);
       this.#sent.clear();
       this.#opts.log.info("worker replaced", { worker: index, config_version: config.version });
     } catch (err) {

@@ -16,7 +16,8 @@ import { createLogger, type Logger } from "../observability/log.ts";
 import { FerryMetrics } from "../observability/metrics.ts";
 import { Ferry, installLastLineOfDefence } from "../server/ferry.ts";
 import { clustersView } from "../server/cluster_view.ts";
-import { SharedArena, type SharedMemory } from "../policy/shared_memory.ts";
+import { SharedArena } from "../policy/shared_memory.ts";
+import { replayBytes } from "../policy/retry.ts";
 import type { RecentError, RecentErrors } from "../pipeline/errors.ts";
 import {
   type HealthTable,
@@ -59,7 +60,7 @@ const scope = self as unknown as WorkerScope;
 let ferry: Ferry | undefined;
 let log: Logger | undefined;
 let metrics: FerryMetrics | undefined;
-let memory: SharedMemory | undefined;
+let memory: SharedArena | undefined;
 let pending: Snapshot | undefined;
 let index = -1;
 
@@ -110,11 +111,21 @@ async function compile(c: WorkerConfig, previous: Snapshot | undefined): Promise
 const methods: { [M in WorkerMethod]: (a: WorkerMethods[M]["args"]) => unknown } = {
   async start(s: WorkerStart) {
     index = s.index;
+    if (s.failStart) {
+      // Uncaught, as a real crash: the supervisor sees the worker's error event.
+      setTimeout(() => {
+        throw new Error("test hook: this worker crashes at start");
+      });
+      return await new Promise<never>(() => {});
+    }
     log = workerLogger(createLogger(s.logLevel), s.index);
     // Per-worker counters only; the process's own gauges (memory, fds) come from the main isolate.
     metrics = new FerryMetrics({ processMetrics: false });
     installLastLineOfDefence(log, metrics);
-    memory = new SharedArena(s.arena);
+    memory = new SharedArena(s.arena, { index: s.index });
+    // The 64 MiB bound on bytes kept for retries is the process's, not each worker's.
+    const replayCounts = memory.counts("replay bytes", 1);
+    if (replayCounts) replayBytes.share(replayCounts);
     const snapshot = await compile(s, undefined);
     ferry = Ferry.start(snapshot, log, {
       admin: false,

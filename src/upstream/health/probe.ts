@@ -1,11 +1,15 @@
 /**
- * One HTTP health probe: `GET origin + path` on a `Deno.HttpClient` of its own, so probes never
- * wait behind user traffic in the cluster's pool, judged by the expected statuses. A cluster that
- * checks its upstream's server name or identity probes over the HTTP/1.1 codec instead (its own
- * pool, node:tls underneath), because fetch cannot show the peer's certificate.
+ * One HTTP health probe: `GET origin + path` on a client of its own, so probes never wait behind
+ * user traffic in the cluster's pool, judged by the expected statuses. The client follows the
+ * cluster's transport: Ferry's HTTP/2 client for `transport: h2` (h2c and auto clusters, the
+ * default where the upstream's identity is checked), else a `Deno.HttpClient`; an http1 or auto
+ * cluster that checks its upstream's server name or identity without the h2 transport probes
+ * over the HTTP/1.1 codec (node:tls underneath), because fetch cannot show the peer's certificate.
  */
 import { H1Transport } from "../../h1/transport.ts";
 import { ProxyError } from "../../pipeline/errors.ts";
+import { H2Pool } from "../h2_pool.ts";
+import { H2Transport } from "../h2_transport.ts";
 import { checksPeer, denoTlsOptions, type UpstreamTls } from "../upstream_tls.ts";
 
 /** What a probe needs to know of an endpoint (Ferry's `Endpoint` fits). */
@@ -76,6 +80,8 @@ export interface HttpProbeOptions {
   readonly host?: string;
   /** Like the cluster's `protocol`: `h2c` is HTTP/2 with prior knowledge. Default `"auto"`. */
   readonly protocol?: "http1" | "h2c" | "auto";
+  /** The cluster's HTTP transport (`httpTransportOf`); `h2` probes over Ferry's HTTP/2 client. */
+  readonly transport?: "h1" | "h2" | "fetch";
   /** Extra CA certificates (PEM) for `https` endpoints. */
   readonly caCerts?: string[];
   /**
@@ -87,11 +93,13 @@ export interface HttpProbeOptions {
   readonly maxBodyBytes?: number;
 }
 
-/** Probes over one dedicated `Deno.HttpClient`: one idle connection per endpoint, reused. */
+/** Probes over one dedicated client: one connection per endpoint, reused. */
 export class HttpProber {
   readonly #client: Deno.HttpClient | undefined;
   /** Set when the upstream's certificate must be checked (see the module comment). */
   readonly #codec: H1Transport | undefined;
+  /** Ferry's HTTP/2 client, for clusters whose requests use it (`transport: h2`). */
+  readonly #h2: H2Transport | undefined;
   readonly #path: string;
   readonly #host: string | undefined;
   readonly #expected: (status: number) => boolean;
@@ -107,9 +115,8 @@ export class HttpProber {
     this.#expected = compileStatuses(opts.expectedStatuses ?? DEFAULT_EXPECTED_STATUSES);
     this.#maxBodyBytes = opts.maxBodyBytes ?? 64 * 1024;
     const protocol = opts.protocol ?? "auto";
-    // h2c endpoints are plain HTTP/2: no certificate to check, and the codec speaks HTTP/1.1.
-    if (checksPeer(opts.tls) && protocol !== "h2c") {
-      this.#codec = new H1Transport({
+    const codec = () =>
+      new H1Transport({
         // One probe at a time per endpoint, so one connection each is enough.
         maxIdlePerEndpoint: 1,
         maxConnectionsPerEndpoint: 1,
@@ -117,8 +124,27 @@ export class HttpProber {
         maxRequestsPerConnection: 0,
         // The probe's own timeout (its signal) is what bounds a probe; this only backs it up.
         connectTimeoutMs: 30_000,
-        tls: opts.tls!,
+        ...(opts.tls ? { tls: opts.tls } : {}),
       });
+    if (opts.transport === "h2" && protocol !== "http1") {
+      // As the cluster's own h2 transport: auto endpoints whose TLS picks HTTP/1.1 get the codec.
+      const auto = protocol === "auto";
+      this.#h2 = new H2Transport(
+        new H2Pool({
+          maxConnectionsPerEndpoint: 1,
+          idleTimeoutMs: 60_000,
+          ...(opts.caCerts ? { caCerts: opts.caCerts } : {}),
+          ...(opts.tls ? { tls: opts.tls } : {}),
+          ...(auto ? { alpn: ["h2", "http/1.1"] } : {}),
+        }),
+        auto ? codec() : undefined,
+      );
+      // It reaches every endpoint (h2c: prior knowledge; auto: the codec for HTTP/1.1).
+      return;
+    }
+    // h2c endpoints are plain HTTP/2: no certificate to check, and the codec speaks HTTP/1.1.
+    if (checksPeer(opts.tls) && protocol !== "h2c") {
+      this.#codec = codec();
       return;
     }
     this.#client = Deno.createHttpClient({
@@ -138,10 +164,11 @@ export class HttpProber {
     if (this.#host !== undefined) headers.push(["host", this.#host]);
     let res: Response;
     try {
-      if (this.#codec) {
+      const own = this.#h2 ?? this.#codec;
+      if (own) {
         // The codec sends exactly the headers given: Host too.
         if (this.#host === undefined) headers.push(["host", new URL(target.origin).host]);
-        res = await this.#codec.send({
+        res = await own.send({
           url: target.origin + this.#path,
           method: "GET",
           headers,
@@ -176,6 +203,8 @@ export class HttpProber {
   close(): void {
     this.#client?.close();
     this.#codec?.close();
+    this.#h2?.pool.close();
+    this.#h2?.close();
   }
 }
 
