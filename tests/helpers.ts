@@ -8,6 +8,12 @@ import { createLogger } from "../src/observability/log.ts";
 import { Ferry } from "../src/server/ferry.ts";
 import type { FerryMetrics } from "../src/observability/metrics.ts";
 import { isMap, parseDocument } from "yaml";
+import { loadAllOptionalParts } from "../src/server/optional_parts.ts";
+
+// startFerry compiles synchronously, so what buildSnapshot would import for a config that uses
+// node:tls, gRPC, jose or Redis is imported here once (tests/optional_parts_test.ts checks the
+// real start-up path loads only what the config uses).
+await loadAllOptionalParts();
 
 export interface Upstream {
   readonly url: string;
@@ -298,6 +304,8 @@ export const RUN = [
   "--unstable-no-legacy-abort",
   // server.workers > 1 binds listeners with SO_REUSEPORT (reusePort is unstable in Deno 2.9.6).
   "--unstable-net",
+  // V8's heap sized as shipped (docs/PERFORMANCE.md, "Memory: where it goes and what was cut").
+  "--v8-flags=--max-semi-space-size=4,--heap-growing-percent=100",
   MAIN,
 ];
 

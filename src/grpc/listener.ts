@@ -14,7 +14,8 @@ import { ProxyError } from "../pipeline/errors.ts";
 import { pickRequestId } from "../server/request_id.ts";
 import type { CallFacts, ClientIdentity } from "../pipeline/types.ts";
 import { admitCall } from "../pipeline/route_chain.ts";
-import { TlsListener } from "../server/node_tls.ts";
+import type { TlsListener } from "../server/node_tls.ts";
+import { nodeTlsPart } from "../upstream/upstream_tls.ts";
 import type { ListenerTls } from "../server/tls_material.ts";
 import {
   type AcceptErrorReason,
@@ -66,7 +67,7 @@ export class GrpcListener {
     const name = plan.name;
     // TLS is accepted by node:tls (mTLS, SNI, rotation, minimum version: src/server/node_tls.ts).
     const listener = plan.tls
-      ? new TlsListener({
+      ? new (nodeTlsPart.get().TlsListener)({
         hostname: plan.hostname,
         port: plan.port,
         tls: plan.tls,

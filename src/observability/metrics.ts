@@ -14,7 +14,7 @@
  * One piece past 500 lines: every metric's name, help and labels in one table, so the exposition
  * and docs/observability.md can be checked against one file.
  */
-import client from "prom-client";
+import * as client from "./prom.ts";
 import { VERSION } from "../version.ts";
 import { processDescriptors } from "./descriptors.ts";
 

@@ -16,7 +16,8 @@ import type { ClientIdentity, PolicyLayer } from "../pipeline/types.ts";
 import { compileRouteRegex, type RouteRegex } from "../routing/regex.ts";
 import { ProxyError } from "../pipeline/errors.ts";
 import { TrustedProxies } from "../pipeline/trust.ts";
-import { type JwtProvider, JwtRejected } from "./jwt.ts";
+import type { JwtProvider } from "./jwt.ts";
+import { JwtRejected } from "./jwt_rejected.ts";
 
 /** What a policy looks at, the same for an HTTP request and a gRPC call. */
 export interface AuthzInput {

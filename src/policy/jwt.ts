@@ -14,14 +14,9 @@ import {
 } from "jose";
 import type { JwtProviderConfig } from "../config/schema.ts";
 import type { Logger } from "../observability/log.ts";
+import { JwtRejected } from "./jwt_rejected.ts";
 
-/** A token that is missing, malformed or fails verification: the client gets 401. */
-export class JwtRejected extends Error {
-  constructor(readonly reason: string, options?: ErrorOptions) {
-    super(reason, options);
-    this.name = "JwtRejected";
-  }
-}
+export { JwtRejected };
 
 /** Unknown key ids refetch the JWKS at most this often (a rotation seen before the next refresh). */
 const UNKNOWN_KID_REFETCH_MS = 5_000;

@@ -9,7 +9,11 @@ import type { CallFacts, PolicyLayer } from "../pipeline/types.ts";
 import { ProxyError } from "../pipeline/errors.ts";
 import { KeyedTokenBuckets, type RateDecision, TokenBucketStore } from "./token_bucket.ts";
 import type { SharedRegion } from "./shared_memory.ts";
-import { RedisLeaseBackend, type SharedLimiterDeps, SharedRateLimit } from "./redis_limiter.ts";
+import type { SharedLimiterDeps } from "./redis_limiter.ts";
+import { OptionalModule } from "../pipeline/optional_module.ts";
+
+/** The Redis client (ioredis, ~9 MiB resident) and the shared limiter, loaded for `redis` stores. */
+export const redisPart = new OptionalModule("redis", () => import("./redis_limiter.ts"));
 
 /** A compiled limiter: one scope, its buckets, and how a request maps to its key. */
 export interface Limiter {
@@ -55,6 +59,7 @@ export function compileLimiters(
     let close: (() => void) | undefined;
     if (c.redis) {
       const deps = shared?.(c) ?? { readTextFile: Deno.readTextFileSync };
+      const { RedisLeaseBackend, SharedRateLimit } = redisPart.get();
       const backend = new RedisLeaseBackend(c.name, c.redis, deps);
       const limit = new SharedRateLimit({ config: c, store: c.redis, backend, local });
       keyed = (key, at) => limit.take(key, at);

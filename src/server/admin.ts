@@ -25,6 +25,7 @@ import { errorResponse, ProxyError, type RecentErrors } from "../pipeline/errors
 import { dashboardStats, type MetricReader, type StatsHistory } from "./admin_stats.ts";
 import { clustersView } from "./cluster_view.ts";
 import { dashboardHtml } from "./dashboard.ts";
+import { loadedOptionalParts } from "./optional_parts.ts";
 
 export interface AdminView {
   /** "ready" while serving, "draining" once shutdown has begun. */
@@ -187,6 +188,8 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
           source: s.source,
           loaded_at: s.loadedAt.toISOString(),
           reloads: view.reloadStatus?.() ?? null,
+          // Modules imported only for configs that use them (node:tls, grpc, jwt, redis).
+          optional_parts: loadedOptionalParts(),
           // What the TLS files held when this config was compiled (rotation reloads it).
           certificates: s.certificates.map((c) => ({
             kind: c.kind,

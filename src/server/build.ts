@@ -15,6 +15,7 @@ import { ConfigProblemsError, readMaterials } from "../config/materials.ts";
 import { prepareParts } from "./registry.ts";
 import type { SharedMemory } from "../policy/shared_memory.ts";
 import { checkTlsMaterials } from "./tls_material.ts";
+import { loadOptionalParts } from "./optional_parts.ts";
 
 export type BuildResult =
   | {
@@ -62,6 +63,13 @@ export async function buildSnapshot(src: ConfigSource, opts: BuildOptions): Prom
     ...(src.factories ? { factories: src.factories } : {}),
   });
   if (!ext.ok) return placed(loaded, src.label, ext.problems);
+  // What this config uses and no earlier one did (node:tls, gRPC, jose, Redis) is imported now.
+  try {
+    const parts = await loadOptionalParts(loaded.config);
+    if (parts.length > 0) opts.log?.info("optional parts loaded", { parts: parts.join(",") });
+  } catch (err) {
+    return { ok: false, message: `cannot load what config ${src.label} uses: ${err}` };
+  }
   try {
     const snapshot = compileConfig(loaded.config, {
       ...opts,

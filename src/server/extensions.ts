@@ -6,7 +6,7 @@
  * whatever it throws (or a non-Response it returns) becomes the error table's `middleware_failed`
  * (500, flag MF), counted, and never reaches the process.
  */
-import client from "prom-client";
+import * as client from "../observability/prom.ts";
 import type { FerryConfig, MiddlewareRefConfig } from "../config/schema.ts";
 import { MAX_NAMED_FILE_BYTES, resolveConfigPath } from "../config/load.ts";
 import type { PathSegment } from "../config/errors.ts";

@@ -14,7 +14,7 @@ import { adminHandler, type AdminView } from "./admin.ts";
 import { type MetricReader, StatsHistory } from "./admin_stats.ts";
 import { errorResponse, ProxyError, RecentErrors } from "../pipeline/errors.ts";
 import { createListenerHandler } from "./handler.ts";
-import { GrpcListener } from "../grpc/listener.ts";
+import { grpcListenerPart } from "./optional_parts.ts";
 import { ConnectionGuard, guardLimits } from "./guard.ts";
 import {
   acceptErrorReason,
@@ -315,7 +315,7 @@ export class Ferry {
     const caps = () => connectionCaps(this.#snapshot.config.server);
     const admission = this.#processWideAdmission(plan, owner, caps);
     if (plan.protocol === "grpc") {
-      const g = GrpcListener.start(plan, () => this.#snapshot, this.#log, {
+      const g = grpcListenerPart.get().GrpcListener.start(plan, () => this.#snapshot, this.#log, {
         ...(this.#role.reusePort ? { reusePort: true } : {}),
         caps,
         admission,

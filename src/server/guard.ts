@@ -39,7 +39,8 @@ import {
   type TunnelClient,
 } from "../pipeline/downstream.ts";
 import { errorResponse, ProxyError, type ProxyErrorKind } from "../pipeline/errors.ts";
-import { TlsListener } from "./node_tls.ts";
+import type { TlsListener } from "./node_tls.ts";
+import { nodeTlsPart } from "../upstream/upstream_tls.ts";
 import type { ListenerTls } from "./tls_material.ts";
 import { WsFrameLimit } from "../pipeline/ws_frames.ts";
 import { setLoopbackListenerBuffers } from "./socket_buffers.ts";
@@ -231,7 +232,7 @@ export class ConnectionGuard {
     );
     // TLS is accepted by node:tls (mTLS, SNI, rotation, minimum version: src/server/node_tls.ts).
     this.#listener = opts.tls
-      ? new TlsListener({
+      ? new (nodeTlsPart.get().TlsListener)({
         hostname: opts.hostname,
         port: opts.port,
         tls: opts.tls,

@@ -6,6 +6,8 @@
  * `close`, addresses, `handshake`), so the code around them does not change.
  */
 import * as nodeTls from "node:tls";
+// Re-exported for src/upstream/upstream_tls.ts, which loads this module only when needed.
+export { nodeTls };
 import type { ClientIdentity } from "../pipeline/types.ts";
 import { identityFromId } from "../policy/authz.ts";
 import { type CertificatePair, type ListenerTls, pairForServerName } from "./tls_material.ts";

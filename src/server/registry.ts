@@ -28,10 +28,14 @@ import { type SharedBudget, sharedBudget } from "../policy/retry.ts";
 import { type BreakerRecord, breakerStore, type BreakerView } from "./breaker_records.ts";
 import { compileLimiters, type Limiter } from "../policy/middleware.ts";
 import type { SharedMemory } from "../policy/shared_memory.ts";
-import { JwtProvider } from "../policy/jwt.ts";
+import type { JwtProvider } from "../policy/jwt.ts";
+import { OptionalModule } from "../pipeline/optional_module.ts";
 import type { Logger } from "../observability/log.ts";
 import { AccessLog, LineWriter, openSink } from "../observability/access_log.ts";
 import type { FerryMetrics, ScrapeSources } from "../observability/metrics.ts";
+
+/** JWT verification (jose), loaded for configs with `jwt_providers` (optional_parts.ts). */
+export const jwtPart = new OptionalModule("jwt", () => import("../policy/jwt.ts"));
 
 /** JSON with object keys sorted, so equal configs give equal keys whatever their key order. */
 export function canonicalJson(value: unknown): string {
@@ -339,7 +343,10 @@ export function prepareParts(cfg: FerryConfig, opts: PrepareOptions): Parts {
       continue;
     }
     try {
-      const provider = new JwtProvider(p, { ...(jwksText ? { jwksText } : {}), log });
+      const provider = new (jwtPart.get().JwtProvider)(p, {
+        ...(jwksText ? { jwksText } : {}),
+        log,
+      });
       starters.push(() => provider.start());
       jwtProviders.set(p.name, provider);
       jwtCarry.set(p.name, { key, provider });

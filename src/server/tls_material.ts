@@ -6,7 +6,7 @@
  * is kept.
  */
 import { createPrivateKey, X509Certificate } from "node:crypto";
-import client from "prom-client";
+import * as client from "../observability/prom.ts";
 import type { FerryConfig } from "../config/schema.ts";
 import { type ConfigProblem, ConfigProblemsError, type Materials } from "../config/materials.ts";
 

@@ -9,9 +9,16 @@
  * identities are configured, connections are made with `node:tls`, whose `checkServerIdentity`
  * sees the certificate during the handshake and can refuse it on the very connection used.
  */
-import * as nodeTls from "node:tls";
+import type { PeerCertificate } from "node:tls";
 import { ProxyError } from "../pipeline/errors.ts";
-import { NodeTlsConn } from "../server/node_tls.ts";
+import { OptionalModule } from "../pipeline/optional_module.ts";
+
+/**
+ * node:tls and Ferry's wrappers of it (src/server/node_tls.ts: the TLS listener, `NodeTlsConn`),
+ * loaded only when the config has a TLS listener or an upstream whose identity is checked
+ * (src/server/optional_parts.ts).
+ */
+export const nodeTlsPart = new OptionalModule("node-tls", () => import("../server/node_tls.ts"));
 
 export interface UpstreamTls {
   /** Extra trusted CA certificates (PEM). */
@@ -66,7 +73,8 @@ export function identityChecker(
   t: UpstreamTls,
   /** Names the upstream in messages; the connection's host name when not given (shared agents). */
   origin: string | undefined,
-): (host: string, cert: nodeTls.PeerCertificate) => Error | undefined {
+): (host: string, cert: PeerCertificate) => Error | undefined {
+  const nodeTls = nodeTlsPart.get().nodeTls;
   return (host, cert) => {
     const who = origin ?? host;
     const expected = t.expectedIdentities;
@@ -98,7 +106,7 @@ export function nodeTlsOptions(t: UpstreamTls, origin?: string): {
   cert?: string;
   key?: string;
   servername?: string;
-  checkServerIdentity?: (host: string, cert: nodeTls.PeerCertificate) => Error | undefined;
+  checkServerIdentity?: (host: string, cert: PeerCertificate) => Error | undefined;
 } {
   return {
     ...(t.caCerts ? { ca: t.caCerts } : {}),
@@ -135,6 +143,7 @@ export async function connectUpstreamTls(
       throw err;
     }
   }
+  const { nodeTls, NodeTlsConn } = nodeTlsPart.get();
   const socket = nodeTls.connect({
     host: hostname,
     port,

@@ -7,7 +7,7 @@
  * once (with SO_REUSEPORT), gives the workers the port it got, and closes its own socket once
  * they listen. A listener whose address is unchanged by a reload keeps its port.
  */
-import client from "prom-client";
+import * as client from "../observability/prom.ts";
 import { type Snapshot, splitAddress } from "../server/compile.ts";
 import type { FerryConfig } from "../config/schema.ts";
 import type { Logger } from "../observability/log.ts";

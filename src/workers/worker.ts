@@ -10,6 +10,7 @@ import { compileConfig } from "../server/build.ts";
 import { ConfigProblemsError } from "../config/materials.ts";
 import { formatPath } from "../config/errors.ts";
 import { loadExtensions } from "../server/extensions.ts";
+import { loadOptionalParts } from "../server/optional_parts.ts";
 import { resolveConfigPath } from "../config/load.ts";
 import { createLogger, type Logger } from "../observability/log.ts";
 import { FerryMetrics } from "../observability/metrics.ts";
@@ -88,6 +89,7 @@ async function compile(c: WorkerConfig, previous: Snapshot | undefined): Promise
   if (!ext.ok) {
     throw new Error(ext.problems.map((p) => `${formatPath(p.path)}: ${p.message}`).join("; "));
   }
+  await loadOptionalParts(c.config);
   try {
     return compileConfig(c.config, {
       version: c.version,
