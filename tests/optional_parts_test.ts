@@ -111,7 +111,7 @@ Deno.test("optional parts: a plain HTTP config loads none; a reload adding a TLS
   const plain = `listeners:
   - { name: web, address: "127.0.0.1:0" }
 admin: { address: "127.0.0.1:0" }
-server: { watch_config: false }
+server: { watch_config: false, workers: 1 }
 routes:
   - name: hello
     match: { path: { prefix: / } }
@@ -134,7 +134,7 @@ routes:
     tls: { cert: ${certs.certFile}, key: ${certs.keyFile} }
   - { name: grpc, address: "127.0.0.1:0", protocol: grpc }
 admin: { address: "127.0.0.1:0" }
-server: { watch_config: false }
+server: { watch_config: false, workers: 1 }
 jwt_providers:
   - { name: corp, issuer: https://issuer.test, jwks_file: ${jwksFile} }
 rate_limits:

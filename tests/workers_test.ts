@@ -5,6 +5,7 @@
  * a config with a route named `refused-by-worker-1`.
  */
 import assert from "node:assert/strict";
+import { makeTestCerts } from "./fixtures/certs.ts";
 import { startDnsServer } from "./fixtures/dns_server.ts";
 import { metricValue, spawnFerry, type Started, startUpstream, tempConfig } from "./helpers.ts";
 
@@ -206,7 +207,7 @@ Deno.test("workers: 2 — a breaker opened through one worker refuses through th
   }
 });
 
-Deno.test("workers: 2 — one reload switches every worker; a config one worker refuses is refused for all", async () => {
+Deno.test("workers: 2 — one reload switches every worker; a config one worker refuses is refused for all, and so is a TLS listener", async () => {
   const up = upstream();
   const file = await tempConfig(config(up.url));
   const ferry = await spawnFerry(["--config", file], ENV);
@@ -244,6 +245,29 @@ Deno.test("workers: 2 — one reload switches every worker; a config one worker 
     assert.deepEqual(await versions(), ["0:v2", "1:v2"]);
     const status = await (await fetch(`${ferry.admin}/config`)).json();
     assert.equal(status.version, 2);
+
+    // A TLS listener (node:tls) cannot share its port between workers: a reload adding one is
+    // refused before any worker binds, with the fix named, and both keep serving v2.
+    const certs = await makeTestCerts();
+    try {
+      await Deno.writeTextFile(
+        file,
+        config(up.url, "", "v4").replace(
+          "listeners:\n",
+          `listeners:\n  - name: secure\n    address: "127.0.0.1:0"\n` +
+            `    tls: { cert: ${certs.certFile}, key: ${certs.keyFile} }\n`,
+        ),
+      );
+      const tlsOutcome = await reload(ferry);
+      assert.equal(tlsOutcome.ok, false);
+      assert.match(
+        tlsOutcome.error ?? "",
+        /TLS listeners \(secure\) cannot be served by 2 workers.*server\.workers: 1/,
+      );
+      assert.deepEqual(await versions(), ["0:v2", "1:v2"]);
+    } finally {
+      await certs.remove();
+    }
   } finally {
     zero.close();
     one.close();

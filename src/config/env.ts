@@ -30,7 +30,7 @@ type Level = typeof LEVELS[number];
  * - `PROXY_UPSTREAM_ADDRS`: comma-separated `host:port` or URLs: cluster "upstream", served by
  *   the catch-all route "default" (default http://127.0.0.1:8080)
  * - `PROXY_METRICS_ADDR`: `admin.address` (no admin listener when unset)
- * - `PROXY_WORKERS`: `server.workers`, a number or `auto` (default 1)
+ * - `PROXY_WORKERS`: `server.workers`, a number or `auto` (default `auto`)
  * - `PROXY_REQUEST_TIMEOUT_MS`: the route timeout in milliseconds (default 30000)
  * - `PROXY_LOG_LEVEL`, else `RUST_LOG`: debug, info, warn or error (trace is read as debug,
  *   off as error)

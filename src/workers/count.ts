@@ -1,8 +1,8 @@
 /**
- * How many workers serve: `server.workers`, 1 by default; `auto` is the CPUs this process may use.
- * The default is one isolate because caps that guard against one client (max_connections, the
- * per-IP caps, cluster limits, retry budgets) are per worker, and because on the 2-core machine
- * where this was measured two workers gave no more requests/s than one (docs/PERFORMANCE.md).
+ * How many workers serve: `server.workers`; `auto`, the default, is the CPUs this process may use.
+ * Every cap an operator sets holds for the process (src/policy/shared_memory.ts), and on a 2-core
+ * machine with a free core two workers served 1.49x the requests/s of one at the same CPU per
+ * request (docs/PERFORMANCE.md, "Workers"); `workers: 1` keeps the single-isolate shape.
  */
 import type { Snapshot } from "../server/compile.ts";
 
@@ -18,15 +18,12 @@ export function workerCount(
   const setting = snapshot.config.server.workers;
   // An explicit count that cannot be served is a config error; `auto` falls back to one.
   const asked = typeof setting === "number" ? setting : undefined;
-  const wanted = setting === "auto" ? Math.max(1, cpus || 1) : setting ?? 1;
+  const wanted = setting === undefined || setting === "auto" ? Math.max(1, cpus || 1) : setting;
   // TLS listeners accepted by node:tls (every TLS listener behind the guard, and every gRPC one:
   // SNI, rotation, client certificates) cannot share a port with SO_REUSEPORT.
-  const guarded = snapshot.config.server.connection_guard;
-  const nodeTls = [...snapshot.listeners.values()].filter((l) =>
-    l.tls !== undefined && (guarded || l.protocol === "grpc")
-  );
+  const nodeTls = nodeTlsListeners(snapshot);
   if (nodeTls.length > 0 && wanted > 1) {
-    const names = nodeTls.map((l) => l.name).join(", ");
+    const names = nodeTls.join(", ");
     if (asked !== undefined && asked > 1) {
       return {
         ok: false,
@@ -49,6 +46,17 @@ export function workerCount(
     return { ok: true, count: 1, note: `one worker: ${why}` };
   }
   return { ok: true, count };
+}
+
+/**
+ * The listeners whose TLS node:tls accepts (every TLS listener behind the guard, and every TLS
+ * gRPC one: SNI, rotation, client certificates): they cannot share a port between workers.
+ */
+export function nodeTlsListeners(snapshot: Snapshot): string[] {
+  const guarded = snapshot.config.server.connection_guard;
+  return [...snapshot.listeners.values()]
+    .filter((l) => l.tls !== undefined && (guarded || l.protocol === "grpc"))
+    .map((l) => l.name);
 }
 
 /**

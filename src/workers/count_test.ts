@@ -16,8 +16,8 @@ function snapshotWith(
 
 const withFlag = () => true;
 
-Deno.test("workers: one by default, auto is the CPUs, a number is itself", () => {
-  assert.deepEqual(workerCount(snapshotWith(undefined), 8, withFlag), { ok: true, count: 1 });
+Deno.test("workers: one per CPU by default (auto), a number is itself", () => {
+  assert.deepEqual(workerCount(snapshotWith(undefined), 8, withFlag), { ok: true, count: 8 });
   assert.deepEqual(workerCount(snapshotWith("auto"), 8, withFlag), { ok: true, count: 8 });
   assert.deepEqual(workerCount(snapshotWith(3), 8, withFlag), { ok: true, count: 3 });
 });
@@ -26,6 +26,8 @@ Deno.test("workers: a guarded TLS listener keeps one worker; asked for more it i
   const tls = [{ name: "web", tls: {} }];
   const auto = workerCount(snapshotWith("auto", tls), 4, withFlag);
   assert.ok(auto.ok && auto.count === 1 && /web/.test(auto.note ?? ""));
+  const byDefault = workerCount(snapshotWith(undefined, tls), 4, withFlag);
+  assert.ok(byDefault.ok && byDefault.count === 1 && /web/.test(byDefault.note ?? ""));
   const two = workerCount(snapshotWith(2, tls), 4, withFlag);
   assert.ok(!two.ok && /TLS listeners \(web\)/.test(two.message));
   // Without the guard Deno.serve terminates TLS itself and shares the port.
@@ -36,5 +38,7 @@ Deno.test("workers: without --unstable-net, auto gives one and a number is refus
   const noFlag = () => false;
   const auto = workerCount(snapshotWith("auto"), 4, noFlag);
   assert.ok(auto.ok && auto.count === 1);
+  const byDefault = workerCount(snapshotWith(undefined), 4, noFlag);
+  assert.ok(byDefault.ok && byDefault.count === 1);
   assert.ok(!workerCount(snapshotWith(2), 4, noFlag).ok);
 });

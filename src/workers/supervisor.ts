@@ -17,6 +17,7 @@ import type { MetricReader } from "../server/admin_stats.ts";
 import type { RecentError } from "../pipeline/errors.ts";
 import type { clustersView } from "../server/cluster_view.ts";
 import { mergeClusterViews } from "./merge_clusters.ts";
+import { nodeTlsListeners } from "./count.ts";
 import type { SharedArena } from "../policy/shared_memory.ts";
 import type {
   HealthTable,
@@ -162,6 +163,14 @@ export class WorkerPool implements ReloadPeers {
         workers: this.#opts.count,
         configured: asked,
       });
+    }
+    // Refused before any worker binds: each would try the port and all but one would fail.
+    const nodeTls = this.#opts.count > 1 ? nodeTlsListeners(next) : [];
+    if (nodeTls.length > 0) {
+      throw new Error(
+        `TLS listeners (${nodeTls.join(", ")}) cannot be served by ${this.#opts.count} workers: ` +
+          "their TLS (node:tls) cannot share a port; set server.workers: 1 and restart",
+      );
     }
     const config = this.#workerConfig(next);
     const results = await Promise.allSettled(
