@@ -850,3 +850,89 @@ async function withinMs<T>(p: Promise<T>, ms: number, what: string): Promise<T> 
     clearTimeout(timer);
   }
 }
+
+Deno.test("h2 transport (auto): a WebSocket upgrade goes through the HTTP/1.1 codec with the cluster's certificate and the identity checked (UI on a mismatch), not Deno's unchecked WebSocket client", async () => {
+  const certs = await makeMeshCerts();
+  const https = await import("node:https");
+  const { createHash } = await import("node:crypto");
+  const server = https.createServer({
+    cert: certs.server.cert,
+    key: certs.server.key,
+    ca: certs.ca,
+    requestCert: true,
+    rejectUnauthorized: true,
+    ALPNProtocols: ["http/1.1"],
+  }, (_req, res) => res.end("not an upgrade"));
+  // A minimal WebSocket server: the handshake, then one text frame naming the client's
+  // certificate, then a close frame.
+  server.on("upgrade", (req, socket) => {
+    const accept = createHash("sha1")
+      .update(`${req.headers["sec-websocket-key"]}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`)
+      .digest("base64");
+    const peer = (socket as unknown as TLSSocket).getPeerCertificate();
+    const text = new TextEncoder().encode(`client=${peer.subjectaltname ?? "none"}`);
+    socket.write(
+      "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n" +
+        `sec-websocket-accept: ${accept}\r\n\r\n`,
+    );
+    socket.write(new Uint8Array([0x81, text.length, ...text]));
+    socket.write(new Uint8Array([0x88, 2, 0x03, 0xe8]));
+    socket.on("error", () => {});
+    socket.on("data", () => {});
+    setTimeout(() => socket.destroy(), 2000);
+  });
+  server.on("tlsClientError", () => {});
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  const port = (server.address() as { port: number }).port;
+  const vars = { ENDPOINTS: `["https://127.0.0.1:${port}"]` };
+  const right = startFerry(
+    config(meshTls(certs, `      expected_identities: ["${SERVER_SPIFFE_ID}"]\n`)),
+    vars,
+  );
+  const wrong = startFerry(
+    config(meshTls(certs, `      expected_identities: ["${DB_SPIFFE_ID}"]\n`)),
+    vars,
+  );
+  try {
+    const ws = new WebSocket(right.url.replace("http:", "ws:") + "/ws");
+    const message = await withinMs(
+      new Promise<string>((resolve, reject) => {
+        ws.onmessage = (e) => resolve(String(e.data));
+        ws.onerror = (e) =>
+          reject(new Error(`the WebSocket through Ferry failed ${(e as ErrorEvent).message}`));
+      }),
+      10_000,
+      "the upstream's message",
+    );
+    assert.equal(message, `client=URI:${CLIENT_SPIFFE_ID}`);
+    ws.close();
+
+    // The mismatching cluster refuses the upgrade with the identity flag.
+    const conn = await Deno.connect({
+      hostname: "127.0.0.1",
+      port: Number(new URL(wrong.url).port),
+    });
+    await conn.write(new TextEncoder().encode(
+      "GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n" +
+        "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    ));
+    const buf = new Uint8Array(4096);
+    let head = "";
+    while (!head.includes("\r\n\r\n")) {
+      const n = await withinMs(conn.read(buf), 10_000, "the refusal");
+      if (n === null) break;
+      head += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    conn.close();
+    assert.match(head, /^HTTP\/1\.1 502/);
+    assert.match(head, /x-ferry-flag: UI/i);
+  } finally {
+    await right.close();
+    await wrong.close();
+    await new Promise<void>((r) => {
+      server.closeAllConnections();
+      server.close(() => r());
+    });
+    await certs.remove();
+  }
+});

@@ -88,6 +88,12 @@ export interface Cluster {
    */
   readonly h2Transport: H2Transport | undefined;
   /**
+   * The HTTP/1.1 codec that carries WebSocket upgrades as byte tunnels: `h1`, or an auto
+   * cluster's HTTP/1.1 side on the h2 transport (so its TLS settings and identity check apply to
+   * upgrades too); absent where upgrades take Deno's WebSocket client.
+   */
+  readonly upgrades: H1Transport | undefined;
+  /**
    * Multiplexed HTTP/2 connections per endpoint (opened on first use), for gRPC listeners and
    * the h2 transport.
    */
@@ -166,9 +172,8 @@ export function buildCluster(
     ...(tls ? { tls } : {}),
     ...(autoH2 ? { alpn: ["h2", "http/1.1"] } : {}),
   });
-  const h2Transport = transport === "h2"
-    ? new H2Transport(h2, autoH2 ? new H1Transport(h1Options) : undefined)
-    : undefined;
+  const autoHttp1 = autoH2 ? new H1Transport(h1Options) : undefined;
+  const h2Transport = transport === "h2" ? new H2Transport(h2, autoHttp1) : undefined;
   const initial = staticEndpoints(cfg);
   const slotCapacity = Math.max(MIN_SLOT_CAPACITY, initial.length);
   const slots = new SlotAllocator(slotCapacity);
@@ -327,6 +332,7 @@ export function buildCluster(
     fetch: fetchTransport,
     h1,
     h2Transport,
+    upgrades: h1 ?? autoHttp1,
     h2,
     start() {
       if (started || closed) return;

@@ -51,7 +51,7 @@ const NOT_RELAYED_101 = new Set([
 
 /** What a WebSocket proxy reads of its route's settings. */
 type WebSocketSettings = UpstreamHeaderSettings & {
-  readonly cluster: { readonly h1: H1Transport | undefined };
+  readonly cluster: { readonly upgrades: H1Transport | undefined };
   readonly websocketMaxBuffer: number;
   readonly websocketMaxMessageBytes: number;
 };
@@ -63,10 +63,11 @@ export async function proxyWebSocket(
   endpoint: Endpoint,
   path: string,
 ): Promise<Response> {
-  // Behind the guard, on an h1 cluster: a byte tunnel through the codec. Elsewhere (no guard,
-  // HTTP/2 clients, fetch clusters) frames are relayed between two Deno WebSockets.
+  // Behind the guard, on an h1 cluster (or an auto one on the h2 transport): a byte tunnel
+  // through the codec. Elsewhere (no guard, HTTP/2 clients, fetch and h2c clusters) frames are
+  // relayed between two Deno WebSockets.
   const link = downstreamLink(req);
-  const h1 = s.cluster.h1;
+  const h1 = s.cluster.upgrades;
   if (link && !link.h2 && h1) return await tunnelWebSocket(req, ctx, s, endpoint, path, link, h1);
   return await relayWebSocket(req, ctx, s, endpoint, path);
 }
