@@ -160,26 +160,12 @@ export function parseResponseHead(
       pos += 2;
       break;
     }
-    const first = buf[pos]!;
-    if (first === SP || first === HTAB) throw new H1ProtocolError("obs-fold in a header");
     if (headers.length >= LIMITS.maxHeaders) {
       throw new H1ProtocolError(`more than ${LIMITS.maxHeaders} headers`);
     }
-    let colon = pos;
-    while (colon < eol && TOKEN[buf[colon]!] === 1) colon++;
-    if (colon === pos || colon === eol || buf[colon] !== 0x3a) {
-      throw new H1ProtocolError("malformed header name");
-    }
-    let vStart = colon + 1;
-    let vEnd = eol;
-    while (vStart < vEnd && (buf[vStart] === SP || buf[vStart] === HTAB)) vStart++;
-    while (vEnd > vStart && (buf[vEnd - 1] === SP || buf[vEnd - 1] === HTAB)) vEnd--;
-    for (let i = vStart; i < vEnd; i++) {
-      if (FIELD[buf[i]!] !== 1) throw new H1ProtocolError("invalid character in a header value");
-    }
-    const name = latin1(buf, pos, colon).toLowerCase(); // tchars only: ASCII
-    const value = latin1(buf, vStart, vEnd);
-    headers.push([name, value]);
+    const field = fieldLine(buf, pos, eol);
+    headers.push(field);
+    const [name, value] = field;
     if (name === "content-length") {
       if (contentLength !== -1) throw new H1ProtocolError("more than one Content-Length");
       if (!/^[0-9]{1,15}$/.test(value)) throw new H1ProtocolError("invalid Content-Length");
@@ -465,23 +451,9 @@ export function parseRequestHead(
       pos = next;
       break;
     }
-    const first = buf[pos]!;
-    if (first === SP || first === HTAB) throw new H1ProtocolError("obs-fold in a header");
-    let colon = pos;
-    while (colon < eol && TOKEN[buf[colon]!] === 1) colon++;
-    if (colon === pos || colon === eol || buf[colon] !== 0x3a) {
-      throw new H1ProtocolError("malformed header name");
-    }
-    let vStart = colon + 1;
-    let vEnd = eol;
-    while (vStart < vEnd && (buf[vStart] === SP || buf[vStart] === HTAB)) vStart++;
-    while (vEnd > vStart && (buf[vEnd - 1] === SP || buf[vEnd - 1] === HTAB)) vEnd--;
-    for (let k = vStart; k < vEnd; k++) {
-      if (FIELD[buf[k]!] !== 1) throw new H1ProtocolError("invalid character in a header value");
-    }
-    const name = latin1(buf, pos, colon).toLowerCase(); // tchars only: ASCII
-    const value = latin1(buf, vStart, vEnd);
-    headers.push([name, value]);
+    const field = fieldLine(buf, pos, eol);
+    headers.push(field);
+    const [name, value] = field;
     switch (name) {
       case "host":
         hosts++;
@@ -557,4 +529,29 @@ function tooLarge(): H1ProtocolError {
     `request head over ${REQUEST_LIMITS.maxHeadBytes} bytes or ${REQUEST_LIMITS.maxHeadLines} lines`,
     431,
   );
+}
+
+/**
+ * One header field line, `buf[pos, eol)` (no line end), for requests and responses alike: a
+ * token name, a colon, the value without surrounding whitespace. obs-fold, a malformed name and
+ * control characters in the value are refused (RFC 9112 5.2, RFC 9110 5.5), never guessed at.
+ * The name comes back in lower case.
+ */
+function fieldLine(buf: Uint8Array, pos: number, eol: number): [string, string] {
+  const first = buf[pos]!;
+  if (first === SP || first === HTAB) throw new H1ProtocolError("obs-fold in a header");
+  let colon = pos;
+  while (colon < eol && TOKEN[buf[colon]!] === 1) colon++;
+  if (colon === pos || colon === eol || buf[colon] !== 0x3a) {
+    throw new H1ProtocolError("malformed header name");
+  }
+  let vStart = colon + 1;
+  let vEnd = eol;
+  while (vStart < vEnd && (buf[vStart] === SP || buf[vStart] === HTAB)) vStart++;
+  while (vEnd > vStart && (buf[vEnd - 1] === SP || buf[vEnd - 1] === HTAB)) vEnd--;
+  for (let i = vStart; i < vEnd; i++) {
+    if (FIELD[buf[i]!] !== 1) throw new H1ProtocolError("invalid character in a header value");
+  }
+  // tchars only: ASCII
+  return [latin1(buf, pos, colon).toLowerCase(), latin1(buf, vStart, vEnd)];
 }
