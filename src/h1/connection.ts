@@ -10,6 +10,7 @@ import {
   ChunkedDecoder,
   Framing,
   H1ProtocolError,
+  makeRoom,
   parseResponseHead,
   type ResponseHead,
 } from "./parse.ts";
@@ -66,19 +67,8 @@ export class H1Connection {
       this.#pending = undefined;
       return pending;
     }
-    if (this.start === this.end) this.start = this.end = 0;
-    if (this.end === this.buf.length) {
-      if (this.start > 0) {
-        this.buf.copyWithin(0, this.start, this.end);
-        this.end -= this.start;
-        this.start = 0;
-      } else {
-        const size = Math.min(this.buf.length * 2, limit + INITIAL_BUFFER);
-        if (size <= this.buf.length) throw new H1ProtocolError("response head too large");
-        const grown = new Uint8Array(size);
-        grown.set(this.buf.subarray(0, this.end));
-        this.buf = grown;
-      }
+    if (!makeRoom(this, limit + INITIAL_BUFFER)) {
+      throw new H1ProtocolError("response head too large");
     }
     return this.#read();
   }

@@ -555,3 +555,32 @@ function fieldLine(buf: Uint8Array, pos: number, eol: number): [string, string] 
   // tchars only: ASCII
   return [latin1(buf, pos, colon).toLowerCase(), latin1(buf, vStart, vEnd)];
 }
+
+/** A read buffer: `buf[start, end)` are the bytes read and not yet consumed. */
+export interface ReadWindow {
+  buf: Uint8Array;
+  start: number;
+  end: number;
+}
+
+/**
+ * Makes room after `end` for the next read, for the server's and the upstream codec's buffers
+ * alike: an empty window starts over, unread bytes move to the front, else the buffer doubles up
+ * to `max` bytes. False when it is full at `max`.
+ */
+export function makeRoom(w: ReadWindow, max: number): boolean {
+  if (w.start === w.end) w.start = w.end = 0;
+  if (w.end < w.buf.length) return true;
+  if (w.start > 0) {
+    w.buf.copyWithin(0, w.start, w.end);
+    w.end -= w.start;
+    w.start = 0;
+    return true;
+  }
+  const size = Math.min(w.buf.length * 2, max);
+  if (size <= w.buf.length) return false;
+  const grown = new Uint8Array(size);
+  grown.set(w.buf.subarray(0, w.end));
+  w.buf = grown;
+  return true;
+}

@@ -16,6 +16,7 @@
 import {
   ChunkedDecoder,
   H1ProtocolError,
+  makeRoom,
   parseRequestHead,
   REQUEST_LIMITS,
   type RequestHead,
@@ -102,20 +103,7 @@ class Input {
   fill(): Promise<number> {
     if (this.#pending) return this.#pending;
     if (this.eof) return Promise.resolve(0);
-    if (this.start === this.end) this.start = this.end = 0;
-    if (this.end === this.buf.length) {
-      if (this.start > 0) {
-        this.buf.copyWithin(0, this.start, this.end);
-        this.end -= this.start;
-        this.start = 0;
-      } else {
-        const size = Math.min(this.buf.length * 2, MAX_BUFFER);
-        if (size <= this.buf.length) return Promise.reject(new Error("read buffer full"));
-        const grown = new Uint8Array(size);
-        grown.set(this.buf.subarray(0, this.end));
-        this.buf = grown;
-      }
-    }
+    if (!makeRoom(this, MAX_BUFFER)) return Promise.reject(new Error("read buffer full"));
     const p = this.read(this.buf.subarray(this.end)).then((n) => {
       this.#pending = undefined;
       if (n === 0) this.eof = true;

@@ -12,6 +12,7 @@ import type { HeaderField } from "../h2/hpack.ts";
 import type { H2Stream } from "../h2/stream.ts";
 import { ProxyError } from "../pipeline/errors.ts";
 import type { Endpoint } from "./endpoint.ts";
+import type { EndpointPoolStats } from "../h1/pool.ts";
 import { connectUpstreamTls, type UpstreamTls } from "./upstream_tls.ts";
 
 export interface H2PoolOptions {
@@ -65,20 +66,12 @@ interface EndpointConns {
  */
 const RETIRED_DRAIN_MS = 300_000;
 
-/** One endpoint's HTTP/2 connections, for /clusters and the pool metrics. */
-export interface H2EndpointStats {
-  readonly origin: string;
-  /** Connections open. */
-  readonly open: number;
-  /** Open connections carrying no stream. */
-  readonly idle: number;
-  /** Streams waiting for a stream slot (every connection at the peer's limit). */
-  readonly waiting: number;
-  /** Connections opened (or tried) since the endpoint joined. */
-  readonly opened: number;
-  /** Streams opened on a connection that was open already. */
-  readonly reused: number;
-}
+/**
+ * One endpoint's HTTP/2 connections, for /clusters and the pool metrics: the h1 pool's figures
+ * (`waiting`: streams waiting for a slot, every connection at the peer's limit; `reused`: streams
+ * opened on a connection already open), without WebSocket tunnels.
+ */
+export type H2EndpointStats = Omit<EndpointPoolStats, "tunnels">;
 
 export class H2Pool {
   readonly #endpoints = new Map<string, EndpointConns>();
