@@ -1,6 +1,6 @@
 /** Access log lines for proxied, proxy-made and sampled-out requests, read back from a file. */
 import assert from "node:assert/strict";
-import { startFerry, startUpstream } from "./helpers.ts";
+import { rawRequest, startFerry, startUpstream } from "./helpers.ts";
 
 async function linesOf(px: ReturnType<typeof startFerry>, file: string) {
   // Lines are written once each response completes, then flushed in batches.
@@ -219,6 +219,50 @@ clusters: [{ name: up, endpoints: ["{{U}}"] }]
     const [a, b] = await textLinesOf(px, file);
     assert.match(a!, /^GET \/ok\/a 200 \d+(\.\d+)? route=ok\/- \$5$/);
     assert.match(b!, /^DELETE \/nope 404 \d+(\.\d+)? route=-\/NR \$5$/);
+  } finally {
+    await px.close();
+    await up.close();
+  }
+});
+
+Deno.test("CONNECT, TRACE and a lower-case get on HTTP/1.1 are refused through the handler: logged with the method as sent", async () => {
+  let upstreamCalls = 0;
+  const up = startUpstream(() => {
+    upstreamCalls++;
+    return new Response("x");
+  });
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/access.log`;
+  const px = startFerry(
+    `listeners: [{ name: p, address: "127.0.0.1:0" }]
+access_log: { path: "${file}" }
+routes: [{ name: ok, match: { path: { prefix: / } }, cluster: up }]
+clusters: [{ name: up, endpoints: ["{{U}}"] }]
+`,
+    { U: up.url },
+  );
+  try {
+    const port = Number(new URL(px.url).port);
+    const sent = [
+      ["CONNECT", "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405],
+      ["TRACE", "TRACE /t HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc", 405],
+      ["get", "get /g HTTP/1.1\r\nHost: a\r\n\r\n", 400],
+    ] as const;
+    const ids: string[] = [];
+    for (const [, raw, status] of sent) {
+      const text = await rawRequest(port, raw);
+      assert.match(text, new RegExp(`^HTTP/1\\.1 ${status} `));
+      ids.push(/x-request-id: (\S+)/i.exec(text)![1]!);
+    }
+    const lines = await linesOf(px, file);
+    assert.equal(lines.length, 3, "one line per refused request");
+    sent.forEach(([method, , status], i) => {
+      assert.equal(lines[i].method, method);
+      assert.equal(lines[i].status, status);
+      assert.equal(lines[i].request_id, ids[i]);
+      assert.equal(lines[i].flags, status === 405 ? "NR" : "DPE");
+    });
+    assert.equal(upstreamCalls, 0, "nothing of them reaches the upstream");
   } finally {
     await px.close();
     await up.close();

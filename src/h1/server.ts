@@ -43,8 +43,15 @@ export interface ServerConnection {
   /**
    * Calls the handler. `rawUrl` is the URL as the client sent it (Request.url is normalised by
    * the URL parser); `completed` settles once the response is written or has failed.
+   * `sentMethod`: the method as sent when Request.method could not carry it (the handler
+   * refuses such a request).
    */
-  handle(req: Request, rawUrl: string, completed: Promise<void>): Promise<Response>;
+  handle(
+    req: Request,
+    rawUrl: string,
+    completed: Promise<void>,
+    sentMethod?: string,
+  ): Promise<Response>;
   /** The error table's answer to a request refused before any handler runs. */
   refusal(status: number, reason: string): Response;
   /**
@@ -322,7 +329,12 @@ async function exchange(
 
   let stream: ReadableStream<Uint8Array> | null = null;
   const method = head.method;
-  if (!body.empty && method !== "GET" && method !== "HEAD") {
+  // Methods the Request constructor forbids (CONNECT, TRACE, TRACK) or rewrites (get -> GET)
+  // cannot be carried by Request.method: such a request reaches the handler as a body-less GET
+  // with the method as sent beside it, and the handler refuses it like any other request
+  // (logged, counted, its request id picked by the same policy).
+  const carried = carriedMethod(method);
+  if (carried && !body.empty && method !== "GET" && method !== "HEAD") {
     stream = new ReadableStream<Uint8Array>({
       async pull(ctrl) {
         try {
@@ -350,19 +362,8 @@ async function exchange(
     : head.target === "*"
     ? `http://${head.host}/*`
     : head.target;
-  // Methods the Request constructor forbids (CONNECT, TRACE, TRACK) or rewrites (get -> GET)
-  // cannot reach the handler as they were sent: answered here, as the handler would.
-  const refused = methodRefusal(c, method);
-  if (refused) {
-    finished = true;
-    stream?.cancel().catch(() => {});
-    await out.response(refused, method, head.minor, false);
-    resolveCompleted();
-    await linger(c, input);
-    return false;
-  }
   const init = {
-    method,
+    method: carried ? method : "GET",
     headers: head.headers,
     body: stream,
     signal: ctl.signal,
@@ -378,7 +379,7 @@ async function exchange(
   watch();
   let res: Response;
   try {
-    res = await c.handle(req, rawUrl, completed);
+    res = await c.handle(req, rawUrl, completed, carried ? undefined : method);
   } catch (err) {
     finished = true;
     rejectCompleted(err);
@@ -416,13 +417,10 @@ function urlFor(scheme: string, head: RequestHead, rawUrl: string): string {
 const FORBIDDEN = new Set(["CONNECT", "TRACE", "TRACK"]);
 const NORMALISED = new Set(["DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"]);
 
-function methodRefusal(c: ServerConnection, method: string): Response | undefined {
+/** Whether Request.method can carry `method` as sent (see exchange). */
+function carriedMethod(method: string): boolean {
   const upper = method.toUpperCase();
-  if (FORBIDDEN.has(upper)) return c.refusal(405, `${method} is not proxied`);
-  if (upper !== method && NORMALISED.has(upper)) {
-    return c.refusal(400, `method ${method} is not upper case`);
-  }
-  return undefined;
+  return !FORBIDDEN.has(upper) && (upper === method || !NORMALISED.has(upper));
 }
 
 /** Reads and drops the rest of an unread body, bounded; true when it ended in the bounds. */

@@ -91,6 +91,8 @@ export class LineWriter {
 
 export interface AccessLogEntry {
   readonly req: Request;
+  /** The method as sent (Request.method stands in with GET for CONNECT, TRACE and the like). */
+  readonly method?: string;
   readonly ctx: RequestContext | undefined;
   readonly requestId: string;
   readonly peerIp: string;
@@ -146,7 +148,7 @@ export class AccessLog {
       time: new Date().toISOString(),
       request_id: e.requestId,
       client: ctx?.clientIp ?? e.peerIp,
-      method: e.req.method,
+      method: e.method ?? e.req.method,
       authority: ctx?.authority ?? url?.host ?? null,
       path: ctx ? ctx.path + ctx.search : url ? url.pathname + url.search : null,
       // Deno.serve does not say the HTTP version; HTTP/2 requests carry no Host header there.

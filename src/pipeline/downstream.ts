@@ -104,6 +104,11 @@ export interface RequestTicket {
    * server builds Request with the URL parser's reading, which resolves dot segments).
    */
   readonly url?: string | undefined;
+  /**
+   * The method as sent, when Request.method could not carry it (CONNECT, TRACE, TRACK and the
+   * lower-case forms fetch rewrites): the Request is a body-less GET and the handler refuses it.
+   */
+  readonly method?: string | undefined;
 }
 
 const tickets = new WeakMap<Request, RequestTicket>();

@@ -536,7 +536,8 @@ export class ConnectionGuard {
         g.since = this.#clock;
       },
       draining: () => this.#draining || g.closing,
-      handle: (req, url, completed) => this.#handleOwn(g, own, req, url, completed),
+      handle: (req, url, completed, sentMethod) =>
+        this.#handleOwn(g, own, req, url, completed, sentMethod),
       refusal: (status, reason) =>
         errorResponse(new ProxyError(refusalKind(status), reason), crypto.randomUUID()),
       bodyError: (status, reason) => new ProxyError(refusalKind(status), reason),
@@ -560,8 +561,9 @@ export class ConnectionGuard {
     req: Request,
     url: string,
     completed: Promise<void>,
+    sentMethod: string | undefined,
   ): Promise<Response> {
-    const ticket: RequestTicket = { link: g.link, abandoned: false, url };
+    const ticket: RequestTicket = { link: g.link, abandoned: false, url, method: sentMethod };
     attachTicket(req, ticket);
     g.active++;
     const done = () => {

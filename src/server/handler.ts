@@ -62,11 +62,14 @@ export function createListenerHandler(
     let response: Response;
     let overLimit: (() => ProxyError | undefined) | undefined;
     let settled: (() => Promise<void>) | undefined;
+    // Ferry's own HTTP/1.1 server: the raw target (its Request.url is normalised) and, for a
+    // method Request cannot carry, the method as sent.
+    const ticket = downstreamTicket(req);
+    const method = ticket?.method ?? req.method;
     try {
       if (!plan) throw new ProxyError("no_route", `listener ${listener} is being removed`);
-      checkMethod(req.method);
-      // The raw target when Ferry's own HTTP/1.1 server made the Request (its url is normalised).
-      const target = splitTarget(downstreamTicket(req)?.url ?? req.url, limits.max_uri_bytes);
+      checkMethod(method, ticket?.method !== undefined);
+      const target = splitTarget(ticket?.url ?? req.url, limits.max_uri_bytes);
       const hidden = innerPort?.();
       if (
         hidden !== undefined
@@ -156,13 +159,24 @@ export function createListenerHandler(
     }
     metrics!.inFlight--;
     metrics!.route(ctx?.outcome.route).record(
-      req.method,
+      method,
       response.status,
       (performance.now() - startedAt) / 1000,
     );
     const accessLog = snap.accessLog;
     if (accessLog) {
-      logWhenDone(accessLog, req, ctx, requestId, peerIp, listener, response, startedAt, info);
+      logWhenDone(
+        accessLog,
+        req,
+        method,
+        ctx,
+        requestId,
+        peerIp,
+        listener,
+        response,
+        startedAt,
+        info,
+      );
     }
     return response;
   };
@@ -172,6 +186,7 @@ export function createListenerHandler(
 function logWhenDone(
   log: AccessLog,
   req: Request,
+  method: string,
   ctx: RequestContext | undefined,
   requestId: string,
   peerIp: string,
@@ -185,6 +200,7 @@ function logWhenDone(
   const write = () =>
     log.write({
       req,
+      method,
       ctx,
       requestId,
       peerIp,
@@ -219,12 +235,13 @@ export function namesPort(authority: string, port: number): boolean {
 }
 
 /**
- * CONNECT would turn the proxy into a tunnel and TRACE reflects credentials (cross-site tracing);
- * neither is proxied.
+ * CONNECT would turn the proxy into a tunnel and TRACE/TRACK reflect credentials (cross-site
+ * tracing); none is proxied. `uncarried`: Request.method could not carry the method as sent (the
+ * Request stands in with GET), so it must not pass whatever it is.
  */
-function checkMethod(method: string): void {
-  if (COMMON_METHODS.has(method)) return;
-  if (method === "CONNECT" || method === "TRACE") {
+function checkMethod(method: string, uncarried: boolean): void {
+  if (COMMON_METHODS.has(method) && !uncarried) return;
+  if (method === "CONNECT" || method === "TRACE" || method === "TRACK") {
     throw new ProxyError("method_not_allowed", `${method} is not proxied`);
   }
   // Methods are case-sensitive, but fetch upper-cases these six (Fetch standard "normalize a
@@ -232,6 +249,7 @@ function checkMethod(method: string): void {
   if (FETCH_NORMALISED.has(method.toUpperCase())) {
     throw new ProxyError("bad_request", `method ${method} is not upper case`);
   }
+  if (uncarried) throw new ProxyError("bad_request", `method ${method} cannot be proxied`);
 }
 
 const COMMON_METHODS = new Set(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]);
