@@ -3,7 +3,7 @@
  * Prometheus project's own linter and parser), and the admin bearer token.
  */
 import assert from "node:assert/strict";
-import { metricValue, run, startFerry, startUpstream } from "./helpers.ts";
+import { metricValue, rawRequest, run, startFerry, startUpstream } from "./helpers.ts";
 import { FerryMetrics } from "../src/observability/metrics.ts";
 
 function deadOrigin(): string {
@@ -295,5 +295,66 @@ routes: [{ name: only, match: { path: { exact: /only } }, direct_response: { sta
     );
   } finally {
     await px.close();
+  }
+});
+
+Deno.test("ferry_downstream_refused_total counts what the guard refuses before any handler, by reason", async () => {
+  const up = startUpstream(() => new Response("ok"));
+  const px = startFerry(
+    `listeners: [{ name: public, address: "127.0.0.1:0" }]
+admin: { address: "127.0.0.1:0" }
+server: { max_connections: 1, header_timeout: 300ms }
+routes: [{ name: all, match: { path: { prefix: / } }, cluster: up }]
+clusters: [{ name: up, endpoints: ["{{UP}}"] }]
+`,
+    { UP: up.url },
+  );
+  const refused = async (reason: string) =>
+    metricValue(
+      await (await fetch(`${px.adminUrl}/metrics`)).text(),
+      "ferry_downstream_refused_total",
+      {
+        listener: "public",
+        reason,
+      },
+    ) ?? 0;
+  // The cap is one connection: wait until the guard has let the last one go.
+  const closed = async () => {
+    for (let i = 0; i < 100 && px.ferry.openConnections().public !== 0; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  try {
+    // Over the cap: one connection held, the next refused.
+    const held = await Deno.connect({ hostname: "127.0.0.1", port: px.port });
+    await new Promise((r) => setTimeout(r, 50));
+    assert.match(
+      await rawRequest(px.port, "GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+      /^HTTP\/1\.1 503 /,
+    );
+    // A head that never completes: 408 after header_timeout, on the held connection.
+    await held.write(new TextEncoder().encode("GET / HTTP/1.1\r\nHost: a\r\n"));
+    const buf = new Uint8Array(4096);
+    const n = await held.read(buf);
+    assert.match(new TextDecoder().decode(buf.subarray(0, n ?? 0)), /^HTTP\/1\.1 408 /);
+    held.close();
+    await closed();
+    // Heads the parser refuses, each on its own connection.
+    const dup = "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+    assert.match(await rawRequest(px.port, dup), /^HTTP\/1\.1 400 /);
+    await closed();
+    assert.match(
+      await rawRequest(px.port, "GET / HTTP/1.2\r\nHost: a\r\n\r\n"),
+      /^HTTP\/1\.1 505 /,
+    );
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(await refused("too_many_connections"), 1);
+    assert.equal(await refused("request_timeout"), 1);
+    assert.equal(await refused("bad_request"), 1);
+    assert.equal(await refused("version_not_supported"), 1);
+    assert.equal(await refused("headers_too_large"), 0);
+  } finally {
+    await px.close();
+    await up.close();
   }
 });

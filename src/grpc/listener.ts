@@ -9,6 +9,7 @@ import { headerValue } from "../h2/headers.ts";
 import type { HeaderField } from "../h2/hpack.ts";
 import type { H2Stream } from "../h2/stream.ts";
 import type { Logger } from "../observability/log.ts";
+import type { DownstreamRefusal } from "../observability/metrics.ts";
 import { normalizeHost, normalizePath } from "../routing/path.ts";
 import { ProxyError } from "../pipeline/errors.ts";
 import { pickRequestId } from "../server/request_id.ts";
@@ -23,6 +24,7 @@ import {
   type Admission,
   ConnectionAdmission,
   type ConnectionCaps,
+  refusalLabel,
 } from "../server/admission.ts";
 import { answerError, grpcCallFacts, type GrpcCallRecord, proxyCall } from "./proxy.ts";
 import { GrpcStatus } from "./status.ts";
@@ -39,6 +41,8 @@ export interface GrpcListenerOptions {
   /** `server.max_connections` / `max_connections_per_ip`, read at every accept. */
   readonly caps: () => ConnectionCaps;
   readonly onAcceptError?: (reason: AcceptErrorReason) => void;
+  /** A connection refused over a cap (counted in metrics). */
+  readonly onRefused?: (reason: DownstreamRefusal) => void;
   /** Share the port with other workers (SO_REUSEPORT; server.workers > 1). */
   readonly reusePort?: boolean;
   /** Counts the connections against the caps (default: this listener's own, one isolate). */
@@ -50,12 +54,19 @@ export class GrpcListener {
   readonly #conns = new Set<H2Connection>();
   readonly #log: Logger;
   readonly #admission: Admission;
+  readonly #onRefused: ((reason: DownstreamRefusal) => void) | undefined;
   #stopping = false;
 
-  private constructor(listener: Deno.Listener, log: Logger, admission: Admission) {
+  private constructor(
+    listener: Deno.Listener,
+    log: Logger,
+    admission: Admission,
+    onRefused: ((reason: DownstreamRefusal) => void) | undefined,
+  ) {
     this.#listener = listener;
     this.#log = log;
     this.#admission = admission;
+    this.#onRefused = onRefused;
   }
 
   static start(
@@ -82,6 +93,7 @@ export class GrpcListener {
       listener,
       log,
       opts.admission ?? new ConnectionAdmission(opts.caps),
+      opts.onRefused,
     );
     const addr = listener.addr as Deno.NetAddr;
     log.info("listening", {
@@ -123,7 +135,9 @@ export class GrpcListener {
     const peerIp = (conn.remoteAddr as Deno.NetAddr).hostname;
     // Over a cap the connection is closed at once, before any HTTP/2: the client sees
     // UNAVAILABLE and may retry elsewhere (no frame to spend work or memory on).
-    if (this.#admission.admit(peerIp)) {
+    const refused = this.#admission.admit(peerIp);
+    if (refused) {
+      this.#onRefused?.(refusalLabel(refused));
       conn.close();
       return;
     }

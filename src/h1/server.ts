@@ -53,12 +53,12 @@ export interface ServerConnection {
     sentMethod?: string,
   ): Promise<Response>;
   /** The error table's answer to a request refused before any handler runs. */
-  refusal(status: number, reason: string): Response;
+  refusal(status: H1ProtocolError["status"], reason: string): Response;
   /**
    * What a request body stream fails with when its framing turns out broken after the handler
    * started (the pipeline answers the error table's row for it).
    */
-  bodyError(status: number, reason: string): Error;
+  bodyError(status: H1ProtocolError["status"], reason: string): Error;
   /**
    * An upgrade request (or an HTTP/2 preface): the connection leaves this server. `bytes` are
    * what was read from the client and not yet consumed, starting at that request.

@@ -95,6 +95,17 @@ const NODE_ONLY_METRICS = [
 /** Methods kept as label values; anything else is "other" (methods are client-chosen tokens). */
 const METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other"] as const;
 const STATUS_CLASSES = ["1xx", "2xx", "3xx", "4xx", "5xx"] as const;
+/** Why the guard (or a gRPC listener) refused a connection or request before any handler. */
+export type DownstreamRefusal =
+  | "too_many_connections"
+  | "too_many_connections_per_ip"
+  | "request_timeout"
+  | "send_timeout"
+  | "bad_request"
+  | "headers_too_large"
+  | "not_implemented"
+  | "version_not_supported";
+
 /** Upstream attempts that got no response at all (refused, reset, timeout) use this class. */
 export const NO_RESPONSE = "error";
 
@@ -397,6 +408,7 @@ export class FerryMetrics {
   readonly internalErrors: client.Counter<string>;
   readonly buildInfo: client.Gauge<string>;
   readonly acceptErrors: client.Counter<string>;
+  readonly downstreamRefused: client.Counter<string>;
 
   constructor(opts: FerryMetricsOptions = {}) {
     const registers = [this.registry];
@@ -634,6 +646,16 @@ export class FerryMetrics {
       labelNames: ["listener", "socket", "reason"],
       registers,
     });
+    this.downstreamRefused = new client.Counter({
+      name: "ferry_downstream_refused_total",
+      help: "Connections and requests refused or ended before any handler ran, by listener and " +
+        "reason: too_many_connections, too_many_connections_per_ip, request_timeout (a head not " +
+        "complete within header_timeout), send_timeout (the client took no data), or the error " +
+        "kind of a request head the HTTP/1.1 parser refused (bad_request, headers_too_large, " +
+        "not_implemented, version_not_supported).",
+      labelNames: ["listener", "reason"],
+      registers,
+    });
     // Errors no handler caught (a bug): counted by the process's last line of defence.
     this.internalErrors = new client.Counter({
       name: "ferry_internal_errors_total",
@@ -726,6 +748,11 @@ export class FerryMetrics {
   /** A failed accept; the loop retries (src/server/admission.ts). */
   acceptError(listener: string, socket: "listener" | "inner", reason: string): void {
     this.acceptErrors.labels(listener, socket, reason).inc();
+  }
+
+  /** A connection or request refused before any handler ran (see ferry_downstream_refused_total). */
+  downstreamRefusal(listener: string, reason: DownstreamRefusal): void {
+    this.downstreamRefused.labels(listener, reason).inc();
   }
 
   /** For the hot-reload path: count every reload attempt by its result. */

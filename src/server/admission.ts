@@ -4,6 +4,7 @@
  * accept loop that no accept error ends. See docs/connections.md ("Descriptors").
  */
 import type { Logger } from "../observability/log.ts";
+import type { DownstreamRefusal } from "../observability/metrics.ts";
 import type { SharedCounts, SharedKeyedCounts, SharedMemory } from "../policy/shared_memory.ts";
 
 export interface ConnectionCaps {
@@ -26,6 +27,13 @@ export function connectionCaps(server: {
 
 /** Why a connection was refused, as the client is told. */
 export type Refusal = "too many connections" | "too many connections from you";
+
+/** The metrics label of a cap's refusal. */
+export function refusalLabel(refusal: Refusal): DownstreamRefusal {
+  return refusal === "too many connections"
+    ? "too_many_connections"
+    : "too_many_connections_per_ip";
+}
 
 /** What a listener asks at each accepted connection and tells at each close. */
 export interface Admission {

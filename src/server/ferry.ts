@@ -320,6 +320,7 @@ export class Ferry {
         caps,
         admission,
         onAcceptError: (reason) => this.#snapshot.metrics.acceptError(name, "listener", reason),
+        onRefused: (reason) => this.#snapshot.metrics.downstreamRefusal(name, reason),
       });
       return {
         addr: g.addr,
@@ -368,6 +369,7 @@ export class Ferry {
         admission,
         log,
         onAcceptError: (socket, reason) => this.#snapshot.metrics.acceptError(name, socket, reason),
+        onRefused: (reason) => this.#snapshot.metrics.downstreamRefusal(name, reason),
       })
       : undefined;
     const onError = (err: unknown) => {

@@ -19,6 +19,7 @@
  * the same per-connection record; split, each would need the whole record anyway.
  */
 import type { Logger } from "../observability/log.ts";
+import type { DownstreamRefusal } from "../observability/metrics.ts";
 import type { ClientIdentity } from "../pipeline/types.ts";
 import {
   type AcceptErrorReason,
@@ -30,6 +31,7 @@ import {
   connectionCaps,
   FailureBursts,
   RebindingServer,
+  refusalLabel,
 } from "./admission.ts";
 import { isWebSocketUpgrade } from "../upstream/headers.ts";
 import {
@@ -46,6 +48,7 @@ import { WsFrameLimit } from "../pipeline/ws_frames.ts";
 import { setLoopbackListenerBuffers } from "./socket_buffers.ts";
 import { rawReader, type RawWrite, rawWriter } from "./raw_io.ts";
 import { serveHttp1 } from "../h1/server.ts";
+import type { H1ProtocolError } from "../h1/parse.ts";
 import { serverSpan } from "../observability/tracing.ts";
 
 export interface GuardLimits extends ConnectionCaps {
@@ -105,6 +108,8 @@ export interface GuardOptions {
   readonly sweepMs?: number;
   /** A failed accept, on the guard's own listener or the inner server's. */
   readonly onAcceptError?: (socket: "listener" | "inner", reason: AcceptErrorReason) => void;
+  /** A connection or request refused or ended before any handler ran (counted in metrics). */
+  readonly onRefused?: (reason: DownstreamRefusal) => void;
 }
 
 /**
@@ -428,6 +433,7 @@ export class ConnectionGuard {
     const remote = conn.remoteAddr as Deno.NetAddr;
     const refused = this.#admission.admit(remote.hostname);
     if (refused) {
+      this.#opts.onRefused?.(refusalLabel(refused));
       void this.#refuse(conn, refused);
       return;
     }
@@ -538,8 +544,11 @@ export class ConnectionGuard {
       draining: () => this.#draining || g.closing,
       handle: (req, url, completed, sentMethod) =>
         this.#handleOwn(g, own, req, url, completed, sentMethod),
-      refusal: (status, reason) =>
-        errorResponse(new ProxyError(refusalKind(status), reason), crypto.randomUUID()),
+      refusal: (status, reason) => {
+        const kind = refusalKind(status);
+        this.#opts.onRefused?.(kind);
+        return errorResponse(new ProxyError(kind, reason), crypto.randomUUID());
+      },
       bodyError: (status, reason) => new ProxyError(refusalKind(status), reason),
       handOver: (bytes) => {
         if (startsWith(bytes, H2_PREFACE)) g.h2 = true;
@@ -717,6 +726,7 @@ export class ConnectionGuard {
       return true;
     }
     if (g.headBytes > HEAD_MAX_BYTES || g.headLines > HEAD_MAX_LINES) {
+      this.#opts.onRefused?.("headers_too_large");
       void this.#reject(
         g,
         new ProxyError(
@@ -759,6 +769,7 @@ export class ConnectionGuard {
           CLOSE_GOING_AWAY,
           `client took no data for ${limits.sendTimeoutMs} ms`,
         );
+        this.#opts.onRefused?.("send_timeout");
         this.#log.debug("send_timeout: the client took no data, connection closed", {
           client: g.remote.hostname,
           send_timeout_ms: limits.sendTimeoutMs,
@@ -778,6 +789,7 @@ export class ConnectionGuard {
         }
       } else if (g.phase === "head" || g.phase === "headDone") {
         if (limits.headerTimeoutMs > 0 && age > limits.headerTimeoutMs) {
+          this.#opts.onRefused?.("request_timeout");
           void this.#reject(
             g,
             new ProxyError(
@@ -829,10 +841,8 @@ export class ConnectionGuard {
 }
 
 /** The error table's kind for a status Ferry's own HTTP/1.1 server refuses a request with. */
-function refusalKind(status: number): ProxyErrorKind {
+function refusalKind(status: H1ProtocolError["status"]): ProxyErrorKind & DownstreamRefusal {
   switch (status) {
-    case 405:
-      return "method_not_allowed";
     case 431:
       return "headers_too_large";
     case 501:
