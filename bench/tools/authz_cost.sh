@@ -14,6 +14,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 DENO=${DENO:-$(command -v deno)}
+. "$HERE/start_flags.sh"
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-20}
@@ -50,6 +51,7 @@ pids+=($!)
 PORT=$(free_port)
 cat >"$OUT/ferry.yaml" <<EOF
 listeners: [{ name: bench, address: "127.0.0.1:$PORT" }]
+server: { workers: 1 }
 log: { level: warn }
 jwt_providers:
   - name: corp
@@ -72,7 +74,7 @@ routes:
     cluster: up
 clusters: [{ name: up, endpoints: ["http://127.0.0.1:$UP_PORT"] }]
 EOF
-(cd "$REPO" && exec "$DENO" run -A --unstable-no-legacy-abort main.ts --config "$OUT/ferry.yaml") \
+(cd "$REPO" && exec "$DENO" run $START_FLAGS main.ts --config "$OUT/ferry.yaml") \
   >"$OUT/ferry.log" 2>&1 &
 PID=$!
 pids+=("$PID")

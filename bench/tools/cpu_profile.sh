@@ -10,6 +10,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 DENO=${DENO:-$(command -v deno)}
+. "$HERE/start_flags.sh"
 DURATION=${DURATION:-15}
 OUT=${OUT:-/tmp/cpu_profile}
 rm -rf "$OUT" && mkdir -p "$OUT"
@@ -26,12 +27,12 @@ pids+=($!)
 PORT=$(free_port)
 cat >"$OUT/ferry.yaml" <<YAML
 listeners: [{ name: default, address: "127.0.0.1:$PORT" }]
-server: { connection_guard: ${GUARD:-true} }
+server: { connection_guard: ${GUARD:-true}, workers: 1 }
 log: { level: warn }
 routes: [{ name: default, cluster: upstream, timeout: 30000ms }]
 clusters: [{ name: upstream, endpoints: ["http://127.0.0.1:$UP_PORT"] }]
 YAML
-(cd "$REPO" && exec "$DENO" run -A --unstable-no-legacy-abort --cpu-prof --cpu-prof-dir="$OUT" \
+(cd "$REPO" && exec "$DENO" run $START_FLAGS --cpu-prof --cpu-prof-dir="$OUT" \
   main.ts --config "$OUT/ferry.yaml") \
   >"$OUT/ferry.log" 2>&1 &
 FERRY=$!

@@ -13,6 +13,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 DENO=${DENO:-$(command -v deno)}
+. "$HERE/start_flags.sh"
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-3}
 CONNS=${CONNS:-50}
@@ -39,12 +40,12 @@ start_ferry() { # $1 = guard true|false ; prints "pid port"
   cfg=$OUT/ferry-$1.yaml
   cat >"$cfg" <<EOF
 listeners: [{ name: bench, address: "127.0.0.1:$port" }]
-server: { connection_guard: $1 }
+server: { connection_guard: $1, workers: 1 }
 log: { level: warn }
 routes: [{ name: all, cluster: up }]
 clusters: [{ name: up, endpoints: ["http://127.0.0.1:$UP_PORT"] }]
 EOF
-  (cd "$REPO" && exec "$DENO" run -A --unstable-no-legacy-abort main.ts --config "$cfg") >"$OUT/ferry-$1.log" 2>&1 &
+  (cd "$REPO" && exec "$DENO" run $START_FLAGS main.ts --config "$cfg") >"$OUT/ferry-$1.log" 2>&1 &
   echo "$! $port"
 }
 read -r PID_A PORT_A < <(start_ferry false)

@@ -17,7 +17,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 (cd "$REPO" && DENO_DIR="${PEERS_WORK:-/tmp/peers}/deno_dir" "$DENO" cache --quiet main.ts) || true
 # The flags of `deno task start` (deno.json), so the figures are the shipped defaults'.
-START_FLAGS=$(cd "$REPO" && "$DENO" eval 'const t = JSON.parse(Deno.readTextFileSync("deno.json")).tasks.start; console.log(t.replace(/^deno run /, "").replace(/ main\.ts$/, ""))')
+. "$HERE/start_flags.sh"
 EXTRA=${V8_FLAGS:+--v8-flags=$V8_FLAGS}
 
 for variant in ${VARIANTS:-guard noguard}; do

@@ -26,7 +26,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-START_FLAGS=$(cd "$REPO" && "$DENO" eval 'const t = JSON.parse(Deno.readTextFileSync("deno.json")).tasks.start; console.log(t.replace(/^deno run /, "").replace(/ main\.ts$/, ""))')
+. "$HERE/start_flags.sh"
 
 UP=$BASE
 head -c "$BODY" /dev/zero | tr '\0' 'x' >"$WORK/body.txt"

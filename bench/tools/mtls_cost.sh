@@ -12,6 +12,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 DENO=${DENO:-$(command -v deno)}
+. "$HERE/start_flags.sh"
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-5}
 OUT=${OUT:-/tmp/mtls_cost}
@@ -43,12 +44,13 @@ listeners:
   - name: mtls
     address: "127.0.0.1:$MTLS_PORT"
     tls: { cert: $OUT/server.pem, key: $OUT/server.key, client_ca: $OUT/ca.pem }
+server: { workers: 1 }
 log: { level: warn }
 routes:
   - name: hello
     direct_response: { status: 200, body: "hello from ferry\n" }
 EOF
-"$DENO" run -A --unstable-no-legacy-abort main.ts --config "$OUT/ferry.yaml" >"$OUT/ferry.log" 2>&1 &
+"$DENO" run $START_FLAGS main.ts --config "$OUT/ferry.yaml" >"$OUT/ferry.log" 2>&1 &
 PID=$!
 pids+=("$PID")
 for _ in $(seq 100); do

@@ -17,6 +17,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 DENO=${DENO:-$(command -v deno)}
+. "$HERE/start_flags.sh"
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-32}
@@ -39,7 +40,7 @@ PORT=$(free_port)
 cat >"$OUT/ferry.yaml" <<EOF
 listeners: [{ name: bench, address: "127.0.0.1:$PORT" }]
 log: { level: warn }
-server: { watch_config: false }
+server: { watch_config: false, workers: 1 }
 routes:
   - { name: none, match: { path: { exact: /none } }, direct_response: { status: 200, body: "ok" } }
   - { name: local, match: { path: { exact: /local } }, direct_response: { status: 200, body: "ok" }, rate_limit: [local] }
@@ -58,7 +59,7 @@ rate_limits:
     burst: 1000000
     redis: { address: "127.0.0.1:$REDIS_PORT", key_prefix: "bench:", sync_interval: 5ms }
 EOF
-(cd "$REPO" && exec "$DENO" run -A --unstable-no-legacy-abort main.ts --config "$OUT/ferry.yaml") \
+(cd "$REPO" && exec "$DENO" run $START_FLAGS main.ts --config "$OUT/ferry.yaml") \
   >"$OUT/ferry.log" 2>&1 &
 PID=$!
 pids+=("$PID")

@@ -23,6 +23,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 FERRY_REPO=${FERRY_REPO:-$REPO}
 DENO=${DENO:-$(command -v deno)}
+. "$HERE/start_flags.sh"
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-5}
 OUT=${OUT:-/tmp/tls_cost}
@@ -77,12 +78,13 @@ listeners:
       rules: [{ name: admins, action: allow, claims: { role: admin } }]
 jwt_providers:
   - { name: corp, issuer: "https://issuer.bench", audiences: [bench], jwks_file: $OUT/jwks.json }
+server: { workers: 1 }
 log: { level: warn }
 routes:
   - name: hello
     direct_response: { status: 200, body: "hello from ferry\n" }
 EOF
-(cd "$FERRY_REPO" && exec "$DENO" run -A --unstable-no-legacy-abort main.ts --config "$OUT/ferry.yaml") \
+(cd "$FERRY_REPO" && exec "$DENO" run $START_FLAGS main.ts --config "$OUT/ferry.yaml") \
   >"$OUT/ferry.log" 2>&1 &
 PID=$!
 pids+=("$PID")

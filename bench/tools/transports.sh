@@ -8,6 +8,8 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
+DENO=${DENO:-$(command -v deno)}
+. "$HERE/start_flags.sh"
 PEERS_DIR=${PEERS_DIR:-$REPO/../shared/peers}
 if [[ -z ${DENO:-} ]]; then DENO=$(command -v deno); fi
 export DENO
@@ -19,6 +21,7 @@ for transport in ${TRANSPORTS:-h1 fetch}; do
   cat >"$WORK/ferry-$transport.yaml" <<YAML
 listeners:
   - { name: default, address: "127.0.0.1:{PORT}" }
+server: { workers: 1 }
 log: { level: warn }
 routes:
   - { name: default, cluster: upstream, timeout: 30s }
@@ -31,6 +34,6 @@ YAML
     TARGETS=${TARGETS:-deno-hdr} \
     PROJECT_PROXY_NAME="ferry-$transport" PROJECT_PROXY_CWD="$REPO" \
     PROJECT_PROXY_CONFIG="$WORK/ferry-$transport.yaml" \
-    PROJECT_PROXY_CMD='"$DENO" run -A --unstable-no-legacy-abort main.ts --config {CONFIG}' \
+    PROJECT_PROXY_CMD="\"\$DENO\" run $START_FLAGS main.ts --config {CONFIG}" \
     "$PEERS_DIR/run.sh"
 done
