@@ -677,6 +677,10 @@ clusters:
     const res = await fetch(`${px.url}/x`, { headers: { "accept-encoding": "br" } });
     // fetch would have asked for identity (it decodes bodies otherwise).
     assert.deepEqual([res.status, await res.text()], [200, "accept-encoding=br"]);
+    // /clusters shows the pool that carried it: the codec's connection, not the h2 pool's none.
+    const endpoint = clustersView(px.ferry.snapshot).clusters[0]!.endpoints[0]!;
+    assert.equal(endpoint.protocol, "http/1.1");
+    assert.equal((endpoint.connections as { opened: number }).opened, 1);
   } finally {
     await px.close();
     await upstream.shutdown();

@@ -42,12 +42,18 @@ export function clustersView(s: Snapshot) {
             effective_weight: st.effectiveWeight,
             eligible: st.eligible,
             in_flight: st.inFlight,
-            // Ferry's own pools' connections (fetch's pool exposes none).
+            // Ferry's own pools' connections (fetch's pool exposes none); an auto cluster's
+            // endpoint that speaks HTTP/1.1 uses the cluster's HTTP/1.1 codec, not its h2 pool.
             connections: c.h1
               ? connectionsView(c.h1.endpointStats(e.origin))
+              : c.h2Transport?.speaksHttp1(e.origin) && c.upgrades
+              ? connectionsView(c.upgrades.endpointStats(e.origin))
               : c.h2Transport
               ? c.h2.endpointStats(e.origin)
               : null,
+            ...(c.h2Transport
+              ? { protocol: c.h2Transport.speaksHttp1(e.origin) ? "http/1.1" : "h2" }
+              : {}),
             healthy: h?.healthy ?? true,
             ejected: h?.ejected ?? false,
             ejections: h?.ejections ?? 0,

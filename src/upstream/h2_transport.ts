@@ -61,15 +61,16 @@ export class H2Transport implements Transport {
     readonly http1Fallback?: Http1Fallback,
   ) {}
 
+  /** Whether this endpoint's requests go to the HTTP/1.1 fallback (auto clusters only). */
+  speaksHttp1(origin: string): boolean {
+    // Plain endpoints of an auto cluster have no ALPN: HTTP/1.1, as fetch spoke to them.
+    return this.http1Fallback !== undefined &&
+      (origin.charCodeAt(4) !== 115 /* s */ || this.#http1Origins.has(origin));
+  }
+
   send(r: UpstreamRequest): Promise<Response> {
     const fallback = this.http1Fallback;
-    if (fallback) {
-      const origin = originOf(r.url);
-      // Plain endpoints of an auto cluster have no ALPN: HTTP/1.1, as fetch spoke to them.
-      if (origin.charCodeAt(4) !== 115 /* s */ || this.#http1Origins.has(origin)) {
-        return fallback.send(r);
-      }
-    }
+    if (fallback && this.speaksHttp1(originOf(r.url))) return fallback.send(r);
     return this.#send(r).catch((err) => {
       // Nothing of the request was sent (the connection was refused before any stream), so
       // it goes whole to the HTTP/1.1 codec, and so do this endpoint's next ones.
