@@ -23,6 +23,7 @@ import {
 } from "./parse.ts";
 import { encodeLatin1, takeBodyRelay } from "./connection.ts";
 import { responseOut } from "./response_out.ts";
+import { buildRequest } from "./request_in.ts";
 
 /** What the server needs from the guard for one connection. */
 export interface ServerConnection {
@@ -361,20 +362,15 @@ async function exchange(
     await linger(c, input);
     return false;
   }
-  const init = {
+  // A target or Host the URL parser does not take reads as http://invalid.invalid/: the handler
+  // refuses the raw URL itself.
+  const req = buildRequest(
     method,
-    headers: head.headers,
-    body: stream,
-    signal: ctl.signal,
-    duplex: "half",
-  } as RequestInit;
-  let req: Request;
-  try {
-    req = new Request(urlFor(c.scheme, head, rawUrl), init);
-  } catch {
-    // A target or Host the URL parser does not take: the handler refuses the raw URL itself.
-    req = new Request("http://invalid.invalid/", init);
-  }
+    urlFor(c.scheme, head, rawUrl),
+    head.headers,
+    stream,
+    ctl.signal,
+  );
   watch();
   let res: Response;
   try {
