@@ -105,7 +105,8 @@ class Input {
     if (this.#pending) return this.#pending;
     if (this.eof) return Promise.resolve(0);
     if (!makeRoom(this, MAX_BUFFER)) return Promise.reject(new Error("read buffer full"));
-    const p = this.read(this.buf.subarray(this.end)).then((n) => {
+    // An empty buffer is read into whole: no view made per read.
+    const p = this.read(this.end === 0 ? this.buf : this.buf.subarray(this.end)).then((n) => {
       this.#pending = undefined;
       if (n === 0) this.eof = true;
       else this.end += n;
@@ -366,7 +367,7 @@ async function exchange(
   // refuses the raw URL itself.
   const req = buildRequest(
     method,
-    urlFor(c.scheme, head, rawUrl),
+    c.scheme === "http" ? rawUrl : urlFor(c.scheme, head, rawUrl),
     head.headers,
     stream,
     ctl.signal,
@@ -413,6 +414,7 @@ const FORBIDDEN = new Set(["CONNECT", "TRACE", "TRACK"]);
 const NORMALISED = new Set(["DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"]);
 
 function methodRefusal(c: ServerConnection, method: string): Response | undefined {
+  if (method === "GET" || method === "POST" || method === "HEAD") return undefined; // most requests
   const upper = method.toUpperCase();
   if (FORBIDDEN.has(upper)) return c.refusal(405, `${method} is not proxied`);
   if (upper !== method && NORMALISED.has(upper)) {
@@ -635,10 +637,18 @@ class Output {
    * reused buffer, the body copied after it.
    */
   #writeHeadAndBody(head: string, body: Uint8Array): Promise<void> {
-    if (head.length + body.length > OUT_BUFFER || NON_ASCII.test(head)) {
-      return this.#writeTwo(encodeLatin1(head), body);
+    const size = head.length + body.length;
+    if (size <= SMALL_WRITE) {
+      // UTF-8 and Latin-1 agree on ASCII: a head that encodes to one byte per char is ASCII.
+      const buf = new Uint8Array(size);
+      const { read, written } = encoder.encodeInto(head, buf);
+      if (read === head.length && written === head.length) {
+        buf.set(body, written);
+        return this.c.write(buf);
+      }
     }
-    return pooledWrite(this.c, head.length + body.length, (buf) => {
+    if (size > OUT_BUFFER || NON_ASCII.test(head)) return this.#writeTwo(encodeLatin1(head), body);
+    return pooledWrite(this.c, size, (buf) => {
       const { written } = encoder.encodeInto(head, buf);
       buf.set(body, written);
       return written + body.length;
