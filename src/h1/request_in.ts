@@ -62,8 +62,6 @@ interface Slots {
   InnerBody: new (stream: ReadableStream<Uint8Array>) => unknown;
 }
 
-const slots = findSlots();
-
 function findSlots(): Slots | undefined {
   try {
     const sample = new Request("http://a/", {
@@ -129,47 +127,53 @@ function fromParts(
   // new Request(brand): the constructor's early return, an empty branded Request.
   const req = new Request(s.brand as unknown as string);
   const record = req as unknown as Record<symbol, unknown>;
-  record[s.inner] = innerRequest(method, url, headerList, stream && new s.InnerBody(stream));
+  record[s.inner] = new InnerRequest(method, url, headerList, stream && new s.InnerBody(stream));
   record[s.guard] = "request";
   record[s.signal] = signal;
   return req;
 }
 
-/** The fields of Deno's newInnerRequest, with the URL parsed only when first read. */
-function innerRequest(
-  method: string,
-  url: string,
-  headerList: [string, string][],
-  body: unknown,
-) {
-  return {
-    methodInner: method,
-    get method() {
-      return this.methodInner;
-    },
-    set method(m: string) {
-      this.methodInner = m;
-    },
-    headerListInner: headerList,
-    get headerList() {
-      return this.headerListInner;
-    },
-    set headerList(list: [string, string][]) {
-      this.headerListInner = list;
-    },
-    body,
-    redirectMode: "follow",
-    redirectCount: 0,
-    urlList: [() => checkedUrl(url)] as (() => string)[],
-    urlListProcessed: [] as string[],
-    clientRid: null,
-    blobUrlEntry: null,
-    url(): string {
-      return this.urlListProcessed[0] ??= this.urlList[0]!();
-    },
-    currentUrl(): string {
-      const last = this.urlList.length - 1;
-      return this.urlListProcessed[last] ??= this.urlList[last]!();
-    },
-  };
+/**
+ * The fields of Deno's newInnerRequest, with the URL parsed only when first read. A class (as
+ * Deno.serve's own inner request is): its accessors are not made again for every request.
+ */
+class InnerRequest {
+  headerListInner: [string, string][];
+  redirectMode = "follow";
+  redirectCount = 0;
+  urlList: (() => string)[];
+  urlListProcessed: string[] = [];
+  clientRid = null;
+  blobUrlEntry = null;
+  constructor(
+    public methodInner: string,
+    url: string,
+    headerList: [string, string][],
+    public body: unknown,
+  ) {
+    this.headerListInner = headerList;
+    this.urlList = [() => checkedUrl(url)];
+  }
+  get method(): string {
+    return this.methodInner;
+  }
+  set method(m: string) {
+    this.methodInner = m;
+  }
+  get headerList(): [string, string][] {
+    return this.headerListInner;
+  }
+  set headerList(list: [string, string][]) {
+    this.headerListInner = list;
+  }
+  url(): string {
+    return this.urlListProcessed[0] ??= this.urlList[0]!();
+  }
+  currentUrl(): string {
+    const last = this.urlList.length - 1;
+    return this.urlListProcessed[last] ??= this.urlList[last]!();
+  }
 }
+
+// Last: the probe builds a Request with the class above.
+const slots = findSlots();

@@ -638,21 +638,17 @@ class Output {
    */
   #writeHeadAndBody(head: string, body: Uint8Array): Promise<void> {
     const size = head.length + body.length;
-    if (size <= SMALL_WRITE) {
+    if (size <= OUT_BUFFER) {
+      const buf = takeBuffer(size);
       // UTF-8 and Latin-1 agree on ASCII: a head that encodes to one byte per char is ASCII.
-      const buf = new Uint8Array(size);
       const { read, written } = encoder.encodeInto(head, buf);
       if (read === head.length && written === head.length) {
         buf.set(body, written);
-        return this.c.write(buf);
+        return writeFrom(this.c, buf, size);
       }
+      releaseBuffer(buf);
     }
-    if (size > OUT_BUFFER || NON_ASCII.test(head)) return this.#writeTwo(encodeLatin1(head), body);
-    return pooledWrite(this.c, size, (buf) => {
-      const { written } = encoder.encodeInto(head, buf);
-      buf.set(body, written);
-      return written + body.length;
-    });
+    return this.#writeTwo(encodeLatin1(head), body);
   }
 
   /** `head` (if any) and `body` in one write when they fit the reused buffer. */
@@ -709,27 +705,63 @@ const CRLF = encoder.encode("\r\n");
 const freeOutput: Uint8Array[] = [];
 const KEEP_FREE = 16;
 const SMALL_WRITE = 16 * 1024;
+/**
+ * Small writes (a head with a small body: most responses) come from a pool of 2 KiB buffers:
+ * a new ArrayBuffer per response costs an allocation outside the heap and its sweep (about half
+ * a microsecond). At most SMALL_POOL of them are ever made; with all of them out (clients that do
+ * not read), a write gets a buffer of its own size, as before.
+ */
+const SMALL_POOLED = 2048;
+const SMALL_POOL = 64;
+const freeSmall: Uint8Array[] = [];
+let smallMade = 0;
 
-async function pooledWrite(
+/** A buffer for one write of up to `size` bytes; give it back with releaseBuffer. */
+function takeBuffer(size: number): Uint8Array {
+  if (size <= SMALL_POOLED) {
+    const pooled = freeSmall.pop();
+    if (pooled) return pooled;
+    if (smallMade < SMALL_POOL) {
+      smallMade++;
+      return new Uint8Array(SMALL_POOLED);
+    }
+  }
+  // Below SMALL_WRITE a buffer of its own size: cheaper than a pooled one, which under many
+  // connections writing at once is often out and then costs a 128 KiB allocation.
+  if (size <= SMALL_WRITE) return new Uint8Array(size);
+  return freeOutput.pop() ?? new Uint8Array(OUT_BUFFER + 64);
+}
+
+function releaseBuffer(buf: Uint8Array): void {
+  if (buf.length === SMALL_POOLED) {
+    if (freeSmall.length < SMALL_POOL) freeSmall.push(buf);
+  } else if (buf.length === OUT_BUFFER + 64 && freeOutput.length < KEEP_FREE) freeOutput.push(buf);
+}
+
+/** Writes `buf[0, n)`, then gives the buffer back (the write op reads it until it settles). */
+async function writeFrom(c: ServerConnection, buf: Uint8Array, n: number): Promise<void> {
+  try {
+    await c.write(buf.subarray(0, n));
+  } finally {
+    releaseBuffer(buf);
+  }
+}
+
+function pooledWrite(
   c: ServerConnection,
   size: number,
   fill: (buf: Uint8Array) => number,
 ): Promise<void> {
-  // Small writes get a buffer of their own size: cheaper than a pooled one, which under many
-  // connections writing at once is often out and then costs a 128 KiB allocation.
-  if (size <= SMALL_WRITE) {
-    const own = new Uint8Array(size);
-    return c.write(own.subarray(0, fill(own)));
-  }
-  const buf = freeOutput.pop() ?? new Uint8Array(OUT_BUFFER + 64);
+  const buf = takeBuffer(size);
+  let n: number;
   try {
-    await c.write(buf.subarray(0, fill(buf)));
-  } finally {
-    if (freeOutput.length < KEEP_FREE) freeOutput.push(buf);
+    n = fill(buf);
+  } catch (err) {
+    releaseBuffer(buf);
+    throw err;
   }
+  return writeFrom(c, buf, n);
 }
-/** Anything but ASCII text: such a head goes through encodeLatin1 (one byte per char). */
-const NON_ASCII = /[^\t\r\n -~]/;
 const EMPTY = new Uint8Array(0);
 const PENDING = Symbol("pending");
 
