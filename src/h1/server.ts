@@ -106,19 +106,27 @@ class Input {
     if (this.eof) return Promise.resolve(0);
     if (!makeRoom(this, MAX_BUFFER)) return Promise.reject(new Error("read buffer full"));
     // An empty buffer is read into whole: no view made per read.
-    const p = this.read(this.end === 0 ? this.buf : this.buf.subarray(this.end)).then((n) => {
-      this.#pending = undefined;
-      if (n === 0) this.eof = true;
-      else this.end += n;
-      return n;
-    }, (err) => {
-      this.#pending = undefined;
-      this.eof = true;
-      throw err;
-    });
+    const p = this.read(this.end === 0 ? this.buf : this.buf.subarray(this.end)).then(
+      this.#onRead,
+      this.#onReadError,
+    );
     this.#pending = p;
     return p;
   }
+
+  // Made once per connection, not per read.
+  readonly #onRead = (n: number): number => {
+    this.#pending = undefined;
+    if (n === 0) this.eof = true;
+    else this.end += n;
+    return n;
+  };
+
+  readonly #onReadError = (err: unknown): never => {
+    this.#pending = undefined;
+    this.eof = true;
+    throw err;
+  };
 
   /** Back to the initial size when empty (a large head or body grew it): idle connections are small. */
   shrink(): void {
@@ -155,8 +163,8 @@ class RequestBody {
     this.owesContinue = head.expectContinue && !this.done;
   }
 
-  /** Body bytes decoded ahead of the handler (checkAhead). */
-  readonly #ahead: Uint8Array[] = [];
+  /** Body bytes decoded ahead of the handler (checkAhead); made only for a chunked body. */
+  #ahead: Uint8Array[] | undefined;
 
   /**
    * Decodes the chunked body bytes that came with the head, before the handler runs: a request
@@ -171,7 +179,7 @@ class RequestBody {
       const used = d.step(input.buf, input.start, input.end);
       if (used === 0) break;
       input.start += used;
-      if (d.dataTo > d.dataFrom) this.#ahead.push(input.buf.slice(d.dataFrom, d.dataTo));
+      if (d.dataTo > d.dataFrom) (this.#ahead ??= []).push(input.buf.slice(d.dataFrom, d.dataTo));
     }
     if (d.done) this.done = true;
   }
@@ -181,13 +189,13 @@ class RequestBody {
    * H1ProtocolError on bad chunk framing, and an Error when the client closes half-way.
    */
   async next(input: Input, write: (b: Uint8Array) => Promise<void>): Promise<Uint8Array | null> {
-    if (this.#ahead.length > 0) return this.#ahead.shift()!;
+    if (this.#ahead && this.#ahead.length > 0) return this.#ahead.shift()!;
     if (this.owesContinue) {
       this.owesContinue = false;
       if (input.buffered === 0) await write(CONTINUE);
     }
     for (;;) {
-      if (this.done) return this.#ahead.shift() ?? null;
+      if (this.done) return this.#ahead?.shift() ?? null;
       if (this.decoder) {
         const d = this.decoder;
         while (input.buffered > 0 && !d.done) {
