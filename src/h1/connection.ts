@@ -372,8 +372,8 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
           }
           finish();
         }, fail);
-        if (!responseParts.has(response)) {
-          responseParts.set(response, { headers: head.headers, whole: undefined });
+        if ((response as WithParts)[PARTS] === undefined) {
+          (response as WithParts)[PARTS] = { headers: head.headers, whole: undefined };
         }
         settled = true;
         resolve(response);
@@ -398,7 +398,12 @@ export interface H1ResponseParts {
   readonly headers: readonly [string, string][];
   readonly whole: Uint8Array<ArrayBuffer> | undefined;
 }
-const responseParts = new WeakMap<Response, H1ResponseParts>();
+/**
+ * On the Response under a symbol, not in a WeakMap: an entry per response keyed by a young object
+ * costs about half a microsecond (docs/PERFORMANCE.md, "Ferry's own HTTP/1.1 server, per request").
+ */
+const PARTS = Symbol("ferry.h1ResponseParts");
+type WithParts = Response & { [PARTS]?: H1ResponseParts };
 
 /**
  * Moves a streamed body to `write` straight from the upstream socket, through one buffer reused
@@ -428,7 +433,7 @@ const relayBuffers = new WeakMap<H1Connection, Uint8Array>();
 
 /** The codec's parts of `res`; undefined for a Response the codec did not make. */
 export function h1ResponseParts(res: Response): H1ResponseParts | undefined {
-  return responseParts.get(res);
+  return (res as WithParts)[PARTS];
 }
 
 /** The Response for a parsed head; its body streams from the connection (or came with the head). */
@@ -458,7 +463,10 @@ function makeResponse(
       c.start += remaining;
       complete();
       const res = new Response(remaining === 0 ? null : bytes, init);
-      responseParts.set(res, { headers: head.headers, whole: remaining === 0 ? undefined : bytes });
+      (res as WithParts)[PARTS] = {
+        headers: head.headers,
+        whole: remaining === 0 ? undefined : bytes,
+      };
       return res;
     }
     const short = () =>

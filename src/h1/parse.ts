@@ -397,7 +397,7 @@ export function parseRequestHead(
   let i = start;
   while (i < lineEnd0 && TOKEN[buf[i]!] === 1) i++;
   if (i === start || buf[i] !== SP) throw new H1ProtocolError("malformed request line");
-  const method = latin1(buf, start, i);
+  const method = methodText(buf, start, i);
   const targetStart = ++i;
   while (i < lineEnd0 && TARGET[buf[i]!] === 1) i++;
   if (i === targetStart || buf[i] !== SP) {
@@ -553,7 +553,28 @@ function fieldLine(buf: Uint8Array, pos: number, eol: number): [string, string] 
     if (FIELD[buf[i]!] !== 1) throw new H1ProtocolError("invalid character in a header value");
   }
   // tchars only: ASCII
-  return [latin1(buf, pos, colon).toLowerCase(), latin1(buf, vStart, vEnd)];
+  return [fieldName(buf, pos, colon), latin1(buf, vStart, vEnd)];
+}
+
+/** A request method; the common ones without decoding (one string fewer per request). */
+function methodText(buf: Uint8Array, from: number, to: number): string {
+  const n = to - from;
+  if (n === 3 && buf[from] === 0x47 && buf[from + 1] === 0x45 && buf[from + 2] === 0x54) {
+    return "GET";
+  }
+  if (n === 4 && buf[from + 1] === 0x4f && buf[from + 2] === 0x53 && buf[from + 3] === 0x54) {
+    if (buf[from] === 0x50) return "POST";
+  }
+  return latin1(buf, from, to);
+}
+
+/** A header name in lower case; `host` (in every request) without decoding. */
+function fieldName(buf: Uint8Array, from: number, to: number): string {
+  if (
+    to - from === 4 && (buf[from]! | 0x20) === 0x68 && (buf[from + 1]! | 0x20) === 0x6f &&
+    (buf[from + 2]! | 0x20) === 0x73 && (buf[from + 3]! | 0x20) === 0x74
+  ) return "host";
+  return latin1(buf, from, to).toLowerCase();
 }
 
 /** A read buffer: `buf[start, end)` are the bytes read and not yet consumed. */

@@ -17,6 +17,8 @@ export interface ResponseOut {
   readonly body: Uint8Array | ReadableStream<Uint8Array> | null;
 }
 
+import { downstreamTicket } from "../pipeline/downstream.ts";
+
 interface InnerBody {
   streamOrStatic: ReadableStream<Uint8Array> | { body: Uint8Array | string; consumed: boolean };
 }
@@ -43,6 +45,26 @@ function findResponseSymbol(): symbol | undefined {
 export const innerResponses = responseSymbol !== undefined;
 
 const encoder = new TextEncoder();
+
+/**
+ * `new Response(body, init)` for an answer to `req`. When Ferry's own HTTP/1.1 server serves `req`
+ * (its ticket carries the raw URL), the header lines are appended after construction instead:
+ * given to the constructor with a whole body, they also make Deno.serve's native header map (an
+ * op into Rust and a finalizer registration, then an op to drop it when this server reads the
+ * lines), which only Deno.serve could use. The same Response either way: the lines are checked by
+ * the same Headers rules, in the same order, with the same guard.
+ */
+export function responseFor(
+  req: Request,
+  body: BodyInit | null,
+  init: { status: number; statusText: string; headers: [string, string][] },
+): Response {
+  if (downstreamTicket(req)?.url === undefined) return new Response(body, init);
+  const res = new Response(body, { status: init.status, statusText: init.statusText });
+  const headers = res.headers;
+  for (const [name, value] of init.headers) headers.append(name, value);
+  return res;
+}
 
 /** The lines and the body of `res`; the body is taken (the Response's body is used after this). */
 export function responseOut(res: Response): ResponseOut {

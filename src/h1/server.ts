@@ -23,6 +23,7 @@ import {
 } from "./parse.ts";
 import { encodeLatin1, takeBodyRelay } from "./connection.ts";
 import { responseOut } from "./response_out.ts";
+import { buildRequest } from "./request_in.ts";
 
 /** What the server needs from the guard for one connection. */
 export interface ServerConnection {
@@ -111,19 +112,28 @@ class Input {
     if (this.#pending) return this.#pending;
     if (this.eof) return Promise.resolve(0);
     if (!makeRoom(this, MAX_BUFFER)) return Promise.reject(new Error("read buffer full"));
-    const p = this.read(this.buf.subarray(this.end)).then((n) => {
-      this.#pending = undefined;
-      if (n === 0) this.eof = true;
-      else this.end += n;
-      return n;
-    }, (err) => {
-      this.#pending = undefined;
-      this.eof = true;
-      throw err;
-    });
+    // An empty buffer is read into whole: no view made per read.
+    const p = this.read(this.end === 0 ? this.buf : this.buf.subarray(this.end)).then(
+      this.#onRead,
+      this.#onReadError,
+    );
     this.#pending = p;
     return p;
   }
+
+  // Made once per connection, not per read.
+  readonly #onRead = (n: number): number => {
+    this.#pending = undefined;
+    if (n === 0) this.eof = true;
+    else this.end += n;
+    return n;
+  };
+
+  readonly #onReadError = (err: unknown): never => {
+    this.#pending = undefined;
+    this.eof = true;
+    throw err;
+  };
 
   /** Back to the initial size when empty (a large head or body grew it): idle connections are small. */
   shrink(): void {
@@ -160,8 +170,8 @@ class RequestBody {
     this.owesContinue = head.expectContinue && !this.done;
   }
 
-  /** Body bytes decoded ahead of the handler (checkAhead). */
-  readonly #ahead: Uint8Array[] = [];
+  /** Body bytes decoded ahead of the handler (checkAhead); made only for a chunked body. */
+  #ahead: Uint8Array[] | undefined;
 
   /**
    * Decodes the chunked body bytes that came with the head, before the handler runs: a request
@@ -176,7 +186,7 @@ class RequestBody {
       const used = d.step(input.buf, input.start, input.end);
       if (used === 0) break;
       input.start += used;
-      if (d.dataTo > d.dataFrom) this.#ahead.push(input.buf.slice(d.dataFrom, d.dataTo));
+      if (d.dataTo > d.dataFrom) (this.#ahead ??= []).push(input.buf.slice(d.dataFrom, d.dataTo));
     }
     if (d.done) this.done = true;
   }
@@ -186,13 +196,13 @@ class RequestBody {
    * H1ProtocolError on bad chunk framing, and an Error when the client closes half-way.
    */
   async next(input: Input, write: (b: Uint8Array) => Promise<void>): Promise<Uint8Array | null> {
-    if (this.#ahead.length > 0) return this.#ahead.shift()!;
+    if (this.#ahead && this.#ahead.length > 0) return this.#ahead.shift()!;
     if (this.owesContinue) {
       this.owesContinue = false;
       if (input.buffered === 0) await write(CONTINUE);
     }
     for (;;) {
-      if (this.done) return this.#ahead.shift() ?? null;
+      if (this.done) return this.#ahead?.shift() ?? null;
       if (this.decoder) {
         const d = this.decoder;
         while (input.buffered > 0 && !d.done) {
@@ -362,20 +372,15 @@ async function exchange(
     : head.target === "*"
     ? `http://${head.host}/*`
     : head.target;
-  const init = {
-    method: carried ? method : "GET",
-    headers: head.headers,
-    body: stream,
-    signal: ctl.signal,
-    duplex: "half",
-  } as RequestInit;
-  let req: Request;
-  try {
-    req = new Request(urlFor(c.scheme, head, rawUrl), init);
-  } catch {
-    // A target or Host the URL parser does not take: the handler refuses the raw URL itself.
-    req = new Request("http://invalid.invalid/", init);
-  }
+  // A target or Host the URL parser does not take reads as http://invalid.invalid/: the handler
+  // refuses the raw URL itself.
+  const req = buildRequest(
+    carried ? method : "GET",
+    c.scheme === "http" ? rawUrl : urlFor(c.scheme, head, rawUrl),
+    head.headers,
+    stream,
+    ctl.signal,
+  );
   watch();
   let res: Response;
   try {
@@ -419,6 +424,7 @@ const NORMALISED = new Set(["DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"]);
 
 /** Whether Request.method can carry `method` as sent (see exchange). */
 function carriedMethod(method: string): boolean {
+  if (method === "GET" || method === "POST" || method === "HEAD") return true; // most requests
   const upper = method.toUpperCase();
   return !FORBIDDEN.has(upper) && (upper === method || !NORMALISED.has(upper));
 }
@@ -637,14 +643,18 @@ class Output {
    * reused buffer, the body copied after it.
    */
   #writeHeadAndBody(head: string, body: Uint8Array): Promise<void> {
-    if (head.length + body.length > OUT_BUFFER || NON_ASCII.test(head)) {
-      return this.#writeTwo(encodeLatin1(head), body);
+    const size = head.length + body.length;
+    if (size <= OUT_BUFFER) {
+      const buf = takeBuffer(size);
+      // UTF-8 and Latin-1 agree on ASCII: a head that encodes to one byte per char is ASCII.
+      const { read, written } = encoder.encodeInto(head, buf);
+      if (read === head.length && written === head.length) {
+        buf.set(body, written);
+        return writeFrom(this.c, buf, size);
+      }
+      releaseBuffer(buf);
     }
-    return pooledWrite(this.c, head.length + body.length, (buf) => {
-      const { written } = encoder.encodeInto(head, buf);
-      buf.set(body, written);
-      return written + body.length;
-    });
+    return this.#writeTwo(encodeLatin1(head), body);
   }
 
   /** `head` (if any) and `body` in one write when they fit the reused buffer. */
@@ -701,27 +711,63 @@ const CRLF = encoder.encode("\r\n");
 const freeOutput: Uint8Array[] = [];
 const KEEP_FREE = 16;
 const SMALL_WRITE = 16 * 1024;
+/**
+ * Small writes (a head with a small body: most responses) come from a pool of 2 KiB buffers:
+ * a new ArrayBuffer per response costs an allocation outside the heap and its sweep (about half
+ * a microsecond). At most SMALL_POOL of them are ever made; with all of them out (clients that do
+ * not read), a write gets a buffer of its own size, as before.
+ */
+const SMALL_POOLED = 2048;
+const SMALL_POOL = 64;
+const freeSmall: Uint8Array[] = [];
+let smallMade = 0;
 
-async function pooledWrite(
+/** A buffer for one write of up to `size` bytes; give it back with releaseBuffer. */
+function takeBuffer(size: number): Uint8Array {
+  if (size <= SMALL_POOLED) {
+    const pooled = freeSmall.pop();
+    if (pooled) return pooled;
+    if (smallMade < SMALL_POOL) {
+      smallMade++;
+      return new Uint8Array(SMALL_POOLED);
+    }
+  }
+  // Below SMALL_WRITE a buffer of its own size: cheaper than a pooled one, which under many
+  // connections writing at once is often out and then costs a 128 KiB allocation.
+  if (size <= SMALL_WRITE) return new Uint8Array(size);
+  return freeOutput.pop() ?? new Uint8Array(OUT_BUFFER + 64);
+}
+
+function releaseBuffer(buf: Uint8Array): void {
+  if (buf.length === SMALL_POOLED) {
+    if (freeSmall.length < SMALL_POOL) freeSmall.push(buf);
+  } else if (buf.length === OUT_BUFFER + 64 && freeOutput.length < KEEP_FREE) freeOutput.push(buf);
+}
+
+/** Writes `buf[0, n)`, then gives the buffer back (the write op reads it until it settles). */
+async function writeFrom(c: ServerConnection, buf: Uint8Array, n: number): Promise<void> {
+  try {
+    await c.write(buf.subarray(0, n));
+  } finally {
+    releaseBuffer(buf);
+  }
+}
+
+function pooledWrite(
   c: ServerConnection,
   size: number,
   fill: (buf: Uint8Array) => number,
 ): Promise<void> {
-  // Small writes get a buffer of their own size: cheaper than a pooled one, which under many
-  // connections writing at once is often out and then costs a 128 KiB allocation.
-  if (size <= SMALL_WRITE) {
-    const own = new Uint8Array(size);
-    return c.write(own.subarray(0, fill(own)));
-  }
-  const buf = freeOutput.pop() ?? new Uint8Array(OUT_BUFFER + 64);
+  const buf = takeBuffer(size);
+  let n: number;
   try {
-    await c.write(buf.subarray(0, fill(buf)));
-  } finally {
-    if (freeOutput.length < KEEP_FREE) freeOutput.push(buf);
+    n = fill(buf);
+  } catch (err) {
+    releaseBuffer(buf);
+    throw err;
   }
+  return writeFrom(c, buf, n);
 }
-/** Anything but ASCII text: such a head goes through encodeLatin1 (one byte per char). */
-const NON_ASCII = /[^\t\r\n -~]/;
 const EMPTY = new Uint8Array(0);
 const PENDING = Symbol("pending");
 

@@ -111,16 +111,23 @@ export interface RequestTicket {
   readonly method?: string | undefined;
 }
 
-const tickets = new WeakMap<Request, RequestTicket>();
+/**
+ * The ticket rides on the Request itself, under a symbol, not in a WeakMap: an entry per request in
+ * a WeakMap keyed by a young object cost about half a microsecond (a microbenchmark, with the
+ * collections it causes), once per request (docs/PERFORMANCE.md, "Ferry's own HTTP/1.1 server,
+ * per request").
+ */
+const TICKET = Symbol("ferry.downstreamTicket");
+type Ticketed = Request & { [TICKET]?: RequestTicket };
 
 /** Called by the guard for each request it hands to the inner server (and for copies). */
 export function attachTicket(req: Request, ticket: RequestTicket): void {
-  tickets.set(req, ticket);
+  (req as Ticketed)[TICKET] = ticket;
 }
 
 /** The guard's ticket of a request; undefined without the guard. */
 export function downstreamTicket(req: Request): RequestTicket | undefined {
-  return tickets.get(req);
+  return (req as Ticketed)[TICKET];
 }
 
 const served = new WeakMap<Request, Request>();
@@ -134,8 +141,8 @@ const served = new WeakMap<Request, Request>();
 export function carryOver(copy: Request, from: Request): void {
   if (copy === from) return;
   served.set(copy, servedRequest(from));
-  const ticket = tickets.get(from);
-  if (ticket && !tickets.has(copy)) tickets.set(copy, ticket);
+  const ticket = downstreamTicket(from);
+  if (ticket && downstreamTicket(copy) === undefined) attachTicket(copy, ticket);
 }
 
 /** The Request Deno.serve handed in that `req` is (a copy of). */
@@ -145,5 +152,5 @@ export function servedRequest(req: Request): Request {
 
 /** The guard's link of the connection a request came on; undefined without the guard. */
 export function downstreamLink(req: Request): DownstreamLink | undefined {
-  return tickets.get(req)?.link;
+  return downstreamTicket(req)?.link;
 }

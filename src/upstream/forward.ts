@@ -8,6 +8,7 @@ import { ProxyError, toProxyError } from "../pipeline/errors.ts";
 import type { Cluster } from "./cluster.ts";
 import { endToEndHeaders, endToEndPairs, type HeaderList, isWebSocketUpgrade } from "./headers.ts";
 import { h1ResponseParts } from "../h1/connection.ts";
+import { responseFor } from "../h1/response_out.ts";
 import { applyEdits, type RouteEdits, upstreamHeaders } from "./request_headers.ts";
 import {
   checkUpstreamHead,
@@ -269,7 +270,7 @@ function downstreamResponse(
   // HEAD, 204, 205 and 304 never carry a body, whatever the upstream sent (RFC 9110 6.4.1).
   const bodyless = req.method === "HEAD" || NULL_BODY_STATUS.has(upstream.status);
   if (bodyless && body instanceof ReadableStream) body.cancel().catch(() => {});
-  return new Response(bodyless ? null : body, {
+  return responseFor(req, bodyless ? null : body, {
     status: upstream.status,
     statusText: upstream.statusText,
     headers: out.pairs,
