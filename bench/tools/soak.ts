@@ -11,7 +11,7 @@
  *
  * It samples the Ferry process's RSS (/proc/<pid>/status; with `workers: 2` the main isolate and
  * both workers are threads of that one process) and open fds (/proc/<pid>/fd) every second, and
- * prints one line per minute and a verdict on the floor trend (see "The floor" below).
+ * prints one line per minute and a verdict on the RSS floor (see "The floor" below).
  */
 import { run } from "../../tests/helpers.ts";
 import { spawnFerry, tempConfig } from "../../tests/helpers.ts";
@@ -151,9 +151,11 @@ await sample();
 // first-third/last-third floors of one run moved by -6 % to +9 % with the same code, see
 // docs/PERFORMANCE.md "Soak: what the RSS floor measures"). So: sample every second, take the
 // lowest sample of each minute after a warm-up (the first 2 minutes, or 20 % of a shorter run:
-// allocators and heaps grow to their working size there), fit a straight line through these
-// per-minute floors by least squares, and report the line's rise from the first to the last
-// minute. Every minute counts once, so one lucky alignment moves the result little.
+// allocators and heaps grow to their working size there), and compare the median of these
+// per-minute floors over the first half of those minutes with the median over the second half.
+// Every minute counts once, and one lucky or unlucky alignment does not move a median.
+// What it cannot remove: the main isolate allocates little, so it collects rarely (once in the
+// 10 minutes of the run in docs/PERFORMANCE.md) and its heap climbs with garbage until then.
 const warmUpS = Math.min(120, minutes * 60 * 0.2);
 const warm = samples.filter((s) => s.t >= warmUpS);
 interface Minute {
@@ -182,23 +184,18 @@ for (let m = 0; m * 60 < (samples.at(-1)?.t ?? 0); m++) {
     fdsMax: Math.max(...xs.map((s) => s.fds)),
   });
 }
-/** Least-squares line through (x, y): its values at the first and the last x. */
-function trend(points: { x: number; y: number }[]): { from: number; to: number } {
-  const n = points.length;
-  const mx = points.reduce((a, p) => a + p.x, 0) / n;
-  const my = points.reduce((a, p) => a + p.y, 0) / n;
-  const sxx = points.reduce((a, p) => a + (p.x - mx) ** 2, 0);
-  const slope = sxx === 0 ? 0 : points.reduce((a, p) => a + (p.x - mx) * (p.y - my), 0) / sxx;
-  const at = (x: number) => my + slope * (x - mx);
-  return { from: at(points[0]!.x), to: at(points[n - 1]!.x) };
-}
 // Only whole minutes after the warm-up (the last one may be cut short by the end of traffic).
 const counted = perMinute.filter((m) => m.minute * 60 >= warmUpS && m.minute < minutes);
-const floorLine = trend(counted.map((m) => ({ x: m.minute, y: m.floor })));
-const medianLine = trend(counted.map((m) => ({ x: m.minute, y: m.median })));
-const fdsLine = trend(counted.map((m) => ({ x: m.minute, y: m.fdsMedian })));
-const floorGrowth = floorLine.to / floorLine.from - 1;
-const medianGrowth = medianLine.to / medianLine.from - 1;
+const half = Math.max(1, Math.floor(counted.length / 2));
+const firstHalf = counted.slice(0, half), secondHalf = counted.slice(-half);
+const floorFrom = medianOf(firstHalf.map((m) => m.floor));
+const floorTo = medianOf(secondHalf.map((m) => m.floor));
+const medianFrom = medianOf(firstHalf.map((m) => m.median));
+const medianTo = medianOf(secondHalf.map((m) => m.median));
+const floorGrowth = floorTo / floorFrom - 1;
+const medianGrowth = medianTo / medianFrom - 1;
+const fdsFrom = medianOf(firstHalf.map((m) => m.fdsMedian));
+const fdsTo = medianOf(secondHalf.map((m) => m.fdsMedian));
 // The issue's target: the floor flat within 5 %.
 const flat = floorGrowth <= 0.05;
 // The measure used before (lowest sample of the first and of the last third after warm-up),
@@ -222,21 +219,21 @@ console.log(
     `echoes on one connection`,
 );
 const pct = (x: number) => `${x >= 0 ? "+" : ""}${(x * 100).toFixed(1)} %`;
-const span = counted.length > 0
-  ? `minutes ${counted[0]!.minute}-${counted.at(-1)!.minute + 1}`
-  : "no whole minute after warm-up";
+const minuteSpan = (ms: Minute[]) =>
+  ms.length > 0 ? `${ms[0]!.minute}-${ms.at(-1)!.minute}` : "none";
 console.log(
-  `RSS floor trend (per-minute floors after ${warmUpS} s of warm-up, ${span}): ` +
-    `${floorLine.from.toFixed(1)} -> ${floorLine.to.toFixed(1)} MiB (${pct(floorGrowth)}); ` +
-    `median trend ${medianLine.from.toFixed(1)} -> ${medianLine.to.toFixed(1)} MiB ` +
-    `(${pct(medianGrowth)}): ${flat ? "FLAT (floor within 5 %)" : "GROWING (floor over 5 %)"}`,
+  `RSS floor (median of per-minute floors after ${warmUpS} s of warm-up, minutes ` +
+    `${minuteSpan(firstHalf)} -> ${minuteSpan(secondHalf)}): ${floorFrom.toFixed(1)} -> ` +
+    `${floorTo.toFixed(1)} MiB (${pct(floorGrowth)}); median RSS ${medianFrom.toFixed(1)} -> ` +
+    `${medianTo.toFixed(1)} MiB (${pct(medianGrowth)}): ` +
+    `${flat ? "FLAT (floor within 5 %)" : "GROWING (floor over 5 %)"}`,
 );
 console.log(
   `earlier measure (lowest sample, first -> last third after warm-up): ${oldFirst.toFixed(1)} -> ` +
     `${oldLast.toFixed(1)} MiB (${pct(oldLast / oldFirst - 1)})`,
 );
 console.log(
-  `open fds: per-minute median trend ${fdsLine.from.toFixed(0)} -> ${fdsLine.to.toFixed(0)}, ` +
+  `open fds: median of per-minute medians ${fdsFrom} -> ${fdsTo}, ` +
     `max ${Math.max(...warm.map((s) => s.fds))}`,
 );
 
