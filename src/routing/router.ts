@@ -131,6 +131,11 @@ interface CompiledRoute<T> {
 interface Tier<T> {
   readonly label: string;
   readonly exact: Map<string, CompiledRoute<T>[]>;
+  /**
+   * `exactLengths[n]` is 1 when some exact path has n characters. A path of another length
+   * skips the Map, whose lookup would hash the whole path (a new string on every request).
+   */
+  readonly exactLengths: Uint8Array;
   /** The prefix routes as a radix tree, walked once per request (see {@linkcode PrefixNode}). */
   readonly prefixTree: PrefixNode<T>;
   /** All prefix routes, longest first (for explain and shadowed). */
@@ -163,6 +168,9 @@ interface PrefixNode<T> {
 
 const EMPTY: readonly never[] = Object.freeze([]);
 
+/** Up to this many exact hosts are compared in a list rather than looked up in a Map. */
+const FEW_HOSTS = 4;
+
 /** The widest table of children; beyond it a Map (only for unusual non-ASCII prefixes). */
 const MAX_TABLE_SPAN = 256;
 
@@ -180,6 +188,11 @@ const MAX_TABLE_SPAN = 256;
  */
 export class Router<T> {
   readonly #exactHosts: Map<string, Tier<T>>;
+  /**
+   * The same tiers as a list when there are at most FEW_HOSTS: comparing the request's host
+   * (a new string per request) with a few strings is cheaper than hashing it for the Map.
+   */
+  readonly #fewHosts: readonly { host: string; tier: Tier<T> }[] | undefined;
   /** Wildcard tiers by suffix (".example.com"), longest first. */
   readonly #wildcards: readonly { suffix: string; tier: Tier<T> }[];
   readonly #any: Tier<T> | undefined;
@@ -205,6 +218,9 @@ export class Router<T> {
       else if (label.startsWith("*.")) wildcards.push({ suffix: label.slice(1), tier });
       else this.#exactHosts.set(label, tier);
     }
+    this.#fewHosts = this.#exactHosts.size <= FEW_HOSTS
+      ? [...this.#exactHosts].map(([host, tier]) => ({ host, tier }))
+      : undefined;
     wildcards.sort((a, b) => b.suffix.length - a.suffix.length);
     this.#wildcards = wildcards;
     this.#any = any;
@@ -230,7 +246,7 @@ export class Router<T> {
   /** The value of the first route that matches `input`, or undefined. Does not allocate. */
   match(input: MatchInput): T | undefined {
     if (this.#exactHosts.size > 0) {
-      const tier = this.#exactHosts.get(input.host);
+      const tier = this.#exactTier(input.host);
       if (tier !== undefined) {
         const r = this.#matchTier(tier, input);
         if (r !== undefined) return r.value;
@@ -247,21 +263,31 @@ export class Router<T> {
     return undefined;
   }
 
+  #exactTier(host: string): Tier<T> | undefined {
+    const few = this.#fewHosts;
+    if (few === undefined) return this.#exactHosts.get(host);
+    for (let i = 0; i < few.length; i++) if (few[i]!.host === host) return few[i]!.tier;
+    return undefined;
+  }
+
   #matchTier(tier: Tier<T>, input: MatchInput): CompiledRoute<T> | undefined {
     const path = input.path;
-    if (tier.exact.size > 0) {
+    const lengths = tier.exactLengths;
+    if (path.length < lengths.length && lengths[path.length] === 1) {
       const list = tier.exact.get(path);
       if (list !== undefined) {
         for (const r of list) if (r.unconditional || this.#conditionsPass(r, input)) return r;
       }
     }
     // Down the prefix tree by one character per node, then check the deepest candidate once.
+    // A child whose key is longer than the path is entered, and its check below fails; that
+    // costs nothing on the common path, where a length test on every step would.
     let node = tier.prefixTree;
     for (;;) {
       const c = path.charCodeAt(node.depth); // NaN past the end: no child
       const k = c - node.lo;
       const child = k >= 0 && k < node.table.length ? node.table[k] : node.wide?.get(c);
-      if (child === undefined || child.depth > path.length) break;
+      if (child === undefined) break;
       node = child;
     }
     // Every prefix of the path is on the way down, but the descent read only the branching
@@ -497,9 +523,14 @@ function buildTier<T>(label: string, routes: CompiledRoute<T>[]): Tier<T> {
     if (list) list.push(r);
     else byPrefix.set(r.path.value, [r]);
   }
+  let longestExact = -1;
+  for (const p of exact.keys()) longestExact = Math.max(longestExact, p.length);
+  const exactLengths = new Uint8Array(longestExact + 1);
+  for (const p of exact.keys()) exactLengths[p.length] = 1;
   return {
     label,
     exact,
+    exactLengths,
     prefixTree: buildPrefixNode([...byPrefix.keys()], byPrefix, undefined),
     prefixes,
     regexes,

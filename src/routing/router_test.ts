@@ -343,3 +343,52 @@ Deno.test("prefix lookup: a path leaving the tree mid-edge falls back to the sho
   assert.equal(r.match(req("/ab")), "short");
   assert.equal(r.match(req("/")), undefined);
 });
+
+Deno.test("host tiers and exact paths agree with a brute-force model, few and many hosts", () => {
+  // Up to 8 distinct exact hosts: the router compares up to 4 in a list and looks more up in a
+  // Map; exact paths of several lengths exercise the length table in front of the exact Map.
+  const hostName = fc.constantFrom("a.x", "b.x", "c.x", "d.x", "e.x", "f.x", "g.y", "h.y");
+  const routeHost = fc.oneof(
+    hostName,
+    fc.constantFrom("*.x", "*.y", "*"),
+    fc.constant(undefined),
+  );
+  const path = fc.array(fc.constantFrom("a", "b", "/"), { maxLength: 4 }).map((cs) =>
+    "/" + cs.join("")
+  );
+  const route = fc.record({ host: routeHost, exact: fc.boolean(), path });
+  const request = fc.record({ host: fc.oneof(hostName, fc.constant("z.x")), path });
+  fc.assert(
+    fc.property(
+      fc.array(route, { maxLength: 14 }),
+      fc.array(request, { maxLength: 10 }),
+      (rs, qs) => {
+        const named = rs.map((x, i) => ({ ...x, name: `r${i}` }));
+        const r = router(named.map((x): Spec => [x.name, {
+          ...(x.host === undefined ? {} : { host: x.host }),
+          path: x.exact ? { exact: x.path } : { prefix: x.path },
+        }]));
+        const label = (h: string | undefined) => h ?? "*";
+        for (const q of qs) {
+          // docs/routing.md: exact host, then wildcards by longest suffix, then any host; in a
+          // tier, exact paths, then prefixes longest first; config order breaks ties.
+          const tiers = [
+            named.filter((x) => label(x.host) === q.host),
+            ...["*.x", "*.y"].filter((w) => q.host.endsWith(w.slice(1)))
+              .map((w) => named.filter((x) => x.host === w)),
+            named.filter((x) => label(x.host) === "*"),
+          ];
+          let want: string | undefined;
+          for (const tier of tiers) {
+            want = tier.find((x) => x.exact && x.path === q.path)?.name ??
+              tier.filter((x) => !x.exact && q.path.startsWith(x.path))
+                .sort((x, y) => y.path.length - x.path.length)[0]?.name;
+            if (want !== undefined) break;
+          }
+          assert.equal(r.match(req(q.path, { host: q.host })), want, `${q.host} ${q.path}`);
+        }
+      },
+    ),
+    { numRuns: 1000 },
+  );
+});
