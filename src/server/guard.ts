@@ -401,7 +401,9 @@ export class ConnectionGuard {
     this.stopAccepting();
     this.#draining = true;
     for (const g of [...this.#all]) {
-      if (g.phase === "idle" || (g.phase === "head" && g.headBytes === 0 && !g.h2)) this.#finish(g);
+      // HTTP/2 included: a connection that has not started a stream stays in `head` (it is never
+      // scanned), and left open it held the drain until header_timeout.
+      if (g.phase === "idle" || (g.phase === "head" && g.headBytes === 0)) this.#finish(g);
     }
   }
 
@@ -804,7 +806,9 @@ export class ConnectionGuard {
       if (g.phase === "idle" || (g.phase === "head" && g.headBytes === 0)) this.#drop(g);
       return;
     }
-    if (!g.inner) return this.#drop(g);
+    // HTTP/2 without a stream yet: nothing to finish (Deno's HTTP/2 server does not end a
+    // connection on the half-close, it would stay until shutdown).
+    if (!g.inner || (g.h2 && g.phase === "head")) return this.#drop(g);
     g.inner.closeWrite().catch(() => this.#drop(g));
   }
 
