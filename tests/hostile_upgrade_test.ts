@@ -57,6 +57,7 @@ async function start(upstream: string): Promise<{ f: Started; port: number }> {
   - { name: public, address: "127.0.0.1:0" }
 server: { header_timeout: 2s }
 routes:
+  - { name: refused, match: { path: { prefix: /refused } }, direct_response: { status: 403, body: no } }
   - { name: fetch, match: { path: { prefix: /fetch/ } }, cluster: viafetch }
   - { name: h1, match: { path: { prefix: / } }, cluster: viah1 }
 clusters:
@@ -161,6 +162,58 @@ Deno.test("hostile upgrade: a WebSocket handshake without Connection: upgrade ge
       ws.close();
       await closed;
     }
+  } finally {
+    await stop(f);
+    await up.close();
+  }
+});
+
+Deno.test("hostile upgrade: a refused WebSocket upgrade ends its connection; what was pipelined after it is never served", async () => {
+  const { up, seen } = startRecordingUpstream();
+  const { f, port } = await start(up.url);
+  try {
+    const key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    const after =
+      "GET /pipelined HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n";
+    // Refused by Ferry (no key: 400) and by the route (403): one answer, then the close.
+    for (
+      const [head, status] of [
+        [
+          "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n",
+          400,
+        ],
+        [
+          `GET /refused HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n${key}\r\n`,
+          403,
+        ],
+      ] as const
+    ) {
+      const t0 = Date.now();
+      const text = await exchange(port, head + after, 5_000);
+      assert.deepEqual(statuses(text), [status], text);
+      assert.ok(
+        Date.now() - t0 < 3_000,
+        `closed after the answer, not by a timeout (${Date.now() - t0} ms)`,
+      );
+    }
+    // A WebSocket upgrade with a body: the error table's 400 (Deno answered a bare one).
+    for (
+      const framing of [
+        "Content-Length: 5\r\n\r\nhello",
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+      ]
+    ) {
+      const text = await exchange(
+        port,
+        `GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n${key}${framing}`,
+      );
+      assert.deepEqual(statuses(text), [400], text);
+      assert.match(text, /"reason":"a WebSocket upgrade with a body"/);
+    }
+    assert.ok(
+      !seen.some((s) => s.path === "/pipelined" || s.path === "/two"),
+      JSON.stringify(seen),
+    );
   } finally {
     await stop(f);
     await up.close();

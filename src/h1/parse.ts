@@ -510,6 +510,12 @@ export function parseRequestHead(
     }
     chunked = true;
   }
+  const upgrade = upgradeWebSocket && connectionUpgrade && method === "GET";
+  // Deno's server (where WebSocket upgrades go) refuses these with a bare 400; refused here with
+  // the error table's answer instead. RFC 6455 4.1: the handshake is a GET without a body.
+  if (upgrade && (chunked || contentLength > 0)) {
+    throw new H1ProtocolError("a WebSocket upgrade with a body");
+  }
   return {
     method,
     target,
@@ -521,7 +527,7 @@ export function parseRequestHead(
     chunked,
     keepAlive: !close && (minor === 1 || keepAliveToken),
     expectContinue,
-    upgrade: upgradeWebSocket && connectionUpgrade && method === "GET",
+    upgrade,
   };
 }
 
