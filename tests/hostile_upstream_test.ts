@@ -1,6 +1,6 @@
 /**
  * Misbehaving upstreams (tests/fixtures/bad_upstream.ts: wrong lengths, a close mid-body, a 1xx
- * flood, a 101 to a plain request, garbage, a head without end, a slow drip, a reset, broken
+ * flood (and a few 1xx done right), a 101 to a plain request, garbage, a head without end, a slow drip, a reset, broken
  * chunking, ambiguous framing) behind a real Ferry process, on both upstream transports (the h1
  * codec and fetch), with the workers FERRY_TEST_WORKERS asks for. Each client gets, within the
  * route timeout and a margin: the error table's JSON with a request id; or the complete body; or a
@@ -86,6 +86,7 @@ const EXPECTED: Record<(typeof BEHAVIOURS)[number], Outcome> = {
   "close-mid-chunked": "cut",
   "close-before-head": "error",
   "info-flood": "error",
+  "some-info": "whole",
   "switch": "error",
   "garbage": "error",
   "endless-head": "error",
@@ -127,6 +128,14 @@ clusters:
         wrong.push(`${t}/${b}: ${got} ${JSON.stringify(r.text.slice(0, 300))}`);
       }
       if (b === "long-body") assert.doesNotMatch(r.text, /67890/, `${t}: bytes past the length`);
+      // The codec stops at the 17th 1xx (it parsed them until the route timeout, a core busy
+      // and every other request slowed); fetch (hyper) skips them until the route timeout.
+      if (b === "info-flood" && t === "h1") {
+        assert.match(
+          r.text,
+          /^HTTP\/1\.1 502 [^]*"reason":"more than 16 interim \(1xx\) responses"/,
+        );
+      }
     });
     assert.deepEqual(wrong, []);
     // Still serving, on both transports.
