@@ -350,8 +350,8 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
                   "upstream answered 101 to a request that asked for no upgrade",
                 );
               }
-              // 100, 102, 103: interim, skipped; a flood of them would keep this loop parsing
-              // (one core) until the route timeout while nothing reaches the client.
+              // 100, 102, 103: interim, skipped; a flood of them would keep this loop parsing until
+              // the route timeout (then 504) while nothing reaches the client.
               if (++interim > MAX_INTERIM) {
                 throw new H1ProtocolError(`more than ${MAX_INTERIM} interim (1xx) responses`);
               }
