@@ -338,6 +338,7 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
     const readHead = async () => {
       try {
         let head: ResponseHead | undefined;
+        let interim = 0;
         for (;;) {
           if (c.end > c.start) {
             receivedAny = true;
@@ -349,7 +350,12 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
                   "upstream answered 101 to a request that asked for no upgrade",
                 );
               }
-              c.start += head.size; // 100, 102, 103: interim, skipped
+              // 100, 102, 103: interim, skipped; a flood of them would keep this loop parsing until
+              // the route timeout (then 504) while nothing reaches the client.
+              if (++interim > MAX_INTERIM) {
+                throw new H1ProtocolError(`more than ${MAX_INTERIM} interim (1xx) responses`);
+              }
+              c.start += head.size;
               continue;
             }
           }
@@ -388,6 +394,9 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
     void readHead();
   });
 }
+
+/** Interim (1xx) responses skipped before a final one; more is an upstream protocol error. */
+const MAX_INTERIM = 16;
 
 /**
  * What the codec knows about a Response it made: the head's header lines as they came (in order,

@@ -356,7 +356,12 @@ export interface RequestHead {
   readonly keepAlive: boolean;
   /** `Expect: 100-continue`. */
   readonly expectContinue: boolean;
-  /** An `Upgrade` header named in `Connection: upgrade` (WebSocket and the like). */
+  /**
+   * A WebSocket upgrade: GET with `websocket` in Upgrade and `upgrade` in Connection. Only these
+   * leave Ferry's own server for the inner Deno.serve; any other Upgrade (h2c, made-up protocols)
+   * is served as a plain request, its Upgrade dropped as hop-by-hop, so a client cannot move its
+   * connection to a parser without Ferry's framing rules and per-head timeout by naming one.
+   */
   readonly upgrade: boolean;
 }
 
@@ -435,7 +440,7 @@ export function parseRequestHead(
   let close = false;
   let keepAliveToken = false;
   let connectionUpgrade = false;
-  let upgradeHeader = false;
+  let upgradeWebSocket = false;
   let expectContinue = false;
   let lines = 1;
   let pos = buf[lineEnd0] === CR ? lineEnd0 + 2 : lineEnd0 + 1;
@@ -476,7 +481,7 @@ export function parseRequestHead(
         }
         break;
       case "upgrade":
-        upgradeHeader = true;
+        if (tokens(value).includes("websocket")) upgradeWebSocket = true;
         break;
       case "expect":
         if (value.toLowerCase() === "100-continue") expectContinue = true;
@@ -505,6 +510,12 @@ export function parseRequestHead(
     }
     chunked = true;
   }
+  const upgrade = upgradeWebSocket && connectionUpgrade && method === "GET";
+  // Deno's server (where WebSocket upgrades go) refuses these with a bare 400; refused here with
+  // the error table's answer instead. RFC 6455 4.1: the handshake is a GET without a body.
+  if (upgrade && (chunked || contentLength > 0)) {
+    throw new H1ProtocolError("a WebSocket upgrade with a body");
+  }
   return {
     method,
     target,
@@ -516,7 +527,7 @@ export function parseRequestHead(
     chunked,
     keepAlive: !close && (minor === 1 || keepAliveToken),
     expectContinue,
-    upgrade: upgradeHeader && connectionUpgrade,
+    upgrade,
   };
 }
 

@@ -62,9 +62,10 @@ export interface ServerConnection {
   bodyError(status: H1ProtocolError["status"], reason: string): Error;
   /**
    * An upgrade request (or an HTTP/2 preface): the connection leaves this server. `bytes` are
-   * what was read from the client and not yet consumed, starting at that request.
+   * what was read from the client and not yet consumed, starting at that request; `headSize`,
+   * for an upgrade, is its head's length.
    */
-  handOver(bytes: Uint8Array): Promise<void>;
+  handOver(bytes: Uint8Array, headSize?: number): Promise<void>;
 }
 
 /** The connection's read buffer. */
@@ -262,7 +263,9 @@ export async function serveHttp1(c: ServerConnection): Promise<void> {
         if (await input.fill() === 0) return; // closed between requests, or mid-head: no answer
         if (wasEmpty) c.awaitingHead(true);
       }
-      if (head.upgrade) return await c.handOver(input.buf.subarray(input.start, input.end));
+      if (head.upgrade) {
+        return await c.handOver(input.buf.subarray(input.start, input.end), head.size);
+      }
       input.start += head.size;
       c.requestStarted();
       if (!await exchange(c, input, out, head)) return;

@@ -47,7 +47,7 @@ const TABLE: Readonly<Record<ProxyErrorKind, ErrorRow>> = {
   no_route: { status: 404, grpc: 12, flag: "NR", title: "no route" },
   method_not_allowed: { status: 405, grpc: 12, flag: "NR", title: "method not allowed" },
   // Answered by the connection guard (src/server/guard.ts) before any handler runs.
-  request_timeout: { status: 408, grpc: 4, flag: "DT", title: "request header timeout" },
+  request_timeout: { status: 408, grpc: 4, flag: "DT", title: "request timeout" },
   too_many_connections: { status: 503, grpc: 14, flag: "DO", title: "too many connections" },
   payload_too_large: { status: 413, grpc: 8, flag: "DPE", title: "payload too large" },
   uri_too_long: { status: 414, grpc: 13, flag: "DPE", title: "uri too long" },

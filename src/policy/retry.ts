@@ -185,6 +185,8 @@ export async function replayableBody(
   limit: number,
   /** The process-wide bound: bytes kept are held there until the caller releases `held`. */
   bound: ReplayBytes = replayBytes,
+  /** Gives up reading (rejects with its reason): the body took too long. */
+  signal?: AbortSignal,
 ): Promise<
   { replayable: true; chunks: Uint8Array[]; held: number } | {
     replayable: false;
@@ -194,9 +196,13 @@ export async function replayableBody(
   const reader = body.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
+  const giveUp = () => void reader.cancel(signal!.reason).catch(() => {});
+  signal?.addEventListener("abort", giveUp, { once: true });
   try {
     while (true) {
       const { value, done } = await reader.read();
+      // A cancelled reader reads as done: not a whole body.
+      if (signal?.aborted) throw signal.reason;
       if (done) return { replayable: true, chunks, held: size };
       chunks.push(value);
       if (size + value.byteLength > limit || !bound.tryHold(value.byteLength)) break;
@@ -205,6 +211,8 @@ export async function replayableBody(
   } catch (err) {
     bound.release(size);
     throw err;
+  } finally {
+    signal?.removeEventListener("abort", giveUp);
   }
   // Not kept after all: what was held goes back at once.
   bound.release(size);

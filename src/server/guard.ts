@@ -175,6 +175,11 @@ class Guarded {
   frames: WsFrameLimit | undefined;
   /** A tunnel asked to close: dropped at this time if it has not ended by itself. */
   closeBy = 0;
+  /**
+   * A WebSocket upgrade handed to the inner server: told once its answer is known, whether it
+   * made a tunnel (until then the client's later bytes are held back).
+   */
+  upgradeDecided: ((tunnel: boolean) => void) | undefined;
   constructor(
     readonly conn: Deno.Conn,
     readonly remote: Deno.NetAddr,
@@ -364,7 +369,13 @@ export class ConnectionGuard {
           crypto.randomUUID(),
         );
       }
-      const res = await handler(req, guarded);
+      let res: Response;
+      try {
+        res = await handler(req, guarded);
+      } catch (err) {
+        g.upgradeDecided?.(false);
+        throw err;
+      }
       // Only a WebSocket upgrade becomes a tunnel; a 101 to anything else is not one.
       if (res.status === 101 && isWebSocketUpgrade(req)) {
         const limits = this.#opts.limits();
@@ -375,6 +386,17 @@ export class ConnectionGuard {
         // The upgrade's answer was replaced on its way out: no tunnel, its upstream closes.
         g.link.tunnel.close();
         g.link.tunnel = undefined;
+      }
+      const decided = g.upgradeDecided;
+      if (decided) {
+        g.upgradeDecided = undefined;
+        decided(g.phase === "tunnel");
+        if (g.phase !== "tunnel") {
+          // A refused upgrade ends its connection after the answer: Deno.serve would otherwise
+          // read the next requests with its own parser (bare 400s, no per-head timeout).
+          const finish = () => this.#finish(g);
+          info.completed.then(finish, finish);
+        }
       }
       return res;
     };
@@ -406,7 +428,9 @@ export class ConnectionGuard {
     this.stopAccepting();
     this.#draining = true;
     for (const g of [...this.#all]) {
-      if (g.phase === "idle" || (g.phase === "head" && g.headBytes === 0 && !g.h2)) this.#finish(g);
+      // HTTP/2 included: a connection that has not started a stream stays in `head` (it is never
+      // scanned), and left open it held the drain until header_timeout.
+      if (g.phase === "idle" || (g.phase === "head" && g.headBytes === 0)) this.#finish(g);
     }
   }
 
@@ -492,7 +516,11 @@ export class ConnectionGuard {
    * The loopback hop: the connection's bytes (after `replay`, what was read of it already) are
    * piped to the inner Deno.serve and back. Resolves once both directions have ended.
    */
-  async #hop(g: Guarded, replay: Uint8Array | undefined): Promise<void> {
+  async #hop(
+    g: Guarded,
+    replay: Uint8Array | undefined,
+    upgradeHeadSize?: number,
+  ): Promise<void> {
     // While the inner server is being bound again this is refused: the client is dropped.
     const inner = await Deno.connect({ hostname: "127.0.0.1", port: this.innerPort()! });
     if (g.closed) {
@@ -503,10 +531,49 @@ export class ConnectionGuard {
     this.#innerFailures.succeeded();
     inner.setNoDelay(true);
     this.#byInnerPort.set((inner.localAddr as Deno.NetAddr).port, g);
+    if (upgradeHeadSize !== undefined && replay) {
+      return this.#upgradeHop(g, inner, replay, upgradeHeadSize);
+    }
     if (replay && replay.length > 0) await writeAll(inner, replay);
     const up = this.#pump(g, g.conn, inner, true);
     const down = this.#pump(g, inner, g.conn, false);
     await Promise.all([up, down]);
+  }
+
+  /**
+   * A WebSocket upgrade on the hop: only its head goes to Deno.serve at first. What the client
+   * sent after it (RFC 6455 4.1: nothing, until the 101) follows once the upgrade made a
+   * tunnel; after any other answer it is read and dropped, and the connection ends.
+   */
+  async #upgradeHop(
+    g: Guarded,
+    inner: Deno.TcpConn,
+    replay: Uint8Array,
+    headSize: number,
+  ): Promise<void> {
+    const tunnel = new Promise<boolean>((resolve) => g.upgradeDecided = resolve);
+    await writeAll(inner, replay.subarray(0, headSize));
+    const early = replay.slice(headSize);
+    const down = this.#pump(g, inner, g.conn, false);
+    // Deno.serve may answer without calling the handler (its own 400), then close.
+    if (await Promise.race([tunnel, down.then(() => false)])) {
+      await Promise.all([this.#pump(g, g.conn, inner, true, early), down]);
+      return;
+    }
+    const read = rawReader(g.conn);
+    const buf = new Uint8Array(SMALL_BUFFER);
+    let answered = false;
+    const dropping = (async () => {
+      try {
+        while (!answered && await read(buf) > 0) { /* dropped */ }
+      } catch { /* gone */ }
+    })();
+    await down;
+    answered = true;
+    // The client has the answer and a FIN: a moment to close its end, so ours is no reset.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([dropping, new Promise((r) => timer = setTimeout(r, 1000))]);
+    clearTimeout(timer);
   }
 
   /**
@@ -550,7 +617,7 @@ export class ConnectionGuard {
         return errorResponse(new ProxyError(kind, reason), crypto.randomUUID());
       },
       bodyError: (status, reason) => new ProxyError(refusalKind(status), reason),
-      handOver: (bytes) => {
+      handOver: (bytes, headSize) => {
         if (startsWith(bytes, H2_PREFACE)) g.h2 = true;
         else {
           // An upgrade request whose head the server has read: no second head scan.
@@ -558,7 +625,7 @@ export class ConnectionGuard {
           g.since = performance.now();
         }
         g.own = false;
-        return this.#hop(g, bytes);
+        return this.#hop(g, bytes, headSize);
       },
     });
   }
@@ -605,13 +672,20 @@ export class ConnectionGuard {
    * next read waits for the write, so a client that does not read stops the inner side too.
    * Reads and writes go to the runtime's ops directly (src/server/raw_io.ts).
    */
-  async #pump(g: Guarded, from: Deno.Conn, to: Deno.Conn, fromClient: boolean): Promise<void> {
+  async #pump(
+    g: Guarded,
+    from: Deno.Conn,
+    to: Deno.Conn,
+    fromClient: boolean,
+    /** Bytes read from `from` already, taken as the first read. */
+    first?: Uint8Array,
+  ): Promise<void> {
     const read = rawReader(from);
     const write = rawWriter(to);
-    let buf = new Uint8Array(SMALL_BUFFER);
+    let buf = first && first.length > 0 ? first : new Uint8Array(SMALL_BUFFER);
     try {
       while (true) {
-        const n = await read(buf);
+        const n = buf === first ? first.length : await read(buf);
         if (n === 0) break;
         if (fromClient) {
           if (!this.#onClientBytes(g, buf, n)) return;
@@ -638,7 +712,8 @@ export class ConnectionGuard {
           }
           await this.#writeClient(g, write, buf, n);
         }
-        if (n === buf.length && buf.length < LARGE_BUFFER) buf = new Uint8Array(LARGE_BUFFER);
+        if (buf === first) buf = new Uint8Array(SMALL_BUFFER);
+        else if (n === buf.length && buf.length < LARGE_BUFFER) buf = new Uint8Array(LARGE_BUFFER);
         else if (n < SMALL_BUFFER && buf.length > SMALL_BUFFER) buf = new Uint8Array(SMALL_BUFFER);
       }
       // Half-close: the other side may still be answering.
@@ -818,13 +893,16 @@ export class ConnectionGuard {
       if (g.phase === "idle" || (g.phase === "head" && g.headBytes === 0)) this.#drop(g);
       return;
     }
-    if (!g.inner) return this.#drop(g);
+    // HTTP/2 without a stream yet: nothing to finish (Deno's HTTP/2 server does not end a
+    // connection on the half-close, it would stay until shutdown).
+    if (!g.inner || (g.h2 && g.phase === "head")) return this.#drop(g);
     g.inner.closeWrite().catch(() => this.#drop(g));
   }
 
   #drop(g: Guarded): void {
     if (g.closed) return;
     g.closed = true;
+    g.upgradeDecided?.(false);
     g.link.close();
     this.#all.delete(g);
     this.#admission.release(g.remote.hostname);

@@ -59,6 +59,10 @@ export function forwardTo(s: ForwardSettings): Handler {
   const retry = s.retry;
   const timeoutMessage = `no response within the route timeout of ${s.timeoutMs} ms`;
   const onRouteTimeout = (ctl: AbortController) => ctl.abort(new TimeoutReason(timeoutMessage));
+  const bodyTimeoutMessage =
+    `request body not received within the route timeout of ${s.timeoutMs} ms`;
+  const onBodyTimeout = (ctl: AbortController) =>
+    ctl.abort(new ProxyError("request_timeout", bodyTimeoutMessage));
   return async function forward(req: Request, ctx: RequestContext): Promise<Response> {
     ctx.outcome.cluster = cluster.name;
     const span = activeSpan();
@@ -91,10 +95,18 @@ export function forwardTo(s: ForwardSettings): Handler {
     let chunks: Uint8Array[] | undefined;
     let held = 0;
     if (retries > 0 && body) {
-      // Only the client's body is read here: any failure is the client's.
-      const r = await replayableBody(body, retry!.maxBodyBytes).catch((err) => {
-        throw clientBodyError(err);
-      });
+      // Only the client's body is read here: any failure is the client's. It must arrive within
+      // the route timeout (which starts after it): a body dripped a byte at a time held the
+      // connection, and its bytes in the replay bound, with no time limit at all.
+      const late = new AbortController();
+      const bodyDeadline = s.timeoutMs > 0
+        ? s.deadlines.arm(s.timeoutMs, onBodyTimeout, late)
+        : undefined;
+      const r = await replayableBody(body, retry!.maxBodyBytes, undefined, late.signal).catch(
+        (err) => {
+          throw clientBodyError(err);
+        },
+      ).finally(() => bodyDeadline?.cancel());
       if (r.replayable) {
         chunks = r.chunks;
         held = r.held;

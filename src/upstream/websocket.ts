@@ -66,10 +66,27 @@ export async function proxyWebSocket(
   // Behind the guard, on an h1 cluster (or an auto one on the h2 transport): a byte tunnel
   // through the codec. Elsewhere (no guard, HTTP/2 clients, fetch and h2c clusters) frames are
   // relayed between two Deno WebSockets.
+  // Refused before any upstream is contacted: a handshake Deno cannot complete with the client
+  // would otherwise open an upstream WebSocket and then fail as an internal error.
+  const fault = handshakeFault(req.headers);
+  if (fault) throw new ProxyError("bad_request", fault);
   const link = downstreamLink(req);
   const h1 = s.cluster.upgrades;
   if (link && !link.h2 && h1) return await tunnelWebSocket(req, ctx, s, endpoint, path, link, h1);
   return await relayWebSocket(req, ctx, s, endpoint, path);
+}
+
+/** What Deno.upgradeWebSocket would refuse in a client's handshake (RFC 6455 4.2.1), if anything. */
+function handshakeFault(headers: Headers): string | undefined {
+  const connection = headers.get("connection") ?? "";
+  if (!connection.toLowerCase().split(",").some((t) => t.trim() === "upgrade")) {
+    return "a WebSocket upgrade without Connection: upgrade";
+  }
+  if (!headers.get("sec-websocket-key")) return "a WebSocket upgrade without Sec-WebSocket-Key";
+  if (headers.get("sec-websocket-version") !== "13") {
+    return "a WebSocket upgrade without Sec-WebSocket-Version: 13";
+  }
+  return undefined;
 }
 
 /**
@@ -144,9 +161,16 @@ async function relayWebSocket(
   await opened(upstream, endpoint.origin);
 
   // A copy's headers went upstream above; only the served request can be upgraded.
-  const { socket: client, response } = Deno.upgradeWebSocket(servedRequest(req), {
-    ...(upstream.protocol ? { protocol: upstream.protocol } : {}),
-  });
+  let upgraded: ReturnType<typeof Deno.upgradeWebSocket>;
+  try {
+    upgraded = Deno.upgradeWebSocket(servedRequest(req), {
+      ...(upstream.protocol ? { protocol: upstream.protocol } : {}),
+    });
+  } catch (err) {
+    upstream.close(); // else the upstream WebSocket stays open, with nobody on the other side
+    throw err;
+  }
+  const { socket: client, response } = upgraded;
   client.binaryType = "arraybuffer";
   const limit = s.websocketMaxBuffer;
   const maxMessage = s.websocketMaxMessageBytes;
