@@ -6,6 +6,7 @@
  *     deno run -A bench/tools/h1_rss.ts            # TRANSPORT=fetch to compare
  *
  * GUARD=false runs Ferry without the connection guard; V8_FLAGS passes --v8-flags to Ferry.
+ * ONLY=up (or ONLY=down) runs one direction alone, so the other's garbage does not mix in.
  */
 import { spawnFerry, tempConfig } from "../../tests/helpers.ts";
 
@@ -69,12 +70,18 @@ await curl(["-o", "/dev/null", `${base}/warm`]);
 const before = rssKiB(pid);
 let peak = before;
 const sampler = setInterval(() => peak = Math.max(peak, rssKiB(pid)), 50);
-const down = await curl(["-o", "/dev/null", "-w", "%{size_download}", `${base}/down`]);
+const only = Deno.env.get("ONLY");
+const down = only === "up"
+  ? "0"
+  : await curl(["-o", "/dev/null", "-w", "%{size_download}", `${base}/down`]);
 const peakAfterDownload = peak;
-const upload = await Deno.makeTempFile({ prefix: "ferry-rss-" });
-await Deno.truncate(upload, TOTAL); // 100 MB of zeros, sparse on disk
-const up = await curl(["-T", upload, "-X", "POST", `${base}/up`]);
-await Deno.remove(upload);
+let up = "0";
+if (only !== "down") {
+  const upload = await Deno.makeTempFile({ prefix: "ferry-rss-" });
+  await Deno.truncate(upload, TOTAL); // 100 MB of zeros, sparse on disk
+  up = await curl(["-T", upload, "-X", "POST", `${base}/up`]);
+  await Deno.remove(upload);
+}
 clearInterval(sampler);
 console.log(JSON.stringify({
   transport: Deno.env.get("TRANSPORT") ?? "h1",

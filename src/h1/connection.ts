@@ -14,6 +14,7 @@ import {
   parseResponseHead,
   type ResponseHead,
 } from "./parse.ts";
+import type { BodyReader } from "./body_reader.ts";
 
 const INITIAL_BUFFER = 16 * 1024;
 /** Body reads straight from the socket take at most this much at once. */
@@ -182,13 +183,24 @@ export interface Exchange {
   readonly headersOutOfBand?: boolean | undefined;
 }
 
+/** Room kept before a directly read chunk for its size line (hex digits and CRLF). */
+const SIZE_LINE_ROOM = 16;
+/** Direct request-body reads take at most this much at once. */
+const REQUEST_READ = 64 * 1024;
+
 /**
- * The request body, read once from its stream; the first bytes are kept (by reference) so a
- * request that met a stale connection can be sent again when the whole body was kept.
+ * The request body, read once: from its stream, or straight into one buffer of this source's
+ * through the body's direct reader (body_reader.ts) when it has one. The first bytes are kept
+ * (by reference from a stream, copied from the buffer) so a request that met a stale connection
+ * can be sent again when the whole body was kept.
  */
 export class BodySource {
   static readonly REPLAY_LIMIT = 64 * 1024;
-  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  readonly #reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  readonly #direct: BodyReader | undefined;
+  /** Where direct reads land, after SIZE_LINE_ROOM and with 2 bytes after for a chunk's CRLF. */
+  #buf: Uint8Array | undefined;
+  readonly #readSize: number;
   #kept: Uint8Array[] | undefined = [];
   #keptBytes = 0;
   #replayFrom = -1;
@@ -196,8 +208,11 @@ export class BodySource {
   /** Nothing read from the stream yet. */
   untouched = true;
 
-  constructor(stream: ReadableStream<Uint8Array>) {
-    this.#reader = stream.getReader();
+  /** `length`: the body's Content-Length, -1 when unknown (sizes the direct-read buffer). */
+  constructor(source: ReadableStream<Uint8Array> | BodyReader, length: number) {
+    if (source instanceof ReadableStream) this.#reader = source.getReader();
+    else this.#direct = source;
+    this.#readSize = length > 0 ? Math.min(length, REQUEST_READ) : REQUEST_READ;
   }
 
   /** True when the body can be sent again from the start. */
@@ -218,10 +233,15 @@ export class BodySource {
     this.#ended = true;
     // Read the stream's end as well (not waited for): Deno.serve keeps the client's connection
     // open only when the request body was read to its end; otherwise it answers with
-    // `connection: close` and every POST costs the client a new connection.
-    this.#reader.read().catch(() => {});
+    // `connection: close` and every POST costs the client a new connection. (A direct reader's
+    // server sees the end of the body itself.)
+    this.#reader?.read().catch(() => {});
   }
 
+  /**
+   * The next body bytes, or null at the end. Bytes read directly are a view of this source's
+   * buffer, valid until the next call.
+   */
   async next(epoch: number): Promise<Uint8Array | null> {
     if (epoch !== this.epoch) throw new Error("the request body was handed to a retry");
     if (this.#replayFrom >= 0) {
@@ -231,22 +251,67 @@ export class BodySource {
       if (this.#ended) return null;
     }
     this.untouched = false;
-    const r = await this.#reader.read();
-    if (r.done) {
-      this.#ended = true;
-      return null;
+    let chunk: Uint8Array;
+    if (this.#direct) {
+      const buf = this.#buf ??= new Uint8Array(SIZE_LINE_ROOM + this.#readSize + 2);
+      const n = await this.#direct.read(
+        buf.subarray(SIZE_LINE_ROOM, SIZE_LINE_ROOM + this.#readSize),
+      );
+      if (n === null) {
+        this.#ended = true;
+        return null;
+      }
+      chunk = buf.subarray(SIZE_LINE_ROOM, SIZE_LINE_ROOM + n);
+    } else {
+      const r = await this.#reader!.read();
+      if (r.done) {
+        this.#ended = true;
+        return null;
+      }
+      chunk = r.value;
     }
-    const chunk = r.value;
     if (this.#kept) {
       this.#keptBytes += chunk.length;
       if (this.#keptBytes > BodySource.REPLAY_LIMIT) this.#kept = undefined;
-      else this.#kept.push(chunk);
+      else this.#kept.push(this.#direct ? chunk.slice() : chunk);
     }
     return chunk;
   }
 
+  /**
+   * `chunk` with its chunked framing (size line before, CRLF after): written around it in place
+   * when it is a direct read (no copy), else copied into a new buffer.
+   */
+  framed(chunk: Uint8Array): Uint8Array {
+    const size = chunk.length.toString(16);
+    const buf = this.#buf;
+    if (
+      buf && chunk.buffer === buf.buffer && chunk.byteOffset === buf.byteOffset + SIZE_LINE_ROOM
+    ) {
+      let o = SIZE_LINE_ROOM - size.length - 2;
+      const from = o;
+      for (let i = 0; i < size.length; i++) buf[o++] = size.charCodeAt(i);
+      buf[o++] = 13;
+      buf[o] = 10;
+      const end = SIZE_LINE_ROOM + chunk.length;
+      buf[end] = 13;
+      buf[end + 1] = 10;
+      return buf.subarray(from, end + 2);
+    }
+    const framed = new Uint8Array(size.length + 2 + chunk.length + 2);
+    let o = 0;
+    for (let i = 0; i < size.length; i++) framed[o++] = size.charCodeAt(i);
+    framed[o++] = 13;
+    framed[o++] = 10;
+    framed.set(chunk, o);
+    framed[framed.length - 2] = 13;
+    framed[framed.length - 1] = 10;
+    return framed;
+  }
+
   cancel(reason?: unknown): void {
-    this.#reader.cancel(reason).catch(() => {});
+    if (this.#direct) this.#direct.cancel(reason);
+    else this.#reader!.cancel(reason).catch(() => {});
   }
 }
 
@@ -315,13 +380,7 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
         } else {
           for (let chunk = await next(); chunk !== null; chunk = await next()) {
             if (chunk.length === 0) continue;
-            const size = encoder.encode(chunk.length.toString(16) + "\r\n");
-            const framed = new Uint8Array(size.length + chunk.length + 2);
-            framed.set(size);
-            framed.set(chunk, size.length);
-            framed[framed.length - 2] = 13;
-            framed[framed.length - 1] = 10;
-            await c.writeAll(framed);
+            await c.writeAll(body.framed(chunk));
           }
           await c.writeAll(CHUNK_END);
         }
