@@ -595,30 +595,69 @@ function makeResponse(
     return new Response(stream, init);
   }
   const decoder = new ChunkedDecoder();
-  return new Response(
-    bodyStream(x, fail, async (ctl) => {
+  const stream = bodyStream(x, fail, async (ctl) => {
+    for (;;) {
+      while (c.end > c.start && !decoder.done) {
+        const used = decoder.step(c.buf, c.start, c.end);
+        if (used === 0) break;
+        c.start += used;
+        if (decoder.dataTo > decoder.dataFrom) {
+          ctl.enqueue(c.buf.slice(decoder.dataFrom, decoder.dataTo));
+          return;
+        }
+      }
+      if (decoder.done) {
+        ctl.close();
+        complete();
+        return;
+      }
+      const n = await c.fill(64 * 1024);
+      if (n === null) throw new UpstreamClosed("in the middle of a chunked body");
+    }
+  });
+  relays.set(
+    stream,
+    relayWith(x, fail, async (write, buf) => {
+      // Small chunks are gathered in `buf` and go out together once nothing more is buffered
+      // (or it is full); a large one goes out from the read buffer as it is, with no copy.
+      let gathered = 0;
+      const flush = async () => {
+        if (gathered === 0) return;
+        const n = gathered;
+        gathered = 0;
+        await write(buf.subarray(0, n));
+      };
       for (;;) {
         while (c.end > c.start && !decoder.done) {
           const used = decoder.step(c.buf, c.start, c.end);
           if (used === 0) break;
           c.start += used;
-          if (decoder.dataTo > decoder.dataFrom) {
-            ctl.enqueue(c.buf.slice(decoder.dataFrom, decoder.dataTo));
-            return;
+          const from = decoder.dataFrom;
+          const size = decoder.dataTo - from;
+          if (size === 0) continue;
+          if (size < SMALL_CHUNK && gathered + size <= buf.length) {
+            buf.set(c.buf.subarray(from, from + size), gathered);
+            gathered += size;
+          } else {
+            await flush();
+            await write(c.buf.subarray(from, from + size)); // no read moves it before this ends
           }
         }
+        await flush();
         if (decoder.done) {
-          ctl.close();
           complete();
           return;
         }
         const n = await c.fill(64 * 1024);
         if (n === null) throw new UpstreamClosed("in the middle of a chunked body");
       }
-    }),
-    init,
+    }, c),
   );
+  return new Response(stream, init);
 }
+
+/** Decoded chunks smaller than this are gathered into one relay write. */
+const SMALL_CHUNK = 16 * 1024;
 
 /** A body relay over the connection's reused buffer, failing the exchange as the stream would. */
 function relayWith(

@@ -28,6 +28,8 @@ export class H1Transport implements Transport {
   #closed = false;
   /** Requests sent again after meeting a connection the upstream had closed while idle. */
   staleRetries = 0;
+  /** Request bodies read straight from Ferry's own HTTP/1.1 server's connection (body_reader.ts). */
+  directBodies = 0;
 
   constructor(readonly opts: H1PoolOptions) {}
 
@@ -77,9 +79,9 @@ export class H1Transport implements Transport {
     }
     // Straight from the client's connection into the codec's buffer when Ferry's own HTTP/1.1
     // server made the body and nothing has read it yet; else the stream.
-    const body = r.body
-      ? new BodySource(takeBodyReader(r.body) ?? r.body, framed.contentLength)
-      : undefined;
+    const direct = r.body ? takeBodyReader(r.body) : undefined;
+    if (direct) this.directBodies++;
+    const body = r.body ? new BodySource(direct ?? r.body, framed.contentLength) : undefined;
     const abortError = () => classifyUpstreamError(r.signal.reason, r.signal);
     for (let attempt = 0;; attempt++) {
       if (r.signal.aborted) throw abortError();
