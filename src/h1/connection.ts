@@ -544,6 +544,24 @@ function makeResponse(
     relays.set(
       stream,
       relayWith(x, fail, async (write, buf) => {
+        if (remaining <= buf.length) {
+          // A body that fits the buffer is gathered there and written once: the client gets
+          // it with its head in one write, not as a write per upstream read.
+          const length = remaining;
+          let got = Math.min(length, c.end - c.start);
+          buf.set(c.buf.subarray(c.start, c.start + got));
+          c.start += got;
+          remaining -= got;
+          while (remaining > 0) {
+            const n = await c.conn.read(buf.subarray(got, length));
+            if (n === null) throw short();
+            got += n;
+            remaining -= n;
+          }
+          await write(buf.subarray(0, length));
+          complete();
+          return;
+        }
         if (c.end > c.start) {
           const n = Math.min(remaining, c.end - c.start);
           await write(c.buf.subarray(c.start, c.start + n));
