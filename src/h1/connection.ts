@@ -484,6 +484,20 @@ export function takeBodyRelay(stream: ReadableStream<Uint8Array>): BodyRelay | u
 /** A connection's relay buffer: body reads go here, one at a time. */
 const RELAY_BUFFER = 64 * 1024;
 const relayBuffers = new WeakMap<H1Connection, Uint8Array>();
+/**
+ * Free room kept before a relay buffer's bytes: the writer may put a response head there and send
+ * both in one write, with no copy of the body into a buffer of its own.
+ */
+const RELAY_HEADROOM = 1024;
+const relayArrays = new WeakSet<ArrayBufferLike>();
+
+/**
+ * How many bytes before `bytes` (a relay write's argument) the writer may overwrite for the
+ * duration of that write: RELAY_HEADROOM for a relay buffer's bytes, else 0.
+ */
+export function relayHeadroom(bytes: Uint8Array): number {
+  return relayArrays.has(bytes.buffer) ? Math.min(bytes.byteOffset, RELAY_HEADROOM) : 0;
+}
 
 /** The codec's parts of `res`; undefined for a Response the codec did not make. */
 export function h1ResponseParts(res: Response): H1ResponseParts | undefined {
@@ -686,7 +700,11 @@ function relayWith(
 ): BodyRelay {
   return async (write) => {
     let buf = relayBuffers.get(c);
-    if (!buf) relayBuffers.set(c, buf = new Uint8Array(RELAY_BUFFER));
+    if (!buf) {
+      const whole = new Uint8Array(RELAY_HEADROOM + RELAY_BUFFER);
+      relayArrays.add(whole.buffer);
+      relayBuffers.set(c, buf = whole.subarray(RELAY_HEADROOM));
+    }
     try {
       await run(write, buf);
     } catch (err) {

@@ -21,7 +21,7 @@ import {
   REQUEST_LIMITS,
   type RequestHead,
 } from "./parse.ts";
-import { encodeLatin1, takeBodyRelay } from "./connection.ts";
+import { encodeLatin1, relayHeadroom, takeBodyRelay } from "./connection.ts";
 import { offerBodyReader } from "./body_reader.ts";
 import { responseOut } from "./response_out.ts";
 
@@ -772,6 +772,16 @@ class Output {
   /** `head` (if any) and `body` in one write when they fit the reused buffer. */
   async #writeTwo(head: Uint8Array | undefined, body: Uint8Array): Promise<void> {
     if (!head) return this.c.write(body);
+    if (head.length <= relayHeadroom(body)) {
+      // The codec's relay left room before the body: the head goes there, no copy of the body.
+      const joined = new Uint8Array(
+        body.buffer,
+        body.byteOffset - head.length,
+        head.length + body.length,
+      );
+      joined.set(head);
+      return this.c.write(joined);
+    }
     const total = head.length + body.length;
     if (total > OUT_BUFFER) {
       await this.c.write(head);
