@@ -349,3 +349,47 @@ Deno.test("body relay: a bad chunk size in the middle of an upstream answer trun
     await up.close();
   }
 });
+
+Deno.test("body relay: a body read directly is kept and sent again whole when a reused connection turns out closed", async () => {
+  // The second request on every upstream connection meets a close without an answer (the
+  // keep-alive race), after the upstream has read all of it.
+  const up = startRawUpstream((req) =>
+    req.index === 1 ? { bytes: null } : { bytes: `HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok` }
+  );
+  const ferry = startFerry(config(), { UP: up.url });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: ferry.port });
+  const bodies = [pattern(30_000, 31), pattern(50_000, 32), pattern(20_000, 33)];
+  try {
+    for (const [i, body] of bodies.entries()) {
+      const chunked = i === 2;
+      await writeAll(
+        conn,
+        enc.encode(
+          `POST /p${i} HTTP/1.1\r\nhost: t\r\n${
+            chunked ? "transfer-encoding: chunked" : `content-length: ${body.length}`
+          }\r\n\r\n`,
+        ),
+      );
+      if (chunked) {
+        await writeAll(conn, enc.encode(`${body.length.toString(16)}\r\n`));
+        await writeAll(conn, body);
+        await writeAll(conn, enc.encode("\r\n0\r\n\r\n"));
+      } else await writeAll(conn, body);
+      const { text } = await readUntil(conn, whole);
+      assert.match(text, /^HTTP\/1\.1 200/, `request ${i}: ${text.slice(0, 100)}`);
+    }
+    assert.equal(ferry.ferry.snapshot.clusters.get("up")!.h1!.staleRetries, 2);
+    assert.equal(directBodies(ferry), 3);
+    // Each path arrived with its exact body, twice for the two that met a closed connection.
+    const hex = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
+    for (const [i, body] of bodies.entries()) {
+      const got = up.requests.filter((r) => r.head.startsWith(`POST /p${i} `));
+      assert.equal(got.length, i === 0 ? 1 : 2, `attempts of request ${i}`);
+      for (const r of got) assert.equal(hex(r.body), hex(body), `request ${i}`);
+    }
+  } finally {
+    conn.close();
+    await ferry.close();
+    await up.close();
+  }
+});
