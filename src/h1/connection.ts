@@ -187,6 +187,8 @@ export interface Exchange {
 const SIZE_LINE_ROOM = 16;
 /** Direct request-body reads take at most this much at once. */
 const REQUEST_READ = 64 * 1024;
+/** The first read of a body of unknown length. */
+const REQUEST_READ_FIRST = 8 * 1024;
 
 /**
  * The request body, read once: from its stream, or straight into one buffer of this source's
@@ -200,7 +202,9 @@ export class BodySource {
   readonly #direct: BodyReader | undefined;
   /** Where direct reads land, after SIZE_LINE_ROOM and with 2 bytes after for a chunk's CRLF. */
   #buf: Uint8Array | undefined;
-  readonly #readSize: number;
+  #readSize: number;
+  /** The buffer is replaced by a larger one before the next read. */
+  #grow = false;
   #kept: Uint8Array[] | undefined = [];
   #keptBytes = 0;
   #replayFrom = -1;
@@ -212,7 +216,9 @@ export class BodySource {
   constructor(source: ReadableStream<Uint8Array> | BodyReader, length: number) {
     if (source instanceof ReadableStream) this.#reader = source.getReader();
     else this.#direct = source;
-    this.#readSize = length > 0 ? Math.min(length, REQUEST_READ) : REQUEST_READ;
+    // A body of unknown length starts with a smaller buffer: most are small, and 64 KiB of fresh
+    // memory per request costs more in GC than it saves (it grows after a read that fills it).
+    this.#readSize = length > 0 ? Math.min(length, REQUEST_READ) : REQUEST_READ_FIRST;
   }
 
   /** True when the body can be sent again from the start. */
@@ -253,6 +259,10 @@ export class BodySource {
     this.untouched = false;
     let chunk: Uint8Array;
     if (this.#direct) {
+      if (this.#grow) {
+        this.#grow = false;
+        this.#buf = undefined;
+      }
       const buf = this.#buf ??= new Uint8Array(SIZE_LINE_ROOM + this.#readSize + 2);
       const n = await this.#direct.read(
         buf.subarray(SIZE_LINE_ROOM, SIZE_LINE_ROOM + this.#readSize),
@@ -262,6 +272,11 @@ export class BodySource {
         return null;
       }
       chunk = buf.subarray(SIZE_LINE_ROOM, SIZE_LINE_ROOM + n);
+      if (n === this.#readSize && n < REQUEST_READ) {
+        // Filled: a larger body. The next read gets the full size (this chunk is sent first).
+        this.#readSize = REQUEST_READ;
+        this.#grow = true;
+      }
     } else {
       const r = await this.#reader!.read();
       if (r.done) {
@@ -566,11 +581,18 @@ function makeResponse(
           buf.set(c.buf.subarray(c.start, c.start + got));
           c.start += got;
           remaining -= got;
-          while (remaining > 0) {
-            const n = await c.conn.read(buf.subarray(got, length));
-            if (n === null) throw short();
-            got += n;
-            remaining -= n;
+          try {
+            while (remaining > 0) {
+              const n = await c.conn.read(buf.subarray(got, length));
+              if (n === null) throw short();
+              got += n;
+              remaining -= n;
+            }
+          } catch (err) {
+            // What came goes out before the failure, as it would have read by read: the client
+            // sees the answer break off, not an empty reply.
+            if (got > 0) await write(buf.subarray(0, got)).catch(() => {});
+            throw err;
           }
           await write(buf.subarray(0, length));
           complete();

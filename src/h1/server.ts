@@ -105,6 +105,8 @@ class Input {
   /** Reads more into the buffer; resolves to the count, 0 at end of stream. Rejects on reset. */
   fill(): Promise<number> {
     if (this.#pending) return this.#pending;
+    // A body read straight past the buffer is still out: bytes after it come after it.
+    if (this.#direct) return this.#direct.then(() => this.fill(), () => this.fill());
     if (this.eof) return Promise.resolve(0);
     if (!makeRoom(this, MAX_BUFFER)) return Promise.reject(new Error("read buffer full"));
     const p = this.read(this.buf.subarray(this.end)).then((n) => {
@@ -136,16 +138,20 @@ class Input {
   }
 
   /** A body read straight into `into`, past the buffer (which must be empty, with no read out). */
-  async readDirect(into: Uint8Array): Promise<number> {
-    try {
-      const n = await this.read(into);
+  readDirect(into: Uint8Array): Promise<number> {
+    const p = this.read(into).then((n) => {
+      this.#direct = undefined;
       if (n === 0) this.eof = true;
       return n;
-    } catch (err) {
+    }, (err) => {
+      this.#direct = undefined;
       this.eof = true;
       throw err;
-    }
+    });
+    this.#direct = p;
+    return p;
   }
+  #direct: Promise<number> | undefined;
 
   /** Room for large reads while a chunked body comes in (shrink() gives it back after). */
   growForBody(): void {
