@@ -6,11 +6,19 @@
  *     deno run -A bench/tools/h1_rss.ts            # TRANSPORT=fetch to compare
  *
  * GUARD=false runs Ferry without the connection guard; V8_FLAGS passes --v8-flags to Ferry.
+ * ONLY=up (or ONLY=down) runs one direction alone, so the other's garbage does not mix in;
+ * CHUNKED=1 uploads with chunked framing instead of a Content-Length.
  */
 import { spawnFerry, tempConfig } from "../../tests/helpers.ts";
 
 const TOTAL = Number(Deno.env.get("MB") ?? 100) * 1000 * 1000;
 const CHUNK = 64 * 1024;
+
+/** User + system CPU seconds of a process so far. */
+function cpuSeconds(pid: number): number {
+  const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks
+}
 
 function rssKiB(pid: number): number {
   const status = Deno.readTextFileSync(`/proc/${pid}/status`);
@@ -67,15 +75,24 @@ const atStart = rssKiB(pid);
 // Warm up (JIT, pools), then measure from there.
 await curl(["-o", "/dev/null", `${base}/warm`]);
 const before = rssKiB(pid);
+const cpuBefore = cpuSeconds(pid);
 let peak = before;
 const sampler = setInterval(() => peak = Math.max(peak, rssKiB(pid)), 50);
-const down = await curl(["-o", "/dev/null", "-w", "%{size_download}", `${base}/down`]);
+const only = Deno.env.get("ONLY");
+const down = only === "up"
+  ? "0"
+  : await curl(["-o", "/dev/null", "-w", "%{size_download}", `${base}/down`]);
 const peakAfterDownload = peak;
-const upload = await Deno.makeTempFile({ prefix: "ferry-rss-" });
-await Deno.truncate(upload, TOTAL); // 100 MB of zeros, sparse on disk
-const up = await curl(["-T", upload, "-X", "POST", `${base}/up`]);
-await Deno.remove(upload);
+let up = "0";
+if (only !== "down") {
+  const upload = await Deno.makeTempFile({ prefix: "ferry-rss-" });
+  await Deno.truncate(upload, TOTAL); // 100 MB of zeros, sparse on disk
+  const chunked = Deno.env.get("CHUNKED") ? ["-H", "transfer-encoding: chunked"] : [];
+  up = await curl([...chunked, "-T", upload, "-X", "POST", `${base}/up`]);
+  await Deno.remove(upload);
+}
 clearInterval(sampler);
+const cpu = cpuSeconds(pid) - cpuBefore;
 console.log(JSON.stringify({
   transport: Deno.env.get("TRANSPORT") ?? "h1",
   guard: Deno.env.get("GUARD") ?? "true",
@@ -86,6 +103,7 @@ console.log(JSON.stringify({
   growth_mib: +((peak - before) / 1024).toFixed(1),
   growth_download_mib: +((peakAfterDownload - before) / 1024).toFixed(1),
   uploaded: up,
+  ferry_cpu_s: +cpu.toFixed(2),
 }));
 ferry.child.kill("SIGTERM");
 await ferry.child.status;

@@ -14,6 +14,7 @@ import {
   parseResponseHead,
   type ResponseHead,
 } from "./parse.ts";
+import type { BodyReader } from "./body_reader.ts";
 
 const INITIAL_BUFFER = 16 * 1024;
 /** Body reads straight from the socket take at most this much at once. */
@@ -182,13 +183,28 @@ export interface Exchange {
   readonly headersOutOfBand?: boolean | undefined;
 }
 
+/** Room kept before a directly read chunk for its size line (hex digits and CRLF). */
+const SIZE_LINE_ROOM = 16;
+/** Direct request-body reads take at most this much at once. */
+const REQUEST_READ = 64 * 1024;
+/** The first read of a body of unknown length. */
+const REQUEST_READ_FIRST = 8 * 1024;
+
 /**
- * The request body, read once from its stream; the first bytes are kept (by reference) so a
- * request that met a stale connection can be sent again when the whole body was kept.
+ * The request body, read once: from its stream, or straight into one buffer of this source's
+ * through the body's direct reader (body_reader.ts) when it has one. The first bytes are kept
+ * (by reference from a stream, copied from the buffer) so a request that met a stale connection
+ * can be sent again when the whole body was kept.
  */
 export class BodySource {
   static readonly REPLAY_LIMIT = 64 * 1024;
-  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  readonly #reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  readonly #direct: BodyReader | undefined;
+  /** Where direct reads land, after SIZE_LINE_ROOM and with 2 bytes after for a chunk's CRLF. */
+  #buf: Uint8Array | undefined;
+  #readSize: number;
+  /** The buffer is replaced by a larger one before the next read. */
+  #grow = false;
   #kept: Uint8Array[] | undefined = [];
   #keptBytes = 0;
   #replayFrom = -1;
@@ -196,8 +212,13 @@ export class BodySource {
   /** Nothing read from the stream yet. */
   untouched = true;
 
-  constructor(stream: ReadableStream<Uint8Array>) {
-    this.#reader = stream.getReader();
+  /** `length`: the body's Content-Length, -1 when unknown (sizes the direct-read buffer). */
+  constructor(source: ReadableStream<Uint8Array> | BodyReader, length: number) {
+    if (source instanceof ReadableStream) this.#reader = source.getReader();
+    else this.#direct = source;
+    // A body of unknown length starts with a smaller buffer: most are small, and 64 KiB of fresh
+    // memory per request costs more in GC than it saves (it grows after a read that fills it).
+    this.#readSize = length > 0 ? Math.min(length, REQUEST_READ) : REQUEST_READ_FIRST;
   }
 
   /** True when the body can be sent again from the start. */
@@ -218,10 +239,15 @@ export class BodySource {
     this.#ended = true;
     // Read the stream's end as well (not waited for): Deno.serve keeps the client's connection
     // open only when the request body was read to its end; otherwise it answers with
-    // `connection: close` and every POST costs the client a new connection.
-    this.#reader.read().catch(() => {});
+    // `connection: close` and every POST costs the client a new connection. (A direct reader's
+    // server sees the end of the body itself.)
+    this.#reader?.read().catch(() => {});
   }
 
+  /**
+   * The next body bytes, or null at the end. Bytes read directly are a view of this source's
+   * buffer, valid until the next call.
+   */
   async next(epoch: number): Promise<Uint8Array | null> {
     if (epoch !== this.epoch) throw new Error("the request body was handed to a retry");
     if (this.#replayFrom >= 0) {
@@ -231,22 +257,76 @@ export class BodySource {
       if (this.#ended) return null;
     }
     this.untouched = false;
-    const r = await this.#reader.read();
-    if (r.done) {
-      this.#ended = true;
-      return null;
+    let chunk: Uint8Array;
+    if (this.#direct) {
+      if (this.#grow) {
+        this.#grow = false;
+        this.#buf = undefined;
+      }
+      const buf = this.#buf ??= new Uint8Array(SIZE_LINE_ROOM + this.#readSize + 2);
+      const n = await this.#direct.read(
+        buf.subarray(SIZE_LINE_ROOM, SIZE_LINE_ROOM + this.#readSize),
+      );
+      if (n === null) {
+        this.#ended = true;
+        return null;
+      }
+      chunk = buf.subarray(SIZE_LINE_ROOM, SIZE_LINE_ROOM + n);
+      if (n === this.#readSize && n < REQUEST_READ) {
+        // Filled: a larger body. The next read gets the full size (this chunk is sent first).
+        this.#readSize = REQUEST_READ;
+        this.#grow = true;
+      }
+    } else {
+      const r = await this.#reader!.read();
+      if (r.done) {
+        this.#ended = true;
+        return null;
+      }
+      chunk = r.value;
     }
-    const chunk = r.value;
     if (this.#kept) {
       this.#keptBytes += chunk.length;
       if (this.#keptBytes > BodySource.REPLAY_LIMIT) this.#kept = undefined;
-      else this.#kept.push(chunk);
+      else this.#kept.push(this.#direct ? chunk.slice() : chunk);
     }
     return chunk;
   }
 
+  /**
+   * `chunk` with its chunked framing (size line before, CRLF after): written around it in place
+   * when it is a direct read (no copy), else copied into a new buffer.
+   */
+  framed(chunk: Uint8Array): Uint8Array {
+    const size = chunk.length.toString(16);
+    const buf = this.#buf;
+    if (
+      buf && chunk.buffer === buf.buffer && chunk.byteOffset === buf.byteOffset + SIZE_LINE_ROOM
+    ) {
+      let o = SIZE_LINE_ROOM - size.length - 2;
+      const from = o;
+      for (let i = 0; i < size.length; i++) buf[o++] = size.charCodeAt(i);
+      buf[o++] = 13;
+      buf[o] = 10;
+      const end = SIZE_LINE_ROOM + chunk.length;
+      buf[end] = 13;
+      buf[end + 1] = 10;
+      return buf.subarray(from, end + 2);
+    }
+    const framed = new Uint8Array(size.length + 2 + chunk.length + 2);
+    let o = 0;
+    for (let i = 0; i < size.length; i++) framed[o++] = size.charCodeAt(i);
+    framed[o++] = 13;
+    framed[o++] = 10;
+    framed.set(chunk, o);
+    framed[framed.length - 2] = 13;
+    framed[framed.length - 1] = 10;
+    return framed;
+  }
+
   cancel(reason?: unknown): void {
-    this.#reader.cancel(reason).catch(() => {});
+    if (this.#direct) this.#direct.cancel(reason);
+    else this.#reader!.cancel(reason).catch(() => {});
   }
 }
 
@@ -315,13 +395,7 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
         } else {
           for (let chunk = await next(); chunk !== null; chunk = await next()) {
             if (chunk.length === 0) continue;
-            const size = encoder.encode(chunk.length.toString(16) + "\r\n");
-            const framed = new Uint8Array(size.length + chunk.length + 2);
-            framed.set(size);
-            framed.set(chunk, size.length);
-            framed[framed.length - 2] = 13;
-            framed[framed.length - 1] = 10;
-            await c.writeAll(framed);
+            await c.writeAll(body.framed(chunk));
           }
           await c.writeAll(CHUNK_END);
         }
@@ -439,6 +513,20 @@ export function takeBodyRelay(stream: ReadableStream<Uint8Array>): BodyRelay | u
 /** A connection's relay buffer: body reads go here, one at a time. */
 const RELAY_BUFFER = 64 * 1024;
 const relayBuffers = new WeakMap<H1Connection, Uint8Array>();
+/**
+ * Free room kept before a relay buffer's bytes: the writer may put a response head there and send
+ * both in one write, with no copy of the body into a buffer of its own.
+ */
+const RELAY_HEADROOM = 1024;
+const relayArrays = new WeakSet<ArrayBufferLike>();
+
+/**
+ * How many bytes before `bytes` (a relay write's argument) the writer may overwrite for the
+ * duration of that write: RELAY_HEADROOM for a relay buffer's bytes, else 0.
+ */
+export function relayHeadroom(bytes: Uint8Array): number {
+  return relayArrays.has(bytes.buffer) ? Math.min(bytes.byteOffset, RELAY_HEADROOM) : 0;
+}
 
 /** The codec's parts of `res`; undefined for a Response the codec did not make. */
 export function h1ResponseParts(res: Response): H1ResponseParts | undefined {
@@ -502,6 +590,31 @@ function makeResponse(
     relays.set(
       stream,
       relayWith(x, fail, async (write, buf) => {
+        if (remaining <= buf.length) {
+          // A body that fits the buffer is gathered there and written once: the client gets
+          // it with its head in one write, not as a write per upstream read.
+          const length = remaining;
+          let got = Math.min(length, c.end - c.start);
+          buf.set(c.buf.subarray(c.start, c.start + got));
+          c.start += got;
+          remaining -= got;
+          try {
+            while (remaining > 0) {
+              const n = await c.conn.read(buf.subarray(got, length));
+              if (n === null) throw short();
+              got += n;
+              remaining -= n;
+            }
+          } catch (err) {
+            // What came goes out before the failure, as it would have read by read: the client
+            // sees the answer break off, not an empty reply.
+            if (got > 0) await write(buf.subarray(0, got)).catch(() => {});
+            throw err;
+          }
+          await write(buf.subarray(0, length));
+          complete();
+          return;
+        }
         if (c.end > c.start) {
           const n = Math.min(remaining, c.end - c.start);
           await write(c.buf.subarray(c.start, c.start + n));
@@ -553,30 +666,69 @@ function makeResponse(
     return new Response(stream, init);
   }
   const decoder = new ChunkedDecoder();
-  return new Response(
-    bodyStream(x, fail, async (ctl) => {
+  const stream = bodyStream(x, fail, async (ctl) => {
+    for (;;) {
+      while (c.end > c.start && !decoder.done) {
+        const used = decoder.step(c.buf, c.start, c.end);
+        if (used === 0) break;
+        c.start += used;
+        if (decoder.dataTo > decoder.dataFrom) {
+          ctl.enqueue(c.buf.slice(decoder.dataFrom, decoder.dataTo));
+          return;
+        }
+      }
+      if (decoder.done) {
+        ctl.close();
+        complete();
+        return;
+      }
+      const n = await c.fill(64 * 1024);
+      if (n === null) throw new UpstreamClosed("in the middle of a chunked body");
+    }
+  });
+  relays.set(
+    stream,
+    relayWith(x, fail, async (write, buf) => {
+      // Small chunks are gathered in `buf` and go out together once nothing more is buffered
+      // (or it is full); a large one goes out from the read buffer as it is, with no copy.
+      let gathered = 0;
+      const flush = async () => {
+        if (gathered === 0) return;
+        const n = gathered;
+        gathered = 0;
+        await write(buf.subarray(0, n));
+      };
       for (;;) {
         while (c.end > c.start && !decoder.done) {
           const used = decoder.step(c.buf, c.start, c.end);
           if (used === 0) break;
           c.start += used;
-          if (decoder.dataTo > decoder.dataFrom) {
-            ctl.enqueue(c.buf.slice(decoder.dataFrom, decoder.dataTo));
-            return;
+          const from = decoder.dataFrom;
+          const size = decoder.dataTo - from;
+          if (size === 0) continue;
+          if (size < SMALL_CHUNK && gathered + size <= buf.length) {
+            buf.set(c.buf.subarray(from, from + size), gathered);
+            gathered += size;
+          } else {
+            await flush();
+            await write(c.buf.subarray(from, from + size)); // no read moves it before this ends
           }
         }
+        await flush();
         if (decoder.done) {
-          ctl.close();
           complete();
           return;
         }
         const n = await c.fill(64 * 1024);
         if (n === null) throw new UpstreamClosed("in the middle of a chunked body");
       }
-    }),
-    init,
+    }, c),
   );
+  return new Response(stream, init);
 }
+
+/** Decoded chunks smaller than this are gathered into one relay write. */
+const SMALL_CHUNK = 16 * 1024;
 
 /** A body relay over the connection's reused buffer, failing the exchange as the stream would. */
 function relayWith(
@@ -587,7 +739,11 @@ function relayWith(
 ): BodyRelay {
   return async (write) => {
     let buf = relayBuffers.get(c);
-    if (!buf) relayBuffers.set(c, buf = new Uint8Array(RELAY_BUFFER));
+    if (!buf) {
+      const whole = new Uint8Array(RELAY_HEADROOM + RELAY_BUFFER);
+      relayArrays.add(whole.buffer);
+      relayBuffers.set(c, buf = whole.subarray(RELAY_HEADROOM));
+    }
     try {
       await run(write, buf);
     } catch (err) {

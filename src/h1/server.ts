@@ -21,7 +21,8 @@ import {
   REQUEST_LIMITS,
   type RequestHead,
 } from "./parse.ts";
-import { encodeLatin1, takeBodyRelay } from "./connection.ts";
+import { encodeLatin1, relayHeadroom, takeBodyRelay } from "./connection.ts";
+import { offerBodyReader } from "./body_reader.ts";
 import { responseOut } from "./response_out.ts";
 import { buildRequest } from "./request_in.ts";
 
@@ -79,6 +80,8 @@ const DRAIN_BYTES = 64 * 1024;
 const DRAIN_MS = 1_000;
 /** After the last response, what the client still sends is read and dropped this long. */
 const LINGER_MS = 1_000;
+/** The read buffer while a chunked body is read through a direct reader. */
+const BODY_BUFFER = 64 * 1024;
 /** A head with a body up to this size, or a chunk with its framing, goes out in one write. */
 const OUT_BUFFER = 128 * 1024;
 
@@ -111,6 +114,8 @@ class Input {
   /** Reads more into the buffer; resolves to the count, 0 at end of stream. Rejects on reset. */
   fill(): Promise<number> {
     if (this.#pending) return this.#pending;
+    // A body read straight past the buffer is still out: bytes after it come after it.
+    if (this.#direct) return this.#direct.then(() => this.fill(), () => this.fill());
     if (this.eof) return Promise.resolve(0);
     if (!makeRoom(this, MAX_BUFFER)) return Promise.reject(new Error("read buffer full"));
     // An empty buffer is read into whole: no view made per read.
@@ -148,6 +153,32 @@ class Input {
     const out = this.buf.slice(this.start, this.start + n);
     this.start += n;
     return out;
+  }
+
+  /** A body read straight into `into`, past the buffer (which must be empty, with no read out). */
+  readDirect(into: Uint8Array): Promise<number> {
+    const p = this.read(into).then((n) => {
+      this.#direct = undefined;
+      if (n === 0) this.eof = true;
+      return n;
+    }, (err) => {
+      this.#direct = undefined;
+      this.eof = true;
+      throw err;
+    });
+    this.#direct = p;
+    return p;
+  }
+  #direct: Promise<number> | undefined;
+
+  /** Room for large reads while a chunked body comes in (shrink() gives it back after). */
+  growForBody(): void {
+    if (this.buf.length >= BODY_BUFFER || this.#pending) return;
+    const grown = new Uint8Array(BODY_BUFFER);
+    grown.set(this.buf.subarray(this.start, this.end));
+    this.end -= this.start;
+    this.start = 0;
+    this.buf = grown;
   }
 }
 
@@ -190,6 +221,82 @@ class RequestBody {
       if (d.dataTo > d.dataFrom) (this.#ahead ??= []).push(input.buf.slice(d.dataFrom, d.dataTo));
     }
     if (d.done) this.done = true;
+  }
+
+  /** Decoded body bytes still in the input buffer that did not fit the last readInto. */
+  #leftFrom = 0;
+  #leftTo = 0;
+
+  /**
+   * The next body bytes copied into `into` (a Content-Length body with nothing buffered is read
+   * straight into it); their count, or null at the end. Throws as next() does.
+   */
+  async readInto(
+    input: Input,
+    into: Uint8Array,
+    write: (b: Uint8Array) => Promise<void>,
+  ): Promise<number | null> {
+    const ahead = this.#ahead?.[0];
+    if (ahead) {
+      const n = Math.min(ahead.length, into.length);
+      into.set(ahead.subarray(0, n));
+      if (n === ahead.length) this.#ahead!.shift();
+      else this.#ahead![0] = ahead.subarray(n);
+      return n;
+    }
+    if (this.#leftTo > this.#leftFrom) {
+      const n = Math.min(this.#leftTo - this.#leftFrom, into.length);
+      into.set(input.buf.subarray(this.#leftFrom, this.#leftFrom + n));
+      this.#leftFrom += n;
+      return n;
+    }
+    if (this.owesContinue) {
+      this.owesContinue = false;
+      if (input.buffered === 0) await write(CONTINUE);
+    }
+    const d = this.decoder;
+    if (d) input.growForBody();
+    for (;;) {
+      if (this.done) return null;
+      if (d) {
+        // Copies decoded bytes until `into` is full or the buffer is used up.
+        let n = 0;
+        while (input.buffered > 0 && !d.done && n < into.length) {
+          const used = d.step(input.buf, input.start, input.end);
+          if (used === 0) break;
+          input.start += used;
+          const size = d.dataTo - d.dataFrom;
+          if (size <= 0) continue;
+          const fits = Math.min(size, into.length - n);
+          into.set(input.buf.subarray(d.dataFrom, d.dataFrom + fits), n);
+          n += fits;
+          if (fits < size) {
+            // Consumed by the decoder but not copied: kept where it is (no read comes first).
+            this.#leftFrom = d.dataFrom + fits;
+            this.#leftTo = d.dataTo;
+          }
+        }
+        if (d.done) this.done = true;
+        if (n > 0) return n;
+        if (this.done) return null;
+      } else if (input.buffered > 0 || input.reading) {
+        if (input.buffered > 0) {
+          const n = Math.min(this.remaining, input.buffered, into.length);
+          into.set(input.buf.subarray(input.start, input.start + n));
+          input.start += n;
+          this.remaining -= n;
+          if (this.remaining === 0) this.done = true;
+          return n;
+        }
+      } else {
+        const n = await input.readDirect(into.subarray(0, Math.min(this.remaining, into.length)));
+        if (n === 0) throw new Error("the client closed in the middle of a body");
+        this.remaining -= n;
+        if (this.remaining === 0) this.done = true;
+        return n;
+      }
+      if (await input.fill() === 0) throw new Error("the client closed in the middle of a body");
+    }
   }
 
   /**
@@ -348,8 +455,16 @@ async function exchange(
   // (logged, counted, its request id picked by the same policy).
   const carried = carriedMethod(method);
   if (carried && !body.empty && method !== "GET" && method !== "HEAD") {
+    const bodyFailure = (err: unknown) => {
+      body.failed = true;
+      if (err instanceof H1ProtocolError) return c.bodyError(err.status, err.reason);
+      gone();
+      return err;
+    };
+    let streamed = false;
     stream = new ReadableStream<Uint8Array>({
       async pull(ctrl) {
+        streamed = true;
         try {
           const chunk = await body.next(input, (b) => out.write(b));
           if (chunk === null) {
@@ -357,15 +472,26 @@ async function exchange(
             watch();
           } else ctrl.enqueue(chunk);
         } catch (err) {
-          body.failed = true;
-          if (err instanceof H1ProtocolError) ctrl.error(c.bodyError(err.status, err.reason));
-          else {
-            gone();
-            ctrl.error(err);
-          }
+          ctrl.error(bodyFailure(err));
         }
       },
     }, { highWaterMark: 0 });
+    // The same body read straight into the upstream codec's buffer (see body_reader.ts), with
+    // the same failures and the same watch once it has ended.
+    offerBodyReader(stream, () =>
+      streamed ? undefined : {
+        async read(into) {
+          let n: number | null;
+          try {
+            n = await body.readInto(input, into, (b) => out.write(b));
+          } catch (err) {
+            throw bodyFailure(err);
+          }
+          if (body.done) watch();
+          return n;
+        },
+        cancel() {}, // as the stream's: what is left is drained or the connection closes
+      });
   }
 
   // Deno.serve built Request.url by pasting Host and target together, always as http.
@@ -663,6 +789,16 @@ class Output {
   /** `head` (if any) and `body` in one write when they fit the reused buffer. */
   async #writeTwo(head: Uint8Array | undefined, body: Uint8Array): Promise<void> {
     if (!head) return this.c.write(body);
+    if (head.length <= relayHeadroom(body)) {
+      // The codec's relay left room before the body: the head goes there, no copy of the body.
+      const joined = new Uint8Array(
+        body.buffer,
+        body.byteOffset - head.length,
+        head.length + body.length,
+      );
+      joined.set(head);
+      return this.c.write(joined);
+    }
     const total = head.length + body.length;
     if (total > OUT_BUFFER) {
       await this.c.write(head);

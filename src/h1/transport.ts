@@ -17,6 +17,7 @@ import {
   UpstreamClosed,
 } from "./connection.ts";
 import { H1ProtocolError } from "./parse.ts";
+import { takeBodyReader } from "./body_reader.ts";
 import { NotUpgraded, type Upgraded, upgradeWebSocket } from "./upgrade.ts";
 import { ConnectError, EndpointPool, type EndpointPoolStats, type H1PoolOptions } from "./pool.ts";
 
@@ -27,6 +28,8 @@ export class H1Transport implements Transport {
   #closed = false;
   /** Requests sent again after meeting a connection the upstream had closed while idle. */
   staleRetries = 0;
+  /** Request bodies read straight from Ferry's own HTTP/1.1 server's connection (body_reader.ts). */
+  directBodies = 0;
 
   constructor(readonly opts: H1PoolOptions) {}
 
@@ -74,7 +77,11 @@ export class H1Transport implements Transport {
     } catch (err) {
       throw new ProxyError("bad_request", `request cannot be forwarded: ${(err as Error).message}`);
     }
-    const body = r.body ? new BodySource(r.body) : undefined;
+    // Straight from the client's connection into the codec's buffer when Ferry's own HTTP/1.1
+    // server made the body and nothing has read it yet; else the stream.
+    const direct = r.body ? takeBodyReader(r.body) : undefined;
+    if (direct) this.directBodies++;
+    const body = r.body ? new BodySource(direct ?? r.body, framed.contentLength) : undefined;
     const abortError = () => classifyUpstreamError(r.signal.reason, r.signal);
     for (let attempt = 0;; attempt++) {
       if (r.signal.aborted) throw abortError();

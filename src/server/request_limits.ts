@@ -5,6 +5,7 @@
  */
 import { attachTicket, downstreamTicket } from "../pipeline/downstream.ts";
 import { ProxyError } from "../pipeline/errors.ts";
+import { type BodyReader, offerBodyReader, takeBodyReader } from "../h1/body_reader.ts";
 
 /**
  * Refuses a request whose header block is larger or longer than the limits (431). Size is the
@@ -78,13 +79,15 @@ export function countingLimit(body: ReadableStream<Uint8Array>, max: number): {
   /** Resolves once the source is done with after the limit tripped (at once before). */
   settled: () => Promise<void>;
 } {
-  const reader = body.getReader();
+  // Taken on the first read: until then the source's direct reader may be taken instead.
+  let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
   let seen = 0;
   let failure: ProxyError | undefined;
   let lingering: Promise<void> | undefined;
   const stream = new ReadableStream<Uint8Array>({
     async pull(ctl) {
-      const r = await reader.read();
+      const source = reader ??= body.getReader();
+      const r = await source.read();
       if (r.done) return ctl.close();
       seen += r.value.byteLength;
       if (seen <= max) return ctl.enqueue(r.value);
@@ -92,16 +95,53 @@ export function countingLimit(body: ReadableStream<Uint8Array>, max: number): {
       ctl.error(failure);
       // Not cancelled at once: cancelling resets an HTTP/2 stream before the 413 can reach a
       // client still sending (curl: "Empty reply"), so a small remainder is read and dropped.
-      lingering = lingerThenCancel(reader);
+      lingering = lingerThenCancel(streamDrain(source));
     },
     cancel(reason) {
-      return reader.cancel(reason).catch(() => {});
+      return (reader ?? body).cancel(reason).catch(() => {});
     },
   }, { highWaterMark: 0 });
+  // The same count over the source's direct reader, when it has one (src/h1/body_reader.ts).
+  offerBodyReader(stream, () => {
+    const inner = reader ? undefined : takeBodyReader(body);
+    return inner && {
+      async read(buf) {
+        const n = await inner.read(buf);
+        if (n === null) return null;
+        seen += n;
+        if (seen <= max) return n;
+        failure = tooLarge(max);
+        lingering = lingerThenCancel(directDrain(inner));
+        throw failure;
+      },
+      cancel: (reason) => inner.cancel(reason),
+    };
+  });
   return {
     stream,
     overLimit: () => failure,
     settled: () => lingering ?? Promise.resolve(),
+  };
+}
+
+/** How lingerThenCancel reads and drops a body: a read's size (null at the end), and cancel. */
+interface Drain {
+  read(): Promise<number | null>;
+  cancel(): Promise<void>;
+}
+
+function streamDrain(reader: ReadableStreamDefaultReader<Uint8Array>): Drain {
+  return {
+    read: () => reader.read().then((r) => r.done ? null : r.value.byteLength),
+    cancel: () => reader.cancel().catch(() => {}),
+  };
+}
+
+function directDrain(inner: BodyReader): Drain {
+  const scratch = new Uint8Array(16 * 1024);
+  return {
+    read: () => inner.read(scratch),
+    cancel: () => Promise.resolve(inner.cancel()),
   };
 }
 
@@ -111,7 +151,7 @@ const LINGER_BYTES = 64 * 1024;
 const LINGER_MS = 1_000;
 
 async function discard(body: ReadableStream<Uint8Array>, refusal: ProxyError): Promise<never> {
-  await lingerThenCancel(body.getReader());
+  await lingerThenCancel(streamDrain(body.getReader()));
   throw refusal;
 }
 
@@ -119,20 +159,20 @@ async function discard(body: ReadableStream<Uint8Array>, refusal: ProxyError): P
  * Reads and drops what the client still sends, up to `LINGER_BYTES` and `LINGER_MS`, then
  * cancels the body: the client has finished its upload by the time the refusal reaches it.
  */
-async function lingerThenCancel(reader: ReadableStreamDefaultReader<Uint8Array>): Promise<void> {
+async function lingerThenCancel(drain: Drain): Promise<void> {
   const deadline = AbortSignal.timeout(LINGER_MS);
-  const stop = () => reader.cancel().catch(() => {});
+  const stop = () => void drain.cancel();
   deadline.addEventListener("abort", stop, { once: true });
   let dropped = 0;
   try {
     while (dropped <= LINGER_BYTES) {
-      const r = await reader.read();
-      if (r.done) break;
-      dropped += r.value.byteLength;
+      const n = await drain.read();
+      if (n === null) break;
+      dropped += n;
     }
   } catch { /* the client left or the deadline passed: answer anyway */ }
   deadline.removeEventListener("abort", stop);
-  await reader.cancel().catch(() => {});
+  await drain.cancel();
 }
 
 function tooLarge(max: number): ProxyError {

@@ -6,6 +6,7 @@
  * fetch always decompresses gzip/br/deflate bodies unless the request says
  * `Accept-Encoding: identity`, yet keeps `content-encoding`, so requests it carries say identity.
  */
+import { offerBodyReader, takeBodyReader } from "../h1/body_reader.ts";
 import { ProxyError } from "../pipeline/errors.ts";
 import { denoTlsOptions, type UpstreamTls } from "./upstream_tls.ts";
 
@@ -174,13 +175,14 @@ export function watchRequestBody(source: ReadableStream<Uint8Array>): {
   readonly stream: ReadableStream<Uint8Array>;
   failure(): ProxyError | undefined;
 } {
-  const reader = source.getReader();
+  // Taken on the first read: until then the source's direct reader may be taken instead.
+  let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
   let failure: ProxyError | undefined;
   const stream = new ReadableStream<Uint8Array>({
     async pull(ctl) {
       let r: ReadableStreamReadResult<Uint8Array>;
       try {
-        r = await reader.read();
+        r = await (reader ??= source.getReader()).read();
       } catch (err) {
         failure = clientBodyError(err);
         ctl.error(failure);
@@ -190,9 +192,23 @@ export function watchRequestBody(source: ReadableStream<Uint8Array>): {
       else ctl.enqueue(r.value);
     },
     cancel(reason) {
-      return reader.cancel(reason).catch(() => {});
+      return (reader ?? source).cancel(reason).catch(() => {});
     },
   }, { highWaterMark: 0 });
+  // The same watch over the source's direct reader, when it has one (src/h1/body_reader.ts).
+  offerBodyReader(stream, () => {
+    const inner = reader ? undefined : takeBodyReader(source);
+    return inner && {
+      async read(buf) {
+        try {
+          return await inner.read(buf);
+        } catch (err) {
+          throw failure = clientBodyError(err);
+        }
+      },
+      cancel: (reason) => inner.cancel(reason),
+    };
+  });
   return { stream, failure: () => failure };
 }
 
