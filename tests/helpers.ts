@@ -222,6 +222,32 @@ export async function run(cmd: string, args: string[], opts: { stdin?: Uint8Arra
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
 
+/**
+ * Reads from `conn` until the peer ends the stream (EOF or a failed read) or `ms` pass, handing
+ * each chunk to `onChunk`; resolves to whether the peer ended it in time.
+ */
+export async function readFor(
+  conn: Deno.Conn,
+  ms: number,
+  onChunk: (chunk: Uint8Array) => void,
+  bufferBytes = 16 * 1024,
+): Promise<boolean> {
+  const buf = new Uint8Array(bufferBytes);
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const n = await Promise.race([
+      conn.read(buf).catch(() => null),
+      new Promise<"t">((r) => timer = setTimeout(() => r("t"), deadline - Date.now())),
+    ]);
+    clearTimeout(timer);
+    if (n === "t") return false;
+    if (n === null) return true;
+    onChunk(buf.subarray(0, n));
+  }
+  return false;
+}
+
 /** Sends raw bytes over TCP and reads until the server closes or `ms` pass. */
 export async function rawRequest(
   port: number,

@@ -7,7 +7,7 @@
  * Ferry process, with one worker and with two.
  */
 import assert from "node:assert/strict";
-import { spawnFerry, type Started, startUpstream, tempConfig } from "./helpers.ts";
+import { readFor, spawnFerry, type Started, startUpstream, tempConfig } from "./helpers.ts";
 import { makeTestCerts } from "./fixtures/certs.ts";
 
 const enc = new TextEncoder();
@@ -28,19 +28,8 @@ function join(...parts: Uint8Array[]): Uint8Array {
 
 /** Reads for `ms` (or until the peer closes); the byte count. */
 async function readSome(conn: Deno.Conn, ms: number): Promise<number> {
-  const buf = new Uint8Array(16 * 1024);
   let total = 0;
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const n = await Promise.race([
-      conn.read(buf).catch(() => null),
-      new Promise<"t">((r) => timer = setTimeout(() => r("t"), deadline - Date.now())),
-    ]);
-    clearTimeout(timer);
-    if (n === "t" || n === null) break;
-    total += n;
-  }
+  await readFor(conn, ms, (chunk) => total += chunk.length);
   return total;
 }
 

@@ -7,7 +7,7 @@
  * the error table's 400 before any upstream is contacted, on both upstream transports.
  */
 import assert from "node:assert/strict";
-import { spawnFerry, type Started, startUpstream, tempConfig } from "./helpers.ts";
+import { readFor, spawnFerry, type Started, startUpstream, tempConfig } from "./helpers.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -18,18 +18,7 @@ async function exchange(port: number, request: string, ms = 3_000): Promise<stri
   try {
     await conn.write(enc.encode(request));
     let text = "";
-    const buf = new Uint8Array(16 * 1024);
-    const deadline = Date.now() + ms;
-    while (Date.now() < deadline) {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const n = await Promise.race([
-        conn.read(buf).catch(() => null),
-        new Promise<"t">((r) => timer = setTimeout(() => r("t"), deadline - Date.now())),
-      ]);
-      clearTimeout(timer);
-      if (n === "t" || n === null) break;
-      text += dec.decode(buf.subarray(0, n));
-    }
+    await readFor(conn, ms, (chunk) => text += dec.decode(chunk));
     return text;
   } finally {
     conn.close();

@@ -9,7 +9,7 @@
  * request, and no error escaped a handler.
  */
 import assert from "node:assert/strict";
-import { spawnFerry, tempConfig } from "./helpers.ts";
+import { readFor, spawnFerry, tempConfig } from "./helpers.ts";
 import { BEHAVIOURS, startBadUpstream } from "./fixtures/bad_upstream.ts";
 
 const enc = new TextEncoder();
@@ -31,22 +31,7 @@ async function get(port: number, path: string, ms: number): Promise<Reply> {
   let ended = false;
   try {
     await conn.write(enc.encode(`GET ${path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n`));
-    const buf = new Uint8Array(64 * 1024);
-    const deadline = Date.now() + ms;
-    while (Date.now() < deadline) {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const n = await Promise.race([
-        conn.read(buf).catch(() => null),
-        new Promise<"t">((r) => timer = setTimeout(() => r("t"), deadline - Date.now())),
-      ]);
-      clearTimeout(timer);
-      if (n === "t") break;
-      if (n === null) {
-        ended = true;
-        break;
-      }
-      text += dec.decode(buf.subarray(0, n));
-    }
+    ended = await readFor(conn, ms, (chunk) => text += dec.decode(chunk), 64 * 1024);
   } finally {
     conn.close();
   }
