@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { startFerry, startUpstream } from "./helpers.ts";
+import { concat, startFerry, startUpstream } from "./helpers.ts";
 import { startRawUpstream } from "./h1_upstream.ts";
 
 const enc = new TextEncoder();
@@ -269,13 +269,7 @@ function chunkedAnswer(chunks: Uint8Array[], tail: string): Uint8Array {
     parts.push(enc.encode(`${c.length.toString(16)}\r\n`), c, enc.encode("\r\n"));
   }
   parts.push(enc.encode(tail));
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  return concat(parts);
 }
 
 /** Decodes a chunked body from Latin-1 text; the chunk count, the bytes, and whether it ended. */

@@ -281,7 +281,8 @@ export async function rawRequest(
   }
 }
 
-function concat(chunks: Uint8Array[]): Uint8Array {
+/** The bytes of `chunks` one after another. */
+export function concat(chunks: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
   let o = 0;
   for (const c of chunks) {

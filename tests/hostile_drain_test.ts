@@ -7,7 +7,7 @@
  * Ferry process, with one worker and with two.
  */
 import assert from "node:assert/strict";
-import { readFor, spawnFerry, type Started, startUpstream, tempConfig } from "./helpers.ts";
+import { concat, readFor, spawnFerry, type Started, startUpstream, tempConfig } from "./helpers.ts";
 import { makeTestCerts } from "./fixtures/certs.ts";
 
 const enc = new TextEncoder();
@@ -16,15 +16,7 @@ const EMPTY_SETTINGS = new Uint8Array([0, 0, 0, 4, 0, 0, 0, 0, 0]);
 /** HEADERS (END_STREAM, END_HEADERS) on stream 1: GET http://a/ in static-table HPACK. */
 const GET_ROOT = new Uint8Array([0, 0, 6, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x84, 0x41, 1, 0x61]);
 
-function join(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
+const join = (...parts: Uint8Array[]) => concat(parts);
 
 /** Reads for `ms` (or until the peer closes); the byte count. */
 async function readSome(conn: Deno.Conn, ms: number): Promise<number> {
