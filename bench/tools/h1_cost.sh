@@ -27,7 +27,7 @@ for variant in ${VARIANTS:-guard noguard}; do
 listeners:
   - { name: default, address: "127.0.0.1:{PORT}" }
 log: { level: warn }
-server: { connection_guard: $guard }
+server: { connection_guard: $guard, workers: 1 }
 routes:
   - { name: default, cluster: upstream, timeout: 30s }
 clusters:
