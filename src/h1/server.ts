@@ -21,6 +21,7 @@ import {
   REQUEST_LIMITS,
   type RequestHead,
 } from "./parse.ts";
+import { CLIENT_PREFACE as H2_PREFACE } from "../h2/frames.ts";
 import { encodeLatin1, relayHeadroom, takeBodyRelay } from "./connection.ts";
 import { offerBodyReader } from "./body_reader.ts";
 import { responseOut } from "./response_out.ts";
@@ -85,7 +86,6 @@ const BODY_BUFFER = 64 * 1024;
 /** A head with a body up to this size, or a chunk with its framing, goes out in one write. */
 const OUT_BUFFER = 128 * 1024;
 
-const H2_PREFACE = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const CR = 13;
 const LF = 10;
 const encoder = new TextEncoder();
@@ -409,7 +409,7 @@ function headEnds(input: Input, from: number): boolean {
 function prefaceSoFar(input: Input): boolean {
   const n = Math.min(input.buffered, H2_PREFACE.length);
   for (let i = 0; i < n; i++) {
-    if (input.buf[input.start + i] !== H2_PREFACE.charCodeAt(i)) return false;
+    if (input.buf[input.start + i] !== H2_PREFACE[i]) return false;
   }
   return true;
 }

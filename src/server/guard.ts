@@ -48,7 +48,7 @@ import { WsFrameLimit } from "../pipeline/ws_frames.ts";
 import { setLoopbackListenerBuffers } from "./socket_buffers.ts";
 import { rawReader, type RawWrite, rawWriter } from "./raw_io.ts";
 import { serveHttp1 } from "../h1/server.ts";
-import type { H1ProtocolError } from "../h1/parse.ts";
+import { type H1ProtocolError, REQUEST_LIMITS } from "../h1/parse.ts";
 import { serverSpan } from "../observability/tracing.ts";
 
 export interface GuardLimits extends ConnectionCaps {
@@ -189,9 +189,12 @@ class Guarded {
   }
 }
 
-/** Heads larger than this (or with more lines) are refused before Deno's parser sees them. */
-const HEAD_MAX_BYTES = 60 * 1024;
-const HEAD_MAX_LINES = 124;
+/**
+ * Heads larger than this (or with more lines) are refused before Deno's parser sees them: the
+ * limits Ferry's own HTTP/1.1 server applies.
+ */
+const HEAD_MAX_BYTES = REQUEST_LIMITS.maxHeadBytes;
+const HEAD_MAX_LINES = REQUEST_LIMITS.maxHeadLines;
 const SMALL_BUFFER = 2048;
 /** RFC 6455 7.4.1 close codes the guard asks for. */
 const CLOSE_GOING_AWAY = 1001;
