@@ -17,6 +17,7 @@ import { describeSnapshot } from "./src/server/summary.ts";
 import { checkFdBudget, FD_HEADROOM, fdBudget } from "./src/observability/descriptors.ts";
 import { WorkerPool } from "./src/workers/supervisor.ts";
 import { DEFAULT_ARENA_BYTES, SharedArena } from "./src/policy/shared_memory.ts";
+import { shareReplayBound } from "./src/policy/retry.ts";
 import { workerCount } from "./src/workers/count.ts";
 
 const EXIT_CONFIG = 1, EXIT_USAGE = 2, EXIT_START = 3;
@@ -78,11 +79,14 @@ async function main(): Promise<number> {
   });
   if (fds.warning) log.warn(fds.warning);
   let pool: WorkerPool | undefined;
+  // Debug: every response names the worker that served it (x-ferry-worker).
+  const tagResponses = Deno.env.get("FERRY_WORKER_HEADER") === "1";
   if (workers.count > 1) {
-    // Compiled again with the shared arena, so this isolate's admin views read the same
-    // buckets and breakers as the workers (src/policy/shared_memory.ts).
+    // Compiled again with the shared arena: buckets, breakers and caps count for the process.
+    // This isolate is worker 0 (src/policy/shared_memory.ts).
     snapshot.close();
-    const arena = new SharedArena(DEFAULT_ARENA_BYTES, { workers: workers.count });
+    const arena = new SharedArena(DEFAULT_ARENA_BYTES, { workers: workers.count, index: 0 });
+    shareReplayBound(arena);
     const rebuilt = await buildSnapshot(source, { version: 1, log, metrics, sharedMemory: arena });
     if (!rebuilt.ok) {
       console.error(`ferry: ${rebuilt.message}`);
@@ -95,37 +99,46 @@ async function main(): Promise<number> {
       file: source.file,
       log,
       metrics,
-      tagResponses: Deno.env.get("FERRY_WORKER_HEADER") === "1",
+      tagResponses,
       ...(Deno.env.get("FERRY_TEST_HOOKS") === "1"
         ? { failReplacementStarts: Number(Deno.env.get("FERRY_TEST_FAIL_WORKER_STARTS") ?? 0) }
         : {}),
     });
-    try {
-      await pool.start(snapshot);
-    } catch (err) {
-      log.error("could not start", { error: String(err) });
-      snapshot.close();
-      return EXIT_START;
-    }
   }
 
+  // With workers, this isolate serves every listener too (SO_REUSEPORT), with the admin
+  // listener, health checks and DNS discovery; the workers follow their verdicts.
   let ferry: Ferry;
   try {
     ferry = Ferry.start(
       snapshot,
       log,
-      pool ? { listeners: false, peers: pool, readMetric: pool.readMetric } : {},
+      pool
+        ? {
+          reusePort: true,
+          peers: pool,
+          readMetric: pool.readMetric,
+          ...(tagResponses ? { tag: "0" } : {}),
+        }
+        : {},
     );
   } catch (err) {
     log.error("could not start", { error: String(err) });
-    void pool?.drain(0);
     snapshot.close();
     return EXIT_START;
   }
-  // Health checks and DNS discovery run here only; the workers follow their verdicts.
-  pool?.follow(() => ferry.snapshot);
-  // The dashboard's list of proxy-made errors shows every worker's.
-  pool?.forwardErrorsTo(ferry.recentErrors);
+  if (pool) {
+    try {
+      await pool.start(snapshot, listenerPorts(ferry));
+    } catch (err) {
+      log.error("could not start", { error: String(err) });
+      await ferry.shutdown(0);
+      return EXIT_START;
+    }
+    pool.follow(() => ferry.snapshot);
+    // The dashboard's list of proxy-made errors shows every worker's.
+    pool.forwardErrorsTo(ferry.recentErrors);
+  }
   log.info("ferry started", {
     version: VERSION,
     config: source.label,
@@ -178,6 +191,11 @@ async function main(): Promise<number> {
   };
   for (const s of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(s, onSignal(s));
   return await stopped.promise;
+}
+
+/** The port each of `ferry`'s listeners is bound to: the workers bind the same (port 0 too). */
+function listenerPorts(ferry: Ferry): Map<string, number> {
+  return new Map(Object.entries(ferry.addresses().listeners).map(([name, a]) => [name, a.port]));
 }
 
 if (import.meta.main) Deno.exit(await main());

@@ -250,18 +250,18 @@ Deno.test("workers: 2 — a killed worker's connections stop counting against ma
     assert.ok(onOne > 0 && onOne < 4, "both workers hold connections");
     assert.equal((await ask(port)).status, 503, "the cap is full");
 
-    const killed = await fetch(`${ferry.admin}/debug/kill-worker?index=0`, { method: "POST" });
+    const killed = await fetch(`${ferry.admin}/debug/kill-worker?index=1`, { method: "POST" });
     assert.deepEqual(await killed.json(), { killed: true });
     let replaced = false;
     for (let i = 0; i < 100 && !replaced; i++) {
       replaced = ferry.logs.some((l) => l.includes('"worker replaced"'));
       if (!replaced) await new Promise((r) => setTimeout(r, 100));
     }
-    assert.ok(replaced, "worker 0 was replaced");
-    // Worker 0's connections are gone, and so are their counts: exactly 4 - onOne fit again.
-    const { admitted, refused } = await admitUpTo(port, 4 - onOne, 40);
+    assert.ok(replaced, "worker 1 was replaced");
+    // Worker 1's connections are gone, and so are their counts: exactly onOne fit again.
+    const { admitted, refused } = await admitUpTo(port, onOne, 40);
     held.push(...admitted, ...refused);
-    assert.equal(admitted.length, 4 - onOne, `refused ${refused.length} on the way`);
+    assert.equal(admitted.length, onOne, `refused ${refused.length} on the way`);
     const over = await ask(port);
     held.push(over);
     assert.equal(over.status, 503, "and not one more");
@@ -278,14 +278,14 @@ Deno.test("workers: 2 — a worker that crashes at every start is restarted with
   );
   const base = ferry.listeners.get("public")!;
   try {
-    const killed = await fetch(`${ferry.admin}/debug/kill-worker?index=0`, { method: "POST" });
+    const killed = await fetch(`${ferry.admin}/debug/kill-worker?index=1`, { method: "POST" });
     assert.deepEqual(await killed.json(), { killed: true });
     // The kill, then three crashed starts: pauses of 200, 400, 800 and 1600 ms, then it stays.
     let replaced = false;
     for (let i = 0; i < 150 && !replaced; i++) {
       replaced = ferry.logs.some((l) => l.includes('"worker replaced"'));
       if (!replaced) {
-        // Meanwhile worker 1 serves. A connection the kernel had queued on worker 0's socket
+        // Meanwhile worker 0 serves. A connection the kernel had queued on worker 1's socket
         // as it died is reset (SO_REUSEPORT without net.ipv4.tcp_migrate_req): asked again, it
         // lands on a live socket.
         const res = await fetch(`${base}/version`).catch(() => fetch(`${base}/version`));
@@ -294,13 +294,13 @@ Deno.test("workers: 2 — a worker that crashes at every start is restarted with
         await new Promise((r) => setTimeout(r, 100));
       }
     }
-    assert.ok(replaced, "worker 0 came back after its crashes");
+    assert.ok(replaced, "worker 1 came back after its crashes");
     const deaths = ferry.logs.filter((l) => l.includes('"worker died; starting a new one"'))
       .map((l) => JSON.parse(l) as { restart_in_ms: number; reason: string });
     assert.deepEqual(deaths.map((d) => d.restart_in_ms), [200, 400, 800, 1600]);
     assert.match(deaths[1]!.reason, /crashes at start/);
     const metrics = await (await fetch(`${ferry.admin}/metrics`)).text();
-    assert.equal(metricValue(metrics, "ferry_worker_restarts_total", { worker: "0" }), 4);
+    assert.equal(metricValue(metrics, "ferry_worker_restarts_total", { worker: "1" }), 4);
   } finally {
     await stop(ferry);
   }
@@ -319,22 +319,22 @@ clusters:
   );
   const ferry = await spawnFerry(["--config", await tempConfig(yaml)], ENV);
   const port = Number(new URL(ferry.listeners.get("public")!).port);
-  const zero = await onWorker(port, "0");
+  const one = await onWorker(port, "1");
   try {
-    // Worker 0 holds the cluster's only request slot with a request that will not finish.
-    await zero.write(new TextEncoder().encode("GET /wide?ms=60000 HTTP/1.1\r\nhost: t\r\n\r\n"));
+    // Worker 1 holds the cluster's only request slot with a request that will not finish.
+    await one.write(new TextEncoder().encode("GET /wide?ms=60000 HTTP/1.1\r\nhost: t\r\n\r\n"));
     for (let i = 0; i < 50 && up.hits() < 1; i++) await new Promise((r) => setTimeout(r, 50));
     const full = await ask(port, "/wide?ms=0");
     full.conn.close();
     assert.equal(full.status, 503, "the slot is taken");
-    const killed = await fetch(`${ferry.admin}/debug/kill-worker?index=0`, { method: "POST" });
+    const killed = await fetch(`${ferry.admin}/debug/kill-worker?index=1`, { method: "POST" });
     assert.deepEqual(await killed.json(), { killed: true });
     let replaced = false;
     for (let i = 0; i < 100 && !replaced; i++) {
       replaced = ferry.logs.some((l) => l.includes('"worker replaced"'));
       if (!replaced) await new Promise((r) => setTimeout(r, 100));
     }
-    assert.ok(replaced, "worker 0 was replaced");
+    assert.ok(replaced, "worker 1 was replaced");
     // Its request died with it; so did its count: a request goes through again, on either worker.
     for (let i = 0; i < 4; i++) {
       const again = await ask(port, "/wide?ms=0");
@@ -346,7 +346,7 @@ clusters:
       );
     }
   } finally {
-    zero.close();
+    one.close();
     await stop(ferry);
     await up.close();
   }

@@ -316,11 +316,11 @@ Deno.test("workers: 2 — a worker that dies is logged, counted and replaced whi
   const ferry = await spawnFerry(["--config", await tempConfig(config(up.url))], ENV);
   const base = ferry.listeners.get("public")!;
   try {
-    const killed = await fetch(`${ferry.admin}/debug/kill-worker?index=0`, { method: "POST" });
+    const killed = await fetch(`${ferry.admin}/debug/kill-worker?index=1`, { method: "POST" });
     assert.deepEqual(await killed.json(), { killed: true });
     // Connections the kernel had already queued on the dead isolate's socket are reset with it
     // (as with any SO_REUSEPORT server whose process dies); once it is closed, a moment later,
-    // new connections are all served (by worker 1 until 0 is back).
+    // new connections are all served (by worker 0, the main isolate, until 1 is back).
     await new Promise((r) => setTimeout(r, 300));
     for (let i = 0; i < 10; i++) assert.equal((await once(`${base}/version`)).status, 200);
     let replaced = false;
@@ -328,13 +328,13 @@ Deno.test("workers: 2 — a worker that dies is logged, counted and replaced whi
       replaced = ferry.logs.some((l) => l.includes('"worker replaced"'));
       if (!replaced) await new Promise((r) => setTimeout(r, 100));
     }
-    assert.ok(replaced, "worker 0 was replaced");
+    assert.ok(replaced, "worker 1 was replaced");
     assert.ok(ferry.logs.some((l) => l.includes('"worker died; starting a new one"')));
     const seen = new Set<string>();
     for (let i = 0; i < 60 && seen.size < 2; i++) seen.add((await once(`${base}/version`)).worker);
     assert.deepEqual([...seen].sort(), ["0", "1"]);
     const metrics = await (await fetch(`${ferry.admin}/metrics`)).text();
-    assert.equal(metricValue(metrics, "ferry_worker_restarts_total", { worker: "0" }), 1);
+    assert.equal(metricValue(metrics, "ferry_worker_restarts_total", { worker: "1" }), 1);
   } finally {
     await stop(ferry);
     await up.close();
@@ -400,7 +400,7 @@ Deno.test("workers: 1 — one isolate serves everything, as before workers exist
     assert.equal(r.worker, "", "no worker tags a response");
     assert.ok(ferry.logs.some((l) => l.includes('"ferry started"') && l.includes('"workers":1')));
     assert.ok(!ferry.logs.some((l) => l.includes('"worker":')), "no worker logged anything");
-    const killed = await fetch(`${ferry.admin}/debug/kill-worker?index=0`, { method: "POST" });
+    const killed = await fetch(`${ferry.admin}/debug/kill-worker?index=1`, { method: "POST" });
     assert.equal(killed.status, 404);
     await killed.body?.cancel();
   } finally {

@@ -149,7 +149,7 @@ export class ReplayBytes {
   #shared: SharedCounts | undefined;
   constructor(public limit: number) {}
 
-  /** From now on the bound counts every worker's bytes (server.workers > 1; a worker calls it). */
+  /** From now on the bound counts every worker's bytes (server.workers > 1). */
   share(counts: SharedCounts): void {
     this.#shared = counts;
   }
@@ -174,6 +174,12 @@ export const DEFAULT_REPLAY_BYTES = 64 * 1024 * 1024;
 
 /** The process's replay bound. */
 export const replayBytes: ReplayBytes = new ReplayBytes(DEFAULT_REPLAY_BYTES);
+
+/** With workers, the replay bound counts every serving isolate's bytes (each calls this). */
+export function shareReplayBound(memory: SharedMemory): void {
+  const counts = memory.counts("replay bytes", 1);
+  if (counts) replayBytes.share(counts);
+}
 
 /**
  * A request body that can be sent more than once: read up to `limit` bytes into memory. If the

@@ -14,7 +14,8 @@
  * Counts held by requests and connections (the connection caps, a cluster's `limits`, retry
  * budgets, the replay bound) live in *per-worker* regions: one block per worker, in which only
  * that worker writes; a check sums every block (`SharedCounts`, `SharedKeyedCounts`). So what a
- * worker holds is always known, and when a worker dies the supervisor zeroes its blocks
+ * worker holds is always known, and when a worker dies the supervisor (the main isolate, worker
+ * 0, which cannot die alone) zeroes its blocks
  * (`reclaim`) before a new worker takes its index: the connections and requests it held are gone
  * with it, and so are their counts. A take adds first and then sums (`Atomics` are sequentially
  * consistent): two workers racing for the last slot can both be refused, never both admitted.
@@ -51,7 +52,7 @@ export const DEFAULT_ARENA_BYTES = 32 * 1024 * 1024;
 export interface ArenaOptions {
   /** A new arena: how many workers write in per-worker regions (default 1). */
   readonly workers?: number;
-  /** This isolate's worker index; the main isolate (-1, the default) only reads counts. */
+  /** This isolate's worker index (the main isolate is 0); without one (-1) it only reads counts. */
   readonly index?: number;
 }
 
@@ -150,7 +151,7 @@ export class SharedArena implements SharedMemory {
 
 /**
  * `width` counts, each the sum of one int32 per worker. A worker adds only to its own block;
- * `total` sums every block. (The main isolate, index -1, only reads.)
+ * `total` sums every block. (An isolate without an index, -1, only reads.)
  */
 export class SharedCounts {
   readonly #i32: Int32Array;

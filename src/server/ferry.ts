@@ -46,12 +46,10 @@ interface RunningListener {
 
 /**
  * Which part of the process this Ferry is (src/workers/): with `server.workers: 1` one Ferry does
- * everything (the defaults); with more, the main isolate serves only the admin listener and
- * reloads with its `peers`, and each worker serves the listeners with `SO_REUSEPORT`.
+ * everything (the defaults); with more, every isolate serves the listeners with `SO_REUSEPORT`,
+ * and the main isolate also serves the admin listener and reloads with its `peers` (the others).
  */
 export interface FerryRole {
-  /** Bind the snapshot's listeners. Default true. */
-  readonly listeners?: boolean;
   /** Serve the admin listener. Default true. */
   readonly admin?: boolean;
   /** Bind listeners with `reusePort`, sharing each port with the other workers. */
@@ -66,8 +64,11 @@ export interface FerryRole {
 
 /** The workers, as the main isolate's reload sees them (src/workers/supervisor.ts). */
 export interface ReloadPeers {
-  /** Every peer compiles `next`'s config; rejects, with every peer's errors, if one cannot. */
-  prepare(next: Snapshot): Promise<void>;
+  /**
+   * Every peer compiles `next`'s config, its port-0 listeners on the ports this isolate's got
+   * (`ports`, by listener); rejects, with every peer's errors, if one cannot.
+   */
+  prepare(next: Snapshot, ports: ReadonlyMap<string, number>): Promise<void>;
   /** Every peer switches to what it prepared; rejects naming the peers that failed to. */
   commit(): Promise<void>;
   /** Every peer drops what it prepared. */
@@ -111,7 +112,7 @@ export class Ferry {
     registerCertificateExpiry(snapshot.metrics.registry, () => ferry.#snapshot.certificates);
     snapshot.metrics.setConfigVersion(snapshot.version);
     try {
-      for (const plan of role.listeners === false ? [] : snapshot.listeners.values()) {
+      for (const plan of snapshot.listeners.values()) {
         ferry.#servers.set(plan.name, ferry.#bindNamed(plan, snapshot));
       }
       const admin = role.admin === false ? undefined : snapshot.config.admin;
@@ -198,7 +199,7 @@ export class Ferry {
     const retls: ListenerPlan[] = [];
     // Turning the connection guard on or off changes how every HTTP listener accepts.
     const guardFlip = prev.config.server.connection_guard !== next.config.server.connection_guard;
-    for (const plan of this.#role.listeners === false ? [] : next.listeners.values()) {
+    for (const plan of next.listeners.values()) {
       const old = prev.listeners.get(plan.name);
       const running = this.#servers.get(plan.name);
       const material = old !== undefined && !sameTlsMaterial(old, plan);
@@ -220,7 +221,14 @@ export class Ferry {
         if (!waits(plan)) bound.set(plan.name, this.#bindNamed(plan, next));
       }
       // Every worker compiles the config before any switches: one that cannot refuses for all.
-      await this.#role.peers?.prepare(next);
+      // Port-0 listeners never wait for a clash: each has its port here to share.
+      const ports = new Map<string, number>();
+      for (const plan of next.listeners.values()) {
+        const l = bound.get(plan.name) ??
+          (stop.includes(plan.name) ? undefined : this.#servers.get(plan.name));
+        if (l) ports.set(plan.name, l.addr.port);
+      }
+      await this.#role.peers?.prepare(next, ports);
     } catch (err) {
       for (const l of bound.values()) l.abort();
       next.discard(prev);
@@ -286,7 +294,9 @@ export class Ferry {
   /**
    * With workers (the shared arena), a listener's connection caps count every worker's
    * connections (src/server/admission.ts); undefined: the listener counts its own (one isolate,
-   * or an arena too full, which is logged).
+   * or an arena too full, which is logged). Counted by listener name, the one key every isolate
+   * shares (a port-0 listener's configured address is not its bound one); connections a reload's
+   * rebinding left open on the old socket count until they close.
    */
   #processWideAdmission(
     plan: ListenerPlan,
@@ -295,7 +305,7 @@ export class Ferry {
   ): Admission | undefined {
     const memory = owner.parts.sharedMemory;
     if (!memory) return undefined;
-    const admission = sharedAdmission(memory, `${plan.name} ${planAddress(plan)}`, caps);
+    const admission = sharedAdmission(memory, plan.name, caps);
     if (!admission) {
       this.#log.warn("shared memory full: this listener's connection caps count per worker", {
         listener: plan.name,

@@ -1,11 +1,12 @@
 /**
- * The main isolate's side of `server.workers > 1`: starts the workers (src/workers/worker.ts),
- * hands them every reload (all compile, then all switch; one refusal refuses for all), collects
- * their metrics for one /metrics, drains them on SIGTERM and replaces a worker that dies.
+ * The main isolate's side of `server.workers > 1`. The main isolate serves as worker 0 (every
+ * listener, with SO_REUSEPORT) and also runs the admin listener, health checks, DNS discovery and
+ * signals; this pool starts workers 1..N-1 (src/workers/worker.ts), hands them every reload (all
+ * compile, then all switch; one refusal refuses for all), collects their metrics for one
+ * /metrics, drains them on SIGTERM and replaces a worker that dies.
  *
- * Port 0: every worker binding port 0 would get a port of its own, so the main isolate binds it
- * once (with SO_REUSEPORT), gives the workers the port it got, and closes its own socket once
- * they listen. A listener whose address is unchanged by a reload keeps its port.
+ * Port 0: a listener configured with port 0 is bound by the main isolate first; the workers are
+ * given the port it got (`ListenerPorts`), so every worker shares that one port.
  */
 import * as client from "../observability/prom.ts";
 import { type Snapshot, splitAddress } from "../server/compile.ts";
@@ -29,7 +30,11 @@ import type {
   WorkerReply,
 } from "./protocol.ts";
 
+/** The ports the main isolate's listeners are bound to, by listener name. */
+export type ListenerPorts = ReadonlyMap<string, number>;
+
 export interface WorkerPoolOptions {
+  /** Serving isolates in all, the main isolate included: the pool starts `count - 1`. */
   readonly count: number;
   readonly arena: SharedArena;
   /** The config file (paths in the config resolve against it); undefined for <env>. */
@@ -70,14 +75,11 @@ const FOLLOW_INTERVAL_MS = 200;
 
 export class WorkerPool implements ReloadPeers {
   readonly #opts: WorkerPoolOptions;
-  readonly #workers: Running[] = [];
+  /** The spawned workers by index (1..count-1; 0 is the main isolate). */
+  readonly #workers = new Map<number, Running>();
   /** The config serving now, ports resolved; a replacement worker starts with it. */
   #current: WorkerConfig | undefined;
   #prepared: WorkerConfig | undefined;
-  /** Ports the main isolate chose for listeners configured with port 0, by listener. */
-  #ports = new Map<string, { address: string; port: number }>();
-  /** Sockets holding newly chosen ports until the workers listen on them. */
-  #holders: Deno.Listener[] = [];
   #stopping = false;
   readonly #restarts: client.Counter<string>;
   /** Per worker index: deaths in a row soon after a start (the restart backoff's exponent). */
@@ -102,23 +104,23 @@ export class WorkerPool implements ReloadPeers {
     });
   }
 
-  get size(): number {
-    return this.#opts.count;
-  }
-
-  /** Starts every worker on `snapshot`'s config; rejects (and stops them all) if one fails. */
-  async start(snapshot: Snapshot): Promise<void> {
-    const config = this.#workerConfig(snapshot);
+  /**
+   * Starts workers 1..count-1 on `snapshot`'s config, on the ports the main isolate's listeners
+   * got; rejects (and stops them all) if one fails.
+   */
+  async start(snapshot: Snapshot, ports: ListenerPorts): Promise<void> {
+    const config = this.#workerConfig(snapshot, ports);
     try {
       await Promise.all(
-        Array.from({ length: this.#opts.count }, (_, i) => this.#spawn(i, config)),
+        Array.from({ length: this.#opts.count - 1 }, (_, i) => this.#spawn(i + 1, config)),
       );
     } catch (err) {
       this.#stopping = true;
-      for (const w of this.#workers) w.worker.terminate();
+      for (const w of this.#workers.values()) {
+        w.worker.terminate();
+        w.dead = true;
+      }
       throw err;
-    } finally {
-      this.#releaseHolders();
     }
     this.#current = config;
   }
@@ -156,7 +158,7 @@ export class WorkerPool implements ReloadPeers {
     this.#recentErrors = recent;
   }
 
-  async prepare(next: Snapshot): Promise<void> {
+  async prepare(next: Snapshot, ports: ListenerPorts): Promise<void> {
     const asked = next.config.server.workers;
     if (asked !== undefined && asked !== this.#opts.count) {
       this.#opts.log.warn("server.workers changes on restart only; the reload keeps the workers", {
@@ -172,7 +174,7 @@ export class WorkerPool implements ReloadPeers {
           "their TLS (node:tls) cannot share a port; set server.workers: 1 and restart",
       );
     }
-    const config = this.#workerConfig(next);
+    const config = this.#workerConfig(next, ports);
     const results = await Promise.allSettled(
       this.#live().map((w) => this.#call(w, "prepare", config)),
     );
@@ -192,7 +194,6 @@ export class WorkerPool implements ReloadPeers {
     );
     if (this.#prepared) this.#current = this.#prepared;
     this.#prepared = undefined;
-    this.#releaseHolders();
     // Clusters the reload rebuilt start from the config: send every verdict again.
     this.#sent.clear();
     const failed = results.flatMap((r, i) =>
@@ -203,7 +204,6 @@ export class WorkerPool implements ReloadPeers {
 
   abort(): void {
     this.#prepared = undefined;
-    this.#releaseHolders();
     for (const w of this.#live()) void this.#call(w, "abort", null).catch(() => {});
   }
 
@@ -256,13 +256,13 @@ export class WorkerPool implements ReloadPeers {
     const results = await Promise.allSettled(
       this.#live().map((w) => this.#call(w, "drain", { ms }, ms + 2_000)),
     );
-    for (const w of this.#workers) w.worker.terminate();
+    for (const w of this.#workers.values()) w.worker.terminate();
     return results.every((r) => r.status === "fulfilled" && r.value === true);
   }
 
   /** Test hook (FERRY_TEST_HOOKS=1): ends worker `index` as a crash would. */
   kill(index: number): boolean {
-    const w = this.#workers[index];
+    const w = this.#workers.get(index);
     if (!w || w.dead) return false;
     w.worker.terminate();
     this.#died(w, "terminated by the test hook");
@@ -270,41 +270,17 @@ export class WorkerPool implements ReloadPeers {
   }
 
   #live(): Running[] {
-    return this.#workers.filter((w) => !w.dead);
+    return [...this.#workers.values()].filter((w) => !w.dead);
   }
 
-  #workerConfig(s: Snapshot): WorkerConfig {
+  #workerConfig(s: Snapshot, ports: ListenerPorts): WorkerConfig {
     return {
       version: s.version,
-      config: this.#resolvePorts(s.config),
+      config: withPorts(s.config, ports),
       written: s.written,
       label: s.source,
       file: this.#opts.file,
     };
-  }
-
-  /** The config with each port-0 listener given one port for every worker (see the top). */
-  #resolvePorts(config: FerryConfig): FerryConfig {
-    const ports = new Map<string, { address: string; port: number }>();
-    const listeners = config.listeners.map((l) => {
-      const { hostname, port } = splitAddress(l.address);
-      if (port !== 0) return l;
-      let chosen = this.#ports.get(l.name);
-      if (chosen?.address !== l.address) {
-        const holder = Deno.listen({ hostname, port: 0, reusePort: true });
-        this.#holders.push(holder);
-        chosen = { address: l.address, port: (holder.addr as Deno.NetAddr).port };
-      }
-      ports.set(l.name, chosen);
-      const host = hostname.includes(":") ? `[${hostname}]` : hostname;
-      return { ...l, address: `${host}:${chosen.port}` };
-    });
-    this.#ports = ports;
-    return { ...config, listeners };
-  }
-
-  #releaseHolders(): void {
-    for (const h of this.#holders.splice(0)) h.close();
   }
 
   async #spawn(index: number, config: WorkerConfig, failStart = false): Promise<void> {
@@ -320,7 +296,7 @@ export class WorkerPool implements ReloadPeers {
       dead: false,
       spawnedAt: performance.now(),
     };
-    this.#workers[index] = running;
+    this.#workers.set(index, running);
     worker.onmessage = (e: MessageEvent<WorkerReply | WorkerNotice>) => {
       if ("notice" in e.data) {
         for (const err of e.data.errors) this.#recentErrors?.add(err);
@@ -374,7 +350,7 @@ export class WorkerPool implements ReloadPeers {
 
   async #replace(index: number): Promise<void> {
     const config = this.#current;
-    if (this.#stopping || !config || this.#workers[index]?.dead === false) return;
+    if (this.#stopping || !config || this.#workers.get(index)?.dead === false) return;
     // The dead worker's connections and requests ended with it (terminated, at least
     // RESTART_DELAY_MS ago): so do their counts in the shared arena, before the new worker
     // takes its index.
@@ -384,7 +360,7 @@ export class WorkerPool implements ReloadPeers {
       this.#sent.clear();
       this.#opts.log.info("worker replaced", { worker: index, config_version: config.version });
     } catch (err) {
-      const w = this.#workers[index];
+      const w = this.#workers.get(index);
       if (w) w.worker.terminate();
       if (w && !w.dead) this.#died(w, `replacement failed to start: ${errorText(err)}`);
     }
@@ -409,6 +385,19 @@ export class WorkerPool implements ReloadPeers {
       WorkerMethods[M]["result"]
     >;
   }
+}
+
+/** The config with each port-0 listener given the port the main isolate's listener got. */
+function withPorts(config: FerryConfig, ports: ListenerPorts): FerryConfig {
+  const listeners = config.listeners.map((l) => {
+    const { hostname, port } = splitAddress(l.address);
+    if (port !== 0) return l;
+    const bound = ports.get(l.name);
+    if (bound === undefined) throw new Error(`listener "${l.name}" has no port to share yet`);
+    const host = hostname.includes(":") ? `[${hostname}]` : hostname;
+    return { ...l, address: `${host}:${bound}` };
+  });
+  return { ...config, listeners };
 }
 
 function errorText(err: unknown): string {

@@ -1,9 +1,10 @@
 /**
- * One worker of `server.workers > 1`: a Web Worker running the whole request path (every
- * listener, bound with SO_REUSEPORT so the kernel spreads connections over the workers) on a
- * snapshot it compiles itself from the config the main isolate sends. Rate-limit buckets and
- * circuit breakers live in the shared arena; the admin listener, health verdicts shown by the
- * admin API, and signals belong to the main isolate (src/workers/supervisor.ts).
+ * One worker (1..N-1) of `server.workers: N`: a Web Worker running the whole request path (every
+ * listener, bound with SO_REUSEPORT so the kernel spreads connections over the main isolate, which
+ * is worker 0, and the workers) on a snapshot it compiles itself from the config the main isolate
+ * sends. Rate-limit buckets and circuit breakers live in the shared arena; the admin listener,
+ * health checks and discovery (whose verdicts the workers follow) and signals belong to the main
+ * isolate (src/workers/supervisor.ts).
  */
 import type { Snapshot } from "../server/compile.ts";
 import { compileConfig } from "../server/build.ts";
@@ -17,7 +18,7 @@ import { FerryMetrics } from "../observability/metrics.ts";
 import { Ferry, installLastLineOfDefence } from "../server/ferry.ts";
 import { clustersView } from "../server/cluster_view.ts";
 import { SharedArena } from "../policy/shared_memory.ts";
-import { replayBytes } from "../policy/retry.ts";
+import { shareReplayBound } from "../policy/retry.ts";
 import type { RecentError, RecentErrors } from "../pipeline/errors.ts";
 import {
   type HealthTable,
@@ -124,8 +125,7 @@ const methods: { [M in WorkerMethod]: (a: WorkerMethods[M]["args"]) => unknown }
     installLastLineOfDefence(log, metrics);
     memory = new SharedArena(s.arena, { index: s.index });
     // The 64 MiB bound on bytes kept for retries is the process's, not each worker's.
-    const replayCounts = memory.counts("replay bytes", 1);
-    if (replayCounts) replayBytes.share(replayCounts);
+    shareReplayBound(memory);
     const snapshot = await compile(s, undefined);
     ferry = Ferry.start(snapshot, log, {
       admin: false,
