@@ -8,7 +8,7 @@ import { configSource } from "./src/config/source.ts";
 import { buildSnapshot } from "./src/server/build.ts";
 import { Reloader, watchConfigFile } from "./src/server/reload.ts";
 import { tlsFilesOf, watchTlsFiles } from "./src/server/tls_watch.ts";
-import { resolveConfigPath } from "./src/config/load.ts";
+import { resolveConfigPath } from "./src/config/files.ts";
 import { createLogger } from "./src/observability/log.ts";
 import { FerryMetrics } from "./src/observability/metrics.ts";
 import { Ferry, installLastLineOfDefence } from "./src/server/ferry.ts";

@@ -3,7 +3,7 @@
  * measured in the same run (the pipeline figure already includes the downstream recording).
  * `deno bench --allow-all --unstable-no-legacy-abort bench/metrics_bench.ts`
  */
-import { compileConfig } from "../src/server/build.ts";
+import { compileConfig } from "../src/server/compile_config.ts";
 import { parseConfigText } from "../src/config/load.ts";
 import { createLogger } from "../src/observability/log.ts";
 import { FerryMetrics } from "../src/observability/metrics.ts";

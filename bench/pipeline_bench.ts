@@ -3,7 +3,7 @@
  * request id), routing, and a route's policy chain (fault injection at 0 %, a per-IP and a
  * global token bucket), ending in a direct response. `deno task bench`.
  */
-import { compileConfig } from "../src/server/build.ts";
+import { compileConfig } from "../src/server/compile_config.ts";
 import { parseConfigText } from "../src/config/load.ts";
 import { createLogger } from "../src/observability/log.ts";
 import { createListenerHandler } from "../src/server/handler.ts";

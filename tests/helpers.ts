@@ -2,7 +2,7 @@
  * End-to-end test fixtures: real upstream servers on port 0 and a real Ferry started in-process
  * from YAML (listeners on 127.0.0.1:0, ports read back).
  */
-import { compileConfig } from "../src/server/build.ts";
+import { compileConfig } from "../src/server/compile_config.ts";
 import { parseConfigText } from "../src/config/load.ts";
 import { createLogger } from "../src/observability/log.ts";
 import { Ferry } from "../src/server/ferry.ts";

@@ -79,6 +79,30 @@ Deno.test("optional parts: nothing main.ts or mod.ts imports statically reaches 
   }
 });
 
+/** What only the main isolate needs: reading YAML and validating it against the schema. */
+const MAIN_ISOLATE_ONLY = [
+  "/yaml@",
+  "/zod@",
+  "src/config/schema.ts",
+  "src/config/load.ts",
+  "src/config/errors.ts",
+];
+
+Deno.test("optional parts: a worker isolate loads neither the YAML parser nor the schema (zod); it compiles the config the main isolate validated", async () => {
+  const statically = [...await reachable("src/workers/worker.ts", false)];
+  assert.ok(statically.some((s) => s.endsWith("src/server/compile_config.ts")));
+  for (const part of MAIN_ISOLATE_ONLY) {
+    assert.deepEqual(
+      statically.filter((s) => s.includes(part)),
+      [],
+      `a worker imports ${part} at start-up`,
+    );
+  }
+  // The main isolate still has them.
+  const main = [...await reachable("main.ts", false)];
+  for (const part of MAIN_ISOLATE_ONLY) assert.ok(main.some((s) => s.includes(part)), part);
+});
+
 async function adminJson(admin: string, path: string): Promise<Record<string, unknown>> {
   const res = await fetch(`${admin}${path}`);
   assert.equal(res.status, 200, path);

@@ -251,7 +251,7 @@ routes:
 Deno.test("SNI with downstream mTLS, and a client CA replaced by a reload: every SNI certificate asks for the client certificate; after the swap the old CA's clients are refused and the new CA's served, on the same socket", async () => {
   const { makeMeshCerts } = await import("./fixtures/certs.ts");
   const { parseConfigText } = await import("../src/config/load.ts");
-  const { compileConfig } = await import("../src/server/build.ts");
+  const { compileConfig } = await import("../src/server/compile_config.ts");
   const mesh = await makeMeshCerts();
   const next = await makeMeshCerts();
   const c = await sniCerts();

@@ -8,7 +8,8 @@
  * const result = configFromEnv(Deno.env.toObject()) ?? await loadConfigFile("ferry.yaml");
  * ```
  */
-import { type ConfigIssue, formatPath, type LoadResult, type PathSegment } from "./errors.ts";
+import type { ConfigIssue, LoadResult } from "./errors.ts";
+import { formatPath, type PathSegment } from "./config_path.ts";
 import { validateConfig } from "./load.ts";
 
 /** The variables `configFromEnv` reads, with the default used when one of the two is unset. */

@@ -6,6 +6,7 @@
 import type { z } from "zod";
 import { ConfigSchema, type FerryConfig } from "./schema.ts";
 import { formatDuration, parseDuration } from "./duration.ts";
+import type { PathSegment } from "./config_path.ts";
 
 /** One problem (or warning) in a config source, located as precisely as the source allows. */
 export interface ConfigIssue {
@@ -38,30 +39,7 @@ export type LoadResult =
   }
   | { ok: false; errors: ConfigIssue[] };
 
-/** A step of a config path: a mapping key or a list index. */
-export type PathSegment = string | number;
-
 const MAX_VALUE_CHARS = 60;
-
-/** `["routes", 0, "match"]` -> `routes[0].match`; keys that are not identifiers are quoted. */
-export function formatPath(path: readonly PathSegment[]): string {
-  let out = "";
-  for (const seg of path) {
-    if (typeof seg === "number") out += `[${seg}]`;
-    else if (/^[A-Za-z_][A-Za-z0-9_-]*$/.test(seg)) out += out === "" ? seg : `.${seg}`;
-    else out += `[${JSON.stringify(seg)}]`;
-  }
-  return out;
-}
-
-/** `routes[0].match` -> `["routes", 0, "match"]`: the inverse of `formatPath`. */
-export function parsePath(text: string): PathSegment[] {
-  const out: PathSegment[] = [];
-  for (const m of text.matchAll(/\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]|([^.[\]]+)/g)) {
-    out.push(m[1] !== undefined ? Number(m[1]) : m[2] !== undefined ? JSON.parse(m[2]) : m[3]!);
-  }
-  return out;
-}
 
 /** A value as shown in a message: JSON, cut to at most 60 characters. */
 export function formatValue(value: unknown): string {

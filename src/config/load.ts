@@ -31,18 +31,18 @@ import {
   type ClusterConfig,
   ConfigSchema,
   type FerryConfig,
-  httpTransportOf,
 } from "./schema.ts";
 import { compileRouteRegex } from "../routing/regex.ts";
+import { MAX_NAMED_FILE_BYTES, resolveConfigPath } from "./files.ts";
+import { httpTransportOf } from "./transport_of.ts";
+import { formatPath, type PathSegment } from "./config_path.ts";
 import { parseCidr } from "../pipeline/trust.ts";
 import {
   type ConfigIssue,
   type Finding,
   formatIssues,
-  formatPath,
   type IssueAnchor,
   type LoadResult,
-  type PathSegment,
   translateIssue,
   valueAt,
 } from "./errors.ts";
@@ -82,17 +82,6 @@ export interface ParseOptions {
 
 // ---------------------------------------------------------------------------------------------
 // Files
-
-/** Resolves a path written in a config file against that file's folder (absolute stays as is). */
-export function resolveConfigPath(configFile: string, p: string): string {
-  // Plain POSIX path handling: importing node:path would load Node's compatibility layer.
-  const slash = configFile.lastIndexOf("/");
-  const dir = slash < 0 ? "." : slash === 0 ? "/" : configFile.slice(0, slash);
-  return normalizePosix(p.startsWith("/") ? p : `${dir}/${p}`);
-}
-
-/** The largest file a config may name (certificates, CA bundles, keys, tokens, modules). */
-export const MAX_NAMED_FILE_BYTES = 16 * 1024 * 1024;
 
 /** `ParseOptions.checkFile` backed by the file system (needs --allow-read). */
 export function checkReadableFile(path: string): string | undefined {
@@ -1118,17 +1107,4 @@ function addressesConflict(a: Address, b: Address): boolean {
   if (!w || !other) return false;
   const fam = addressFamily(other.host);
   return fam === undefined || fam === addressFamily(w.host);
-}
-
-/** Removes `.` and `..` segments and repeated slashes from a POSIX path. */
-function normalizePosix(path: string): string {
-  const absolute = path.startsWith("/");
-  const out: string[] = [];
-  for (const seg of path.split("/")) {
-    if (seg === "" || seg === ".") continue;
-    if (seg === ".." && out.length > 0 && out[out.length - 1] !== "..") out.pop();
-    else if (seg !== ".." || !absolute) out.push(seg);
-  }
-  const joined = out.join("/");
-  return absolute ? `/${joined}` : joined || ".";
 }

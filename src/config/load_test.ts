@@ -10,8 +10,8 @@ import {
   formatIssues,
   loadConfigFile,
   parseConfigText,
-  resolveConfigPath,
 } from "./load.ts";
+import { resolveConfigPath } from "./files.ts";
 import type { LoadResult } from "./errors.ts";
 
 const CONTRACT = `listeners:

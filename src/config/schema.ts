@@ -424,7 +424,7 @@ export const ClusterSchema = z.strictObject({
    * The client HTTP requests use: `h1`, Ferry's own HTTP/1.1 codec (byte-exact, the default for
    * http1); `h2`, Ferry's own HTTP/2 client (h2c and auto: the connections gRPC uses; the default
    * for h2c, and for auto when the upstream's server name or identity is checked); `fetch`, Deno's
-   * fetch (the default for auto otherwise). See `httpTransportOf`.
+   * fetch (the default for auto otherwise). See `httpTransportOf` (transport_of.ts).
    */
   transport: z.enum(["h1", "h2", "fetch"]).optional(),
   pool: z.strictObject({
@@ -748,22 +748,6 @@ export type RouteConfig = z.output<typeof RouteSchema>;
 export type RouteMatchConfig = z.output<typeof RouteMatchSchema>;
 export type ClusterConfig = z.output<typeof ClusterSchema>;
 
-/**
- * The client a cluster's HTTP requests use: `transport` when set; else `h1` for http1, `h2` for
- * h2c (cheaper per request than fetch, measured: docs/design.md "Choices made by measurement"),
- * and for auto `h2` when a server name or identities are to be checked (fetch cannot see the
- * peer's certificate), `fetch` otherwise (ALPN may pick HTTP/1.1, which the h2 client does not
- * fall back to).
- */
-export function httpTransportOf(
-  c: Pick<ClusterConfig, "protocol" | "transport" | "tls">,
-): "h1" | "h2" | "fetch" {
-  if (c.transport) return c.transport;
-  if (c.protocol === "http1") return "h1";
-  if (c.protocol === "h2c") return "h2";
-  const t = c.tls;
-  return t && (t.server_name !== undefined || t.expected_identities !== undefined) ? "h2" : "fetch";
-}
 export type StringMatchConfig = z.output<typeof stringMatch>;
 export type PathMatchConfig = z.output<typeof pathMatch>;
 export type BreakerConfigSchema = z.output<typeof BreakerSchema>;

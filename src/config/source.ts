@@ -9,9 +9,9 @@ import {
   loadConfigFile,
   type LoadResult,
   parseConfigText,
-  resolveConfigPath,
   validateConfig,
 } from "./load.ts";
+import { resolveConfigPath } from "./files.ts";
 import type { MiddlewareFactory } from "../pipeline/types.ts";
 
 export const DEFAULT_CONFIG = "config/ferry.yaml";

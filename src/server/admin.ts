@@ -16,7 +16,6 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { Snapshot } from "./compile.ts";
 import type { MiddlewareRefConfig } from "../config/schema.ts";
-import { withDurationUnits } from "../config/errors.ts";
 import { decide, identityFromId } from "../policy/authz.ts";
 import { lacksHost } from "./handler.ts";
 import { countingLimit } from "./request_limits.ts";
@@ -182,6 +181,9 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
       case "/routes":
         return json(200, routesView(view.snapshot()));
       case "/config": {
+        // Imported here: it reads the schema (zod), which only the main isolate, the one serving
+        // this listener, has loaded; worker isolates import this module without it.
+        const { withDurationUnits } = await import("../config/errors.ts");
         const s = view.snapshot();
         return json(200, {
           version: s.version,

@@ -1,21 +1,18 @@
 /**
  * The one way from a config source to a snapshot, used at start-up, by `--check` and by every
- * reload (so all report the same file:line:field errors): load and validate (config/), prepare
- * the stateful parts (registry.ts), compile the routes (compile.ts).
+ * reload (so all report the same file:line:field errors): load and validate (config/), then
+ * compile (compile_config.ts: prepare the stateful parts, compile the routes).
  */
 import type { ConfigSource } from "../config/source.ts";
-import { formatIssues, type LoadResult, resolveConfigPath } from "../config/load.ts";
-import { formatPath, parsePath, type PathSegment } from "../config/errors.ts";
-import { loadExtensions, type RouteExtensions } from "./extensions.ts";
+import { formatIssues, type LoadResult } from "../config/load.ts";
+import { resolveConfigPath } from "../config/files.ts";
+import { formatPath, parsePath, type PathSegment } from "../config/config_path.ts";
+import { loadExtensions } from "./extensions.ts";
 import type { FerryConfig } from "../config/schema.ts";
-import type { Logger } from "../observability/log.ts";
-import { FerryMetrics } from "../observability/metrics.ts";
-import { compileSnapshot, type Snapshot } from "./compile.ts";
-import { ConfigProblemsError, readMaterials } from "../config/materials.ts";
-import { prepareParts } from "./registry.ts";
-import type { SharedMemory } from "../policy/shared_memory.ts";
-import { checkTlsMaterials } from "./tls_material.ts";
+import type { Snapshot } from "./compile.ts";
+import { ConfigProblemsError } from "../config/materials.ts";
 import { loadOptionalParts } from "./optional_parts.ts";
+import { type BuildOptions, compileConfig } from "./compile_config.ts";
 
 export type BuildResult =
   | {
@@ -25,21 +22,6 @@ export type BuildResult =
     readonly warnings: string;
   }
   | { readonly ok: false; readonly message: string };
-
-export interface BuildOptions {
-  readonly version: number;
-  readonly log?: Logger;
-  /** The running snapshot on a reload: unchanged parts (and its metrics) are taken over. */
-  readonly previous?: Snapshot;
-  /** The process's metrics, at start-up; a reload takes the previous snapshot's. */
-  readonly metrics?: FerryMetrics;
-  /** Reads an environment variable (admin.token_env); default Deno.env.get. */
-  readonly env?: (name: string) => string | undefined;
-  /** With `server.workers > 1`: where buckets and breakers keep process-wide state. */
-  readonly sharedMemory?: SharedMemory;
-  /** A worker's snapshot: clusters probe and resolve nothing, they follow the main isolate. */
-  readonly followHealth?: boolean;
-}
 
 /**
  * Loads and validates the config, prepares its parts (registry.ts: built inert, or taken over
@@ -114,52 +96,4 @@ function placed(
     message: p.message,
   })).sort((a, b) => a.line - b.line || a.column - b.column);
   return { ok: false, message: `invalid config ${label}\n${formatIssues(issues)}` };
-}
-
-export interface CompileConfigOptions extends BuildOptions {
-  /** Where the config came from, for /config and logs. */
-  readonly source: string;
-  /** The config as written (parsed YAML before the schema), for /config's durations. */
-  readonly written?: unknown;
-  /** Reads a file named in the config, resolved against the config's folder. */
-  readonly readTextFile: (path: string) => string;
-  /** Extension middleware loaded for this config (src/server/extensions.ts). */
-  readonly extensions?: RouteExtensions;
-}
-
-/**
- * A validated config -> a snapshot: the files it names read, its parts prepared (inert), its
- * routes compiled. Throws `ConfigProblemsError` for what the config names that cannot be used;
- * whatever this attempt built is closed then, what it took over from `previous` stays.
- */
-export function compileConfig(cfg: FerryConfig, opts: CompileConfigOptions): Snapshot {
-  const metrics = opts.metrics ?? opts.previous?.metrics ?? new FerryMetrics();
-  const materials = readMaterials(cfg, { readTextFile: opts.readTextFile, env: opts.env });
-  const tls = checkTlsMaterials(cfg, materials);
-  const parts = prepareParts(cfg, {
-    materials,
-    env: opts.env,
-    log: opts.log,
-    metrics,
-    previous: opts.previous?.parts,
-    sharedMemory: opts.sharedMemory,
-    followHealth: opts.followHealth,
-  });
-  try {
-    return compileSnapshot(cfg, {
-      version: opts.version,
-      source: opts.source,
-      written: opts.written,
-      parts,
-      materials,
-      tls,
-      metrics,
-      ...(opts.extensions ? { extensions: opts.extensions } : {}),
-      ...(opts.log ? { log: opts.log } : {}),
-    });
-  } catch (err) {
-    if (opts.previous) parts.discard(opts.previous.parts);
-    else parts.close();
-    throw err;
-  }
 }

@@ -8,8 +8,8 @@
  */
 import * as client from "../observability/prom.ts";
 import type { FerryConfig, MiddlewareRefConfig } from "../config/schema.ts";
-import { MAX_NAMED_FILE_BYTES, resolveConfigPath } from "../config/load.ts";
-import type { PathSegment } from "../config/errors.ts";
+import { MAX_NAMED_FILE_BYTES, resolveConfigPath } from "../config/files.ts";
+import type { PathSegment } from "../config/config_path.ts";
 import type {
   Handler,
   Middleware,

@@ -4,7 +4,8 @@
  * (DNS discovery, or a reload that only edits `endpoints`) without losing what it knows about
  * the endpoints that stay.
  */
-import { type ClusterConfig, httpTransportOf } from "../config/schema.ts";
+import type { ClusterConfig } from "../config/schema.ts";
+import { httpTransportOf } from "../config/transport_of.ts";
 import type { CallFacts } from "../pipeline/types.ts";
 import { createBalancer } from "./balancers/mod.ts";
 import { type Balancer, createEndpointState, type EndpointState } from "./balancers/types.ts";

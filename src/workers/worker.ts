@@ -7,12 +7,12 @@
  * isolate (src/workers/supervisor.ts).
  */
 import type { Snapshot } from "../server/compile.ts";
-import { compileConfig } from "../server/build.ts";
+import { compileConfig } from "../server/compile_config.ts";
 import { ConfigProblemsError } from "../config/materials.ts";
-import { formatPath } from "../config/errors.ts";
+import { formatPath } from "../config/config_path.ts";
 import { loadExtensions } from "../server/extensions.ts";
 import { loadOptionalParts } from "../server/optional_parts.ts";
-import { resolveConfigPath } from "../config/load.ts";
+import { resolveConfigPath } from "../config/files.ts";
 import { createLogger, type Logger } from "../observability/log.ts";
 import { FerryMetrics } from "../observability/metrics.ts";
 import { Ferry, installLastLineOfDefence } from "../server/ferry.ts";
