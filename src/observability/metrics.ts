@@ -100,6 +100,8 @@ export type DownstreamRefusal =
   | "too_many_connections"
   | "too_many_connections_per_ip"
   | "request_timeout"
+  | "settings_timeout"
+  | "idle_timeout"
   | "send_timeout"
   | "bad_request"
   | "headers_too_large"

@@ -6,16 +6,17 @@
  * rebound, given new TLS material or retired) and the drain all act on the one table of running
  * listeners and the snapshot reference; apart, each would reach into the others' state.
  */
-import { type ListenerPlan, type Snapshot, splitAddress } from "./compile.ts";
+import type { ListenerPlan, Snapshot } from "./compile.ts";
 import { scrapeSources } from "./registry.ts";
 import { errorFields, type Logger } from "../observability/log.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
 import { adminHandler, type AdminView } from "./admin.ts";
+import { type AdminListener, startAdminListener } from "./admin_listener.ts";
 import { type MetricReader, StatsHistory } from "./admin_stats.ts";
 import { errorResponse, ProxyError, RecentErrors } from "../pipeline/errors.ts";
 import { createListenerHandler } from "./handler.ts";
 import { grpcListenerPart } from "./optional_parts.ts";
-import { ConnectionGuard, guardLimits } from "./guard.ts";
+import { ConnectionGuard, drainGuarded, guardLimits } from "./guard.ts";
 import {
   acceptErrorReason,
   type Admission,
@@ -86,7 +87,7 @@ export class Ferry {
   /** Listeners removed or rebound by a reload, finishing their requests. */
   readonly #retiring = new Map<RunningListener, Promise<void>>();
   #adminRoutes: AdminExtras = {};
-  #admin: RebindingServer | undefined;
+  #admin: AdminListener | undefined;
   #state: "ready" | "draining" = "ready";
   readonly #role: FerryRole;
   /** The last proxy-made errors, for the dashboard. */
@@ -116,7 +117,6 @@ export class Ferry {
       }
       const admin = role.admin === false ? undefined : snapshot.config.admin;
       if (admin) {
-        const { hostname, port } = splitAddress(admin.address);
         const handler = adminHandler({
           state: () => ferry.#state,
           snapshot: () => ferry.#snapshot,
@@ -133,22 +133,13 @@ export class Ferry {
           port: () => ferry.#admin?.addr.port,
         });
         ferry.#admin = bindOrName("admin", admin.address, () =>
-          new RebindingServer(
-            (port) =>
-              Deno.serve({
-                hostname,
-                port,
-                onListen: (a) =>
-                  log.info("admin listening", { address: `${a.hostname}:${a.port}` }),
-              }, handler),
-            port,
-            (err) => {
-              ferry.#snapshot.metrics.acceptError("admin", "listener", acceptErrorReason(err));
-              log.warn("admin listener stopped accepting; binding it again", {
-                error: String(err),
-              });
-            },
-          ));
+          startAdminListener({
+            address: admin.address,
+            handler,
+            config: () => ferry.#snapshot.config,
+            metrics: () => ferry.#snapshot.metrics,
+            log,
+          }));
       }
     } catch (err) {
       for (const l of ferry.#servers.values()) l.abort();
@@ -575,30 +566,6 @@ async function bindWhenFree(bind: () => RunningListener): Promise<RunningListene
       await new Promise((r) => setTimeout(r, 50));
     }
   }
-}
-
-/**
- * Drains a listener behind the connection guard: no new connections; idle ones close now and
- * busy ones once their request is done; WebSockets stay open through the drain window and get
- * 1001 when it ends (just before `ms`, so the close frames go out before the process exits).
- * Without the guard, Deno.serve's shutdown() would close WebSockets at once.
- */
-async function drainGuarded(guard: ConnectionGuard, ms: number): Promise<void> {
-  guard.beginDrain();
-  const windowEnd = performance.now() + Math.max(0, ms - Math.min(1_000, ms / 10));
-  while (performance.now() < windowEnd) {
-    const { requests, tunnels } = guard.inUse();
-    if (requests === 0 && tunnels === 0) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  await guard.shutdownInner();
-  // Let the last bytes (WebSocket close frames, final responses) through the pipes before the
-  // guard closes what is left.
-  const flushBy = performance.now() + 500;
-  while (guard.openConnections() > 0 && performance.now() < flushBy) {
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  await guard.close();
 }
 
 /**
