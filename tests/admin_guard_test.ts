@@ -270,3 +270,23 @@ Deno.test("admin listener: a client that stops reading /metrics answers is dropp
     await up.close();
   }
 });
+
+Deno.test("admin listener: h2c (prior knowledge) takes the guard's hop and is served", async () => {
+  const up = startUpstream(() => new Response("ok"));
+  const px = startFerry(config("header_timeout: 5s"), { UP: up.url });
+  try {
+    const out = await run("curl", [
+      "-s",
+      "--http2-prior-knowledge",
+      "-o",
+      "/dev/null",
+      "-w",
+      "%{http_code} %{http_version}",
+      `${px.adminUrl}/metrics`,
+    ]);
+    assert.equal(out.stdout, "200 2");
+  } finally {
+    await px.close();
+    await up.close();
+  }
+});
