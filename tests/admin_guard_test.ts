@@ -271,7 +271,7 @@ Deno.test("admin listener: a client that stops reading /metrics answers is dropp
   }
 });
 
-Deno.test("admin listener: h2c (prior knowledge) takes the guard's hop and is served", async () => {
+Deno.test("admin listener: h2c (prior knowledge) takes the guard's hop and is served; no :authority is still a missing Host", async () => {
   const up = startUpstream(() => new Response("ok"));
   const px = startFerry(config("header_timeout: 5s"), { UP: up.url });
   try {
@@ -285,6 +285,31 @@ Deno.test("admin listener: h2c (prior knowledge) takes the guard's hop and is se
       `${px.adminUrl}/metrics`,
     ]);
     assert.equal(out.stdout, "200 2");
+    // Without :authority the inner Deno.serve fills in localhost:<its port>: still "missing
+    // Host" (the admin handler is told which port that is), as on the bare Deno.serve.
+    const path = enc.encode("/config");
+    const block = [0x82, 0x86, 0x04, path.length, ...path]; // GET, http, :path (no :authority)
+    const conn = await Deno.connect({
+      hostname: "127.0.0.1",
+      port: px.ferry.addresses().admin!.port,
+    });
+    try {
+      await conn.write(
+        new Uint8Array([
+          ...enc.encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+          ...[0, 0, 0, 4, 0, 0, 0, 0, 0], // SETTINGS
+          ...[0, 0, block.length, 1, 5, 0, 0, 0, 1, ...block], // HEADERS, END_STREAM|END_HEADERS
+        ]),
+      );
+      let bytes = "";
+      await readFor(conn, 1_500, (chunk) => {
+        bytes += dec.decode(chunk);
+        if (bytes.includes("request_id")) conn.close();
+      });
+      assert.match(bytes, /"reason":"missing Host header"/);
+    } finally {
+      closeQuietly(conn);
+    }
   } finally {
     await px.close();
     await up.close();

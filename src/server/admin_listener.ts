@@ -23,6 +23,11 @@ const ADMIN_DRAIN_MS = 2_000;
 
 export interface AdminListener {
   readonly addr: Deno.NetAddr;
+  /**
+   * The port in `localhost:<port>`, the Host filled in for a request that sends none (HTTP/2
+   * without :authority, HTTP/1.0 without Host), so the admin handler can tell (AdminView.port).
+   */
+  fillInPort(): number | undefined;
   /** Open connections right now. */
   openConnections(): number;
   /** Stops accepting, lets requests in flight finish (bounded), closes the rest. */
@@ -99,6 +104,7 @@ export function startAdminListener(o: AdminListenerOptions): AdminListener {
   o.log.info("admin listening", { address: `${a.hostname}:${a.port}` });
   return {
     addr: a,
+    fillInPort: () => guard.innerPort(),
     openConnections: () => guard.openConnections(),
     shutdown: () => drainGuarded(guard, ADMIN_DRAIN_MS),
   };

@@ -130,7 +130,7 @@ export class Ferry {
           statsHistory: ferry.statsHistory,
           ...(role.readMetric ? { readMetric: role.readMetric } : {}),
           address: admin.address,
-          port: () => ferry.#admin?.addr.port,
+          port: () => ferry.#admin?.fillInPort(),
         });
         ferry.#admin = bindOrName("admin", admin.address, () =>
           startAdminListener({

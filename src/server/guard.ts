@@ -111,8 +111,9 @@ export interface GuardOptions {
   /** A connection or request refused or ended before any handler ran (counted in metrics). */
   readonly onRefused?: (reason: DownstreamRefusal) => void;
   /**
-   * HTTP/1.0 requests without Host are served as `localhost:<port>` (Deno.serve's fill-in)
-   * instead of getting 400: the admin listener's probes (HTTP/1.0 checks) send none.
+   * HTTP/1.0 requests without Host are served as `localhost:<inner port>` (what the inner
+   * Deno.serve fills in for a request without Host or :authority) instead of getting 400: the
+   * admin listener's probes (HTTP/1.0 checks) send none.
    */
   readonly hostlessHttp10?: boolean;
 }
@@ -597,7 +598,8 @@ export class ConnectionGuard {
       write: (bytes) => this.#writeClient(g, write, bytes, bytes.length),
       closeWrite: () => g.conn.closeWrite(),
       scheme: this.#opts.tls ? "https" : "http",
-      ...(this.#opts.hostlessHttp10 ? { hostlessHttp10: `localhost:${this.addr.port}` } : {}),
+      // The inner Deno.serve's fill-in for HTTP/2 without :authority: one fill-in on both paths.
+      ...(this.#opts.hostlessHttp10 ? { hostlessHttp10: `localhost:${this.innerPort()}` } : {}),
       // Phase times are the sweep's clock (as the send timeout's): the sweep checks them anyway,
       // so a timeout fires within one sweep period either way, and no clock is read per request.
       awaitingHead: (started) => {
