@@ -148,14 +148,31 @@ Deno.test("admin listener: admin.max_connections refuses the excess with 503; un
     const over = await ask(port, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert.match(over, /^HTTP\/1\.1 503 /, `the fifth: ${over.slice(0, 200)}`);
     assert.match(over, /too many connections/);
-    // The four held connections were all admitted (each is answered).
+    // The gauge counts them (with the scrape's own connection).
+    const gauge = await ask(
+      port,
+      "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert.match(gauge, /^HTTP\/1\.1 503 /, "still full");
+    for (const c of held.splice(3)) closeQuietly(c);
+    await sleep(300);
+    const text = await ask(
+      port,
+      "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert.equal(
+      metricValue(text, "ferry_downstream_connections_open", { listener: "admin" }),
+      4,
+      "three held and the scrape",
+    );
+    // The held connections were all admitted (each is answered).
     for (const c of held) {
       await c.write(enc.encode("GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
       assert.match((await readAll(c, 5_000)).text, /^HTTP\/1\.1 200 /);
     }
     for (const c of held.splice(0)) closeQuietly(c);
     await sleep(300);
-    assert.equal(await refusals(px.adminUrl!, "too_many_connections"), 1);
+    assert.equal(await refusals(px.adminUrl!, "too_many_connections"), 2);
     // The proxy listener is unaffected by the admin's cap.
     assert.equal(await (await fetch(px.url)).text(), "ok");
   } finally {

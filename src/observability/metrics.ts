@@ -444,7 +444,9 @@ export class FerryMetrics {
     const openConnections = () => this.#sources.connections?.() ?? {};
     this.downstreamConnections = new client.Gauge({
       name: "ferry_downstream_connections_open",
-      help: "Open downstream connections per listener, as the connection guard counts them.",
+      help:
+        'Open downstream connections per listener (the admin listener\'s as listener="admin"), ' +
+        "as the connection guard and gRPC listeners count them.",
       labelNames: ["listener"],
       registers,
       collect() {

@@ -107,7 +107,7 @@ export class Ferry {
     // Scrape-time gauges (health, breakers, in-flight) read whatever snapshot is serving.
     snapshot.metrics.watch({
       ...scrapeSources(() => ferry.#snapshot.parts),
-      connections: () => ferry.openConnections(),
+      connections: () => ferry.#connectionsWithAdmin(),
     });
     registerCertificateExpiry(snapshot.metrics.registry, () => ferry.#snapshot.certificates);
     snapshot.metrics.setConfigVersion(snapshot.version);
@@ -452,6 +452,13 @@ export class Ferry {
     for (const [name, l] of this.#servers) {
       if (l.openConnections) open[name] = l.openConnections();
     }
+    return open;
+  }
+
+  /** openConnections() and the admin listener's, for the gauge (listener="admin"). */
+  #connectionsWithAdmin(): Record<string, number> {
+    const open = this.openConnections();
+    if (this.#admin) open.admin = this.#admin.openConnections();
     return open;
   }
 
