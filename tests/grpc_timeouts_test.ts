@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { startFerry } from "./helpers.ts";
+import { metricValue, startFerry } from "./helpers.ts";
 import { echoClient, startEchoServer, unary } from "./grpc/peers.ts";
 import {
   CLIENT_PREFACE,
@@ -23,6 +23,7 @@ const CONFIG = `listeners:
     address: "127.0.0.1:0"
     protocol: grpc
     grpc: { idle_timeout: 400ms, handshake_timeout: 400ms, settings_timeout: 400ms }
+admin: { address: "127.0.0.1:0" }
 routes:
   - name: echo
     match: { path: { prefix: / } }
@@ -98,6 +99,14 @@ Deno.test("grpc listener: handshake, SETTINGS ACK and idle timeouts end connecti
     assert.ok(idle.closed);
     assert.equal(idle.goaway, ErrorCode.NO_ERROR);
     assert.ok(idle.ms >= 300, `closed after ${Math.round(idle.ms)} ms, not before the timeout`);
+
+    // Each ending is counted by its reason (only the caps were, before).
+    const text = await (await fetch(`${ferry.adminUrl}/metrics`)).text();
+    const refused = (reason: string) =>
+      metricValue(text, "ferry_downstream_refused_total", { listener: "grpc", reason });
+    assert.equal(refused("request_timeout"), 2, "silent and half a preface: handshake timeout");
+    assert.equal(refused("settings_timeout"), 1);
+    assert.equal(refused("idle_timeout"), 1);
 
     // A call longer than the idle timeout is not cut: the connection has a stream open.
     const client = echoClient(ferry.port);

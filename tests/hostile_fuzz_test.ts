@@ -18,6 +18,8 @@ const HEADER_TIMEOUT_MS = 1_000;
 const RUNS = Number(Deno.env.get("HOSTILE_FUZZ_RUNS") ?? 100);
 
 const GOOD = "GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+/** Statuses of Ferry's own HTTP/1.1 server's refusals (and the admin's missing-Host 400). */
+const REFUSALS = new Set(["400", "408", "431", "501", "505"]);
 /** Pieces requests are made of, good and bad. */
 const piece = fc.oneof(
   fc.constantFrom(
@@ -144,17 +146,18 @@ clusters:
       // Fifty at a time: the runs overlap, as clients do.
       for (let i = 0; i < inputs.length; i += 50) {
         await Promise.all(
-          inputs.slice(i, i + 8).map(async (input) => {
-            // Idle keep-alive and the admin listener's Deno.serve (no guard) hold the connection
-            // open: those end by the idle timeout, or count as answered once an answer is in.
-            const ms = name === "admin" ? 1_500 : HEADER_TIMEOUT_MS + 3_000;
-            const text = await exchange(connect, latin1(input), ms);
+          inputs.slice(i, i + 50).map(async (input) => {
+            // Idle keep-alive connections end by the idle timeout; the admin listener is guarded
+            // as the others are (it held them open, unanswered, as a bare Deno.serve).
+            const text = await exchange(connect, latin1(input), HEADER_TIMEOUT_MS + 3_000);
             if (text === undefined) {
-              if (name !== "admin") problems.push(`${name}: no end for ${JSON.stringify(input)}`);
+              problems.push(`${name}: no end for ${JSON.stringify(input)}`);
               return;
             }
-            if (name === "plain" || name === "tls") {
+            if (name !== "rpc") {
               for (const m of text.matchAll(/HTTP\/1\.1 ([45]\d\d) [^\r]*\r\n([^]*?)\r\n\r\n/g)) {
+                // The admin API's own answers (404, 405, 401) are not the error table's.
+                if (name === "admin" && !REFUSALS.has(m[1]!)) continue;
                 if (!/x-request-id: [0-9a-f-]{36}/.test(m[2]!)) {
                   problems.push(
                     `${name}: ${m[1]} without a request id for ${JSON.stringify(input)}`,

@@ -433,8 +433,9 @@ clusters:
     assert.match(adminBare, /"reason":"missing Host header"/);
     const adminNamed = await rawHead(admin, `GET /config HTTP/1.1\r\nHost: localhost:${admin}\r\n`);
     assert.match(adminNamed, /^HTTP\/1\.1 200 /, adminNamed);
-    // Probes keep working whatever they send.
-    assert.match(await rawHead(admin, "GET /healthz HTTP/1.0\r\n"), /^HTTP\/1\.0 200 /);
+    // Probes keep working whatever they send (Ferry's own server answers HTTP/1.0 with its own
+    // version, HTTP/1.1, as RFC 9110 2.5 asks; Deno.serve said HTTP/1.0).
+    assert.match(await rawHead(admin, "GET /healthz HTTP/1.0\r\n"), /^HTTP\/1\.[01] 200 /);
 
     // The gRPC listener is HTTP/2 only: an HTTP/1.1 request is a bad preface, GOAWAY, closed.
     const g = await rawHead(grpcPort, "GET /x HTTP/1.1\r\n");

@@ -22,7 +22,12 @@ Deno.test("configFromEnv() builds one listener, one cluster and a catch-all rout
   assert.ok(result?.ok, result && !result.ok ? formatIssues(result.errors) : "");
   const cfg = result.config;
   assert.deepEqual(cfg.listeners, [{ name: "default", address: "0.0.0.0:3000", protocol: "http" }]);
-  assert.deepEqual(cfg.admin, { address: "127.0.0.1:9090", persist_config: "memory" });
+  assert.deepEqual(cfg.admin, {
+    address: "127.0.0.1:9090",
+    persist_config: "memory",
+    max_connections: 100,
+    max_connections_per_ip: 0,
+  });
   assert.equal(cfg.log.level, "debug");
   assert.equal(cfg.routes.length, 1);
   assert.equal(cfg.routes[0]?.name, "default");

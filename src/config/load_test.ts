@@ -52,7 +52,12 @@ Deno.test("the contract example loads with every default applied", () => {
   assert.deepEqual(result.warnings, []);
   assert.deepEqual(result.config, {
     listeners: [{ name: "public", address: "127.0.0.1:8080", protocol: "http" }],
-    admin: { address: "127.0.0.1:9901", persist_config: "memory" },
+    admin: {
+      address: "127.0.0.1:9901",
+      persist_config: "memory",
+      max_connections: 100,
+      max_connections_per_ip: 0,
+    },
     server: {
       trusted_proxies: [],
       request_id: "trusted",

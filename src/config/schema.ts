@@ -581,6 +581,12 @@ export const RateLimitSchema = z.strictObject({
 });
 
 /**
+ * The admin listener's connection cap: scrapes, probes and a few operators use a handful of
+ * connections (docs/connections.md, "The admin listener").
+ */
+export const ADMIN_MAX_CONNECTIONS = 100;
+
+/**
  * The admin listener (loopback unless you say otherwise). With a token, every endpoint except
  * /healthz needs `Authorization: Bearer <token>`; set at most one of token, token_file, token_env.
  */
@@ -597,6 +603,13 @@ export const AdminSchema = z.strictObject({
    * `file` also writes it over the config file (atomic write + rename; needs --allow-write).
    */
   persist_config: z.enum(["memory", "file"]).default("memory"),
+  /**
+   * Open connections to the admin listener (its own cap, apart from the proxy listeners', so a
+   * flood there cannot lock out scrapes and probes, nor one here take the proxy's). 0: no cap.
+   */
+  max_connections: z.number().int().min(0).default(ADMIN_MAX_CONNECTIONS),
+  /** Open admin connections per client address; 0: no cap. */
+  max_connections_per_ip: z.number().int().min(0).default(0),
 }).refine(
   (a) => [a.token, a.token_file, a.token_env].filter((x) => x !== undefined).length <= 1,
   { message: "set at most one of admin.token, admin.token_file and admin.token_env" },

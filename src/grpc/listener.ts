@@ -4,7 +4,7 @@
  * Routing uses the listener's compiled router on `:authority` and `:path`.
  */
 import { DEFAULT_GRPC_TIMEOUTS, type ListenerPlan, type Snapshot } from "../server/compile.ts";
-import { H2Connection } from "../h2/connection.ts";
+import { type ConnectionTimeout, H2Connection } from "../h2/connection.ts";
 import { headerValue } from "../h2/headers.ts";
 import type { HeaderField } from "../h2/hpack.ts";
 import type { H2Stream } from "../h2/stream.ts";
@@ -37,11 +37,21 @@ import { GrpcStatus } from "./status.ts";
  */
 const MAX_CALLS_PER_CONNECTION = 100;
 
+/**
+ * A connection's timeouts as ferry_downstream_refused_total names them: the handshake timeout is
+ * the HTTP/2 counterpart of the guard's head timeout (`request_timeout`).
+ */
+const TIMEOUT_REFUSALS: Record<ConnectionTimeout, DownstreamRefusal> = {
+  handshake: "request_timeout",
+  settings_ack: "settings_timeout",
+  idle: "idle_timeout",
+};
+
 export interface GrpcListenerOptions {
   /** `server.max_connections` / `max_connections_per_ip`, read at every accept. */
   readonly caps: () => ConnectionCaps;
   readonly onAcceptError?: (reason: AcceptErrorReason) => void;
-  /** A connection refused over a cap (counted in metrics). */
+  /** A connection refused over a cap, or ended by one of its timeouts (counted in metrics). */
   readonly onRefused?: (reason: DownstreamRefusal) => void;
   /** Share the port with other workers (SO_REUSEPORT; server.workers > 1). */
   readonly reusePort?: boolean;
@@ -155,6 +165,7 @@ export class GrpcListener {
         handshakeTimeoutMs: timeouts.handshakeMs,
         settingsAckTimeoutMs: timeouts.settingsAckMs,
         idleTimeoutMs: timeouts.idleMs,
+        onTimeout: (timeout) => this.#onRefused?.(TIMEOUT_REFUSALS[timeout]),
         onStream: (s) => void this.#serve(s, name, currentSnapshot, peerIp, identity),
         onClose: (r) => {
           this.#conns.delete(h2);

@@ -384,6 +384,8 @@ export function parseRequestHead(
   buf: Uint8Array,
   from: number,
   end: number,
+  /** HTTP/1.0 (RFC 1945 has no Host) may omit Host; `host` is undefined then. */
+  hostlessHttp10 = false,
 ): RequestHead | undefined {
   const max = REQUEST_LIMITS.maxHeadBytes;
   // RFC 9112 2.2: empty lines before the request line are ignored (at most a couple).
@@ -490,7 +492,9 @@ export function parseRequestHead(
     pos = next;
   }
   if (hosts > 1) throw new H1ProtocolError("more than one Host header");
-  if (hosts === 0) throw new H1ProtocolError("missing Host header");
+  if (hosts === 0 && !(minor === 0 && hostlessHttp10)) {
+    throw new H1ProtocolError("missing Host header");
+  }
   let chunked = false;
   if (transferCodings) {
     if (contentLength !== -1) {

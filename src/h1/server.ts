@@ -37,6 +37,11 @@ export interface ServerConnection {
   closeWrite(): Promise<void>;
   /** `http` or `https`: only to build Request.url. */
   readonly scheme: string;
+  /**
+   * The Host of an HTTP/1.0 request that sends none (as Deno.serve fills in: `localhost:<port>`);
+   * absent, such a request gets 400 as on HTTP/1.1. The admin listener's probes need it.
+   */
+  readonly hostlessHttp10?: string;
   /** Waiting for the next request: `started` when its first bytes are here already. */
   awaitingHead(started: boolean): void;
   /** A complete head: the request goes to the handler now. */
@@ -362,7 +367,12 @@ export async function serveHttp1(c: ServerConnection): Promise<void> {
           (headEnds(input, input.start + scanned) ||
             input.buffered > REQUEST_LIMITS.maxHeadBytes)
         ) {
-          head = parseRequestHead(input.buf, input.start, input.end);
+          head = parseRequestHead(
+            input.buf,
+            input.start,
+            input.end,
+            c.hostlessHttp10 !== undefined,
+          );
           if (head) break;
         }
         scanned = input.buffered;
@@ -496,16 +506,17 @@ async function exchange(
 
   // Deno.serve built Request.url by pasting Host and target together, always as http.
   // `OPTIONS *` reaches routing as the path `/*`, as it did through Deno.serve.
+  const host = head.host ?? c.hostlessHttp10;
   const rawUrl = head.target.charCodeAt(0) === 0x2f
-    ? `http://${head.host}${head.target}`
+    ? `http://${host}${head.target}`
     : head.target === "*"
-    ? `http://${head.host}/*`
+    ? `http://${host}/*`
     : head.target;
   // A target or Host the URL parser does not take reads as http://invalid.invalid/: the handler
   // refuses the raw URL itself.
   const req = buildRequest(
     carried ? method : "GET",
-    c.scheme === "http" ? rawUrl : urlFor(c.scheme, head, rawUrl),
+    c.scheme === "http" ? rawUrl : urlFor(c.scheme, head.target, host, rawUrl),
     head.headers,
     stream,
     ctl.signal,
@@ -544,8 +555,8 @@ async function exchange(
 }
 
 /** Request.url before the URL parser's reading (the handler reads the raw URL). */
-function urlFor(scheme: string, head: RequestHead, rawUrl: string): string {
-  return head.target.charCodeAt(0) === 0x2f ? `${scheme}://${head.host}${head.target}` : rawUrl;
+function urlFor(scheme: string, target: string, host: string | undefined, rawUrl: string): string {
+  return target.charCodeAt(0) === 0x2f ? `${scheme}://${host}${target}` : rawUrl;
 }
 
 const FORBIDDEN = new Set(["CONNECT", "TRACE", "TRACK"]);

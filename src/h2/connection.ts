@@ -61,6 +61,8 @@ export interface ConnectionOptions {
   readonly idleTimeoutMs?: number;
   /** Server role: a new stream whose request headers arrived. */
   readonly onStream?: (stream: H2Stream) => void;
+  /** One of the timeouts above ended the connection (counted in metrics by the listener). */
+  readonly onTimeout?: (timeout: ConnectionTimeout) => void;
   /** Why the connection ended, for logs. */
   readonly onClose?: (reason: { code: number; message: string; byPeer: boolean }) => void;
   /**
@@ -78,6 +80,9 @@ export interface ConnectionOptions {
    */
   readonly clientShare?: number;
 }
+
+/** Which of a connection's own timeouts ended it. */
+export type ConnectionTimeout = "handshake" | "settings_ack" | "idle";
 
 /** Pending bytes in the write queue above which writers of DATA wait. */
 const WRITE_HIGH_WATER = 1 << 20;
@@ -100,6 +105,7 @@ export class H2Connection implements StreamHost {
       ConnectionOptions,
       | "onStream"
       | "onClose"
+      | "onTimeout"
       | "handshakeTimeoutMs"
       | "settingsAckTimeoutMs"
       | "idleTimeoutMs"
@@ -109,6 +115,7 @@ export class H2Connection implements StreamHost {
   >;
   readonly #onStream: ConnectionOptions["onStream"];
   readonly #onClose: ConnectionOptions["onClose"];
+  readonly #onTimeout: ConnectionOptions["onTimeout"];
   readonly #earlyCredit: ConnectionOptions["earlyCredit"];
   readonly #share: ByteBudget;
   /** Unread bytes whose connection credit went back on arrival / is still held. */
@@ -182,6 +189,7 @@ export class H2Connection implements StreamHost {
     };
     this.#onStream = opts.onStream;
     this.#onClose = opts.onClose;
+    this.#onTimeout = opts.onTimeout;
     this.#earlyCredit = opts.earlyCredit;
     this.#share = new ByteBudget(opts.clientShare ?? (8 << 20));
     this.#tokens = this.#opts.controlFrameBurst;
@@ -207,17 +215,17 @@ export class H2Connection implements StreamHost {
     }
     const handshakeMs = opts.handshakeTimeoutMs ?? 0;
     if (handshakeMs > 0 && opts.role === "server") {
-      this.#handshakeTimer = setTimeout(
-        () => this.close(ErrorCode.PROTOCOL_ERROR, `no preface and SETTINGS in ${handshakeMs} ms`),
-        handshakeMs,
-      );
+      this.#handshakeTimer = setTimeout(() => {
+        this.#onTimeout?.("handshake");
+        this.close(ErrorCode.PROTOCOL_ERROR, `no preface and SETTINGS in ${handshakeMs} ms`);
+      }, handshakeMs);
     }
     const ackMs = opts.settingsAckTimeoutMs ?? 0;
     if (ackMs > 0) {
-      this.#settingsAckTimer = setTimeout(
-        () => this.close(ErrorCode.SETTINGS_TIMEOUT, `SETTINGS not acknowledged in ${ackMs} ms`),
-        ackMs,
-      );
+      this.#settingsAckTimer = setTimeout(() => {
+        this.#onTimeout?.("settings_ack");
+        this.close(ErrorCode.SETTINGS_TIMEOUT, `SETTINGS not acknowledged in ${ackMs} ms`);
+      }, ackMs);
     }
     this.#idleMs = opts.idleTimeoutMs ?? 0;
     if (this.#idleMs > 0) this.#armIdle(this.#idleMs);
@@ -234,6 +242,7 @@ export class H2Connection implements StreamHost {
       const quiet = performance.now() - this.#lastFrameAt;
       if (this.#streams.size > 0) return this.#armIdle(this.#idleMs);
       if (quiet < this.#idleMs) return this.#armIdle(this.#idleMs - quiet);
+      this.#onTimeout?.("idle");
       void this.drain(1_000);
     }, ms);
   }

@@ -100,6 +100,8 @@ export type DownstreamRefusal =
   | "too_many_connections"
   | "too_many_connections_per_ip"
   | "request_timeout"
+  | "settings_timeout"
+  | "idle_timeout"
   | "send_timeout"
   | "bad_request"
   | "headers_too_large"
@@ -442,7 +444,9 @@ export class FerryMetrics {
     const openConnections = () => this.#sources.connections?.() ?? {};
     this.downstreamConnections = new client.Gauge({
       name: "ferry_downstream_connections_open",
-      help: "Open downstream connections per listener, as the connection guard counts them.",
+      help:
+        'Open downstream connections per listener (the admin listener\'s as listener="admin"), ' +
+        "as the connection guard and gRPC listeners count them.",
       labelNames: ["listener"],
       registers,
       collect() {
@@ -648,11 +652,13 @@ export class FerryMetrics {
     });
     this.downstreamRefused = new client.Counter({
       name: "ferry_downstream_refused_total",
-      help: "Connections and requests refused or ended before any handler ran, by listener and " +
-        "reason: too_many_connections, too_many_connections_per_ip, request_timeout (a head not " +
-        "complete within header_timeout), send_timeout (the client took no data), or the error " +
-        "kind of a request head the HTTP/1.1 parser refused (bad_request, headers_too_large, " +
-        "not_implemented, version_not_supported).",
+      help: "Connections and requests refused, or connections ended by a timeout, by listener " +
+        '(the admin listener is listener="admin") and reason: too_many_connections, ' +
+        "too_many_connections_per_ip, request_timeout (a head, or a gRPC connection's preface " +
+        "and SETTINGS, not complete in time), settings_timeout (gRPC: our SETTINGS never " +
+        "acknowledged), idle_timeout (nothing in flight for idle_timeout), send_timeout (the " +
+        "client took no data), or the error kind of a request head the HTTP/1.1 parser refused " +
+        "(bad_request, headers_too_large, not_implemented, version_not_supported).",
       labelNames: ["listener", "reason"],
       registers,
     });

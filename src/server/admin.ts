@@ -48,7 +48,7 @@ export interface AdminView {
   address?: string;
   /** Per-route history for the dashboard (`/stats?history=1`). */
   statsHistory?: StatsHistory;
-  /** The bound port: Deno fills `localhost:<port>` into a request that has no Host. */
+  /** The port of `localhost:<port>`, filled into a request that has no Host (see lacksHost). */
   port?: () => number | undefined;
   /**
    * The process's metrics when workers serve (server.workers > 1): theirs merged with the main

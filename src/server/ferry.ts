@@ -6,16 +6,17 @@
  * rebound, given new TLS material or retired) and the drain all act on the one table of running
  * listeners and the snapshot reference; apart, each would reach into the others' state.
  */
-import { type ListenerPlan, type Snapshot, splitAddress } from "./compile.ts";
+import type { ListenerPlan, Snapshot } from "./compile.ts";
 import { scrapeSources } from "./registry.ts";
 import { errorFields, type Logger } from "../observability/log.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
 import { adminHandler, type AdminView } from "./admin.ts";
+import { type AdminListener, startAdminListener } from "./admin_listener.ts";
 import { type MetricReader, StatsHistory } from "./admin_stats.ts";
 import { errorResponse, ProxyError, RecentErrors } from "../pipeline/errors.ts";
 import { createListenerHandler } from "./handler.ts";
 import { grpcListenerPart } from "./optional_parts.ts";
-import { ConnectionGuard, guardLimits } from "./guard.ts";
+import { ConnectionGuard, drainGuarded, guardLimits } from "./guard.ts";
 import {
   acceptErrorReason,
   type Admission,
@@ -87,7 +88,7 @@ export class Ferry {
   /** Listeners removed or rebound by a reload, finishing their requests. */
   readonly #retiring = new Map<RunningListener, Promise<void>>();
   #adminRoutes: AdminExtras = {};
-  #admin: RebindingServer | undefined;
+  #admin: AdminListener | undefined;
   #state: "ready" | "draining" = "ready";
   readonly #role: FerryRole;
   /** The last proxy-made errors, for the dashboard. */
@@ -107,7 +108,7 @@ export class Ferry {
     // Scrape-time gauges (health, breakers, in-flight) read whatever snapshot is serving.
     snapshot.metrics.watch({
       ...scrapeSources(() => ferry.#snapshot.parts),
-      connections: () => ferry.openConnections(),
+      connections: () => ferry.#connectionsWithAdmin(),
     });
     registerCertificateExpiry(snapshot.metrics.registry, () => ferry.#snapshot.certificates);
     snapshot.metrics.setConfigVersion(snapshot.version);
@@ -117,7 +118,6 @@ export class Ferry {
       }
       const admin = role.admin === false ? undefined : snapshot.config.admin;
       if (admin) {
-        const { hostname, port } = splitAddress(admin.address);
         const handler = adminHandler({
           state: () => ferry.#state,
           snapshot: () => ferry.#snapshot,
@@ -131,25 +131,16 @@ export class Ferry {
           statsHistory: ferry.statsHistory,
           ...(role.readMetric ? { readMetric: role.readMetric } : {}),
           address: admin.address,
-          port: () => ferry.#admin?.addr.port,
+          port: () => ferry.#admin?.fillInPort(),
         });
         ferry.#admin = bindOrName("admin", admin.address, () =>
-          new RebindingServer(
-            (port) =>
-              Deno.serve({
-                hostname,
-                port,
-                onListen: (a) =>
-                  log.info("admin listening", { address: `${a.hostname}:${a.port}` }),
-              }, handler),
-            port,
-            (err) => {
-              ferry.#snapshot.metrics.acceptError("admin", "listener", acceptErrorReason(err));
-              log.warn("admin listener stopped accepting; binding it again", {
-                error: String(err),
-              });
-            },
-          ));
+          startAdminListener({
+            address: admin.address,
+            handler,
+            config: () => ferry.#snapshot.config,
+            metrics: () => ferry.#snapshot.metrics,
+            log,
+          }));
       }
     } catch (err) {
       for (const l of ferry.#servers.values()) l.abort();
@@ -474,6 +465,13 @@ export class Ferry {
     return open;
   }
 
+  /** openConnections() and the admin listener's, for the gauge (listener="admin"). */
+  #connectionsWithAdmin(): Record<string, number> {
+    const open = this.openConnections();
+    if (this.#admin) open.admin = this.#admin.openConnections();
+    return open;
+  }
+
   /**
    * Graceful stop: readiness turns to draining, listeners stop accepting, in-flight requests
    * finish. Resolves when they have, or at the deadline with `clean: false`; the caller then
@@ -585,30 +583,6 @@ async function bindWhenFree(bind: () => RunningListener): Promise<RunningListene
       await new Promise((r) => setTimeout(r, 50));
     }
   }
-}
-
-/**
- * Drains a listener behind the connection guard: no new connections; idle ones close now and
- * busy ones once their request is done; WebSockets stay open through the drain window and get
- * 1001 when it ends (just before `ms`, so the close frames go out before the process exits).
- * Without the guard, Deno.serve's shutdown() would close WebSockets at once.
- */
-async function drainGuarded(guard: ConnectionGuard, ms: number): Promise<void> {
-  guard.beginDrain();
-  const windowEnd = performance.now() + Math.max(0, ms - Math.min(1_000, ms / 10));
-  while (performance.now() < windowEnd) {
-    const { requests, tunnels } = guard.inUse();
-    if (requests === 0 && tunnels === 0) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  await guard.shutdownInner();
-  // Let the last bytes (WebSocket close frames, final responses) through the pipes before the
-  // guard closes what is left.
-  const flushBy = performance.now() + 500;
-  while (guard.openConnections() > 0 && performance.now() < flushBy) {
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  await guard.close();
 }
 
 /**

@@ -110,6 +110,12 @@ export interface GuardOptions {
   readonly onAcceptError?: (socket: "listener" | "inner", reason: AcceptErrorReason) => void;
   /** A connection or request refused or ended before any handler ran (counted in metrics). */
   readonly onRefused?: (reason: DownstreamRefusal) => void;
+  /**
+   * HTTP/1.0 requests without Host are served as `localhost:<inner port>` (what the inner
+   * Deno.serve fills in for a request without Host or :authority) instead of getting 400: the
+   * admin listener's probes (HTTP/1.0 checks) send none.
+   */
+  readonly hostlessHttp10?: boolean;
 }
 
 /**
@@ -592,6 +598,8 @@ export class ConnectionGuard {
       write: (bytes) => this.#writeClient(g, write, bytes, bytes.length),
       closeWrite: () => g.conn.closeWrite(),
       scheme: this.#opts.tls ? "https" : "http",
+      // The inner Deno.serve's fill-in for HTTP/2 without :authority: one fill-in on both paths.
+      ...(this.#opts.hostlessHttp10 ? { hostlessHttp10: `localhost:${this.innerPort()}` } : {}),
       // Phase times are the sweep's clock (as the send timeout's): the sweep checks them anyway,
       // so a timeout fires within one sweep period either way, and no clock is read per request.
       awaitingHead: (started) => {
@@ -877,8 +885,10 @@ export class ConnectionGuard {
           );
         }
       } else if (g.phase === "idle") {
-        if (limits.idleTimeoutMs > 0 && age > limits.idleTimeoutMs) this.#drop(g);
-        else if (this.#draining) this.#finish(g);
+        if (limits.idleTimeoutMs > 0 && age > limits.idleTimeoutMs) {
+          this.#opts.onRefused?.("idle_timeout");
+          this.#drop(g);
+        } else if (this.#draining) this.#finish(g);
       }
     }
   }
@@ -919,6 +929,30 @@ export class ConnectionGuard {
       g.conn.close();
     } catch { /* closed */ }
   }
+}
+
+/**
+ * Drains a listener behind the connection guard: no new connections; idle ones close now and
+ * busy ones once their request is done; WebSockets stay open through the drain window and get
+ * 1001 when it ends (just before `ms`, so the close frames go out before the process exits).
+ * Without the guard, Deno.serve's shutdown() would close WebSockets at once.
+ */
+export async function drainGuarded(guard: ConnectionGuard, ms: number): Promise<void> {
+  guard.beginDrain();
+  const windowEnd = performance.now() + Math.max(0, ms - Math.min(1_000, ms / 10));
+  while (performance.now() < windowEnd) {
+    const { requests, tunnels } = guard.inUse();
+    if (requests === 0 && tunnels === 0) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await guard.shutdownInner();
+  // Let the last bytes (WebSocket close frames, final responses) through the pipes before the
+  // guard closes what is left.
+  const flushBy = performance.now() + 500;
+  while (guard.openConnections() > 0 && performance.now() < flushBy) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await guard.close();
 }
 
 /** The error table's kind for a status Ferry's own HTTP/1.1 server refuses a request with. */
