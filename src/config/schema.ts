@@ -7,6 +7,7 @@
  */
 import { z } from "zod";
 import { parseDuration } from "./duration.ts";
+import { ADMIN_MAX_CONNECTIONS } from "./admin_defaults.ts";
 import { ACCESS_LOG_FIELDS, parseLogTemplate } from "../observability/log_template.ts";
 
 const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
@@ -579,12 +580,6 @@ export const RateLimitSchema = z.strictObject({
   /** Share this limit with other Ferry instances through Redis (else it is this process's own). */
   redis: RedisStoreSchema.optional(),
 });
-
-/**
- * The admin listener's connection cap: scrapes, probes and a few operators use a handful of
- * connections (docs/connections.md, "The admin listener").
- */
-export const ADMIN_MAX_CONNECTIONS = 100;
 
 /**
  * The admin listener (loopback unless you say otherwise). With a token, every endpoint except

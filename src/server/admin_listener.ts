@@ -6,7 +6,8 @@
  * admin listener"). Always guarded, whatever `server.connection_guard` says: that switch trades
  * the guard's CPU for throughput on the proxy's hot path, which the admin port is not.
  */
-import { ADMIN_MAX_CONNECTIONS, type FerryConfig } from "../config/schema.ts";
+import type { FerryConfig } from "../config/schema.ts";
+import { ADMIN_MAX_CONNECTIONS } from "../config/admin_defaults.ts";
 import { errorFields, type Logger } from "../observability/log.ts";
 import type { FerryMetrics } from "../observability/metrics.ts";
 import { errorResponse, ProxyError } from "../pipeline/errors.ts";
