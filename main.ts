@@ -72,7 +72,11 @@ async function main(): Promise<number> {
   // Before binding: raise the soft descriptor limit, then say whether the caps fit in it. The
   // connection caps are the process's whatever the workers (src/policy/shared_memory.ts); each
   // worker adds its own listening sockets, pools and runtime descriptors (one more headroom).
-  const budget = fdBudget(snapshot.listeners.values(), snapshot.config.server);
+  const budget = fdBudget(
+    snapshot.listeners.values(),
+    snapshot.config.server,
+    snapshot.config.admin,
+  );
   const fds = checkFdBudget({
     ...budget,
     needed: budget.needed + FD_HEADROOM * (workers.count - 1),

@@ -78,7 +78,7 @@ export function fdsPerConnection(protocol: "http" | "grpc", guarded: boolean): n
 
 /**
  * Descriptors kept aside from the connection budget: the runtime's own (about 20 at start-up,
- * measured), listening sockets, the admin listener, upstream connections and log files.
+ * measured), listening sockets, upstream connections and log files.
  */
 export const FD_HEADROOM = 128;
 
@@ -93,12 +93,18 @@ export interface FdBudget {
 export function fdBudget(
   listeners: Iterable<{ readonly protocol: "http" | "grpc" }>,
   server: { readonly max_connections: number; readonly connection_guard: boolean },
+  admin?: { readonly max_connections: number },
 ): FdBudget {
   let needed = FD_HEADROOM;
   let bounded = true;
   for (const l of listeners) {
     if (server.max_connections === 0) bounded = false;
     needed += server.max_connections * fdsPerConnection(l.protocol, server.connection_guard);
+  }
+  // The admin listener has its own cap and is always guarded (src/server/admin_listener.ts).
+  if (admin) {
+    if (admin.max_connections === 0) bounded = false;
+    needed += admin.max_connections * fdsPerConnection("http", true);
   }
   return { needed, bounded };
 }
@@ -124,8 +130,8 @@ export function checkFdBudget(budget: FdBudget): { limit?: FdLimit; warning?: st
   if (!budget.bounded) {
     return {
       limit,
-      warning: `max_connections is 0 (no cap): connections are bounded only by the file ` +
-        `descriptor limit ${limit.soft}`,
+      warning: "a connection cap (server.max_connections or admin.max_connections) is 0 (no " +
+        `cap): connections are bounded only by the file descriptor limit ${limit.soft}`,
     };
   }
   if (budget.needed > limit.soft) {
