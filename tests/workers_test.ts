@@ -276,6 +276,41 @@ Deno.test("workers: 2 — one reload switches every worker; a config one worker 
   }
 });
 
+Deno.test("workers: 2 — a port-0 listener a reload adds is one port, bound by the main isolate and shared by the worker", async () => {
+  const up = upstream();
+  const file = await tempConfig(config(up.url));
+  const ferry = await spawnFerry(["--config", file], ENV);
+  try {
+    await Deno.writeTextFile(
+      file,
+      config(up.url).replace(
+        `  - { name: public, address: "127.0.0.1:0" }`,
+        `  - { name: public, address: "127.0.0.1:0" }\n  - { name: extra, address: "127.0.0.1:0" }`,
+      ),
+    );
+    assert.equal((await reload(ferry)).ok, true);
+    // Each isolate logs its own bind: the main isolate's line has no worker field.
+    const binds = ferry.logs.flatMap((l) => {
+      if (!l.includes('"listener":"extra"')) return [];
+      const j = JSON.parse(l);
+      return j.msg === "listening" ? [j] : [];
+    });
+    assert.deepEqual(binds.map((b) => b.worker ?? "main").sort(), [1, "main"]);
+    const addresses = new Set(binds.map((b) => b.address));
+    assert.equal(addresses.size, 1, `one port: ${[...addresses].join(", ")}`);
+    const seen = new Set<string>();
+    for (let i = 0; i < 60 && seen.size < 2; i++) {
+      const r = await once(`http://${[...addresses][0]}/version`);
+      assert.equal(r.status, 200);
+      seen.add(r.worker);
+    }
+    assert.deepEqual([...seen].sort(), ["0", "1"]);
+  } finally {
+    await stop(ferry);
+    await up.close();
+  }
+});
+
 Deno.test("workers: 2 — /clusters counts both workers' requests in flight; SIGTERM drains both: they complete, exit 0", async () => {
   const up = upstream();
   const ferry = await spawnFerry(["--config", await tempConfig(config(up.url))], ENV);
