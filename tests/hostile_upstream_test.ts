@@ -77,11 +77,29 @@ const EXPECTED: Record<(typeof BEHAVIOURS)[number], Outcome> = {
   "endless-head": "error",
   "drip": "whole",
   "reset": "cut",
-  "bad-chunk": "cut",
-  "huge-chunk": "cut",
+  // Nothing of the body came before it failed: the head is still Ferry's to replace with a 502.
+  "bad-chunk": "error",
+  "huge-chunk": "error",
+  "head-then-close": "error",
+  "chunked-head-then-close": "error",
+  "head-late-close": "error",
   "cl-te": "error",
   "two-cl": "error",
   "slow-head": "error",
+};
+
+/**
+ * Where fetch differs: its body is read inside Deno (hyper), which reads a chunk size of 2^60 as
+ * valid and relays its first bytes, and whose first body byte Ferry does not wait for (a JS
+ * stream around every fetch body would cost its native relay), so a body failing before its first
+ * byte is cut instead of answered with a 502 (docs/design.md "Errors").
+ */
+const FETCH_EXPECTED: Partial<Record<(typeof BEHAVIOURS)[number], Outcome>> = {
+  "bad-chunk": "cut",
+  "huge-chunk": "cut",
+  "head-then-close": "cut",
+  "chunked-head-then-close": "cut",
+  "head-late-close": "cut",
 };
 
 Deno.test("hostile upstreams: every misbehaviour ends in an error answer, a whole body or a visibly cut one, on h1 and fetch", async () => {
@@ -109,7 +127,8 @@ clusters:
     cases.forEach(({ t, b }, i) => {
       const r = replies[i]!;
       const got = judge(r);
-      if (got !== EXPECTED[b]) {
+      const expected = (t === "fetch" ? FETCH_EXPECTED[b] : undefined) ?? EXPECTED[b];
+      if (got !== expected) {
         wrong.push(`${t}/${b}: ${got} ${JSON.stringify(r.text.slice(0, 300))}`);
       }
       if (b === "long-body") assert.doesNotMatch(r.text, /67890/, `${t}: bytes past the length`);

@@ -52,7 +52,10 @@ export class H1Connection {
   idle = false;
   idleSince = 0;
   #closed = false;
-  /** A read started while idle (it notices an upstream that closes idle connections). */
+  /**
+   * A read already in flight whose bytes land in `buf`: one started while idle (it notices an
+   * upstream that closes idle connections), or one the first-bytes wait left behind.
+   */
   #pending: Promise<number | null> | undefined;
 
   constructor(readonly conn: Deno.Conn, readonly owner: ConnectionOwner) {}
@@ -72,6 +75,23 @@ export class H1Connection {
       throw new H1ProtocolError("response head too large");
     }
     return this.#read();
+  }
+
+  /**
+   * A read into the buffer that the caller may give up waiting for: left in flight, the next
+   * fill() takes it up (see settleRead), so two reads never race for the socket.
+   */
+  fillLater(limit: number): Promise<number | null> {
+    const p = this.fill(limit);
+    this.#pending = p;
+    return p.finally(() => {
+      if (this.#pending === p) this.#pending = undefined;
+    });
+  }
+
+  /** Waits out a read still in flight (its bytes land in the buffer) before a direct read. */
+  settleRead(): Promise<number | null> | undefined {
+    return this.#pending && this.fill(0);
   }
 
   #read(): Promise<number | null> {
@@ -181,6 +201,11 @@ export interface Exchange {
   readonly abortError: () => unknown;
   /** The Response carries no headers; the caller reads them from h1ResponseParts. */
   readonly headersOutOfBand?: boolean | undefined;
+  /**
+   * A response body's failure (after the head) as its reader sees it: the transport's error, and
+   * noted for the access log. Absent: the codec's own error.
+   */
+  readonly bodyError?: ((err: unknown) => unknown) | undefined;
 }
 
 /** Room kept before a directly read chunk for its size line (hex digits and CRLF). */
@@ -453,7 +478,11 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
           finish();
         }, fail);
         if ((response as WithParts)[PARTS] === undefined) {
-          (response as WithParts)[PARTS] = { headers: head.headers, whole: undefined };
+          (response as WithParts)[PARTS] = {
+            headers: head.headers,
+            whole: undefined,
+            firstBytes: firstBytesWait(c, head),
+          };
         }
         settled = true;
         resolve(response);
@@ -480,6 +509,12 @@ const MAX_INTERIM = 16;
 export interface H1ResponseParts {
   readonly headers: readonly [string, string][];
   readonly whole: Uint8Array<ArrayBuffer> | undefined;
+  /**
+   * For a streamed body none of which has arrived yet: waits up to `ms` for its first byte (or
+   * its end); rejects with the body's failure when it fails first (a close, a reset, a malformed
+   * chunk). Undefined when the body's first bytes came with the head.
+   */
+  readonly firstBytes?: ((ms: number) => Promise<void>) | undefined;
 }
 /**
  * On the Response under a symbol, not in a WeakMap: an entry per response keyed by a young object
@@ -571,6 +606,7 @@ function makeResponse(
         `after ${head.contentLength - remaining} of ${head.contentLength} body bytes`,
       );
     const stream = bodyStream(x, fail, async (ctl) => {
+      await c.settleRead();
       if (c.end > c.start) {
         const n = Math.min(remaining, c.end - c.start);
         ctl.enqueue(c.buf.slice(c.start, c.start + n));
@@ -590,6 +626,7 @@ function makeResponse(
     relays.set(
       stream,
       relayWith(x, fail, async (write, buf) => {
+        await c.settleRead();
         if (remaining <= buf.length) {
           // A body that fits the buffer is gathered there and written once: the client gets
           // it with its head in one write, not as a write per upstream read.
@@ -634,6 +671,7 @@ function makeResponse(
   }
   if (head.framing === Framing.Close) {
     const stream = bodyStream(x, fail, async (ctl) => {
+      await c.settleRead();
       if (c.end > c.start) {
         ctl.enqueue(c.buf.slice(c.start, c.end));
         c.start = c.end;
@@ -651,6 +689,7 @@ function makeResponse(
     relays.set(
       stream,
       relayWith(x, fail, async (write, buf) => {
+        await c.settleRead();
         if (c.end > c.start) {
           await write(c.buf.subarray(c.start, c.end));
           c.start = c.end;
@@ -727,6 +766,51 @@ function makeResponse(
   return new Response(stream, init);
 }
 
+/**
+ * The wait for a streamed body's first bytes (H1ResponseParts.firstBytes), or undefined when
+ * they came with the head. Reads into the connection's buffer, where the body's stream or relay
+ * finds them; a read still out when the wait gives up is taken up by the body's first read.
+ */
+function firstBytesWait(
+  c: H1Connection,
+  head: ResponseHead,
+): ((ms: number) => Promise<void>) | undefined {
+  if (head.framing === Framing.None) return undefined;
+  // Whether the buffer holds a first body byte (or the body's end); throws on bad chunk framing.
+  let atHand: () => boolean;
+  if (head.framing === Framing.Chunked) {
+    atHand = () => {
+      // A scratch decoder: the body's own starts from c.start again.
+      const d = new ChunkedDecoder();
+      for (let at = c.start; at < c.end && !d.done;) {
+        const used = d.step(c.buf, at, c.end);
+        if (used === 0) return false;
+        at += used;
+        if (d.dataTo > d.dataFrom) return true;
+      }
+      return d.done;
+    };
+  } else atHand = () => c.end > c.start;
+  if (atHand()) return undefined;
+  return async (ms) => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<"late">((r) => timer = setTimeout(() => r("late"), ms));
+    try {
+      while (!atHand()) {
+        const n = await Promise.race([c.fillLater(64 * 1024), late]);
+        if (n === "late") return;
+        if (n === null) {
+          // A close-delimited body may be empty; any other ends with its bytes still owed.
+          if (head.framing === Framing.Close) return;
+          throw new UpstreamClosed("after the response head, before any body byte");
+        }
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+}
+
 /** Decoded chunks smaller than this are gathered into one relay write. */
 const SMALL_CHUNK = 16 * 1024;
 
@@ -748,9 +832,15 @@ function relayWith(
       await run(write, buf);
     } catch (err) {
       fail();
-      throw x.signal.aborted ? x.abortError() : err;
+      throw bodyFailure(x, err);
     }
   };
+}
+
+/** What a response body's reader sees when the body fails. */
+function bodyFailure(x: Exchange, err: unknown): unknown {
+  const e = x.signal.aborted ? x.abortError() : err;
+  return x.bodyError ? x.bodyError(e) : e;
 }
 
 /** A pull-driven body: nothing is read from the upstream before the client asks for it. */
@@ -765,7 +855,7 @@ function bodyStream(
         await pull(ctl);
       } catch (err) {
         fail();
-        ctl.error(x.signal.aborted ? x.abortError() : err);
+        ctl.error(bodyFailure(x, err));
       }
     },
     cancel() {

@@ -14,6 +14,7 @@ import {
   checkUpstreamHead,
   clientBodyError,
   ClientGoneReason,
+  firstBytesWait,
   TimeoutReason,
   type Transport,
   watchRequestBody,
@@ -123,6 +124,7 @@ export function forwardTo(s: ForwardSettings): Handler {
     const deadline = s.timeoutMs > 0
       ? s.deadlines.arm(s.timeoutMs, onRouteTimeout, ctl)
       : undefined;
+    const routeEndsAt = s.timeoutMs > 0 ? performance.now() + s.timeoutMs : Infinity;
     try {
       const answer = await runCall<Answer>(s, {
         hashKey,
@@ -149,6 +151,7 @@ export function forwardTo(s: ForwardSettings): Handler {
           : startClientSpan(headers, req.method, url, span);
         const sentAt = performance.now();
         let upstream: Response | undefined;
+        let headReceived = false;
         try {
           upstream = await transport.send({
             url,
@@ -157,6 +160,7 @@ export function forwardTo(s: ForwardSettings): Handler {
             body: chunks ? replay(chunks) : watched?.stream ?? body,
             signal: attempt.signal,
             headersOutOfBand: true,
+            record: ctx.outcome,
           });
           // A 1xx final answer is never relayed; then status range and framing, one check.
           if (upstream.status < 200) refuseInterim(upstream);
@@ -167,6 +171,19 @@ export function forwardTo(s: ForwardSettings): Handler {
             ? headerLine(lines, "content-length")
             : checkUpstreamHead(upstream.status, upstream.headers);
           const res = upstream;
+          // The head is held back until the body's first bytes are at hand (a short wait, and
+          // never past the route timeout): a body that fails before its first byte is then still
+          // answered with the error table's 502, as nothing has reached the client. The upstream
+          // has answered, so that failure is not retried (as Envoy and nginx).
+          const firstBytes = firstBytesWait(res);
+          if (firstBytes) {
+            const holdMs = Math.min(FIRST_BYTE_HOLD_MS, routeEndsAt - performance.now() - 5);
+            if (holdMs > 0) {
+              attempt.answered();
+              headReceived = true;
+              await firstBytes(holdMs);
+            }
+          }
           return {
             value: { res, contentLength },
             status: res.status,
@@ -178,7 +195,10 @@ export function forwardTo(s: ForwardSettings): Handler {
         } catch (err) {
           upstream?.body?.cancel().catch(() => {});
           // A failure of the request body is the client's, whatever the transport made of it.
-          return { error: watched?.failure() ?? ctx.bodyFailure?.() ?? toProxyError(err) };
+          return {
+            error: watched?.failure() ?? ctx.bodyFailure?.() ?? toProxyError(err),
+            repeatable: !headReceived,
+          };
         } finally {
           ctx.outcome.upstreamMs = performance.now() - sentAt;
           endSpan?.(upstream?.status ?? 0);
@@ -207,6 +227,13 @@ export function forwardTo(s: ForwardSettings): Handler {
     }
   };
 }
+
+/**
+ * The longest the response head waits for the body's first bytes (see firstBytesWait): long
+ * enough for an upstream that fails right after its head, short enough that a stream whose
+ * first event comes late (server-sent events, long polls) still gets its head promptly.
+ */
+export const FIRST_BYTE_HOLD_MS = 1_000;
 
 /** An HTTP attempt's answer: the response head, and the one Content-Length to relay. */
 interface Answer {

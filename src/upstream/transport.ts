@@ -24,6 +24,23 @@ export interface UpstreamRequest {
    * transports ignore it.
    */
   readonly headersOutOfBand?: boolean;
+  /**
+   * Where a response body that fails after its head is noted (its flag, for the access log):
+   * the client got the head, so the failure shows nowhere else. The h1 codec and the HTTP/2
+   * transport note it; fetch's body fails inside Deno.serve, out of sight.
+   */
+  readonly record?: { flags?: string | undefined };
+}
+
+/** Notes a response body's failure in `record` (once per flag). */
+export function noteBodyFailure(
+  record: { flags?: string | undefined } | undefined,
+  err: ProxyError,
+): void {
+  if (!record) return;
+  const flag = err.flag;
+  if (!record.flags) record.flags = flag;
+  else if (!record.flags.split(",").includes(flag)) record.flags += `,${flag}`;
 }
 
 export interface Transport {
@@ -36,6 +53,25 @@ export interface Transport {
   /** Whether this transport can reach `origin` at all (absent: any origin). */
   reaches?(origin: URL): boolean;
   close(): void;
+}
+
+/**
+ * Where a transport can tell when a response body's first bytes arrive, it offers a wait for
+ * them on the Response (forward.ts holds the response head back for it, so that a body failing
+ * before its first byte is still answered with a 502, docs/design.md "Errors"). The wait
+ * resolves when the first bytes (or the body's end) are at hand, or after `ms` with nothing;
+ * it rejects with the body's failure as a ProxyError.
+ */
+const FIRST_BYTES = Symbol("ferry.firstBodyBytes");
+type WithFirstBytes = Response & { [FIRST_BYTES]?: (ms: number) => Promise<void> };
+
+export function offerFirstBytes(res: Response, wait: (ms: number) => Promise<void>): void {
+  (res as WithFirstBytes)[FIRST_BYTES] = wait;
+}
+
+/** The wait for `res`'s first body bytes (see offerFirstBytes); undefined when none is needed. */
+export function firstBytesWait(res: Response): ((ms: number) => Promise<void>) | undefined {
+  return (res as WithFirstBytes)[FIRST_BYTES];
 }
 
 export interface PoolOptions {
