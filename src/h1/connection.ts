@@ -208,6 +208,26 @@ export interface Exchange {
   readonly bodyError?: ((err: unknown) => unknown) | undefined;
 }
 
+/** Stream chunks smaller than this are gathered with those already readable behind them. */
+const GATHER_BELOW = 16 * 1024;
+/** A gathered piece stops growing at this size. */
+const GATHER_BYTES = 64 * 1024;
+const NOT_YET = Symbol("not yet");
+/**
+ * Microtask turns a stream read may take and still count as readable at once: Deno.serve's
+ * body resolves a read of data it holds within a few, a wrapping stream (the size limit, the
+ * body watch) adds a few per layer; a read that waits on the network takes an event-loop turn.
+ */
+const SETTLE_TURNS = 12;
+
+/** `p`'s value if it settles within SETTLE_TURNS microtask turns, else NOT_YET. */
+function settledSoon<T>(p: Promise<T>): Promise<T | typeof NOT_YET> {
+  let later: Promise<typeof NOT_YET> = Promise.resolve(NOT_YET);
+  for (let i = 0; i < SETTLE_TURNS; i++) later = later.then(notYet);
+  return Promise.race([p, later]);
+}
+const notYet = (): typeof NOT_YET => NOT_YET;
+
 /** Room kept before a directly read chunk for its size line (hex digits and CRLF). */
 const SIZE_LINE_ROOM = 16;
 /** Direct request-body reads take at most this much at once. */
@@ -234,6 +254,10 @@ export class BodySource {
   #keptBytes = 0;
   #replayFrom = -1;
   #ended = false;
+  /** A stream read that had not settled when gathering stopped: the next read's. */
+  #pendingRead: Promise<ReadableStreamReadResult<Uint8Array>> | undefined;
+  /** Gathering read the stream's end: the next call returns it. */
+  #endRead = false;
   /** Nothing read from the stream yet. */
   untouched = true;
 
@@ -303,12 +327,14 @@ export class BodySource {
         this.#grow = true;
       }
     } else {
-      const r = await this.#reader!.read();
-      if (r.done) {
+      const pending = this.#pendingRead;
+      this.#pendingRead = undefined;
+      const r = this.#endRead ? undefined : await (pending ?? this.#reader!.read());
+      if (!r || r.done) {
         this.#ended = true;
         return null;
       }
-      chunk = r.value;
+      chunk = r.value.length < GATHER_BELOW ? await this.#gather(r.value) : r.value;
     }
     if (this.#kept) {
       this.#keptBytes += chunk.length;
@@ -316,6 +342,41 @@ export class BodySource {
       else this.#kept.push(this.#direct ? chunk.slice() : chunk);
     }
     return chunk;
+  }
+
+  /**
+   * `first` and the chunks after it that the stream has already (reads that settle at once), up
+   * to GATHER_BYTES, as one piece: a body that comes as many tiny chunks (1-byte chunks from a
+   * client, one DATA frame per byte) goes upstream in few writes and few chunk framings, not one
+   * of each per piece. Never waits for more: a read that has not settled is left for the next
+   * call, so a slow drip still goes on piece by piece as it comes.
+   */
+  async #gather(first: Uint8Array): Promise<Uint8Array> {
+    let parts: Uint8Array[] | undefined;
+    let size = first.length;
+    while (size < GATHER_BYTES) {
+      const p = this.#reader!.read();
+      const r = await settledSoon(p);
+      if (r === NOT_YET) {
+        this.#pendingRead = p;
+        break;
+      }
+      if (r.done) {
+        this.#endRead = true;
+        break;
+      }
+      if (r.value.length === 0) continue;
+      (parts ??= [first]).push(r.value);
+      size += r.value.length;
+    }
+    if (!parts) return first;
+    const joined = new Uint8Array(size);
+    let at = 0;
+    for (const part of parts) {
+      joined.set(part, at);
+      at += part.length;
+    }
+    return joined;
   }
 
   /**
