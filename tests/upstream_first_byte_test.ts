@@ -1,6 +1,6 @@
 /**
  * An upstream whose response body fails before its first byte (a good head, then a close, a
- * reset, a malformed chunk) on the h1 codec and the HTTP/2 transport, behind every kind of
+ * reset, a malformed chunk) on the h1 codec, the HTTP/2 transport and fetch, behind every kind of
  * listener: Ferry's own HTTP/1.1 server (guarded), the inner Deno.serve (h2c clients), and
  * Deno.serve alone (`connection_guard: false`). Nothing has reached the client, so it gets the
  * error table's 502 (request id, flag), counted and logged like any 502, on a connection that
@@ -84,8 +84,10 @@ routes:
     timeout: 5s
     retry: { retries: 2, retry_on: [reset, connect-failure, gateway-error] }
   - { name: h2, match: { path: { prefix: /h2/ } }, cluster: h2, timeout: 5s }
+  - { name: fe, match: { path: { prefix: /fe/ } }, cluster: fe, timeout: 5s }
 clusters:
   - { name: h1, endpoints: ["${h1}"] }
+  - { name: fe, endpoints: ["${h1}"], transport: fetch }
   - { name: h2, protocol: h2c, endpoints: ["${h2}"] }
 `;
 }
@@ -170,6 +172,9 @@ Deno.test("a body failing before its first byte: 502 from the error table on Fer
       "/h2/ok",
       "/retried/head-then-close",
       "/h1/ok",
+      "/fe/head-then-close",
+      "/fe/chunked-head-then-close",
+      "/fe/ok",
     ]);
     assertTableError(answers[0]!, "UR");
     assert.equal(answers[1]!.status, 200);
@@ -181,6 +186,9 @@ Deno.test("a body failing before its first byte: 502 from the error table on Fer
     assert.equal(answers[6]!.body, "ok");
     assertTableError(answers[7]!, "UR");
     assert.equal(answers[8]!.body, "ok");
+    assertTableError(answers[9]!, "UR");
+    assertTableError(answers[10]!, "UR");
+    assert.equal(answers[11]!.body, "ok");
     // The upstream answered: the request is not sent again, even with a retry policy for resets.
     assert.equal(up.seen.filter((p) => p === "/retried/head-then-close").length, 1);
     // ... while a close before any response byte is retried as before.
@@ -262,6 +270,8 @@ Deno.test("a body failing before its first byte: 502 on the Deno.serve paths (h2
   }
 });
 
+const CUT = ["/h1/short-body", "/h1/close-mid-chunked", "/h2/data-then-reset", "/fe/short-body"];
+
 Deno.test("a body failing after bytes went out is cut (no last chunk, short length, RST_STREAM) and the access log flags it", async () => {
   await requirePeer("curl");
   const up = startBadUpstream();
@@ -270,7 +280,7 @@ Deno.test("a body failing after bytes went out is cut (no last chunk, short leng
   const px = startFerry(config(up.url, up2.url, log));
   try {
     // HTTP/1.1: a Content-Length body that stops short, and a chunked one with no last chunk.
-    for (const path of ["/h1/short-body", "/h1/close-mid-chunked", "/h2/data-then-reset"]) {
+    for (const path of CUT) {
       const conn = await Deno.connect({ hostname: "127.0.0.1", port: px.port });
       let text = "";
       try {
@@ -296,10 +306,10 @@ Deno.test("a body failing after bytes went out is cut (no last chunk, short leng
     ]);
     assert.notEqual(h2.code, 0, "curl sees the stream end unclean");
     const lines = await accessLines(px, log);
-    for (const path of ["/h1/short-body", "/h1/close-mid-chunked", "/h2/data-then-reset"]) {
+    for (const path of CUT) {
       const l = lines.find((x) => x.path === path);
       assert.equal(l?.status, 200, path);
-      assert.equal(l?.flags, "UR", `${path}: the body's failure is flagged`);
+      assert.equal(l?.flags, "UR", `${path}: the body's failure is flagged: ${JSON.stringify(l)}`);
     }
   } finally {
     await px.close();

@@ -203,9 +203,13 @@ export interface Exchange {
   readonly headersOutOfBand?: boolean | undefined;
   /**
    * A response body's failure (after the head) as its reader sees it: the transport's error, and
-   * noted for the access log. Absent: the codec's own error.
+   * noted in `record` for the access log. Absent: the codec's own error. (A shared function, not
+   * a closure per request.)
    */
-  readonly bodyError?: ((err: unknown) => unknown) | undefined;
+  readonly bodyError?:
+    | ((err: unknown, signal: AbortSignal, record: Exchange["record"]) => unknown)
+    | undefined;
+  readonly record?: { flags?: string | undefined } | undefined;
 }
 
 /** Stream chunks smaller than this are gathered with those already readable behind them. */
@@ -571,11 +575,11 @@ export interface H1ResponseParts {
   readonly headers: readonly [string, string][];
   readonly whole: Uint8Array<ArrayBuffer> | undefined;
   /**
-   * For a streamed body none of which has arrived yet: waits up to `ms` for its first byte (or
+   * For a streamed body none of which has arrived yet: waits until `late` for its first byte (or
    * its end); rejects with the body's failure when it fails first (a close, a reset, a malformed
    * chunk). Undefined when the body's first bytes came with the head.
    */
-  readonly firstBytes?: ((ms: number) => Promise<void>) | undefined;
+  readonly firstBytes?: ((late: Promise<unknown>) => Promise<void>) | undefined;
 }
 /**
  * On the Response under a symbol, not in a WeakMap: an entry per response keyed by a young object
@@ -835,7 +839,7 @@ function makeResponse(
 function firstBytesWait(
   c: H1Connection,
   head: ResponseHead,
-): ((ms: number) => Promise<void>) | undefined {
+): ((late: Promise<unknown>) => Promise<void>) | undefined {
   if (head.framing === Framing.None) return undefined;
   // Whether the buffer holds a first body byte (or the body's end); throws on bad chunk framing.
   let atHand: () => boolean;
@@ -853,24 +857,22 @@ function firstBytesWait(
     };
   } else atHand = () => c.end > c.start;
   if (atHand()) return undefined;
-  return async (ms) => {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const late = new Promise<"late">((r) => timer = setTimeout(() => r("late"), ms));
-    try {
-      while (!atHand()) {
-        const n = await Promise.race([c.fillLater(64 * 1024), late]);
-        if (n === "late") return;
-        if (n === null) {
-          // A close-delimited body may be empty; any other ends with its bytes still owed.
-          if (head.framing === Framing.Close) return;
-          throw new UpstreamClosed("after the response head, before any body byte");
-        }
+  return async (late) => {
+    const gaveUp = late.then(lateMark);
+    while (!atHand()) {
+      const n = await Promise.race([c.fillLater(64 * 1024), gaveUp]);
+      if (n === LATE) return;
+      if (n === null) {
+        // A close-delimited body may be empty; any other ends with its bytes still owed.
+        if (head.framing === Framing.Close) return;
+        throw new UpstreamClosed("after the response head, before any body byte");
       }
-    } finally {
-      clearTimeout(timer);
     }
   };
 }
+
+const LATE = Symbol("late");
+const lateMark = (): typeof LATE => LATE;
 
 /** Decoded chunks smaller than this are gathered into one relay write. */
 const SMALL_CHUNK = 16 * 1024;
@@ -901,7 +903,7 @@ function relayWith(
 /** What a response body's reader sees when the body fails. */
 function bodyFailure(x: Exchange, err: unknown): unknown {
   const e = x.signal.aborted ? x.abortError() : err;
-  return x.bodyError ? x.bodyError(e) : e;
+  return x.bodyError ? x.bodyError(e, x.signal, x.record) : e;
 }
 
 /** A pull-driven body: nothing is read from the upstream before the client asks for it. */

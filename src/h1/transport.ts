@@ -99,16 +99,13 @@ export class H1Transport implements Transport {
           signal: r.signal,
           abortError,
           headersOutOfBand: r.headersOutOfBand,
-          bodyError: (err) => {
-            const pe = toUpstreamError(err, r.signal);
-            noteBodyFailure(r.record, pe);
-            return pe;
-          },
+          bodyError: bodyFailure,
+          record: r.record,
         });
         const firstBytes = h1ResponseParts(res)?.firstBytes;
         if (firstBytes) {
-          offerFirstBytes(res, (ms) =>
-            firstBytes(ms).catch((err) => {
+          offerFirstBytes(res, (late) =>
+            firstBytes(late).catch((err) => {
               throw toUpstreamError(err, r.signal);
             }));
         }
@@ -172,6 +169,17 @@ function acquire(pool: EndpointPool, signal: AbortSignal, fresh: boolean): Promi
       reject(err);
     });
   });
+}
+
+/** A response body's failure after its head, in the table's terms, noted for the access log. */
+function bodyFailure(
+  err: unknown,
+  signal: AbortSignal,
+  record: { flags?: string | undefined } | undefined,
+): ProxyError {
+  const pe = toUpstreamError(err, signal);
+  noteBodyFailure(record, pe);
+  return pe;
 }
 
 function toUpstreamError(err: unknown, signal: AbortSignal): ProxyError {

@@ -114,25 +114,24 @@ export class H2Stream {
   #dataWaiter: ((reset?: StreamReset) => void) | undefined;
 
   /**
-   * Resolves once body bytes or the peer's end have arrived, or after `ms` with neither; rejects
-   * with the StreamReset when the stream is reset first (the transport's first-bytes wait).
+   * Resolves once body bytes or the peer's end have arrived, or once `late` resolves with
+   * neither; rejects with the StreamReset when the stream is reset first (the transport's
+   * first-bytes wait).
    */
-  firstData(ms: number): Promise<void> {
+  firstData(late: Promise<unknown>): Promise<void> {
     if (this.#reset) return Promise.reject(this.#reset);
     if (this.#inboxBytes > 0 || this.receivedBytes > 0 || this.remoteEnded) {
       return Promise.resolve();
     }
     return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
+      const waiter = (reset?: StreamReset) => {
+        if (this.#dataWaiter !== waiter) return;
         this.#dataWaiter = undefined;
-        resolve();
-      }, ms);
-      this.#dataWaiter = (reset) => {
-        this.#dataWaiter = undefined;
-        clearTimeout(timer);
         if (reset) reject(reset);
         else resolve();
       };
+      this.#dataWaiter = waiter;
+      late.then(() => waiter());
     });
   }
 

@@ -129,8 +129,8 @@ export class H2Transport implements Transport {
     // Body bytes not here yet: forward.ts may hold the head back for them (a reset before the
     // first byte is then still a 502).
     if (res.body && stream.receivedBytes === 0 && !stream.remoteEnded) {
-      offerFirstBytes(res, (ms) =>
-        stream.firstData(ms).catch((err) => {
+      offerFirstBytes(res, (late) =>
+        stream.firstData(late).catch((err) => {
           throw toUpstreamError(err, r.signal);
         }));
     }
