@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { metricValue, readFor, requirePeer, run, startFerry } from "./helpers.ts";
 import { startBadUpstream } from "./fixtures/bad_upstream.ts";
 import { H2Connection } from "../src/h2/connection.ts";
+import { makeTestCerts } from "./fixtures/certs.ts";
 import { ErrorCode } from "../src/h2/frames.ts";
 
 const enc = new TextEncoder();
@@ -70,9 +71,9 @@ function startBadH2Upstream() {
   };
 }
 
-function config(h1: string, h2: string, log: string, guard = true): string {
+function config(h1: string, h2: string, log: string, guard = true, tls = ""): string {
   return `listeners:
-  - { name: public, address: "127.0.0.1:0" }
+  - { name: public, address: "127.0.0.1:0"${tls} }
 admin: { address: "127.0.0.1:0" }
 access_log: { path: "${log}" }
 server: { watch_config: false${guard ? "" : ", connection_guard: false"} }
@@ -267,6 +268,44 @@ Deno.test("a body failing before its first byte: 502 on the Deno.serve paths (h2
     await bare.close();
     await up.close();
     up2.close();
+  }
+});
+
+Deno.test("a body failing before its first byte: 502 on a TLS listener, HTTP/1.1 and h2 (ALPN)", async () => {
+  await requirePeer("curl");
+  const certs = await makeTestCerts();
+  const up = startBadUpstream();
+  const up2 = startBadH2Upstream();
+  const log = `${await Deno.makeTempDir()}/access.log`;
+  const px = startFerry(
+    config(
+      up.url,
+      up2.url,
+      log,
+      true,
+      `, tls: { cert: "${certs.certFile}", key: "${certs.keyFile}" }`,
+    ),
+  );
+  try {
+    const paths = ["/h1/head-then-close", "/h2/head-then-reset", "/fe/bad-chunk", "/h1/ok"];
+    for (const version of ["--http1.1", "--http2"]) {
+      const out = await run("curl", [
+        "-s",
+        version,
+        "--cacert",
+        certs.caFile,
+        "-w",
+        "%{http_version} %{http_code} %{num_connects}\n",
+        ...paths.flatMap((p) => ["-o", "/dev/null", `https://127.0.0.1:${px.port}${p}`]),
+      ]);
+      const v = version === "--http2" ? "2" : "1.1";
+      assert.equal(out.stdout, `${v} 502 1\n${v} 502 0\n${v} 502 0\n${v} 200 0\n`, version);
+    }
+  } finally {
+    await px.close();
+    await up.close();
+    up2.close();
+    await certs.remove();
   }
 });
 
