@@ -12,6 +12,7 @@ import { metricValue, readFor, requirePeer, run, startFerry } from "./helpers.ts
 import { startBadUpstream } from "./fixtures/bad_upstream.ts";
 import { H2Connection } from "../src/h2/connection.ts";
 import { makeTestCerts } from "./fixtures/certs.ts";
+import { echoClient, grpc, grpcEchoConfig, unary } from "./grpc/peers.ts";
 import { ErrorCode } from "../src/h2/frames.ts";
 
 const enc = new TextEncoder();
@@ -354,5 +355,63 @@ Deno.test("a body failing after bytes went out is cut (no last chunk, short leng
     await px.close();
     await up.close();
     up2.close();
+  }
+});
+
+/**
+ * A gRPC upstream on Ferry's own HTTP/2 stack that answers every call with its response headers
+ * and then RST_STREAM (INTERNAL_ERROR), before any message; counts the calls it got.
+ */
+function startGrpcHeadThenReset() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<H2Connection>();
+  const state = { calls: 0 };
+  (async () => {
+    for await (const conn of listener) {
+      const h2 = new H2Connection(conn, {
+        role: "server",
+        onStream: (s) => {
+          state.calls++;
+          void (async () => {
+            for await (const _ of s.body) { /* the request message */ }
+            s.sendHeaders([[":status", "200"], ["content-type", "application/grpc"]]);
+            await new Promise((r) => setTimeout(r, 20));
+            s.reset(ErrorCode.INTERNAL_ERROR);
+          })().catch(() => {});
+        },
+        onClose: () => conns.delete(h2),
+      });
+      conns.add(h2);
+    }
+  })().catch(() => {});
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    state,
+    close() {
+      listener.close();
+      for (const c of conns) c.close();
+    },
+  };
+}
+
+Deno.test("gRPC: an upstream reset after its headers but before any message is a status (UNAVAILABLE), not a reset, and is not retried", async () => {
+  const up = startGrpcHeadThenReset();
+  const px = startFerry(
+    grpcEchoConfig({
+      route:
+        "    retry: { retries: 2, retry_on: [unavailable, reset], backoff: { base: 1ms, max: 2ms } }\n",
+    }),
+    { PORT: String(up.port) },
+  );
+  const client = echoClient(px.port);
+  try {
+    const r = await unary(client, enc.encode("hi"));
+    assert.equal(r.error?.code, grpc.status.UNAVAILABLE, `${r.error?.code}: ${r.error?.details}`);
+    assert.match(r.error!.details, /reset the stream/, r.error!.details);
+    assert.equal(up.state.calls, 1, "the upstream answered: not sent again");
+  } finally {
+    client.close();
+    await px.close();
+    up.close();
   }
 });

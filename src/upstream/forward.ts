@@ -14,6 +14,7 @@ import {
   checkUpstreamHead,
   clientBodyError,
   ClientGoneReason,
+  FIRST_BYTE_HOLD_MS,
   firstBytesWait,
   TimeoutReason,
   type Transport,
@@ -236,13 +237,6 @@ export function forwardTo(s: ForwardSettings): Handler {
     }
   };
 }
-
-/**
- * The longest the response head waits for the body's first bytes (see firstBytesWait): long
- * enough for an upstream that fails right after its head, short enough that a stream whose
- * first event comes late (server-sent events, long polls) still gets its head promptly.
- */
-export const FIRST_BYTE_HOLD_MS = 1_000;
 
 /** An HTTP attempt's answer: the response head, the one Content-Length and the body to relay. */
 interface Answer {
