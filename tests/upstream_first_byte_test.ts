@@ -8,7 +8,7 @@
  * bytes went out is cut visibly instead, and the access log says so.
  */
 import assert from "node:assert/strict";
-import { metricValue, readFor, requirePeer, run, startFerry } from "./helpers.ts";
+import { metricValue, readFor, requirePeer, run, startFerry, startUpstream } from "./helpers.ts";
 import { startBadUpstream } from "./fixtures/bad_upstream.ts";
 import { H2Connection } from "../src/h2/connection.ts";
 import { makeTestCerts } from "./fixtures/certs.ts";
@@ -413,5 +413,43 @@ Deno.test("gRPC: an upstream reset after its headers but before any message is a
     client.close();
     await px.close();
     up.close();
+  }
+});
+
+Deno.test("a body whose first byte comes late: its head goes out after the hold (1 s), not with the first event, on Ferry's own server and Deno.serve", async () => {
+  const up = startUpstream(() =>
+    new Response(
+      new ReadableStream<Uint8Array>({
+        async start(c) {
+          await new Promise((r) => setTimeout(r, 3_000));
+          c.enqueue(enc.encode("data: late\n\n"));
+          c.close();
+        },
+      }),
+      { headers: { "content-type": "text/event-stream" } },
+    )
+  );
+  const yaml = (guard: boolean) =>
+    `listeners: [{ name: p, address: "127.0.0.1:0" }]
+server: { watch_config: false${guard ? "" : ", connection_guard: false"} }
+routes: [{ name: r, cluster: c, timeout: 10s }]
+clusters: [{ name: c, endpoints: ["${up.url}"] }]
+`;
+  const guarded = startFerry(yaml(true));
+  const bare = startFerry(yaml(false));
+  try {
+    for (const px of [guarded, bare]) {
+      const t0 = Date.now();
+      const res = await fetch(`${px.url}/events`);
+      const headAfter = Date.now() - t0;
+      assert.equal(res.headers.get("content-type"), "text/event-stream");
+      assert.ok(headAfter >= 900 && headAfter < 2_500, `head after ${headAfter} ms`);
+      assert.equal(await res.text(), "data: late\n\n");
+      assert.ok(Date.now() - t0 >= 2_900, "the event itself came when the upstream sent it");
+    }
+  } finally {
+    await guarded.close();
+    await bare.close();
+    await up.close();
   }
 });

@@ -679,7 +679,20 @@ class Output {
     const relay = takeBodyRelay(source);
     if (relay) {
       const body = this.#streamed(lines, length, minor, keepAlive);
-      await relay(body.send);
+      // The head goes out with the first bytes when they are here (the forwarder waited for them
+      // up to FIRST_BYTE_HOLD_MS); when the relay has to wait on the upstream for them, it goes
+      // out alone now, as on the stream path below (a server-sent-events client gets its head).
+      let sent = false;
+      let flushing: Promise<void> | undefined;
+      const relaying = relay((bytes) => {
+        sent = true;
+        return flushing ? flushing.then(() => body.send(bytes)) : body.send(bytes);
+      });
+      if (await soon(relaying) === PENDING && !sent) {
+        flushing = body.flushHead();
+        await flushing;
+      }
+      await relaying;
       await body.finish();
       return body.keepAlive;
     }
