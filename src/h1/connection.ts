@@ -252,6 +252,9 @@ export class BodySource {
   /** Where direct reads land, after SIZE_LINE_ROOM and with 2 bytes after for a chunk's CRLF. */
   #buf: Uint8Array | undefined;
   #readSize: number;
+  /** The body's Content-Length (-1: unknown), and the stream bytes read so far. */
+  readonly #length: number;
+  #streamed = 0;
   /** The buffer is replaced by a larger one before the next read. */
   #grow = false;
   #kept: Uint8Array[] | undefined = [];
@@ -271,6 +274,7 @@ export class BodySource {
     else this.#direct = source;
     // A body of unknown length starts with a smaller buffer: most are small, and 64 KiB of fresh
     // memory per request costs more in GC than it saves (it grows after a read that fills it).
+    this.#length = length;
     this.#readSize = length > 0 ? Math.min(length, REQUEST_READ) : REQUEST_READ_FIRST;
   }
 
@@ -338,7 +342,13 @@ export class BodySource {
         this.#ended = true;
         return null;
       }
-      chunk = r.value.length < GATHER_BELOW ? await this.#gather(r.value) : r.value;
+      chunk = r.value;
+      this.#streamed += chunk.length;
+      // A small chunk is gathered with what follows, unless it completes the declared length
+      // (the most common body: one small chunk; nothing would follow).
+      if (chunk.length < GATHER_BELOW && (this.#length < 0 || this.#streamed < this.#length)) {
+        chunk = await this.#gather(chunk);
+      }
     }
     if (this.#kept) {
       this.#keptBytes += chunk.length;
@@ -372,6 +382,7 @@ export class BodySource {
       if (r.value.length === 0) continue;
       (parts ??= [first]).push(r.value);
       size += r.value.length;
+      this.#streamed += r.value.length;
     }
     if (!parts) return first;
     const joined = new Uint8Array(size);
