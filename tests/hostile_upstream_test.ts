@@ -77,11 +77,23 @@ const EXPECTED: Record<(typeof BEHAVIOURS)[number], Outcome> = {
   "endless-head": "error",
   "drip": "whole",
   "reset": "cut",
-  "bad-chunk": "cut",
-  "huge-chunk": "cut",
+  // Nothing of the body came before it failed: the head is still Ferry's to replace with a 502.
+  "bad-chunk": "error",
+  "huge-chunk": "error",
+  "head-then-close": "error",
+  "chunked-head-then-close": "error",
+  "head-late-close": "error",
   "cl-te": "error",
   "two-cl": "error",
   "slow-head": "error",
+};
+
+/**
+ * Where fetch differs: its body is read inside Deno (hyper), which reads a chunk size of 2^60 as
+ * valid and relays the first bytes after it.
+ */
+const FETCH_EXPECTED: Partial<Record<(typeof BEHAVIOURS)[number], Outcome>> = {
+  "huge-chunk": "cut",
 };
 
 Deno.test("hostile upstreams: every misbehaviour ends in an error answer, a whole body or a visibly cut one, on h1 and fetch", async () => {
@@ -109,7 +121,8 @@ clusters:
     cases.forEach(({ t, b }, i) => {
       const r = replies[i]!;
       const got = judge(r);
-      if (got !== EXPECTED[b]) {
+      const expected = (t === "fetch" ? FETCH_EXPECTED[b] : undefined) ?? EXPECTED[b];
+      if (got !== expected) {
         wrong.push(`${t}/${b}: ${got} ${JSON.stringify(r.text.slice(0, 300))}`);
       }
       if (b === "long-body") assert.doesNotMatch(r.text, /67890/, `${t}: bytes past the length`);

@@ -19,7 +19,8 @@ import {
   type CallPolicy,
   runCall,
 } from "../upstream/call.ts";
-import { ClientGoneReason, TimeoutReason } from "../upstream/transport.ts";
+import { ClientGoneReason, FIRST_BYTE_HOLD_MS, TimeoutReason } from "../upstream/transport.ts";
+import type { Deadline } from "../policy/deadlines.ts";
 import { replayBytes } from "../policy/retry.ts";
 import type { RouteEdits } from "../upstream/request_headers.ts";
 import { type CallContext, cleanHeaders, responseHeaders, upstreamFields } from "./call_headers.ts";
@@ -259,6 +260,7 @@ export async function proxyCall(
     const out = upstreamFields(fields, endpoint, route, ctx, remaining);
     const sentAt = performance.now();
     let us: H2Stream | undefined;
+    let headReceived = false;
     // A per-try timeout (or the call's end) resets this attempt's stream.
     const onAbort = () => us?.reset(ErrorCode.CANCEL);
     a.signal.addEventListener("abort", onAbort, { once: true });
@@ -313,6 +315,20 @@ export async function proxyCall(
           discard,
         };
       }
+      // The headers wait for the first message (or the end), as HTTP answers wait for their
+      // body's first bytes (docs/design.md "Upstream bodies that fail, and retries"): a stream
+      // reset before it is still answered with a status (trailers-only UNAVAILABLE), not a reset.
+      // Not retried: the upstream answered.
+      headReceived = true;
+      if (us.receivedBytes === 0 && !us.remoteEnded) {
+        let hold: Deadline | undefined;
+        const late = new Promise<void>((r) => hold = deadlines.armRoundedUp(FIRST_BYTE_HOLD_MS, r));
+        try {
+          await us.firstData(late);
+        } finally {
+          hold!.cancel();
+        }
+      }
       answered = true;
       ds.sendHeaders(responseHeaders(head, route), false);
       for await (const chunk of us.body) await ds.write(chunk);
@@ -342,9 +358,10 @@ export async function proxyCall(
         ds.reset(err instanceof StreamReset ? err.code : ErrorCode.INTERNAL_ERROR);
         return { error: pe, repeatable: false };
       }
-      // Whatever this stream was sent is lost: a retry replays the kept messages.
+      // Whatever this stream was sent is lost: a retry replays the kept messages (unless the
+      // upstream had answered).
       sink = undefined;
-      return { error: pe, repeatable: !keepOverflow };
+      return { error: pe, repeatable: !keepOverflow && !headReceived };
     } finally {
       a.signal.removeEventListener("abort", onAbort);
     }

@@ -52,7 +52,10 @@ export class H1Connection {
   idle = false;
   idleSince = 0;
   #closed = false;
-  /** A read started while idle (it notices an upstream that closes idle connections). */
+  /**
+   * A read already in flight whose bytes land in `buf`: one started while idle (it notices an
+   * upstream that closes idle connections), or one the first-bytes wait left behind.
+   */
   #pending: Promise<number | null> | undefined;
 
   constructor(readonly conn: Deno.Conn, readonly owner: ConnectionOwner) {}
@@ -72,6 +75,23 @@ export class H1Connection {
       throw new H1ProtocolError("response head too large");
     }
     return this.#read();
+  }
+
+  /**
+   * A read into the buffer that the caller may give up waiting for: left in flight, the next
+   * fill() takes it up (see settleRead), so two reads never race for the socket.
+   */
+  fillLater(limit: number): Promise<number | null> {
+    const p = this.fill(limit);
+    this.#pending = p;
+    return p.finally(() => {
+      if (this.#pending === p) this.#pending = undefined;
+    });
+  }
+
+  /** Waits out a read still in flight (its bytes land in the buffer) before a direct read. */
+  settleRead(): Promise<number | null> | undefined {
+    return this.#pending && this.fill(0);
   }
 
   #read(): Promise<number | null> {
@@ -181,7 +201,36 @@ export interface Exchange {
   readonly abortError: () => unknown;
   /** The Response carries no headers; the caller reads them from h1ResponseParts. */
   readonly headersOutOfBand?: boolean | undefined;
+  /**
+   * A response body's failure (after the head) as its reader sees it: the transport's error, and
+   * noted in `record` for the access log. Absent: the codec's own error. (A shared function, not
+   * a closure per request.)
+   */
+  readonly bodyError?:
+    | ((err: unknown, signal: AbortSignal, record: Exchange["record"]) => unknown)
+    | undefined;
+  readonly record?: { flags?: string | undefined } | undefined;
 }
+
+/** Stream chunks smaller than this are gathered with those already readable behind them. */
+const GATHER_BELOW = 16 * 1024;
+/** A gathered piece stops growing at this size. */
+const GATHER_BYTES = 64 * 1024;
+const NOT_YET = Symbol("not yet");
+/**
+ * Microtask turns a stream read may take and still count as readable at once: Deno.serve's
+ * body resolves a read of data it holds within a few, a wrapping stream (the size limit, the
+ * body watch) adds a few per layer; a read that waits on the network takes an event-loop turn.
+ */
+const SETTLE_TURNS = 12;
+
+/** `p`'s value if it settles within SETTLE_TURNS microtask turns, else NOT_YET. */
+function settledSoon<T>(p: Promise<T>): Promise<T | typeof NOT_YET> {
+  let later: Promise<typeof NOT_YET> = Promise.resolve(NOT_YET);
+  for (let i = 0; i < SETTLE_TURNS; i++) later = later.then(notYet);
+  return Promise.race([p, later]);
+}
+const notYet = (): typeof NOT_YET => NOT_YET;
 
 /** Room kept before a directly read chunk for its size line (hex digits and CRLF). */
 const SIZE_LINE_ROOM = 16;
@@ -203,12 +252,19 @@ export class BodySource {
   /** Where direct reads land, after SIZE_LINE_ROOM and with 2 bytes after for a chunk's CRLF. */
   #buf: Uint8Array | undefined;
   #readSize: number;
+  /** The body's Content-Length (-1: unknown), and the stream bytes read so far. */
+  readonly #length: number;
+  #streamed = 0;
   /** The buffer is replaced by a larger one before the next read. */
   #grow = false;
   #kept: Uint8Array[] | undefined = [];
   #keptBytes = 0;
   #replayFrom = -1;
   #ended = false;
+  /** A stream read that had not settled when gathering stopped: the next read's. */
+  #pendingRead: Promise<ReadableStreamReadResult<Uint8Array>> | undefined;
+  /** Gathering read the stream's end: the next call returns it. */
+  #endRead = false;
   /** Nothing read from the stream yet. */
   untouched = true;
 
@@ -218,6 +274,7 @@ export class BodySource {
     else this.#direct = source;
     // A body of unknown length starts with a smaller buffer: most are small, and 64 KiB of fresh
     // memory per request costs more in GC than it saves (it grows after a read that fills it).
+    this.#length = length;
     this.#readSize = length > 0 ? Math.min(length, REQUEST_READ) : REQUEST_READ_FIRST;
   }
 
@@ -278,12 +335,20 @@ export class BodySource {
         this.#grow = true;
       }
     } else {
-      const r = await this.#reader!.read();
-      if (r.done) {
+      const pending = this.#pendingRead;
+      this.#pendingRead = undefined;
+      const r = this.#endRead ? undefined : await (pending ?? this.#reader!.read());
+      if (!r || r.done) {
         this.#ended = true;
         return null;
       }
       chunk = r.value;
+      this.#streamed += chunk.length;
+      // A small chunk is gathered with what follows, unless it completes the declared length
+      // (the most common body: one small chunk; nothing would follow).
+      if (chunk.length < GATHER_BELOW && (this.#length < 0 || this.#streamed < this.#length)) {
+        chunk = await this.#gather(chunk);
+      }
     }
     if (this.#kept) {
       this.#keptBytes += chunk.length;
@@ -291,6 +356,42 @@ export class BodySource {
       else this.#kept.push(this.#direct ? chunk.slice() : chunk);
     }
     return chunk;
+  }
+
+  /**
+   * `first` and the chunks after it that the stream has already (reads that settle at once), up
+   * to GATHER_BYTES, as one piece: a body that comes as many tiny chunks (1-byte chunks from a
+   * client, one DATA frame per byte) goes upstream in few writes and few chunk framings, not one
+   * of each per piece. Never waits for more: a read that has not settled is left for the next
+   * call, so a slow drip still goes on piece by piece as it comes.
+   */
+  async #gather(first: Uint8Array): Promise<Uint8Array> {
+    let parts: Uint8Array[] | undefined;
+    let size = first.length;
+    while (size < GATHER_BYTES) {
+      const p = this.#reader!.read();
+      const r = await settledSoon(p);
+      if (r === NOT_YET) {
+        this.#pendingRead = p;
+        break;
+      }
+      if (r.done) {
+        this.#endRead = true;
+        break;
+      }
+      if (r.value.length === 0) continue;
+      (parts ??= [first]).push(r.value);
+      size += r.value.length;
+      this.#streamed += r.value.length;
+    }
+    if (!parts) return first;
+    const joined = new Uint8Array(size);
+    let at = 0;
+    for (const part of parts) {
+      joined.set(part, at);
+      at += part.length;
+    }
+    return joined;
   }
 
   /**
@@ -453,7 +554,11 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
           finish();
         }, fail);
         if ((response as WithParts)[PARTS] === undefined) {
-          (response as WithParts)[PARTS] = { headers: head.headers, whole: undefined };
+          (response as WithParts)[PARTS] = {
+            headers: head.headers,
+            whole: undefined,
+            firstBytes: firstBytesWait(c, head),
+          };
         }
         settled = true;
         resolve(response);
@@ -480,6 +585,12 @@ const MAX_INTERIM = 16;
 export interface H1ResponseParts {
   readonly headers: readonly [string, string][];
   readonly whole: Uint8Array<ArrayBuffer> | undefined;
+  /**
+   * For a streamed body none of which has arrived yet: waits until `late` for its first byte (or
+   * its end); rejects with the body's failure when it fails first (a close, a reset, a malformed
+   * chunk). Undefined when the body's first bytes came with the head.
+   */
+  readonly firstBytes?: ((late: Promise<unknown>) => Promise<void>) | undefined;
 }
 /**
  * On the Response under a symbol, not in a WeakMap: an entry per response keyed by a young object
@@ -571,6 +682,7 @@ function makeResponse(
         `after ${head.contentLength - remaining} of ${head.contentLength} body bytes`,
       );
     const stream = bodyStream(x, fail, async (ctl) => {
+      await c.settleRead();
       if (c.end > c.start) {
         const n = Math.min(remaining, c.end - c.start);
         ctl.enqueue(c.buf.slice(c.start, c.start + n));
@@ -590,6 +702,7 @@ function makeResponse(
     relays.set(
       stream,
       relayWith(x, fail, async (write, buf) => {
+        await c.settleRead();
         if (remaining <= buf.length) {
           // A body that fits the buffer is gathered there and written once: the client gets
           // it with its head in one write, not as a write per upstream read.
@@ -634,6 +747,7 @@ function makeResponse(
   }
   if (head.framing === Framing.Close) {
     const stream = bodyStream(x, fail, async (ctl) => {
+      await c.settleRead();
       if (c.end > c.start) {
         ctl.enqueue(c.buf.slice(c.start, c.end));
         c.start = c.end;
@@ -651,6 +765,7 @@ function makeResponse(
     relays.set(
       stream,
       relayWith(x, fail, async (write, buf) => {
+        await c.settleRead();
         if (c.end > c.start) {
           await write(c.buf.subarray(c.start, c.end));
           c.start = c.end;
@@ -727,6 +842,49 @@ function makeResponse(
   return new Response(stream, init);
 }
 
+/**
+ * The wait for a streamed body's first bytes (H1ResponseParts.firstBytes), or undefined when
+ * they came with the head. Reads into the connection's buffer, where the body's stream or relay
+ * finds them; a read still out when the wait gives up is taken up by the body's first read.
+ */
+function firstBytesWait(
+  c: H1Connection,
+  head: ResponseHead,
+): ((late: Promise<unknown>) => Promise<void>) | undefined {
+  if (head.framing === Framing.None) return undefined;
+  // Whether the buffer holds a first body byte (or the body's end); throws on bad chunk framing.
+  let atHand: () => boolean;
+  if (head.framing === Framing.Chunked) {
+    atHand = () => {
+      // A scratch decoder: the body's own starts from c.start again.
+      const d = new ChunkedDecoder();
+      for (let at = c.start; at < c.end && !d.done;) {
+        const used = d.step(c.buf, at, c.end);
+        if (used === 0) return false;
+        at += used;
+        if (d.dataTo > d.dataFrom) return true;
+      }
+      return d.done;
+    };
+  } else atHand = () => c.end > c.start;
+  if (atHand()) return undefined;
+  return async (late) => {
+    const gaveUp = late.then(lateMark);
+    while (!atHand()) {
+      const n = await Promise.race([c.fillLater(64 * 1024), gaveUp]);
+      if (n === LATE) return;
+      if (n === null) {
+        // A close-delimited body may be empty; any other ends with its bytes still owed.
+        if (head.framing === Framing.Close) return;
+        throw new UpstreamClosed("after the response head, before any body byte");
+      }
+    }
+  };
+}
+
+const LATE = Symbol("late");
+const lateMark = (): typeof LATE => LATE;
+
 /** Decoded chunks smaller than this are gathered into one relay write. */
 const SMALL_CHUNK = 16 * 1024;
 
@@ -748,9 +906,15 @@ function relayWith(
       await run(write, buf);
     } catch (err) {
       fail();
-      throw x.signal.aborted ? x.abortError() : err;
+      throw bodyFailure(x, err);
     }
   };
+}
+
+/** What a response body's reader sees when the body fails. */
+function bodyFailure(x: Exchange, err: unknown): unknown {
+  const e = x.signal.aborted ? x.abortError() : err;
+  return x.bodyError ? x.bodyError(e, x.signal, x.record) : e;
 }
 
 /** A pull-driven body: nothing is read from the upstream before the client asks for it. */
@@ -765,7 +929,7 @@ function bodyStream(
         await pull(ctl);
       } catch (err) {
         fail();
-        ctl.error(x.signal.aborted ? x.abortError() : err);
+        ctl.error(bodyFailure(x, err));
       }
     },
     cancel() {

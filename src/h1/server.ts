@@ -241,14 +241,19 @@ class RequestBody {
     into: Uint8Array,
     write: (b: Uint8Array) => Promise<void>,
   ): Promise<number | null> {
-    const ahead = this.#ahead?.[0];
-    if (ahead) {
-      const n = Math.min(ahead.length, into.length);
-      into.set(ahead.subarray(0, n));
-      if (n === ahead.length) this.#ahead!.shift();
-      else this.#ahead![0] = ahead.subarray(n);
-      return n;
+    // Chunks decoded ahead (as many as fit: a body of tiny chunks that came with its head goes
+    // on as one piece, not a piece per chunk), then what the last call left over.
+    let got = 0;
+    const ahead = this.#ahead;
+    while (ahead && ahead.length > 0 && got < into.length) {
+      const first = ahead[0]!;
+      const n = Math.min(first.length, into.length - got);
+      into.set(first.subarray(0, n), got);
+      got += n;
+      if (n === first.length) ahead.shift();
+      else ahead[0] = first.subarray(n);
     }
+    if (got > 0) return got;
     if (this.#leftTo > this.#leftFrom) {
       const n = Math.min(this.#leftTo - this.#leftFrom, into.length);
       into.set(input.buf.subarray(this.#leftFrom, this.#leftFrom + n));
@@ -685,7 +690,20 @@ class Output {
     const relay = takeBodyRelay(source);
     if (relay) {
       const body = this.#streamed(lines, length, minor, keepAlive);
-      await relay(body.send);
+      // The head goes out with the first bytes when they are here (the forwarder waited for them
+      // up to FIRST_BYTE_HOLD_MS); when the relay has to wait on the upstream for them, it goes
+      // out alone now, as on the stream path below (a server-sent-events client gets its head).
+      let sent = false;
+      let flushing: Promise<void> | undefined;
+      const relaying = relay((bytes) => {
+        sent = true;
+        return flushing ? flushing.then(() => body.send(bytes)) : body.send(bytes);
+      });
+      if (await soon(relaying) === PENDING && !sent) {
+        flushing = body.flushHead();
+        await flushing;
+      }
+      await relaying;
       await body.finish();
       return body.keepAlive;
     }

@@ -5,6 +5,8 @@
 import { ProxyError } from "../pipeline/errors.ts";
 import {
   classifyUpstreamError,
+  noteBodyFailure,
+  offerFirstBytes,
   type Transport,
   type UpstreamRequest,
 } from "../upstream/transport.ts";
@@ -12,6 +14,7 @@ import {
   BodySource,
   exchange,
   type H1Connection,
+  h1ResponseParts,
   serializeHead,
   StaleConnection,
   UpstreamClosed,
@@ -88,7 +91,7 @@ export class H1Transport implements Transport {
       const c = (attempt === 0 ? pool.takeIdle() : undefined) ??
         await acquire(pool, r.signal, attempt > 0);
       try {
-        return await exchange(c, {
+        const res = await exchange(c, {
           method: r.method,
           head: framed.head,
           contentLength: framed.contentLength,
@@ -96,7 +99,17 @@ export class H1Transport implements Transport {
           signal: r.signal,
           abortError,
           headersOutOfBand: r.headersOutOfBand,
+          bodyError: bodyFailure,
+          record: r.record,
         });
+        const firstBytes = h1ResponseParts(res)?.firstBytes;
+        if (firstBytes) {
+          offerFirstBytes(res, (late) =>
+            firstBytes(late).catch((err) => {
+              throw toUpstreamError(err, r.signal);
+            }));
+        }
+        return res;
       } catch (err) {
         // The keep-alive race: sent once more, on a new connection, if nothing was lost.
         if (err instanceof StaleConnection && attempt === 0 && (!body || body.replayable)) {
@@ -156,6 +169,17 @@ function acquire(pool: EndpointPool, signal: AbortSignal, fresh: boolean): Promi
       reject(err);
     });
   });
+}
+
+/** A response body's failure after its head, in the table's terms, noted for the access log. */
+function bodyFailure(
+  err: unknown,
+  signal: AbortSignal,
+  record: { flags?: string | undefined } | undefined,
+): ProxyError {
+  const pe = toUpstreamError(err, signal);
+  noteBodyFailure(record, pe);
+  return pe;
 }
 
 function toUpstreamError(err: unknown, signal: AbortSignal): ProxyError {

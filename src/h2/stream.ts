@@ -110,6 +110,31 @@ export class H2Stream {
     }, { highWaterMark: 0 });
   }
 
+  /** Wakes firstData's waiter (DATA, the end, or the reset came). */
+  #dataWaiter: ((reset?: StreamReset) => void) | undefined;
+
+  /**
+   * Resolves once body bytes or the peer's end have arrived, or once `late` resolves with
+   * neither; rejects with the StreamReset when the stream is reset first (the transport's
+   * first-bytes wait).
+   */
+  firstData(late: Promise<unknown>): Promise<void> {
+    if (this.#reset) return Promise.reject(this.#reset);
+    if (this.#inboxBytes > 0 || this.receivedBytes > 0 || this.remoteEnded) {
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve, reject) => {
+      const waiter = (reset?: StreamReset) => {
+        if (this.#dataWaiter !== waiter) return;
+        this.#dataWaiter = undefined;
+        if (reset) reject(reset);
+        else resolve();
+      };
+      this.#dataWaiter = waiter;
+      late.then(() => waiter());
+    });
+  }
+
   /** The first header list from the peer (request headers, or the response's). */
   get headers(): Promise<HeaderField[]> {
     return this.#headers.promise;
@@ -247,12 +272,14 @@ export class H2Stream {
     if (chunk.length > 0) {
       this.#inbox.push(chunk);
       this.#inboxBytes += chunk.length;
+      this.#dataWaiter?.();
     }
     this.#pump();
   }
 
   onEnd(trailers: HeaderField[] | undefined): void {
     this.remoteEnded = true;
+    this.#dataWaiter?.();
     this.#trailers.resolve(trailers);
     this.#pump();
     this.#maybeClose();
@@ -262,6 +289,7 @@ export class H2Stream {
   fail(reason: StreamReset, readerError: unknown = reason): void {
     if (this.#reset) return;
     this.#reset = reason;
+    this.#dataWaiter?.(reason);
     this.#headers.reject(reason);
     this.#trailers.reject(reason);
     this.#inboxDrop();

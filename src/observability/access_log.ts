@@ -143,7 +143,12 @@ export class AccessLog {
     const ctx = e.ctx;
     const outcome = ctx?.outcome;
     const url = ctx ? undefined : safeUrl(e.req.url);
-    const flags = [e.flag, outcome?.flags].filter((f) => f && f !== "-").join(",") || "-";
+    // The outcome's flags may repeat the response's (a body that failed before its first byte
+    // is both the 502's flag and the body's failure): each is written once.
+    const extra = outcome?.flags;
+    const flags = !extra || extra === e.flag
+      ? e.flag
+      : [e.flag, extra].filter((f) => f && f !== "-").join(",") || "-";
     const record: Record<string, unknown> = {
       time: new Date().toISOString(),
       request_id: e.requestId,

@@ -196,8 +196,10 @@ function logWhenDone(
   info: Deno.ServeHandlerInfo<Deno.NetAddr>,
 ): void {
   const flag = response.headers.get("x-ferry-flag") ?? "-";
-  if (!log.wants(flag)) return;
-  const write = () =>
+  // A response body that fails after its head is noted in the outcome (flags) by then: judged
+  // at the end, so sampling never drops a failed one.
+  const write = () => {
+    if (!log.wants(flag === "-" ? ctx?.outcome.flags ?? flag : flag)) return;
     log.write({
       req,
       method,
@@ -211,6 +213,7 @@ function logWhenDone(
       startedAt,
       endedAt: performance.now(),
     });
+  };
   info.completed.then(write, write);
 }
 

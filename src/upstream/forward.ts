@@ -14,6 +14,8 @@ import {
   checkUpstreamHead,
   clientBodyError,
   ClientGoneReason,
+  FIRST_BYTE_HOLD_MS,
+  firstBytesWait,
   TimeoutReason,
   type Transport,
   watchRequestBody,
@@ -26,6 +28,7 @@ import {
   replayBytes,
 } from "../policy/retry.ts";
 import { type AttemptOutcome, type CallPolicy, runCall } from "./call.ts";
+import type { Deadline } from "../policy/deadlines.ts";
 import { notAnUpgrade, proxyWebSocket } from "./websocket.ts";
 import { relayBody } from "./relay.ts";
 import {
@@ -123,6 +126,7 @@ export function forwardTo(s: ForwardSettings): Handler {
     const deadline = s.timeoutMs > 0
       ? s.deadlines.arm(s.timeoutMs, onRouteTimeout, ctl)
       : undefined;
+    const routeEndsAt = s.timeoutMs > 0 ? performance.now() + s.timeoutMs : Infinity;
     try {
       const answer = await runCall<Answer>(s, {
         hashKey,
@@ -149,6 +153,7 @@ export function forwardTo(s: ForwardSettings): Handler {
           : startClientSpan(headers, req.method, url, span);
         const sentAt = performance.now();
         let upstream: Response | undefined;
+        let headReceived = false;
         try {
           upstream = await transport.send({
             url,
@@ -157,6 +162,7 @@ export function forwardTo(s: ForwardSettings): Handler {
             body: chunks ? replay(chunks) : watched?.stream ?? body,
             signal: attempt.signal,
             headersOutOfBand: true,
+            record: ctx.outcome,
           });
           // A 1xx final answer is never relayed; then status range and framing, one check.
           if (upstream.status < 200) refuseInterim(upstream);
@@ -167,18 +173,43 @@ export function forwardTo(s: ForwardSettings): Handler {
             ? headerLine(lines, "content-length")
             : checkUpstreamHead(upstream.status, upstream.headers);
           const res = upstream;
+          // The head is held back until the body's first bytes are at hand (a short wait, and
+          // never past the route timeout): a body that fails before its first byte is then still
+          // answered with the error table's 502, as nothing has reached the client. The upstream
+          // has answered, so that failure is not retried (as Envoy and nginx).
+          const firstBytes = firstBytesWait(res);
+          // The body to relay when the wait replaced the Response's (fetch); `res.body` is not
+          // touched otherwise (a body the codec read whole has no stream, and gets none).
+          let replaced: ReadableStream<Uint8Array> | undefined;
+          if (firstBytes && !bodylessAnswer(req.method, res.status)) {
+            const holdMs = Math.min(FIRST_BYTE_HOLD_MS, routeEndsAt - performance.now() - 5);
+            if (holdMs > 0) {
+              attempt.answered();
+              headReceived = true;
+              let hold: Deadline | undefined;
+              const late = new Promise<void>((r) => hold = s.deadlines.armRoundedUp(holdMs, r));
+              try {
+                replaced = await firstBytes(late) ?? undefined;
+              } finally {
+                hold!.cancel();
+              }
+            }
+          }
           return {
-            value: { res, contentLength },
+            value: { res, contentLength, body: replaced },
             status: res.status,
             retryAfterMs: parseRetryAfter(
               lines ? headerLine(lines, "retry-after") : res.headers.get("retry-after"),
             ),
-            discard: () => void res.body?.cancel().catch(() => {}),
+            discard: () => void (replaced ?? res.body)?.cancel().catch(() => {}),
           };
         } catch (err) {
           upstream?.body?.cancel().catch(() => {});
           // A failure of the request body is the client's, whatever the transport made of it.
-          return { error: watched?.failure() ?? ctx.bodyFailure?.() ?? toProxyError(err) };
+          return {
+            error: watched?.failure() ?? ctx.bodyFailure?.() ?? toProxyError(err),
+            repeatable: !headReceived,
+          };
         } finally {
           ctx.outcome.upstreamMs = performance.now() - sentAt;
           endSpan?.(upstream?.status ?? 0);
@@ -188,9 +219,8 @@ export function forwardTo(s: ForwardSettings): Handler {
       // The h1 codec read a small body whole: it leaves as one buffer, no stream around it.
       const whole = h1ResponseParts(upstream)?.whole;
       if (whole) return downstreamResponse(req, ctx, s, upstream, whole, answer.contentLength);
-      const out = s.idleTimeoutMs > 0 && upstream.body
-        ? upstream.body.pipeThrough(idleGuard(s, ctl))
-        : upstream.body;
+      const resBody = answer.body ?? upstream.body;
+      const out = s.idleTimeoutMs > 0 && resBody ? resBody.pipeThrough(idleGuard(s, ctl)) : resBody;
       const relayed = out &&
         relayBody(
           out,
@@ -208,10 +238,17 @@ export function forwardTo(s: ForwardSettings): Handler {
   };
 }
 
-/** An HTTP attempt's answer: the response head, and the one Content-Length to relay. */
+/** An HTTP attempt's answer: the response head, the one Content-Length and the body to relay. */
 interface Answer {
   readonly res: Response;
   readonly contentLength: string | null;
+  /** The body to relay instead of the Response's (see firstBytesWait); undefined: its own. */
+  readonly body: ReadableStream<Uint8Array> | undefined;
+}
+
+/** An answer that carries no body whatever the upstream sent (see downstreamResponse). */
+function bodylessAnswer(method: string, status: number): boolean {
+  return method === "HEAD" || NULL_BODY_STATUS.has(status);
 }
 
 /** The first value of `name` among header lines (lower-case names), or null. */
@@ -280,7 +317,7 @@ function downstreamResponse(
   out.set("x-request-id", ctx.requestId);
   applyEdits(out, s.responseEdits);
   // HEAD, 204, 205 and 304 never carry a body, whatever the upstream sent (RFC 9110 6.4.1).
-  const bodyless = req.method === "HEAD" || NULL_BODY_STATUS.has(upstream.status);
+  const bodyless = bodylessAnswer(req.method, upstream.status);
   if (bodyless && body instanceof ReadableStream) body.cancel().catch(() => {});
   return responseFor(req, bodyless ? null : body, {
     status: upstream.status,

@@ -19,6 +19,8 @@ import { type H2Pool, NoHttp2 } from "./h2_pool.ts";
 import {
   classifyUpstreamError,
   ClientGoneReason,
+  noteBodyFailure,
+  offerFirstBytes,
   type Transport,
   type UpstreamRequest,
 } from "./transport.ts";
@@ -111,10 +113,28 @@ export class H2Transport implements Transport {
           : classifyUpstreamError(r.signal.reason, r.signal),
       );
     r.signal.addEventListener("abort", onAbort, { once: true });
-    void stream.closed.then(() => r.signal.removeEventListener("abort", onAbort));
+    let answered = false;
+    void stream.closed.then((reset) => {
+      r.signal.removeEventListener("abort", onAbort);
+      // A body the peer broke after its head (a reset, a malformed or short body caught here):
+      // noted for the access log. Ferry's own cancels (nobody reads, a retry) are not failures.
+      if (reset && answered && (reset.byPeer || reset.code === ErrorCode.PROTOCOL_ERROR)) {
+        noteBodyFailure(r.record, toUpstreamError(reset, r.signal));
+      }
+    });
     if (r.body) void sendBody(r.body, stream);
     const head = await stream.headers;
-    return toResponse(head, stream, r.method);
+    answered = true;
+    const res = toResponse(head, stream, r.method);
+    // Body bytes not here yet: forward.ts may hold the head back for them (a reset before the
+    // first byte is then still a 502).
+    if (res.body && stream.receivedBytes === 0 && !stream.remoteEnded) {
+      offerFirstBytes(res, (late) =>
+        stream.firstData(late).catch((err) => {
+          throw toUpstreamError(err, r.signal);
+        }));
+    }
+    return res;
   }
 
   #target(origin: string): Target {

@@ -24,6 +24,23 @@ export interface UpstreamRequest {
    * transports ignore it.
    */
   readonly headersOutOfBand?: boolean;
+  /**
+   * Where a response body that fails after its head is noted (its flag, for the access log):
+   * the client got the head, so the failure shows nowhere else. The h1 codec and the HTTP/2
+   * transport note it; fetch's body fails inside Deno.serve, out of sight.
+   */
+  readonly record?: { flags?: string | undefined };
+}
+
+/** Notes a response body's failure in `record` (once per flag). */
+export function noteBodyFailure(
+  record: { flags?: string | undefined } | undefined,
+  err: ProxyError,
+): void {
+  if (!record) return;
+  const flag = err.flag;
+  if (!record.flags) record.flags = flag;
+  else if (!record.flags.split(",").includes(flag)) record.flags += `,${flag}`;
 }
 
 export interface Transport {
@@ -36,6 +53,102 @@ export interface Transport {
   /** Whether this transport can reach `origin` at all (absent: any origin). */
   reaches?(origin: URL): boolean;
   close(): void;
+}
+
+/**
+ * Where a transport can tell when a response body's first bytes arrive, it offers a wait for
+ * them on the Response (forward.ts holds the response head back for it, so that a body failing
+ * before its first byte is still answered with a 502, docs/design.md "Errors"). The wait
+ * resolves when the first bytes (or the body's end) are at hand, or after `ms` with nothing;
+ * it rejects with the body's failure as a ProxyError.
+ */
+const FIRST_BYTES = Symbol("ferry.firstBodyBytes");
+
+/**
+ * The longest an answer's head waits for the body's first bytes (HTTP: firstBytesWait; gRPC:
+ * the first message): long enough for an upstream that fails right after its head, short enough
+ * that a stream whose first event comes late (server-sent events, long polls, server streaming)
+ * still gets its head promptly.
+ */
+export const FIRST_BYTE_HOLD_MS = 1_000;
+/**
+ * Waits for the first bytes until `late` resolves (the caller's deadline: a timer wheel's, not a
+ * timer per request). Resolves to the body to relay from now on when the wait had to read from
+ * the Response's own (fetch's: its first chunk is in the new one), else to nothing (the
+ * Response's body stands).
+ */
+export type FirstBytesWait = (late: Promise<unknown>) => Promise<ReadableStream<Uint8Array> | void>;
+type WithFirstBytes = Response & { [FIRST_BYTES]?: FirstBytesWait };
+
+export function offerFirstBytes(res: Response, wait: FirstBytesWait): void {
+  (res as WithFirstBytes)[FIRST_BYTES] = wait;
+}
+
+/** The wait for `res`'s first body bytes (see offerFirstBytes); undefined when none is needed. */
+export function firstBytesWait(res: Response): FirstBytesWait | undefined {
+  return (res as WithFirstBytes)[FIRST_BYTES];
+}
+
+const NOT_YET = Symbol("not yet");
+const notYet = (): typeof NOT_YET => NOT_YET;
+
+/**
+ * A fetch body's failure: Deno 2.9.6 says only "error reading a body from connection" for a
+ * close, a reset and bad chunking alike, so all are the upstream's reset.
+ */
+function fetchBodyError(err: unknown, signal: AbortSignal): ProxyError {
+  const pe = classifyUpstreamError(err, signal);
+  if (pe.kind !== "upstream_protocol_error") return pe;
+  return new ProxyError("upstream_reset", "the upstream's response body broke off", { cause: err });
+}
+
+/**
+ * fetch's wait for a body's first bytes: its first read, for at most `ms`. fetch gives no other
+ * way to see them, so the body is read from here on through a JS stream that starts with what
+ * was read (and whose failures are noted for the access log, as the other transports do).
+ */
+function fetchFirstBytes(
+  body: ReadableStream<Uint8Array>,
+  r: UpstreamRequest,
+): FirstBytesWait {
+  return async (late) => {
+    const reader = body.getReader();
+    const first = reader.read();
+    first.catch(() => {}); // read by the stream below when the wait gives up first
+    let got: ReadableStreamReadResult<Uint8Array> | typeof NOT_YET;
+    try {
+      got = await Promise.race([first, late.then(notYet)]);
+    } catch (err) {
+      reader.cancel(err).catch(() => {});
+      throw fetchBodyError(err, r.signal);
+    }
+    let pending = got === NOT_YET ? first : undefined;
+    let head = got !== NOT_YET && !got.done ? got.value : undefined;
+    let done = got !== NOT_YET && got.done;
+    return new ReadableStream<Uint8Array>({
+      async pull(c) {
+        if (head) {
+          c.enqueue(head);
+          head = undefined;
+          return;
+        }
+        if (done) return c.close();
+        try {
+          const next = await (pending ?? reader.read());
+          pending = undefined;
+          if (next.done) {
+            done = true;
+            c.close();
+          } else c.enqueue(next.value);
+        } catch (err) {
+          const pe = fetchBodyError(err, r.signal);
+          noteBodyFailure(r.record, pe);
+          throw pe;
+        }
+      },
+      cancel: (why) => reader.cancel(why).catch(() => {}),
+    }, { highWaterMark: 0 });
+  };
 }
 
 export interface PoolOptions {
@@ -105,7 +218,10 @@ export class FetchTransport implements Transport {
       client: this.#client(origin),
       redirect: "manual",
       signal: r.signal,
-    }).catch((err) => {
+    }).then((res) => {
+      if (res.body) offerFirstBytes(res, fetchFirstBytes(res.body, r));
+      return res;
+    }, (err) => {
       // The one failure fetch reports only in words: the downstream request body (a Deno
       // resource) gone, because the client went away mid-upload. Not the upstream's fault.
       if (r.body && !(err instanceof ProxyError) && REQUEST_BODY_GONE.test(describe(err))) {
