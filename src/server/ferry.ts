@@ -15,6 +15,7 @@ import { type AdminListener, startAdminListener } from "./admin_listener.ts";
 import { type MetricReader, StatsHistory } from "./admin_stats.ts";
 import { errorResponse, ProxyError, RecentErrors } from "../pipeline/errors.ts";
 import { createListenerHandler } from "./handler.ts";
+import { StreamReset } from "../h2/stream.ts";
 import { grpcListenerPart } from "./optional_parts.ts";
 import { ConnectionGuard, drainGuarded, guardLimits } from "./guard.ts";
 import {
@@ -374,6 +375,13 @@ export class Ferry {
       })
       : undefined;
     const onError = (err: unknown) => {
+      // A response body the upstream broke after its head went out: Deno.serve reports its
+      // stream's error here. It is no internal error: the transport noted the failure's flag
+      // for the access log, and the client saw the answer cut (src/upstream/forward.ts).
+      if (err instanceof ProxyError || err instanceof StreamReset) {
+        log.debug("response body cut after its head", { listener: name, error: String(err) });
+        return new Response(null, { status: 502 });
+      }
       // The same request id and flag in the log line as in the response the client gets.
       const requestId = crypto.randomUUID();
       const res = errorResponse(

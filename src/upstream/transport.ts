@@ -66,11 +66,13 @@ const FIRST_BYTES = Symbol("ferry.firstBodyBytes");
 
 /**
  * The longest an answer's head waits for the body's first bytes (HTTP: firstBytesWait; gRPC:
- * the first message): long enough for an upstream that fails right after its head, short enough
- * that a stream whose first event comes late (server-sent events, long polls, server streaming)
- * still gets its head promptly.
+ * the first message): long enough for an upstream that fails right after its head (a crash or a
+ * reset comes within milliseconds), short enough that a stream whose first event comes late
+ * (server-sent events, long polls, server streaming) gets its head with no delay a client would
+ * notice. Envoy and nginx send the head at once; this is the least wait that still turns those
+ * failures into a 502.
  */
-export const FIRST_BYTE_HOLD_MS = 1_000;
+export const FIRST_BYTE_HOLD_MS = 100;
 /**
  * Waits for the first bytes until `late` resolves (the caller's deadline: a timer wheel's, not a
  * timer per request). Resolves to the body to relay from now on when the wait had to read from
