@@ -7,33 +7,11 @@
  * grpc_robustness_test.ts.
  */
 import assert from "node:assert/strict";
-import { spawnFerry, startUpstream, tempConfig } from "./helpers.ts";
-import { CLIENT_PREFACE } from "../src/h2/frames.ts";
+import { concat, spawnFerry, startUpstream, tempConfig } from "./helpers.ts";
+import { CLIENT_PREFACE, Flag, frame, FrameType } from "../src/h2/frames.ts";
 
-const HEADERS = 1, RST_STREAM = 3, SETTINGS = 4, PING = 6, CONTINUATION = 9;
-const END_STREAM = 0x1, END_HEADERS = 0x4;
-
-function frame(type: number, flags: number, stream: number, payload: Uint8Array): Uint8Array {
-  const f = new Uint8Array(9 + payload.length);
-  f[0] = payload.length >>> 16;
-  f[1] = (payload.length >>> 8) & 0xff;
-  f[2] = payload.length & 0xff;
-  f[3] = type;
-  f[4] = flags;
-  new DataView(f.buffer).setUint32(5, stream);
-  f.set(payload, 9);
-  return f;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
+const { HEADERS, RST_STREAM, SETTINGS, PING, CONTINUATION } = FrameType;
+const { END_STREAM, END_HEADERS } = Flag;
 
 /** GET / on http://a: HPACK static entries for :method GET, :scheme http, :path /, then :authority a. */
 const REQUEST_BLOCK = new Uint8Array([0x82, 0x86, 0x84, 0x41, 1, 0x61]);
