@@ -8,7 +8,8 @@
  * are short via config and the assertions on time generous (loaded machine).
  */
 import assert from "node:assert/strict";
-import { metricValue, readFor, run, startFerry, startUpstream } from "./helpers.ts";
+import { concat, metricValue, readFor, run, startFerry, startUpstream } from "./helpers.ts";
+import { CLIENT_PREFACE, Flag, frame, FrameType, settingsFrame } from "../src/h2/frames.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -311,13 +312,11 @@ Deno.test("admin listener: h2c (prior knowledge) takes the guard's hop and is se
       port: px.ferry.addresses().admin!.port,
     });
     try {
-      await conn.write(
-        new Uint8Array([
-          ...enc.encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
-          ...[0, 0, 0, 4, 0, 0, 0, 0, 0], // SETTINGS
-          ...[0, 0, block.length, 1, 5, 0, 0, 0, 1, ...block], // HEADERS, END_STREAM|END_HEADERS
-        ]),
-      );
+      await conn.write(concat([
+        CLIENT_PREFACE,
+        settingsFrame([]),
+        frame(FrameType.HEADERS, Flag.END_STREAM | Flag.END_HEADERS, 1, new Uint8Array(block)),
+      ]));
       let bytes = "";
       await readFor(conn, 1_500, (chunk) => {
         bytes += dec.decode(chunk);

@@ -9,12 +9,23 @@
 import assert from "node:assert/strict";
 import { concat, readFor, spawnFerry, type Started, startUpstream, tempConfig } from "./helpers.ts";
 import { makeTestCerts } from "./fixtures/certs.ts";
+import {
+  CLIENT_PREFACE as PREFACE,
+  Flag,
+  frame,
+  FrameType,
+  settingsFrame,
+} from "../src/h2/frames.ts";
 
 const enc = new TextEncoder();
-const PREFACE = enc.encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-const EMPTY_SETTINGS = new Uint8Array([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+const EMPTY_SETTINGS = settingsFrame([]);
 /** HEADERS (END_STREAM, END_HEADERS) on stream 1: GET http://a/ in static-table HPACK. */
-const GET_ROOT = new Uint8Array([0, 0, 6, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x84, 0x41, 1, 0x61]);
+const GET_ROOT = frame(
+  FrameType.HEADERS,
+  Flag.END_STREAM | Flag.END_HEADERS,
+  1,
+  new Uint8Array([0x82, 0x86, 0x84, 0x41, 1, 0x61]),
+);
 
 const join = (...parts: Uint8Array[]) => concat(parts);
 

@@ -7,7 +7,7 @@
  * grpc_robustness_test.ts.
  */
 import assert from "node:assert/strict";
-import { concat, spawnFerry, startUpstream, tempConfig } from "./helpers.ts";
+import { concat, readFor, spawnFerry, startUpstream, tempConfig } from "./helpers.ts";
 import { CLIENT_PREFACE, Flag, frame, FrameType } from "../src/h2/frames.ts";
 
 const { HEADERS, RST_STREAM, SETTINGS, PING, CONTINUATION } = FrameType;
@@ -37,13 +37,8 @@ async function attack(
 ): Promise<Attack> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   const result: Attack = { sent: 0, closed: false, received: 0 };
-  const reading = (async () => {
-    const buf = new Uint8Array(64 * 1024);
-    try {
-      for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) result.received += n;
-    } catch { /* reset */ }
-    result.closed = true;
-  })();
+  const reading = readFor(conn, 120_000, (chunk) => result.received += chunk.length)
+    .then(() => void (result.closed = true));
   try {
     await conn.write(concat([CLIENT_PREFACE, frame(SETTINGS, 0, 0, new Uint8Array())]));
     for (let i = 0; i < frames && !result.closed; i += batch) {
