@@ -292,6 +292,43 @@ export function concat(chunks: Uint8Array[]): Uint8Array {
   return out;
 }
 
+/** A raw TCP server on 127.0.0.1:0 (a misbehaving peer); each connection closed after `serve`. */
+export interface RawServer {
+  readonly url: string;
+  readonly port: number;
+  /** Stops accepting and closes every connection still open. */
+  close(): Promise<void>;
+}
+
+export function startRawServer(serve: (conn: Deno.Conn) => Promise<void>): RawServer {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const conns = new Set<Deno.Conn>();
+  const closeQuietly = (c: Deno.Conn) => {
+    try {
+      c.close();
+    } catch { /* closed */ }
+  };
+  const serving = (async () => {
+    for await (const conn of listener) {
+      conns.add(conn);
+      void serve(conn).catch(() => {}).finally(() => {
+        conns.delete(conn);
+        closeQuietly(conn);
+      });
+    }
+  })().catch(() => {});
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    async close() {
+      listener.close();
+      for (const c of conns) closeQuietly(c);
+      await serving;
+    },
+  };
+}
+
 /**
  * Sums the samples of `name` in a Prometheus text exposition whose labels include every pair in
  * `labels`; undefined when no sample matches.
