@@ -164,10 +164,33 @@ export function decodeInteger(buf: Uint8Array, pos: number, prefixBits: number):
 }
 
 const encoder = new TextEncoder();
-const latin1 = new TextDecoder("latin1");
+
+/**
+ * Field values are bytes (RFC 9110 5.5 allows obs-text, 0x80-0xff) and Headers holds them as
+ * Latin-1 strings, one char per byte: encoded and decoded that way they pass through unchanged.
+ * (TextDecoder's "latin1" is windows-1252, which turns 0x80 into U+20AC; UTF-8 would send 0xe9 as
+ * two bytes.) A string with a char above 0xff has no byte form; it goes out as UTF-8.
+ */
+function stringBytes(s: string): Uint8Array {
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c > 0xff) return encoder.encode(s);
+    out[i] = c;
+  }
+  return out;
+}
+
+function bytesString(b: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < b.length; i += 4096) {
+    s += String.fromCharCode.apply(null, b.subarray(i, i + 4096) as unknown as number[]);
+  }
+  return s;
+}
 
 function encodeString(out: number[], s: string, huffman: boolean): void {
-  const raw = encoder.encode(s);
+  const raw = stringBytes(s);
   if (huffman && raw.length > 0) {
     const hlen = huffmanLength(raw);
     if (hlen <= raw.length) {
@@ -189,7 +212,7 @@ function decodeString(buf: Uint8Array, pos: number, maxLength: number): [string,
   const bytes = buf.subarray(p, p + len);
   let text: string;
   try {
-    text = latin1.decode(huff ? huffmanDecode(bytes) : bytes);
+    text = bytesString(huff ? huffmanDecode(bytes) : bytes);
   } catch (err) {
     if (err instanceof HuffmanError) throw new HpackError(err.message);
     throw err;
