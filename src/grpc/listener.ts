@@ -166,6 +166,16 @@ export class GrpcListener {
         settingsAckTimeoutMs: timeouts.settingsAckMs,
         idleTimeoutMs: timeouts.idleMs,
         onTimeout: (timeout) => this.#onRefused?.(TIMEOUT_REFUSALS[timeout]),
+        // A malformed request (RFC 9113 8.1.1) is reset, never forwarded: counted as the HTTP
+        // listeners count their 400s, and logged with the rule it broke.
+        onMalformed: (reason) => {
+          this.#onRefused?.("bad_request");
+          this.#log.warn("grpc stream reset as malformed", {
+            listener: name,
+            peer: peerIp,
+            reason,
+          });
+        },
         onStream: (s) => void this.#serve(s, name, currentSnapshot, peerIp, identity),
         onClose: (r) => {
           this.#conns.delete(h2);

@@ -35,7 +35,7 @@ import {
   windowUpdateFrame,
 } from "./frames.ts";
 import { type HeaderField, HeaderListTooLarge, HpackDecoder, HpackEncoder } from "./hpack.ts";
-import { headerProblem } from "./headers.ts";
+import { headerProblem, headerValue } from "./headers.ts";
 import { H2Stream, type StreamHost, StreamReset } from "./stream.ts";
 import { ByteBudget } from "./budget.ts";
 
@@ -61,6 +61,11 @@ export interface ConnectionOptions {
   readonly idleTimeoutMs?: number;
   /** Server role: a new stream whose request headers arrived. */
   readonly onStream?: (stream: H2Stream) => void;
+  /**
+   * Server role: a stream was reset as malformed (RFC 9113 8.1.1: bad fields, a content-length its
+   * DATA does not match), before or after it reached `onStream`; counted and logged by the listener.
+   */
+  readonly onMalformed?: (reason: string) => void;
   /** One of the timeouts above ended the connection (counted in metrics by the listener). */
   readonly onTimeout?: (timeout: ConnectionTimeout) => void;
   /** Why the connection ended, for logs. */
@@ -106,6 +111,7 @@ export class H2Connection implements StreamHost {
       | "onStream"
       | "onClose"
       | "onTimeout"
+      | "onMalformed"
       | "handshakeTimeoutMs"
       | "settingsAckTimeoutMs"
       | "idleTimeoutMs"
@@ -116,6 +122,7 @@ export class H2Connection implements StreamHost {
   readonly #onStream: ConnectionOptions["onStream"];
   readonly #onClose: ConnectionOptions["onClose"];
   readonly #onTimeout: ConnectionOptions["onTimeout"];
+  readonly #onMalformed: ConnectionOptions["onMalformed"];
   readonly #earlyCredit: ConnectionOptions["earlyCredit"];
   readonly #share: ByteBudget;
   /** Unread bytes whose connection credit went back on arrival / is still held. */
@@ -190,6 +197,7 @@ export class H2Connection implements StreamHost {
     this.#onStream = opts.onStream;
     this.#onClose = opts.onClose;
     this.#onTimeout = opts.onTimeout;
+    this.#onMalformed = opts.onMalformed;
     this.#earlyCredit = opts.earlyCredit;
     this.#share = new ByteBudget(opts.clientShare ?? (8 << 20));
     this.#tokens = this.#opts.controlFrameBurst;
@@ -539,6 +547,9 @@ export class H2Connection implements StreamHost {
       this.#onFrame(f);
     } catch (err) {
       if (err instanceof H2Error && err.stream !== 0) {
+        if (this.role === "server" && err.code === ErrorCode.PROTOCOL_ERROR) {
+          this.#onMalformed?.(err.message);
+        }
         this.#send(rstFrame(err.stream, err.code));
         this.#streams.get(err.stream)?.fail(new StreamReset(err.code, false, err.message));
         // A reset the peer provoked costs what its own RST_STREAM would ("MadeYouReset").
@@ -793,7 +804,14 @@ export class H2Connection implements StreamHost {
     }
     const problem = headerProblem(fields!, "request");
     if (problem) throw new H2Error(ErrorCode.PROTOCOL_ERROR, problem, id);
+    // The request's DATA must add up to its content-length (RFC 9113 8.1.1): checked as it
+    // arrives, so a body of another length is never forwarded as if complete.
+    const declared = headerValue(fields!, "content-length");
+    if (declared !== undefined && end && declared !== "0") {
+      throw new H2Error(ErrorCode.PROTOCOL_ERROR, "DATA does not add up to content-length", id);
+    }
     const stream = new H2Stream(id, this, this.#peerInitialWindow, this.#opts.initialWindowSize);
+    if (declared !== undefined) stream.expectLength(Number(declared));
     this.#streams.set(id, stream);
     stream.onHeaders(fields!, end);
     this.#onStream?.(stream);
