@@ -70,11 +70,12 @@ type Outcome =
 
 /**
  * One request on a fresh HTTP/2 connection: `fields` in HEADERS (END_STREAM when there is no
- * body), then each body part as DATA, the last with END_STREAM.
+ * body), then each body part as DATA, the last with END_STREAM. A frame instead of `fields` is
+ * sent as it is.
  */
 async function h2Request(
   port: number,
-  fields: HeaderField[],
+  fields: HeaderField[] | Uint8Array,
   body: Uint8Array[] = [],
   ms = 5_000,
 ): Promise<Outcome> {
@@ -87,9 +88,10 @@ async function h2Request(
   try {
     await conn.write(CLIENT_PREFACE);
     await conn.write(settingsFrame([]));
-    for (const f of headerFrames(1, encoder.encode(fields), body.length === 0, 16_384)) {
-      await conn.write(f);
-    }
+    const frames = fields instanceof Uint8Array
+      ? [fields]
+      : headerFrames(1, encoder.encode(fields), body.length === 0, 16_384);
+    for (const f of frames) await conn.write(f);
     for (let i = 0; i < body.length; i++) {
       const last = i === body.length - 1 ? Flag.END_STREAM : 0;
       await conn.write(frame(FrameType.DATA, last, 1, body[i])).catch(() => 0);
@@ -161,7 +163,7 @@ Deno.test("hostile semantics: the gRPC listener resets malformed requests (RFC 9
   const f = await spawnFerry(["--config", await tempConfig(GRPC_CONFIG(up.url))]);
   const port = portOf(f.listeners.get("grpc")!);
   try {
-    const cases: [string, HeaderField[], Uint8Array[]][] = [
+    const cases: [string, HeaderField[] | Uint8Array, Uint8Array[]][] = [
       // Fields Headers cannot hold were a 500 (grpc-status 13, "the proxy failed").
       ["CR LF in a value", call("/m.S/crlf", [["x-a", "a\r\nx-injected: 1"]]), []],
       ["NUL in a value", call("/m.S/nul", [["x-a", "a\x00b"]]), []],
@@ -184,6 +186,9 @@ Deno.test("hostile semantics: the gRPC listener resets malformed requests (RFC 9
       ["less DATA than content-length", call("/m.S/cl-under", [["content-length", "20"]]), [TEN]],
       ["content-length on a body-less stream", call("/m.S/cl-none", [["content-length", "5"]]), []],
     ];
+    // A PRIORITY frame making stream 1 depend on itself (RFC 9113 5.3.1) was ignored.
+    const selfDependent = frame(FrameType.PRIORITY, 0, 1, new Uint8Array([0, 0, 0, 1, 16]));
+    cases.push(["a stream depending on itself", selfDependent, []]);
     for (const [name, fields, body] of cases) {
       const out = await h2Request(port, fields, body);
       assert.deepEqual(out, { rst: ErrorCode.PROTOCOL_ERROR }, `${name}: a stream error`);
