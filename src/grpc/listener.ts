@@ -166,15 +166,12 @@ export class GrpcListener {
         settingsAckTimeoutMs: timeouts.settingsAckMs,
         idleTimeoutMs: timeouts.idleMs,
         onTimeout: (timeout) => this.#onRefused?.(TIMEOUT_REFUSALS[timeout]),
-        // A malformed request (RFC 9113 8.1.1) is reset, never forwarded: counted as the HTTP
-        // listeners count their 400s, and logged with the rule it broke.
-        onMalformed: (reason) => {
-          this.#onRefused?.("bad_request");
-          this.#log.warn("grpc stream reset as malformed", {
-            listener: name,
-            peer: peerIp,
-            reason,
-          });
+        // A malformed request (RFC 9113 8.1.1) is reset, an oversized header list answered 431,
+        // neither forwarded: counted as the HTTP listeners count their 400s and 431s, and logged
+        // with the rule it broke.
+        onRefusedStream: (refusal, reason) => {
+          this.#onRefused?.(refusal);
+          this.#log.warn("grpc stream refused", { listener: name, peer: peerIp, refusal, reason });
         },
         onStream: (s) => void this.#serve(s, name, currentSnapshot, peerIp, identity),
         onClose: (r) => {

@@ -62,10 +62,11 @@ export interface ConnectionOptions {
   /** Server role: a new stream whose request headers arrived. */
   readonly onStream?: (stream: H2Stream) => void;
   /**
-   * Server role: a stream was reset as malformed (RFC 9113 8.1.1: bad fields, a content-length its
-   * DATA does not match), before or after it reached `onStream`; counted and logged by the listener.
+   * Server role: a request refused by the connection itself, before or after it reached
+   * `onStream`: reset as malformed (RFC 9113 8.1.1: bad fields, a content-length its DATA does
+   * not match), or answered 431 (header list over the limit). Counted and logged by the listener.
    */
-  readonly onMalformed?: (reason: string) => void;
+  readonly onRefusedStream?: (refusal: "bad_request" | "headers_too_large", reason: string) => void;
   /** One of the timeouts above ended the connection (counted in metrics by the listener). */
   readonly onTimeout?: (timeout: ConnectionTimeout) => void;
   /** Why the connection ended, for logs. */
@@ -111,7 +112,7 @@ export class H2Connection implements StreamHost {
       | "onStream"
       | "onClose"
       | "onTimeout"
-      | "onMalformed"
+      | "onRefusedStream"
       | "handshakeTimeoutMs"
       | "settingsAckTimeoutMs"
       | "idleTimeoutMs"
@@ -122,7 +123,7 @@ export class H2Connection implements StreamHost {
   readonly #onStream: ConnectionOptions["onStream"];
   readonly #onClose: ConnectionOptions["onClose"];
   readonly #onTimeout: ConnectionOptions["onTimeout"];
-  readonly #onMalformed: ConnectionOptions["onMalformed"];
+  readonly #onRefusedStream: ConnectionOptions["onRefusedStream"];
   readonly #earlyCredit: ConnectionOptions["earlyCredit"];
   readonly #share: ByteBudget;
   /** Unread bytes whose connection credit went back on arrival / is still held. */
@@ -197,7 +198,7 @@ export class H2Connection implements StreamHost {
     this.#onStream = opts.onStream;
     this.#onClose = opts.onClose;
     this.#onTimeout = opts.onTimeout;
-    this.#onMalformed = opts.onMalformed;
+    this.#onRefusedStream = opts.onRefusedStream;
     this.#earlyCredit = opts.earlyCredit;
     this.#share = new ByteBudget(opts.clientShare ?? (8 << 20));
     this.#tokens = this.#opts.controlFrameBurst;
@@ -548,7 +549,7 @@ export class H2Connection implements StreamHost {
     } catch (err) {
       if (err instanceof H2Error && err.stream !== 0) {
         if (this.role === "server" && err.code === ErrorCode.PROTOCOL_ERROR) {
-          this.#onMalformed?.(err.message);
+          this.#onRefusedStream?.("bad_request", err.message);
         }
         this.#send(rstFrame(err.stream, err.code));
         this.#streams.get(err.stream)?.fail(new StreamReset(err.code, false, err.message));
@@ -790,6 +791,7 @@ export class H2Connection implements StreamHost {
     }
     if (tooLarge) {
       this.#spend(1);
+      this.#onRefusedStream?.("headers_too_large", "header list too large");
       // 431 as a response, then the stream is done (RFC 9113 10.5.1).
       this.#send(
         headerFrames(
