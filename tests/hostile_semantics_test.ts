@@ -175,6 +175,12 @@ Deno.test("hostile semantics: the gRPC listener resets malformed requests (RFC 9
       ["a :path without /", call("m.S/noslash"), []],
       ["a :path with a fragment", call("/m.S/frag#x"), []],
       ["Host naming another authority", call("/m.S/host", [["host", "b.test"]]), []],
+      ["CONNECT with :path and :scheme", call("/m.S/connect", [], { ":method": "CONNECT" }), []],
+      [
+        "a :protocol (extended CONNECT, RFC 8441, is never enabled)",
+        [[":method", "POST"], [":protocol", "websocket"], ...call("/m.S/protocol").slice(1)],
+        [],
+      ],
       ["a content-length of no digits", call("/m.S/cl-abc", [["content-length", "ten"]]), [TEN]],
       ["a signed content-length", call("/m.S/cl-plus", [["content-length", "+10"]]), [TEN]],
       [

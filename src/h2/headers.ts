@@ -9,7 +9,9 @@
  */
 import type { HeaderField } from "./hpack.ts";
 
-const REQUEST_PSEUDO = new Set([":method", ":scheme", ":path", ":authority", ":protocol"]);
+// No `:protocol`: Ferry never sends SETTINGS_ENABLE_CONNECT_PROTOCOL, so extended CONNECT (RFC
+// 8441 4) is malformed here.
+const REQUEST_PSEUDO = new Set([":method", ":scheme", ":path", ":authority"]);
 const CONNECTION_SPECIFIC = new Set([
   "connection",
   "keep-alive",
@@ -63,6 +65,9 @@ export function headerProblem(
     const method = headerValue(fields, ":method");
     if (method === undefined) return "missing :method";
     if (!METHOD.test(method)) return "invalid :method";
+    // A tunnel (RFC 9113 8.5) is nothing this server serves; with :scheme or :path it is
+    // malformed anyway, and without them it always was refused (no :path).
+    if (method === "CONNECT") return "CONNECT is not served";
     const path = headerValue(fields, ":path");
     if (path === undefined || !pseudo.has(":scheme")) return "missing :path or :scheme";
     // Path and query only (RFC 9113 8.3.1): no fragment, as on HTTP/1.1.
