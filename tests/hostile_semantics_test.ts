@@ -231,10 +231,12 @@ Deno.test("hostile semantics: the gRPC listener resets malformed requests (RFC 9
       }),
       cases.length,
     );
-    assert.equal(
-      f.logs.filter((l) => l.includes("grpc stream refused")).length,
-      cases.length + 1,
-    );
+    // Log lines arrive through the child's stderr pipe: wait for them, a bounded while.
+    const refusedLines = () => f.logs.filter((l) => l.includes("grpc stream refused")).length;
+    for (let i = 0; i < 50 && refusedLines() < cases.length + 1; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(refusedLines(), cases.length + 1);
   } finally {
     await stop(f);
     await up.close();
