@@ -21,6 +21,7 @@ import {
   settingsFrame,
 } from "../src/h2/frames.ts";
 import { type HeaderField, HpackDecoder, HpackEncoder } from "../src/h2/hpack.ts";
+import { H2Connection } from "../src/h2/connection.ts";
 
 /** What the upstream received: path, header values as char codes (one per byte), body length. */
 interface Seen {
@@ -360,4 +361,62 @@ clusters:
     }
   }
   await up.close();
+});
+
+/**
+ * A gRPC upstream on Ferry's own HTTP/2 stack answering with a field value holding CR LF (its
+ * sender does not check what it is given).
+ */
+function startInjectingH2Upstream() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<H2Connection>();
+  (async () => {
+    for await (const conn of listener) {
+      const h2 = new H2Connection(conn, {
+        role: "server",
+        onStream: (s) => {
+          void (async () => {
+            await s.headers;
+            for await (const _ of s.body) { /* the request message */ }
+            s.sendHeaders([
+              [":status", "200"],
+              ["content-type", "application/grpc"],
+              ["x-injected", "a\r\nset-cookie: stolen=1"],
+            ]);
+            await s.write(new Uint8Array(5));
+            s.sendHeaders([["grpc-status", "0"]], true);
+          })().catch(() => {});
+        },
+        onClose: () => conns.delete(h2),
+      });
+      conns.add(h2);
+    }
+  })().catch(() => {});
+  return {
+    url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    close() {
+      listener.close();
+      for (const c of conns) c.close();
+    },
+  };
+}
+
+Deno.test("hostile semantics: a gRPC upstream's field value with CR LF is an upstream protocol error naming the field", async () => {
+  const up = startInjectingH2Upstream();
+  const f = await spawnFerry(["--config", await tempConfig(GRPC_CONFIG(up.url))]);
+  try {
+    const out = await h2Request(portOf(f.listeners.get("grpc")!), call("/m.S/inject"), [
+      new Uint8Array(5),
+    ]);
+    assert.ok("status" in out, JSON.stringify(out));
+    // UNAVAILABLE, trailers-only, not passed on; the reason was "reset the stream (code 1)",
+    // blaming a reset the upstream never sent.
+    assert.equal(out.grpcStatus, "14");
+    assert.ok(!out.fields.some(([n]) => n === "x-injected"));
+    const message = out.fields.find(([n]) => n === "grpc-message")?.[1] ?? "";
+    assert.match(decodeURIComponent(message), /invalid character in the value of "x-injected"/);
+  } finally {
+    await stop(f);
+    up.close();
+  }
 });
