@@ -87,15 +87,19 @@ for (const [i, [n, v]] of STATIC_TABLE.entries()) {
 }
 
 /** RFC 7541 4.1: an entry's size is its name and value octets plus 32. */
+const encoder = new TextEncoder();
+
 export function entrySize(name: string, value: string): number {
-  return utf8Length(name) + utf8Length(value) + 32;
+  return octets(name) + octets(value) + 32;
 }
 
-function utf8Length(s: string): number {
-  // Header names and values are ASCII (or Latin-1 from a peer, decoded 1:1) in practice.
-  let n = 0;
-  for (let i = 0; i < s.length; i++) n += s.charCodeAt(i) < 0x80 ? 1 : 2;
-  return n;
+/**
+ * The string's length in octets as it goes on the wire (see `stringBytes`): the table sizes on
+ * both ends must agree byte for byte (RFC 7541 4.1), or one end evicts what the other refers to.
+ */
+function octets(s: string): number {
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) > 0xff) return encoder.encode(s).length;
+  return s.length;
 }
 
 /** The FIFO dynamic table of RFC 7541 2.3.2: newest entry first, evicted from the end. */
@@ -162,8 +166,6 @@ export function decodeInteger(buf: Uint8Array, pos: number, prefixBits: number):
     shift *= 128;
   }
 }
-
-const encoder = new TextEncoder();
 
 /**
  * Field values are bytes (RFC 9110 5.5 allows obs-text, 0x80-0xff) and Headers holds them as
