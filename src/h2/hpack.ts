@@ -124,6 +124,12 @@ class DynamicTable {
     this.evict();
   }
 
+  /** What adding an entry larger than the whole table does (RFC 7541 4.4). */
+  clear(): void {
+    this.entries = [];
+    this.size = 0;
+  }
+
   private evict(): void {
     while (this.size > this.maxSize && this.entries.length > 0) {
       const [n, v] = this.entries.pop()!;
@@ -205,12 +211,17 @@ function encodeString(out: number[], s: string, huffman: boolean): void {
   for (const b of raw) out.push(b);
 }
 
-function decodeString(buf: Uint8Array, pos: number, maxLength: number): [string, number] {
+/** The string at `pos`; undefined (skipped, not decoded) when it is longer than `maxLength`. */
+function decodeString(
+  buf: Uint8Array,
+  pos: number,
+  maxLength: number,
+): [string | undefined, number] {
   if (pos >= buf.length) throw new HpackError("truncated string");
   const huff = (buf[pos]! & 0x80) !== 0;
   const [len, p] = decodeInteger(buf, pos, 7);
-  if (len > maxLength) throw new HpackError("string longer than the header list limit");
   if (p + len > buf.length) throw new HpackError("truncated string");
+  if (len > maxLength) return [undefined, p + len];
   const bytes = buf.subarray(p, p + len);
   let text: string;
   try {
@@ -333,11 +344,12 @@ export class HpackDecoder {
     let listSize = 0;
     let pos = 0;
     let fieldSeen = false;
-    const strMax = Math.max(this.maxHeaderListSize, 4096);
+    // A longer string makes the list too large, and is larger than the table too.
+    const strMax = Math.max(this.maxHeaderListSize, this.#settingsMax);
     while (pos < block.length) {
       const b = block[pos]!;
-      let name: string;
-      let value: string;
+      let name: string | undefined;
+      let value: string | undefined;
       if (b & 0x80) {
         // 6.1 indexed field
         const [index, p] = decodeInteger(block, pos, 7);
@@ -359,6 +371,15 @@ export class HpackDecoder {
         if (index === 0) [name, pos] = decodeString(block, pos, strMax);
         else name = this.#lookup(index)[0];
         [value, pos] = decodeString(block, pos, strMax);
+        if (name === undefined || value === undefined) {
+          // Over the list limit on its own: the stream's 431, not the connection's
+          // COMPRESSION_ERROR. Adding an entry larger than the table empties it (RFC 7541
+          // 4.4), which keeps the table in step with the peer's without the string.
+          if (incremental) this.#table.clear();
+          fieldSeen = true;
+          listSize += strMax + 32; // at least
+          continue;
+        }
         if (incremental) this.#table.add(name, value);
       }
       fieldSeen = true;

@@ -221,3 +221,17 @@ Deno.test("hpack: obs-text bytes count one octet each in the dynamic table, as t
   assert.deepEqual([...block.subarray(block.length - 2)], [0xe9, 0x80]);
   assert.equal(enc.tableSize, 32 + 1 + 2);
 });
+
+Deno.test("hpack: a string longer than the header-list limit is the list's 431, and the table stays in step", () => {
+  const dec = new HpackDecoder({ maxHeaderListSize: 8192 });
+  dec.decode(new HpackEncoder({ huffman: false }).encode([["x-keep", "1"]])); // index 62
+  // A 10,000-byte value with incremental indexing (literal, new name): it was COMPRESSION_ERROR.
+  const big = [0x40, 1, 0x62];
+  encodeInteger(big, 10_000, 7, 0);
+  big.push(...new Array(10_000).fill(0x61));
+  assert.throws(() => dec.decode(Uint8Array.from(big)), HeaderListTooLarge);
+  // An entry larger than the table empties it (RFC 7541 4.4): index 62 is gone, as for the peer.
+  assert.equal(dec.tableSize, 0);
+  assert.throws(() => dec.decode(hex("be")), HpackError);
+  assert.deepEqual(dec.decode(hex("82")), [[":method", "GET"]]);
+});
