@@ -200,6 +200,12 @@ Deno.test("hostile semantics: the gRPC listener resets malformed requests (RFC 9
       const out = await h2Request(port, fields, body);
       assert.deepEqual(out, { rst: ErrorCode.PROTOCOL_ERROR }, `${name}: a stream error`);
     }
+    // Well-formed but not proxied, as on the HTTP listeners: a scheme other than http(s).
+    const ftp = await h2Request(
+      port,
+      call("/m.S/ftp").map(([n, v]) => [n, n === ":scheme" ? "ftp" : v]),
+    );
+    assert.ok("status" in ftp && ftp.grpcStatus === "13", JSON.stringify(ftp));
     // Well-formed: a matching content-length, and a Host equal to :authority, are served; the
     // client's Host is not forwarded beside the upstream's :authority.
     const ok = await h2Request(

@@ -312,6 +312,11 @@ function matchRoute(
   const q = rawPath.indexOf("?");
   const path = normalizePath(q < 0 ? rawPath : rawPath.slice(0, q));
   if (host === null || !path.ok) throw new ProxyError("bad_request", "invalid :authority or :path");
+  // As on the HTTP listeners (src/server/handler.ts): no other scheme is proxied.
+  const scheme = headerValue(fields, ":scheme");
+  if (scheme !== "http" && scheme !== "https") {
+    throw new ProxyError("bad_request", "request target scheme must be http or https");
+  }
   const headers = new Headers();
   for (const [n, v] of fields) if (n.charCodeAt(0) !== 58) headers.append(n, v);
   return plan.router.match({
