@@ -809,7 +809,7 @@ export class H2Connection implements StreamHost {
     // The request's DATA must add up to its content-length (RFC 9113 8.1.1): checked as it
     // arrives, so a body of another length is never forwarded as if complete.
     const declared = headerValue(fields!, "content-length");
-    if (declared !== undefined && end && declared !== "0") {
+    if (declared !== undefined && end && Number(declared) !== 0) {
       throw new H2Error(ErrorCode.PROTOCOL_ERROR, "DATA does not add up to content-length", id);
     }
     const stream = new H2Stream(id, this, this.#peerInitialWindow, this.#opts.initialWindowSize);
