@@ -86,9 +86,9 @@ for (const [i, [n, v]] of STATIC_TABLE.entries()) {
   if (!STATIC_NAME.has(n)) STATIC_NAME.set(n, i + 1);
 }
 
-/** RFC 7541 4.1: an entry's size is its name and value octets plus 32. */
 const encoder = new TextEncoder();
 
+/** RFC 7541 4.1: an entry's size is its name and value octets plus 32. */
 export function entrySize(name: string, value: string): number {
   return octets(name) + octets(value) + 32;
 }
