@@ -206,11 +206,11 @@ Deno.test("hostile semantics: the gRPC listener resets malformed requests (RFC 9
       call("/m.S/ftp").map(([n, v]) => [n, n === ":scheme" ? "ftp" : v]),
     );
     assert.ok("status" in ftp && ftp.grpcStatus === "13", JSON.stringify(ftp));
-    // Well-formed: a matching content-length, and a Host equal to :authority, are served; the
-    // client's Host is not forwarded beside the upstream's :authority.
+    // Well-formed: a matching content-length, and a Host naming the same host as :authority, are
+    // served; the client's Host is not forwarded beside the upstream's :authority.
     const ok = await h2Request(
       port,
-      call("/m.S/ok", [["content-length", "10"], ["host", "A.test"]]),
+      call("/m.S/ok", [["content-length", "10"], ["host", "A.test:80"]]),
       [TEN],
     );
     assert.equal("status" in ok && ok.grpcStatus, "0", JSON.stringify(ok));

@@ -76,15 +76,17 @@ export function headerProblem(
     }
     // RFC 9113 8.3.1: the one authority is routed on; a Host naming another is malformed.
     const authority = headerValue(fields, ":authority");
-    if (
-      host !== undefined && authority !== undefined &&
-      host.toLowerCase() !== authority.toLowerCase()
-    ) {
-      return "host differs from :authority";
+    if (host !== undefined && authority !== undefined && hostName(host) !== hostName(authority)) {
+      return "host names another host than :authority";
     }
   }
   if (kind === "response" && !pseudo.has(":status")) return "missing :status";
   return undefined;
+}
+
+/** An authority's host, lower-case and without a port (routes match on that: a.test:443 is a.test). */
+function hostName(authority: string): string {
+  return authority.toLowerCase().replace(/:\d*$/, "");
 }
 
 /** The value of the first field called `name`, or undefined. */
