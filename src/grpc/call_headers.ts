@@ -69,7 +69,9 @@ export function upstreamFields(
   let xfcc: string | undefined;
   const certHeader = ctx.clientCertHeader ?? XFCC;
   for (const [n, v] of fields) {
-    if (HOP.has(n) || n === "grpc-timeout" || n === "x-request-id") continue;
+    // Host: the client's :authority (any other Host is refused, src/h2/headers.ts) goes as the
+    // route says in :authority; a Host beside it would name the client's choice to the upstream.
+    if (HOP.has(n) || n === "host" || n === "grpc-timeout" || n === "x-request-id") continue;
     if (n === ":scheme") out.push([n, endpoint.url.protocol === "https:" ? "https" : "http"]);
     else if (n === ":authority") {
       out.push([n, route.hostRewrite ?? (route.cluster.preserveHost ? v : endpoint.url.host)]);

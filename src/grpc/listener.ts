@@ -166,6 +166,13 @@ export class GrpcListener {
         settingsAckTimeoutMs: timeouts.settingsAckMs,
         idleTimeoutMs: timeouts.idleMs,
         onTimeout: (timeout) => this.#onRefused?.(TIMEOUT_REFUSALS[timeout]),
+        // A malformed request (RFC 9113 8.1.1) is reset, an oversized header list answered 431,
+        // neither forwarded: counted as the HTTP listeners count their 400s and 431s, and logged
+        // with the rule it broke.
+        onRefusedStream: (refusal, reason) => {
+          this.#onRefused?.(refusal);
+          this.#log.warn("grpc stream refused", { listener: name, peer: peerIp, refusal, reason });
+        },
         onStream: (s) => void this.#serve(s, name, currentSnapshot, peerIp, identity),
         onClose: (r) => {
           this.#conns.delete(h2);
@@ -305,6 +312,11 @@ function matchRoute(
   const q = rawPath.indexOf("?");
   const path = normalizePath(q < 0 ? rawPath : rawPath.slice(0, q));
   if (host === null || !path.ok) throw new ProxyError("bad_request", "invalid :authority or :path");
+  // As on the HTTP listeners (src/server/handler.ts): no other scheme is proxied.
+  const scheme = headerValue(fields, ":scheme");
+  if (scheme !== "http" && scheme !== "https") {
+    throw new ProxyError("bad_request", "request target scheme must be http or https");
+  }
   const headers = new Headers();
   for (const [n, v] of fields) if (n.charCodeAt(0) !== 58) headers.append(n, v);
   return plan.router.match({

@@ -410,6 +410,12 @@ function rawFacts(fields: readonly HeaderField[], ctx: CallContext): CallFacts {
 function upstreamError(err: unknown, endpoint: Endpoint): ProxyError {
   if (err instanceof ProxyError) return err;
   if (err instanceof StreamReset) {
+    // A malformed answer caught by our side of the connection (RFC 9113 8.1.1), as on HTTP.
+    if (!err.byPeer && err.code === ErrorCode.PROTOCOL_ERROR) {
+      return new ProxyError("upstream_protocol_error", `${endpoint.origin}: ${err.message}`, {
+        cause: err,
+      });
+    }
     return new ProxyError(
       "upstream_reset",
       `${endpoint.origin} reset the stream (code ${err.code})`,

@@ -35,7 +35,7 @@ import {
   windowUpdateFrame,
 } from "./frames.ts";
 import { type HeaderField, HeaderListTooLarge, HpackDecoder, HpackEncoder } from "./hpack.ts";
-import { headerProblem } from "./headers.ts";
+import { headerProblem, headerValue } from "./headers.ts";
 import { H2Stream, type StreamHost, StreamReset } from "./stream.ts";
 import { ByteBudget } from "./budget.ts";
 
@@ -61,6 +61,12 @@ export interface ConnectionOptions {
   readonly idleTimeoutMs?: number;
   /** Server role: a new stream whose request headers arrived. */
   readonly onStream?: (stream: H2Stream) => void;
+  /**
+   * Server role: a request refused by the connection itself, before or after it reached
+   * `onStream`: reset as malformed (RFC 9113 8.1.1: bad fields, a content-length its DATA does
+   * not match), or answered 431 (header list over the limit). Counted and logged by the listener.
+   */
+  readonly onRefusedStream?: (refusal: "bad_request" | "headers_too_large", reason: string) => void;
   /** One of the timeouts above ended the connection (counted in metrics by the listener). */
   readonly onTimeout?: (timeout: ConnectionTimeout) => void;
   /** Why the connection ended, for logs. */
@@ -106,6 +112,7 @@ export class H2Connection implements StreamHost {
       | "onStream"
       | "onClose"
       | "onTimeout"
+      | "onRefusedStream"
       | "handshakeTimeoutMs"
       | "settingsAckTimeoutMs"
       | "idleTimeoutMs"
@@ -116,6 +123,7 @@ export class H2Connection implements StreamHost {
   readonly #onStream: ConnectionOptions["onStream"];
   readonly #onClose: ConnectionOptions["onClose"];
   readonly #onTimeout: ConnectionOptions["onTimeout"];
+  readonly #onRefusedStream: ConnectionOptions["onRefusedStream"];
   readonly #earlyCredit: ConnectionOptions["earlyCredit"];
   readonly #share: ByteBudget;
   /** Unread bytes whose connection credit went back on arrival / is still held. */
@@ -190,6 +198,7 @@ export class H2Connection implements StreamHost {
     this.#onStream = opts.onStream;
     this.#onClose = opts.onClose;
     this.#onTimeout = opts.onTimeout;
+    this.#onRefusedStream = opts.onRefusedStream;
     this.#earlyCredit = opts.earlyCredit;
     this.#share = new ByteBudget(opts.clientShare ?? (8 << 20));
     this.#tokens = this.#opts.controlFrameBurst;
@@ -539,6 +548,9 @@ export class H2Connection implements StreamHost {
       this.#onFrame(f);
     } catch (err) {
       if (err instanceof H2Error && err.stream !== 0) {
+        if (this.role === "server" && err.code === ErrorCode.PROTOCOL_ERROR) {
+          this.#onRefusedStream?.("bad_request", err.message);
+        }
         this.#send(rstFrame(err.stream, err.code));
         this.#streams.get(err.stream)?.fail(new StreamReset(err.code, false, err.message));
         // A reset the peer provoked costs what its own RST_STREAM would ("MadeYouReset").
@@ -779,6 +791,7 @@ export class H2Connection implements StreamHost {
     }
     if (tooLarge) {
       this.#spend(1);
+      this.#onRefusedStream?.("headers_too_large", "header list too large");
       // 431 as a response, then the stream is done (RFC 9113 10.5.1).
       this.#send(
         headerFrames(
@@ -793,7 +806,14 @@ export class H2Connection implements StreamHost {
     }
     const problem = headerProblem(fields!, "request");
     if (problem) throw new H2Error(ErrorCode.PROTOCOL_ERROR, problem, id);
+    // The request's DATA must add up to its content-length (RFC 9113 8.1.1): checked as it
+    // arrives, so a body of another length is never forwarded as if complete.
+    const declared = headerValue(fields!, "content-length");
+    if (declared !== undefined && end && Number(declared) !== 0) {
+      throw new H2Error(ErrorCode.PROTOCOL_ERROR, "DATA does not add up to content-length", id);
+    }
     const stream = new H2Stream(id, this, this.#peerInitialWindow, this.#opts.initialWindowSize);
+    if (declared !== undefined) stream.expectLength(Number(declared));
     this.#streams.set(id, stream);
     stream.onHeaders(fields!, end);
     this.#onStream?.(stream);

@@ -141,6 +141,11 @@ export function validateFrame(f: Frame): void {
       if (len !== 5) {
         throw new H2Error(ErrorCode.FRAME_SIZE_ERROR, "PRIORITY size", f.streamId);
       }
+      // RFC 9113 5.3.1. (A HEADERS frame's priority block is not checked: its header block must
+      // still be decoded to keep HPACK in step, and priorities are ignored anyway.)
+      if ((readUint32(f.payload, 0) & 0x7fffffff) === f.streamId) {
+        throw new H2Error(ErrorCode.PROTOCOL_ERROR, "stream depends on itself", f.streamId);
+      }
       return;
     case FrameType.RST_STREAM:
       if (f.streamId === 0) throw conn(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0");

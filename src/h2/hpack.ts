@@ -86,16 +86,20 @@ for (const [i, [n, v]] of STATIC_TABLE.entries()) {
   if (!STATIC_NAME.has(n)) STATIC_NAME.set(n, i + 1);
 }
 
+const encoder = new TextEncoder();
+
 /** RFC 7541 4.1: an entry's size is its name and value octets plus 32. */
 export function entrySize(name: string, value: string): number {
-  return utf8Length(name) + utf8Length(value) + 32;
+  return octets(name) + octets(value) + 32;
 }
 
-function utf8Length(s: string): number {
-  // Header names and values are ASCII (or Latin-1 from a peer, decoded 1:1) in practice.
-  let n = 0;
-  for (let i = 0; i < s.length; i++) n += s.charCodeAt(i) < 0x80 ? 1 : 2;
-  return n;
+/**
+ * The string's length in octets as it goes on the wire (see `stringBytes`): the table sizes on
+ * both ends must agree byte for byte (RFC 7541 4.1), or one end evicts what the other refers to.
+ */
+function octets(s: string): number {
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) > 0xff) return encoder.encode(s).length;
+  return s.length;
 }
 
 /** The FIFO dynamic table of RFC 7541 2.3.2: newest entry first, evicted from the end. */
@@ -118,6 +122,12 @@ class DynamicTable {
   resize(max: number): void {
     this.maxSize = max;
     this.evict();
+  }
+
+  /** What adding an entry larger than the whole table does (RFC 7541 4.4). */
+  clear(): void {
+    this.entries = [];
+    this.size = 0;
   }
 
   private evict(): void {
@@ -163,11 +173,32 @@ export function decodeInteger(buf: Uint8Array, pos: number, prefixBits: number):
   }
 }
 
-const encoder = new TextEncoder();
-const latin1 = new TextDecoder("latin1");
+/**
+ * Field values are bytes (RFC 9110 5.5 allows obs-text, 0x80-0xff) and Headers holds them as
+ * Latin-1 strings, one char per byte: encoded and decoded that way they pass through unchanged.
+ * (TextDecoder's "latin1" is windows-1252, which turns 0x80 into U+20AC; UTF-8 would send 0xe9 as
+ * two bytes.) A string with a char above 0xff has no byte form; it goes out as UTF-8.
+ */
+function stringBytes(s: string): Uint8Array {
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c > 0xff) return encoder.encode(s);
+    out[i] = c;
+  }
+  return out;
+}
+
+function bytesString(b: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < b.length; i += 4096) {
+    s += String.fromCharCode.apply(null, b.subarray(i, i + 4096) as unknown as number[]);
+  }
+  return s;
+}
 
 function encodeString(out: number[], s: string, huffman: boolean): void {
-  const raw = encoder.encode(s);
+  const raw = stringBytes(s);
   if (huffman && raw.length > 0) {
     const hlen = huffmanLength(raw);
     if (hlen <= raw.length) {
@@ -180,16 +211,21 @@ function encodeString(out: number[], s: string, huffman: boolean): void {
   for (const b of raw) out.push(b);
 }
 
-function decodeString(buf: Uint8Array, pos: number, maxLength: number): [string, number] {
+/** The string at `pos`; undefined (skipped, not decoded) when it is longer than `maxLength`. */
+function decodeString(
+  buf: Uint8Array,
+  pos: number,
+  maxLength: number,
+): [string | undefined, number] {
   if (pos >= buf.length) throw new HpackError("truncated string");
   const huff = (buf[pos]! & 0x80) !== 0;
   const [len, p] = decodeInteger(buf, pos, 7);
-  if (len > maxLength) throw new HpackError("string longer than the header list limit");
   if (p + len > buf.length) throw new HpackError("truncated string");
+  if (len > maxLength) return [undefined, p + len];
   const bytes = buf.subarray(p, p + len);
   let text: string;
   try {
-    text = latin1.decode(huff ? huffmanDecode(bytes) : bytes);
+    text = bytesString(huff ? huffmanDecode(bytes) : bytes);
   } catch (err) {
     if (err instanceof HuffmanError) throw new HpackError(err.message);
     throw err;
@@ -308,11 +344,12 @@ export class HpackDecoder {
     let listSize = 0;
     let pos = 0;
     let fieldSeen = false;
-    const strMax = Math.max(this.maxHeaderListSize, 4096);
+    // A longer string makes the list too large, and is larger than the table too.
+    const strMax = Math.max(this.maxHeaderListSize, this.#settingsMax);
     while (pos < block.length) {
       const b = block[pos]!;
-      let name: string;
-      let value: string;
+      let name: string | undefined;
+      let value: string | undefined;
       if (b & 0x80) {
         // 6.1 indexed field
         const [index, p] = decodeInteger(block, pos, 7);
@@ -334,6 +371,15 @@ export class HpackDecoder {
         if (index === 0) [name, pos] = decodeString(block, pos, strMax);
         else name = this.#lookup(index)[0];
         [value, pos] = decodeString(block, pos, strMax);
+        if (name === undefined || value === undefined) {
+          // Over the list limit on its own: the stream's 431, not the connection's
+          // COMPRESSION_ERROR. Adding an entry larger than the table empties it (RFC 7541
+          // 4.4), which keeps the table in step with the peer's without the string.
+          if (incremental) this.#table.clear();
+          fieldSeen = true;
+          listSize += strMax + 32; // at least
+          continue;
+        }
         if (incremental) this.#table.add(name, value);
       }
       fieldSeen = true;

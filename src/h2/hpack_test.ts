@@ -192,3 +192,46 @@ Deno.test("encoder: size update after the peer lowers its table; secrets never i
   assert.deepEqual(dec.decode(block), [["authorization", "Bearer t"], ["x-a", "1"]]);
   assert.equal(dec.tableSize, 0);
 });
+
+Deno.test("hpack: obs-text bytes count one octet each in the dynamic table, as the peer counts them", () => {
+  // A peer adds "x: <2100 bytes of 0xe9>" (2133 octets) and then "y: <1900 bytes of 0x80>" (1933):
+  // 4066 of 4096 together, so both stay, and it refers to the first as index 63.
+  const literal = (name: string, byte: number, n: number) => [
+    0x40,
+    1,
+    name.charCodeAt(0),
+    0x7f,
+    ...(() => {
+      const out: number[] = [];
+      encodeInteger(out, n, 7, 0);
+      return out.slice(1);
+    })(),
+    ...new Array(n).fill(byte),
+  ];
+  const decoder = new HpackDecoder();
+  const first = decoder.decode(Uint8Array.from(literal("x", 0xe9, 2100)));
+  assert.equal(first[0]![1], "\xe9".repeat(2100));
+  decoder.decode(Uint8Array.from(literal("y", 0x80, 1900)));
+  assert.equal(decoder.tableSize, 4066);
+  const again = decoder.decode(Uint8Array.from([0x80 | 63]));
+  assert.deepEqual(again, [["x", "\xe9".repeat(2100)]]);
+  // Our encoder sends the same bytes and counts them the same way.
+  const enc = new HpackEncoder({ huffman: false });
+  const block = enc.encode([["x", "\xe9\x80"]]);
+  assert.deepEqual([...block.subarray(block.length - 2)], [0xe9, 0x80]);
+  assert.equal(enc.tableSize, 32 + 1 + 2);
+});
+
+Deno.test("hpack: a string longer than the header-list limit is the list's 431, and the table stays in step", () => {
+  const dec = new HpackDecoder({ maxHeaderListSize: 8192 });
+  dec.decode(new HpackEncoder({ huffman: false }).encode([["x-keep", "1"]])); // index 62
+  // A 10,000-byte value with incremental indexing (literal, new name): it was COMPRESSION_ERROR.
+  const big = [0x40, 1, 0x62];
+  encodeInteger(big, 10_000, 7, 0);
+  big.push(...new Array(10_000).fill(0x61));
+  assert.throws(() => dec.decode(Uint8Array.from(big)), HeaderListTooLarge);
+  // An entry larger than the table empties it (RFC 7541 4.4): index 62 is gone, as for the peer.
+  assert.equal(dec.tableSize, 0);
+  assert.throws(() => dec.decode(hex("be")), HpackError);
+  assert.deepEqual(dec.decode(hex("82")), [[":method", "GET"]]);
+});

@@ -31,6 +31,7 @@ export type ProxyErrorKind =
   | "unauthenticated"
   | "access_denied"
   | "middleware_failed"
+  | "expectation_failed"
   | "internal";
 
 interface ErrorRow {
@@ -102,6 +103,9 @@ const TABLE: Readonly<Record<ProxyErrorKind, ErrorRow>> = {
   access_denied: { status: 403, grpc: 7, flag: "AZ", title: "access denied" },
   // An extension middleware (docs/extending.md) threw or returned no Response: its bug, not ours.
   middleware_failed: { status: 500, grpc: 13, flag: "MF", title: "middleware failed" },
+  // An Expect other than 100-continue (RFC 9110 10.1.1): no hop of Ferry's can meet it, and
+  // Expect is not forwarded (hop-by-hop here), so it would otherwise go silently unmet.
+  expectation_failed: { status: 417, grpc: 9, flag: "DPE", title: "expectation failed" },
 };
 
 /** A failure with a kind from the table and a reason meant for the client and the log. */

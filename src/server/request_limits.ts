@@ -10,15 +10,22 @@ import { type BodyReader, offerBodyReader, takeBodyReader } from "../h1/body_rea
 /**
  * Refuses a request whose header block is larger or longer than the limits (431). Size is the
  * sum over fields of name + value + 4 (": " and CRLF), as in an HTTP/1.1 head, on both protocols.
+ * The same pass finds an Expect that Ferry cannot meet (417).
  */
 export function checkHeaderLimits(headers: Headers, maxBytes: number, maxCount: number): void {
   let count = 0;
   let bytes = 0;
+  let expect: string | undefined;
   // forEach, not for-of: Deno's Headers iterator costs about 10x more (deno bench, 8 headers).
   headers.forEach((value, name) => {
     count++;
     bytes += name.length + value.length + 4;
+    if (name === "expect") expect = value;
   });
+  // Repeated Expect lines arrive joined ("100-continue, foo"): any member but 100-continue fails.
+  if (expect !== undefined && expect.trim().toLowerCase() !== "100-continue") {
+    throw new ProxyError("expectation_failed", `unsupported expectation "${expect}"`);
+  }
   if (count > maxCount) {
     throw new ProxyError(
       "headers_too_large",
