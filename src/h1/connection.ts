@@ -473,6 +473,9 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
     const sendBody = async () => {
       const body = x.body!;
       const epoch = body.epoch;
+      // Set while a write to the upstream is in progress: a failure then is the upstream's
+      // (it closed or reset the connection), not the client's body.
+      let writing = false;
       const next = async () => {
         try {
           return await body.next(epoch);
@@ -490,14 +493,19 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
             if (chunk === null) throw new TypeError("request body shorter than its length");
             sent += chunk.length;
             if (sent > x.contentLength) throw new TypeError("request body longer than its length");
+            writing = true;
             await c.writeAll(chunk);
+            writing = false;
           }
           body.markEnded();
         } else {
           for (let chunk = await next(); chunk !== null; chunk = await next()) {
             if (chunk.length === 0) continue;
+            writing = true;
             await c.writeAll(body.framed(chunk));
+            writing = false;
           }
+          writing = true;
           await c.writeAll(CHUNK_END);
         }
         requestDone = true;
@@ -505,6 +513,13 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
       } catch (err) {
         // A retry owns the body now: leave it alone.
         if (epoch === body.epoch) body.cancel(err);
+        if (writing) {
+          // The upstream stopped taking the request: it may have answered already (an early
+          // 413 or 401, then a close or reset; RFC 9112 9.3), and that answer is still in the
+          // socket's buffer. The head reader settles the exchange with it, or with the close
+          // it meets instead; the connection is never reused (requestDone stays false).
+          return;
+        }
         fail();
         if (!settled) failWith(err);
       }
