@@ -5,7 +5,10 @@
  */
 import assert from "node:assert/strict";
 import { H1Transport } from "../src/h1/transport.ts";
-import { startRawServer } from "./helpers.ts";
+import { metricValue, startFerry, startRawServer } from "./helpers.ts";
+import { H2Connection } from "../src/h2/connection.ts";
+import { ErrorCode } from "../src/h2/frames.ts";
+import { echoClient, grpcEchoConfig, unary } from "./grpc/peers.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -79,6 +82,107 @@ Deno.test("h1 codec: an upstream's early answer (413 before the upload ended, th
     assert.deepEqual(got, got.map(() => "413 too big"));
   } finally {
     t.close();
+    await up.close();
+  }
+});
+
+/**
+ * A gRPC upstream on Ferry's own HTTP/2 stack that answers every call with its headers and one
+ * message, then RST_STREAM (INTERNAL_ERROR): the answer breaks off after it began.
+ */
+function startGrpcMessageThenReset() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<H2Connection>();
+  (async () => {
+    for await (const conn of listener) {
+      const h2 = new H2Connection(conn, {
+        role: "server",
+        onStream: (s) => {
+          void (async () => {
+            for await (const _ of s.body) { /* the request message */ }
+            s.sendHeaders([[":status", "200"], ["content-type", "application/grpc"]]);
+            await s.write(new Uint8Array([0, 0, 0, 0, 2, 104, 105]));
+            await new Promise((r) => setTimeout(r, 50));
+            s.reset(ErrorCode.INTERNAL_ERROR);
+          })().catch(() => {});
+        },
+        onClose: () => conns.delete(h2),
+      });
+      conns.add(h2);
+    }
+  })().catch(() => {});
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    close() {
+      listener.close();
+      for (const c of conns) c.close();
+    },
+  };
+}
+
+Deno.test("gRPC: an answer the upstream resets after its first message is counted in ferry_upstream_response_body_errors_total", async () => {
+  const up = startGrpcMessageThenReset();
+  const px = startFerry(grpcEchoConfig() + `admin: { address: "127.0.0.1:0" }\n`, {
+    PORT: String(up.port),
+  });
+  const client = echoClient(px.port);
+  try {
+    const r = await unary(client, enc.encode("hi"));
+    assert.ok(r.error, "the call fails");
+    const metrics = await (await fetch(`${px.adminUrl}/metrics`)).text();
+    assert.equal(
+      metricValue(metrics, "ferry_upstream_response_body_errors_total", {
+        cluster: "echo",
+        reason: "upstream_reset",
+      }),
+      1,
+    );
+  } finally {
+    client.close();
+    await px.close();
+    up.close();
+  }
+});
+
+Deno.test("a response body silent past the route's idle_timeout is counted once (reason upstream_timeout), on h1 and fetch", async () => {
+  // A good head and 2 of 10 body bytes, then silence.
+  const up = startRawServer(async (conn) => {
+    const buf = new Uint8Array(16 * 1024);
+    let text = "";
+    while (!text.includes("\r\n\r\n")) {
+      const n = await conn.read(buf);
+      if (n === null) return;
+      text += dec.decode(buf.subarray(0, n));
+    }
+    await conn.write(enc.encode("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhi"));
+    await new Promise((r) => setTimeout(r, 3_000));
+  });
+  const px = startFerry(`listeners: [{ name: p, address: "127.0.0.1:0" }]
+admin: { address: "127.0.0.1:0" }
+server: { watch_config: false }
+routes:
+  - { name: h1, match: { path: { prefix: /h1/ } }, cluster: h1, timeout: 5s, idle_timeout: 300ms }
+  - { name: fe, match: { path: { prefix: /fe/ } }, cluster: fe, timeout: 5s, idle_timeout: 300ms }
+clusters:
+  - { name: h1, endpoints: ["${up.url}"] }
+  - { name: fe, endpoints: ["${up.url}"], transport: fetch }
+`);
+  try {
+    for (const path of ["/h1/x", "/fe/x"]) {
+      const res = await fetch(`${px.url}${path}`);
+      assert.equal(res.status, 200);
+      await assert.rejects(res.text(), Error, `${path}: the body is cut`);
+    }
+    const metrics = await (await fetch(`${px.adminUrl}/metrics`)).text();
+    const count = (cluster: string, reason: string) =>
+      metricValue(metrics, "ferry_upstream_response_body_errors_total", { cluster, reason });
+    assert.deepEqual(
+      [count("h1", "upstream_timeout"), count("fe", "upstream_timeout")],
+      [1, 1],
+    );
+    assert.deepEqual([count("h1", "upstream_reset"), count("fe", "upstream_reset")], [0, 0]);
+  } finally {
+    await px.close();
     await up.close();
   }
 });

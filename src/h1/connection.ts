@@ -15,6 +15,7 @@ import {
   type ResponseHead,
 } from "./parse.ts";
 import type { BodyReader } from "./body_reader.ts";
+import type { BodyErrorCounter } from "../upstream/transport.ts";
 
 const INITIAL_BUFFER = 16 * 1024;
 /** Body reads straight from the socket take at most this much at once. */
@@ -207,9 +208,16 @@ export interface Exchange {
    * a closure per request.)
    */
   readonly bodyError?:
-    | ((err: unknown, signal: AbortSignal, record: Exchange["record"]) => unknown)
+    | ((
+      err: unknown,
+      signal: AbortSignal,
+      record: Exchange["record"],
+      counter: Exchange["bodyErrors"],
+    ) => unknown)
     | undefined;
   readonly record?: { flags?: string | undefined } | undefined;
+  /** Passed to `bodyError`: where the transport counts the failure (src/upstream/transport.ts). */
+  readonly bodyErrors?: BodyErrorCounter | undefined;
 }
 
 /** Stream chunks smaller than this are gathered with those already readable behind them. */
@@ -929,7 +937,7 @@ function relayWith(
 /** What a response body's reader sees when the body fails. */
 function bodyFailure(x: Exchange, err: unknown): unknown {
   const e = x.signal.aborted ? x.abortError() : err;
-  return x.bodyError ? x.bodyError(e, x.signal, x.record) : e;
+  return x.bodyError ? x.bodyError(e, x.signal, x.record, x.bodyErrors) : e;
 }
 
 /** A pull-driven body: nothing is read from the upstream before the client asks for it. */

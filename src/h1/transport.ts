@@ -4,6 +4,7 @@
  */
 import { ProxyError } from "../pipeline/errors.ts";
 import {
+  type BodyErrorCounter,
   classifyUpstreamError,
   noteBodyFailure,
   offerFirstBytes,
@@ -101,6 +102,7 @@ export class H1Transport implements Transport {
           headersOutOfBand: r.headersOutOfBand,
           bodyError: bodyFailure,
           record: r.record,
+          bodyErrors: r.bodyErrors,
         });
         const firstBytes = h1ResponseParts(res)?.firstBytes;
         if (firstBytes) {
@@ -176,9 +178,10 @@ function bodyFailure(
   err: unknown,
   signal: AbortSignal,
   record: { flags?: string | undefined } | undefined,
+  counter: BodyErrorCounter | undefined,
 ): ProxyError {
   const pe = toUpstreamError(err, signal);
-  noteBodyFailure(record, pe);
+  noteBodyFailure(record, pe, counter, signal);
   return pe;
 }
 
