@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { H1Transport } from "../src/h1/transport.ts";
-import { metricValue, startFerry, startRawServer } from "./helpers.ts";
+import { metricValue, readFor, startFerry, startRawServer } from "./helpers.ts";
 import { H2Connection } from "../src/h2/connection.ts";
 import { ErrorCode } from "../src/h2/frames.ts";
 import { echoClient, grpcEchoConfig, unary } from "./grpc/peers.ts";
@@ -184,5 +184,98 @@ clusters:
   } finally {
     await px.close();
     await up.close();
+  }
+});
+
+/**
+ * An h2c upstream on Ferry's own HTTP/2 stack, by path: `/early` answers 413 in full without
+ * reading the request body, then RST_STREAM (NO_ERROR), as RFC 9113 8.1 lets a server stop an
+ * upload; `/info-flood` sends 1xx HEADERS without end; `/info-end` a 103 with END_STREAM.
+ */
+function startH2Misbehaving() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<H2Connection>();
+  (async () => {
+    for await (const conn of listener) {
+      const h2 = new H2Connection(conn, {
+        role: "server",
+        onStream: (s) => {
+          void (async () => {
+            const head = await s.headers;
+            const path = head.find(([n]) => n === ":path")?.[1] ?? "/";
+            if (path.endsWith("/early")) {
+              s.sendHeaders([[":status", "413"], ["content-length", "7"]]);
+              await s.write(enc.encode("too big"));
+              await s.end();
+              s.reset(ErrorCode.NO_ERROR);
+            } else if (path.endsWith("/info-flood")) {
+              for (let i = 0; i < 2_000 && !s.isClosed; i++) {
+                s.sendHeaders([[":status", "100"]]);
+                if (i % 50 === 0) await new Promise((r) => setTimeout(r, 1));
+              }
+            } else if (path.endsWith("/info-end")) {
+              s.sendHeaders([[":status", "103"], ["link", "</a>"]], true);
+            }
+          })().catch(() => {});
+        },
+        onClose: () => conns.delete(h2),
+      });
+      conns.add(h2);
+    }
+  })().catch(() => {});
+  return {
+    url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    close() {
+      listener.close();
+      for (const c of conns) c.close();
+    },
+  };
+}
+
+/** A POST of `size` bytes on a raw HTTP/1.1 connection; what came back before the close or 4 s. */
+async function rawPost(port: number, path: string, size: number): Promise<string> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  let text = "";
+  const reading = readFor(conn, 4_000, (c) => text += dec.decode(c), 1 << 20);
+  try {
+    await conn.write(enc.encode(
+      `POST ${path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\ncontent-length: ${size}\r\n\r\n`,
+    ));
+    const piece = new Uint8Array(64 * 1024).fill(120);
+    for (let sent = 0; sent < size; sent += piece.length) {
+      await conn.write(piece.subarray(0, Math.min(piece.length, size - sent)));
+    }
+  } catch { /* Ferry may stop reading once it has the answer */ }
+  await reading;
+  conn.close();
+  return text;
+}
+
+Deno.test("HTTP/2 upstream: a complete early answer then RST_STREAM(NO_ERROR) reaches the client; 1xx floods and a 1xx with END_STREAM are a prompt 502", async () => {
+  const up = startH2Misbehaving();
+  const px = startFerry(`listeners: [{ name: p, address: "127.0.0.1:0" }]
+server: { watch_config: false }
+routes: [{ name: h2, cluster: h2, timeout: 4s }]
+clusters: [{ name: h2, protocol: h2c, endpoints: ["${up.url}"] }]
+`);
+  try {
+    // 4 MiB: far more than the stream's window, so the upload is still going when the answer comes.
+    const early = await rawPost(px.port, "/early", 4 << 20);
+    assert.match(
+      early,
+      /^HTTP\/1\.1 413 [^]*\r\n\r\ntoo big$/,
+      JSON.stringify(early.slice(0, 300)),
+    );
+    for (const path of ["/info-flood", "/info-end"]) {
+      const t0 = Date.now();
+      const res = await fetch(`${px.url}${path}`);
+      const body = await res.json();
+      assert.equal(res.status, 502, `${path}: ${JSON.stringify(body)}`);
+      assert.equal(body.flag, "UPE", path);
+      assert.ok(Date.now() - t0 < 2_000, `${path}: answered before the route timeout`);
+    }
+  } finally {
+    await px.close();
+    up.close();
   }
 });
