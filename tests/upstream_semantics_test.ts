@@ -9,6 +9,8 @@ import { metricValue, readFor, startFerry, startRawServer } from "./helpers.ts";
 import { H2Connection } from "../src/h2/connection.ts";
 import { ErrorCode } from "../src/h2/frames.ts";
 import { echoClient, grpcEchoConfig, unary } from "./grpc/peers.ts";
+import { ok, startRawUpstream } from "./h1_upstream.ts";
+import { ProxyError } from "../src/pipeline/errors.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -279,3 +281,42 @@ clusters: [{ name: h2, protocol: h2c, endpoints: ["${up.url}"] }]
     up.close();
   }
 });
+
+Deno.test("h1 keep-alive race: a POST that met a reused connection closing is not sent again (the upstream may have acted on it)", async () => {
+  // The second request on every connection is read whole and met with a close, no answer: an
+  // upstream that crashed on it, or one whose idle timer fired as it arrived. Only an idempotent
+  // request may go again (RFC 9110 9.2.2; nginx, Go's net/http).
+  const up = startRawUpstream((req) => req.index === 1 ? { bytes: null } : { bytes: ok("fresh") });
+  const t = new H1Transport({
+    maxIdlePerEndpoint: 8,
+    maxConnectionsPerEndpoint: 64,
+    idleTimeoutMs: 30_000,
+    maxRequestsPerConnection: 0,
+    connectTimeoutMs: 5_000,
+  });
+  try {
+    assert.equal(await (await t.send(request(`${up.url}/1`, "GET"))).text(), "fresh");
+    await assert.rejects(
+      t.send(request(`${up.url}/2`, "POST", "order=1")),
+      (e: unknown) => e instanceof ProxyError && e.kind === "upstream_reset",
+    );
+    assert.equal(t.staleRetries, 0);
+    assert.equal(up.requests.filter((r) => r.head.startsWith("POST")).length, 1, "sent once");
+  } finally {
+    t.close();
+    await up.close();
+  }
+});
+
+function request(url: string, method: string, body?: string) {
+  return {
+    url,
+    method,
+    headers: [["host", "up"], ...(body ? [["content-length", String(body.length)]] : [])] as [
+      string,
+      string,
+    ][],
+    body: body ? new Blob([body]).stream() : null,
+    signal: AbortSignal.timeout(10_000),
+  };
+}

@@ -23,7 +23,8 @@ const BODY_READ = 64 * 1024;
 
 /** Raised when a reused connection turns out closed before any response byte: safe to retry. */
 export class StaleConnection extends Error {
-  constructor(cause?: unknown) {
+  /** `unsent`: the request's head could not be written, so the upstream cannot have acted on it. */
+  constructor(cause?: unknown, readonly unsent = false) {
     super("the upstream closed an idle connection", { cause });
     this.name = "StaleConnection";
   }
@@ -467,14 +468,14 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
   };
 
   return new Promise<Response>((resolve, reject) => {
-    const failWith = (err: unknown) => {
+    const failWith = (err: unknown, unsent = false) => {
       fail();
       if (settled) return;
       settled = true;
       if (x.signal.aborted) reject(x.abortError());
       else if (bodyFailure !== undefined) reject(bodyFailure);
       else if (!receivedAny && reused && !(err instanceof H1ProtocolError)) {
-        reject(new StaleConnection(err));
+        reject(new StaleConnection(err, unsent));
       } else reject(err);
     };
 
@@ -592,7 +593,7 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
 
     c.writeAll(x.head).then(() => {
       if (x.body) void sendBody();
-    }, (err) => failWith(err));
+    }, (err) => failWith(err, true));
     void readHead();
   });
 }
