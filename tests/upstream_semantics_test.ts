@@ -320,3 +320,58 @@ function request(url: string, method: string, body?: string) {
     signal: AbortSignal.timeout(10_000),
   };
 }
+
+Deno.test("a WebSocket upstream that never answers the handshake gets 504 within the route timeout, on the byte tunnel and the frame relay", async () => {
+  const up = startRawServer(async (conn) => {
+    await conn.read(new Uint8Array(16 * 1024));
+    await new Promise((r) => setTimeout(r, 12_000));
+  });
+  const px = startFerry(`listeners: [{ name: p, address: "127.0.0.1:0" }]
+server: { watch_config: false }
+routes:
+  - { name: h1, match: { path: { prefix: /h1/ } }, cluster: h1, timeout: 1s }
+  - { name: fe, match: { path: { prefix: /fe/ } }, cluster: fe, timeout: 1s }
+clusters:
+  - { name: h1, endpoints: ["${up.url}"] }
+  - { name: fe, endpoints: ["${up.url}"], transport: fetch }
+`);
+  try {
+    for (const path of ["/h1/ws", "/fe/ws"]) {
+      const t0 = Date.now();
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: px.port });
+      let text = "";
+      try {
+        await conn.write(enc.encode(
+          `GET ${path} HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        ));
+        text = await readHead(conn, 8_000);
+      } finally {
+        conn.close();
+      }
+      assert.match(text, /^HTTP\/1\.1 504 /, `${path}: ${JSON.stringify(text.slice(0, 200))}`);
+      assert.ok(Date.now() - t0 < 4_000, `${path}: ${Date.now() - t0} ms, past the route timeout`);
+    }
+  } finally {
+    await px.close();
+    await up.close();
+  }
+});
+
+/** Reads until a response head has come (or the peer closes, or `ms` pass); the text so far. */
+async function readHead(conn: Deno.Conn, ms: number): Promise<string> {
+  let text = "";
+  const deadline = Date.now() + ms;
+  const buf = new Uint8Array(16 * 1024);
+  while (!text.includes("\r\n\r\n") && Date.now() < deadline) {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const n = await Promise.race([
+      conn.read(buf).catch(() => null),
+      new Promise<"t">((r) => timer = setTimeout(() => r("t"), deadline - Date.now())),
+    ]);
+    clearTimeout(timer);
+    if (n === "t" || n === null) break;
+    text += dec.decode(buf.subarray(0, n));
+  }
+  return text;
+}

@@ -24,7 +24,13 @@ const HANDSHAKE = new Set([
   "host",
 ]);
 
+/** The longest a WebSocket handshake may take upstream; a shorter route `timeout` bounds it too. */
 const OPEN_TIMEOUT_MS = 10_000;
+
+/** The handshake's bound: the route's timeout for response headers, within OPEN_TIMEOUT_MS. */
+function openTimeout(s: WebSocketSettings): number {
+  return s.timeoutMs > 0 ? Math.min(s.timeoutMs, OPEN_TIMEOUT_MS) : OPEN_TIMEOUT_MS;
+}
 /** RFC 6455 7.4.1 registry: 1014 is "bad gateway", the honest code when the upstream vanished. */
 const CLOSE_BAD_GATEWAY = 1014;
 const CLOSE_POLICY = 1008;
@@ -54,6 +60,8 @@ type WebSocketSettings = UpstreamHeaderSettings & {
   readonly cluster: { readonly upgrades: H1Transport | undefined };
   readonly websocketMaxBuffer: number;
   readonly websocketMaxMessageBytes: number;
+  /** The route's time allowed until upstream response headers (0: none). */
+  readonly timeoutMs: number;
 };
 
 export async function proxyWebSocket(
@@ -108,7 +116,7 @@ async function tunnelWebSocket(
   const timer = setTimeout(
     () =>
       ctl.abort(new TimeoutReason(`WebSocket upstream ${endpoint.origin} did not open in time`)),
-    OPEN_TIMEOUT_MS,
+    openTimeout(s),
   );
   const onClientGone = () => ctl.abort(new ClientGoneReason("the client went away"));
   req.signal.addEventListener("abort", onClientGone, { once: true });
@@ -158,7 +166,7 @@ async function relayWebSocket(
     headers: headers.pairs,
   });
   upstream.binaryType = "arraybuffer";
-  await opened(upstream, endpoint.origin);
+  await opened(upstream, endpoint.origin, openTimeout(s));
 
   // A copy's headers went upstream above; only the served request can be upgraded.
   let upgraded: ReturnType<typeof Deno.upgradeWebSocket>;
@@ -319,14 +327,14 @@ function size(data: string | ArrayBuffer): number {
   return typeof data === "string" ? data.length * 3 : data.byteLength;
 }
 
-function opened(ws: WebSocket, origin: string): Promise<void> {
+function opened(ws: WebSocket, origin: string, timeoutMs: number): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {
       ws.close();
       reject(
         new ProxyError("upstream_timeout", `WebSocket upstream ${origin} did not open in time`),
       );
-    }, OPEN_TIMEOUT_MS);
+    }, timeoutMs);
     ws.onopen = () => {
       clearTimeout(timer);
       resolve();
