@@ -375,3 +375,135 @@ async function readHead(conn: Deno.Conn, ms: number): Promise<string> {
   }
   return text;
 }
+
+/** A raw WebSocket upstream: a real 101, one text frame, then the TCP connection closes. */
+function startWsThenClose() {
+  return startRawServer(async (conn) => {
+    let text = "";
+    const buf = new Uint8Array(16 * 1024);
+    while (!text.includes("\r\n\r\n")) {
+      const n = await conn.read(buf);
+      if (n === null) return;
+      text += dec.decode(buf.subarray(0, n));
+    }
+    const key = /sec-websocket-key: *(\S+)/i.exec(text)?.[1] ?? "";
+    const digest = await crypto.subtle.digest(
+      "SHA-1",
+      enc.encode(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"),
+    );
+    const accept = btoa(String.fromCharCode(...new Uint8Array(digest)));
+    await conn.write(enc.encode(
+      "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n" +
+        `sec-websocket-accept: ${accept}\r\n\r\n`,
+    ));
+    await conn.write(new Uint8Array([0x81, 3, 98, 121, 101])); // text "bye"
+  });
+}
+
+/** Opens a WebSocket, sends `hello` once open when `closeFirst`, then closes it; waits for the close. */
+function wsSession(url: string, closeFirst: boolean): Promise<string[]> {
+  return new Promise((resolve) => {
+    const seen: string[] = [];
+    const ws = new WebSocket(url);
+    const timer = setTimeout(() => {
+      seen.push("timeout");
+      ws.close();
+    }, 5_000);
+    ws.onopen = () => {
+      if (closeFirst) ws.send("hello");
+    };
+    ws.onmessage = (m) => {
+      seen.push(String(m.data));
+      if (closeFirst) ws.close(1000);
+    };
+    ws.onerror = () => {};
+    ws.onclose = () => {
+      clearTimeout(timer);
+      resolve(seen);
+    };
+  });
+}
+
+Deno.test("a WebSocket the upstream breaks off (TCP close, no close frame) is counted once on the byte tunnel and the frame relay; a clean close is not", async () => {
+  const broken = startWsThenClose();
+  const echo = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+    const { socket, response } = Deno.upgradeWebSocket(req);
+    socket.onmessage = (m) => socket.send(m.data);
+    return response;
+  });
+  const px = startFerry(`listeners: [{ name: p, address: "127.0.0.1:0" }]
+admin: { address: "127.0.0.1:0" }
+server: { watch_config: false }
+routes:
+  - { name: h1, match: { path: { prefix: /h1/ } }, cluster: h1 }
+  - { name: fe, match: { path: { prefix: /fe/ } }, cluster: fe }
+  - { name: h1-echo, match: { path: { prefix: /echo/h1 } }, cluster: h1-echo }
+  - { name: fe-echo, match: { path: { prefix: /echo/fe } }, cluster: fe-echo }
+clusters:
+  - { name: h1, endpoints: ["${broken.url}"] }
+  - { name: fe, endpoints: ["${broken.url}"], transport: fetch }
+  - { name: h1-echo, endpoints: ["http://127.0.0.1:${echo.addr.port}"] }
+  - { name: fe-echo, endpoints: ["http://127.0.0.1:${echo.addr.port}"], transport: fetch }
+`);
+  const ws = px.url.replace("http", "ws");
+  try {
+    assert.deepEqual(await wsSession(`${ws}/h1/x`, false), ["bye"]);
+    assert.deepEqual(await wsSession(`${ws}/fe/x`, false), ["bye"]);
+    assert.deepEqual(await wsSession(`${ws}/echo/h1`, true), ["hello"]);
+    assert.deepEqual(await wsSession(`${ws}/echo/fe`, true), ["hello"]);
+    await new Promise((r) => setTimeout(r, 300));
+    const metrics = await (await fetch(`${px.adminUrl}/metrics`)).text();
+    const count = (cluster: string) =>
+      metricValue(metrics, "ferry_upstream_response_body_errors_total", {
+        cluster,
+        reason: "upstream_reset",
+      });
+    assert.deepEqual(
+      ["h1", "fe", "h1-echo", "fe-echo"].map(count),
+      [1, 1, 0, 0],
+    );
+  } finally {
+    await px.close();
+    await echo.shutdown();
+    await broken.close();
+  }
+});
+
+Deno.test("frame relay: an upstream WebSocket that drops its TCP connection gets the client a close frame 1014, not the invalid code 0", async () => {
+  const broken = startWsThenClose();
+  const px = startFerry(`listeners: [{ name: p, address: "127.0.0.1:0" }]
+server: { watch_config: false }
+routes: [{ name: fe, cluster: fe }]
+clusters: [{ name: fe, endpoints: ["${broken.url}"], transport: fetch }]
+`);
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: px.port });
+  try {
+    await conn.write(enc.encode(
+      "GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    ));
+    const bytes: number[] = [];
+    const buf = new Uint8Array(16 * 1024);
+    // Until the close frame's code is in (Ferry then waits for the client's close reply).
+    const deadline = Date.now() + 5_000;
+    while (Date.now() < deadline) {
+      const head = String.fromCharCode(...bytes).indexOf("\r\n\r\n");
+      const close = head < 0 ? -1 : bytes.indexOf(0x88, head + 4);
+      if (close >= 0 && bytes.length >= close + 4) break;
+      const n = await conn.read(buf);
+      if (n === null) break;
+      bytes.push(...buf.subarray(0, n));
+    }
+    const text = String.fromCharCode(...bytes);
+    assert.match(text, /^HTTP\/1\.1 101 /);
+    // After the head: a text frame "bye", then the close frame (FIN + opcode 8, unmasked).
+    const frames = bytes.slice(text.indexOf("\r\n\r\n") + 4);
+    const close = frames.indexOf(0x88);
+    assert.ok(close >= 0, `a close frame: ${JSON.stringify(frames)}`);
+    assert.equal((frames[close + 2]! << 8) | frames[close + 3]!, 1014);
+  } finally {
+    conn.close();
+    await px.close();
+    await broken.close();
+  }
+});

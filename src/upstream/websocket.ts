@@ -10,7 +10,7 @@ import type { Endpoint } from "./cluster.ts";
 import { upstreamHeaders, type UpstreamHeaderSettings } from "./request_headers.ts";
 import type { H1Transport } from "../h1/transport.ts";
 import type { Upgraded } from "../h1/upgrade.ts";
-import { ClientGoneReason, TimeoutReason } from "./transport.ts";
+import { type BodyErrorCounter, ClientGoneReason, TimeoutReason } from "./transport.ts";
 import { connectionListed } from "./headers.ts";
 import { WsTunnel } from "./ws_tunnel.ts";
 
@@ -62,6 +62,8 @@ type WebSocketSettings = UpstreamHeaderSettings & {
   readonly websocketMaxMessageBytes: number;
   /** The route's time allowed until upstream response headers (0: none). */
   readonly timeoutMs: number;
+  /** Counts a WebSocket the upstream broke off (closed without a close frame) while it was live. */
+  readonly metrics: BodyErrorCounter;
 };
 
 export async function proxyWebSocket(
@@ -142,7 +144,7 @@ async function tunnelWebSocket(
     up.close();
     throw err;
   }
-  link.tunnel = new WsTunnel(up, link, s.websocketMaxMessageBytes);
+  link.tunnel = new WsTunnel(up, link, s.websocketMaxMessageBytes, s.metrics);
   response.headers.set("x-request-id", ctx.requestId);
   return response;
 }
@@ -239,7 +241,11 @@ async function relayWebSocket(
   };
   upstream.onclose = (e) => {
     if (e.code === 1005) closeClient();
-    else if (e.code === 1006) {
+    else if (e.code === 1006 || e.code < 1000) {
+      // No close frame: 1006, or 0 as Deno 2.9.6's client reports a bare TCP close (relayed as
+      // such, it went to the client as a close frame with code 0, which no client accepts).
+      // Broken off while the client was still there (not Ferry's close nor the client's).
+      if (client.readyState <= WebSocket.OPEN) s.metrics.bodyFailed("upstream_reset");
       closeClient(CLOSE_BAD_GATEWAY, "upstream closed without a close frame");
     } else closeClient(e.code, e.reason);
   };

@@ -9,6 +9,7 @@
 import type { ByteTunnel, DownstreamLink, TunnelClient } from "../pipeline/downstream.ts";
 import { WsFrameLimit } from "../pipeline/ws_frames.ts";
 import type { Upgraded } from "../h1/upgrade.ts";
+import type { BodyErrorCounter } from "./transport.ts";
 
 const READ_BUFFER = 16 * 1024;
 /** The status line Deno.serve writes for an upgrade; the head ends at the next blank line. */
@@ -43,10 +44,19 @@ export class WsTunnel implements ByteTunnel {
   /** Resolves once the upstream's side has ended (EOF or error). */
   readonly #upstreamEnded = new Promise<void>((r) => this.#markUpstreamEnded = r);
   readonly #head = new SwitchingHeadEnd();
+  readonly #bodyErrors: BodyErrorCounter | undefined;
+  /** The client's side ended (its EOF): an upstream closing after that did not break anything. */
+  #clientEnded = false;
 
-  constructor(up: Upgraded, link: DownstreamLink, maxMessageBytes: number) {
+  constructor(
+    up: Upgraded,
+    link: DownstreamLink,
+    maxMessageBytes: number,
+    bodyErrors?: BodyErrorCounter,
+  ) {
     this.#up = up;
     this.#link = link;
+    this.#bodyErrors = bodyErrors;
     this.#fromUpstream = new WsFrameLimit(Infinity, maxMessageBytes);
     link.closeTunnel = (code, reason) => this.#closeWith(code, reason, code, reason);
   }
@@ -75,6 +85,11 @@ export class WsTunnel implements ByteTunnel {
     }
     this.#markUpstreamEnded();
     if (this.#closed) return;
+    // The upstream broke a live tunnel: no close frame either way, nobody asked it to stop.
+    if (
+      !this.#closing && !this.#clientEnded && !this.#fromUpstream.closeSeen &&
+      !this.#fromClient.closeSeen
+    ) this.#bodyErrors?.bodyFailed("upstream_reset");
     // The upstream left without its close frame: the client hears why, if it can.
     if (!this.#closing && !this.#fromUpstream.closeSeen && this.#fromUpstream.atFrameStart) {
       this.#closing = true;
@@ -111,6 +126,7 @@ export class WsTunnel implements ByteTunnel {
   }
 
   clientEnded(): void {
+    this.#clientEnded = true;
     this.#up.conn.closeWrite().catch(() => {});
   }
 
