@@ -376,8 +376,15 @@ async function readHead(conn: Deno.Conn, ms: number): Promise<string> {
   return text;
 }
 
-/** A raw WebSocket upstream: a real 101, one text frame, then the TCP connection closes. */
-function startWsThenClose() {
+/**
+ * A raw WebSocket upstream: a real 101, one text frame `then` (default: "bye", unmasked), then the
+ * TCP connection closes after `holdMs`; what it reads meanwhile lands in `got`.
+ */
+function startWsThenClose(
+  then: Uint8Array = new Uint8Array([0x81, 3, 98, 121, 101]),
+  holdMs = 0,
+  got: number[] = [],
+) {
   return startRawServer(async (conn) => {
     let text = "";
     const buf = new Uint8Array(16 * 1024);
@@ -396,7 +403,16 @@ function startWsThenClose() {
       "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n" +
         `sec-websocket-accept: ${accept}\r\n\r\n`,
     ));
-    await conn.write(new Uint8Array([0x81, 3, 98, 121, 101])); // text "bye"
+    await conn.write(then);
+    const until = Date.now() + holdMs;
+    while (Date.now() < until) {
+      const n = await Promise.race([
+        conn.read(buf),
+        new Promise<null>((r) => setTimeout(() => r(null), until - Date.now())),
+      ]);
+      if (n === null) break;
+      got.push(...buf.subarray(0, n));
+    }
   });
 }
 
@@ -469,6 +485,71 @@ clusters:
   }
 });
 
+/** A WebSocket handshake on a raw connection; the bytes that came back until `done` says so. */
+async function rawWs(
+  port: number,
+  done: (bytes: number[], bodyAt: number) => boolean,
+): Promise<{ bytes: number[]; bodyAt: number }> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const bytes: number[] = [];
+  let bodyAt = -1;
+  try {
+    await conn.write(enc.encode(
+      "GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    ));
+    const buf = new Uint8Array(16 * 1024);
+    const deadline = Date.now() + 5_000;
+    while (Date.now() < deadline) {
+      const head = String.fromCharCode(...bytes).indexOf("\r\n\r\n");
+      bodyAt = head < 0 ? -1 : head + 4;
+      if (bodyAt >= 0 && done(bytes, bodyAt)) break;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const n = await Promise.race([
+        conn.read(buf).catch(() => null),
+        new Promise<null>((r) => timer = setTimeout(() => r(null), deadline - Date.now())),
+      ]);
+      clearTimeout(timer);
+      if (n === null) break;
+      bytes.push(...buf.subarray(0, n));
+    }
+  } finally {
+    conn.close();
+  }
+  return { bytes, bodyAt };
+}
+
+Deno.test("byte tunnel: a masked frame from the upstream is not passed on; the client gets 1011, the upstream 1002", async () => {
+  const got: number[] = [];
+  // A masked text frame "hi" (mask 1 2 3 4), which a server must never send (RFC 6455 5.1).
+  const masked = startWsThenClose(
+    new Uint8Array([0x81, 0x82, 1, 2, 3, 4, 104 ^ 1, 105 ^ 2]),
+    1_000,
+    got,
+  );
+  const px = startFerry(`listeners: [{ name: p, address: "127.0.0.1:0" }]
+server: { watch_config: false }
+routes: [{ name: h1, cluster: h1 }]
+clusters: [{ name: h1, endpoints: ["${masked.url}"] }]
+`);
+  try {
+    const { bytes, bodyAt } = await rawWs(px.port, (b, at) => b.length >= at + 4);
+    assert.match(String.fromCharCode(...bytes), /^HTTP\/1\.1 101 /);
+    const frames = bytes.slice(bodyAt);
+    assert.equal(frames[0], 0x88, `a close frame first, not the masked one: ${frames}`);
+    assert.equal((frames[2]! << 8) | frames[3]!, 1011);
+    await new Promise((r) => setTimeout(r, 300));
+    // The upstream got a close frame (masked, as a client's) with 1002.
+    const at = got.indexOf(0x88);
+    assert.ok(at >= 0 && got[at + 1]! & 0x80, `the upstream got a masked close frame: ${got}`);
+    const key = got.slice(at + 2, at + 6);
+    assert.equal(((got[at + 6]! ^ key[0]!) << 8) | (got[at + 7]! ^ key[1]!), 1002);
+  } finally {
+    await px.close();
+    await masked.close();
+  }
+});
+
 Deno.test("frame relay: an upstream WebSocket that drops its TCP connection gets the client a close frame 1014, not the invalid code 0", async () => {
   const broken = startWsThenClose();
   const px = startFerry(`listeners: [{ name: p, address: "127.0.0.1:0" }]
@@ -476,33 +557,19 @@ server: { watch_config: false }
 routes: [{ name: fe, cluster: fe }]
 clusters: [{ name: fe, endpoints: ["${broken.url}"], transport: fetch }]
 `);
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port: px.port });
   try {
-    await conn.write(enc.encode(
-      "GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
-        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    ));
-    const bytes: number[] = [];
-    const buf = new Uint8Array(16 * 1024);
     // Until the close frame's code is in (Ferry then waits for the client's close reply).
-    const deadline = Date.now() + 5_000;
-    while (Date.now() < deadline) {
-      const head = String.fromCharCode(...bytes).indexOf("\r\n\r\n");
-      const close = head < 0 ? -1 : bytes.indexOf(0x88, head + 4);
-      if (close >= 0 && bytes.length >= close + 4) break;
-      const n = await conn.read(buf);
-      if (n === null) break;
-      bytes.push(...buf.subarray(0, n));
-    }
-    const text = String.fromCharCode(...bytes);
-    assert.match(text, /^HTTP\/1\.1 101 /);
+    const { bytes, bodyAt } = await rawWs(px.port, (b, at) => {
+      const close = b.indexOf(0x88, at);
+      return close >= 0 && b.length >= close + 4;
+    });
+    assert.match(String.fromCharCode(...bytes), /^HTTP\/1\.1 101 /);
     // After the head: a text frame "bye", then the close frame (FIN + opcode 8, unmasked).
-    const frames = bytes.slice(text.indexOf("\r\n\r\n") + 4);
+    const frames = bytes.slice(bodyAt);
     const close = frames.indexOf(0x88);
     assert.ok(close >= 0, `a close frame: ${JSON.stringify(frames)}`);
     assert.equal((frames[close + 2]! << 8) | frames[close + 3]!, 1014);
   } finally {
-    conn.close();
     await px.close();
     await broken.close();
   }

@@ -57,7 +57,8 @@ export class WsTunnel implements ByteTunnel {
     this.#up = up;
     this.#link = link;
     this.#bodyErrors = bodyErrors;
-    this.#fromUpstream = new WsFrameLimit(Infinity, maxMessageBytes);
+    // A masked frame from the upstream is refused, not passed on for the client to refuse.
+    this.#fromUpstream = new WsFrameLimit(Infinity, maxMessageBytes, false, true);
     link.closeTunnel = (code, reason) => this.#closeWith(code, reason, code, reason);
   }
 
@@ -107,12 +108,14 @@ export class WsTunnel implements ByteTunnel {
     if (this.#fromUpstream.dataFrames !== before) this.#link.lastMessageAt = performance.now();
     if (allowed > 0) await this.#write("client", bytes.subarray(0, allowed));
     if (allowed < bytes.length) {
-      const max = this.#fromUpstream.maxMessageBytes;
+      const limit = this.#fromUpstream;
       this.#closeWith(
         CLOSE_INTERNAL,
-        `upstream message over ${max} bytes`,
-        CLOSE_TOO_BIG,
-        this.#fromUpstream.violation!,
+        limit.violationCode === CLOSE_TOO_BIG
+          ? `upstream message over ${limit.maxMessageBytes} bytes`
+          : `upstream protocol error: ${limit.violation}`,
+        limit.violationCode,
+        limit.violation!,
       );
     }
   }
