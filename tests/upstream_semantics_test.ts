@@ -384,6 +384,8 @@ function startWsThenClose(
   then: Uint8Array = new Uint8Array([0x81, 3, 98, 121, 101]),
   holdMs = 0,
   got: number[] = [],
+  /** `100 Continue` heads sent before the 101. */
+  interim = 0,
 ) {
   return startRawServer(async (conn) => {
     let text = "";
@@ -400,7 +402,8 @@ function startWsThenClose(
     );
     const accept = btoa(String.fromCharCode(...new Uint8Array(digest)));
     await conn.write(enc.encode(
-      "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n" +
+      "HTTP/1.1 100 Continue\r\n\r\n".repeat(interim) +
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n" +
         `sec-websocket-accept: ${accept}\r\n\r\n`,
     ));
     await conn.write(then);
@@ -572,5 +575,37 @@ clusters: [{ name: fe, endpoints: ["${broken.url}"], transport: fetch }]
   } finally {
     await px.close();
     await broken.close();
+  }
+});
+
+Deno.test("WebSocket handshake through the codec: 1xx before the 101 are bounded as on every transport (16)", async () => {
+  const flood = startWsThenClose(undefined, 0, [], 17);
+  const fine = startWsThenClose(undefined, 0, [], 16);
+  const px = startFerry(`listeners: [{ name: p, address: "127.0.0.1:0" }]
+server: { watch_config: false }
+routes:
+  - { name: flood, match: { path: { prefix: /flood } }, cluster: flood }
+  - { name: fine, match: { path: { prefix: / } }, cluster: fine }
+clusters:
+  - { name: flood, endpoints: ["${flood.url}"] }
+  - { name: fine, endpoints: ["${fine.url}"] }
+`);
+  try {
+    assert.deepEqual(await wsSession(`${px.url.replace("http", "ws")}/ok`, false), ["bye"]);
+    const res = await fetch(`${px.url}/flood`, {
+      headers: {
+        connection: "upgrade",
+        upgrade: "websocket",
+        "sec-websocket-version": "13",
+        "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+      },
+    });
+    const body = await res.json();
+    assert.equal(res.status, 502);
+    assert.match(body.reason, /more than 16 interim \(1xx\) responses/);
+  } finally {
+    await px.close();
+    await flood.close();
+    await fine.close();
   }
 });

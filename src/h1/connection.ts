@@ -599,7 +599,7 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
 }
 
 /** Interim (1xx) responses skipped before a final one; more is an upstream protocol error. */
-const MAX_INTERIM = 16;
+export const MAX_INTERIM = 16;
 
 /**
  * What the codec knows about a Response it made: the head's header lines as they came (in order,
