@@ -127,15 +127,15 @@ Deno.test("h1 keep-alive race: a reused connection closed before any response by
     const res = await get(t, `${up.url}/2`);
     assert.equal(await res.text(), "fresh");
     assert.equal(t.staleRetries, 1);
-    // A small POST body is kept and sent again whole.
+    // A small PUT body (idempotent) is kept and sent again whole.
     const post = await get(t, `${up.url}/3`, {
-      method: "POST",
+      method: "PUT",
       headers: [["host", "up"], ["content-length", "11"]],
       body: streamOf("hello", " world"),
     });
     assert.equal(await post.text(), "fresh");
     assert.equal(t.staleRetries, 2);
-    const bodies = up.requests.filter((r) => r.head.startsWith("POST")).map((r) =>
+    const bodies = up.requests.filter((r) => r.head.startsWith("PUT")).map((r) =>
       new TextDecoder().decode(r.body)
     );
     assert.deepEqual(bodies, ["hello world", "hello world"]);

@@ -220,6 +220,14 @@ Deno.test("a body failing before its first byte: 502 from the error table on Fer
       }),
       2,
     );
+    // Answered with a 502 (counted above), never as a body cut after its head.
+    for (const cluster of ["h1", "h2", "fe"]) {
+      assert.equal(
+        metricValue(metrics, "ferry_upstream_response_body_errors_total", { cluster }),
+        0,
+        cluster,
+      );
+    }
   } finally {
     await px.close();
     await up.close();
@@ -357,6 +365,14 @@ Deno.test("a body failing after bytes went out is cut (no last chunk, short leng
       assert.equal(l?.status, 200, path);
       assert.equal(l?.flags, "UR", `${path}: the body's failure is flagged: ${JSON.stringify(l)}`);
     }
+    // ... and counted once per body, on each transport (the h2 one twice: for curl too).
+    const metrics = await (await fetch(`${px.adminUrl}/metrics`)).text();
+    const cut = (cluster: string) =>
+      metricValue(metrics, "ferry_upstream_response_body_errors_total", {
+        cluster,
+        reason: "upstream_reset",
+      });
+    assert.deepEqual([cut("h1"), cut("h2"), cut("fe")], [2, 2, 1]);
   } finally {
     await px.close();
     await up.close();

@@ -353,6 +353,11 @@ export async function proxyCall(
       if (ds.headersSent) {
         // Messages already went out: the honest signal is a reset, as the upstream did.
         answered = true;
+        // The upstream broke off an answer the client had begun to get (a deadline is the
+        // client's own, and is not counted).
+        if (pe.kind === "upstream_reset" || pe.kind === "upstream_protocol_error") {
+          route.metrics.bodyFailed(pe.kind);
+        }
         rec.grpcStatus = GrpcStatus.UNAVAILABLE;
         rec.flag = pe.flag;
         ds.reset(err instanceof StreamReset ? err.code : ErrorCode.INTERNAL_ERROR);

@@ -15,6 +15,7 @@ import {
   type ResponseHead,
 } from "./parse.ts";
 import type { BodyReader } from "./body_reader.ts";
+import type { BodyErrorCounter } from "../upstream/transport.ts";
 
 const INITIAL_BUFFER = 16 * 1024;
 /** Body reads straight from the socket take at most this much at once. */
@@ -22,7 +23,8 @@ const BODY_READ = 64 * 1024;
 
 /** Raised when a reused connection turns out closed before any response byte: safe to retry. */
 export class StaleConnection extends Error {
-  constructor(cause?: unknown) {
+  /** `unsent`: the request's head could not be written, so the upstream cannot have acted on it. */
+  constructor(cause?: unknown, readonly unsent = false) {
     super("the upstream closed an idle connection", { cause });
     this.name = "StaleConnection";
   }
@@ -207,9 +209,16 @@ export interface Exchange {
    * a closure per request.)
    */
   readonly bodyError?:
-    | ((err: unknown, signal: AbortSignal, record: Exchange["record"]) => unknown)
+    | ((
+      err: unknown,
+      signal: AbortSignal,
+      record: Exchange["record"],
+      counter: Exchange["bodyErrors"],
+    ) => unknown)
     | undefined;
   readonly record?: { flags?: string | undefined } | undefined;
+  /** Passed to `bodyError`: where the transport counts the failure (src/upstream/transport.ts). */
+  readonly bodyErrors?: BodyErrorCounter | undefined;
 }
 
 /** Stream chunks smaller than this are gathered with those already readable behind them. */
@@ -459,20 +468,23 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
   };
 
   return new Promise<Response>((resolve, reject) => {
-    const failWith = (err: unknown) => {
+    const failWith = (err: unknown, unsent = false) => {
       fail();
       if (settled) return;
       settled = true;
       if (x.signal.aborted) reject(x.abortError());
       else if (bodyFailure !== undefined) reject(bodyFailure);
       else if (!receivedAny && reused && !(err instanceof H1ProtocolError)) {
-        reject(new StaleConnection(err));
+        reject(new StaleConnection(err, unsent));
       } else reject(err);
     };
 
     const sendBody = async () => {
       const body = x.body!;
       const epoch = body.epoch;
+      // Set while a write to the upstream is in progress: a failure then is the upstream's
+      // (it closed or reset the connection), not the client's body.
+      let writing = false;
       const next = async () => {
         try {
           return await body.next(epoch);
@@ -490,14 +502,19 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
             if (chunk === null) throw new TypeError("request body shorter than its length");
             sent += chunk.length;
             if (sent > x.contentLength) throw new TypeError("request body longer than its length");
+            writing = true;
             await c.writeAll(chunk);
+            writing = false;
           }
           body.markEnded();
         } else {
           for (let chunk = await next(); chunk !== null; chunk = await next()) {
             if (chunk.length === 0) continue;
+            writing = true;
             await c.writeAll(body.framed(chunk));
+            writing = false;
           }
+          writing = true;
           await c.writeAll(CHUNK_END);
         }
         requestDone = true;
@@ -505,6 +522,13 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
       } catch (err) {
         // A retry owns the body now: leave it alone.
         if (epoch === body.epoch) body.cancel(err);
+        if (writing) {
+          // The upstream stopped taking the request: it may have answered already (an early
+          // 413 or 401, then a close or reset; RFC 9112 9.3), and that answer is still in the
+          // socket's buffer. The head reader settles the exchange with it, or with the close
+          // it meets instead; the connection is never reused (requestDone stays false).
+          return;
+        }
         fail();
         if (!settled) failWith(err);
       }
@@ -569,13 +593,13 @@ export function exchange(c: H1Connection, x: Exchange): Promise<Response> {
 
     c.writeAll(x.head).then(() => {
       if (x.body) void sendBody();
-    }, (err) => failWith(err));
+    }, (err) => failWith(err, true));
     void readHead();
   });
 }
 
 /** Interim (1xx) responses skipped before a final one; more is an upstream protocol error. */
-const MAX_INTERIM = 16;
+export const MAX_INTERIM = 16;
 
 /**
  * What the codec knows about a Response it made: the head's header lines as they came (in order,
@@ -914,7 +938,7 @@ function relayWith(
 /** What a response body's reader sees when the body fails. */
 function bodyFailure(x: Exchange, err: unknown): unknown {
   const e = x.signal.aborted ? x.abortError() : err;
-  return x.bodyError ? x.bodyError(e, x.signal, x.record) : e;
+  return x.bodyError ? x.bodyError(e, x.signal, x.record, x.bodyErrors) : e;
 }
 
 /** A pull-driven body: nothing is read from the upstream before the client asks for it. */

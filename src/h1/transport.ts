@@ -4,6 +4,7 @@
  */
 import { ProxyError } from "../pipeline/errors.ts";
 import {
+  type BodyErrorCounter,
   classifyUpstreamError,
   noteBodyFailure,
   offerFirstBytes,
@@ -20,6 +21,7 @@ import {
   UpstreamClosed,
 } from "./connection.ts";
 import { H1ProtocolError } from "./parse.ts";
+import { isIdempotent } from "../policy/retry.ts";
 import { takeBodyReader } from "./body_reader.ts";
 import { NotUpgraded, type Upgraded, upgradeWebSocket } from "./upgrade.ts";
 import { ConnectError, EndpointPool, type EndpointPoolStats, type H1PoolOptions } from "./pool.ts";
@@ -101,6 +103,7 @@ export class H1Transport implements Transport {
           headersOutOfBand: r.headersOutOfBand,
           bodyError: bodyFailure,
           record: r.record,
+          bodyErrors: r.bodyErrors,
         });
         const firstBytes = h1ResponseParts(res)?.firstBytes;
         if (firstBytes) {
@@ -111,8 +114,14 @@ export class H1Transport implements Transport {
         }
         return res;
       } catch (err) {
-        // The keep-alive race: sent once more, on a new connection, if nothing was lost.
-        if (err instanceof StaleConnection && attempt === 0 && (!body || body.replayable)) {
+        // The keep-alive race: sent once more, on a new connection, if nothing was lost and
+        // the upstream cannot have acted on it twice: an idempotent request, or one whose head
+        // never went out (a POST it read before closing may have been processed; nginx and Go
+        // do not send it again either).
+        if (
+          err instanceof StaleConnection && attempt === 0 && (!body || body.replayable) &&
+          (err.unsent || isIdempotent(r.method))
+        ) {
           body?.rewind();
           this.staleRetries++;
           continue;
@@ -176,9 +185,10 @@ function bodyFailure(
   err: unknown,
   signal: AbortSignal,
   record: { flags?: string | undefined } | undefined,
+  counter: BodyErrorCounter | undefined,
 ): ProxyError {
   const pe = toUpstreamError(err, signal);
-  noteBodyFailure(record, pe);
+  noteBodyFailure(record, pe, counter, signal);
   return pe;
 }
 

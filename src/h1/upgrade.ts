@@ -4,7 +4,7 @@
  * own; after a real 101 the socket is handed over whole, with any bytes that came behind the head.
  */
 import { H1ProtocolError, parseResponseHead, type ResponseHead } from "./parse.ts";
-import { serializeHead } from "./connection.ts";
+import { MAX_INTERIM, serializeHead } from "./connection.ts";
 import type { EndpointPool } from "./pool.ts";
 import { ProxyError } from "../pipeline/errors.ts";
 
@@ -73,12 +73,19 @@ export async function upgradeWebSocket(
     while (off < head.length) off += await conn.write(head.subarray(off));
     let buf = new Uint8Array(HEAD_BUFFER);
     let start = 0, end = 0;
+    let interim = 0;
     for (;;) {
       const parsed = end > start ? parseResponseHead(buf, start, end, "GET") : undefined;
       if (parsed) {
         start += parsed.size;
-        // 100 and 103 may come first; any other answer but 101 is a refusal.
-        if (parsed.status === 100 || parsed.status === 103) continue;
+        // 100 and 103 may come first, as many as the codec skips; any other answer but 101 is a
+        // refusal.
+        if (parsed.status === 100 || parsed.status === 103) {
+          if (++interim > MAX_INTERIM) {
+            throw new H1ProtocolError(`more than ${MAX_INTERIM} interim (1xx) responses`);
+          }
+          continue;
+        }
         if (parsed.status !== 101) throw new NotUpgraded(parsed.status);
         await checkAccept(parsed, key);
         return { head: parsed, conn, early: buf.slice(start, end), close };

@@ -99,6 +99,8 @@ const WRITE_HARD_LIMIT = 16 << 20;
 const MAX_STREAM_ID = 0x7fffffff;
 /** How long the first GOAWAY's PING may take before the real GOAWAY goes anyway. */
 const ANNOUNCE_MS = 1000;
+/** Interim (1xx) responses skipped on one stream before a final one (the h1 codec's bound). */
+const MAX_INTERIM = 16;
 
 /** How many of the peer's opened stream ids are remembered (see `#openedPeerIds`). */
 const PEER_IDS_KEPT = 4096;
@@ -387,6 +389,7 @@ export class H2Connection implements StreamHost {
     let off = 0;
     do {
       if (stream.resetReason) throw stream.resetReason;
+      if (stream.sendStopped) throw stream.sendStopped;
       if (this.#closed) throw new StreamReset(ErrorCode.CANCEL, false, "connection closed");
       const left = chunk.length - off;
       const n = Math.min(left, stream.sendWindow, this.#sendWindow, this.#peerMaxFrameSize);
@@ -751,10 +754,22 @@ export class H2Connection implements StreamHost {
       if (kind === "trailers" && existing.lengthBroken(true)) {
         throw new H2Error(ErrorCode.PROTOCOL_ERROR, "DATA does not add up to content-length", id);
       }
-      // 1xx informational responses are skipped (gRPC never sends them).
+      // 1xx informational responses are skipped (gRPC never sends them), a bounded number of
+      // them (as the h1 codec): a flood would keep this parsing until the route timeout. One
+      // with END_STREAM leaves no final response to come: malformed (RFC 9113 8.1).
       if (
         kind === "response" && /^1\d\d$/.test(fields!.find(([n]) => n === ":status")?.[1] ?? "")
       ) {
+        if (end) {
+          throw new H2Error(ErrorCode.PROTOCOL_ERROR, "interim (1xx) response ends the stream", id);
+        }
+        if (++existing.interim > MAX_INTERIM) {
+          throw new H2Error(
+            ErrorCode.PROTOCOL_ERROR,
+            `more than ${MAX_INTERIM} interim (1xx) responses`,
+            id,
+          );
+        }
         return;
       }
       const problem = headerProblem(fields!, kind);
@@ -823,7 +838,12 @@ export class H2Connection implements StreamHost {
     this.#spend(1);
     const stream = this.#streams.get(f.streamId);
     if (!stream) return this.#checkKnownId(f.streamId);
-    stream.fail(new StreamReset(readUint32(f.payload, 0), true));
+    const code = readUint32(f.payload, 0);
+    // A server done with its response stopping our upload: the response stands (RFC 9113 8.1).
+    if (code === ErrorCode.NO_ERROR && this.role === "client" && stream.remoteEnded) {
+      return stream.peerStoppedSending(new StreamReset(code, true));
+    }
+    stream.fail(new StreamReset(code, true));
   }
 
   #onSettings(f: Frame): void {

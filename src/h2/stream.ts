@@ -68,6 +68,13 @@ export class H2Stream {
   #declaredLength: number | undefined;
   headersSent = false;
   headersReceived = false;
+  /** Interim (1xx) responses skipped on this stream (connection.ts bounds them). */
+  interim = 0;
+  /**
+   * Client role: the server, its response complete, stopped our upload with RST_STREAM
+   * (NO_ERROR); writes fail with it, while the response stays readable (see peerStoppedSending).
+   */
+  sendStopped: StreamReset | undefined;
   #reset: StreamReset | undefined;
 
   readonly #headers = deferred<HeaderField[]>();
@@ -222,6 +229,7 @@ export class H2Stream {
 
   async write(chunk: Uint8Array): Promise<void> {
     if (this.#reset) throw this.#reset;
+    if (this.sendStopped) throw this.sendStopped;
     if (this.localEnded) throw new Error("stream already ended");
     await this.host.sendData(this, chunk, false);
   }
@@ -229,6 +237,7 @@ export class H2Stream {
   /** Ends our side: with trailers (a HEADERS frame) or an empty END_STREAM DATA frame. */
   async end(trailers?: readonly HeaderField[]): Promise<void> {
     if (this.#reset) throw this.#reset;
+    if (this.sendStopped) throw this.sendStopped;
     if (this.localEnded) return;
     if (trailers) {
       this.localEnded = true;
@@ -283,6 +292,21 @@ export class H2Stream {
     this.#trailers.resolve(trailers);
     this.#pump();
     this.#maybeClose();
+  }
+
+  /**
+   * RFC 9113 8.1: a server that has sent its whole response may stop the request's upload with
+   * RST_STREAM (NO_ERROR), and the client must not discard the response for it. Our side stops
+   * sending (a writer waiting for window wakes and fails), the stream is closed on the wire, and
+   * what the response left unread stays readable to its end.
+   */
+  peerStoppedSending(reason: StreamReset): void {
+    if (this.#reset || this.sendStopped) return;
+    this.sendStopped = reason;
+    this.localEnded = true;
+    this.windowWaiter?.();
+    this.host.retire(this);
+    this.#closed.resolve(undefined);
   }
 
   /** Reset by the peer, by us, or the connection closed: everything pending fails. */

@@ -288,6 +288,14 @@ export class EndpointRecorder {
   }
 }
 
+/** The `reason` label values of ferry_upstream_response_body_errors_total: error kinds. */
+export const BODY_ERROR_REASONS = [
+  "upstream_reset",
+  "upstream_protocol_error",
+  "upstream_timeout",
+] as const;
+export type BodyErrorReason = (typeof BODY_ERROR_REASONS)[number];
+
 /**
  * Per cluster: endpoint recorders and retry/overflow counters. Endpoint recorders are cached by
  * the endpoint's stable slot and checked against its origin, since DNS or a reload may give a
@@ -300,6 +308,7 @@ export class ClusterRecorder {
   readonly #budgetExhausted: Child<unknown>;
   readonly #overflowCluster: Child<unknown>;
   readonly #overflowEndpoint: Child<unknown>;
+  readonly #bodyErrors: Child<unknown>[];
 
   constructor(m: FerryMetrics, readonly name: string) {
     this.#m = m;
@@ -310,6 +319,16 @@ export class ClusterRecorder {
     // Series exist from the start, so rate() and alerts see 0 rather than nothing.
     for (const c of [this.#retries, this.#budgetExhausted, this.#overflowCluster]) c.inc(0);
     this.#overflowEndpoint.inc(0);
+    this.#bodyErrors = BODY_ERROR_REASONS.map((r) => m.upstreamBodyErrors.labels(name, r));
+    for (const c of this.#bodyErrors) c.inc(0);
+  }
+
+  /**
+   * A response body the upstream broke off after its head had gone to the client (the client
+   * sees it cut short; before that, the answer is a 502 counted as an upstream error instead).
+   */
+  bodyFailed(reason: BodyErrorReason): void {
+    this.#bodyErrors[BODY_ERROR_REASONS.indexOf(reason)]!.inc();
   }
 
   /** The recorder for an endpoint of this cluster. */
@@ -401,6 +420,7 @@ export class FerryMetrics {
   readonly rateLimitBackendErrors: client.Counter<string>;
   readonly rateLimitBackendUp: client.Gauge<string>;
   readonly retries: client.Counter<string>;
+  readonly upstreamBodyErrors: client.Counter<string>;
   readonly retryBudgetExhausted: client.Counter<string>;
   readonly overflow: client.Counter<string>;
   readonly grpcCalls: client.Counter<string>;
@@ -593,6 +613,13 @@ export class FerryMetrics {
       name: "ferry_upstream_retries_total",
       help: "Retry attempts sent upstream (admitted by the retry budget).",
       labelNames: ["cluster"],
+      registers,
+    });
+    this.upstreamBodyErrors = new client.Counter({
+      name: "ferry_upstream_response_body_errors_total",
+      help: "Response bodies the upstream broke off after their head went to the client " +
+        "(reset, close, malformed framing, idle timeout), by cluster and error kind.",
+      labelNames: ["cluster", "reason"],
       registers,
     });
     this.retryBudgetExhausted = new client.Counter({

@@ -24,11 +24,15 @@ export class WsFrameLimit {
   /** The close code for `violation`: 1009 (too big) or 1002 (protocol error). */
   violationCode = CLOSE_MESSAGE_TOO_BIG;
 
-  /** `requireMask`: a client's frames (RFC 6455 5.3); a server's are unmasked. */
+  /**
+   * `requireMask`: a client's frames (RFC 6455 5.3); `forbidMask`: a server's, which must be
+   * unmasked (5.1: a client MUST close the connection on a masked one).
+   */
   constructor(
     readonly maxFrameBytes: number,
     readonly maxMessageBytes: number,
     readonly requireMask = false,
+    readonly forbidMask = false,
   ) {}
 
   /**
@@ -57,6 +61,11 @@ export class WsFrameLimit {
       this.#headLen = 0;
       if (this.requireMask && !masked) {
         this.violation = "unmasked frame from the client";
+        this.violationCode = CLOSE_PROTOCOL_ERROR;
+        return headStart;
+      }
+      if (this.forbidMask && masked) {
+        this.violation = "masked frame from the server";
         this.violationCode = CLOSE_PROTOCOL_ERROR;
         return headStart;
       }

@@ -77,6 +77,11 @@ export function retryPolicy(c: RetryConfig): RetryPolicy {
 
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]);
 
+/** RFC 9110 9.2.2 (TRACE is never forwarded): a request that may be sent twice. */
+export function isIdempotent(method: string): boolean {
+  return IDEMPOTENT.has(method);
+}
+
 export function methodRetriable(p: RetryPolicy, method: string): boolean {
   return IDEMPOTENT.has(method) || p.nonIdempotent;
 }

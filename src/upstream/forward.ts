@@ -163,6 +163,7 @@ export function forwardTo(s: ForwardSettings): Handler {
             signal: attempt.signal,
             headersOutOfBand: true,
             record: ctx.outcome,
+            bodyErrors: s.metrics,
           });
           // A 1xx final answer is never relayed; then status range and framing, one check.
           if (upstream.status < 200) refuseInterim(upstream);
@@ -288,7 +289,12 @@ function idleGuard(
   s: ForwardSettings,
   ctl: AbortController,
 ): TransformStream<Uint8Array, Uint8Array> {
-  const fire = () => ctl.abort(new TimeoutReason(`response body idle for ${s.idleTimeoutMs} ms`));
+  const fire = () => {
+    // The upstream let the body stall after its head went out: counted here, as the abort makes
+    // the transports leave it uncounted (see noteBodyFailure).
+    s.metrics.bodyFailed("upstream_timeout");
+    ctl.abort(new TimeoutReason(`response body idle for ${s.idleTimeoutMs} ms`));
+  };
   let d = s.deadlines.arm(s.idleTimeoutMs, fire);
   return new TransformStream({
     transform(chunk, c) {

@@ -114,12 +114,18 @@ export class H2Transport implements Transport {
       );
     r.signal.addEventListener("abort", onAbort, { once: true });
     let answered = false;
+    // False while forward.ts holds the head back for the body's first bytes: a reset then is
+    // answered with a 502 (counted as the attempt's error), not a body cut after its head.
+    let headOut = true;
     void stream.closed.then((reset) => {
       r.signal.removeEventListener("abort", onAbort);
       // A body the peer broke after its head (a reset, a malformed or short body caught here):
       // noted for the access log. Ferry's own cancels (nobody reads, a retry) are not failures.
-      if (reset && answered && (reset.byPeer || reset.code === ErrorCode.PROTOCOL_ERROR)) {
-        noteBodyFailure(r.record, toUpstreamError(reset, r.signal));
+      if (
+        reset && answered && (headOut || stream.receivedBytes > 0) &&
+        (reset.byPeer || reset.code === ErrorCode.PROTOCOL_ERROR)
+      ) {
+        noteBodyFailure(r.record, toUpstreamError(reset, r.signal), r.bodyErrors, r.signal);
       }
     });
     if (r.body) void sendBody(r.body, stream);
@@ -129,10 +135,14 @@ export class H2Transport implements Transport {
     // Body bytes not here yet: forward.ts may hold the head back for them (a reset before the
     // first byte is then still a 502).
     if (res.body && stream.receivedBytes === 0 && !stream.remoteEnded) {
-      offerFirstBytes(res, (late) =>
-        stream.firstData(late).catch((err) => {
-          throw toUpstreamError(err, r.signal);
-        }));
+      headOut = false;
+      offerFirstBytes(
+        res,
+        (late) =>
+          stream.firstData(late.then(() => headOut = true)).catch((err) => {
+            throw toUpstreamError(err, r.signal);
+          }),
+      );
     }
     return res;
   }

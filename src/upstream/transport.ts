@@ -9,6 +9,7 @@
 import { offerBodyReader, takeBodyReader } from "../h1/body_reader.ts";
 import { ProxyError } from "../pipeline/errors.ts";
 import { denoTlsOptions, type UpstreamTls } from "./upstream_tls.ts";
+import type { BodyErrorReason } from "../observability/metrics.ts";
 
 export interface UpstreamRequest {
   /** Absolute URL: endpoint origin + path + query. */
@@ -30,13 +31,31 @@ export interface UpstreamRequest {
    * transport note it; fetch's body fails inside Deno.serve, out of sight.
    */
   readonly record?: { flags?: string | undefined };
+  /** Where that failure is counted (the cluster's metrics), when the upstream caused it. */
+  readonly bodyErrors?: BodyErrorCounter;
 }
 
-/** Notes a response body's failure in `record` (once per flag). */
+/** Counts response bodies the upstream broke off after their head (src/observability/metrics.ts). */
+export interface BodyErrorCounter {
+  bodyFailed(reason: BodyErrorReason): void;
+}
+
+/**
+ * Notes a response body's failure in `record` (once per flag), and counts it when the upstream
+ * caused it. Ferry's own ends are not counted here: the client gone, its send timeout, and the
+ * body idle timeout (which forward.ts counts where it fires), all of which abort `signal` first.
+ */
 export function noteBodyFailure(
   record: { flags?: string | undefined } | undefined,
   err: ProxyError,
+  counter: BodyErrorCounter | undefined,
+  signal: AbortSignal,
 ): void {
+  // (A signal not aborted leaves the upstream's two: a close or reset, or broken framing.)
+  if (
+    counter && !signal.aborted &&
+    (err.kind === "upstream_reset" || err.kind === "upstream_protocol_error")
+  ) counter.bodyFailed(err.kind);
   if (!record) return;
   const flag = err.flag;
   if (!record.flags) record.flags = flag;
@@ -144,7 +163,7 @@ function fetchFirstBytes(
           } else c.enqueue(next.value);
         } catch (err) {
           const pe = fetchBodyError(err, r.signal);
-          noteBodyFailure(r.record, pe);
+          noteBodyFailure(r.record, pe, r.bodyErrors, r.signal);
           throw pe;
         }
       },

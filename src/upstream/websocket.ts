@@ -10,7 +10,7 @@ import type { Endpoint } from "./cluster.ts";
 import { upstreamHeaders, type UpstreamHeaderSettings } from "./request_headers.ts";
 import type { H1Transport } from "../h1/transport.ts";
 import type { Upgraded } from "../h1/upgrade.ts";
-import { ClientGoneReason, TimeoutReason } from "./transport.ts";
+import { type BodyErrorCounter, ClientGoneReason, TimeoutReason } from "./transport.ts";
 import { connectionListed } from "./headers.ts";
 import { WsTunnel } from "./ws_tunnel.ts";
 
@@ -24,7 +24,13 @@ const HANDSHAKE = new Set([
   "host",
 ]);
 
+/** The longest a WebSocket handshake may take upstream; a shorter route `timeout` bounds it too. */
 const OPEN_TIMEOUT_MS = 10_000;
+
+/** The handshake's bound: the route's timeout for response headers, within OPEN_TIMEOUT_MS. */
+function openTimeout(s: WebSocketSettings): number {
+  return s.timeoutMs > 0 ? Math.min(s.timeoutMs, OPEN_TIMEOUT_MS) : OPEN_TIMEOUT_MS;
+}
 /** RFC 6455 7.4.1 registry: 1014 is "bad gateway", the honest code when the upstream vanished. */
 const CLOSE_BAD_GATEWAY = 1014;
 const CLOSE_POLICY = 1008;
@@ -54,6 +60,10 @@ type WebSocketSettings = UpstreamHeaderSettings & {
   readonly cluster: { readonly upgrades: H1Transport | undefined };
   readonly websocketMaxBuffer: number;
   readonly websocketMaxMessageBytes: number;
+  /** The route's time allowed until upstream response headers (0: none). */
+  readonly timeoutMs: number;
+  /** Counts a WebSocket the upstream broke off (closed without a close frame) while it was live. */
+  readonly metrics: BodyErrorCounter;
 };
 
 export async function proxyWebSocket(
@@ -108,7 +118,7 @@ async function tunnelWebSocket(
   const timer = setTimeout(
     () =>
       ctl.abort(new TimeoutReason(`WebSocket upstream ${endpoint.origin} did not open in time`)),
-    OPEN_TIMEOUT_MS,
+    openTimeout(s),
   );
   const onClientGone = () => ctl.abort(new ClientGoneReason("the client went away"));
   req.signal.addEventListener("abort", onClientGone, { once: true });
@@ -134,7 +144,7 @@ async function tunnelWebSocket(
     up.close();
     throw err;
   }
-  link.tunnel = new WsTunnel(up, link, s.websocketMaxMessageBytes);
+  link.tunnel = new WsTunnel(up, link, s.websocketMaxMessageBytes, s.metrics);
   response.headers.set("x-request-id", ctx.requestId);
   return response;
 }
@@ -158,7 +168,7 @@ async function relayWebSocket(
     headers: headers.pairs,
   });
   upstream.binaryType = "arraybuffer";
-  await opened(upstream, endpoint.origin);
+  await opened(upstream, endpoint.origin, openTimeout(s));
 
   // A copy's headers went upstream above; only the served request can be upgraded.
   let upgraded: ReturnType<typeof Deno.upgradeWebSocket>;
@@ -231,7 +241,11 @@ async function relayWebSocket(
   };
   upstream.onclose = (e) => {
     if (e.code === 1005) closeClient();
-    else if (e.code === 1006) {
+    else if (e.code === 1006 || e.code < 1000) {
+      // No close frame: 1006, or 0 as Deno 2.9.6's client reports a bare TCP close (relayed as
+      // such, it went to the client as a close frame with code 0, which no client accepts).
+      // Broken off while the client was still there (not Ferry's close nor the client's).
+      if (client.readyState <= WebSocket.OPEN) s.metrics.bodyFailed("upstream_reset");
       closeClient(CLOSE_BAD_GATEWAY, "upstream closed without a close frame");
     } else closeClient(e.code, e.reason);
   };
@@ -319,14 +333,14 @@ function size(data: string | ArrayBuffer): number {
   return typeof data === "string" ? data.length * 3 : data.byteLength;
 }
 
-function opened(ws: WebSocket, origin: string): Promise<void> {
+function opened(ws: WebSocket, origin: string, timeoutMs: number): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {
       ws.close();
       reject(
         new ProxyError("upstream_timeout", `WebSocket upstream ${origin} did not open in time`),
       );
-    }, OPEN_TIMEOUT_MS);
+    }, timeoutMs);
     ws.onopen = () => {
       clearTimeout(timer);
       resolve();

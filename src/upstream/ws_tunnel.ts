@@ -9,6 +9,7 @@
 import type { ByteTunnel, DownstreamLink, TunnelClient } from "../pipeline/downstream.ts";
 import { WsFrameLimit } from "../pipeline/ws_frames.ts";
 import type { Upgraded } from "../h1/upgrade.ts";
+import type { BodyErrorCounter } from "./transport.ts";
 
 const READ_BUFFER = 16 * 1024;
 /** The status line Deno.serve writes for an upgrade; the head ends at the next blank line. */
@@ -43,11 +44,21 @@ export class WsTunnel implements ByteTunnel {
   /** Resolves once the upstream's side has ended (EOF or error). */
   readonly #upstreamEnded = new Promise<void>((r) => this.#markUpstreamEnded = r);
   readonly #head = new SwitchingHeadEnd();
+  readonly #bodyErrors: BodyErrorCounter | undefined;
+  /** The client's side ended (its EOF): an upstream closing after that did not break anything. */
+  #clientEnded = false;
 
-  constructor(up: Upgraded, link: DownstreamLink, maxMessageBytes: number) {
+  constructor(
+    up: Upgraded,
+    link: DownstreamLink,
+    maxMessageBytes: number,
+    bodyErrors?: BodyErrorCounter,
+  ) {
     this.#up = up;
     this.#link = link;
-    this.#fromUpstream = new WsFrameLimit(Infinity, maxMessageBytes);
+    this.#bodyErrors = bodyErrors;
+    // A masked frame from the upstream is refused, not passed on for the client to refuse.
+    this.#fromUpstream = new WsFrameLimit(Infinity, maxMessageBytes, false, true);
     link.closeTunnel = (code, reason) => this.#closeWith(code, reason, code, reason);
   }
 
@@ -75,6 +86,11 @@ export class WsTunnel implements ByteTunnel {
     }
     this.#markUpstreamEnded();
     if (this.#closed) return;
+    // The upstream broke a live tunnel: no close frame either way, nobody asked it to stop.
+    if (
+      !this.#closing && !this.#clientEnded && !this.#fromUpstream.closeSeen &&
+      !this.#fromClient.closeSeen
+    ) this.#bodyErrors?.bodyFailed("upstream_reset");
     // The upstream left without its close frame: the client hears why, if it can.
     if (!this.#closing && !this.#fromUpstream.closeSeen && this.#fromUpstream.atFrameStart) {
       this.#closing = true;
@@ -92,12 +108,14 @@ export class WsTunnel implements ByteTunnel {
     if (this.#fromUpstream.dataFrames !== before) this.#link.lastMessageAt = performance.now();
     if (allowed > 0) await this.#write("client", bytes.subarray(0, allowed));
     if (allowed < bytes.length) {
-      const max = this.#fromUpstream.maxMessageBytes;
+      const limit = this.#fromUpstream;
       this.#closeWith(
         CLOSE_INTERNAL,
-        `upstream message over ${max} bytes`,
-        CLOSE_TOO_BIG,
-        this.#fromUpstream.violation!,
+        limit.violationCode === CLOSE_TOO_BIG
+          ? `upstream message over ${limit.maxMessageBytes} bytes`
+          : `upstream protocol error: ${limit.violation}`,
+        limit.violationCode,
+        limit.violation!,
       );
     }
   }
@@ -111,6 +129,7 @@ export class WsTunnel implements ByteTunnel {
   }
 
   clientEnded(): void {
+    this.#clientEnded = true;
     this.#up.conn.closeWrite().catch(() => {});
   }
 
