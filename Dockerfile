@@ -5,7 +5,8 @@ COPY deno.json deno.lock ./
 COPY main.ts ./
 COPY src ./src
 COPY config ./config
-RUN deno cache --frozen main.ts
+# The worker and config-validator isolates are started by URL: their imports are cached too.
+RUN deno cache --frozen main.ts src/workers/worker.ts src/config/validator_worker.ts
 USER deno
 EXPOSE 8080 9901
 # Liveness on the admin listener's /healthz (open without the token). The image has no curl:

@@ -104,7 +104,7 @@ export function startFerry(
   const snapshot = compileConfig(loaded.config, {
     version: 1,
     source: "test.yaml",
-    written: loaded.written,
+    durations: loaded.durations,
     readTextFile: opts.readTextFile ?? ((p) => Deno.readTextFileSync(p)),
     ...(opts.metrics ? { metrics: opts.metrics } : {}),
     ...(opts.env ? { env: opts.env } : {}),

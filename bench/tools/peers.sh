@@ -28,7 +28,7 @@ if [[ -z ${DENO:-} ]] && command -v deno >/dev/null 2>&1; then DENO=$(command -v
 # Fetch Ferry's npm dependencies into the harness's DENO_DIR up front, so the first start does
 # not spend the readiness window downloading.
 if [[ -n ${DENO:-} ]]; then
-  (cd "$REPO" && DENO_DIR="${PEERS_WORK:-/tmp/peers}/deno_dir" "$DENO" cache --quiet main.ts) ||
+  (cd "$REPO" && DENO_DIR="${PEERS_WORK:-/tmp/peers}/deno_dir" "$DENO" cache --quiet main.ts src/config/validator_worker.ts) ||
     echo "warning: deno cache main.ts failed; continuing" >&2
 fi
 
