@@ -78,7 +78,7 @@ export function dataSource(
   return {
     file: undefined,
     label: CODE_LABEL,
-    // Cloned on the way to the validator: later changes to `data` do not reach a reload.
+    // Cloned on the way to the validator: validating never touches the caller's object.
     load: () => validateInIsolate({ kind: "data", data, label: CODE_LABEL }),
     ...(factories ? { factories } : {}),
   };
