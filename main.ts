@@ -4,7 +4,7 @@
  * drain.
  */
 import { parseArgs, USAGE, UsageError } from "./src/cli.ts";
-import { configSource } from "./src/config/source.ts";
+import { configSource, loadedOnce } from "./src/config/source.ts";
 import { buildSnapshot } from "./src/server/build.ts";
 import { Reloader, watchConfigFile } from "./src/server/reload.ts";
 import { tlsFilesOf, watchTlsFiles } from "./src/server/tls_watch.ts";
@@ -45,7 +45,9 @@ async function main(): Promise<number> {
   // One metrics registry for the process: each reload hands it on, so counters survive.
   const metrics = new FerryMetrics({ processMetrics: true });
   installLastLineOfDefence(log, metrics);
-  const built = await buildSnapshot(source, { version: 1, log, metrics });
+  // One read and validation for start-up, whose snapshot may be built twice (workers below).
+  const atStart = loadedOnce(source);
+  const built = await buildSnapshot(atStart, { version: 1, log, metrics });
   if (!built.ok) {
     console.error(`ferry: ${built.message}`);
     return EXIT_CONFIG;
@@ -91,7 +93,7 @@ async function main(): Promise<number> {
     snapshot.close();
     const arena = new SharedArena(DEFAULT_ARENA_BYTES, { workers: workers.count, index: 0 });
     shareReplayBound(arena);
-    const rebuilt = await buildSnapshot(source, { version: 1, log, metrics, sharedMemory: arena });
+    const rebuilt = await buildSnapshot(atStart, { version: 1, log, metrics, sharedMemory: arena });
     if (!rebuilt.ok) {
       console.error(`ferry: ${rebuilt.message}`);
       return EXIT_CONFIG;

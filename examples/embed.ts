@@ -3,7 +3,7 @@
  *
  *   UPSTREAM=http://127.0.0.1:9001 API_TOKENS=0123456789abcdef0123 \
  *     deno run --allow-net --allow-read --allow-env --allow-ffi --unstable-no-legacy-abort \
- *     --v8-flags=--max-semi-space-size=4,--heap-growing-percent=100,--single-threaded-gc examples/embed.ts
+ *     --v8-flags=--max-semi-space-size=4,--heap-growing-percent=100,--single-threaded-gc,--no-allocation-site-pretenuring examples/embed.ts
  *
  * (the flags `deno task start` runs main.ts with).
  *

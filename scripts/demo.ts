@@ -95,7 +95,7 @@ const proxy = new Deno.Command(Deno.execPath(), {
     "--unstable-no-legacy-abort",
     // server.workers > 1 shares each port between workers (reusePort is unstable in Deno 2.9.6).
     "--unstable-net",
-    "--v8-flags=--max-semi-space-size=4,--heap-growing-percent=100,--single-threaded-gc",
+    "--v8-flags=--max-semi-space-size=4,--heap-growing-percent=100,--single-threaded-gc,--no-allocation-site-pretenuring",
     MAIN,
     "--config",
     configFile,

@@ -19,7 +19,7 @@ import {
 import { ConfigError, start } from "../mod.ts";
 import tokenCheck from "../examples/token_check.ts";
 import { loadConfigFile } from "../src/config/load.ts";
-import { formatIssues } from "../src/config/errors.ts";
+import { formatIssues } from "../src/config/issues.ts";
 
 const TOKEN = "0123456789abcdef-test-token";
 const TOKEN_CHECK = `${ROOT}examples/token_check.ts`;

@@ -104,7 +104,7 @@ export function startFerry(
   const snapshot = compileConfig(loaded.config, {
     version: 1,
     source: "test.yaml",
-    written: loaded.written,
+    durations: loaded.durations,
     readTextFile: opts.readTextFile ?? ((p) => Deno.readTextFileSync(p)),
     ...(opts.metrics ? { metrics: opts.metrics } : {}),
     ...(opts.env ? { env: opts.env } : {}),
@@ -369,7 +369,7 @@ export const RUN = [
   // server.workers > 1 binds listeners with SO_REUSEPORT (reusePort is unstable in Deno 2.9.6).
   "--unstable-net",
   // V8's heap sized as shipped (docs/PERFORMANCE.md, "Memory: where it goes and what was cut").
-  "--v8-flags=--max-semi-space-size=4,--heap-growing-percent=100,--single-threaded-gc",
+  "--v8-flags=--max-semi-space-size=4,--heap-growing-percent=100,--single-threaded-gc,--no-allocation-site-pretenuring",
   MAIN,
 ];
 

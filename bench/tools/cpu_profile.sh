@@ -5,7 +5,8 @@
 # wrk -t1 -c50 for DURATION seconds, then SIGTERM (Ferry drains and exits; the profile is written
 # at exit). Prints the top self-time functions (bench/tools/profile_summary.ts).
 #   DURATION=15 bench/tools/cpu_profile.sh            # H2=1: h2load -c10 -m10 instead of wrk
-# Environment: GUARD=false (connection_guard off), OUT (default /tmp/cpu_profile), TOP (15). Everything started here is stopped by PID.
+# Environment: GUARD=false (connection_guard off), BYTES (the backend's body size; default the
+# 13-byte "Hello, world!", BYTES=65536 for the h1-64k path), OUT (default /tmp/cpu_profile), TOP (15). Everything started here is stopped by PID.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -20,8 +21,11 @@ trap cleanup EXIT
 free_port() { "$DENO" eval 'const l = Deno.listen({hostname: "127.0.0.1", port: 0}); console.log(l.addr.port); l.close();'; }
 
 UP_PORT=$(free_port)
+BODY_JS='"Hello, world!"'
+[[ -n ${BYTES:-} ]] && BODY_JS="new Uint8Array($BYTES).fill(120)"
 "$DENO" run --allow-net - >/dev/null 2>&1 <<JS &
-Deno.serve({ hostname: "127.0.0.1", port: $UP_PORT, onListen() {} }, () => new Response("Hello, world!"));
+const body = ${BODY_JS};
+Deno.serve({ hostname: "127.0.0.1", port: $UP_PORT, onListen() {} }, () => new Response(body));
 JS
 pids+=($!)
 PORT=$(free_port)

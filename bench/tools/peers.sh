@@ -28,7 +28,7 @@ if [[ -z ${DENO:-} ]] && command -v deno >/dev/null 2>&1; then DENO=$(command -v
 # Fetch Ferry's npm dependencies into the harness's DENO_DIR up front, so the first start does
 # not spend the readiness window downloading.
 if [[ -n ${DENO:-} ]]; then
-  (cd "$REPO" && DENO_DIR="${PEERS_WORK:-/tmp/peers}/deno_dir" "$DENO" cache --quiet main.ts) ||
+  (cd "$REPO" && DENO_DIR="${PEERS_WORK:-/tmp/peers}/deno_dir" "$DENO" cache --quiet main.ts src/config/validator_worker.ts) ||
     echo "warning: deno cache main.ts failed; continuing" >&2
 fi
 
@@ -41,6 +41,6 @@ done
 export PROJECT_PROXY_NAME=ferry
 export PROJECT_PROXY_H2C=1
 export PROJECT_PROXY_CWD=$REPO
-export PROJECT_PROXY_CMD='env PROXY_LISTEN_ADDR=127.0.0.1:{PORT} PROXY_UPSTREAM_ADDRS={UPSTREAM} PROXY_LOG_LEVEL=warn PROXY_WORKERS=${FERRY_WORKERS:-1} "$DENO" run -A --unstable-no-legacy-abort --unstable-net --v8-flags=--max-semi-space-size=4,--heap-growing-percent=100,--single-threaded-gc main.ts'
+export PROJECT_PROXY_CMD='env PROXY_LISTEN_ADDR=127.0.0.1:{PORT} PROXY_UPSTREAM_ADDRS={UPSTREAM} PROXY_LOG_LEVEL=warn PROXY_WORKERS=${FERRY_WORKERS:-1} "$DENO" run -A --unstable-no-legacy-abort --unstable-net --v8-flags=--max-semi-space-size=4,--heap-growing-percent=100,--single-threaded-gc,--no-allocation-site-pretenuring main.ts'
 
 exec "$PEERS_DIR/run.sh"

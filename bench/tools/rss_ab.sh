@@ -2,7 +2,9 @@
 # Interleaved A/B of start-up variants of Ferry (env quick start, shipped defaults) in front of one
 # Deno.serve backend: per round and variant, a fresh Ferry; RSS at rest, then `wrk -t1 -c50` for
 # DURATION s; peak RSS (VmHWM), requests/s and CPU per request (utime+stime of Ferry over the run,
-# from /proc/PID/stat). Variants are `label|ENV=a ENV2=b|deno flags` (either part may be empty):
+# from /proc/PID/stat). Variants are `label|ENV=a ENV2=b|deno flags[|checkout]` (either of the
+# first two may be empty; the optional fourth runs another checkout's main.ts, for a before/after
+# of two trees in the same minutes):
 #   ROUNDS=4 bench/tools/rss_ab.sh "shipped||" "arena2|MALLOC_ARENA_MAX=2|" \
 #     "semi4||--v8-flags=--max-semi-space-size=4"
 # Prints one line per run, then medians per variant. FERRY_DIR runs another checkout's main.ts;
@@ -24,12 +26,12 @@ OUT=$(mktemp)
 trap 'kill $UPPID 2>/dev/null || true; rm -f "$OUT"' EXIT
 TICKS=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-one() { # label env flags
-  local label=$1 envs=$2 flags=$3 pid rest hwm rps t0 t1 reqs
+one() { # label env flags [checkout]
+  local label=$1 envs=$2 flags=$3 tree=${4:-$REPO} pid rest hwm rps t0 t1 reqs
   # shellcheck disable=SC2086
   env PROXY_LISTEN_ADDR="127.0.0.1:$PORT" PROXY_UPSTREAM_ADDRS="http://127.0.0.1:$UP" \
     PROXY_LOG_LEVEL=warn $envs "$DENO" run -A --unstable-no-legacy-abort --unstable-net $flags \
-    "$REPO/main.ts" >/dev/null 2>&1 &
+    "$tree/main.ts" >/dev/null 2>&1 &
   pid=$!
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/" >/dev/null && break; sleep 0.2; done
   sleep 1
@@ -49,8 +51,8 @@ one() { # label env flags
 RESULTS=$(mktemp)
 for _ in $(seq "${ROUNDS:-3}"); do
   for v in "$@"; do
-    IFS='|' read -r label envs flags <<<"$v"
-    one "$label" "$envs" "$flags" | tee -a "$RESULTS"
+    IFS='|' read -r label envs flags tree <<<"$v"
+    one "$label" "$envs" "$flags" "$tree" | tee -a "$RESULTS"
   done
 done
 echo "medians (rest MiB, peak MiB, req/s, CPU us/req):"

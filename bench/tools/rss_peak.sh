@@ -43,7 +43,7 @@ export PROXY_LISTEN_ADDR=127.0.0.1:$PORT PROXY_UPSTREAM_ADDRS=http://127.0.0.1:$
 for _ in $(seq "${ROUNDS:-2}"); do
   measure deno-hdr "$DENO" run -A "$PEERS_DIR/proxies/deno-hdr.ts" "$PORT" "http://127.0.0.1:$UP"
   measure ferry "$DENO" run -A --unstable-no-legacy-abort --unstable-net \
-    --v8-flags=--max-semi-space-size=4,--heap-growing-percent=100,--single-threaded-gc "$REPO/main.ts"
+    --v8-flags=--max-semi-space-size=4,--heap-growing-percent=100,--single-threaded-gc,--no-allocation-site-pretenuring "$REPO/main.ts"
   if [[ -n ${BEFORE:-} ]]; then
     measure "ferry before" "$DENO" run -A --unstable-no-legacy-abort --unstable-net "$BEFORE/main.ts"
   fi

@@ -8,7 +8,8 @@
  * const result = configFromEnv(Deno.env.toObject()) ?? await loadConfigFile("ferry.yaml");
  * ```
  */
-import type { ConfigIssue, LoadResult } from "./errors.ts";
+import type { ConfigIssue, LoadResult } from "./issues.ts";
+import { envValue, usesEnvConfig } from "./env_vars.ts";
 import { formatPath, type PathSegment } from "./config_path.ts";
 import { validateConfig } from "./load.ts";
 
@@ -37,13 +38,10 @@ type Level = typeof LEVELS[number];
  *   off as error)
  */
 export function configFromEnv(env: Record<string, string | undefined>): LoadResult | undefined {
-  const get = (name: string) => {
-    const v = env[name]?.trim();
-    return v === undefined || v === "" ? undefined : v;
-  };
+  if (!usesEnvConfig(env)) return undefined;
+  const get = (name: string) => envValue(env, name);
   const listen = get("PROXY_LISTEN_ADDR");
   const upstreams = get("PROXY_UPSTREAM_ADDRS");
-  if (listen === undefined && upstreams === undefined) return undefined;
 
   const errors: ConfigIssue[] = [];
   const issue = (variable: string, message: string, value?: string) => {

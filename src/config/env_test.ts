@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { configFromEnv, levelFromRustLog } from "./env.ts";
-import { formatIssues } from "./errors.ts";
+import { formatIssues } from "./issues.ts";
 
 Deno.test("configFromEnv() is undefined without PROXY_LISTEN_ADDR and PROXY_UPSTREAM_ADDRS", () => {
   assert.equal(configFromEnv({}), undefined);

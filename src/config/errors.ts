@@ -1,71 +1,15 @@
 /**
- * The shape of a config problem, how it is printed, and how zod's issues are turned into
- * messages that say what was expected. Every problem — YAML syntax, schema, cross-references,
- * unreadable files, environment variables — becomes one `ConfigIssue`.
+ * How zod's issues are turned into messages that say what was expected, and which config values
+ * are durations (read from the schema). Every problem (YAML syntax, schema, cross-references,
+ * unreadable files, environment variables) becomes one `ConfigIssue` (issues.ts).
  */
 import type { z } from "zod";
-import { ConfigSchema, type FerryConfig } from "./schema.ts";
+import { ConfigSchema } from "./schema.ts";
 import { formatDuration, parseDuration } from "./duration.ts";
 import type { PathSegment } from "./config_path.ts";
+import { type ConfigIssue, type LoadResult, pathKey } from "./issues.ts";
 
-/** One problem (or warning) in a config source, located as precisely as the source allows. */
-export interface ConfigIssue {
-  /** The config file, or `<env>` for the environment quick start. */
-  file: string;
-  /** 1-based line; 0 when the problem is not at a place in the file (e.g. it cannot be read). */
-  line: number;
-  /** 1-based column; 0 together with `line` 0. */
-  column: number;
-  /** Where in the config, like `routes[0].match.path.prefix`; "" for the whole document. */
-  path: string;
-  /** The offending value as written, when there is one worth showing. */
-  value?: unknown;
-  /** What was wrong, phrased as what was expected. */
-  message: string;
-}
-
-export type LoadResult =
-  | {
-    ok: true;
-    config: FerryConfig;
-    warnings: ConfigIssue[];
-    /**
-     * Places a config path in the source, for problems found after loading (compiling the
-     * snapshot); absent for sources without lines (the environment quick start).
-     */
-    locate?: (path: readonly PathSegment[]) => { line: number; column: number };
-    /** The data as written (parsed, before the schema), when it came from text. */
-    written?: unknown;
-  }
-  | { ok: false; errors: ConfigIssue[] };
-
-const MAX_VALUE_CHARS = 60;
-
-/** A value as shown in a message: JSON, cut to at most 60 characters. */
-export function formatValue(value: unknown): string {
-  let text: string;
-  try {
-    text = typeof value === "bigint" ? `${value}` : JSON.stringify(value) ?? String(value);
-  } catch {
-    text = String(value);
-  }
-  return text.length > MAX_VALUE_CHARS ? `${text.slice(0, MAX_VALUE_CHARS - 3)}...` : text;
-}
-
-/** One issue as `file:line:col: path: message (got value)`; `file: ...` when there is no line. */
-export function formatIssue(issue: ConfigIssue): string {
-  const where = issue.line > 0 ? `${issue.file}:${issue.line}:${issue.column}` : issue.file;
-  const path = issue.path === "" ? "" : `${issue.path}: `;
-  const got = "value" in issue && issue.value !== undefined
-    ? ` (got ${formatValue(issue.value)})`
-    : "";
-  return `${where}: ${path}${issue.message}${got}`;
-}
-
-/** Issues one per line, in the order given (sources report them by position). */
-export function formatIssues(issues: readonly ConfigIssue[]): string {
-  return issues.map(formatIssue).join("\n");
-}
+export type { ConfigIssue, LoadResult };
 
 /** Which part of a node an issue points at: its value, its key, or the mapping holding it. */
 export type IssueAnchor = "value" | "key" | "parent";
@@ -277,32 +221,29 @@ function isDuration(s: Schema): boolean {
 }
 
 /**
- * A loaded config, or a view of one with the same paths, with every duration (kept as whole
- * milliseconds) written with its unit again: what /config shows, `timeout: "15s"` not 15000.
+ * Every duration in a validated config (kept as whole milliseconds), by `pathKey`, as /config
+ * shows it (`withDurationTexts`): as written where the source says it ("1.5s" stays "1.5s"),
+ * defaults in their largest unit.
  */
-export function withDurationUnits(
-  value: unknown,
-  written?: unknown,
-  path: PathSegment[] = [],
-): unknown {
-  if (typeof value === "number") {
-    const s = schemaAt(path);
-    if (!s || !isDuration(unwrap(s))) return value;
-    // As written where the file says it ("1.5s" stays "1.5s"); defaults in the largest unit.
-    const w = valueAt(written, path);
-    return w.found && typeof w.value === "string" && parseDuration(w.value) === value
-      ? w.value.trim()
-      : formatDuration(value);
-  }
-  if (Array.isArray(value)) {
-    return value.map((v, i) => withDurationUnits(v, written, [...path, i]));
-  }
-  if (value !== null && typeof value === "object") {
-    return Object.fromEntries(
-      Object.entries(value).map(([k, v]) => [k, withDurationUnits(v, written, [...path, k])]),
-    );
-  }
-  return value;
+export function durationTexts(config: unknown, written: unknown): Map<string, string> {
+  const texts = new Map<string, string>();
+  const visit = (value: unknown, path: PathSegment[]) => {
+    if (typeof value === "number") {
+      const s = schemaAt(path);
+      if (!s || !isDuration(unwrap(s))) return;
+      const w = valueAt(written, path).value;
+      const asWritten = typeof w === "string" && parseDuration(w) === value;
+      const text = asWritten ? w.trim() : formatDuration(value);
+      // 0 stays the number 0.
+      if (text !== 0) texts.set(pathKey(path), text);
+    } else if (Array.isArray(value)) {
+      value.forEach((v, i) => visit(v, [...path, i]));
+    } else if (value !== null && typeof value === "object") {
+      for (const [k, v] of Object.entries(value)) visit(v, [...path, k]);
+    }
+  };
+  visit(config, []);
+  return texts;
 }
 
 /** The schema that validates `path`, looking through defaults, pipes and unions. */

@@ -38,14 +38,13 @@ import { httpTransportOf } from "./transport_of.ts";
 import { formatPath, type PathSegment } from "./config_path.ts";
 import { parseCidr } from "../pipeline/trust.ts";
 import {
-  type ConfigIssue,
+  durationTexts,
   type Finding,
-  formatIssues,
   type IssueAnchor,
-  type LoadResult,
   translateIssue,
   valueAt,
 } from "./errors.ts";
+import { type ConfigIssue, formatIssues, type LoadResult, pathKey, type Place } from "./issues.ts";
 
 export type { ConfigIssue, IssueAnchor, LoadResult, PathSegment };
 export { formatIssues };
@@ -273,8 +272,7 @@ export function parseConfigText(
   return {
     ...result,
     warnings: sortIssues([...warnings, ...result.warnings]),
-    locate: (path) => at(offsetOf(doc, path, "value")),
-    written: data,
+    places: placesOf(doc, at),
   };
 }
 
@@ -349,6 +347,13 @@ function deref(doc: Document, node: unknown): unknown {
   return node;
 }
 
+/** Where a node under a mapping key or in a list is: its value, or its key when it is empty. */
+function childOffset(key: unknown, value: unknown, parent: number): number {
+  const range = rangeOf(value);
+  const empty = !range || (isScalar(value) && value.value === null && range[0] === range[1]);
+  return (empty ? rangeOf(key)?.[0] : range[0]) ?? parent;
+}
+
 /** Source offset of a config path; missing steps fall back to the deepest node that exists. */
 function offsetOf(doc: Document, path: readonly PathSegment[], anchor: IssueAnchor): number {
   if (anchor === "parent") return offsetOf(doc, path.slice(0, -1), "value");
@@ -368,15 +373,41 @@ function offsetOf(doc: Document, path: readonly PathSegment[], anchor: IssueAnch
     } else {
       return fallback;
     }
-    const keyStart = pair ? rangeOf(pair.key)?.[0] : undefined;
-    const valueRange = rangeOf(next);
-    const emptyValue = !valueRange || (isScalar(next) && next.value === null &&
-      valueRange[0] === valueRange[1]);
-    fallback = (emptyValue ? keyStart : valueRange[0]) ?? fallback;
+    fallback = childOffset(pair?.key, next, fallback);
     node = next;
   }
   if (anchor === "key" && pair) return rangeOf(pair.key)?.[0] ?? fallback;
   return fallback;
+}
+
+/** Most nodes `placesOf` records; past it, problems are placed at the nearest recorded node. */
+const MAX_PLACES = 100_000;
+
+/**
+ * Where every node of the document is, by `pathKey`: the table `placeOf` (issues.ts) reads for
+ * problems found after loading. Placed as `offsetOf(doc, path, "value")` places them.
+ */
+function placesOf(doc: Document, at: (offset: number) => Place): Map<string, Place> {
+  const places = new Map<string, Place>();
+  const visit = (node: unknown, path: PathSegment[], offset: number) => {
+    places.set(pathKey(path), at(offset));
+    if (places.size >= MAX_PLACES || path.length > MAX_YAML_NESTING) return;
+    const cur = deref(doc, node);
+    if (isMap(cur)) {
+      for (const pair of cur.items) {
+        const key = keyText(pair.key);
+        // The first of duplicate keys, as offsetOf finds it.
+        if (places.has(pathKey([...path, key]))) continue;
+        visit(pair.value, [...path, key], childOffset(pair.key, pair.value, offset));
+      }
+    } else if (isSeq(cur)) {
+      cur.items.forEach((item, i) =>
+        visit(item, [...path, i], childOffset(undefined, item, offset))
+      );
+    }
+  };
+  visit(doc.contents, [], rangeOf(doc.contents)?.[0] ?? 0);
+  return places;
 }
 
 /** The config path of the deepest node at a source offset (for YAML errors). */
@@ -444,7 +475,12 @@ export function validateConfig(data: unknown, options: ValidateOptions): LoadRes
   }
   const { errors, warnings } = checkReferences(parsed.data, options);
   if (errors.length > 0) return { ok: false, errors: dedupe(errors.map(toIssue)) };
-  return { ok: true, config: parsed.data, warnings: warnings.map(toIssue) };
+  return {
+    ok: true,
+    config: parsed.data,
+    warnings: warnings.map(toIssue),
+    durations: durationTexts(parsed.data, data),
+  };
 }
 
 function dedupe(issues: ConfigIssue[]): ConfigIssue[] {

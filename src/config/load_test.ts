@@ -12,7 +12,7 @@ import {
   parseConfigText,
 } from "./load.ts";
 import { resolveConfigPath } from "./files.ts";
-import type { LoadResult } from "./errors.ts";
+import type { LoadResult } from "./issues.ts";
 
 const CONTRACT = `listeners:
   - name: public

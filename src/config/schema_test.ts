@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { renderSchema, SCHEMA_FILE } from "../../scripts/gen_schema.ts";
-import { formatIssues } from "./errors.ts";
+import { formatIssues } from "./issues.ts";
 import { parseConfigText } from "./load.ts";
 
 const CONFIG_DIR = new URL("../../config/", import.meta.url);

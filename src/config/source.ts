@@ -1,17 +1,11 @@
 /**
  * Where the config comes from: a YAML file, the PROXY_* environment quick start, or text sent
  * over the admin API. `buildSnapshot` (src/server/build.ts) turns any of them into a snapshot.
+ * Each load runs in an isolate of its own (validator.ts).
  */
-import { configFromEnv } from "./env.ts";
-import {
-  checkReadableFile,
-  checkWritableFile,
-  loadConfigFile,
-  type LoadResult,
-  parseConfigText,
-  validateConfig,
-} from "./load.ts";
-import { resolveConfigPath } from "./files.ts";
+import type { LoadResult } from "./issues.ts";
+import { usesEnvConfig } from "./env_vars.ts";
+import { validateInIsolate } from "./validator.ts";
 import type { MiddlewareFactory } from "../pipeline/types.ts";
 
 export const DEFAULT_CONFIG = "config/ferry.yaml";
@@ -32,11 +26,16 @@ export function configSource(
   env: Record<string, string | undefined>,
 ): ConfigSource {
   const named = flag ?? env.PROXY_CONFIG;
-  if (named === undefined && configFromEnv(env) !== undefined) {
-    return { file: undefined, label: "<env>", load: () => Promise.resolve(configFromEnv(env)!) };
+  if (named === undefined && usesEnvConfig(env)) {
+    const vars = { ...env };
+    return {
+      file: undefined,
+      label: "<env>",
+      load: () => validateInIsolate({ kind: "env", env: vars }),
+    };
   }
   const file = named ?? DEFAULT_CONFIG;
-  return { file, label: file, load: () => loadConfigFile(file) };
+  return { file, label: file, load: () => validateInIsolate({ kind: "file", path: file }) };
 }
 
 /** Where a config sent over the admin API says it came from, in error positions. */
@@ -52,13 +51,17 @@ export function textSource(text: string, running: ConfigSource): ConfigSource {
     file,
     label: REQUEST_LABEL,
     ...(running.factories ? { factories: running.factories } : {}),
-    load: () =>
-      Promise.resolve(parseConfigText(text, REQUEST_LABEL, {
-        // Paths arrive resolved against "<request>"'s folder, ".": re-anchor them on the file's.
-        checkFile: (p) => checkReadableFile(file ? resolveConfigPath(file, p) : p),
-        checkWritable: checkWritableFile,
-      })),
+    load: () => validateInIsolate({ kind: "text", text, label: REQUEST_LABEL, file }),
   };
+}
+
+/**
+ * The same load for every call: start-up builds its snapshot twice with `server.workers > 1`
+ * (the second time with the shared arena) from one read of the source.
+ */
+export function loadedOnce(src: ConfigSource): ConfigSource {
+  const loaded = src.load();
+  return { ...src, load: () => loaded.then((r) => structuredClone(r)) };
 }
 
 /** Where a config given in code as data says it came from, in error positions. */
@@ -75,11 +78,8 @@ export function dataSource(
   return {
     file: undefined,
     label: CODE_LABEL,
-    load: () =>
-      Promise.resolve(validateConfig(structuredClone(data), {
-        file: CODE_LABEL,
-        checkFile: checkReadableFile,
-      })),
+    // Cloned on the way to the validator: validating never touches the caller's object.
+    load: () => validateInIsolate({ kind: "data", data, label: CODE_LABEL }),
     ...(factories ? { factories } : {}),
   };
 }

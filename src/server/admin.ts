@@ -25,6 +25,7 @@ import { dashboardStats, type MetricReader, type StatsHistory } from "./admin_st
 import { clustersView } from "./cluster_view.ts";
 import { dashboardHtml } from "./dashboard.ts";
 import { loadedOptionalParts } from "./optional_parts.ts";
+import { withDurationTexts } from "../config/issues.ts";
 
 export interface AdminView {
   /** "ready" while serving, "draining" once shutdown has begun. */
@@ -181,9 +182,6 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
       case "/routes":
         return json(200, routesView(view.snapshot()));
       case "/config": {
-        // Imported here: it reads the schema (zod), which only the main isolate, the one serving
-        // this listener, has loaded; worker isolates import this module without it.
-        const { withDurationUnits } = await import("../config/errors.ts");
         const s = view.snapshot();
         return json(200, {
           version: s.version,
@@ -200,7 +198,7 @@ export function adminHandler(view: AdminView): (req: Request) => Promise<Respons
             not_after: new Date(c.notAfter).toISOString(),
             ...(c.fingerprint256 ? { sha256: c.fingerprint256 } : {}),
           })),
-          config: withDurationUnits(redact(s.config), s.written),
+          config: withDurationTexts(redact(s.config), s.durations),
         });
       }
       case "/explain":

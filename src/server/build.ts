@@ -4,7 +4,7 @@
  * compile (compile_config.ts: prepare the stateful parts, compile the routes).
  */
 import type { ConfigSource } from "../config/source.ts";
-import { formatIssues, type LoadResult } from "../config/load.ts";
+import { formatIssues, type LoadResult, placeOf } from "../config/issues.ts";
 import { resolveConfigPath } from "../config/files.ts";
 import { formatPath, parsePath, type PathSegment } from "../config/config_path.ts";
 import { loadExtensions } from "./extensions.ts";
@@ -57,7 +57,7 @@ export async function buildSnapshot(src: ConfigSource, opts: BuildOptions): Prom
       ...opts,
       extensions: ext.extensions,
       source: src.label,
-      written: loaded.written,
+      durations: loaded.durations,
       readTextFile: (p) => Deno.readTextFileSync(file ? resolveConfigPath(file, p) : p),
     });
     return {
@@ -90,7 +90,7 @@ function placed(
 ): BuildResult {
   const issues = problems.map((p) => ({
     file: label,
-    ...(loaded.locate?.(p.path) ?? { line: 0, column: 0 }),
+    ...(placeOf(loaded.places, p.path) ?? { line: 0, column: 0 }),
     path: formatPath(p.path),
     value: p.value,
     message: p.message,

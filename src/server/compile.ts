@@ -59,6 +59,9 @@ export interface ListenerPlan {
   readonly clientCertHeader: string;
 }
 
+/** A worker's snapshot: /config is served by the main isolate, from its own. */
+const NO_DURATIONS: ReadonlyMap<string, string> = new Map();
+
 export interface GrpcConnectionTimeouts {
   readonly idleMs: number;
   readonly handshakeMs: number;
@@ -76,8 +79,8 @@ export interface Snapshot {
   readonly loadedAt: Date;
   readonly source: string;
   readonly config: FerryConfig;
-  /** The config as written, before defaults and conversions; undefined when not from a file. */
-  readonly written: unknown;
+  /** /config's text for each duration in `config`, by path (issues.ts `withDurationTexts`). */
+  readonly durations: ReadonlyMap<string, string>;
   readonly listeners: ReadonlyMap<string, ListenerPlan>;
   readonly clusters: ReadonlyMap<string, Cluster>;
   readonly routes: readonly CompiledRoute[];
@@ -129,8 +132,8 @@ export interface CompileOptions {
   readonly log?: Logger;
   /** The process's metrics (the parts were prepared with the same). */
   readonly metrics: FerryMetrics;
-  /** The config as written (parsed YAML before the schema), for /config's durations. */
-  readonly written?: unknown;
+  /** /config's text for each duration (issues.ts `withDurationTexts`); none in workers. */
+  readonly durations?: ReadonlyMap<string, string>;
   /** Extension middleware loaded for this config (src/server/extensions.ts), per route index. */
   readonly extensions?: {
     forRoute(index: number, metrics: FerryMetrics): Middleware | undefined;
@@ -210,7 +213,7 @@ export function compileSnapshot(cfg: FerryConfig, opts: CompileOptions): Snapsho
     loadedAt: new Date(),
     source: opts.source,
     config: cfg,
-    written: opts.written,
+    durations: opts.durations ?? NO_DURATIONS,
     listeners,
     clusters,
     routes,

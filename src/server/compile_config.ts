@@ -31,8 +31,8 @@ export interface BuildOptions {
 export interface CompileConfigOptions extends BuildOptions {
   /** Where the config came from, for /config and logs. */
   readonly source: string;
-  /** The config as written (parsed YAML before the schema), for /config's durations. */
-  readonly written?: unknown;
+  /** /config's text for each duration (issues.ts `withDurationTexts`); none in workers. */
+  readonly durations?: ReadonlyMap<string, string>;
   /** Reads a file named in the config, resolved against the config's folder. */
   readonly readTextFile: (path: string) => string;
   /** Extension middleware loaded for this config (src/server/extensions.ts). */
@@ -61,7 +61,7 @@ export function compileConfig(cfg: FerryConfig, opts: CompileConfigOptions): Sna
     return compileSnapshot(cfg, {
       version: opts.version,
       source: opts.source,
-      written: opts.written,
+      ...(opts.durations ? { durations: opts.durations } : {}),
       parts,
       materials,
       tls,

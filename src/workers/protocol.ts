@@ -11,7 +11,6 @@ export interface WorkerConfig {
   readonly version: number;
   /** Validated, with every port resolved (port 0 is bound once, by the main isolate). */
   readonly config: FerryConfig;
-  readonly written: unknown;
   /** `source.label` for /config and logs. */
   readonly label: string;
   /** The config file, against which paths in the config resolve (undefined: <env>). */

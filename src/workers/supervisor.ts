@@ -277,7 +277,6 @@ export class WorkerPool implements ReloadPeers {
     return {
       version: s.version,
       config: withPorts(s.config, ports),
-      written: s.written,
       label: s.source,
       file: this.#opts.file,
     };

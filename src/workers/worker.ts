@@ -95,7 +95,6 @@ async function compile(c: WorkerConfig, previous: Snapshot | undefined): Promise
     return compileConfig(c.config, {
       version: c.version,
       source: c.label,
-      written: c.written,
       readTextFile: (p: string) => Deno.readTextFileSync(c.file ? resolveConfigPath(c.file, p) : p),
       extensions: ext.extensions,
       ...(log ? { log } : {}),
