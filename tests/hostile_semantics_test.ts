@@ -214,9 +214,23 @@ Deno.test("hostile semantics: the gRPC listener resets malformed requests (RFC 9
       [TEN],
     );
     assert.equal("status" in ok && ok.grpcStatus, "0", JSON.stringify(ok));
-    assert.deepEqual(seen.map((s) => s.path), ["/m.S/ok"], "nothing malformed reached upstream");
-    assert.equal(seen[0]!.bodyBytes, 10);
-    assert.equal(seen[0]!.headers.get("host") ?? null, null);
+    // A body whose DATA breaks its content-length is known bad only when that DATA arrives: if
+    // the head had gone upstream by then, Ferry resets the upstream stream (CANCEL), and none of
+    // the body is forwarded. Deno.serve, this test's upstream, reads a request reset after its
+    // HEADERS as a complete empty body (a raw HTTP/2 client shows it with a bare Deno.serve), so
+    // such a head may be seen here, always with no body bytes.
+    const streamedLength = new Set(["/m.S/cl-over", "/m.S/cl-under"]);
+    for (const s of seen.filter((s) => streamedLength.has(s.path))) {
+      assert.equal(s.bodyBytes, 0, `${s.path}: no byte of a body that breaks its length`);
+    }
+    assert.deepEqual(
+      seen.filter((s) => !streamedLength.has(s.path)).map((s) => s.path),
+      ["/m.S/ok"],
+      "nothing malformed reached upstream",
+    );
+    const served = seen.find((s) => s.path === "/m.S/ok")!;
+    assert.equal(served.bodyBytes, 10);
+    assert.equal(served.headers.get("host") ?? null, null);
     // A header list over the limit is answered 431 (RFC 9113 10.5.1); it was not counted.
     const big = await h2Request(
       port,
