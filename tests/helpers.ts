@@ -9,6 +9,8 @@ import { Ferry } from "../src/server/ferry.ts";
 import type { FerryMetrics } from "../src/observability/metrics.ts";
 import { isMap, parseDocument } from "yaml";
 import { loadAllOptionalParts } from "../src/server/optional_parts.ts";
+import { H2Connection } from "../src/h2/connection.ts";
+import type { H2Stream } from "../src/h2/stream.ts";
 
 // startFerry compiles synchronously, so what buildSnapshot would import for a config that uses
 // node:tls, gRPC, jose or Redis is imported here once (tests/optional_parts_test.ts checks the
@@ -325,6 +327,42 @@ export function startRawServer(serve: (conn: Deno.Conn) => Promise<void>): RawSe
       listener.close();
       for (const c of conns) closeQuietly(c);
       await serving;
+    },
+  };
+}
+
+/** An HTTP/2 server on 127.0.0.1:0 on Ferry's own stack (src/h2/), for peers Deno.serve cannot be. */
+export interface H2Server {
+  readonly url: string;
+  readonly port: number;
+  /** Stops accepting and closes every connection. */
+  close(): void;
+}
+
+/**
+ * Serves each stream with `serve` (its failures are the fixture's own misbehaviour: dropped), on
+ * Ferry's HTTP/2 connection, whose sender sends what it is given: misbehaving upstreams.
+ */
+export function startH2Server(serve: (stream: H2Stream) => Promise<void>): H2Server {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const conns = new Set<H2Connection>();
+  (async () => {
+    for await (const conn of listener) {
+      const h2 = new H2Connection(conn, {
+        role: "server",
+        onStream: (s) => void serve(s).catch(() => {}),
+        onClose: () => conns.delete(h2),
+      });
+      conns.add(h2);
+    }
+  })().catch(() => {});
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    close() {
+      listener.close();
+      for (const c of conns) c.close();
     },
   };
 }

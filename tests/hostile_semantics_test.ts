@@ -7,7 +7,14 @@
  * h1_server_test.ts and hostile_h2_test.ts.
  */
 import assert from "node:assert/strict";
-import { metricValue, spawnFerry, type Started, startUpstream, tempConfig } from "./helpers.ts";
+import {
+  metricValue,
+  spawnFerry,
+  type Started,
+  startH2Server,
+  startUpstream,
+  tempConfig,
+} from "./helpers.ts";
 import {
   CLIENT_PREFACE,
   ErrorCode,
@@ -21,7 +28,6 @@ import {
   settingsFrame,
 } from "../src/h2/frames.ts";
 import { type HeaderField, HpackDecoder, HpackEncoder } from "../src/h2/hpack.ts";
-import { H2Connection } from "../src/h2/connection.ts";
 
 /** What the upstream received: path, header values as char codes (one per byte), body length. */
 interface Seen {
@@ -392,37 +398,18 @@ clusters:
  * sender does not check what it is given).
  */
 function startInjectingH2Upstream() {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const conns = new Set<H2Connection>();
-  (async () => {
-    for await (const conn of listener) {
-      const h2 = new H2Connection(conn, {
-        role: "server",
-        onStream: (s) => {
-          void (async () => {
-            await s.headers;
-            for await (const _ of s.body) { /* the request message */ }
-            s.sendHeaders([
-              [":status", "200"],
-              ["content-type", "application/grpc"],
-              ["x-injected", "a\r\nset-cookie: stolen=1"],
-            ]);
-            await s.write(new Uint8Array(5));
-            s.sendHeaders([["grpc-status", "0"]], true);
-          })().catch(() => {});
-        },
-        onClose: () => conns.delete(h2),
-      });
-      conns.add(h2);
-    }
-  })().catch(() => {});
-  return {
-    url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
-    close() {
-      listener.close();
-      for (const c of conns) c.close();
-    },
-  };
+  const server = startH2Server(async (s) => {
+    await s.headers;
+    for await (const _ of s.body) { /* the request message */ }
+    s.sendHeaders([
+      [":status", "200"],
+      ["content-type", "application/grpc"],
+      ["x-injected", "a\r\nset-cookie: stolen=1"],
+    ]);
+    await s.write(new Uint8Array(5));
+    s.sendHeaders([["grpc-status", "0"]], true);
+  });
+  return server;
 }
 
 Deno.test("hostile semantics: a gRPC upstream's field value with CR LF is an upstream protocol error naming the field", async () => {

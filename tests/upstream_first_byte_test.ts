@@ -8,9 +8,16 @@
  * bytes went out is cut visibly instead, and the access log says so.
  */
 import assert from "node:assert/strict";
-import { metricValue, readFor, requirePeer, run, startFerry, startUpstream } from "./helpers.ts";
+import {
+  metricValue,
+  readFor,
+  requirePeer,
+  run,
+  startFerry,
+  startH2Server,
+  startUpstream,
+} from "./helpers.ts";
 import { startBadUpstream } from "./fixtures/bad_upstream.ts";
-import { H2Connection } from "../src/h2/connection.ts";
 import { makeTestCerts } from "./fixtures/certs.ts";
 import { echoClient, grpc, grpcEchoConfig, unary } from "./grpc/peers.ts";
 import { ErrorCode } from "../src/h2/frames.ts";
@@ -24,52 +31,32 @@ const dec = new TextDecoder();
  * DATA), `/data-then-reset` (HEADERS, 7 bytes of DATA, then RST_STREAM), else 200 "ok".
  */
 function startBadH2Upstream() {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const conns = new Set<H2Connection>();
   const seen: string[] = [];
-  (async () => {
-    for await (const conn of listener) {
-      const h2 = new H2Connection(conn, {
-        role: "server",
-        onStream: (s) => {
-          void (async () => {
-            const head = await s.headers;
-            const path = head.find(([n]) => n === ":path")?.[1] ?? "/";
-            seen.push(path);
-            for await (const _ of s.body) { /* the request body, if any */ }
-            const behaviour = path.split("/").pop();
-            if (behaviour === "head-then-reset") {
-              s.sendHeaders([[":status", "200"], ["content-type", "text/plain"]]);
-              await new Promise((r) => setTimeout(r, 20));
-              s.reset(ErrorCode.INTERNAL_ERROR);
-            } else if (behaviour === "head-then-short-end") {
-              s.sendHeaders([[":status", "200"], ["content-length", "100"]]);
-              await s.end();
-            } else if (behaviour === "data-then-reset") {
-              s.sendHeaders([[":status", "200"], ["content-type", "text/plain"]]);
-              await s.write(enc.encode("partial"));
-              await new Promise((r) => setTimeout(r, 50));
-              s.reset(ErrorCode.INTERNAL_ERROR);
-            } else {
-              s.sendHeaders([[":status", "200"], ["content-length", "2"]]);
-              await s.write(enc.encode("ok"));
-              await s.end();
-            }
-          })().catch(() => {});
-        },
-        onClose: () => conns.delete(h2),
-      });
-      conns.add(h2);
+  const server = startH2Server(async (s) => {
+    const head = await s.headers;
+    const path = head.find(([n]) => n === ":path")?.[1] ?? "/";
+    seen.push(path);
+    for await (const _ of s.body) { /* the request body, if any */ }
+    const behaviour = path.split("/").pop();
+    if (behaviour === "head-then-reset") {
+      s.sendHeaders([[":status", "200"], ["content-type", "text/plain"]]);
+      await new Promise((r) => setTimeout(r, 20));
+      s.reset(ErrorCode.INTERNAL_ERROR);
+    } else if (behaviour === "head-then-short-end") {
+      s.sendHeaders([[":status", "200"], ["content-length", "100"]]);
+      await s.end();
+    } else if (behaviour === "data-then-reset") {
+      s.sendHeaders([[":status", "200"], ["content-type", "text/plain"]]);
+      await s.write(enc.encode("partial"));
+      await new Promise((r) => setTimeout(r, 50));
+      s.reset(ErrorCode.INTERNAL_ERROR);
+    } else {
+      s.sendHeaders([[":status", "200"], ["content-length", "2"]]);
+      await s.write(enc.encode("ok"));
+      await s.end();
     }
-  })().catch(() => {});
-  return {
-    url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
-    seen,
-    close() {
-      listener.close();
-      for (const c of conns) c.close();
-    },
-  };
+  });
+  return { ...server, seen };
 }
 
 function config(h1: string, h2: string, log: string, guard = true, tls = ""): string {
@@ -385,35 +372,15 @@ Deno.test("a body failing after bytes went out is cut (no last chunk, short leng
  * and then RST_STREAM (INTERNAL_ERROR), before any message; counts the calls it got.
  */
 function startGrpcHeadThenReset() {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const conns = new Set<H2Connection>();
   const state = { calls: 0 };
-  (async () => {
-    for await (const conn of listener) {
-      const h2 = new H2Connection(conn, {
-        role: "server",
-        onStream: (s) => {
-          state.calls++;
-          void (async () => {
-            for await (const _ of s.body) { /* the request message */ }
-            s.sendHeaders([[":status", "200"], ["content-type", "application/grpc"]]);
-            await new Promise((r) => setTimeout(r, 20));
-            s.reset(ErrorCode.INTERNAL_ERROR);
-          })().catch(() => {});
-        },
-        onClose: () => conns.delete(h2),
-      });
-      conns.add(h2);
-    }
-  })().catch(() => {});
-  return {
-    port: (listener.addr as Deno.NetAddr).port,
-    state,
-    close() {
-      listener.close();
-      for (const c of conns) c.close();
-    },
-  };
+  const server = startH2Server(async (s) => {
+    state.calls++;
+    for await (const _ of s.body) { /* the request message */ }
+    s.sendHeaders([[":status", "200"], ["content-type", "application/grpc"]]);
+    await new Promise((r) => setTimeout(r, 20));
+    s.reset(ErrorCode.INTERNAL_ERROR);
+  });
+  return { ...server, state };
 }
 
 Deno.test("gRPC: an upstream reset after its headers but before any message is a status (UNAVAILABLE), not a reset, and is not retried", async () => {

@@ -5,8 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { H1Transport } from "../src/h1/transport.ts";
-import { metricValue, readFor, startFerry, startRawServer } from "./helpers.ts";
-import { H2Connection } from "../src/h2/connection.ts";
+import { metricValue, readFor, startFerry, startH2Server, startRawServer } from "./helpers.ts";
 import { ErrorCode } from "../src/h2/frames.ts";
 import { echoClient, grpcEchoConfig, unary } from "./grpc/peers.ts";
 import { ok, startRawUpstream } from "./h1_upstream.ts";
@@ -93,33 +92,14 @@ Deno.test("h1 codec: an upstream's early answer (413 before the upload ended, th
  * message, then RST_STREAM (INTERNAL_ERROR): the answer breaks off after it began.
  */
 function startGrpcMessageThenReset() {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const conns = new Set<H2Connection>();
-  (async () => {
-    for await (const conn of listener) {
-      const h2 = new H2Connection(conn, {
-        role: "server",
-        onStream: (s) => {
-          void (async () => {
-            for await (const _ of s.body) { /* the request message */ }
-            s.sendHeaders([[":status", "200"], ["content-type", "application/grpc"]]);
-            await s.write(new Uint8Array([0, 0, 0, 0, 2, 104, 105]));
-            await new Promise((r) => setTimeout(r, 50));
-            s.reset(ErrorCode.INTERNAL_ERROR);
-          })().catch(() => {});
-        },
-        onClose: () => conns.delete(h2),
-      });
-      conns.add(h2);
-    }
-  })().catch(() => {});
-  return {
-    port: (listener.addr as Deno.NetAddr).port,
-    close() {
-      listener.close();
-      for (const c of conns) c.close();
-    },
-  };
+  const server = startH2Server(async (s) => {
+    for await (const _ of s.body) { /* the request message */ }
+    s.sendHeaders([[":status", "200"], ["content-type", "application/grpc"]]);
+    await s.write(new Uint8Array([0, 0, 0, 0, 2, 104, 105]));
+    await new Promise((r) => setTimeout(r, 50));
+    s.reset(ErrorCode.INTERNAL_ERROR);
+  });
+  return server;
 }
 
 Deno.test("gRPC: an answer the upstream resets after its first message is counted in ferry_upstream_response_body_errors_total", async () => {
@@ -195,43 +175,24 @@ clusters:
  * upload; `/info-flood` sends 1xx HEADERS without end; `/info-end` a 103 with END_STREAM.
  */
 function startH2Misbehaving() {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const conns = new Set<H2Connection>();
-  (async () => {
-    for await (const conn of listener) {
-      const h2 = new H2Connection(conn, {
-        role: "server",
-        onStream: (s) => {
-          void (async () => {
-            const head = await s.headers;
-            const path = head.find(([n]) => n === ":path")?.[1] ?? "/";
-            if (path.endsWith("/early")) {
-              s.sendHeaders([[":status", "413"], ["content-length", "7"]]);
-              await s.write(enc.encode("too big"));
-              await s.end();
-              s.reset(ErrorCode.NO_ERROR);
-            } else if (path.endsWith("/info-flood")) {
-              for (let i = 0; i < 2_000 && !s.isClosed; i++) {
-                s.sendHeaders([[":status", "100"]]);
-                if (i % 50 === 0) await new Promise((r) => setTimeout(r, 1));
-              }
-            } else if (path.endsWith("/info-end")) {
-              s.sendHeaders([[":status", "103"], ["link", "</a>"]], true);
-            }
-          })().catch(() => {});
-        },
-        onClose: () => conns.delete(h2),
-      });
-      conns.add(h2);
+  const server = startH2Server(async (s) => {
+    const head = await s.headers;
+    const path = head.find(([n]) => n === ":path")?.[1] ?? "/";
+    if (path.endsWith("/early")) {
+      s.sendHeaders([[":status", "413"], ["content-length", "7"]]);
+      await s.write(enc.encode("too big"));
+      await s.end();
+      s.reset(ErrorCode.NO_ERROR);
+    } else if (path.endsWith("/info-flood")) {
+      for (let i = 0; i < 2_000 && !s.isClosed; i++) {
+        s.sendHeaders([[":status", "100"]]);
+        if (i % 50 === 0) await new Promise((r) => setTimeout(r, 1));
+      }
+    } else if (path.endsWith("/info-end")) {
+      s.sendHeaders([[":status", "103"], ["link", "</a>"]], true);
     }
-  })().catch(() => {});
-  return {
-    url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
-    close() {
-      listener.close();
-      for (const c of conns) c.close();
-    },
-  };
+  });
+  return server;
 }
 
 /** A POST of `size` bytes on a raw HTTP/1.1 connection; what came back before the close or 4 s. */
