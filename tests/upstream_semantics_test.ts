@@ -50,15 +50,20 @@ function bigBody(total: number): ReadableStream<Uint8Array> {
   });
 }
 
-Deno.test("h1 codec: an upstream's early answer (413 before the upload ended, then a close) reaches the client, not a 502 for the failed write", async () => {
-  const up = startEarlyAnswerUpstream();
-  const t = new H1Transport({
+/** The h1 codec as a cluster uses it, keeping connections for reuse. */
+function codecTransport(): H1Transport {
+  return new H1Transport({
     maxIdlePerEndpoint: 8,
     maxConnectionsPerEndpoint: 64,
     idleTimeoutMs: 30_000,
     maxRequestsPerConnection: 0,
     connectTimeoutMs: 5_000,
   });
+}
+
+Deno.test("h1 codec: an upstream's early answer (413 before the upload ended, then a close) reaches the client, not a 502 for the failed write", async () => {
+  const up = startEarlyAnswerUpstream();
+  const t = codecTransport();
   try {
     const got: string[] = [];
     // The write failing and the answer arriving race: several rounds, both framings.
@@ -248,13 +253,7 @@ Deno.test("h1 keep-alive race: a POST that met a reused connection closing is no
   // upstream that crashed on it, or one whose idle timer fired as it arrived. Only an idempotent
   // request may go again (RFC 9110 9.2.2; nginx, Go's net/http).
   const up = startRawUpstream((req) => req.index === 1 ? { bytes: null } : { bytes: ok("fresh") });
-  const t = new H1Transport({
-    maxIdlePerEndpoint: 8,
-    maxConnectionsPerEndpoint: 64,
-    idleTimeoutMs: 30_000,
-    maxRequestsPerConnection: 0,
-    connectTimeoutMs: 5_000,
-  });
+  const t = codecTransport();
   try {
     assert.equal(await (await t.send(request(`${up.url}/1`, "GET"))).text(), "fresh");
     await assert.rejects(
