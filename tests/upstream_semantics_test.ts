@@ -17,13 +17,8 @@ const dec = new TextDecoder();
 /** An upstream that reads only the request head, answers 413 at once and closes (a reset, as the body is unread). */
 function startEarlyAnswerUpstream() {
   return startRawServer(async (conn) => {
-    let text = "";
-    const buf = new Uint8Array(16 * 1024);
-    while (!text.includes("\r\n\r\n")) {
-      const n = await conn.read(buf);
-      if (n === null) return;
-      text += dec.decode(buf.subarray(0, n));
-    }
+    const text = await readHead(conn, 10_000);
+    if (!text.includes("\r\n\r\n")) return;
     // A large head (40 KiB, within the limits): it takes Ferry several reads, so the failing
     // write of the request body is seen before the head is whole.
     const filler = Array.from({ length: 40 }, (_, i) => `x-filler-${i}: ${"f".repeat(1000)}\r\n`);
@@ -134,13 +129,8 @@ Deno.test("gRPC: an answer the upstream resets after its first message is counte
 Deno.test("a response body silent past the route's idle_timeout is counted once (reason upstream_timeout), on h1 and fetch", async () => {
   // A good head and 2 of 10 body bytes, then silence.
   const up = startRawServer(async (conn) => {
-    const buf = new Uint8Array(16 * 1024);
-    let text = "";
-    while (!text.includes("\r\n\r\n")) {
-      const n = await conn.read(buf);
-      if (n === null) return;
-      text += dec.decode(buf.subarray(0, n));
-    }
+    const text = await readHead(conn, 10_000);
+    if (!text.includes("\r\n\r\n")) return;
     await conn.write(enc.encode("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhi"));
     await new Promise((r) => setTimeout(r, 3_000));
   });
@@ -318,7 +308,7 @@ clusters:
   }
 });
 
-/** Reads until a response head has come (or the peer closes, or `ms` pass); the text so far. */
+/** Reads until a head has come (or the peer closes, or `ms` pass); the text so far. */
 async function readHead(conn: Deno.Conn, ms: number): Promise<string> {
   let text = "";
   const deadline = Date.now() + ms;
@@ -348,13 +338,8 @@ function startWsThenClose(
   interim = 0,
 ) {
   return startRawServer(async (conn) => {
-    let text = "";
-    const buf = new Uint8Array(16 * 1024);
-    while (!text.includes("\r\n\r\n")) {
-      const n = await conn.read(buf);
-      if (n === null) return;
-      text += dec.decode(buf.subarray(0, n));
-    }
+    const text = await readHead(conn, 10_000);
+    if (!text.includes("\r\n\r\n")) return;
     const key = /sec-websocket-key: *(\S+)/i.exec(text)?.[1] ?? "";
     const digest = await crypto.subtle.digest(
       "SHA-1",
@@ -368,6 +353,7 @@ function startWsThenClose(
     ));
     await conn.write(then);
     const until = Date.now() + holdMs;
+    const buf = new Uint8Array(16 * 1024);
     while (Date.now() < until) {
       const n = await Promise.race([
         conn.read(buf),
